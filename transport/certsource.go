@@ -1,0 +1,32 @@
+// Package transport builds the TLS and gRPC transport security of Sepal's
+// servers and clients around a CertSource, and turns TLS failures into
+// messages that say what to do. It knows no certificate origin: the
+// selfsigned and acme packages supply CertSources without importing it.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+)
+
+// CertSource supplies the serving certificate for each TLS handshake.
+// GetCertificate is called on every handshake: it must not block on I/O,
+// must be safe for concurrent use, and must not modify a certificate it returned.
+type CertSource interface {
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// Runner is an optional ability of a CertSource: work that runs in the
+// background (reloading files, renewing certificates) until ctx ends.
+// Run returns nil when ctx ends and an error only when it cannot go on.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// ALPNSource is an optional ability of a CertSource: ALPN protocols the
+// listener must offer beside "h2", such as "acme-tls/1" for the ACME
+// TLS-ALPN-01 challenge. The source's GetCertificate answers handshakes
+// that negotiate them.
+type ALPNSource interface {
+	NextProtos() []string
+}
