@@ -1,0 +1,213 @@
+// Package e2e builds Sepal's binaries and runs them as a user would: real
+// processes, real gRPC over real TLS on loopback, ports picked at run time.
+// Run with -short to skip these tests locally; CI runs them.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// binDir holds the binaries built once for the whole package by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "sepal-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binDir = dir
+	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/...")
+	cmd.Dir = moduleRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: building the binaries: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+func moduleRoot() string {
+	wd, _ := os.Getwd()
+	return filepath.Dir(wd)
+}
+
+// needE2E skips the test under -short.
+func needE2E(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped under -short (CI runs it)")
+	}
+}
+
+// bin returns the path of a built binary, such as "flower-superlink".
+func bin(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(binDir, name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("binary %s was not built: %v", name, err)
+	}
+	return p
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a process started by a test; its output (stdout and stderr
+// together) is kept and printed when the test fails.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// start runs a binary (a name from bin, or an absolute path) in dir with
+// extra environment variables, stopping it in cleanup.
+func start(t testing.TB, dir string, env []string, name string, args ...string) *proc {
+	t.Helper()
+	path := name
+	if !filepath.IsAbs(name) {
+		path = bin(t, name)
+	}
+	p := &proc{name: filepath.Base(name), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("---- %s %s (pid %d) output ----\n%s", p.name, strings.Join(args, " "), p.cmd.Process.Pid, p.out.String())
+		}
+	})
+	return p
+}
+
+// stop sends SIGINT, then kills the process if it has not ended in 10 s.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// wait waits up to d for the process to end and returns its exit code
+// (-1 when it had to be killed).
+func (p *proc) wait(t testing.TB, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s did not end within %v", p.name, d)
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// waitOutput waits up to d for the output to contain s.
+func (p *proc) waitOutput(t testing.TB, s string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if strings.Contains(p.out.String(), s) {
+			return
+		}
+		select {
+		case <-p.done:
+			if strings.Contains(p.out.String(), s) {
+				return
+			}
+			t.Fatalf("%s ended (%v) before printing %q", p.name, p.err, s)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s did not print %q within %v", p.name, s, d)
+}
+
+// run runs a binary to its end within d and returns its combined output and
+// exit code.
+func run(t testing.TB, d time.Duration, dir string, env []string, name string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	path := name
+	if !filepath.IsAbs(name) {
+		path = bin(t, name)
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %s did not end within %v; output:\n%s", name, strings.Join(args, " "), d, out)
+	}
+	code := 0
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	return string(out), code
+}
