@@ -1,0 +1,397 @@
+package selfsigned
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+)
+
+// Sentinel errors of Check, LoadCA and FileSource. The errors these return
+// are *FileError values that match one of them with errors.Is.
+var (
+	ErrMissing      = errors.New("file not found")
+	ErrUnreadable   = errors.New("file cannot be read")
+	ErrEmpty        = errors.New("file is empty")
+	ErrNotPEM       = errors.New("file holds no PEM data")
+	ErrWrongPEMType = errors.New("file holds the wrong kind of PEM block")
+	ErrMalformed    = errors.New("PEM block does not parse")
+	ErrNotCA        = errors.New("certificate is not a CA")
+	ErrKeyMismatch  = errors.New("key does not match the certificate")
+	ErrExpired      = errors.New("certificate has expired")
+	ErrNotYetValid  = errors.New("certificate is not valid yet")
+	ErrUntrusted    = errors.New("certificate is not signed by the given CA")
+	ErrWrongUsage   = errors.New("certificate is not for TLS servers")
+	ErrNoSAN        = errors.New("certificate has no subject alternative names")
+)
+
+// FileError is a problem with one file of a CA/certificate/key triple. Its
+// message names the file, what is wrong and how to fix it; errors.Is matches
+// its sentinel (Err) and any underlying cause (Cause, such as fs.ErrNotExist).
+type FileError struct {
+	Path   string // the file at fault
+	Role   string // "CA certificate", "certificate", "key" or "CA key"
+	Err    error  // one of the sentinels above
+	Detail string // what is wrong, with dates and names; never key bytes
+	Fix    string // what to do about it
+	Cause  error  // the underlying error, if any
+}
+
+func (e *FileError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "selfsigned: %s file %s: ", e.Role, e.Path)
+	if e.Detail != "" {
+		b.WriteString(e.Detail)
+	} else {
+		b.WriteString(e.Err.Error())
+	}
+	if e.Fix != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Fix)
+	}
+	return b.String()
+}
+
+// Unwrap returns the sentinel and the cause.
+func (e *FileError) Unwrap() []error {
+	if e.Cause != nil {
+		return []error{e.Err, e.Cause}
+	}
+	return []error{e.Err}
+}
+
+const (
+	roleCA    = "CA certificate"
+	roleCert  = "certificate"
+	roleKey   = "key"
+	roleCAKey = "CA key"
+)
+
+// fixRenew is the advice for a server certificate that must be replaced.
+const fixRenew = `issue a new server certificate from the same CA with "flower-certs --force"`
+
+// Check validates a CA certificate file, a server certificate file and its
+// key file as a server starts, and returns the certificate to serve (Leaf
+// set; Certificate holds every certificate of certFile, so a leaf followed by
+// intermediates is served as a chain). now is the time to validate at; zero
+// means time.Now().
+//
+// It refuses, with a *FileError naming the file and the fix: a missing,
+// unreadable or empty file (ErrMissing, ErrUnreadable, ErrEmpty); no PEM
+// (ErrNotPEM); a key where a certificate belongs or the reverse
+// (ErrWrongPEMType); a block that does not parse (ErrMalformed); a key that
+// does not match the certificate (ErrKeyMismatch); an expired or not yet
+// valid certificate, with its dates (ErrExpired, ErrNotYetValid); a
+// certificate without DNS or IP names (ErrNoSAN) or not for serverAuth
+// (ErrWrongUsage); one that does not chain to a certificate of caFile
+// (ErrUntrusted). An empty caFile skips the chain check (for a certificate
+// from a public CA). Check accepts a certificate that expires soon: see
+// Warnings.
+func Check(caFile, certFile, keyFile string, now time.Time) (*tls.Certificate, error) {
+	fs, err := readFiles(caFile, certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return fs.check(now)
+}
+
+// files is the content of a CA/certificate/key triple, read once so that the
+// bytes checked are the bytes served.
+type files struct {
+	caFile, certFile, keyFile string
+	ca, cert, key             []byte
+}
+
+func readFiles(caFile, certFile, keyFile string) (*files, error) {
+	f := &files{caFile: caFile, certFile: certFile, keyFile: keyFile}
+	var err error
+	if caFile != "" {
+		if f.ca, err = readFile(caFile, roleCA); err != nil {
+			return nil, err
+		}
+	}
+	if f.cert, err = readFile(certFile, roleCert); err != nil {
+		return nil, err
+	}
+	if f.key, err = readFile(keyFile, roleKey); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *files) equal(g *files) bool {
+	return g != nil && bytes.Equal(f.ca, g.ca) && bytes.Equal(f.cert, g.cert) && bytes.Equal(f.key, g.key)
+}
+
+func (f *files) check(now time.Time) (*tls.Certificate, error) {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	var roots *x509.CertPool
+	if f.caFile != "" {
+		cas, err := parseCertsPEM(f.caFile, roleCA, f.ca)
+		if err != nil {
+			return nil, err
+		}
+		roots = x509.NewCertPool()
+		for _, c := range cas {
+			roots.AddCert(c)
+		}
+	}
+	chain, err := parseCertsPEM(f.certFile, roleCert, f.cert)
+	if err != nil {
+		return nil, err
+	}
+	leaf := chain[0]
+	key, err := parseKeyPEM(f.keyFile, roleKey, f.key)
+	if err != nil {
+		return nil, err
+	}
+	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
+		return nil, &FileError{Path: f.keyFile, Role: roleKey, Err: ErrKeyMismatch,
+			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
+				keyAlgorithm(key.Public()), keyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
+			Fix: "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fixRenew}
+	}
+	if err := checkDates(f.certFile, roleCert, leaf, now); err != nil {
+		return nil, err
+	}
+	if len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.URIs) == 0 {
+		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrNoSAN,
+			Detail: fmt.Sprintf("certificate %q has no subject alternative names (DNS names or IPs), so no client can verify it", leaf.Subject.CommonName),
+			Fix:    `issue one with names, such as "flower-certs --force --host NAME"`}
+	}
+	if !serverUsage(leaf) {
+		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrWrongUsage,
+			Detail: fmt.Sprintf("certificate %q lacks the serverAuth extended key usage", leaf.Subject.CommonName),
+			Fix:    fixRenew}
+	}
+	if roots != nil {
+		inter := x509.NewCertPool()
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if err != nil {
+			return nil, f.chainError(leaf, chain, err, now)
+		}
+	}
+	c := &tls.Certificate{PrivateKey: key, Leaf: leaf}
+	for _, x := range chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c, nil
+}
+
+func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, err error, now time.Time) error {
+	var inv x509.CertificateInvalidError
+	if errors.As(err, &inv) && inv.Reason == x509.Expired && inv.Cert != nil {
+		path, role := f.caFile, roleCA
+		for _, c := range chain {
+			if c.Equal(inv.Cert) {
+				path, role = f.certFile, roleCert
+			}
+		}
+		if derr := checkDates(path, role, inv.Cert, now); derr != nil {
+			return derr
+		}
+	}
+	return &FileError{Path: f.certFile, Role: roleCert, Err: ErrUntrusted, Cause: err,
+		Detail: fmt.Sprintf("certificate %q (issuer %q) does not chain to the CA in %s: %v",
+			leaf.Subject.CommonName, leaf.Issuer.CommonName, f.caFile, err),
+		Fix: "give the CA that issued it, or " + fixRenew}
+}
+
+// checkDates refuses a certificate outside its validity period at now.
+func checkDates(path, role string, c *x509.Certificate, now time.Time) error {
+	dates := fmt.Sprintf("valid from %s to %s, now %s", stamp(c.NotBefore), stamp(c.NotAfter), stamp(now))
+	fix := fixRenew
+	if role == roleCA {
+		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
+	}
+	switch {
+	case now.After(c.NotAfter):
+		return &FileError{Path: path, Role: role, Err: ErrExpired,
+			Detail: fmt.Sprintf("certificate %q expired on %s (%s)", c.Subject.CommonName, stamp(c.NotAfter), dates),
+			Fix:    fix}
+	case now.Before(c.NotBefore):
+		return &FileError{Path: path, Role: role, Err: ErrNotYetValid,
+			Detail: fmt.Sprintf("certificate %q is not valid until %s (%s)", c.Subject.CommonName, stamp(c.NotBefore), dates),
+			Fix:    "check the clock of this machine and of the one that issued it, or " + fixRenew}
+	}
+	return nil
+}
+
+func serverUsage(c *x509.Certificate) bool {
+	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
+		return true
+	}
+	for _, u := range c.ExtKeyUsage {
+		if u == x509.ExtKeyUsageServerAuth || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
+}
+
+// ExpiryWarning is how close to its expiry a certificate makes Warnings speak.
+const ExpiryWarning = 30 * 24 * time.Hour
+
+// Warnings returns what a caller should log about a certificate that Check
+// accepted: today only that its leaf expires within ExpiryWarning (with the
+// date and the fix). It returns nil when there is nothing to say. now zero
+// means time.Now(). FileSource logs these itself.
+func Warnings(certFile string, c *tls.Certificate, now time.Time) []string {
+	if c == nil || c.Leaf == nil {
+		return nil
+	}
+	if now.IsZero() {
+		now = time.Now()
+	}
+	left := c.Leaf.NotAfter.Sub(now)
+	if left > ExpiryWarning {
+		return nil
+	}
+	return []string{fmt.Sprintf("certificate file %s expires on %s (in %d days): %s",
+		certFile, stamp(c.Leaf.NotAfter), int(left.Hours()/24), fixRenew)}
+}
+
+func readFile(path, role string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, &FileError{Path: path, Role: role, Err: ErrMissing, Cause: err,
+			Fix: `check the path, or create the files with "flower-certs"`}
+	case err != nil:
+		return nil, &FileError{Path: path, Role: role, Err: ErrUnreadable, Cause: err,
+			Detail: err.Error(), Fix: "make it a file this user can read"}
+	case len(bytes.TrimSpace(b)) == 0:
+		return nil, &FileError{Path: path, Role: role, Err: ErrEmpty,
+			Fix: `a write may have failed or be under way; write it again (for example with "flower-certs --force")`}
+	}
+	return b, nil
+}
+
+// parseCertsPEM parses every block of data as a certificate.
+func parseCertsPEM(path, role string, data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	rest := data
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		switch {
+		case b.Type == "CERTIFICATE":
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return nil, &FileError{Path: path, Role: role, Err: ErrMalformed, Cause: err,
+					Detail: fmt.Sprintf("certificate %d does not parse: %v", len(certs)+1, err),
+					Fix:    "write the file again from its source"}
+			}
+			certs = append(certs, c)
+		case strings.HasSuffix(b.Type, "PRIVATE KEY"):
+			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
+				Detail: "it holds a private key where a certificate belongs",
+				Fix:    "give the certificate here and the key as the key file (the two may be swapped)"}
+		default:
+			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
+				Detail: fmt.Sprintf("it holds a PEM %q block where a CERTIFICATE belongs", b.Type),
+				Fix:    "give a PEM certificate file (-----BEGIN CERTIFICATE-----)"}
+		}
+	}
+	if len(certs) == 0 {
+		return nil, notPEM(path, role, data, "CERTIFICATE")
+	}
+	return certs, nil
+}
+
+// parseKeyPEM parses the first private key block of data (PKCS#8, SEC 1 or
+// PKCS#1), skipping EC PARAMETERS blocks.
+func parseKeyPEM(path, role string, data []byte) (crypto.Signer, error) {
+	rest := data
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return nil, notPEM(path, role, data, "PRIVATE KEY")
+		}
+		var key any
+		var err error
+		switch b.Type {
+		case "EC PARAMETERS":
+			continue
+		case "PRIVATE KEY":
+			key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+		case "EC PRIVATE KEY":
+			key, err = x509.ParseECPrivateKey(b.Bytes)
+		case "RSA PRIVATE KEY":
+			key, err = x509.ParsePKCS1PrivateKey(b.Bytes)
+		case "ENCRYPTED PRIVATE KEY":
+			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
+				Detail: "the key is encrypted",
+				Fix:    fmt.Sprintf("write it unencrypted with 'openssl pkey -in %s -out PLAIN.key' and give that file", path)}
+		case "CERTIFICATE":
+			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
+				Detail: "it holds a certificate where the private key belongs",
+				Fix:    "give the key here and the certificate as the certificate file (the two may be swapped)"}
+		default:
+			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
+				Detail: fmt.Sprintf("it holds a PEM %q block where a PRIVATE KEY belongs", b.Type),
+				Fix:    "give a PEM private key file (-----BEGIN PRIVATE KEY-----)"}
+		}
+		if err != nil {
+			// The parse error never holds key bytes.
+			return nil, &FileError{Path: path, Role: role, Err: ErrMalformed, Cause: err,
+				Detail: fmt.Sprintf("the %s block does not parse: %v", b.Type, err),
+				Fix:    "write the key again from its source"}
+		}
+		switch k := key.(type) {
+		case *ecdsa.PrivateKey, *rsa.PrivateKey, ed25519.PrivateKey:
+			return k.(crypto.Signer), nil
+		default:
+			return nil, &FileError{Path: path, Role: role, Err: ErrMalformed,
+				Detail: fmt.Sprintf("unsupported key type %T", key),
+				Fix:    "use an ECDSA, RSA or Ed25519 key"}
+		}
+	}
+}
+
+func notPEM(path, role string, data []byte, want string) error {
+	fix := fmt.Sprintf("give a PEM file (-----BEGIN %s-----)", want)
+	if len(data) > 0 && data[0] == 0x30 { // an ASN.1 SEQUENCE: DER
+		if want == "CERTIFICATE" {
+			fix = fmt.Sprintf("it looks like DER; convert it with 'openssl x509 -inform der -in %s -out %s.pem'", path, path)
+		} else {
+			fix = fmt.Sprintf("it looks like DER; convert it with 'openssl pkey -inform der -in %s -out %s.pem'", path, path)
+		}
+	}
+	return &FileError{Path: path, Role: role, Err: ErrNotPEM,
+		Detail: "it holds no PEM " + want + " block", Fix: fix}
+}
+
+func keyAlgorithm(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA-%d", k.N.BitLen())
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("%T", pub)
+}
+
+func serialHex(c *x509.Certificate) string { return fmt.Sprintf("%x", c.SerialNumber) }
