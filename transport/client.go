@@ -1,0 +1,147 @@
+package transport
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Flag names the messages of this package suggest. They are the flags of
+// Sepal's (and Flower 1.8.0's) client and server apps.
+const (
+	FlagRootCertificates = "--root-certificates"
+	FlagInsecure         = "--insecure"
+	FlagServer           = "--server"
+	FlagTLSServerName    = "--tls-server-name"
+)
+
+// ClientOptions say how a client app reaches a SuperLink. The zero value
+// verifies the server against the system roots under the name dialled.
+type ClientOptions struct {
+	// RootCertificates is the path of a PEM file with the CA certificates
+	// to trust (--root-certificates). Empty: the system pool.
+	RootCertificates string
+	// ServerName is the name the server's certificate must hold
+	// (--tls-server-name). Empty: the host of the address dialled.
+	ServerName string
+	// Insecure selects plaintext gRPC (--insecure). It conflicts with
+	// RootCertificates. Default false: TLS.
+	Insecure bool
+}
+
+func (o ClientOptions) validate() error {
+	if o.Insecure && o.RootCertificates != "" {
+		return &Error{Kind: KindConfig,
+			msg: fmt.Sprintf("%s and %s %s conflict: pass %s for TLS, or %s alone for plaintext",
+				FlagInsecure, FlagRootCertificates, o.RootCertificates, FlagRootCertificates, FlagInsecure)}
+	}
+	return nil
+}
+
+// rootsName names where the client's trusted CAs come from, for messages.
+func (o ClientOptions) rootsName() string {
+	if o.RootCertificates == "" {
+		return "the system roots"
+	}
+	return o.RootCertificates
+}
+
+// ClientConfig returns the TLS configuration of a client: TLS 1.2 minimum,
+// ALPN "h2", the CAs of o.RootCertificates (or the system pool) and
+// o.ServerName as the name to verify when set. It reads the PEM file once,
+// now. Errors are *Error of KindConfig naming the file and
+// --root-certificates: the file is missing or unreadable, empty, or holds
+// no certificate; and o.Insecure together with o.RootCertificates.
+// Otherwise o.Insecure is not looked at: ClientCredentials is what honours it.
+func ClientConfig(o ClientOptions) (*tls.Config, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{ALPNH2},
+		ServerName: o.ServerName,
+	}
+	if o.RootCertificates != "" {
+		pool, err := loadRoots(o.RootCertificates)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+func loadRoots(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		fix := "pass the CA certificate file the server's certificate was issued with (flower-certs writes certificates/ca.crt)"
+		what := "cannot read"
+		if errors.Is(err, fs.ErrNotExist) {
+			what = "no such file"
+		}
+		return nil, &Error{Kind: KindConfig, err: err,
+			msg: fmt.Sprintf("%s %s: %s: %s", FlagRootCertificates, path, what, fix)}
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, &Error{Kind: KindConfig,
+			msg: fmt.Sprintf("%s %s: the file is empty: pass the CA certificate (PEM, BEGIN CERTIFICATE), e.g. certificates/ca.crt from flower-certs", FlagRootCertificates, path)}
+	}
+	pool := x509.NewCertPool()
+	var found []string
+	rest := data
+	n := 0
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			found = append(found, block.Type)
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, &Error{Kind: KindConfig, err: err,
+				msg: fmt.Sprintf("%s %s: certificate %d does not parse (%v): pass a PEM file of CA certificates", FlagRootCertificates, path, n+1, err)}
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		got := "no PEM block"
+		if len(found) > 0 {
+			got = fmt.Sprintf("only %q blocks", found)
+		}
+		return nil, &Error{Kind: KindConfig,
+			msg: fmt.Sprintf("%s %s: no certificate in it (%s): pass the CA certificate (PEM, BEGIN CERTIFICATE), e.g. certificates/ca.crt, not a key", FlagRootCertificates, path, got)}
+	}
+	return pool, nil
+}
+
+// ClientCredentials returns the gRPC transport credentials of a client:
+// insecure (plaintext) credentials when o.Insecure, else TLS with
+// ClientConfig(o). With o.ServerName set, gRPC uses it as the authority and
+// verifies the certificate against it. Errors are those of ClientConfig.
+func ClientCredentials(o ClientOptions) (credentials.TransportCredentials, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if o.Insecure {
+		return insecure.NewCredentials(), nil
+	}
+	cfg, err := ClientConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(cfg), nil
+}
