@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -207,9 +208,18 @@ func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, er
 			return derr
 		}
 	}
+	detail := fmt.Sprintf("certificate %q (issuer %q) does not chain to the CA in %s: %v",
+		leaf.Subject.CommonName, leaf.Issuer.CommonName, f.caFile, err)
+	if cas, _ := parseCertsPEM(f.caFile, roleCA, f.ca); len(cas) > 0 {
+		for _, ca := range cas {
+			if bytes.Equal(ca.RawSubject, leaf.RawIssuer) {
+				detail += fmt.Sprintf("; %s holds a CA named %q that did not sign it (was the CA made again?)", f.caFile, ca.Subject.CommonName)
+				break
+			}
+		}
+	}
 	return &FileError{Path: f.certFile, Role: roleCert, Err: ErrUntrusted, Cause: err,
-		Detail: fmt.Sprintf("certificate %q (issuer %q) does not chain to the CA in %s: %v",
-			leaf.Subject.CommonName, leaf.Issuer.CommonName, f.caFile, err),
+		Detail: detail,
 		Fix: "give the CA that issued it, or " + fixRenew}
 }
 
@@ -264,7 +274,7 @@ func Warnings(certFile string, c *tls.Certificate, now time.Time) []string {
 		return nil
 	}
 	return []string{fmt.Sprintf("certificate file %s expires on %s (in %d days): %s",
-		certFile, stamp(c.Leaf.NotAfter), int(left.Hours()/24), fixRenew)}
+		certFile, stamp(c.Leaf.NotAfter), int(math.Round(left.Hours()/24)), fixRenew)}
 }
 
 func readFile(path, role string) ([]byte, error) {

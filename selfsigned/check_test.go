@@ -1,0 +1,236 @@
+package selfsigned
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// write writes b to dir/name and returns the path.
+func write(t testing.TB, dir, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// signRaw signs tmpl (with a fresh P-256 key) by parent/parentKey, or
+// self-signs it when parent is nil, for certificates IssueServer refuses to
+// make.
+func signRaw(t testing.TB, tmpl *x509.Certificate, parent *CA) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tmpl.SerialNumber == nil {
+		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	}
+	p, signer := tmpl, any(key)
+	if parent != nil {
+		p, signer = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p, key.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := marshalKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CA{Cert: c, Key: key, CertPEM: certPEM(der), KeyPEM: kp}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	ca := newTestCA(t)
+	issue := func(o ServerOptions) *Pair {
+		t.Helper()
+		p, err := ca.IssueServer(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := issue(ServerOptions{})
+	other := issue(ServerOptions{})
+	expired := issue(ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+	future := issue(ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	otherCA := newTestCA(t)
+	foreign, err := otherCA.IssueServer(ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	noSAN := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "bare"}, NotBefore: now.Add(-time.Hour),
+		NotAfter: now.Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, ca)
+	clientOnly := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "client"}, DNSNames: []string{"localhost"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca)
+	oldCA := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "old CA"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}, nil)
+	oldCALeaf := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "x"}, DNSNames: []string{"localhost"},
+		NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(time.Hour)}, oldCA)
+
+	// A chain: root -> intermediate -> leaf; the certificate file holds leaf+intermediate.
+	root := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "root"}, IsCA: true, BasicConstraintsValid: true,
+		MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
+		SubjectKeyId: []byte{1}}, nil)
+	inter := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "intermediate"}, IsCA: true, BasicConstraintsValid: true,
+		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(47 * time.Hour),
+		SubjectKeyId: []byte{2}}, root)
+	chained, err := inter.IssueServer(ServerOptions{NotAfter: now.Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	caFile := write(t, dir, "ca.crt", ca.CertPEM)
+	certFile := write(t, dir, "server.pem", good.CertPEM)
+	keyFile := write(t, dir, "server.key", good.KeyPEM)
+	rootFile := write(t, dir, "root.crt", root.CertPEM)
+	oldCAFile := write(t, dir, "old-ca.crt", oldCA.CertPEM)
+	w := func(name string, b []byte) string { return write(t, dir, name, b) }
+	der, _ := pem.Decode(good.CertPEM)
+	encKey := pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{0x30, 0}})
+	badCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not a certificate")})
+	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{0x30, 0}})
+
+	for _, tc := range []struct {
+		name              string
+		ca, cert, key     string
+		want              error
+		wantFile          string   // the file the error must name
+		wantText          []string // more words the message must hold
+		wantChainLen      int      // on success
+		checkAtTimeOffset time.Duration
+	}{
+		{name: "good", ca: caFile, cert: certFile, key: keyFile, wantChainLen: 1},
+		{name: "good without a CA file", ca: "", cert: certFile, key: keyFile, wantChainLen: 1},
+		{name: "chain served whole", ca: rootFile, cert: w("chain.pem", append(append([]byte{}, chained.CertPEM...), inter.CertPEM...)),
+			key: w("chain.key", chained.KeyPEM), wantChainLen: 2},
+		{name: "chain missing its intermediate", ca: rootFile, cert: w("leafonly.pem", chained.CertPEM), key: w("chain.key", chained.KeyPEM),
+			want: ErrUntrusted, wantFile: "leafonly.pem"},
+		{name: "missing CA", ca: filepath.Join(dir, "nope.crt"), cert: certFile, key: keyFile,
+			want: ErrMissing, wantFile: "nope.crt", wantText: []string{"CA certificate", "flower-certs"}},
+		{name: "missing certificate", ca: caFile, cert: filepath.Join(dir, "nope.pem"), key: keyFile,
+			want: ErrMissing, wantFile: "nope.pem"},
+		{name: "missing key", ca: caFile, cert: certFile, key: filepath.Join(dir, "nope.key"),
+			want: ErrMissing, wantFile: "nope.key"},
+		{name: "unreadable (a folder)", ca: caFile, cert: dir, key: keyFile, want: ErrUnreadable, wantFile: dir},
+		{name: "empty CA", ca: w("empty.crt", nil), cert: certFile, key: keyFile, want: ErrEmpty, wantFile: "empty.crt"},
+		{name: "empty certificate", ca: caFile, cert: w("empty.pem", []byte("\n \n")), key: keyFile, want: ErrEmpty, wantFile: "empty.pem"},
+		{name: "empty key", ca: caFile, cert: certFile, key: w("empty.key", nil), want: ErrEmpty, wantFile: "empty.key"},
+		{name: "certificate not PEM", ca: caFile, cert: w("text.pem", []byte("hello\n")), key: keyFile,
+			want: ErrNotPEM, wantFile: "text.pem", wantText: []string{"BEGIN CERTIFICATE"}},
+		{name: "certificate in DER", ca: caFile, cert: w("der.pem", der.Bytes), key: keyFile,
+			want: ErrNotPEM, wantFile: "der.pem", wantText: []string{"DER", "openssl x509 -inform der"}},
+		{name: "key not PEM", ca: caFile, cert: certFile, key: w("text.key", []byte("hello\n")),
+			want: ErrNotPEM, wantFile: "text.key", wantText: []string{"BEGIN PRIVATE KEY"}},
+		{name: "CA not PEM", ca: w("text.crt", []byte("hello\n")), cert: certFile, key: keyFile, want: ErrNotPEM, wantFile: "text.crt"},
+		{name: "key where the certificate belongs", ca: caFile, cert: keyFile, key: keyFile,
+			want: ErrWrongPEMType, wantFile: "server.key", wantText: []string{"private key where a certificate belongs", "swapped"}},
+		{name: "certificate where the key belongs", ca: caFile, cert: certFile, key: certFile,
+			want: ErrWrongPEMType, wantFile: "server.pem", wantText: []string{"certificate where the private key belongs", "swapped"}},
+		{name: "swapped", ca: caFile, cert: keyFile, key: certFile, want: ErrWrongPEMType, wantFile: "server.key"},
+		{name: "CSR in certificate file", ca: caFile, cert: w("csr.pem", csr), key: keyFile,
+			want: ErrWrongPEMType, wantFile: "csr.pem", wantText: []string{"CERTIFICATE REQUEST"}},
+		{name: "encrypted key", ca: caFile, cert: certFile, key: w("enc.key", encKey),
+			want: ErrWrongPEMType, wantFile: "enc.key", wantText: []string{"encrypted", "openssl pkey"}},
+		{name: "malformed certificate", ca: caFile, cert: w("bad.pem", badCert), key: keyFile,
+			want: ErrMalformed, wantFile: "bad.pem", wantText: []string{"does not parse"}},
+		{name: "key does not match", ca: caFile, cert: certFile, key: w("other.key", other.KeyPEM),
+			want: ErrKeyMismatch, wantFile: "other.key", wantText: []string{"does not match", "server.pem", "flower-certs --force"}},
+		{name: "expired", ca: caFile, cert: w("expired.pem", expired.CertPEM), key: w("expired.key", expired.KeyPEM),
+			want: ErrExpired, wantFile: "expired.pem",
+			wantText: []string{"expired on " + stamp(expired.Leaf.NotAfter), stamp(expired.Leaf.NotBefore), "flower-certs --force"}},
+		{name: "expired by the given time", ca: caFile, cert: certFile, key: keyFile, checkAtTimeOffset: 400 * 24 * time.Hour,
+			want: ErrExpired, wantFile: "server.pem"},
+		{name: "not yet valid", ca: caFile, cert: w("future.pem", future.CertPEM), key: w("future.key", future.KeyPEM),
+			want: ErrNotYetValid, wantFile: "future.pem",
+			wantText: []string{"not valid until " + stamp(future.Leaf.NotBefore), stamp(future.Leaf.NotAfter), "clock"}},
+		{name: "signed by another CA", ca: caFile, cert: w("foreign.pem", foreign.CertPEM), key: w("foreign.key", foreign.KeyPEM),
+			want: ErrUntrusted, wantFile: "foreign.pem", wantText: []string{"does not chain to the CA in " + caFile, "was the CA made again"}},
+		{name: "CA expired", ca: oldCAFile, cert: w("old.pem", oldCALeaf.CertPEM), key: w("old.key", oldCALeaf.KeyPEM),
+			want: ErrExpired, wantFile: "old-ca.crt", wantText: []string{"CA certificate", "--new-ca"}},
+		{name: "no SANs", ca: caFile, cert: w("nosan.pem", noSAN.CertPEM), key: w("nosan.key", noSAN.KeyPEM),
+			want: ErrNoSAN, wantFile: "nosan.pem", wantText: []string{"no subject alternative names", "--host"}},
+		{name: "client certificate", ca: caFile, cert: w("client.pem", clientOnly.CertPEM), key: w("client.key", clientOnly.KeyPEM),
+			want: ErrWrongUsage, wantFile: "client.pem", wantText: []string{"serverAuth"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Check(tc.ca, tc.cert, tc.key, now.Add(tc.checkAtTimeOffset))
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Check: %v", err)
+				}
+				if c.Leaf == nil || len(c.Certificate) != tc.wantChainLen || c.PrivateKey == nil {
+					t.Fatalf("Check gave leaf %v, %d certificates, key %v", c.Leaf != nil, len(c.Certificate), c.PrivateKey != nil)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Check error %v, want %v", err, tc.want)
+			}
+			var fe *FileError
+			if !errors.As(err, &fe) || filepath.Base(fe.Path) != filepath.Base(tc.wantFile) {
+				t.Fatalf("error %v is not a *FileError for %s", err, tc.wantFile)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "selfsigned: ") || !strings.Contains(msg, tc.wantFile) || fe.Fix == "" {
+				t.Errorf("message %q does not name %s and a fix", msg, tc.wantFile)
+			}
+			for _, s := range tc.wantText {
+				if !strings.Contains(msg, s) {
+					t.Errorf("message %q lacks %q", msg, s)
+				}
+			}
+			for _, f := range []string{tc.key, tc.cert} {
+				if b, err := os.ReadFile(f); err == nil && len(b) > 70 && strings.Contains(msg, string(b[40:70])) {
+					t.Errorf("message %q holds the content of %s", msg, f)
+				}
+			}
+		})
+	}
+}
+
+func TestCheckMissingWrapsNotExist(t *testing.T) {
+	_, err := Check("", filepath.Join(t.TempDir(), "x.pem"), "y.key", time.Time{})
+	if !errors.Is(err, os.ErrNotExist) || !errors.Is(err, ErrMissing) {
+		t.Errorf("error %v matches neither os.ErrNotExist nor ErrMissing", err)
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	ca := newTestCA(t)
+	now := time.Now()
+	soon, err := ca.IssueServer(ServerOptions{NotAfter: now.Add(10 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := soon.TLSCertificate()
+	w := Warnings("server.pem", &c, now)
+	if len(w) != 1 || !strings.Contains(w[0], "server.pem") || !strings.Contains(w[0], stamp(soon.Leaf.NotAfter)) ||
+		!strings.Contains(w[0], "in 10 days") {
+		t.Errorf("Warnings for a certificate expiring in 10 days: %q", w)
+	}
+	late, _ := ca.IssueServer(ServerOptions{})
+	c, _ = late.TLSCertificate()
+	if w := Warnings("server.pem", &c, now); w != nil {
+		t.Errorf("Warnings for a certificate valid a year: %q", w)
+	}
+}
