@@ -220,7 +220,7 @@ func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, er
 	}
 	return &FileError{Path: f.certFile, Role: roleCert, Err: ErrUntrusted, Cause: err,
 		Detail: detail,
-		Fix: "give the CA that issued it, or " + fixRenew}
+		Fix:    "give the CA that issued it, or " + fixRenew}
 }
 
 // checkDates refuses a certificate outside its validity period at now.
