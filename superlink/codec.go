@@ -1,0 +1,345 @@
+package superlink
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// bigBytes is the size from which a bytes field is sent as a reference to
+// the held array rather than copied into the response buffer.
+const bigBytes = 64 << 10
+
+// codec is the SuperLink's gRPC codec (content-subtype "proto", the
+// default). Its wire bytes are exactly proto.MarshalOptions{Deterministic:
+// true}; what differs is where they live:
+//
+//   - Marshal writes a message that holds large bytes fields (parameter
+//     arrays) as a list of buffers: the small parts copied, each large
+//     bytes value referenced where it is held, so N nodes pulling the same
+//     100 MiB TaskIns cost N small buffers, not N copies. gRPC writes the
+//     buffers to the connection one frame at a time.
+//   - Unmarshal decodes from the received frames (see decode.go): large
+//     bytes fields are copied once, straight from the frames into a slice
+//     of their own, or not at all when the interner already holds the same
+//     content.
+//
+// Held arrays are never modified, so sharing them with responses in flight
+// is safe. It is safe for concurrent use.
+type codec struct {
+	in     *interner // may be nil
+	bigMin int
+}
+
+var _ encoding.CodecV2 = (*codec)(nil)
+
+func newCodec(in *interner) *codec { return &codec{in: in, bigMin: bigBytes} }
+
+// Name is "proto": the codec replaces gRPC's default for this server.
+func (c *codec) Name() string { return "proto" }
+
+func messageOf(v any) (proto.Message, error) {
+	switch m := v.(type) {
+	case protoadapt.MessageV2:
+		return m, nil
+	case protoadapt.MessageV1:
+		return protoadapt.MessageV2Of(m), nil
+	}
+	return nil, fmt.Errorf("superlink: codec: %T is not a protobuf message", v)
+}
+
+// Marshal encodes v deterministically (map entries sorted by key).
+func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
+	m, err := messageOf(v)
+	if err != nil {
+		return nil, err
+	}
+	w := &writer{bigMin: c.bigMin}
+	if !w.isBig(m.ProtoReflect()) {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	if err := w.message(m.ProtoReflect()); err != nil {
+		return nil, err
+	}
+	w.flush()
+	return w.out, nil
+}
+
+// marshalPieces is Marshal for tests, with a chosen threshold.
+func marshalPieces(m proto.Message, bigMin int) (mem.BufferSlice, error) {
+	c := &codec{bigMin: bigMin}
+	return c.Marshal(m)
+}
+
+// writer assembles a message from copied small parts and referenced large
+// bytes values.
+type writer struct {
+	bigMin int
+	out    mem.BufferSlice
+	cur    []byte
+}
+
+func (w *writer) flush() {
+	if len(w.cur) > 0 {
+		w.out = append(w.out, mem.SliceBuffer(w.cur))
+		w.cur = nil
+	}
+}
+
+func (w *writer) bytesValue(b []byte) {
+	w.cur = protowire.AppendVarint(w.cur, uint64(len(b)))
+	if len(b) >= w.bigMin {
+		w.flush()
+		w.out = append(w.out, mem.SliceBuffer(b))
+		return
+	}
+	w.cur = append(w.cur, b...)
+}
+
+// isBig reports whether m holds a large bytes value anywhere.
+func (w *writer) isBig(m protoreflect.Message) bool {
+	big := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		big = w.fieldBig(fd, v)
+		return !big
+	})
+	return big
+}
+
+func (w *writer) fieldBig(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+	switch {
+	case fd.IsMap():
+		vd := fd.MapValue()
+		big := false
+		v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+			big = w.singleBig(vd, mv)
+			return !big
+		})
+		return big
+	case fd.IsList():
+		l := v.List()
+		for i := range l.Len() {
+			if w.singleBig(fd, l.Get(i)) {
+				return true
+			}
+		}
+		return false
+	}
+	return w.singleBig(fd, v)
+}
+
+func (w *writer) singleBig(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+	switch fd.Kind() {
+	case protoreflect.BytesKind:
+		return len(v.Bytes()) >= w.bigMin
+	case protoreflect.MessageKind:
+		return w.isBig(v.Message())
+	}
+	return false
+}
+
+// sortedFields returns md's fields by number, the order
+// proto.MarshalOptions writes them in.
+func sortedFields(md protoreflect.MessageDescriptor) []protoreflect.FieldDescriptor {
+	fs := md.Fields()
+	out := make([]protoreflect.FieldDescriptor, fs.Len())
+	for i := range out {
+		out[i] = fs.Get(i)
+	}
+	slices.SortFunc(out, func(a, b protoreflect.FieldDescriptor) int { return cmp.Compare(a.Number(), b.Number()) })
+	return out
+}
+
+var det = proto.MarshalOptions{Deterministic: true}
+
+func (w *writer) message(m protoreflect.Message) error {
+	for _, fd := range sortedFields(m.Descriptor()) {
+		if !m.Has(fd) {
+			continue
+		}
+		v := m.Get(fd)
+		if !w.fieldBig(fd, v) {
+			// Encode this field alone: a message holding only it.
+			one := m.Type().New()
+			one.Set(fd, v)
+			var err error
+			if w.cur, err = det.MarshalAppend(w.cur, one.Interface()); err != nil {
+				return err
+			}
+			continue
+		}
+		switch {
+		case fd.IsMap():
+			if err := w.mapField(fd, v.Map()); err != nil {
+				return err
+			}
+		case fd.IsList():
+			l := v.List()
+			for i := range l.Len() {
+				if err := w.single(fd.Number(), fd.Kind(), l.Get(i)); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := w.single(fd.Number(), fd.Kind(), v); err != nil {
+				return err
+			}
+		}
+	}
+	w.cur = append(w.cur, m.GetUnknown()...)
+	return nil
+}
+
+// single writes one length-delimited value (a message or bytes) of a
+// field holding a large bytes value.
+func (w *writer) single(num protoreflect.FieldNumber, kind protoreflect.Kind, v protoreflect.Value) error {
+	w.cur = protowire.AppendTag(w.cur, num, protowire.BytesType)
+	switch kind {
+	case protoreflect.BytesKind:
+		w.bytesValue(v.Bytes())
+		return nil
+	case protoreflect.MessageKind:
+		sub := v.Message()
+		w.cur = protowire.AppendVarint(w.cur, uint64(proto.Size(sub.Interface())))
+		return w.message(sub)
+	}
+	return fmt.Errorf("superlink: codec: unexpected kind %v", kind)
+}
+
+func (w *writer) mapField(fd protoreflect.FieldDescriptor, m protoreflect.Map) error {
+	kd, vd := fd.MapKey(), fd.MapValue()
+	keys := make([]protoreflect.MapKey, 0, m.Len())
+	m.Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
+		keys = append(keys, k)
+		return true
+	})
+	slices.SortFunc(keys, func(a, b protoreflect.MapKey) int { return compareKeys(kd.Kind(), a, b) })
+	for _, k := range keys {
+		v := m.Get(k)
+		key := appendScalar(nil, 1, kd.Kind(), k.Value())
+		var valSize int
+		switch vd.Kind() {
+		case protoreflect.MessageKind:
+			valSize = proto.Size(v.Message().Interface())
+		case protoreflect.BytesKind:
+			valSize = len(v.Bytes())
+		default:
+			valSize = -1
+		}
+		if valSize < 0 || !w.singleBig(vd, v) {
+			// A small entry: encode it whole.
+			val := protowire.AppendTag(nil, 2, protowire.BytesType)
+			switch vd.Kind() {
+			case protoreflect.MessageKind:
+				val = protowire.AppendVarint(val, uint64(valSize))
+				var err error
+				if val, err = det.MarshalAppend(val, v.Message().Interface()); err != nil {
+					return err
+				}
+			case protoreflect.BytesKind:
+				val = protowire.AppendBytes(val, v.Bytes())
+			default:
+				val = appendScalar(nil, 2, vd.Kind(), v)
+			}
+			w.cur = protowire.AppendTag(w.cur, fd.Number(), protowire.BytesType)
+			w.cur = protowire.AppendVarint(w.cur, uint64(len(key)+len(val)))
+			w.cur = append(w.cur, key...)
+			w.cur = append(w.cur, val...)
+			continue
+		}
+		entry := len(key) + protowire.SizeTag(2) + protowire.SizeBytes(valSize)
+		w.cur = protowire.AppendTag(w.cur, fd.Number(), protowire.BytesType)
+		w.cur = protowire.AppendVarint(w.cur, uint64(entry))
+		w.cur = append(w.cur, key...)
+		if err := w.single(2, vd.Kind(), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func compareKeys(k protoreflect.Kind, a, b protoreflect.MapKey) int {
+	switch k {
+	case protoreflect.BoolKind:
+		ab, bb := a.Bool(), b.Bool()
+		switch {
+		case ab == bb:
+			return 0
+		case !ab:
+			return -1
+		}
+		return 1
+	case protoreflect.StringKind:
+		return cmp.Compare(a.String(), b.String())
+	case protoreflect.Uint32Kind, protoreflect.Uint64Kind, protoreflect.Fixed32Kind, protoreflect.Fixed64Kind:
+		return cmp.Compare(a.Uint(), b.Uint())
+	}
+	return cmp.Compare(a.Int(), b.Int())
+}
+
+// appendScalar appends field num holding the scalar v of kind k.
+func appendScalar(b []byte, num protoreflect.FieldNumber, k protoreflect.Kind, v protoreflect.Value) []byte {
+	switch k {
+	case protoreflect.BoolKind:
+		b = protowire.AppendTag(b, num, protowire.VarintType)
+		return protowire.AppendVarint(b, protowire.EncodeBool(v.Bool()))
+	case protoreflect.EnumKind:
+		b = protowire.AppendTag(b, num, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(int64(v.Enum())))
+	case protoreflect.Int32Kind, protoreflect.Int64Kind:
+		b = protowire.AppendTag(b, num, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(v.Int()))
+	case protoreflect.Sint32Kind, protoreflect.Sint64Kind:
+		b = protowire.AppendTag(b, num, protowire.VarintType)
+		return protowire.AppendVarint(b, protowire.EncodeZigZag(v.Int()))
+	case protoreflect.Uint32Kind, protoreflect.Uint64Kind:
+		b = protowire.AppendTag(b, num, protowire.VarintType)
+		return protowire.AppendVarint(b, v.Uint())
+	case protoreflect.Fixed32Kind:
+		b = protowire.AppendTag(b, num, protowire.Fixed32Type)
+		return protowire.AppendFixed32(b, uint32(v.Uint()))
+	case protoreflect.Sfixed32Kind:
+		b = protowire.AppendTag(b, num, protowire.Fixed32Type)
+		return protowire.AppendFixed32(b, uint32(v.Int()))
+	case protoreflect.FloatKind:
+		b = protowire.AppendTag(b, num, protowire.Fixed32Type)
+		return protowire.AppendFixed32(b, math.Float32bits(float32(v.Float())))
+	case protoreflect.Fixed64Kind:
+		b = protowire.AppendTag(b, num, protowire.Fixed64Type)
+		return protowire.AppendFixed64(b, v.Uint())
+	case protoreflect.Sfixed64Kind:
+		b = protowire.AppendTag(b, num, protowire.Fixed64Type)
+		return protowire.AppendFixed64(b, uint64(v.Int()))
+	case protoreflect.DoubleKind:
+		b = protowire.AppendTag(b, num, protowire.Fixed64Type)
+		return protowire.AppendFixed64(b, math.Float64bits(v.Float()))
+	case protoreflect.StringKind:
+		b = protowire.AppendTag(b, num, protowire.BytesType)
+		return protowire.AppendString(b, v.String())
+	case protoreflect.BytesKind:
+		b = protowire.AppendTag(b, num, protowire.BytesType)
+		return protowire.AppendBytes(b, v.Bytes())
+	}
+	panic(fmt.Sprintf("superlink: codec: kind %v cannot be a map key or scalar value", k))
+}
+
+// Unmarshal decodes data into v. See decode.go.
+func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, err := messageOf(v)
+	if err != nil {
+		return err
+	}
+	return c.unmarshal(data, m)
+}

@@ -1,0 +1,219 @@
+package superlink
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// staticSource serves one certificate.
+type staticSource struct{ c *tls.Certificate }
+
+func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.c, nil }
+
+var _ transport.CertSource = staticSource{}
+
+// testCerts makes a CA and a server certificate for localhost and
+// 127.0.0.1, and writes the CA to dir/ca.crt.
+func testCerts(t testing.TB, dir string) (transport.CertSource, string) {
+	t.Helper()
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.IssueServer(selfsigned.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pair.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return staticSource{&cert}, caFile
+}
+
+// fakeClock is a settable clock for liveness tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type fixture struct {
+	sl                    *SuperLink
+	clock                 *fakeClock
+	logs                  *syncBuffer
+	fleetConn, driverConn *grpc.ClientConn
+	fleet                 flwrproto.FleetClient
+	driver                flwrproto.DriverClient
+	fleetAddr, driverAddr string
+	caFile                string
+}
+
+// start runs a SuperLink with a fake clock on two loopback listeners over
+// real TLS, with clients for both APIs. Serve's return is checked when the
+// test ends.
+func start(t testing.TB) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	src, caFile := testCerts(t, dir)
+	clock := &fakeClock{t: time.Unix(1795638840, 0)}
+	logs := &syncBuffer{}
+	sl := New(Options{
+		Logger:        slog.New(slog.NewTextHandler(logs, nil)),
+		Now:           clock.Now,
+		SweepInterval: time.Hour,
+	})
+	fl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sl.Serve(ctx, fl, dl, transport.ServerCredentials(src)) }()
+	f := &fixture{sl: sl, clock: clock, logs: logs, fleetAddr: fl.Addr().String(), driverAddr: dl.Addr().String(), caFile: caFile}
+	f.fleetConn = dial(t, f.fleetAddr, caFile)
+	f.driverConn = dial(t, f.driverAddr, caFile)
+	f.fleet = flwrproto.NewFleetClient(f.fleetConn)
+	f.driver = flwrproto.NewDriverClient(f.driverConn)
+	t.Cleanup(func() {
+		f.fleetConn.Close()
+		f.driverConn.Close()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("Serve did not return after its context ended")
+		}
+	})
+	return f
+}
+
+func dial(t testing.TB, addr, caFile string) *grpc.ClientConn {
+	t.Helper()
+	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// healthy asserts that both APIs still answer their health check.
+func (f *fixture) healthy(t testing.TB) {
+	t.Helper()
+	for _, c := range []*grpc.ClientConn{f.fleetConn, f.driverConn} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err := healthpb.NewHealthClient(c).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health check on %s: %v %v", c.Target(), r, err)
+		}
+	}
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// now returns the fixture clock as unix seconds.
+func (f *fixture) now() float64 { return float64(f.clock.Now().UnixMicro()) / 1e6 }
+
+// taskIns builds a valid TaskIns for node in run.
+func taskIns(run, node int64, createdAt float64) *flwrproto.TaskIns {
+	return &flwrproto.TaskIns{
+		GroupId: "1",
+		RunId:   run,
+		Task: &flwrproto.Task{
+			Producer:  &flwrproto.Node{Anonymous: true},
+			Consumer:  &flwrproto.Node{NodeId: node},
+			CreatedAt: createdAt,
+			Ttl:       3600,
+			TaskType:  "train",
+			Recordset: &flwrproto.RecordSet{},
+		},
+	}
+}
+
+// taskRes builds a valid answer of node to ins.
+func taskRes(ins *flwrproto.TaskIns, node int64, createdAt float64) *flwrproto.TaskRes {
+	return &flwrproto.TaskRes{
+		GroupId: ins.GroupId,
+		RunId:   ins.RunId,
+		Task: &flwrproto.Task{
+			Producer:  &flwrproto.Node{NodeId: node},
+			Consumer:  &flwrproto.Node{Anonymous: true},
+			CreatedAt: createdAt,
+			Ttl:       3000,
+			Ancestry:  []string{ins.TaskId},
+			TaskType:  ins.Task.TaskType,
+			Recordset: &flwrproto.RecordSet{},
+		},
+	}
+}

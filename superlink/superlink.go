@@ -1,0 +1,243 @@
+// Package superlink is Sepal's SuperLink: the Flower 1.8.0 Fleet API (for
+// SuperNodes) and Driver API (for ServerApps) over gRPC, sharing one
+// in-memory state.
+//
+// It follows the 1.8.0 semantics of PROTOCOL.md (random signed 64-bit node
+// and run ids, UUID4 task ids, liveness from ping_interval, a TaskIns handed
+// to exactly one node once, results deleted once pulled, the made-up
+// NODE_UNAVAILABLE result for an offline consumer) with these differences on
+// purpose:
+//
+//   - Requests 1.8.0 answers with UNKNOWN and a Python exception text, or
+//     silently accepts, get a status code and a message that says what to
+//     do: InvalidArgument for malformed requests (empty lists, ttl <= 0,
+//     a task id that is not a UUID, ...), NotFound for an unknown run, an
+//     unknown consumer node, DeleteNode of an unknown node, or a TaskRes
+//     whose ancestry names no stored TaskIns, PermissionDenied for a TaskRes
+//     from a node other than the TaskIns's consumer, and FailedPrecondition
+//     for a TaskRes to a TaskIns not yet pulled or already answered.
+//   - Every element of PushTaskRes's task_res_list is stored (1.8.0 only
+//     the first); pushes are all-or-nothing.
+//   - PullTaskRes for a TaskIns whose consumer was deleted answers the
+//     NODE_UNAVAILABLE result (1.8.0 fails with UNKNOWN).
+//   - Identical parameter arrays are held once, however many tasks carry
+//     them, and sent from that one copy.
+//
+// Kept as in 1.8.0: Ping of an unknown node answers success=false;
+// PullTaskIns of an unknown or anonymous node answers no task (a SuperNode
+// that polls too early keeps working); DeleteNode of an anonymous node is a
+// no-op; GetNodes of an unknown run is empty; TTL is validated but not
+// enforced.
+package superlink
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+)
+
+// MaxMessageSize is the largest gRPC message received or sent, both ways:
+// 512 MiB, as Flower 1.8.0.
+const MaxMessageSize = 536870912
+
+// Options configure a SuperLink. The zero value is ready to use.
+type Options struct {
+	// Logger receives one line per node that joins or leaves and per run
+	// created. Default: slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for liveness and the task timestamps.
+	// Default: time.Now.
+	Now func() time.Time
+	// Rand is the source of node ids, run ids and task ids (UUID4).
+	// Default: crypto/rand.Reader.
+	Rand io.Reader
+	// ShutdownGrace bounds how long Serve waits for RPCs in flight once its
+	// context ends before it cuts the connections. Default: 5s.
+	ShutdownGrace time.Duration
+	// SweepInterval is how often Serve looks for nodes that missed their
+	// ping, so that their leaving is logged. Default: 5s.
+	SweepInterval time.Duration
+}
+
+// SuperLink holds the state shared by the Fleet and Driver services. Its
+// methods are safe for concurrent use.
+type SuperLink struct {
+	log   *slog.Logger
+	opts  Options
+	state *state
+	codec *codec
+}
+
+// New returns a SuperLink with empty in-memory state.
+func New(o Options) *SuperLink {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.ShutdownGrace <= 0 {
+		o.ShutdownGrace = 5 * time.Second
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 5 * time.Second
+	}
+	st := newState(o.Logger, o.Now, o.Rand)
+	return &SuperLink{log: o.Logger, opts: o, state: st, codec: newCodec(st.interns)}
+}
+
+// Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
+// state, for tests and for callers that build their own gRPC server.
+func (s *SuperLink) Fleet() flwrproto.FleetServer { return &fleet{s: s.state} }
+
+// Driver returns the Driver service (the ServerApps' API) on this
+// SuperLink's state.
+func (s *SuperLink) Driver() flwrproto.DriverServer { return &driver{s: s.state} }
+
+// ServerOptions are the gRPC server options of a SuperLink: the transport
+// credentials, 512 MiB messages both ways (as 1.8.0), keepalive (server
+// pings after 210 s idle as 1.8.0; clients may ping every 10 s, also
+// without an RPC in flight, which SuperNodes that poll every few seconds
+// need), a MaxConnectionAge of one hour (jittered by gRPC) with five
+// minutes of grace, so that long-lived clients reconnect and pick up a
+// rotated certificate, and the codec that sends large arrays without
+// copying them.
+func ServerOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
+	return serverOptions(creds, newCodec(nil))
+}
+
+func serverOptions(creds credentials.TransportCredentials, c *codec) []grpc.ServerOption {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:                  210 * time.Second,
+			Timeout:               20 * time.Second,
+			MaxConnectionAge:      time.Hour,
+			MaxConnectionAgeGrace: 5 * time.Minute,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.ForceServerCodecV2(c),
+		grpc.ChainUnaryInterceptor(recoverInterceptor),
+	}
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	return opts
+}
+
+// recoverInterceptor turns a panic in a handler into Internal, so that one
+// bad request never takes the SuperLink down.
+func recoverInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			slog.Error("superlink: handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, status.Errorf(codes.Internal, "superlink: internal error in %s", info.FullMethod)
+		}
+	}()
+	return h(ctx, req)
+}
+
+// Serve serves the Fleet API on fleet and the Driver API on driver, each
+// with the standard gRPC health service (grpc.health.v1.Health, SERVING for
+// "" and the API's service name), using creds (nil means plaintext). It
+// blocks until ctx ends, then stops gracefully: health turns NOT_SERVING,
+// RPCs in flight get ShutdownGrace to finish, then connections are cut.
+// It returns nil after ctx ends, or the error of a listener that failed.
+// Serve closes both listeners.
+func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener, creds credentials.TransportCredentials) error {
+	if fleetLis == nil || driverLis == nil {
+		return errors.New("superlink: Serve needs a Fleet and a Driver listener")
+	}
+	opts := serverOptions(creds, s.codec)
+
+	fs := grpc.NewServer(opts...)
+	flwrproto.RegisterFleetServer(fs, s.Fleet())
+	fh := health.NewServer()
+	fh.SetServingStatus(flwrproto.Fleet_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(fs, fh)
+
+	ds := grpc.NewServer(opts...)
+	flwrproto.RegisterDriverServer(ds, s.Driver())
+	dh := health.NewServer()
+	dh.SetServingStatus(flwrproto.Driver_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(ds, dh)
+
+	errc := make(chan error, 2)
+	go func() {
+		if err := fs.Serve(fleetLis); err != nil {
+			errc <- fmt.Errorf("superlink: Fleet API on %s: %w", fleetLis.Addr(), err)
+		}
+	}()
+	go func() {
+		if err := ds.Serve(driverLis); err != nil {
+			errc <- fmt.Errorf("superlink: Driver API on %s: %w", driverLis.Addr(), err)
+		}
+	}()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		t := time.NewTicker(s.opts.SweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+				s.state.sweep()
+			}
+		}
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	fh.Shutdown()
+	dh.Shutdown()
+	var wg sync.WaitGroup
+	for _, srv := range []*grpc.Server{fs, ds} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := make(chan struct{})
+			go func() { srv.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(s.opts.ShutdownGrace):
+				srv.Stop()
+				<-done
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-sweepDone
+	return err
+}
