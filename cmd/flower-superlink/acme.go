@@ -1,37 +1,163 @@
 package main
 
 // This file is the seam between flower-superlink and the acme package: the
-// --acme-* flags and the CertSource they build. Until ACME lands it only
-// registers --acme-domain and refuses it.
+// --acme-* flags and the CertSource they build.
 
 import (
 	"context"
-	"errors"
 	"log/slog"
+	"net"
+	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/sepal-fl/sepal/acme"
+	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/transport"
 )
 
+// fleetAddressFlag is the flag whose address answers TLS-ALPN-01.
+const fleetAddressFlag = "grpc-rere-fleet-api-address"
+
 // acmeFlags are the --acme-* flags.
 type acmeFlags struct {
-	domains []string
+	fs            *pflag.FlagSet
+	domains       []string
+	email         string
+	ca            string
+	caRoot        string
+	storage       string
+	challenge     string
+	httpAddress   string
+	client        string
+	timeout       time.Duration
+	renewInterval time.Duration
+	renewWindow   float64
 }
+
+// acmeFlagNames lists every --acme-* flag but --acme-domain.
+var acmeFlagNames = []string{"acme-email", "acme-ca", "acme-ca-root", "acme-storage", "acme-challenge",
+	"acme-http-address", "acme-client", "acme-timeout", "acme-renew-interval", "acme-renew-window"}
+
+// certFlagNames are the flags that supply a certificate some other way.
+var certFlagNames = []string{"certificates", "ssl-ca-certfile", "ssl-certfile", "ssl-keyfile", "insecure"}
 
 // registerACMEFlags adds the --acme-* flags to fs.
 func registerACMEFlags(fs *pflag.FlagSet) *acmeFlags {
-	a := &acmeFlags{}
-	fs.StringArrayVar(&a.domains, "acme-domain", nil, "obtain and renew the certificate for this domain from an ACME CA (repeatable)")
+	a := &acmeFlags{fs: fs}
+	fs.StringArrayVar(&a.domains, "acme-domain", nil, "obtain and renew the certificate for this domain from an ACME CA such as Let's Encrypt (repeatable; the first is served to clients without SNI)")
+	fs.StringVar(&a.email, "acme-email", "", "contact address of the ACME account, for expiry and incident mail (optional; never prompted for)")
+	fs.StringVar(&a.ca, "acme-ca", "", "ACME directory URL, or \"staging\" for Let's Encrypt staging (default Let's Encrypt production)")
+	fs.StringVar(&a.caRoot, "acme-ca-root", "", "PEM file of roots that the ACME server's own HTTPS chains to (a private CA or pebble; default system roots)")
+	fs.StringVar(&a.storage, "acme-storage", "", "folder for the ACME account and certificates, created 0700 (default "+acme.DefaultStorage()+")")
+	fs.StringVar(&a.challenge, "acme-challenge", acme.ChallengeTLSALPN01, "challenge type: tls-alpn-01 (answered on the Fleet API listener; the CA connects to port 443) or http-01 (answered on --acme-http-address; the CA connects to port 80)")
+	fs.StringVar(&a.httpAddress, "acme-http-address", ":80", "where the HTTP-01 responder listens (with --acme-challenge http-01)")
+	fs.StringVar(&a.client, "acme-client", acme.ClientCertmagic, "ACME client: certmagic or autocert")
+	fs.DurationVar(&a.timeout, "acme-timeout", acme.DefaultStartupTimeout, "how long start-up may take to obtain the certificates before it fails")
+	fs.DurationVar(&a.renewInterval, "acme-renew-interval", 0, "how often to check certificates for renewal (certmagic; default 10m)")
+	fs.Float64Var(&a.renewWindow, "acme-renew-window", 0, "part of a certificate's lifetime, at its end, in which to renew it (certmagic; default 1/3)")
+	_ = fs.MarkHidden("acme-renew-interval")
+	_ = fs.MarkHidden("acme-renew-window")
 	return a
 }
 
 // enabled reports whether any --acme-* flag asks for ACME.
 func (a *acmeFlags) enabled() bool { return len(a.domains) > 0 }
 
+// check refuses --acme-* flags without --acme-domain, ACME mixed with
+// another certificate source, and bad values, each in one line naming the
+// flag (a *cli.UsageError). The command calls it after parsing, whether or
+// not ACME is enabled; source calls it too.
+func (a *acmeFlags) check() error {
+	if !a.enabled() {
+		for _, n := range acmeFlagNames {
+			if a.fs.Changed(n) {
+				return cli.Usagef("--%s needs --acme-domain", n)
+			}
+		}
+		return nil
+	}
+	for _, n := range certFlagNames {
+		if a.fs.Changed(n) {
+			return cli.Usagef("--acme-domain and --%s conflict: ACME supplies the certificate; use one of them", n)
+		}
+	}
+	for _, d := range a.domains {
+		if err := acme.ValidateDomain(d); err != nil {
+			return cli.Usagef("--acme-domain: %s", strings.TrimPrefix(err.Error(), "acme: "))
+		}
+	}
+	if _, err := acme.ResolveCA(a.ca); err != nil {
+		return cli.Usagef("--acme-ca %q: give an https:// ACME directory URL, or \"staging\"", a.ca)
+	}
+	switch a.challenge {
+	case acme.ChallengeTLSALPN01, acme.ChallengeHTTP01:
+	default:
+		return cli.Usagef("--acme-challenge %q: use tls-alpn-01 or http-01", a.challenge)
+	}
+	if a.fs.Changed("acme-http-address") && a.challenge != acme.ChallengeHTTP01 {
+		return cli.Usagef("--acme-http-address needs --acme-challenge http-01")
+	}
+	if a.challenge == acme.ChallengeHTTP01 {
+		if _, _, err := net.SplitHostPort(a.httpAddress); err != nil {
+			return cli.Usagef("--acme-http-address %q: want host:port, such as :80", a.httpAddress)
+		}
+	}
+	switch a.client {
+	case acme.ClientCertmagic, acme.ClientAutocert:
+	default:
+		return cli.Usagef("--acme-client %q: use certmagic or autocert", a.client)
+	}
+	if a.timeout <= 0 {
+		return cli.Usagef("--acme-timeout %v: must be positive, such as 3m", a.timeout)
+	}
+	if a.renewInterval < 0 {
+		return cli.Usagef("--acme-renew-interval %v: must not be negative", a.renewInterval)
+	}
+	if a.renewWindow < 0 || a.renewWindow >= 1 {
+		return cli.Usagef("--acme-renew-window %v: must be in [0, 1)", a.renewWindow)
+	}
+	return nil
+}
+
+// fleetAddress is the Fleet API address, where TLS-ALPN-01 is answered.
+func (a *acmeFlags) fleetAddress() string {
+	if f := a.fs.Lookup(fleetAddressFlag); f != nil && f.Value.String() != "" {
+		return f.Value.String()
+	}
+	return "0.0.0.0:9092"
+}
+
 // source builds the ACME CertSource and obtains (or loads from storage) a
-// certificate for every domain before it returns. The caller runs it in the
-// background if it is a transport.Runner.
+// certificate for every domain before it returns, within --acme-timeout.
+// It must run before the Fleet API listener is opened: with tls-alpn-01 it
+// answers the first challenges on that address itself. The result is a
+// transport.Runner (renewal, the HTTP-01 responder) and a
+// transport.ALPNSource (acme-tls/1 with tls-alpn-01); the caller runs it
+// in the background.
 func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.CertSource, error) {
-	return nil, errors.New("--acme-domain: ACME is not built yet; use --certificates")
+	if err := a.check(); err != nil {
+		return nil, err
+	}
+	o := acme.Options{
+		Domains:            a.domains,
+		Email:              a.email,
+		CA:                 a.ca,
+		CARootFile:         a.caRoot,
+		Storage:            a.storage,
+		Challenge:          a.challenge,
+		TLSALPNAddress:     a.fleetAddress(),
+		HTTPAddress:        a.httpAddress,
+		Client:             a.client,
+		StartupTimeout:     a.timeout,
+		RenewCheckInterval: a.renewInterval,
+		RenewalWindowRatio: a.renewWindow,
+		Logger:             log,
+	}
+	src, err := acme.New(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return src, nil
 }

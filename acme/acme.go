@@ -1,0 +1,581 @@
+// Package acme supplies serving certificates obtained from an ACME CA such
+// as Let's Encrypt, renewed in the background. It has two clients behind one
+// type: github.com/caddyserver/certmagic (the default) and
+// golang.org/x/crypto/acme/autocert (lighter, fewer abilities). A *Source
+// satisfies Sepal's transport.CertSource, transport.Runner and
+// transport.ALPNSource without importing transport, and a server cannot tell
+// which client is behind it.
+//
+// Start-up (New) obtains, or loads from storage, a certificate for every
+// domain before it returns, so a server built on a Source never serves
+// without one. A valid certificate in storage is used even when the CA
+// cannot be reached. Renewal runs in the background; a renewed certificate
+// reaches new handshakes at once, a failed renewal keeps the current one.
+//
+// This is the only package of Sepal that imports certmagic (and zap through
+// it); certmagic's logs are bridged into the caller's slog.Logger.
+package acme
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Directory URLs of Let's Encrypt.
+const (
+	LetsEncryptProduction = "https://acme-v02.api.letsencrypt.org/directory"
+	LetsEncryptStaging    = "https://acme-staging-v02.api.letsencrypt.org/directory"
+)
+
+// Challenge types and client names accepted in Options.
+const (
+	ChallengeTLSALPN01 = "tls-alpn-01"
+	ChallengeHTTP01    = "http-01"
+
+	ClientCertmagic = "certmagic"
+	ClientAutocert  = "autocert"
+
+	// ALPNProto is the protocol a listener must offer for TLS-ALPN-01.
+	ALPNProto = "acme-tls/1"
+)
+
+// DefaultStartupTimeout bounds how long New may take to obtain certificates.
+const DefaultStartupTimeout = 3 * time.Minute
+
+// Options configures a Source. The zero value of every field but Domains
+// has a documented default.
+type Options struct {
+	// Domains are the DNS names to obtain a certificate for, one certificate
+	// per name. Required. Clients that send no SNI, or an unknown one, get
+	// the certificate of Domains[0].
+	Domains []string
+
+	// Email is the contact address of the ACME account. "" registers an
+	// account without contact; it never prompts on standard input.
+	Email string
+
+	// CA is the ACME directory URL. Default LetsEncryptProduction; "staging"
+	// is shorthand for LetsEncryptStaging.
+	CA string
+
+	// CARootFile is a PEM file of roots that the CA's own HTTPS chains to
+	// (a private CA, or pebble in tests). Default: the system pool.
+	CARootFile string
+
+	// Storage is the folder for the account and certificates, created 0700.
+	// Default DefaultStorage(). certmagic keeps its layout (acme/,
+	// certificates/) in it; autocert keeps its files in Storage/autocert.
+	Storage string
+
+	// Challenge is ChallengeTLSALPN01 (default) or ChallengeHTTP01.
+	Challenge string
+
+	// TLSALPNAddress is the address of the TLS listener that answers
+	// TLS-ALPN-01: the server's own listener, whose tls.Config offers
+	// NextProtos and calls GetCertificate. During New, before that listener
+	// exists, the Source listens there itself for the first certificates.
+	// The CA connects to port 443 of each domain, which must reach it.
+	// Default ":443".
+	TLSALPNAddress string
+
+	// HTTPAddress is where the HTTP-01 responder listens, from New until
+	// Run ends (only with ChallengeHTTP01). The CA connects to port 80 of
+	// each domain, which must reach it. Default ":80".
+	HTTPAddress string
+
+	// Client is ClientCertmagic (default) or ClientAutocert.
+	Client string
+
+	// StartupTimeout bounds New. Default DefaultStartupTimeout.
+	StartupTimeout time.Duration
+
+	// RenewCheckInterval is how often certmagic checks whether a
+	// certificate is due for renewal. Default certmagic's (10 min).
+	// autocert sets a timer per certificate and ignores it.
+	RenewCheckInterval time.Duration
+
+	// RenewalWindowRatio is the part of a certificate's lifetime, at its
+	// end, in which certmagic renews it (unless the CA's ARI says
+	// otherwise). Default 1/3, which is also autocert's fixed choice.
+	RenewalWindowRatio float64
+
+	// Logger receives the steps (account, order, challenge, issued, expiry)
+	// and certmagic's own logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// DefaultStorage returns the per-user folder for ACME data:
+// $XDG_DATA_HOME/sepal/acme, else ~/.local/share/sepal/acme on Unix-like
+// systems, else os.UserConfigDir()/sepal/acme.
+func DefaultStorage() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "sepal", "acme")
+	}
+	if home, err := os.UserHomeDir(); err == nil && home != "" && filepath.Separator == '/' && !strings.HasPrefix(home, "/var/empty") {
+		return filepath.Join(home, ".local", "share", "sepal", "acme")
+	}
+	if d, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(d, "sepal", "acme")
+	}
+	return filepath.Join(".", "sepal-acme")
+}
+
+// ResolveCA expands "" and "staging" to Let's Encrypt's directory URLs and
+// checks that anything else is an https URL.
+func ResolveCA(ca string) (string, error) {
+	switch strings.ToLower(strings.TrimSpace(ca)) {
+	case "", "production", "letsencrypt":
+		return LetsEncryptProduction, nil
+	case "staging":
+		return LetsEncryptStaging, nil
+	}
+	if !strings.HasPrefix(ca, "https://") || len(ca) <= len("https://") {
+		return "", fmt.Errorf("acme: CA %q is not an https:// directory URL (or \"staging\")", ca)
+	}
+	return ca, nil
+}
+
+// normalize lower-cases a DNS name and strips a trailing dot.
+func normalize(name string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(name)), ".")
+}
+
+// validDomain reports why name cannot be an ACME DNS identifier, or "".
+func validDomain(name string) string {
+	switch {
+	case name == "":
+		return "it is empty"
+	case net.ParseIP(name) != nil:
+		return "it is an IP address; ACME here issues for DNS names"
+	case strings.Contains(name, "*"):
+		return "wildcards need the DNS-01 challenge, which Sepal does not do"
+	case !strings.Contains(name, "."):
+		return "it has a single label; use the full name, such as superlink.example.org"
+	case len(name) > 253:
+		return "it is longer than 253 characters"
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return fmt.Sprintf("label %q is not a valid DNS label", label)
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+				return fmt.Sprintf("label %q has the character %q", label, r)
+			}
+		}
+	}
+	return ""
+}
+
+// ValidateDomain returns an error saying why name cannot be a domain of a
+// Source, or nil.
+func ValidateDomain(name string) error {
+	if why := validDomain(normalize(name)); why != "" {
+		return fmt.Errorf("acme: domain %q: %s", name, why)
+	}
+	return nil
+}
+
+// withDefaults validates o and fills in its defaults.
+func (o Options) withDefaults() (Options, error) {
+	if len(o.Domains) == 0 {
+		return o, errors.New("acme: no domain given")
+	}
+	seen := map[string]bool{}
+	var domains []string
+	for _, d := range o.Domains {
+		n := normalize(d)
+		if why := validDomain(n); why != "" {
+			return o, fmt.Errorf("acme: domain %q: %s", d, why)
+		}
+		if !seen[n] {
+			seen[n] = true
+			domains = append(domains, n)
+		}
+	}
+	o.Domains = domains
+	ca, err := ResolveCA(o.CA)
+	if err != nil {
+		return o, err
+	}
+	o.CA = ca
+	if o.Storage == "" {
+		o.Storage = DefaultStorage()
+	}
+	switch o.Challenge {
+	case "":
+		o.Challenge = ChallengeTLSALPN01
+	case ChallengeTLSALPN01, ChallengeHTTP01:
+	default:
+		return o, fmt.Errorf("acme: challenge %q: use %q or %q", o.Challenge, ChallengeTLSALPN01, ChallengeHTTP01)
+	}
+	switch o.Client {
+	case "":
+		o.Client = ClientCertmagic
+	case ClientCertmagic, ClientAutocert:
+	default:
+		return o, fmt.Errorf("acme: client %q: use %q or %q", o.Client, ClientCertmagic, ClientAutocert)
+	}
+	if o.TLSALPNAddress == "" {
+		o.TLSALPNAddress = ":443"
+	}
+	if o.HTTPAddress == "" {
+		o.HTTPAddress = ":80"
+	}
+	for _, a := range []struct{ name, addr string }{{"TLS-ALPN address", o.TLSALPNAddress}, {"HTTP address", o.HTTPAddress}} {
+		if _, _, err := splitHostPort(a.addr); err != nil {
+			return o, fmt.Errorf("acme: %s %q: %w", a.name, a.addr, err)
+		}
+	}
+	if o.StartupTimeout < 0 || o.RenewCheckInterval < 0 {
+		return o, errors.New("acme: StartupTimeout and RenewCheckInterval must not be negative")
+	}
+	if o.StartupTimeout == 0 {
+		o.StartupTimeout = DefaultStartupTimeout
+	}
+	if o.RenewalWindowRatio < 0 || o.RenewalWindowRatio >= 1 {
+		return o, fmt.Errorf("acme: RenewalWindowRatio %v is not in [0, 1)", o.RenewalWindowRatio)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o, nil
+}
+
+// splitHostPort splits "host:port" with a numeric port.
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q is not a number from 0 to 65535", p)
+	}
+	return host, port, nil
+}
+
+// loadRoots reads a PEM file of CA certificates.
+func loadRoots(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("acme: CA root file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("acme: CA root file %s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// backend is what certmagic and autocert each supply.
+type backend interface {
+	// certificate returns the certificate for name, which is one of the
+	// domains, from memory. hello is the original ClientHello.
+	certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error)
+	// challengeCertificate answers an acme-tls/1 ClientHello.
+	challengeCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error)
+	// httpHandler answers HTTP-01 requests and 404s the rest.
+	httpHandler() http.Handler
+	// obtain loads the certificate for domain from storage, or obtains
+	// it, and puts it in memory; it reports which.
+	obtain(ctx context.Context, domain string) (leaf *x509.Certificate, loaded bool, err error)
+	// stop ends background renewal.
+	stop()
+}
+
+// Source is an ACME certificate source. Its methods are safe for
+// concurrent use.
+type Source struct {
+	opts    Options
+	log     *slog.Logger
+	b       backend
+	domains map[string]bool
+	protos  []string
+
+	httpSrv *http.Server
+	serving sync.Map // domain -> *x509.Certificate last served, for the "serving" log line
+	stopped atomic.Bool
+}
+
+// New validates o, starts the HTTP-01 responder if that challenge is used,
+// and obtains or loads a certificate for every domain before it returns.
+// It blocks for at most o.StartupTimeout (or until ctx ends). Errors are
+// *ObtainError when the CA did not issue, with the CA's own text and what
+// to check. Call Run (or Close) to release what New started.
+func New(ctx context.Context, o Options) (*Source, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Storage, 0o700); err != nil {
+		return nil, fmt.Errorf("acme: storage folder: %w", err)
+	}
+	var roots *x509.CertPool
+	if o.CARootFile != "" {
+		if roots, err = loadRoots(o.CARootFile); err != nil {
+			return nil, err
+		}
+	}
+	s := &Source{opts: o, log: o.Logger, domains: map[string]bool{}}
+	for _, d := range o.Domains {
+		s.domains[d] = true
+	}
+	if o.Challenge == ChallengeTLSALPN01 {
+		s.protos = []string{ALPNProto}
+	}
+	switch o.Client {
+	case ClientAutocert:
+		s.b, err = newAutocert(o, roots)
+	default:
+		s.b, err = newCertmagic(o, roots)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("acme: starting", "client", o.Client, "ca", o.CA, "domains", strings.Join(o.Domains, ","),
+		"challenge", o.Challenge, "storage", o.Storage, "email_set", o.Email != "")
+
+	if o.Challenge == ChallengeHTTP01 {
+		if err := s.startHTTP(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	if err := s.obtainAll(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// startHTTP starts the HTTP-01 responder on o.HTTPAddress.
+func (s *Source) startHTTP() error {
+	ln, err := net.Listen("tcp", s.opts.HTTPAddress)
+	if err != nil {
+		return fmt.Errorf("acme: HTTP-01 responder: %w (the address must be free; the CA connects to port 80 of each domain)", err)
+	}
+	h := s.b.httpHandler()
+	s.httpSrv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
+				s.log.Info("acme: answering http-01 challenge", "host", r.Host, "remote_addr", r.RemoteAddr)
+			}
+			h.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.log.Info("acme: http-01 responder listening", "address", ln.Addr().String())
+	go func() { _ = s.httpSrv.Serve(ln) }()
+	return nil
+}
+
+// obtainAll obtains or loads every domain's certificate within the
+// start-up timeout. For TLS-ALPN-01 it answers challenges on
+// TLSALPNAddress itself, since the server's listener does not exist yet.
+func (s *Source) obtainAll(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.StartupTimeout)
+	defer cancel()
+	start := time.Now()
+	var stopResponder func()
+	defer func() {
+		if stopResponder != nil {
+			stopResponder()
+		}
+	}()
+	for _, d := range s.opts.Domains {
+		// A responder is only needed when a certificate must be obtained,
+		// but we learn that inside obtain; starting one costs a listen.
+		if s.opts.Challenge == ChallengeTLSALPN01 && stopResponder == nil {
+			var err error
+			if stopResponder, err = s.startTLSALPNResponder(); err != nil {
+				return err
+			}
+		}
+		s.log.Info("acme: obtaining or loading certificate", "domain", d)
+		leaf, loaded, err := s.b.obtain(ctx, d)
+		if err != nil {
+			return &ObtainError{Domain: d, CA: s.opts.CA, Challenge: s.opts.Challenge,
+				Address: s.challengeAddress(), Elapsed: time.Since(start).Round(time.Millisecond), Err: err}
+		}
+		how := "certificate issued"
+		if loaded {
+			how = "certificate loaded from storage"
+		}
+		s.log.Info("acme: "+how, "domain", d, "serial", leaf.SerialNumber.Text(16),
+			"issuer", leaf.Issuer.CommonName, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339),
+			"expiry", leaf.NotAfter.UTC().Format(time.RFC3339), "elapsed", time.Since(start).Round(time.Millisecond).String())
+	}
+	return nil
+}
+
+func (s *Source) challengeAddress() string {
+	if s.opts.Challenge == ChallengeHTTP01 {
+		return s.opts.HTTPAddress
+	}
+	return s.opts.TLSALPNAddress
+}
+
+// startTLSALPNResponder listens on TLSALPNAddress and answers only
+// acme-tls/1 handshakes until the returned function is called.
+func (s *Source) startTLSALPNResponder() (func(), error) {
+	ln, err := net.Listen("tcp", s.opts.TLSALPNAddress)
+	if err != nil {
+		return nil, fmt.Errorf("acme: TLS-ALPN-01 responder: %w (the server's TLS address must be free at start-up; the CA connects to port 443 of each domain)", err)
+	}
+	cfg := &tls.Config{
+		NextProtos: []string{ALPNProto},
+		GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if !isChallenge(h) {
+				return nil, errors.New("acme: this start-up responder answers only acme-tls/1")
+			}
+			return s.GetCertificate(h)
+		},
+		MinVersion: tls.VersionTLS12,
+	}
+	s.log.Info("acme: tls-alpn-01 responder listening until the certificates are in", "address", ln.Addr().String())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				tc := tls.Server(c, cfg)
+				_ = tc.Handshake()
+			}()
+		}
+	}()
+	return func() { ln.Close(); wg.Wait() }, nil
+}
+
+// isChallenge reports whether hello is a TLS-ALPN-01 validation: SNI set
+// and acme-tls/1 as the only protocol (RFC 8737).
+func isChallenge(hello *tls.ClientHelloInfo) bool {
+	return hello.ServerName != "" && len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == ALPNProto
+}
+
+// GetCertificate returns the certificate for the hello's server name, or
+// the first domain's when the client sent no SNI or a name not managed
+// here, and answers TLS-ALPN-01 validations. It reads memory only: with
+// certmagic a lookup in its in-memory cache, with autocert in its state
+// map; it never starts an ACME operation or reads storage, since every
+// domain was loaded in New and renewals replace certificates in memory.
+// Safe for concurrent use; the returned certificate must not be modified.
+func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if isChallenge(hello) {
+		if !s.domains[normalize(hello.ServerName)] {
+			return nil, fmt.Errorf("acme: no challenge for %q", hello.ServerName)
+		}
+		s.log.Info("acme: answering tls-alpn-01 challenge", "domain", normalize(hello.ServerName), "remote_addr", remoteAddr(hello))
+		return s.b.challengeCertificate(hello)
+	}
+	name := normalize(hello.ServerName)
+	if !s.domains[name] {
+		name = s.opts.Domains[0]
+	}
+	cert, err := s.b.certificate(hello, name)
+	if err != nil {
+		return nil, fmt.Errorf("acme: certificate for %q: %w", name, err)
+	}
+	if cert.Leaf != nil {
+		if prev, ok := s.serving.Load(name); !ok || prev != cert.Leaf {
+			if old, loaded := s.serving.Swap(name, cert.Leaf); !loaded || old != cert.Leaf {
+				s.log.Info("acme: serving certificate", "domain", name, "serial", cert.Leaf.SerialNumber.Text(16),
+					"expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+	return cert, nil
+}
+
+func remoteAddr(h *tls.ClientHelloInfo) string {
+	if h.Conn == nil {
+		return ""
+	}
+	return h.Conn.RemoteAddr().String()
+}
+
+// NextProtos returns ["acme-tls/1"] when TLS-ALPN-01 is the challenge, so
+// the server's listener answers validations of renewals; nil for HTTP-01.
+func (s *Source) NextProtos() []string { return slices.Clone(s.protos) }
+
+// Domains returns the managed domains, normalized, the first being the
+// one served to clients without SNI.
+func (s *Source) Domains() []string { return slices.Clone(s.opts.Domains) }
+
+// Run keeps renewal and the HTTP-01 responder going until ctx ends, then
+// stops them and returns nil. Renewal itself runs from New on; Run only
+// marks its end.
+func (s *Source) Run(ctx context.Context) error {
+	<-ctx.Done()
+	s.Close()
+	return nil
+}
+
+// Close stops renewal and the HTTP-01 responder. Certificates already
+// returned stay valid; GetCertificate keeps serving from memory. It is
+// safe to call more than once.
+func (s *Source) Close() error {
+	if s.stopped.Swap(true) {
+		return nil
+	}
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.httpSrv.Shutdown(ctx)
+		cancel()
+	}
+	s.b.stop()
+	return nil
+}
+
+// ObtainError is returned by New when no certificate could be obtained
+// for a domain.
+type ObtainError struct {
+	Domain    string
+	CA        string
+	Challenge string
+	Address   string // where this process answered the challenge
+	Elapsed   time.Duration
+	Err       error // the CA's or the client's error
+}
+
+func (e *ObtainError) Error() string {
+	port := "443"
+	if e.Challenge == ChallengeHTTP01 {
+		port = "80"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "acme: no certificate for %s from %s after %v: %v. ", e.Domain, e.CA, e.Elapsed, e.Err)
+	fmt.Fprintf(&b, "Check that DNS for %s points to this host, that port %s of it reaches %s (%s answers there), "+
+		"and that the CA's rate limits are not exhausted (https://letsencrypt.org/docs/rate-limits/); "+
+		"use the staging CA while testing", e.Domain, port, e.Address, e.Challenge)
+	return b.String()
+}
+
+func (e *ObtainError) Unwrap() error { return e.Err }

@@ -1,0 +1,160 @@
+package acme
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// certmagicBackend manages certificates with certmagic: its own in-memory
+// cache (not the package-wide default), file storage, one ACME issuer.
+type certmagicBackend struct {
+	cache *certmagic.Cache
+	cfg   *certmagic.Config
+	iss   *certmagic.ACMEIssuer
+
+	mu      sync.Mutex
+	lastErr map[string]error // domain -> last failed attempt, from cert_failed events
+}
+
+var _ certmagic.Issuer = (*certmagic.ACMEIssuer)(nil)
+
+func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
+	zl := newZapLogger(o.Logger)
+	b := &certmagicBackend{lastErr: map[string]error{}}
+	var cfg *certmagic.Config
+	b.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return cfg, nil },
+		RenewCheckInterval: o.RenewCheckInterval,
+		Logger:             zl,
+	})
+	cfg = certmagic.New(b.cache, certmagic.Config{
+		RenewalWindowRatio: o.RenewalWindowRatio, // 0 takes certmagic's default (1/3)
+		DefaultServerName:  o.Domains[0],
+		Storage:            &certmagic.FileStorage{Path: o.Storage},
+		Logger:             zl,
+		OnEvent:            b.onEvent,
+		// tls_get_certificate would build event data on every handshake.
+		ShouldEmitFunc: func(event string) bool { return event != "tls_get_certificate" },
+	})
+	host, port, err := splitHostPort(o.TLSALPNAddress)
+	if o.Challenge == ChallengeHTTP01 {
+		host, port, err = splitHostPort(o.HTTPAddress)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("acme: %w", err)
+	}
+	tmpl := certmagic.ACMEIssuer{
+		CA:     o.CA,
+		Email:  o.Email,
+		Agreed: true, // never prompt; running with --acme-* is the agreement
+		// The certificate is obtained non-interactively (see obtain), so
+		// an empty email never prompts on stdin either.
+		DisableHTTPChallenge:    o.Challenge != ChallengeHTTP01,
+		DisableTLSALPNChallenge: o.Challenge != ChallengeTLSALPN01,
+		// One process answers its own challenges from memory: no
+		// challenge tokens in storage, no storage reads in handshakes.
+		DisableDistributedSolvers: true,
+		// certmagic listens here only if nothing does; our responder
+		// (HTTP-01, or TLS-ALPN-01 at start-up) or the server's listener
+		// already does, so certmagic uses it.
+		ListenHost:   host,
+		TrustedRoots: roots,
+		Logger:       zl,
+	}
+	if o.Challenge == ChallengeHTTP01 {
+		tmpl.AltHTTPPort = port
+	} else {
+		tmpl.AltTLSALPNPort = port
+	}
+	if o.CA == LetsEncryptProduction {
+		// certmagic retries a failed order against staging first.
+		tmpl.TestCA = LetsEncryptStaging
+	}
+	b.iss = certmagic.NewACMEIssuer(cfg, tmpl)
+	cfg.Issuers = []certmagic.Issuer{b.iss}
+	b.cfg = cfg
+	return b, nil
+}
+
+// onEvent keeps the last failure per domain, so that New can report the
+// CA's own error text when the start-up timeout ends the retries.
+func (b *certmagicBackend) onEvent(_ context.Context, event string, data map[string]any) error {
+	if event != "cert_failed" {
+		return nil
+	}
+	id, _ := data["identifier"].(string)
+	if err, ok := data["error"].(error); ok && id != "" {
+		b.mu.Lock()
+		b.lastErr[normalize(id)] = err
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+func (b *certmagicBackend) certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
+	h := *hello
+	h.ServerName = name
+	return b.cfg.GetCertificate(&h)
+}
+
+func (b *certmagicBackend) challengeCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return b.cfg.GetCertificate(hello)
+}
+
+func (b *certmagicBackend) httpHandler() http.Handler {
+	return b.iss.HTTPChallengeHandler(http.NotFoundHandler())
+}
+
+// obtain follows certmagic's ManageSync for one name, except that a
+// certificate in storage that is still valid is served as it is (renewal,
+// if due, happens in the background), so start-up needs no CA; and that
+// obtaining is non-interactive (never a prompt) with certmagic's retries,
+// bounded by ctx.
+func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Certificate, bool, error) {
+	cert, err := b.cfg.CacheManagedCertificate(ctx, domain)
+	switch {
+	case err == nil && cert.Leaf != nil && time.Now().Before(cert.Leaf.NotAfter):
+		return cert.Leaf, true, nil
+	case err == nil:
+		// expired in storage: renew (certmagic's obtain would be a no-op).
+		err = b.cfg.RenewCertAsync(ctx, domain, true)
+	case errors.Is(err, fs.ErrNotExist):
+		err = b.cfg.ObtainCertAsync(ctx, domain)
+	default:
+		return nil, false, fmt.Errorf("loading the certificate from storage: %w", err)
+	}
+	if err != nil || ctx.Err() != nil {
+		b.mu.Lock()
+		last := b.lastErr[domain]
+		b.mu.Unlock()
+		if last != nil {
+			if ctx.Err() != nil {
+				return nil, false, fmt.Errorf("gave up (%w) after the last attempt failed: %w", context.Cause(ctx), last)
+			}
+			return nil, false, last
+		}
+		if err == nil {
+			err = context.Cause(ctx)
+		}
+		return nil, false, err
+	}
+	cert, err = b.cfg.CacheManagedCertificate(ctx, domain)
+	if err != nil {
+		return nil, false, fmt.Errorf("loading the new certificate: %w", err)
+	}
+	if cert.Leaf == nil {
+		return nil, false, errors.New("certmagic returned a certificate without a leaf")
+	}
+	return cert.Leaf, false, nil
+}
+
+func (b *certmagicBackend) stop() { b.cache.Stop() }

@@ -1,0 +1,121 @@
+package acme
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"unicode"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// newZapLogger returns a zap logger whose entries go to log: certmagic and
+// acmez log through zap, Sepal logs through slog, and this bridge makes one
+// stream of them. Keys become snake_case, the zap logger name becomes the
+// "logger" attribute, and zap's Debug, Info, Warn and Error map to the slog
+// levels of the same names (DPanic and above map to Error).
+func newZapLogger(log *slog.Logger) *zap.Logger {
+	return zap.New(&slogCore{log: log})
+}
+
+// slogCore is a zapcore.Core that forwards every entry to a *slog.Logger.
+// It is safe for concurrent use, as slog.Logger is.
+type slogCore struct {
+	log   *slog.Logger
+	attrs []slog.Attr // from With, already converted
+}
+
+var _ zapcore.Core = (*slogCore)(nil)
+
+func zapToSlog(l zapcore.Level) slog.Level {
+	switch {
+	case l <= zapcore.DebugLevel:
+		return slog.LevelDebug
+	case l == zapcore.InfoLevel:
+		return slog.LevelInfo
+	case l == zapcore.WarnLevel:
+		return slog.LevelWarn
+	default:
+		return slog.LevelError
+	}
+}
+
+func (c *slogCore) Enabled(l zapcore.Level) bool {
+	return c.log.Enabled(context.Background(), zapToSlog(l))
+}
+
+func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
+	attrs := append(append([]slog.Attr(nil), c.attrs...), fieldsToAttrs(fields)...)
+	return &slogCore{log: c.log, attrs: attrs}
+}
+
+func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	attrs := make([]slog.Attr, 0, len(c.attrs)+len(fields)+1)
+	if e.LoggerName != "" {
+		attrs = append(attrs, slog.String("logger", e.LoggerName))
+	}
+	attrs = append(attrs, c.attrs...)
+	attrs = append(attrs, fieldsToAttrs(fields)...)
+	c.log.LogAttrs(context.Background(), zapToSlog(e.Level), e.Message, attrs...)
+	return nil
+}
+
+func (c *slogCore) Sync() error { return nil }
+
+// fieldsToAttrs encodes zap fields with zap's own map encoder, so every
+// field type (errors, durations, objects, arrays) comes out as zap would
+// print it, and renames the keys to snake_case. The "errorVerbose" key that
+// zap adds for errors with stack traces is dropped.
+func fieldsToAttrs(fields []zapcore.Field) []slog.Attr {
+	if len(fields) == 0 {
+		return nil
+	}
+	enc := zapcore.NewMapObjectEncoder()
+	attrs := make([]slog.Attr, 0, len(fields))
+	for _, f := range fields {
+		clear(enc.Fields)
+		f.AddTo(enc)
+		for k, v := range enc.Fields {
+			if k == "errorVerbose" {
+				continue
+			}
+			attrs = append(attrs, slog.Any(snakeCase(k), v))
+		}
+	}
+	return attrs
+}
+
+// snakeCase turns "lockKey", "retrying_in", "Account-ID" and "remote.addr"
+// into "lock_key", "retrying_in", "account_id" and "remote_addr".
+func snakeCase(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) + 4)
+	prevLower := false
+	for _, r := range s {
+		switch {
+		case r == '-' || r == '.' || r == ' ' || r == '_':
+			if b.Len() > 0 && !strings.HasSuffix(b.String(), "_") {
+				b.WriteByte('_')
+			}
+			prevLower = false
+		case unicode.IsUpper(r):
+			if prevLower {
+				b.WriteByte('_')
+			}
+			b.WriteRune(unicode.ToLower(r))
+			prevLower = false
+		default:
+			b.WriteRune(r)
+			prevLower = unicode.IsLower(r) || unicode.IsDigit(r)
+		}
+	}
+	return b.String()
+}
