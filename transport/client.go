@@ -83,7 +83,7 @@ func ClientConfig(o ClientOptions) (*tls.Config, error) {
 func loadRoots(path string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		fix := "pass the CA certificate file the server's certificate was issued with (flower-certs writes certificates/ca.crt)"
+		fix := "pass the CA certificate that issued the server's certificate (flower-certs writes certificates/ca.crt)"
 		what := "cannot read"
 		if errors.Is(err, fs.ErrNotExist) {
 			what = "no such file"
@@ -118,12 +118,13 @@ func loadRoots(path string) (*x509.CertPool, error) {
 		n++
 	}
 	if n == 0 {
-		got := "no PEM block"
+		got, notKey := "no PEM block", ""
 		if len(found) > 0 {
 			got = fmt.Sprintf("only %q blocks", found)
+			notKey = ", not a key"
 		}
 		return nil, &Error{Kind: KindConfig,
-			msg: fmt.Sprintf("%s %s: no certificate in it (%s): pass the CA certificate (PEM, BEGIN CERTIFICATE), e.g. certificates/ca.crt, not a key", FlagRootCertificates, path, got)}
+			msg: fmt.Sprintf("%s %s: no certificate in it (%s): pass the CA certificate (PEM, BEGIN CERTIFICATE), e.g. certificates/ca.crt%s", FlagRootCertificates, path, got, notKey)}
 	}
 	return pool, nil
 }

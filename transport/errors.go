@@ -221,8 +221,8 @@ func unspecifiedText(addr, host string) string {
 	if port == "" {
 		port = "PORT"
 	}
-	return fmt.Sprintf("%s is an address servers listen on, not one to dial: pass %s 127.0.0.1:%s or the SuperLink's host name (a name its certificate holds)",
-		host, FlagServer, port)
+	return fmt.Sprintf("%s %s: %s is an address servers listen on, not one to dial: pass %s 127.0.0.1:%s or the SuperLink's host name (a name its certificate holds)",
+		FlagServer, addr, host, FlagServer, port)
 }
 
 func unspecified(addr, host string) *Error {
@@ -230,11 +230,18 @@ func unspecified(addr, host string) *Error {
 }
 
 // errText is the text to read: the message of a gRPC status, else err's text,
-// on one line.
+// on one line, without gRPC's wrapping ("connection error: desc = ...").
 func errText(err error) string {
 	s := err.Error()
 	if st, ok := status.FromError(err); ok {
 		s = st.Message()
+	}
+	if i := strings.LastIndex(s, `desc = "`); i >= 0 {
+		s = strings.TrimSuffix(s[i+len(`desc = "`):], `"`)
+		s = strings.ReplaceAll(s, `\"`, `"`)
+	}
+	for _, p := range []string{"transport: ", "Error while dialing: ", "authentication handshake failed: "} {
+		s = strings.TrimPrefix(s, p)
 	}
 	return oneLine(s)
 }

@@ -1,0 +1,237 @@
+package transport_test
+
+import (
+	"crypto/x509"
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+func TestClientConfigRootFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	missing := filepath.Join(dir, "nope.crt")
+	empty := write("empty.crt", []byte(" \n"))
+	key := write("server.key", p.pair.KeyPEM)
+	text := write("notes.txt", []byte("hello, not a certificate\n"))
+	for _, tc := range []struct {
+		name  string
+		o     transport.ClientOptions
+		words []string
+	}{
+		{"missing", transport.ClientOptions{RootCertificates: missing}, []string{missing, "--root-certificates", "no such file", "ca.crt"}},
+		{"empty", transport.ClientOptions{RootCertificates: empty}, []string{empty, "--root-certificates", "empty", "CERTIFICATE"}},
+		{"key", transport.ClientOptions{RootCertificates: key}, []string{key, "--root-certificates", "no certificate", `"PRIVATE KEY"`}},
+		{"not PEM", transport.ClientOptions{RootCertificates: text}, []string{text, "--root-certificates", "no certificate", "no PEM block"}},
+		{"insecure and roots", transport.ClientOptions{RootCertificates: p.caFile, Insecure: true}, []string{"--insecure", "--root-certificates", "conflict"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := transport.ClientConfig(tc.o)
+			if cfg != nil {
+				t.Error("ClientConfig returned a config with an error")
+			}
+			wantExplained(t, err, transport.KindConfig, transport.ErrConfig, tc.words...)
+			_, err = transport.ClientCredentials(tc.o)
+			wantExplained(t, err, transport.KindConfig, transport.ErrConfig, tc.words...)
+			wantExplained(t, probe(t, "127.0.0.1:1", tc.o), transport.KindConfig, transport.ErrConfig, tc.words...)
+		})
+	}
+	_, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: missing})
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a missing file does not wrap fs.ErrNotExist: %v", err)
+	}
+}
+
+func TestClientConfig(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: p.caFile, ServerName: "sepal.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MinVersion != 0x0303 || len(cfg.NextProtos) != 1 || cfg.NextProtos[0] != "h2" || cfg.ServerName != "sepal.test" {
+		t.Errorf("MinVersion %x NextProtos %q ServerName %q", cfg.MinVersion, cfg.NextProtos, cfg.ServerName)
+	}
+	if _, err := p.cert.Leaf.Verify(x509.VerifyOptions{Roots: cfg.RootCAs}); err != nil {
+		t.Errorf("the pool does not hold the CA: %v", err)
+	}
+	sys, err := transport.ClientConfig(transport.ClientOptions{})
+	if err != nil || sys.RootCAs != nil {
+		t.Errorf("no --root-certificates: RootCAs %v, err %v; want the system pool (nil)", sys.RootCAs, err)
+	}
+	creds, err := transport.ClientCredentials(transport.ClientOptions{Insecure: true})
+	if err != nil || creds.Info().SecurityProtocol != "insecure" {
+		t.Errorf("Insecure: %v, %v", creds, err)
+	}
+	creds, err = transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.caFile})
+	if err != nil || creds.Info().SecurityProtocol != "tls" {
+		t.Errorf("TLS: %v, %v", creds, err)
+	}
+}
+
+func TestProbeSucceeds(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	addr := serveTLS(t, staticSource{p.cert})
+	if err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile}); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if err := probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.caFile}); err != nil {
+		t.Fatal(err)
+	}
+	// A certificate for a name only, reached by IP with --tls-server-name.
+	named := newPKI(t, p.ca, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
+	addr = serveTLS(t, staticSource{named.cert})
+	if err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile, ServerName: "superlink.sepal.test"}); err != nil {
+		t.Fatal(err)
+	}
+	// A plaintext server checked with --insecure.
+	plain := serveGRPC(t)
+	if err := probe(t, plain, transport.ClientOptions{Insecure: true}); err != nil {
+		t.Fatalf("plaintext server with --insecure: %v", err)
+	}
+}
+
+func TestProbeUnknownAuthority(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	other := newPKI(t, nil, selfsigned.ServerOptions{})
+	addr := serveTLS(t, staticSource{p.cert})
+
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: other.caFile})
+	wantExplained(t, err, transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
+		"not signed by", "unknown authority", other.caFile, "--root-certificates", addr, selfsigned.DefaultCACommonName)
+	var uae x509.UnknownAuthorityError
+	if !errors.As(err, &uae) {
+		t.Errorf("the x509 error is not kept: %v", err)
+	}
+
+	err = probe(t, addr, transport.ClientOptions{})
+	wantExplained(t, err, transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
+		"not signed by", "unknown authority", "the system roots", "--root-certificates")
+}
+
+func TestProbeExpiredAndNotYetValid(t *testing.T) {
+	now := time.Now()
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{NotBefore: now.Add(-72 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+	expired := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+	addr := serveTLS(t, staticSource{expired.cert})
+	err = probe(t, addr, transport.ClientOptions{RootCertificates: expired.caFile})
+	wantExplained(t, err, transport.KindExpired, transport.ErrExpired,
+		"expired", addr, stamp(expired.pair.Leaf.NotBefore), stamp(expired.pair.Leaf.NotAfter),
+		"the time here is "+now.UTC().Format("2006-01-02T"), "flower-certs --force", "clock")
+	var cie x509.CertificateInvalidError
+	if !errors.As(err, &cie) || cie.Reason != x509.Expired {
+		t.Errorf("the x509 error is not kept: %v", err)
+	}
+
+	future := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	addr = serveTLS(t, staticSource{future.cert})
+	err = probe(t, addr, transport.ClientOptions{RootCertificates: future.caFile})
+	wantExplained(t, err, transport.KindNotYetValid, transport.ErrNotYetValid,
+		"not yet valid", stamp(future.pair.Leaf.NotBefore), stamp(future.pair.Leaf.NotAfter), "the time here is", "clock")
+}
+
+func TestProbeNameMismatch(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test", "10.9.8.7"}, NoDefaultHosts: true})
+	addr := serveTLS(t, staticSource{p.cert})
+	_, port, _ := net.SplitHostPort(addr)
+
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile})
+	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
+		`"127.0.0.1"`, "superlink.sepal.test", "10.9.8.7", "--server superlink.sepal.test:"+port, "--tls-server-name")
+	var he x509.HostnameError
+	if !errors.As(err, &he) {
+		t.Errorf("the x509 error is not kept: %v", err)
+	}
+
+	err = probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.caFile})
+	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
+		`"localhost"`, "superlink.sepal.test, 10.9.8.7", "--server", "--tls-server-name")
+
+	err = probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile, ServerName: "other.sepal.test"})
+	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
+		`"other.sepal.test"`, "--tls-server-name asks for", "superlink.sepal.test")
+}
+
+func TestProbeUnspecifiedAddress(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	addr := serveTLS(t, staticSource{p.cert})
+	_, port, _ := net.SplitHostPort(addr)
+	// On Linux, 0.0.0.0 reaches the loopback listener: the handshake fails
+	// on the name, as with Flower 1.8.0's default --server 0.0.0.0:9092.
+	err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.caFile})
+	wantExplained(t, err, transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress,
+		"0.0.0.0 is an address servers listen on, not one to dial", "--server 127.0.0.1:"+port, "host name")
+	// With a name to check, 0.0.0.0 is only an address.
+	if err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.caFile, ServerName: "localhost"}); err != nil {
+		t.Errorf("0.0.0.0 with --tls-server-name localhost: %v", err)
+	}
+}
+
+func TestProbePlaintextPeer(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	addr := serveGRPC(t)
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile})
+	wantExplained(t, err, transport.KindPlaintextPeer, transport.ErrPlaintextPeer,
+		"the server at "+addr+" does not speak TLS", "--insecure", "start it with certificates")
+}
+
+func TestProbeTLSPeer(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	err := probe(t, addr, transport.ClientOptions{Insecure: true})
+	wantExplained(t, err, transport.KindTLSPeer, transport.ErrTLSPeer,
+		"the server at "+addr+" speaks TLS", "drop --insecure", "--root-certificates")
+}
+
+func TestProbeNetwork(t *testing.T) {
+	addr := deadAddr(t)
+	for _, o := range []transport.ClientOptions{{}, {Insecure: true}} {
+		err := probe(t, addr, o)
+		wantExplained(t, err, transport.KindNetwork, transport.ErrNetwork, addr, "connection refused", "--server")
+	}
+}
+
+// The gRPC path: the typed errors are gone, only the status text is left.
+func TestExplainGRPCInsecureClientTLSServer(t *testing.T) {
+	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	err := healthCheck(t, addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err == nil {
+		t.Fatal("a plaintext call to a TLS server succeeded")
+	}
+	o := transport.ClientOptions{Insecure: true}
+	e := transport.Explain(err, addr, o)
+	var te *transport.Error
+	if !errors.As(e, &te) || te.Kind.Permanent() {
+		// gRPC only shows a closed connection: nothing here proves TLS.
+		t.Errorf("Explain of %q = %v, want a retryable kind", err, e)
+	}
+	if !strings.Contains(e.Error(), addr) {
+		t.Errorf("Explain does not name the address: %v", e)
+	}
+	// The app then probes, which tells.
+	wantExplained(t, probe(t, addr, o), transport.KindTLSPeer, transport.ErrTLSPeer, "speaks TLS", "drop --insecure")
+}

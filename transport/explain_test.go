@@ -1,0 +1,138 @@
+package transport_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// Every failure as a real gRPC call reports it: gRPC keeps only the text,
+// and Explain must still name the cause and the fix.
+func TestExplainGRPCErrors(t *testing.T) {
+	now := time.Now()
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{NotBefore: now.Add(-72 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := newPKI(t, ca, selfsigned.ServerOptions{})
+	other := newPKI(t, nil, selfsigned.ServerOptions{})
+	expired := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+	future := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	named := newPKI(t, ca, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
+	ipOnly := newPKI(t, ca, selfsigned.ServerOptions{Hosts: []string{"10.9.8.7"}, NoDefaultHosts: true})
+	stamp := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	serve := func(p *pki) string {
+		return serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	}
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+
+	goodAddr, namedAddr, ipAddr := serve(good), serve(named), serve(ipOnly)
+	cases := []struct {
+		name     string
+		addr     string
+		o        transport.ClientOptions
+		kind     transport.Kind
+		sentinel error
+		words    []string
+	}{
+		{"unknown authority", goodAddr, transport.ClientOptions{RootCertificates: other.caFile},
+			transport.KindUnknownAuthority, transport.ErrUnknownAuthority, []string{"not signed by", "unknown authority", other.caFile, "--root-certificates"}},
+		{"expired", serve(expired), transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindExpired, transport.ErrExpired, []string{"expired", "valid until " + stamp(expired.pair.Leaf.NotAfter), "the time here is", "flower-certs --force", "clock"}},
+		{"not yet valid", serve(future), transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindNotYetValid, transport.ErrNotYetValid, []string{"not yet valid", "valid from " + stamp(future.pair.Leaf.NotBefore), "the time here is", "clock"}},
+		{"name mismatch", "localhost:" + port(namedAddr), transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"localhost"`, "superlink.sepal.test", "--server superlink.sepal.test:" + port(namedAddr), "--tls-server-name"}},
+		{"IP not in the certificate", ipAddr, transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "10.9.8.7", "--server", "--tls-server-name"}},
+		{"IP dialled, DNS-only certificate", namedAddr, transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "no IP address", "--server", "--tls-server-name"}},
+		{"0.0.0.0", "0.0.0.0:" + port(goodAddr), transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress, []string{"0.0.0.0 is an address servers listen on, not one to dial", "--server 127.0.0.1:" + port(goodAddr)}},
+		{"plaintext server", serveGRPC(t), transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindPlaintextPeer, transport.ErrPlaintextPeer, []string{"does not speak TLS", "--insecure", "start it with certificates"}},
+		{"nothing listens", deadAddr(t), transport.ClientOptions{RootCertificates: good.caFile},
+			transport.KindNetwork, transport.ErrNetwork, []string{"connection refused", "--server"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			creds, err := transport.ClientCredentials(tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = healthCheck(t, tc.addr, grpc.WithTransportCredentials(creds))
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("gRPC call: %v, want Unavailable", err)
+			}
+			t.Logf("gRPC said: %v", err)
+			wantExplained(t, transport.Explain(err, tc.addr, tc.o), tc.kind, tc.sentinel, append(tc.words, tc.addr)...)
+			if got := transport.IsPermanent(err); got != tc.kind.Permanent() {
+				t.Errorf("IsPermanent(raw) = %v", got)
+			}
+		})
+	}
+}
+
+// Texts that real servers rarely produce: certificates without SANs or with
+// many names, wrapped the way gRPC and fmt wrap them.
+func TestExplainTexts(t *testing.T) {
+	o := transport.ClientOptions{RootCertificates: "certificates/ca.crt"}
+	wrap := func(s string) error {
+		return status.Error(codes.Unavailable, fmt.Sprintf("connection error: desc = %q", "transport: authentication handshake failed: "+s))
+	}
+	cases := []struct {
+		err   error
+		addr  string
+		kind  transport.Kind
+		words []string
+	}{
+		{wrap("tls: failed to verify certificate: x509: certificate relies on legacy Common Name field, use SANs instead"), "sl.example:9092",
+			transport.KindNameMismatch, []string{"holds no names", `"sl.example"`, "flower-certs --host"}},
+		{wrap("tls: failed to verify certificate: x509: certificate is not valid for any names, but wanted to match sl.example"), "sl.example:9092",
+			transport.KindNameMismatch, []string{"holds no names", `"sl.example"`}},
+		{wrap("tls: failed to verify certificate: x509: certificate is valid for 120 names, but none matched sl.example"), "sl.example:9092",
+			transport.KindNameMismatch, []string{`"sl.example"`, "many other names", "--tls-server-name"}},
+		{wrap("tls: failed to verify certificate: x509: certificate is valid for localhost, not ::"), "[::]:9092",
+			transport.KindUnspecifiedAddress, []string{":: is an address servers listen on", "--server 127.0.0.1:9092"}},
+		{wrap("tls: failed to verify certificate: x509: certificate has expired or is not yet valid: current time 2026-11-26T03:00:00Z is after 2026-02-01T00:00:00Z"), "sl.example:9092",
+			transport.KindExpired, []string{"has expired", "valid until 2026-02-01T00:00:00Z", "the time here is 2026-11-26T03:00:00Z", "flower-certs --force"}},
+		{fmt.Errorf("dial: %w", errors.New("tls: first record does not look like a TLS handshake")), "sl.example:9092",
+			transport.KindPlaintextPeer, []string{"does not speak TLS", "--insecure"}},
+		{status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp: lookup sl.example: no such host"`), "sl.example:9092",
+			transport.KindNetwork, []string{"no such host", "--server"}},
+		{wrap("remote error: tls: handshake failure"), "sl.example:9092",
+			transport.KindHandshake, []string{"handshake failure"}},
+		{errors.New("something else\nentirely"), "sl.example:9092",
+			transport.KindUnknown, []string{"sl.example:9092", "something else entirely"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.kind.String(), func(t *testing.T) {
+			wantExplained(t, transport.Explain(tc.err, tc.addr, o), tc.kind, sentinelOf(tc.kind), append(tc.words, tc.addr)...)
+		})
+	}
+	if transport.Explain(nil, "x:1", o) != nil || transport.IsPermanent(nil) {
+		t.Error("nil is not passed through")
+	}
+	first := transport.Explain(wrap("x509: certificate signed by unknown authority"), "x:1", o)
+	if again := transport.Explain(first, "y:2", transport.ClientOptions{}); again != first {
+		t.Errorf("an explained error was explained again: %v", again)
+	}
+}
+
+func sentinelOf(k transport.Kind) error {
+	return map[transport.Kind]error{
+		transport.KindUnknown: transport.ErrUnknown, transport.KindNetwork: transport.ErrNetwork,
+		transport.KindNameMismatch: transport.ErrNameMismatch, transport.KindUnspecifiedAddress: transport.ErrUnspecifiedAddress,
+		transport.KindExpired: transport.ErrExpired, transport.KindPlaintextPeer: transport.ErrPlaintextPeer,
+		transport.KindHandshake: transport.ErrHandshake,
+	}[k]
+}

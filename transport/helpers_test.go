@@ -1,0 +1,168 @@
+package transport_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// staticSource serves one certificate.
+type staticSource struct{ cert *tls.Certificate }
+
+func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.cert, nil
+}
+
+var _ transport.CertSource = staticSource{}
+
+// pki is a CA written to disk and a server certificate it issued.
+type pki struct {
+	ca     *selfsigned.CA
+	caFile string
+	pair   *selfsigned.Pair
+	cert   *tls.Certificate
+}
+
+func newPKI(t testing.TB, ca *selfsigned.CA, o selfsigned.ServerOptions) *pki {
+	t.Helper()
+	if ca == nil {
+		var err error
+		if ca, err = selfsigned.NewCA(selfsigned.CAOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair, err := ca.IssueServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pair.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &pki{ca: ca, caFile: caFile, pair: pair, cert: &cert}
+}
+
+// serveTLS runs a TLS server with ServerConfig(src) on 127.0.0.1:0 that
+// completes handshakes and then drains each connection until it closes.
+// It returns the address; the server stops at the end of the test.
+func serveTLS(t testing.TB, src transport.CertSource) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", transport.ServerConfig(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := c.(*tls.Conn).Handshake(); err != nil {
+					return
+				}
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// serveGRPC runs a gRPC server with the health service on 127.0.0.1:0 with
+// the given options (transport credentials or none) and returns its address.
+func serveGRPC(t testing.TB, opts ...grpc.ServerOption) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer(opts...)
+	healthpb.RegisterHealthServer(s, health.NewServer())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Serve(ln) }()
+	t.Cleanup(func() { s.Stop(); <-done })
+	return ln.Addr().String()
+}
+
+// deadAddr is a loopback address nothing listens on.
+func deadAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func probe(t testing.TB, addr string, o transport.ClientOptions) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return transport.Probe(ctx, addr, o)
+}
+
+// wantExplained checks that err is a one-line *transport.Error of kind k
+// matching sentinel, with the permanence of k, whose message holds every
+// one of words.
+func wantExplained(t testing.TB, err error, k transport.Kind, sentinel error, words ...string) *transport.Error {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("got no error, want %v", k)
+	}
+	var e *transport.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %T %q is not a *transport.Error", err, err)
+	}
+	if e.Kind != k {
+		t.Errorf("kind %v, want %v: %s", e.Kind, k, err)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Errorf("errors.Is(err, %v) is false: %s", sentinel, err)
+	}
+	if got, want := transport.IsPermanent(err), k.Permanent(); got != want {
+		t.Errorf("IsPermanent = %v, want %v: %s", got, want, err)
+	}
+	msg := err.Error()
+	t.Logf("%v: %s", k, msg)
+	if strings.ContainsAny(msg, "\r\n") {
+		t.Errorf("message is not one line: %q", msg)
+	}
+	if !strings.HasPrefix(msg, "transport: ") {
+		t.Errorf("message lacks the package prefix: %q", msg)
+	}
+	for _, w := range words {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message lacks %q:\n%s", w, msg)
+		}
+	}
+	return e
+}
