@@ -224,13 +224,16 @@ func TestExplainGRPCInsecureClientTLSServer(t *testing.T) {
 	}
 	o := transport.ClientOptions{Insecure: true}
 	e := transport.Explain(err, addr, o)
+	t.Logf("gRPC said %q; Explain: %v", err, e)
 	var te *transport.Error
 	if !errors.As(e, &te) || te.Kind.Permanent() {
 		// gRPC only shows a closed connection: nothing here proves TLS.
 		t.Errorf("Explain of %q = %v, want a retryable kind", err, e)
 	}
-	if !strings.Contains(e.Error(), addr) {
-		t.Errorf("Explain does not name the address: %v", e)
+	for _, w := range []string{addr, "if the server speaks TLS, drop --insecure"} {
+		if !strings.Contains(e.Error(), w) {
+			t.Errorf("Explain lacks %q: %v", w, e)
+		}
 	}
 	// The app then probes, which tells.
 	wantExplained(t, probe(t, addr, o), transport.KindTLSPeer, transport.ErrTLSPeer, "speaks TLS", "drop --insecure")

@@ -204,6 +204,10 @@ func classify(err error, addr string, o ClientOptions) *Error {
 	if e == nil {
 		e = classifyText(errText(err), addr, o)
 	}
+	// A TLS server closes on a plaintext client without a word: hint at it.
+	if o.Insecure && e.Kind == KindNetwork && reClosed.MatchString(errText(err)) {
+		e.msg += fmt.Sprintf("; if the server speaks TLS, drop %s and pass %s", FlagInsecure, FlagRootCertificates)
+	}
 	// TLS to 0.0.0.0 or :: fails on the name (or reaches nothing): say why.
 	if !o.Insecure && o.ServerName == "" && isUnspecified(host) {
 		switch e.Kind {
@@ -322,6 +326,7 @@ var (
 	rePlaintext        = regexp.MustCompile(`first record does not look like a TLS handshake`)
 	reRemoteAlert      = regexp.MustCompile(`remote error: (tls: [a-z0-9 ]+)`)
 	reNetwork          = regexp.MustCompile(`connection refused|connection reset|i/o timeout|no such host|network is unreachable|no route to host|deadline exceeded|context canceled|broken pipe|\bEOF\b`)
+	reClosed           = regexp.MustCompile(`server preface|connection reset|\bEOF\b`)
 	reTLSOther         = regexp.MustCompile(`\btls: [^"\\]+`)
 )
 
