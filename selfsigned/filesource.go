@@ -1,0 +1,209 @@
+package selfsigned
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// DefaultPollInterval is how often a FileSource reads its files by default.
+const DefaultPollInterval = 5 * time.Second
+
+// FileSourceOptions configures NewFileSource.
+type FileSourceOptions struct {
+	// CAFile is the CA certificate the served certificate must chain to
+	// (PEM, may hold several). "" skips the chain check, for a certificate
+	// from a public CA.
+	CAFile string
+	// CertFile is the PEM certificate to serve, a leaf optionally followed
+	// by intermediates; KeyFile its private key. Both are required.
+	CertFile, KeyFile string
+	// PollInterval is how often Run reads the three files; 0 means
+	// DefaultPollInterval (5s). Negative is an error.
+	PollInterval time.Duration
+	// Logger receives reload successes and failures (never key bytes);
+	// nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock certificates are validated against; nil means
+	// time.Now.
+	Now func() time.Time
+}
+
+// FileSource serves a certificate and key read from files, and reloads them
+// when they change while it serves. It is a transport.CertSource with the
+// Runner ability: Run polls the files every PollInterval and reloads at once
+// on SIGHUP.
+//
+// A new pair replaces the served one only when it passes Check: while a
+// certificate and key are replaced one after the other, the half-written
+// pair does not match and the previous certificate stays. A failure is
+// logged once per distinct content of the files; key bytes are never logged.
+//
+// All methods are safe for concurrent use.
+type FileSource struct {
+	o   FileSourceOptions
+	log *slog.Logger
+	cur atomic.Pointer[tls.Certificate]
+
+	mu         sync.Mutex // serializes reloads and guards the fields below
+	loaded     *files     // the bytes of the served pair
+	failed     *files     // the bytes of the last pair that failed Check
+	failedErr  error      // why failed failed
+	lastLogged string     // the last read error logged, so it is logged once
+	expiredLog bool       // the served certificate's expiry was logged
+
+	ready     chan struct{} // closed once Run listens for SIGHUP
+	readyOnce sync.Once
+}
+
+// NewFileSource validates the options, loads the files with the checks of
+// Check and returns a source serving them. It fails with Check's *FileError
+// when the files do not pass, and logs Warnings (such as an expiry within 30
+// days) through the logger.
+func NewFileSource(o FileSourceOptions) (*FileSource, error) {
+	if o.CertFile == "" || o.KeyFile == "" {
+		return nil, errors.New("selfsigned: FileSourceOptions needs both CertFile and KeyFile")
+	}
+	if o.PollInterval < 0 {
+		return nil, fmt.Errorf("selfsigned: PollInterval %v is negative", o.PollInterval)
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = DefaultPollInterval
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &FileSource{o: o, log: o.Logger, ready: make(chan struct{})}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	f, err := readFiles(o.CAFile, o.CertFile, o.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	c, err := f.check(o.Now())
+	if err != nil {
+		return nil, err
+	}
+	s.swap(f, c, "start")
+	return s, nil
+}
+
+// GetCertificate returns the certificate being served. It does no I/O and
+// never fails: it is one atomic load, suitable for tls.Config.GetCertificate.
+// The returned certificate is never modified.
+func (s *FileSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.cur.Load(), nil
+}
+
+// Run polls the files every PollInterval, and reloads them at once when the
+// process receives SIGHUP, until ctx ends; then it stops listening for
+// SIGHUP and returns nil. A failed reload is logged, not returned: the
+// previous certificate goes on being served.
+func (s *FileSource) Run(ctx context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	s.readyOnce.Do(func() { close(s.ready) })
+	t := time.NewTicker(s.o.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.reload("poll", false)
+		case <-hup:
+			s.reload("sighup", true)
+		}
+	}
+}
+
+// Reload reads the files now and serves them if they changed and pass
+// Check. It returns nil when they are unchanged or were swapped in, and
+// Check's error (also logged) when they fail; the previous certificate is
+// then still served. It blocks for the file reads.
+func (s *FileSource) Reload() error {
+	return s.reload("reload", true)
+}
+
+// reload is one attempt. An explicit attempt (Reload, SIGHUP) always checks
+// and logs; a poll skips content that already failed, so each failure is
+// logged once per change.
+func (s *FileSource) reload(trigger string, explicit bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.o.Now()
+	f, err := readFiles(s.o.CAFile, s.o.CertFile, s.o.KeyFile)
+	if err == nil && f.equal(s.loaded) {
+		s.failed, s.failedErr, s.lastLogged = nil, nil, ""
+		s.logExpired(now)
+		return nil
+	}
+	if err == nil && !explicit && f.equal(s.failed) && !errors.Is(s.failedErr, ErrNotYetValid) {
+		return s.failedErr // unchanged since it failed; already logged
+	}
+	var c *tls.Certificate
+	if err == nil {
+		c, err = f.check(now)
+	}
+	if err != nil {
+		// A failure is new when the content differs from the last failed
+		// content, or, for a file that cannot be read, the error differs.
+		fresh := explicit || (f == nil && err.Error() != s.lastLogged) || (f != nil && !f.equal(s.failed))
+		s.failed, s.failedErr = f, err
+		if f == nil {
+			s.lastLogged = err.Error()
+		} else {
+			s.lastLogged = ""
+		}
+		if fresh {
+			s.log.Error("certificate reload failed; serving the previous certificate",
+				"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
+		}
+		s.logExpired(now)
+		return err
+	}
+	s.swap(f, c, trigger)
+	return nil
+}
+
+// swap serves c, read as f, and logs it. s.mu is held (or s is new).
+func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
+	s.cur.Store(c)
+	s.loaded, s.failed, s.failedErr, s.lastLogged, s.expiredLog = f, nil, nil, "", false
+	l := c.Leaf
+	sans := append([]string{}, l.DNSNames...)
+	for _, ip := range l.IPAddresses {
+		sans = append(sans, ip.String())
+	}
+	for _, u := range l.URIs {
+		sans = append(sans, u.String())
+	}
+	s.log.Info("serving certificate", "trigger", trigger, "cert_file", s.o.CertFile,
+		"subject", l.Subject.String(), "sans", sans, "serial", serialHex(l),
+		"not_after", l.NotAfter.UTC().Format(time.RFC3339), "chain_len", len(c.Certificate))
+	for _, w := range Warnings(s.o.CertFile, c, s.o.Now()) {
+		s.log.Warn(w)
+	}
+}
+
+// logExpired logs once that the served certificate has expired while no
+// valid replacement was found. s.mu is held.
+func (s *FileSource) logExpired(now time.Time) {
+	l := s.cur.Load().Leaf
+	if s.expiredLog || !now.After(l.NotAfter) {
+		return
+	}
+	s.expiredLog = true
+	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+fixRenew,
+		"cert_file", s.o.CertFile, "serial", serialHex(l), "not_after", l.NotAfter.UTC().Format(time.RFC3339))
+}
