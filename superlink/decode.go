@@ -1,10 +1,300 @@
 package superlink
 
 import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"hash/maphash"
+
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
+// Decoding a message that holds large bytes fields, straight from the
+// frames gRPC received (a mem.BufferSlice), without first joining them into
+// one buffer and without proto.Unmarshal copying every bytes field again:
+//
+//  1. compact walks the frames with the message's descriptor and writes a
+//     small copy of the message in which each large bytes value is
+//     replaced by a placeholder (a per-process random marker and an index);
+//     each large value is copied once from the frames into a slice of its
+//     own, or not copied at all when the interner already holds the same
+//     content;
+//  2. proto.Unmarshal decodes the small copy (so validation, UTF-8 checks
+//     and errors are proto's own);
+//  3. patch puts the large values in place of the placeholders.
+//
+// Anything unexpected (a malformed message, a group) falls back to
+// proto.Unmarshal of the joined frames, which reports the error as usual.
+
+// marker starts every placeholder; 16 random bytes no sender can guess.
+var marker = func() [16]byte {
+	var m [16]byte
+	if _, err := rand.Read(m[:]); err != nil {
+		panic(err)
+	}
+	return m
+}()
+
+const placeholderLen = len(marker) + 4
+
+var errFallback = errors.New("superlink: codec: fall back to proto.Unmarshal")
+
 func (c *codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
-	return proto.Unmarshal(data.Materialize(), m)
+	if data.Len() < c.bigMin {
+		return proto.Unmarshal(data.Materialize(), m)
+	}
+	f := newFrames(data)
+	var bigs [][]byte
+	small, err := c.compact(f, m.ProtoReflect().Descriptor(), 0, f.n, nil, &bigs)
+	if err == nil && len(bigs) > 0 {
+		if err = proto.Unmarshal(small, m); err == nil {
+			if n := patch(m.ProtoReflect(), bigs); n != len(bigs) {
+				proto.Reset(m)
+				err = errFallback
+			}
+		}
+	} else if err == nil {
+		err = proto.Unmarshal(small, m) // nothing large after all
+	}
+	if err != nil {
+		proto.Reset(m)
+		return proto.Unmarshal(data.Materialize(), m)
+	}
+	return nil
+}
+
+// frames addresses the bytes of a BufferSlice by absolute position.
+type frames struct {
+	bufs [][]byte
+	offs []int // start of each buffer
+	n    int
+}
+
+func newFrames(data mem.BufferSlice) *frames {
+	f := &frames{}
+	for _, b := range data {
+		d := b.ReadOnlyData()
+		if len(d) == 0 {
+			continue
+		}
+		f.bufs = append(f.bufs, d)
+		f.offs = append(f.offs, f.n)
+		f.n += len(d)
+	}
+	return f
+}
+
+// find returns the buffer index holding pos.
+func (f *frames) find(pos int) int {
+	lo, hi := 0, len(f.offs)-1
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if f.offs[mid] <= pos {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
+// each calls fn with the pieces of [pos, pos+n) in order.
+func (f *frames) each(pos, n int, fn func([]byte) bool) {
+	if n == 0 {
+		return
+	}
+	for i := f.find(pos); n > 0 && i < len(f.bufs); i++ {
+		b := f.bufs[i][pos-f.offs[i]:]
+		if len(b) > n {
+			b = b[:n]
+		}
+		if !fn(b) {
+			return
+		}
+		pos += len(b)
+		n -= len(b)
+	}
+}
+
+func (f *frames) appendTo(dst []byte, pos, n int) []byte {
+	f.each(pos, n, func(b []byte) bool { dst = append(dst, b...); return true })
+	return dst
+}
+
+// varint reads a varint at pos, within end; n < 0 when malformed.
+func (f *frames) varint(pos, end int) (uint64, int) {
+	var buf [binary.MaxVarintLen64]byte
+	k := min(len(buf), end-pos)
+	if k <= 0 {
+		return 0, -1
+	}
+	i := f.find(pos)
+	if b := f.bufs[i][pos-f.offs[i]:]; len(b) >= k {
+		return protowire.ConsumeVarint(b[:k])
+	}
+	got := f.appendTo(buf[:0], pos, k)
+	return protowire.ConsumeVarint(got)
+}
+
+func (f *frames) hash(pos, n int) uint64 {
+	var h maphash.Hash
+	h.SetSeed(hashSeed)
+	f.each(pos, n, func(b []byte) bool { h.Write(b); return true })
+	return h.Sum64()
+}
+
+func (f *frames) equal(d []byte, pos int) bool {
+	eq := true
+	f.each(pos, len(d), func(b []byte) bool {
+		eq = bytes.Equal(d[:len(b)], b)
+		d = d[len(b):]
+		return eq
+	})
+	return eq
+}
+
+// large returns the bytes value at [pos, pos+n): the interner's copy when
+// it holds the same content, otherwise a new slice of its own.
+func (c *codec) large(f *frames, pos, n int) []byte {
+	if c.in != nil {
+		h := f.hash(pos, n)
+		if d := c.in.find(h, n, func(d []byte) bool { return f.equal(d, pos) }); d != nil {
+			return d
+		}
+	}
+	return f.appendTo(make([]byte, 0, n), pos, n)
+}
+
+// compact appends to out the message of type md found at [pos, end), with
+// large bytes values replaced by placeholders and collected in bigs.
+func (c *codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end int, out []byte, bigs *[][]byte) ([]byte, error) {
+	fields := md.Fields()
+	for pos < end {
+		start := pos
+		tag, n := f.varint(pos, end)
+		if n < 0 {
+			return nil, errFallback
+		}
+		pos += n
+		num, typ := protowire.DecodeTag(tag)
+		if num <= 0 {
+			return nil, errFallback
+		}
+		switch typ {
+		case protowire.VarintType:
+			_, n := f.varint(pos, end)
+			if n < 0 {
+				return nil, errFallback
+			}
+			pos += n
+		case protowire.Fixed32Type:
+			pos += 4
+		case protowire.Fixed64Type:
+			pos += 8
+		case protowire.BytesType:
+			l, n := f.varint(pos, end)
+			if n < 0 || l > uint64(end-pos-n) {
+				return nil, errFallback
+			}
+			pos += n
+			fd := fields.ByNumber(num)
+			switch {
+			case fd != nil && fd.Kind() == protoreflect.MessageKind:
+				sub, err := c.compact(f, fd.Message(), pos, pos+int(l), nil, bigs)
+				if err != nil {
+					return nil, err
+				}
+				out = protowire.AppendTag(out, num, protowire.BytesType)
+				out = protowire.AppendBytes(out, sub)
+				pos += int(l)
+				continue
+			case fd != nil && fd.Kind() == protoreflect.BytesKind && int(l) >= c.bigMin:
+				idx := len(*bigs)
+				*bigs = append(*bigs, c.large(f, pos, int(l)))
+				out = protowire.AppendTag(out, num, protowire.BytesType)
+				out = protowire.AppendVarint(out, uint64(placeholderLen))
+				out = append(out, marker[:]...)
+				out = binary.LittleEndian.AppendUint32(out, uint32(idx))
+				pos += int(l)
+				continue
+			}
+			pos += int(l)
+		default:
+			return nil, errFallback // groups: not in proto3
+		}
+		if pos > end {
+			return nil, errFallback
+		}
+		out = f.appendTo(out, start, pos-start)
+	}
+	return out, nil
+}
+
+// patch replaces every placeholder in m by its large value and returns how
+// many it replaced.
+func patch(m protoreflect.Message, bigs [][]byte) int {
+	count := 0
+	value := func(b []byte) ([]byte, bool) {
+		if len(b) != placeholderLen || !bytes.Equal(b[:len(marker)], marker[:]) {
+			return nil, false
+		}
+		i := binary.LittleEndian.Uint32(b[len(marker):])
+		if int(i) >= len(bigs) {
+			return nil, false
+		}
+		count++
+		return bigs[i], true
+	}
+	var walk func(m protoreflect.Message)
+	walk = func(m protoreflect.Message) {
+		var later []func() // a field is set after Range, not during it
+		defer func() {
+			for _, f := range later {
+				f()
+			}
+		}()
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsMap():
+				vk := fd.MapValue().Kind()
+				mp := v.Map()
+				mp.Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+					switch vk {
+					case protoreflect.MessageKind:
+						walk(mv.Message())
+					case protoreflect.BytesKind:
+						if d, ok := value(mv.Bytes()); ok {
+							mp.Set(k, protoreflect.ValueOfBytes(d))
+						}
+					}
+					return true
+				})
+			case fd.IsList():
+				l := v.List()
+				for i := range l.Len() {
+					switch fd.Kind() {
+					case protoreflect.MessageKind:
+						walk(l.Get(i).Message())
+					case protoreflect.BytesKind:
+						if d, ok := value(l.Get(i).Bytes()); ok {
+							l.Set(i, protoreflect.ValueOfBytes(d))
+						}
+					}
+				}
+			case fd.Kind() == protoreflect.MessageKind:
+				walk(v.Message())
+			case fd.Kind() == protoreflect.BytesKind:
+				if d, ok := value(v.Bytes()); ok {
+					later = append(later, func() { m.Set(fd, protoreflect.ValueOfBytes(d)) })
+				}
+			}
+			return true
+		})
+	}
+	walk(m)
+	return count
 }

@@ -1,0 +1,156 @@
+package superlink
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/golden"
+)
+
+func concat(bs mem.BufferSlice) []byte {
+	var out []byte
+	for _, b := range bs {
+		out = append(out, b.ReadOnlyData()...)
+	}
+	return out
+}
+
+// checkCodec asserts that the codec's pieces, joined, are exactly the
+// deterministic encoding of m at each threshold, and that decoding them
+// gives m back.
+func checkCodec(t *testing.T, name string, m proto.Message) {
+	t.Helper()
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, min := range []int{0, 1, 2, 100, bigBytes} {
+		pieces, err := marshalPieces(m, min)
+		if err != nil {
+			t.Fatalf("%s (min %d): %v", name, min, err)
+		}
+		if got := concat(pieces); !bytes.Equal(got, want) {
+			t.Fatalf("%s (min %d): codec bytes differ from deterministic proto (%d vs %d bytes)", name, min, len(got), len(want))
+		}
+		back := m.ProtoReflect().Type().New().Interface()
+		c := &codec{in: newInterner(), bigMin: max(min, 1)}
+		if err := c.Unmarshal(splitBuffers(want, 7), back); err != nil {
+			t.Fatalf("%s: unmarshal: %v", name, err)
+		}
+		if !proto.Equal(back, m) {
+			t.Fatalf("%s (min %d): decode differs", name, min)
+		}
+	}
+}
+
+// splitBuffers cuts b into buffers of n bytes, as gRPC hands over frames.
+func splitBuffers(b []byte, n int) mem.BufferSlice {
+	var out mem.BufferSlice
+	for len(b) > n {
+		out = append(out, mem.SliceBuffer(b[:n]))
+		b = b[n:]
+	}
+	return append(out, mem.SliceBuffer(b))
+}
+
+// TestCodecGolden: on every golden message, the codec writes exactly the
+// bytes of proto.MarshalOptions{Deterministic: true} (the canonical files),
+// whatever part of it is referenced rather than copied.
+func TestCodecGolden(t *testing.T) {
+	n := 0
+	for _, e := range golden.Index(t) {
+		for _, s := range []struct{ file, canon, typ string }{{e.Req, e.ReqCanonical, e.ReqType}, {e.Resp, e.RespCanonical, e.RespType}} {
+			if s.file == "" {
+				continue
+			}
+			m := golden.Decode(t, s.file, s.typ)
+			checkCodec(t, s.file, m)
+			got, err := marshalPieces(m, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(concat(got), golden.Bytes(t, s.canon)) {
+				t.Errorf("%s: codec bytes differ from %s", s.file, s.canon)
+			}
+			n++
+		}
+	}
+	if n != 225 {
+		t.Errorf("checked %d golden messages, want 225", n)
+	}
+}
+
+func randomBytes(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestCodecSynthetic covers every record kind with large and small bytes,
+// nil map values, and unknown fields.
+func TestCodecSynthetic(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	big := randomBytes(r, 3*bigBytes+5)
+	rs := &flwrproto.RecordSet{
+		Parameters: map[string]*flwrproto.ParametersRecord{
+			"fitins.parameters": {DataKeys: []string{"0", "1", "2"}, DataValues: []*flwrproto.Array{
+				{Dtype: "<f4", Shape: []int32{-1, 3, 1 << 20}, Stype: "numpy.ndarray", Data: big},
+				{Stype: "numpy.ndarray", Data: []byte("small")},
+				{Data: big[:bigBytes]},
+			}},
+			"b":     {},
+			"nil":   nil,
+			"zzz":   {DataKeys: []string{"x"}, DataValues: []*flwrproto.Array{{Data: big[1:]}}},
+			"empty": {DataValues: []*flwrproto.Array{{}}},
+		},
+		Metrics: map[string]*flwrproto.MetricsRecord{"m": {Data: map[string]*flwrproto.MetricsRecordValue{
+			"a": {Value: &flwrproto.MetricsRecordValue_Double{Double: 0.5}},
+			"b": {Value: &flwrproto.MetricsRecordValue_Sint64List{Sint64List: &flwrproto.Sint64List{Vals: []int64{-1, 0, 1 << 40}}}},
+			"c": {Value: &flwrproto.MetricsRecordValue_Sint64{Sint64: 0}},
+		}}},
+		Configs: map[string]*flwrproto.ConfigsRecord{"c": {Data: map[string]*flwrproto.ConfigsRecordValue{
+			"bytes":  {Value: &flwrproto.ConfigsRecordValue_Bytes{Bytes: big}},
+			"list":   {Value: &flwrproto.ConfigsRecordValue_BytesList{BytesList: &flwrproto.BytesList{Vals: [][]byte{big, {}, []byte("x"), big[:10]}}}},
+			"str":    {Value: &flwrproto.ConfigsRecordValue_String_{String_: "hello"}},
+			"bool":   {Value: &flwrproto.ConfigsRecordValue_Bool{Bool: false}},
+			"nilval": nil,
+		}}},
+	}
+	ins := taskIns(-5, 7, 1.8e9)
+	ins.TaskId = "83bddbf3-413b-4b2c-9a1e-0bdfad5084ab"
+	ins.Task.Recordset = rs
+	ins.Task.DeliveredAt = "2026-11-25T20:34:14.053681+00:00"
+	withUnknown := proto.Clone(ins).(*flwrproto.TaskIns)
+	withUnknown.Task.Recordset.Parameters["fitins.parameters"].DataValues[0].ProtoReflect().SetUnknown([]byte{0xf8, 0x06, 0x01}) // field 111 varint 1
+	for name, m := range map[string]proto.Message{
+		"PullTaskInsResponse": &flwrproto.PullTaskInsResponse{Reconnect: &flwrproto.Reconnect{Reconnect: 5}, TaskInsList: []*flwrproto.TaskIns{ins, ins}},
+		"PushTaskInsRequest":  &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{withUnknown, {}}},
+		"PullTaskResResponse": &flwrproto.PullTaskResResponse{TaskResList: []*flwrproto.TaskRes{{TaskId: "x", Task: &flwrproto.Task{Recordset: rs}}}},
+		"PushTaskResResponse": &flwrproto.PushTaskResResponse{Results: map[string]uint32{"b": 0, "a": 7}},
+		"Empty":               &flwrproto.PullTaskInsResponse{},
+	} {
+		checkCodec(t, name, m)
+	}
+
+	// The large array travels by reference: no piece copies it.
+	pieces, err := newCodec(nil).Marshal(&flwrproto.PullTaskInsResponse{TaskInsList: []*flwrproto.TaskIns{ins}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := 0
+	for _, p := range pieces {
+		if d := p.ReadOnlyData(); len(d) > 0 && &d[0] == &big[0] {
+			refs++
+		}
+	}
+	if refs == 0 {
+		t.Errorf("the large array was copied into the response, want it referenced (%d pieces)", len(pieces))
+	}
+}
