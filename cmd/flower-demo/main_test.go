@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+)
+
+func TestParse(t *testing.T) {
+	for _, c := range []struct {
+		args    []string
+		usage   string // a *cli.UsageError holding this, or "" for success
+		clients int
+		rounds  int
+	}{
+		{args: nil, clients: 2, rounds: 3},
+		{args: []string{"--clients", "5", "--rounds", "1"}, clients: 5, rounds: 1},
+		{args: []string{"--clients", "0"}, usage: "--clients 0: give a number of client apps from 1 to 100"},
+		{args: []string{"--clients", "101"}, usage: "--clients 101"},
+		{args: []string{"--rounds", "-1"}, usage: "--rounds -1: give a number of rounds from 1 to 100"},
+		{args: []string{"--rounds", "x"}, usage: `invalid argument "x" for "--rounds`},
+		{args: []string{"now"}, usage: `unexpected argument "now": flower-demo takes only flags`},
+		{args: []string{"--keeep"}, usage: "unknown flag: --keeep"},
+	} {
+		var stdout, stderr bytes.Buffer
+		o, err := parse(c.args, &stdout, &stderr)
+		if c.usage != "" {
+			var ue *cli.UsageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), c.usage) {
+				t.Errorf("parse(%q) = %v, want a usage error with %q", c.args, err, c.usage)
+			}
+			continue
+		}
+		if err != nil || o.clients != c.clients || o.rounds != c.rounds {
+			t.Errorf("parse(%q) = %+v, %v; want clients %d rounds %d", c.args, o, err, c.clients, c.rounds)
+		}
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if _, err := parse([]string{"--version"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) || stdout.String() != "flower-demo "+cli.Version+"\n" {
+		t.Fatalf("--version: %v %q", err, stdout.String())
+	}
+	stdout.Reset()
+	if _, err := parse([]string{"--help"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	if u := stderr.String(); !strings.Contains(u, "Examples:\n  go run ./cmd/flower-demo\n") || !strings.Contains(u, "--clients int") {
+		t.Fatalf("usage does not open with examples:\n%s", u)
+	}
+}
+
+func TestWriteCertificates(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certificates")
+	f, err := writeCertificates(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, mode := range map[string]os.FileMode{f.ca: 0o644, f.caKey: 0o600, f.cert: 0o644, f.key: 0o600} {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v, want %v", path, st.Mode().Perm(), mode)
+		}
+	}
+	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("certificates folder: %v %v, want mode 0700", st.Mode().Perm(), err)
+	}
+	// The server certificate chains to the CA under the names the nodes dial.
+	roots := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(f.ca)
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.crt holds no certificate")
+	}
+	leaf := readLeaf(t, f.cert)
+	for _, host := range []string{"localhost", "127.0.0.1", "::1"} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			t.Errorf("server.pem does not verify for %s: %v", host, err)
+		}
+	}
+	if got := strings.Join(sans(leaf), ", "); got != "localhost, 127.0.0.1, ::1" {
+		t.Errorf("sans = %q", got)
+	}
+	// A second run refuses to overwrite them.
+	if _, err := writeCertificates(dir); err == nil || !strings.Contains(err.Error(), "already exists") || !strings.Contains(err.Error(), f.ca) {
+		t.Errorf("second write: %v, want a refusal naming %s", err, f.ca)
+	}
+}
+
+func readLeaf(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		t.Fatalf("%s: no CERTIFICATE block", path)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
