@@ -1,0 +1,351 @@
+// Command flower-certs makes the certificates of a research setup, in place
+// of Flower's generate.sh: a private CA and a server certificate issued by
+// it, written to certificates/ca.crt, ca.key, server.pem and server.key.
+//
+//	flower-certs
+//	flower-superlink --certificates certificates/ca.crt certificates/server.pem certificates/server.key
+//	flower-client-app client:app --root-certificates certificates/ca.crt --server 127.0.0.1:9092
+//
+// It never overwrites a file unless asked: a second run changes nothing. An
+// existing CA in the folder is reused, so clients keep their ca.crt; --force
+// issues a new server certificate from it, and --new-ca replaces the CA too.
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/selfsigned"
+)
+
+const name = "flower-certs"
+
+var command = cli.Command{
+	Name:     name,
+	Synopsis: "make a CA and a server certificate for a research setup (replaces Flower's generate.sh)",
+	Usage:    "[flags]",
+	Examples: []string{
+		"flower-certs                                   # writes certificates/ca.crt, ca.key, server.pem, server.key",
+		"flower-certs --host superlink.lab.example.org --host 10.0.0.5",
+		"flower-certs --force --host 10.0.0.6           # new server certificate, same CA: clients keep ca.crt",
+		"flower-certs --new-ca                          # new CA and server certificate: clients need the new ca.crt",
+		"flower-certs --key-type rsa-4096 --days 90 --dir /etc/sepal/certificates",
+	},
+}
+
+// File names inside --dir, the ones Flower's generate.sh writes.
+const (
+	caCertName     = "ca.crt"
+	caKeyName      = "ca.key"
+	serverCertName = "server.pem"
+	serverKeyName  = "server.key"
+)
+
+// File and folder modes.
+const (
+	dirMode  fs.FileMode = 0o700
+	keyMode  fs.FileMode = 0o600
+	certMode fs.FileMode = 0o644
+)
+
+func main() {
+	cli.Exit(name, run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// config is the parsed command line.
+type config struct {
+	dir     string
+	hosts   []string
+	days    int
+	keyType selfsigned.KeyType
+	force   bool
+	newCA   bool
+	version bool
+	shaped  bool     // --host, --days or --key-type was given
+	args    []string // as given, to suggest the same command with --force
+}
+
+func parseArgs(args []string, stderr io.Writer) (*config, error) {
+	c := &config{args: args}
+	fs := cli.NewFlagSet(command, stderr)
+	var keyType string
+	fs.StringVar(&c.dir, "dir", "certificates", "folder for ca.crt, ca.key, server.pem and server.key (made 0700)")
+	fs.StringSliceVar(&c.hosts, "host", nil, "extra DNS name or IP address for the server certificate, beside localhost, 127.0.0.1 and ::1 (repeatable, or comma-separated)")
+	fs.IntVar(&c.days, "days", 365, "validity of the server certificate in days (a new CA is made for 10 years, or longer to cover it)")
+	fs.StringVar(&keyType, "key-type", string(selfsigned.ECDSAP256), "key type: ecdsa-p256, rsa-2048, rsa-3072, rsa-4096 or ed25519 (for a reused CA, the server key only)")
+	fs.BoolVar(&c.force, "force", false, "issue a new server certificate and key over existing ones; the CA in --dir is kept")
+	fs.BoolVar(&c.newCA, "new-ca", false, "make a new CA as well, replacing ca.crt and ca.key (clients need the new ca.crt); implies --force")
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+	if err := cli.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, cli.Usagef("unexpected argument %q: flower-certs takes flags only (a host goes after --host)", fs.Arg(0))
+	}
+	if c.version {
+		return c, nil
+	}
+	c.shaped = fs.Changed("host") || fs.Changed("days") || fs.Changed("key-type")
+	kt, err := selfsigned.ParseKeyType(keyType)
+	if err != nil {
+		return nil, cli.Usagef("--key-type %q: use one of ecdsa-p256, rsa-2048, rsa-3072, rsa-4096, ed25519", keyType)
+	}
+	c.keyType = kt
+	if c.days < 1 {
+		return nil, cli.Usagef("--days %d: must be 1 or more", c.days)
+	}
+	if c.dir == "" {
+		return nil, cli.Usagef("--dir is empty: give a folder, such as certificates")
+	}
+	for i, h := range c.hosts {
+		c.hosts[i] = strings.TrimSpace(h)
+		if c.hosts[i] == "" {
+			return nil, cli.Usagef("--host is empty: give a DNS name or an IP address")
+		}
+	}
+	if c.newCA {
+		c.force = true
+	}
+	return c, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	c, err := parseArgs(args, stderr)
+	if err != nil {
+		return err
+	}
+	if c.version {
+		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
+		return nil
+	}
+	return generate(c, time.Now(), stdout, stderr)
+}
+
+// paths of the four files in the folder.
+type paths struct{ caCert, caKey, serverCert, serverKey string }
+
+func pathsIn(dir string) paths {
+	return paths{
+		caCert:     filepath.Join(dir, caCertName),
+		caKey:      filepath.Join(dir, caKeyName),
+		serverCert: filepath.Join(dir, serverCertName),
+		serverKey:  filepath.Join(dir, serverKeyName),
+	}
+}
+
+func exists(path string) (bool, error) {
+	_, err := os.Stat(path)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, err
+}
+
+// generate does the work: it decides what to make, makes it all in memory,
+// then writes the files. On an error nothing is written, or (a failed
+// write) what was written is complete and says so.
+func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
+	p := pathsIn(c.dir)
+	have := map[string]bool{}
+	for _, f := range []string{p.caCert, p.caKey, p.serverCert, p.serverKey} {
+		ok, err := exists(f)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		have[f] = ok
+	}
+
+	// Half states are refused before anything is written.
+	if !c.newCA && have[p.caCert] != have[p.caKey] {
+		present, missing := p.caCert, p.caKey
+		if have[p.caKey] {
+			present, missing = p.caKey, p.caCert
+		}
+		return fmt.Errorf("%s exists but %s does not: restore %s, or run %s --new-ca to make a new CA "+
+			"(every client then needs the new %s)", present, missing, missing, name, p.caCert)
+	}
+	if !c.force && (have[p.serverCert] || have[p.serverKey]) {
+		if have[p.serverCert] != have[p.serverKey] {
+			present, missing := p.serverCert, p.serverKey
+			if have[p.serverKey] {
+				present, missing = p.serverKey, p.serverCert
+			}
+			return fmt.Errorf("%s exists but %s does not: run %s --force to issue a new server certificate and key",
+				present, missing, name)
+		}
+		fmt.Fprintf(stdout, "%s and %s exist; nothing changed.\n", p.serverCert, p.serverKey)
+		fmt.Fprintf(stdout, "To issue a new server certificate from the same CA (clients keep %s):\n  %s\n",
+			p.caCert, shellJoin(append([]string{name}, append(c.args, "--force")...)))
+		fmt.Fprintf(stdout, "To replace the CA as well (every client then needs the new %s):\n  %s\n",
+			p.caCert, shellJoin(append([]string{name}, append(c.args, "--new-ca")...)))
+		if c.shaped {
+			fmt.Fprintf(stdout, "(--host, --days and --key-type shape new certificates only: nothing was issued.)\n")
+		}
+		printUsage(stdout, p, existingNames(p.serverCert))
+		return nil
+	}
+
+	// Make everything in memory first: a bad --host or --days writes nothing.
+	var ca *selfsigned.CA
+	var err error
+	reuse := have[p.caCert] && have[p.caKey] && !c.newCA
+	if reuse {
+		if ca, err = selfsigned.LoadCA(p.caCert, p.caKey); err != nil {
+			return fmt.Errorf("%w (to replace the CA, run %s --new-ca)", err, name)
+		}
+		if now.After(ca.Cert.NotAfter) {
+			return fmt.Errorf("the CA in %s expired on %s: run %s --new-ca (every client then needs the new %s)",
+				p.caCert, ca.Cert.NotAfter.UTC().Format(time.DateOnly), name, p.caCert)
+		}
+	}
+	notAfter := now.Add(time.Duration(c.days) * 24 * time.Hour)
+	if !reuse {
+		// A new CA lasts 10 years, or longer if the server certificate does.
+		caNotAfter := now.Add(selfsigned.DefaultCAValidity)
+		if notAfter.After(caNotAfter) {
+			caNotAfter = notAfter.Add(24 * time.Hour)
+		}
+		if ca, err = selfsigned.NewCA(selfsigned.CAOptions{KeyType: c.keyType, NotAfter: caNotAfter}); err != nil {
+			return err
+		}
+	}
+	if notAfter.After(ca.Cert.NotAfter) {
+		maxDays := int(ca.Cert.NotAfter.Sub(now).Hours() / 24)
+		return cli.Usagef("--days %d: the server certificate would outlive its CA (%s, valid until %s): use --days %d or fewer, or make a new CA with --new-ca",
+			c.days, p.caCert, ca.Cert.NotAfter.UTC().Format(time.DateOnly), maxDays)
+	}
+	pair, err := ca.IssueServer(selfsigned.ServerOptions{Hosts: c.hosts, KeyType: c.keyType, NotAfter: notAfter})
+	if err != nil {
+		return cli.Usagef("--host: %s", strings.TrimPrefix(err.Error(), "selfsigned: "))
+	}
+
+	// Write: the folder, then each key before its certificate.
+	if err := os.MkdirAll(c.dir, dirMode); err != nil {
+		return fmt.Errorf("making the folder %s: %w", c.dir, err)
+	}
+	if fi, err := os.Stat(c.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(stderr, "%s: note: %s is open to other users (mode %04o); keys are 0600, but consider: chmod 700 %s\n",
+			name, c.dir, fi.Mode().Perm(), shellQuote(c.dir))
+	}
+	if reuse {
+		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
+			p.caCert, ca.Cert.Subject.CommonName, keyName(ca.Cert), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
+	} else {
+		if err := write(stdout, p.caKey, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here"); err != nil {
+			return err
+		}
+		if err := write(stdout, p.caCert, ca.CertPEM, certMode,
+			fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client", keyName(ca.Cert), ca.Cert.NotAfter.UTC().Format(time.DateOnly))); err != nil {
+			return err
+		}
+	}
+	if err := write(stdout, p.serverKey, pair.KeyPEM, keyMode, "server private key"); err != nil {
+		return err
+	}
+	if err := write(stdout, p.serverCert, pair.CertPEM, certMode,
+		fmt.Sprintf("server certificate (%s, serial %x, valid until %s) for %s", keyName(pair.Leaf), pair.Leaf.SerialNumber,
+			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))); err != nil {
+		return err
+	}
+	if have[p.serverCert] {
+		fmt.Fprintf(stdout, "A running SuperLink picks up the new certificate within its poll interval, or at once on SIGHUP.\n")
+	}
+	printUsage(stdout, p, sans(pair.Leaf))
+	return nil
+}
+
+func write(stdout io.Writer, path string, data []byte, mode fs.FileMode, what string) error {
+	if err := selfsigned.WriteFileAtomic(path, data, mode); err != nil {
+		return fmt.Errorf("%s (nothing half-written; run again once fixed)", strings.TrimPrefix(err.Error(), "selfsigned: "))
+	}
+	fmt.Fprintf(stdout, "wrote %-28s %04o  %s\n", path, mode, what)
+	return nil
+}
+
+// printUsage prints the command lines that use the files. The apps dial
+// the first name of the certificate beyond the defaults, else 127.0.0.1.
+func printUsage(stdout io.Writer, p paths, names []string) {
+	host := "127.0.0.1"
+	for _, n := range names {
+		if !slices.Contains(selfsigned.DefaultHosts, n) && !strings.HasPrefix(n, "*") {
+			host = n
+			break
+		}
+	}
+	fmt.Fprintf(stdout, "\nStart the SuperLink with:\n  %s\n", shellJoin([]string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}))
+	fmt.Fprintf(stdout, "Connect a client app with:\n  %s\n", shellJoin([]string{"flower-client-app", "client:app", "--root-certificates", p.caCert, "--server", net.JoinHostPort(host, "9092")}))
+	fmt.Fprintf(stdout, "Run a server app with:\n  %s\n", shellJoin([]string{"flower-server-app", "server:app", "--root-certificates", p.caCert, "--server", net.JoinHostPort(host, "9091")}))
+}
+
+// existingNames returns the SANs of the certificate in path, or nil.
+func existingNames(path string) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil
+	}
+	return sans(c)
+}
+
+func sans(c *x509.Certificate) []string {
+	s := append([]string{}, c.DNSNames...)
+	for _, ip := range c.IPAddresses {
+		s = append(s, ip.String())
+	}
+	return s
+}
+
+// keyName names the key algorithm of a certificate, such as "ECDSA P-256".
+func keyName(c *x509.Certificate) string {
+	switch k := c.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA-%d", k.N.BitLen())
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return c.PublicKeyAlgorithm.String()
+}
+
+// shellJoin quotes each word that needs it for a POSIX shell.
+func shellJoin(words []string) string {
+	q := make([]string, len(words))
+	for i, w := range words {
+		q[i] = shellQuote(w)
+	}
+	return strings.Join(q, " ")
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,@%+[]", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
