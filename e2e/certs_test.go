@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// opensslRun runs openssl in dir and returns its combined output; openssl
+// is the independent judge of what flower-certs writes.
+func opensslRun(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	path, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatalf("openssl is needed to check flower-certs' output independently: %v", err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+type certFile struct {
+	data  []byte
+	mtime time.Time
+}
+
+func certFiles(t *testing.T, dir string) map[string]certFile {
+	t.Helper()
+	m := map[string]certFile{}
+	for _, name := range []string{"ca.crt", "ca.key", "server.pem", "server.key"} {
+		p := filepath.Join(dir, name)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[name] = certFile{b, fi.ModTime()}
+	}
+	return m
+}
+
+func serial(t *testing.T, certPEM []byte) string {
+	t.Helper()
+	b, _ := pem.Decode(certPEM)
+	if b == nil {
+		t.Fatal("no PEM certificate")
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber.Text(16)
+}
+
+func TestFlowerCerts(t *testing.T) {
+	needE2E(t)
+	work := t.TempDir()
+	dir := filepath.Join(work, "certificates")
+
+	out, code := run(t, time.Minute, work, nil, "flower-certs", "--host", "superlink.example.org", "--host", "10.0.0.7")
+	if code != 0 {
+		t.Fatalf("flower-certs exited %d:\n%s", code, out)
+	}
+	for _, want := range []string{
+		"certificates/ca.crt", "certificates/ca.key", "certificates/server.pem", "certificates/server.key",
+		"flower-superlink --certificates certificates/ca.crt certificates/server.pem certificates/server.key",
+		"flower-client-app client:app --root-certificates certificates/ca.crt --server superlink.example.org:9092",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	if got := opensslRun(t, work, "verify", "-CAfile", "certificates/ca.crt", "certificates/server.pem"); !strings.Contains(got, "certificates/server.pem: OK") {
+		t.Errorf("openssl verify: %s", got)
+	}
+	san := opensslRun(t, work, "x509", "-noout", "-ext", "subjectAltName", "-in", "certificates/server.pem")
+	for _, want := range []string{"DNS:localhost", "IP Address:127.0.0.1", "IP Address:0:0:0:0:0:0:0:1", "DNS:superlink.example.org", "IP Address:10.0.0.7"} {
+		if !strings.Contains(san, want) {
+			t.Errorf("SANs lack %s:\n%s", want, san)
+		}
+	}
+	if got := opensslRun(t, work, "pkey", "-in", "certificates/server.key", "-noout", "-text"); !strings.Contains(got, "NIST CURVE: P-256") {
+		t.Errorf("openssl does not see a P-256 key:\n%s", got)
+	}
+
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(keyPEM)
+	if b == nil || b.Type != "PRIVATE KEY" {
+		t.Fatal("server.key holds no PKCS#8 PRIVATE KEY")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if ek, ok := k.(*ecdsa.PrivateKey); err != nil || !ok || ek.Curve != elliptic.P256() {
+		t.Errorf("server.key is %T (%v), want ECDSA P-256", k, err)
+	}
+	for name, want := range map[string]os.FileMode{"server.key": 0o600, "ca.key": 0o600, "server.pem": 0o644, "ca.crt": 0o644, "": 0o700} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s mode %04o, want %04o", filepath.Join("certificates", name), fi.Mode().Perm(), want)
+		}
+	}
+
+	// A second run changes no file.
+	first := certFiles(t, dir)
+	time.Sleep(50 * time.Millisecond) // a rewrite would move the mtime
+	out, code = run(t, time.Minute, work, nil, "flower-certs", "--host", "superlink.example.org", "--host", "10.0.0.7")
+	if code != 0 || !strings.Contains(out, "nothing changed") || !strings.Contains(out, "--force") {
+		t.Errorf("second run exited %d:\n%s", code, out)
+	}
+	for name, f := range certFiles(t, dir) {
+		if !bytes.Equal(f.data, first[name].data) || !f.mtime.Equal(first[name].mtime) {
+			t.Errorf("the second run changed %s", name)
+		}
+	}
+
+	// --force issues a new server certificate from the same CA.
+	out, code = run(t, time.Minute, work, nil, "flower-certs", "--force", "--host", "superlink.example.org")
+	if code != 0 {
+		t.Fatalf("flower-certs --force exited %d:\n%s", code, out)
+	}
+	forced := certFiles(t, dir)
+	for _, name := range []string{"ca.crt", "ca.key"} {
+		if !bytes.Equal(forced[name].data, first[name].data) || !forced[name].mtime.Equal(first[name].mtime) {
+			t.Errorf("--force changed %s; the CA must be kept", name)
+		}
+	}
+	if serial(t, forced["server.pem"].data) == serial(t, first["server.pem"].data) || bytes.Equal(forced["server.key"].data, first["server.key"].data) {
+		t.Error("--force did not issue a new server certificate and key")
+	}
+	if got := opensslRun(t, work, "verify", "-CAfile", "certificates/ca.crt", "certificates/server.pem"); !strings.Contains(got, "certificates/server.pem: OK") {
+		t.Errorf("openssl verify after --force: %s", got)
+	}
+}
+
+func TestFlowerCertsRefusesHalfCA(t *testing.T) {
+	needE2E(t)
+	work := t.TempDir()
+	if out, code := run(t, time.Minute, work, nil, "flower-certs"); code != 0 {
+		t.Fatalf("flower-certs exited %d:\n%s", code, out)
+	}
+	if err := os.Remove(filepath.Join(work, "certificates", "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	out, code := run(t, time.Minute, work, nil, "flower-certs", "--force")
+	if code != 1 || !strings.Contains(out, "certificates/ca.crt exists but certificates/ca.key does not") || !strings.Contains(out, "--new-ca") {
+		t.Errorf("half CA: exit %d, want 1 with a message naming ca.key and --new-ca:\n%s", code, out)
+	}
+	out, code = run(t, time.Minute, t.TempDir(), nil, "flower-certs", "--host", "not_a_host")
+	if code != 2 || !strings.Contains(out, `"not_a_host"`) {
+		t.Errorf("bad --host: exit %d, want 2 naming the host:\n%s", code, out)
+	}
+}
