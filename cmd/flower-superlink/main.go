@@ -1,13 +1,325 @@
-// Command flower-superlink serves the Flower 1.8.0 Fleet and Driver APIs over TLS.
+// Command flower-superlink serves the Flower 1.8.0 Fleet API (SuperNodes)
+// and Driver API (ServerApps) over gRPC with TLS, with the command line of
+// Flower 1.8.0:
+//
+//	flower-superlink --certificates certificates/ca.crt certificates/server.pem certificates/server.key
+//
+// The certificate files are checked before anything listens and reloaded
+// while it serves (every --certificates-poll-interval, and at once on
+// SIGHUP). SIGINT or SIGTERM stop it gracefully.
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/superlink"
+	"github.com/sepal-fl/sepal/transport"
 )
 
+const name = "flower-superlink"
+
+// inMemoryDatabase is Flower's name for the in-memory state, the only
+// --database value we accept until persistence exists.
+const inMemoryDatabase = ":flwr-in-memory-state:"
+
+var command = cli.Command{
+	Name:     name,
+	Synopsis: "serve the Flower 1.8.0 Fleet API (SuperNodes) and Driver API (ServerApps) over TLS",
+	Usage:    "[flags]",
+	Examples: []string{
+		"flower-certs   # writes certificates/ca.crt, server.pem, server.key",
+		"flower-superlink --certificates certificates/ca.crt certificates/server.pem certificates/server.key",
+		"flower-superlink --ssl-ca-certfile certificates/ca.crt --ssl-certfile certificates/server.pem --ssl-keyfile certificates/server.key",
+		"flower-superlink --acme-domain superlink.example.org --acme-email ops@example.org",
+		"flower-superlink --insecure   # plaintext: for a quick local test only",
+	},
+}
+
 func main() {
-	_ = registerACMEFlags
-	fmt.Fprintln(os.Stderr, "flower-superlink: not built yet")
-	os.Exit(1)
+	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// tlsMode is how the SuperLink gets its certificate.
+type tlsMode int
+
+const (
+	modeNone tlsMode = iota
+	modeFiles
+	modeACME
+	modeInsecure
+)
+
+// config is the parsed command line.
+type config struct {
+	mode                 tlsMode
+	caFile, certFile     string
+	keyFile              string
+	driverAddr           string
+	fleetAddr            string
+	database             string
+	pollInterval         time.Duration
+	version              bool
+	acme                 *acmeFlags
+	certificatesSpelling string // the flag(s) the files came from, for messages
+}
+
+// parseArgs parses the command line (without the program name). Usage
+// mistakes come back as *cli.UsageError; a command line without any way to
+// serve TLS comes back as a plain error (exit 1, as Flower 1.8.0).
+// cli.ErrHelp means the usage was printed to out.
+func parseArgs(args []string, out io.Writer) (*config, error) {
+	fs := cli.NewFlagSet(command, out)
+	c := &config{}
+	certs := &certificatesValue{}
+	var sslCA, sslCert, sslKey string
+	var insecureFlag bool
+
+	fs.Var(certs, certificatesFlag, "the CA certificate, server certificate and server private key (PEM), three values after the one flag as in Flower 1.8.0; flower-certs writes them to certificates/")
+	fs.StringVar(&sslCA, "ssl-ca-certfile", "", "the CA certificate (PEM); the Flower 1.9+ spelling, with --ssl-certfile and --ssl-keyfile")
+	fs.StringVar(&sslCert, "ssl-certfile", "", "the server certificate (PEM), leaf first then any intermediates")
+	fs.StringVar(&sslKey, "ssl-keyfile", "", "the server private key (PEM)")
+	fs.BoolVar(&insecureFlag, "insecure", false, "serve plaintext gRPC without TLS: anyone on the network can read and change the traffic")
+	fs.DurationVar(&c.pollInterval, "certificates-poll-interval", 5*time.Second, "how often the certificate files are checked for a change (SIGHUP reloads at once)")
+	c.acme = registerACMEFlags(fs)
+	fs.StringVar(&c.driverAddr, "driver-api-address", "0.0.0.0:9091", "Driver API (ServerApps) address, HOST:PORT")
+	fs.StringVar(&c.fleetAddr, "grpc-rere-fleet-api-address", "0.0.0.0:9092", "Fleet API (SuperNodes) address, HOST:PORT")
+	fs.StringVar(&c.database, "database", inMemoryDatabase, "where the state is kept; only "+inMemoryDatabase+" (in memory) for now")
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+
+	files, rest, err := splitCertificates(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := cli.Parse(fs, rest); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, cli.Usagef("unexpected argument %q: flower-superlink takes flags only", fs.Arg(0))
+	}
+	if c.version {
+		return c, nil
+	}
+
+	// How the certificate comes: exactly one way.
+	var given []string
+	if files != nil {
+		certs.files = files
+		c.caFile, c.certFile, c.keyFile = files[0], files[1], files[2]
+		c.mode = modeFiles
+		c.certificatesSpelling = "--certificates"
+		given = append(given, "--certificates")
+	}
+	ssl := []struct{ flag, value string }{{"--ssl-ca-certfile", sslCA}, {"--ssl-certfile", sslCert}, {"--ssl-keyfile", sslKey}}
+	var sslGiven, sslMissing []string
+	for _, s := range ssl {
+		if fs.Changed(strings.TrimPrefix(s.flag, "--")) {
+			sslGiven = append(sslGiven, s.flag)
+		} else {
+			sslMissing = append(sslMissing, s.flag)
+		}
+	}
+	if len(sslGiven) > 0 {
+		given = append(given, strings.Join(sslGiven, "/"))
+	}
+	if insecureFlag {
+		given = append(given, "--insecure")
+	}
+	if c.acme.enabled() {
+		given = append(given, "--acme-*")
+	}
+	if len(given) > 1 {
+		return nil, cli.Usagef("%s conflict: pass only one of --certificates, --ssl-*, --acme-* or --insecure", strings.Join(given, " and "))
+	}
+	switch {
+	case len(sslGiven) > 0:
+		if len(sslMissing) > 0 {
+			return nil, cli.Usagef("%s needs %s too: --ssl-ca-certfile CA_CERT --ssl-certfile SERVER_CERT --ssl-keyfile PRIVATE_KEY", strings.Join(sslGiven, " and "), strings.Join(sslMissing, " and "))
+		}
+		c.caFile, c.certFile, c.keyFile = sslCA, sslCert, sslKey
+		c.mode = modeFiles
+		c.certificatesSpelling = "--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile"
+		for _, s := range ssl {
+			if s.value == "" {
+				return nil, cli.Usagef("%s is empty: give the path of a PEM file", s.flag)
+			}
+		}
+	case insecureFlag:
+		c.mode = modeInsecure
+	case c.acme.enabled():
+		c.mode = modeACME
+	case c.mode == modeNone:
+		return nil, errors.New("certificates are required unless running with --insecure: pass " + certificatesForm +
+			" (flower-certs writes them to certificates/), the 1.9+ spelling --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile," +
+			" --acme-domain NAME for a certificate from Let's Encrypt, or --insecure for plaintext")
+	}
+
+	if c.database != inMemoryDatabase {
+		return nil, cli.Usagef("--database %q: only %s is supported; persistence to a file is not built yet", c.database, inMemoryDatabase)
+	}
+	if c.pollInterval <= 0 {
+		return nil, cli.Usagef("--certificates-poll-interval %v: must be more than 0 (for example 5s)", c.pollInterval)
+	}
+	for _, a := range []struct{ flag, addr string }{{"--driver-api-address", c.driverAddr}, {"--grpc-rere-fleet-api-address", c.fleetAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return nil, cli.Usagef("%s %q: want HOST:PORT, such as 0.0.0.0:9092", a.flag, a.addr)
+		}
+	}
+	return c, nil
+}
+
+// run is the whole command: parse, check the certificate, listen, serve
+// until ctx ends or a signal arrives. It returns nil after a graceful stop.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseArgs(args, stderr)
+	if err != nil {
+		return err
+	}
+	if c.version {
+		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
+		return nil
+	}
+	log := cli.NewLogger(stderr, slog.LevelInfo)
+
+	ctx, stop := cli.SignalContext(ctx)
+	defer stop()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	// The certificate first: bad input stops us before anything listens.
+	var src transport.CertSource
+	var creds credentials.TransportCredentials
+	switch c.mode {
+	case modeFiles:
+		// The file source reloads on SIGHUP once its Run has started; until
+		// then a SIGHUP must not end the process (the default action).
+		signal.Ignore(syscall.SIGHUP)
+		fsrc, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+			CAFile:       c.caFile,
+			CertFile:     c.certFile,
+			KeyFile:      c.keyFile,
+			PollInterval: c.pollInterval,
+			Logger:       log,
+		})
+		if err != nil {
+			return err
+		}
+		src = fsrc
+	case modeACME:
+		asrc, err := c.acme.source(ctx, log)
+		if err != nil {
+			return err
+		}
+		src = asrc
+	case modeInsecure:
+		creds = insecure.NewCredentials()
+	}
+	if src != nil {
+		creds = transport.ServerCredentials(src)
+		logCertificate(log, src, c)
+		if r, ok := src.(transport.Runner); ok {
+			go func() {
+				if err := r.Run(ctx); err != nil {
+					cancel(fmt.Errorf("certificate source stopped: %w", err))
+				}
+			}()
+		}
+	}
+
+	driverLis, err := listen(c.driverAddr, "--driver-api-address")
+	if err != nil {
+		return err
+	}
+	fleetLis, err := listen(c.fleetAddr, "--grpc-rere-fleet-api-address")
+	if err != nil {
+		driverLis.Close()
+		return err
+	}
+
+	if c.mode == modeInsecure {
+		log.Warn("serving WITHOUT TLS (--insecure): anyone on the network can read and change the traffic; use --certificates (flower-certs makes them) or --acme-domain")
+	}
+	log.Info("serving",
+		"fleet_api_address", fleetLis.Addr().String(),
+		"driver_api_address", driverLis.Addr().String(),
+		"database", c.database,
+		"tls", c.mode != modeInsecure,
+		"version", cli.Version)
+
+	sl := superlink.New(superlink.Options{Logger: log})
+	err = sl.Serve(ctx, fleetLis, driverLis, creds)
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// listen binds addr, turning the usual failures into a message that names
+// the flag and says what to do.
+func listen(addr, flag string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	switch {
+	case err == nil:
+		return l, nil
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("%s %s: the address is already in use (another SuperLink?); stop it or pass a free HOST:PORT: %w", flag, addr, err)
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("%s %s: permission denied (ports below 1024 need privileges); pass a port above 1024: %w", flag, addr, err)
+	default:
+		return nil, fmt.Errorf("%s %s: cannot listen: %w", flag, addr, err)
+	}
+}
+
+// logCertificate logs what the certificate behind src says about itself
+// (never the key). The sources warn about a certificate close to its expiry
+// themselves (the file source within 30 days; ACME renews on its own). A
+// source that cannot answer without a server name (ACME) is skipped
+// quietly: it logs its own certificates.
+func logCertificate(log *slog.Logger, src transport.CertSource, c *config) {
+	cert, err := src.GetCertificate(&tls.ClientHelloInfo{})
+	if err != nil || cert == nil || len(cert.Certificate) == 0 {
+		return
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return
+		}
+	}
+	sans := append([]string(nil), leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		sans = append(sans, ip.String())
+	}
+	attrs := []any{
+		"subject", leaf.Subject.String(),
+		"sans", strings.Join(sans, ","),
+		"issuer", leaf.Issuer.String(),
+		"serial", fmt.Sprintf("%x", leaf.SerialNumber),
+		"not_after", leaf.NotAfter.UTC().Format(time.RFC3339),
+		"tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion),
+	}
+	if c.mode == modeFiles {
+		attrs = append(attrs, "cert_file", c.certFile, "ca_file", c.caFile)
+	}
+	log.Info("certificate", attrs...)
 }
