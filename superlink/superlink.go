@@ -123,10 +123,10 @@ func (s *SuperLink) Driver() flwrproto.DriverServer { return &driver{s: s.state}
 // rotated certificate, and the codec that sends large arrays without
 // copying them.
 func ServerOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
-	return serverOptions(creds, newCodec(nil))
+	return serverOptions(creds, newCodec(nil), slog.Default())
 }
 
-func serverOptions(creds credentials.TransportCredentials, c *codec) []grpc.ServerOption {
+func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.Logger) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
@@ -141,7 +141,7 @@ func serverOptions(creds credentials.TransportCredentials, c *codec) []grpc.Serv
 			PermitWithoutStream: true,
 		}),
 		grpc.ForceServerCodecV2(c),
-		grpc.ChainUnaryInterceptor(recoverInterceptor),
+		grpc.ChainUnaryInterceptor(recoverInterceptor(log)),
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
@@ -151,14 +151,16 @@ func serverOptions(creds credentials.TransportCredentials, c *codec) []grpc.Serv
 
 // recoverInterceptor turns a panic in a handler into Internal, so that one
 // bad request never takes the SuperLink down.
-func recoverInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			slog.Error("superlink: handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			resp, err = nil, status.Errorf(codes.Internal, "superlink: internal error in %s", info.FullMethod)
-		}
-	}()
-	return h(ctx, req)
+func recoverInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("superlink: handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				resp, err = nil, status.Errorf(codes.Internal, "superlink: internal error in %s", info.FullMethod)
+			}
+		}()
+		return h(ctx, req)
+	}
 }
 
 // Serve serves the Fleet API on fleet and the Driver API on driver, each
@@ -172,7 +174,7 @@ func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener,
 	if fleetLis == nil || driverLis == nil {
 		return errors.New("superlink: Serve needs a Fleet and a Driver listener")
 	}
-	opts := serverOptions(creds, s.codec)
+	opts := serverOptions(creds, s.codec, s.log)
 
 	fs := grpc.NewServer(opts...)
 	flwrproto.RegisterFleetServer(fs, s.Fleet())
