@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sepal-fl/sepal/selfsigned"
 )
 
 // opensslRun runs openssl in dir and returns its combined output; openssl
@@ -169,5 +171,78 @@ func TestFlowerCertsRefusesHalfCA(t *testing.T) {
 	out, code = run(t, time.Minute, t.TempDir(), nil, "flower-certs", "--host", "not_a_host")
 	if code != 2 || !strings.Contains(out, `"not_a_host"`) {
 		t.Errorf("bad --host: exit %d, want 2 naming the host:\n%s", code, out)
+	}
+}
+
+// TestFlowerCertsReusesGenerateShCA makes certificates as Flower's
+// generate.sh does (openssl, RSA, a CA without a common name), checks that
+// Sepal accepts them as they are, and that flower-certs --force issues a new
+// server certificate from that CA, so clients keep their ca.crt when they
+// move to Sepal. RSA-2048 instead of generate.sh's 4096 keeps it quick.
+func TestFlowerCertsReusesGenerateShCA(t *testing.T) {
+	needE2E(t)
+	work := t.TempDir()
+	dir := filepath.Join(work, "certificates")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := `[req]
+default_bits = 2048
+prompt = no
+default_md = sha256
+req_extensions = req_ext
+distinguished_name = dn
+
+[dn]
+C = DE
+ST = HH
+O = Flower
+CN = localhost
+
+[req_ext]
+subjectAltName = @alt_names
+
+[alt_names]
+DNS.1 = localhost
+IP.1 = ::1
+IP.2 = 127.0.0.1
+`
+	if err := os.WriteFile(filepath.Join(work, "certificate.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"genrsa", "-out", "certificates/ca.key", "2048"},
+		{"req", "-new", "-x509", "-key", "certificates/ca.key", "-sha256", "-subj", "/C=DE/ST=HH/O=CA, Inc.", "-days", "365", "-out", "certificates/ca.crt"},
+		{"genrsa", "-out", "certificates/server.key", "2048"},
+		{"req", "-new", "-key", "certificates/server.key", "-out", "certificates/server.csr", "-config", "certificate.conf"},
+		{"x509", "-req", "-in", "certificates/server.csr", "-CA", "certificates/ca.crt", "-CAkey", "certificates/ca.key", "-CAcreateserial",
+			"-out", "certificates/server.pem", "-days", "365", "-sha256", "-extfile", "certificate.conf", "-extensions", "req_ext"},
+	} {
+		opensslRun(t, work, args...)
+	}
+	if _, err := selfsigned.Check(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), time.Now()); err != nil {
+		t.Fatalf("Sepal refuses generate.sh's certificates: %v", err)
+	}
+	caBefore, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, code := run(t, time.Minute, work, nil, "flower-certs")
+	if code != 0 || !strings.Contains(out, "nothing changed") {
+		t.Fatalf("flower-certs over generate.sh's files exited %d:\n%s", code, out)
+	}
+	out, code = run(t, time.Minute, work, nil, "flower-certs", "--force")
+	if code != 0 || !strings.Contains(out, "Reusing the CA") {
+		t.Fatalf("flower-certs --force exited %d:\n%s", code, out)
+	}
+	caAfter, _ := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if !bytes.Equal(caBefore, caAfter) {
+		t.Error("flower-certs --force replaced generate.sh's CA")
+	}
+	if got := opensslRun(t, work, "verify", "-CAfile", "certificates/ca.crt", "certificates/server.pem"); !strings.Contains(got, "certificates/server.pem: OK") {
+		t.Errorf("openssl verify of the new server certificate: %s", got)
+	}
+	if got := opensslRun(t, work, "pkey", "-in", "certificates/server.key", "-noout", "-text"); !strings.Contains(got, "NIST CURVE: P-256") {
+		t.Errorf("the new server key is not P-256:\n%s", got)
 	}
 }

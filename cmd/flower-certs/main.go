@@ -68,15 +68,16 @@ func main() {
 
 // config is the parsed command line.
 type config struct {
-	dir     string
-	hosts   []string
-	days    int
-	keyType selfsigned.KeyType
-	force   bool
-	newCA   bool
-	version bool
-	shaped  bool     // --host, --days or --key-type was given
-	args    []string // as given, to suggest the same command with --force
+	dir       string
+	hosts     []string
+	days      int
+	keyType   selfsigned.KeyType
+	force     bool
+	newCA     bool
+	version   bool
+	shaped    bool     // --host, --days or --key-type was given
+	daysGiven bool     // --days was given
+	args      []string // as given, to suggest the same command with --force
 }
 
 func parseArgs(args []string, stderr io.Writer) (*config, error) {
@@ -85,7 +86,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	var keyType string
 	fs.StringVar(&c.dir, "dir", "certificates", "folder for ca.crt, ca.key, server.pem and server.key (made 0700)")
 	fs.StringSliceVar(&c.hosts, "host", nil, "extra DNS name or IP address for the server certificate, beside localhost, 127.0.0.1 and ::1 (repeatable, or comma-separated)")
-	fs.IntVar(&c.days, "days", 365, "validity of the server certificate in days (a new CA is made for 10 years, or longer to cover it)")
+	fs.IntVar(&c.days, "days", 365, "validity of the server certificate in days (a new CA is made for 10 years, or longer to cover it; by default a reused CA that ends sooner ends it too)")
 	fs.StringVar(&keyType, "key-type", string(selfsigned.ECDSAP256), "key type: ecdsa-p256, rsa-2048, rsa-3072, rsa-4096 or ed25519 (for a reused CA, the server key only)")
 	fs.BoolVar(&c.force, "force", false, "issue a new server certificate and key over existing ones; the CA in --dir is kept")
 	fs.BoolVar(&c.newCA, "new-ca", false, "make a new CA as well, replacing ca.crt and ca.key (clients need the new ca.crt); implies --force")
@@ -99,6 +100,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	if c.version {
 		return c, nil
 	}
+	c.daysGiven = fs.Changed("days")
 	c.shaped = fs.Changed("host") || fs.Changed("days") || fs.Changed("key-type")
 	kt, err := selfsigned.ParseKeyType(keyType)
 	if err != nil {
@@ -226,6 +228,12 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	var clamped bool
+	if notAfter.After(ca.Cert.NotAfter) && reuse && !c.daysGiven {
+		// The default --days meets a CA that ends sooner (generate.sh makes
+		// CAs for 365 days): end with the CA rather than refuse.
+		notAfter, clamped = ca.Cert.NotAfter, true
+	}
 	if notAfter.After(ca.Cert.NotAfter) {
 		maxDays := int(ca.Cert.NotAfter.Sub(now).Hours() / 24)
 		return cli.Usagef("--days %d: the server certificate would outlive its CA (%s, valid until %s): use --days %d or fewer, or make a new CA with --new-ca",
@@ -246,7 +254,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	if reuse {
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
-			p.caCert, ca.Cert.Subject.CommonName, keyName(ca.Cert), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
+			p.caCert, subjectName(ca.Cert), keyName(ca.Cert), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
 	} else {
 		if err := write(stdout, p.caKey, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here"); err != nil {
 			return err
@@ -263,6 +271,10 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		fmt.Sprintf("server certificate (%s, serial %x, valid until %s) for %s", keyName(pair.Leaf), pair.Leaf.SerialNumber,
 			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))); err != nil {
 		return err
+	}
+	if clamped {
+		fmt.Fprintf(stdout, "The server certificate ends with its CA on %s, before %d days; %s --new-ca makes a CA for 10 years (clients then need the new %s).\n",
+			ca.Cert.NotAfter.UTC().Format(time.DateOnly), c.days, name, p.caCert)
 	}
 	if have[p.serverCert] {
 		fmt.Fprintf(stdout, "A running SuperLink picks up the new certificate within its poll interval, or at once on SIGHUP.\n")
@@ -317,6 +329,14 @@ func sans(c *x509.Certificate) []string {
 		s = append(s, ip.String())
 	}
 	return s
+}
+
+// subjectName is the common name of c, or its whole subject without one.
+func subjectName(c *x509.Certificate) string {
+	if c.Subject.CommonName != "" {
+		return c.Subject.CommonName
+	}
+	return c.Subject.String()
 }
 
 // keyName names the key algorithm of a certificate, such as "ECDSA P-256".

@@ -200,6 +200,28 @@ func TestSecondRunChangesNothingAndForceReissues(t *testing.T) {
 	}
 }
 
+func TestShortCAEndsTheServerCertificate(t *testing.T) {
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "certificates")
+	os.Mkdir(dir, 0o700)
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{NotAfter: time.Now().Add(100 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "ca.key"), ca.KeyPEM, 0o600)
+	out := mustRun(t, tmp)
+	if !strings.Contains(out, "ends with its CA on") {
+		t.Errorf("output does not say the certificate ends with its CA:\n%s", out)
+	}
+	if got := parseCert(t, filepath.Join(dir, "server.pem")).NotAfter; !got.Equal(ca.Cert.NotAfter) {
+		t.Errorf("server NotAfter %v, want the CA's %v", got, ca.Cert.NotAfter)
+	}
+	if _, err := runIn(t, tmp, "--force", "--days", "365"); err == nil || !strings.Contains(err.Error(), "--days 99 or fewer") {
+		t.Errorf("an explicit --days beyond the CA: %v", err)
+	}
+}
+
 func TestMissingCAIsMadeWithForce(t *testing.T) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "certificates")
