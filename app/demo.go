@@ -15,7 +15,7 @@ var (
 const (
 	demoNoise     = 0.1
 	demoTestSize  = 40
-	demoDefaultLR = 0.05
+	demoDefaultLR = 0.005
 )
 
 // DemoClient is the built-in ClientApp behind "client:app": linear
@@ -26,7 +26,7 @@ const (
 //
 // Parameters are two float32 arrays, w of shape (3,) and b of shape (1,),
 // zeros initially. Fit reads "epochs" (int, default 1) and "lr" (float,
-// default 0.05) from its config and returns the metric "loss": the mean
+// default 0.005) from its config and returns the metric "loss": the mean
 // squared error over the local epoch(s), measured before each step.
 // Evaluate returns the mean squared error on a held-out local test set (40
 // samples) and the metric "mse". Deterministic for a node id and a sequence

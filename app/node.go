@@ -207,11 +207,17 @@ func (n *node) once(ctx context.Context) (int64, error) {
 			n.deleteNode(self)
 			return 0, nil
 		}
-		if err != nil {
+		if err != nil && (errors.Is(err, ErrGaveUp) || transport.IsPermanent(err)) {
 			n.deleteNode(self)
 			return 0, err
 		}
-		log.Info("task answered", "duration", time.Since(start).Round(time.Millisecond))
+		if err != nil {
+			// The SuperLink refused this one result (say, its TaskIns is
+			// gone); the node itself is fine.
+			log.Warn("result refused", "error", err)
+		} else {
+			log.Info("task answered", "duration", time.Since(start).Round(time.Millisecond))
+		}
 		if r.reconnect {
 			n.deleteNode(self)
 			n.o.Logger.Info("node left, as the server asked", "node_id", id)

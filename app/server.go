@@ -11,6 +11,9 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -262,6 +265,11 @@ func (d *driver) ask(ctx context.Context, nodes []int64, group, taskType string,
 	byID := make(map[string]int64, len(nodes))
 	for _, n := range nodes {
 		id, err := d.push(ctx, []*pb.TaskIns{newTaskIns(d.runID, n, group, taskType, rs, d.o.Now())})
+		if status.Code(err) == codes.NotFound {
+			// The node left between GetNodes and now.
+			d.o.Logger.Warn("node dropped from the round", "node_id", n, "task_type", taskType, "group_id", group, "error", err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,255 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/superlink"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+type staticCert struct{ c *tls.Certificate }
+
+func (s staticCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.c, nil }
+
+var _ transport.CertSource = staticCert{}
+
+// testLink starts a SuperLink over TLS on loopback with a fresh CA; it
+// returns the Fleet and Driver addresses and the path of the CA file.
+type testLink struct {
+	fleet, driver, caFile string
+}
+
+func startLink(t *testing.T, leaf ...selfsigned.ServerOptions) testLink {
+	t.Helper()
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	so := selfsigned.ServerOptions{}
+	if len(leaf) > 0 {
+		so = leaf[0]
+	}
+	pair, err := ca.IssueServer(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pair.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
+	done := make(chan error, 1)
+	go func() { done <- sl.Serve(ctx, fl, dl, transport.ServerCredentials(staticCert{&cert})) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return testLink{fleet: fl.Addr().String(), driver: dl.Addr().String(), caFile: caFile}
+}
+
+// testLogger logs through t (shown with -v or on failure).
+func testLogger(t *testing.T, who string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("who", who)
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestFedAvgOverTLS runs the whole job in process: a SuperLink over TLS
+// with a fresh CA, two SuperNodes running the demo model, three FedAvg
+// rounds, then StopNodes, after which both nodes return nil.
+func TestFedAvgOverTLS(t *testing.T) {
+	link := startLink(t)
+	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	nodeErr := make(chan error, 2)
+	for i, addr := range []string{link.fleet, strings.Replace(link.fleet, "127.0.0.1", "localhost", 1)} {
+		go func() {
+			nodeErr <- RunNode(ctx, NodeOptions{Server: addr, TLS: tlsOpts, PollInterval: 100 * time.Millisecond,
+				Logger: testLogger(t, "node"+string(rune('1'+i)))})
+		}()
+	}
+	var out bytes.Buffer
+	so := ServerOptions{Server: link.driver, TLS: tlsOpts, Rounds: 3, MinNodes: 2, Out: &out,
+		PollInterval: 100 * time.Millisecond, NodesInterval: 100 * time.Millisecond, Logger: testLogger(t, "server")}
+	sum, err := RunFedAvg(ctx, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("output:\n%s", out.String())
+	if len(sum.Rounds) != 3 {
+		t.Fatalf("%d rounds, want 3", len(sum.Rounds))
+	}
+	for _, r := range sum.Rounds {
+		if r.Nodes != 2 {
+			t.Errorf("round %d: %d nodes, want 2", r.Round, r.Nodes)
+		}
+	}
+	first, last := sum.Rounds[0], sum.Rounds[2]
+	if !(last.EvalLoss < first.EvalLoss) || !(last.TrainLoss < first.TrainLoss) {
+		t.Errorf("loss did not fall: round 1 train %v eval %v, round 3 train %v eval %v", first.TrainLoss, first.EvalLoss, last.TrainLoss, last.EvalLoss)
+	}
+	if sum.InitialLoss != first.TrainLoss || sum.FinalLoss != last.EvalLoss {
+		t.Errorf("summary losses %v -> %v", sum.InitialLoss, sum.FinalLoss)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "round 1/3: train_loss ") || !strings.Contains(lines[3], "finished 3 rounds") {
+		t.Errorf("output lines:\n%s", out.String())
+	}
+	// The final model is close to the true one.
+	w, _ := sum.Parameters[0].Float32s()
+	for i, v := range w {
+		if d := float64(v) - demoTrueW[i]; d*d > 0.05 {
+			t.Errorf("w[%d] = %v, true %v", i, v, demoTrueW[i])
+		}
+	}
+
+	if err := StopNodes(ctx, so); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case err := <-nodeErr:
+			if err != nil {
+				t.Errorf("RunNode after reconnect: %v, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a node did not stop after the reconnect task")
+		}
+	}
+}
+
+// TestNodeStopsOnCancel: a node whose ctx ends deletes itself and returns
+// nil; GetNodes then no longer lists it.
+func TestNodeStopsOnCancel(t *testing.T) {
+	link := startLink(t)
+	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
+	}()
+	d, closeConn, err := newDriver(context.Background(), ServerOptions{Server: link.driver, TLS: tlsOpts, NodesInterval: 20 * time.Millisecond}.mustDefaults(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	if _, err := d.nodes(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunNode after cancel: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunNode did not return after cancel")
+	}
+	n, err := d.nodes(context.Background(), 0)
+	if err != nil || len(n) != 0 {
+		t.Errorf("nodes after the node left: %v %v, want none (DeleteNode not called?)", n, err)
+	}
+}
+
+func (o ServerOptions) mustDefaults(t *testing.T) ServerOptions {
+	o, err := o.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// TestTLSFailuresAreNotRetried: verification failures end RunNode and
+// RunFedAvg at once with transport's explanation, whatever MaxRetries says.
+func TestTLSFailuresAreNotRetried(t *testing.T) {
+	link := startLink(t)
+	other, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherFile := filepath.Join(t.TempDir(), "other.crt")
+	if err := os.WriteFile(otherFile, other.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(link.fleet)
+	cases := []struct {
+		name   string
+		server string
+		tls    transport.ClientOptions
+		kind   error
+	}{
+		{"wrong CA", link.fleet, transport.ClientOptions{RootCertificates: otherFile}, transport.ErrUnknownAuthority},
+		{"name mismatch", link.fleet, transport.ClientOptions{RootCertificates: link.caFile, ServerName: "wrong.example"}, transport.ErrNameMismatch},
+		{"plaintext client", link.fleet, transport.ClientOptions{Insecure: true}, transport.ErrTLSPeer},
+		{"0.0.0.0 with TLS", "0.0.0.0:" + port, transport.ClientOptions{RootCertificates: link.caFile}, transport.ErrUnspecifiedAddress},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := RunNode(context.Background(), NodeOptions{Server: c.server, TLS: c.tls, Logger: testLogger(t, "node")})
+			if !transport.IsPermanent(err) || !errors.Is(err, c.kind) {
+				t.Errorf("RunNode: %v, want a permanent %v", err, c.kind)
+			}
+			_, err = RunFedAvg(context.Background(), ServerOptions{Server: strings.Replace(c.server, port, portOf(link.driver), 1), TLS: c.tls})
+			if !transport.IsPermanent(err) || !errors.Is(err, c.kind) {
+				t.Errorf("RunFedAvg: %v, want a permanent %v", err, c.kind)
+			}
+		})
+	}
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// TestGiveUp: a SuperLink that is not there is retried MaxRetries times,
+// then RunNode returns an error wrapping ErrGaveUp (1.8.0 exits 0 here).
+func TestGiveUp(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	err = RunNode(context.Background(), NodeOptions{Server: addr, TLS: transport.ClientOptions{Insecure: true}, MaxRetries: 1})
+	if !errors.Is(err, ErrGaveUp) || !strings.Contains(err.Error(), "after 1 retries") {
+		t.Errorf("RunNode = %v, want ErrGaveUp after 1 retry", err)
+	}
+	err = RunNode(context.Background(), NodeOptions{Server: addr, TLS: transport.ClientOptions{Insecure: true}, MaxWaitTime: 300 * time.Millisecond})
+	if !errors.Is(err, ErrGaveUp) {
+		t.Errorf("RunNode with MaxWaitTime = %v, want ErrGaveUp", err)
+	}
+}
