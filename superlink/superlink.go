@@ -27,7 +27,17 @@
 // PullTaskIns of an unknown or anonymous node answers no task (a SuperNode
 // that polls too early keeps working); DeleteNode of an anonymous node is a
 // no-op; GetNodes of an unknown run is empty; TTL is validated but not
-// enforced.
+// enforced. A TaskIns stays until PullTaskRes has delivered its result (the
+// real one, or NODE_UNAVAILABLE once its consumer is offline or deleted).
+//
+// Memory: Array.data values of 4 KiB and more are interned, content
+// addressed (maphash, then a full compare) with reference counts, and
+// released when the last task holding them is deleted. The gRPC codec
+// (see codec.go) sends them by reference instead of copying them into each
+// response, and decodes large bytes fields straight from the received
+// frames, without copying an array the SuperLink already holds. One
+// FedAvg round of a 100 MiB model to 16 nodes peaks near 2.3x the model
+// size in the SuperLink's heap, where a copy per node would be 16x.
 package superlink
 
 import (

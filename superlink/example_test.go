@@ -1,0 +1,40 @@
+package superlink_test
+
+import (
+	"context"
+	"log"
+	"net"
+	"os/signal"
+	"syscall"
+
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/superlink"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// A SuperLink serving the Fleet API on :9092 and the Driver API on :9091
+// with certificates from files (reloaded while it serves), until SIGINT or
+// SIGTERM.
+func ExampleSuperLink_Serve() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+		CAFile: "certificates/ca.crt", CertFile: "certificates/server.pem", KeyFile: "certificates/server.key",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	go src.Run(ctx)
+	fleet, err := net.Listen("tcp", "0.0.0.0:9092")
+	if err != nil {
+		log.Fatal(err)
+	}
+	driver, err := net.Listen("tcp", "0.0.0.0:9091")
+	if err != nil {
+		log.Fatal(err)
+	}
+	sl := superlink.New(superlink.Options{})
+	if err := sl.Serve(ctx, fleet, driver, transport.ServerCredentials(src)); err != nil {
+		log.Fatal(err)
+	}
+}
