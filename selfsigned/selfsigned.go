@@ -284,12 +284,16 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 	}
 	cn := o.CommonName
 	if cn == "" {
+		// The first extra host, else localhost.
+		cn = "localhost"
 		if len(o.Hosts) > 0 {
-			cn = strings.TrimSpace(o.Hosts[0])
-		} else if len(dns) > 0 {
-			cn = dns[0]
-		} else {
-			cn = ips[0].String()
+			cn = strings.ToLower(strings.TrimSpace(o.Hosts[0]))
+			if ip := parseIP(cn); ip != nil {
+				cn = ip.String()
+			}
+		}
+		if len(cn) > 64 { // the X.509 upper bound of a common name
+			cn = "Sepal server"
 		}
 	}
 	now := time.Now()
@@ -447,6 +451,9 @@ func validDNSName(name string) error {
 		}
 		for _, c := range []byte(label) {
 			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				if c >= 0x80 {
+					return errors.New("non-ASCII names go in their punycode (xn--) form")
+				}
 				return fmt.Errorf("character %q is not allowed in a DNS name", c)
 			}
 		}
