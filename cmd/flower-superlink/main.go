@@ -142,10 +142,13 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		given = append(given, "--insecure")
 	}
 	if c.acme.enabled() {
-		given = append(given, "--acme-*")
+		given = append(given, "--acme-domain")
 	}
 	if len(given) > 1 {
-		return nil, cli.Usagef("%s conflict: pass only one of --certificates, --ssl-*, --acme-* or --insecure", strings.Join(given, " and "))
+		return nil, cli.Usagef("%s conflict: pass only one of --certificates, --ssl-*, --acme-domain or --insecure", strings.Join(given, " and "))
+	}
+	if err := c.acme.check(); err != nil { // --acme-* flags without --acme-domain, bad ACME values
+		return nil, err
 	}
 	switch {
 	case len(sslGiven) > 0:
@@ -172,6 +175,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 
 	if c.database != inMemoryDatabase {
 		return nil, cli.Usagef("--database %q: only %s is supported; persistence to a file is not built yet", c.database, inMemoryDatabase)
+	}
+	if fs.Changed("certificates-poll-interval") && c.mode != modeFiles {
+		return nil, cli.Usagef("--certificates-poll-interval needs --certificates or --ssl-certfile: only certificate files are polled")
 	}
 	if c.pollInterval <= 0 {
 		return nil, cli.Usagef("--certificates-poll-interval %v: must be more than 0 (for example 5s)", c.pollInterval)
@@ -232,7 +238,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if src != nil {
 		creds = transport.ServerCredentials(src)
-		logCertificate(log, src, c)
 		if r, ok := src.(transport.Runner); ok {
 			go func() {
 				if err := r.Run(ctx); err != nil {
@@ -255,12 +260,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.mode == modeInsecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on the network can read and change the traffic; use --certificates (flower-certs makes them) or --acme-domain")
 	}
-	log.Info("serving",
+	attrs := []any{
 		"fleet_api_address", fleetLis.Addr().String(),
 		"driver_api_address", driverLis.Addr().String(),
 		"database", c.database,
-		"tls", c.mode != modeInsecure,
-		"version", cli.Version)
+		"version", cli.Version,
+	}
+	if src != nil {
+		attrs = append(attrs, "tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion))
+		attrs = append(attrs, certificateAttrs(src)...)
+	} else {
+		attrs = append(attrs, "tls", false)
+	}
+	log.Info("serving", attrs...)
 
 	sl := superlink.New(superlink.Options{Logger: log})
 	err = sl.Serve(ctx, fleetLis, driverLis, creds)
@@ -290,36 +302,30 @@ func listen(addr, flag string) (net.Listener, error) {
 	}
 }
 
-// logCertificate logs what the certificate behind src says about itself
-// (never the key). The sources warn about a certificate close to its expiry
-// themselves (the file source within 30 days; ACME renews on its own). A
-// source that cannot answer without a server name (ACME) is skipped
-// quietly: it logs its own certificates.
-func logCertificate(log *slog.Logger, src transport.CertSource, c *config) {
+// certificateAttrs returns what the certificate behind src says about
+// itself (never the key) as log attributes, or nil when the source cannot
+// answer without a server name (ACME sources log their own certificates).
+// The sources warn about a certificate close to its expiry themselves (the
+// file source within 30 days; ACME renews on its own).
+func certificateAttrs(src transport.CertSource) []any {
 	cert, err := src.GetCertificate(&tls.ClientHelloInfo{})
 	if err != nil || cert == nil || len(cert.Certificate) == 0 {
-		return
+		return nil
 	}
 	leaf := cert.Leaf
 	if leaf == nil {
 		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return
+			return nil
 		}
 	}
 	sans := append([]string(nil), leaf.DNSNames...)
 	for _, ip := range leaf.IPAddresses {
 		sans = append(sans, ip.String())
 	}
-	attrs := []any{
+	return []any{
 		"subject", leaf.Subject.String(),
 		"sans", strings.Join(sans, ","),
 		"issuer", leaf.Issuer.String(),
-		"serial", fmt.Sprintf("%x", leaf.SerialNumber),
 		"not_after", leaf.NotAfter.UTC().Format(time.RFC3339),
-		"tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion),
 	}
-	if c.mode == modeFiles {
-		attrs = append(attrs, "cert_file", c.certFile, "ca_file", c.caFile)
-	}
-	log.Info("certificate", attrs...)
 }

@@ -37,8 +37,8 @@ func TestParseArgs(t *testing.T) {
 		{name: "nothing", args: nil, wantErr: "certificates are required unless running with --insecure"},
 		{name: "both spellings", args: cat(files, ssl), usage: true, wantErr: "--certificates and --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile conflict"},
 		{name: "certificates and insecure", args: cat(files, []string{"--insecure"}), usage: true, wantErr: "--certificates and --insecure conflict"},
-		{name: "acme and certificates", args: cat(files, []string{"--acme-domain", "x.example.org"}), usage: true, wantErr: "--certificates and --acme-* conflict"},
-		{name: "acme and insecure", args: []string{"--insecure", "--acme-domain", "x.example.org"}, usage: true, wantErr: "--insecure and --acme-* conflict"},
+		{name: "acme and certificates", args: cat(files, []string{"--acme-domain", "x.example.org"}), usage: true, wantErr: "--certificates and --acme-domain conflict"},
+		{name: "acme and insecure", args: []string{"--insecure", "--acme-domain", "x.example.org"}, usage: true, wantErr: "--insecure and --acme-domain conflict"},
 		{name: "ssl incomplete", args: []string{"--ssl-certfile", "a", "--ssl-keyfile", "b"}, usage: true, wantErr: "--ssl-certfile and --ssl-keyfile needs --ssl-ca-certfile too"},
 		{name: "ssl empty", args: []string{"--ssl-ca-certfile", "", "--ssl-certfile", "a", "--ssl-keyfile", "b"}, usage: true, wantErr: "--ssl-ca-certfile is empty"},
 		{name: "two values", args: []string{"--certificates", "ca.crt", "server.pem"}, usage: true, wantErr: "needs three values"},
@@ -47,7 +47,9 @@ func TestParseArgs(t *testing.T) {
 		{name: "positional", args: []string{"--insecure", "server:app"}, usage: true, wantErr: `unexpected argument "server:app"`},
 		{name: "unknown flag", args: []string{"--insecure", "--bogus"}, usage: true, wantErr: "--bogus"},
 		{name: "bad address", args: []string{"--insecure", "--driver-api-address", "9091"}, usage: true, wantErr: "--driver-api-address \"9091\": want HOST:PORT"},
-		{name: "poll interval", args: []string{"--insecure", "--certificates-poll-interval", "0s"}, usage: true, wantErr: "--certificates-poll-interval"},
+		{name: "poll interval zero", args: cat(files, []string{"--certificates-poll-interval", "0s"}), usage: true, wantErr: "--certificates-poll-interval 0s: must be more than 0"},
+		{name: "poll interval without files", args: []string{"--insecure", "--certificates-poll-interval", "1s"}, usage: true, wantErr: "--certificates-poll-interval needs --certificates"},
+		{name: "acme flag without domain", args: cat(files, []string{"--acme-email", "ops@example.org"}), usage: true, wantErr: "--acme-email needs --acme-domain"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
