@@ -45,7 +45,9 @@ type FileSourceOptions struct {
 // A new pair replaces the served one only when it passes Check: while a
 // certificate and key are replaced one after the other, the half-written
 // pair does not match and the previous certificate stays. A failure is
-// logged once per distinct content of the files; key bytes are never logged.
+// logged once per distinct content of the files (a key that does not match
+// its certificate one poll later, as the other file of a pair being replaced
+// is usually written by then); key bytes are never logged.
 //
 // All methods are safe for concurrent use.
 type FileSource struct {
@@ -59,6 +61,7 @@ type FileSource struct {
 	failedErr  error      // why failed failed
 	lastLogged string     // the last read error logged, so it is logged once
 	expiredLog bool       // the served certificate's expiry was logged
+	pending    bool       // failed holds a key mismatch not logged yet
 
 	ready     chan struct{} // closed once Run listens for SIGHUP
 	readyOnce sync.Once
@@ -113,6 +116,12 @@ func (s *FileSource) Run(ctx context.Context) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	s.readyOnce.Do(func() { close(s.ready) })
+	return s.run(ctx, hup)
+}
+
+// run is Run's loop: polls, and a reload for each value from hup (nil: no
+// signals, as in tests on a fake clock, where signal channels cannot be).
+func (s *FileSource) run(ctx context.Context, hup <-chan os.Signal) error {
 	t := time.NewTicker(s.o.PollInterval)
 	defer t.Stop()
 	for {
@@ -144,12 +153,16 @@ func (s *FileSource) reload(trigger string, explicit bool) error {
 	now := s.o.Now()
 	f, err := readFiles(s.o.CAFile, s.o.CertFile, s.o.KeyFile)
 	if err == nil && f.equal(s.loaded) {
-		s.failed, s.failedErr, s.lastLogged = nil, nil, ""
+		s.failed, s.failedErr, s.lastLogged, s.pending = nil, nil, "", false
 		s.logExpired(now)
 		return nil
 	}
 	if err == nil && !explicit && f.equal(s.failed) && !errors.Is(s.failedErr, ErrNotYetValid) {
-		return s.failedErr // unchanged since it failed; already logged
+		if s.pending { // still half-written one poll later: say so now
+			s.pending = false
+			s.logFailure(trigger, s.failedErr)
+		}
+		return s.failedErr // unchanged since it failed; logged once
 	}
 	var c *tls.Certificate
 	if err == nil {
@@ -165,9 +178,14 @@ func (s *FileSource) reload(trigger string, explicit bool) error {
 		} else {
 			s.lastLogged = ""
 		}
-		if fresh {
-			s.log.Error("certificate reload failed; serving the previous certificate",
-				"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
+		s.pending = false
+		switch {
+		case fresh && !explicit && f != nil && errors.Is(err, ErrKeyMismatch):
+			// Most likely a pair being replaced one file at a time: give
+			// it one poll interval to be completed before logging.
+			s.pending = true
+		case fresh:
+			s.logFailure(trigger, err)
 		}
 		s.logExpired(now)
 		return err
@@ -176,10 +194,15 @@ func (s *FileSource) reload(trigger string, explicit bool) error {
 	return nil
 }
 
+func (s *FileSource) logFailure(trigger string, err error) {
+	s.log.Error("certificate reload failed; serving the previous certificate",
+		"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
+}
+
 // swap serves c, read as f, and logs it. s.mu is held (or s is new).
 func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
 	s.cur.Store(c)
-	s.loaded, s.failed, s.failedErr, s.lastLogged, s.expiredLog = f, nil, nil, "", false
+	s.loaded, s.failed, s.failedErr, s.lastLogged, s.expiredLog, s.pending = f, nil, nil, "", false, false
 	l := c.Leaf
 	sans := append([]string{}, l.DNSNames...)
 	for _, ip := range l.IPAddresses {

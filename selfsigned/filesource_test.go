@@ -308,7 +308,7 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := fx.issue(t)
+	other, third := fx.issue(t), fx.issue(t) // outside the bubble: real dates
 	start := time.Now()
 	synctest.Test(t, func(t *testing.T) {
 		bubbleStart := time.Now()
@@ -320,11 +320,17 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go s.Run(ctx)
+		go s.run(ctx, nil) // Run without SIGHUP: signals cannot reach a bubble
 		serial := func() *big.Int { c, _ := s.GetCertificate(nil); return c.Leaf.SerialNumber }
 		const failed = "certificate reload failed"
 
+		synctest.Wait()                                                      // Run's ticker has started
 		fx.writePair(t, &Pair{CertPEM: other.CertPEM, KeyPEM: first.KeyPEM}) // half-written
+		time.Sleep(DefaultPollInterval * 3 / 2)
+		synctest.Wait()
+		if n := fx.log.count(failed); n != 0 {
+			t.Errorf("a half-written pair was logged at the first poll that saw it (%d failures), want a poll of grace", n)
+		}
 		time.Sleep(10 * DefaultPollInterval)
 		synctest.Wait()
 		if n := fx.log.count(failed); n != 1 {
@@ -340,10 +346,29 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 			t.Errorf("a bad change replaced the served certificate")
 		}
 
+		// A pair replaced one file at a time, completed within a poll
+		// interval, is swapped in without a failure logged.
+		if err := WriteFileAtomic(fx.certFile, third.CertPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFileAtomic(fx.keyFile, first.KeyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(DefaultPollInterval)
+		synctest.Wait()
+		if err := WriteFileAtomic(fx.keyFile, third.KeyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(DefaultPollInterval)
+		synctest.Wait()
+		if n := fx.log.count(failed); n != 2 || serial().Cmp(third.Leaf.SerialNumber) != 0 {
+			t.Errorf("a pair completed within a poll: %d failures logged (want 2), serving %x (want %x)\n%s", n, serial(), third.Leaf.SerialNumber, fx.log)
+		}
+
 		fx.writePair(t, future)
 		time.Sleep(2 * DefaultPollInterval)
 		synctest.Wait()
-		if n := fx.log.count(failed); n != 3 || serial().Cmp(first.Leaf.SerialNumber) != 0 {
+		if n := fx.log.count(failed); n != 3 || serial().Cmp(third.Leaf.SerialNumber) != 0 {
 			t.Errorf("a not-yet-valid pair: %d failures logged (want 3), serving %x", n, serial())
 		}
 		time.Sleep(time.Hour) // its NotBefore passes; polls retry it
