@@ -100,6 +100,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	c.acme = registerACMEFlags(fs)
 	fs.StringVar(&c.driverAddr, "driver-api-address", "0.0.0.0:9091", "Driver API (ServerApps) address, HOST:PORT")
 	fs.StringVar(&c.fleetAddr, "grpc-rere-fleet-api-address", "0.0.0.0:9092", "Fleet API (SuperNodes) address, HOST:PORT")
+	fs.Bool("grpc-rere", false, "the Fleet API type, gRPC request-response: the only one served, accepted as in Flower 1.8.0")
+	restAPI := fs.Bool("rest", false, "the REST Fleet API of Flower 1.8.0: not built")
+	_ = fs.MarkHidden("rest")
 	fs.StringVar(&c.database, "database", inMemoryDatabase, "where the state is kept; only "+inMemoryDatabase+" (in memory) for now")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 
@@ -115,6 +118,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	}
 	if c.version {
 		return c, nil
+	}
+	if *restAPI {
+		return nil, cli.Usagef("--rest: the REST Fleet API is not built; Sepal serves the gRPC Fleet API (--grpc-rere, the default) that SuperNodes use")
 	}
 
 	// How the certificate comes: exactly one way.
