@@ -28,7 +28,11 @@ func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, er
 	return s.cert, nil
 }
 
-var _ transport.CertSource = staticSource{}
+var (
+	_ transport.CertSource = staticSource{}
+	_ transport.CertSource = (*selfsigned.FileSource)(nil)
+	_ transport.Runner     = (*selfsigned.FileSource)(nil)
+)
 
 // pki is a CA written to disk and a server certificate it issued.
 type pki struct {
