@@ -374,7 +374,13 @@ func (s *Source) startHTTP() error {
 	s.httpSrv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
-				s.log.Info("acme: answering http-01 challenge", "host", r.Host, "remote_addr", r.RemoteAddr)
+				// The CA asks port 80, so the Host header has no port; behind a
+				// port forward (or in tests) it may. autocert's host policy
+				// wants the bare name.
+				if host, _, err := net.SplitHostPort(r.Host); err == nil {
+					r.Host = host
+				}
+				s.log.Info("acme: answering http-01 challenge", "domain", r.Host, "remote_addr", r.RemoteAddr)
 			}
 			h.ServeHTTP(w, r)
 		}),

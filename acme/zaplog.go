@@ -22,8 +22,8 @@ func newZapLogger(log *slog.Logger) *zap.Logger {
 // slogCore is a zapcore.Core that forwards every entry to a *slog.Logger.
 // It is safe for concurrent use, as slog.Logger is.
 type slogCore struct {
-	log   *slog.Logger
-	attrs []slog.Attr // from With, already converted
+	log    *slog.Logger
+	fields []zapcore.Field // from With, converted only when an entry is written
 }
 
 var _ zapcore.Core = (*slogCore)(nil)
@@ -46,8 +46,7 @@ func (c *slogCore) Enabled(l zapcore.Level) bool {
 }
 
 func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
-	attrs := append(append([]slog.Attr(nil), c.attrs...), fieldsToAttrs(fields)...)
-	return &slogCore{log: c.log, attrs: attrs}
+	return &slogCore{log: c.log, fields: append(c.fields[:len(c.fields):len(c.fields)], fields...)}
 }
 
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
@@ -58,11 +57,11 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 }
 
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	attrs := make([]slog.Attr, 0, len(c.attrs)+len(fields)+1)
+	attrs := make([]slog.Attr, 0, len(c.fields)+len(fields)+1)
 	if e.LoggerName != "" {
 		attrs = append(attrs, slog.String("logger", e.LoggerName))
 	}
-	attrs = append(attrs, c.attrs...)
+	attrs = append(attrs, fieldsToAttrs(c.fields)...)
 	attrs = append(attrs, fieldsToAttrs(fields)...)
 	c.log.LogAttrs(context.Background(), zapToSlog(e.Level), e.Message, attrs...)
 	return nil

@@ -1,0 +1,383 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// The ACME tests run flower-superlink against a pebble of its own (pebble's
+// validation ports are per instance) with each ACME client. A case that a
+// client cannot do is skipped by name with the reason.
+
+const acmeDomain = "superlink.test"
+
+var acmeClients = []string{"certmagic", "autocert"}
+
+// acmeLink is a flower-superlink started with --acme-* flags.
+type acmeLink struct {
+	p                   *proc
+	fleet, driver, http string
+	storage             string
+	started             time.Time
+}
+
+type acmeLinkOptions struct {
+	client, challenge string
+	domain            string
+	storage           string
+	fleet             string // "" = a free one
+	httpAddr          string // with http-01
+	extra             []string
+}
+
+func startACMELink(t *testing.T, pb *pebbleCA, o acmeLinkOptions) *acmeLink {
+	t.Helper()
+	l := &acmeLink{fleet: o.fleet, driver: freeAddr(t), http: o.httpAddr, storage: o.storage}
+	if l.fleet == "" {
+		l.fleet = freeAddr(t)
+	}
+	if l.storage == "" {
+		l.storage = filepath.Join(t.TempDir(), "acme")
+	}
+	domain := o.domain
+	if domain == "" {
+		domain = acmeDomain
+	}
+	args := []string{"--acme-domain", domain, "--acme-ca", pb.DirURL, "--acme-ca-root", pb.MinicaFile,
+		"--acme-storage", l.storage, "--acme-client", o.client,
+		"--grpc-rere-fleet-api-address", l.fleet, "--driver-api-address", l.driver}
+	if o.challenge == "http-01" {
+		args = append(args, "--acme-challenge", "http-01", "--acme-http-address", l.http)
+	}
+	args = append(args, o.extra...)
+	l.started = time.Now()
+	l.p = start(t, t.TempDir(), nil, "flower-superlink", args...)
+	return l
+}
+
+// port returns the port of a host:port address.
+func port(t testing.TB, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// handshake dials addr and verifies the certificate for acmeDomain against
+// roots. An empty serverName sends no SNI and checks acmeDomain anyway.
+func handshake(addr, serverName string, roots *x509.CertPool) (*x509.Certificate, error) {
+	cfg := &tls.Config{RootCAs: roots, ServerName: serverName, NextProtos: []string{"h2"}}
+	if serverName == "" {
+		cfg.InsecureSkipVerify = true // verified below, against acmeDomain
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			opts := x509.VerifyOptions{Roots: roots, DNSName: acmeDomain, Intermediates: x509.NewCertPool()}
+			for _, c := range cs.PeerCertificates[1:] {
+				opts.Intermediates.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(opts)
+			return err
+		}
+	}
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0], nil
+}
+
+// waitServing waits until addr serves a certificate for acmeDomain that
+// chains to roots, and returns it and the time since the process started.
+func waitServing(t *testing.T, l *acmeLink, roots *x509.CertPool, d time.Duration) (*x509.Certificate, time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		if leaf, err := handshake(l.fleet, acmeDomain, roots); err == nil {
+			return leaf, time.Since(l.started)
+		} else {
+			lastErr = err
+		}
+		select {
+		case <-l.p.done:
+			t.Fatalf("flower-superlink ended (%v) before serving an ACME certificate", l.p.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no ACME certificate served on %s within %v: %v", l.fleet, d, lastErr)
+	return nil, 0
+}
+
+// healthCheck runs one gRPC health check over a new TLS connection that
+// verifies acmeDomain against roots.
+func healthCheck(ctx context.Context, addr string, roots *x509.CertPool) error {
+	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: acmeDomain})
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if res.Status != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health %v", res.Status)
+	}
+	return nil
+}
+
+// haveApps reports whether the client and server apps were built.
+func haveApps() bool {
+	for _, n := range []string{"flower-client-app", "flower-server-app"} {
+		if _, err := os.Stat(filepath.Join(binDir, n)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// acmeRound runs two client apps and a server app for one FedAvg round,
+// verifying the SuperLink's ACME certificate with the system pool
+// (SSL_CERT_FILE = pebble's issuing root) and no --root-certificates.
+func acmeRound(t *testing.T, pb *pebbleCA, l *acmeLink) {
+	t.Helper()
+	if !haveApps() {
+		t.Logf("flower-client-app/flower-server-app not built yet: checked TLS and gRPC health only")
+		return
+	}
+	dir := t.TempDir()
+	env := []string{"SSL_CERT_FILE=" + pb.RootFile, "SSL_CERT_DIR=" + dir}
+	var clients []*proc
+	for range 2 {
+		clients = append(clients, start(t, dir, env, "flower-client-app", "client:app",
+			"--server", l.fleet, "--tls-server-name", acmeDomain))
+	}
+	out, code := run(t, 90*time.Second, dir, env, "flower-server-app", "server:app",
+		"--server", l.driver, "--tls-server-name", acmeDomain, "--rounds", "1", "--min-nodes", "2")
+	if code != 0 {
+		t.Fatalf("flower-server-app exited %d:\n%s", code, out)
+	}
+	if !strings.Contains(out, "round") {
+		t.Fatalf("flower-server-app printed no round:\n%s", out)
+	}
+	for _, c := range clients {
+		c.stop()
+	}
+}
+
+// measured collects start-to-serving times for the closing log line.
+var measured sync.Map // "client/case" -> time.Duration
+
+func TestACMEChallenges(t *testing.T) {
+	needE2E(t)
+	for _, challenge := range []string{"tls-alpn-01", "http-01"} {
+		for _, client := range acmeClients {
+			t.Run(challenge+"/"+client, func(t *testing.T) {
+				t.Parallel()
+				fleet, httpAddr := freeAddr(t), freeAddr(t)
+				pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), HTTPPort: port(t, httpAddr), AuthzReuse: -1})
+				l := startACMELink(t, pb, acmeLinkOptions{client: client, challenge: challenge, fleet: fleet, httpAddr: httpAddr})
+				roots := pb.issuingRoots(t)
+				leaf, took := waitServing(t, l, roots, 60*time.Second)
+				t.Logf("measured: %s %s: process start to serving the ACME certificate: %v", client, challenge, took.Round(time.Millisecond))
+				measured.Store(client+"/"+challenge, took)
+				if leaf.Issuer.CommonName == "" || !strings.Contains(leaf.Issuer.CommonName, "Pebble") {
+					t.Errorf("certificate issued by %q, want pebble", leaf.Issuer.CommonName)
+				}
+				l.p.waitOutput(t, "serving", 10*time.Second)
+				if !strings.Contains(l.p.out.String(), "answering "+challenge+" challenge") {
+					t.Errorf("the SuperLink did not log answering the %s challenge", challenge)
+				}
+				// A client that dials the IP and sends no SNI gets the first domain's certificate.
+				if noSNI, err := handshake(l.fleet, "", roots); err != nil {
+					t.Errorf("handshake without SNI: %v", err)
+				} else if noSNI.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+					t.Errorf("without SNI: serial %x, want %x", noSNI.SerialNumber, leaf.SerialNumber)
+				}
+				// The Driver API serves the same certificate.
+				if _, err := handshake(l.driver, acmeDomain, roots); err != nil {
+					t.Errorf("Driver API handshake: %v", err)
+				}
+				if err := healthCheck(context.Background(), l.fleet, roots); err != nil {
+					t.Fatalf("gRPC health check over the ACME certificate: %v", err)
+				}
+				acmeRound(t, pb, l)
+			})
+		}
+	}
+}
+
+// TestACMERenewal: certificates of 30 s and a renewal check every second;
+// the SuperLink serves a new serial without a restart while a client runs
+// health checks over new connections every 200 ms and sees no failure.
+func TestACMERenewal(t *testing.T) {
+	needE2E(t)
+	for _, client := range acmeClients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			fleet := freeAddr(t)
+			pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), Validity: 30 * time.Second, AuthzReuse: -1})
+			l := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet,
+				extra: []string{"--acme-renew-interval", "1s", "--acme-renew-window", "0.5"}})
+			roots := pb.issuingRoots(t)
+			first, _ := waitServing(t, l, roots, 60*time.Second)
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var checks, failures atomic.Int64
+			var firstFailure atomic.Value
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for ctx.Err() == nil {
+					if err := healthCheck(ctx, l.fleet, roots); err != nil && ctx.Err() == nil {
+						if failures.Add(1) == 1 {
+							firstFailure.Store(err.Error())
+						}
+					}
+					checks.Add(1)
+					select {
+					case <-ctx.Done():
+					case <-time.After(200 * time.Millisecond):
+					}
+				}
+			}()
+
+			deadline := time.Now().Add(first.NotAfter.Sub(time.Now()) + 10*time.Second)
+			var renewed *x509.Certificate
+			for time.Now().Before(deadline) {
+				leaf, err := handshake(l.fleet, acmeDomain, roots)
+				if err != nil {
+					t.Fatalf("handshake during renewal: %v", err)
+				}
+				if leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+					renewed = leaf
+					break
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			// Keep the client going a little past the swap.
+			time.Sleep(time.Second)
+			cancel()
+			<-done
+			if renewed == nil {
+				t.Fatalf("still serving serial %x (expiry %v) after its expiry", first.SerialNumber, first.NotAfter)
+			}
+			t.Logf("renewed: serial %x -> %x, %d health checks", first.SerialNumber, renewed.SerialNumber, checks.Load())
+			if !renewed.NotAfter.After(first.NotAfter) {
+				t.Errorf("renewed certificate expires %v, not after the first's %v", renewed.NotAfter, first.NotAfter)
+			}
+			if n := failures.Load(); n > 0 {
+				t.Errorf("%d of %d health checks failed during renewal; first: %v", n, checks.Load(), firstFailure.Load())
+			}
+			if checks.Load() < 5 {
+				t.Errorf("only %d health checks ran", checks.Load())
+			}
+		})
+	}
+}
+
+// TestACMERestartWithoutCA: the certificate in storage is served when the
+// CA is down.
+func TestACMERestartWithoutCA(t *testing.T) {
+	needE2E(t)
+	for _, client := range acmeClients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			fleet := freeAddr(t)
+			pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet)})
+			roots := pb.issuingRoots(t)
+			storage := filepath.Join(t.TempDir(), "acme")
+			l := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet, storage: storage})
+			first, _ := waitServing(t, l, roots, 60*time.Second)
+			l.p.stop()
+			if code := l.p.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Fatalf("flower-superlink exited %d after SIGINT, want 0", code)
+			}
+			pb.stop()
+
+			l2 := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet, storage: storage,
+				extra: []string{"--acme-timeout", "20s"}})
+			leaf, took := waitServing(t, l2, roots, 30*time.Second)
+			if leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+				t.Errorf("after restart: serial %x, want the stored %x", leaf.SerialNumber, first.SerialNumber)
+			}
+			t.Logf("measured: %s: restart from storage with the CA down to serving: %v", client, took.Round(time.Millisecond))
+			l2.p.waitOutput(t, "loaded from storage", 5*time.Second)
+			if err := healthCheck(context.Background(), l2.fleet, roots); err != nil {
+				t.Fatalf("gRPC health check after restart: %v", err)
+			}
+			acmeRound(t, pb, l2)
+		})
+	}
+}
+
+// TestACMEFaults: a CA that rejects half the nonces still issues; a domain
+// the CA cannot validate fails start-up, non-zero, with a clear message,
+// within the start-up timeout.
+func TestACMEFaults(t *testing.T) {
+	needE2E(t)
+	for _, client := range acmeClients {
+		t.Run("nonce-reject/"+client, func(t *testing.T) {
+			t.Parallel()
+			fleet := freeAddr(t)
+			pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), NonceReject: 50})
+			l := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet})
+			waitServing(t, l, pb.issuingRoots(t), 60*time.Second)
+		})
+		t.Run("unvalidatable-domain/"+client, func(t *testing.T) {
+			t.Parallel()
+			fleet := freeAddr(t)
+			pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet)})
+			// The name resolves to an address where nothing listens.
+			pb.addA(t, "elsewhere.test", "127.0.0.2")
+			start := time.Now()
+			l := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet, domain: "elsewhere.test",
+				extra: []string{"--acme-timeout", "10s"}})
+			code := l.p.wait(t, 30*time.Second)
+			took := time.Since(start)
+			out := l.p.out.String()
+			if code == 0 || code == -1 {
+				t.Fatalf("flower-superlink exited %d, want 1:\n%s", code, out)
+			}
+			for _, want := range []string{
+				"flower-superlink: acme: no certificate for elsewhere.test from " + pb.DirURL,
+				"127.0.0.2", // the CA's own text: where it tried to connect
+				"DNS for elsewhere.test points to this host", "port 443", "rate limits", "staging",
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "level=INFO msg=serving") {
+				t.Errorf("flower-superlink reported serving without a certificate:\n%s", out)
+			}
+			t.Logf("%s: failed start-up took %v", client, took.Round(time.Millisecond))
+		})
+	}
+}
