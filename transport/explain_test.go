@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -109,6 +110,10 @@ func TestExplainTexts(t *testing.T) {
 			transport.KindPlaintextPeer, []string{"does not speak TLS", "--insecure"}},
 		{status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp: lookup sl.example: no such host"`), "sl.example:9092",
 			transport.KindNetwork, []string{"no such host", "--server"}},
+		{fmt.Errorf("dial: %w", context.DeadlineExceeded), "sl.example:9092",
+			transport.KindNetwork, []string{"deadline exceeded", "--server"}},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: timeoutError{}}, "sl.example:9092",
+			transport.KindNetwork, []string{"i/o timeout", "--server"}},
 		{wrap("remote error: tls: handshake failure"), "sl.example:9092",
 			transport.KindHandshake, []string{"handshake failure"}},
 		{errors.New("something else\nentirely"), "sl.example:9092",
@@ -127,6 +132,12 @@ func TestExplainTexts(t *testing.T) {
 		t.Errorf("an explained error was explained again: %v", again)
 	}
 }
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
 
 func sentinelOf(k transport.Kind) error {
 	return map[transport.Kind]error{
