@@ -32,6 +32,12 @@ type testLink struct {
 
 func startLink(t *testing.T, leaf ...selfsigned.ServerOptions) testLink {
 	t.Helper()
+	return startLinkWith(t, false, leaf...)
+}
+
+// startLinkWith starts a SuperLink, in plaintext when plain is true.
+func startLinkWith(t *testing.T, plain bool, leaf ...selfsigned.ServerOptions) testLink {
+	t.Helper()
 	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +69,11 @@ func startLink(t *testing.T, leaf ...selfsigned.ServerOptions) testLink {
 	ctx, cancel := context.WithCancel(context.Background())
 	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
 	done := make(chan error, 1)
-	go func() { done <- sl.Serve(ctx, fl, dl, transport.ServerCredentials(staticCert{&cert})) }()
+	creds := transport.ServerCredentials(staticCert{&cert})
+	if plain {
+		creds = nil
+	}
+	go func() { done <- sl.Serve(ctx, fl, dl, creds) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -205,6 +215,9 @@ func TestTLSFailuresAreNotRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, port, _ := net.SplitHostPort(link.fleet)
+	past := time.Now().Add(-48 * time.Hour)
+	expired := startLink(t, selfsigned.ServerOptions{NotBefore: past, NotAfter: past.Add(time.Hour)})
+	plain := startLinkWith(t, true)
 	cases := []struct {
 		name   string
 		server string
@@ -215,6 +228,8 @@ func TestTLSFailuresAreNotRetried(t *testing.T) {
 		{"name mismatch", link.fleet, transport.ClientOptions{RootCertificates: link.caFile, ServerName: "wrong.example"}, transport.ErrNameMismatch},
 		{"plaintext client", link.fleet, transport.ClientOptions{Insecure: true}, transport.ErrTLSPeer},
 		{"0.0.0.0 with TLS", "0.0.0.0:" + port, transport.ClientOptions{RootCertificates: link.caFile}, transport.ErrUnspecifiedAddress},
+		{"expired", expired.fleet, transport.ClientOptions{RootCertificates: expired.caFile}, transport.ErrExpired},
+		{"TLS client to plaintext", plain.fleet, transport.ClientOptions{RootCertificates: link.caFile}, transport.ErrPlaintextPeer},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -222,7 +237,11 @@ func TestTLSFailuresAreNotRetried(t *testing.T) {
 			if !transport.IsPermanent(err) || !errors.Is(err, c.kind) {
 				t.Errorf("RunNode: %v, want a permanent %v", err, c.kind)
 			}
-			_, err = RunFedAvg(context.Background(), ServerOptions{Server: strings.Replace(c.server, port, portOf(link.driver), 1), TLS: c.tls})
+			driver := map[string]string{link.fleet: link.driver, expired.fleet: expired.driver, plain.fleet: plain.driver}[c.server]
+			if driver == "" {
+				driver = "0.0.0.0:" + portOf(link.driver)
+			}
+			_, err = RunFedAvg(context.Background(), ServerOptions{Server: driver, TLS: c.tls})
 			if !transport.IsPermanent(err) || !errors.Is(err, c.kind) {
 				t.Errorf("RunFedAvg: %v, want a permanent %v", err, c.kind)
 			}
@@ -233,6 +252,21 @@ func TestTLSFailuresAreNotRetried(t *testing.T) {
 func portOf(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
+}
+
+// TestUnspecifiedNotRetried: with TLS, 0.0.0.0 fails at once even when
+// nothing listens there (the default --server of Flower 1.8.0).
+func TestUnspecifiedNotRetried(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := portOf(l.Addr().String())
+	l.Close()
+	err = RunNode(context.Background(), NodeOptions{Server: "0.0.0.0:" + port})
+	if err == nil || !strings.Contains(err.Error(), "0.0.0.0 is an address servers listen on") || errors.Is(err, ErrGaveUp) {
+		t.Errorf("RunNode(0.0.0.0) = %v, want transport's explanation at once", err)
+	}
 }
 
 // TestGiveUp: a SuperLink that is not there is retried MaxRetries times,

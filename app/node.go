@@ -193,7 +193,7 @@ func (n *node) once(ctx context.Context) (int64, error) {
 			return 0, err
 		}
 		log := n.o.Logger.With("task_id", ins.GetTaskId(), "task_type", ins.GetTask().GetTaskType(), "group_id", ins.GetGroupId(), "run_id", ins.GetRunId())
-		log.Info("task received")
+		log.Debug("task received")
 		start := time.Now()
 		r := handleTask(ctx, app, id, ins, n.o.Now)
 		if e := r.res.GetTask().GetError(); e != nil {

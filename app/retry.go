@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"time"
 
 	"google.golang.org/grpc"
@@ -166,11 +167,25 @@ func (c *caller) probe(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		if transport.IsPermanent(err) {
-			return permanent{err}
+		if transport.IsPermanent(err) || unspecifiedTLS(c.addr, c.tls) {
+			// TLS to 0.0.0.0 or :: cannot verify any certificate, so
+			// waiting for a server there is pointless; transport's
+			// message says what to pass instead.
+			return permanent{transport.Explain(err, c.addr, c.tls)}
 		}
 		return status.Error(codes.Unavailable, err.Error())
 	})
+}
+
+// unspecifiedTLS reports whether addr is 0.0.0.0 or :: dialled with TLS
+// and no --tls-server-name: no certificate can match that name.
+func unspecifiedTLS(addr string, o transport.ClientOptions) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || o.Insecure || o.ServerName != "" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }
 
 // maxMessageSize is the gRPC message limit of Flower 1.8.0, both ways.

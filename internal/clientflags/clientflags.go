@@ -1,0 +1,79 @@
+// Package clientflags holds the flags flower-client-app and
+// flower-server-app share: the SuperLink address, TLS (--insecure,
+// --root-certificates, --tls-server-name) and retries (--max-retries,
+// --max-wait-time), with the spelling and defaults of Flower 1.8.0.
+package clientflags
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// Flags are the parsed values; read them after cli.Parse.
+type Flags struct {
+	Server           string
+	Insecure         bool
+	RootCertificates string
+	TLSServerName    string
+	MaxRetries       int
+	MaxWaitTime      float64 // seconds, as Flower 1.8.0
+}
+
+// Register adds the shared flags to fs. defaultServer is the command's
+// default address (0.0.0.0:9092 for SuperNodes, 0.0.0.0:9091 for
+// ServerApps, as Flower 1.8.0); api names the SuperLink API for the help.
+func Register(fs *pflag.FlagSet, defaultServer, api string) *Flags {
+	f := &Flags{}
+	fs.StringVar(&f.Server, "server", defaultServer, "the SuperLink's "+api+" address, HOST:PORT (with TLS, a name or IP its certificate holds, such as 127.0.0.1 or localhost, not 0.0.0.0)")
+	fs.StringVar(&f.RootCertificates, "root-certificates", "", "PEM file of the CA certificates to trust, such as certificates/ca.crt (default: the system roots)")
+	fs.BoolVar(&f.Insecure, "insecure", false, "plaintext gRPC without TLS, for a SuperLink started with --insecure")
+	fs.StringVar(&f.TLSServerName, "tls-server-name", "", "the name the SuperLink's certificate must hold, when it differs from the host in --server")
+	fs.IntVar(&f.MaxRetries, "max-retries", 0, "retries of a failing connection before giving up with exit 1 (0: no limit); TLS verification failures are never retried")
+	fs.Float64Var(&f.MaxWaitTime, "max-wait-time", 0, "seconds to keep retrying a failing connection before giving up with exit 1 (0: no limit)")
+	return f
+}
+
+// TLS returns the transport options; --insecure with --root-certificates
+// is a usage error naming both.
+func (f *Flags) TLS() (transport.ClientOptions, error) {
+	if f.Insecure && f.RootCertificates != "" {
+		return transport.ClientOptions{}, cli.Usagef("--insecure and --root-certificates %s conflict: pass --root-certificates for TLS, or --insecure alone for plaintext", f.RootCertificates)
+	}
+	if f.Insecure && f.TLSServerName != "" {
+		return transport.ClientOptions{}, cli.Usagef("--insecure and --tls-server-name conflict: a server name is only checked with TLS")
+	}
+	if f.Server == "" {
+		return transport.ClientOptions{}, cli.Usagef("--server is empty: give the SuperLink's address, HOST:PORT")
+	}
+	return transport.ClientOptions{RootCertificates: f.RootCertificates, ServerName: f.TLSServerName, Insecure: f.Insecure}, nil
+}
+
+// Retry returns the retry limits (0 = unlimited); negative values are
+// usage errors.
+func (f *Flags) Retry() (maxRetries int, maxWait time.Duration, err error) {
+	if f.MaxRetries < 0 {
+		return 0, 0, cli.Usagef("--max-retries %d is negative: give 0 for no limit or a count", f.MaxRetries)
+	}
+	if f.MaxWaitTime < 0 || math.IsNaN(f.MaxWaitTime) || math.IsInf(f.MaxWaitTime, 0) {
+		return 0, 0, cli.Usagef("--max-wait-time %v: give 0 for no limit or a number of seconds", f.MaxWaitTime)
+	}
+	return f.MaxRetries, time.Duration(f.MaxWaitTime * float64(time.Second)), nil
+}
+
+// Describe says in words how the command will connect, for its first log line.
+func (f *Flags) Describe() string {
+	switch {
+	case f.Insecure:
+		return "plaintext (--insecure)"
+	case f.RootCertificates != "":
+		return fmt.Sprintf("TLS, trusting %s", f.RootCertificates)
+	default:
+		return "TLS, trusting the system roots"
+	}
+}

@@ -1,0 +1,79 @@
+package clientflags
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+func parse(t *testing.T, args ...string) (*Flags, error) {
+	t.Helper()
+	fs := cli.NewFlagSet(cli.Command{Name: "x"}, io.Discard)
+	f := Register(fs, "0.0.0.0:9092", "Fleet API")
+	if err := cli.Parse(fs, args); err != nil {
+		t.Fatal(err)
+	}
+	return f, nil
+}
+
+func TestDefaults(t *testing.T) {
+	f, _ := parse(t)
+	o, err := f.TLS()
+	if err != nil || o != (transport.ClientOptions{}) || f.Server != "0.0.0.0:9092" {
+		t.Errorf("defaults: %+v %+v %v (want TLS with system roots on 0.0.0.0:9092)", f, o, err)
+	}
+	if n, w, err := f.Retry(); n != 0 || w != 0 || err != nil {
+		t.Errorf("retry defaults: %d %s %v, want unlimited", n, w, err)
+	}
+	if !strings.Contains(f.Describe(), "system roots") {
+		t.Errorf("Describe = %q", f.Describe())
+	}
+}
+
+func TestValues(t *testing.T) {
+	f, _ := parse(t, "--server", "localhost:1", "--root-certificates", "ca.crt", "--tls-server-name", "sl.lan", "--max-retries", "4", "--max-wait-time", "2.5")
+	o, err := f.TLS()
+	if err != nil || o != (transport.ClientOptions{RootCertificates: "ca.crt", ServerName: "sl.lan"}) {
+		t.Errorf("TLS = %+v %v", o, err)
+	}
+	if n, w, err := f.Retry(); n != 4 || w != 2500*time.Millisecond || err != nil {
+		t.Errorf("Retry = %d %s %v", n, w, err)
+	}
+}
+
+func TestConflicts(t *testing.T) {
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--insecure", "--root-certificates", "ca.crt"}, []string{"--insecure", "--root-certificates ca.crt", "conflict"}},
+		{[]string{"--insecure", "--tls-server-name", "x"}, []string{"--insecure", "--tls-server-name"}},
+		{[]string{"--server", ""}, []string{"--server"}},
+	}
+	for _, c := range cases {
+		f, _ := parse(t, c.args...)
+		_, err := f.TLS()
+		var ue *cli.UsageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", c.args, err)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: %q does not name %q", c.args, err, w)
+			}
+		}
+	}
+	for _, args := range [][]string{{"--max-retries", "-1"}, {"--max-wait-time", "-3"}, {"--max-wait-time", "NaN"}} {
+		f, _ := parse(t, args...)
+		var ue *cli.UsageError
+		if _, _, err := f.Retry(); !errors.As(err, &ue) || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: %v, want a usage error naming the flag", args, err)
+		}
+	}
+}
