@@ -68,16 +68,15 @@ const (
 
 // config is the parsed command line.
 type config struct {
-	mode                 tlsMode
-	caFile, certFile     string
-	keyFile              string
-	driverAddr           string
-	fleetAddr            string
-	database             string
-	pollInterval         time.Duration
-	version              bool
-	acme                 *acmeFlags
-	certificatesSpelling string // the flag(s) the files came from, for messages
+	mode             tlsMode
+	caFile, certFile string
+	keyFile          string
+	driverAddr       string
+	fleetAddr        string
+	database         string
+	pollInterval     time.Duration
+	version          bool
+	acme             *acmeFlags
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -129,7 +128,6 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		certs.files = files
 		c.caFile, c.certFile, c.keyFile = files[0], files[1], files[2]
 		c.mode = modeFiles
-		c.certificatesSpelling = "--certificates"
 		given = append(given, "--certificates")
 	}
 	ssl := []struct{ flag, value string }{{"--ssl-ca-certfile", sslCA}, {"--ssl-certfile", sslCert}, {"--ssl-keyfile", sslKey}}
@@ -163,7 +161,6 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		}
 		c.caFile, c.certFile, c.keyFile = sslCA, sslCert, sslKey
 		c.mode = modeFiles
-		c.certificatesSpelling = "--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile"
 		for _, s := range ssl {
 			if s.value == "" {
 				return nil, cli.Usagef("%s is empty: give the path of a PEM file", s.flag)
