@@ -45,9 +45,10 @@ type FileSourceOptions struct {
 // A new pair replaces the served one only when it passes Check: while a
 // certificate and key are replaced one after the other, the half-written
 // pair does not match and the previous certificate stays. A failure is
-// logged once per distinct content of the files (a key that does not match
-// its certificate one poll later, as the other file of a pair being replaced
-// is usually written by then); key bytes are never logged.
+// logged once per distinct content of the files, when two polls in a row
+// find the same bad content (so a pair replaced one file at a time, or a
+// file being written in place, is not reported), or at once on SIGHUP or
+// Reload. Key bytes are never logged.
 //
 // All methods are safe for concurrent use.
 type FileSource struct {
@@ -58,10 +59,9 @@ type FileSource struct {
 	mu         sync.Mutex // serializes reloads and guards the fields below
 	loaded     *files     // the bytes of the served pair
 	failed     *files     // the bytes of the last pair that failed Check
-	failedErr  error      // why failed failed
-	lastLogged string     // the last read error logged, so it is logged once
+	failedErr  error      // why failed failed, or why the files could not be read
+	logged     bool       // failedErr was logged
 	expiredLog bool       // the served certificate's expiry was logged
-	pending    bool       // failed holds a key mismatch not logged yet
 
 	ready     chan struct{} // closed once Run listens for SIGHUP
 	readyOnce sync.Once
@@ -145,47 +145,40 @@ func (s *FileSource) Reload() error {
 }
 
 // reload is one attempt. An explicit attempt (Reload, SIGHUP) always checks
-// and logs; a poll skips content that already failed, so each failure is
-// logged once per change.
+// and logs; a poll skips content that already failed (but for a certificate
+// not valid yet, which time may fix).
 func (s *FileSource) reload(trigger string, explicit bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.o.Now()
 	f, err := readFiles(s.o.CAFile, s.o.CertFile, s.o.KeyFile)
 	if err == nil && f.equal(s.loaded) {
-		s.failed, s.failedErr, s.lastLogged, s.pending = nil, nil, "", false
+		s.failed, s.failedErr, s.logged = nil, nil, false
 		s.logExpired(now)
 		return nil
 	}
-	if err == nil && !explicit && f.equal(s.failed) && !errors.Is(s.failedErr, ErrNotYetValid) {
-		if s.pending { // still half-written one poll later: say so now
-			s.pending = false
-			s.logFailure(trigger, s.failedErr)
-		}
-		return s.failedErr // unchanged since it failed; logged once
+	// same: the files are as they were at the last failure (the same
+	// content, or the same error reading them).
+	same := s.failedErr != nil && (f != nil && f.equal(s.failed) ||
+		f == nil && s.failed == nil && err.Error() == s.failedErr.Error())
+	if same && !explicit && !errors.Is(s.failedErr, ErrNotYetValid) {
+		s.logOnce(trigger)
+		return s.failedErr
 	}
 	var c *tls.Certificate
 	if err == nil {
 		c, err = f.check(now)
 	}
 	if err != nil {
-		// A failure is new when the content differs from the last failed
-		// content, or, for a file that cannot be read, the error differs.
-		fresh := explicit || (f == nil && err.Error() != s.lastLogged) || (f != nil && !f.equal(s.failed))
-		s.failed, s.failedErr = f, err
-		if f == nil {
-			s.lastLogged = err.Error()
-		} else {
-			s.lastLogged = ""
+		if !same {
+			s.failed, s.logged = f, false
 		}
-		s.pending = false
-		switch {
-		case fresh && !explicit && f != nil && errors.Is(err, ErrKeyMismatch):
-			// Most likely a pair being replaced one file at a time: give
-			// it one poll interval to be completed before logging.
-			s.pending = true
-		case fresh:
-			s.logFailure(trigger, err)
+		s.failedErr = err
+		// A poll reports a failure when the next poll finds the files
+		// unchanged: a pair replaced one file at a time, or a file
+		// written in place, is complete by then and never reported.
+		if explicit || same {
+			s.logOnce(trigger)
 		}
 		s.logExpired(now)
 		return err
@@ -194,15 +187,20 @@ func (s *FileSource) reload(trigger string, explicit bool) error {
 	return nil
 }
 
-func (s *FileSource) logFailure(trigger string, err error) {
+// logOnce logs the current failure unless it was logged. s.mu is held.
+func (s *FileSource) logOnce(trigger string) {
+	if s.logged {
+		return
+	}
+	s.logged = true
 	s.log.Error("certificate reload failed; serving the previous certificate",
-		"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
+		"trigger", trigger, "error", s.failedErr, "serving_serial", serialHex(s.cur.Load().Leaf))
 }
 
 // swap serves c, read as f, and logs it. s.mu is held (or s is new).
 func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
 	s.cur.Store(c)
-	s.loaded, s.failed, s.failedErr, s.lastLogged, s.expiredLog, s.pending = f, nil, nil, "", false, false
+	s.loaded, s.failed, s.failedErr, s.logged, s.expiredLog = f, nil, nil, false, false
 	l := c.Leaf
 	sans := append([]string{}, l.DNSNames...)
 	for _, ip := range l.IPAddresses {

@@ -346,6 +346,16 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 			t.Errorf("a bad change replaced the served certificate")
 		}
 
+		// A file that cannot be read is reported once too.
+		if err := os.Remove(fx.keyFile); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * DefaultPollInterval)
+		synctest.Wait()
+		if n := fx.log.count(failed); n != 3 || !strings.Contains(fx.log.String(), "file not found") {
+			t.Errorf("a missing key: %d failures logged, want 3:\n%s", n, fx.log)
+		}
+
 		// A pair replaced one file at a time, completed within a poll
 		// interval, is swapped in without a failure logged.
 		if err := WriteFileAtomic(fx.certFile, third.CertPEM, 0o644); err != nil {
@@ -361,23 +371,23 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 		}
 		time.Sleep(DefaultPollInterval)
 		synctest.Wait()
-		if n := fx.log.count(failed); n != 2 || serial().Cmp(third.Leaf.SerialNumber) != 0 {
-			t.Errorf("a pair completed within a poll: %d failures logged (want 2), serving %x (want %x)\n%s", n, serial(), third.Leaf.SerialNumber, fx.log)
+		if n := fx.log.count(failed); n != 3 || serial().Cmp(third.Leaf.SerialNumber) != 0 {
+			t.Errorf("a pair completed within a poll: %d failures logged (want 3), serving %x (want %x)\n%s", n, serial(), third.Leaf.SerialNumber, fx.log)
 		}
 
 		fx.writePair(t, future)
 		time.Sleep(2 * DefaultPollInterval)
 		synctest.Wait()
-		if n := fx.log.count(failed); n != 3 || serial().Cmp(third.Leaf.SerialNumber) != 0 {
-			t.Errorf("a not-yet-valid pair: %d failures logged (want 3), serving %x", n, serial())
+		if n := fx.log.count(failed); n != 4 || serial().Cmp(third.Leaf.SerialNumber) != 0 {
+			t.Errorf("a not-yet-valid pair: %d failures logged (want 4), serving %x", n, serial())
 		}
 		time.Sleep(time.Hour) // its NotBefore passes; polls retry it
 		synctest.Wait()
 		if serial().Cmp(future.Leaf.SerialNumber) != 0 {
 			t.Errorf("the pair is not served once valid: serving %x", serial())
 		}
-		if n := fx.log.count(failed); n != 3 {
-			t.Errorf("retrying a not-yet-valid pair logged %d failures, want 3", n)
+		if n := fx.log.count(failed); n != 4 {
+			t.Errorf("retrying a not-yet-valid pair logged %d failures, want 4", n)
 		}
 		cancel()
 	})
