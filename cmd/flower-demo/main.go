@@ -221,7 +221,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 func (d *demo) cause(ctx context.Context, err error) error {
 	if c := context.Cause(ctx); c != nil {
 		if errors.Is(c, context.Canceled) {
-			return fmt.Errorf("interrupted: %w", err)
+			return errors.New("interrupted: the client apps and the SuperLink were stopped")
 		}
 		return c
 	}
