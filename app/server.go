@@ -330,6 +330,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 		return nil, err
 	}
 	var params []Array
+	var lastErr error
 	for _, n := range nodes {
 		rs, err := getParametersIns(Config{})
 		if err != nil {
@@ -337,6 +338,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 		}
 		got, err := d.ask(ctx, []int64{n}, "0", TaskGetParameters, rs)
 		if err != nil {
+			lastErr = err
 			o.Logger.Warn("no initial parameters from node, trying the next", "node_id", n, "error", err)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -344,6 +346,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 			continue
 		}
 		if params, err = readGetParametersRes(got[n]); err != nil {
+			lastErr = err
 			o.Logger.Warn("bad initial parameters from node, trying the next", "node_id", n, "error", err)
 			continue
 		}
@@ -351,7 +354,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 		break
 	}
 	if params == nil {
-		return nil, fmt.Errorf("app: none of the %d nodes returned initial parameters (see the log)", len(nodes))
+		return nil, fmt.Errorf("app: none of the %d nodes returned initial parameters; the last one: %w", len(nodes), lastErr)
 	}
 
 	for r := 1; r <= o.Rounds; r++ {
