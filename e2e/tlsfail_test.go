@@ -1,0 +1,207 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/superlink"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// tlsFailLimit is how long a client or server app may take to give up on a
+// TLS failure: such failures are never retried.
+const tlsFailLimit = 10 * time.Second
+
+// certPaths are the files of one CA and one server certificate.
+type certPaths struct{ ca, cert, key string }
+
+// writeTestCerts makes a CA and a server certificate with o in dir, written
+// as flower-certs writes them.
+func writeTestCerts(t *testing.T, dir string, o selfsigned.ServerOptions) (certPaths, *selfsigned.Pair) {
+	t.Helper()
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.IssueServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := certPaths{ca: filepath.Join(dir, "ca.crt"), cert: filepath.Join(dir, "server.pem"), key: filepath.Join(dir, "server.key")}
+	for path, data := range map[string][]byte{p.ca: ca.CertPEM, p.cert: pair.CertPEM, p.key: pair.KeyPEM} {
+		if err := selfsigned.WriteFileAtomic(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p, pair
+}
+
+// link is a SuperLink the failing apps are pointed at.
+type link struct{ fleet, driver string }
+
+// startSuperLinkBin starts flower-superlink with args and free ports.
+func startSuperLinkBin(t *testing.T, dir string, args ...string) link {
+	t.Helper()
+	l := link{fleet: freeAddr(t), driver: freeAddr(t)}
+	args = append(args, "--driver-api-address", l.driver, "--grpc-rere-fleet-api-address", l.fleet)
+	p := start(t, dir, nil, "flower-superlink", args...)
+	waitListening(t, p, 20*time.Second, l.driver, l.fleet)
+	return l
+}
+
+// staticSource serves one certificate, whatever it is.
+type staticSource struct{ cert *tls.Certificate }
+
+func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.cert, nil
+}
+
+// startExpiredSuperLink serves the Fleet and Driver APIs in this process
+// with an expired certificate, which flower-superlink refuses to start with.
+func startExpiredSuperLink(t *testing.T, pair *selfsigned.Pair) link {
+	t.Helper()
+	cert, err := pair.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	driver, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	sl := superlink.New(superlink.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	go func() { done <- sl.Serve(ctx, fleet, driver, transport.ServerCredentials(staticSource{&cert})) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("in-test SuperLink: %v", err)
+		}
+	})
+	return link{fleet: fleet.Addr().String(), driver: driver.Addr().String()}
+}
+
+// TestTLSFailures points both apps at a SuperLink they must not trust, or
+// cannot talk to, and checks that each gives up at once, exits non-zero and
+// says why in one message naming the cause, the flag or file and the fix.
+func TestTLSFailures(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	dir := t.TempDir()
+
+	good, _ := writeTestCerts(t, filepath.Join(dir, "good"), selfsigned.ServerOptions{})
+	other, _ := writeTestCerts(t, filepath.Join(dir, "other"), selfsigned.ServerOptions{})
+	named, _ := writeTestCerts(t, filepath.Join(dir, "named"), selfsigned.ServerOptions{NoDefaultHosts: true, Hosts: []string{"other.example"}})
+	expiredFiles, expired := writeTestCerts(t, filepath.Join(dir, "expired"), selfsigned.ServerOptions{
+		NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+
+	tlsLink := startSuperLinkBin(t, dir, "--certificates", good.ca, good.cert, good.key)
+	namedLink := startSuperLinkBin(t, dir, "--certificates", named.ca, named.cert, named.key)
+	plainLink := startSuperLinkBin(t, dir, "--insecure")
+	expiredLink := startExpiredSuperLink(t, expired)
+
+	type tlsCase struct {
+		name string
+		link link
+		// host replaces 127.0.0.1 in --server when set.
+		host string
+		args []string
+		// want are the key parts of the message; PORT is the port dialled.
+		want []string
+	}
+	cases := []tlsCase{
+		{
+			name: "wrong CA", link: tlsLink,
+			args: []string{"--root-certificates", other.ca},
+			want: []string{"the certificate of the server at 127.0.0.1:PORT is not signed by a CA in " + other.ca, "(x509: unknown authority, it was issued by ",
+				"pass --root-certificates with the CA certificate that signed it instead of " + other.ca, "certificates/ca.crt"},
+		},
+		{
+			name: "expired", link: expiredLink,
+			args: []string{"--root-certificates", expiredFiles.ca},
+			want: []string{"the certificate of the server at 127.0.0.1:PORT has expired (", "until " + expired.Leaf.NotAfter.UTC().Format(time.RFC3339),
+				"re-issue it on the server (flower-certs --force)", "check the clock of this machine"},
+		},
+		{
+			name: "name mismatch", link: namedLink,
+			args: []string{"--root-certificates", named.ca},
+			want: []string{`the certificate of the server at 127.0.0.1:PORT does not hold "127.0.0.1", the name dialled; it holds other.example`,
+				"--server other.example:PORT", "--tls-server-name", "flower-certs --host 127.0.0.1 --force"},
+		},
+		{
+			name: "plaintext client to TLS", link: tlsLink,
+			args: []string{"--insecure"},
+			want: []string{"the server at 127.0.0.1:PORT speaks TLS; drop --insecure and pass --root-certificates"},
+		},
+		{
+			name: "TLS client to plaintext", link: plainLink,
+			args: []string{"--root-certificates", good.ca},
+			want: []string{"the server at 127.0.0.1:PORT does not speak TLS; it may run with --insecure: pass --insecure, or start it with certificates"},
+		},
+		{
+			name: "0.0.0.0 with TLS", link: tlsLink, host: "0.0.0.0",
+			args: []string{"--root-certificates", good.ca},
+			want: []string{"--server 0.0.0.0:PORT: 0.0.0.0 is an address servers listen on, not one to dial", "pass --server 127.0.0.1:PORT"},
+		},
+	}
+	for _, c := range cases {
+		for _, app := range []string{"flower-client-app", "flower-server-app"} {
+			t.Run(c.name+"/"+app, func(t *testing.T) {
+				t.Parallel()
+				addr, ref := c.link.fleet, "client:app"
+				if app == "flower-server-app" {
+					addr, ref = c.link.driver, "server:app"
+				}
+				_, port, _ := net.SplitHostPort(addr)
+				if c.host != "" {
+					addr = net.JoinHostPort(c.host, port)
+				}
+				args := append([]string{ref, "--server", addr}, c.args...)
+				began := time.Now()
+				out, code := run(t, tlsFailLimit, dir, nil, app, args...)
+				took := time.Since(began)
+				if code != 1 {
+					t.Fatalf("%s %s exited %d after %v, want 1:\n%s", app, strings.Join(args, " "), code, took, out)
+				}
+				// One message, on one line: "flower-client-app: transport: ...".
+				msg := messageLine(out, app+": transport: ")
+				if msg == "" {
+					t.Fatalf("%s %s: no line starting %q:\n%s", app, strings.Join(args, " "), app+": transport: ", out)
+				}
+				for _, w := range c.want {
+					w = strings.ReplaceAll(w, "PORT", port)
+					if !strings.Contains(msg, w) {
+						t.Errorf("%s %s (exit %d after %v): the message lacks %q:\n%s\nfull output:\n%s", app, strings.Join(args, " "), code, took.Round(time.Millisecond), w, msg, out)
+					}
+				}
+				t.Logf("exit %d after %v: %s", code, took.Round(time.Millisecond), msg)
+			})
+		}
+	}
+}
+
+// messageLine returns the line of out that starts with prefix, or "".
+func messageLine(out, prefix string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
+}
