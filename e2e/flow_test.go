@@ -13,7 +13,9 @@ import (
 
 // TestSeedFlow types the seed's commands with free ports: flower-certs, a
 // flower-superlink with the three certificate files, two client apps (one
-// dialling localhost) and a server app running three FedAvg rounds.
+// dialling localhost) and a server app running three FedAvg rounds. Then one
+// client app leaves on SIGINT and the other on a reconnect task, both
+// calling DeleteNode and exiting 0.
 func TestSeedFlow(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
@@ -60,7 +62,36 @@ func TestSeedFlow(t *testing.T) {
 		}
 	}
 
-	stopClients(t, clients)
+	// The first client app leaves on SIGINT (calling DeleteNode) and exits 0.
+	stopClients(t, clients[:1])
+	waitCount(t, link, "reason=delete_node", 1, 10*time.Second)
+
+	// The second leaves on a reconnect task, as 1.8.0's shutdown sends it:
+	// a one-round run with --stop-nodes, then it exits 0 by itself.
+	out, code = run(t, 60*time.Second, dir, nil, "flower-server-app", "server:app",
+		"--root-certificates", "certificates/ca.crt", "--server", driver, "--rounds", "1", "--min-nodes", "1", "--stop-nodes")
+	if code != 0 {
+		t.Fatalf("flower-server-app --stop-nodes exited %d:\n%s", code, out)
+	}
+	if rs := parseRounds(t, out); len(rs) != 1 || rs[0].nodes != 1 {
+		t.Fatalf("the one-round run after a client left: %+v, want 1 round of 1 node:\n%s", rs, out)
+	}
+	if code := clients[1].wait(t, 15*time.Second); code != 0 {
+		t.Errorf("flower-client-app exited %d after the reconnect task, want 0:\n%s", code, clients[1].out.String())
+	}
+	waitCount(t, link, "reason=delete_node", 2, 10*time.Second)
+}
+
+// waitCount waits up to d for p's output to hold s n times.
+func waitCount(t *testing.T, p *proc, s string, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for strings.Count(p.out.String(), s) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s printed %q %d times within %v, want %d:\n%s", p.name, s, strings.Count(p.out.String(), s), d, n, p.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // waitListening waits until every address accepts TCP connections, failing
@@ -154,6 +185,13 @@ func TestDemo(t *testing.T) {
 	}
 	if rounds[0].nodes != 2 {
 		t.Errorf("round 1 averaged %d nodes, want 2 (the default --clients):\n%s", rounds[0].nodes, out)
+	}
+	m := regexp.MustCompile(`(?m)^certificates +(\S+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("flower-demo did not print where the certificates went:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Dir(m[1])); !os.IsNotExist(err) {
+		t.Errorf("the temporary folder %s is still there after the run (%v)", filepath.Dir(m[1]), err)
 	}
 	for _, want := range []string{"tls           TLS 1.3, ", "over TLS 1.3 with certificates from ", "ALPN h2", "short polling", "localhost, 127.0.0.1, ::1", "in 3 rounds", "flower-superlink --certificates"} {
 		if !strings.Contains(out, want) {
