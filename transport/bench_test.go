@@ -39,11 +39,11 @@ import (
 //	handshakes/s       wall-clock rate of client+server pairs on this
 //	                   machine (both sides share its cores)
 //
-// Run the sub-benchmarks alternately (the machine's load drifts), e.g.
+// On a shared machine the load drifts between sub-benchmarks; the
+// "alternating" sub-benchmarks compare two configs handshake by handshake
+// and report the ratio, which holds up under load:
 //
-//	go test -c -o t.bench ./transport
-//	for i in 1 2 3 4 5 6; do for k in ecdsa rsa; do
-//	  ./t.bench -test.run '^$' -test.bench "KeyType/$k"; done; done | benchstat -
+//	go test -run '^$' -bench 'Handshake.*/alternating' -count 10 ./transport | benchstat -
 
 const clockThreadCPUTime = 3 // CLOCK_THREAD_CPUTIME_ID (Linux)
 
@@ -85,7 +85,11 @@ func benchPKI(b *testing.B, kt selfsigned.KeyType) (*selfsigned.CA, *selfsigned.
 	return ca, pair, &cert, client
 }
 
-func benchHandshakes(b *testing.B, server, client *tls.Config) {
+// handshakes runs b.N rounds; each round makes one full handshake with
+// each server config in turn, so that configs compared in one run share the
+// machine's load. It returns the server CPU time of every handshake, per
+// config, and the wall time of the rounds.
+func handshakes(b *testing.B, client *tls.Config, servers ...*tls.Config) ([][]time.Duration, time.Duration) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -94,8 +98,8 @@ func benchHandshakes(b *testing.B, server, client *tls.Config) {
 	addr := ln.Addr().String()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var cpu []time.Duration
-	handshake := func() {
+	cpu := make([][]time.Duration, len(servers))
+	handshake := func(i int) {
 		done := make(chan error, 1)
 		go func() {
 			c, err := tls.Dial("tcp", addr, client)
@@ -108,10 +112,10 @@ func benchHandshakes(b *testing.B, server, client *tls.Config) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := tls.Server(raw, server)
+		s := tls.Server(raw, servers[i])
 		t0 := threadCPU(b)
 		err = s.Handshake()
-		cpu = append(cpu, threadCPU(b)-t0)
+		cpu[i] = append(cpu[i], threadCPU(b)-t0)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -123,68 +127,108 @@ func benchHandshakes(b *testing.B, server, client *tls.Config) {
 			b.Fatal(err)
 		}
 	}
-	handshake() // warm up outside the measurement
-	cpu = cpu[:0]
+	for i := range servers { // warm up outside the measurement
+		handshake(i)
+		cpu[i] = cpu[i][:0]
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
-	n := 0
 	for b.Loop() {
-		handshake()
-		n++
+		for i := range servers {
+			handshake(i)
+		}
 	}
-	wall := time.Since(start)
-	slices.Sort(cpu)
-	median := cpu[len(cpu)/2]
-	b.ReportMetric(float64(median.Nanoseconds()), "server-cpu-ns/op")
-	b.ReportMetric(1/median.Seconds(), "server-hs/cpu-s")
-	b.ReportMetric(float64(n)/wall.Seconds(), "handshakes/s")
+	return cpu, time.Since(start)
+}
+
+func median(d []time.Duration) time.Duration {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return d[len(d)/2]
+}
+
+// benchHandshakes measures full handshakes with one server config.
+func benchHandshakes(b *testing.B, server, client *tls.Config) {
+	cpu, wall := handshakes(b, client, server)
+	m := median(cpu[0])
+	b.ReportMetric(float64(m.Nanoseconds()), "server-cpu-ns/op")
+	b.ReportMetric(1/m.Seconds(), "server-hs/cpu-s")
+	b.ReportMetric(float64(len(cpu[0]))/wall.Seconds(), "handshakes/s")
 }
 
 // ECDSA P-256 (flower-certs' default) vs RSA-4096 (what Flower's
 // generate.sh makes), through transport.ServerConfig. Goal: P-256 costs the
-// server at least 10x less CPU per full handshake.
+// server at least 10x less CPU per full handshake. "alternating" makes one
+// handshake with each in turn and reports the ratio of the medians
+// (rsa-4096/ecdsa-p256).
 func BenchmarkHandshakeKeyType(b *testing.B) {
-	for _, kt := range []selfsigned.KeyType{selfsigned.ECDSAP256, selfsigned.RSA4096} {
-		b.Run(string(kt), func(b *testing.B) {
-			_, _, cert, client := benchPKI(b, kt)
-			benchHandshakes(b, transport.ServerConfig(staticSource{cert}), client)
-		})
+	kts := []selfsigned.KeyType{selfsigned.ECDSAP256, selfsigned.RSA4096}
+	var servers []*tls.Config
+	both := x509.NewCertPool() // for the alternating client
+	var client *tls.Config
+	for _, kt := range kts {
+		ca, _, cert, c := benchPKI(b, kt)
+		server := transport.ServerConfig(staticSource{cert})
+		servers = append(servers, server)
+		both.AddCert(ca.Cert)
+		client = c
+		b.Run(string(kt), func(b *testing.B) { benchHandshakes(b, server, c) })
 	}
+	b.Run("alternating", func(b *testing.B) {
+		client := client.Clone()
+		client.RootCAs = both
+		cpu, wall := handshakes(b, client, servers...)
+		me, mr := median(cpu[0]), median(cpu[1])
+		b.ReportMetric(float64(me.Nanoseconds()), "ecdsa-cpu-ns/op")
+		b.ReportMetric(float64(mr.Nanoseconds()), "rsa-cpu-ns/op")
+		b.ReportMetric(float64(mr)/float64(me), "rsa/ecdsa")
+		b.ReportMetric(float64(2*len(cpu[0]))/wall.Seconds(), "handshakes/s")
+	})
 }
 
 // GetCertificate through the reloading selfsigned.FileSource (running, as
 // a SuperLink runs it) vs a static tls.Config.Certificates, with the same
 // policy otherwise. Goal: within 3%.
+//
+// "static" and "filesource" measure each alone; "alternating" makes one
+// handshake with each in turn in one run, so both see the same load on a
+// shared machine, and reports both medians and their ratio
+// (filesource/static, 1.0 = the same cost).
 func BenchmarkHandshakeSource(b *testing.B) {
 	ca, pair, cert, client := benchPKI(b, selfsigned.ECDSAP256)
+	static := transport.ServerConfig(staticSource{cert})
+	static.GetCertificate = nil
+	static.Certificates = []tls.Certificate{*cert}
 
-	b.Run("static", func(b *testing.B) {
-		cfg := transport.ServerConfig(staticSource{cert})
-		cfg.GetCertificate = nil
-		cfg.Certificates = []tls.Certificate{*cert}
-		benchHandshakes(b, cfg, client)
-	})
-
-	b.Run("filesource", func(b *testing.B) {
-		dir := b.TempDir()
-		caFile, certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-		for path, data := range map[string][]byte{caFile: ca.CertPEM, certFile: pair.CertPEM, keyFile: pair.KeyPEM} {
-			if err := os.WriteFile(path, data, 0o600); err != nil {
-				b.Fatal(err)
-			}
-		}
-		src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
-			CAFile: caFile, CertFile: certFile, KeyFile: keyFile,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
-		if err != nil {
+	dir := b.TempDir()
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	for path, data := range map[string][]byte{caFile: ca.CertPEM, certFile: pair.CertPEM, keyFile: pair.KeyPEM} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
 			b.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		ran := make(chan error, 1)
-		go func() { ran <- src.Run(ctx) }()
-		defer func() { cancel(); <-ran }()
-		benchHandshakes(b, transport.ServerConfig(src), client)
+	}
+	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+		CAFile: caFile, CertFile: certFile, KeyFile: keyFile,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- src.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+	file := transport.ServerConfig(src)
+
+	b.Run("static", func(b *testing.B) { benchHandshakes(b, static, client) })
+	b.Run("filesource", func(b *testing.B) { benchHandshakes(b, file, client) })
+	b.Run("alternating", func(b *testing.B) {
+		cpu, wall := handshakes(b, client, static, file)
+		ms, mf := median(cpu[0]), median(cpu[1])
+		b.ReportMetric(float64(ms.Nanoseconds()), "static-cpu-ns/op")
+		b.ReportMetric(float64(mf.Nanoseconds()), "filesource-cpu-ns/op")
+		b.ReportMetric(float64(mf)/float64(ms), "filesource/static")
+		b.ReportMetric(float64(2*len(cpu[0]))/wall.Seconds(), "handshakes/s")
 	})
 }
