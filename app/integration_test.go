@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
@@ -285,5 +286,62 @@ func TestGiveUp(t *testing.T) {
 	err = RunNode(context.Background(), NodeOptions{Server: addr, TLS: transport.ClientOptions{Insecure: true}, MaxWaitTime: 300 * time.Millisecond})
 	if !errors.Is(err, ErrGaveUp) {
 		t.Errorf("RunNode with MaxWaitTime = %v, want ErrGaveUp", err)
+	}
+}
+
+// TestReconnectLater: a reconnect task with seconds > 0 makes the node
+// leave (DeleteNode) and register again as a new node after that time.
+func TestReconnectLater(t *testing.T) {
+	link := startLink(t)
+	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
+	}()
+	d, closeConn, err := newDriver(ctx, ServerOptions{Server: link.driver, TLS: tlsOpts, NodesInterval: 20 * time.Millisecond, PollInterval: 20 * time.Millisecond}.mustDefaults(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	first, err := d.nodes(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := d.push(ctx, []*pb.TaskIns{newTaskIns(d.runID, first[0], "later", TaskReconnect, reconnectIns(1), time.Now())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.collect(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reason := fromConfigsRecord(got[ids[0]].GetTask().GetRecordset().GetConfigs()["config"])["reason"]
+	if reason != int64(1) {
+		t.Errorf("reconnect reply reason %v, want 1", reason)
+	}
+	left := time.Now()
+	deadline := time.After(30 * time.Second)
+	for {
+		now, err := d.nodes(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(now) == 1 && now[0] != first[0] {
+			if waited := time.Since(left); waited < 900*time.Millisecond {
+				t.Errorf("came back after %s, before the 1 s asked", waited)
+			}
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("nodes %v: the node did not come back as a new node", now)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("RunNode: %v", err)
 	}
 }

@@ -226,14 +226,16 @@ func (n *node) once(ctx context.Context) (int64, error) {
 	}
 }
 
-// pingLoop pings about every 2/3 of the ping interval (±12.5%), as Flower
-// 1.8.0, until ctx ends. Failures are logged; the task loop handles
-// connection trouble.
+// pingLoop pings once at once and then about every 2/3 of the ping
+// interval (±12.5%), as Flower 1.8.0, until ctx ends. Failures are logged;
+// the task loop handles connection trouble.
 func (n *node) pingLoop(ctx context.Context, self *pb.Node) {
 	base := time.Duration(n.o.PingInterval * float64(time.Second) * 2 / 3)
-	for {
-		if err := sleep(ctx, jitter(base, 0.125)); err != nil {
-			return
+	for first := true; ; first = false {
+		if !first {
+			if err := sleep(ctx, jitter(base, 0.125)); err != nil {
+				return
+			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := n.fleet.Ping(cctx, &pb.PingRequest{Node: self, PingInterval: n.o.PingInterval})
