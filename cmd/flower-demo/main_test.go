@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -112,4 +114,69 @@ func readLeaf(t *testing.T, path string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestRun runs the whole demo in this process with two rounds and checks
+// its story and that --dir keeps the certificates.
+func TestRun(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--dir", dir, "--rounds", "2", "--clients", "3"}, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"round 1/2: ", "round 2/2: ", "nodes 3 ",
+		"tls           TLS 1.3, ", "ALPN h2",
+		"SANs localhost, 127.0.0.1, ::1",
+		"client apps   3 started",
+		"stopped       3 client apps left after the reconnect task",
+		"in 2 rounds with 3 client apps",
+		"with certificates from " + filepath.Join(dir, "certificates") + ".\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("warnings on a clean run:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "certificates", "server.key")); err != nil {
+		t.Errorf("--dir did not keep the certificates: %v", err)
+	}
+}
+
+// cancelOn cancels when the output written so far contains s.
+type cancelOn struct {
+	bytes.Buffer
+	s      string
+	cancel context.CancelFunc
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	n, err := c.Buffer.Write(p)
+	if strings.Contains(c.String(), c.s) {
+		c.cancel()
+	}
+	return n, err
+}
+
+// TestRunInterrupted ends the demo in the middle of the run, as Ctrl-C
+// does: it stops every piece, removes its temporary folder and says so.
+func TestRunInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout := &cancelOn{s: "round 1/", cancel: cancel}
+	var stderr bytes.Buffer
+	err := run(ctx, []string{"--rounds", "100"}, stdout, &stderr)
+	if err == nil || err.Error() != "interrupted: the client apps and the SuperLink were stopped" {
+		t.Fatalf("run after cancel: %v\n%s", err, stdout.String())
+	}
+	m := regexp.MustCompile(`(?m)^certificates +(\S+)`).FindStringSubmatch(stdout.String())
+	if m == nil {
+		t.Fatalf("no certificates line:\n%s", stdout.String())
+	}
+	if _, err := os.Stat(filepath.Dir(m[1])); !os.IsNotExist(err) {
+		t.Errorf("temporary folder %s left behind (%v)", filepath.Dir(m[1]), err)
+	}
 }
