@@ -234,7 +234,7 @@ func (d *demo) workDir() (string, func() error, error) {
 	keep := func() error { return nil }
 	if d.opts.dir != "" {
 		if err := os.MkdirAll(d.opts.dir, 0o700); err != nil {
-			return "", nil, fmt.Errorf("--dir %s: %w", d.opts.dir, err)
+			return "", nil, fmt.Errorf("--dir %s: %w: give a folder (it is made if missing)", d.opts.dir, err)
 		}
 		abs, err := filepath.Abs(d.opts.dir)
 		if err != nil {
