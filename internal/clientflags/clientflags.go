@@ -7,6 +7,7 @@ package clientflags
 import (
 	"fmt"
 	"math"
+	"net"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -23,13 +24,16 @@ type Flags struct {
 	TLSServerName    string
 	MaxRetries       int
 	MaxWaitTime      float64 // seconds, as Flower 1.8.0
+
+	example string // an address for messages
 }
 
 // Register adds the shared flags to fs. defaultServer is the command's
 // default address (0.0.0.0:9092 for SuperNodes, 0.0.0.0:9091 for
 // ServerApps, as Flower 1.8.0); api names the SuperLink API for the help.
 func Register(fs *pflag.FlagSet, defaultServer, api string) *Flags {
-	f := &Flags{}
+	_, port, _ := net.SplitHostPort(defaultServer)
+	f := &Flags{example: net.JoinHostPort("127.0.0.1", port)}
 	fs.StringVar(&f.Server, "server", defaultServer, "the SuperLink's "+api+" address, HOST:PORT (with TLS, a name or IP its certificate holds, such as 127.0.0.1 or localhost, not 0.0.0.0)")
 	fs.StringVar(&f.RootCertificates, "root-certificates", "", "PEM file of the CA certificates to trust, such as certificates/ca.crt (default: the system roots)")
 	fs.BoolVar(&f.Insecure, "insecure", false, "plaintext gRPC without TLS, for a SuperLink started with --insecure")
@@ -48,8 +52,8 @@ func (f *Flags) TLS() (transport.ClientOptions, error) {
 	if f.Insecure && f.TLSServerName != "" {
 		return transport.ClientOptions{}, cli.Usagef("--insecure and --tls-server-name conflict: a server name is only checked with TLS")
 	}
-	if f.Server == "" {
-		return transport.ClientOptions{}, cli.Usagef("--server is empty: give the SuperLink's address, HOST:PORT")
+	if host, port, err := net.SplitHostPort(f.Server); err != nil || host == "" || port == "" {
+		return transport.ClientOptions{}, cli.Usagef("--server %q: give the SuperLink's address as HOST:PORT, such as %s", f.Server, f.example)
 	}
 	return transport.ClientOptions{RootCertificates: f.RootCertificates, ServerName: f.TLSServerName, Insecure: f.Insecure}, nil
 }

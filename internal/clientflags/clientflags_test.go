@@ -54,6 +54,8 @@ func TestConflicts(t *testing.T) {
 		{[]string{"--insecure", "--root-certificates", "ca.crt"}, []string{"--insecure", "--root-certificates ca.crt", "conflict"}},
 		{[]string{"--insecure", "--tls-server-name", "x"}, []string{"--insecure", "--tls-server-name"}},
 		{[]string{"--server", ""}, []string{"--server"}},
+		{[]string{"--server", "localhost"}, []string{`--server "localhost"`, "HOST:PORT", "127.0.0.1:9092"}},
+		{[]string{"--server", ":9092"}, []string{"HOST:PORT"}},
 	}
 	for _, c := range cases {
 		f, _ := parse(t, c.args...)
