@@ -345,3 +345,57 @@ func TestReconnectLater(t *testing.T) {
 		t.Errorf("RunNode: %v", err)
 	}
 }
+
+// TestSuperLinkRestart: when the SuperLink restarts (its in-memory state
+// gone), the node's next Ping is not acknowledged and it registers again.
+func TestSuperLinkRestart(t *testing.T) {
+	serve := func(fleet, driver string) (string, string, func()) {
+		fl, err := net.Listen("tcp", fleet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dl, err := net.Listen("tcp", driver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: 100 * time.Millisecond})
+		go func() { done <- sl.Serve(ctx, fl, dl, nil) }()
+		return fl.Addr().String(), dl.Addr().String(), func() { cancel(); <-done }
+	}
+	fleet, driver, stop := serve("127.0.0.1:0", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- RunNode(ctx, NodeOptions{Server: fleet, TLS: transport.ClientOptions{Insecure: true}, PingInterval: 0.3,
+			PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
+	}()
+	so := ServerOptions{Server: driver, TLS: transport.ClientOptions{Insecure: true}, NodesInterval: 20 * time.Millisecond}.mustDefaults(t)
+	d, closeConn, err := newDriver(ctx, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.nodes(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	closeConn()
+	stop()
+	_, _, stop = serve(fleet, driver)
+	defer stop()
+	d, closeConn, err = newDriver(ctx, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if _, err := d.nodes(wctx, 1); err != nil {
+		t.Fatalf("the node did not register with the new SuperLink: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("RunNode: %v", err)
+	}
+}

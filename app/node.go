@@ -131,7 +131,10 @@ func (n *node) session(ctx context.Context) (int64, error) {
 	for {
 		seconds, err := n.once(ctx)
 		if errors.Is(err, errNodeGone) {
-			n.o.Logger.Warn("the SuperLink forgot this node; registering again")
+			n.o.Logger.Warn("the SuperLink forgot this node (restarted, or pings missed); registering again")
+			if sleep(ctx, n.o.PollInterval) != nil {
+				return 0, nil
+			}
 			continue
 		}
 		return seconds, err
@@ -157,9 +160,10 @@ func (n *node) once(ctx context.Context) (int64, error) {
 
 	pctx, stopPing := context.WithCancel(ctx)
 	pingDone := make(chan struct{})
+	lost := make(chan struct{}, 1)
 	go func() {
 		defer close(pingDone)
-		n.pingLoop(pctx, self)
+		n.pingLoop(pctx, self, lost)
 	}()
 	defer func() {
 		stopPing()
@@ -176,9 +180,15 @@ func (n *node) once(ctx context.Context) (int64, error) {
 			return err
 		})
 		if err == nil && ins == nil {
-			err = sleep(ctx, n.o.PollInterval)
-			if err == nil {
+			t := time.NewTimer(n.o.PollInterval)
+			select {
+			case <-t.C:
 				continue
+			case <-lost:
+				t.Stop()
+				return 0, errNodeGone
+			case <-ctx.Done():
+				t.Stop()
 			}
 		}
 		if ctx.Err() != nil {
@@ -229,7 +239,11 @@ func (n *node) once(ctx context.Context) (int64, error) {
 // pingLoop pings once at once and then about every 2/3 of the ping
 // interval (±12.5%), as Flower 1.8.0, until ctx ends. Failures are logged;
 // the task loop handles connection trouble.
-func (n *node) pingLoop(ctx context.Context, self *pb.Node) {
+//
+// A Ping the SuperLink does not acknowledge means it no longer knows the
+// node (it restarted, or the node missed its pings): pingLoop signals lost
+// and returns, and the node registers again.
+func (n *node) pingLoop(ctx context.Context, self *pb.Node, lost chan<- struct{}) {
 	base := time.Duration(n.o.PingInterval * float64(time.Second) * 2 / 3)
 	for first := true; ; first = false {
 		if !first {
@@ -247,6 +261,8 @@ func (n *node) pingLoop(ctx context.Context, self *pb.Node) {
 			n.o.Logger.Warn("ping failed", "error", status.Convert(err).Message())
 		case !resp.GetSuccess():
 			n.o.Logger.Warn("ping not acknowledged: the SuperLink does not know this node", "node_id", self.GetNodeId())
+			lost <- struct{}{}
+			return
 		}
 	}
 }
