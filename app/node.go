@@ -23,11 +23,12 @@ type NodeOptions struct {
 	// Without Insecure the node always uses TLS (system roots when no
 	// root certificate file is given).
 	TLS transport.ClientOptions
-	// MaxRetries bounds the retries of a failing call (network failures);
-	// 0 means unlimited, as Flower 1.8.0 without --max-retries.
+	// MaxRetries bounds the retries of a failing call (network failures):
+	// 0 means unlimited (Flower 1.8.0 without --max-retries), a negative
+	// value no retry at all (Flower 1.8.0's --max-retries 0).
 	MaxRetries int
-	// MaxWaitTime bounds the time spent retrying one failing call; 0 means
-	// unlimited.
+	// MaxWaitTime bounds the time spent retrying one failing call: 0 means
+	// unlimited, a negative value no retry at all.
 	MaxWaitTime time.Duration
 	// PingInterval is the ping_interval in seconds sent with CreateNode
 	// (default 30); the node pings about every two thirds of it.
@@ -47,9 +48,6 @@ type NodeOptions struct {
 func (o NodeOptions) withDefaults() (NodeOptions, error) {
 	if o.Server == "" {
 		return o, errors.New("app: NodeOptions.Server is empty: give the SuperLink's Fleet API address, such as 127.0.0.1:9092")
-	}
-	if o.MaxRetries < 0 || o.MaxWaitTime < 0 {
-		return o, errors.New("app: MaxRetries and MaxWaitTime must not be negative (0 means unlimited)")
 	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = 30

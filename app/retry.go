@@ -26,8 +26,8 @@ var ErrGaveUp = errors.New("gave up")
 // MaxWaitTime since the first failure of a streak.
 type backoff struct {
 	Base, Max   time.Duration
-	MaxRetries  int           // retries after the first failure; 0 = unlimited
-	MaxWaitTime time.Duration // since the first failure; 0 = unlimited
+	MaxRetries  int           // retries after the first failure; 0 = unlimited, < 0 = none
+	MaxWaitTime time.Duration // since the first failure; 0 = unlimited, < 0 = none
 	Rand        func() float64
 }
 
@@ -50,7 +50,7 @@ func (s *streak) next(now time.Time) (time.Duration, bool) {
 		s.first = now
 	}
 	s.tries++
-	if s.b.MaxRetries > 0 && s.tries > s.b.MaxRetries {
+	if s.b.MaxRetries < 0 || s.b.MaxWaitTime < 0 || s.b.MaxRetries > 0 && s.tries > s.b.MaxRetries {
 		return 0, false
 	}
 	d := s.b.Base

@@ -29,6 +29,8 @@ func TestBackoffDelays(t *testing.T) {
 			[]time.Duration{0, 1, 2, 3}, []time.Duration{5e8, 1e9, 2e9, 4e9}},
 		{"max retries", backoff{Base: time.Second, Max: time.Minute, MaxRetries: 2, Rand: func() float64 { return 1 }},
 			[]time.Duration{0, 1, 2}, []time.Duration{1e9, 2e9, -1}},
+		{"negative: no retry", backoff{Base: time.Second, MaxRetries: -1}, []time.Duration{0}, []time.Duration{-1}},
+		{"negative wait: no retry", backoff{Base: time.Second, MaxWaitTime: -1}, []time.Duration{0}, []time.Duration{-1}},
 		{"max wait clips then stops", backoff{Base: time.Second, Max: time.Minute, MaxWaitTime: 5 * time.Second, Rand: func() float64 { return 1 }},
 			[]time.Duration{0, 1e9, 3e9, 4.5e9, 5e9}, []time.Duration{1e9, 2e9, 2e9, 5e8, -1}},
 	}

@@ -47,7 +47,8 @@ type ServerOptions struct {
 	// that never answer.
 	RoundTimeout time.Duration
 	// MaxRetries and MaxWaitTime bound the retries of a failing call
-	// (network failures), as for NodeOptions; 0 means unlimited.
+	// (network failures), as for NodeOptions: 0 means unlimited, negative
+	// no retry.
 	MaxRetries  int
 	MaxWaitTime time.Duration
 	// Logger receives the log (default: discard).
@@ -62,8 +63,8 @@ func (o ServerOptions) withDefaults() (ServerOptions, error) {
 	if o.Server == "" {
 		return o, errors.New("app: ServerOptions.Server is empty: give the SuperLink's Driver API address, such as 127.0.0.1:9091")
 	}
-	if o.Rounds < 0 || o.MinNodes < 0 || o.MaxRetries < 0 || o.MaxWaitTime < 0 {
-		return o, errors.New("app: Rounds, MinNodes, MaxRetries and MaxWaitTime must not be negative")
+	if o.Rounds < 0 || o.MinNodes < 0 {
+		return o, errors.New("app: Rounds and MinNodes must not be negative")
 	}
 	if o.Rounds == 0 {
 		o.Rounds = 3

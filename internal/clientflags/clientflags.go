@@ -26,6 +26,7 @@ type Flags struct {
 	MaxWaitTime      float64 // seconds, as Flower 1.8.0
 
 	example string // an address for messages
+	fs      *pflag.FlagSet
 }
 
 // Register adds the shared flags to fs. defaultServer is the command's
@@ -38,8 +39,9 @@ func Register(fs *pflag.FlagSet, defaultServer, api string) *Flags {
 	fs.StringVar(&f.RootCertificates, "root-certificates", "", "PEM file of the CA certificates to trust, such as certificates/ca.crt (default: the system roots)")
 	fs.BoolVar(&f.Insecure, "insecure", false, "plaintext gRPC without TLS, for a SuperLink started with --insecure")
 	fs.StringVar(&f.TLSServerName, "tls-server-name", "", "the name the SuperLink's certificate must hold, when it differs from the host in --server")
-	fs.IntVar(&f.MaxRetries, "max-retries", 0, "retries of a failing connection before giving up with exit 1 (0: no limit); TLS verification failures are never retried")
-	fs.Float64Var(&f.MaxWaitTime, "max-wait-time", 0, "seconds to keep retrying a failing connection before giving up with exit 1 (0: no limit)")
+	fs.IntVar(&f.MaxRetries, "max-retries", 0, "retries of a failing connection before giving up with exit 1 (default: no limit; 0: no retry, as Flower 1.8.0); TLS verification failures are never retried")
+	fs.Float64Var(&f.MaxWaitTime, "max-wait-time", 0, "seconds to keep retrying a failing connection before giving up with exit 1 (default: no limit)")
+	f.fs = fs
 	return f
 }
 
@@ -58,9 +60,22 @@ func (f *Flags) TLS() (transport.ClientOptions, error) {
 	return transport.ClientOptions{RootCertificates: f.RootCertificates, ServerName: f.TLSServerName, Insecure: f.Insecure}, nil
 }
 
-// Retry returns the retry limits (0 = unlimited); negative values are
+// Retry returns the retry limits as app.NodeOptions takes them: 0 when a
+// flag was not given (no limit), -1 for an explicit 0 (no retry, as Flower
+// 1.8.0's --max-retries 0 and --max-wait-time 0). Negative flag values are
 // usage errors.
 func (f *Flags) Retry() (maxRetries int, maxWait time.Duration, err error) {
+	defer func() {
+		if err != nil || f.fs == nil {
+			return
+		}
+		if f.fs.Changed("max-retries") && f.MaxRetries == 0 {
+			maxRetries = -1
+		}
+		if f.fs.Changed("max-wait-time") && f.MaxWaitTime == 0 {
+			maxWait = -1
+		}
+	}()
 	if f.MaxRetries < 0 {
 		return 0, 0, cli.Usagef("--max-retries %d is negative: give 0 for no limit or a count", f.MaxRetries)
 	}

@@ -46,6 +46,14 @@ func TestValues(t *testing.T) {
 	}
 }
 
+// An explicit 0 means no retry, as in Flower 1.8.0; no flag means no limit.
+func TestExplicitZero(t *testing.T) {
+	f, _ := parse(t, "--max-retries", "0", "--max-wait-time", "0")
+	if n, w, err := f.Retry(); n != -1 || w != -1 || err != nil {
+		t.Errorf("Retry = %d %s %v, want -1 -1 (no retry)", n, w, err)
+	}
+}
+
 func TestConflicts(t *testing.T) {
 	cases := []struct {
 		args []string
