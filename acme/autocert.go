@@ -194,6 +194,10 @@ func (p *problemDoc) String() string { return strings.TrimSpace(p.Type + " - " +
 func (t *acmeTrace) RoundTrip(req *http.Request) (*http.Response, error) {
 	res, err := t.next.RoundTrip(req)
 	if err != nil {
+		t.mu.Lock()
+		t.problem = err.Error()
+		t.mu.Unlock()
+		t.log.Warn("acme: CA unreachable", "url", req.URL.String(), "error", err)
 		return res, err
 	}
 	ct := res.Header.Get("Content-Type")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,8 +183,8 @@ func acmeRound(t *testing.T, pb *pebbleCA, l *acmeLink) {
 	if code != 0 {
 		t.Fatalf("flower-server-app exited %d:\n%s", code, out)
 	}
-	if !strings.Contains(out, "round") {
-		t.Fatalf("flower-server-app printed no round:\n%s", out)
+	if !regexp.MustCompile(`(?m)^round\s+1\b`).MatchString(out) {
+		t.Fatalf("flower-server-app printed no line for round 1:\n%s", out)
 	}
 	for _, c := range clients {
 		c.stop()
@@ -378,6 +379,73 @@ func TestACMEFaults(t *testing.T) {
 				t.Errorf("flower-superlink reported serving without a certificate:\n%s", out)
 			}
 			t.Logf("%s: failed start-up took %v", client, took.Round(time.Millisecond))
+		})
+	}
+}
+
+// TestACMEFlags: bad --acme-* command lines are refused in one line that
+// names the flag, with exit code 2, before anything listens or any CA is
+// asked.
+func TestACMEFlags(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--acme-domain", "superlink.test", "--insecure"}, "conflict"},
+		{[]string{"--acme-domain", "superlink.test", "--ssl-certfile", "x.pem"}, "conflict"},
+		{[]string{"--acme-domain", "localhost"}, "--acme-domain"},
+		{[]string{"--acme-domain", "192.0.2.1"}, "--acme-domain"},
+		{[]string{"--acme-domain", "superlink.test", "--acme-challenge", "dns-01"}, "--acme-challenge"},
+		{[]string{"--acme-domain", "superlink.test", "--acme-client", "lego"}, "--acme-client"},
+		{[]string{"--acme-domain", "superlink.test", "--acme-ca", "http://ca.test/dir"}, "--acme-ca"},
+		{[]string{"--acme-domain", "superlink.test", "--acme-http-address", ":8080"}, "--acme-http-address needs --acme-challenge http-01"},
+		{[]string{"--acme-domain", "superlink.test", "--acme-timeout", "0s"}, "--acme-timeout"},
+		{[]string{"--acme-email", "ops@superlink.test", "--insecure"}, "--acme-email needs --acme-domain"},
+	} {
+		out, code := run(t, 20*time.Second, dir, nil, "flower-superlink", append(c.args,
+			"--grpc-rere-fleet-api-address", "127.0.0.1:0", "--driver-api-address", "127.0.0.1:0")...)
+		if code != 2 || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Errorf("flower-superlink %s: exit %d, want 2 and one line with %q:\n%s", strings.Join(c.args, " "), code, c.want, out)
+		}
+	}
+}
+
+// TestACMERenewalCADown: when renewal fails (the CA is gone), the current
+// certificate stays in service and renewal is retried.
+func TestACMERenewalCADown(t *testing.T) {
+	needE2E(t)
+	for _, client := range acmeClients {
+		t.Run(client, func(t *testing.T) {
+			t.Parallel()
+			fleet := freeAddr(t)
+			pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), Validity: 30 * time.Second})
+			l := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet,
+				extra: []string{"--acme-renew-interval", "1s", "--acme-renew-window", "0.5"}})
+			roots := pb.issuingRoots(t)
+			first, _ := waitServing(t, l, roots, 60*time.Second)
+			pb.stop()
+			mark := len(l.p.out.String())
+			// Until just before expiry: the same certificate, every time,
+			// while renewal attempts fail.
+			for time.Until(first.NotAfter) > 3*time.Second {
+				leaf, err := handshake(l.fleet, acmeDomain, roots)
+				if err != nil {
+					t.Fatalf("handshake while the CA is down: %v", err)
+				}
+				if leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+					t.Fatalf("serial changed to %x with the CA down", leaf.SerialNumber)
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			if err := healthCheck(context.Background(), l.fleet, roots); err != nil {
+				t.Fatalf("health check with the CA down: %v", err)
+			}
+			if later := l.p.out.String()[mark:]; !strings.Contains(later, "connection refused") {
+				t.Errorf("no failed renewal attempt was logged after the CA stopped:\n%s", later)
+			}
 		})
 	}
 }
