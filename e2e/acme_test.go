@@ -299,6 +299,12 @@ func TestACMERenewal(t *testing.T) {
 			if checks.Load() < 5 {
 				t.Errorf("only %d health checks ran", checks.Load())
 			}
+			// With authorization reuse off, the renewal's TLS-ALPN-01
+			// validation was answered by the Fleet API listener itself.
+			out := l.p.out.String()
+			if i := strings.Index(out, "msg=serving"); i < 0 || !strings.Contains(out[i:], "answering tls-alpn-01 challenge") {
+				t.Errorf("no tls-alpn-01 challenge answered on the Fleet API listener after start-up")
+			}
 		})
 	}
 }
