@@ -80,9 +80,11 @@ type config struct {
 	args      []string // as given, to suggest the same command with --force
 }
 
-func parseArgs(args []string, stderr io.Writer) (*config, error) {
+// parseArgs parses the command line (without the program name); --help
+// prints the usage to out.
+func parseArgs(args []string, out io.Writer) (*config, error) {
 	c := &config{args: args}
-	fs := cli.NewFlagSet(command, stderr)
+	fs := cli.NewFlagSet(command, out)
 	var keyType string
 	fs.StringVar(&c.dir, "dir", "certificates", "folder for ca.crt, ca.key, server.pem and server.key (made 0700)")
 	fs.StringSliceVar(&c.hosts, "host", nil, "extra DNS name or IP address for the server certificate, beside localhost, 127.0.0.1 and ::1 (repeatable, or comma-separated)")
@@ -126,7 +128,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
-	c, err := parseArgs(args, stderr)
+	c, err := parseArgs(args, stdout)
 	if err != nil {
 		return err
 	}

@@ -346,8 +346,8 @@ func TestVersionAndHelp(t *testing.T) {
 	out.Reset()
 	errb.Reset()
 	if err := run([]string{"--help"}, &out, &errb); !errors.Is(err, cli.ErrHelp) ||
-		!strings.HasPrefix(errb.String(), "flower-certs: ") || !strings.Contains(errb.String(), "Examples:\n  flower-certs ") {
-		t.Errorf("--help: %v\n%s", err, errb.String())
+		!strings.HasPrefix(out.String(), "flower-certs: ") || !strings.Contains(out.String(), "Examples:\n  flower-certs ") || errb.Len() != 0 {
+		t.Errorf("--help: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
 	}
 }
 

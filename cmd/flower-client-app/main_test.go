@@ -42,8 +42,9 @@ func TestUsage(t *testing.T) {
 		t.Errorf("--version: %v %q", err, out.String())
 	}
 	out.Reset()
-	if err := run(context.Background(), []string{"--help"}, &out, &out); !errors.Is(err, cli.ErrHelp) || !strings.Contains(out.String(), "flower-client-app client:app --root-certificates") {
-		t.Errorf("--help: %v %q", err, out.String())
+	var errOut bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &out, &errOut); !errors.Is(err, cli.ErrHelp) || !strings.Contains(out.String(), "flower-client-app client:app --root-certificates") || errOut.Len() != 0 {
+		t.Errorf("--help: %v, want the usage on stdout only\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
 	}
 }
 

@@ -70,7 +70,8 @@ type options struct {
 	keep, verbose   bool
 }
 
-func parse(args []string, stdout, stderr io.Writer) (*options, error) {
+// parse parses the flags; --help and --version print to stdout.
+func parse(args []string, stdout io.Writer) (*options, error) {
 	fs := cli.NewFlagSet(cli.Command{
 		Name:     name,
 		Synopsis: "a federated run over TLS on this machine, in one command (certificates, SuperLink, client apps, FedAvg)",
@@ -81,7 +82,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 			"flower-demo --dir ./demo --verbose      # keep the certificates in ./demo/certificates, log every step",
 			"flower-demo --keep                      # keep the temporary folder and print its path",
 		},
-	}, stderr)
+	}, stdout)
 	o := &options{}
 	fs.IntVar(&o.clients, "clients", 2, fmt.Sprintf("number of client apps (SuperNodes) to start, 1 to %d", maxClients))
 	fs.IntVar(&o.rounds, "rounds", 3, fmt.Sprintf("number of FedAvg rounds, 1 to %d", maxRounds))
@@ -112,7 +113,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 // finished and every piece stopped cleanly, cli.ErrHelp after --help or
 // --version, and an error saying which piece failed otherwise.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, err := parse(args, stdout, stderr)
+	o, err := parse(args, stdout)
 	if err != nil {
 		return err
 	}

@@ -31,8 +31,8 @@ func TestParse(t *testing.T) {
 		{args: []string{"now"}, usage: `unexpected argument "now": flower-demo takes only flags`},
 		{args: []string{"--keeep"}, usage: "unknown flag: --keeep"},
 	} {
-		var stdout, stderr bytes.Buffer
-		o, err := parse(c.args, &stdout, &stderr)
+		var stdout bytes.Buffer
+		o, err := parse(c.args, &stdout)
 		if c.usage != "" {
 			var ue *cli.UsageError
 			if !errors.As(err, &ue) || !strings.Contains(err.Error(), c.usage) {
@@ -48,15 +48,18 @@ func TestParse(t *testing.T) {
 
 func TestVersionAndHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if _, err := parse([]string{"--version"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) || stdout.String() != "flower-demo "+cli.Version+"\n" {
+	if err := run(context.Background(), []string{"--version"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) || stdout.String() != "flower-demo "+cli.Version+"\n" {
 		t.Fatalf("--version: %v %q", err, stdout.String())
 	}
 	stdout.Reset()
-	if _, err := parse([]string{"--help"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) {
+	if err := run(context.Background(), []string{"--help"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
-	if u := stderr.String(); !strings.Contains(u, "Examples:\n  go run ./cmd/flower-demo\n") || !strings.Contains(u, "--clients int") {
+	if u := stdout.String(); !strings.Contains(u, "Examples:\n  go run ./cmd/flower-demo\n") || !strings.Contains(u, "--clients int") {
 		t.Fatalf("usage does not open with examples:\n%s", u)
+	}
+	if stderr.Len() != 0 {
+		t.Fatalf("--help or --version wrote to stderr:\n%s", stderr.String())
 	}
 }
 

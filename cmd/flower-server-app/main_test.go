@@ -35,6 +35,11 @@ func TestUsage(t *testing.T) {
 	if err := run(context.Background(), []string{"--version"}, &out, &out); err != nil || !strings.Contains(out.String(), cli.Version) {
 		t.Errorf("--version: %v %q", err, out.String())
 	}
+	out.Reset()
+	var errOut bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &out, &errOut); !errors.Is(err, cli.ErrHelp) || !strings.Contains(out.String(), "Examples:\n  flower-server-app server:app") || errOut.Len() != 0 {
+		t.Errorf("--help: %v, want the usage on stdout only\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
 }
 
 // TestUnspecifiedAddress: the default --server 0.0.0.0:9091 with TLS is

@@ -82,7 +82,7 @@ type config struct {
 // parseArgs parses the command line (without the program name). Usage
 // mistakes come back as *cli.UsageError; a command line without any way to
 // serve TLS comes back as a plain error (exit 1, as Flower 1.8.0).
-// cli.ErrHelp means the usage was printed to out.
+// cli.ErrHelp means the usage was printed to out (stdout in run).
 func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs := cli.NewFlagSet(command, out)
 	c := &config{}
@@ -196,7 +196,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 // run is the whole command: parse, check the certificate, listen, serve
 // until ctx ends or a signal arrives. It returns nil after a graceful stop.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c, err := parseArgs(args, stderr)
+	c, err := parseArgs(args, stdout)
 	if err != nil {
 		return err
 	}

@@ -85,13 +85,20 @@ func TestParseArgs(t *testing.T) {
 	}
 }
 
-func TestVersion(t *testing.T) {
-	var out strings.Builder
-	if err := run(context.Background(), []string{"--version"}, &out, io.Discard); err != nil {
+func TestVersionAndHelp(t *testing.T) {
+	var out, errOut strings.Builder
+	if err := run(context.Background(), []string{"--version"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := out.String(), "flower-superlink "+cli.Version+"\n"; got != want {
-		t.Fatalf("--version printed %q, want %q", got, want)
+	if got, want := out.String(), "flower-superlink "+cli.Version+"\n"; got != want || errOut.Len() != 0 {
+		t.Fatalf("--version printed %q (stderr %q), want %q on stdout", got, errOut.String(), want)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--help"}, &out, &errOut); !errors.Is(err, cli.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	if !strings.HasPrefix(out.String(), name+": ") || errOut.Len() != 0 {
+		t.Fatalf("--help: want the usage on stdout only\nstdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
 	}
 }
 
