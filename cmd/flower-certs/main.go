@@ -74,7 +74,6 @@ type config struct {
 	keyType   selfsigned.KeyType
 	force     bool
 	newCA     bool
-	version   bool
 	shaped    bool     // --host, --days or --key-type was given
 	daysGiven bool     // --days was given
 	args      []string // as given, to suggest the same command with --force
@@ -92,15 +91,11 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&keyType, "key-type", string(selfsigned.ECDSAP256), "key type: ecdsa-p256, rsa-2048, rsa-3072, rsa-4096 or ed25519 (for a reused CA, the server key only)")
 	fs.BoolVar(&c.force, "force", false, "issue a new server certificate and key over existing ones; the CA in --dir is kept")
 	fs.BoolVar(&c.newCA, "new-ca", false, "make a new CA as well, replacing ca.crt and ca.key (clients need the new ca.crt); implies --force")
-	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, cli.Usagef("unexpected argument %q: flower-certs takes flags only (a host goes after --host)", fs.Arg(0))
-	}
-	if c.version {
-		return c, nil
+	if err := cli.NoArgs(fs, "a host goes after --host"); err != nil {
+		return nil, err
 	}
 	c.daysGiven = fs.Changed("days")
 	c.shaped = fs.Changed("host") || fs.Changed("days") || fs.Changed("key-type")
@@ -131,10 +126,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 	c, err := parseArgs(args, stdout)
 	if err != nil {
 		return err
-	}
-	if c.version {
-		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
-		return nil
 	}
 	return generate(c, time.Now(), stdout, stderr)
 }

@@ -340,7 +340,7 @@ func TestKeyTypesAndDays(t *testing.T) {
 
 func TestVersionAndHelp(t *testing.T) {
 	var out, errb bytes.Buffer
-	if err := run([]string{"--version"}, &out, &errb); err != nil || out.String() != "flower-certs "+cli.Version+"\n" {
+	if err := run([]string{"--version"}, &out, &errb); !errors.Is(err, cli.ErrVersion) || out.String() != "flower-certs "+cli.Version+"\n" {
 		t.Errorf("--version: %q, %v", out.String(), err)
 	}
 	out.Reset()

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -43,23 +42,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlagSet(command, stdout)
 	flags := clientflags.Register(fs, "0.0.0.0:9092", "Fleet API")
 	poll := fs.Duration("poll-interval", 3*time.Second, "how often an idle node asks for a task (Flower 1.8.0: 3s)")
-	version := fs.Bool("version", false, "print the version and exit")
 	verbose := fs.BoolP("verbose", "v", false, "log every task and call, not only what changes")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	if *version {
-		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
-		return nil
+	appRef, err := cli.OneApp(fs, "name the client app to run, such as client:app (the built-in demo)")
+	if err != nil {
+		return err
 	}
-	switch fs.NArg() {
-	case 0:
-		return cli.Usagef("missing APP: name the client app to run, such as client:app (the built-in demo)")
-	case 1:
-	default:
-		return cli.Usagef("unexpected argument %q: %s runs one APP", fs.Arg(1), name)
-	}
-	newClient, err := app.Lookup(fs.Arg(0))
+	newClient, err := app.Lookup(appRef)
 	if err != nil {
 		return cli.Usagef("%v", err)
 	}
@@ -81,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logger := cli.NewLogger(stderr, level)
 	ctx, cancel := cli.SignalContext(ctx)
 	defer cancel()
-	logger.Info("starting SuperNode", "app", fs.Arg(0), "server", flags.Server, "transport", flags.Describe())
+	logger.Info("starting SuperNode", "app", appRef, "server", flags.Server, "transport", flags.Describe())
 	if flags.Insecure {
 		logger.Warn("--insecure: tasks and model parameters travel in plaintext")
 	}

@@ -38,7 +38,7 @@ func TestUsage(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"--version"}, &out, &out); err != nil || !strings.Contains(out.String(), cli.Version) {
+	if err := run(context.Background(), []string{"--version"}, &out, &out); !errors.Is(err, cli.ErrVersion) || out.String() != name+" "+cli.Version+"\n" {
 		t.Errorf("--version: %v %q", err, out.String())
 	}
 	out.Reset()

@@ -89,16 +89,11 @@ func parse(args []string, stdout io.Writer) (*options, error) {
 	fs.StringVar(&o.dir, "dir", "", "folder to work in; certificates go to DIR/certificates and are kept (default: a temporary folder, removed at the end)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary folder and its certificates")
 	fs.BoolVar(&o.verbose, "verbose", false, "log every piece at info level on stderr (default: warnings and errors only)")
-	version := fs.Bool("version", false, "print the version and exit")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	if *version {
-		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
-		return nil, cli.ErrHelp
-	}
-	if fs.NArg() > 0 {
-		return nil, cli.Usagef("unexpected argument %q: %s takes only flags", fs.Arg(0), name)
+	if err := cli.NoArgs(fs, ""); err != nil {
+		return nil, err
 	}
 	if o.clients < 1 || o.clients > maxClients {
 		return nil, cli.Usagef("--clients %d: give a number of client apps from 1 to %d", o.clients, maxClients)
@@ -110,8 +105,9 @@ func parse(args []string, stdout io.Writer) (*options, error) {
 }
 
 // run parses the flags and runs the demo. It returns nil when the run
-// finished and every piece stopped cleanly, cli.ErrHelp after --help or
-// --version, and an error saying which piece failed otherwise.
+// finished and every piece stopped cleanly, cli.ErrHelp after --help,
+// cli.ErrVersion after --version, and an error saying which piece failed
+// otherwise.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parse(args, stdout)
 	if err != nil {

@@ -28,7 +28,7 @@ func TestParse(t *testing.T) {
 		{args: []string{"--clients", "101"}, usage: "--clients 101"},
 		{args: []string{"--rounds", "-1"}, usage: "--rounds -1: give a number of rounds from 1 to 100"},
 		{args: []string{"--rounds", "x"}, usage: `invalid argument "x" for "--rounds`},
-		{args: []string{"now"}, usage: `unexpected argument "now": flower-demo takes only flags`},
+		{args: []string{"now"}, usage: `unexpected argument "now": flower-demo takes flags only`},
 		{args: []string{"--keeep"}, usage: "unknown flag: --keeep"},
 	} {
 		var stdout bytes.Buffer
@@ -48,7 +48,7 @@ func TestParse(t *testing.T) {
 
 func TestVersionAndHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"--version"}, &stdout, &stderr); !errors.Is(err, cli.ErrHelp) || stdout.String() != "flower-demo "+cli.Version+"\n" {
+	if err := run(context.Background(), []string{"--version"}, &stdout, &stderr); !errors.Is(err, cli.ErrVersion) || stdout.String() != "flower-demo "+cli.Version+"\n" {
 		t.Fatalf("--version: %v %q", err, stdout.String())
 	}
 	stdout.Reset()

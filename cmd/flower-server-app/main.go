@@ -48,24 +48,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 3, "FedAvg rounds")
 	minNodes := fs.Int("min-nodes", 2, "online nodes to wait for before each round")
 	stop := fs.Bool("stop-nodes", false, "after the run, send every node a reconnect task so that it leaves and exits 0")
-	version := fs.Bool("version", false, "print the version and exit")
 	verbose := fs.BoolP("verbose", "v", false, "log every call, not only what changes")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	if *version {
-		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
-		return nil
+	appRef, err := cli.OneApp(fs, "name the server app to run, "+fedAvgRef+" (FedAvg)")
+	if err != nil {
+		return err
 	}
-	switch fs.NArg() {
-	case 0:
-		return cli.Usagef("missing APP: name the server app to run, %s (FedAvg)", fedAvgRef)
-	case 1:
-	default:
-		return cli.Usagef("unexpected argument %q: %s runs one APP", fs.Arg(1), name)
-	}
-	if fs.Arg(0) != fedAvgRef {
-		return cli.Usagef("unknown server app %q: Go apps are compiled in, known: %s (FedAvg)", fs.Arg(0), fedAvgRef)
+	if appRef != fedAvgRef {
+		return cli.Usagef("unknown server app %q: Go apps are compiled in, known: %s (FedAvg)", appRef, fedAvgRef)
 	}
 	if *rounds < 1 {
 		return cli.Usagef("--rounds %d: give 1 or more", *rounds)

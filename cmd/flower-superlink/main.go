@@ -75,14 +75,14 @@ type config struct {
 	fleetAddr        string
 	database         string
 	pollInterval     time.Duration
-	version          bool
 	acme             *acmeFlags
 }
 
 // parseArgs parses the command line (without the program name). Usage
 // mistakes come back as *cli.UsageError; a command line without any way to
 // serve TLS comes back as a plain error (exit 1, as Flower 1.8.0).
-// cli.ErrHelp means the usage was printed to out (stdout in run).
+// cli.ErrHelp and cli.ErrVersion mean the usage or the version was printed
+// to out (stdout in run).
 func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs := cli.NewFlagSet(command, out)
 	c := &config{}
@@ -103,7 +103,6 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	restAPI := fs.Bool("rest", false, "the REST Fleet API of Flower 1.8.0: not built")
 	_ = fs.MarkHidden("rest")
 	fs.StringVar(&c.database, "database", inMemoryDatabase, "where the state is kept; only "+inMemoryDatabase+" (in memory) for now")
-	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 
 	files, rest, err := splitCertificates(fs, args)
 	if err != nil {
@@ -112,11 +111,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	if err := cli.Parse(fs, rest); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, cli.Usagef("unexpected argument %q: flower-superlink takes flags only", fs.Arg(0))
-	}
-	if c.version {
-		return c, nil
+	if err := cli.NoArgs(fs, ""); err != nil {
+		return nil, err
 	}
 	if *restAPI {
 		return nil, cli.Usagef("--rest: the REST Fleet API is not built; Sepal serves the gRPC Fleet API (--grpc-rere, the default) that SuperNodes use")
@@ -199,10 +195,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c, err := parseArgs(args, stdout)
 	if err != nil {
 		return err
-	}
-	if c.version {
-		fmt.Fprintf(stdout, "%s %s\n", name, cli.Version)
-		return nil
 	}
 	log := cli.NewLogger(stderr, slog.LevelInfo)
 

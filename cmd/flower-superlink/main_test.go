@@ -87,8 +87,8 @@ func TestParseArgs(t *testing.T) {
 
 func TestVersionAndHelp(t *testing.T) {
 	var out, errOut strings.Builder
-	if err := run(context.Background(), []string{"--version"}, &out, &errOut); err != nil {
-		t.Fatal(err)
+	if err := run(context.Background(), []string{"--version"}, &out, &errOut); !errors.Is(err, cli.ErrVersion) {
+		t.Fatalf("--version: %v, want cli.ErrVersion (exit 0)", err)
 	}
 	if got, want := out.String(), "flower-superlink "+cli.Version+"\n"; got != want || errOut.Len() != 0 {
 		t.Fatalf("--version printed %q (stderr %q), want %q on stdout", got, errOut.String(), want)

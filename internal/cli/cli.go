@@ -47,36 +47,71 @@ func Usagef(format string, args ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// NewFlagSet returns a flag set whose usage opens with the command's
-// examples, and which returns errors instead of exiting.
+// versionFlag is the flag NewFlagSet registers in every flag set.
+const versionFlag = "version"
+
+// NewFlagSet returns a flag set named c.Name whose usage opens with the
+// command's examples, which returns errors instead of exiting, and which
+// has a --version flag (listed last). The usage (--help) and the version
+// (--version) are printed to out: give it stdout, as both are asked for.
 func NewFlagSet(c Command, out io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(c.Name, pflag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.SortFlags = false
+	fs.Bool(versionFlag, false, "print the version and exit")
 	fs.Usage = func() {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s: %s\n\nExamples:\n", c.Name, c.Synopsis)
 		for _, e := range c.Examples {
 			fmt.Fprintf(&b, "  %s\n", e)
 		}
-		fmt.Fprintf(&b, "\nUsage:\n  %s %s\n\nFlags:\n%s", c.Name, c.Usage, fs.FlagUsages())
+		fmt.Fprintf(&b, "\nUsage:\n  %s %s\n\nFlags:\n%s", c.Name, c.Usage, flagUsages(fs))
 		fmt.Fprint(out, b.String())
 	}
 	return fs
+}
+
+// flagUsages is fs.FlagUsages with --version moved to the end, after the
+// command's own flags.
+func flagUsages(fs *pflag.FlagSet) string {
+	show := pflag.NewFlagSet(fs.Name(), pflag.ContinueOnError)
+	show.SortFlags = false
+	var version *pflag.Flag
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == versionFlag {
+			version = f
+			return
+		}
+		show.AddFlag(f)
+	})
+	if version != nil {
+		show.AddFlag(version)
+	}
+	return show.FlagUsages()
 }
 
 // ErrHelp is returned by Parse when the user asked for --help; the usage has
 // been printed and the command should exit 0.
 var ErrHelp = pflag.ErrHelp
 
-// Parse parses args (without the program name). A flag error comes back as a
-// *UsageError naming the flag; --help prints the usage and returns ErrHelp.
+// ErrVersion is returned by Parse when the user asked for --version; the
+// version has been printed and the command should exit 0 (Exit does).
+var ErrVersion = errors.New("cli: version printed")
+
+// Parse parses args (without the program name) into a flag set from
+// NewFlagSet. A flag error comes back as a *UsageError naming the flag;
+// --help prints the usage and returns ErrHelp; --version prints
+// "NAME VERSION" to the flag set's output and returns ErrVersion. Positional
+// arguments are left for NoArgs or OneApp.
 func Parse(fs *pflag.FlagSet, args []string) error {
 	// pflag prints the usage on every error; we print one line instead.
-	usage := fs.Usage
+	usage, out := fs.Usage, fs.Output()
 	fs.Usage = func() {}
-	defer func() { fs.Usage = usage }()
 	fs.SetOutput(io.Discard)
+	defer func() {
+		fs.Usage = usage
+		fs.SetOutput(out)
+	}()
 	err := fs.Parse(args)
 	if errors.Is(err, pflag.ErrHelp) {
 		usage()
@@ -85,11 +120,44 @@ func Parse(fs *pflag.FlagSet, args []string) error {
 	if err != nil {
 		return &UsageError{Msg: err.Error()}
 	}
+	if v, _ := fs.GetBool(versionFlag); v {
+		fmt.Fprintf(out, "%s %s\n", fs.Name(), Version)
+		return ErrVersion
+	}
 	return nil
 }
 
-// Exit ends the command: nil exits 0, ErrHelp exits 0, a *UsageError prints
-// "name: msg (see name --help)" and exits 2, any other error prints
+// NoArgs is for commands that take flags only: after Parse, it returns a
+// *UsageError naming the first positional argument, or nil when there is
+// none. A hint, if not empty, is added in parentheses, such as "a host
+// goes after --host".
+func NoArgs(fs *pflag.FlagSet, hint string) error {
+	if fs.NArg() == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unexpected argument %q: %s takes flags only", fs.Arg(0), fs.Name())
+	if hint != "" {
+		msg += " (" + hint + ")"
+	}
+	return &UsageError{Msg: msg}
+}
+
+// OneApp is for commands that run one APP: after Parse, it returns the one
+// positional argument. Without one it returns a *UsageError
+// "missing APP: " + missing (missing says what to give); with more, a
+// *UsageError naming the second.
+func OneApp(fs *pflag.FlagSet, missing string) (string, error) {
+	switch fs.NArg() {
+	case 0:
+		return "", &UsageError{Msg: "missing APP: " + missing}
+	case 1:
+		return fs.Arg(0), nil
+	}
+	return "", Usagef("unexpected argument %q: %s runs one APP", fs.Arg(1), fs.Name())
+}
+
+// Exit ends the command: nil, ErrHelp and ErrVersion exit 0, a *UsageError
+// prints "name: msg (see name --help)" and exits 2, any other error prints
 // "name: msg" and exits 1.
 func Exit(name string, err error) {
 	os.Exit(report(os.Stderr, name, err))
@@ -98,7 +166,7 @@ func Exit(name string, err error) {
 func report(w io.Writer, name string, err error) int {
 	var ue *UsageError
 	switch {
-	case err == nil, errors.Is(err, ErrHelp):
+	case err == nil, errors.Is(err, ErrHelp), errors.Is(err, ErrVersion):
 		return ExitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(w, "%s: %s (see %s --help)\n", name, ue.Msg, name)

@@ -3,8 +3,11 @@ package cli
 import (
 	"bytes"
 	"errors"
+	"io"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 func TestParseAndReport(t *testing.T) {
@@ -37,4 +40,66 @@ func TestParseAndReport(t *testing.T) {
 	if code := report(&w, "flower-x", errors.New("boom")); code != ExitError {
 		t.Fatalf("plain error exit %d", code)
 	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	fs := NewFlagSet(Command{Name: "flower-x", Synopsis: "does x", Usage: "[flags]"}, &out)
+	fs.Bool("verbose", false, "log more")
+	if err := Parse(fs, []string{"--verbose"}); err != nil || out.Len() != 0 {
+		t.Fatalf("without --version: %v, printed %q", err, out.String())
+	}
+	err := Parse(fs, []string{"--version"})
+	if !errors.Is(err, ErrVersion) {
+		t.Fatalf("--version: %v, want ErrVersion", err)
+	}
+	if got, want := out.String(), "flower-x "+Version+"\n"; got != want {
+		t.Fatalf("--version printed %q, want %q", got, want)
+	}
+	var w bytes.Buffer
+	if code := report(&w, "flower-x", err); code != ExitOK || w.Len() != 0 {
+		t.Fatalf("report(ErrVersion) = %d %q, want 0 and nothing", code, w.String())
+	}
+	if err := Parse(fs, []string{"--version", "--bogus"}); !errors.As(err, new(*UsageError)) {
+		t.Fatalf("--version --bogus: %v, want the usage error", err)
+	}
+	out.Reset()
+	if err := Parse(fs, []string{"--help"}); !errors.Is(err, ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	u := out.String()
+	if v, l := strings.Index(u, "--version"), strings.Index(u, "--verbose"); v < 0 || v < l {
+		t.Fatalf("usage does not list --version after the command's flags:\n%s", u)
+	}
+}
+
+func TestArgs(t *testing.T) {
+	parse := func(t *testing.T, args ...string) *pflag.FlagSet {
+		t.Helper()
+		fs := NewFlagSet(Command{Name: "flower-x"}, io.Discard)
+		if err := Parse(fs, args); err != nil {
+			t.Fatal(err)
+		}
+		return fs
+	}
+	usage := func(t *testing.T, err error, want string) {
+		t.Helper()
+		var ue *UsageError
+		if !errors.As(err, &ue) || ue.Msg != want {
+			t.Fatalf("err = %v, want a UsageError %q", err, want)
+		}
+	}
+	if err := NoArgs(parse(t), "hint"); err != nil {
+		t.Fatalf("NoArgs without arguments: %v", err)
+	}
+	usage(t, NoArgs(parse(t, "a", "b"), ""), `unexpected argument "a": flower-x takes flags only`)
+	usage(t, NoArgs(parse(t, "a"), "a host goes after --host"), `unexpected argument "a": flower-x takes flags only (a host goes after --host)`)
+
+	if app, err := OneApp(parse(t, "client:app"), "name one"); err != nil || app != "client:app" {
+		t.Fatalf("OneApp(client:app) = %q, %v", app, err)
+	}
+	_, err := OneApp(parse(t), "name the app, such as client:app")
+	usage(t, err, "missing APP: name the app, such as client:app")
+	_, err = OneApp(parse(t, "client:app", "extra"), "")
+	usage(t, err, `unexpected argument "extra": flower-x runs one APP`)
 }
