@@ -72,23 +72,36 @@ func NewFlagSet(c Command, out io.Writer) *pflag.FlagSet {
 }
 
 // flagUsages is fs.FlagUsages with --version moved to the end, after the
-// command's own flags.
+// command's own flags, and bool flags shown as plain "--insecure" rather
+// than pflag 1.1's "--insecure[=true|false]". It renders copies of the
+// flags; fs and its values are not changed.
 func flagUsages(fs *pflag.FlagSet) string {
 	show := pflag.NewFlagSet(fs.Name(), pflag.ContinueOnError)
 	show.SortFlags = false
 	var version *pflag.Flag
 	fs.VisitAll(func(f *pflag.Flag) {
+		c := *f
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && f.Value.Type() == "bool" {
+			// pflag adds "[=true|false]" only for values with IsBoolFlag;
+			// without it, NoOptDefVal "true" prints nothing, as for bools
+			// before 1.1.
+			c.Value = plainBool{f.Value}
+		}
 		if f.Name == versionFlag {
-			version = f
+			version = &c
 			return
 		}
-		show.AddFlag(f)
+		show.AddFlag(&c)
 	})
 	if version != nil {
 		show.AddFlag(version)
 	}
 	return show.FlagUsages()
 }
+
+// plainBool shows a bool flag's value to FlagUsages without its
+// IsBoolFlag method.
+type plainBool struct{ pflag.Value }
 
 // ErrHelp is returned by Parse when the user asked for --help; the usage has
 // been printed and the command should exit 0.

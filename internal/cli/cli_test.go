@@ -73,6 +73,38 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// TestBoolUsage: bool flags show as plain --name, aligned with the others,
+// and still parse as bools; a bool that defaults to true says so.
+func TestBoolUsage(t *testing.T) {
+	var out bytes.Buffer
+	fs := NewFlagSet(Command{Name: "flower-x", Usage: "[flags]"}, &out)
+	insecure := fs.Bool("insecure", false, "plaintext")
+	verbose := fs.BoolP("verbose", "v", false, "log more")
+	color := fs.Bool("color", true, "colour the output")
+	fs.Int("n", 1, "how many")
+	if err := Parse(fs, []string{"--help"}); !errors.Is(err, ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	u := out.String()
+	if strings.Contains(u, "[=") {
+		t.Fatalf("usage shows a bool flag with its value:\n%s", u)
+	}
+	for _, want := range []string{
+		"      --insecure   plaintext\n",
+		"  -v, --verbose    log more\n",
+		"      --color      colour the output (default true)\n",
+		"      --n int      how many (default 1)\n",
+		"      --version    print the version and exit\n",
+	} {
+		if !strings.Contains(u, want) {
+			t.Errorf("usage lacks %q:\n%s", want, u)
+		}
+	}
+	if err := Parse(fs, []string{"--insecure", "-v", "--color=false"}); err != nil || !*insecure || !*verbose || *color {
+		t.Fatalf("bools after --help: %v insecure=%v verbose=%v color=%v", err, *insecure, *verbose, *color)
+	}
+}
+
 func TestArgs(t *testing.T) {
 	parse := func(t *testing.T, args ...string) *pflag.FlagSet {
 		t.Helper()
