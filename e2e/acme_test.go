@@ -202,7 +202,14 @@ func TestACMEChallenges(t *testing.T) {
 				t.Parallel()
 				fleet, httpAddr := freeAddr(t), freeAddr(t)
 				pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), HTTPPort: port(t, httpAddr), AuthzReuse: -1})
-				l := startACMELink(t, pb, acmeLinkOptions{client: client, challenge: challenge, fleet: fleet, httpAddr: httpAddr})
+				o := acmeLinkOptions{client: client, challenge: challenge, fleet: fleet, httpAddr: httpAddr}
+				if challenge == "http-01" {
+					o.extra = []string{"--acme-email", "ops@superlink.test"} // an account with a contact
+				} else {
+					// without an email (never a prompt), and a second domain
+					o.extra = []string{"--acme-domain", "second.superlink.test"}
+				}
+				l := startACMELink(t, pb, o)
 				roots := pb.issuingRoots(t)
 				leaf, took := waitServing(t, l, roots, 60*time.Second)
 				t.Logf("measured: %s %s: process start to serving the ACME certificate: %v", client, challenge, took.Round(time.Millisecond))
@@ -214,11 +221,24 @@ func TestACMEChallenges(t *testing.T) {
 				if !strings.Contains(l.p.out.String(), "answering "+challenge+" challenge") {
 					t.Errorf("the SuperLink did not log answering the %s challenge", challenge)
 				}
+				if out := l.p.out.String(); strings.Contains(out, "enter your email") || strings.Contains(out, "Do you agree") {
+					t.Errorf("the SuperLink prompted:\n%s", out)
+				}
+				if fi, err := os.Stat(l.storage); err != nil || fi.Mode().Perm() != 0o700 {
+					t.Errorf("--acme-storage folder: %v, want mode 0700 (%v)", fi.Mode(), err)
+				}
 				// A client that dials the IP and sends no SNI gets the first domain's certificate.
 				if noSNI, err := handshake(l.fleet, "", roots); err != nil {
 					t.Errorf("handshake without SNI: %v", err)
 				} else if noSNI.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
 					t.Errorf("without SNI: serial %x, want %x", noSNI.SerialNumber, leaf.SerialNumber)
+				}
+				if challenge == "tls-alpn-01" {
+					if second, err := handshake(l.fleet, "second.superlink.test", roots); err != nil {
+						t.Errorf("second --acme-domain: %v", err)
+					} else if second.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+						t.Errorf("second --acme-domain served the first domain's certificate")
+					}
 				}
 				// The Driver API serves the same certificate.
 				if _, err := handshake(l.driver, acmeDomain, roots); err != nil {
