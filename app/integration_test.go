@@ -3,7 +3,6 @@ package app
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -14,16 +13,11 @@ import (
 	"time"
 
 	pb "github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
-
-type staticCert struct{ c *tls.Certificate }
-
-func (s staticCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.c, nil }
-
-var _ transport.CertSource = staticCert{}
 
 // testLink starts a SuperLink over TLS on loopback with a fresh CA; it
 // returns the Fleet and Driver addresses and the path of the CA file.
@@ -39,49 +33,18 @@ func startLink(t *testing.T, leaf ...selfsigned.ServerOptions) testLink {
 // startLinkWith starts a SuperLink, in plaintext when plain is true.
 func startLinkWith(t *testing.T, plain bool, leaf ...selfsigned.ServerOptions) testLink {
 	t.Helper()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	so := selfsigned.ServerOptions{}
 	if len(leaf) > 0 {
 		so = leaf[0]
 	}
-	pair, err := ca.IssueServer(so)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	fl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
-	done := make(chan error, 1)
-	creds := transport.ServerCredentials(staticCert{&cert})
+	p := testkit.NewPKI(t, selfsigned.CAOptions{}, so)
+	creds := transport.ServerCredentials(p.Source())
 	if plain {
 		creds = nil
 	}
-	go func() { done <- sl.Serve(ctx, fl, dl, creds) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return testLink{fleet: fl.Addr().String(), driver: dl.Addr().String(), caFile: caFile}
+	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
+	l := testkit.Serve(t, sl, creds)
+	return testLink{fleet: l.Fleet, driver: l.Driver, caFile: p.CAFile}
 }
 
 // testLogger logs through t (shown with -v or on failure).

@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,9 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
 // binDir holds the binaries built once for the whole package by TestMain.
@@ -75,30 +75,12 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a process started by a test; its output (stdout and stderr
 // together) is kept and printed when the test fails.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testkit.SyncBuffer // written by the process while the test reads
 	done chan struct{}
 	err  error
 }
@@ -111,7 +93,7 @@ func start(t testing.TB, dir string, env []string, name string, args ...string) 
 	if !filepath.IsAbs(name) {
 		path = bin(t, name)
 	}
-	p := &proc{name: filepath.Base(name), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{name: filepath.Base(name), out: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Dir = dir
 	p.cmd.Env = append(os.Environ(), env...)

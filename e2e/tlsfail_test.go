@@ -1,17 +1,15 @@
 package e2e
 
 import (
-	"context"
-	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
@@ -21,31 +19,12 @@ import (
 // TLS failure: such failures are never retried.
 const tlsFailLimit = 10 * time.Second
 
-// certPaths are the files of one CA and one server certificate.
-type certPaths struct{ ca, cert, key string }
-
 // writeTestCerts makes a CA and a server certificate with o in dir, written
 // as flower-certs writes them.
-func writeTestCerts(t *testing.T, dir string, o selfsigned.ServerOptions) (certPaths, *selfsigned.Pair) {
+func writeTestCerts(t *testing.T, dir string, o selfsigned.ServerOptions) (testkit.Files, *testkit.PKI) {
 	t.Helper()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := ca.IssueServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	p := certPaths{ca: filepath.Join(dir, "ca.crt"), cert: filepath.Join(dir, "server.pem"), key: filepath.Join(dir, "server.key")}
-	for path, data := range map[string][]byte{p.ca: ca.CertPEM, p.cert: pair.CertPEM, p.key: pair.KeyPEM} {
-		if err := selfsigned.WriteFileAtomic(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p, pair
+	p := testkit.NewPKI(t, selfsigned.CAOptions{}, o)
+	return p.WriteFiles(t, dir), p
 }
 
 // link is a SuperLink the failing apps are pointed at.
@@ -61,40 +40,13 @@ func startSuperLinkBin(t *testing.T, dir string, args ...string) link {
 	return l
 }
 
-// staticSource serves one certificate, whatever it is.
-type staticSource struct{ cert *tls.Certificate }
-
-func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return s.cert, nil
-}
-
 // startExpiredSuperLink serves the Fleet and Driver APIs in this process
 // with an expired certificate, which flower-superlink refuses to start with.
-func startExpiredSuperLink(t *testing.T, pair *selfsigned.Pair) link {
+func startExpiredSuperLink(t *testing.T, p *testkit.PKI) link {
 	t.Helper()
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleet, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	driver, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	sl := superlink.New(superlink.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	go func() { done <- sl.Serve(ctx, fleet, driver, transport.ServerCredentials(staticSource{&cert})) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("in-test SuperLink: %v", err)
-		}
-	})
-	return link{fleet: fleet.Addr().String(), driver: driver.Addr().String()}
+	l := testkit.Serve(t, sl, transport.ServerCredentials(p.Source()))
+	return link{fleet: l.Fleet, driver: l.Driver}
 }
 
 // TestTLSFailures points both apps at a SuperLink they must not trust, or
@@ -111,8 +63,8 @@ func TestTLSFailures(t *testing.T) {
 	expiredFiles, expired := writeTestCerts(t, filepath.Join(dir, "expired"), selfsigned.ServerOptions{
 		NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
 
-	tlsLink := startSuperLinkBin(t, dir, "--certificates", good.ca, good.cert, good.key)
-	namedLink := startSuperLinkBin(t, dir, "--certificates", named.ca, named.cert, named.key)
+	tlsLink := startSuperLinkBin(t, dir, "--certificates", good.CA, good.Cert, good.Key)
+	namedLink := startSuperLinkBin(t, dir, "--certificates", named.CA, named.Cert, named.Key)
 	plainLink := startSuperLinkBin(t, dir, "--insecure")
 	expiredLink := startExpiredSuperLink(t, expired)
 
@@ -128,19 +80,19 @@ func TestTLSFailures(t *testing.T) {
 	cases := []tlsCase{
 		{
 			name: "wrong CA", link: tlsLink,
-			args: []string{"--root-certificates", other.ca},
-			want: []string{"the certificate of the server at 127.0.0.1:PORT is not signed by a CA in " + other.ca, "(x509: unknown authority, it was issued by ",
-				"pass --root-certificates with the CA certificate that signed it instead of " + other.ca, "certificates/ca.crt"},
+			args: []string{"--root-certificates", other.CA},
+			want: []string{"the certificate of the server at 127.0.0.1:PORT is not signed by a CA in " + other.CA, "(x509: unknown authority, it was issued by ",
+				"pass --root-certificates with the CA certificate that signed it instead of " + other.CA, "certificates/ca.crt"},
 		},
 		{
 			name: "expired", link: expiredLink,
-			args: []string{"--root-certificates", expiredFiles.ca},
-			want: []string{"the certificate of the server at 127.0.0.1:PORT has expired (", "until " + expired.Leaf.NotAfter.UTC().Format(time.RFC3339),
+			args: []string{"--root-certificates", expiredFiles.CA},
+			want: []string{"the certificate of the server at 127.0.0.1:PORT has expired (", "until " + expired.Pair.Leaf.NotAfter.UTC().Format(time.RFC3339),
 				"re-issue it on the server (flower-certs --force)", "check the clock of this machine"},
 		},
 		{
 			name: "name mismatch", link: namedLink,
-			args: []string{"--root-certificates", named.ca},
+			args: []string{"--root-certificates", named.CA},
 			want: []string{`the certificate of the server at 127.0.0.1:PORT does not hold "127.0.0.1", the name dialled; it holds other.example`,
 				"--server other.example:PORT", "--tls-server-name", "flower-certs --host 127.0.0.1 --force"},
 		},
@@ -151,12 +103,12 @@ func TestTLSFailures(t *testing.T) {
 		},
 		{
 			name: "TLS client to plaintext", link: plainLink,
-			args: []string{"--root-certificates", good.ca},
+			args: []string{"--root-certificates", good.CA},
 			want: []string{"the server at 127.0.0.1:PORT does not speak TLS; it may run with --insecure: pass --insecure, or start it with certificates"},
 		},
 		{
 			name: "0.0.0.0 with TLS", link: tlsLink, host: "0.0.0.0",
-			args: []string{"--root-certificates", good.ca},
+			args: []string{"--root-certificates", good.CA},
 			want: []string{"--server 0.0.0.0:PORT: 0.0.0.0 is an address servers listen on, not one to dial", "pass --server 127.0.0.1:PORT"},
 		},
 	}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -74,26 +74,9 @@ func BenchmarkFedAvgRound(b *testing.B) {
 }
 
 func benchRound(b *testing.B, n int) {
-	dir := b.TempDir()
-	src, caFile := testCerts(b, dir)
+	creds, caFile := testCerts(b)
 	sl := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	fl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	dl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sl.Serve(ctx, fl, dl, transport.ServerCredentials(src)) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Error(err)
-		}
-	}()
+	link := testkit.Serve(b, sl, creds)
 
 	var peakHeap, peakLive uint64
 	b.ResetTimer()
@@ -110,7 +93,7 @@ func benchRound(b *testing.B, n int) {
 			heap, live = samplePeak(stop)
 		}()
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), envClient+"=1", envFleet+"="+fl.Addr().String(), envDriver+"="+dl.Addr().String(),
+		cmd.Env = append(os.Environ(), envClient+"=1", envFleet+"="+link.Fleet, envDriver+"="+link.Driver,
 			envCA+"="+caFile, envNodes+"="+strconv.Itoa(n), envMiB+"="+strconv.Itoa(modelMiB))
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out

@@ -1,53 +1,30 @@
 package superlink
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
-// staticSource serves one certificate.
-type staticSource struct{ c *tls.Certificate }
+var _ transport.CertSource = testkit.StaticSource{}
 
-func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.c, nil }
-
-var _ transport.CertSource = staticSource{}
-
-// testCerts makes a CA and a server certificate for localhost and
-// 127.0.0.1, and writes the CA to dir/ca.crt.
-func testCerts(t testing.TB, dir string) (transport.CertSource, string) {
+// testCerts makes a CA and a server certificate for localhost, 127.0.0.1
+// and ::1, and returns the credentials serving it and the CA file.
+func testCerts(t testing.TB) (credentials.TransportCredentials, string) {
 	t.Helper()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := ca.IssueServer(selfsigned.ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return staticSource{&cert}, caFile
+	p := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
+	return transport.ServerCredentials(p.Source()), p.CAFile
 }
 
 // fakeClock is a settable clock for liveness tests.
@@ -74,28 +51,10 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type fixture struct {
 	sl                    *SuperLink
 	clock                 *fakeClock
-	logs                  *syncBuffer
+	logs                  *testkit.SyncBuffer
 	fleetConn, driverConn *grpc.ClientConn
 	fleet                 flwrproto.FleetClient
 	driver                flwrproto.DriverClient
@@ -105,46 +64,26 @@ type fixture struct {
 
 // start runs a SuperLink with a fake clock on two loopback listeners over
 // real TLS, with clients for both APIs. Serve's return is checked when the
-// test ends.
+// test ends, after the clients are closed.
 func start(t testing.TB) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	src, caFile := testCerts(t, dir)
+	creds, caFile := testCerts(t)
 	clock := &fakeClock{t: time.Unix(1795638840, 0)}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	sl := New(Options{
 		Logger:        slog.New(slog.NewTextHandler(logs, nil)),
 		Now:           clock.Now,
 		SweepInterval: time.Hour,
 	})
-	fl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sl.Serve(ctx, fl, dl, transport.ServerCredentials(src)) }()
-	f := &fixture{sl: sl, clock: clock, logs: logs, fleetAddr: fl.Addr().String(), driverAddr: dl.Addr().String(), caFile: caFile}
+	link := testkit.Serve(t, sl, creds)
+	f := &fixture{sl: sl, clock: clock, logs: logs, fleetAddr: link.Fleet, driverAddr: link.Driver, caFile: caFile}
 	f.fleetConn = dial(t, f.fleetAddr, caFile)
 	f.driverConn = dial(t, f.driverAddr, caFile)
 	f.fleet = flwrproto.NewFleetClient(f.fleetConn)
 	f.driver = flwrproto.NewDriverClient(f.driverConn)
-	t.Cleanup(func() {
+	t.Cleanup(func() { // runs before Serve's cleanup, registered earlier
 		f.fleetConn.Close()
 		f.driverConn.Close()
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("Serve did not return after its context ended")
-		}
 	})
 	return f
 }

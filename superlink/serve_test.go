@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/flwrproto"
-	"github.com/sepal-fl/sepal/transport"
+	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
 // TestServeHealthAndSeparation: each port answers the standard health
@@ -55,13 +55,13 @@ func TestServeHealthAndSeparation(t *testing.T) {
 // TestServeStops: Serve returns nil soon after its context ends, even with
 // a client connected, and the ports are closed.
 func TestServeStops(t *testing.T) {
-	src, caFile := testCerts(t, t.TempDir())
+	creds, caFile := testCerts(t)
 	fl, _ := net.Listen("tcp", "127.0.0.1:0")
 	dl, _ := net.Listen("tcp", "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	sl := New(Options{ShutdownGrace: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	go func() { done <- sl.Serve(ctx, fl, dl, transport.ServerCredentials(src)) }()
+	go func() { done <- sl.Serve(ctx, fl, dl, creds) }()
 	conn := dial(t, fl.Addr().String(), caFile)
 	defer conn.Close()
 	if _, err := flwrproto.NewFleetClient(conn).CreateNode(ctxT(t), &flwrproto.CreateNodeRequest{PingInterval: 30}); err != nil {
@@ -90,7 +90,7 @@ func TestServeStops(t *testing.T) {
 // TestRecoverInterceptor: a handler that panics answers Internal and the
 // panic is logged, instead of the process dying.
 func TestRecoverInterceptor(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	ic := recoverInterceptor(slog.New(slog.NewTextHandler(logs, nil)))
 	_, err := ic(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/flwr.proto.Fleet/Ping"}, func(context.Context, any) (any, error) {
 		var m map[string]int

@@ -9,8 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"syscall"
@@ -18,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -57,24 +56,12 @@ func threadCPU(b *testing.B) time.Duration {
 }
 
 // benchPKI issues a CA and a server certificate of key type kt (both, as
-// generate.sh does) and returns the certificate and a client config
-// trusting the CA.
-func benchPKI(b *testing.B, kt selfsigned.KeyType) (*selfsigned.CA, *selfsigned.Pair, *tls.Certificate, *tls.Config) {
+// generate.sh does) and returns them and a client config trusting the CA.
+func benchPKI(b *testing.B, kt selfsigned.KeyType) (*testkit.PKI, *tls.Config) {
 	b.Helper()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{KeyType: kt})
-	if err != nil {
-		b.Fatal(err)
-	}
-	pair, err := ca.IssueServer(selfsigned.ServerOptions{KeyType: kt})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		b.Fatal(err)
-	}
+	p := testkit.NewPKI(b, selfsigned.CAOptions{KeyType: kt}, selfsigned.ServerOptions{KeyType: kt})
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	pool.AddCert(p.CA.Cert)
 	client := &tls.Config{
 		RootCAs:                pool,
 		ServerName:             "localhost",
@@ -82,7 +69,7 @@ func benchPKI(b *testing.B, kt selfsigned.KeyType) (*selfsigned.CA, *selfsigned.
 		NextProtos:             []string{"h2"},
 		SessionTicketsDisabled: true, // every handshake is a full one
 	}
-	return ca, pair, &cert, client
+	return p, client
 }
 
 // handshakes runs b.N rounds; each round makes one full handshake with
@@ -168,10 +155,10 @@ func BenchmarkHandshakeKeyType(b *testing.B) {
 	both := x509.NewCertPool() // for the alternating client
 	var client *tls.Config
 	for _, kt := range kts {
-		ca, _, cert, c := benchPKI(b, kt)
-		server := transport.ServerConfig(staticSource{cert})
+		p, c := benchPKI(b, kt)
+		server := transport.ServerConfig(p.Source())
 		servers = append(servers, server)
-		both.AddCert(ca.Cert)
+		both.AddCert(p.CA.Cert)
 		client = c
 		b.Run(string(kt), func(b *testing.B) { benchHandshakes(b, server, c) })
 	}
@@ -196,20 +183,14 @@ func BenchmarkHandshakeKeyType(b *testing.B) {
 // shared machine, and reports both medians and their ratio
 // (filesource/static, 1.0 = the same cost).
 func BenchmarkHandshakeSource(b *testing.B) {
-	ca, pair, cert, client := benchPKI(b, selfsigned.ECDSAP256)
-	static := transport.ServerConfig(staticSource{cert})
+	p, client := benchPKI(b, selfsigned.ECDSAP256)
+	static := transport.ServerConfig(p.Source())
 	static.GetCertificate = nil
-	static.Certificates = []tls.Certificate{*cert}
+	static.Certificates = []tls.Certificate{*p.Cert}
 
-	dir := b.TempDir()
-	caFile, certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-	for path, data := range map[string][]byte{caFile: ca.CertPEM, certFile: pair.CertPEM, keyFile: pair.KeyPEM} {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			b.Fatal(err)
-		}
-	}
+	f := p.WriteFiles(b, b.TempDir())
 	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
-		CAFile: caFile, CertFile: certFile, KeyFile: keyFile,
+		CAFile: f.CA, CertFile: f.Cert, KeyFile: f.Key,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

@@ -14,13 +14,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
 func TestClientConfigRootFileErrors(t *testing.T) {
 	dir := t.TempDir()
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	p := newPKI(t, selfsigned.ServerOptions{})
 	write := func(name string, data []byte) string {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, data, 0o600); err != nil {
@@ -30,7 +31,7 @@ func TestClientConfigRootFileErrors(t *testing.T) {
 	}
 	missing := filepath.Join(dir, "nope.crt")
 	empty := write("empty.crt", []byte(" \n"))
-	key := write("server.key", p.pair.KeyPEM)
+	key := write("server.key", p.Pair.KeyPEM)
 	text := write("notes.txt", []byte("hello, not a certificate\n"))
 	for _, tc := range []struct {
 		name  string
@@ -41,7 +42,7 @@ func TestClientConfigRootFileErrors(t *testing.T) {
 		{"empty", transport.ClientOptions{RootCertificates: empty}, []string{empty, "--root-certificates", "empty", "CERTIFICATE"}},
 		{"key", transport.ClientOptions{RootCertificates: key}, []string{key, "--root-certificates", "no certificate", `"PRIVATE KEY"`}},
 		{"not PEM", transport.ClientOptions{RootCertificates: text}, []string{text, "--root-certificates", "no certificate", "no PEM block"}},
-		{"insecure and roots", transport.ClientOptions{RootCertificates: p.caFile, Insecure: true}, []string{"--insecure", "--root-certificates", "conflict"}},
+		{"insecure and roots", transport.ClientOptions{RootCertificates: p.CAFile, Insecure: true}, []string{"--insecure", "--root-certificates", "conflict"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := transport.ClientConfig(tc.o)
@@ -61,15 +62,15 @@ func TestClientConfigRootFileErrors(t *testing.T) {
 }
 
 func TestClientConfig(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: p.caFile, ServerName: "sepal.test"})
+	p := newPKI(t, selfsigned.ServerOptions{})
+	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "sepal.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.MinVersion != 0x0303 || len(cfg.NextProtos) != 1 || cfg.NextProtos[0] != "h2" || cfg.ServerName != "sepal.test" {
 		t.Errorf("MinVersion %x NextProtos %q ServerName %q", cfg.MinVersion, cfg.NextProtos, cfg.ServerName)
 	}
-	if _, err := p.cert.Leaf.Verify(x509.VerifyOptions{Roots: cfg.RootCAs}); err != nil {
+	if _, err := p.Cert.Leaf.Verify(x509.VerifyOptions{Roots: cfg.RootCAs}); err != nil {
 		t.Errorf("the pool does not hold the CA: %v", err)
 	}
 	sys, err := transport.ClientConfig(transport.ClientOptions{})
@@ -80,26 +81,26 @@ func TestClientConfig(t *testing.T) {
 	if err != nil || creds.Info().SecurityProtocol != "insecure" {
 		t.Errorf("Insecure: %v, %v", creds, err)
 	}
-	creds, err = transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.caFile})
+	creds, err = transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.CAFile})
 	if err != nil || creds.Info().SecurityProtocol != "tls" {
 		t.Errorf("TLS: %v, %v", creds, err)
 	}
 }
 
 func TestProbeSucceeds(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveTLS(t, staticSource{p.cert})
-	if err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile}); err != nil {
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveTLS(t, p.Source())
+	if err := probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile}); err != nil {
 		t.Fatal(err)
 	}
 	_, port, _ := net.SplitHostPort(addr)
-	if err := probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.caFile}); err != nil {
+	if err := probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.CAFile}); err != nil {
 		t.Fatal(err)
 	}
 	// A certificate for a name only, reached by IP with --tls-server-name.
-	named := newPKI(t, p.ca, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
-	addr = serveTLS(t, staticSource{named.cert})
-	if err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile, ServerName: "superlink.sepal.test"}); err != nil {
+	named := p.Issue(t, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
+	addr = serveTLS(t, named.Source())
+	if err := probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "superlink.sepal.test"}); err != nil {
 		t.Fatal(err)
 	}
 	// A plaintext server checked with --insecure.
@@ -110,13 +111,13 @@ func TestProbeSucceeds(t *testing.T) {
 }
 
 func TestProbeUnknownAuthority(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	other := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveTLS(t, staticSource{p.cert})
+	p := newPKI(t, selfsigned.ServerOptions{})
+	other := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveTLS(t, p.Source())
 
-	err := probe(t, addr, transport.ClientOptions{RootCertificates: other.caFile})
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: other.CAFile})
 	wantExplained(t, err, transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
-		"not signed by", "unknown authority", other.caFile, "--root-certificates", addr, selfsigned.DefaultCACommonName)
+		"not signed by", "unknown authority", other.CAFile, "--root-certificates", addr, selfsigned.DefaultCACommonName)
 	var uae x509.UnknownAuthorityError
 	if !errors.As(err, &uae) {
 		t.Errorf("the x509 error is not kept: %v", err)
@@ -129,36 +130,33 @@ func TestProbeUnknownAuthority(t *testing.T) {
 
 func TestProbeExpiredAndNotYetValid(t *testing.T) {
 	now := time.Now()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{NotBefore: now.Add(-72 * time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testkit.NewPKI(t, selfsigned.CAOptions{NotBefore: now.Add(-72 * time.Hour)}, selfsigned.ServerOptions{})
 	stamp := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-	expired := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
-	addr := serveTLS(t, staticSource{expired.cert})
-	err = probe(t, addr, transport.ClientOptions{RootCertificates: expired.caFile})
+	expired := ca.Issue(t, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+	addr := serveTLS(t, expired.Source())
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: expired.CAFile})
 	wantExplained(t, err, transport.KindExpired, transport.ErrExpired,
-		"expired", addr, stamp(expired.pair.Leaf.NotBefore), stamp(expired.pair.Leaf.NotAfter),
+		"expired", addr, stamp(expired.Pair.Leaf.NotBefore), stamp(expired.Pair.Leaf.NotAfter),
 		"the time here is "+now.UTC().Format("2006-01-02T"), "flower-certs --force", "clock")
 	var cie x509.CertificateInvalidError
 	if !errors.As(err, &cie) || cie.Reason != x509.Expired {
 		t.Errorf("the x509 error is not kept: %v", err)
 	}
 
-	future := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
-	addr = serveTLS(t, staticSource{future.cert})
-	err = probe(t, addr, transport.ClientOptions{RootCertificates: future.caFile})
+	future := ca.Issue(t, selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	addr = serveTLS(t, future.Source())
+	err = probe(t, addr, transport.ClientOptions{RootCertificates: future.CAFile})
 	wantExplained(t, err, transport.KindNotYetValid, transport.ErrNotYetValid,
-		"not yet valid", stamp(future.pair.Leaf.NotBefore), stamp(future.pair.Leaf.NotAfter), "the time here is", "clock")
+		"not yet valid", stamp(future.Pair.Leaf.NotBefore), stamp(future.Pair.Leaf.NotAfter), "the time here is", "clock")
 }
 
 func TestProbeNameMismatch(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test", "10.9.8.7"}, NoDefaultHosts: true})
-	addr := serveTLS(t, staticSource{p.cert})
+	p := newPKI(t, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test", "10.9.8.7"}, NoDefaultHosts: true})
+	addr := serveTLS(t, p.Source())
 	_, port, _ := net.SplitHostPort(addr)
 
-	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile})
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
 		`"127.0.0.1"`, "superlink.sepal.test", "10.9.8.7", "--server superlink.sepal.test:"+port, "--tls-server-name")
 	var he x509.HostnameError
@@ -166,41 +164,41 @@ func TestProbeNameMismatch(t *testing.T) {
 		t.Errorf("the x509 error is not kept: %v", err)
 	}
 
-	err = probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.caFile})
+	err = probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
 		`"localhost"`, "superlink.sepal.test, 10.9.8.7", "--server", "--tls-server-name")
 
-	err = probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile, ServerName: "other.sepal.test"})
+	err = probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "other.sepal.test"})
 	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
 		`"other.sepal.test"`, "--tls-server-name asks for", "superlink.sepal.test")
 }
 
 func TestProbeUnspecifiedAddress(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveTLS(t, staticSource{p.cert})
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveTLS(t, p.Source())
 	_, port, _ := net.SplitHostPort(addr)
 	// On Linux, 0.0.0.0 reaches the loopback listener: the handshake fails
 	// on the name, as with Flower 1.8.0's default --server 0.0.0.0:9092.
-	err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.caFile})
+	err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress,
 		"0.0.0.0 is an address servers listen on, not one to dial", "--server 127.0.0.1:"+port, "host name")
 	// With a name to check, 0.0.0.0 is only an address.
-	if err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.caFile, ServerName: "localhost"}); err != nil {
+	if err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "localhost"}); err != nil {
 		t.Errorf("0.0.0.0 with --tls-server-name localhost: %v", err)
 	}
 }
 
 func TestProbePlaintextPeer(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	p := newPKI(t, selfsigned.ServerOptions{})
 	addr := serveGRPC(t)
-	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.caFile})
+	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindPlaintextPeer, transport.ErrPlaintextPeer,
 		"the server at "+addr+" does not speak TLS", "--insecure", "start it with certificates")
 }
 
 func TestProbeTLSPeer(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
 	err := probe(t, addr, transport.ClientOptions{Insecure: true})
 	wantExplained(t, err, transport.KindTLSPeer, transport.ErrTLSPeer,
 		"the server at "+addr+" speaks TLS", "drop --insecure", "--root-certificates")
@@ -216,8 +214,8 @@ func TestProbeNetwork(t *testing.T) {
 
 // The gRPC path: the typed errors are gone, only the status text is left.
 func TestExplainGRPCInsecureClientTLSServer(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
 	err := healthCheck(t, addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err == nil {
 		t.Fatal("a plaintext call to a TLS server succeeded")

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -20,19 +21,15 @@ import (
 // and Explain must still name the cause and the fix.
 func TestExplainGRPCErrors(t *testing.T) {
 	now := time.Now()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{NotBefore: now.Add(-72 * time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	good := newPKI(t, ca, selfsigned.ServerOptions{})
-	other := newPKI(t, nil, selfsigned.ServerOptions{})
-	expired := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
-	future := newPKI(t, ca, selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
-	named := newPKI(t, ca, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
-	ipOnly := newPKI(t, ca, selfsigned.ServerOptions{Hosts: []string{"10.9.8.7"}, NoDefaultHosts: true})
+	good := testkit.NewPKI(t, selfsigned.CAOptions{NotBefore: now.Add(-72 * time.Hour)}, selfsigned.ServerOptions{})
+	other := newPKI(t, selfsigned.ServerOptions{})
+	expired := good.Issue(t, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+	future := good.Issue(t, selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	named := good.Issue(t, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
+	ipOnly := good.Issue(t, selfsigned.ServerOptions{Hosts: []string{"10.9.8.7"}, NoDefaultHosts: true})
 	stamp := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-	serve := func(p *pki) string {
-		return serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	serve := func(p *testkit.PKI) string {
+		return serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
 	}
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
@@ -45,23 +42,23 @@ func TestExplainGRPCErrors(t *testing.T) {
 		sentinel error
 		words    []string
 	}{
-		{"unknown authority", goodAddr, transport.ClientOptions{RootCertificates: other.caFile},
-			transport.KindUnknownAuthority, transport.ErrUnknownAuthority, []string{"not signed by", "unknown authority", other.caFile, "--root-certificates"}},
-		{"expired", serve(expired), transport.ClientOptions{RootCertificates: good.caFile},
-			transport.KindExpired, transport.ErrExpired, []string{"expired", "valid until " + stamp(expired.pair.Leaf.NotAfter), "the time here is", "flower-certs --force", "clock"}},
-		{"not yet valid", serve(future), transport.ClientOptions{RootCertificates: good.caFile},
-			transport.KindNotYetValid, transport.ErrNotYetValid, []string{"not yet valid", "valid from " + stamp(future.pair.Leaf.NotBefore), "the time here is", "clock"}},
-		{"name mismatch", "localhost:" + port(namedAddr), transport.ClientOptions{RootCertificates: good.caFile},
+		{"unknown authority", goodAddr, transport.ClientOptions{RootCertificates: other.CAFile},
+			transport.KindUnknownAuthority, transport.ErrUnknownAuthority, []string{"not signed by", "unknown authority", other.CAFile, "--root-certificates"}},
+		{"expired", serve(expired), transport.ClientOptions{RootCertificates: good.CAFile},
+			transport.KindExpired, transport.ErrExpired, []string{"expired", "valid until " + stamp(expired.Pair.Leaf.NotAfter), "the time here is", "flower-certs --force", "clock"}},
+		{"not yet valid", serve(future), transport.ClientOptions{RootCertificates: good.CAFile},
+			transport.KindNotYetValid, transport.ErrNotYetValid, []string{"not yet valid", "valid from " + stamp(future.Pair.Leaf.NotBefore), "the time here is", "clock"}},
+		{"name mismatch", "localhost:" + port(namedAddr), transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"localhost"`, "superlink.sepal.test", "--server superlink.sepal.test:" + port(namedAddr), "--tls-server-name"}},
-		{"IP not in the certificate", ipAddr, transport.ClientOptions{RootCertificates: good.caFile},
+		{"IP not in the certificate", ipAddr, transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "10.9.8.7", "--server", "--tls-server-name"}},
-		{"IP dialled, DNS-only certificate", namedAddr, transport.ClientOptions{RootCertificates: good.caFile},
+		{"IP dialled, DNS-only certificate", namedAddr, transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "no IP address", "--server", "--tls-server-name"}},
-		{"0.0.0.0", "0.0.0.0:" + port(goodAddr), transport.ClientOptions{RootCertificates: good.caFile},
+		{"0.0.0.0", "0.0.0.0:" + port(goodAddr), transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress, []string{"0.0.0.0 is an address servers listen on, not one to dial", "--server 127.0.0.1:" + port(goodAddr)}},
-		{"plaintext server", serveGRPC(t), transport.ClientOptions{RootCertificates: good.caFile},
+		{"plaintext server", serveGRPC(t), transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindPlaintextPeer, transport.ErrPlaintextPeer, []string{"does not speak TLS", "--insecure", "start it with certificates"}},
-		{"nothing listens", deadAddr(t), transport.ClientOptions{RootCertificates: good.caFile},
+		{"nothing listens", deadAddr(t), transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindNetwork, transport.ErrNetwork, []string{"connection refused", "--server"}},
 	}
 	for _, tc := range cases {

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,52 +15,22 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
-// staticSource serves one certificate.
-type staticSource struct{ cert *tls.Certificate }
-
-func (s staticSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return s.cert, nil
-}
-
 var (
-	_ transport.CertSource = staticSource{}
+	_ transport.CertSource = testkit.StaticSource{}
 	_ transport.CertSource = (*selfsigned.FileSource)(nil)
 	_ transport.Runner     = (*selfsigned.FileSource)(nil)
 )
 
-// pki is a CA written to disk and a server certificate it issued.
-type pki struct {
-	ca     *selfsigned.CA
-	caFile string
-	pair   *selfsigned.Pair
-	cert   *tls.Certificate
-}
-
-func newPKI(t testing.TB, ca *selfsigned.CA, o selfsigned.ServerOptions) *pki {
+// newPKI makes a fresh CA with the default options and a server
+// certificate it issued with o.
+func newPKI(t testing.TB, o selfsigned.ServerOptions) *testkit.PKI {
 	t.Helper()
-	if ca == nil {
-		var err error
-		if ca, err = selfsigned.NewCA(selfsigned.CAOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pair, err := ca.IssueServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &pki{ca: ca, caFile: caFile, pair: pair, cert: &cert}
+	return testkit.NewPKI(t, selfsigned.CAOptions{}, o)
 }
 
 // serveTLS runs a TLS server with ServerConfig(src) on 127.0.0.1:0 that

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -35,8 +36,8 @@ func healthCheck(t testing.TB, addr string, opts ...grpc.DialOption) error {
 }
 
 func TestServerConfigPolicy(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	cfg := transport.ServerConfig(staticSource{p.cert})
+	p := newPKI(t, selfsigned.ServerOptions{})
+	cfg := transport.ServerConfig(p.Source())
 	if cfg.MinVersion != tls.VersionTLS12 {
 		t.Errorf("MinVersion %x, want TLS 1.2", cfg.MinVersion)
 	}
@@ -65,7 +66,7 @@ func TestServerConfigPolicy(t *testing.T) {
 // alpnSource answers TLS-ALPN-01 hellos with its own certificate, as the
 // ACME sources do.
 type alpnSource struct {
-	staticSource
+	testkit.StaticSource
 	challenge *tls.Certificate
 }
 
@@ -75,7 +76,7 @@ func (s alpnSource) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 	if slices.Equal(hello.SupportedProtos, []string{"acme-tls/1"}) {
 		return s.challenge, nil
 	}
-	return s.cert, nil
+	return s.Cert, nil
 }
 
 var (
@@ -84,9 +85,9 @@ var (
 )
 
 func TestACMEALPNOnGRPCListener(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	challenge := newPKI(t, nil, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
-	src := alpnSource{staticSource{p.cert}, challenge.cert}
+	p := newPKI(t, selfsigned.ServerOptions{})
+	challenge := newPKI(t, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
+	src := alpnSource{p.Source(), challenge.Cert}
 	if got := transport.ServerConfig(src).NextProtos; !slices.Equal(got, []string{"h2", "acme-tls/1"}) {
 		t.Errorf("NextProtos %q, want [h2 acme-tls/1]", got)
 	}
@@ -106,12 +107,12 @@ func TestACMEALPNOnGRPCListener(t *testing.T) {
 	if st.NegotiatedProtocol != "acme-tls/1" {
 		t.Errorf("negotiated %q, want acme-tls/1", st.NegotiatedProtocol)
 	}
-	if !bytes.Equal(st.PeerCertificates[0].Raw, challenge.pair.Leaf.Raw) {
+	if !bytes.Equal(st.PeerCertificates[0].Raw, challenge.Pair.Leaf.Raw) {
 		t.Errorf("got certificate %q, want the challenge certificate", st.PeerCertificates[0].Subject)
 	}
 
 	// gRPC on the same listener still gets h2 and the serving certificate.
-	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.caFile})
+	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.CAFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,9 +122,9 @@ func TestACMEALPNOnGRPCListener(t *testing.T) {
 }
 
 func TestGRPCOverTLS(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
-	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.caFile})
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
+	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.CAFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,9 +152,9 @@ func TestGRPCOverTLS(t *testing.T) {
 	}
 
 	// The same with --tls-server-name against a name-only certificate.
-	named := newPKI(t, p.ca, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
-	addr = serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{named.cert})))
-	creds, err = transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.caFile, ServerName: "superlink.sepal.test"})
+	named := p.Issue(t, selfsigned.ServerOptions{Hosts: []string{"superlink.sepal.test"}, NoDefaultHosts: true})
+	addr = serveGRPC(t, grpc.Creds(transport.ServerCredentials(named.Source())))
+	creds, err = transport.ClientCredentials(transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "superlink.sepal.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,10 +164,10 @@ func TestGRPCOverTLS(t *testing.T) {
 }
 
 func TestGRPCServerRefusesOldTLSAndCBC(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
 	pool := x509.NewCertPool()
-	pool.AddCert(p.ca.Cert)
+	pool.AddCert(p.CA.Cert)
 	dial := func(cfg *tls.Config) (*tls.ConnectionState, error) {
 		cfg.RootCAs, cfg.NextProtos, cfg.ServerName = pool, []string{"h2"}, "localhost"
 		c, err := tls.Dial("tcp", addr, cfg)
@@ -213,10 +214,10 @@ func TestGRPCServerRefusesOldTLSAndCBC(t *testing.T) {
 }
 
 func TestSessionTickets(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveTLS(t, staticSource{p.cert})
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveTLS(t, p.Source())
 	pool := x509.NewCertPool()
-	pool.AddCert(p.ca.Cert)
+	pool.AddCert(p.CA.Cert)
 	cfg := &tls.Config{RootCAs: pool, ServerName: "localhost", MaxVersion: tls.VersionTLS12,
 		ClientSessionCache: tls.NewLRUClientSessionCache(4)}
 	for i, want := range []bool{false, true} {
@@ -232,10 +233,10 @@ func TestSessionTickets(t *testing.T) {
 }
 
 func TestGRPCWrongCAExplained(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
-	other := newPKI(t, nil, selfsigned.ServerOptions{})
-	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(staticSource{p.cert})))
-	o := transport.ClientOptions{RootCertificates: other.caFile}
+	p := newPKI(t, selfsigned.ServerOptions{})
+	other := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
+	o := transport.ClientOptions{RootCertificates: other.CAFile}
 	creds, err := transport.ClientCredentials(o)
 	if err != nil {
 		t.Fatal(err)
@@ -245,16 +246,16 @@ func TestGRPCWrongCAExplained(t *testing.T) {
 		t.Fatal("call with the wrong CA succeeded")
 	}
 	wantExplained(t, transport.Explain(err, addr, o), transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
-		"not signed by", "unknown authority", other.caFile, "--root-certificates", addr)
+		"not signed by", "unknown authority", other.CAFile, "--root-certificates", addr)
 	if !transport.IsPermanent(err) {
 		t.Errorf("IsPermanent(raw gRPC error %q) is false", err)
 	}
 }
 
 func TestGRPCTLSClientPlaintextServerExplained(t *testing.T) {
-	p := newPKI(t, nil, selfsigned.ServerOptions{})
+	p := newPKI(t, selfsigned.ServerOptions{})
 	addr := serveGRPC(t)
-	o := transport.ClientOptions{RootCertificates: p.caFile}
+	o := transport.ClientOptions{RootCertificates: p.CAFile}
 	creds, err := transport.ClientCredentials(o)
 	if err != nil {
 		t.Fatal(err)

@@ -5,13 +5,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -51,19 +50,8 @@ func TestUsage(t *testing.T) {
 // TestWrongCA: a server whose certificate the given CA did not sign ends
 // the command at once with transport's explanation naming the file.
 func TestWrongCA(t *testing.T) {
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := ca.IssueServer(selfsigned.ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pair.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}})
+	p := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*p.Cert}, NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,14 +66,7 @@ func TestWrongCA(t *testing.T) {
 			c.Close()
 		}
 	}()
-	other, err := selfsigned.NewCA(selfsigned.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "other-ca.crt")
-	if err := os.WriteFile(caFile, other.CertPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	caFile := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{}).CAFile // another CA
 	var out, errOut bytes.Buffer
 	start := time.Now()
 	err = run(context.Background(), []string{"client:app", "--root-certificates", caFile, "--server", l.Addr().String()}, &out, &errOut)
