@@ -135,15 +135,7 @@ func NewCA(o CAOptions) (*CA, error) {
 	if cn == "" {
 		cn = DefaultCACommonName
 	}
-	key, err := o.KeyType.generate()
-	if err != nil {
-		return nil, fmt.Errorf("selfsigned: making the CA key: %w", err)
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return nil, err
-	}
-	ski, err := subjectKeyID(key.Public())
+	key, serial, ski, err := newKey(o.KeyType, "CA")
 	if err != nil {
 		return nil, err
 	}
@@ -160,15 +152,7 @@ func NewCA(o CAOptions) (*CA, error) {
 		SubjectKeyId:          ski,
 		AuthorityKeyId:        ski,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, fmt.Errorf("selfsigned: signing the CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("selfsigned: parsing the new CA certificate: %w", err)
-	}
-	keyPEM, err := marshalKey(key)
+	cert, der, keyPEM, err := sign(tmpl, tmpl, key, key, "CA")
 	if err != nil {
 		return nil, err
 	}
@@ -305,15 +289,7 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 		return nil, fmt.Errorf("selfsigned: the server certificate would expire %s, after its CA (%s): shorten the validity or make a new CA",
 			stamp(notAfter), stamp(ca.Cert.NotAfter))
 	}
-	key, err := o.KeyType.generate()
-	if err != nil {
-		return nil, fmt.Errorf("selfsigned: making the server key: %w", err)
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return nil, err
-	}
-	ski, err := subjectKeyID(key.Public())
+	key, serial, ski, err := newKey(o.KeyType, "server")
 	if err != nil {
 		return nil, err
 	}
@@ -334,19 +310,46 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 		SubjectKeyId:          ski,
 		AuthorityKeyId:        ca.Cert.SubjectKeyId,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		return nil, fmt.Errorf("selfsigned: signing the server certificate: %w", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("selfsigned: parsing the new server certificate: %w", err)
-	}
-	keyPEM, err := marshalKey(key)
+	leaf, der, keyPEM, err := sign(tmpl, ca.Cert, key, ca.Key, "server")
 	if err != nil {
 		return nil, err
 	}
 	return &Pair{CertPEM: certPEM(der), KeyPEM: keyPEM, Leaf: leaf}, nil
+}
+
+// newKey makes a key of type kt with what every certificate made here
+// needs: a random serial and the key's SubjectKeyId. what ("CA",
+// "server") names the key in errors.
+func newKey(kt KeyType, what string) (key crypto.Signer, serial *big.Int, ski []byte, err error) {
+	if key, err = kt.generate(); err != nil {
+		return nil, nil, nil, fmt.Errorf("selfsigned: making the %s key: %w", what, err)
+	}
+	if serial, err = newSerial(); err != nil {
+		return nil, nil, nil, err
+	}
+	if ski, err = subjectKeyID(key.Public()); err != nil {
+		return nil, nil, nil, err
+	}
+	return key, serial, ski, nil
+}
+
+// sign makes the certificate tmpl for key, signed by signer as parent (tmpl
+// and key themselves for a self-signed CA), and returns it parsed, as DER,
+// and key as PEM. what ("CA", "server") names the certificate in errors.
+func sign(tmpl, parent *x509.Certificate, key, signer crypto.Signer, what string) (*x509.Certificate, []byte, []byte, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("selfsigned: signing the %s certificate: %w", what, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("selfsigned: parsing the new %s certificate: %w", what, err)
+	}
+	keyPEM, err := marshalKey(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cert, der, keyPEM, nil
 }
 
 // TLSCertificate returns the pair as a tls.Certificate with Leaf set.
