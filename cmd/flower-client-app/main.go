@@ -72,10 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logger := cli.NewLogger(stderr, level)
 	ctx, cancel := cli.SignalContext(ctx)
 	defer cancel()
-	logger.Info("starting SuperNode", "app", appRef, "server", flags.Server, "transport", flags.Describe())
-	if flags.Insecure {
-		logger.Warn("--insecure: tasks and model parameters travel in plaintext")
-	}
+	flags.LogStart(logger, "starting SuperNode", appRef)
 	err = app.RunNode(ctx, app.NodeOptions{
 		Server:       flags.Server,
 		TLS:          tlsOpts,

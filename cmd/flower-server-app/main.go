@@ -80,11 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logger := cli.NewLogger(stderr, level)
 	ctx, cancel := cli.SignalContext(ctx)
 	defer cancel()
-	logger.Info("starting ServerApp", "app", fedAvgRef, "server", flags.Server, "transport", flags.Describe(),
-		"rounds", *rounds, "min_nodes", *minNodes)
-	if flags.Insecure {
-		logger.Warn("--insecure: tasks and model parameters travel in plaintext")
-	}
+	flags.LogStart(logger, "starting ServerApp", fedAvgRef, "rounds", *rounds, "min_nodes", *minNodes)
 	o := app.ServerOptions{
 		Server:      flags.Server,
 		TLS:         tlsOpts,

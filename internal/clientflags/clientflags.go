@@ -6,6 +6,7 @@ package clientflags
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"time"
@@ -83,6 +84,16 @@ func (f *Flags) Retry() (maxRetries int, maxWait time.Duration, err error) {
 		return 0, 0, cli.Usagef("--max-wait-time %v: give 0 for no limit or a number of seconds", f.MaxWaitTime)
 	}
 	return f.MaxRetries, time.Duration(f.MaxWaitTime * float64(time.Second)), nil
+}
+
+// LogStart logs the command's first line, msg at info level with the app,
+// the server, how the command connects (Describe) and then attrs; with
+// --insecure it warns that tasks and model parameters travel in plaintext.
+func (f *Flags) LogStart(log *slog.Logger, msg, app string, attrs ...any) {
+	log.Info(msg, append([]any{"app", app, "server", f.Server, "transport", f.Describe()}, attrs...)...)
+	if f.Insecure {
+		log.Warn("--insecure: tasks and model parameters travel in plaintext")
+	}
 }
 
 // Describe says in words how the command will connect, for its first log line.

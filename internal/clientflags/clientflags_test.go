@@ -3,6 +3,7 @@ package clientflags
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,31 @@ func TestConflicts(t *testing.T) {
 		var ue *cli.UsageError
 		if _, _, err := f.Retry(); !errors.As(err, &ue) || !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("%v: %v, want a usage error naming the flag", args, err)
+		}
+	}
+}
+
+func TestLogStart(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+		warn bool
+	}{
+		{[]string{"--server", "127.0.0.1:9092", "--root-certificates", "ca.crt"},
+			[]string{`msg="starting SuperNode" app=client:app server=127.0.0.1:9092 transport="TLS, trusting ca.crt" rounds=3`}, false},
+		{[]string{"--server", "127.0.0.1:9092", "--insecure"},
+			[]string{`transport="plaintext (--insecure)"`, `level=WARN msg="--insecure: tasks and model parameters travel in plaintext"`}, true},
+	} {
+		f, _ := parse(t, c.args...)
+		var b strings.Builder
+		f.LogStart(cli.NewLogger(&b, slog.LevelInfo), "starting SuperNode", "client:app", "rounds", 3)
+		for _, w := range c.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("%v: log lacks %q:\n%s", c.args, w, b.String())
+			}
+		}
+		if got := strings.Contains(b.String(), "WARN"); got != c.warn {
+			t.Errorf("%v: warned %v, want %v:\n%s", c.args, got, c.warn, b.String())
 		}
 	}
 }
