@@ -416,25 +416,41 @@ func TestACMEFlags(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
 	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	blocker := filepath.Join(dir, "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
+		code int // 0 means 2, a usage error
 	}{
-		{[]string{"--acme-domain", "superlink.test", "--insecure"}, "conflict"},
-		{[]string{"--acme-domain", "superlink.test", "--ssl-certfile", "x.pem"}, "conflict"},
-		{[]string{"--acme-domain", "localhost"}, "--acme-domain"},
-		{[]string{"--acme-domain", "192.0.2.1"}, "--acme-domain"},
-		{[]string{"--acme-domain", "superlink.test", "--acme-challenge", "dns-01"}, "--acme-challenge"},
-		{[]string{"--acme-domain", "superlink.test", "--acme-client", "lego"}, "--acme-client"},
-		{[]string{"--acme-domain", "superlink.test", "--acme-ca", "http://ca.test/dir"}, "--acme-ca"},
-		{[]string{"--acme-domain", "superlink.test", "--acme-http-address", ":8080"}, "--acme-http-address needs --acme-challenge http-01"},
-		{[]string{"--acme-domain", "superlink.test", "--acme-timeout", "0s"}, "--acme-timeout"},
-		{[]string{"--acme-email", "ops@superlink.test", "--insecure"}, "--acme-email needs --acme-domain"},
+		{[]string{"--acme-domain", "superlink.test", "--acme-ca-root", notPEM}, "--acme-ca-root " + notPEM + " holds no PEM certificate", 1},
+		{[]string{"--acme-domain", "superlink.test", "--acme-ca-root", filepath.Join(dir, "missing.pem")}, "--acme-ca-root: open", 1},
+		{[]string{"--acme-domain", "superlink.test", "--acme-storage", filepath.Join(blocker, "acme")}, "--acme-storage: cannot create the folder", 1},
+		{[]string{"--acme-domain", "superlink.test", "--insecure"}, "conflict", 0},
+		{[]string{"--acme-domain", "superlink.test", "--ssl-certfile", "x.pem"}, "conflict", 0},
+		{[]string{"--acme-domain", "localhost"}, "--acme-domain", 0},
+		{[]string{"--acme-domain", "192.0.2.1"}, "--acme-domain", 0},
+		{[]string{"--acme-domain", "superlink.test", "--acme-challenge", "dns-01"}, "--acme-challenge", 0},
+		{[]string{"--acme-domain", "superlink.test", "--acme-client", "lego"}, "--acme-client", 0},
+		{[]string{"--acme-domain", "superlink.test", "--acme-ca", "http://ca.test/dir"}, "--acme-ca", 0},
+		{[]string{"--acme-domain", "superlink.test", "--acme-http-address", ":8080"}, "--acme-http-address needs --acme-challenge http-01", 0},
+		{[]string{"--acme-domain", "superlink.test", "--acme-timeout", "0s"}, "--acme-timeout", 0},
+		{[]string{"--acme-email", "ops@superlink.test", "--insecure"}, "--acme-email needs --acme-domain", 0},
 	} {
 		out, code := run(t, 20*time.Second, dir, nil, "flower-superlink", append(c.args,
 			"--grpc-rere-fleet-api-address", "127.0.0.1:0", "--driver-api-address", "127.0.0.1:0")...)
-		if code != 2 || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
-			t.Errorf("flower-superlink %s: exit %d, want 2 and one line with %q:\n%s", strings.Join(c.args, " "), code, c.want, out)
+		want := c.code
+		if want == 0 {
+			want = 2
+		}
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); code != want || !strings.Contains(lines[len(lines)-1], c.want) || (want == 2 && len(lines) != 1) {
+			t.Errorf("flower-superlink %s: exit %d, want %d and a line with %q:\n%s", strings.Join(c.args, " "), code, want, c.want, out)
 		}
 	}
 }

@@ -5,8 +5,11 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -140,12 +143,29 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 	if err := a.check(); err != nil {
 		return nil, err
 	}
+	// Files first, so their errors name the flag.
+	if a.caRoot != "" {
+		data, err := os.ReadFile(a.caRoot)
+		if err != nil {
+			return nil, fmt.Errorf("--acme-ca-root: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(data) {
+			return nil, fmt.Errorf("--acme-ca-root %s holds no PEM certificate: give the roots that the ACME server's own HTTPS chains to (for pebble, test/certs/pebble.minica.pem)", a.caRoot)
+		}
+	}
+	storage := a.storage
+	if storage == "" {
+		storage = acme.DefaultStorage()
+	}
+	if err := os.MkdirAll(storage, 0o700); err != nil {
+		return nil, fmt.Errorf("--acme-storage: cannot create the folder: %w", err)
+	}
 	o := acme.Options{
 		Domains:            a.domains,
 		Email:              a.email,
 		CA:                 a.ca,
 		CARootFile:         a.caRoot,
-		Storage:            a.storage,
+		Storage:            storage,
 		Challenge:          a.challenge,
 		TLSALPNAddress:     a.fleetAddress(),
 		HTTPAddress:        a.httpAddress,
