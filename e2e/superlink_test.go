@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,10 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -88,18 +87,11 @@ func slHealth(t *testing.T, addr, caFile string) healthpb.HealthCheckResponse_Se
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	st, err := testkit.HealthCheck(t, addr, creds)
 	if err != nil {
 		t.Fatalf("health check of %s over TLS: %v", addr, err)
 	}
-	return resp.GetStatus()
+	return st
 }
 
 // slServedSerial does one TLS handshake with addr, trusting only caFile, and
@@ -536,15 +528,8 @@ func TestSuperLinkInsecure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(sl.fleet, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("plaintext health check: %v %v", resp, err)
+	st, err := testkit.HealthCheck(t, sl.fleet, creds)
+	if err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("plaintext health check: %v %v", st, err)
 	}
 }

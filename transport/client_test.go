@@ -216,7 +216,7 @@ func TestProbeNetwork(t *testing.T) {
 func TestExplainGRPCInsecureClientTLSServer(t *testing.T) {
 	p := newPKI(t, selfsigned.ServerOptions{})
 	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
-	err := healthCheck(t, addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	_, err := testkit.HealthCheck(t, addr, insecure.NewCredentials())
 	if err == nil {
 		t.Fatal("a plaintext call to a TLS server succeeded")
 	}

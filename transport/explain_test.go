@@ -67,7 +67,7 @@ func TestExplainGRPCErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = healthCheck(t, tc.addr, grpc.WithTransportCredentials(creds))
+			_, err = testkit.HealthCheck(t, tc.addr, creds)
 			if status.Code(err) != codes.Unavailable {
 				t.Fatalf("gRPC call: %v, want Unavailable", err)
 			}

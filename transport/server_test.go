@@ -2,14 +2,12 @@ package transport_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -22,19 +20,6 @@ import (
 )
 
 // healthCheck makes one gRPC health call to addr with the dial options.
-func healthCheck(t testing.TB, addr string, opts ...grpc.DialOption) error {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	return err
-}
-
 func TestServerConfigPolicy(t *testing.T) {
 	p := newPKI(t, selfsigned.ServerOptions{})
 	cfg := transport.ServerConfig(p.Source())
@@ -116,7 +101,7 @@ func TestACMEALPNOnGRPCListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := healthCheck(t, addr, grpc.WithTransportCredentials(creds)); err != nil {
+	if _, err := testkit.HealthCheck(t, addr, creds); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -128,20 +113,13 @@ func TestGRPCOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var pr peer.Peer
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&pr))
+	st, err := testkit.HealthCheck(t, addr, creds, grpc.Peer(&pr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Status != healthpb.HealthCheckResponse_SERVING {
-		t.Errorf("health %v", resp.Status)
+	if st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health %v", st)
 	}
 	info, ok := pr.AuthInfo.(credentials.TLSInfo)
 	if !ok {
@@ -158,7 +136,7 @@ func TestGRPCOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := healthCheck(t, addr, grpc.WithTransportCredentials(creds)); err != nil {
+	if _, err := testkit.HealthCheck(t, addr, creds); err != nil {
 		t.Fatalf("with --tls-server-name: %v", err)
 	}
 }
@@ -241,7 +219,7 @@ func TestGRPCWrongCAExplained(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = healthCheck(t, addr, grpc.WithTransportCredentials(creds))
+	_, err = testkit.HealthCheck(t, addr, creds)
 	if err == nil {
 		t.Fatal("call with the wrong CA succeeded")
 	}
@@ -260,7 +238,7 @@ func TestGRPCTLSClientPlaintextServerExplained(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = healthCheck(t, addr, grpc.WithTransportCredentials(creds))
+	_, err = testkit.HealthCheck(t, addr, creds)
 	if err == nil {
 		t.Fatal("a TLS call to a plaintext server succeeded")
 	}

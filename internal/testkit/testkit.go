@@ -1,8 +1,8 @@
 // Package testkit holds what the tests of several packages share: a CA and
 // a server certificate made in the test (NewPKI), a CertSource serving one
 // fixed certificate (StaticSource), a SuperLink-like server run on two
-// loopback listeners until the test ends (Serve), and a buffer safe for
-// concurrent writers (SyncBuffer).
+// loopback listeners until the test ends (Serve), one gRPC health check
+// (HealthCheck), and a buffer safe for concurrent writers (SyncBuffer).
 //
 // It imports selfsigned but neither transport nor superlink, so that their
 // in-package tests can use it. It is for tests only: every helper fails the
@@ -20,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/selfsigned"
 )
@@ -101,6 +103,22 @@ func (p *PKI) WriteFiles(t testing.TB, dir string) Files {
 		}
 	}
 	return f
+}
+
+// HealthCheck makes one gRPC health check of addr (10 s timeout) over a new
+// client with creds, passing callOpts, and returns the status served or
+// the call's error. It fails the test only when the client cannot be made.
+func HealthCheck(t testing.TB, addr string, creds credentials.TransportCredentials, callOpts ...grpc.CallOption) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, callOpts...)
+	return resp.GetStatus(), err
 }
 
 // Server is what Serve runs: a *superlink.SuperLink.

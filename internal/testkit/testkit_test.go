@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/selfsigned"
 )
@@ -104,5 +108,24 @@ func TestSyncBuffer(t *testing.T) {
 	wg.Wait()
 	if n := len(b.String()); n != 800 {
 		t.Fatalf("%d bytes, want 800", n)
+	}
+}
+
+func TestHealthCheck(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	healthpb.RegisterHealthServer(s, health.NewServer())
+	go s.Serve(l)
+	defer s.Stop()
+	if st, err := HealthCheck(t, l.Addr().String(), insecure.NewCredentials()); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("HealthCheck = %v, %v; want SERVING", st, err)
+	}
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead.Close()
+	if _, err := HealthCheck(t, dead.Addr().String(), insecure.NewCredentials()); err == nil {
+		t.Fatal("HealthCheck of a closed port succeeded")
 	}
 }
