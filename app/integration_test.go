@@ -47,6 +47,17 @@ func startLinkWith(t *testing.T, plain bool, leaf ...selfsigned.ServerOptions) t
 	return testLink{fleet: l.Fleet, driver: l.Driver, caFile: p.CAFile}
 }
 
+// runNode runs a demo SuperNode against link, polling every 50 ms, until
+// ctx ends; what RunNode returns arrives on the channel.
+func runNode(ctx context.Context, t *testing.T, link testLink) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		done <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: transport.ClientOptions{RootCertificates: link.caFile},
+			PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
+	}()
+	return done
+}
+
 // testLogger logs through t (shown with -v or on failure).
 func testLogger(t *testing.T, who string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("who", who)
@@ -131,10 +142,7 @@ func TestNodeStopsOnCancel(t *testing.T) {
 	link := startLink(t)
 	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
-	}()
+	done := runNode(ctx, t, link)
 	d, closeConn, err := newDriver(context.Background(), ServerOptions{Server: link.driver, TLS: tlsOpts, NodesInterval: 20 * time.Millisecond}.mustDefaults(t))
 	if err != nil {
 		t.Fatal(err)
@@ -259,10 +267,7 @@ func TestReconnectLater(t *testing.T) {
 	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
-	}()
+	done := runNode(ctx, t, link)
 	d, closeConn, err := newDriver(ctx, ServerOptions{Server: link.driver, TLS: tlsOpts, NodesInterval: 20 * time.Millisecond, PollInterval: 20 * time.Millisecond}.mustDefaults(t))
 	if err != nil {
 		t.Fatal(err)

@@ -48,8 +48,9 @@ func TestFedAvgWeights(t *testing.T) {
 	}
 }
 
-// fakeNode registers a node that never asks for tasks.
-func fakeNode(t *testing.T, link testLink, pingInterval float64) int64 {
+// fleetClient dials link's Fleet API over TLS; the connection is closed
+// when the test ends.
+func fleetClient(t *testing.T, link testLink) pb.FleetClient {
 	t.Helper()
 	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: link.caFile})
 	if err != nil {
@@ -60,7 +61,13 @@ func fakeNode(t *testing.T, link testLink, pingInterval float64) int64 {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	resp, err := pb.NewFleetClient(conn).CreateNode(context.Background(), &pb.CreateNodeRequest{PingInterval: pingInterval})
+	return pb.NewFleetClient(conn)
+}
+
+// fakeNode registers a node that never asks for tasks.
+func fakeNode(t *testing.T, link testLink, pingInterval float64) int64 {
+	t.Helper()
+	resp, err := fleetClient(t, link).CreateNode(context.Background(), &pb.CreateNodeRequest{PingInterval: pingInterval})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,15 +78,7 @@ func fakeNode(t *testing.T, link testLink, pingInterval float64) int64 {
 // tasks until it gets a train task, then vanishes: no answer, no more pings.
 func ghostNode(t *testing.T, link testLink) int64 {
 	t.Helper()
-	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: link.caFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(link.fleet, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleet := pb.NewFleetClient(conn)
+	fleet := fleetClient(t, link)
 	ctx, cancel := context.WithCancel(context.Background())
 	resp, err := fleet.CreateNode(ctx, &pb.CreateNodeRequest{PingInterval: 1})
 	if err != nil {
@@ -87,10 +86,9 @@ func ghostNode(t *testing.T, link testLink) int64 {
 	}
 	self := resp.GetNode()
 	done := make(chan struct{})
-	t.Cleanup(func() {
+	t.Cleanup(func() { // runs before fleetClient's, registered earlier
 		cancel()
 		<-done
-		conn.Close()
 	})
 	go func() {
 		defer close(done)
@@ -120,10 +118,7 @@ func TestVanishedNodeIsDropped(t *testing.T) {
 	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
-	}()
+	done := runNode(ctx, t, link)
 	ghost := ghostNode(t, link)
 	var out bytes.Buffer
 	sum, err := RunFedAvg(ctx, ServerOptions{Server: link.driver, TLS: tlsOpts, Rounds: 1, MinNodes: 2, Out: &out,
