@@ -161,7 +161,7 @@ func (f *files) check(now time.Time) (*tls.Certificate, error) {
 	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
 		return nil, &FileError{Path: f.keyFile, Role: roleKey, Err: ErrKeyMismatch,
 			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
-				keyAlgorithm(key.Public()), keyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
+				KeyAlgorithm(key.Public()), KeyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
 			Fix: "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fixRenew}
 	}
 	if err := checkDates(f.certFile, roleCert, leaf, now); err != nil {
@@ -392,7 +392,10 @@ func notPEM(path, role string, data []byte, want string) error {
 		Detail: "it holds no PEM " + want + " block", Fix: fix}
 }
 
-func keyAlgorithm(pub crypto.PublicKey) string {
+// KeyAlgorithm names the algorithm of a public key for people, such as
+// "ECDSA P-256", "RSA-4096" or "Ed25519"; another key type is named by its
+// Go type.
+func KeyAlgorithm(pub crypto.PublicKey) string {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		return "ECDSA " + k.Curve.Params().Name

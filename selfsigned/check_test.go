@@ -234,3 +234,18 @@ func TestWarnings(t *testing.T) {
 		t.Errorf("Warnings for a certificate valid a year: %q", w)
 	}
 }
+
+func TestKeyAlgorithm(t *testing.T) {
+	for kt, want := range map[KeyType]string{ECDSAP256: "ECDSA P-256", RSA2048: "RSA-2048", Ed25519: "Ed25519"} {
+		key, err := kt.generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := KeyAlgorithm(key.Public()); got != want {
+			t.Errorf("KeyAlgorithm(%s) = %q, want %q", kt, got, want)
+		}
+	}
+	if got := KeyAlgorithm(struct{}{}); got != "struct {}" {
+		t.Errorf("KeyAlgorithm(unknown) = %q, want the Go type", got)
+	}
+}

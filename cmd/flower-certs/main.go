@@ -12,9 +12,6 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -247,13 +244,13 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	if reuse {
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
-			p.caCert, subjectName(ca.Cert), keyName(ca.Cert), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
+			p.caCert, subjectName(ca.Cert), selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
 	} else {
 		if err := write(stdout, p.caKey, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here"); err != nil {
 			return err
 		}
 		if err := write(stdout, p.caCert, ca.CertPEM, certMode,
-			fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client", keyName(ca.Cert), ca.Cert.NotAfter.UTC().Format(time.DateOnly))); err != nil {
+			fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client", selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))); err != nil {
 			return err
 		}
 	}
@@ -261,7 +258,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := write(stdout, p.serverCert, pair.CertPEM, certMode,
-		fmt.Sprintf("server certificate (%s, serial %x, valid until %s) for %s", keyName(pair.Leaf), pair.Leaf.SerialNumber,
+		fmt.Sprintf("server certificate (%s, serial %x, valid until %s) for %s", selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), pair.Leaf.SerialNumber,
 			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))); err != nil {
 		return err
 	}
@@ -330,19 +327,6 @@ func subjectName(c *x509.Certificate) string {
 		return c.Subject.CommonName
 	}
 	return c.Subject.String()
-}
-
-// keyName names the key algorithm of a certificate, such as "ECDSA P-256".
-func keyName(c *x509.Certificate) string {
-	switch k := c.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		return "ECDSA " + k.Curve.Params().Name
-	case *rsa.PublicKey:
-		return fmt.Sprintf("RSA-%d", k.N.BitLen())
-	case ed25519.PublicKey:
-		return "Ed25519"
-	}
-	return c.PublicKeyAlgorithm.String()
 }
 
 // shellJoin quotes each word that needs it for a POSIX shell.
