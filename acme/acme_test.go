@@ -37,6 +37,7 @@ func TestZapBridge(t *testing.T) {
 	zl.Debug("hidden")
 	zl.Info("obtaining certificate", zap.String("identifier", "a.test"), zap.Error(errors.New("boom")), zap.Duration("retryingIn", time.Second))
 	zl.Error("failed")
+	zl.Info("acquiring lock") // certmagic bookkeeping: Debug
 	out := buf.String()
 	for _, want := range []string{
 		`level=INFO msg="obtaining certificate" logger=obtain lock_key=x identifier=a.test`,
@@ -46,7 +47,7 @@ func TestZapBridge(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "hidden") {
+	if strings.Contains(out, "hidden") || strings.Contains(out, "acquiring lock") {
 		t.Errorf("debug entry passed an info logger:\n%s", out)
 	}
 }

@@ -49,8 +49,29 @@ func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
 	return &slogCore{log: c.log, fields: append(c.fields[:len(c.fields):len(c.fields)], fields...)}
 }
 
+// quiet are certmagic's Info messages about its own bookkeeping, logged
+// at Debug so that Info shows the ACME steps (account, order, challenge,
+// certificate) and not the locks around them.
+var quiet = map[string]bool{
+	"acquiring lock":                             true,
+	"lock acquired":                              true,
+	"releasing lock":                             true,
+	"waiting on internal rate limiter":           true,
+	"done waiting on internal rate limiter":      true,
+	"started background certificate maintenance": true,
+	"stopped background certificate maintenance": true,
+}
+
+// level is the slog level of an entry.
+func level(e zapcore.Entry) slog.Level {
+	if e.Level == zapcore.InfoLevel && quiet[e.Message] {
+		return slog.LevelDebug
+	}
+	return zapToSlog(e.Level)
+}
+
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(e.Level) {
+	if c.log.Enabled(context.Background(), level(e)) {
 		return ce.AddCore(e, c)
 	}
 	return ce
@@ -63,7 +84,7 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	}
 	attrs = append(attrs, fieldsToAttrs(c.fields)...)
 	attrs = append(attrs, fieldsToAttrs(fields)...)
-	c.log.LogAttrs(context.Background(), zapToSlog(e.Level), e.Message, attrs...)
+	c.log.LogAttrs(context.Background(), level(e), e.Message, attrs...)
 	return nil
 }
 
