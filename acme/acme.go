@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -120,13 +121,14 @@ type Options struct {
 }
 
 // DefaultStorage returns the per-user folder for ACME data:
-// $XDG_DATA_HOME/sepal/acme, else ~/.local/share/sepal/acme on Unix-like
-// systems, else os.UserConfigDir()/sepal/acme.
+// $XDG_DATA_HOME/sepal/acme, else ~/.local/share/sepal/acme on Linux and
+// the BSDs, else os.UserConfigDir()/sepal/acme (macOS: ~/Library/Application
+// Support/sepal/acme, Windows: %AppData%\sepal\acme).
 func DefaultStorage() string {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
 		return filepath.Join(d, "sepal", "acme")
 	}
-	if home, err := os.UserHomeDir(); err == nil && home != "" && filepath.Separator == '/' && !strings.HasPrefix(home, "/var/empty") {
+	if home, err := os.UserHomeDir(); err == nil && runtime.GOOS != "windows" && runtime.GOOS != "darwin" {
 		return filepath.Join(home, ".local", "share", "sepal", "acme")
 	}
 	if d, err := os.UserConfigDir(); err == nil {
