@@ -6,9 +6,9 @@
 // transport.ALPNSource without importing transport, and a server cannot tell
 // which client is behind it.
 //
-// Start-up (New) obtains, or loads from storage, a certificate for every
-// domain before it returns, so a server built on a Source never serves
-// without one. A valid certificate in storage is used even when the CA
+// Start-up (New, or Prepare then Obtain) obtains, or loads from storage, a
+// certificate for every domain before the server reports that it serves;
+// until then the Source answers only ACME validations. A valid certificate in storage is used even when the CA
 // cannot be reached. Renewal runs in the background; a renewed certificate
 // reaches new handshakes at once, a failed renewal keeps the current one.
 //
@@ -311,16 +311,38 @@ type Source struct {
 	protos  []string
 
 	httpSrv *http.Server
-	serving sync.Map // domain -> *x509.Certificate last served, for the "serving" log line
+	ready   atomic.Bool // every domain has its certificate (Obtain succeeded)
+	serving sync.Map    // domain -> *x509.Certificate last served, for the "serving" log line
 	stopped atomic.Bool
 }
 
 // New validates o, starts the HTTP-01 responder if that challenge is used,
-// and obtains or loads a certificate for every domain before it returns.
+// and obtains or loads a certificate for every domain before it returns,
+// answering TLS-ALPN-01 on o.TLSALPNAddress with a responder of its own
+// for as long as that takes. Use it when the server's listener opens only
+// after the certificates are in; a server that can open its listener first
+// uses Prepare and Obtain instead, so that the listener itself answers.
 // It blocks for at most o.StartupTimeout (or until ctx ends). Errors are
 // *ObtainError when the CA did not issue, with the CA's own text and what
 // to check. Call Run (or Close) to release what New started.
 func New(ctx context.Context, o Options) (*Source, error) {
+	s, err := Prepare(o)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.obtain(ctx, true); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Prepare validates o, creates the storage folder, sets up the ACME client
+// and starts the HTTP-01 responder if that challenge is used, without
+// obtaining anything: until Obtain succeeds, GetCertificate answers only
+// TLS-ALPN-01 validations and refuses other handshakes at once. Call Obtain
+// next, then Run (or Close) to release what Prepare started.
+func Prepare(o Options) (*Source, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
@@ -359,11 +381,17 @@ func New(ctx context.Context, o Options) (*Source, error) {
 			return nil, err
 		}
 	}
-	if err := s.obtainAll(ctx); err != nil {
-		s.Close()
-		return nil, err
-	}
 	return s, nil
+}
+
+// Obtain obtains or loads a certificate for every domain, within
+// o.StartupTimeout (or until ctx ends); from then on GetCertificate serves
+// them. With TLS-ALPN-01 the server's own listener must already accept on
+// o.TLSALPNAddress with a tls.Config that offers NextProtos and calls
+// GetCertificate: it answers the validations. Errors are *ObtainError.
+// Obtain is meant to be called once, after Prepare.
+func (s *Source) Obtain(ctx context.Context) error {
+	return s.obtain(ctx, false)
 }
 
 // startHTTP starts the HTTP-01 responder on o.HTTPAddress.
@@ -396,10 +424,11 @@ func (s *Source) startHTTP() error {
 	return nil
 }
 
-// obtainAll obtains or loads every domain's certificate within the
-// start-up timeout. For TLS-ALPN-01 it answers challenges on
-// TLSALPNAddress itself, since the server's listener does not exist yet.
-func (s *Source) obtainAll(ctx context.Context) error {
+// obtain obtains or loads every domain's certificate within the start-up
+// timeout, then marks the Source ready. With responder (and TLS-ALPN-01)
+// it answers challenges on TLSALPNAddress itself, since the server's
+// listener does not exist yet.
+func (s *Source) obtain(ctx context.Context, responder bool) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.StartupTimeout)
 	defer cancel()
 	start := time.Now()
@@ -412,7 +441,7 @@ func (s *Source) obtainAll(ctx context.Context) error {
 	for _, d := range s.opts.Domains {
 		// A responder is only needed when a certificate must be obtained,
 		// but we learn that inside obtain; starting one costs a listen.
-		if s.opts.Challenge == ChallengeTLSALPN01 && stopResponder == nil {
+		if responder && s.opts.Challenge == ChallengeTLSALPN01 && stopResponder == nil {
 			var err error
 			if stopResponder, err = s.startTLSALPNResponder(); err != nil {
 				return err
@@ -432,6 +461,7 @@ func (s *Source) obtainAll(ctx context.Context) error {
 			"issuer", leaf.Issuer.CommonName, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339),
 			"expiry", leaf.NotAfter.UTC().Format(time.RFC3339), "elapsed", time.Since(start).Round(time.Millisecond).String())
 	}
+	s.ready.Store(true)
 	return nil
 }
 
@@ -493,7 +523,8 @@ func isChallenge(hello *tls.ClientHelloInfo) bool {
 // here, and answers TLS-ALPN-01 validations. It reads memory only: with
 // certmagic a lookup in its in-memory cache, with autocert in its state
 // map; it never starts an ACME operation or reads storage, since every
-// domain was loaded in New and renewals replace certificates in memory.
+// domain was loaded in New or Obtain (before that it refuses all but
+// validations) and renewals replace certificates in memory.
 // Safe for concurrent use; the returned certificate must not be modified.
 func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if isChallenge(hello) {
@@ -502,6 +533,11 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 		}
 		s.log.Info("acme: answering tls-alpn-01 challenge", "domain", normalize(hello.ServerName), "remote_addr", remoteAddr(hello))
 		return s.b.challengeCertificate(hello)
+	}
+	if !s.ready.Load() {
+		// Before Obtain, a handshake would make autocert start an order of
+		// its own and block on it: refuse at once instead.
+		return nil, errors.New("acme: the certificates are still being obtained; try again shortly")
 	}
 	name := normalize(hello.ServerName)
 	if !s.domains[name] {
@@ -562,7 +598,7 @@ func (s *Source) Close() error {
 	return nil
 }
 
-// ObtainError is returned by New when no certificate could be obtained
+// ObtainError is returned by New and Obtain when no certificate could be obtained
 // for a domain.
 type ObtainError struct {
 	Domain    string

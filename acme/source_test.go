@@ -58,7 +58,25 @@ func newFakeSource(t *testing.T, log *slog.Logger) (*Source, *fakeBackend) {
 		"b.test": {SerialNumber: big.NewInt(2), NotAfter: time.Now()},
 	}}
 	s := &Source{opts: o, log: o.Logger, b: f, domains: map[string]bool{"a.test": true, "b.test": true}, protos: []string{ALPNProto}}
+	s.ready.Store(true) // as after Obtain
 	return s, f
+}
+
+// Before Obtain has succeeded, only validations are answered: a client's
+// handshake is refused at once, without asking the backend (autocert would
+// start an order of its own and block the handshake on it).
+func TestGetCertificateBeforeObtain(t *testing.T) {
+	s, f := newFakeSource(t, nil)
+	s.ready.Store(false)
+	if _, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: "a.test", SupportedProtos: []string{"h2"}}); err == nil || !strings.Contains(err.Error(), "still being obtained") {
+		t.Fatalf("handshake before Obtain: err %v, want a refusal", err)
+	}
+	if len(f.asked) != 0 {
+		t.Fatalf("the backend was asked for %v before Obtain", f.asked)
+	}
+	if _, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: "a.test", SupportedProtos: []string{ALPNProto}}); err != nil || f.chall != 1 {
+		t.Fatalf("validation before Obtain: err %v, %d challenge lookups", err, f.chall)
+	}
 }
 
 // Clients without SNI, or with a name not managed here, get the first

@@ -132,10 +132,11 @@ func (a *acmeFlags) fleetAddress() string {
 	return "0.0.0.0:9092"
 }
 
-// source builds the ACME CertSource and obtains (or loads from storage) a
-// certificate for every domain before it returns, within --acme-timeout.
-// It must run before the Fleet API listener is opened: with tls-alpn-01 it
-// answers the first challenges on that address itself. The result is a
+// source builds the ACME CertSource without obtaining anything yet (the
+// HTTP-01 responder, if used, already listens). The caller opens the
+// listeners with it, then calls its Obtain(ctx), which obtains (or loads
+// from storage) a certificate for every domain within --acme-timeout, the
+// Fleet API listener answering TLS-ALPN-01. The result is also a
 // transport.Runner (renewal, the HTTP-01 responder) and a
 // transport.ALPNSource (acme-tls/1 with tls-alpn-01); the caller runs it
 // in the background.
@@ -175,7 +176,7 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 		RenewalWindowRatio: a.renewWindow,
 		Logger:             log,
 	}
-	src, err := acme.New(ctx, o)
+	src, err := acme.Prepare(o)
 	if err != nil {
 		return nil, err
 	}

@@ -252,6 +252,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	sl := superlink.New(superlink.Options{Logger: log})
+	served := make(chan error, 1)
+	go func() { served <- sl.Serve(ctx, fleetLis, driverLis, creds) }()
+
+	// An ACME source obtains its certificates only now, so that the Fleet
+	// API listener itself answers the TLS-ALPN-01 validation; until they
+	// are in, it refuses every other handshake, and we do not say we serve.
+	if o, ok := src.(obtainer); ok {
+		if err := o.Obtain(ctx); err != nil {
+			cancel(err)
+			<-served
+			return err
+		}
+	}
+
 	if c.mode == modeInsecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on the network can read and change the traffic; use --certificates (flower-certs makes them) or --acme-domain")
 	}
@@ -269,8 +284,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("serving", attrs...)
 
-	sl := superlink.New(superlink.Options{Logger: log})
-	err = sl.Serve(ctx, fleetLis, driverLis, creds)
+	err = <-served
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
 	}
@@ -279,6 +293,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// obtainer is a certificate source that obtains its certificates once the
+// listeners are open (ACME, whose validation the Fleet listener answers).
+type obtainer interface {
+	Obtain(ctx context.Context) error
 }
 
 // listen binds addr, turning the usual failures into a message that names
