@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	acmeproto "github.com/mholt/acmez/v3/acme"
 )
 
 // certmagicBackend manages certificates with certmagic: its own in-memory
@@ -22,14 +23,15 @@ type certmagicBackend struct {
 	iss   *certmagic.ACMEIssuer
 
 	mu      sync.Mutex
-	lastErr map[string]error // domain -> last failed attempt, from cert_failed events
+	lastErr map[string]error                   // domain -> last failed attempt, from cert_failed events
+	giveUp  map[string]context.CancelCauseFunc // domain -> ends its start-up obtain on a permanent failure
 }
 
 var _ certmagic.Issuer = (*certmagic.ACMEIssuer)(nil)
 
 func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 	zl := newZapLogger(o.Logger)
-	b := &certmagicBackend{lastErr: map[string]error{}}
+	b := &certmagicBackend{lastErr: map[string]error{}, giveUp: map[string]context.CancelCauseFunc{}}
 	var cfg *certmagic.Config
 	b.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return cfg, nil },
@@ -95,9 +97,36 @@ func (b *certmagicBackend) onEvent(_ context.Context, event string, data map[str
 	if err, ok := data["error"].(error); ok && id != "" {
 		b.mu.Lock()
 		b.lastErr[normalize(id)] = err
+		giveUp := b.giveUp[normalize(id)]
 		b.mu.Unlock()
+		if giveUp != nil && permanent(err) {
+			giveUp(err)
+		}
 	}
 	return nil
+}
+
+// permanent reports whether the CA refused for a reason that retrying
+// cannot mend until the operator acts: the validation failed (DNS, the
+// connection, the answer), the name is refused, or a rate limit is hit.
+// At start-up such a failure ends the wait at once instead of retrying
+// until the start-up timeout (and spending the CA's failed-validation
+// limit); background renewals keep retrying with backoff.
+func permanent(err error) bool {
+	var p acmeproto.Problem
+	if !errors.As(err, &p) {
+		return false
+	}
+	switch p.Type {
+	case acmeproto.ProblemTypeUnauthorized, acmeproto.ProblemTypeConnection, acmeproto.ProblemTypeDNS,
+		acmeproto.ProblemTypeIncorrectResponse, acmeproto.ProblemTypeTLS, acmeproto.ProblemTypeCAA,
+		acmeproto.ProblemTypeRejectedIdentifier, acmeproto.ProblemTypeUnsupportedIdentifier,
+		acmeproto.ProblemTypeRateLimited, acmeproto.ProblemTypeCompound,
+		acmeproto.ProblemTypeExternalAccountRequired, acmeproto.ProblemTypeInvalidContact,
+		acmeproto.ProblemTypeUnsupportedContact:
+		return true
+	}
+	return false
 }
 
 func (b *certmagicBackend) certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
@@ -120,6 +149,16 @@ func (b *certmagicBackend) httpHandler() http.Handler {
 // obtaining is non-interactive (never a prompt) with certmagic's retries,
 // bounded by ctx.
 func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Certificate, bool, error) {
+	ctx, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
+	b.mu.Lock()
+	b.giveUp[domain] = giveUp
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.giveUp, domain)
+		b.mu.Unlock()
+	}()
 	cert, err := b.cfg.CacheManagedCertificate(ctx, domain)
 	switch {
 	case err == nil && cert.Leaf != nil && time.Now().Before(cert.Leaf.NotAfter):
@@ -137,6 +176,9 @@ func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Cer
 		last := b.lastErr[domain]
 		b.mu.Unlock()
 		if last != nil {
+			if permanent(context.Cause(ctx)) {
+				return nil, false, last // the CA said no: its own words
+			}
 			if ctx.Err() != nil {
 				return nil, false, fmt.Errorf("gave up (%w) after the last attempt failed: %w", context.Cause(ctx), last)
 			}
