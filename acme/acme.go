@@ -35,6 +35,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddyserver/certmagic"
 )
 
 // Directory URLs of Let's Encrypt.
@@ -82,6 +84,14 @@ type Options struct {
 	// Default DefaultStorage(). certmagic keeps its layout (acme/,
 	// certificates/) in it; autocert keeps its files in Storage/autocert.
 	Storage string
+
+	// CertmagicStorage, when set, replaces the folder for the certmagic
+	// client: certmagic's Storage interface, with its locks, so that
+	// several SuperLinks behind a load balancer can share one account and
+	// one certificate through a distributed store (Redis, Consul, etcd).
+	// The autocert client does not use it. Default: certmagic.FileStorage
+	// on Storage.
+	CertmagicStorage certmagic.Storage
 
 	// Challenge is ChallengeTLSALPN01 (default) or ChallengeHTTP01.
 	Challenge string

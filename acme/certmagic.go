@@ -32,6 +32,10 @@ var _ certmagic.Issuer = (*certmagic.ACMEIssuer)(nil)
 func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 	zl := newZapLogger(o.Logger)
 	b := &certmagicBackend{lastErr: map[string]error{}, giveUp: map[string]context.CancelCauseFunc{}}
+	var storage certmagic.Storage = &certmagic.FileStorage{Path: o.Storage}
+	if o.CertmagicStorage != nil {
+		storage = o.CertmagicStorage
+	}
 	var cfg *certmagic.Config
 	b.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return cfg, nil },
@@ -41,7 +45,7 @@ func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 	cfg = certmagic.New(b.cache, certmagic.Config{
 		RenewalWindowRatio: o.RenewalWindowRatio, // 0 takes certmagic's default (1/3)
 		DefaultServerName:  o.Domains[0],
-		Storage:            &certmagic.FileStorage{Path: o.Storage},
+		Storage:            storage,
 		Logger:             zl,
 		OnEvent:            b.onEvent,
 		// tls_get_certificate would build event data on every handshake.

@@ -113,3 +113,29 @@ func BenchmarkGetCertificate(b *testing.B) {
 		})
 	}
 }
+
+// CertmagicStorage replaces the folder: a certificate that only the given
+// certmagic.Storage holds is loaded from it, and nothing is read from (or
+// written to) the folder.
+func TestCertmagicStorageReplacesFolder(t *testing.T) {
+	shared := t.TempDir()
+	pair := seedStorage(t, ClientCertmagic, shared, "shared.test")
+	folder := t.TempDir()
+	s, err := New(context.Background(), Options{Domains: []string{"shared.test"}, CA: unreachableCA,
+		Storage: folder, CertmagicStorage: &certmagic.FileStorage{Path: shared},
+		TLSALPNAddress: "127.0.0.1:0", StartupTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cert, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: "shared.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert.Leaf.SerialNumber.Cmp(pair.Leaf.SerialNumber) != 0 {
+		t.Fatalf("served serial %x, want %x from the given storage", cert.Leaf.SerialNumber, pair.Leaf.SerialNumber)
+	}
+	if entries, _ := os.ReadDir(folder); len(entries) != 0 {
+		t.Errorf("the folder was used beside CertmagicStorage: %v", entries)
+	}
+}
