@@ -51,6 +51,11 @@ const (
 	// KindHandshake: another TLS handshake failure, such as a TLS alert
 	// from the server (no common version or cipher suite).
 	KindHandshake
+	// KindServerNotReady: the server ended the handshake with an
+	// internal_error alert, as a Go server does when it has no certificate
+	// to serve yet (an ACME SuperLink still obtaining its first one). Not
+	// permanent: retry with backoff.
+	KindServerNotReady
 )
 
 var kindNames = [...]string{
@@ -65,6 +70,7 @@ var kindNames = [...]string{
 	KindTLSPeer:            "TLS peer",
 	KindUnspecifiedAddress: "unspecified address",
 	KindHandshake:          "handshake",
+	KindServerNotReady:     "server not ready",
 }
 
 func (k Kind) String() string {
@@ -76,7 +82,7 @@ func (k Kind) String() string {
 
 // Permanent reports whether a failure of this kind repeats on every try.
 func (k Kind) Permanent() bool {
-	return k != KindUnknown && k != KindNetwork
+	return k != KindUnknown && k != KindNetwork && k != KindServerNotReady
 }
 
 // Sentinels, one per Kind: errors.Is(err, ErrExpired) holds for every
@@ -93,6 +99,7 @@ var (
 	ErrTLSPeer            = errors.New("transport: server speaks TLS")
 	ErrUnspecifiedAddress = errors.New("transport: unspecified address dialled")
 	ErrHandshake          = errors.New("transport: TLS handshake failed")
+	ErrServerNotReady     = errors.New("transport: server has no certificate to serve yet")
 )
 
 var kindSentinels = [...]error{
@@ -107,6 +114,7 @@ var kindSentinels = [...]error{
 	KindTLSPeer:            ErrTLSPeer,
 	KindUnspecifiedAddress: ErrUnspecifiedAddress,
 	KindHandshake:          ErrHandshake,
+	KindServerNotReady:     ErrServerNotReady,
 }
 
 // Error is a classified failure with a one-line message that names the
@@ -140,7 +148,8 @@ func (e *Error) Unwrap() []error {
 // authority, expired, not yet valid, name mismatch), a TLS/plaintext
 // mismatch, an unspecified address dialled with TLS, a TLS alert, bad
 // client options. Clients stop on these instead of retrying. Network
-// failures, unclassified failures and nil are not permanent.
+// failures, an internal_error alert (a server without a certificate yet,
+// KindServerNotReady), unclassified failures and nil are not permanent.
 func IsPermanent(err error) bool {
 	if err == nil {
 		return false
@@ -290,6 +299,9 @@ func classifyTyped(err error, addr string, o ClientOptions) *Error {
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "remote error" {
+		if reInternalAlert.MatchString(oe.Err.Error()) {
+			return serverNotReady(addr)
+		}
 		return handshake(addr, "the server refused the handshake with "+oneLine(oe.Err.Error()))
 	}
 	if isNetwork(err) {
@@ -325,6 +337,7 @@ var (
 	reLegacyCN         = regexp.MustCompile(`certificate relies on legacy Common Name field`)
 	rePlaintext        = regexp.MustCompile(`first record does not look like a TLS handshake`)
 	reRemoteAlert      = regexp.MustCompile(`remote error: (tls: [a-z0-9 ]+)`)
+	reInternalAlert    = regexp.MustCompile(`tls: internal error`)
 	reNetwork          = regexp.MustCompile(`connection refused|connection reset|i/o timeout|no such host|network is unreachable|no route to host|deadline exceeded|context canceled|broken pipe|\bEOF\b`)
 	reClosed           = regexp.MustCompile(`server preface|connection reset|\bEOF\b`)
 	reTLSOther         = regexp.MustCompile(`\btls: [^"\\]+`)
@@ -371,6 +384,9 @@ func classifyText(s, addr string, o ClientOptions) *Error {
 		return plaintextPeer(addr)
 	case reRemoteAlert.MatchString(s):
 		m := reRemoteAlert.FindStringSubmatch(s)
+		if reInternalAlert.MatchString(m[1]) {
+			return serverNotReady(addr)
+		}
 		return handshake(addr, "the server refused the handshake with "+strings.TrimSpace(m[1]))
 	case reNetwork.MatchString(s):
 		return network(addr, s)
@@ -483,6 +499,15 @@ func handshake(addr, cause string) *Error {
 	return &Error{Kind: KindHandshake, msg: fmt.Sprintf(
 		"the TLS handshake with %s failed: %s: the server and this client share no TLS version, cipher suite or protocol; both need TLS 1.2 or later",
 		where(addr), cause)}
+}
+
+// serverNotReady explains an internal_error alert: the server could not
+// pick a certificate. Go servers send it when GetCertificate fails, which
+// an ACME SuperLink's does until its first certificate is in.
+func serverNotReady(addr string) *Error {
+	return &Error{Kind: KindServerNotReady, msg: fmt.Sprintf(
+		"%s ended the TLS handshake with an internal error (tls: internal error): it has no certificate to serve yet, as while an ACME SuperLink obtains its first one, or failed to load one: wait until its log says it serves, or see its log for the cause",
+		where(addr))}
 }
 
 func network(addr, cause string) *Error {

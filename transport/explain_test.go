@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -143,4 +144,37 @@ func sentinelOf(k transport.Kind) error {
 		transport.KindExpired: transport.ErrExpired, transport.KindPlaintextPeer: transport.ErrPlaintextPeer,
 		transport.KindHandshake: transport.ErrHandshake,
 	}[k]
+}
+
+// notReadySource fails every handshake, as an ACME source does until its
+// first certificate is in.
+type notReadySource struct{}
+
+func (notReadySource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return nil, errors.New("the certificates are still being obtained")
+}
+
+// A server without a certificate yet answers with an internal_error alert:
+// clients must retry, not give up as on a verification failure.
+func TestExplainServerNotReady(t *testing.T) {
+	p := newPKI(t, selfsigned.ServerOptions{})
+	o := transport.ClientOptions{RootCertificates: p.CAFile}
+	words := []string{"internal error", "no certificate to serve yet", "ACME"}
+
+	addr := serveTLS(t, notReadySource{})
+	wantExplained(t, probe(t, addr, o), transport.KindServerNotReady, transport.ErrServerNotReady, append(words, addr)...)
+
+	gaddr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(notReadySource{})))
+	creds, err := transport.ClientCredentials(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = testkit.HealthCheck(t, gaddr, creds)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("gRPC call: %v, want Unavailable", err)
+	}
+	if transport.IsPermanent(err) {
+		t.Errorf("IsPermanent(%v) = true: a client would give up on a server still obtaining its certificate", err)
+	}
+	wantExplained(t, transport.Explain(err, gaddr, o), transport.KindServerNotReady, transport.ErrServerNotReady, append(words, gaddr)...)
 }
