@@ -259,12 +259,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// An ACME source obtains its certificates only now, so that the Fleet
 	// API listener itself answers the TLS-ALPN-01 validation; until they
 	// are in, it refuses every other handshake, and we do not say we serve.
+	// A stop (SIGINT, SIGTERM) while it waits ends Obtain too: that is a
+	// graceful stop, not a failure to obtain.
 	if o, ok := src.(obtainer); ok {
-		if err := o.Obtain(ctx); err != nil {
+		if err := o.Obtain(ctx); err != nil && ctx.Err() == nil {
 			cancel(err)
 			<-served
 			return err
 		}
+	}
+	if ctx.Err() != nil {
+		return finish(ctx, log, <-served)
 	}
 
 	if c.mode == modeInsecure {
@@ -283,8 +288,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		attrs = append(attrs, "tls", false)
 	}
 	log.Info("serving", attrs...)
+	return finish(ctx, log, <-served)
+}
 
-	err = <-served
+// finish is the end of run once Serve returned err: the error of Serve, or
+// why ctx was cancelled (other than a stop signal), or nil after logging
+// the graceful stop.
+func finish(ctx context.Context, log *slog.Logger, err error) error {
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
 	}
