@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -177,6 +178,11 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 		Logger:             log,
 	}
 	src, err := acme.Prepare(o)
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "listen" && a.challenge == acme.ChallengeHTTP01 {
+		// The one listener Prepare opens: the HTTP-01 responder's.
+		return nil, fmt.Errorf("--acme-http-address %s: %w", a.httpAddress, err)
+	}
 	if err != nil {
 		return nil, err
 	}

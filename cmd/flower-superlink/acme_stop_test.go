@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/pem"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -48,5 +50,21 @@ func TestACMEStopWhileObtaining(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), `msg=serving`) {
 		t.Errorf("logged that it serves without a certificate:\n%s", stderr.String())
+	}
+}
+
+// The HTTP-01 responder's address in use is refused naming its flag.
+func TestACMEHTTPAddressInUseNamesTheFlag(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	err = run(context.Background(), []string{"--acme-domain", "superlink.example.org", "--acme-ca", "https://127.0.0.1:1/dir",
+		"--acme-storage", filepath.Join(t.TempDir(), "acme"), "--acme-challenge", "http-01",
+		"--acme-http-address", busy.Addr().String(),
+		"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, io.Discard, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "--acme-http-address "+busy.Addr().String()+": ") {
+		t.Fatalf("run = %v, want an error that opens with --acme-http-address %s", err, busy.Addr())
 	}
 }
