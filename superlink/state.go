@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +28,11 @@ const (
 // valid time; a century is "forever" for a SuperNode.
 const maxPingInterval = 100 * 365 * 24 * time.Hour
 
+// expiryGrace is how long after its ttl (counted from pushed_at, on the
+// SuperLink's clock) a TaskIns and its result are kept before the sweep
+// forgets them, so that a result pushed just in time can still be pulled.
+const expiryGrace = time.Minute
+
 // deliveredAtLayout is Python's datetime.isoformat() for an aware UTC time
 // with microseconds, as 1.8.0 writes delivered_at.
 const deliveredAtLayout = "2006-01-02T15:04:05.000000+00:00"
@@ -41,6 +47,7 @@ type node struct {
 
 type insEntry struct {
 	msg       *flwrproto.TaskIns
+	expires   time.Time // pushed_at + ttl + expiryGrace: the sweep forgets it then
 	delivered bool
 	answered  bool // a TaskRes for it is stored
 	blobs     []*blob
@@ -187,13 +194,34 @@ func (s *state) online(n *node, now time.Time) bool {
 }
 
 // sweep notices nodes that missed their ping, so that leaving is logged
-// even when nobody asks for them.
+// even when nobody asks for them, and forgets every TaskIns (with its
+// result, if any) whose ttl ran out more than expiryGrace ago: a ServerApp
+// that went away never pulls them, and they may hold large arrays. A 1.8.0
+// SuperNode cannot answer such a task anyway (its TaskRes ttl would be <= 0).
 func (s *state) sweep() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
 	for _, id := range s.order {
 		s.online(s.nodes[id], now)
+	}
+	expired := 0
+	for id, e := range s.ins {
+		if now.After(e.expires) {
+			s.log.Debug("task expired", "task_id", id, "run_id", e.msg.RunId, "delivered", e.delivered, "answered", e.answered)
+			s.deletePair(id)
+			expired++
+		}
+	}
+	if expired == 0 {
+		return
+	}
+	s.log.Info("expired tasks forgotten", "tasks", expired)
+	for _, n := range s.nodes {
+		n.queue = slices.DeleteFunc(n.queue, func(id uuid.UUID) bool { return s.ins[id] == nil })
+		if len(n.queue) == 0 {
+			n.queue = nil
+		}
 	}
 }
 
@@ -259,7 +287,8 @@ func (s *state) pushTaskIns(list []*flwrproto.TaskIns) ([]string, error) {
 		}
 	}
 	ids := make([]string, len(list))
-	pushed := s.pushedAt()
+	now := s.now()
+	pushed := float64(now.UnixMicro()) / 1e6
 	for i, t := range list {
 		id, err := s.newUUID()
 		if err != nil {
@@ -272,13 +301,23 @@ func (s *state) pushTaskIns(list []*flwrproto.TaskIns) ([]string, error) {
 		}
 		t.TaskId = id.String()
 		t.Task.PushedAt = pushed
-		e := &insEntry{msg: t, blobs: s.interns.intern(prepared[i])}
+		e := &insEntry{msg: t, expires: expiry(now, t.Task.Ttl), blobs: s.interns.intern(prepared[i])}
 		s.ins[id] = e
 		n := s.nodes[t.Task.Consumer.NodeId]
 		n.queue = append(n.queue, id)
 		ids[i] = t.TaskId
 	}
 	return ids, nil
+}
+
+// expiry is when the sweep forgets a TaskIns pushed at now with ttl
+// seconds (validated finite and > 0).
+func expiry(now time.Time, ttl float64) time.Time {
+	d := maxPingInterval
+	if ttl*float64(time.Second) < float64(maxPingInterval) {
+		d = time.Duration(ttl * float64(time.Second))
+	}
+	return now.Add(d + expiryGrace)
 }
 
 // pullTaskIns hands at most one undelivered TaskIns to node id, marking it

@@ -314,3 +314,67 @@ func TestDecodeInterns(t *testing.T) {
 func hashOf(b []byte) uint64 {
 	return prepareBlobs(&flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"": {DataValues: []*flwrproto.Array{{Data: b}}}}})[0].hash
 }
+
+// TestSweepForgetsExpiredTasks: tasks that a ServerApp never pulls (it went
+// away) are forgotten, with their results and their arrays, once their ttl
+// ran out; younger tasks and their node queue entries stay.
+func TestSweepForgetsExpiredTasks(t *testing.T) {
+	f := start(t)
+	ctx := ctxT(t)
+	run, err := f.driver.CreateRun(ctx, &flwrproto.CreateRunRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nr, err := f.fleet.CreateNode(ctx, &flwrproto.CreateNodeRequest{PingInterval: 1e6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := nr.Node.NodeId
+	big := bytes.Repeat([]byte{7}, 2*internMin)
+	push := func(ttl float64) string {
+		ti := taskIns(run.RunId, node, f.now())
+		ti.Task.Ttl = ttl
+		ti.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{
+			"fitins.parameters": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Stype: "numpy.ndarray", Data: big}}},
+		}}
+		r, err := f.driver.PushTaskIns(ctx, &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{ti}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.TaskIds[0]
+	}
+	// One answered but never pulled, one never delivered, one long-lived.
+	push(60)
+	pr, err := f.fleet.PullTaskIns(ctx, &flwrproto.PullTaskInsRequest{Node: nr.Node})
+	if err != nil || len(pr.TaskInsList) != 1 {
+		t.Fatalf("pull: %v %v", pr, err)
+	}
+	if _, err := f.fleet.PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{taskRes(pr.TaskInsList[0], node, f.now())}}); err != nil {
+		t.Fatal(err)
+	}
+	push(60)
+	keep := push(7200)
+	if st := f.sl.state.stats(); st.TaskIns != 3 || st.TaskRes != 1 || st.Blobs != 1 {
+		t.Fatalf("before: %v", st)
+	}
+
+	f.clock.Advance(60*time.Second + expiryGrace - time.Second)
+	f.sl.state.sweep()
+	if st := f.sl.state.stats(); st.TaskIns != 3 {
+		t.Fatalf("forgotten before ttl + grace: %v", st)
+	}
+	f.clock.Advance(2 * time.Second)
+	f.sl.state.sweep()
+	if st := f.sl.state.stats(); st.TaskIns != 1 || st.TaskRes != 0 || st.Blobs != 1 {
+		t.Fatalf("after ttl + grace: %v, want only the long-lived task", st)
+	}
+	pr, err = f.fleet.PullTaskIns(ctx, &flwrproto.PullTaskInsRequest{Node: nr.Node})
+	if err != nil || len(pr.TaskInsList) != 1 || pr.TaskInsList[0].TaskId != keep {
+		t.Fatalf("pull after sweep: %v %v, want %s", pr, err, keep)
+	}
+	f.clock.Advance(2 * time.Hour)
+	f.sl.state.sweep()
+	if st := f.sl.state.stats(); st.TaskIns != 0 || st.Blobs != 0 || st.BlobBytes != 0 {
+		t.Fatalf("at the end: %v", st)
+	}
+}

@@ -26,9 +26,12 @@
 // Kept as in 1.8.0: Ping of an unknown node answers success=false;
 // PullTaskIns of an unknown or anonymous node answers no task (a SuperNode
 // that polls too early keeps working); DeleteNode of an anonymous node is a
-// no-op; GetNodes of an unknown run is empty; TTL is validated but not
-// enforced. A TaskIns stays until PullTaskRes has delivered its result (the
-// real one, or NODE_UNAVAILABLE once its consumer is offline or deleted).
+// no-op; GetNodes of an unknown run is empty; TTL is validated, and not
+// enforced on delivery. A TaskIns stays until PullTaskRes has delivered its
+// result (the real one, or NODE_UNAVAILABLE once its consumer is offline or
+// deleted), or, unlike 1.8.0, until its ttl has run out for a minute since
+// it was pushed: then Serve's sweep forgets it and its result, so that the
+// tasks of a ServerApp that went away do not hold memory forever.
 //
 // Memory: Array.data values of 4 KiB and more are interned, content
 // addressed (maphash, then a full compare) with reference counts, and
@@ -82,7 +85,8 @@ type Options struct {
 	// context ends before it cuts the connections. Default: 5s.
 	ShutdownGrace time.Duration
 	// SweepInterval is how often Serve looks for nodes that missed their
-	// ping, so that their leaving is logged. Default: 5s.
+	// ping, so that their leaving is logged, and for tasks past their ttl,
+	// to forget them. Default: 5s.
 	SweepInterval time.Duration
 }
 
