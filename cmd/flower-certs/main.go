@@ -243,6 +243,10 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 			name, c.dir, fi.Mode().Perm(), shellQuote(c.dir))
 	}
 	if reuse {
+		if fi, err := os.Stat(p.caKey); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			fmt.Fprintf(stderr, "%s: note: the CA private key %s is open to other users (mode %04o); anyone who reads it can issue certificates your clients trust: chmod 600 %s\n",
+				name, p.caKey, fi.Mode().Perm(), shellQuote(p.caKey))
+		}
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
 			p.caCert, subjectName(ca.Cert), selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
 	} else {

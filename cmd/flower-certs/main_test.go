@@ -357,3 +357,23 @@ func TestShellJoin(t *testing.T) {
 		t.Errorf("shellJoin = %s, want %s", got, want)
 	}
 }
+
+// A reused CA key that others can read is pointed out, as the folder is.
+func TestReusedCAKeyOpenToOthers(t *testing.T) {
+	tmp := t.TempDir()
+	mustRun(t, tmp)
+	key := filepath.Join(tmp, "certificates", "ca.key")
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, tmp, "--force")
+	if !strings.Contains(out, "CA private key "+key+" is open to other users (mode 0644)") || !strings.Contains(out, "chmod 600 "+key) {
+		t.Errorf("no note about the CA key's mode:\n%s", out)
+	}
+	if err := os.Chmod(key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, tmp, "--force"); strings.Contains(out, "open to other users") {
+		t.Errorf("a note about a 0600 CA key:\n%s", out)
+	}
+}
