@@ -159,6 +159,15 @@ func (f *files) check(now time.Time) (*tls.Certificate, error) {
 		return nil, err
 	}
 	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
+		for i, c := range chain[1:] {
+			if publicKeysEqual(c.PublicKey, key.Public()) {
+				// The chain is out of order: the key is fine.
+				return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrKeyMismatch,
+					Detail: fmt.Sprintf("the key %s matches certificate %d of %s (subject %q), not the first (subject %q)",
+						f.keyFile, i+2, f.certFile, c.Subject.CommonName, leaf.Subject.CommonName),
+					Fix: "put the server certificate first, then its intermediates"}
+			}
+		}
 		return nil, &FileError{Path: f.keyFile, Role: roleKey, Err: ErrKeyMismatch,
 			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
 				KeyAlgorithm(key.Public()), KeyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
