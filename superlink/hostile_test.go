@@ -119,7 +119,15 @@ func TestHostileRPCs(t *testing.T) {
 	if _, err := f.fleet.PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{resFrom(nodeA)}}); err != nil {
 		t.Fatal(err)
 	}
-	pushRes("answered already", codes.FailedPrecondition, "already has a result", resFrom(nodeA))
+	// A repeat by its consumer (a retry whose first try was stored) is
+	// accepted and discarded: a 1.8.0 SuperNode retries refusals forever.
+	if r, err := f.fleet.PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{resWith(func(r *flwrproto.TaskRes) { r.GroupId = "repeat" })}}); err != nil || len(r.Results) != 1 {
+		t.Fatalf("PushTaskRes repeated by its node: %v %v", r, err)
+	}
+	pushRes("answered already, from another node", codes.PermissionDenied, "which was sent to node", resFrom(nodeB))
+	if st := f.sl.state.stats(); st.TaskRes != 1 {
+		t.Fatalf("a repeated result was stored: %v", st)
+	}
 	f.healthy(t)
 
 	// The other services.

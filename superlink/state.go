@@ -53,6 +53,16 @@ type insEntry struct {
 	blobs     []*blob
 }
 
+// goneEntry remembers a TaskIns whose result PullTaskRes delivered (the real
+// one or NODE_UNAVAILABLE), until the TaskIns would have expired, so that a
+// late or repeated TaskRes from its consumer is accepted and discarded
+// rather than refused: a 1.8.0 SuperNode retries a refused PushTaskRes
+// forever and would never pull another task.
+type goneEntry struct {
+	consumer int64
+	until    time.Time
+}
+
 type resEntry struct {
 	msg   *flwrproto.TaskRes
 	blobs []*blob
@@ -72,6 +82,7 @@ type state struct {
 	runs    map[int64]bool
 	ins     map[uuid.UUID]*insEntry
 	res     map[uuid.UUID]*resEntry // keyed by the TaskIns id it answers
+	gone    map[uuid.UUID]goneEntry // TaskIns whose result was delivered
 	interns *interner
 }
 
@@ -84,6 +95,7 @@ func newState(log *slog.Logger, now func() time.Time, rand io.Reader) *state {
 		runs:    map[int64]bool{},
 		ins:     map[uuid.UUID]*insEntry{},
 		res:     map[uuid.UUID]*resEntry{},
+		gone:    map[uuid.UUID]goneEntry{},
 		interns: newInterner(),
 	}
 }
@@ -204,6 +216,11 @@ func (s *state) sweep() {
 	now := s.now()
 	for _, id := range s.order {
 		s.online(s.nodes[id], now)
+	}
+	for id, g := range s.gone {
+		if now.After(g.until) {
+			delete(s.gone, id)
+		}
 	}
 	expired := 0
 	for id, e := range s.ins {
@@ -372,9 +389,14 @@ func (s *state) pushTaskRes(list []*flwrproto.TaskRes) (map[string]uint32, error
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	seen := map[uuid.UUID]bool{}
+	late := make([]bool, len(list)) // accepted, not stored
 	for i, t := range list {
 		p := parents[i]
 		e := s.ins[p]
+		if g, ok := s.gone[p]; e == nil && ok && g.consumer == t.Task.Producer.NodeId && !seen[p] {
+			late[i], seen[p] = true, true
+			continue
+		}
 		if e == nil {
 			return nil, status.Errorf(codes.NotFound, "superlink: PushTaskRes: task_res_list[%d]: ancestry names TaskIns %s, which does not exist (never pushed, or already answered and pulled)", i, p)
 		}
@@ -387,9 +409,10 @@ func (s *state) pushTaskRes(list []*flwrproto.TaskRes) (map[string]uint32, error
 		if !e.delivered {
 			return nil, status.Errorf(codes.FailedPrecondition, "superlink: PushTaskRes: task_res_list[%d]: TaskIns %s was not pulled yet: call PullTaskIns first", i, p)
 		}
-		if e.answered || seen[p] {
+		if seen[p] {
 			return nil, status.Errorf(codes.FailedPrecondition, "superlink: PushTaskRes: task_res_list[%d]: TaskIns %s already has a result", i, p)
 		}
+		late[i] = e.answered // a retry of a push that was stored
 		seen[p] = true
 	}
 	results := make(map[string]uint32, len(list))
@@ -398,6 +421,11 @@ func (s *state) pushTaskRes(list []*flwrproto.TaskRes) (map[string]uint32, error
 		id, err := s.newUUID()
 		if err != nil {
 			return nil, err
+		}
+		if late[i] {
+			s.log.Info("result discarded: its TaskIns already has one", "task_ins_id", parents[i], "node_id", t.Task.Producer.NodeId)
+			results[id.String()] = 0
+			continue
 		}
 		t.TaskId = id.String()
 		t.Task.PushedAt = pushed
@@ -439,7 +467,7 @@ func (s *state) pullTaskRes(taskIDs []string) ([]*flwrproto.TaskRes, error) {
 		if r := s.res[id]; r != nil {
 			r.msg.Task.DeliveredAt = delivered
 			out = append(out, r.msg)
-			s.deletePair(id)
+			s.retire(id)
 			continue
 		}
 		n := s.nodes[e.msg.Task.Consumer.NodeId]
@@ -452,7 +480,7 @@ func (s *state) pullTaskRes(taskIDs []string) ([]*flwrproto.TaskRes, error) {
 		}
 		r.Task.DeliveredAt = delivered
 		out = append(out, r)
-		s.deletePair(id)
+		s.retire(id)
 	}
 	return out, nil
 }
@@ -484,6 +512,15 @@ func (s *state) nodeUnavailable(ins *flwrproto.TaskIns, now time.Time) (*flwrpro
 			Error:     &flwrproto.Error{Code: nodeUnavailableCode, Reason: nodeUnavailableReason},
 		},
 	}, nil
+}
+
+// retire forgets a TaskIns whose result was delivered, remembering its
+// consumer until it would have expired. Called with mu held.
+func (s *state) retire(id uuid.UUID) {
+	if e := s.ins[id]; e != nil {
+		s.gone[id] = goneEntry{consumer: e.msg.Task.Consumer.NodeId, until: e.expires}
+	}
+	s.deletePair(id)
 }
 
 // deletePair forgets a TaskIns and its result and releases their arrays.

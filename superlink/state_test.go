@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto"
@@ -376,5 +377,65 @@ func TestSweepForgetsExpiredTasks(t *testing.T) {
 	f.sl.state.sweep()
 	if st := f.sl.state.stats(); st.TaskIns != 0 || st.Blobs != 0 || st.BlobBytes != 0 {
 		t.Fatalf("at the end: %v", st)
+	}
+}
+
+// TestLateResultAccepted: a node cut off while training is reported
+// NODE_UNAVAILABLE to the ServerApp; when it comes back, its result is
+// accepted (OK) and discarded, as 1.8.0 accepts it, instead of a refusal
+// that a 1.8.0 SuperNode would retry forever. Other nodes still get
+// NotFound for that TaskIns, and the memory is freed.
+func TestLateResultAccepted(t *testing.T) {
+	f := start(t)
+	ctx := ctxT(t)
+	run, err := f.driver.CreateRun(ctx, &flwrproto.CreateRunRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nr, err := f.fleet.CreateNode(ctx, &flwrproto.CreateNodeRequest{PingInterval: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := f.fleet.CreateNode(ctx, &flwrproto.CreateNodeRequest{PingInterval: 1e6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := nr.Node.NodeId
+	pushed, err := f.driver.PushTaskIns(ctx, &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{taskIns(run.RunId, node, f.now())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := f.fleet.PullTaskIns(ctx, &flwrproto.PullTaskInsRequest{Node: nr.Node})
+	if err != nil || len(pr.TaskInsList) != 1 {
+		t.Fatalf("pull: %v %v", pr, err)
+	}
+	f.clock.Advance(31 * time.Second) // the node missed its ping
+	got, err := f.driver.PullTaskRes(ctx, &flwrproto.PullTaskResRequest{TaskIds: pushed.TaskIds})
+	if err != nil || len(got.TaskResList) != 1 || got.TaskResList[0].Task.Error.GetCode() != nodeUnavailableCode {
+		t.Fatalf("PullTaskRes: %v %v, want NODE_UNAVAILABLE", got, err)
+	}
+
+	if _, err := f.fleet.Ping(ctx, &flwrproto.PingRequest{Node: nr.Node, PingInterval: 30}); err != nil {
+		t.Fatal(err)
+	}
+	res := taskRes(pr.TaskInsList[0], node, f.now())
+	r, err := f.fleet.PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{res}})
+	if err != nil || len(r.Results) != 1 || r.Reconnect.GetReconnect() != reconnectSeconds {
+		t.Fatalf("late PushTaskRes: %v %v, want OK", r, err)
+	}
+	wrong := taskRes(pr.TaskInsList[0], other.Node.NodeId, f.now())
+	_, err = f.fleet.PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{wrong}})
+	wantCode(t, "late PushTaskRes from another node", err, codes.NotFound, "does not exist")
+	if st := f.sl.state.stats(); st.TaskIns != 0 || st.TaskRes != 0 {
+		t.Fatalf("state after a late result: %v", st)
+	}
+	got, err = f.driver.PullTaskRes(ctx, &flwrproto.PullTaskResRequest{TaskIds: pushed.TaskIds})
+	if err != nil || len(got.TaskResList) != 0 {
+		t.Fatalf("PullTaskRes again: %v %v, want nothing", got, err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	f.sl.state.sweep()
+	if n := len(f.sl.state.gone); n != 0 {
+		t.Fatalf("%d delivered TaskIns still remembered after their ttl", n)
 	}
 }

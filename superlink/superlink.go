@@ -15,7 +15,12 @@
 //     unknown consumer node, DeleteNode of an unknown node, or a TaskRes
 //     whose ancestry names no stored TaskIns, PermissionDenied for a TaskRes
 //     from a node other than the TaskIns's consumer, and FailedPrecondition
-//     for a TaskRes to a TaskIns not yet pulled or already answered.
+//     for a TaskRes to a TaskIns not yet pulled, or twice in one request.
+//     A TaskRes from the TaskIns's consumer that repeats a stored one (a
+//     retry), or that comes after PullTaskRes delivered a result for its
+//     TaskIns (say NODE_UNAVAILABLE while the node was cut off), is
+//     answered OK and discarded, as 1.8.0 accepts it: a 1.8.0 SuperNode
+//     retries a refused PushTaskRes forever and would pull no other task.
 //   - Every element of PushTaskRes's task_res_list is stored (1.8.0 only
 //     the first); pushes are all-or-nothing.
 //   - PullTaskRes for a TaskIns whose consumer was deleted answers the
