@@ -380,7 +380,12 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 				continue
 			}
 			fr, err := readFitRes(fits[n])
+			if err == nil {
+				err = fitsModel(params, fr)
+			}
 			if err != nil {
+				// One node's bad reply costs that node the round, not
+				// the run.
 				o.Logger.Warn("node dropped from the round", "node_id", n, "error", err)
 				continue
 			}
@@ -432,6 +437,23 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 	fmt.Fprintf(o.Out, "run %d finished %d rounds in %.2fs: eval_loss %.6f -> %.6f\n",
 		sum.RunID, len(sum.Rounds), sum.Duration.Seconds(), sum.Rounds[0].EvalLoss, sum.FinalLoss)
 	return sum, nil
+}
+
+// fitsModel checks that a train result can be averaged into global: a
+// count of examples >= 0 and the model's number, dtypes and shapes of arrays.
+func fitsModel(global []Array, r FitRes) error {
+	if r.NumExamples < 0 {
+		return fmt.Errorf("app: train reply reports %d examples", r.NumExamples)
+	}
+	if len(r.Parameters) != len(global) {
+		return fmt.Errorf("app: train reply has %d arrays, the model %d", len(r.Parameters), len(global))
+	}
+	for i, a := range r.Parameters {
+		if g := global[i]; a.DType != g.DType || !sameShape(a.Shape, g.Shape) {
+			return fmt.Errorf("app: train reply array %d is %s%v, the model's %s%v", i, a.DType, a.Shape, g.DType, g.Shape)
+		}
+	}
+	return nil
 }
 
 // fedAvg averages the results' parameters weighted by num_examples (a

@@ -190,3 +190,54 @@ func TestLookup(t *testing.T) {
 		t.Errorf("Lookup(nope) = %v, want the known refs listed", err)
 	}
 }
+
+// badShapeClient is the demo client, except that Fit returns one array of
+// the wrong shape and a negative example count on alternate calls.
+type badShapeClient struct {
+	ClientApp
+	calls int
+}
+
+func (c *badShapeClient) Fit(ctx context.Context, p []Array, cfg Config) (FitRes, error) {
+	c.calls++
+	if c.calls%2 == 1 {
+		return FitRes{Parameters: []Array{Float32s([]float32{1, 2, 3})}, NumExamples: 5}, nil
+	}
+	res, err := c.ClientApp.Fit(ctx, p, cfg)
+	res.NumExamples = -1
+	return res, err
+}
+
+// TestBadTrainReplyDropsOnlyThatNode: a node whose train reply cannot be
+// averaged (other arrays than the model, a negative example count) is
+// dropped from the round, as a node that answers with an error is; the run
+// goes on with the others.
+func TestBadTrainReplyDropsOnlyThatNode(t *testing.T) {
+	link := startLink(t)
+	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	good := runNode(ctx, t, link)
+	bad := make(chan error, 1)
+	go func() {
+		bad <- RunNode(ctx, NodeOptions{Server: link.fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "bad node"),
+			NewClient: func(id int64) ClientApp { return &badShapeClient{ClientApp: NewDemoClient(id)} }})
+	}()
+	var out bytes.Buffer
+	sum, err := RunFedAvg(ctx, ServerOptions{Server: link.driver, TLS: tlsOpts, Rounds: 2, MinNodes: 2, Out: &out,
+		PollInterval: 50 * time.Millisecond, NodesInterval: 50 * time.Millisecond, RoundTimeout: time.Minute, Logger: testLogger(t, "server")})
+	if err != nil {
+		t.Fatalf("one bad node ended the run: %v", err)
+	}
+	for _, r := range sum.Rounds {
+		if r.Nodes != 1 {
+			t.Errorf("round %d averaged %d nodes, want 1 (the bad one dropped)", r.Round, r.Nodes)
+		}
+	}
+	cancel()
+	for _, c := range []<-chan error{good, bad} {
+		if err := <-c; err != nil {
+			t.Errorf("RunNode: %v", err)
+		}
+	}
+}
