@@ -84,9 +84,25 @@ type caller struct {
 	now  func() time.Time
 }
 
-// callTimeout bounds one RPC, so that a server that accepts but never
-// answers counts as a network failure.
-const callTimeout = 60 * time.Second
+// callTimeout bounds one small RPC, so that a server that accepts but never
+// answers counts as a network failure. dataCallTimeout bounds the calls that
+// may carry model parameters (up to 512 MiB): 100 MiB take 90 s at 10 Mbit/s,
+// and a PullTaskIns cut short by its deadline loses its task for good (the
+// SuperLink hands a TaskIns out once), so those get far longer. Variables
+// for tests.
+var (
+	callTimeout     = 60 * time.Second
+	dataCallTimeout = 30 * time.Minute
+)
+
+// timeoutFor returns the deadline of one call named what.
+func timeoutFor(what string) time.Duration {
+	switch what {
+	case "PullTaskIns", "PushTaskRes", "PushTaskIns", "PullTaskRes":
+		return dataCallTimeout
+	}
+	return callTimeout
+}
 
 // retryable reports whether a failed RPC may succeed if repeated.
 func retryable(err error) bool {
@@ -110,7 +126,7 @@ func (p permanent) Unwrap() error { return p.err }
 func (c *caller) do(ctx context.Context, what string, f func(ctx context.Context) error) error {
 	s := streak{b: c.b}
 	for {
-		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		cctx, cancel := context.WithTimeout(ctx, timeoutFor(what))
 		err := f(cctx)
 		cancel()
 		if err == nil {

@@ -5,13 +5,16 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	pb "github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -114,4 +117,82 @@ func TestCallerRetries(t *testing.T) {
 			t.Errorf("cancelled: %v", err)
 		}
 	})
+}
+
+// slowFleet is a Fleet API that takes delay to answer the PullTaskIns that
+// hands out its one task (as a large model on a slow link would), and hands
+// it out once, as a SuperLink does.
+type slowFleet struct {
+	pb.UnimplementedFleetServer
+	delay  time.Duration
+	once   sync.Once
+	pushed chan *pb.TaskRes
+}
+
+func (f *slowFleet) CreateNode(context.Context, *pb.CreateNodeRequest) (*pb.CreateNodeResponse, error) {
+	return &pb.CreateNodeResponse{Node: &pb.Node{NodeId: 7}}, nil
+}
+
+func (f *slowFleet) Ping(context.Context, *pb.PingRequest) (*pb.PingResponse, error) {
+	return &pb.PingResponse{Success: true}, nil
+}
+
+func (f *slowFleet) DeleteNode(context.Context, *pb.DeleteNodeRequest) (*pb.DeleteNodeResponse, error) {
+	return &pb.DeleteNodeResponse{}, nil
+}
+
+func (f *slowFleet) PullTaskIns(ctx context.Context, _ *pb.PullTaskInsRequest) (*pb.PullTaskInsResponse, error) {
+	var list []*pb.TaskIns
+	f.once.Do(func() {
+		time.Sleep(f.delay)
+		rs, _ := getParametersIns(Config{})
+		list = []*pb.TaskIns{{TaskId: "83bddbf3-413b-4b2c-9a1e-0bdfad5084ab", GroupId: "0", RunId: 1, Task: &pb.Task{
+			Producer: &pb.Node{Anonymous: true}, Consumer: &pb.Node{NodeId: 7}, CreatedAt: unixSeconds(time.Now()),
+			Ttl: 3600, TaskType: TaskGetParameters, Recordset: rs}}}
+	})
+	return &pb.PullTaskInsResponse{TaskInsList: list}, nil
+}
+
+func (f *slowFleet) PushTaskRes(_ context.Context, r *pb.PushTaskResRequest) (*pb.PushTaskResResponse, error) {
+	f.pushed <- r.GetTaskResList()[0]
+	return &pb.PushTaskResResponse{}, nil
+}
+
+// TestSlowTaskTransferNotCutShort: a PullTaskIns that takes longer than
+// the deadline of small calls (a large model on a slow link) still
+// delivers its task: the SuperLink hands a task out once, so a PullTaskIns
+// cut short would lose it.
+func TestSlowTaskTransferNotCutShort(t *testing.T) {
+	old := callTimeout
+	callTimeout = 100 * time.Millisecond
+	defer func() { callTimeout = old }()
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := &slowFleet{delay: 500 * time.Millisecond, pushed: make(chan *pb.TaskRes, 1)}
+	srv := grpc.NewServer()
+	pb.RegisterFleetServer(srv, fleet)
+	go srv.Serve(lis)
+	defer srv.Stop()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunNode(ctx, NodeOptions{Server: lis.Addr().String(), TLS: transport.ClientOptions{Insecure: true},
+			PollInterval: 20 * time.Millisecond, Logger: testLogger(t, "node")})
+	}()
+	select {
+	case r := <-fleet.pushed:
+		if got := r.GetTask().GetAncestry(); len(got) != 1 || got[0] != "83bddbf3-413b-4b2c-9a1e-0bdfad5084ab" {
+			t.Errorf("answer to %v, want the slow task", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the slowly delivered task was never answered: its PullTaskIns was cut short")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("RunNode: %v", err)
+	}
 }
