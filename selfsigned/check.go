@@ -334,6 +334,13 @@ func parseCertsPEM(path, role string, data []byte) ([]*x509.Certificate, error) 
 	if len(certs) == 0 {
 		return nil, notPEM(path, role, data, "CERTIFICATE")
 	}
+	if bytes.Contains(rest, []byte("-----BEGIN")) {
+		// A file caught while it is written in place: serving the blocks
+		// before the cut would serve a chain without its intermediates.
+		return nil, &FileError{Path: path, Role: role, Err: ErrMalformed,
+			Detail: fmt.Sprintf("it ends in an incomplete PEM block after %d certificate(s)", len(certs)),
+			Fix:    "a write may be under way; write the file whole (write a new file and rename it over this one)"}
+	}
 	return certs, nil
 }
 
