@@ -9,42 +9,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
 func TestUsage(t *testing.T) {
-	cases := []struct {
-		args []string
-		want string
-	}{
-		{nil, "missing APP"},
-		{[]string{"server:app"}, `unknown client app "server:app"`},
-		{[]string{"client:app", "extra"}, `unexpected argument "extra"`},
-		{[]string{"client:app", "--insecure", "--root-certificates", "ca.crt"}, "--insecure and --root-certificates ca.crt conflict"},
-		{[]string{"client:app", "--max-retries", "-2"}, "--max-retries -2"},
-		{[]string{"client:app", "--poll-interval", "0s"}, "--poll-interval"},
-		{[]string{"client:app", "--bogus"}, "unknown flag: --bogus"},
-	}
-	for _, c := range cases {
-		var out, errOut bytes.Buffer
-		err := run(context.Background(), c.args, &out, &errOut)
-		var ue *cli.UsageError
-		if !errors.As(err, &ue) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%v: %v, want a usage error with %q", c.args, err, c.want)
-		}
-	}
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"--version"}, &out, &out); !errors.Is(err, cli.ErrVersion) || out.String() != name+" "+cli.Version+"\n" {
-		t.Errorf("--version: %v %q", err, out.String())
-	}
-	out.Reset()
-	var errOut bytes.Buffer
-	if err := run(context.Background(), []string{"--help"}, &out, &errOut); !errors.Is(err, cli.ErrHelp) || !strings.Contains(out.String(), "flower-client-app client:app --root-certificates") || errOut.Len() != 0 {
-		t.Errorf("--help: %v, want the usage on stdout only\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
-	}
+	testkit.CheckCommandLine(t, run, name, []testkit.UsageCase{
+		{Args: nil, Want: "missing APP"},
+		{Args: []string{"server:app"}, Want: `unknown client app "server:app"`},
+		{Args: []string{"client:app", "extra"}, Want: `unexpected argument "extra"`},
+		{Args: []string{"client:app", "--insecure", "--root-certificates", "ca.crt"}, Want: "--insecure and --root-certificates ca.crt conflict"},
+		{Args: []string{"client:app", "--max-retries", "-2"}, Want: "--max-retries -2"},
+		{Args: []string{"client:app", "--poll-interval", "0s"}, Want: "--poll-interval"},
+		{Args: []string{"client:app", "--bogus"}, Want: "unknown flag: --bogus"},
+	}, "flower-client-app client:app --root-certificates")
 }
 
 // TestWrongCA: a server whose certificate the given CA did not sign ends

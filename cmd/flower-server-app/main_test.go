@@ -3,43 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"strings"
 	"testing"
 
-	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
 func TestUsage(t *testing.T) {
-	cases := []struct {
-		args []string
-		want string
-	}{
-		{nil, "missing APP"},
-		{[]string{"client:app"}, `unknown server app "client:app"`},
-		{[]string{"server:app", "extra"}, `unexpected argument "extra"`},
-		{[]string{"server:app", "--insecure", "--root-certificates", "ca.crt"}, "--insecure and --root-certificates ca.crt conflict"},
-		{[]string{"server:app", "--rounds", "0"}, "--rounds 0"},
-		{[]string{"server:app", "--min-nodes", "0"}, "--min-nodes 0"},
-		{[]string{"server:app", "--max-wait-time", "-1"}, "--max-wait-time"},
-	}
-	for _, c := range cases {
-		var out, errOut bytes.Buffer
-		err := run(context.Background(), c.args, &out, &errOut)
-		var ue *cli.UsageError
-		if !errors.As(err, &ue) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%v: %v, want a usage error with %q", c.args, err, c.want)
-		}
-	}
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"--version"}, &out, &out); !errors.Is(err, cli.ErrVersion) || out.String() != name+" "+cli.Version+"\n" {
-		t.Errorf("--version: %v %q", err, out.String())
-	}
-	out.Reset()
-	var errOut bytes.Buffer
-	if err := run(context.Background(), []string{"--help"}, &out, &errOut); !errors.Is(err, cli.ErrHelp) || !strings.Contains(out.String(), "Examples:\n  flower-server-app server:app") || errOut.Len() != 0 {
-		t.Errorf("--help: %v, want the usage on stdout only\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
-	}
+	testkit.CheckCommandLine(t, run, name, []testkit.UsageCase{
+		{Args: nil, Want: "missing APP"},
+		{Args: []string{"client:app"}, Want: `unknown server app "client:app"`},
+		{Args: []string{"server:app", "extra"}, Want: `unexpected argument "extra"`},
+		{Args: []string{"server:app", "--insecure", "--root-certificates", "ca.crt"}, Want: "--insecure and --root-certificates ca.crt conflict"},
+		{Args: []string{"server:app", "--rounds", "0"}, Want: "--rounds 0"},
+		{Args: []string{"server:app", "--min-nodes", "0"}, Want: "--min-nodes 0"},
+		{Args: []string{"server:app", "--max-wait-time", "-1"}, Want: "--max-wait-time"},
+	}, "Examples:\n  flower-server-app server:app")
 }
 
 // TestUnspecifiedAddress: the default --server 0.0.0.0:9091 with TLS is

@@ -2,7 +2,8 @@
 // a server certificate made in the test (NewPKI), a CertSource serving one
 // fixed certificate (StaticSource), a SuperLink-like server run on two
 // loopback listeners until the test ends (Serve), one gRPC health check
-// (HealthCheck), and a buffer safe for concurrent writers (SyncBuffer).
+// (HealthCheck), a buffer safe for concurrent writers (SyncBuffer), and
+// the command-line checks every command shares (CheckCommandLine).
 //
 // It imports selfsigned but neither transport nor superlink, so that their
 // in-package tests can use it. It is for tests only: every helper fails the
