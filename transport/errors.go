@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc/status"
 )
@@ -129,7 +130,17 @@ type Error struct {
 	err  error
 }
 
-func (e *Error) Error() string { return "transport: " + e.msg }
+// Error is one line. Names and issuers come from the peer's certificate,
+// which a hostile server chooses: control characters in them are shown as
+// '?', so a message cannot break a log line or a terminal.
+func (e *Error) Error() string { return "transport: " + strings.Map(printable, e.msg) }
+
+func printable(r rune) rune {
+	if unicode.IsControl(r) {
+		return '?'
+	}
+	return r
+}
 
 // Unwrap returns the sentinel of e.Kind and the original error, if any.
 func (e *Error) Unwrap() []error {

@@ -2,10 +2,17 @@ package transport_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,4 +184,34 @@ func TestExplainServerNotReady(t *testing.T) {
 		t.Errorf("IsPermanent(%v) = true: a client would give up on a server still obtaining its certificate", err)
 	}
 	wantExplained(t, transport.Explain(err, gaddr, o), transport.KindServerNotReady, transport.ErrServerNotReady, append(words, gaddr)...)
+}
+
+// Names in a message come from the server's certificate, which a hostile
+// server chooses: control characters in them never reach the message.
+func TestExplainControlCharacters(t *testing.T) {
+	p := newPKI(t, selfsigned.ServerOptions{})
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject:      pkix.Name{CommonName: "evil"},
+		DNSNames:     []string{"evil\x1b[31m\r\n.example"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.CA.Cert, key.Public(), p.CA.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveTLS(t, testkit.StaticSource{Cert: &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}})
+	err = transport.Probe(context.Background(), addr, transport.ClientOptions{RootCertificates: p.CAFile})
+	if !errors.Is(err, transport.ErrNameMismatch) {
+		t.Fatalf("Probe = %v, want a name mismatch", err)
+	}
+	if msg := err.Error(); strings.ContainsAny(msg, "\n\r\x1b") || !strings.Contains(msg, "evil?[31m??.example") {
+		t.Fatalf("message holds control characters or lost the name: %q", msg)
+	}
 }
