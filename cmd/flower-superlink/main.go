@@ -178,8 +178,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	if fs.Changed("certificates-poll-interval") && c.mode != modeFiles {
 		return nil, cli.Usagef("--certificates-poll-interval needs --certificates or --ssl-certfile: only certificate files are polled")
 	}
-	if c.pollInterval <= 0 {
-		return nil, cli.Usagef("--certificates-poll-interval %v: must be more than 0 (for example 5s)", c.pollInterval)
+	if c.pollInterval < minPollInterval {
+		return nil, cli.Usagef("--certificates-poll-interval %v: must be at least %v (for example 5s); SIGHUP reloads at once", c.pollInterval, minPollInterval)
 	}
 	for _, a := range []struct{ flag, addr string }{{"--driver-api-address", c.driverAddr}, {"--grpc-rere-fleet-api-address", c.fleetAddr}} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
@@ -304,6 +304,10 @@ func finish(ctx context.Context, log *slog.Logger, err error) error {
 	log.Info("stopped")
 	return nil
 }
+
+// minPollInterval keeps --certificates-poll-interval from turning the
+// reload into a busy loop that reads three files without pause.
+const minPollInterval = 100 * time.Millisecond
 
 // obtainer is a certificate source that obtains its certificates once the
 // listeners are open (ACME, whose validation the Fleet listener answers).

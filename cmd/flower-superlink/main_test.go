@@ -49,7 +49,8 @@ func TestParseArgs(t *testing.T) {
 		{name: "positional", args: []string{"--insecure", "server:app"}, usage: true, wantErr: `unexpected argument "server:app"`},
 		{name: "unknown flag", args: []string{"--insecure", "--bogus"}, usage: true, wantErr: "--bogus"},
 		{name: "bad address", args: []string{"--insecure", "--driver-api-address", "9091"}, usage: true, wantErr: "--driver-api-address \"9091\": want HOST:PORT"},
-		{name: "poll interval zero", args: cat(files, []string{"--certificates-poll-interval", "0s"}), usage: true, wantErr: "--certificates-poll-interval 0s: must be more than 0"},
+		{name: "poll interval zero", args: cat(files, []string{"--certificates-poll-interval", "0s"}), usage: true, wantErr: "--certificates-poll-interval 0s: must be at least 100ms"},
+		{name: "poll interval busy loop", args: cat(files, []string{"--certificates-poll-interval", "1ns"}), usage: true, wantErr: "--certificates-poll-interval 1ns: must be at least 100ms"},
 		{name: "poll interval without files", args: []string{"--insecure", "--certificates-poll-interval", "1s"}, usage: true, wantErr: "--certificates-poll-interval needs --certificates"},
 		{name: "acme flag without domain", args: cat(files, []string{"--acme-email", "ops@example.org"}), usage: true, wantErr: "--acme-email needs --acme-domain"},
 	}
