@@ -106,8 +106,8 @@ func benchRound(b *testing.B, n int) {
 			b.Fatalf("client process: %v\n%s", err, out.String())
 		}
 		peakHeap, peakLive = max(peakHeap, heap), max(peakLive, live)
-		if st := sl.state.stats(); st.TaskIns != 0 || st.TaskRes != 0 || st.Blobs != 0 {
-			b.Fatalf("state after the round still holds tasks: %v", st)
+		if st, err := sl.state.Stats(context.Background()); err != nil || st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Blobs != 0 {
+			b.Fatalf("state after the round still holds tasks: %+v %v", st, err)
 		}
 	}
 	const mib = 1 << 20

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/sepal-fl/sepal/state"
 )
 
 // bigBytes is the size from which a bytes field is sent as a reference to
@@ -29,19 +31,19 @@ const bigBytes = 64 << 10
 //     buffers to the connection one frame at a time.
 //   - Unmarshal decodes from the received frames (see decode.go): large
 //     bytes fields are copied once, straight from the frames into a slice
-//     of their own, or not at all when the interner already holds the same
-//     content.
+//     of their own, or not at all when the state already holds the same
+//     content (a state.BlobFinder).
 //
 // Held arrays are never modified, so sharing them with responses in flight
 // is safe. It is safe for concurrent use.
 type codec struct {
-	in     *interner // may be nil
+	in     state.BlobFinder // may be nil
 	bigMin int
 }
 
 var _ encoding.CodecV2 = (*codec)(nil)
 
-func newCodec(in *interner) *codec { return &codec{in: in, bigMin: bigBytes} }
+func newCodec(in state.BlobFinder) *codec { return &codec{in: in, bigMin: bigBytes} }
 
 // Name is "proto": the codec replaces gRPC's default for this server.
 func (c *codec) Name() string { return "proto" }

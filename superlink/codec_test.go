@@ -10,6 +10,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/golden"
+	"github.com/sepal-fl/sepal/state/memstate"
 )
 
 func concat(bs mem.BufferSlice) []byte {
@@ -38,7 +39,7 @@ func checkCodec(t *testing.T, name string, m proto.Message) {
 			t.Fatalf("%s (min %d): codec bytes differ from deterministic proto (%d vs %d bytes)", name, min, len(got), len(want))
 		}
 		back := m.ProtoReflect().Type().New().Interface()
-		c := &codec{in: newInterner(), bigMin: max(min, 1)}
+		c := &codec{in: memstate.New(memstate.Options{}), bigMin: max(min, 1)}
 		if err := c.Unmarshal(splitBuffers(want, 7), back); err != nil {
 			t.Fatalf("%s: unmarshal: %v", name, err)
 		}

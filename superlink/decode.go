@@ -5,12 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
-	"hash/maphash"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/sepal-fl/sepal/state"
 )
 
 // Decoding a message that holds large bytes fields, straight from the
@@ -21,7 +22,7 @@ import (
 //     small copy of the message in which each large bytes value is
 //     replaced by a placeholder (a per-process random marker and an index);
 //     each large value is copied once from the frames into a slice of its
-//     own, or not copied at all when the interner already holds the same
+//     own, or not copied at all when the state already holds the same
 //     content;
 //  2. proto.Unmarshal decodes the small copy (so validation, UTF-8 checks
 //     and errors are proto's own);
@@ -141,8 +142,7 @@ func (f *frames) varint(pos, end int) (uint64, int) {
 }
 
 func (f *frames) hash(pos, n int) uint64 {
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
+	h := state.NewBlobHash()
 	f.each(pos, n, func(b []byte) bool { h.Write(b); return true })
 	return h.Sum64()
 }
@@ -157,12 +157,12 @@ func (f *frames) equal(d []byte, pos int) bool {
 	return eq
 }
 
-// large returns the bytes value at [pos, pos+n): the interner's copy when
+// large returns the bytes value at [pos, pos+n): the state's copy when
 // it holds the same content, otherwise a new slice of its own.
 func (c *codec) large(f *frames, pos, n int) []byte {
 	if c.in != nil {
 		h := f.hash(pos, n)
-		if d := c.in.find(h, n, func(d []byte) bool { return f.equal(d, pos) }); d != nil {
+		if d := c.in.FindBlob(h, n, func(d []byte) bool { return f.equal(d, pos) }); d != nil {
 			return d
 		}
 	}

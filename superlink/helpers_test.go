@@ -3,7 +3,6 @@ package superlink
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,8 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/statetest"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -27,33 +28,9 @@ func testCerts(t testing.TB) (credentials.TransportCredentials, string) {
 	return transport.ServerCredentials(p.Source()), p.CAFile
 }
 
-// fakeClock is a settable clock for liveness tests.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 type fixture struct {
 	sl                    *SuperLink
-	clock                 *fakeClock
+	clock                 *statetest.Clock
 	logs                  *testkit.SyncBuffer
 	fleetConn, driverConn *grpc.ClientConn
 	fleet                 flwrproto.FleetClient
@@ -62,18 +39,33 @@ type fixture struct {
 	caFile                string
 }
 
+// newStateFunc makes the state of a test's SuperLink with the fixture's
+// clock and logger.
+type newStateFunc func(t testing.TB, now func() time.Time, log *slog.Logger) state.State
+
 // start runs a SuperLink with a fake clock on two loopback listeners over
-// real TLS, with clients for both APIs. Serve's return is checked when the
-// test ends, after the clients are closed.
-func start(t testing.TB) *fixture {
+// real TLS, with clients for both APIs, on the in-memory state. Serve's
+// return is checked when the test ends, after the clients are closed.
+func start(t testing.TB) *fixture { return startWith(t, nil) }
+
+// startWith is start on the state newState makes (nil: the SuperLink's
+// default, in memory).
+func startWith(t testing.TB, newState newStateFunc) *fixture {
 	t.Helper()
 	creds, caFile := testCerts(t)
-	clock := &fakeClock{t: time.Unix(1795638840, 0)}
+	clock := &statetest.Clock{}
+	clock.Set(time.Unix(1795638840, 0))
 	logs := &testkit.SyncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	var st state.State
+	if newState != nil {
+		st = newState(t, clock.Now, log)
+	}
 	sl := New(Options{
-		Logger:        slog.New(slog.NewTextHandler(logs, nil)),
+		Logger:        log,
 		Now:           clock.Now,
 		SweepInterval: time.Hour,
+		State:         st,
 	})
 	link := testkit.Serve(t, sl, creds)
 	f := &fixture{sl: sl, clock: clock, logs: logs, fleetAddr: link.Fleet, driverAddr: link.Driver, caFile: caFile}
@@ -125,34 +117,20 @@ func ctxT(t testing.TB) context.Context {
 func (f *fixture) now() float64 { return float64(f.clock.Now().UnixMicro()) / 1e6 }
 
 // taskIns builds a valid TaskIns for node in run.
-func taskIns(run, node int64, createdAt float64) *flwrproto.TaskIns {
-	return &flwrproto.TaskIns{
-		GroupId: "1",
-		RunId:   run,
-		Task: &flwrproto.Task{
-			Producer:  &flwrproto.Node{Anonymous: true},
-			Consumer:  &flwrproto.Node{NodeId: node},
-			CreatedAt: createdAt,
-			Ttl:       3600,
-			TaskType:  "train",
-			Recordset: &flwrproto.RecordSet{},
-		},
-	}
-}
+var taskIns = statetest.TaskIns
 
 // taskRes builds a valid answer of node to ins.
-func taskRes(ins *flwrproto.TaskIns, node int64, createdAt float64) *flwrproto.TaskRes {
-	return &flwrproto.TaskRes{
-		GroupId: ins.GroupId,
-		RunId:   ins.RunId,
-		Task: &flwrproto.Task{
-			Producer:  &flwrproto.Node{NodeId: node},
-			Consumer:  &flwrproto.Node{Anonymous: true},
-			CreatedAt: createdAt,
-			Ttl:       3000,
-			Ancestry:  []string{ins.TaskId},
-			TaskType:  ins.Task.TaskType,
-			Recordset: &flwrproto.RecordSet{},
-		},
+var taskRes = statetest.TaskRes
+
+// wantCode fails t unless err has code want and a message holding msg.
+var wantCode = statetest.WantCode
+
+// stats returns the state's counts.
+func (f *fixture) stats(t testing.TB) state.Stats {
+	t.Helper()
+	st, err := f.sl.state.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
+	return st
 }

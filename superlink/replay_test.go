@@ -160,9 +160,13 @@ var edgeCodes = map[string]codes.Code{
 // order through our SuperLink over gRPC and TLS, with the clock set to the
 // capture's, and compares each response with the one 1.8.0 sent, ids
 // translated and server times checked for shape.
-func TestGoldenReplay(t *testing.T) {
+func TestGoldenReplay(t *testing.T) { replayGolden(t, nil) }
+
+// replayGolden is TestGoldenReplay on the state newState makes (nil: in
+// memory), so that every implementation replays the golden run.
+func replayGolden(t *testing.T, newState newStateFunc) {
 	entries := golden.Index(t)
-	f := start(t)
+	f := startWith(t, newState)
 	ids := newIDMap()
 
 	// The capture's clock: pushed_at of the first TaskIns minus the time of
@@ -256,8 +260,8 @@ func TestGoldenReplay(t *testing.T) {
 	if compared != 115 {
 		t.Errorf("compared %d RPCs, want 115", compared)
 	}
-	if st := f.sl.state.stats(); st.TaskIns != 0 || st.TaskRes != 0 || st.Blobs != 0 {
-		t.Errorf("state after the run still holds tasks: %v", st)
+	if st := f.stats(t); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Blobs != 0 {
+		t.Errorf("state after the run still holds tasks: %+v", st)
 	}
 	for _, want := range []string{"node joined", "reason=delete_node", "reason=missed_ping"} {
 		if !strings.Contains(f.logs.String(), want) {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memstate"
 )
 
 // TestServeHealthAndSeparation: each port answers the standard health
@@ -99,5 +101,26 @@ func TestRecoverInterceptor(t *testing.T) {
 	})
 	if status.Code(err) != codes.Internal || !strings.Contains(logs.String(), "handler panicked") {
 		t.Fatalf("got %v, log %q", err, logs)
+	}
+}
+
+// TestOptionsState: the SuperLink serves the state it is given, and finds
+// arrays in it through the optional state.BlobFinder.
+func TestOptionsState(t *testing.T) {
+	var st *memstate.State
+	f := startWith(t, func(_ testing.TB, now func() time.Time, log *slog.Logger) state.State {
+		st = memstate.New(memstate.Options{Now: now, Logger: log})
+		return st
+	})
+	r, err := f.fleet.CreateNode(ctxT(t), &flwrproto.CreateNodeRequest{PingInterval: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := st.Nodes(ctxT(t))
+	if err != nil || len(nodes) != 1 || nodes[0].ID != r.Node.NodeId {
+		t.Fatalf("the given state holds %+v %v, want node %d", nodes, err, r.Node.NodeId)
+	}
+	if f.sl.codec.in != state.BlobFinder(st) {
+		t.Error("the codec does not look arrays up in the given state")
 	}
 }

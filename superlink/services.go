@@ -7,27 +7,32 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
 )
 
 // reconnectSeconds is what 1.8.0 answers in every PushTaskResResponse.
 const reconnectSeconds = 5
 
+// peerIdentity is the client-certificate identity of the caller, "" while
+// the SuperLink does not ask for client certificates.
+func peerIdentity(context.Context) string { return "" }
+
 // fleet is the Fleet API: SuperNodes register, ping, pull TaskIns and push
 // TaskRes.
 type fleet struct {
 	flwrproto.UnimplementedFleetServer
-	s *state
+	s state.State
 }
 
-func (f *fleet) CreateNode(_ context.Context, r *flwrproto.CreateNodeRequest) (*flwrproto.CreateNodeResponse, error) {
-	id, err := f.s.createNode(r.GetPingInterval())
+func (f *fleet) CreateNode(ctx context.Context, r *flwrproto.CreateNodeRequest) (*flwrproto.CreateNodeResponse, error) {
+	id, err := f.s.CreateNode(ctx, r.GetPingInterval(), peerIdentity(ctx))
 	if err != nil {
 		return nil, err
 	}
 	return &flwrproto.CreateNodeResponse{Node: &flwrproto.Node{NodeId: id}}, nil
 }
 
-func (f *fleet) DeleteNode(_ context.Context, r *flwrproto.DeleteNodeRequest) (*flwrproto.DeleteNodeResponse, error) {
+func (f *fleet) DeleteNode(ctx context.Context, r *flwrproto.DeleteNodeRequest) (*flwrproto.DeleteNodeResponse, error) {
 	n := r.GetNode()
 	if n == nil {
 		return nil, status.Error(codes.InvalidArgument, "superlink: DeleteNode: node is missing: pass the node from CreateNode")
@@ -35,34 +40,38 @@ func (f *fleet) DeleteNode(_ context.Context, r *flwrproto.DeleteNodeRequest) (*
 	if n.Anonymous {
 		return &flwrproto.DeleteNodeResponse{}, nil // as 1.8.0
 	}
-	if err := f.s.deleteNode(n.NodeId); err != nil {
+	if err := f.s.DeleteNode(ctx, n.NodeId, peerIdentity(ctx)); err != nil {
 		return nil, err
 	}
 	return &flwrproto.DeleteNodeResponse{}, nil
 }
 
-func (f *fleet) Ping(_ context.Context, r *flwrproto.PingRequest) (*flwrproto.PingResponse, error) {
+func (f *fleet) Ping(ctx context.Context, r *flwrproto.PingRequest) (*flwrproto.PingResponse, error) {
 	n := r.GetNode()
 	if n == nil {
 		return nil, status.Error(codes.InvalidArgument, "superlink: Ping: node is missing: pass the node from CreateNode")
 	}
-	ok, err := f.s.ping(n.NodeId, r.GetPingInterval())
+	ok, err := f.s.Ping(ctx, n.NodeId, r.GetPingInterval(), peerIdentity(ctx))
 	if err != nil {
 		return nil, err
 	}
 	return &flwrproto.PingResponse{Success: ok}, nil
 }
 
-func (f *fleet) PullTaskIns(_ context.Context, r *flwrproto.PullTaskInsRequest) (*flwrproto.PullTaskInsResponse, error) {
+func (f *fleet) PullTaskIns(ctx context.Context, r *flwrproto.PullTaskInsRequest) (*flwrproto.PullTaskInsResponse, error) {
 	n := r.GetNode()
 	if n == nil || n.Anonymous {
 		return &flwrproto.PullTaskInsResponse{}, nil // no anonymous tasks exist
 	}
-	return &flwrproto.PullTaskInsResponse{TaskInsList: f.s.pullTaskIns(n.NodeId)}, nil
+	list, err := f.s.PullTaskIns(ctx, n.NodeId, peerIdentity(ctx))
+	if err != nil {
+		return nil, err
+	}
+	return &flwrproto.PullTaskInsResponse{TaskInsList: list}, nil
 }
 
-func (f *fleet) PushTaskRes(_ context.Context, r *flwrproto.PushTaskResRequest) (*flwrproto.PushTaskResResponse, error) {
-	results, err := f.s.pushTaskRes(r.GetTaskResList())
+func (f *fleet) PushTaskRes(ctx context.Context, r *flwrproto.PushTaskResRequest) (*flwrproto.PushTaskResResponse, error) {
+	results, err := f.s.PushTaskRes(ctx, r.GetTaskResList(), peerIdentity(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -76,31 +85,35 @@ func (f *fleet) PushTaskRes(_ context.Context, r *flwrproto.PushTaskResRequest) 
 // TaskIns and pull TaskRes.
 type driver struct {
 	flwrproto.UnimplementedDriverServer
-	s *state
+	s state.State
 }
 
-func (d *driver) CreateRun(context.Context, *flwrproto.CreateRunRequest) (*flwrproto.CreateRunResponse, error) {
-	id, err := d.s.createRun()
+func (d *driver) CreateRun(ctx context.Context, _ *flwrproto.CreateRunRequest) (*flwrproto.CreateRunResponse, error) {
+	id, err := d.s.CreateRun(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return &flwrproto.CreateRunResponse{RunId: id}, nil
 }
 
-func (d *driver) GetNodes(_ context.Context, r *flwrproto.GetNodesRequest) (*flwrproto.GetNodesResponse, error) {
-	return &flwrproto.GetNodesResponse{Nodes: d.s.getNodes(r.GetRunId())}, nil
+func (d *driver) GetNodes(ctx context.Context, r *flwrproto.GetNodesRequest) (*flwrproto.GetNodesResponse, error) {
+	nodes, err := d.s.GetNodes(ctx, r.GetRunId())
+	if err != nil {
+		return nil, err
+	}
+	return &flwrproto.GetNodesResponse{Nodes: nodes}, nil
 }
 
-func (d *driver) PushTaskIns(_ context.Context, r *flwrproto.PushTaskInsRequest) (*flwrproto.PushTaskInsResponse, error) {
-	ids, err := d.s.pushTaskIns(r.GetTaskInsList())
+func (d *driver) PushTaskIns(ctx context.Context, r *flwrproto.PushTaskInsRequest) (*flwrproto.PushTaskInsResponse, error) {
+	ids, err := d.s.PushTaskIns(ctx, r.GetTaskInsList())
 	if err != nil {
 		return nil, err
 	}
 	return &flwrproto.PushTaskInsResponse{TaskIds: ids}, nil
 }
 
-func (d *driver) PullTaskRes(_ context.Context, r *flwrproto.PullTaskResRequest) (*flwrproto.PullTaskResResponse, error) {
-	list, err := d.s.pullTaskRes(r.GetTaskIds())
+func (d *driver) PullTaskRes(ctx context.Context, r *flwrproto.PullTaskResRequest) (*flwrproto.PullTaskResResponse, error) {
+	list, err := d.s.PullTaskRes(ctx, r.GetTaskIds())
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,6 @@
 // Package superlink is Sepal's SuperLink: the Flower 1.8.0 Fleet API (for
 // SuperNodes) and Driver API (for ServerApps) over gRPC, sharing one
-// in-memory state.
+// state.State (in memory unless Options.State says otherwise).
 //
 // It follows the 1.8.0 semantics of PROTOCOL.md (random signed 64-bit node
 // and run ids, UUID4 task ids, liveness from ping_interval, a TaskIns handed
@@ -38,19 +38,19 @@
 // it was pushed: then Serve's sweep forgets it and its result, so that the
 // tasks of a ServerApp that went away do not hold memory forever.
 //
-// Memory: Array.data values of 4 KiB and more are interned, content
-// addressed (maphash, then a full compare) with reference counts, and
-// released when the last task holding them is deleted. The gRPC codec
-// (see codec.go) sends them by reference instead of copying them into each
-// response, and decodes large bytes fields straight from the received
-// frames, without copying an array the SuperLink already holds. One
+// Memory: the in-memory state (state/memstate) holds Array.data values of
+// 4 KiB and more once, content addressed, with reference counts, released
+// when the last task holding them is deleted. The gRPC codec (see
+// codec.go) sends large arrays by reference instead of copying them into
+// each response, and decodes large bytes fields straight from the received
+// frames, without copying an array the state already holds (a state that
+// is a state.BlobFinder). One
 // FedAvg round of a 100 MiB model to 16 nodes peaks near 2.3x the model
 // size in the SuperLink's heap, where a copy per node would be 16x.
 package superlink
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -69,6 +69,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memstate"
 )
 
 // MaxMessageSize is the largest gRPC message received or sent, both ways:
@@ -80,19 +82,23 @@ type Options struct {
 	// Logger receives one line per node that joins or leaves and per run
 	// created. Default: slog.Default().
 	Logger *slog.Logger
-	// Now is the clock for liveness and the task timestamps.
-	// Default: time.Now.
+	// Now is the clock of the default state (liveness, expiry, task
+	// times); unused when State is set. Default: time.Now.
 	Now func() time.Time
-	// Rand is the source of node ids, run ids and task ids (UUID4).
-	// Default: crypto/rand.Reader.
+	// Rand is the default state's source of node, run and task ids;
+	// unused when State is set. Default: crypto/rand.Reader.
 	Rand io.Reader
 	// ShutdownGrace bounds how long Serve waits for RPCs in flight once its
 	// context ends before it cuts the connections. Default: 5s.
 	ShutdownGrace time.Duration
-	// SweepInterval is how often Serve looks for nodes that missed their
-	// ping, so that their leaving is logged, and for tasks past their ttl,
-	// to forget them. Default: 5s.
+	// SweepInterval is how often Serve calls State.Sweep, which looks for
+	// nodes that missed their ping, so that their leaving is logged, and
+	// for tasks past their ttl, to forget them. Default: 5s.
 	SweepInterval time.Duration
+	// State keeps the nodes, runs and tasks; the SuperLink does not close
+	// it. Default: a new in-memory state (memstate) with Logger, Now and
+	// Rand.
+	State state.State
 }
 
 // SuperLink holds the state shared by the Fleet and Driver services. Its
@@ -100,20 +106,14 @@ type Options struct {
 type SuperLink struct {
 	log   *slog.Logger
 	opts  Options
-	state *state
+	state state.State
 	codec *codec
 }
 
-// New returns a SuperLink with empty in-memory state.
+// New returns a SuperLink on o.State, or on an empty in-memory state.
 func New(o Options) *SuperLink {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.Rand == nil {
-		o.Rand = rand.Reader
 	}
 	if o.ShutdownGrace <= 0 {
 		o.ShutdownGrace = 5 * time.Second
@@ -121,8 +121,11 @@ func New(o Options) *SuperLink {
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
 	}
-	st := newState(o.Logger, o.Now, o.Rand)
-	return &SuperLink{log: o.Logger, opts: o, state: st, codec: newCodec(st.interns)}
+	if o.State == nil {
+		o.State = memstate.New(memstate.Options{Logger: o.Logger, Now: o.Now, Rand: o.Rand})
+	}
+	bf, _ := o.State.(state.BlobFinder)
+	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newCodec(bf)}
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
@@ -230,7 +233,9 @@ func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener,
 			case <-sctx.Done():
 				return
 			case <-t.C:
-				s.state.sweep()
+				if err := s.state.Sweep(sctx); err != nil && sctx.Err() == nil {
+					s.log.Warn("sweep failed; it runs again at the next tick", "error", err)
+				}
 			}
 		}
 	}()

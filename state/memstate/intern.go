@@ -1,20 +1,12 @@
-package superlink
+package memstate
 
 import (
 	"bytes"
-	"hash/maphash"
 	"sync"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
 )
-
-// internMin is the smallest Array.data that is interned; smaller arrays
-// cost less than the table entry.
-const internMin = 4 << 10
-
-// hashSeed is shared by every interner of the process, so that the codec
-// can hash bytes as they arrive and the state can look them up.
-var hashSeed = maphash.MakeSeed()
 
 // blob is one distinct Array.data content held by the state; refs counts
 // the stored tasks that carry it. data is never modified.
@@ -30,8 +22,9 @@ type preparedBlob struct {
 	hash uint64
 }
 
-// interner holds identical parameter arrays once, content-addressed, with
-// reference counts. It is safe for concurrent use.
+// interner holds identical parameter arrays once, content-addressed
+// (state.HashBlob, then a full compare), with reference counts. It is safe
+// for concurrent use.
 type interner struct {
 	mu    sync.Mutex
 	m     map[uint64][]*blob
@@ -41,23 +34,12 @@ type interner struct {
 
 func newInterner() *interner { return &interner{m: map[uint64][]*blob{}} }
 
-// prepareBlobs hashes every Array.data of rs worth interning. Nil records
-// and arrays are skipped.
+// prepareBlobs hashes every Array.data of rs worth interning.
 func prepareBlobs(rs *flwrproto.RecordSet) []preparedBlob {
-	if rs == nil {
-		return nil
-	}
 	var out []preparedBlob
-	for _, pr := range rs.Parameters {
-		if pr == nil {
-			continue
-		}
-		for _, a := range pr.DataValues {
-			if a != nil && len(a.Data) >= internMin {
-				out = append(out, preparedBlob{arr: a, hash: maphash.Bytes(hashSeed, a.Data)})
-			}
-		}
-	}
+	state.EachBlob(rs, func(a *flwrproto.Array) {
+		out = append(out, preparedBlob{arr: a, hash: state.HashBlob(a.Data)})
+	})
 	return out
 }
 
@@ -100,7 +82,7 @@ func (in *interner) lookupLocked(h uint64, d []byte) *blob {
 }
 
 // find returns held content with hash h and length n for which eq is true,
-// or nil. The codec uses it to avoid copying arrays that arrive again.
+// or nil.
 func (in *interner) find(h uint64, n int, eq func([]byte) bool) []byte {
 	in.mu.Lock()
 	defer in.mu.Unlock()

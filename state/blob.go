@@ -1,0 +1,51 @@
+package state
+
+import (
+	"hash"
+	"hash/maphash"
+	"slices"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+)
+
+// blobSeed is shared by every user of HashBlob in the process, so that the
+// codec can hash bytes as they arrive and a State can look them up.
+var blobSeed = maphash.MakeSeed()
+
+// HashBlob is the hash a BlobFinder is asked with: maphash with a seed of
+// this process (fast, not stable across processes: never store it).
+func HashBlob(b []byte) uint64 { return maphash.Bytes(blobSeed, b) }
+
+// NewBlobHash returns a hash that computes HashBlob of the bytes written to
+// it, in as many pieces as they come.
+func NewBlobHash() hash.Hash64 {
+	h := &maphash.Hash{}
+	h.SetSeed(blobSeed)
+	return h
+}
+
+// EachBlob calls fn with every array of rs whose data is BlobMin bytes or
+// more, in a fixed order (parameter records by name, then arrays by
+// position), so that an implementation can store an array apart from its
+// message and put it back where it was. Nil records and arrays are skipped.
+func EachBlob(rs *flwrproto.RecordSet, fn func(*flwrproto.Array)) {
+	if rs == nil || len(rs.Parameters) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(rs.Parameters))
+	for k := range rs.Parameters {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		pr := rs.Parameters[k]
+		if pr == nil {
+			continue
+		}
+		for _, a := range pr.DataValues {
+			if a != nil && len(a.Data) >= BlobMin {
+				fn(a)
+			}
+		}
+	}
+}

@@ -1,0 +1,619 @@
+// Package memstate is the SuperLink state in memory: the default, and the
+// fastest. Nothing survives the process.
+//
+// Identical parameter arrays (Array.data of state.BlobMin bytes and more)
+// are held once, content addressed (state.HashBlob, then a full compare)
+// with reference counts, and released when the last task holding them is
+// forgotten. A State is a state.BlobFinder, so the SuperLink's codec does
+// not copy an array it already holds when it arrives again.
+package memstate
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
+)
+
+// Options configure a State. The zero value is ready to use.
+type Options struct {
+	// Logger receives one line per node that joins or leaves and per run
+	// created. Default: slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for liveness, expiry and the task timestamps.
+	// Default: time.Now.
+	Now func() time.Time
+	// Rand is the source of node ids, run ids and task ids (UUID4).
+	// Default: crypto/rand.Reader.
+	Rand io.Reader
+}
+
+type node struct {
+	id           int64
+	identity     string
+	pingInterval float64
+	created      time.Time
+	onlineUntil  time.Time
+	offline      bool // a missed ping was noticed and logged
+	queue        []uuid.UUID
+}
+
+type run struct {
+	id        int64
+	created   time.Time
+	lastGroup string
+	pushed    int
+	pulled    int
+}
+
+type insEntry struct {
+	msg       *flwrproto.TaskIns
+	identity  string    // of its consumer node when it was pushed
+	expires   time.Time // pushed_at + ttl + ExpiryGrace: the sweep forgets it then
+	delivered bool
+	answered  bool // a TaskRes for it is stored
+	blobs     []*blob
+}
+
+// goneEntry remembers a TaskIns whose result PullTaskRes delivered (the real
+// one or NODE_UNAVAILABLE), until the TaskIns would have expired, so that a
+// late or repeated TaskRes from its consumer is accepted and discarded
+// rather than refused: a 1.8.0 SuperNode retries a refused PushTaskRes
+// forever and would never pull another task.
+type goneEntry struct {
+	consumer int64
+	identity string
+	until    time.Time
+}
+
+type resEntry struct {
+	msg   *flwrproto.TaskRes
+	blobs []*blob
+}
+
+// State is the in-memory state.State. Each method holds one mutex for its
+// whole effect, so every call is atomic with respect to the others.
+type State struct {
+	ev   state.Events
+	now  func() time.Time
+	rand io.Reader
+
+	mu       sync.Mutex
+	closed   bool
+	nodes    map[int64]*node
+	order    []int64 // node ids in join order
+	runs     map[int64]*run
+	runOrder []*run // in creation order
+	ins      map[uuid.UUID]*insEntry
+	res      map[uuid.UUID]*resEntry // keyed by the TaskIns id it answers
+	gone     map[uuid.UUID]goneEntry // TaskIns whose result was delivered
+	interns  *interner
+}
+
+var (
+	_ state.State      = (*State)(nil)
+	_ state.BlobFinder = (*State)(nil)
+)
+
+// New returns an empty State.
+func New(o Options) *State {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	return &State{
+		ev:      state.Events{Log: o.Logger},
+		now:     o.Now,
+		rand:    o.Rand,
+		nodes:   map[int64]*node{},
+		runs:    map[int64]*run{},
+		ins:     map[uuid.UUID]*insEntry{},
+		res:     map[uuid.UUID]*resEntry{},
+		gone:    map[uuid.UUID]goneEntry{},
+		interns: newInterner(),
+	}
+}
+
+var errClosed = status.Error(codes.Unavailable, "superlink: the state is closed (the SuperLink is stopping)")
+
+// lock takes mu, failing once the State is closed.
+func (s *State) lock() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errClosed
+	}
+	return nil
+}
+
+// FindBlob returns a held array, for the codec (state.BlobFinder).
+func (s *State) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
+	return s.interns.find(hash, n, eq)
+}
+
+// CreateNode registers a node.
+func (s *State) CreateNode(_ context.Context, pingInterval float64, identity string) (int64, error) {
+	d, err := state.CheckPingInterval(pingInterval)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.lock(); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	id, err := state.RandomID(s.rand, func(id int64) bool { return s.nodes[id] != nil })
+	if err != nil {
+		return 0, err
+	}
+	now := s.now()
+	s.nodes[id] = &node{id: id, identity: identity, pingInterval: pingInterval, created: now, onlineUntil: now.Add(d)}
+	s.order = append(s.order, id)
+	s.ev.NodeJoined(id, pingInterval)
+	return id, nil
+}
+
+// DeleteNode forgets a node.
+func (s *State) DeleteNode(_ context.Context, id int64, identity string) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	n := s.nodes[id]
+	if n == nil {
+		return state.ErrNodeNotFound(id)
+	}
+	if identity != "" && identity != n.identity {
+		return state.ErrIdentity("DeleteNode", id)
+	}
+	delete(s.nodes, id)
+	for i, o := range s.order {
+		if o == id {
+			s.order = append(s.order[:i], s.order[i+1:]...)
+			break
+		}
+	}
+	// Its undelivered TaskIns stay: the next PullTaskRes for them answers
+	// with the NODE_UNAVAILABLE result and deletes them.
+	undelivered := 0
+	for _, tid := range n.queue {
+		if e := s.ins[tid]; e != nil && !e.delivered {
+			undelivered++
+		}
+	}
+	s.ev.NodeDeleted(id, n.pingInterval, undelivered)
+	return nil
+}
+
+// Ping refreshes a node's liveness; false for an unknown node.
+func (s *State) Ping(_ context.Context, id int64, pingInterval float64, identity string) (bool, error) {
+	d, err := state.CheckPingInterval(pingInterval)
+	if err != nil {
+		return false, err
+	}
+	if err := s.lock(); err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	n := s.nodes[id]
+	if n == nil {
+		return false, nil
+	}
+	if identity != "" && identity != n.identity {
+		return false, state.ErrIdentity("Ping", id)
+	}
+	n.onlineUntil = s.now().Add(d)
+	n.pingInterval = pingInterval
+	if n.offline {
+		n.offline = false
+		s.ev.NodeBack(id, pingInterval)
+	}
+	return true, nil
+}
+
+// online reports whether n is online at now, logging the first time a
+// missed ping is noticed. Called with mu held.
+func (s *State) online(n *node, now time.Time) bool {
+	if n.onlineUntil.After(now) {
+		return true
+	}
+	if !n.offline {
+		n.offline = true
+		s.ev.NodeMissedPing(n.id, n.pingInterval)
+	}
+	return false
+}
+
+// Sweep notices nodes that missed their ping, so that leaving is logged
+// even when nobody asks for them, and forgets every TaskIns (with its
+// result, if any) whose ttl ran out more than ExpiryGrace ago: a ServerApp
+// that went away never pulls them, and they may hold large arrays. A 1.8.0
+// SuperNode cannot answer such a task anyway (its TaskRes ttl would be <= 0).
+func (s *State) Sweep(context.Context) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	now := s.now()
+	for _, id := range s.order {
+		s.online(s.nodes[id], now)
+	}
+	for id, g := range s.gone {
+		if now.After(g.until) {
+			delete(s.gone, id)
+		}
+	}
+	expired := 0
+	for id, e := range s.ins {
+		if now.After(e.expires) {
+			s.ev.TaskExpired(id, e.msg.RunId, e.delivered, e.answered)
+			s.deletePair(id)
+			expired++
+		}
+	}
+	if expired == 0 {
+		return nil
+	}
+	s.ev.TasksExpired(expired)
+	for _, n := range s.nodes {
+		n.queue = slices.DeleteFunc(n.queue, func(id uuid.UUID) bool { return s.ins[id] == nil })
+		if len(n.queue) == 0 {
+			n.queue = nil
+		}
+	}
+	return nil
+}
+
+// CreateRun creates a run.
+func (s *State) CreateRun(context.Context) (int64, error) {
+	if err := s.lock(); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	id, err := state.RandomID(s.rand, func(id int64) bool { return s.runs[id] != nil })
+	if err != nil {
+		return 0, err
+	}
+	r := &run{id: id, created: s.now()}
+	s.runs[id] = r
+	s.runOrder = append(s.runOrder, r)
+	s.ev.RunCreated(id)
+	return id, nil
+}
+
+// GetNodes returns the online nodes in join order, or nothing for an
+// unknown run (as 1.8.0).
+func (s *State) GetNodes(_ context.Context, runID int64) ([]*flwrproto.Node, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	if s.runs[runID] == nil {
+		return nil, nil
+	}
+	now := s.now()
+	var out []*flwrproto.Node
+	for _, id := range s.order {
+		if s.online(s.nodes[id], now) {
+			out = append(out, &flwrproto.Node{NodeId: id})
+		}
+	}
+	return out, nil
+}
+
+// PushTaskIns validates every TaskIns, then stores them all or none.
+func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]string, error) {
+	if err := state.ValidateTaskInsList(list); err != nil {
+		return nil, err
+	}
+	// Hash the large arrays before taking the lock.
+	prepared := make([][]preparedBlob, len(list))
+	for i, t := range list {
+		prepared[i] = prepareBlobs(t.Task.Recordset)
+	}
+
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	for i, t := range list {
+		if s.runs[t.RunId] == nil {
+			return nil, state.ErrRunNotFound(i, t.RunId)
+		}
+		if c := t.Task.Consumer.NodeId; s.nodes[c] == nil {
+			return nil, state.ErrConsumerNotFound(i, c)
+		}
+	}
+	ids := make([]string, len(list))
+	now := s.now()
+	pushed := state.Seconds(now)
+	for i, t := range list {
+		id, err := state.NewTaskID(s.rand)
+		if err != nil {
+			return nil, err
+		}
+		for s.ins[id] != nil {
+			if id, err = state.NewTaskID(s.rand); err != nil {
+				return nil, err
+			}
+		}
+		t.TaskId = id.String()
+		t.Task.PushedAt = pushed
+		n := s.nodes[t.Task.Consumer.NodeId]
+		e := &insEntry{msg: t, identity: n.identity, expires: state.Expiry(now, t.Task.Ttl), blobs: s.interns.intern(prepared[i])}
+		s.ins[id] = e
+		n.queue = append(n.queue, id)
+		r := s.runs[t.RunId]
+		r.lastGroup = t.GroupId
+		r.pushed++
+		ids[i] = t.TaskId
+	}
+	return ids, nil
+}
+
+// PullTaskIns hands at most one undelivered TaskIns to node id, marking it
+// delivered so that it is never handed out again.
+func (s *State) PullTaskIns(_ context.Context, id int64, identity string) ([]*flwrproto.TaskIns, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	n := s.nodes[id]
+	if n == nil {
+		return nil, nil
+	}
+	if identity != "" && identity != n.identity {
+		return nil, state.ErrIdentity("PullTaskIns", id)
+	}
+	for len(n.queue) > 0 {
+		tid := n.queue[0]
+		n.queue[0] = uuid.UUID{}
+		n.queue = n.queue[1:]
+		e := s.ins[tid]
+		if e == nil || e.delivered {
+			continue
+		}
+		e.delivered = true
+		e.msg.Task.DeliveredAt = state.DeliveredAt(s.now())
+		// The stored message is not changed again after delivery, so the
+		// response may share it while it is marshalled outside the lock.
+		return []*flwrproto.TaskIns{e.msg}, nil
+	}
+	if len(n.queue) == 0 {
+		n.queue = nil
+	}
+	return nil, nil
+}
+
+// PushTaskRes validates every TaskRes against the TaskIns it answers, then
+// stores them all or none.
+func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identity string) (map[string]uint32, error) {
+	parents, err := state.ValidateTaskResList(list)
+	if err != nil {
+		return nil, err
+	}
+	prepared := make([][]preparedBlob, len(list))
+	for i, t := range list {
+		prepared[i] = prepareBlobs(t.Task.Recordset)
+	}
+
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	seen := map[uuid.UUID]bool{}
+	late := make([]bool, len(list)) // accepted, not stored
+	for i, t := range list {
+		p := parents[i]
+		producer := t.Task.Producer.NodeId
+		e := s.ins[p]
+		if e == nil {
+			if g, ok := s.gone[p]; ok && g.consumer == producer && !seen[p] {
+				if identity != "" && identity != g.identity {
+					return nil, state.ErrIdentity("PushTaskRes", producer)
+				}
+				late[i], seen[p] = true, true
+				continue
+			}
+			return nil, state.ErrTaskInsNotFound(i, p)
+		}
+		if want := e.msg.Task.Consumer.NodeId; producer != want {
+			return nil, state.ErrNotConsumer(i, producer, p, want)
+		}
+		if identity != "" && identity != e.identity {
+			return nil, state.ErrIdentity("PushTaskRes", producer)
+		}
+		if t.RunId != e.msg.RunId {
+			return nil, state.ErrRunDiffers(i, t.RunId, p, e.msg.RunId)
+		}
+		if !e.delivered {
+			return nil, state.ErrNotPulled(i, p)
+		}
+		if seen[p] {
+			return nil, state.ErrAnsweredTwice(i, p)
+		}
+		late[i] = e.answered // a retry of a push that was stored
+		seen[p] = true
+	}
+	results := make(map[string]uint32, len(list))
+	pushed := state.Seconds(s.now())
+	for i, t := range list {
+		id, err := state.NewTaskID(s.rand)
+		if err != nil {
+			return nil, err
+		}
+		if late[i] {
+			s.ev.ResultDiscarded(parents[i], t.Task.Producer.NodeId)
+			results[id.String()] = 0
+			continue
+		}
+		t.TaskId = id.String()
+		t.Task.PushedAt = pushed
+		s.ins[parents[i]].answered = true
+		s.res[parents[i]] = &resEntry{msg: t, blobs: s.interns.intern(prepared[i])}
+		results[t.TaskId] = 0
+	}
+	return results, nil
+}
+
+// PullTaskRes returns the results for the given TaskIns ids, in the order
+// asked, and deletes each delivered TaskIns/TaskRes pair.
+func (s *State) PullTaskRes(_ context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error) {
+	ids, err := state.ParseTaskIDs(taskIDs)
+	if err != nil {
+		return nil, err
+	}
+
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	now := s.now()
+	delivered := state.DeliveredAt(now)
+	var out []*flwrproto.TaskRes
+	for _, id := range ids {
+		e := s.ins[id]
+		if e == nil {
+			continue
+		}
+		if r := s.res[id]; r != nil {
+			r.msg.Task.DeliveredAt = delivered
+			out = append(out, r.msg)
+			s.retire(id)
+			continue
+		}
+		n := s.nodes[e.msg.Task.Consumer.NodeId]
+		if n != nil && s.online(n, now) {
+			continue
+		}
+		rid, err := state.NewTaskID(s.rand)
+		if err != nil {
+			return nil, err
+		}
+		r := state.NodeUnavailable(e.msg, rid, now)
+		r.Task.DeliveredAt = delivered
+		out = append(out, r)
+		s.retire(id)
+	}
+	return out, nil
+}
+
+// retire forgets a TaskIns whose result was delivered, remembering its
+// consumer until it would have expired. Called with mu held.
+func (s *State) retire(id uuid.UUID) {
+	if e := s.ins[id]; e != nil {
+		s.gone[id] = goneEntry{consumer: e.msg.Task.Consumer.NodeId, identity: e.identity, until: e.expires}
+		if r := s.runs[e.msg.RunId]; r != nil {
+			r.pulled++
+		}
+	}
+	s.deletePair(id)
+}
+
+// deletePair forgets a TaskIns and its result and releases their arrays.
+// Called with mu held.
+func (s *State) deletePair(id uuid.UUID) {
+	if e := s.ins[id]; e != nil {
+		s.interns.release(e.blobs)
+		delete(s.ins, id)
+	}
+	if r := s.res[id]; r != nil {
+		s.interns.release(r.blobs)
+		delete(s.res, id)
+	}
+}
+
+// Stats counts what the State holds.
+func (s *State) Stats(context.Context) (state.Stats, error) {
+	if err := s.lock(); err != nil {
+		return state.Stats{}, err
+	}
+	defer s.mu.Unlock()
+	now := s.now()
+	st := state.Stats{Nodes: len(s.nodes), Runs: len(s.runs), TaskResWaiting: len(s.res)}
+	for _, n := range s.nodes {
+		if n.onlineUntil.After(now) {
+			st.NodesOnline++
+		}
+	}
+	for _, e := range s.ins {
+		switch {
+		case !e.delivered:
+			st.TaskInsWaiting++
+		case !e.answered:
+			st.TaskInsDelivered++
+		}
+	}
+	st.Blobs, st.BlobBytes = s.interns.size()
+	return st, nil
+}
+
+// Nodes returns every registered node in join order.
+func (s *State) Nodes(context.Context) ([]state.NodeInfo, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	now := s.now()
+	out := make([]state.NodeInfo, 0, len(s.order))
+	for _, id := range s.order {
+		n := s.nodes[id]
+		out = append(out, state.NodeInfo{
+			ID: id, Identity: n.identity, PingInterval: n.pingInterval,
+			Created: n.created, OnlineUntil: n.onlineUntil, Online: n.onlineUntil.After(now),
+		})
+	}
+	return out, nil
+}
+
+// Runs returns up to limit runs, the last created first.
+func (s *State) Runs(_ context.Context, limit int) ([]state.RunInfo, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	n := len(s.runOrder)
+	if limit > 0 && limit < n {
+		n = limit
+	}
+	out := make([]state.RunInfo, 0, n)
+	for i := len(s.runOrder) - 1; i >= 0 && len(out) < n; i-- {
+		r := s.runOrder[i]
+		out = append(out, state.RunInfo{ID: r.id, Created: r.created, LastGroup: r.lastGroup, TaskInsPushed: r.pushed, TaskResPulled: r.pulled})
+	}
+	return out, nil
+}
+
+// Check reports an error once the State is closed.
+func (s *State) Check(context.Context) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Close forgets everything; later calls fail with Unavailable.
+func (s *State) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.nodes, s.order, s.runs, s.runOrder = nil, nil, nil, nil
+	s.ins, s.res, s.gone = nil, nil, nil
+	s.interns = newInterner()
+	return nil
+}

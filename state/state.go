@@ -1,0 +1,136 @@
+// Package state is the SuperLink's state behind one interface: nodes, runs,
+// tasks and their results, with the Flower 1.8.0 semantics of PROTOCOL.md.
+// The superlink package serves the Fleet and Driver APIs on a State; the
+// implementations live in sub-packages (memstate: in memory, the default;
+// sqlstate: SQLite, and PostgreSQL later), and statetest is the one
+// conformance suite every implementation runs.
+//
+// This package also holds what every implementation shares: the
+// validation of pushed tasks (1.8.0's rules), the messages of the errors
+// they return, and the constants of the protocol, so that all of them
+// answer a request alike, word for word.
+package state
+
+import (
+	"context"
+	"time"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+)
+
+// State is the SuperLink state shared by the Fleet and Driver services.
+// Every method is safe for concurrent use, honours ctx, and is atomic: its
+// whole effect is committed before it returns (one transaction per call in
+// SQL implementations), so what a client was told happened has happened.
+//
+// Errors are gRPC status errors: InvalidArgument for a malformed request,
+// NotFound for an unknown run, node or task, PermissionDenied for a node
+// acting for another, FailedPrecondition for a call out of order,
+// Unavailable when the backing store cannot be reached (a 1.8.0 SuperNode
+// retries it), and Internal for what should not happen.
+//
+// Messages passed in (PushTaskIns, PushTaskRes) are owned by the State
+// from then on and may be changed (their ids and times are set). Messages
+// returned are shared: callers must not change them.
+type State interface {
+	// CreateNode registers a node with its ping interval (seconds) and
+	// returns its new id, random, non-zero. identity is the peer's
+	// client-certificate identity when mutual TLS is on, "" otherwise; it
+	// is recorded with the node.
+	CreateNode(ctx context.Context, pingInterval float64, identity string) (int64, error)
+	// DeleteNode forgets a node (NotFound if unknown). Its undelivered
+	// TaskIns stay: PullTaskRes answers them NODE_UNAVAILABLE.
+	DeleteNode(ctx context.Context, nodeID int64, identity string) error
+	// Ping refreshes a node's liveness for pingInterval seconds; false,
+	// without error, for an unknown node, as 1.8.0.
+	Ping(ctx context.Context, nodeID int64, pingInterval float64, identity string) (bool, error)
+	// PullTaskIns hands at most one undelivered TaskIns to the node,
+	// marking it delivered so that it is never handed out again, to this
+	// node or any other, by any State on the same store. An unknown node
+	// gets nothing, as 1.8.0.
+	PullTaskIns(ctx context.Context, nodeID int64, identity string) ([]*flwrproto.TaskIns, error)
+	// PushTaskRes stores results, all or none, and returns their new ids.
+	// A result that repeats a stored one, or comes after PullTaskRes
+	// delivered one for its TaskIns, is accepted and discarded.
+	PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, identity string) (map[string]uint32, error)
+
+	// In the Fleet methods above, a non-empty identity that differs from
+	// the one the node was created with fails with PermissionDenied: a node
+	// id created under one certificate cannot be used by another. An empty
+	// identity is never checked. PushTaskRes checks it against the identity
+	// of the node the TaskIns was sent to.
+
+	// CreateRun creates a run and returns its id, random, non-zero.
+	CreateRun(ctx context.Context) (int64, error)
+	// GetNodes returns the online nodes in the order they joined; nothing
+	// for an unknown run, as 1.8.0.
+	GetNodes(ctx context.Context, runID int64) ([]*flwrproto.Node, error)
+	// PushTaskIns stores TaskIns, all or none, and returns their new ids.
+	PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]string, error)
+	// PullTaskRes returns the results of the given TaskIns, in the order
+	// asked, and forgets each pair delivered. For a TaskIns without result
+	// whose consumer is offline or deleted it makes up the NODE_UNAVAILABLE
+	// result, as 1.8.0.
+	PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error)
+
+	// Sweep notices nodes that missed their ping (logging their leaving
+	// once) and forgets tasks and results past ttl + ExpiryGrace. The
+	// SuperLink calls it every few seconds. Safe to run from several
+	// processes on one store at once.
+	Sweep(ctx context.Context) error
+
+	// Stats, Nodes and Runs observe the state for metrics and the status
+	// page: cheap, called on every scrape.
+	Stats(ctx context.Context) (Stats, error)
+	// Nodes returns every registered node, online or not, in join order.
+	Nodes(ctx context.Context) ([]NodeInfo, error)
+	// Runs returns up to limit runs (all when limit <= 0), most recent
+	// first.
+	Runs(ctx context.Context, limit int) ([]RunInfo, error)
+	// Check reports whether the backing store is reachable (readiness).
+	Check(ctx context.Context) error
+
+	// Close releases the store. Calls after Close fail.
+	Close() error
+}
+
+// Stats counts what a State holds.
+type Stats struct {
+	Nodes, NodesOnline int
+	Runs               int
+	TaskInsWaiting     int   // pushed, not yet pulled by its node
+	TaskInsDelivered   int   // pulled, no result yet
+	TaskResWaiting     int   // results stored, not yet pulled by the ServerApp
+	Blobs              int   // distinct parameter arrays held
+	BlobBytes          int64 // their total size
+}
+
+// NodeInfo describes one registered node.
+type NodeInfo struct {
+	ID           int64
+	Identity     string // "" without mutual TLS
+	PingInterval float64
+	Created      time.Time
+	OnlineUntil  time.Time
+	Online       bool
+}
+
+// RunInfo describes one run.
+type RunInfo struct {
+	ID            int64
+	Created       time.Time
+	LastGroup     string // group_id of the latest TaskIns pushed (the round, for FedAvg)
+	TaskInsPushed int    // TaskIns pushed in this run so far
+	TaskResPulled int    // results delivered to the ServerApp so far
+}
+
+// BlobFinder is an optional ability of a State that holds parameter arrays
+// in memory: the SuperLink's codec asks it for an array it is decoding, so
+// that an array the State already holds is not copied again.
+//
+// FindBlob returns held content of length n, whose HashBlob is hash, for
+// which eq returns true; nil when none. The returned bytes are never
+// modified. It must be safe for concurrent use and must not block on I/O.
+type BlobFinder interface {
+	FindBlob(hash uint64, n int, eq func([]byte) bool) []byte
+}
