@@ -1,0 +1,306 @@
+// Command sepal-load measures a flower-superlink process under load: the
+// FedAvg workload of issue 11 (Flower 1.8.0's message sequence and sizes),
+// many idle SuperNodes, or small calls as fast as they come. It builds
+// flower-superlink from this module (or runs --superlink), starts it over
+// TLS with a P-256 certificate on free loopback ports, runs the workload
+// with Go SuperNodes and a Go ServerApp, and prints one line per figure:
+//
+//	go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32
+//	go run ./internal/cmd/sepal-load --nodes 4 --repeat 3 -- --database state.db
+//	go run ./internal/cmd/sepal-load --mode idle --nodes 1000
+//	go run ./internal/cmd/sepal-load --mode rpcs --nodes 1000
+//
+// Flags after "--" go to flower-superlink. The SuperLink's CPU time is its
+// rusage (user+sys) over its whole life, its peak RSS the VmHWM read just
+// before it stops.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/load"
+)
+
+const name = "sepal-load"
+
+var command = cli.Command{
+	Name:     name,
+	Synopsis: "measure a flower-superlink process under a FedAvg, idle-nodes or small-calls load",
+	Usage:    "[flags] [-- SUPERLINK_FLAGS]",
+	Examples: []string{
+		"go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32",
+		"go run ./internal/cmd/sepal-load --nodes 16 --repeat 3 --node-poll 100ms --server-poll 100ms",
+		"go run ./internal/cmd/sepal-load --nodes 4 -- --database state.db",
+		"go run ./internal/cmd/sepal-load --mode idle --nodes 1000",
+		"go run ./internal/cmd/sepal-load --mode rpcs --nodes 1000",
+	},
+}
+
+func main() {
+	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type config struct {
+	mode       string
+	nodes      int
+	rounds     int
+	modelMiB   float64
+	nodePoll   time.Duration
+	serverPoll time.Duration
+	repeat     int
+	superlink  string
+	env        []string
+	settle     time.Duration
+	duration   time.Duration
+	verbose    bool
+	args       []string // for flower-superlink
+}
+
+func parseArgs(args []string, out io.Writer) (*config, error) {
+	fs := cli.NewFlagSet(command, out)
+	c := &config{}
+	fs.StringVar(&c.mode, "mode", "fedavg", "the workload: fedavg (issue 11's FedAvg run), idle (nodes that poll; RSS per node) or rpcs (Ping and empty PullTaskIns as fast as they come)")
+	fs.IntVar(&c.nodes, "nodes", 0, "SuperNodes, each with its own TLS connection (default 2 for fedavg, 1000 for idle and rpcs)")
+	fs.IntVar(&c.rounds, "rounds", 2, "FedAvg rounds")
+	fs.Float64Var(&c.modelMiB, "model-mib", 32, "model size in MiB: one float32 array (32 MiB = 8,388,608 values)")
+	fs.DurationVar(&c.nodePoll, "node-poll", 3*time.Second, "the nodes' wait between PullTaskIns calls when idle (Flower 1.8.0: 3s)")
+	fs.DurationVar(&c.serverPoll, "server-poll", time.Second, "the ServerApp's wait between PullTaskRes calls (Flower 1.8.0: 1s)")
+	fs.IntVar(&c.repeat, "repeat", 1, "runs of the workload, each on a new SuperLink; figures are printed with their median, min and max")
+	fs.StringVar(&c.superlink, "superlink", "", "the flower-superlink binary (default: built from this module with go build)")
+	fs.StringArrayVar(&c.env, "superlink-env", nil, "KEY=VALUE added to the SuperLink's environment, such as GOGC=50 (repeatable)")
+	fs.DurationVar(&c.settle, "settle", 15*time.Second, "idle: how long the nodes poll before the RSS is read")
+	fs.DurationVar(&c.duration, "duration", 5*time.Second, "rpcs: how long each level of concurrency lasts")
+	fs.BoolVar(&c.verbose, "verbose", false, "print the nodes' and the ServerApp's logs to stderr")
+	if err := cli.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	if n := fs.ArgsLenAtDash(); n > 0 || n < 0 && fs.NArg() > 0 {
+		return nil, cli.Usagef("unexpected argument %q: flags for flower-superlink go after --", fs.Arg(0))
+	}
+	c.args = fs.Args()
+	switch c.mode {
+	case "fedavg", "idle", "rpcs":
+	default:
+		return nil, cli.Usagef("--mode %q: want fedavg, idle or rpcs", c.mode)
+	}
+	if c.nodes == 0 {
+		c.nodes = 2
+		if c.mode != "fedavg" {
+			c.nodes = 1000
+		}
+	}
+	if c.nodes < 1 {
+		return nil, cli.Usagef("--nodes %d: want at least 1", c.nodes)
+	}
+	if c.rounds < 1 {
+		return nil, cli.Usagef("--rounds %d: want at least 1", c.rounds)
+	}
+	if c.modelMiB <= 0 || c.modelMiB > 500 {
+		return nil, cli.Usagef("--model-mib %v: want more than 0 and at most 500 (messages are limited to 512 MiB)", c.modelMiB)
+	}
+	if c.repeat < 1 {
+		return nil, cli.Usagef("--repeat %d: want at least 1", c.repeat)
+	}
+	for _, e := range c.env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return nil, cli.Usagef("--superlink-env %q: want KEY=VALUE", e)
+		}
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseArgs(args, stdout)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext(ctx)
+	defer stop()
+	logger := slog.New(slog.DiscardHandler)
+	if c.verbose {
+		logger = cli.NewLogger(stderr, slog.LevelInfo)
+	}
+	tmp, err := os.MkdirTemp("", "sepal-load-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin := c.superlink
+	if bin == "" {
+		fmt.Fprintln(stderr, "building flower-superlink ...")
+		if bin, err = load.Build(ctx, tmp); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "# %s --mode %s --nodes %d", name, c.mode, c.nodes)
+	if c.mode == "fedavg" {
+		fmt.Fprintf(stdout, " --rounds %d --model-mib %g --node-poll %v --server-poll %v", c.rounds, c.modelMiB, c.nodePoll, c.serverPoll)
+	}
+	fmt.Fprintf(stdout, " --repeat %d", c.repeat)
+	if len(c.env) > 0 {
+		fmt.Fprintf(stdout, " (env %s)", strings.Join(c.env, " "))
+	}
+	if len(c.args) > 0 {
+		fmt.Fprintf(stdout, " -- %s", strings.Join(c.args, " "))
+	}
+	fmt.Fprintf(stdout, "\n# load average before: %s\n", loadAvg())
+
+	figs := &figures{}
+	for i := range c.repeat {
+		dir, err := os.MkdirTemp(tmp, fmt.Sprintf("run%d-", i+1))
+		if err != nil {
+			return err
+		}
+		if err := once(ctx, c, bin, dir, logger, figs); err != nil {
+			return fmt.Errorf("run %d: %w", i+1, err)
+		}
+	}
+	figs.print(stdout)
+	fmt.Fprintf(stdout, "# load average after: %s\n", loadAvg())
+	return nil
+}
+
+// once runs the workload on a new SuperLink and records its figures.
+func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, figs *figures) (err error) {
+	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: c.args, Env: c.env})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		exit := s.Stop()
+		if err == nil && exit.Err != nil {
+			err = fmt.Errorf("flower-superlink did not stop cleanly: %v (log: %s)", exit.Err, s.LogFile)
+		}
+		if err == nil {
+			figs.add("superlink_cpu_s", "s", exit.CPU.Seconds())
+			figs.add("superlink_cpu_user_s", "s", exit.User.Seconds())
+			figs.add("superlink_cpu_sys_s", "s", exit.Sys.Seconds())
+			figs.add("superlink_rusage_maxrss_mib", "MiB", mib(exit.MaxRSS))
+		}
+	}()
+	switch c.mode {
+	case "fedavg":
+		o := load.FedAvgOptions{
+			Nodes: c.nodes, Rounds: c.rounds, ModelBytes: int(c.modelMiB*(1<<20)) &^ 3,
+			NodePoll: c.nodePoll, ServerPoll: c.serverPoll, Logger: logger,
+		}
+		r, err := load.RunFedAvg(ctx, s, o)
+		if err != nil {
+			return err
+		}
+		figs.add("superlink_peak_rss_mib", "MiB", mib(r.Memory.HWM))
+		figs.add("superlink_rss_after_mib", "MiB", mib(r.Memory.RSS))
+		for i, d := range r.Rounds {
+			figs.add(fmt.Sprintf("round_%d_wall_s", i+1), "s", d.Seconds())
+		}
+		for i, d := range r.RoundCPU {
+			figs.add(fmt.Sprintf("round_%d_superlink_cpu_s", i+1), "s", d.Seconds())
+		}
+		figs.add("run_wall_s", "s", r.Wall.Seconds())
+		figs.add("moved_each_way_mib", "MiB", mib(o.MovedEachWay()))
+	case "idle":
+		r, err := load.RunIdle(ctx, s, load.IdleOptions{Nodes: c.nodes, Poll: c.nodePoll, Settle: c.settle, Logger: logger})
+		if err != nil {
+			return err
+		}
+		figs.add("superlink_rss_before_mib", "MiB", mib(r.Before.RSS))
+		figs.add("superlink_rss_idle_mib", "MiB", mib(r.After.RSS))
+		figs.add("superlink_peak_rss_mib", "MiB", mib(r.After.HWM))
+		figs.add("rss_per_node_kib", "KiB", r.PerNode()/1024)
+		figs.add("idle_cpu_cores", "cores", r.CPU.Seconds()/r.Settle.Seconds())
+	case "rpcs":
+		levels, err := load.RunRPCs(ctx, s, load.RPCOptions{Nodes: c.nodes, Duration: c.duration})
+		if err != nil {
+			return err
+		}
+		for _, l := range levels {
+			p := fmt.Sprintf("active_%d_", l.Active)
+			figs.add(p+"rpcs_per_s", "1/s", l.PerSecond())
+			figs.add(p+"p50_ms", "ms", float64(l.P50)/1e6)
+			figs.add(p+"p99_ms", "ms", float64(l.P99)/1e6)
+			figs.add(p+"superlink_cpu_us_per_rpc", "µs", float64(l.CPUPerCall())/1e3)
+			figs.add(p+"superlink_cpu_cores", "cores", l.CPU.Seconds()/l.Wall.Seconds())
+			figs.add(p+"errors", "", float64(l.Errors))
+		}
+		mem, err := s.Memory()
+		if err != nil {
+			return err
+		}
+		figs.add("superlink_peak_rss_mib", "MiB", mib(mem.HWM))
+	}
+	return nil
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// figures collects each figure's value from every run, in the order first
+// seen.
+type figures struct {
+	names []string
+	vals  map[string][]float64
+}
+
+func (f *figures) add(name, _ string, v float64) {
+	if f.vals == nil {
+		f.vals = map[string][]float64{}
+	}
+	if _, ok := f.vals[name]; !ok {
+		f.names = append(f.names, name)
+	}
+	f.vals[name] = append(f.vals[name], v)
+}
+
+// print writes one line per figure: its value, or with several runs the
+// median, the range and every value in run order.
+func (f *figures) print(w io.Writer) {
+	width := 0
+	for _, n := range f.names {
+		width = max(width, len(n))
+	}
+	for _, n := range f.names {
+		vs := f.vals[n]
+		if len(vs) == 1 {
+			fmt.Fprintf(w, "%-*s %s\n", width, n, num(vs[0]))
+			continue
+		}
+		s := slices.Clone(vs)
+		slices.Sort(s)
+		all := make([]string, len(vs))
+		for i, v := range vs {
+			all[i] = num(v)
+		}
+		fmt.Fprintf(w, "%-*s %s  (median of %d; range %s-%s; runs %s)\n", width, n, num(s[len(s)/2]), len(s), num(s[0]), num(s[len(s)-1]), strings.Join(all, " "))
+	}
+}
+
+func num(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100 || v <= -100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10 || v <= -10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.3g", v)
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
