@@ -181,10 +181,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	if c.pollInterval < minPollInterval {
 		return nil, cli.Usagef("--certificates-poll-interval %v: must be at least %v (for example 5s); SIGHUP reloads at once", c.pollInterval, minPollInterval)
 	}
-	for _, a := range []struct{ flag, addr string }{{"--driver-api-address", c.driverAddr}, {"--grpc-rere-fleet-api-address", c.fleetAddr}} {
-		if _, _, err := net.SplitHostPort(a.addr); err != nil {
-			return nil, cli.Usagef("%s %q: want HOST:PORT, such as 0.0.0.0:9092", a.flag, a.addr)
-		}
+	if err := checkAddresses(c); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

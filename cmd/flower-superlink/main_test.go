@@ -48,7 +48,7 @@ func TestParseArgs(t *testing.T) {
 		{name: "database in memory", args: []string{"--insecure", "--database", ":flwr-in-memory-state:"}, mode: modeInsecure},
 		{name: "positional", args: []string{"--insecure", "server:app"}, usage: true, wantErr: `unexpected argument "server:app"`},
 		{name: "unknown flag", args: []string{"--insecure", "--bogus"}, usage: true, wantErr: "--bogus"},
-		{name: "bad address", args: []string{"--insecure", "--driver-api-address", "9091"}, usage: true, wantErr: "--driver-api-address \"9091\": want HOST:PORT"},
+		{name: "bad address", args: []string{"--insecure", "--driver-api-address", "9091"}, usage: true, wantErr: "--driver-api-address \"9091\": the port is missing; give HOST:PORT"},
 		{name: "poll interval zero", args: cat(files, []string{"--certificates-poll-interval", "0s"}), usage: true, wantErr: "--certificates-poll-interval 0s: must be at least 100ms"},
 		{name: "poll interval busy loop", args: cat(files, []string{"--certificates-poll-interval", "1ns"}), usage: true, wantErr: "--certificates-poll-interval 1ns: must be at least 100ms"},
 		{name: "poll interval without files", args: []string{"--insecure", "--certificates-poll-interval", "1s"}, usage: true, wantErr: "--certificates-poll-interval needs --certificates"},

@@ -41,7 +41,7 @@ func Register(fs *pflag.FlagSet, defaultServer, api string) *Flags {
 	fs.BoolVar(&f.Insecure, "insecure", false, "plaintext gRPC without TLS, for a SuperLink started with --insecure")
 	fs.StringVar(&f.TLSServerName, "tls-server-name", "", "the name the SuperLink's certificate must hold, when it differs from the host in --server")
 	fs.IntVar(&f.MaxRetries, "max-retries", 0, "retries of a failing connection before giving up with exit 1 (default: no limit; 0: no retry, as Flower 1.8.0); TLS verification failures are never retried")
-	fs.Float64Var(&f.MaxWaitTime, "max-wait-time", 0, "seconds to keep retrying a failing connection before giving up with exit 1 (default: no limit)")
+	fs.Float64Var(&f.MaxWaitTime, "max-wait-time", 0, "seconds to keep retrying a failing connection before giving up with exit 1 (default: no limit; 0: no retry, as Flower 1.8.0)")
 	f.fs = fs
 	return f
 }
@@ -55,8 +55,8 @@ func (f *Flags) TLS() (transport.ClientOptions, error) {
 	if f.Insecure && f.TLSServerName != "" {
 		return transport.ClientOptions{}, cli.Usagef("--insecure and --tls-server-name conflict: a server name is only checked with TLS")
 	}
-	if host, port, err := net.SplitHostPort(f.Server); err != nil || host == "" || port == "" {
-		return transport.ClientOptions{}, cli.Usagef("--server %q: give the SuperLink's address as HOST:PORT, such as %s", f.Server, f.example)
+	if err := cli.CheckDialAddress("--server", f.Server, f.example); err != nil {
+		return transport.ClientOptions{}, err
 	}
 	return transport.ClientOptions{RootCertificates: f.RootCertificates, ServerName: f.TLSServerName, Insecure: f.Insecure}, nil
 }
@@ -78,10 +78,10 @@ func (f *Flags) Retry() (maxRetries int, maxWait time.Duration, err error) {
 		}
 	}()
 	if f.MaxRetries < 0 {
-		return 0, 0, cli.Usagef("--max-retries %d is negative: give 0 for no limit or a count", f.MaxRetries)
+		return 0, 0, cli.Usagef("--max-retries %d is negative: give a number of retries, 0 for none (as Flower 1.8.0), or leave the flag out for no limit", f.MaxRetries)
 	}
 	if f.MaxWaitTime < 0 || math.IsNaN(f.MaxWaitTime) || math.IsInf(f.MaxWaitTime, 0) {
-		return 0, 0, cli.Usagef("--max-wait-time %v: give 0 for no limit or a number of seconds", f.MaxWaitTime)
+		return 0, 0, cli.Usagef("--max-wait-time %v: give a number of seconds, 0 for no retry (as Flower 1.8.0), or leave the flag out for no limit", f.MaxWaitTime)
 	}
 	return f.MaxRetries, time.Duration(f.MaxWaitTime * float64(time.Second)), nil
 }

@@ -65,6 +65,12 @@ func TestConflicts(t *testing.T) {
 		{[]string{"--server", ""}, []string{"--server"}},
 		{[]string{"--server", "localhost"}, []string{`--server "localhost"`, "HOST:PORT", "127.0.0.1:9092"}},
 		{[]string{"--server", ":9092"}, []string{"HOST:PORT"}},
+		// Impossible addresses are refused at once, never retried.
+		{[]string{"--server", "127.0.0.1:99999"}, []string{`--server "127.0.0.1:99999"`, "port 99999 is out of range"}},
+		{[]string{"--server", ":abc"}, []string{`port "abc" is not a number`}},
+		{[]string{"--server", "host:-1"}, []string{"port -1 is out of range"}},
+		{[]string{"--server", "localhost:"}, []string{"the port is empty"}},
+		{[]string{"--server", "127.0.0.1:0"}, []string{"port 0 is out of range"}},
 	}
 	for _, c := range cases {
 		f, _ := parse(t, c.args...)
@@ -83,8 +89,20 @@ func TestConflicts(t *testing.T) {
 	for _, args := range [][]string{{"--max-retries", "-1"}, {"--max-wait-time", "-3"}, {"--max-wait-time", "NaN"}} {
 		f, _ := parse(t, args...)
 		var ue *cli.UsageError
-		if _, _, err := f.Retry(); !errors.As(err, &ue) || !strings.Contains(err.Error(), args[0]) {
+		_, _, err := f.Retry()
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("%v: %v, want a usage error naming the flag", args, err)
+			continue
+		}
+		// The message says what 0 and no flag mean, as Retry treats them:
+		// an explicit 0 is no retry, no flag is no limit.
+		for _, w := range []string{"0 for no", "leave the flag out for no limit"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: %q lacks %q", args, err, w)
+			}
+		}
+		if strings.Contains(err.Error(), "0 for no limit") {
+			t.Errorf("%v: %q says 0 means no limit, but an explicit 0 means no retry", args, err)
 		}
 	}
 }
