@@ -37,6 +37,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // Directory URLs of Let's Encrypt.
@@ -467,7 +469,7 @@ func (s *Source) obtain(ctx context.Context, responder bool) error {
 		if loaded {
 			how = "certificate loaded from storage"
 		}
-		s.log.Info("acme: "+how, "domain", d, "serial", leaf.SerialNumber.Text(16),
+		s.log.Info("acme: "+how, "domain", d, "serial", certfmt.Serial(leaf.SerialNumber),
 			"issuer", leaf.Issuer.CommonName, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339),
 			"expiry", leaf.NotAfter.UTC().Format(time.RFC3339), "elapsed", time.Since(start).Round(time.Millisecond).String())
 	}
@@ -560,7 +562,7 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	if cert.Leaf != nil {
 		if prev, ok := s.serving.Load(name); !ok || prev != cert.Leaf {
 			if old, loaded := s.serving.Swap(name, cert.Leaf); !loaded || old != cert.Leaf {
-				s.log.Info("acme: serving certificate", "domain", name, "serial", cert.Leaf.SerialNumber.Text(16),
+				s.log.Info("acme: serving certificate", "domain", name, "serial", certfmt.Serial(cert.Leaf.SerialNumber),
 					"expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 			}
 		}

@@ -16,6 +16,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // Sentinel errors of Check, LoadCA and FileSource. The errors these return
@@ -26,6 +28,8 @@ var (
 	ErrEmpty        = errors.New("file is empty")
 	ErrNotPEM       = errors.New("file holds no PEM data")
 	ErrWrongPEMType = errors.New("file holds the wrong kind of PEM block")
+	ErrEncrypted    = errors.New("key is encrypted with a passphrase")
+	ErrWeakKey      = errors.New("key is too weak")
 	ErrMalformed    = errors.New("PEM block does not parse")
 	ErrNotCA        = errors.New("certificate is not a CA")
 	ErrKeyMismatch  = errors.New("key does not match the certificate")
@@ -90,7 +94,10 @@ const fixRenew = `issue a new server certificate from the same CA with "flower-c
 // It refuses, with a *FileError naming the file and the fix: a missing,
 // unreadable or empty file (ErrMissing, ErrUnreadable, ErrEmpty); no PEM
 // (ErrNotPEM); a key where a certificate belongs or the reverse
-// (ErrWrongPEMType); a block that does not parse (ErrMalformed); a key that
+// (ErrWrongPEMType); a key encrypted with a passphrase, PKCS#8 or the
+// traditional OpenSSL way (ErrEncrypted); an RSA key of fewer than
+// MinRSABits bits in any of the files (ErrWeakKey); a block that does not
+// parse (ErrMalformed); a key that
 // does not match the certificate (ErrKeyMismatch); an expired or not yet
 // valid certificate, with its dates (ErrExpired, ErrNotYetValid); a
 // certificate without DNS or IP names (ErrNoSAN) or not for serverAuth
@@ -146,6 +153,9 @@ func (f *files) check(now time.Time) (*tls.Certificate, error) {
 		}
 		roots = x509.NewCertPool()
 		for _, c := range cas {
+			if err := weakKey(f.caFile, roleCA, c.PublicKey); err != nil {
+				return nil, err
+			}
 			roots.AddCert(c)
 		}
 	}
@@ -172,6 +182,11 @@ func (f *files) check(now time.Time) (*tls.Certificate, error) {
 			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
 				KeyAlgorithm(key.Public()), KeyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
 			Fix: "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fixRenew}
+	}
+	for _, c := range chain {
+		if err := weakKey(f.certFile, roleCert, c.PublicKey); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkDates(f.certFile, roleCert, leaf, now); err != nil {
 		return nil, err
@@ -286,6 +301,29 @@ func Warnings(certFile string, c *tls.Certificate, now time.Time) []string {
 		certFile, stamp(c.Leaf.NotAfter), int(math.Round(left.Hours()/24)), fixRenew)}
 }
 
+// KeyModeWarning returns what to log about the private key file at path
+// when users other than its owner may read or write it (its mode gives the
+// group or others any access), naming the mode and the chmod that fixes it;
+// "" when the mode is private or the file cannot be examined. The key is
+// still used: many setups (a key shared with a group of services) choose
+// this, but a private key on a shared machine should be 0600.
+func KeyModeWarning(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+		return ""
+	}
+	return fmt.Sprintf("private key file %s is open to other users (mode %04o): anyone who reads it can pass for the owner of its certificate; make it private with: chmod 600 %s",
+		path, fi.Mode().Perm(), shellQuote(path))
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=,@%+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 func readFile(path, role string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	switch {
@@ -356,6 +394,13 @@ func parseKeyPEM(path, role string, data []byte) (crypto.Signer, error) {
 		}
 		var key any
 		var err error
+		if strings.Contains(b.Headers["Proc-Type"], "ENCRYPTED") {
+			// The traditional OpenSSL encryption ("Proc-Type: 4,ENCRYPTED"
+			// and DEK-Info headers), which openssl genrsa -aes128 and old
+			// tools write.
+			cipher, _, _ := strings.Cut(b.Headers["DEK-Info"], ",")
+			return nil, encryptedKey(path, role, strings.TrimSpace("traditional OpenSSL encryption "+cipher))
+		}
 		switch b.Type {
 		case "EC PARAMETERS":
 			continue
@@ -366,9 +411,7 @@ func parseKeyPEM(path, role string, data []byte) (crypto.Signer, error) {
 		case "RSA PRIVATE KEY":
 			key, err = x509.ParsePKCS1PrivateKey(b.Bytes)
 		case "ENCRYPTED PRIVATE KEY":
-			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
-				Detail: "the key is encrypted",
-				Fix:    fmt.Sprintf("write it unencrypted with 'openssl pkey -in %s -out PLAIN.key' and give that file", path)}
+			return nil, encryptedKey(path, role, "PKCS#8")
 		case "CERTIFICATE":
 			return nil, &FileError{Path: path, Role: role, Err: ErrWrongPEMType,
 				Detail: "it holds a certificate where the private key belongs",
@@ -393,6 +436,36 @@ func parseKeyPEM(path, role string, data []byte) (crypto.Signer, error) {
 				Fix:    "use an ECDSA, RSA or Ed25519 key"}
 		}
 	}
+}
+
+// MinRSABits is the smallest RSA key Check, LoadCA and FileSource accept
+// (NIST has disallowed smaller ones since 2013).
+const MinRSABits = 2048
+
+// weakKey refuses an RSA key of fewer than MinRSABits bits in the file at
+// path (the key of a certificate, or a private key).
+func weakKey(path, role string, pub crypto.PublicKey) error {
+	k, ok := pub.(*rsa.PublicKey)
+	if !ok || k.N.BitLen() >= MinRSABits {
+		return nil
+	}
+	fix := `issue a new server certificate and key with "flower-certs --force" (ECDSA P-256 by default, or --key-type rsa-2048)`
+	if role == roleCA || role == roleCAKey {
+		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
+	}
+	return &FileError{Path: path, Role: role, Err: ErrWeakKey,
+		Detail: fmt.Sprintf("its RSA key has %d bits; keys under %d bits are too weak to trust", k.N.BitLen(), MinRSABits),
+		Fix:    fix}
+}
+
+// encryptedKey is the error for a key file protected by a passphrase,
+// which a server that restarts and reloads unattended cannot type; how
+// says which encryption ("PKCS#8", or the traditional OpenSSL one).
+func encryptedKey(path, role, how string) error {
+	return &FileError{Path: path, Role: role, Err: ErrEncrypted,
+		Detail: fmt.Sprintf("the key is encrypted with a passphrase (%s)", how),
+		Fix: fmt.Sprintf("write it unencrypted with 'openssl pkey -in %s -out PLAIN.key' (it asks for the passphrase), "+
+			"chmod 600 PLAIN.key, and give that file", path)}
 }
 
 func notPEM(path, role string, data []byte, want string) error {
@@ -423,4 +496,5 @@ func KeyAlgorithm(pub crypto.PublicKey) string {
 	return fmt.Sprintf("%T", pub)
 }
 
-func serialHex(c *x509.Certificate) string { return fmt.Sprintf("%x", c.SerialNumber) }
+// serialHex is c's serial as "openssl x509 -serial" prints it.
+func serialHex(c *x509.Certificate) string { return certfmt.Serial(c.SerialNumber) }

@@ -156,7 +156,7 @@ func TestCheck(t *testing.T) {
 		{name: "CSR in certificate file", ca: caFile, cert: w("csr.pem", csr), key: keyFile,
 			want: ErrWrongPEMType, wantFile: "csr.pem", wantText: []string{"CERTIFICATE REQUEST"}},
 		{name: "encrypted key", ca: caFile, cert: certFile, key: w("enc.key", encKey),
-			want: ErrWrongPEMType, wantFile: "enc.key", wantText: []string{"encrypted", "openssl pkey"}},
+			want: ErrEncrypted, wantFile: "enc.key", wantText: []string{"encrypted", "PKCS#8", "openssl pkey"}},
 		{name: "malformed certificate", ca: caFile, cert: w("bad.pem", badCert), key: keyFile,
 			want: ErrMalformed, wantFile: "bad.pem", wantText: []string{"does not parse"}},
 		{name: "key does not match", ca: caFile, cert: certFile, key: w("other.key", other.KeyPEM),

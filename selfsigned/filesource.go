@@ -48,7 +48,10 @@ type FileSourceOptions struct {
 // logged once per distinct content of the files, when two polls in a row
 // find the same bad content (so a pair replaced one file at a time, or a
 // file being written in place, is not reported), or at once on SIGHUP or
-// Reload. Key bytes are never logged.
+// Reload. Once a failure was logged, the next good reload logs that the
+// files are good again (also when they are back to the served content).
+// A private key file open to other users is warned about (KeyModeWarning)
+// whenever a key is loaded. Key bytes are never logged.
 //
 // All methods are safe for concurrent use.
 type FileSource struct {
@@ -61,6 +64,7 @@ type FileSource struct {
 	failed     *files     // the bytes of the last pair that failed Check
 	failedErr  error      // why failed failed, or why the files could not be read
 	logged     bool       // failedErr was logged
+	reported   bool       // a failure was logged since the files were last good
 	expiredLog bool       // the served certificate's expiry was logged
 
 	ready     chan struct{} // closed once Run listens for SIGHUP
@@ -153,7 +157,13 @@ func (s *FileSource) reload(trigger string, explicit bool) error {
 	now := s.o.Now()
 	f, err := readFiles(s.o.CAFile, s.o.CertFile, s.o.KeyFile)
 	if err == nil && f.equal(s.loaded) {
-		s.failed, s.failedErr, s.logged = nil, nil, false
+		if s.reported {
+			// A failure was reported and the files are back to what is
+			// served (say, a bad file was restored): say it is over.
+			s.log.Info("certificate files are good again; serving the same certificate as before the failure",
+				"trigger", trigger, "cert_file", s.o.CertFile, "serial", serialHex(s.cur.Load().Leaf))
+		}
+		s.failed, s.failedErr, s.logged, s.reported = nil, nil, false, false
 		s.logExpired(now)
 		return nil
 	}
@@ -192,15 +202,18 @@ func (s *FileSource) logOnce(trigger string) {
 	if s.logged {
 		return
 	}
-	s.logged = true
+	s.logged, s.reported = true, true
 	s.log.Error("certificate reload failed; serving the previous certificate",
 		"trigger", trigger, "error", s.failedErr, "serving_serial", serialHex(s.cur.Load().Leaf))
 }
 
 // swap serves c, read as f, and logs it. s.mu is held (or s is new).
 func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
+	if s.reported {
+		s.log.Info("certificate files are good again after the failed reload", "trigger", trigger, "cert_file", s.o.CertFile)
+	}
 	s.cur.Store(c)
-	s.loaded, s.failed, s.failedErr, s.logged, s.expiredLog = f, nil, nil, false, false
+	s.loaded, s.failed, s.failedErr, s.logged, s.reported, s.expiredLog = f, nil, nil, false, false, false
 	l := c.Leaf
 	sans := append([]string{}, l.DNSNames...)
 	for _, ip := range l.IPAddresses {
@@ -214,6 +227,9 @@ func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
 		"not_after", l.NotAfter.UTC().Format(time.RFC3339), "chain_len", len(c.Certificate))
 	for _, w := range Warnings(s.o.CertFile, c, s.o.Now()) {
 		s.log.Warn(w)
+	}
+	if w := KeyModeWarning(s.o.KeyFile); w != "" {
+		s.log.Warn(w, "key_file", s.o.KeyFile)
 	}
 }
 

@@ -162,7 +162,8 @@ func NewCA(o CAOptions) (*CA, error) {
 // LoadCA reads a CA certificate (PEM, the first CERTIFICATE block) and its
 // private key (PEM: PKCS#8 "PRIVATE KEY", or the older "EC PRIVATE KEY" and
 // "RSA PRIVATE KEY"). It fails, naming the file, when a file cannot be read
-// or parsed, the certificate is not a CA, or the key does not match it. The
+// or parsed, the certificate is not a CA, its key is an RSA key of fewer
+// than MinRSABits bits, the key is encrypted, or the key does not match it. The
 // errors match the sentinels of Check with errors.Is.
 func LoadCA(certFile, keyFile string) (*CA, error) {
 	cp, err := readFile(certFile, roleCA)
@@ -182,6 +183,9 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 		return nil, &FileError{Path: certFile, Role: roleCA, Err: ErrNotCA,
 			Detail: fmt.Sprintf("%q is not a CA certificate", cert.Subject.CommonName),
 			Fix:    "give the CA certificate (ca.crt), not a server certificate"}
+	}
+	if err := weakKey(certFile, roleCA, cert.PublicKey); err != nil {
+		return nil, err
 	}
 	key, err := parseKeyPEM(keyFile, roleCAKey, kp)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
@@ -262,7 +263,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := write(stdout, p.serverCert, pair.CertPEM, certMode,
-		fmt.Sprintf("server certificate (%s, serial %x, valid until %s) for %s", selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), pair.Leaf.SerialNumber,
+		fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s", selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
 			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))); err != nil {
 		return err
 	}
