@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -125,23 +126,48 @@ func readFiles(caFile, certFile, keyFile string) (*files, error) {
 	var err error
 	if caFile != "" {
 		if f.ca, err = readFile(caFile, roleCA); err != nil {
-			return nil, err
+			return nil, withPending(err)
 		}
 	}
 	if f.cert, err = readFile(certFile, roleCert); err != nil {
-		return nil, err
+		return nil, withPending(err)
 	}
 	if f.key, err = readFile(keyFile, roleKey); err != nil {
-		return nil, err
+		return nil, withPending(err)
 	}
 	return f, nil
+}
+
+// withPending returns err, a *FileError, with a fix that says how to
+// complete the interrupted WriteSet in the folder of its file, if there is
+// one: until it is completed the files of the set need not match.
+func withPending(err error) error {
+	var fe *FileError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	dir := filepath.Dir(fe.Path)
+	if !PendingSet(dir) {
+		return err
+	}
+	c := *fe
+	c.Fix = fmt.Sprintf(`a write of the files in %s was interrupted (%s holds %s): run "flower-certs --dir %s" to complete it; or %s`,
+		dir, dir, setJournal, shellQuote(dir), fe.Fix)
+	return &c
 }
 
 func (f *files) equal(g *files) bool {
 	return g != nil && bytes.Equal(f.ca, g.ca) && bytes.Equal(f.cert, g.cert) && bytes.Equal(f.key, g.key)
 }
 
+// check is checkBytes, whose error tells of an interrupted WriteSet in the
+// folder of the file at fault (which explains a key that does not match).
 func (f *files) check(now time.Time) (*tls.Certificate, error) {
+	c, err := f.checkBytes(now)
+	return c, withPending(err)
+}
+
+func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}

@@ -166,6 +166,11 @@ func NewCA(o CAOptions) (*CA, error) {
 // than MinRSABits bits, the key is encrypted, or the key does not match it. The
 // errors match the sentinels of Check with errors.Is.
 func LoadCA(certFile, keyFile string) (*CA, error) {
+	ca, err := loadCA(certFile, keyFile)
+	return ca, withPending(err)
+}
+
+func loadCA(certFile, keyFile string) (*CA, error) {
 	cp, err := readFile(certFile, roleCA)
 	if err != nil {
 		return nil, err
