@@ -134,19 +134,25 @@ type Options struct {
 
 // DefaultStorage returns the per-user folder for ACME data:
 // $XDG_DATA_HOME/sepal/acme, else ~/.local/share/sepal/acme on Linux and
-// the BSDs, else os.UserConfigDir()/sepal/acme (macOS: ~/Library/Application
-// Support/sepal/acme, Windows: %AppData%\sepal\acme).
+// the BSDs (macOS: ~/Library/Application Support/sepal/acme, Windows:
+// %AppData%\sepal\acme). Without $HOME (a service), the home folder is the
+// user's in the user database; a user without one (such as nobody) gets
+// $STATE_DIRECTORY/acme under systemd's StateDirectory=, else
+// /var/lib/sepal/acme. Never the current folder.
 func DefaultStorage() string {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
 		return filepath.Join(d, "sepal", "acme")
 	}
-	if home, err := os.UserHomeDir(); err == nil && runtime.GOOS != "windows" && runtime.GOOS != "darwin" {
+	if home := userHome(); home != "" && runtime.GOOS != "windows" {
+		if runtime.GOOS == "darwin" {
+			return filepath.Join(home, "Library", "Application Support", "sepal", "acme")
+		}
 		return filepath.Join(home, ".local", "share", "sepal", "acme")
 	}
 	if d, err := os.UserConfigDir(); err == nil {
 		return filepath.Join(d, "sepal", "acme")
 	}
-	return filepath.Join(".", "sepal-acme")
+	return systemStorage()
 }
 
 // ResolveCA expands "" and "staging" to Let's Encrypt's directory URLs and
@@ -171,6 +177,9 @@ func normalize(name string) string {
 
 // validDomain reports why name cannot be an ACME DNS identifier, or "".
 func validDomain(name string) string {
+	if why := domainChars(name); why != "" {
+		return why
+	}
 	switch {
 	case name == "":
 		return "it is empty"
@@ -228,6 +237,9 @@ func (o Options) withDefaults() (Options, error) {
 		return o, err
 	}
 	o.CA = ca
+	if err := ValidateEmail(o.Email); err != nil {
+		return o, err
+	}
 	if o.Storage == "" {
 		o.Storage = DefaultStorage()
 	}
@@ -361,6 +373,9 @@ func Prepare(o Options) (*Source, error) {
 	}
 	if err := os.MkdirAll(o.Storage, 0o700); err != nil {
 		return nil, fmt.Errorf("acme: storage folder: %w", err)
+	}
+	if err := CheckStorage(o.Storage); err != nil {
+		return nil, err
 	}
 	var roots *x509.CertPool
 	if o.CARootFile != "" {
@@ -622,6 +637,11 @@ type ObtainError struct {
 }
 
 func (e *ObtainError) Error() string {
+	if why := caUnreachable(e.Err, e.CA); why != "" {
+		return fmt.Sprintf("acme: cannot reach the ACME CA at %s: %s; tried for %v, so no certificate for %s. "+
+			"Check the CA's directory URL, this host's DNS resolver, and that it may open HTTPS connections to the CA (firewall, proxy); "+
+			"the domain's DNS and ports play no part until the CA answers", e.CA, why, e.Elapsed, e.Domain)
+	}
 	port := "443"
 	if e.Challenge == ChallengeHTTP01 {
 		port = "80"
@@ -634,4 +654,11 @@ func (e *ObtainError) Error() string {
 	return b.String()
 }
 
-func (e *ObtainError) Unwrap() error { return e.Err }
+// Unwrap returns the client's error, and ErrCAUnreachable when the CA
+// itself could not be reached.
+func (e *ObtainError) Unwrap() []error {
+	if caUnreachable(e.Err, e.CA) != "" {
+		return []error{e.Err, ErrCAUnreachable}
+	}
+	return []error{e.Err}
+}

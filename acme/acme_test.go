@@ -81,7 +81,7 @@ func TestOptionsInvalid(t *testing.T) {
 		{"ip", Options{Domains: []string{"192.0.2.1"}}, "IP address"},
 		{"wildcard", Options{Domains: []string{"*.example.org"}}, "DNS-01"},
 		{"single label", Options{Domains: []string{"localhost"}}, "single label"},
-		{"bad char", Options{Domains: []string{"a_b.example.org"}}, "character"},
+		{"bad char", Options{Domains: []string{"a_b.example.org"}}, "underscore"},
 		{"http ca", Options{Domains: []string{"a.test"}, CA: "http://ca/dir"}, "https://"},
 		{"challenge", Options{Domains: []string{"a.test"}, Challenge: "dns-01"}, "dns-01"},
 		{"client", Options{Domains: []string{"a.test"}, Client: "lego"}, "lego"},
@@ -113,24 +113,36 @@ func TestNewRefusesBadRootFile(t *testing.T) {
 	}
 }
 
-// A CA that cannot be reached ends New within the start-up timeout, with
-// an *ObtainError that says what to check.
+// A CA that cannot be reached (nothing listens at its address, or its
+// host name does not resolve) ends New within the start-up timeout, with an
+// *ObtainError that says the CA cannot be reached, not that the domain's
+// DNS or ports may be wrong.
 func TestNewUnreachableCA(t *testing.T) {
-	for _, client := range []string{ClientCertmagic, ClientAutocert} {
-		t.Run(client, func(t *testing.T) {
+	for _, tc := range []struct{ client, ca, why string }{
+		{ClientCertmagic, "https://127.0.0.1:1/dir", "nothing answers at 127.0.0.1:1 (connection refused)"},
+		{ClientAutocert, "https://127.0.0.1:1/dir", "nothing answers at 127.0.0.1:1 (connection refused)"},
+		{ClientCertmagic, "https://no-such-ca.invalid/dir", "its host name no-such-ca.invalid does not resolve"},
+		{ClientAutocert, "https://no-such-ca.invalid/dir", "its host name no-such-ca.invalid does not resolve"},
+	} {
+		t.Run(tc.client+" "+tc.ca, func(t *testing.T) {
 			start := time.Now()
 			_, err := New(context.Background(), Options{
-				Domains: []string{"a.test"}, Storage: t.TempDir(), Client: client,
-				CA: "https://127.0.0.1:1/dir", TLSALPNAddress: "127.0.0.1:0",
+				Domains: []string{"a.test"}, Storage: t.TempDir(), Client: tc.client,
+				CA: tc.ca, TLSALPNAddress: "127.0.0.1:0",
 				StartupTimeout: 3 * time.Second,
 			})
 			var oe *ObtainError
-			if !errors.As(err, &oe) {
-				t.Fatalf("err = %v, want *ObtainError", err)
+			if !errors.As(err, &oe) || !errors.Is(err, ErrCAUnreachable) {
+				t.Fatalf("err = %v, want *ObtainError matching ErrCAUnreachable", err)
 			}
-			for _, want := range []string{"a.test", "https://127.0.0.1:1/dir", "DNS", "port 443", "staging"} {
+			for _, want := range []string{"a.test", "cannot reach the ACME CA at " + tc.ca, tc.why, "directory URL"} {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error lacks %q: %v", want, err)
+				}
+			}
+			for _, wrong := range []string{"DNS for a.test", "port 443"} {
+				if strings.Contains(err.Error(), wrong) {
+					t.Errorf("error blames the domain (%q): %v", wrong, err)
 				}
 			}
 			if d := time.Since(start); d > 10*time.Second {

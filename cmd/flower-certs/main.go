@@ -155,7 +155,20 @@ func exists(path string) (bool, error) {
 // then writes the files. On an error nothing is written, or (a failed
 // write) what was written is complete and says so.
 func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
+	// Whole seconds, as certificates hold them: a date compared with one
+	// read back from a certificate must not differ by a fraction.
+	now = now.Truncate(time.Second)
 	p := pathsIn(c.dir)
+
+	// A run killed while it wrote is completed (it had written every file)
+	// or undone (it had not), before anything is decided.
+	rec, err := selfsigned.RecoverSet(c.dir)
+	if err != nil {
+		return fmt.Errorf("%w; nothing was written", err)
+	}
+	if !rec.Empty() {
+		fmt.Fprintf(stdout, "%s: an earlier run was stopped while writing: %s.\n", c.dir, rec)
+	}
 	have := map[string]bool{}
 	for _, f := range []string{p.caCert, p.caKey, p.serverCert, p.serverKey} {
 		ok, err := exists(f)
@@ -183,7 +196,15 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s exists but %s does not: run %s --force to issue a new server certificate and key",
 				present, missing, name)
 		}
-		fmt.Fprintf(stdout, "%s and %s exist; nothing changed.\n", p.serverCert, p.serverKey)
+		// They must still be a working set: a half-done edit by hand (or
+		// a writer of another tool, killed) is named, not passed over.
+		if err := checkExisting(p, have, now); err != nil {
+			return err
+		}
+		if w := selfsigned.KeyModeWarning(p.serverKey); w != "" {
+			fmt.Fprintf(stderr, "%s: note: %s\n", name, w)
+		}
+		fmt.Fprintf(stdout, "%s and %s exist and match; nothing changed.\n", p.serverCert, p.serverKey)
 		fmt.Fprintf(stdout, "To issue a new server certificate from the same CA (clients keep %s):\n  %s\n",
 			p.caCert, shellJoin(append([]string{name}, append(c.args, "--force")...)))
 		fmt.Fprintf(stdout, "To replace the CA as well (every client then needs the new %s):\n  %s\n",
@@ -197,7 +218,6 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 
 	// Make everything in memory first: a bad --host or --days writes nothing.
 	var ca *selfsigned.CA
-	var err error
 	reuse := have[p.caCert] && have[p.caKey] && !c.newCA
 	if reuse {
 		if ca, err = selfsigned.LoadCA(p.caCert, p.caKey); err != nil {
@@ -210,9 +230,10 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	notAfter := now.Add(time.Duration(c.days) * 24 * time.Hour)
 	if !reuse {
-		// A new CA lasts 10 years, or longer if the server certificate does.
+		// A new CA lasts 10 years, and outlives the server certificate it
+		// issues by a day at least (--days 3650 and more).
 		caNotAfter := now.Add(selfsigned.DefaultCAValidity)
-		if notAfter.After(caNotAfter) {
+		if !caNotAfter.After(notAfter) {
 			caNotAfter = notAfter.Add(24 * time.Hour)
 		}
 		if ca, err = selfsigned.NewCA(selfsigned.CAOptions{KeyType: c.keyType, NotAfter: caNotAfter}); err != nil {
@@ -235,14 +256,26 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		return cli.Usagef("--host: %s", strings.TrimPrefix(err.Error(), "selfsigned: "))
 	}
 
-	// Write: the folder, then each key before its certificate.
-	if err := os.MkdirAll(c.dir, dirMode); err != nil {
-		return fmt.Errorf("making the folder %s: %w", c.dir, err)
+	// Write: the files of the set all together, or none of them.
+	var set []selfsigned.SetFile
+	var wrote []string
+	if !reuse {
+		set = append(set,
+			selfsigned.SetFile{Name: caKeyName, Data: ca.KeyPEM, Mode: keyMode},
+			selfsigned.SetFile{Name: caCertName, Data: ca.CertPEM, Mode: certMode})
+		wrote = append(wrote,
+			wroteLine(p.caKey, keyMode, "CA private key: keep it private, it stays here"),
+			wroteLine(p.caCert, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
+				selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))))
 	}
-	if fi, err := os.Stat(c.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		fmt.Fprintf(stderr, "%s: note: %s is open to other users (mode %04o); keys are 0600, but consider: chmod 700 %s\n",
-			name, c.dir, fi.Mode().Perm(), shellQuote(c.dir))
-	}
+	set = append(set,
+		selfsigned.SetFile{Name: serverKeyName, Data: pair.KeyPEM, Mode: keyMode},
+		selfsigned.SetFile{Name: serverCertName, Data: pair.CertPEM, Mode: certMode})
+	wrote = append(wrote,
+		wroteLine(p.serverKey, keyMode, "server private key"),
+		wroteLine(p.serverCert, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
+			selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
+			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))))
 	if reuse {
 		if fi, err := os.Stat(p.caKey); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			fmt.Fprintf(stderr, "%s: note: the CA private key %s is open to other users (mode %04o); anyone who reads it can issue certificates your clients trust: chmod 600 %s\n",
@@ -250,22 +283,16 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
 			p.caCert, subjectName(ca.Cert), selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
-	} else {
-		if err := write(stdout, p.caKey, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here"); err != nil {
-			return err
-		}
-		if err := write(stdout, p.caCert, ca.CertPEM, certMode,
-			fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client", selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))); err != nil {
-			return err
-		}
 	}
-	if err := write(stdout, p.serverKey, pair.KeyPEM, keyMode, "server private key"); err != nil {
+	if err := selfsigned.WriteSet(c.dir, set); err != nil {
 		return err
 	}
-	if err := write(stdout, p.serverCert, pair.CertPEM, certMode,
-		fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s", selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
-			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))); err != nil {
-		return err
+	for _, l := range wrote {
+		fmt.Fprint(stdout, l)
+	}
+	if fi, err := os.Stat(c.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(stderr, "%s: note: %s is open to other users (mode %04o); keys are 0600, but consider: chmod 700 %s\n",
+			name, c.dir, fi.Mode().Perm(), shellQuote(c.dir))
 	}
 	if clamped {
 		fmt.Fprintf(stdout, "The server certificate ends with its CA on %s, before %d days; %s --new-ca makes a CA for 10 years (clients then need the new %s).\n",
@@ -278,11 +305,28 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func write(stdout io.Writer, path string, data []byte, mode fs.FileMode, what string) error {
-	if err := selfsigned.WriteFileAtomic(path, data, mode); err != nil {
-		return fmt.Errorf("%s (nothing half-written; run again once fixed)", strings.TrimPrefix(err.Error(), "selfsigned: "))
+// wroteLine is the line printed for a file written.
+func wroteLine(path string, mode fs.FileMode, what string) string {
+	return fmt.Sprintf("wrote %-28s %04o  %s\n", path, mode, what)
+}
+
+// checkExisting refuses a folder whose files do not work together: a CA
+// certificate and key that do not match, or a server certificate and key
+// that do not match, are not valid now, or do not chain to the CA beside
+// them. have tells which of the four files exist.
+func checkExisting(p paths, have map[string]bool, now time.Time) error {
+	if have[p.caCert] && have[p.caKey] {
+		if _, err := selfsigned.LoadCA(p.caCert, p.caKey); err != nil {
+			return fmt.Errorf("the CA in %s does not work: %w; nothing changed", filepath.Dir(p.caCert), err)
+		}
 	}
-	fmt.Fprintf(stdout, "wrote %-28s %04o  %s\n", path, mode, what)
+	caFile := ""
+	if have[p.caCert] {
+		caFile = p.caCert
+	}
+	if _, err := selfsigned.Check(caFile, p.serverCert, p.serverKey, now); err != nil {
+		return fmt.Errorf("the server certificate in %s does not work: %w; nothing changed", filepath.Dir(p.serverCert), err)
+	}
 	return nil
 }
 

@@ -92,6 +92,9 @@ func (a *acmeFlags) check() error {
 			return cli.Usagef("--acme-domain: %s", strings.TrimPrefix(err.Error(), "acme: "))
 		}
 	}
+	if err := acme.ValidateEmail(a.email); err != nil {
+		return cli.Usagef("--acme-email: %s", strings.TrimPrefix(err.Error(), "acme: "))
+	}
 	if _, err := acme.ResolveCA(a.ca); err != nil {
 		return cli.Usagef("--acme-ca %q: give an https:// ACME directory URL, or \"staging\"", a.ca)
 	}
@@ -161,6 +164,9 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 	}
 	if err := os.MkdirAll(storage, 0o700); err != nil {
 		return nil, fmt.Errorf("--acme-storage: cannot create the folder: %w", err)
+	}
+	if err := acme.CheckStorage(storage); err != nil {
+		return nil, fmt.Errorf("--acme-storage: %s", strings.TrimPrefix(err.Error(), "acme: "))
 	}
 	o := acme.Options{
 		Domains:            a.domains,

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+)
+
+// Bad ACME values are usage errors that name the flag and the right reason.
+func TestACMEValuesRefused(t *testing.T) {
+	d := []string{"--acme-domain", "superlink.example.org"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--acme-domain", "foo bar.example.org"}, `--acme-domain: domain "foo bar.example.org": it contains a space`},
+		{[]string{"--acme-domain", "https://superlink.example.org/"}, "it is a URL"},
+		{[]string{"--acme-domain", "superlink.example.org:9092"}, "it has a port"},
+		{append(d, "--acme-email", "notanaddress"), `--acme-email: e-mail address "notanaddress": it has no @`},
+		{append(d, "--acme-email", "Ops <ops@example.org>"), "--acme-email: e-mail address"},
+	} {
+		_, err := parseArgs(tc.args, io.Discard)
+		var ue *cli.UsageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want a usage error with %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := parseArgs(append(d, "--acme-email", "ops@example.org"), io.Discard); err != nil {
+		t.Errorf("a good address: %v", err)
+	}
+}
