@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -84,6 +85,9 @@ const deleteTimeout = 5 * time.Second
 //     one-line explanation at once, without retrying;
 //   - a network failure outlasted MaxRetries or MaxWaitTime: an error
 //     wrapping ErrGaveUp (Flower 1.8.0 exits 0 there; we do not);
+//   - the address serves the SuperLink's Driver API, not its Fleet API (or
+//     no Fleet API at all): an error matching ErrWrongAPI that says which
+//     port is which, at once;
 //   - the SuperLink refused a call for another reason: that error.
 func RunNode(ctx context.Context, o NodeOptions) error {
 	o, err := o.withDefaults()
@@ -101,7 +105,7 @@ func RunNode(ctx context.Context, o NodeOptions) error {
 		return err
 	}
 	defer conn.Close()
-	n := &node{o: o, c: c, fleet: pb.NewFleetClient(conn)}
+	n := &node{o: o, c: c, conn: conn, fleet: pb.NewFleetClient(conn)}
 	for {
 		seconds, err := n.session(ctx)
 		if err != nil || seconds == 0 {
@@ -117,6 +121,7 @@ func RunNode(ctx context.Context, o NodeOptions) error {
 type node struct {
 	o     NodeOptions
 	c     *caller
+	conn  grpc.ClientConnInterface
 	fleet pb.FleetClient
 }
 
@@ -149,6 +154,9 @@ func (n *node) once(ctx context.Context) (int64, error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, nil
+		}
+		if werr := wrongAPI(ctx, n.conn, n.o.Server, fleetAPI, err); werr != nil {
+			return 0, werr
 		}
 		return 0, err
 	}

@@ -40,6 +40,14 @@ type ServerOptions struct {
 	// NodesInterval is the wait between GetNodes calls while too few nodes
 	// are online (default 3s).
 	NodesInterval time.Duration
+	// NodesTimeout bounds each wait for MinNodes online nodes (before the
+	// run and before each round); past it RunFedAvg returns a
+	// *TooFewNodesError. Default DefaultNodesTimeout (24h, the wait of
+	// Flower 1.8.0's client manager).
+	NodesTimeout time.Duration
+	// NodesLogInterval is how often a wait for nodes logs how many are
+	// online, beside each change of that number (default 30s).
+	NodesLogInterval time.Duration
 	// RoundTimeout bounds the wait for the replies of one phase (train or
 	// evaluate) of a round, and StopNodes' wait (default 5m). A node that
 	// vanishes is dropped from the round as soon as the SuperLink reports it
@@ -77,6 +85,12 @@ func (o ServerOptions) withDefaults() (ServerOptions, error) {
 	}
 	if o.NodesInterval <= 0 {
 		o.NodesInterval = 3 * time.Second
+	}
+	if o.NodesTimeout <= 0 {
+		o.NodesTimeout = DefaultNodesTimeout
+	}
+	if o.NodesLogInterval <= 0 {
+		o.NodesLogInterval = 30 * time.Second
 	}
 	if o.RoundTimeout <= 0 {
 		o.RoundTimeout = 5 * time.Minute
@@ -143,6 +157,9 @@ func newDriver(ctx context.Context, o ServerOptions) (*driver, func(), error) {
 		return err
 	})
 	if err != nil {
+		if werr := wrongAPI(ctx, conn, o.Server, driverAPI, err); werr != nil && ctx.Err() == nil {
+			err = werr
+		}
 		conn.Close()
 		return nil, nil, err
 	}
@@ -184,9 +201,12 @@ func (d *driver) push(ctx context.Context, list []*pb.TaskIns) ([]string, error)
 }
 
 // nodes returns the online nodes, waiting (GetNodes every NodesInterval)
-// until at least min are online or ctx ends.
-func (d *driver) nodes(ctx context.Context, min int) ([]int64, error) {
-	logged := -1
+// until at least need are online, ctx ends, or NodesTimeout passes (a
+// *TooFewNodesError). While it waits it logs the number online when it
+// changes and every NodesLogInterval.
+func (d *driver) nodes(ctx context.Context, need int) ([]int64, error) {
+	logged, lastLog := -1, time.Time{}
+	start := d.o.Now()
 	for {
 		var ids []int64
 		err := d.c.do(ctx, "GetNodes", func(ctx context.Context) error {
@@ -200,18 +220,39 @@ func (d *driver) nodes(ctx context.Context, min int) ([]int64, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(ids) >= min {
+		if len(ids) >= need {
 			slices.Sort(ids)
 			return ids, nil
 		}
-		if logged != len(ids) {
-			d.o.Logger.Info("waiting for nodes", "online", len(ids), "need", min)
-			logged = len(ids)
+		now := d.o.Now()
+		waited := now.Sub(start)
+		if waited >= d.o.NodesTimeout {
+			return nil, &TooFewNodesError{Online: len(ids), Need: need, Waited: d.o.NodesTimeout}
 		}
-		if err := sleep(ctx, d.o.NodesInterval); err != nil {
+		if logged != len(ids) || now.Sub(lastLog) >= d.o.NodesLogInterval {
+			d.o.Logger.Info("waiting for nodes", "online", len(ids), "need", need,
+				"waited", waited.Round(time.Second).String(), "gives_up_in", (d.o.NodesTimeout - waited).Round(time.Second).String())
+			logged, lastLog = len(ids), now
+		}
+		if err := sleep(ctx, min(d.o.NodesInterval, d.o.NodesTimeout-waited)); err != nil {
 			return nil, err
 		}
 	}
+}
+
+// DefaultNodesTimeout is ServerOptions.NodesTimeout's default: a day, as
+// Flower 1.8.0's SimpleClientManager.wait_for.
+const DefaultNodesTimeout = 24 * time.Hour
+
+// TooFewNodesError is returned by RunFedAvg when fewer than MinNodes nodes
+// were online after NodesTimeout.
+type TooFewNodesError struct {
+	Online, Need int           // nodes online at the end, nodes needed
+	Waited       time.Duration // NodesTimeout
+}
+
+func (e *TooFewNodesError) Error() string {
+	return fmt.Sprintf("only %d of the %d nodes needed were online after waiting %s", e.Online, e.Need, e.Waited)
 }
 
 // errTimeout is wrapped when replies did not come within RoundTimeout.
@@ -310,9 +351,11 @@ func (d *driver) ask(ctx context.Context, nodes []int64, group, taskType string,
 //
 // A node that answers with an error (or that the SuperLink reports
 // unavailable) is dropped from the round. A phase with no result at all, or
-// replies missing after RoundTimeout, ends the run with an error. TLS
-// failures and exhausted retries end it as RunNode's do. ctx cancellation
-// returns ctx.Err().
+// replies missing after RoundTimeout, ends the run with an error; fewer
+// than MinNodes online nodes after NodesTimeout end it with a
+// *TooFewNodesError. TLS failures and exhausted retries end it as
+// RunNode's do, and so does an address that serves the Fleet API rather
+// than the Driver API (ErrWrongAPI). ctx cancellation returns ctx.Err().
 func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 	o, err := o.withDefaults()
 	if err != nil {

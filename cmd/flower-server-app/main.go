@@ -47,6 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := clientflags.Register(fs, "0.0.0.0:9091", "Driver API")
 	rounds := fs.Int("rounds", 3, "FedAvg rounds")
 	minNodes := fs.Int("min-nodes", 2, "online nodes to wait for before each round")
+	wait := registerNodeWait(fs)
 	stop := fs.Bool("stop-nodes", false, "after the run, send every node a reconnect task so that it leaves and exits 0")
 	verbose := fs.BoolP("verbose", "v", false, "log every call, not only what changes")
 	if err := cli.Parse(fs, args); err != nil {
@@ -65,6 +66,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *minNodes < 1 {
 		return cli.Usagef("--min-nodes %d: give 1 or more", *minNodes)
 	}
+	if err := wait.check(); err != nil {
+		return err
+	}
 	tlsOpts, err := flags.TLS()
 	if err != nil {
 		return err
@@ -82,20 +86,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	flags.LogStart(logger, "starting ServerApp", fedAvgRef, "rounds", *rounds, "min_nodes", *minNodes)
 	o := app.ServerOptions{
-		Server:      flags.Server,
-		TLS:         tlsOpts,
-		Rounds:      *rounds,
-		MinNodes:    *minNodes,
-		MaxRetries:  maxRetries,
-		MaxWaitTime: maxWait,
-		Logger:      logger,
-		Out:         stdout,
+		Server:       flags.Server,
+		TLS:          tlsOpts,
+		Rounds:       *rounds,
+		MinNodes:     *minNodes,
+		NodesTimeout: wait.timeout,
+		MaxRetries:   maxRetries,
+		MaxWaitTime:  maxWait,
+		Logger:       logger,
+		Out:          stdout,
 	}
 	if _, err := app.RunFedAvg(ctx, o); err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("interrupted before the run finished")
 		}
-		return err
+		return wait.explain(err)
 	}
 	if *stop {
 		if err := app.StopNodes(ctx, o); err != nil {
