@@ -1,6 +1,8 @@
 // Package selfsigned makes and serves certificates for research setups: a
 // private CA and server certificates issued by it (standard library only),
-// atomic PEM writes with strict file modes, start-up validation of a
+// atomic PEM writes with strict file modes (one file: WriteFileAtomic; a set
+// of files that replaces the old set whole or not at all, even when the
+// writer is killed: WriteSet and RecoverSet), start-up validation of a
 // CA/certificate/key triple (Check), and FileSource, a certificate source
 // that reloads the files while serving and never serves a bad or half-written
 // pair.

@@ -6,9 +6,13 @@
 //	flower-superlink --certificates certificates/ca.crt certificates/server.pem certificates/server.key
 //	flower-client-app client:app --root-certificates certificates/ca.crt --server 127.0.0.1:9092
 //
-// It never overwrites a file unless asked: a second run changes nothing. An
-// existing CA in the folder is reused, so clients keep their ca.crt; --force
-// issues a new server certificate from it, and --new-ca replaces the CA too.
+// It never overwrites a file unless asked: a second run checks that the
+// files still work together and changes nothing. An existing CA in the
+// folder is reused, so clients keep their ca.crt; --force issues a new
+// server certificate from it, and --new-ca replaces the CA too. The files
+// are written as one set (selfsigned.WriteSet): a run killed at any point
+// leaves the old set or the new one, and the next run completes or undoes
+// the interrupted write and says so.
 package main
 
 import (
