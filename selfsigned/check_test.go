@@ -1,6 +1,7 @@
 package selfsigned
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -35,6 +36,12 @@ func signRaw(t testing.TB, tmpl *x509.Certificate, parent *CA) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return signRawKey(t, tmpl, parent, key)
+}
+
+// signRawKey is signRaw for a key of the caller's.
+func signRawKey(t testing.TB, tmpl *x509.Certificate, parent *CA, key crypto.Signer) *CA {
+	t.Helper()
 	if tmpl.SerialNumber == nil {
 		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 // rsaPair makes an RSA key of bits and a server certificate for it, signed
-// by ca, or self-signed as a CA when ca is nil.
+// by ca, or a self-signed CA certificate when ca is nil.
 func rsaPair(t *testing.T, bits int, ca *CA) *CA {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, bits)
@@ -28,22 +28,10 @@ func rsaPair(t *testing.T, bits int, ca *CA) *CA {
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "localhost"},
 		DNSNames: []string{"localhost"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	parent, signer := tmpl, any(key)
-	if ca != nil {
-		parent, signer = ca.Cert, ca.Key
-	} else {
+	if ca == nil {
 		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	kp, err := marshalKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &CA{Cert: c, Key: key, CertPEM: certPEM(der), KeyPEM: kp}
+	return signRawKey(t, tmpl, ca, key)
 }
 
 // RSA keys under 2048 bits are refused wherever they are: the server key,

@@ -263,23 +263,19 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	// Write: the files of the set all together, or none of them.
 	var set []selfsigned.SetFile
 	var wrote []string
-	if !reuse {
-		set = append(set,
-			selfsigned.SetFile{Name: caKeyName, Data: ca.KeyPEM, Mode: keyMode},
-			selfsigned.SetFile{Name: caCertName, Data: ca.CertPEM, Mode: certMode})
-		wrote = append(wrote,
-			wroteLine(p.caKey, keyMode, "CA private key: keep it private, it stays here"),
-			wroteLine(p.caCert, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
-				selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))))
+	add := func(name, path string, data []byte, mode fs.FileMode, what string) {
+		set = append(set, selfsigned.SetFile{Name: name, Data: data, Mode: mode})
+		wrote = append(wrote, fmt.Sprintf("wrote %-28s %04o  %s\n", path, mode, what))
 	}
-	set = append(set,
-		selfsigned.SetFile{Name: serverKeyName, Data: pair.KeyPEM, Mode: keyMode},
-		selfsigned.SetFile{Name: serverCertName, Data: pair.CertPEM, Mode: certMode})
-	wrote = append(wrote,
-		wroteLine(p.serverKey, keyMode, "server private key"),
-		wroteLine(p.serverCert, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
-			selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
-			pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", "))))
+	if !reuse {
+		add(caKeyName, p.caKey, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here")
+		add(caCertName, p.caCert, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
+			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
+	}
+	add(serverKeyName, p.serverKey, pair.KeyPEM, keyMode, "server private key")
+	add(serverCertName, p.serverCert, pair.CertPEM, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
+		selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
+		pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", ")))
 	if reuse {
 		if fi, err := os.Stat(p.caKey); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			fmt.Fprintf(stderr, "%s: note: the CA private key %s is open to other users (mode %04o); anyone who reads it can issue certificates your clients trust: chmod 600 %s\n",
@@ -307,11 +303,6 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	printUsage(stdout, p, sans(pair.Leaf))
 	return nil
-}
-
-// wroteLine is the line printed for a file written.
-func wroteLine(path string, mode fs.FileMode, what string) string {
-	return fmt.Sprintf("wrote %-28s %04o  %s\n", path, mode, what)
 }
 
 // checkExisting refuses a folder whose files do not work together: a CA
