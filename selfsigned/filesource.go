@@ -6,11 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -57,18 +52,9 @@ type FileSourceOptions struct {
 type FileSource struct {
 	o   FileSourceOptions
 	log *slog.Logger
-	cur atomic.Pointer[tls.Certificate]
+	reloader[*files, tls.Certificate]
 
-	mu         sync.Mutex // serializes reloads and guards the fields below
-	loaded     *files     // the bytes of the served pair
-	failed     *files     // the bytes of the last pair that failed Check
-	failedErr  error      // why failed failed, or why the files could not be read
-	logged     bool       // failedErr was logged
-	reported   bool       // a failure was logged since the files were last good
-	expiredLog bool       // the served certificate's expiry was logged
-
-	ready     chan struct{} // closed once Run listens for SIGHUP
-	readyOnce sync.Once
+	expiredLog bool // the served certificate's expiry was logged; guarded by reloader.mu
 }
 
 // NewFileSource validates the options, loads the files with the checks of
@@ -88,19 +74,24 @@ func NewFileSource(o FileSourceOptions) (*FileSource, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &FileSource{o: o, log: o.Logger, ready: make(chan struct{})}
+	s := &FileSource{o: o, log: o.Logger}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	f, err := readFiles(o.CAFile, o.CertFile, o.KeyFile)
-	if err != nil {
+	s.reloader = reloader[*files, tls.Certificate]{
+		read:      func() (*files, error) { return readFiles(o.CAFile, o.CertFile, o.KeyFile) },
+		check:     (*files).check,
+		now:       o.Now,
+		poll:      o.PollInterval,
+		swapped:   s.swapped,
+		failed:    s.failed,
+		recovered: s.recovered,
+		idle:      s.logExpired,
+		retry:     errNotYetValid,
+	}
+	if _, err := s.start(); err != nil {
 		return nil, err
 	}
-	c, err := f.check(o.Now())
-	if err != nil {
-		return nil, err
-	}
-	s.swap(f, c, "start")
 	return s, nil
 }
 
@@ -115,30 +106,7 @@ func (s *FileSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 // process receives SIGHUP, until ctx ends; then it stops listening for
 // SIGHUP and returns nil. A failed reload is logged, not returned: the
 // previous certificate goes on being served.
-func (s *FileSource) Run(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	s.readyOnce.Do(func() { close(s.ready) })
-	return s.run(ctx, hup)
-}
-
-// run is Run's loop: polls, and a reload for each value from hup (nil: no
-// signals, as in tests on a fake clock, where signal channels cannot be).
-func (s *FileSource) run(ctx context.Context, hup <-chan os.Signal) error {
-	t := time.NewTicker(s.o.PollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			s.reload("poll", false)
-		case <-hup:
-			s.reload("sighup", true)
-		}
-	}
-}
+func (s *FileSource) Run(ctx context.Context) error { return s.reloader.Run(ctx) }
 
 // Reload reads the files now and serves them if they changed and pass
 // Check. It returns nil when they are unchanged or were swapped in, and
@@ -148,72 +116,28 @@ func (s *FileSource) Reload() error {
 	return s.reload("reload", true)
 }
 
-// reload is one attempt. An explicit attempt (Reload, SIGHUP) always checks
-// and logs; a poll skips content that already failed (but for a certificate
-// not valid yet, which time may fix).
-func (s *FileSource) reload(trigger string, explicit bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.o.Now()
-	f, err := readFiles(s.o.CAFile, s.o.CertFile, s.o.KeyFile)
-	if err == nil && f.equal(s.loaded) {
-		if s.reported {
-			// A failure was reported and the files are back to what is
-			// served (say, a bad file was restored): say it is over.
-			s.log.Info("certificate files are good again; serving the same certificate as before the failure",
-				"trigger", trigger, "cert_file", s.o.CertFile, "serial", serialHex(s.cur.Load().Leaf))
-		}
-		s.failed, s.failedErr, s.logged, s.reported = nil, nil, false, false
-		s.logExpired(now)
-		return nil
-	}
-	// same: the files are as they were at the last failure (the same
-	// content, or the same error reading them).
-	same := s.failedErr != nil && (f != nil && f.equal(s.failed) ||
-		f == nil && s.failed == nil && err.Error() == s.failedErr.Error())
-	if same && !explicit && !errors.Is(s.failedErr, ErrNotYetValid) {
-		s.logOnce(trigger)
-		return s.failedErr
-	}
-	var c *tls.Certificate
-	if err == nil {
-		c, err = f.check(now)
-	}
-	if err != nil {
-		if !same {
-			s.failed, s.logged = f, false
-		}
-		s.failedErr = err
-		// A poll reports a failure when the next poll finds the files
-		// unchanged: a pair replaced one file at a time, or a file
-		// written in place, is complete by then and never reported.
-		if explicit || same {
-			s.logOnce(trigger)
-		}
-		s.logExpired(now)
-		return err
-	}
-	s.swap(f, c, trigger)
-	return nil
+// failed logs a failed reload. The reloader's mu is held.
+func (s *FileSource) failed(trigger string, err error) {
+	s.log.Error("certificate reload failed; serving the previous certificate",
+		"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
 }
 
-// logOnce logs the current failure unless it was logged. s.mu is held.
-func (s *FileSource) logOnce(trigger string) {
-	if s.logged {
+// recovered logs that the files are good again after a reported failure:
+// back to the served content (unchanged), or a new pair about to be
+// served. The reloader's mu is held.
+func (s *FileSource) recovered(trigger string, unchanged bool) {
+	if unchanged {
+		s.log.Info("certificate files are good again; serving the same certificate as before the failure",
+			"trigger", trigger, "cert_file", s.o.CertFile, "serial", serialHex(s.cur.Load().Leaf))
 		return
 	}
-	s.logged, s.reported = true, true
-	s.log.Error("certificate reload failed; serving the previous certificate",
-		"trigger", trigger, "error", s.failedErr, "serving_serial", serialHex(s.cur.Load().Leaf))
+	s.log.Info("certificate files are good again after the failed reload", "trigger", trigger, "cert_file", s.o.CertFile)
 }
 
-// swap serves c, read as f, and logs it. s.mu is held (or s is new).
-func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
-	if s.reported {
-		s.log.Info("certificate files are good again after the failed reload", "trigger", trigger, "cert_file", s.o.CertFile)
-	}
-	s.cur.Store(c)
-	s.loaded, s.failed, s.failedErr, s.logged, s.reported, s.expiredLog = f, nil, nil, false, false, false
+// swapped logs the certificate c now served, read as f. The reloader's mu
+// is held (or s is new).
+func (s *FileSource) swapped(_ *files, c *tls.Certificate, trigger string) {
+	s.expiredLog = false
 	l := c.Leaf
 	sans := append([]string{}, l.DNSNames...)
 	for _, ip := range l.IPAddresses {
@@ -234,7 +158,7 @@ func (s *FileSource) swap(f *files, c *tls.Certificate, trigger string) {
 }
 
 // logExpired logs once that the served certificate has expired while no
-// valid replacement was found. s.mu is held.
+// valid replacement was found. The reloader's mu is held.
 func (s *FileSource) logExpired(now time.Time) {
 	l := s.cur.Load().Leaf
 	if s.expiredLog || !now.After(l.NotAfter) {
