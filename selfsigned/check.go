@@ -81,6 +81,11 @@ const (
 	roleCert  = "certificate"
 	roleKey   = "key"
 	roleCAKey = "CA key"
+
+	roleClientCert = "client certificate"
+	roleClientKey  = "client key"
+	roleClientCA   = "client CA certificate"
+	roleCRL        = "CRL"
 )
 
 // fixRenew is the advice for a server certificate that must be replaced.
@@ -119,10 +124,11 @@ func Check(caFile, certFile, keyFile string, now time.Time) (*tls.Certificate, e
 type files struct {
 	caFile, certFile, keyFile string
 	ca, cert, key             []byte
+	certRole                  string // roleCert, or roleClientCert for CheckClient
 }
 
 func readFiles(caFile, certFile, keyFile string) (*files, error) {
-	f := &files{caFile: caFile, certFile: certFile, keyFile: keyFile}
+	f := &files{caFile: caFile, certFile: certFile, keyFile: keyFile, certRole: roleCert}
 	var err error
 	if caFile != "" {
 		if f.ca, err = readFile(caFile, roleCA); err != nil {
@@ -185,44 +191,17 @@ func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 			roots.AddCert(c)
 		}
 	}
-	chain, err := parseCertsPEM(f.certFile, roleCert, f.cert)
+	chain, key, err := f.checkPair(now)
 	if err != nil {
 		return nil, err
 	}
 	leaf := chain[0]
-	key, err := parseKeyPEM(f.keyFile, roleKey, f.key)
-	if err != nil {
-		return nil, err
-	}
-	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
-		for i, c := range chain[1:] {
-			if publicKeysEqual(c.PublicKey, key.Public()) {
-				// The chain is out of order: the key is fine.
-				return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrKeyMismatch,
-					Detail: fmt.Sprintf("the key %s matches certificate %d of %s (subject %q), not the first (subject %q)",
-						f.keyFile, i+2, f.certFile, c.Subject.CommonName, leaf.Subject.CommonName),
-					Fix: "put the server certificate first, then its intermediates"}
-			}
-		}
-		return nil, &FileError{Path: f.keyFile, Role: roleKey, Err: ErrKeyMismatch,
-			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
-				KeyAlgorithm(key.Public()), KeyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
-			Fix: "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fixRenew}
-	}
-	for _, c := range chain {
-		if err := weakKey(f.certFile, roleCert, c.PublicKey); err != nil {
-			return nil, err
-		}
-	}
-	if err := checkDates(f.certFile, roleCert, leaf, now); err != nil {
-		return nil, err
-	}
 	if len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.URIs) == 0 {
 		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrNoSAN,
 			Detail: fmt.Sprintf("certificate %q has no subject alternative names (DNS names or IPs), so no client can verify it", leaf.Subject.CommonName),
 			Fix:    `issue one with names, such as "flower-certs --force --host NAME"`}
 	}
-	if !serverUsage(leaf) {
+	if !hasUsage(leaf, x509.ExtKeyUsageServerAuth) {
 		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrWrongUsage,
 			Detail: fmt.Sprintf("certificate %q lacks the serverAuth extended key usage", leaf.Subject.CommonName),
 			Fix:    fixRenew}
@@ -243,6 +222,49 @@ func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 		c.Certificate = append(c.Certificate, x.Raw)
 	}
 	return c, nil
+}
+
+// checkPair parses the certificate chain and the key, and refuses a key
+// that does not match the leaf or a leaf outside its dates. It is what
+// server and client pairs share.
+func (f *files) checkPair(now time.Time) ([]*x509.Certificate, crypto.Signer, error) {
+	role, keyRole, fix, what := roleCert, roleKey, fixRenew, "server certificate"
+	if f.certRole == roleClientCert {
+		role, keyRole, fix, what = roleClientCert, roleClientKey, fixRenewClient, roleClientCert
+	}
+	chain, err := parseCertsPEM(f.certFile, role, f.cert)
+	if err != nil {
+		return nil, nil, err
+	}
+	leaf := chain[0]
+	key, err := parseKeyPEM(f.keyFile, keyRole, f.key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
+		for i, c := range chain[1:] {
+			if publicKeysEqual(c.PublicKey, key.Public()) {
+				// The chain is out of order: the key is fine.
+				return nil, nil, &FileError{Path: f.certFile, Role: role, Err: ErrKeyMismatch,
+					Detail: fmt.Sprintf("the key %s matches certificate %d of %s (subject %q), not the first (subject %q)",
+						f.keyFile, i+2, f.certFile, c.Subject.CommonName, leaf.Subject.CommonName),
+					Fix: "put the " + what + " first, then its intermediates"}
+			}
+		}
+		return nil, nil, &FileError{Path: f.keyFile, Role: keyRole, Err: ErrKeyMismatch,
+			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
+				KeyAlgorithm(key.Public()), KeyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
+			Fix: "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fix}
+	}
+	for _, c := range chain {
+		if err := weakKey(f.certFile, role, c.PublicKey); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := checkDates(f.certFile, role, leaf, now); err != nil {
+		return nil, nil, err
+	}
+	return chain, key, nil
 }
 
 func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, err error, now time.Time) error {
@@ -277,8 +299,11 @@ func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, er
 func checkDates(path, role string, c *x509.Certificate, now time.Time) error {
 	dates := fmt.Sprintf("valid from %s to %s, now %s", stamp(c.NotBefore), stamp(c.NotAfter), stamp(now))
 	fix := fixRenew
-	if role == roleCA {
+	switch role {
+	case roleCA, roleClientCA:
 		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
+	case roleClientCert:
+		fix = fixRenewClient
 	}
 	switch {
 	case now.After(c.NotAfter):
@@ -291,18 +316,6 @@ func checkDates(path, role string, c *x509.Certificate, now time.Time) error {
 			Fix:    "check the clock of this machine and of the one that issued it, or " + fixRenew}
 	}
 	return nil
-}
-
-func serverUsage(c *x509.Certificate) bool {
-	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
-		return true
-	}
-	for _, u := range c.ExtKeyUsage {
-		if u == x509.ExtKeyUsageServerAuth || u == x509.ExtKeyUsageAny {
-			return true
-		}
-	}
-	return false
 }
 
 // ExpiryWarning is how close to its expiry a certificate makes Warnings speak.
@@ -476,8 +489,11 @@ func weakKey(path, role string, pub crypto.PublicKey) error {
 		return nil
 	}
 	fix := `issue a new server certificate and key with "flower-certs --force" (ECDSA P-256 by default, or --key-type rsa-2048)`
-	if role == roleCA || role == roleCAKey {
+	switch role {
+	case roleCA, roleCAKey, roleClientCA:
 		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
+	case roleClientCert, roleClientKey:
+		fix = fixRenewClient + " (ECDSA P-256 by default, or --key-type rsa-2048)"
 	}
 	return &FileError{Path: path, Role: role, Err: ErrWeakKey,
 		Detail: fmt.Sprintf("its RSA key has %d bits; keys under %d bits are too weak to trust", k.N.BitLen(), MinRSABits),

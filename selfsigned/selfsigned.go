@@ -291,16 +291,31 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 			cn = "Sepal server"
 		}
 	}
+	return ca.issueLeaf(o.KeyType, o.NotBefore, o.NotAfter, DefaultServerValidity, "server", x509.ExtKeyUsageServerAuth,
+		func(tmpl *x509.Certificate) {
+			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{"Sepal"}}
+			tmpl.DNSNames = dns
+			tmpl.IPAddresses = ips
+		})
+}
+
+// issueLeaf makes a new key of type kt and a leaf certificate for it signed
+// by the CA, for one extended key usage: a random 128-bit serial, KeyUsage
+// DigitalSignature (plus KeyEncipherment for RSA), SubjectKeyId and
+// AuthorityKeyId, the validity from notBefore and notAfter (zero: now minus
+// Backdate, now plus def), which may not end after the CA. fill sets the
+// subject and names. what ("server", "client") names it in errors.
+func (ca *CA) issueLeaf(kt KeyType, notBefore, notAfter time.Time, def time.Duration, what string, eku x509.ExtKeyUsage, fill func(*x509.Certificate)) (*Pair, error) {
 	now := time.Now()
-	notBefore, notAfter := validity(now, o.NotBefore, o.NotAfter, DefaultServerValidity)
+	notBefore, notAfter = validity(now, notBefore, notAfter, def)
 	if !notAfter.After(notBefore) {
-		return nil, fmt.Errorf("selfsigned: server NotAfter %s is not after NotBefore %s", stamp(notAfter), stamp(notBefore))
+		return nil, fmt.Errorf("selfsigned: %s NotAfter %s is not after NotBefore %s", what, stamp(notAfter), stamp(notBefore))
 	}
 	if notAfter.After(ca.Cert.NotAfter) {
-		return nil, fmt.Errorf("selfsigned: the server certificate would expire %s, after its CA (%s): shorten the validity or make a new CA",
-			stamp(notAfter), stamp(ca.Cert.NotAfter))
+		return nil, fmt.Errorf("selfsigned: the %s certificate would expire %s, after its CA (%s): shorten the validity or make a new CA",
+			what, stamp(notAfter), stamp(ca.Cert.NotAfter))
 	}
-	key, serial, ski, err := newKey(o.KeyType, "server")
+	key, serial, ski, err := newKey(kt, what)
 	if err != nil {
 		return nil, err
 	}
@@ -310,18 +325,16 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"Sepal"}},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              usage,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:           []x509.ExtKeyUsage{eku},
 		BasicConstraintsValid: true,
-		DNSNames:              dns,
-		IPAddresses:           ips,
 		SubjectKeyId:          ski,
 		AuthorityKeyId:        ca.Cert.SubjectKeyId,
 	}
-	leaf, der, keyPEM, err := sign(tmpl, ca.Cert, key, ca.Key, "server")
+	fill(tmpl)
+	leaf, der, keyPEM, err := sign(tmpl, ca.Cert, key, ca.Key, what)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,8 @@ const (
 	FlagInsecure         = "--insecure"
 	FlagServer           = "--server"
 	FlagTLSServerName    = "--tls-server-name"
+	FlagClientCert       = "--client-certificate"
+	FlagClientKey        = "--client-key"
 )
 
 // ClientOptions say how a client app reaches a SuperLink. The zero value
@@ -33,8 +35,17 @@ type ClientOptions struct {
 	// (--tls-server-name). Empty: the host of the address dialled.
 	ServerName string
 	// Insecure selects plaintext gRPC (--insecure). It conflicts with
-	// RootCertificates. Default false: TLS.
+	// RootCertificates and ClientCertificate. Default false: TLS.
 	Insecure bool
+	// ClientCertificate and ClientKey are the paths of the PEM client
+	// certificate (leaf first) and its key that the client presents to a
+	// server that asks for one (mutual TLS; --client-certificate,
+	// --client-key). Both or neither. Empty: none is presented.
+	ClientCertificate, ClientKey string
+	// Role is the role the server admits on the API dialled (RoleNode for
+	// the Fleet API, RoleServerApp for the Driver API). It only shapes the
+	// explanation of a refused client certificate. Empty: unknown.
+	Role string
 }
 
 func (o ClientOptions) validate() error {
@@ -43,7 +54,7 @@ func (o ClientOptions) validate() error {
 			msg: fmt.Sprintf("%s and %s %s conflict: pass %s for TLS, or %s alone for plaintext",
 				FlagInsecure, FlagRootCertificates, o.RootCertificates, FlagRootCertificates, FlagInsecure)}
 	}
-	return nil
+	return o.validateClientCert()
 }
 
 // rootsName names where the client's trusted CAs come from, for messages.
@@ -55,11 +66,16 @@ func (o ClientOptions) rootsName() string {
 }
 
 // ClientConfig returns the TLS configuration of a client: TLS 1.2 minimum,
-// ALPN "h2", the CAs of o.RootCertificates (or the system pool) and
-// o.ServerName as the name to verify when set. It reads the PEM file once,
-// now. Errors are *Error of KindConfig naming the file and
-// --root-certificates: the file is missing or unreadable, empty, or holds
-// no certificate; and o.Insecure together with o.RootCertificates.
+// ALPN "h2", the CAs of o.RootCertificates (or the system pool),
+// o.ServerName as the name to verify when set, and the client certificate
+// of o.ClientCertificate and o.ClientKey, presented whenever the server
+// asks for one (also when its CA is not among those the server names, so
+// that the server's refusal says why). It reads the PEM files once, now.
+// Errors are *Error of KindConfig naming the file and the flag: a file is
+// missing or unreadable, empty, or holds no certificate, or the client key
+// does not match its certificate; and o.Insecure together with
+// o.RootCertificates or a client certificate, or one of ClientCertificate
+// and ClientKey without the other.
 // Otherwise o.Insecure is not looked at: ClientCredentials is what honours it.
 func ClientConfig(o ClientOptions) (*tls.Config, error) {
 	if err := o.validate(); err != nil {
@@ -76,6 +92,13 @@ func ClientConfig(o ClientOptions) (*tls.Config, error) {
 			return nil, err
 		}
 		cfg.RootCAs = pool
+	}
+	if o.ClientCertificate != "" {
+		cert, err := loadClientCert(o)
+		if err != nil {
+			return nil, err
+		}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
 	return cfg, nil
 }

@@ -57,6 +57,10 @@ const (
 	// to serve yet (an ACME SuperLink still obtaining its first one). Not
 	// permanent: retry with backoff.
 	KindServerNotReady
+	// KindClientCertRefused: the server requires a client certificate
+	// (mutual TLS) and refused this client's, or its absence; Error.Cause
+	// says why.
+	KindClientCertRefused
 )
 
 var kindNames = [...]string{
@@ -72,6 +76,7 @@ var kindNames = [...]string{
 	KindUnspecifiedAddress: "unspecified address",
 	KindHandshake:          "handshake",
 	KindServerNotReady:     "server not ready",
+	KindClientCertRefused:  "client certificate refused",
 }
 
 func (k Kind) String() string {
@@ -101,6 +106,7 @@ var (
 	ErrUnspecifiedAddress = errors.New("transport: unspecified address dialled")
 	ErrHandshake          = errors.New("transport: TLS handshake failed")
 	ErrServerNotReady     = errors.New("transport: server has no certificate to serve yet")
+	ErrClientCertRefused  = errors.New("transport: client certificate refused")
 )
 
 var kindSentinels = [...]error{
@@ -116,6 +122,7 @@ var kindSentinels = [...]error{
 	KindUnspecifiedAddress: ErrUnspecifiedAddress,
 	KindHandshake:          ErrHandshake,
 	KindServerNotReady:     ErrServerNotReady,
+	KindClientCertRefused:  ErrClientCertRefused,
 }
 
 // Error is a classified failure with a one-line message that names the
@@ -126,8 +133,11 @@ type Error struct {
 	Kind Kind
 	// Addr is the address dialled, as given to Explain or Probe.
 	Addr string
-	msg  string
-	err  error
+	// Cause is why the client certificate was refused, for
+	// KindClientCertRefused ("" otherwise).
+	Cause ClientCertCause
+	msg   string
+	err   error
 }
 
 // Error is one line. Names and issuers come from the peer's certificate,
@@ -310,6 +320,9 @@ func classifyTyped(err error, addr string, o ClientOptions) *Error {
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "remote error" {
+		if e := clientCertAlert(oneLine(oe.Err.Error()), addr, o); e != nil {
+			return e
+		}
 		if reInternalAlert.MatchString(oe.Err.Error()) {
 			return serverNotReady(addr)
 		}
@@ -395,6 +408,9 @@ func classifyText(s, addr string, o ClientOptions) *Error {
 		return plaintextPeer(addr)
 	case reRemoteAlert.MatchString(s):
 		m := reRemoteAlert.FindStringSubmatch(s)
+		if e := clientCertAlert(m[1], addr, o); e != nil {
+			return e
+		}
 		if reInternalAlert.MatchString(m[1]) {
 			return serverNotReady(addr)
 		}

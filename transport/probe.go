@@ -43,7 +43,46 @@ func Probe(ctx context.Context, addr string, o ClientOptions) error {
 	if err != nil {
 		return Explain(err, addr, o)
 	}
-	return conn.Close()
+	defer conn.Close()
+	return firstFrame(ctx, conn.(*tls.Conn), addr, o)
+}
+
+// h2Preface is the HTTP/2 client connection preface followed by an empty
+// SETTINGS frame (RFC 9113, 3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+// firstFrame waits for the server's first HTTP/2 frame after a completed
+// handshake. With TLS 1.3 a server checks the client's certificate after the
+// client has finished its handshake, so a refusal (or the server's demand
+// for a certificate this client lacks) arrives only as an alert on the first
+// read; a gRPC server sends its SETTINGS at once otherwise. A read that
+// ends without an alert (a close, or ctx's end) counts as success: the
+// handshake is what Probe checks.
+func firstFrame(ctx context.Context, conn *tls.Conn, addr string, o ClientOptions) error {
+	if conn.ConnectionState().NegotiatedProtocol != ALPNH2 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if _, err := conn.Write([]byte(h2Preface)); err != nil {
+		return alertOnly(err, addr, o)
+	}
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil {
+		return alertOnly(err, addr, o)
+	}
+	return nil
+}
+
+// alertOnly explains err when it is a TLS alert from the server, and
+// returns nil for anything else.
+func alertOnly(err error, addr string, o ClientOptions) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "remote error" {
+		return Explain(err, addr, o)
+	}
+	return nil
 }
 
 // probePlaintext checks that the server at addr does not answer TLS.

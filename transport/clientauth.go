@@ -1,0 +1,429 @@
+package transport
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+)
+
+// ClientCASource supplies what client certificates are checked against:
+// the CAs they must chain to and the CRL of revoked ones (nil: none).
+// ClientCAs is called on every handshake and on every call of a mutual TLS
+// connection: it must not block on I/O, must be safe for concurrent use,
+// must not modify what it returned, and must return the same pointers
+// until what they hold changes (a reload returns new ones). The CRL applies
+// to the certificates of its issuer. selfsigned.ClientCAFile is one.
+type ClientCASource interface {
+	ClientCAs() (*x509.CertPool, *x509.RevocationList)
+}
+
+// ClientAuth makes a listener require client certificates (mutual TLS).
+type ClientAuth struct {
+	// CAs supplies the CAs and the CRL. Required.
+	CAs ClientCASource
+	// Role is the role a certificate's identity must hold: RoleNode on
+	// the Fleet API, RoleServerApp on the Driver API. Required.
+	Role string
+	// Refused, when not nil, is called once for every connection refused
+	// for its client certificate (at the handshake, or by Recheck), to
+	// log or count it. It runs on the handshake's goroutine and must not
+	// block. Default nil.
+	Refused func(*ClientCertError)
+	// Now is the clock of Recheck; nil means time.Now. Handshakes use the
+	// TLS stack's clock.
+	Now func() time.Time
+}
+
+// ClientCertCause is why a client certificate was refused. Its values are
+// short snake_case words, fit for a log attribute or a metric label.
+type ClientCertCause string
+
+// The causes a ClientCertError names.
+const (
+	// CauseNoCertificate: the client presented none (a Flower 1.8.0
+	// SuperNode cannot present one).
+	CauseNoCertificate ClientCertCause = "no_certificate"
+	// CauseUnknownCA: it does not chain to a CA of the client CA file.
+	CauseUnknownCA ClientCertCause = "unknown_ca"
+	// CauseExpired: it has expired, or is not valid yet.
+	CauseExpired ClientCertCause = "expired"
+	// CauseRevoked: the CRL lists it.
+	CauseRevoked ClientCertCause = "revoked"
+	// CauseWrongRole: its identity is of another role (a ServerApp's
+	// certificate on the Fleet API, a node's on the Driver API).
+	CauseWrongRole ClientCertCause = "wrong_role"
+	// CauseNoIdentity: it holds no valid Sepal identity (sepal:ROLE:NAME).
+	CauseNoIdentity ClientCertCause = "no_identity"
+	// CauseBadCertificate: another reason, such as a certificate that is
+	// not for TLS clients.
+	CauseBadCertificate ClientCertCause = "bad_certificate"
+)
+
+// ClientCertError is a client certificate refused by a listener with
+// ClientAuth: at the handshake (the error the handshake returns, and what
+// ClientAuth.Refused receives), or later by ClientInfo.Recheck once a
+// reload revoked it or dropped its CA. Its message is one line naming the
+// cause, the certificate and the fix; errors.Unwrap gives the underlying
+// error, if any.
+type ClientCertError struct {
+	Cause ClientCertCause
+	// Role is the role the listener admits.
+	Role string
+	// Remote is the client's address, when known.
+	Remote string
+	// Identity is the certificate's, when it holds a valid one.
+	Identity Identity
+	// Subject, Issuer and Serial describe the certificate, when there is
+	// one (Serial as openssl x509 -serial prints it).
+	Subject, Issuer, Serial string
+	// Err is the underlying error: the TLS stack's, or x509's.
+	Err error
+}
+
+func (e *ClientCertError) Unwrap() error { return e.Err }
+
+func (e *ClientCertError) Error() string {
+	cert := "the client certificate"
+	switch {
+	case e.Identity.Name != "":
+		cert = fmt.Sprintf("the client certificate of %s (serial %s)", e.Identity, e.Serial)
+	case e.Subject != "":
+		cert = fmt.Sprintf("the client certificate %q (serial %s)", e.Subject, e.Serial)
+	}
+	from := ""
+	if e.Remote != "" {
+		from = " from " + e.Remote
+	}
+	var why string
+	switch e.Cause {
+	case CauseNoCertificate:
+		why = fmt.Sprintf("a client%s presented none; this API admits only %s certificates: give the client one (flower-certs %s NAME) with --client-certificate and --client-key",
+			from, RoleName(e.Role), e.Role)
+	case CauseUnknownCA:
+		why = fmt.Sprintf("%s%s is not issued by a CA of the client CA file (issuer %q): issue it from the SuperLink's CA (flower-certs %s NAME)", cert, from, e.Issuer, e.Role)
+	case CauseExpired:
+		why = fmt.Sprintf("%s%s has expired or is not valid yet (%v): issue a new one (flower-certs %s --force NAME)", cert, from, e.Err, e.Role)
+	case CauseRevoked:
+		why = fmt.Sprintf("%s%s is revoked (listed in the CRL)", cert, from)
+	case CauseWrongRole:
+		why = fmt.Sprintf("%s%s is a %s certificate; this API admits only %s certificates (flower-certs %s NAME)",
+			cert, from, RoleName(e.Identity.Role), RoleName(e.Role), e.Role)
+	case CauseNoIdentity:
+		why = fmt.Sprintf("%s%s holds no Sepal identity (%v): issue one with flower-certs %s NAME", cert, from, e.Err, e.Role)
+	default:
+		why = fmt.Sprintf("%s%s was refused: %v", cert, from, e.Err)
+	}
+	return strings.Map(printable, "client certificate refused: "+why)
+}
+
+// serialString writes a serial as openssl x509 -serial does: upper-case hex
+// of whole bytes.
+func serialString(n *big.Int) string {
+	if n == nil {
+		return ""
+	}
+	b := n.Bytes()
+	if len(b) == 0 {
+		return "00"
+	}
+	return strings.ToUpper(fmt.Sprintf("%x", b))
+}
+
+// ClientAuthCredentials returns gRPC transport credentials that serve
+// ServerConfig(src) and require a client certificate that a: chains to a
+// CA of a.CAs (as it is at each handshake), is valid now, is not listed in
+// its CRL, and holds the Sepal identity of a.Role. Anything else ends the
+// handshake with a TLS alert (certificate_required with TLS 1.3 when there
+// is none, unknown_ca, certificate_expired, or bad_certificate for a
+// revoked certificate or the wrong role) and a *ClientCertError, which is
+// passed to a.Refused.
+//
+// The configuration is built once; each change of what a.CAs returns builds
+// one more for the handshakes that follow, so a reload of the CA or CRL
+// files takes effect at the next handshake without a restart. Session
+// tickets are off, so every handshake verifies the certificate against the
+// current CAs and CRL. A handshake that negotiates ACME's acme-tls/1 (a
+// CA validating the domain, which has no client certificate) completes
+// without one and the connection is then closed: no call is ever served
+// without a verified client certificate.
+//
+// The AuthInfo of each connection is a *ClientInfo: its Identity, and
+// Recheck to find a certificate revoked after the handshake.
+// ClientAuthCredentials panics if src or a.CAs is nil or a.Role is not a
+// role; it does not block.
+func ClientAuthCredentials(src CertSource, a ClientAuth) credentials.TransportCredentials {
+	st := newClientAuthState(src, a)
+	return &clientAuthCreds{TransportCredentials: credentials.NewTLS(st.outer), st: st}
+}
+
+// ClientAuthConfig is the TLS configuration of ClientAuthCredentials, for
+// a listener that is not gRPC (tests, probes). Its handshakes verify the
+// client certificate in the same way; only the Refused hook and the
+// closing of acme-tls/1 connections are the credentials'.
+func ClientAuthConfig(src CertSource, a ClientAuth) *tls.Config {
+	return newClientAuthState(src, a).outer
+}
+
+// clientAuthState is what the credentials of one listener share.
+type clientAuthState struct {
+	a     ClientAuth
+	base  *tls.Config
+	outer *tls.Config
+	cur   atomic.Pointer[trustConfig]
+}
+
+// trustConfig is the TLS configuration for one pool and CRL of the source.
+type trustConfig struct {
+	pool *x509.CertPool
+	crl  *x509.RevocationList
+	cfg  *tls.Config
+}
+
+func newClientAuthState(src CertSource, a ClientAuth) *clientAuthState {
+	if a.CAs == nil {
+		panic("transport: ClientAuth needs a ClientCASource")
+	}
+	if a.Role != RoleNode && a.Role != RoleServerApp {
+		panic(fmt.Sprintf("transport: ClientAuth role %q is not RoleNode or RoleServerApp", a.Role))
+	}
+	if a.Now == nil {
+		a.Now = time.Now
+	}
+	st := &clientAuthState{a: a, base: ServerConfig(src)}
+	st.outer = st.base.Clone()
+	st.outer.ClientAuth = tls.RequireAndVerifyClientCert
+	st.outer.SessionTicketsDisabled = true
+	st.outer.GetConfigForClient = st.configForClient
+	return st
+}
+
+// current returns the configuration for what the source holds now, making
+// it on the first handshake after a change (two racing handshakes may both
+// make it; either is right).
+func (st *clientAuthState) current() *trustConfig {
+	pool, crl := st.a.CAs.ClientCAs()
+	if t := st.cur.Load(); t != nil && t.pool == pool && t.crl == crl {
+		return t
+	}
+	t := &trustConfig{pool: pool, crl: crl}
+	t.cfg = st.base.Clone()
+	t.cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	t.cfg.ClientCAs = pool
+	t.cfg.SessionTicketsDisabled = true
+	t.cfg.VerifyConnection = func(cs tls.ConnectionState) error { return st.admit(t, cs.PeerCertificates) }
+	st.cur.Store(t)
+	return t
+}
+
+func (st *clientAuthState) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	if acmeOnly(hello.SupportedProtos) {
+		// A CA validating the domain (TLS-ALPN-01) has no client
+		// certificate; the credentials close the connection once its
+		// handshake is done.
+		return st.base, nil
+	}
+	return st.current().cfg, nil
+}
+
+// acmeOnly reports whether a client offers acme-tls/1 and not h2.
+func acmeOnly(protos []string) bool {
+	acme := false
+	for _, p := range protos {
+		switch p {
+		case ALPNH2:
+			return false
+		case "acme-tls/1":
+			acme = true
+		}
+	}
+	return acme
+}
+
+// admit checks what the chain verification by the TLS stack (against t's
+// pool) does not: the identity's role and the CRL. The error is a
+// *ClientCertError.
+func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return &ClientCertError{Cause: CauseNoCertificate, Role: st.a.Role}
+	}
+	leaf := certs[0]
+	e := describe(leaf, st.a.Role)
+	id, err := IdentityOf(leaf)
+	switch {
+	case err != nil:
+		e.Cause, e.Err = CauseNoIdentity, err
+	case id.Role != st.a.Role:
+		e.Cause = CauseWrongRole
+	case revoked(t.crl, leaf):
+		e.Cause = CauseRevoked
+	default:
+		return nil
+	}
+	return e
+}
+
+// describe starts the refusal of a certificate.
+func describe(leaf *x509.Certificate, role string) *ClientCertError {
+	e := &ClientCertError{Role: role, Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: serialString(leaf.SerialNumber)}
+	if id, err := IdentityOf(leaf); err == nil {
+		e.Identity = id
+	}
+	return e
+}
+
+// revoked reports whether crl, from the issuer of c, lists c's serial.
+func revoked(crl *x509.RevocationList, c *x509.Certificate) bool {
+	if crl == nil || string(crl.RawIssuer) != string(c.RawIssuer) {
+		return false
+	}
+	for _, r := range crl.RevokedCertificateEntries {
+		if r.SerialNumber.Cmp(c.SerialNumber) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// refusal turns the error of a failed handshake into a *ClientCertError
+// when the client certificate was the cause, and returns nil otherwise.
+func (st *clientAuthState) refusal(err error) *ClientCertError {
+	var e *ClientCertError
+	if errors.As(err, &e) {
+		return e
+	}
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0 {
+		e = describe(cve.UnverifiedCertificates[0], st.a.Role)
+		e.Err = cve.Err
+		var inv x509.CertificateInvalidError
+		switch {
+		case errors.As(cve.Err, new(x509.UnknownAuthorityError)):
+			e.Cause = CauseUnknownCA
+		case errors.As(cve.Err, &inv) && inv.Reason == x509.Expired:
+			e.Cause = CauseExpired
+		default:
+			e.Cause = CauseBadCertificate
+		}
+		return e
+	}
+	if strings.Contains(err.Error(), "didn't provide a certificate") {
+		return &ClientCertError{Cause: CauseNoCertificate, Role: st.a.Role, Err: err}
+	}
+	return nil
+}
+
+// clientAuthCreds are ClientAuthCredentials.
+type clientAuthCreds struct {
+	credentials.TransportCredentials
+	st *clientAuthState
+}
+
+func (c *clientAuthCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		if e := c.st.refusal(err); e != nil {
+			e.Remote = raw.RemoteAddr().String()
+			if c.st.a.Refused != nil {
+				c.st.a.Refused(e)
+			}
+			return nil, nil, e
+		}
+		return nil, nil, err
+	}
+	ti, ok := info.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		// An acme-tls/1 handshake: done, and nothing more.
+		conn.Close()
+		return nil, nil, errors.New("a connection without a client certificate (an ACME validation) is closed after its handshake")
+	}
+	leaf := ti.State.PeerCertificates[0]
+	id, _ := IdentityOf(leaf) // admit checked it
+	ci := &ClientInfo{TLSInfo: ti, Identity: id, Remote: raw.RemoteAddr().String(), st: c.st}
+	ci.checked.Store(&recheck{trust: c.st.current()})
+	return conn, ci, nil
+}
+
+func (c *clientAuthCreds) Clone() credentials.TransportCredentials {
+	return &clientAuthCreds{TransportCredentials: c.TransportCredentials.Clone(), st: c.st}
+}
+
+// ClientInfo is the gRPC AuthInfo of a connection whose client certificate
+// ClientAuthCredentials admitted: a credentials.TLSInfo with the
+// certificate's identity.
+type ClientInfo struct {
+	credentials.TLSInfo
+	Identity Identity
+	Remote   string
+
+	st      *clientAuthState
+	checked atomic.Pointer[recheck]
+}
+
+// recheck is the result of checking a connection's certificate against one
+// trust.
+type recheck struct {
+	trust *trustConfig
+	err   *ClientCertError
+}
+
+// ClientIdentity returns the identity, sepal:ROLE:NAME: the ability
+// superlink looks for in a connection's AuthInfo.
+func (ci *ClientInfo) ClientIdentity() string { return ci.Identity.String() }
+
+// Recheck checks the connection's certificate against the CAs and CRL the
+// source holds now, as a handshake would: it returns nil while the
+// certificate is still admitted, and a *ClientCertError (also passed once
+// to ClientAuth.Refused) once a reload revoked it, dropped its CA, or it
+// expired. It is cheap while nothing changed (one comparison), safe for
+// concurrent use, and does no I/O; a caller such as a gRPC interceptor
+// calls it on every call, so that a revocation takes effect on connections
+// made before it.
+func (ci *ClientInfo) Recheck() error {
+	t := ci.st.current()
+	r := ci.checked.Load()
+	now := ci.st.a.Now()
+	if r.trust == t && (r.err != nil || !now.After(ci.State.PeerCertificates[0].NotAfter)) {
+		if r.err != nil {
+			return r.err
+		}
+		return nil
+	}
+	n := &recheck{trust: t, err: ci.verify(t, now)}
+	if ci.checked.CompareAndSwap(r, n) && n.err != nil && ci.st.a.Refused != nil {
+		ci.st.a.Refused(n.err)
+	}
+	if n.err != nil {
+		return n.err
+	}
+	return nil
+}
+
+// verify checks the connection's chain against t as the handshake did.
+func (ci *ClientInfo) verify(t *trustConfig, now time.Time) *ClientCertError {
+	certs := ci.State.PeerCertificates
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: t.pool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		e := ci.st.refusal(&tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: err})
+		e.Remote = ci.Remote
+		return e
+	}
+	if err := ci.st.admit(t, certs); err != nil {
+		e := err.(*ClientCertError)
+		e.Remote = ci.Remote
+		return e
+	}
+	return nil
+}
