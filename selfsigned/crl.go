@@ -84,9 +84,12 @@ func revokedIn(entries []x509.RevocationListEntry, serial *big.Int) bool {
 }
 
 // Revoked reports whether list revokes c: c was issued by the list's issuer
-// (the same subject) and its serial is listed.
+// (the same subject, and the same key when both name it) and its serial is
+// listed.
 func Revoked(list *x509.RevocationList, c *x509.Certificate) bool {
-	return list != nil && bytes.Equal(c.RawIssuer, list.RawIssuer) && revokedIn(list.RevokedCertificateEntries, c.SerialNumber)
+	return list != nil && bytes.Equal(c.RawIssuer, list.RawIssuer) &&
+		(len(c.AuthorityKeyId) == 0 || len(list.AuthorityKeyId) == 0 || bytes.Equal(c.AuthorityKeyId, list.AuthorityKeyId)) &&
+		revokedIn(list.RevokedCertificateEntries, c.SerialNumber)
 }
 
 // LoadCRL reads a CRL file (PEM "X509 CRL", one block) and checks that ca

@@ -99,7 +99,17 @@ func (fx *fixture) source(t testing.TB, poll time.Duration) *FileSource {
 }
 
 // run runs s.Run until the test ends and waits until it listens for SIGHUP.
-func run(t testing.TB, s *FileSource) {
+// readyC is when Run listens for SIGHUP, for run.
+func (r *reloader[C, V]) readyC() <-chan struct{} { return r.ready }
+
+// runner is a source that runs in the background: FileSource or
+// ClientCAFile.
+type runner interface {
+	Run(context.Context) error
+	readyC() <-chan struct{}
+}
+
+func run(t testing.TB, s runner) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -111,7 +121,7 @@ func run(t testing.TB, s *FileSource) {
 		}
 	})
 	select {
-	case <-s.ready:
+	case <-s.readyC():
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not start")
 	}

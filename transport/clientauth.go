@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -279,9 +280,11 @@ func describe(leaf *x509.Certificate, role string) *ClientCertError {
 	return e
 }
 
-// revoked reports whether crl, from the issuer of c, lists c's serial.
+// revoked reports whether crl, from the issuer of c (the same subject, and
+// the same key when both name it), lists c's serial.
 func revoked(crl *x509.RevocationList, c *x509.Certificate) bool {
-	if crl == nil || string(crl.RawIssuer) != string(c.RawIssuer) {
+	if crl == nil || !bytes.Equal(crl.RawIssuer, c.RawIssuer) ||
+		len(c.AuthorityKeyId) > 0 && len(crl.AuthorityKeyId) > 0 && !bytes.Equal(c.AuthorityKeyId, crl.AuthorityKeyId) {
 		return false
 	}
 	for _, r := range crl.RevokedCertificateEntries {
