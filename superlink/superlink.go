@@ -163,7 +163,7 @@ func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.L
 			PermitWithoutStream: true,
 		}),
 		grpc.ForceServerCodecV2(c),
-		grpc.ChainUnaryInterceptor(recoverInterceptor(log)),
+		grpc.ChainUnaryInterceptor(recoverInterceptor(log), recheckInterceptor),
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
@@ -193,10 +193,21 @@ func recoverInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 // It returns nil after ctx ends, or the error of a listener that failed.
 // Serve closes both listeners.
 func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener, creds credentials.TransportCredentials) error {
+	return s.ServeAPIs(ctx, fleetLis, driverLis, creds, creds)
+}
+
+// ServeAPIs is Serve with the transport credentials of each API apart:
+// fleetCreds for the Fleet API and driverCreds for the Driver API (nil:
+// plaintext), as when each API requires client certificates of its own
+// role (transport.ClientAuthCredentials). Every call on a connection whose
+// AuthInfo can Recheck() its client certificate is refused with
+// Unauthenticated once that fails (the certificate was revoked, or its CA
+// dropped, while the connection was open).
+func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Listener, fleetCreds, driverCreds credentials.TransportCredentials) error {
 	if fleetLis == nil || driverLis == nil {
 		return errors.New("superlink: Serve needs a Fleet and a Driver listener")
 	}
-	opts := serverOptions(creds, s.codec, s.log)
+	opts := serverOptions(fleetCreds, s.codec, s.log)
 
 	fs := grpc.NewServer(opts...)
 	flwrproto.RegisterFleetServer(fs, s.Fleet())
@@ -204,7 +215,7 @@ func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener,
 	fh.SetServingStatus(flwrproto.Fleet_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(fs, fh)
 
-	ds := grpc.NewServer(opts...)
+	ds := grpc.NewServer(serverOptions(driverCreds, s.codec, s.log)...)
 	flwrproto.RegisterDriverServer(ds, s.Driver())
 	dh := health.NewServer()
 	dh.SetServingStatus(flwrproto.Driver_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -76,6 +76,7 @@ type config struct {
 	database         string
 	pollInterval     time.Duration
 	acme             *acmeFlags
+	mtls             *mtlsFlags
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -97,7 +98,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&insecureFlag, "insecure", false, "serve plaintext gRPC without TLS: anyone on the network can read and change the traffic")
 	fs.DurationVar(&c.pollInterval, "certificates-poll-interval", 5*time.Second, "how often the certificate files are checked for a change (SIGHUP reloads at once)")
 	c.acme = registerACMEFlags(fs)
-	fs.StringVar(&c.driverAddr, "driver-api-address", "0.0.0.0:9091", "Driver API (ServerApps) address, HOST:PORT")
+	c.mtls = registerMTLSFlags(fs)
+	fs.StringVar(&c.driverAddr, "driver-api-address", "0.0.0.0:9091", "Driver API (ServerApps) address, HOST:PORT; with --acme-domain the default is "+acmeDriverAddress)
 	fs.StringVar(&c.fleetAddr, "grpc-rere-fleet-api-address", "0.0.0.0:9092", "Fleet API (SuperNodes) address, HOST:PORT")
 	fs.Bool("grpc-rere", false, "the Fleet API type, gRPC request-response: the only one served, accepted as in Flower 1.8.0")
 	restAPI := fs.Bool("rest", false, "the REST Fleet API of Flower 1.8.0: not built")
@@ -175,8 +177,11 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	if c.database != inMemoryDatabase {
 		return nil, cli.Usagef("--database %q: only %s is supported; persistence to a file is not built yet", c.database, inMemoryDatabase)
 	}
-	if fs.Changed("certificates-poll-interval") && c.mode != modeFiles {
-		return nil, cli.Usagef("--certificates-poll-interval needs --certificates or --ssl-certfile: only certificate files are polled")
+	if err := c.mtls.check(c); err != nil {
+		return nil, err
+	}
+	if fs.Changed("certificates-poll-interval") && c.mode != modeFiles && !c.mtls.enabled() {
+		return nil, cli.Usagef("--certificates-poll-interval needs --certificates, --ssl-certfile or a client CA: only certificate files are polled")
 	}
 	if c.pollInterval < minPollInterval {
 		return nil, cli.Usagef("--certificates-poll-interval %v: must be at least %v (for example 5s); SIGHUP reloads at once", c.pollInterval, minPollInterval)
@@ -240,6 +245,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	if err := c.mtls.load(ctx, log, c.pollInterval); err != nil {
+		return err
+	}
+	fleetCreds, driverCreds := c.mtls.credentials(src, creds)
+
 	driverLis, err := listen(c.driverAddr, "--driver-api-address")
 	if err != nil {
 		return err
@@ -252,7 +262,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	sl := superlink.New(superlink.Options{Logger: log})
 	served := make(chan error, 1)
-	go func() { served <- sl.Serve(ctx, fleetLis, driverLis, creds) }()
+	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
 
 	// An ACME source obtains its certificates only now, so that the Fleet
 	// API listener itself answers the TLS-ALPN-01 validation; until they
@@ -286,7 +296,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		attrs = append(attrs, "tls", false)
 	}
-	log.Info("serving", attrs...)
+	log.Info("serving", append(attrs, c.mtls.attrs()...)...)
+	c.mtls.warnOpenDriver(log, driverLis.Addr())
 	return finish(ctx, log, <-served)
 }
 

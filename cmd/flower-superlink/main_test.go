@@ -79,7 +79,11 @@ func TestParseArgs(t *testing.T) {
 			if tt.wantFiles && (c.caFile != "ca.crt" || c.certFile != "server.pem" || c.keyFile != "server.key") {
 				t.Errorf("files = %q %q %q", c.caFile, c.certFile, c.keyFile)
 			}
-			if c.driverAddr != "0.0.0.0:9091" || c.fleetAddr != "0.0.0.0:9092" || c.pollInterval != 5*time.Second {
+			wantDriver := "0.0.0.0:9091"
+			if tt.mode == modeACME {
+				wantDriver = acmeDriverAddress // the public setup keeps the Driver API on loopback
+			}
+			if c.driverAddr != wantDriver || c.fleetAddr != "0.0.0.0:9092" || c.pollInterval != 5*time.Second {
 				t.Errorf("defaults: %q %q %v", c.driverAddr, c.fleetAddr, c.pollInterval)
 			}
 		})

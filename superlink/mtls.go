@@ -1,0 +1,46 @@
+package superlink
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// identified is the ability of a connection's AuthInfo whose client
+// certificate was verified (transport.ClientInfo): its identity, and a
+// check of the certificate against the CAs and CRL as they are now.
+type identified interface {
+	ClientIdentity() string
+	Recheck() error
+}
+
+// clientIdentity is the client-certificate identity of the caller
+// (sepal:ROLE:NAME), "" when its connection has none (no mutual TLS).
+func clientIdentity(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		if c, ok := p.AuthInfo.(identified); ok {
+			return c.ClientIdentity()
+		}
+	}
+	return ""
+}
+
+// recheckInterceptor refuses, with Unauthenticated, every call on a
+// connection whose client certificate no longer passes (revoked, or its CA
+// dropped, since the handshake), so that a revocation takes effect on open
+// connections without a restart. Connections without a client certificate
+// pass.
+func recheckInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if p, ok := peer.FromContext(ctx); ok {
+		if c, ok := p.AuthInfo.(identified); ok {
+			if err := c.Recheck(); err != nil {
+				return nil, status.Errorf(codes.Unauthenticated,
+					"%v; ask the SuperLink's operator for a new certificate", err)
+			}
+		}
+	}
+	return h(ctx, req)
+}
