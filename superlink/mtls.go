@@ -2,6 +2,7 @@ package superlink
 
 import (
 	"context"
+	"errors"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -37,8 +38,12 @@ func recheckInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h
 	if p, ok := peer.FromContext(ctx); ok {
 		if c, ok := p.AuthInfo.(identified); ok {
 			if err := c.Recheck(); err != nil {
-				return nil, status.Errorf(codes.Unauthenticated,
-					"%v; ask the SuperLink's operator for a new certificate", err)
+				msg := err.Error()
+				var pm interface{ PeerMessage() string }
+				if errors.As(err, &pm) {
+					msg = pm.PeerMessage()
+				}
+				return nil, status.Error(codes.Unauthenticated, msg)
 			}
 		}
 	}

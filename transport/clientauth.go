@@ -125,6 +125,25 @@ func (e *ClientCertError) Error() string {
 	return strings.Map(printable, "client certificate refused: "+why)
 }
 
+// PeerMessage is the refusal as its client reads it, when ClientInfo.Recheck
+// refused a connection that passed its handshake: which certificate, why,
+// and that the connection is refused from now on.
+func (e *ClientCertError) PeerMessage() string {
+	cert := "this connection's client certificate"
+	if e.Identity.Name != "" {
+		cert = fmt.Sprintf("this connection's client certificate %s (serial %s)", e.Identity, e.Serial)
+	}
+	why := map[ClientCertCause]string{
+		CauseRevoked:   "has been revoked",
+		CauseUnknownCA: "is no longer issued by a CA the server trusts (its client CA file changed)",
+		CauseExpired:   "has expired",
+	}[e.Cause]
+	if why == "" {
+		why = "is no longer accepted (" + string(e.Cause) + ")"
+	}
+	return strings.Map(printable, fmt.Sprintf("client certificate refused: %s %s since it connected; every call on it is refused: ask the SuperLink's operator for a new certificate", cert, why))
+}
+
 // serialString writes a serial as openssl x509 -serial does: upper-case hex
 // of whole bytes.
 func serialString(n *big.Int) string {

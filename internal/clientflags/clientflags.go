@@ -28,6 +28,7 @@ type Flags struct {
 
 	example string // an address for messages
 	fs      *pflag.FlagSet
+	clientCert
 }
 
 // Register adds the shared flags to fs. defaultServer is the command's
@@ -42,6 +43,7 @@ func Register(fs *pflag.FlagSet, defaultServer, api string) *Flags {
 	fs.StringVar(&f.TLSServerName, "tls-server-name", "", "the name the SuperLink's certificate must hold, when it differs from the host in --server")
 	fs.IntVar(&f.MaxRetries, "max-retries", 0, "retries of a failing connection before giving up with exit 1 (default: no limit; 0: no retry, as Flower 1.8.0); TLS verification failures are never retried")
 	fs.Float64Var(&f.MaxWaitTime, "max-wait-time", 0, "seconds to keep retrying a failing connection before giving up with exit 1 (default: no limit; 0: no retry, as Flower 1.8.0)")
+	f.registerClientCert(fs, api)
 	f.fs = fs
 	return f
 }
@@ -58,7 +60,8 @@ func (f *Flags) TLS() (transport.ClientOptions, error) {
 	if err := cli.CheckDialAddress("--server", f.Server, f.example); err != nil {
 		return transport.ClientOptions{}, err
 	}
-	return transport.ClientOptions{RootCertificates: f.RootCertificates, ServerName: f.TLSServerName, Insecure: f.Insecure}, nil
+	o := transport.ClientOptions{RootCertificates: f.RootCertificates, ServerName: f.TLSServerName, Insecure: f.Insecure}
+	return f.withClientCert(o)
 }
 
 // Retry returns the retry limits as app.NodeOptions takes them: 0 when a
@@ -102,8 +105,8 @@ func (f *Flags) Describe() string {
 	case f.Insecure:
 		return "plaintext (--insecure)"
 	case f.RootCertificates != "":
-		return fmt.Sprintf("TLS, trusting %s", f.RootCertificates)
+		return fmt.Sprintf("TLS, trusting %s", f.RootCertificates) + f.describeClientCert()
 	default:
-		return "TLS, trusting the system roots"
+		return "TLS, trusting the system roots" + f.describeClientCert()
 	}
 }

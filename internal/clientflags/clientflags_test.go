@@ -25,7 +25,7 @@ func parse(t *testing.T, args ...string) (*Flags, error) {
 func TestDefaults(t *testing.T) {
 	f, _ := parse(t)
 	o, err := f.TLS()
-	if err != nil || o != (transport.ClientOptions{}) || f.Server != "0.0.0.0:9092" {
+	if err != nil || o != (transport.ClientOptions{Role: transport.RoleNode}) || f.Server != "0.0.0.0:9092" {
 		t.Errorf("defaults: %+v %+v %v (want TLS with system roots on 0.0.0.0:9092)", f, o, err)
 	}
 	if n, w, err := f.Retry(); n != 0 || w != 0 || err != nil {
@@ -39,7 +39,7 @@ func TestDefaults(t *testing.T) {
 func TestValues(t *testing.T) {
 	f, _ := parse(t, "--server", "localhost:1", "--root-certificates", "ca.crt", "--tls-server-name", "sl.lan", "--max-retries", "4", "--max-wait-time", "2.5")
 	o, err := f.TLS()
-	if err != nil || o != (transport.ClientOptions{RootCertificates: "ca.crt", ServerName: "sl.lan"}) {
+	if err != nil || o != (transport.ClientOptions{RootCertificates: "ca.crt", ServerName: "sl.lan", Role: transport.RoleNode}) {
 		t.Errorf("TLS = %+v %v", o, err)
 	}
 	if n, w, err := f.Retry(); n != 4 || w != 2500*time.Millisecond || err != nil {

@@ -1,0 +1,505 @@
+package main
+
+// This file is flower-certs as the CA of mutual TLS: the subcommands that
+// issue client certificates (node, serverapp) and revoke them (revoke).
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// crlName is the CRL's file name in --dir.
+const crlName = "crl.pem"
+
+// defaultServerAppName names the ServerApp certificate when none is given.
+const defaultServerAppName = "serverapp"
+
+func init() {
+	// The subcommands, in the main usage (set here to keep them in one file).
+	command.Usage = "[flags]\n  " + name + " node NAME... [flags]      # a certificate per SuperNode (mutual TLS)\n  " +
+		name + " serverapp [NAME] [flags]  # a ServerApp certificate\n  " +
+		name + " revoke NAME... [flags]    # revoke node certificates (--serverapp for ServerApps) into crl.pem"
+	command.Examples = append(command.Examples,
+		"flower-certs node node-1 node-2               # node certificates: certificates/nodes/node-1.pem, node-1.key, ...",
+		"flower-certs serverapp                        # a ServerApp certificate: certificates/serverapps/serverapp.pem, .key",
+		"flower-certs revoke node-2                    # node-2 is refused from now on (certificates/crl.pem)",
+	)
+}
+
+// subcommands are the words run dispatches on.
+var subcommands = map[string]func(args []string, stdout, stderr io.Writer) error{
+	transport.RoleNode:      func(a []string, o, e io.Writer) error { return issueClients(transport.RoleNode, a, o, e) },
+	transport.RoleServerApp: func(a []string, o, e io.Writer) error { return issueClients(transport.RoleServerApp, a, o, e) },
+	"revoke":                revoke,
+}
+
+// subcommand returns the subcommand args name, or nil.
+func subcommand(args []string) func(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return nil
+	}
+	return subcommands[args[0]]
+}
+
+// clientDir is the folder of a role's certificates inside --dir.
+func clientDir(dir, role string) string { return filepath.Join(dir, role+"s") }
+
+// clientPaths are the certificate and key of one client.
+func clientPaths(dir, role, clientName string) (cert, key string) {
+	d := clientDir(dir, role)
+	return filepath.Join(d, clientName+".pem"), filepath.Join(d, clientName+".key")
+}
+
+var nodeCommand = cli.Command{
+	Name:     name + " node",
+	Synopsis: "issue a client certificate per SuperNode from the CA in --dir, for a SuperLink that requires them (--fleet-api-client-ca)",
+	Usage:    "NAME... [flags]",
+	Examples: []string{
+		"flower-certs node node-1 node-2      # certificates/nodes/node-1.pem and node-1.key, ...",
+		"flower-certs node --force node-1     # a new certificate and key for node-1 (revoke the old one with flower-certs revoke)",
+		"flower-certs node --days 90 --dir /etc/sepal/certificates lab-7",
+	},
+}
+
+var serverAppCommand = cli.Command{
+	Name:     name + " serverapp",
+	Synopsis: "issue a ServerApp client certificate from the CA in --dir, for a SuperLink that requires them (--driver-api-client-ca)",
+	Usage:    "[NAME] [flags]",
+	Examples: []string{
+		"flower-certs serverapp               # certificates/serverapps/serverapp.pem and serverapp.key",
+		"flower-certs serverapp experiments   # another ServerApp, with its own name",
+	},
+}
+
+var revokeCommand = cli.Command{
+	Name:     name + " revoke",
+	Synopsis: "revoke client certificates into the CRL certificates/crl.pem, signed by the CA; a SuperLink with --client-crl refuses them from its next reload (poll or SIGHUP), without a restart",
+	Usage:    "NAME... [flags]",
+	Examples: []string{
+		"flower-certs revoke node-2                 # the node certificate certificates/nodes/node-2.pem",
+		"flower-certs revoke --serverapp serverapp  # a ServerApp certificate",
+		"flower-certs revoke --serial 3A0F...       # a certificate by its serial (openssl x509 -serial -noout -in FILE)",
+	},
+}
+
+// clientFlags are the flags of node and serverapp.
+type clientFlags struct {
+	dir     string
+	days    int
+	keyType selfsigned.KeyType
+	force   bool
+	names   []string
+}
+
+func parseClientArgs(role string, args []string, out io.Writer) (*clientFlags, error) {
+	cmd := nodeCommand
+	if role == transport.RoleServerApp {
+		cmd = serverAppCommand
+	}
+	fs := cli.NewFlagSet(cmd, out)
+	c := &clientFlags{}
+	var keyType string
+	fs.StringVar(&c.dir, "dir", "certificates", "folder of the CA (ca.crt, ca.key, made by flower-certs); the certificates go to its "+role+"s/ folder (made 0700)")
+	fs.IntVar(&c.days, "days", 365, "validity in days (a CA that ends sooner ends it too, unless --days is given)")
+	fs.StringVar(&keyType, "key-type", string(selfsigned.ECDSAP256), "key type: ecdsa-p256, rsa-2048, rsa-3072, rsa-4096 or ed25519")
+	fs.BoolVar(&c.force, "force", false, "issue a new certificate and key over an existing one (the old one stays valid until it expires or is revoked)")
+	if err := cli.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	c.names = fs.Args()
+	switch {
+	case role == transport.RoleServerApp && len(c.names) == 0:
+		c.names = []string{defaultServerAppName}
+	case len(c.names) == 0:
+		return nil, cli.Usagef("missing NAME: name each SuperNode, such as %s node node-1 node-2", name)
+	}
+	seen := map[string]bool{}
+	for _, n := range c.names {
+		if err := transport.ValidName(n); err != nil {
+			return nil, cli.Usagef("%v", err)
+		}
+		if seen[n] {
+			return nil, cli.Usagef("%q is given twice", n)
+		}
+		seen[n] = true
+	}
+	kt, err := selfsigned.ParseKeyType(keyType)
+	if err != nil {
+		return nil, cli.Usagef("--key-type %q: use one of ecdsa-p256, rsa-2048, rsa-3072, rsa-4096, ed25519", keyType)
+	}
+	c.keyType = kt
+	if c.days < 1 {
+		return nil, cli.Usagef("--days %d: must be 1 or more", c.days)
+	}
+	if c.dir == "" {
+		return nil, cli.Usagef("--dir is empty: give the CA's folder, such as certificates")
+	}
+	if fs.Changed("days") {
+		c.days = -c.days // given: refuse rather than clamp to the CA
+	}
+	return c, nil
+}
+
+// loadDirCA loads the CA of dir, or says how to make one.
+func loadDirCA(dir string, now time.Time) (*selfsigned.CA, paths, error) {
+	p := pathsIn(dir)
+	for _, f := range []string{p.caCert, p.caKey} {
+		if ok, err := exists(f); err != nil {
+			return nil, p, fmt.Errorf("%s: %w", f, err)
+		} else if !ok {
+			return nil, p, fmt.Errorf("%s does not exist: client certificates are issued by the CA of the SuperLink's certificates; run %s first (or give its folder with --dir)", f, name)
+		}
+	}
+	ca, err := selfsigned.LoadCA(p.caCert, p.caKey)
+	if err != nil {
+		return nil, p, err
+	}
+	if now.After(ca.Cert.NotAfter) {
+		return nil, p, fmt.Errorf("the CA in %s expired on %s: run %s --new-ca (every client and SuperLink then needs the new %s)",
+			p.caCert, ca.Cert.NotAfter.UTC().Format(time.DateOnly), name, p.caCert)
+	}
+	return ca, p, nil
+}
+
+// issueClients is flower-certs node and flower-certs serverapp.
+func issueClients(role string, args []string, stdout, stderr io.Writer) error {
+	c, err := parseClientArgs(role, args, stdout)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	ca, p, err := loadDirCA(c.dir, now)
+	if err != nil {
+		return err
+	}
+	notAfter, clamped := now.Add(time.Duration(abs(c.days))*24*time.Hour), false
+	if notAfter.After(ca.Cert.NotAfter) {
+		if c.days < 0 {
+			return cli.Usagef("--days %d: the certificate would outlive its CA (%s, valid until %s): use --days %d or fewer",
+				-c.days, p.caCert, ca.Cert.NotAfter.UTC().Format(time.DateOnly), int(ca.Cert.NotAfter.Sub(now).Hours()/24))
+		}
+		notAfter, clamped = ca.Cert.NotAfter, true
+	}
+
+	// Make everything in memory first: an error writes nothing.
+	type issued struct {
+		name, cert, key string
+		pair            *selfsigned.Pair
+		replaced        *x509.Certificate // the certificate --force replaces
+	}
+	var todo []issued
+	var kept []string
+	for _, n := range c.names {
+		cert, key := clientPaths(c.dir, role, n)
+		haveCert, err := exists(cert)
+		if err != nil {
+			return err
+		}
+		haveKey, err := exists(key)
+		if err != nil {
+			return err
+		}
+		if (haveCert || haveKey) && !c.force {
+			kept = append(kept, n)
+			continue
+		}
+		id := transport.Identity{Role: role, Name: n}
+		pair, err := ca.IssueClient(selfsigned.ClientOptions{CommonName: n, OrganizationalUnit: role, URIs: []*url.URL{id.URI()},
+			KeyType: c.keyType, NotAfter: notAfter})
+		if err != nil {
+			return fmt.Errorf("%s: %s", n, strings.TrimPrefix(err.Error(), "selfsigned: "))
+		}
+		it := issued{name: n, cert: cert, key: key, pair: pair}
+		if haveCert {
+			it.replaced = readCert(cert)
+		}
+		todo = append(todo, it)
+	}
+
+	if len(todo) > 0 {
+		if err := os.MkdirAll(clientDir(c.dir, role), dirMode); err != nil {
+			return fmt.Errorf("making the folder %s: %w", clientDir(c.dir, role), err)
+		}
+	}
+	crlFile := filepath.Join(c.dir, crlName)
+	if err := ensureCRL(stdout, ca, crlFile, now); err != nil {
+		return err
+	}
+	for _, it := range todo {
+		id := transport.Identity{Role: role, Name: it.name}
+		if err := write(stdout, it.key, it.pair.KeyPEM, keyMode, transport.RoleName(role)+" private key: only for "+it.name); err != nil {
+			return err
+		}
+		if err := write(stdout, it.cert, it.pair.CertPEM, certMode, fmt.Sprintf("%s certificate %s (serial %s, valid until %s)",
+			transport.RoleName(role), id, serialText(it.pair.Leaf.SerialNumber), it.pair.Leaf.NotAfter.UTC().Format(time.DateOnly))); err != nil {
+			return err
+		}
+		if it.replaced != nil {
+			fmt.Fprintf(stdout, "The certificate it replaces (serial %s) stays valid until %s; to refuse it now: %s\n",
+				serialText(it.replaced.SerialNumber), it.replaced.NotAfter.UTC().Format(time.DateOnly),
+				shellJoin([]string{name, "revoke", "--dir", c.dir, "--serial", serialText(it.replaced.SerialNumber)}))
+		}
+	}
+	for _, n := range kept {
+		cert, key := clientPaths(c.dir, role, n)
+		fmt.Fprintf(stdout, "%s and %s exist; nothing changed for %s (--force issues a new certificate and key).\n", cert, key, n)
+	}
+	if clamped {
+		fmt.Fprintf(stdout, "The certificates end with their CA on %s, before %d days.\n", ca.Cert.NotAfter.UTC().Format(time.DateOnly), c.days)
+	}
+	printClientUsage(stdout, p, role, crlFile, c.dir, c.names)
+	return nil
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
+
+// ensureCRL writes an empty CRL signed by the CA when there is none yet, so
+// that the SuperLink can be started with --client-crl from the first day
+// and a revocation later needs no restart.
+func ensureCRL(stdout io.Writer, ca *selfsigned.CA, path string, now time.Time) error {
+	if ok, err := exists(path); err != nil || ok {
+		return err
+	}
+	crl, err := ca.SignCRL(nil, nil, now)
+	if err != nil {
+		return err
+	}
+	return write(stdout, path, crl.PEM, certMode, "CRL (none revoked yet): give it to the SuperLink with --client-crl")
+}
+
+// printClientUsage prints the command lines that use the certificates.
+func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, names []string) {
+	host := "127.0.0.1"
+	if ns := existingNames(p.serverCert); len(ns) > 0 {
+		for _, n := range ns {
+			if n != "localhost" && n != "127.0.0.1" && n != "::1" && !strings.HasPrefix(n, "*") {
+				host = n
+				break
+			}
+		}
+	}
+	cert, key := clientPaths(dir, role, names[0])
+	app, port := []string{"flower-client-app", "client:app"}, "9092"
+	if role == transport.RoleServerApp {
+		app, port = []string{"flower-server-app", "server:app"}, "9091"
+	}
+	// The SuperLink asks for the certificates of every role issued so far.
+	link := []string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}
+	for _, r := range []struct{ role, flag string }{{transport.RoleNode, "--fleet-api-client-ca"}, {transport.RoleServerApp, "--driver-api-client-ca"}} {
+		if fi, err := os.Stat(clientDir(dir, r.role)); r.role == role || err == nil && fi.IsDir() {
+			link = append(link, r.flag, p.caCert)
+		}
+	}
+	link = append(link, "--client-crl", crlFile)
+	fmt.Fprintf(stdout, "\nStart the SuperLink so that it requires client certificates:\n  %s\n", shellJoin(link))
+	fmt.Fprintf(stdout, "Run the %s with its certificate and key (copy them and %s to its machine; the key stays private):\n  %s\n",
+		map[string]string{transport.RoleNode: "SuperNode", transport.RoleServerApp: "ServerApp"}[role], p.caCert,
+		shellJoin(append(app, "--root-certificates", p.caCert, "--server", host+":"+port, "--client-certificate", cert, "--client-key", key)))
+	if len(names) > 1 {
+		fmt.Fprintf(stdout, "(and likewise for %s)\n", strings.Join(names[1:], ", "))
+	}
+}
+
+// revokeFlags are the flags of revoke.
+type revokeFlags struct {
+	dir       string
+	serverApp bool
+	serials   []string
+	names     []string
+}
+
+// revoke is flower-certs revoke.
+func revoke(args []string, stdout, stderr io.Writer) error {
+	fs := cli.NewFlagSet(revokeCommand, stdout)
+	c := &revokeFlags{}
+	fs.StringVar(&c.dir, "dir", "certificates", "folder of the CA (ca.crt, ca.key); the CRL is its "+crlName)
+	fs.BoolVar(&c.serverApp, "serverapp", false, "the NAMEs are ServerApps (certificates in serverapps/), not nodes")
+	fs.StringArrayVar(&c.serials, "serial", nil, "revoke the certificate with this serial, in hex as openssl x509 -serial prints it (repeatable), for one whose file is gone")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	c.names = fs.Args()
+	if len(c.names) == 0 && len(c.serials) == 0 {
+		return cli.Usagef("missing NAME: name the node to revoke, such as %s revoke node-2 (or --serial HEX)", name)
+	}
+	role := transport.RoleNode
+	if c.serverApp {
+		role = transport.RoleServerApp
+	}
+	now := time.Now()
+	ca, _, err := loadDirCA(c.dir, now)
+	if err != nil {
+		return err
+	}
+
+	type target struct {
+		what   string
+		serial *big.Int
+	}
+	var targets []target
+	for _, s := range c.serials {
+		n, ok := parseSerial(s)
+		if !ok {
+			return cli.Usagef("--serial %q: give the serial in hex, as openssl x509 -serial -noout prints it (such as 3A0F9C...)", s)
+		}
+		targets = append(targets, target{"serial " + serialText(n), n})
+	}
+	for _, n := range c.names {
+		if err := transport.ValidName(n); err != nil {
+			return cli.Usagef("%v", err)
+		}
+		cert, _ := clientPaths(c.dir, role, n)
+		leaf := readCert(cert)
+		if leaf == nil {
+			other := transport.RoleServerApp
+			if c.serverApp {
+				other = transport.RoleNode
+			}
+			hint := ""
+			if o, _ := clientPaths(c.dir, other, n); readCert(o) != nil {
+				hint = fmt.Sprintf("; %s is a %s certificate: ", o, transport.RoleName(other))
+				if other == transport.RoleServerApp {
+					hint += "add --serverapp"
+				} else {
+					hint += "drop --serverapp"
+				}
+			}
+			return fmt.Errorf("%s: no %s certificate of that name (%s is missing or holds no certificate)%s; a certificate whose file is gone is revoked with --serial HEX",
+				n, transport.RoleName(role), cert, hint)
+		}
+		if !issuedBy(leaf, ca) {
+			return fmt.Errorf("%s was not issued by the CA in %s: it cannot be revoked here (the SuperLink does not accept it anyway)", cert, pathsIn(c.dir).caCert)
+		}
+		targets = append(targets, target{fmt.Sprintf("%s (serial %s)", transport.Identity{Role: role, Name: n}, serialText(leaf.SerialNumber)), leaf.SerialNumber})
+	}
+
+	crlFile := filepath.Join(c.dir, crlName)
+	var prev *x509.RevocationList
+	if ok, err := exists(crlFile); err != nil {
+		return err
+	} else if ok {
+		if prev, err = selfsigned.LoadCRL(crlFile, ca.Cert); err != nil {
+			return fmt.Errorf("%w (move it away to start a new CRL; what it revoked is then valid again)", err)
+		}
+	}
+	var serials []*big.Int
+	for _, t := range targets {
+		if prev != nil && revokedIn(prev, t.serial) {
+			fmt.Fprintf(stdout, "%s is revoked already.\n", t.what)
+			continue
+		}
+		serials = append(serials, t.serial)
+	}
+	if len(serials) == 0 {
+		fmt.Fprintf(stdout, "%s unchanged.\n", crlFile)
+		return nil
+	}
+	crl, err := ca.SignCRL(prev, serials, now)
+	if err != nil {
+		return err
+	}
+	if err := write(stdout, crlFile, crl.PEM, certMode, fmt.Sprintf("CRL number %s, %d revoked", crl.List.Number, len(crl.List.RevokedCertificateEntries))); err != nil {
+		return err
+	}
+	for _, t := range targets {
+		if revokedIn(crl.List, t.serial) {
+			fmt.Fprintf(stdout, "revoked %s\n", t.what)
+		}
+	}
+	fmt.Fprintf(stdout, "A SuperLink started with --client-crl %s refuses them within its poll interval, or at once on SIGHUP, also on connections already open; no restart.\n", crlFile)
+	return nil
+}
+
+func revokedIn(l *x509.RevocationList, serial *big.Int) bool {
+	for _, e := range l.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(serial) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// issuedBy reports whether the CA signed c.
+func issuedBy(c *x509.Certificate, ca *selfsigned.CA) bool {
+	return c.CheckSignatureFrom(ca.Cert) == nil
+}
+
+// readCert returns the first certificate of a PEM file, or nil.
+func readCert(path string) *x509.Certificate {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	c, err := firstCert(b)
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// parseSerial reads a serial in hex, with or without "serial=", colons or
+// a 0x prefix.
+func parseSerial(s string) (*big.Int, bool) {
+	s = strings.TrimPrefix(strings.TrimSpace(s), "serial=")
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X")
+	s = strings.ReplaceAll(s, ":", "")
+	n, ok := new(big.Int).SetString(s, 16)
+	if !ok || n.Sign() <= 0 {
+		return nil, false
+	}
+	return n, true
+}
+
+// serialText writes a serial as openssl x509 -serial does: upper-case hex
+// of whole bytes.
+func serialText(n *big.Int) string {
+	b := n.Bytes()
+	if len(b) == 0 {
+		return "00"
+	}
+	return strings.ToUpper(fmt.Sprintf("%x", b))
+}
+
+var errNoCert = errors.New("no certificate")
+
+// firstCert parses the first CERTIFICATE block of PEM data.
+func firstCert(data []byte) (*x509.Certificate, error) {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return nil, errNoCert
+		}
+		if b.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(b.Bytes)
+		}
+	}
+}
+
+// write writes one file atomically and prints its line.
+func write(stdout io.Writer, path string, data []byte, mode fs.FileMode, what string) error {
+	if err := selfsigned.WriteFileAtomic(path, data, mode); err != nil {
+		return fmt.Errorf("%s (nothing half-written; run again once fixed)", strings.TrimPrefix(err.Error(), "selfsigned: "))
+	}
+	fmt.Fprintf(stdout, "wrote %-28s %04o  %s\n", path, mode, what)
+	return nil
+}
