@@ -34,9 +34,9 @@ func init() {
 		name + " serverapp [NAME] [flags]  # a ServerApp certificate\n  " +
 		name + " revoke NAME... [flags]    # revoke node certificates (--serverapp for ServerApps) into crl.pem"
 	command.Examples = append(command.Examples,
-		"flower-certs node node-1 node-2               # node certificates: certificates/nodes/node-1.pem, node-1.key, ...",
-		"flower-certs serverapp                        # a ServerApp certificate: certificates/serverapps/serverapp.pem, .key",
-		"flower-certs revoke node-2                    # node-2 is refused from now on (certificates/crl.pem)",
+		"flower-certs node node-1 node-2                # node certificates: certificates/nodes/node-1.pem, node-1.key, ...",
+		"flower-certs serverapp                         # a ServerApp certificate: certificates/serverapps/serverapp.pem, .key",
+		"flower-certs revoke node-2                     # node-2 is refused from now on (certificates/crl.pem)",
 	)
 }
 
@@ -47,12 +47,33 @@ var subcommands = map[string]func(args []string, stdout, stderr io.Writer) error
 	"revoke":                revoke,
 }
 
-// subcommand returns the subcommand args name, or nil.
-func subcommand(args []string) func(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return nil
+// valueFlags are the flags of flower-certs and its subcommands that take
+// a value in the next argument.
+var valueFlags = map[string]bool{"--dir": true, "--days": true, "--key-type": true, "--host": true, "--serial": true}
+
+// subcommand finds the subcommand word among args, the first argument that
+// is not a flag or a flag's value (so that "flower-certs --dir d node x"
+// works as "flower-certs node --dir d x"), and returns it with the other
+// arguments; nil when the first such argument is not a subcommand.
+func subcommand(args []string) (func(args []string, stdout, stderr io.Writer) error, []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return nil, nil
+		case strings.HasPrefix(a, "-"):
+			if valueFlags[a] {
+				i++
+			}
+			continue
+		}
+		f, ok := subcommands[a]
+		if !ok {
+			return nil, nil
+		}
+		return f, append(args[:i:i], args[i+1:]...)
 	}
-	return subcommands[args[0]]
+	return nil, nil
 }
 
 // clientDir is the folder of a role's certificates inside --dir.

@@ -125,8 +125,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
-	if sub := subcommand(args); sub != nil {
-		return sub(args[1:], stdout, stderr)
+	if sub, rest := subcommand(args); sub != nil {
+		return sub(rest, stdout, stderr)
 	}
 	c, err := parseArgs(args, stdout)
 	if err != nil {
