@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// clientCert are the flags that present the client certificate flower-certs
+// wrote for a name of a role.
+func clientCert(role, name string) []string {
+	return []string{"--client-certificate", "certificates/" + role + "s/" + name + ".pem", "--client-key", "certificates/" + role + "s/" + name + ".key"}
+}
+
+// lastLine is the last non-empty line of out.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestMutualTLS runs a SuperLink that requires node certificates on the
+// Fleet API and ServerApp certificates on the Driver API, all from
+// flower-certs: Sepal nodes with node certificates and the server app with
+// its ServerApp certificate finish a FedAvg run; a node without a
+// certificate, with one from another CA, with a ServerApp certificate, a
+// server app with a node certificate, and a revoked node are refused, each
+// with one line naming the cause on its side and a line with the cause in
+// the SuperLink's log; a node revoked while it runs is cut off within the
+// poll interval, without a restart, while the others go on.
+func TestMutualTLS(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		nil,
+		{"node", "alice", "bob", "mallory"},
+		{"serverapp"},
+		{"--dir", "other"},
+		{"node", "--dir", "other", "eve"},
+	} {
+		if out, code := run(t, 30*time.Second, dir, nil, "flower-certs", args...); code != 0 {
+			t.Fatalf("flower-certs %q exited %d:\n%s", args, code, out)
+		}
+	}
+
+	driver, fleet := freeAddr(t), freeAddr(t)
+	link := start(t, dir, nil, "flower-superlink",
+		"--certificates", "certificates/ca.crt", "certificates/server.pem", "certificates/server.key",
+		"--fleet-api-client-ca", "certificates/ca.crt", "--driver-api-client-ca", "certificates/ca.crt",
+		"--client-crl", "certificates/crl.pem", "--certificates-poll-interval", "200ms",
+		"--driver-api-address", driver, "--grpc-rere-fleet-api-address", fleet)
+	waitListening(t, link, 20*time.Second, driver, fleet)
+	link.waitOutput(t, `fleet_api_clients="node certificates from certificates/ca.crt"`, 10*time.Second)
+
+	node := func(args ...string) []string {
+		return append([]string{"client:app", "--root-certificates", "certificates/ca.crt", "--server", fleet, "--poll-interval", "500ms"}, args...)
+	}
+	serverApp := func(args ...string) []string {
+		return append([]string{"server:app", "--root-certificates", "certificates/ca.crt", "--server", driver}, args...)
+	}
+	nodes := map[string]*proc{}
+	for _, n := range []string{"alice", "bob", "mallory"} {
+		nodes[n] = start(t, dir, nil, "flower-client-app", node(clientCert("node", n)...)...)
+	}
+	waitCount(t, link, "node joined", 3, 20*time.Second)
+
+	out, code := run(t, 90*time.Second, dir, nil, "flower-server-app", serverApp(append(clientCert("serverapp", "serverapp"), "--rounds", "2", "--min-nodes", "3")...)...)
+	if code != 0 {
+		t.Fatalf("flower-server-app with its ServerApp certificate exited %d:\n%s", code, out)
+	}
+	if rs := parseRounds(t, out); len(rs) != 2 || rs[0].nodes != 3 || rs[1].nodes != 3 {
+		t.Fatalf("want 2 rounds of 3 nodes:\n%s", out)
+	}
+
+	// Refused at the handshake, each with its cause on both sides.
+	for _, c := range []struct {
+		name       string
+		cmd        string
+		args       []string
+		client     string // in the client's last line
+		api, cause string // in the SuperLink's log
+	}{
+		{"no certificate", "flower-client-app", node(), "requires a client certificate (mutual TLS) and this client presented none", "fleet", "no_certificate"},
+		{"another CA", "flower-client-app", node("--client-certificate", "other/nodes/eve.pem", "--client-key", "other/nodes/eve.key"),
+			"does not trust the CA that issued the client certificate other/nodes/eve.pem (sepal:node:eve", "fleet", "unknown_ca"},
+		{"ServerApp certificate on the Fleet API", "flower-client-app", node(clientCert("serverapp", "serverapp")...),
+			"it is a ServerApp certificate and this API admits node certificates", "fleet", "wrong_role"},
+		{"node certificate on the Driver API", "flower-server-app", serverApp(clientCert("node", "alice")...),
+			"it is a node certificate and this API admits ServerApp certificates", "driver", "wrong_role"},
+	} {
+		out, code := run(t, 30*time.Second, dir, nil, c.cmd, c.args...)
+		line := lastLine(out)
+		if code != 1 || !strings.HasPrefix(line, c.cmd+": ") || !strings.Contains(line, c.client) {
+			t.Errorf("%s: %s exited %d, want 1 with a last line naming the cause (%q):\n%s", c.name, c.cmd, code, c.client, out)
+		}
+		waitCount(t, link, "api="+c.api+" cause="+c.cause, 1, 10*time.Second)
+	}
+
+	// Revoked while it runs: no SIGHUP, no restart; the next poll of the
+	// CRL cuts mallory off, and it exits 1 saying so.
+	if out, code := run(t, 30*time.Second, dir, nil, "flower-certs", "revoke", "mallory"); code != 0 || !strings.Contains(out, "revoked sepal:node:mallory") {
+		t.Fatalf("flower-certs revoke mallory exited %d:\n%s", code, out)
+	}
+	if code := nodes["mallory"].wait(t, 20*time.Second); code != 1 {
+		t.Errorf("the revoked node exited %d, want 1", code)
+	}
+	if line := lastLine(nodes["mallory"].out.String()); !strings.Contains(line, "sepal:node:mallory") || !strings.Contains(line, "has been revoked") {
+		t.Errorf("the revoked node's last line does not say it was revoked: %q", line)
+	}
+	waitCount(t, link, "cause=revoked remote=", 1, 10*time.Second)
+	if !strings.Contains(link.out.String(), "identity=sepal:node:mallory") {
+		t.Errorf("the SuperLink's log does not name the revoked identity:\n%s", link.out.String())
+	}
+	// Its next start is refused at the handshake.
+	out, code = run(t, 30*time.Second, dir, nil, "flower-client-app", node(clientCert("node", "mallory")...)...)
+	if line := lastLine(out); code != 1 || !strings.Contains(line, "has been revoked") {
+		t.Errorf("a revoked node starting: exit %d, want 1 with a line saying it was revoked:\n%s", code, out)
+	}
+
+	// The others go on.
+	out, code = run(t, 90*time.Second, dir, nil, "flower-server-app", serverApp(append(clientCert("serverapp", "serverapp"), "--rounds", "1", "--min-nodes", "2")...)...)
+	if rs := parseRounds(t, out); code != 0 || len(rs) != 1 || rs[0].nodes != 2 {
+		t.Fatalf("after the revocation, flower-server-app exited %d, want a round of the 2 nodes left:\n%s", code, out)
+	}
+	if strings.Contains(link.out.String(), "listens on") {
+		t.Errorf("the SuperLink warned of an open Driver API on loopback with client certificates:\n%s", link.out.String())
+	}
+	stopClients(t, []*proc{nodes["alice"], nodes["bob"]})
+}
+
+// TestMutualTLSOffFleet: without a Fleet API client CA nothing asks a node
+// for a certificate, so a node without one (as a Flower 1.8.0 SuperNode,
+// which cannot present one) joins and trains, here beside a Driver API that
+// requires a ServerApp certificate. A Driver API on 0.0.0.0 without a client
+// CA gets one warning; with one, none.
+func TestMutualTLSOffFleet(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	dir := t.TempDir()
+	for _, args := range [][]string{nil, {"serverapp"}} {
+		if out, code := run(t, 30*time.Second, dir, nil, "flower-certs", args...); code != 0 {
+			t.Fatalf("flower-certs %q exited %d:\n%s", args, code, out)
+		}
+	}
+	certs := []string{"--certificates", "certificates/ca.crt", "certificates/server.pem", "certificates/server.key"}
+
+	// A Driver API on every interface without a client CA: one warning.
+	driver, fleet := freeAddr(t), freeAddr(t)
+	_, port, _ := net.SplitHostPort(driver)
+	open := start(t, dir, nil, "flower-superlink", append(certs, "--driver-api-address", net.JoinHostPort("0.0.0.0", port), "--grpc-rere-fleet-api-address", fleet)...)
+	waitListening(t, open, 20*time.Second, driver, fleet)
+	open.waitOutput(t, "level=WARN", 10*time.Second)
+	if log := open.out.String(); strings.Count(log, "beyond loopback, without client certificates") != 1 ||
+		!strings.Contains(log, "anyone who can reach that port can start runs") || !strings.Contains(log, "--driver-api-client-ca") {
+		t.Errorf("want one warning saying who can do what and how to close it:\n%s", log)
+	}
+	open.stop()
+
+	// The same, with ServerApp certificates required: no warning; a node
+	// without a certificate joins the Fleet API.
+	driver, fleet = freeAddr(t), freeAddr(t)
+	_, port, _ = net.SplitHostPort(driver)
+	link := start(t, dir, nil, "flower-superlink", append(certs, "--driver-api-client-ca", "certificates/ca.crt",
+		"--driver-api-address", net.JoinHostPort("0.0.0.0", port), "--grpc-rere-fleet-api-address", fleet)...)
+	waitListening(t, link, 20*time.Second, driver, fleet)
+	link.waitOutput(t, `fleet_api_clients="any client"`, 10*time.Second)
+	n := start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", "certificates/ca.crt", "--server", fleet, "--poll-interval", "500ms")
+	out, code := run(t, 90*time.Second, dir, nil, "flower-server-app", append([]string{"server:app", "--root-certificates", "certificates/ca.crt",
+		"--server", driver, "--rounds", "1", "--min-nodes", "1"}, clientCert("serverapp", "serverapp")...)...)
+	if rs := parseRounds(t, out); code != 0 || len(rs) != 1 || rs[0].nodes != 1 {
+		t.Fatalf("a node without a client certificate under a Fleet API without one: exit %d:\n%s", code, out)
+	}
+	if strings.Contains(link.out.String(), "level=WARN") {
+		t.Errorf("a warning with ServerApp certificates required:\n%s", link.out.String())
+	}
+	stopClients(t, []*proc{n})
+}
