@@ -64,6 +64,11 @@ func TestMutualTLS(t *testing.T) {
 		nodes[n] = start(t, dir, nil, "flower-client-app", node(clientCert("node", n)...)...)
 	}
 	waitCount(t, link, "node joined", 3, 20*time.Second)
+	for _, n := range []string{"alice", "bob", "mallory"} {
+		if !strings.Contains(link.out.String(), "identity=sepal:node:"+n) {
+			t.Errorf("the SuperLink's log does not name %s's certificate when it joins:\n%s", n, link.out.String())
+		}
+	}
 
 	out, code := run(t, 90*time.Second, dir, nil, "flower-server-app", serverApp(append(clientCert("serverapp", "serverapp"), "--rounds", "2", "--min-nodes", "3")...)...)
 	if code != 0 {

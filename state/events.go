@@ -13,11 +13,17 @@ type Events struct{ Log *slog.Logger }
 
 func (e Events) on() bool { return e.Log != nil }
 
-// NodeJoined logs a node created.
-func (e Events) NodeJoined(id int64, pingInterval float64) {
-	if e.on() {
-		e.Log.Info("node joined", "node_id", id, "ping_interval", pingInterval)
+// NodeJoined logs a node created, with the identity of its client
+// certificate when it has one (mutual TLS).
+func (e Events) NodeJoined(id int64, pingInterval float64, identity string) {
+	if !e.on() {
+		return
 	}
+	if identity != "" {
+		e.Log.Info("node joined", "node_id", id, "ping_interval", pingInterval, "identity", identity)
+		return
+	}
+	e.Log.Info("node joined", "node_id", id, "ping_interval", pingInterval)
 }
 
 // NodeDeleted logs a node that left through DeleteNode, with the number of

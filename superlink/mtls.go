@@ -18,9 +18,10 @@ type identified interface {
 	Recheck() error
 }
 
-// clientIdentity is the client-certificate identity of the caller
-// (sepal:ROLE:NAME), "" when its connection has none (no mutual TLS).
-func clientIdentity(ctx context.Context) string {
+// peerIdentity is the client-certificate identity of the caller
+// (sepal:ROLE:NAME), "" when its connection has none (no mutual TLS): what
+// the state ties a node id to.
+func peerIdentity(ctx context.Context) string {
 	if p, ok := peer.FromContext(ctx); ok {
 		if c, ok := p.AuthInfo.(identified); ok {
 			return c.ClientIdentity()

@@ -13,10 +13,6 @@ import (
 // reconnectSeconds is what 1.8.0 answers in every PushTaskResResponse.
 const reconnectSeconds = 5
 
-// peerIdentity is the client-certificate identity of the caller, "" while
-// the SuperLink does not ask for client certificates.
-func peerIdentity(context.Context) string { return "" }
-
 // fleet is the Fleet API: SuperNodes register, ping, pull TaskIns and push
 // TaskRes.
 type fleet struct {

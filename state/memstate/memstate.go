@@ -163,7 +163,7 @@ func (s *State) CreateNode(_ context.Context, pingInterval float64, identity str
 	now := s.now()
 	s.nodes[id] = &node{id: id, identity: identity, pingInterval: pingInterval, created: now, onlineUntil: now.Add(d)}
 	s.order = append(s.order, id)
-	s.ev.NodeJoined(id, pingInterval)
+	s.ev.NodeJoined(id, pingInterval, identity)
 	return id, nil
 }
 
