@@ -175,15 +175,27 @@ func parseClientArgs(role string, args []string, out io.Writer) (*clientFlags, e
 	return c, nil
 }
 
-// loadDirCA loads the CA of dir, or says how to make one.
+// errNoCA is wrapped by loadDirCA's error when neither CA file exists.
+var errNoCA = errors.New("no CA")
+
+// loadDirCA loads the CA of dir, or says how to make one. When neither of
+// its files exists the error wraps errNoCA.
 func loadDirCA(dir string, now time.Time) (*selfsigned.CA, paths, error) {
 	p := pathsIn(dir)
+	var missing []string
 	for _, f := range []string{p.caCert, p.caKey} {
 		if ok, err := exists(f); err != nil {
 			return nil, p, fmt.Errorf("%s: %w", f, err)
 		} else if !ok {
-			return nil, p, fmt.Errorf("%s does not exist: client certificates are issued by the CA of the SuperLink's certificates; run %s first (or give its folder with --dir)", f, name)
+			missing = append(missing, f)
 		}
+	}
+	switch len(missing) {
+	case 2:
+		return nil, p, fmt.Errorf("%s and %s do not exist: client certificates are issued by a CA; run %s first, or give its folder with --dir: %w",
+			p.caCert, p.caKey, name, errNoCA)
+	case 1:
+		return nil, p, fmt.Errorf("%s does not exist beside the rest of the CA: restore it, or give the CA's folder with --dir", missing[0])
 	}
 	ca, err := selfsigned.LoadCA(p.caCert, p.caKey)
 	if err != nil {
@@ -204,6 +216,15 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 	}
 	now := time.Now()
 	ca, p, err := loadDirCA(c.dir, now)
+	var newCA bool
+	if errors.Is(err, errNoCA) {
+		// A folder of client certificates only, as beside an ACME
+		// SuperLink: a CA of their own, for 10 years.
+		if ca, err = selfsigned.NewCA(selfsigned.CAOptions{KeyType: c.keyType}); err != nil {
+			return err
+		}
+		newCA = true
+	}
 	if err != nil {
 		return err
 	}
@@ -254,6 +275,15 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 	if len(todo) > 0 {
 		if err := os.MkdirAll(clientDir(c.dir, role), dirMode); err != nil {
 			return fmt.Errorf("making the folder %s: %w", clientDir(c.dir, role), err)
+		}
+	}
+	if newCA {
+		if err := write(stdout, p.caKey, ca.KeyPEM, keyMode, "CA private key of the client certificates: keep it private, it stays here"); err != nil {
+			return err
+		}
+		if err := write(stdout, p.caCert, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to the SuperLink",
+			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))); err != nil {
+			return err
 		}
 	}
 	crlFile := filepath.Join(c.dir, crlName)
@@ -307,15 +337,20 @@ func ensureCRL(stdout io.Writer, ca *selfsigned.CA, path string, now time.Time) 
 	return write(stdout, path, crl.PEM, certMode, "CRL (none revoked yet): give it to the SuperLink with --client-crl")
 }
 
-// printClientUsage prints the command lines that use the certificates.
+// printClientUsage prints the command lines that use the certificates. In a
+// folder without a server certificate (client certificates beside an ACME
+// SuperLink) the SuperLink's flags are printed alone, and the apps trust
+// the system roots.
 func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, names []string) {
+	serverCert, _ := exists(p.serverCert)
 	host := "127.0.0.1"
-	if ns := existingNames(p.serverCert); len(ns) > 0 {
-		for _, n := range ns {
-			if n != "localhost" && n != "127.0.0.1" && n != "::1" && !strings.HasPrefix(n, "*") {
-				host = n
-				break
-			}
+	if !serverCert {
+		host = "SUPERLINK_HOST"
+	}
+	for _, n := range existingNames(p.serverCert) {
+		if n != "localhost" && n != "127.0.0.1" && n != "::1" && !strings.HasPrefix(n, "*") {
+			host = n
+			break
 		}
 	}
 	cert, key := clientPaths(dir, role, names[0])
@@ -324,17 +359,23 @@ func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, name
 		app, port = []string{"flower-server-app", "server:app"}, "9091"
 	}
 	// The SuperLink asks for the certificates of every role issued so far.
-	link := []string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}
+	var flags []string
 	for _, r := range []struct{ role, flag string }{{transport.RoleNode, "--fleet-api-client-ca"}, {transport.RoleServerApp, "--driver-api-client-ca"}} {
 		if fi, err := os.Stat(clientDir(dir, r.role)); r.role == role || err == nil && fi.IsDir() {
-			link = append(link, r.flag, p.caCert)
+			flags = append(flags, r.flag, p.caCert)
 		}
 	}
-	link = append(link, "--client-crl", crlFile)
-	fmt.Fprintf(stdout, "\nStart the SuperLink so that it requires client certificates:\n  %s\n", shellJoin(link))
-	fmt.Fprintf(stdout, "Run the %s with its certificate and key (copy them and %s to its machine; the key stays private):\n  %s\n",
-		map[string]string{transport.RoleNode: "SuperNode", transport.RoleServerApp: "ServerApp"}[role], p.caCert,
-		shellJoin(append(app, "--root-certificates", p.caCert, "--server", host+":"+port, "--client-certificate", cert, "--client-key", key)))
+	flags = append(flags, "--client-crl", crlFile)
+	if serverCert {
+		link := append([]string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}, flags...)
+		fmt.Fprintf(stdout, "\nStart the SuperLink so that it requires client certificates:\n  %s\n", shellJoin(link))
+		app = append(app, "--root-certificates", p.caCert)
+	} else {
+		fmt.Fprintf(stdout, "\nAdd to the SuperLink's flags, so that it requires client certificates:\n  %s\n", shellJoin(flags))
+	}
+	fmt.Fprintf(stdout, "Run the %s with its certificate and key (copy them to its machine; the key stays private):\n  %s\n",
+		map[string]string{transport.RoleNode: "SuperNode", transport.RoleServerApp: "ServerApp"}[role],
+		shellJoin(append(app, "--server", host+":"+port, "--client-certificate", cert, "--client-key", key)))
 	if len(names) > 1 {
 		fmt.Fprintf(stdout, "(and likewise for %s)\n", strings.Join(names[1:], ", "))
 	}

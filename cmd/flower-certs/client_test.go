@@ -175,7 +175,7 @@ func TestRevoke(t *testing.T) {
 		{[]string{"node", "x", "x"}, true, "given twice"},
 		{[]string{"node", "--days", "0", "x"}, true, "--days 0"},
 		{[]string{"node", "--days", "5000", "x"}, true, "would outlive its CA"},
-		{[]string{"node", "--dir", filepath.Join(tmp, "none"), "x"}, false, "run flower-certs first"}, // the last --dir wins
+		{[]string{"revoke", "--dir", filepath.Join(tmp, "none"), "x"}, false, "run flower-certs first"}, // the last --dir wins
 	} {
 		var buf strings.Builder
 		err := run(append([]string{"--dir", dir}, c.args...), &buf, &buf)
@@ -199,5 +199,44 @@ func TestRevoke(t *testing.T) {
 	}
 	if _, err := runIn(t, tmp, "revoke", "node-1"); err == nil || !strings.Contains(err.Error(), "move it away") {
 		t.Errorf("revoke into another CA's CRL: %v", err)
+	}
+}
+
+// TestNodeCertificatesWithoutCA: in a folder without a CA (as beside an
+// ACME SuperLink, whose server certificate comes from Let's Encrypt),
+// flower-certs node makes a CA of its own and no server certificate.
+func TestNodeCertificatesWithoutCA(t *testing.T) {
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "certificates")
+	out := mustRun(t, tmp, "node", "node-1")
+	p := pathsIn(dir)
+	for _, f := range []string{p.caCert, p.caKey} {
+		if !strings.Contains(out, "wrote "+f) {
+			t.Errorf("output does not name %s:\n%s", f, out)
+		}
+	}
+	if ok, _ := exists(p.serverCert); ok {
+		t.Error("a server certificate was made")
+	}
+	cert, key := clientPaths(dir, transport.RoleNode, "node-1")
+	c, err := selfsigned.CheckClient(cert, key, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Leaf.CheckSignatureFrom(parseCert(t, p.caCert)); err != nil {
+		t.Errorf("not signed by the new CA: %v", err)
+	}
+	// The next one reuses it.
+	before := parseCert(t, p.caCert)
+	mustRun(t, tmp, "serverapp")
+	if !parseCert(t, p.caCert).Equal(before) {
+		t.Error("the CA was made again")
+	}
+	// Half a CA is refused.
+	if err := os.Remove(p.caKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runIn(t, tmp, "node", "node-2"); err == nil || !strings.Contains(err.Error(), "restore it") {
+		t.Errorf("a CA certificate without its key: %v", err)
 	}
 }
