@@ -80,19 +80,10 @@ func NewClientCAFile(o ClientCAOptions) (*ClientCAFile, error) {
 	if o.CAFile == "" {
 		return nil, errors.New("selfsigned: ClientCAOptions needs a CAFile")
 	}
-	if o.PollInterval < 0 {
-		return nil, fmt.Errorf("selfsigned: PollInterval %v is negative", o.PollInterval)
-	}
-	if o.PollInterval == 0 {
-		o.PollInterval = DefaultPollInterval
-	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if err := sourceDefaults(&o.PollInterval, &o.Now, &o.Logger); err != nil {
+		return nil, err
 	}
 	s := &ClientCAFile{o: o, log: o.Logger}
-	if s.log == nil {
-		s.log = slog.Default()
-	}
 	s.reloader = reloader[*clientCAFiles, clientTrust]{
 		read:    s.read,
 		check:   (*clientCAFiles).check,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 )
@@ -65,19 +64,10 @@ func NewFileSource(o FileSourceOptions) (*FileSource, error) {
 	if o.CertFile == "" || o.KeyFile == "" {
 		return nil, errors.New("selfsigned: FileSourceOptions needs both CertFile and KeyFile")
 	}
-	if o.PollInterval < 0 {
-		return nil, fmt.Errorf("selfsigned: PollInterval %v is negative", o.PollInterval)
-	}
-	if o.PollInterval == 0 {
-		o.PollInterval = DefaultPollInterval
-	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if err := sourceDefaults(&o.PollInterval, &o.Now, &o.Logger); err != nil {
+		return nil, err
 	}
 	s := &FileSource{o: o, log: o.Logger}
-	if s.log == nil {
-		s.log = slog.Default()
-	}
 	s.reloader = reloader[*files, tls.Certificate]{
 		read:      func() (*files, error) { return readFiles(o.CAFile, o.CertFile, o.KeyFile) },
 		check:     (*files).check,

@@ -3,6 +3,8 @@ package selfsigned
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sync"
@@ -169,6 +171,25 @@ func (r *reloader[C, V]) swap(c C, v *V, trigger string) {
 	r.cur.Store(v)
 	r.loaded, r.failedC, r.failedRead, r.failedErr, r.logged, r.reported = c, zero, false, nil, false, false
 	r.swapped(c, v, trigger)
+}
+
+// sourceDefaults checks and fills the options every reloading source
+// shares: a negative poll interval is an error; zero values become
+// DefaultPollInterval, time.Now and slog.Default().
+func sourceDefaults(poll *time.Duration, now *func() time.Time, log **slog.Logger) error {
+	if *poll < 0 {
+		return fmt.Errorf("selfsigned: PollInterval %v is negative", *poll)
+	}
+	if *poll == 0 {
+		*poll = DefaultPollInterval
+	}
+	if *now == nil {
+		*now = time.Now
+	}
+	if *log == nil {
+		*log = slog.Default()
+	}
+	return nil
 }
 
 // errNotYetValid reports whether err says a certificate is not valid yet,
