@@ -193,7 +193,9 @@ func IsPermanent(err error) bool {
 // place (for instance a plaintext client whose TLS server just closes the
 // connection) comes back as KindNetwork or KindUnknown, and Probe tells
 // those apart with a handshake of its own. Explain returns nil for nil and
-// an *Error unchanged. It does no I/O and is safe for concurrent use.
+// an *Error unchanged. It does no network I/O; to explain a refused client
+// certificate (a bad_certificate alert) it reads o.ClientCertificate. It is
+// safe for concurrent use.
 func Explain(err error, addr string, o ClientOptions) error {
 	if err == nil {
 		return nil

@@ -15,8 +15,10 @@ const ProbeTimeout = 10 * time.Second
 // returns nil when that works or the *Error (see Explain) that says why not.
 //
 // With TLS it completes a real handshake with ClientConfig(o), so the
-// certificate is verified exactly as gRPC would verify it, and closes the
-// connection. With o.Insecure it sends a TLS ClientHello and reports
+// certificate is verified exactly as gRPC would verify it, then sends the
+// HTTP/2 preface and waits for the server's first frame (a TLS 1.3 server
+// refuses a client certificate only after the client's side of the
+// handshake is done: KindClientCertRefused), and closes the connection. With o.Insecure it sends a TLS ClientHello and reports
 // KindTLSPeer when the server answers it with TLS (a handshake or a TLS
 // alert); any other answer, such as an HTTP/2 frame or a closed
 // connection, counts as a plaintext server and returns nil. A dial that
