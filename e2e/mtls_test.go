@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -178,6 +179,43 @@ func TestMutualTLSOffFleet(t *testing.T) {
 	}
 	if strings.Contains(link.out.String(), "level=WARN") {
 		t.Errorf("a warning with ServerApp certificates required:\n%s", link.out.String())
+	}
+	stopClients(t, []*proc{n})
+}
+
+// TestMutualTLSWithACME: node certificates required on a Fleet API whose
+// own certificate comes from an ACME CA over TLS-ALPN-01 on that same
+// listener. The CA's validation (acme-tls/1, no client certificate) passes,
+// a node with a certificate from flower-certs trains, and one without is
+// refused.
+func TestMutualTLSWithACME(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	dir := t.TempDir()
+	// Client certificates beside an ACME SuperLink: a CA of their own.
+	if out, code := run(t, 30*time.Second, dir, nil, "flower-certs", "node", "alice"); code != 0 {
+		t.Fatalf("flower-certs node alice exited %d:\n%s", code, out)
+	}
+	fleet := freeAddr(t)
+	pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), AuthzReuse: -1})
+	l := startACMELink(t, pb, acmeLinkOptions{client: "certmagic", fleet: fleet,
+		extra: []string{"--fleet-api-client-ca", filepath.Join(dir, "certificates", "ca.crt"), "--client-crl", filepath.Join(dir, "certificates", "crl.pem")}})
+	waitServing(t, l, pb.issuingRoots(t), 60*time.Second)
+	l.p.waitOutput(t, "msg=serving", 10*time.Second)
+
+	env := []string{"SSL_CERT_FILE=" + pb.RootFile, "SSL_CERT_DIR=" + t.TempDir()}
+	n := start(t, dir, env, "flower-client-app", append([]string{"client:app", "--server", l.fleet, "--tls-server-name", acmeDomain, "--poll-interval", "500ms"},
+		clientCert("node", "alice")...)...)
+	out, code := run(t, 90*time.Second, dir, env, "flower-server-app", "server:app", "--server", l.driver, "--tls-server-name", acmeDomain, "--rounds", "1", "--min-nodes", "1")
+	if rs := parseRounds(t, out); code != 0 || len(rs) != 1 || rs[0].nodes != 1 {
+		t.Fatalf("a round with a node certificate under ACME: exit %d:\n%s", code, out)
+	}
+	if !strings.Contains(l.p.out.String(), "identity=sepal:node:alice") {
+		t.Errorf("the join does not name the node's certificate:\n%s", l.p.out.String())
+	}
+	out, code = run(t, 30*time.Second, dir, env, "flower-client-app", "client:app", "--server", l.fleet, "--tls-server-name", acmeDomain)
+	if line := lastLine(out); code != 1 || !strings.Contains(line, "requires a client certificate") {
+		t.Errorf("a node without a certificate under ACME: exit %d:\n%s", code, out)
 	}
 	stopClients(t, []*proc{n})
 }
