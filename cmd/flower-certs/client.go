@@ -323,11 +323,12 @@ func abs(n int) int {
 	return n
 }
 
-// ensureCRL writes an empty CRL signed by the CA when there is none yet, so
-// that the SuperLink can be started with --client-crl from the first day
-// and a revocation later needs no restart.
+// ensureCRL writes an empty CRL signed by the CA when there is none yet (or
+// only one of another CA), so that the SuperLink can be started with
+// --client-crl from the first day and a revocation later needs no restart.
 func ensureCRL(stdout io.Writer, ca *selfsigned.CA, path string, now time.Time) error {
-	if ok, err := exists(path); err != nil || ok {
+	prev, ok, err := loadCRL(stdout, ca, path)
+	if err != nil || ok || prev != nil {
 		return err
 	}
 	crl, err := ca.SignCRL(nil, nil, now)
@@ -335,6 +336,25 @@ func ensureCRL(stdout io.Writer, ca *selfsigned.CA, path string, now time.Time) 
 		return err
 	}
 	return write(stdout, path, crl.PEM, certMode, "CRL (none revoked yet): give it to the SuperLink with --client-crl")
+}
+
+// loadCRL reads the CA's CRL at path: (nil, false) when there is none, and
+// also when the one there is another CA's (the CA was made again: what it
+// revoked was issued by a CA the SuperLink no longer trusts), which is
+// then to be replaced, as it says. A CRL that does not parse is an error.
+func loadCRL(stdout io.Writer, ca *selfsigned.CA, path string) (*x509.RevocationList, bool, error) {
+	if ok, err := exists(path); err != nil || !ok {
+		return nil, false, err
+	}
+	list, err := selfsigned.LoadCRL(path, ca.Cert)
+	switch {
+	case errors.Is(err, selfsigned.ErrCRLIssuer):
+		fmt.Fprintf(stdout, "%s is another CA's (was the CA made again?); a new CRL of this CA replaces it.\n", path)
+		return nil, false, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("%w (move it away to start a new CRL; what it revoked is then valid again)", err)
+	}
+	return list, true, nil
 }
 
 // printClientUsage prints the command lines that use the certificates. In a
@@ -455,13 +475,9 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 	}
 
 	crlFile := filepath.Join(c.dir, crlName)
-	var prev *x509.RevocationList
-	if ok, err := exists(crlFile); err != nil {
+	prev, _, err := loadCRL(stdout, ca, crlFile)
+	if err != nil {
 		return err
-	} else if ok {
-		if prev, err = selfsigned.LoadCRL(crlFile, ca.Cert); err != nil {
-			return fmt.Errorf("%w (move it away to start a new CRL; what it revoked is then valid again)", err)
-		}
 	}
 	var serials []*big.Int
 	for _, t := range targets {

@@ -197,8 +197,19 @@ func TestRevoke(t *testing.T) {
 	if err := os.WriteFile(crl, bad.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runIn(t, tmp, "revoke", "node-1"); err == nil || !strings.Contains(err.Error(), "move it away") {
-		t.Errorf("revoke into another CA's CRL: %v", err)
+	out = mustRun(t, tmp, "revoke", "node-1")
+	if !strings.Contains(out, "another CA's") {
+		t.Errorf("revoke over another CA's CRL does not say it replaces it:\n%s", out)
+	}
+	if r := revoked(); len(r) != 1 || !r[serial(transport.RoleNode, "node-1")] {
+		t.Errorf("after replacing another CA's CRL: revoked %v, want node-1 only", r)
+	}
+	// A CRL that does not parse is refused, not replaced.
+	if err := os.WriteFile(crl, []byte("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runIn(t, tmp, "revoke", "node-3"); err == nil || !strings.Contains(err.Error(), "move it away") {
+		t.Errorf("revoke into a broken CRL: %v", err)
 	}
 }
 
