@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -215,6 +216,9 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	now := time.Now()
+	if err := recoverSets(stdout, c.dir, clientDir(c.dir, role)); err != nil {
+		return err
+	}
 	ca, p, err := loadDirCA(c.dir, now)
 	var newCA bool
 	if errors.Is(err, errNoCA) {
@@ -272,37 +276,37 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		todo = append(todo, it)
 	}
 
-	if len(todo) > 0 {
-		if err := os.MkdirAll(clientDir(c.dir, role), dirMode); err != nil {
-			return fmt.Errorf("making the folder %s: %w", clientDir(c.dir, role), err)
-		}
-	}
+	// Write: the CA (when new) and the CRL as one set of --dir, then the
+	// certificates and keys as one set of their folder. A run killed in
+	// between leaves a CA and no certificate, which the next run issues.
+	caSet := &fileSet{dir: c.dir}
 	if newCA {
-		if err := write(stdout, p.caKey, ca.KeyPEM, keyMode, "CA private key of the client certificates: keep it private, it stays here"); err != nil {
-			return err
-		}
-		if err := write(stdout, p.caCert, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to the SuperLink",
-			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))); err != nil {
-			return err
-		}
+		caSet.add(caKeyName, ca.KeyPEM, keyMode, "CA private key of the client certificates: keep it private, it stays here")
+		caSet.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to the SuperLink",
+			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
 	crlFile := filepath.Join(c.dir, crlName)
-	if err := ensureCRL(stdout, ca, crlFile, now); err != nil {
+	if err := ensureCRL(stdout, caSet, ca, crlFile, now); err != nil {
+		return err
+	}
+	if err := caSet.write(stdout); err != nil {
+		return err
+	}
+	certSet := &fileSet{dir: clientDir(c.dir, role)}
+	for _, it := range todo {
+		id := transport.Identity{Role: role, Name: it.name}
+		certSet.add(filepath.Base(it.key), it.pair.KeyPEM, keyMode, transport.RoleName(role)+" private key: only for "+it.name)
+		certSet.add(filepath.Base(it.cert), it.pair.CertPEM, certMode, fmt.Sprintf("%s certificate %s (serial %s, valid until %s)",
+			transport.RoleName(role), id, certfmt.Serial(it.pair.Leaf.SerialNumber), it.pair.Leaf.NotAfter.UTC().Format(time.DateOnly)))
+	}
+	if err := certSet.write(stdout); err != nil {
 		return err
 	}
 	for _, it := range todo {
-		id := transport.Identity{Role: role, Name: it.name}
-		if err := write(stdout, it.key, it.pair.KeyPEM, keyMode, transport.RoleName(role)+" private key: only for "+it.name); err != nil {
-			return err
-		}
-		if err := write(stdout, it.cert, it.pair.CertPEM, certMode, fmt.Sprintf("%s certificate %s (serial %s, valid until %s)",
-			transport.RoleName(role), id, serialText(it.pair.Leaf.SerialNumber), it.pair.Leaf.NotAfter.UTC().Format(time.DateOnly))); err != nil {
-			return err
-		}
 		if it.replaced != nil {
-			fmt.Fprintf(stdout, "The certificate it replaces (serial %s) stays valid until %s; to refuse it now: %s\n",
-				serialText(it.replaced.SerialNumber), it.replaced.NotAfter.UTC().Format(time.DateOnly),
-				shellJoin([]string{name, "revoke", "--dir", c.dir, "--serial", serialText(it.replaced.SerialNumber)}))
+			fmt.Fprintf(stdout, "The certificate %s replaces (serial %s) stays valid until %s; to refuse it now: %s\n",
+				it.cert, certfmt.Serial(it.replaced.SerialNumber), it.replaced.NotAfter.UTC().Format(time.DateOnly),
+				shellJoin([]string{name, "revoke", "--dir", c.dir, "--serial", certfmt.Serial(it.replaced.SerialNumber)}))
 		}
 	}
 	for _, n := range kept {
@@ -323,19 +327,21 @@ func abs(n int) int {
 	return n
 }
 
-// ensureCRL writes an empty CRL signed by the CA when there is none yet (or
-// only one of another CA), so that the SuperLink can be started with
-// --client-crl from the first day and a revocation later needs no restart.
-func ensureCRL(stdout io.Writer, ca *selfsigned.CA, path string, now time.Time) error {
-	prev, ok, err := loadCRL(stdout, ca, path)
-	if err != nil || ok || prev != nil {
+// ensureCRL adds to set an empty CRL signed by the CA when there is none
+// at path yet (or only one of another CA), so that the SuperLink can be
+// started with --client-crl from the first day and a revocation later
+// needs no restart.
+func ensureCRL(stdout io.Writer, set *fileSet, ca *selfsigned.CA, path string, now time.Time) error {
+	_, ok, err := loadCRL(stdout, ca, path)
+	if err != nil || ok {
 		return err
 	}
 	crl, err := ca.SignCRL(nil, nil, now)
 	if err != nil {
 		return err
 	}
-	return write(stdout, path, crl.PEM, certMode, "CRL (none revoked yet): give it to the SuperLink with --client-crl")
+	set.add(filepath.Base(path), crl.PEM, certMode, "CRL (none revoked yet): give it to the SuperLink with --client-crl")
+	return nil
 }
 
 // loadCRL reads the CA's CRL at path: (nil, false) when there is none, and
@@ -428,6 +434,9 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 		role = transport.RoleServerApp
 	}
 	now := time.Now()
+	if err := recoverSets(stdout, c.dir); err != nil {
+		return err
+	}
 	ca, _, err := loadDirCA(c.dir, now)
 	if err != nil {
 		return err
@@ -443,7 +452,7 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 		if !ok {
 			return cli.Usagef("--serial %q: give the serial in hex, as openssl x509 -serial -noout prints it (such as 3A0F9C...)", s)
 		}
-		targets = append(targets, target{"serial " + serialText(n), n})
+		targets = append(targets, target{"serial " + certfmt.Serial(n), n})
 	}
 	for _, n := range c.names {
 		if err := transport.ValidName(n); err != nil {
@@ -471,7 +480,7 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 		if !issuedBy(leaf, ca) {
 			return fmt.Errorf("%s was not issued by the CA in %s: it cannot be revoked here (the SuperLink does not accept it anyway)", cert, pathsIn(c.dir).caCert)
 		}
-		targets = append(targets, target{fmt.Sprintf("%s (serial %s)", transport.Identity{Role: role, Name: n}, serialText(leaf.SerialNumber)), leaf.SerialNumber})
+		targets = append(targets, target{fmt.Sprintf("%s (serial %s)", transport.Identity{Role: role, Name: n}, certfmt.Serial(leaf.SerialNumber)), leaf.SerialNumber})
 	}
 
 	crlFile := filepath.Join(c.dir, crlName)
@@ -495,7 +504,9 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := write(stdout, crlFile, crl.PEM, certMode, fmt.Sprintf("CRL number %s, %d revoked", crl.List.Number, len(crl.List.RevokedCertificateEntries))); err != nil {
+	set := &fileSet{dir: c.dir}
+	set.add(crlName, crl.PEM, certMode, fmt.Sprintf("CRL number %s, %d revoked", crl.List.Number, len(crl.List.RevokedCertificateEntries)))
+	if err := set.write(stdout); err != nil {
 		return err
 	}
 	for _, t := range targets {
@@ -547,16 +558,6 @@ func parseSerial(s string) (*big.Int, bool) {
 	return n, true
 }
 
-// serialText writes a serial as openssl x509 -serial does: upper-case hex
-// of whole bytes.
-func serialText(n *big.Int) string {
-	b := n.Bytes()
-	if len(b) == 0 {
-		return "00"
-	}
-	return strings.ToUpper(fmt.Sprintf("%x", b))
-}
-
 var errNoCert = errors.New("no certificate")
 
 // firstCert parses the first CERTIFICATE block of PEM data.
@@ -573,11 +574,47 @@ func firstCert(data []byte) (*x509.Certificate, error) {
 	}
 }
 
-// write writes one file atomically and prints its line.
-func write(stdout io.Writer, path string, data []byte, mode fs.FileMode, what string) error {
-	if err := selfsigned.WriteFileAtomic(path, data, mode); err != nil {
-		return fmt.Errorf("%s (nothing half-written; run again once fixed)", strings.TrimPrefix(err.Error(), "selfsigned: "))
+// fileSet is files of one folder to be written as one set
+// (selfsigned.WriteSet: all of them or none, whenever the process ends),
+// each with the line printed once they are written.
+type fileSet struct {
+	dir   string
+	files []selfsigned.SetFile
+	lines []string
+}
+
+// add adds the file name of the folder; what says what it is.
+func (s *fileSet) add(name string, data []byte, mode fs.FileMode, what string) {
+	s.files = append(s.files, selfsigned.SetFile{Name: name, Data: data, Mode: mode})
+	s.lines = append(s.lines, fmt.Sprintf("wrote %-28s %04o  %s\n", filepath.Join(s.dir, name), mode, what))
+}
+
+// write writes the set (the folder is made 0700 if missing) and prints
+// its lines. An empty set writes nothing.
+func (s *fileSet) write(stdout io.Writer) error {
+	if len(s.files) == 0 {
+		return nil
 	}
-	fmt.Fprintf(stdout, "wrote %-28s %04o  %s\n", path, mode, what)
+	if err := selfsigned.WriteSet(s.dir, s.files); err != nil {
+		return err
+	}
+	for _, l := range s.lines {
+		fmt.Fprint(stdout, l)
+	}
+	return nil
+}
+
+// recoverSets completes or undoes a set write that a killed run left in
+// each folder, saying so, before anything is decided.
+func recoverSets(stdout io.Writer, dirs ...string) error {
+	for _, d := range dirs {
+		rec, err := selfsigned.RecoverSet(d)
+		if err != nil {
+			return fmt.Errorf("%w; nothing was written", err)
+		}
+		if !rec.Empty() {
+			fmt.Fprintf(stdout, "%s: an earlier run was stopped while writing: %s.\n", d, rec)
+		}
+	}
 	return nil
 }

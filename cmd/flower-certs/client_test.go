@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -80,7 +81,7 @@ func TestNodeCertificates(t *testing.T) {
 	if now := parseCert(t, cert1); now.SerialNumber.Cmp(old.SerialNumber) == 0 {
 		t.Error("--force did not issue a new certificate")
 	}
-	if want := "revoke --dir " + dir + " --serial " + serialText(old.SerialNumber); !strings.Contains(out, want) {
+	if want := "revoke --dir " + dir + " --serial " + certfmt.Serial(old.SerialNumber); !strings.Contains(out, want) {
 		t.Errorf("--force output lacks %q:\n%s", want, out)
 	}
 
@@ -127,7 +128,7 @@ func TestRevoke(t *testing.T) {
 	crl := filepath.Join(dir, crlName)
 	serial := func(role, n string) string {
 		c, _ := clientPaths(dir, role, n)
-		return serialText(parseCert(t, c).SerialNumber)
+		return certfmt.Serial(parseCert(t, c).SerialNumber)
 	}
 	revoked := func() map[string]bool {
 		l, err := selfsigned.LoadCRL(crl, ca)
@@ -136,7 +137,7 @@ func TestRevoke(t *testing.T) {
 		}
 		m := map[string]bool{}
 		for _, e := range l.RevokedCertificateEntries {
-			m[serialText(e.SerialNumber)] = true
+			m[certfmt.Serial(e.SerialNumber)] = true
 		}
 		return m
 	}

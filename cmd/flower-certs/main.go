@@ -264,19 +264,14 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 
 	// Write: the files of the set all together, or none of them.
-	var set []selfsigned.SetFile
-	var wrote []string
-	add := func(name, path string, data []byte, mode fs.FileMode, what string) {
-		set = append(set, selfsigned.SetFile{Name: name, Data: data, Mode: mode})
-		wrote = append(wrote, fmt.Sprintf("wrote %-28s %04o  %s\n", path, mode, what))
-	}
+	set := &fileSet{dir: c.dir}
 	if !reuse {
-		add(caKeyName, p.caKey, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here")
-		add(caCertName, p.caCert, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
+		set.add(caKeyName, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here")
+		set.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
 			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
-	add(serverKeyName, p.serverKey, pair.KeyPEM, keyMode, "server private key")
-	add(serverCertName, p.serverCert, pair.CertPEM, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
+	set.add(serverKeyName, pair.KeyPEM, keyMode, "server private key")
+	set.add(serverCertName, pair.CertPEM, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
 		selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
 		pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", ")))
 	if reuse {
@@ -287,11 +282,8 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
 			p.caCert, subjectName(ca.Cert), selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
 	}
-	if err := selfsigned.WriteSet(c.dir, set); err != nil {
+	if err := set.write(stdout); err != nil {
 		return err
-	}
-	for _, l := range wrote {
-		fmt.Fprint(stdout, l)
 	}
 	if fi, err := os.Stat(c.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		fmt.Fprintf(stderr, "%s: note: %s is open to other users (mode %04o); keys are 0600, but consider: chmod 700 %s\n",
