@@ -43,8 +43,9 @@ type ClientCAOptions struct {
 //
 // The checks, at start and on every reload, each a *FileError naming the
 // file and the fix: a missing, unreadable, empty or malformed file; a CA
-// file that holds a certificate that is not a CA (ErrNotCA), or a CA that
-// has expired or is not valid yet; a CRL file that holds something else
+// file that holds a certificate that is not a CA (ErrNotCA), a CA with an
+// RSA key under MinRSABits (ErrWeakKey), or a CA that has expired or is not
+// valid yet; a CRL file that holds something else
 // than one CRL, a CRL no CA of the CA file signed (ErrCRLIssuer), or one
 // whose ThisUpdate is more than 5 minutes ahead (ErrNotYetValid). A CRL
 // past its NextUpdate is used, with a warning.
@@ -145,6 +146,9 @@ func (f *clientCAFiles) check(now time.Time) (*clientTrust, error) {
 			return nil, &FileError{Path: f.caFile, Role: roleClientCA, Err: ErrNotCA,
 				Detail: fmt.Sprintf("%q is not a CA certificate", c.Subject.CommonName),
 				Fix:    "give the CA certificate that issues the client certificates (certificates/ca.crt from flower-certs), not a client or server certificate"}
+		}
+		if err := weakKey(f.caFile, roleClientCA, c.PublicKey); err != nil {
+			return nil, err
 		}
 		if err := checkDates(f.caFile, roleClientCA, c, now); err != nil {
 			return nil, err

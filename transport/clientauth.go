@@ -6,13 +6,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // ClientCASource supplies what client certificates are checked against:
@@ -142,19 +143,6 @@ func (e *ClientCertError) PeerMessage() string {
 		why = "is no longer accepted (" + string(e.Cause) + ")"
 	}
 	return strings.Map(printable, fmt.Sprintf("client certificate refused: %s %s since it connected; every call on it is refused: ask the SuperLink's operator for a new certificate", cert, why))
-}
-
-// serialString writes a serial as openssl x509 -serial does: upper-case hex
-// of whole bytes.
-func serialString(n *big.Int) string {
-	if n == nil {
-		return ""
-	}
-	b := n.Bytes()
-	if len(b) == 0 {
-		return "00"
-	}
-	return strings.ToUpper(fmt.Sprintf("%x", b))
 }
 
 // ClientAuthCredentials returns gRPC transport credentials that serve
@@ -292,7 +280,7 @@ func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) erro
 
 // describe starts the refusal of a certificate.
 func describe(leaf *x509.Certificate, role string) *ClientCertError {
-	e := &ClientCertError{Role: role, Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: serialString(leaf.SerialNumber)}
+	e := &ClientCertError{Role: role, Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: certfmt.Serial(leaf.SerialNumber)}
 	if id, err := IdentityOf(leaf); err == nil {
 		e.Identity = id
 	}

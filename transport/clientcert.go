@@ -13,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 func (o ClientOptions) validateClientCert() error {
@@ -84,7 +86,7 @@ func clientCertAlert(alert, addr string, o ClientOptions) *Error {
 	cert := fmt.Sprintf("the client certificate %s", o.ClientCertificate)
 	if leaf != nil {
 		if id, err := IdentityOf(leaf); err == nil {
-			cert = fmt.Sprintf("the client certificate %s (%s, serial %s)", o.ClientCertificate, id, serialString(leaf.SerialNumber))
+			cert = fmt.Sprintf("the client certificate %s (%s, serial %s)", o.ClientCertificate, id, certfmt.Serial(leaf.SerialNumber))
 		}
 	}
 	switch alert {
