@@ -4,6 +4,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -168,6 +169,7 @@ func TestMutualTLSOffFleet(t *testing.T) {
 	driver, fleet = freeAddr(t), freeAddr(t)
 	_, port, _ = net.SplitHostPort(driver)
 	link := start(t, dir, nil, "flower-superlink", append(certs, "--driver-api-client-ca", "certificates/ca.crt",
+		"--client-crl", "certificates/crl.pem", "--certificates-poll-interval", "1h",
 		"--driver-api-address", net.JoinHostPort("0.0.0.0", port), "--grpc-rere-fleet-api-address", fleet)...)
 	waitListening(t, link, 20*time.Second, driver, fleet)
 	link.waitOutput(t, `fleet_api_clients="any client"`, 10*time.Second)
@@ -180,6 +182,22 @@ func TestMutualTLSOffFleet(t *testing.T) {
 	if strings.Contains(link.out.String(), "level=WARN") {
 		t.Errorf("a warning with ServerApp certificates required:\n%s", link.out.String())
 	}
+
+	// The ServerApp's certificate revoked, and SIGHUP (polls are an hour
+	// apart): its next run is refused, and the SuperLink runs on.
+	if out, code := run(t, 30*time.Second, dir, nil, "flower-certs", "revoke", "--serverapp", "serverapp"); code != 0 {
+		t.Fatalf("flower-certs revoke --serverapp exited %d:\n%s", code, out)
+	}
+	if err := link.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	link.waitOutput(t, "trigger=sighup", 10*time.Second)
+	out, code = run(t, 30*time.Second, dir, nil, "flower-server-app", append([]string{"server:app", "--root-certificates", "certificates/ca.crt",
+		"--server", driver, "--rounds", "1", "--min-nodes", "1"}, clientCert("serverapp", "serverapp")...)...)
+	if line := lastLine(out); code != 1 || !strings.Contains(line, "sepal:serverapp:serverapp") || !strings.Contains(line, "has been revoked") {
+		t.Errorf("a revoked ServerApp after SIGHUP: exit %d:\n%s", code, out)
+	}
+	waitCount(t, link, "api=driver cause=revoked", 1, 10*time.Second)
 	stopClients(t, []*proc{n})
 }
 
