@@ -31,6 +31,10 @@ type ClientCAOptions struct {
 	// Now is the clock the files are validated against; nil means
 	// time.Now.
 	Now func() time.Time
+	// NoSIGHUP leaves SIGHUP to the caller: Run only polls, and the caller
+	// calls Reload when the process gets SIGHUP. Default false: Run reloads
+	// on SIGHUP.
+	NoSIGHUP bool
 }
 
 // ClientCAFile serves the CAs that client certificates must chain to and
@@ -86,14 +90,15 @@ func NewClientCAFile(o ClientCAOptions) (*ClientCAFile, error) {
 	}
 	s := &ClientCAFile{o: o, log: o.Logger}
 	s.reloader = reloader[*clientCAFiles, clientTrust]{
-		read:    s.read,
-		check:   (*clientCAFiles).check,
-		now:     o.Now,
-		poll:    o.PollInterval,
-		swapped: s.swapped,
-		failed:  s.failed,
-		idle:    func(time.Time) {},
-		retry:   errNotYetValid,
+		read:     s.read,
+		check:    (*clientCAFiles).check,
+		now:      o.Now,
+		poll:     o.PollInterval,
+		noSIGHUP: o.NoSIGHUP,
+		swapped:  s.swapped,
+		failed:   s.failed,
+		idle:     func(time.Time) {},
+		retry:    errNotYetValid,
 	}
 	if _, err := s.start(); err != nil {
 		return nil, err
@@ -111,8 +116,9 @@ func (s *ClientCAFile) ClientCAs() (*x509.CertPool, *x509.RevocationList) {
 }
 
 // Run polls the files every PollInterval, and reloads them at once when the
-// process receives SIGHUP, until ctx ends; then it stops listening for
-// SIGHUP and returns nil. A failed reload is logged, not returned.
+// process receives SIGHUP (unless NoSIGHUP), until ctx ends; then it stops
+// listening for SIGHUP and returns nil. A failed reload is logged, not
+// returned.
 func (s *ClientCAFile) Run(ctx context.Context) error { return s.reloader.Run(ctx) }
 
 // Reload reads the files now and serves them if they changed and pass the

@@ -385,3 +385,34 @@ func TestCheckClient(t *testing.T) {
 		}
 	}
 }
+
+// TestClientCAFileNoSIGHUP: with NoSIGHUP, Run leaves SIGHUP alone (another
+// source here catches it, so that the signal does not end the test); the
+// caller's Reload picks the change up.
+func TestClientCAFileNoSIGHUP(t *testing.T) {
+	fx := newClientCAFixture(t)
+	a, _ := fx.ca.IssueClient(ClientOptions{CommonName: "a"})
+	quiet, err := NewClientCAFile(ClientCAOptions{CAFile: fx.caFile, CRLFile: fx.crlFile, PollInterval: time.Hour, NoSIGHUP: true,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	catcher := fx.source(t, time.Hour)
+	run(t, quiet)
+	run(t, catcher)
+	fx.revoke(t, a.Leaf.SerialNumber)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitRevoked(t, catcher, a.Leaf)
+	time.Sleep(50 * time.Millisecond) // the quiet one had its chance
+	if _, l := quiet.ClientCAs(); Revoked(l, a.Leaf) {
+		t.Fatal("a source with NoSIGHUP reloaded on SIGHUP")
+	}
+	if err := quiet.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, l := quiet.ClientCAs(); !Revoked(l, a.Leaf) {
+		t.Error("Reload did not pick up the new CRL")
+	}
+}

@@ -29,6 +29,10 @@ type FileSourceOptions struct {
 	// Now is the clock certificates are validated against; nil means
 	// time.Now.
 	Now func() time.Time
+	// NoSIGHUP leaves SIGHUP to the caller: Run only polls, and the caller
+	// calls Reload when the process gets SIGHUP (flower-superlink does,
+	// with its other reloads). Default false: Run reloads on SIGHUP.
+	NoSIGHUP bool
 }
 
 // FileSource serves a certificate and key read from files, and reloads them
@@ -73,6 +77,7 @@ func NewFileSource(o FileSourceOptions) (*FileSource, error) {
 		check:     (*files).check,
 		now:       o.Now,
 		poll:      o.PollInterval,
+		noSIGHUP:  o.NoSIGHUP,
 		swapped:   s.swapped,
 		failed:    s.failed,
 		recovered: s.recovered,
@@ -93,8 +98,8 @@ func (s *FileSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 }
 
 // Run polls the files every PollInterval, and reloads them at once when the
-// process receives SIGHUP, until ctx ends; then it stops listening for
-// SIGHUP and returns nil. A failed reload is logged, not returned: the
+// process receives SIGHUP (unless NoSIGHUP), until ctx ends; then it stops
+// listening for SIGHUP and returns nil. A failed reload is logged, not returned: the
 // previous certificate goes on being served.
 func (s *FileSource) Run(ctx context.Context) error { return s.reloader.Run(ctx) }
 

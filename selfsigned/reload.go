@@ -33,6 +33,8 @@ type reloader[C interface{ equal(C) bool }, V any] struct {
 	check func(C, time.Time) (*V, error)
 	now   func() time.Time
 	poll  time.Duration
+	// noSIGHUP: Run only polls; the caller calls Reload on SIGHUP.
+	noSIGHUP bool
 
 	// swapped is called once v is served, read from c; failed when a
 	// failure is to be logged; recovered at the first good reload after
@@ -77,12 +79,15 @@ func (r *reloader[C, V]) start() (*V, error) {
 }
 
 // Run polls the files every poll interval, and reloads them at once when the
-// process receives SIGHUP, until ctx ends; then it stops listening for
-// SIGHUP and returns nil.
+// process receives SIGHUP (unless noSIGHUP), until ctx ends; then it stops
+// listening for SIGHUP and returns nil.
 func (r *reloader[C, V]) Run(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	var hup chan os.Signal // nil: never ready
+	if !r.noSIGHUP {
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	r.readyOnce.Do(func() { close(r.ready) })
 	return r.run(ctx, hup)
 }
