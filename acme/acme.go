@@ -62,6 +62,9 @@ const (
 // DefaultStartupTimeout bounds how long New may take to obtain certificates.
 const DefaultStartupTimeout = 3 * time.Minute
 
+// DefaultStorageCheckInterval is the default of Options.StorageCheckInterval.
+const DefaultStorageCheckInterval = time.Minute
+
 // Options configures a Source. The zero value of every field but Domains
 // has a documented default.
 type Options struct {
@@ -90,10 +93,20 @@ type Options struct {
 	// CertmagicStorage, when set, replaces the folder for the certmagic
 	// client: certmagic's Storage interface, with its locks, so that
 	// several SuperLinks behind a load balancer can share one account and
-	// one certificate through a distributed store (Redis, Consul, etcd).
+	// one certificate through a distributed store (a PostgresStorage, or
+	// Redis, Consul, etcd). Challenge tokens are kept in it too, so that
+	// any replica answers the CA's validation of an order another placed.
 	// The autocert client does not use it. Default: certmagic.FileStorage
-	// on Storage.
+	// on Storage (and each process answers only its own challenges).
 	CertmagicStorage certmagic.Storage
+
+	// StorageCheckInterval is how often the certmagic client looks in
+	// storage for a certificate newer than the one it serves (renewed by
+	// another process that shares the storage) and serves it: a renewal by
+	// one replica reaches the others within this interval. A torn write
+	// (certificate and key that do not match yet) is not served; the next
+	// check tries again. Default DefaultStorageCheckInterval.
+	StorageCheckInterval time.Duration
 
 	// Challenge is ChallengeTLSALPN01 (default) or ChallengeHTTP01.
 	Challenge string
@@ -268,8 +281,11 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("acme: %s %q: %w", a.name, a.addr, err)
 		}
 	}
-	if o.StartupTimeout < 0 || o.RenewCheckInterval < 0 {
-		return o, errors.New("acme: StartupTimeout and RenewCheckInterval must not be negative")
+	if o.StartupTimeout < 0 || o.RenewCheckInterval < 0 || o.StorageCheckInterval < 0 {
+		return o, errors.New("acme: StartupTimeout, RenewCheckInterval and StorageCheckInterval must not be negative")
+	}
+	if o.StorageCheckInterval == 0 {
+		o.StorageCheckInterval = DefaultStorageCheckInterval
 	}
 	if o.StartupTimeout == 0 {
 		o.StartupTimeout = DefaultStartupTimeout
@@ -371,8 +387,10 @@ func Prepare(o Options) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(o.Storage, 0o700); err != nil {
-		return nil, fmt.Errorf("acme: storage folder: %w", err)
+	if o.CertmagicStorage == nil || o.Client == ClientAutocert {
+		if err := os.MkdirAll(o.Storage, 0o700); err != nil {
+			return nil, fmt.Errorf("acme: storage folder: %w", err)
+		}
 	}
 	if err := CheckStorage(o.Storage); err != nil {
 		return nil, err
@@ -399,8 +417,12 @@ func Prepare(o Options) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	storage := o.Storage
+	if o.CertmagicStorage != nil && o.Client == ClientCertmagic {
+		storage = fmt.Sprint(o.CertmagicStorage) // a String method says what it is, without secrets
+	}
 	s.log.Info("acme: starting", "client", o.Client, "ca", o.CA, "domains", strings.Join(o.Domains, ","),
-		"challenge", o.Challenge, "storage", o.Storage, "email_set", o.Email != "")
+		"challenge", o.Challenge, "storage", storage, "email_set", o.Email != "")
 
 	if o.Challenge == ChallengeHTTP01 {
 		if err := s.startHTTP(); err != nil {

@@ -22,6 +22,8 @@ type certmagicBackend struct {
 	cfg   *certmagic.Config
 	iss   *certmagic.ACMEIssuer
 
+	sync syncLoop // serves certificates renewed by other processes sharing the storage
+
 	mu      sync.Mutex
 	lastErr map[string]error                   // domain -> last failed attempt, from cert_failed events
 	giveUp  map[string]context.CancelCauseFunc // domain -> ends its start-up obtain on a permanent failure
@@ -66,9 +68,12 @@ func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 		// an empty email never prompts on stdin either.
 		DisableHTTPChallenge:    o.Challenge != ChallengeHTTP01,
 		DisableTLSALPNChallenge: o.Challenge != ChallengeTLSALPN01,
-		// One process answers its own challenges from memory: no
-		// challenge tokens in storage, no storage reads in handshakes.
-		DisableDistributedSolvers: true,
+		// With a folder, one process answers its own challenges from
+		// memory: no challenge tokens in storage, no storage reads in
+		// handshakes. With a shared storage, the tokens go there, so that
+		// whichever replica the CA reaches answers (a storage read in
+		// acme-tls/1 handshakes and HTTP-01 requests only).
+		DisableDistributedSolvers: o.CertmagicStorage == nil,
 		// certmagic listens here only if nothing does; our responder
 		// (HTTP-01, or TLS-ALPN-01 at start-up) or the server's listener
 		// already does, so certmagic uses it.
@@ -88,6 +93,7 @@ func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 	b.iss = certmagic.NewACMEIssuer(cfg, tmpl)
 	cfg.Issuers = []certmagic.Issuer{b.iss}
 	b.cfg = cfg
+	b.startSync(o)
 	return b, nil
 }
 
@@ -203,4 +209,7 @@ func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Cer
 	return cert.Leaf, false, nil
 }
 
-func (b *certmagicBackend) stop() { b.cache.Stop() }
+func (b *certmagicBackend) stop() {
+	b.stopSync()
+	b.cache.Stop()
+}

@@ -20,38 +20,11 @@ const unreachableCA = "https://127.0.0.1:1/dir"
 // client's own layout, as an earlier run would have left it.
 func seedStorage(t testing.TB, client, storage, domain string) *selfsigned.Pair {
 	t.Helper()
-	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := ca.IssueServer(selfsigned.ServerOptions{Hosts: []string{domain}, NoDefaultHosts: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
 	switch client {
 	case ClientCertmagic:
-		o, err := Options{Domains: []string{domain}, CA: unreachableCA, Storage: storage}.withDefaults()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := newCertmagic(o, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.stop()
-		cb := b.(*certmagicBackend)
-		key := cb.iss.IssuerKey()
-		for k, v := range map[string][]byte{
-			certmagic.StorageKeys.SiteCert(key, domain):       pair.CertPEM,
-			certmagic.StorageKeys.SitePrivateKey(key, domain): pair.KeyPEM,
-			certmagic.StorageKeys.SiteMeta(key, domain):       []byte(`{"sans":["` + domain + `"]}`),
-		} {
-			if err := cb.cfg.Storage.Store(ctx, k, v); err != nil {
-				t.Fatal(err)
-			}
-		}
+		return seedCertmagicStorage(t, &certmagic.FileStorage{Path: storage}, domain)
 	case ClientAutocert:
+		pair := newTestPair(t, domain, time.Time{})
 		dir := filepath.Join(storage, "autocert")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
@@ -59,8 +32,54 @@ func seedStorage(t testing.TB, client, storage, domain string) *selfsigned.Pair 
 		if err := os.WriteFile(filepath.Join(dir, domain), append(append([]byte{}, pair.KeyPEM...), pair.CertPEM...), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		return pair
+	}
+	t.Fatalf("unknown client %q", client)
+	return nil
+}
+
+// newTestPair issues a certificate for domain from a new CA, expiring at
+// notAfter (zero: the selfsigned default).
+func newTestPair(t testing.TB, domain string, notAfter time.Time) *selfsigned.Pair {
+	t.Helper()
+	ca, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.IssueServer(selfsigned.ServerOptions{Hosts: []string{domain}, NoDefaultHosts: true, NotAfter: notAfter})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return pair
+}
+
+// seedCertmagicStorage writes a new valid certificate for domain into a
+// certmagic storage, in certmagic's layout for the issuer of the CA
+// unreachableCA, and returns it.
+func seedCertmagicStorage(t testing.TB, st certmagic.Storage, domain string) *selfsigned.Pair {
+	t.Helper()
+	pair := newTestPair(t, domain, time.Time{})
+	storeCertmagicPair(t, st, domain, pair, true)
+	return pair
+}
+
+// storeCertmagicPair stores pair as the certificate of domain in st, the
+// certificate first, as certmagic writes a renewal; with key false, only
+// the certificate (a renewal caught half-written).
+func storeCertmagicPair(t testing.TB, st certmagic.Storage, domain string, pair *selfsigned.Pair, key bool) {
+	t.Helper()
+	issuer := (&certmagic.ACMEIssuer{CA: unreachableCA}).IssuerKey()
+	ctx := context.Background()
+	kv := [][2]string{{certmagic.StorageKeys.SiteCert(issuer, domain), string(pair.CertPEM)}}
+	if key {
+		kv = append(kv, [2]string{certmagic.StorageKeys.SitePrivateKey(issuer, domain), string(pair.KeyPEM)},
+			[2]string{certmagic.StorageKeys.SiteMeta(issuer, domain), `{"sans":["` + domain + `"]}`})
+	}
+	for _, e := range kv {
+		if err := st.Store(ctx, e[0], []byte(e[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // A valid certificate in storage is served when the CA cannot be reached,
