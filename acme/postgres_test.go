@@ -59,6 +59,7 @@ func openPG(t *testing.T, dsn string, o PostgresOptions) *PostgresStorage {
 }
 
 func TestStorageSuitePostgres(t *testing.T) {
+	t.Parallel()
 	runStorageSuite(t, func(t *testing.T) (certmagic.Storage, certmagic.Storage) {
 		dsn := pgtest.NewDatabase(t)
 		o := PostgresOptions{LockPollInterval: 100 * time.Millisecond}
@@ -71,6 +72,7 @@ func TestStorageSuitePostgres(t *testing.T) {
 // within LockTTL (2 s) plus a poll it is taken over, and the take-over is
 // logged with the dead holder's pid.
 func TestPostgresLockExpiresWhenHolderDies(t *testing.T) {
+	t.Parallel()
 	dsn := pgtest.NewDatabase(t)
 	var logs testkit.SyncBuffer
 	s := openPG(t, dsn, PostgresOptions{LockPollInterval: 100 * time.Millisecond,
@@ -129,6 +131,7 @@ func TestPostgresLockExpiresWhenHolderDies(t *testing.T) {
 // Three replicas, three goroutines each, on one lock name: one holder at
 // a time, every critical section run.
 func TestPostgresConcurrentLockers(t *testing.T) {
+	t.Parallel()
 	dsn := pgtest.NewDatabase(t)
 	var replicas []*PostgresStorage
 	for range 3 {
@@ -175,6 +178,7 @@ func TestPostgresConcurrentLockers(t *testing.T) {
 // taken: Unlock says so and leaves the new holder's lock alone; Close
 // frees the locks a replica holds at once.
 func TestPostgresLostLeaseAndClose(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	dsn := pgtest.NewDatabase(t)
 	a := openPG(t, dsn, PostgresOptions{})
@@ -209,6 +213,7 @@ func TestPostgresLostLeaseAndClose(t *testing.T) {
 // make certmagic order a new certificate), and the storage works again
 // when it comes back, without being reopened.
 func TestPostgresDatabaseGoesAway(t *testing.T) {
+	t.Parallel()
 	srv := pgtest.NewServer(t)
 	dsn := srv.NewDatabase(t)
 	s := openPG(t, dsn, PostgresOptions{})
@@ -241,6 +246,7 @@ func TestPostgresDatabaseGoesAway(t *testing.T) {
 // database from a newer Sepal and bad credentials are refused with one
 // message naming the flag, without the password.
 func TestPostgresStartup(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	dsn := pgtest.NewDatabase(t)
 	var wg sync.WaitGroup
@@ -284,6 +290,7 @@ func TestPostgresStartup(t *testing.T) {
 // by another within StorageCheckInterval; one caught half-written (the
 // certificate stored, its key not yet) is not served.
 func TestRenewalInStorageReachesReplicas(t *testing.T) {
+	t.Parallel()
 	for _, store := range []string{"postgres", "folder"} {
 		t.Run(store, func(t *testing.T) {
 			var a, b certmagic.Storage

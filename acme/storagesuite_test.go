@@ -37,6 +37,7 @@ type storageCase struct {
 func runStorageSuite(t *testing.T, newPair storagePair) {
 	for _, c := range storageCases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			a, b := newPair(t)
 			c.run(t, a, b)
 			if t.Failed() {
@@ -426,6 +427,7 @@ var storageCases = []storageCase{
 
 // FileStorage, certmagic's own, passes the table: the table is right.
 func TestStorageSuiteFileStorage(t *testing.T) {
+	t.Parallel()
 	runStorageSuite(t, func(t *testing.T) (certmagic.Storage, certmagic.Storage) {
 		dir := t.TempDir()
 		return &certmagic.FileStorage{Path: dir}, &certmagic.FileStorage{Path: dir}
