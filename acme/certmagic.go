@@ -26,6 +26,7 @@ type certmagicBackend struct {
 
 	mu      sync.Mutex
 	lastErr map[string]error                   // domain -> last failed attempt, from cert_failed events
+	issued  map[string]bool                    // domain -> this process obtained it (cert_obtained events)
 	giveUp  map[string]context.CancelCauseFunc // domain -> ends its start-up obtain on a permanent failure
 }
 
@@ -33,7 +34,7 @@ var _ certmagic.Issuer = (*certmagic.ACMEIssuer)(nil)
 
 func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 	zl := newZapLogger(o.Logger)
-	b := &certmagicBackend{lastErr: map[string]error{}, giveUp: map[string]context.CancelCauseFunc{}}
+	b := &certmagicBackend{lastErr: map[string]error{}, issued: map[string]bool{}, giveUp: map[string]context.CancelCauseFunc{}}
 	var storage certmagic.Storage = &certmagic.FileStorage{Path: o.Storage}
 	if o.CertmagicStorage != nil {
 		storage = o.CertmagicStorage
@@ -98,8 +99,18 @@ func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 }
 
 // onEvent keeps the last failure per domain, so that New can report the
-// CA's own error text when the start-up timeout ends the retries.
+// CA's own error text when the start-up timeout ends the retries, and
+// notes which domains this process obtained (with a shared storage,
+// another replica may have, and this one loaded the result).
 func (b *certmagicBackend) onEvent(_ context.Context, event string, data map[string]any) error {
+	if event == "cert_obtained" {
+		if id, _ := data["identifier"].(string); id != "" {
+			b.mu.Lock()
+			b.issued[normalize(id)] = true
+			b.mu.Unlock()
+		}
+		return nil
+	}
 	if event != "cert_failed" {
 		return nil
 	}
@@ -206,7 +217,12 @@ func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Cer
 	if cert.Leaf == nil {
 		return nil, false, errors.New("certmagic returned a certificate without a leaf")
 	}
-	return cert.Leaf, false, nil
+	// Another process sharing the storage may have obtained it while
+	// this one waited for the lock.
+	b.mu.Lock()
+	issued := b.issued[domain]
+	b.mu.Unlock()
+	return cert.Leaf, !issued, nil
 }
 
 func (b *certmagicBackend) stop() {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/pgtest"
 	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
@@ -34,6 +35,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	defer pgtest.CloseAll() // the PostgreSQL servers the tests started
 	binDir = dir
 	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/...")
 	cmd.Dir = moduleRoot()
