@@ -1,7 +1,6 @@
 package acme
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,10 +8,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,21 +75,11 @@ func TestPostgresLockExpiresWhenHolderDies(t *testing.T) {
 	s := openPG(t, dsn, PostgresOptions{LockPollInterval: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "ACME_TEST_LOCK_HOLDER="+dsn)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	cmd, line := testkit.StartSelf(t, "ACME_TEST_LOCK_HOLDER="+dsn)
+	if !strings.HasPrefix(line, "locked ") {
+		t.Fatalf("the holder: %q", line)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "locked ") {
-		t.Fatalf("the holder: %q, %v", line, err)
-	}
-	pid := strings.TrimSpace(strings.TrimPrefix(line, "locked "))
+	pid := strings.TrimPrefix(line, "locked ")
 
 	ctx := context.Background()
 	if ok, err := s.TryLock(ctx, "issue_cert_superlink.example.org"); ok || err != nil {
@@ -105,7 +92,7 @@ func TestPostgresLockExpiresWhenHolderDies(t *testing.T) {
 	}
 
 	_ = cmd.Process.Signal(os.Kill)
-	_ = cmd.Wait()
+	_, _ = cmd.Process.Wait()
 	killed := time.Now()
 	if ok, _ := s.TryLock(ctx, "issue_cert_superlink.example.org"); ok {
 		t.Fatalf("the lock was free at once after the kill; its lease should still run")
@@ -133,45 +120,15 @@ func TestPostgresLockExpiresWhenHolderDies(t *testing.T) {
 func TestPostgresConcurrentLockers(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.NewDatabase(t)
-	var replicas []*PostgresStorage
+	var replicas []certmagic.Locker
 	for range 3 {
 		replicas = append(replicas, openPG(t, dsn, PostgresOptions{LockPollInterval: 20 * time.Millisecond}))
 	}
-	var inside, maxInside, sections atomic.Int32
-	var wg sync.WaitGroup
+	var lockers []certmagic.Locker
 	for _, r := range replicas {
-		for range 3 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range 5 {
-					ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-					err := r.Lock(ctx, "issue_cert_x")
-					cancel()
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					n := inside.Add(1)
-					for m := maxInside.Load(); n > m && !maxInside.CompareAndSwap(m, n); m = maxInside.Load() {
-					}
-					time.Sleep(2 * time.Millisecond)
-					inside.Add(-1)
-					sections.Add(1)
-					if err := r.Unlock(context.Background(), "issue_cert_x"); err != nil {
-						t.Error(err)
-					}
-				}
-			}()
-		}
+		lockers = append(lockers, r, r, r)
 	}
-	wg.Wait()
-	if m := maxInside.Load(); m != 1 {
-		t.Errorf("%d holders at once", m)
-	}
-	if n := sections.Load(); n != 45 {
-		t.Errorf("%d critical sections, want 45", n)
-	}
+	contend(t, lockers, "issue_cert_x", 5, 2*time.Millisecond)
 }
 
 // A holder whose lease ended (it stalled past LockTTL) finds the lock

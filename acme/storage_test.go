@@ -140,21 +140,28 @@ func TestCertmagicStorageReplacesFolder(t *testing.T) {
 	shared := t.TempDir()
 	pair := seedStorage(t, ClientCertmagic, shared, "shared.test")
 	folder := t.TempDir()
-	s, err := New(context.Background(), Options{Domains: []string{"shared.test"}, CA: unreachableCA,
-		Storage: folder, CertmagicStorage: &certmagic.FileStorage{Path: shared},
-		TLSALPNAddress: "127.0.0.1:0", StartupTimeout: 10 * time.Second})
+	checkServesStored(t, &certmagic.FileStorage{Path: shared}, folder, "shared.test", pair)
+	if entries, _ := os.ReadDir(folder); len(entries) != 0 {
+		t.Errorf("the folder was used beside CertmagicStorage: %v", entries)
+	}
+}
+
+// checkServesStored starts a Source for domain on storage st (with folder
+// as Storage, and a CA that cannot be reached) and checks that it serves
+// pair, which st holds.
+func checkServesStored(t *testing.T, st certmagic.Storage, folder, domain string, pair *selfsigned.Pair) {
+	t.Helper()
+	s, err := New(context.Background(), Options{Domains: []string{domain}, CA: unreachableCA,
+		Storage: folder, CertmagicStorage: st, TLSALPNAddress: "127.0.0.1:0", StartupTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	cert, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: "shared.test"})
+	cert, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: domain})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cert.Leaf.SerialNumber.Cmp(pair.Leaf.SerialNumber) != 0 {
-		t.Fatalf("served serial %x, want %x from the given storage", cert.Leaf.SerialNumber, pair.Leaf.SerialNumber)
-	}
-	if entries, _ := os.ReadDir(folder); len(entries) != 0 {
-		t.Errorf("the folder was used beside CertmagicStorage: %v", entries)
+		t.Errorf("served serial %x, want %x from the given storage", cert.Leaf.SerialNumber, pair.Leaf.SerialNumber)
 	}
 }

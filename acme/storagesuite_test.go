@@ -10,7 +10,6 @@ package acme
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io/fs"
 	"slices"
@@ -329,43 +328,7 @@ var storageCases = []storageCase{
 		name: "mutual exclusion under contention",
 		doc:  "Locker ... provides a distributed named-mutex service so that multiple consumers can coordinate tasks.",
 		run: func(t *testing.T, a, b certmagic.Storage) {
-			var inside, maxInside, sections atomic.Int32
-			var wg sync.WaitGroup
-			for i := range 4 {
-				s := a
-				if i%2 == 1 {
-					s = b
-				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for range 2 {
-						ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-						err := s.Lock(ctx, "contended")
-						cancel()
-						if err != nil {
-							t.Error(err)
-							return
-						}
-						n := inside.Add(1)
-						for m := maxInside.Load(); n > m && !maxInside.CompareAndSwap(m, n); m = maxInside.Load() {
-						}
-						time.Sleep(20 * time.Millisecond)
-						inside.Add(-1)
-						sections.Add(1)
-						if err := s.Unlock(context.Background(), "contended"); err != nil {
-							t.Error(err)
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			if m := maxInside.Load(); m != 1 {
-				t.Errorf("%d holders inside the critical section at once", m)
-			}
-			if n := sections.Load(); n != 8 {
-				t.Errorf("%d critical sections ran, want 8", n)
-			}
+			contend(t, []certmagic.Locker{a, b, a, b}, "contended", 2, 20*time.Millisecond)
 		},
 	},
 	{
@@ -408,21 +371,50 @@ var storageCases = []storageCase{
 			// A certificate stored through one handle as a previous run
 			// left it is loaded by a Source on the other.
 			pair := seedCertmagicStorage(t, a, "shared.test")
-			s, err := New(context.Background(), Options{Domains: []string{"shared.test"}, CA: unreachableCA,
-				Storage: t.TempDir(), CertmagicStorage: b, TLSALPNAddress: "127.0.0.1:0", StartupTimeout: 10 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			cert, err := s.GetCertificate(&tls.ClientHelloInfo{ServerName: "shared.test"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if cert.Leaf.SerialNumber.Cmp(pair.Leaf.SerialNumber) != 0 {
-				t.Errorf("served serial %x, want %x from storage", cert.Leaf.SerialNumber, pair.Leaf.SerialNumber)
-			}
+			checkServesStored(t, b, t.TempDir(), "shared.test", pair)
 		},
 	},
+}
+
+// contend runs one goroutine per locker (a locker may appear more than
+// once), each taking the named lock rounds times and holding it for hold,
+// and checks that no two held it at once and that every critical section
+// ran.
+func contend(t *testing.T, lockers []certmagic.Locker, name string, rounds int, hold time.Duration) {
+	t.Helper()
+	var inside, maxInside, sections atomic.Int32
+	var wg sync.WaitGroup
+	for _, l := range lockers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				err := l.Lock(ctx, name)
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n := inside.Add(1)
+				for m := maxInside.Load(); n > m && !maxInside.CompareAndSwap(m, n); m = maxInside.Load() {
+				}
+				time.Sleep(hold)
+				inside.Add(-1)
+				sections.Add(1)
+				if err := l.Unlock(context.Background(), name); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if m := maxInside.Load(); m != 1 {
+		t.Errorf("%d holders of lock %q at once, want 1", m, name)
+	}
+	if n, want := sections.Load(), int32(len(lockers)*rounds); n != want {
+		t.Errorf("%d critical sections ran, want %d", n, want)
+	}
 }
 
 // FileStorage, certmagic's own, passes the table: the table is right.

@@ -1,12 +1,10 @@
 package pgtest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -159,19 +159,9 @@ func crashHelper() {
 // parent-death signal), and the next run removes the folder it left.
 func TestKilledTestBinaryLeavesNothing(t *testing.T) {
 	need(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "PGTEST_HELPER=crash")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "started ") {
-		t.Fatalf("helper: %q, %v", line, err)
+	cmd, line := testkit.StartSelf(t, "PGTEST_HELPER=crash")
+	if !strings.HasPrefix(line, "started ") {
+		t.Fatalf("helper: %q", line)
 	}
 	f := strings.Fields(line)
 	dir := f[1]
@@ -182,7 +172,7 @@ func TestKilledTestBinaryLeavesNothing(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	_ = cmd.Wait()
+	_, _ = cmd.Process.Wait()
 	deadline := time.Now().Add(15 * time.Second)
 	for alive(pid) && isPostgres(pid) {
 		if time.Now().After(deadline) {
