@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/postgres"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
@@ -287,7 +288,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	attrs := []any{
 		"fleet_api_address", fleetLis.Addr().String(),
 		"driver_api_address", driverLis.Addr().String(),
-		"database", c.database,
+		"database", postgres.Redact(c.database), // a connection string is logged without its password
 		"version", cli.Version,
 	}
 	if src != nil {
