@@ -387,13 +387,13 @@ func Prepare(o Options) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.CertmagicStorage == nil || o.Client == ClientAutocert {
+	if o.CertmagicStorage == nil || o.Client == ClientAutocert { // the folder is used
 		if err := os.MkdirAll(o.Storage, 0o700); err != nil {
 			return nil, fmt.Errorf("acme: storage folder: %w", err)
 		}
-	}
-	if err := CheckStorage(o.Storage); err != nil {
-		return nil, err
+		if err := CheckStorage(o.Storage); err != nil {
+			return nil, err
+		}
 	}
 	var roots *x509.CertPool
 	if o.CARootFile != "" {

@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -371,7 +373,12 @@ var storageCases = []storageCase{
 			// A certificate stored through one handle as a previous run
 			// left it is loaded by a Source on the other.
 			pair := seedCertmagicStorage(t, a, "shared.test")
-			checkServesStored(t, b, t.TempDir(), "shared.test", pair)
+			// The folder is neither needed nor made.
+			folder := filepath.Join(t.TempDir(), "unused")
+			checkServesStored(t, b, folder, "shared.test", pair)
+			if _, err := os.Stat(folder); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the Storage folder was made beside CertmagicStorage (%v)", err)
+			}
 		},
 	},
 }

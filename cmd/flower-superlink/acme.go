@@ -223,9 +223,9 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 		if err := os.MkdirAll(storage, 0o700); err != nil {
 			return nil, fmt.Errorf("--acme-storage: cannot create the folder: %w", err)
 		}
-	}
-	if err := acme.CheckStorage(storage); err != nil {
-		return nil, fmt.Errorf("--acme-storage: %s", strings.TrimPrefix(err.Error(), "acme: "))
+		if err := acme.CheckStorage(storage); err != nil {
+			return nil, fmt.Errorf("--acme-storage: %s", strings.TrimPrefix(err.Error(), "acme: "))
+		}
 	}
 	o := acme.Options{
 		Domains:              a.domains,

@@ -225,7 +225,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cleanStale()
+	cleanStale(os.TempDir(), "/tmp")
 	s := &Server{Host: "127.0.0.1", User: Superuser, Password: randomHex(12), bin: bin}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("nobody")
@@ -499,8 +499,8 @@ func tempRoot() string {
 // cleanStale removes the folders of servers whose test binary is gone,
 // stopping a postgres still running there (one started before the
 // parent-death signal could act).
-func cleanStale() {
-	for _, root := range []string{os.TempDir(), "/tmp"} {
+func cleanStale(roots ...string) {
+	for _, root := range roots {
 		dirs, _ := filepath.Glob(filepath.Join(root, dirPrefix+"*"))
 		for _, d := range dirs {
 			b, err := os.ReadFile(filepath.Join(d, "owner.pid"))

@@ -159,7 +159,19 @@ func crashHelper() {
 // parent-death signal), and the next run removes the folder it left.
 func TestKilledTestBinaryLeavesNothing(t *testing.T) {
 	need(t)
-	cmd, line := testkit.StartSelf(t, "PGTEST_HELPER=crash")
+	// The helper's folder goes in a temp folder of this test's, so that
+	// the clean-up of another test binary starting a server at the same
+	// time (packages are tested in parallel) does not remove it first.
+	// It must be reachable by the user nobody when we are root.
+	root, err := os.MkdirTemp("", "pgtest-crash-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd, line := testkit.StartSelf(t, "PGTEST_HELPER=crash", "TMPDIR="+root)
 	if !strings.HasPrefix(line, "started ") {
 		t.Fatalf("helper: %q", line)
 	}
@@ -184,7 +196,10 @@ func TestKilledTestBinaryLeavesNothing(t *testing.T) {
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("the killed binary's folder %s is already gone (%v); the test cannot check the clean-up", dir, err)
 	}
-	cleanStale()
+	if filepath.Dir(dir) != root {
+		t.Fatalf("the helper's folder %s is not in %s", dir, root)
+	}
+	cleanStale(root)
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		os.RemoveAll(dir)
 		t.Errorf("the next run did not remove %s left by a killed test binary: %v", dir, err)
