@@ -66,9 +66,9 @@ func registerACMEFlags(fs *pflag.FlagSet) *acmeFlags {
 	fs.StringVar(&a.email, "acme-email", "", "contact address of the ACME account, for expiry and incident mail (optional; never prompted for)")
 	fs.StringVar(&a.ca, "acme-ca", "", "ACME directory URL, or \"staging\" for Let's Encrypt staging (default Let's Encrypt production)")
 	fs.StringVar(&a.caRoot, "acme-ca-root", "", "PEM file of roots that the ACME server's own HTTPS chains to (a private CA or pebble; default system roots)")
-	fs.StringVar(&a.storage, "acme-storage", "", "folder for the ACME account and certificates, created 0700, or a PostgreSQL connection string "+
-		"(postgres://USER@HOST/DB or host=HOST dbname=DB; password from PGPASSWORD or PGPASSFILE) that several SuperLinks share "+
-		"(default: the --database when it is PostgreSQL, else "+acme.DefaultStorage()+")")
+	fs.StringVar(&a.storage, "acme-storage", "", "folder for the ACME account and certificates, created 0700 (default "+acme.DefaultStorage()+"), "+
+		"or a PostgreSQL connection string that several SuperLinks share (postgres://USER@HOST/DB or host=HOST dbname=DB; "+
+		"password from PGPASSWORD or PGPASSFILE; the default when --database is PostgreSQL)")
 	fs.StringVar(&a.challenge, "acme-challenge", acme.ChallengeTLSALPN01, "challenge type: tls-alpn-01 (answered on the Fleet API listener; the CA connects to port 443) or http-01 (answered on --acme-http-address; the CA connects to port 80)")
 	fs.StringVar(&a.httpAddress, "acme-http-address", ":80", "where the HTTP-01 responder listens (with --acme-challenge http-01)")
 	fs.StringVar(&a.client, "acme-client", acme.ClientCertmagic, "ACME client: certmagic or autocert")
