@@ -12,6 +12,15 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// A source on a PostgreSQL storage keeps every ability of the ACME source.
+var (
+	_ transport.CertSource = (*sharedSource)(nil)
+	_ transport.Runner     = (*sharedSource)(nil)
+	_ transport.ALPNSource = (*sharedSource)(nil)
+	_ obtainer             = (*sharedSource)(nil)
 )
 
 // Which storage the flags choose: a folder, the --acme-storage database,
