@@ -136,7 +136,7 @@ func TestTooLargeMessage(t *testing.T) {
 	}
 	// Our codec on the client too, so the test holds one 600 MiB slice.
 	_, err = f.driver.PushTaskIns(ctx, req, grpc.ForceCodecV2(newCodec(nil)))
-	wantCode(t, "600 MiB PushTaskIns", err, codes.ResourceExhausted, "larger than max")
+	wantCode(t, "600 MiB PushTaskIns", err, codes.ResourceExhausted, "PushTaskIns takes at most 512 MiB")
 	ti.Task.Recordset = &flwrproto.RecordSet{}
 	req = nil
 	f.healthy(t)

@@ -99,15 +99,20 @@ type Options struct {
 	// it. Default: a new in-memory state (memstate) with Logger, Now and
 	// Rand.
 	State state.State
+	// Limits bound what peers may make Serve hold: request sizes, the
+	// in-flight budget, connections. Default: see Limits.
+	Limits Limits
 }
 
 // SuperLink holds the state shared by the Fleet and Driver services. Its
 // methods are safe for concurrent use.
 type SuperLink struct {
-	log   *slog.Logger
-	opts  Options
-	state state.State
-	codec *codec
+	log    *slog.Logger
+	opts   Options
+	state  state.State
+	codec  *codec
+	budget *budget
+	guard  *guard
 }
 
 // New returns a SuperLink on o.State, or on an empty in-memory state.
@@ -124,8 +129,11 @@ func New(o Options) *SuperLink {
 	if o.State == nil {
 		o.State = memstate.New(memstate.Options{Logger: o.Logger, Now: o.Now, Rand: o.Rand})
 	}
+	o.Limits = o.Limits.withDefaults()
 	bf, _ := o.State.(state.BlobFinder)
-	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newCodec(bf)}
+	b := newBudget(o.Limits)
+	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newCodec(bf), budget: b,
+		guard: newGuard(b, o.Logger, o.Limits.StallTimeout)}
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
@@ -143,28 +151,32 @@ func (s *SuperLink) Driver() flwrproto.DriverServer { return &driver{s: s.state}
 // need), a MaxConnectionAge of one hour (jittered by gRPC) with five
 // minutes of grace, so that long-lived clients reconnect and pick up a
 // rotated certificate, and the codec that sends large arrays without
-// copying them.
+// copying them. The credentials (nil: plaintext) are guarded with the
+// default Limits and a budget of their own; the stall timeout and the
+// connection limit need Serve.
 func ServerOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
-	return serverOptions(creds, newCodec(nil), slog.Default())
+	l := Limits{}.withDefaults()
+	g := newGuard(newBudget(l), slog.Default(), l.StallTimeout)
+	return serverOptions(guarded(creds, g), newCodec(nil), slog.Default(), l)
 }
 
-func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.Logger) []grpc.ServerOption {
-	opts := []grpc.ServerOption{
+func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.Logger, l Limits) []grpc.ServerOption {
+	opts := limitOptions(l, keepalive.ServerParameters{
+		Time:                  210 * time.Second,
+		Timeout:               20 * time.Second,
+		MaxConnectionAge:      time.Hour,
+		MaxConnectionAgeGrace: 5 * time.Minute,
+	})
+	opts = append(opts,
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.KeepaliveParams(keepalive.ServerParameters{
-			Time:                  210 * time.Second,
-			Timeout:               20 * time.Second,
-			MaxConnectionAge:      time.Hour,
-			MaxConnectionAgeGrace: 5 * time.Minute,
-		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
 		}),
 		grpc.ForceServerCodecV2(c),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log), recheckInterceptor),
-	}
+	)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
@@ -187,10 +199,11 @@ func recoverInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 
 // Serve serves the Fleet API on fleet and the Driver API on driver, each
 // with the standard gRPC health service (grpc.health.v1.Health, SERVING for
-// "" and the API's service name), using creds (nil means plaintext). It
-// blocks until ctx ends, then stops gracefully: health turns NOT_SERVING,
-// RPCs in flight get ShutdownGrace to finish, then connections are cut.
-// It returns nil after ctx ends, or the error of a listener that failed.
+// "" and the API's service name), using creds (nil means plaintext), under
+// Options.Limits. It blocks until ctx ends, then stops gracefully: health
+// turns NOT_SERVING, RPCs in flight get ShutdownGrace to finish, then
+// connections are cut. It returns nil after ctx ends, the error of a
+// listener that failed, or at once an error naming a limit out of range.
 // Serve closes both listeners.
 func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener, creds credentials.TransportCredentials) error {
 	return s.ServeAPIs(ctx, fleetLis, driverLis, creds, creds)
@@ -207,15 +220,22 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	if fleetLis == nil || driverLis == nil {
 		return errors.New("superlink: Serve needs a Fleet and a Driver listener")
 	}
-	opts := serverOptions(fleetCreds, s.codec, s.log)
+	if err := s.opts.Limits.Validate(); err != nil {
+		fleetLis.Close()
+		driverLis.Close()
+		return err
+	}
+	// Both APIs share the guard and its in-flight budget.
+	fleetLis = newLimitListener(fleetLis, s.opts.Limits.MaxConnections, s.budget)
+	driverLis = newLimitListener(driverLis, s.opts.Limits.MaxConnections, s.budget)
 
-	fs := grpc.NewServer(opts...)
+	fs := grpc.NewServer(serverOptions(guarded(fleetCreds, s.guard), s.codec, s.log, s.opts.Limits)...)
 	flwrproto.RegisterFleetServer(fs, s.Fleet())
 	fh := health.NewServer()
 	fh.SetServingStatus(flwrproto.Fleet_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(fs, fh)
 
-	ds := grpc.NewServer(serverOptions(driverCreds, s.codec, s.log)...)
+	ds := grpc.NewServer(serverOptions(guarded(driverCreds, s.guard), s.codec, s.log, s.opts.Limits)...)
 	flwrproto.RegisterDriverServer(ds, s.Driver())
 	dh := health.NewServer()
 	dh.SetServingStatus(flwrproto.Driver_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -235,6 +255,11 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sweepDone := make(chan struct{})
+	stallDone := make(chan struct{})
+	go func() {
+		defer close(stallDone)
+		s.guard.runStallSweep(sctx)
+	}()
 	go func() {
 		defer close(sweepDone)
 		t := time.NewTicker(s.opts.SweepInterval)
@@ -276,5 +301,6 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	wg.Wait()
 	cancel()
 	<-sweepDone
+	<-stallDone
 	return err
 }

@@ -1,0 +1,533 @@
+package superlink
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/state/statetest"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// startLimited runs a SuperLink with limits l over TLS and returns the
+// fixture, as start does.
+func startLimited(t testing.TB, l Limits) *fixture {
+	t.Helper()
+	creds, caFile := testCerts(t)
+	logs := &testkit.SyncBuffer{}
+	sl := New(Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Limits: l})
+	link := testkit.Serve(t, sl, creds)
+	clock := &statetest.Clock{}
+	clock.Set(time.Now())
+	f := &fixture{sl: sl, logs: logs, fleetAddr: link.Fleet, driverAddr: link.Driver, caFile: caFile, clock: clock}
+	f.fleetConn = dial(t, f.fleetAddr, caFile)
+	f.driverConn = dial(t, f.driverAddr, caFile)
+	f.fleet = flwrproto.NewFleetClient(f.fleetConn)
+	f.driver = flwrproto.NewDriverClient(f.driverConn)
+	t.Cleanup(func() {
+		f.fleetConn.Close()
+		f.driverConn.Close()
+	})
+	return f
+}
+
+// padded returns m with an unknown field of n bytes appended, so that a
+// request of a small method can be made as large as wanted.
+func padded[M proto.Message](m M, n int) M {
+	b := protowire.AppendTag(nil, 999, protowire.BytesType)
+	b = protowire.AppendBytes(b, make([]byte, n))
+	m.ProtoReflect().SetUnknown(b)
+	return m
+}
+
+// tlsConfig is a client TLS config trusting the fixture's CA.
+func (f *fixture) tlsConfig(t testing.TB) *tls.Config {
+	t.Helper()
+	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: f.caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ServerName = "localhost"
+	return cfg
+}
+
+// waitInflight waits until the budget holds want bytes.
+func waitInflight(t testing.TB, sl *SuperLink, want int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := sl.LimitStats().InflightBytes
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("in-flight bytes = %d, want %d", got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Requests of methods without parameters are refused past 1 MiB with
+// ResourceExhausted and a message naming the limit, on the same
+// connection as calls that go on working (the client's HPACK decoder stays
+// in step with the guard's answers); at 1 MiB they pass.
+func TestSmallMethodsRefusedPastLimit(t *testing.T) {
+	f := startLimited(t, Limits{})
+	ctx := ctxT(t)
+	big := SmallMessageSize + 1
+	for round := range 3 {
+		_, err := f.fleet.CreateNode(ctx, padded(&flwrproto.CreateNodeRequest{PingInterval: 30}, big))
+		wantCode(t, "CreateNode", err, codes.ResourceExhausted, "CreateNode takes at most 1 MiB")
+		_, err = f.fleet.Ping(ctx, padded(&flwrproto.PingRequest{}, big))
+		wantCode(t, "Ping", err, codes.ResourceExhausted, "Ping takes at most 1 MiB")
+		_, err = f.fleet.PullTaskIns(ctx, padded(&flwrproto.PullTaskInsRequest{}, big))
+		wantCode(t, "PullTaskIns", err, codes.ResourceExhausted, "PullTaskIns takes at most 1 MiB")
+		_, err = f.fleet.DeleteNode(ctx, padded(&flwrproto.DeleteNodeRequest{}, big))
+		wantCode(t, "DeleteNode", err, codes.ResourceExhausted, "only PushTaskRes and PushTaskIns carry parameters")
+		_, err = f.driver.CreateRun(ctx, padded(&flwrproto.CreateRunRequest{}, big))
+		wantCode(t, "CreateRun", err, codes.ResourceExhausted, "CreateRun takes at most 1 MiB")
+		_, err = f.driver.GetNodes(ctx, padded(&flwrproto.GetNodesRequest{}, big))
+		wantCode(t, "GetNodes", err, codes.ResourceExhausted, "GetNodes takes at most 1 MiB")
+		_, err = f.driver.PullTaskRes(ctx, padded(&flwrproto.PullTaskResRequest{}, big))
+		wantCode(t, "PullTaskRes", err, codes.ResourceExhausted, "PullTaskRes takes at most 1 MiB")
+		// The same connections still serve, headers and all.
+		n, err := f.fleet.CreateNode(ctx, &flwrproto.CreateNodeRequest{PingInterval: 30})
+		if err != nil {
+			t.Fatalf("round %d: CreateNode after the refusals: %v", round, err)
+		}
+		// Exactly the limit passes (the unknown field is skipped).
+		req := &flwrproto.PingRequest{Node: n.Node, PingInterval: 30}
+		base := proto.Size(req) + protowire.SizeTag(999)
+		pad := SmallMessageSize - base - protowire.SizeVarint(uint64(SmallMessageSize-base))
+		req = padded(req, pad)
+		if s := proto.Size(req); s != SmallMessageSize {
+			t.Fatalf("test request is %d bytes", s)
+		}
+		if r, err := f.fleet.Ping(ctx, req); err != nil || !r.Success {
+			t.Fatalf("a Ping of exactly 1 MiB: %v %v", r, err)
+		}
+		f.healthy(t)
+	}
+	if st := f.sl.LimitStats(); st.RefusedTooLarge != 21 || st.InflightBytes != 0 {
+		t.Errorf("stats after the refusals: %+v", st)
+	}
+	if n := strings.Count(f.logs.String(), `level=WARN msg="request refused by a limit"`); n != 2 {
+		t.Errorf("%d warnings, want one per connection (2):\n%s", n, f.logs.String())
+	}
+}
+
+// scriptConn is a net.Conn whose reads return script in pieces of the
+// sizes chunk picks, and whose writes are kept.
+type scriptConn struct {
+	net.Conn // nil: other methods are not used
+	script   []byte
+	chunk    func(left int) int
+	mu       sync.Mutex
+	written  bytes.Buffer
+}
+
+func (c *scriptConn) Read(p []byte) (int, error) {
+	if len(c.script) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), c.chunk(len(c.script)), len(c.script))
+	copy(p, c.script[:n])
+	c.script = c.script[n:]
+	return n, nil
+}
+
+func (c *scriptConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.written.Write(p)
+}
+
+func (c *scriptConn) Close() error         { return nil }
+func (c *scriptConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
+
+// clientScript writes HTTP/2 client frames for a test.
+type clientScript struct {
+	buf  bytes.Buffer
+	fr   *http2.Framer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+}
+
+func newClientScript() *clientScript {
+	s := &clientScript{}
+	s.buf.WriteString(clientPreface)
+	s.fr = http2.NewFramer(&s.buf, nil)
+	s.fr.AllowIllegalWrites = true
+	s.henc = hpack.NewEncoder(&s.hbuf)
+	s.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+	return s
+}
+
+// headers opens stream id for method; the header block is split into
+// frames of at most split bytes (HEADERS then CONTINUATION), with padding
+// and a priority on the HEADERS frame when asked.
+func (s *clientScript) headers(id uint32, method string, split int, pad uint8, prio bool, end bool) {
+	s.hbuf.Reset()
+	for _, f := range []hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: method},
+		{Name: ":authority", Value: "localhost"}, {Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"}, {Name: "user-agent", Value: "grpc-python/1.62"},
+	} {
+		s.henc.WriteField(f)
+	}
+	block := s.hbuf.Bytes()
+	first := block[:min(split, len(block))]
+	p := http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(first) == len(block), PadLength: pad}
+	if prio {
+		p.Priority = http2.PriorityParam{StreamDep: 0, Weight: 15}
+	}
+	s.fr.WriteHeaders(p)
+	for rest := block[len(first):]; len(rest) > 0; {
+		k := min(split, len(rest))
+		s.fr.WriteContinuation(id, k == len(rest), rest[:k])
+		rest = rest[k:]
+	}
+}
+
+// message sends a gRPC message declaring length, with body bytes of
+// content (zeros), in DATA frames of the given payload sizes (the last one
+// takes the rest); padding on every frame when pad > 0.
+func (s *clientScript) message(id uint32, length uint32, body int, sizes []int, pad uint8, end bool) {
+	msg := make([]byte, 5+body)
+	msg[1], msg[2], msg[3], msg[4] = byte(length>>24), byte(length>>16), byte(length>>8), byte(length)
+	for i := 0; len(msg) > 0 || i == 0; i++ {
+		k := len(msg)
+		if i < len(sizes) {
+			k = min(sizes[i], len(msg))
+		}
+		k = min(k, 16384-int(pad)-1)
+		last := k == len(msg)
+		if pad > 0 {
+			s.fr.WriteDataPadded(id, end && last, msg[:k], make([]byte, pad))
+		} else {
+			s.fr.WriteData(id, end && last, msg[:k])
+		}
+		msg = msg[k:]
+		if last {
+			break
+		}
+	}
+}
+
+// guardOutput feeds script through a guard in reads of random sizes (seed)
+// and returns what the guard gave gRPC and wrote to the client.
+func guardOutput(t testing.TB, g *guard, script []byte, seed uint64) (read, written []byte) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	sc := &scriptConn{script: script, chunk: func(left int) int {
+		if seed == 0 {
+			return left
+		}
+		switch r.IntN(4) {
+		case 0:
+			return 1 + r.IntN(3)
+		case 1:
+			return 1 + r.IntN(20)
+		}
+		return 1 + r.IntN(40000)
+	}}
+	c := g.wrap(sc)
+	var out bytes.Buffer
+	buf := make([]byte, 70000)
+	for len(sc.script) > 0 || len(c.out) > 0 {
+		size := len(buf)
+		if seed != 0 {
+			size = 1 + r.IntN(len(buf))
+		}
+		n, err := c.Read(buf[:size])
+		out.Write(buf[:n])
+		if err == io.EOF && len(sc.script) == 0 {
+			break // the script ended with withheld bytes
+		}
+		if errors.Is(err, errClosedByLimit) {
+			c.answering.Wait()
+			return out.Bytes(), nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.answering.Wait()
+	sc.mu.Lock()
+	written = append([]byte(nil), sc.written.Bytes()...)
+	sc.mu.Unlock()
+	// The end of the connection releases what it held.
+	if n, err := c.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("read after the script: %d, %v", n, err)
+	}
+	return out.Bytes(), written
+}
+
+const (
+	mCreateNode  = "/flwr.proto.Fleet/CreateNode"
+	mPushTaskRes = "/flwr.proto.Fleet/PushTaskRes"
+	mPing        = "/flwr.proto.Fleet/Ping"
+)
+
+// A client's bytes reach gRPC unchanged, whatever the read sizes, when
+// nothing is refused: header blocks split over CONTINUATION frames, padded
+// and prioritized HEADERS, padded DATA, message prefixes split over
+// several frames, empty DATA frames, frames of unguarded methods.
+func TestGuardPassesBytesUnchanged(t *testing.T) {
+	s := newClientScript()
+	s.headers(1, mCreateNode, 1000, 0, false, false)
+	s.message(1, 9, 9, nil, 0, true)
+	s.headers(3, mPushTaskRes, 7, 3, true, false)
+	s.headers(5, mPing, 3, 0, false, false)
+	s.fr.WriteData(3, false, nil) // empty
+	s.message(3, 100000, 100000, []int{2, 1, 1, 1, 500, 20000}, 7, false)
+	s.message(5, 40, 40, []int{4}, 0, true)
+	s.fr.WritePing(false, [8]byte{1})
+	s.fr.WriteWindowUpdate(0, 1000)
+	s.fr.WriteData(3, true, nil)
+	s.headers(7, "/unknown.Service/Method", 1000, 0, false, false)
+	s.message(7, 5<<20, 1000, nil, 0, false)
+	s.fr.WriteRSTStream(7, http2.ErrCodeCancel)
+	script := s.buf.Bytes()
+
+	b := &budget{max: 1 << 30}
+	g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+	for seed := range uint64(300) {
+		read, written := guardOutput(t, g, script, seed)
+		if !bytes.Equal(read, script) {
+			t.Fatalf("seed %d: gRPC got %d bytes that differ from the client's %d", seed, len(read), len(script))
+		}
+		if len(written) != 0 {
+			t.Fatalf("seed %d: the guard answered %d bytes", seed, len(written))
+		}
+	}
+	// Every read ended with EOF, which releases what the connection held.
+	if st := b.stats(); st.InflightBytes != 0 {
+		t.Fatalf("budget holds %d bytes after the connections ended", st.InflightBytes)
+	}
+}
+
+// frames parses b as HTTP/2 frames (headers decoded with dec) and
+// describes each in one line.
+func frameLines(t testing.TB, b []byte, dec *hpack.Decoder, preface bool) []string {
+	t.Helper()
+	if preface {
+		if !bytes.HasPrefix(b, []byte(clientPreface)) {
+			t.Fatal("no client preface")
+		}
+		b = b[len(clientPreface):]
+	}
+	fr := http2.NewFramer(nil, bytes.NewReader(b))
+	fr.ReadMetaHeaders = dec
+	var out []string
+	for {
+		f, err := fr.ReadFrame()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("frame %d: %v", len(out), err)
+		}
+		h := f.Header()
+		line := fmt.Sprint(h.Type, " ", h.StreamID)
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			for _, hf := range f.Fields {
+				line += " " + hf.Name + "=" + hf.Value
+			}
+			if f.StreamEnded() {
+				line += " END_STREAM"
+			}
+		case *http2.RSTStreamFrame:
+			line += " " + f.ErrCode.String()
+		case *http2.DataFrame:
+			line += fmt.Sprint(" ", len(f.Data()))
+		}
+		out = append(out, line)
+	}
+}
+
+// Refused requests come out the same whatever the read sizes: gRPC gets
+// an RST_STREAM (CANCEL) before any DATA of the stream, then the stream's
+// frames, which it drops; the client gets a trailers-only
+// ResourceExhausted naming the limit, then RST_STREAM (NO_ERROR) when it
+// was still sending. Requests that fit are untouched.
+func TestGuardRefusalsIndependentOfReads(t *testing.T) {
+	s := newClientScript()
+	s.headers(1, mCreateNode, 1000, 0, false, false)
+	s.message(1, 2<<20, 30000, []int{3, 0, 1}, 0, false) // prefix split over frames; refused
+	s.headers(3, mPushTaskRes, 1000, 0, false, false)
+	s.message(3, 40<<20, 20000, nil, 0, false) // admitted: 40 MiB of 60
+	s.headers(5, mPushTaskRes, 1000, 0, false, false)
+	s.message(5, 30<<20, 20000, []int{16000}, 9, false) // over the budget
+	s.headers(7, mPing, 1000, 0, false, false)
+	s.message(7, 20, 20, nil, 0, true) // small, fits the headroom
+	script := s.buf.Bytes()
+
+	var want []string
+	for seed := range uint64(200) {
+		b := &budget{max: 64 << 20}
+		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+		read, written := guardOutput(t, g, script, seed)
+		got := frameLines(t, read, hpack.NewDecoder(4096, nil), true)
+		if seed == 0 {
+			want = got
+			t.Logf("gRPC gets:\n%s", strings.Join(got, "\n"))
+		} else if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("seed %d: gRPC gets\n%s\nwant\n%s", seed, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		answers := frameLines(t, written, hpack.NewDecoder(4096, nil), false)
+		if len(answers) != 4 {
+			t.Fatalf("seed %d: answers %q", seed, answers)
+		}
+		joined := strings.Join(answers, "\n")
+		for _, w := range []string{
+			"HEADERS 1 :status=200 content-type=application/grpc grpc-status=8 grpc-message=request of 2097152 bytes refused: CreateNode takes at most 1 MiB",
+			"RST_STREAM 1 NO_ERROR",
+			"HEADERS 5 :status=200 content-type=application/grpc grpc-status=8 grpc-message=request of 31457280 bytes refused for now: the SuperLink is receiving 40 MiB of other requests",
+			"RST_STREAM 5 NO_ERROR",
+		} {
+			if !strings.Contains(joined, w) {
+				t.Fatalf("seed %d: answers lack %q:\n%s", seed, w, joined)
+			}
+		}
+		if st := b.stats(); st.RefusedTooLarge != 1 || st.RefusedBusy != 1 {
+			t.Fatalf("seed %d: stats %+v", seed, st)
+		}
+	}
+	// The RST_STREAMs come before the refused streams' DATA.
+	idx := func(prefix string) int {
+		for i, l := range want {
+			if strings.HasPrefix(l, prefix) {
+				return i
+			}
+		}
+		t.Fatalf("no %q in\n%s", prefix, strings.Join(want, "\n"))
+		return -1
+	}
+	if idx("RST_STREAM 1 CANCEL") > idx("DATA 1") || idx("RST_STREAM 5 CANCEL") > idx("DATA 5") {
+		t.Fatalf("an RST_STREAM comes after DATA:\n%s", strings.Join(want, "\n"))
+	}
+	if strings.Contains(strings.Join(want, "\n"), "RST_STREAM 3") || strings.Contains(strings.Join(want, "\n"), "RST_STREAM 7") {
+		t.Fatal("an admitted stream was reset")
+	}
+}
+
+// fuzzScript turns fuzz input into a client's frames: streams of guarded
+// and other methods, messages of varied declared and sent sizes split
+// over frames with or without padding, empty frames, resets, pings.
+func fuzzScript(data []byte) []byte {
+	s := newClientScript()
+	next := func() int {
+		if len(data) == 0 {
+			return 0
+		}
+		b := data[0]
+		data = data[1:]
+		return int(b)
+	}
+	methods := []string{mCreateNode, mPushTaskRes, mPing, "/flwr.proto.Driver/PushTaskIns", "/x.Y/Z"}
+	var open []uint32
+	id := uint32(1)
+	for len(data) > 0 {
+		switch op := next() % 6; {
+		case op == 0 || len(open) == 0:
+			s.headers(id, methods[next()%len(methods)], 1+next()*4, uint8(next()%3), next()%2 == 0, false)
+			open = append(open, id)
+			id += 2
+		case op == 1 || op == 2:
+			sid := open[next()%len(open)]
+			declared := []uint32{0, 10, 1 << 20, 1<<20 + 1, 3 << 20, 600 << 20}[next()%6]
+			body := min(int(declared), next()*97)
+			sizes := []int{next() % 7, next() % 3, next()}
+			s.message(sid, declared, body, sizes, uint8(next()%4), next()%3 == 0)
+		case op == 3:
+			s.fr.WriteData(open[next()%len(open)], next()%4 == 0, nil)
+		case op == 4:
+			s.fr.WriteRSTStream(open[next()%len(open)], http2.ErrCodeCancel)
+		default:
+			s.fr.WritePing(false, [8]byte{byte(next())})
+		}
+	}
+	return s.buf.Bytes()
+}
+
+// However the frames come and however they are read, what the guard gives
+// gRPC is a valid frame sequence, the same for every way of reading it,
+// and the budget is back to zero once the connection ends.
+func FuzzGuardFrames(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 0, 1, 5, 5, 1, 0, 3, 4, 200, 1, 2, 3, 4}, uint64(1))
+	f.Add([]byte{0, 0, 9, 1, 1, 1, 0, 4, 2, 9, 9, 9, 1, 3, 4, 0, 2, 7, 1, 1}, uint64(7))
+	f.Add([]byte{0, 1, 0, 0, 1, 0, 3, 3, 0, 1, 2, 1, 0, 5, 1, 3, 0, 0, 1, 1, 4, 4, 0, 9}, uint64(3))
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
+		wd := time.AfterFunc(5*time.Second, func() { panic(fmt.Sprintf("hung on %q %d", data, seed)) })
+		defer wd.Stop()
+		script := fuzzScript(data)
+		var want []string
+		for i, sd := range []uint64{0, seed | 1} {
+			b := &budget{max: 8 << 20}
+			g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+			g.late = 0
+			read, _ := guardOutput(t, g, script, sd)
+			if b.stats().ClosedConnections > 0 {
+				return // what gRPC got before depends on the reads
+			}
+			got := frameLines(t, read, hpack.NewDecoder(4096, nil), true)
+			if i == 0 {
+				want = got
+			} else if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("reads of seed %d change what gRPC gets:\n%s\nwant\n%s", sd, strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if st := b.stats(); st.InflightBytes != 0 {
+				t.Fatalf("budget holds %d bytes after the end", st.InflightBytes)
+			}
+		}
+	})
+}
+
+// Bytes that are not HTTP/2 at all neither panic the guard nor make it
+// hold more than its bound.
+func FuzzGuardGarbage(f *testing.F) {
+	f.Add([]byte("\x00\x00\x05\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x05"), uint64(2))
+	f.Add([]byte("\x00\x01\x00\x01\x2c\x00\x00\x00\x01\xff\xff\xff"), uint64(5))
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
+		s := newClientScript()
+		s.headers(1, mPushTaskRes, 10, 0, false, false)
+		script := append(s.buf.Bytes(), data...)
+		b := &budget{max: 8 << 20}
+		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+		g.late = 0
+		sc := &scriptConn{script: script, chunk: func(left int) int { return 1 + int(seed%uint64(left)) }}
+		c := g.wrap(sc)
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+			if c.held > maxHeldPerConn+2*16384 {
+				t.Fatalf("the guard holds %d bytes", c.held)
+			}
+		}
+		c.answering.Wait()
+		if st := b.stats(); st.InflightBytes != 0 {
+			t.Fatalf("budget holds %d bytes after the end", st.InflightBytes)
+		}
+	})
+}
