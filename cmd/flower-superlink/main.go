@@ -78,6 +78,7 @@ type config struct {
 	pollInterval     time.Duration
 	acme             *acmeFlags
 	mtls             *mtlsFlags
+	limits           *limitFlags
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -106,6 +107,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	restAPI := fs.Bool("rest", false, "the REST Fleet API of Flower 1.8.0: not built")
 	_ = fs.MarkHidden("rest")
 	fs.StringVar(&c.database, "database", inMemoryDatabase, "where the state is kept; only "+inMemoryDatabase+" (in memory) for now")
+	c.limits = registerLimitFlags(fs)
 
 	files, rest, err := splitCertificates(fs, args)
 	if err != nil {
@@ -115,6 +117,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, err
 	}
 	if err := cli.NoArgs(fs, ""); err != nil {
+		return nil, err
+	}
+	if err := c.limits.check(); err != nil {
 		return nil, err
 	}
 	if *restAPI {
@@ -261,7 +266,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	sl := superlink.New(superlink.Options{Logger: log})
+	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits()})
 	served := make(chan error, 1)
 	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
 
@@ -291,6 +296,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"database", postgres.Redact(c.database), // a connection string is logged without its password
 		"version", cli.Version,
 	}
+	attrs = append(attrs, c.limits.attrs()...)
 	if src != nil {
 		attrs = append(attrs, "tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion))
 		attrs = append(attrs, certificateAttrs(src)...)
