@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/transport"
+)
+
+const mib = 1 << 20
+
+// vm reads a field of /proc/PID/status ("VmHWM", "VmRSS") in bytes.
+func vm(t testing.TB, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		t.Fatalf("reading the status of process %d: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			f := strings.Fields(rest)
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil || len(f) != 2 || f[1] != "kB" {
+				t.Fatalf("unexpected %s line %q", field, line)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// attackSpec is one raw HTTP/2 attack: streams calls of method on one
+// connection, all at once, each declaring declared bytes in its gRPC
+// prefix and sending sent bytes of body (head first, zeros after).
+type attackSpec struct {
+	method   string
+	streams  int
+	declared uint32
+	sent     int64
+	head     func(i int) []byte
+	end      bool // the last DATA frame ends the stream
+}
+
+// attack runs spec against addr and returns each stream's outcome once
+// every stream was answered or had sent all it meant to, plus how long it
+// took. The connection stays open until the test ends, as a patient
+// attacker's would.
+func attack(t *testing.T, addr string, cfg *tls.Config, spec attackSpec) ([]testkit.H2Stream, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, err := testkit.DialH2(ctx, addr, cfg)
+	if err != nil {
+		t.Fatalf("attacker's connection: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	begin := time.Now()
+	streams := make([]*testkit.H2Stream, spec.streams)
+	var wg sync.WaitGroup
+	errs := make([]error, spec.streams)
+	for i := range streams {
+		s, err := c.Open(spec.method)
+		if err != nil {
+			t.Fatalf("opening stream %d: %v", i, err)
+		}
+		streams[i] = s
+		var head []byte
+		if spec.head != nil {
+			head = spec.head(i)
+		}
+		wg.Go(func() {
+			err := c.Send(ctx, s, spec.declared, head, spec.sent, spec.end)
+			if errors.Is(err, testkit.ErrStreamEnded) {
+				err = nil
+			}
+			if err == nil && spec.end {
+				// A complete message: wait for its answer.
+				select {
+				case <-s.Done():
+				case <-ctx.Done():
+					err = fmt.Errorf("no answer: %w", ctx.Err())
+				}
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	took := time.Since(begin)
+	out := make([]testkit.H2Stream, len(streams))
+	for i, s := range streams {
+		if errs[i] != nil {
+			t.Errorf("stream %d: %v", i, errs[i])
+		}
+		out[i] = c.Result(s)
+	}
+	return out, took
+}
+
+// slTLS is the client TLS config trusting the CA of dir's certificates.
+func slTLS(t *testing.T, dir string) *tls.Config {
+	t.Helper()
+	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: filepath.Join(dir, slCA)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ServerName = "localhost"
+	return cfg
+}
+
+// The first attack, repeated against the real binary: a stranger
+// who completed a TLS handshake opens 4 CreateNode streams on one
+// connection, each declaring 536,870,000 bytes and sending 150 MB. Every
+// stream is refused at its first DATA frame with ResourceExhausted naming
+// the 1 MiB limit, and the SuperLink's peak RSS (VmHWM) grows by less than
+// 64 MiB over its peak before the attack: 10% of the 600 MB the stranger
+// tried to make it hold (without the limit it held all of it, 633 MiB).
+func TestAttackSmallMethodBodies(t *testing.T) {
+	needE2E(t)
+	dir := t.TempDir()
+	slFlowerCerts(t, dir)
+	sl := slStart(t, dir, slSeedArgs...)
+	pid := sl.cmd.Process.Pid
+	before := vm(t, pid, "VmHWM")
+	res, took := attack(t, sl.fleet, slTLS(t, dir), attackSpec{
+		method: "/flwr.proto.Fleet/CreateNode", streams: 4, declared: 536870000, sent: 150e6,
+	})
+	time.Sleep(time.Second) // whatever the SuperLink still reads
+	hwm := vm(t, pid, "VmHWM")
+	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid, "VmRSS")/mib)
+	for _, r := range res {
+		t.Logf("%s", r.String())
+		if !r.Trailers || r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "1 MiB") {
+			t.Errorf("%s, want ResourceExhausted naming the 1 MiB limit", r.String())
+		}
+		if r.Sent > 16*mib {
+			t.Errorf("stream %d could send %d bytes before it was refused", r.ID, r.Sent)
+		}
+	}
+	if grew := hwm - before; grew > 64*mib {
+		t.Errorf("the SuperLink's peak RSS grew by %d MiB during the attack, want under 64 MiB", grew/mib)
+	}
+	if got := slHealth(t, sl.fleet, filepath.Join(dir, slCA)); got.String() != "SERVING" {
+		t.Errorf("health after the attack: %v", got)
+	}
+}
+
+// The second attack: 6 streams on one connection, each a complete
+// 200 MB PushTaskRes (a well-formed request carrying one 200 MB array),
+// under --max-inflight-bytes 256MiB.
+func TestAttackLargePushes(t *testing.T) {
+	needE2E(t)
+	dir := t.TempDir()
+	slFlowerCerts(t, dir)
+	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), strings.Fields(os.Getenv("SEPAL_LIMITS_ARGS"))...)...)
+	pid := sl.cmd.Process.Pid
+	before := vm(t, pid, "VmHWM")
+	const size = 200e6
+	head := testkit.PushTaskResHead(1, 2, "6fc3d49b-fcc5-4c29-9be3-8c684ba3f7a1", size)
+	res, took := attack(t, sl.fleet, slTLS(t, dir), attackSpec{
+		method: "/flwr.proto.Fleet/PushTaskRes", streams: 6, declared: uint32(len(head) + size), sent: int64(len(head) + size),
+		head: func(int) []byte { return head }, end: true,
+	})
+	time.Sleep(time.Second)
+	hwm := vm(t, pid, "VmHWM")
+	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid, "VmRSS")/mib)
+	for _, r := range res {
+		t.Logf("%s", r.String())
+	}
+}

@@ -1,0 +1,437 @@
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// H2Conn is a raw HTTP/2 client connection that speaks gRPC's framing by
+// hand, as an attacker would: it declares any message length in the
+// 5-byte prefix and sends as many body bytes as it likes, honouring the
+// server's flow control (it cannot send faster than the server grants).
+// Tests use it to check what a server holds while a peer sends.
+//
+// Its methods are safe for concurrent use: each stream is sent from its
+// own goroutine, frames are written one at a time.
+type H2Conn struct {
+	conn net.Conn
+	fr   *http2.Framer
+	wmu  sync.Mutex // serializes frame writes and the hpack encoder
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	connWin  int64
+	initWin  int64
+	streams  map[uint32]*H2Stream
+	nextID   uint32
+	readErr  error
+	goAway   bool
+	maxFrame int
+}
+
+// H2Stream is one stream of an H2Conn and what the server answered on it.
+type H2Stream struct {
+	ID  uint32
+	win int64
+
+	// Filled by the connection's reader; read them after Done is closed.
+	done     chan struct{}
+	closed   bool
+	Status   codes.Code // grpc-status of the trailers, when any came
+	Message  string     // grpc-message of the trailers
+	HTTP     string     // :status of the first HEADERS
+	Trailers bool       // a HEADERS frame with grpc-status came
+	Reset    bool       // the server sent RST_STREAM
+	ResetErr http2.ErrCode
+	Received int // response DATA bytes
+	Sent     int64
+}
+
+// Done is closed once the server ended the stream (trailers, RST_STREAM,
+// GOAWAY) or the connection failed.
+func (s *H2Stream) Done() <-chan struct{} { return s.done }
+
+// String describes the outcome for a test message.
+func (s *H2Stream) String() string {
+	switch {
+	case s.Trailers:
+		return fmt.Sprintf("stream %d: %v %q after %d bytes sent", s.ID, s.Status, s.Message, s.Sent)
+	case s.Reset:
+		return fmt.Sprintf("stream %d: RST_STREAM %v after %d bytes sent", s.ID, s.ResetErr, s.Sent)
+	}
+	return fmt.Sprintf("stream %d: no answer after %d bytes sent", s.ID, s.Sent)
+}
+
+// DialH2 opens a TLS connection with ALPN h2 to addr (cfg nil: plaintext
+// h2c with prior knowledge), sends the client preface and its SETTINGS,
+// and starts the reader. Close it when done.
+func DialH2(ctx context.Context, addr string, cfg *tls.Config) (*H2Conn, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	var conn net.Conn
+	var err error
+	if cfg != nil {
+		cfg = cfg.Clone()
+		cfg.NextProtos = []string{"h2"}
+		conn, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", addr)
+	} else {
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := &H2Conn{conn: conn, connWin: 65535, initWin: 65535, streams: map[uint32]*H2Stream{}, nextID: 1, maxFrame: 16384}
+	c.cond = sync.NewCond(&c.mu)
+	c.fr = http2.NewFramer(conn, conn)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := c.fr.WriteSettings(); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	go c.read()
+	return c, nil
+}
+
+// Close closes the connection.
+func (c *H2Conn) Close() error { return c.conn.Close() }
+
+// Err is the error that ended the reader (nil while it runs).
+func (c *H2Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readErr
+}
+
+func (c *H2Conn) read() {
+	var err error
+	defer func() {
+		c.mu.Lock()
+		c.readErr = err
+		for _, s := range c.streams {
+			c.finish(s)
+		}
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	}()
+	for {
+		var f http2.Frame
+		f, err = c.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if f.IsAck() {
+				continue
+			}
+			c.mu.Lock()
+			if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
+				delta := int64(v) - c.initWin
+				c.initWin = int64(v)
+				for _, s := range c.streams {
+					s.win += delta
+				}
+			}
+			if v, ok := f.Value(http2.SettingMaxFrameSize); ok {
+				c.maxFrame = int(v)
+			}
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			c.wmu.Lock()
+			err = c.fr.WriteSettingsAck()
+			c.wmu.Unlock()
+			if err != nil {
+				return
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				c.wmu.Lock()
+				err = c.fr.WritePing(true, f.Data)
+				c.wmu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		case *http2.WindowUpdateFrame:
+			c.mu.Lock()
+			if f.StreamID == 0 {
+				c.connWin += int64(f.Increment)
+			} else if s := c.streams[f.StreamID]; s != nil {
+				s.win += int64(f.Increment)
+			}
+			c.cond.Broadcast()
+			c.mu.Unlock()
+		case *http2.MetaHeadersFrame:
+			c.mu.Lock()
+			if s := c.streams[f.StreamID]; s != nil {
+				if v := f.PseudoValue("status"); v != "" && s.HTTP == "" {
+					s.HTTP = v
+				}
+				if v := f.Header().Flags; v.Has(http2.FlagHeadersEndStream) || hasField(f, "grpc-status") {
+					for _, hf := range f.Fields {
+						switch hf.Name {
+						case "grpc-status":
+							n, _ := strconv.Atoi(hf.Value)
+							s.Status, s.Trailers = codes.Code(n), true
+						case "grpc-message":
+							s.Message = decodeGRPCMessage(hf.Value)
+						}
+					}
+				}
+				if f.StreamEnded() {
+					c.finish(s)
+				}
+			}
+			c.mu.Unlock()
+		case *http2.DataFrame:
+			c.mu.Lock()
+			if s := c.streams[f.StreamID]; s != nil {
+				s.Received += len(f.Data())
+				if f.StreamEnded() {
+					c.finish(s)
+				}
+			}
+			c.mu.Unlock()
+			// Give the window back so that responses flow.
+			if n := f.Header().Length; n > 0 {
+				c.wmu.Lock()
+				err = c.fr.WriteWindowUpdate(0, n)
+				if err == nil && !f.StreamEnded() {
+					err = c.fr.WriteWindowUpdate(f.StreamID, n)
+				}
+				c.wmu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		case *http2.RSTStreamFrame:
+			c.mu.Lock()
+			if s := c.streams[f.StreamID]; s != nil {
+				s.Reset, s.ResetErr = true, f.ErrCode
+				c.finish(s)
+			}
+			c.mu.Unlock()
+		case *http2.GoAwayFrame:
+			c.mu.Lock()
+			c.goAway = true
+			for id, s := range c.streams {
+				if id > f.LastStreamID {
+					c.finish(s)
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+func hasField(f *http2.MetaHeadersFrame, name string) bool {
+	for _, hf := range f.Fields {
+		if hf.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// decodeGRPCMessage undoes the percent-encoding of grpc-message.
+func decodeGRPCMessage(v string) string {
+	var b []byte
+	for i := 0; i < len(v); i++ {
+		if v[i] == '%' && i+2 < len(v) {
+			if n, err := strconv.ParseUint(v[i+1:i+3], 16, 8); err == nil {
+				b = append(b, byte(n))
+				i += 2
+				continue
+			}
+		}
+		b = append(b, v[i])
+	}
+	return string(b)
+}
+
+// finish marks s ended. c.mu is held.
+func (c *H2Conn) finish(s *H2Stream) {
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	c.cond.Broadcast()
+}
+
+// Open starts a gRPC call of method ("/flwr.proto.Fleet/CreateNode") with
+// its request HEADERS and returns the stream.
+func (c *H2Conn) Open(method string) (*H2Stream, error) {
+	c.mu.Lock()
+	id := c.nextID
+	c.nextID += 2
+	s := &H2Stream{ID: id, win: c.initWin, done: make(chan struct{})}
+	c.streams[id] = s
+	c.mu.Unlock()
+
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.hbuf.Reset()
+	for _, hf := range []hpack.HeaderField{
+		{Name: ":method", Value: "POST"},
+		{Name: ":scheme", Value: "https"},
+		{Name: ":path", Value: method},
+		{Name: ":authority", Value: "localhost"},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"},
+	} {
+		if err := c.henc.WriteField(hf); err != nil {
+			return nil, err
+		}
+	}
+	return s, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true})
+}
+
+// ErrStreamEnded is returned by Send when the server ended the stream
+// before everything was sent.
+var ErrStreamEnded = errors.New("the server ended the stream")
+
+// Send sends a gRPC message on s: the 5-byte prefix declaring length
+// bytes (uncompressed), then head, then zero bytes until sent bytes of body
+// (head included) are on the wire, honouring flow control. With end, the
+// last frame ends the stream. It returns ErrStreamEnded as soon as the
+// server ended the stream, and gives up when ctx ends.
+func (c *H2Conn) Send(ctx context.Context, s *H2Stream, length uint32, head []byte, sent int64, end bool) error {
+	prefix := make([]byte, 5, 5+len(head))
+	binary.BigEndian.PutUint32(prefix[1:], length)
+	pending := append(prefix, head...)
+	total := int64(5) + sent
+	if sent < int64(len(head)) {
+		return fmt.Errorf("testkit: Send: %d bytes to send but the head alone is %d", sent, len(head))
+	}
+	zeros := make([]byte, 16384)
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer stop()
+	var done int64
+	for done < total {
+		c.mu.Lock()
+		for !s.closed && c.readErr == nil && ctx.Err() == nil && (c.connWin <= 0 || s.win <= 0) {
+			c.cond.Wait()
+		}
+		if s.closed || c.readErr != nil {
+			c.mu.Unlock()
+			return ErrStreamEnded
+		}
+		if err := ctx.Err(); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		n := min(int64(c.maxFrame), c.connWin, s.win, total-done)
+		c.connWin -= n
+		s.win -= n
+		c.mu.Unlock()
+
+		var chunk []byte
+		if len(pending) > 0 {
+			k := min(int(n), len(pending))
+			chunk = append(chunk, pending[:k]...)
+			pending = pending[k:]
+		}
+		chunk = append(chunk, zeros[:int(n)-len(chunk)]...)
+		c.wmu.Lock()
+		err := c.fr.WriteData(s.ID, end && done+n == total, chunk)
+		c.wmu.Unlock()
+		if err != nil {
+			return err
+		}
+		done += n
+		c.mu.Lock()
+		s.Sent = done
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+// Result returns a copy of what the server answered on s so far.
+func (c *H2Conn) Result(s *H2Stream) H2Stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := *s
+	r.done = nil
+	return r
+}
+
+// PushTaskResHead returns the first bytes of a well-formed Flower
+// PushTaskResRequest whose one TaskRes (run runID, answering the TaskIns
+// ancestor, from node) carries one parameter array of n bytes: the whole
+// message is these bytes followed by n zero bytes, so that a test can send
+// a message of any size without holding it. Every message field comes
+// before the array, which is the last field at every level.
+func PushTaskResHead(runID, node int64, ancestor string, n int) []byte {
+	type level struct {
+		small []byte
+		field protowire.Number
+	}
+	str := func(b []byte, num protowire.Number, s string) []byte {
+		b = protowire.AppendTag(b, num, protowire.BytesType)
+		return protowire.AppendString(b, s)
+	}
+	var arr, pr, entry, task, res []byte
+	arr = str(arr, 1, "<f4")
+	arr = str(arr, 3, "numpy.ndarray")
+	pr = str(pr, 1, "0")
+	entry = str(entry, 1, "fitres.parameters")
+	var producer []byte
+	producer = protowire.AppendTag(producer, 1, protowire.VarintType)
+	producer = protowire.AppendVarint(producer, protowire.EncodeZigZag(node))
+	task = protowire.AppendTag(task, 1, protowire.BytesType)
+	task = protowire.AppendBytes(task, producer)
+	task = protowire.AppendTag(task, 2, protowire.BytesType)
+	task = protowire.AppendBytes(task, []byte{0x10, 0x01}) // anonymous: true
+	now := float64(time.Now().UnixMicro()) / 1e6
+	task = protowire.AppendTag(task, 3, protowire.Fixed64Type)
+	task = protowire.AppendFixed64(task, math.Float64bits(now))
+	task = protowire.AppendTag(task, 6, protowire.Fixed64Type)
+	task = protowire.AppendFixed64(task, math.Float64bits(3600))
+	task = str(task, 7, ancestor)
+	task = str(task, 8, "train")
+	res = str(res, 2, "1")
+	res = protowire.AppendTag(res, 3, protowire.VarintType)
+	res = protowire.AppendVarint(res, protowire.EncodeZigZag(runID))
+	levels := []level{
+		{arr, 4},   // Array.data
+		{pr, 2},    // ParametersRecord.data_values
+		{entry, 2}, // map entry value
+		{nil, 1},   // RecordSet.parameters
+		{task, 9},  // Task.recordset
+		{res, 4},   // TaskRes.task
+		{nil, 1},   // PushTaskResRequest.task_res_list
+	}
+	var head []byte
+	for _, l := range levels {
+		h := append([]byte{}, l.small...)
+		h = protowire.AppendTag(h, l.field, protowire.BytesType)
+		h = protowire.AppendVarint(h, uint64(len(head)+n))
+		head = append(h, head...)
+	}
+	return head
+}
