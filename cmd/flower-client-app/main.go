@@ -6,6 +6,7 @@
 // It exits 0 when the server app sends a reconnect task or on SIGINT or
 // SIGTERM (unregistering the node first), and 1 with one line saying what
 // to do on a TLS failure (never retried) or once retries are exhausted.
+// SIGHUP does not end it: it logs that there is nothing to reload.
 package main
 
 import (
@@ -35,6 +36,7 @@ var command = cli.Command{
 }
 
 func main() {
+	cli.IgnoreHangup()
 	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -70,8 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	logger := cli.NewLogger(stderr, level)
-	ctx, cancel := cli.SignalContext(ctx)
+	ctx, hup, cancel := cli.Signals(ctx, logger)
 	defer cancel()
+	flags.Hangup(hup)
 	flags.LogStart(logger, "starting SuperNode", appRef)
 	err = app.RunNode(ctx, app.NodeOptions{
 		Server:       flags.Server,

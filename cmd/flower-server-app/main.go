@@ -6,7 +6,8 @@
 //
 // It prints one line per round and a summary on stdout, and exits 0 when
 // the run is done; 1 with one line saying what to do on a TLS failure (never
-// retried), when retries are exhausted or when a round fails.
+// retried), when retries are exhausted or when a round fails. SIGHUP does
+// not end it: it logs that there is nothing to reload.
 package main
 
 import (
@@ -39,6 +40,7 @@ var command = cli.Command{
 }
 
 func main() {
+	cli.IgnoreHangup()
 	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -82,8 +84,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	logger := cli.NewLogger(stderr, level)
-	ctx, cancel := cli.SignalContext(ctx)
+	ctx, hup, cancel := cli.Signals(ctx, logger)
 	defer cancel()
+	flags.Hangup(hup)
 	flags.LogStart(logger, "starting ServerApp", fedAvgRef, "rounds", *rounds, "min_nodes", *minNodes)
 	o := app.ServerOptions{
 		Server:       flags.Server,

@@ -6,7 +6,9 @@
 //
 // The certificate files are checked before anything listens and reloaded
 // while it serves (every --certificates-poll-interval, and at once on
-// SIGHUP). SIGINT or SIGTERM stop it gracefully.
+// SIGHUP). SIGHUP never ends it: in the modes without certificate files it
+// logs that there is nothing to reload. SIGINT or SIGTERM stop it
+// gracefully.
 package main
 
 import (
@@ -19,7 +21,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -54,6 +55,7 @@ var command = cli.Command{
 }
 
 func main() {
+	cli.IgnoreHangup()
 	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -207,8 +209,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := cli.NewLogger(stderr, slog.LevelInfo)
 
-	ctx, stop := cli.SignalContext(ctx)
+	ctx, hup, stop := cli.Signals(ctx, log)
 	defer stop()
+	hangupBefore(hup, c.mode)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -217,20 +220,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var creds credentials.TransportCredentials
 	switch c.mode {
 	case modeFiles:
-		// The file source reloads on SIGHUP once its Run has started; until
-		// then a SIGHUP must not end the process (the default action).
-		signal.Ignore(syscall.SIGHUP)
 		fsrc, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
 			CAFile:       c.caFile,
 			CertFile:     c.certFile,
 			KeyFile:      c.keyFile,
 			PollInterval: c.pollInterval,
 			Logger:       log,
+			NoSIGHUP:     true, // reloaded by hup
 		})
 		if err != nil {
 			return err
 		}
 		src = fsrc
+		hangupSource(hup, fsrc)
 	case modeACME:
 		asrc, err := c.acme.source(ctx, log)
 		if err != nil {
