@@ -2,7 +2,9 @@ package superlink
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -530,4 +532,221 @@ func FuzzGuardGarbage(f *testing.F) {
 			t.Fatalf("budget holds %d bytes after the end", st.InflightBytes)
 		}
 	})
+}
+
+// h2 dials the fixture's Fleet API with the raw HTTP/2 client.
+func (f *fixture) h2(t testing.TB, addr string) *testkit.H2Conn {
+	t.Helper()
+	c, err := testkit.DialH2(ctxT(t), addr, f.tlsConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// sendPart starts a message on a new stream of method declaring declared
+// bytes and sends sent bytes of it (zeros).
+func sendPart(t testing.TB, c *testkit.H2Conn, method string, declared uint32, sent int64) *testkit.H2Stream {
+	t.Helper()
+	s, err := c.Open(method)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(ctxT(t), s, declared, nil, sent, false); err != nil {
+		t.Fatalf("sending on stream %d: %v", s.ID, err)
+	}
+	return s
+}
+
+// waitDone waits for the server to end s and returns what it answered.
+func waitDone(t testing.TB, c *testkit.H2Conn, s *testkit.H2Stream) testkit.H2Stream {
+	t.Helper()
+	select {
+	case <-s.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("stream %d: no answer", s.ID)
+	}
+	return c.Result(s)
+}
+
+// The budget holds the declared size of the requests being received from
+// their prefix on: a push that does not fit beside one in progress is
+// refused at once (busy, retry), one larger than the budget allows ever
+// is refused as such, and once the first is answered the budget is free
+// again. Pings still pass in the headroom kept for small requests.
+func TestBudgetAdmitsByDeclaredSize(t *testing.T) {
+	f := startLimited(t, Limits{MaxInflightBytes: 64 << 20})
+	c := f.h2(t, f.fleetAddr)
+	a := sendPart(t, c, mPushTaskRes, 40<<20, 1<<20)
+	waitInflight(t, f.sl, 40<<20)
+
+	b := sendPart(t, c, mPushTaskRes, 30<<20, 100)
+	r := waitDone(t, c, b)
+	if r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "refused for now") || !strings.Contains(r.Message, "in-flight budget (--max-inflight-bytes) is 64 MiB") {
+		t.Fatalf("a push beside one in progress: %s", r.String())
+	}
+	big := sendPart(t, c, mPushTaskRes, 61<<20, 100)
+	if r := waitDone(t, c, big); r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "takes requests of at most 60 MiB") {
+		t.Fatalf("a push larger than the budget allows: %s", r.String())
+	}
+	// Small requests use the headroom: 23 MiB are left of the 64, all of
+	// them for small requests only.
+	ctx := ctxT(t)
+	for range 3 {
+		if _, err := f.fleet.Ping(ctx, &flwrproto.PingRequest{Node: &flwrproto.Node{NodeId: 1}, PingInterval: 30}); err != nil {
+			t.Fatalf("a Ping while the budget is taken: %v", err)
+		}
+	}
+	if st := f.sl.LimitStats(); st.InflightBytes != 40<<20 || st.RefusedBusy != 1 || st.RefusedTooLarge != 1 || st.MaxInflightBytes != 64<<20 {
+		t.Fatalf("stats: %+v", st)
+	}
+	// The rest of the first push: 40 MiB of zeros are no PushTaskRes, the
+	// handler refuses it, and the budget is free.
+	if err := c.Continue(ctx, a, 39<<20, true); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitDone(t, c, a); r.Status == codes.ResourceExhausted || !r.Trailers {
+		t.Fatalf("the admitted push: %s", r.String())
+	}
+	waitInflight(t, f.sl, 0)
+	c2 := sendPart(t, c, mPushTaskRes, 50<<20, 100)
+	waitInflight(t, f.sl, 50<<20)
+	if err := c.Reset(c2); err != nil {
+		t.Fatal(err)
+	}
+	waitInflight(t, f.sl, 0) // cut short: released at once
+	f.healthy(t)
+}
+
+// waitClosed waits for the server to close c.
+func waitClosed(t testing.TB, c *testkit.H2Conn, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for c.Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection is still open after %v", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A request admitted into the budget that then receives nothing for the
+// stall timeout costs its connection, and the budget is free again; a
+// connection that ends releases what it held.
+func TestStalledRequestClosesConnection(t *testing.T) {
+	f := startLimited(t, Limits{StallTimeout: 300 * time.Millisecond})
+	c := f.h2(t, f.fleetAddr)
+	sendPart(t, c, mPushTaskRes, 10<<20, 1<<20)
+	waitInflight(t, f.sl, 10<<20)
+	begin := time.Now()
+	waitClosed(t, c, 5*time.Second)
+	if took := time.Since(begin); took < 200*time.Millisecond {
+		t.Errorf("closed after %v, before the stall timeout", took)
+	}
+	waitInflight(t, f.sl, 0)
+	if st := f.sl.LimitStats(); st.ClosedConnections != 1 {
+		t.Errorf("stats: %+v", st)
+	}
+	if !strings.Contains(f.logs.String(), "received nothing for 300ms") {
+		t.Errorf("no log line saying why:\n%s", f.logs.String())
+	}
+
+	// A peer that goes away mid-request.
+	c2 := f.h2(t, f.fleetAddr)
+	sendPart(t, c2, mPushTaskRes, 10<<20, 1<<20)
+	waitInflight(t, f.sl, 10<<20)
+	c2.Close()
+	waitInflight(t, f.sl, 0)
+	f.healthy(t)
+}
+
+// A second message in one unary call starting mid-frame cannot be
+// withheld: when it is too large the connection is closed; when it fits,
+// gRPC answers its cardinality error. Other connections are untouched.
+func TestSecondMessageInUnaryCall(t *testing.T) {
+	f := startLimited(t, Limits{})
+	msg := func(declared uint32, body int) []byte {
+		m := make([]byte, 5+body)
+		binary.BigEndian.PutUint32(m[1:], declared)
+		return m
+	}
+	c := f.h2(t, f.fleetAddr)
+	s, err := c.Open(mCreateNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := msg(9, 9)
+	second[5] = 0x09 // ping_interval, a double: 0
+	if err := c.WriteRaw(s, append(msg(0, 0), second...), true); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitDone(t, c, s); r.Status != codes.Internal || !strings.Contains(r.Message, "cardinality") {
+		t.Fatalf("two small messages: %s", r.String())
+	}
+	s, err = c.Open(mCreateNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteRaw(s, append(msg(0, 0), msg(2<<20, 100)...), false); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, c, 5*time.Second)
+	if !strings.Contains(f.logs.String(), "a second message in one CreateNode call had to be refused") {
+		t.Errorf("no log line saying why:\n%s", f.logs.String())
+	}
+	waitInflight(t, f.sl, 0)
+	f.healthy(t)
+}
+
+// Each API holds at most MaxConnections connections: the next one waits
+// (its handshake does not complete) until one closes.
+func TestMaxConnections(t *testing.T) {
+	f := startLimited(t, Limits{MaxConnections: 3})
+	// The fixture's gRPC clients hold one connection to each API.
+	f.healthy(t)
+	c1 := f.h2(t, f.fleetAddr)
+	c2 := f.h2(t, f.fleetAddr)
+	_ = c2
+	if st := f.sl.LimitStats(); st.Connections != 4 {
+		t.Fatalf("connections: %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if c, err := testkit.DialH2(ctx, f.fleetAddr, f.tlsConfig(t)); err == nil {
+		c.Close()
+		t.Fatal("a fourth connection to the Fleet API completed its handshake")
+	}
+	c1.Close()
+	c3 := f.h2(t, f.fleetAddr)
+	s, err := c3.Open("/grpc.health.v1.Health/Check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c3.Send(ctxT(t), s, 0, nil, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitDone(t, c3, s); r.Status != codes.OK {
+		t.Fatalf("health check on the connection that waited: %s", r.String())
+	}
+}
+
+// A connection without a call for IdleTimeout is closed (gRPC sends
+// GOAWAY), and one that does not finish its TLS handshake within
+// HandshakeTimeout too.
+func TestIdleAndHandshakeTimeouts(t *testing.T) {
+	f := startLimited(t, Limits{IdleTimeout: 300 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond})
+	c := f.h2(t, f.fleetAddr)
+	waitClosed(t, c, 5*time.Second)
+
+	raw, err := net.Dial("tcp", f.fleetAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	begin := time.Now()
+	if _, err := raw.Read(make([]byte, 1)); err == nil || time.Since(begin) > 3*time.Second {
+		t.Fatalf("a connection that never sends its ClientHello: read %v after %v, want the server to close it", err, time.Since(begin))
+	}
 }

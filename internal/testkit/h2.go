@@ -317,13 +317,21 @@ var ErrStreamEnded = errors.New("the server ended the stream")
 // last frame ends the stream. It returns ErrStreamEnded as soon as the
 // server ended the stream, and gives up when ctx ends.
 func (c *H2Conn) Send(ctx context.Context, s *H2Stream, length uint32, head []byte, sent int64, end bool) error {
-	prefix := make([]byte, 5, 5+len(head))
-	binary.BigEndian.PutUint32(prefix[1:], length)
-	pending := append(prefix, head...)
-	total := int64(5) + sent
 	if sent < int64(len(head)) {
 		return fmt.Errorf("testkit: Send: %d bytes to send but the head alone is %d", sent, len(head))
 	}
+	prefix := make([]byte, 5, 5+len(head))
+	binary.BigEndian.PutUint32(prefix[1:], length)
+	return c.send(ctx, s, append(prefix, head...), 5+sent, end)
+}
+
+// Continue sends n more zero bytes of body on s, as Send does.
+func (c *H2Conn) Continue(ctx context.Context, s *H2Stream, n int64, end bool) error {
+	return c.send(ctx, s, nil, n, end)
+}
+
+// send sends pending and then zeros, total bytes in all.
+func (c *H2Conn) send(ctx context.Context, s *H2Stream, pending []byte, total int64, end bool) error {
 	zeros := make([]byte, 16384)
 	stop := context.AfterFunc(ctx, func() {
 		c.mu.Lock()
@@ -332,9 +340,9 @@ func (c *H2Conn) Send(ctx context.Context, s *H2Stream, length uint32, head []by
 	})
 	defer stop()
 	var done int64
-	for done < total {
+	for done < total || (end && total == 0 && done == 0) {
 		c.mu.Lock()
-		for !s.closed && c.readErr == nil && ctx.Err() == nil && (c.connWin <= 0 || s.win <= 0) {
+		for !s.closed && c.readErr == nil && ctx.Err() == nil && total > 0 && (c.connWin <= 0 || s.win <= 0) {
 			c.cond.Wait()
 		}
 		if s.closed || c.readErr != nil {
@@ -365,8 +373,11 @@ func (c *H2Conn) Send(ctx context.Context, s *H2Stream, length uint32, head []by
 		}
 		done += n
 		c.mu.Lock()
-		s.Sent = done
+		s.Sent += n
 		c.mu.Unlock()
+		if total == 0 {
+			break
+		}
 	}
 	return nil
 }
@@ -434,4 +445,19 @@ func PushTaskResHead(runID, node int64, ancestor string, n int) []byte {
 		head = append(h, head...)
 	}
 	return head
+}
+
+// Reset cancels s with RST_STREAM (CANCEL), as a client that gives up.
+func (c *H2Conn) Reset(s *H2Stream) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.fr.WriteRSTStream(s.ID, http2.ErrCodeCancel)
+}
+
+// WriteRaw writes a DATA frame on s with payload as it is, ignoring flow
+// control: for tests that craft the gRPC framing themselves.
+func (c *H2Conn) WriteRaw(s *H2Stream, payload []byte, end bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.fr.WriteData(s.ID, end, payload)
 }
