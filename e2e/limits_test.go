@@ -158,13 +158,21 @@ func TestAttackSmallMethodBodies(t *testing.T) {
 }
 
 // The issue's second attack: 6 streams on one connection, each a complete
-// 200 MB PushTaskRes (a well-formed request carrying one 200 MB array),
-// under --max-inflight-bytes 256MiB.
+// 200 MB PushTaskRes (well-formed, one 200 MB array, from a node that does
+// not exist), against a SuperLink run with --max-inflight-bytes 256MiB.
+// One push fits the budget and is read (then refused by the state: no such
+// TaskIns); the five others are refused at their prefix with
+// ResourceExhausted naming the budget, before 16 MiB of each arrived. The
+// bound: what is admitted is at most the budget, and each admitted byte
+// costs the SuperLink at most twice (the frames gRPC received and the
+// decoded copy of the array), so its peak RSS grows by under 2 x 256 MiB +
+// 64 MiB = 576 MiB, half of the 1.2 GB sent (without the limits it grew by
+// 1.9 GiB).
 func TestAttackLargePushes(t *testing.T) {
 	needE2E(t)
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), strings.Fields(os.Getenv("SEPAL_LIMITS_ARGS"))...)...)
+	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--max-inflight-bytes", "256MiB")...)
 	pid := sl.cmd.Process.Pid
 	before := vm(t, pid, "VmHWM")
 	const size = 200e6
@@ -176,7 +184,35 @@ func TestAttackLargePushes(t *testing.T) {
 	time.Sleep(time.Second)
 	hwm := vm(t, pid, "VmHWM")
 	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid, "VmRSS")/mib)
+	admitted := 0
 	for _, r := range res {
 		t.Logf("%s", r.String())
+		switch {
+		case !r.Trailers:
+			t.Errorf("%s, want an answer", r.String())
+		case r.Status == codes.ResourceExhausted:
+			if !strings.Contains(r.Message, "refused for now") || !strings.Contains(r.Message, "(--max-inflight-bytes) is 256 MiB") {
+				t.Errorf("%s, want the budget named", r.String())
+			}
+			if r.Sent > 16*mib {
+				t.Errorf("stream %d sent %d bytes before it was refused", r.ID, r.Sent)
+			}
+		case r.Status == codes.NotFound:
+			admitted++
+		default:
+			t.Errorf("%s, want NotFound (read, no such TaskIns) or ResourceExhausted", r.String())
+		}
+	}
+	if admitted < 1 || admitted > 2 {
+		t.Errorf("%d pushes were read, want 1 (or 2 if one finished before the last began)", admitted)
+	}
+	if grew := hwm - before; grew > 576*mib {
+		t.Errorf("the SuperLink's peak RSS grew by %d MiB during the attack, want under 576 MiB", grew/mib)
+	}
+	if got := slHealth(t, sl.fleet, filepath.Join(dir, slCA)); got.String() != "SERVING" {
+		t.Errorf("health after the attack: %v", got)
+	}
+	if !strings.Contains(sl.out.String(), `level=WARN msg="request refused by a limit"`) {
+		t.Errorf("no warning logged:\n%s", sl.out.String())
 	}
 }
