@@ -253,7 +253,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	if err := c.mtls.load(ctx, log, c.pollInterval); err != nil {
+	if err := c.mtls.load(ctx, log, c.pollInterval, hup); err != nil {
 		return err
 	}
 	fleetCreds, driverCreds := c.mtls.credentials(src, creds)

@@ -10,9 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -80,22 +78,25 @@ func (m *mtlsFlags) check(c *config) error {
 }
 
 // load checks the client CA and CRL files (the same start-up checks as the
-// server certificate) and starts their reload (every poll, and on SIGHUP)
-// until ctx ends. Nothing listens yet: a bad file stops the command here,
-// with an error naming the flag.
-func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Duration) error {
+// server certificate) and starts their reload (every poll until ctx ends,
+// and on SIGHUP through hup). Nothing listens yet: a bad file stops the
+// command here, with an error naming the flag.
+func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Duration, hup *cli.Hangup) error {
 	if !m.enabled() {
 		return nil
 	}
 	m.refusals = &refusalLog{log: log, seen: map[string]time.Time{}}
-	// The sources reload on SIGHUP once Run has started; until then a
-	// SIGHUP must not end the process (the default action).
-	signal.Ignore(syscall.SIGHUP)
 	open := func(flag, file string) (*selfsigned.ClientCAFile, error) {
-		s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll, Logger: log.With("client_ca_flag", "--"+flag)})
+		s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
+			Logger: log.With("client_ca_flag", "--"+flag), NoSIGHUP: true})
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", flag, err)
 		}
+		what := "client CA --" + flag
+		if m.crl != "" {
+			what += " and CRL --" + clientCRLFlag
+		}
+		hup.Add(what, s.Reload)
 		go s.Run(ctx) // returns nil when ctx ends; failures are logged
 		return s, nil
 	}

@@ -4,15 +4,26 @@ import "github.com/sepal-fl/sepal/internal/cli"
 
 // Hangup says what SIGHUP does for a client of the SuperLink (a SuperNode
 // or a ServerApp) given these flags: nothing reloads, as the TLS roots
-// are read once when the connection is made; SIGHUP logs that and the
-// command goes on.
+// and the client certificate are read once, when the connection is made;
+// SIGHUP logs that and the command goes on.
 func (f *Flags) Hangup(hup *cli.Hangup) {
+	var why string
 	switch {
 	case f.Insecure:
 		hup.Nothing("plaintext (--insecure) has no certificate")
+		return
 	case f.RootCertificates != "":
-		hup.Nothing("--root-certificates is read once, when the connection is made")
+		why = "--root-certificates"
 	default:
-		hup.Nothing("the system's root certificates are read once, when the connection is made")
+		why = "the system's root certificates"
 	}
+	if f.ClientCertificate != "" {
+		why += " and --client-certificate are"
+	} else {
+		why += " is"
+		if f.RootCertificates == "" {
+			why = "the system's root certificates are"
+		}
+	}
+	hup.Nothing(why + " read once, when the connection is made")
 }
