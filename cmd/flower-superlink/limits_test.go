@@ -1,0 +1,58 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/superlink"
+)
+
+func TestParseSize(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+	}{
+		{"256MiB", 256 << 20}, {"1GiB", 1 << 30}, {"1gib", 1 << 30}, {"4194304", 4 << 20},
+		{"512 MiB", 512 << 20}, {"1.5GiB", 3 << 29}, {"2GB", 2e9}, {"64kB", 64000}, {"100B", 100},
+	} {
+		if got, err := parseSize(c.in); err != nil || got != c.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1MiB", "1e9", "0x10", "1XB", "9999999999999TiB", "NaN", "1_000"} {
+		if got, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", in, got)
+		}
+	}
+}
+
+func TestLimitFlags(t *testing.T) {
+	c, err := parseArgs([]string{"--insecure", "--max-inflight-bytes", "256MiB", "--max-connections", "10"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.limits.limits(); l.MaxInflightBytes != 256<<20 || l.MaxConnections != 10 {
+		t.Fatalf("limits %+v", l)
+	}
+	c, err = parseArgs([]string{"--insecure"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.limits.limits(); l.MaxInflightBytes != superlink.DefaultMaxInflightBytes || l.MaxConnections != superlink.DefaultMaxConnections {
+		t.Fatalf("default limits %+v", l)
+	}
+	for _, bad := range []struct{ args, want string }{
+		{"--max-inflight-bytes 3MiB", "--max-inflight-bytes 3MiB: give at least 4MiB"},
+		{"--max-inflight-bytes lots", `"lots" is not a size: give bytes, or a number and a unit, such as 256MiB or 1GiB`},
+		{"--max-connections 0", "--max-connections 0: give 1 or more"},
+	} {
+		_, err := parseArgs(append([]string{"--insecure"}, strings.Fields(bad.args)...), io.Discard)
+		var ue *cli.UsageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want a usage error with %q", bad.args, err, bad.want)
+		}
+	}
+}
