@@ -191,7 +191,7 @@ func TestMutualTLSOffFleet(t *testing.T) {
 	if err := link.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	link.waitOutput(t, "trigger=sighup", 10*time.Second)
+	link.waitOutput(t, `msg="SIGHUP: reloaded" reload="client CA --driver-api-client-ca and CRL --client-crl"`, 10*time.Second)
 	out, code = run(t, 30*time.Second, dir, nil, "flower-server-app", append([]string{"server:app", "--root-certificates", "certificates/ca.crt",
 		"--server", driver, "--rounds", "1", "--min-nodes", "1"}, clientCert("serverapp", "serverapp")...)...)
 	if line := lastLine(out); code != 1 || !strings.Contains(line, "sepal:serverapp:serverapp") || !strings.Contains(line, "has been revoked") {
