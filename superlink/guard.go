@@ -287,6 +287,9 @@ func (e *emitter) insert(b []byte) {
 // Read returns the client's bytes to gRPC, less what is withheld, with
 // the guard's RST_STREAM frames inserted.
 func (c *guardConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	for {
 		if len(c.out) > 0 {
 			n := copy(p, c.out)
