@@ -849,30 +849,24 @@ func (o *outbound) atBoundary() bool { return o.hdrN == 0 && o.left == 0 && !o.i
 // frame (all of p when it does not), without consuming them.
 func (o *outbound) toBoundary(p []byte) int {
 	c := *o
-	for i := 0; i < len(p); {
-		if c.atBoundary() && i > 0 {
-			return i
-		}
-		if c.left == 0 {
-			k := min(frameHeaderLen-c.hdrN, len(p)-i)
-			copy(c.hdr[c.hdrN:], p[i:i+k])
-			c.hdrN += k
-			i += k
-			if c.hdrN == frameHeaderLen {
-				c.frame(nil)
-			}
-			continue
-		}
-		k := min(c.left, len(p)-i)
-		c.left -= k
-		i += k
-	}
-	return len(p)
+	n, _ := c.walk(p, true, nil)
+	return n
 }
 
 // scan consumes p and appends to ended the streams whose end it writes.
 func (o *outbound) scan(p []byte, ended []uint32) []uint32 {
+	_, ended = o.walk(p, false, ended)
+	return ended
+}
+
+// walk consumes p, or with stop only up to the first frame boundary after
+// its start, and returns how many bytes it consumed, appending to ended
+// the streams whose end they write.
+func (o *outbound) walk(p []byte, stop bool, ended []uint32) (int, []uint32) {
 	for i := 0; i < len(p); {
+		if stop && i > 0 && o.atBoundary() {
+			return i, ended
+		}
 		if o.left == 0 {
 			k := min(frameHeaderLen-o.hdrN, len(p)-i)
 			copy(o.hdr[o.hdrN:], p[i:i+k])
@@ -887,7 +881,7 @@ func (o *outbound) scan(p []byte, ended []uint32) []uint32 {
 		o.left -= k
 		i += k
 	}
-	return ended
+	return len(p), ended
 }
 
 // frame acts on a complete frame header.

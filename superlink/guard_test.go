@@ -750,3 +750,91 @@ func TestIdleAndHandshakeTimeouts(t *testing.T) {
 		t.Fatalf("a connection that never sends its ClientHello: read %v after %v, want the server to close it", err, time.Since(begin))
 	}
 }
+
+// The guard's answers go out between gRPC's frames, whatever the sizes of
+// gRPC's writes: never inside a frame, nor between a HEADERS frame and its
+// CONTINUATION; and the streams gRPC ends are noted.
+func TestGuardAnswersAtFrameBoundaries(t *testing.T) {
+	var out bytes.Buffer
+	fr := http2.NewFramer(&out, nil)
+	fr.WriteSettings()
+	fr.WriteData(1, false, make([]byte, 5000))
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: []byte{0x88}, EndHeaders: false}) // :status 200, split
+	fr.WriteContinuation(3, false, nil)
+	fr.WriteContinuation(3, true, nil)
+	fr.WriteData(3, false, make([]byte, 100))
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: []byte{0x88}, EndHeaders: true, EndStream: true})
+	fr.WriteRSTStream(5, http2.ErrCodeCancel)
+	server := out.Bytes()
+	answer := trailersOnly(7, codes.ResourceExhausted, "no", true)
+	// Where another frame may go: frame starts outside the header block
+	// of stream 3, and the end.
+	var allowed []int
+	for i, inBlock := 0, false; ; {
+		if !inBlock {
+			allowed = append(allowed, i)
+		}
+		if i == len(server) {
+			break
+		}
+		length := int(server[i])<<16 | int(server[i+1])<<8 | int(server[i+2])
+		if typ := server[i+3]; typ == frameHeaders || typ == frameContinuation {
+			inBlock = server[i+4]&flagEndHeaders == 0
+		}
+		i += frameHeaderLen + length
+	}
+
+	for seed := range uint64(200) {
+		r := rand.New(rand.NewPCG(seed, 1))
+		sc := &scriptConn{}
+		c := newGuard(&budget{max: 1 << 30}, slog.New(slog.DiscardHandler), time.Minute).wrap(sc)
+		for _, id := range []uint32{1, 3, 5} {
+			c.streams[id] = &gstream{id: id, reserved: 10}
+		}
+		c.g.b.used.Store(30)
+		at := r.IntN(len(server)) // the answer is decided after this many bytes
+		decided := -1             // what gRPC had written then
+		for p := server; len(p) > 0; {
+			n := min(len(p), 1+r.IntN(3000))
+			if seed%2 == 0 {
+				n = min(len(p), 1+r.IntN(20)) // header blocks split too
+			}
+			if sent := len(server) - len(p); sent <= at && at < sent+n {
+				decided = sent
+				c.wmu.Lock()
+				c.answers = append(c.answers, answer)
+				if c.outb.atBoundary() {
+					c.flushAnswers()
+				}
+				c.wmu.Unlock()
+			}
+			if _, err := c.Write(p[:n]); err != nil {
+				t.Fatal(err)
+			}
+			p = p[n:]
+		}
+		// At the first place allowed once it was decided, not later.
+		b := 0
+		for _, a := range allowed {
+			if a >= decided {
+				b = a
+				break
+			}
+		}
+		want := append(append(append([]byte{}, server[:b]...), answer...), server[b:]...)
+		if !bytes.Equal(sc.written.Bytes(), want) {
+			t.Fatalf("seed %d: the answer decided after %d bytes is not at byte %d", seed, decided, b)
+		}
+		lines := frameLines(t, sc.written.Bytes(), hpack.NewDecoder(4096, nil), false)
+		got := strings.Join(lines, "\n")
+		if !strings.Contains(got, "HEADERS 7 :status=200 content-type=application/grpc grpc-status=8 grpc-message=no END_STREAM\nRST_STREAM 7 NO_ERROR") {
+			t.Fatalf("seed %d: the answer is not whole:\n%s", seed, got)
+		}
+		if len(lines) != 8 { // CONTINUATIONs are read into their HEADERS
+			t.Fatalf("seed %d: %d frames:\n%s", seed, len(lines), got)
+		}
+		if st := c.g.b.stats(); st.InflightBytes != 10 {
+			t.Fatalf("seed %d: %d bytes held, want those of stream 1 only (gRPC ended 3 and 5)", seed, st.InflightBytes)
+		}
+	}
+}

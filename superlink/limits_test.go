@@ -129,4 +129,3 @@ func Test16Nodes32MiBAtOnce(t *testing.T) {
 		t.Fatalf("stats after the pushes: %+v", st)
 	}
 }
-
