@@ -37,7 +37,7 @@ func newInterner() *interner { return &interner{m: map[uint64][]*blob{}} }
 // prepareBlobs hashes every Array.data of rs worth interning.
 func prepareBlobs(rs *flwrproto.RecordSet) []preparedBlob {
 	var out []preparedBlob
-	state.EachBlob(rs, func(a *flwrproto.Array) {
+	state.EachBlob(rs, func(_ int, a *flwrproto.Array) {
 		out = append(out, preparedBlob{arr: a, hash: state.HashBlob(a.Data)})
 	})
 	return out

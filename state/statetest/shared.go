@@ -201,10 +201,12 @@ func testRestart(t *testing.T, e *env) {
 		return ti
 	}
 	delivered := e.push(t, s, withModel(TaskIns(run, a, e.now())))
-	waiting := e.push(t, s, withModel(TaskIns(run, a, e.now())))
+	waiting := withModel(TaskIns(run, a, e.now()))
+	want := proto.Clone(waiting).(*flwrproto.TaskIns)
+	e.push(t, s, waiting)
+	want.TaskId, want.Task.PushedAt = waiting.TaskId, waiting.Task.PushedAt
 	answered := e.push(t, s, TaskIns(run, b, e.now()))
 	gone := e.push(t, s, TaskIns(run, b, e.now()))
-	want := proto.Clone(waiting).(*flwrproto.TaskIns)
 	pa := e.pullOne(t, s, a)
 	if pa.TaskId != delivered.TaskId {
 		t.Fatal("not delivered in push order")
@@ -247,7 +249,7 @@ func testRestart(t *testing.T, e *env) {
 	got := proto.Clone(e.pullOne(t, s, a)).(*flwrproto.TaskIns)
 	got.Task.DeliveredAt = ""
 	if !proto.Equal(got, want) {
-		t.Errorf("TaskIns pulled after the restart differs:\n got %v\nwant %v", got, want)
+		t.Errorf("TaskIns %s pulled after the restart differs from the one pushed", got.TaskId)
 	}
 	if _, err := s.PullTaskIns(ctx, a, "node-b"); err == nil {
 		t.Error("the node's identity was lost in the restart")

@@ -1,0 +1,373 @@
+package sqlstate
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"fmt"
+	"sync"
+	"time"
+	"unsafe"
+	"weak"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
+)
+
+// Parameter arrays (Array.data of state.BlobMin bytes and more) are stored
+// once by content: a row in blobs per SHA-256, its data in blob_chunks rows
+// of chunkSize bytes (so that neither database holds a second whole copy of
+// a 512 MiB array in memory while writing or reading it), and a task_blobs
+// row per array of a task that holds it. blobs.refs counts those rows; the
+// transaction that drops it to zero deletes the blob.
+//
+// A process keeps the arrays it wrote or read in a cache (blobCache): held
+// firmly while this process knows tasks that reference them and they were
+// used in the last cacheKeep, then weakly (the memory is the garbage
+// collector's, and the cache finds it as long as a response still being
+// sent holds it). So 16 nodes pulling the same TaskIns cost one read, and
+// the codec finds an array the ServerApp pushes again without copying it.
+// The content never changes, so a cache entry is never stale, whatever
+// another process did to the database.
+
+// chunkSize is the size of a blob_chunks row.
+const chunkSize = 1 << 20
+
+// cacheKeep is how long the cache holds an array firmly after its last use.
+const cacheKeep = time.Minute
+
+type sum = [sha256.Size]byte
+
+// blobRef is one array of a task stored apart: its place in the task's
+// record set (state.EachArray) and its content.
+type blobRef struct {
+	pos  int
+	sum  sum
+	data []byte // the array's data while pushed; nil when read from the table
+}
+
+// prepareBlobs finds the large arrays of rs, computes their SHA-256 (or
+// takes it from the cache when the array is one the cache holds), and
+// takes their data out of rs, so that rs is stored without them. It runs
+// before the transaction: hashing 512 MiB takes a while.
+func (c *blobCache) prepareBlobs(rs *flwrproto.RecordSet) []blobRef {
+	var refs []blobRef
+	state.EachBlob(rs, func(pos int, a *flwrproto.Array) {
+		s, ok := c.sumOf(a.Data)
+		if !ok {
+			s = sha256.Sum256(a.Data)
+		}
+		refs = append(refs, blobRef{pos: pos, sum: s, data: a.Data})
+		a.Data = nil
+	})
+	return refs
+}
+
+// putBlobs records the arrays of task insID (kind 0: the TaskIns, 1: the
+// TaskRes) in tx, writing the content of those the table does not hold.
+func (s *State) putBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int, refs []blobRef) error {
+	for _, r := range refs {
+		var refCount int64
+		if err := tx.QueryRowContext(ctx, `INSERT INTO blobs (hash, size, refs) VALUES ($1, $2, 1)
+			ON CONFLICT (hash) DO UPDATE SET refs = blobs.refs + 1
+			RETURNING refs`, r.sum[:], len(r.data)).Scan(&refCount); err != nil {
+			return err
+		}
+		if refCount == 1 {
+			for n, off := 0, 0; off < len(r.data); n, off = n+1, off+chunkSize {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO blob_chunks (hash, n, data) VALUES ($1, $2, $3)`,
+					r.sum[:], n, r.data[off:min(off+chunkSize, len(r.data))]); err != nil {
+					return err
+				}
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO task_blobs (ins_id, kind, pos, hash) VALUES ($1, $2, $3, $4)`,
+			insID, kind, r.pos, r.sum[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// getBlobs puts the arrays of task insID (kind as in putBlobs) back into
+// rs, from the cache or the table.
+func (s *State) getBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int, rs *flwrproto.RecordSet) error {
+	rows, err := tx.QueryContext(ctx, `SELECT pos, hash FROM task_blobs WHERE ins_id = $1 AND kind = $2 ORDER BY pos`, insID, kind)
+	if err != nil {
+		return err
+	}
+	var refs []blobRef
+	for rows.Next() {
+		var r blobRef
+		var h []byte
+		if err := rows.Scan(&r.pos, &h); err != nil {
+			rows.Close()
+			return err
+		}
+		copy(r.sum[:], h)
+		refs = append(refs, r)
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	byPos := make(map[int][]byte, len(refs))
+	for _, r := range refs {
+		d := s.cache.get(r.sum)
+		if d == nil {
+			if d, err = s.readBlob(ctx, tx, r.sum); err != nil {
+				return err
+			}
+			d = s.cache.put(r.sum, d)
+		}
+		byPos[r.pos] = d
+	}
+	state.EachArray(rs, func(pos int, a *flwrproto.Array) {
+		if d, ok := byPos[pos]; ok {
+			a.Data = d
+			delete(byPos, pos)
+		}
+	})
+	if len(byPos) != 0 {
+		return fmt.Errorf("task %s: %d stored arrays have no place in its message", insID, len(byPos))
+	}
+	return nil
+}
+
+// readBlob reads one array from its chunks into a slice of its own.
+func (s *State) readBlob(ctx context.Context, tx *sql.Tx, h sum) ([]byte, error) {
+	var size int64
+	if err := tx.QueryRowContext(ctx, `SELECT size FROM blobs WHERE hash = $1`, h[:]).Scan(&size); err != nil {
+		return nil, fmt.Errorf("array %x: %w", h[:8], err)
+	}
+	out := make([]byte, 0, size)
+	rows, err := tx.QueryContext(ctx, `SELECT data FROM blob_chunks WHERE hash = $1 ORDER BY n`, h[:])
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var b sql.RawBytes
+		if err := rows.Scan(&b); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if int64(len(out)+len(b)) > size {
+			rows.Close()
+			return nil, fmt.Errorf("array %x: its chunks hold more than its %d bytes", h[:8], size)
+		}
+		out = append(out, b...)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	if int64(len(out)) != size {
+		return nil, fmt.Errorf("array %x: its chunks hold %d of its %d bytes", h[:8], len(out), size)
+	}
+	return out, nil
+}
+
+// dropBlobs deletes the task_blobs rows of task insID (both kinds, or only
+// kind when kind >= 0) and releases their blobs; it returns the blobs
+// deleted, which the cache may let go once tx commits.
+func (s *State) dropBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int) ([]sum, error) {
+	q, args := `DELETE FROM task_blobs WHERE ins_id = $1 RETURNING hash`, []any{insID}
+	if kind >= 0 {
+		q, args = `DELETE FROM task_blobs WHERE ins_id = $1 AND kind = $2 RETURNING hash`, []any{insID, kind}
+	}
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	var hashes []sum
+	for rows.Next() {
+		var h []byte
+		if err := rows.Scan(&h); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		hashes = append(hashes, sum(h))
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	var gone []sum
+	for _, h := range hashes {
+		var refs int64
+		if err := tx.QueryRowContext(ctx, `UPDATE blobs SET refs = refs - 1 WHERE hash = $1 RETURNING refs`, h[:]).Scan(&refs); err != nil {
+			return nil, fmt.Errorf("array %x: %w", h[:8], err)
+		}
+		if refs > 0 {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM blob_chunks WHERE hash = $1`, h[:]); err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM blobs WHERE hash = $1`, h[:]); err != nil {
+			return nil, err
+		}
+		gone = append(gone, h)
+	}
+	return gone, nil
+}
+
+// blobCache holds arrays this process wrote or read, by content. It is
+// safe for concurrent use.
+type blobCache struct {
+	mu     sync.Mutex
+	bySum  map[sum]*cacheEntry
+	byHash map[uint64][]*cacheEntry // state.HashBlob, for the codec
+	now    func() time.Time
+}
+
+type cacheEntry struct {
+	sum  sum
+	hash uint64
+	n    int
+	// firm holds the data while the entry is pinned; weak finds it after,
+	// for as long as something else holds it.
+	firm    []byte
+	weak    weak.Pointer[byte]
+	lastUse time.Time
+}
+
+func newBlobCache(now func() time.Time) *blobCache {
+	return &blobCache{bySum: map[sum]*cacheEntry{}, byHash: map[uint64][]*cacheEntry{}, now: now}
+}
+
+// data returns the entry's content, or nil once it was collected.
+func (e *cacheEntry) data() []byte {
+	if e.firm != nil {
+		return e.firm
+	}
+	if p := e.weak.Value(); p != nil {
+		return unsafe.Slice(p, e.n)
+	}
+	return nil
+}
+
+// put adds d (content h, never to be changed again) and holds it firmly;
+// when the cache already has the content, it returns the held copy
+// instead, so that one copy serves everyone.
+func (c *blobCache) put(h sum, d []byte) []byte {
+	if len(d) == 0 {
+		return d
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.bySum[h]; e != nil {
+		if old := e.data(); old != nil {
+			e.firm, e.lastUse = old, c.now()
+			return old
+		}
+		c.removeLocked(e)
+	}
+	d = d[:len(d):len(d)]
+	e := &cacheEntry{sum: h, hash: state.HashBlob(d), n: len(d), firm: d, weak: weak.Make(&d[0]), lastUse: c.now()}
+	c.bySum[h] = e
+	c.byHash[e.hash] = append(c.byHash[e.hash], e)
+	return d
+}
+
+// get returns the content h if the cache still has it, and holds it
+// firmly again.
+func (c *blobCache) get(h sum) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.bySum[h]
+	if e == nil {
+		return nil
+	}
+	d := e.data()
+	if d == nil {
+		c.removeLocked(e)
+		return nil
+	}
+	e.firm, e.lastUse = d, c.now()
+	return d
+}
+
+// sumOf returns the SHA-256 of d when the cache holds that very slice (the
+// codec handed it out through FindBlob).
+func (c *blobCache) sumOf(d []byte) (sum, bool) {
+	if len(d) == 0 {
+		return sum{}, false
+	}
+	h := state.HashBlob(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.byHash[h] {
+		if e.n != len(d) {
+			continue
+		}
+		if held := e.data(); held != nil && &held[0] == &d[0] {
+			return e.sum, true
+		}
+	}
+	return sum{}, false
+}
+
+// find is FindBlob: held content of length n and hash h for which eq is
+// true.
+func (c *blobCache) find(h uint64, n int, eq func([]byte) bool) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.byHash[h] {
+		if e.n != n {
+			continue
+		}
+		if d := e.data(); d != nil && eq(d) {
+			e.firm, e.lastUse = d, c.now()
+			return d
+		}
+	}
+	return nil
+}
+
+// release lets go of deleted contents firmly held: others may still hold
+// them while responses are sent.
+func (c *blobCache) release(hs []sum) {
+	if len(hs) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range hs {
+		if e := c.bySum[h]; e != nil {
+			e.firm = nil
+		}
+	}
+}
+
+// sweep lets go of contents unused for cacheKeep and forgets those
+// collected.
+func (c *blobCache) sweep() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	for _, e := range c.bySum {
+		if e.firm != nil && now.Sub(e.lastUse) > cacheKeep {
+			e.firm = nil
+		}
+		if e.data() == nil {
+			c.removeLocked(e)
+		}
+	}
+}
+
+func (c *blobCache) removeLocked(e *cacheEntry) {
+	delete(c.bySum, e.sum)
+	list := c.byHash[e.hash]
+	for i, o := range list {
+		if o == e {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(c.byHash, e.hash)
+	} else {
+		c.byHash[e.hash] = list
+	}
+}

@@ -1,0 +1,915 @@
+// Package sqlstate is the SuperLink state in a SQL database: SQLite (a
+// file, through a pure-Go driver: OpenSQLite), and written so that
+// PostgreSQL is a dialect away. Everything lives in the database: every
+// call is one transaction, committed before it returns, and nothing that
+// matters is kept only in the process, so the state survives a restart or
+// a crash of the SuperLink, and several processes may share one database
+// (a TaskIns still goes to exactly one node).
+//
+// The schema is created and upgraded by the State itself, from numbered
+// migrations embedded in the binary (migrations/), recorded in the table
+// schema_migrations; a database of a newer schema is refused. Parameter
+// arrays are stored once by content, in chunks (see blobs.go).
+package sqlstate
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
+)
+
+// Options configure a State. The zero value is ready to use.
+type Options struct {
+	// Logger receives one line per node that joins or leaves and per run
+	// created, and the database's failures. Default: slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for liveness, expiry and the task times.
+	// Default: time.Now.
+	Now func() time.Time
+	// Rand is the source of node ids, run ids and task ids (UUID4).
+	// Default: crypto/rand.Reader.
+	Rand io.Reader
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	return o
+}
+
+// State is the SQL state.State. It is safe for concurrent use, and several
+// States (in one process or several) may share one database.
+type State struct {
+	db    *sql.DB
+	d     *dialect
+	name  string // the database, as messages name it (a file path)
+	log   *slog.Logger
+	ev    state.Events
+	now   func() time.Time
+	rand  io.Reader
+	cache *blobCache
+
+	// wmu serialises this process's write transactions where the database
+	// takes one writer at a time anyway (SQLite): waiting here is cheaper
+	// and fairer than SQLite's busy handler.
+	wmu       sync.Mutex
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	onClose   func() error
+
+	failMu   sync.Mutex
+	lastFail string
+	lastLog  time.Time
+}
+
+var (
+	_ state.State      = (*State)(nil)
+	_ state.BlobFinder = (*State)(nil)
+)
+
+// open finishes opening a State on db: the schema, then the restart grace.
+func open(ctx context.Context, db *sql.DB, d *dialect, name string, o Options, tables func(context.Context, *sql.Tx) ([]string, error)) (*State, int, int, error) {
+	o = o.withDefaults()
+	s := &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now)}
+	from, to, err := migrate(ctx, db, d, tables)
+	if err != nil {
+		return nil, from, to, err
+	}
+	if err := s.grace(ctx); err != nil {
+		return nil, from, to, err
+	}
+	return s, from, to, nil
+}
+
+func micro(t time.Time) int64     { return t.UnixMicro() }
+func fromMicro(v int64) time.Time { return time.UnixMicro(v) }
+func nowMicro() int64             { return time.Now().UnixMicro() }
+
+// FindBlob returns an array the process holds, for the codec
+// (state.BlobFinder).
+func (s *State) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
+	return s.cache.find(hash, n, eq)
+}
+
+var errClosed = status.Error(codes.Unavailable, "superlink: the state is closed (the SuperLink is stopping)")
+
+// txFunc is the body of one call's transaction. after runs once it has
+// committed (logging, the cache).
+type txFunc func(tx *sql.Tx) (after func(), err error)
+
+// write runs fn in a write transaction and commits it; method names the
+// RPC in errors.
+func (s *State) write(ctx context.Context, method string, fn txFunc) error {
+	if s.d.serializeWrites {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+	}
+	return s.run(ctx, method, nil, fn)
+}
+
+// read runs fn in a read-only transaction.
+func (s *State) read(ctx context.Context, method string, fn func(tx *sql.Tx) error) error {
+	return s.run(ctx, method, s.d.readOnly, func(tx *sql.Tx) (func(), error) { return nil, fn(tx) })
+}
+
+func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn txFunc) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	tx, err := s.db.BeginTx(ctx, opts)
+	if err != nil {
+		return s.fail(method, err)
+	}
+	after, err := fn(tx)
+	if err != nil {
+		tx.Rollback()
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return s.fail(method, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.fail(method, err)
+	}
+	if after != nil {
+		after()
+	}
+	return nil
+}
+
+// fail turns a database error into a status error, and logs it (the same
+// failure at most every 10 seconds).
+func (s *State) fail(method string, err error) error {
+	code, ok := classifyContext(err)
+	hint := ""
+	if !ok {
+		code, hint = s.d.classify(err)
+	}
+	if code != codes.Canceled && code != codes.DeadlineExceeded {
+		msg := err.Error()
+		s.failMu.Lock()
+		now := time.Now()
+		if msg != s.lastFail || now.Sub(s.lastLog) > 10*time.Second {
+			s.lastFail, s.lastLog = msg, now
+			s.log.Error("state database failed; the call was not committed", "database", s.name, "method", method, "error", msg, "hint", hint)
+		}
+		s.failMu.Unlock()
+	}
+	if hint != "" {
+		hint = ": " + hint
+	}
+	return status.Errorf(code, "superlink: %s: the state database %s: %v%s", method, s.name, err, hint)
+}
+
+// CreateNode registers a node.
+func (s *State) CreateNode(ctx context.Context, pingInterval float64, identity string) (int64, error) {
+	d, err := state.CheckPingInterval(pingInterval)
+	if err != nil {
+		return 0, err
+	}
+	now := s.now()
+	var id int64
+	err = s.write(ctx, "CreateNode", func(tx *sql.Tx) (func(), error) {
+		for {
+			if id, err = state.RandomID(s.rand, nil); err != nil {
+				return nil, err
+			}
+			res, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, identity, ping_interval, created_at, online_until) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (id) DO NOTHING`, id, identity, pingInterval, micro(now), micro(now.Add(d)))
+			if err != nil {
+				return nil, err
+			}
+			if n, err := res.RowsAffected(); err != nil || n == 1 {
+				return func() { s.ev.NodeJoined(id, pingInterval, identity) }, err
+			}
+		}
+	})
+	return id, err
+}
+
+// nodeIdentity returns the identity a node was created with; ok is false
+// for an unknown node.
+func (s *State) nodeIdentity(ctx context.Context, tx *sql.Tx, id int64) (identity string, ok bool, err error) {
+	err = tx.QueryRowContext(ctx, `SELECT identity FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&identity)
+	if err == sql.ErrNoRows {
+		return "", false, nil
+	}
+	return identity, err == nil, err
+}
+
+// DeleteNode forgets a node.
+func (s *State) DeleteNode(ctx context.Context, id int64, identity string) error {
+	return s.write(ctx, "DeleteNode", func(tx *sql.Tx) (func(), error) {
+		var known string
+		var pi float64
+		err := tx.QueryRowContext(ctx, `SELECT identity, ping_interval FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&known, &pi)
+		if err == sql.ErrNoRows {
+			return nil, state.ErrNodeNotFound(id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if identity != "" && identity != known {
+			return nil, state.ErrIdentity("DeleteNode", id)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = $1`, id); err != nil {
+			return nil, err
+		}
+		// Its undelivered TaskIns stay: the next PullTaskRes for them
+		// answers with the NODE_UNAVAILABLE result and deletes them.
+		var undelivered int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL`, id).Scan(&undelivered); err != nil {
+			return nil, err
+		}
+		return func() { s.ev.NodeDeleted(id, pi, undelivered) }, nil
+	})
+}
+
+// Ping refreshes a node's liveness; false for an unknown node.
+func (s *State) Ping(ctx context.Context, id int64, pingInterval float64, identity string) (bool, error) {
+	d, err := state.CheckPingInterval(pingInterval)
+	if err != nil {
+		return false, err
+	}
+	now := s.now()
+	found := false
+	err = s.write(ctx, "Ping", func(tx *sql.Tx) (func(), error) {
+		var known string
+		var offline int
+		err := tx.QueryRowContext(ctx, `SELECT identity, offline FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&known, &offline)
+		if err == sql.ErrNoRows {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if identity != "" && identity != known {
+			return nil, state.ErrIdentity("Ping", id)
+		}
+		found = true
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET online_until = $1, ping_interval = $2, offline = 0 WHERE id = $3`,
+			micro(now.Add(d)), pingInterval, id); err != nil {
+			return nil, err
+		}
+		if offline == 0 {
+			return nil, nil
+		}
+		return func() { s.ev.NodeBack(id, pingInterval) }, nil
+	})
+	return found, err
+}
+
+// missedPing is a node found offline for the first time.
+type missedPing struct {
+	id int64
+	pi float64
+}
+
+// noticeOffline marks the nodes past their ping interval at now as offline
+// and returns those newly marked, to be logged once committed.
+func (s *State) noticeOffline(ctx context.Context, tx *sql.Tx, now time.Time) ([]missedPing, error) {
+	rows, err := tx.QueryContext(ctx, `UPDATE nodes SET offline = 1 WHERE offline = 0 AND online_until <= $1 RETURNING id, ping_interval`, micro(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []missedPing
+	for rows.Next() {
+		var m missedPing
+		if err := rows.Scan(&m.id, &m.pi); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+func (s *State) logMissed(ms []missedPing) {
+	for _, m := range ms {
+		s.ev.NodeMissedPing(m.id, m.pi)
+	}
+}
+
+// Sweep notices nodes that missed their ping, forgets tasks past ttl +
+// ExpiryGrace and the "already answered" memory of the same age, and
+// records that a SuperLink was running now (the restart grace counts from
+// the last such record).
+func (s *State) Sweep(ctx context.Context) error {
+	now := s.now()
+	err := s.write(ctx, "Sweep", func(tx *sql.Tx) (func(), error) {
+		missed, err := s.noticeOffline(ctx, tx, now)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM gone WHERE until_at < $1`, micro(now)); err != nil {
+			return nil, err
+		}
+		type expired struct {
+			id                  string
+			run                 int64
+			delivered, answered bool
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT id, run_id, delivered_at IS NOT NULL, answered FROM task_ins WHERE expires_at < $1`+s.d.forUpdate+s.d.skipLocked, micro(now))
+		if err != nil {
+			return nil, err
+		}
+		var list []expired
+		for rows.Next() {
+			var e expired
+			if err := rows.Scan(&e.id, &e.run, &e.delivered, &e.answered); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			list = append(list, e)
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		var released []sum
+		for _, e := range list {
+			gone, err := s.deletePair(ctx, tx, e.id)
+			if err != nil {
+				return nil, err
+			}
+			released = append(released, gone...)
+		}
+		if err := s.heartbeat(ctx, tx, now); err != nil {
+			return nil, err
+		}
+		return func() {
+			s.logMissed(missed)
+			for _, e := range list {
+				id, _ := uuid.Parse(e.id)
+				s.ev.TaskExpired(id, e.run, e.delivered, e.answered)
+			}
+			s.ev.TasksExpired(len(list))
+			s.cache.release(released)
+			s.cache.sweep()
+		}, nil
+	})
+	return err
+}
+
+// heartbeat records that a SuperLink was running at now.
+func (s *State) heartbeat(ctx context.Context, tx *sql.Tx, now time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('heartbeat', $1)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, micro(now))
+	return err
+}
+
+// grace gives every node that was online when a SuperLink last ran on this
+// database its ping interval from now: its ping may have fallen due while
+// none was running, and it is not its fault.
+func (s *State) grace(ctx context.Context) error {
+	now := s.now()
+	return s.write(ctx, "open", func(tx *sql.Tx) (func(), error) {
+		var hb int64
+		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'heartbeat'`).Scan(&hb)
+		if err != nil && err != sql.ErrNoRows {
+			return nil, err
+		}
+		if err == nil {
+			type node struct {
+				id    int64
+				pi    float64
+				until int64
+			}
+			rows, err := tx.QueryContext(ctx, `SELECT id, ping_interval, online_until FROM nodes WHERE online_until >= $1`, hb)
+			if err != nil {
+				return nil, err
+			}
+			var list []node
+			for rows.Next() {
+				var n node
+				if err := rows.Scan(&n.id, &n.pi, &n.until); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				list = append(list, n)
+			}
+			if err := rows.Close(); err != nil {
+				return nil, err
+			}
+			for _, n := range list {
+				d, _ := state.CheckPingInterval(n.pi)
+				if until := micro(now.Add(d)); until > n.until {
+					if _, err := tx.ExecContext(ctx, `UPDATE nodes SET online_until = $1, offline = 0 WHERE id = $2`, until, n.id); err != nil {
+						return nil, err
+					}
+				}
+			}
+		}
+		return nil, s.heartbeat(ctx, tx, now)
+	})
+}
+
+// CreateRun creates a run.
+func (s *State) CreateRun(ctx context.Context) (int64, error) {
+	now := s.now()
+	var id int64
+	err := s.write(ctx, "CreateRun", func(tx *sql.Tx) (func(), error) {
+		for {
+			var err error
+			if id, err = state.RandomID(s.rand, nil); err != nil {
+				return nil, err
+			}
+			res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, micro(now))
+			if err != nil {
+				return nil, err
+			}
+			if n, err := res.RowsAffected(); err != nil || n == 1 {
+				return func() { s.ev.RunCreated(id) }, err
+			}
+		}
+	})
+	return id, err
+}
+
+func (s *State) runExists(ctx context.Context, tx *sql.Tx, id int64) (bool, error) {
+	var one int
+	err := tx.QueryRowContext(ctx, `SELECT 1 FROM runs WHERE id = $1`, id).Scan(&one)
+	if err == sql.ErrNoRows {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// GetNodes returns the online nodes in join order, or nothing for an
+// unknown run (as 1.8.0).
+func (s *State) GetNodes(ctx context.Context, runID int64) ([]*flwrproto.Node, error) {
+	now := s.now()
+	var out []*flwrproto.Node
+	err := s.write(ctx, "GetNodes", func(tx *sql.Tx) (func(), error) {
+		out = nil
+		if ok, err := s.runExists(ctx, tx, runID); !ok || err != nil {
+			return nil, err
+		}
+		missed, err := s.noticeOffline(ctx, tx, now)
+		if err != nil {
+			return nil, err
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM nodes WHERE online_until > $1 ORDER BY seq`, micro(now))
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return nil, err
+			}
+			out = append(out, &flwrproto.Node{NodeId: id})
+		}
+		return func() { s.logMissed(missed) }, rows.Err()
+	})
+	return out, err
+}
+
+// PushTaskIns validates every TaskIns, then stores them all or none.
+func (s *State) PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]string, error) {
+	if err := state.ValidateTaskInsList(list); err != nil {
+		return nil, err
+	}
+	// Ids, times, hashes and encoding before the transaction.
+	now := s.now()
+	pushed := state.Seconds(now)
+	ids := make([]string, len(list))
+	refs := make([][]blobRef, len(list))
+	msgs := make([][]byte, len(list))
+	for i, t := range list {
+		id, err := state.NewTaskID(s.rand)
+		if err != nil {
+			return nil, err
+		}
+		t.TaskId, ids[i] = id.String(), id.String()
+		t.Task.PushedAt = pushed
+		refs[i] = s.cache.prepareBlobs(t.Task.Recordset)
+		if msgs[i], err = proto.Marshal(t); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "superlink: PushTaskIns: task_ins_list[%d]: %v", i, err)
+		}
+	}
+	err := s.write(ctx, "PushTaskIns", func(tx *sql.Tx) (func(), error) {
+		identities := make([]string, len(list))
+		for i, t := range list {
+			if ok, err := s.runExists(ctx, tx, t.RunId); err != nil {
+				return nil, err
+			} else if !ok {
+				return nil, state.ErrRunNotFound(i, t.RunId)
+			}
+			c := t.Task.Consumer.NodeId
+			identity, ok, err := s.nodeIdentity(ctx, tx, c)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, state.ErrConsumerNotFound(i, c)
+			}
+			identities[i] = identity
+		}
+		for i, t := range list {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO task_ins (id, run_id, consumer, consumer_identity, expires_at, msg) VALUES ($1, $2, $3, $4, $5, $6)`,
+				ids[i], t.RunId, t.Task.Consumer.NodeId, identities[i], micro(state.Expiry(now, t.Task.Ttl)), msgs[i]); err != nil {
+				return nil, err
+			}
+			if err := s.putBlobs(ctx, tx, ids[i], 0, refs[i]); err != nil {
+				return nil, err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE runs SET last_group = $1, ins_pushed = ins_pushed + 1 WHERE id = $2`, t.GroupId, t.RunId); err != nil {
+				return nil, err
+			}
+		}
+		return func() { s.keep(refs) }, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// keep puts the arrays just stored into the cache.
+func (s *State) keep(refs [][]blobRef) {
+	for _, rs := range refs {
+		for _, r := range rs {
+			s.cache.put(r.sum, r.data)
+		}
+	}
+}
+
+// PullTaskIns hands at most one undelivered TaskIns to node id, marking it
+// delivered so that it is never handed out again, by any State on the
+// database.
+func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*flwrproto.TaskIns, error) {
+	now := s.now()
+	var out []*flwrproto.TaskIns
+	err := s.write(ctx, "PullTaskIns", func(tx *sql.Tx) (func(), error) {
+		out = nil
+		known, ok, err := s.nodeIdentity(ctx, tx, id)
+		if err != nil || !ok {
+			return nil, err
+		}
+		if identity != "" && identity != known {
+			return nil, state.ErrIdentity("PullTaskIns", id)
+		}
+		for {
+			var seq int64
+			err := tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
+			if err == sql.ErrNoRows {
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			var tid string
+			var msg []byte
+			err = tx.QueryRowContext(ctx, `UPDATE task_ins SET delivered_at = $1 WHERE seq = $2 AND delivered_at IS NULL RETURNING id, msg`, micro(now), seq).Scan(&tid, &msg)
+			if err == sql.ErrNoRows {
+				continue // another State took it between the two statements
+			}
+			if err != nil {
+				return nil, err
+			}
+			t := &flwrproto.TaskIns{}
+			if err := proto.Unmarshal(msg, t); err != nil {
+				return nil, err
+			}
+			if err := s.getBlobs(ctx, tx, tid, 0, t.GetTask().GetRecordset()); err != nil {
+				return nil, err
+			}
+			t.Task.DeliveredAt = state.DeliveredAt(now)
+			out = []*flwrproto.TaskIns{t}
+			return nil, nil
+		}
+	})
+	return out, err
+}
+
+// PushTaskRes validates every TaskRes against the TaskIns it answers, then
+// stores them all or none.
+func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, identity string) (map[string]uint32, error) {
+	parents, err := state.ValidateTaskResList(list)
+	if err != nil {
+		return nil, err
+	}
+	pushed := state.Seconds(s.now())
+	refs := make([][]blobRef, len(list))
+	msgs := make([][]byte, len(list))
+	ids := make([]string, len(list))
+	for i, t := range list {
+		id, err := state.NewTaskID(s.rand)
+		if err != nil {
+			return nil, err
+		}
+		ids[i] = id.String()
+		t.TaskId = ids[i]
+		t.Task.PushedAt = pushed
+		refs[i] = s.cache.prepareBlobs(t.Task.Recordset)
+		if msgs[i], err = proto.Marshal(t); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "superlink: PushTaskRes: task_res_list[%d]: %v", i, err)
+		}
+	}
+	results := make(map[string]uint32, len(list))
+	err = s.write(ctx, "PushTaskRes", func(tx *sql.Tx) (func(), error) {
+		seen := map[uuid.UUID]bool{}
+		late := make([]bool, len(list)) // accepted, not stored
+		for i, t := range list {
+			p := parents[i]
+			producer := t.Task.Producer.NodeId
+			var consumer, run int64
+			var known string
+			var delivered, answered bool
+			err := tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity, run_id, delivered_at IS NOT NULL, answered FROM task_ins WHERE id = $1`+s.d.forUpdate, p.String()).
+				Scan(&consumer, &known, &run, &delivered, &answered)
+			if err == sql.ErrNoRows {
+				err = tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity FROM gone WHERE ins_id = $1`, p.String()).Scan(&consumer, &known)
+				if err == nil && consumer == producer && !seen[p] {
+					if identity != "" && identity != known {
+						return nil, state.ErrIdentity("PushTaskRes", producer)
+					}
+					late[i], seen[p] = true, true
+					continue
+				}
+				if err != nil && err != sql.ErrNoRows {
+					return nil, err
+				}
+				return nil, state.ErrTaskInsNotFound(i, p)
+			}
+			if err != nil {
+				return nil, err
+			}
+			if producer != consumer {
+				return nil, state.ErrNotConsumer(i, producer, p, consumer)
+			}
+			if identity != "" && identity != known {
+				return nil, state.ErrIdentity("PushTaskRes", producer)
+			}
+			if t.RunId != run {
+				return nil, state.ErrRunDiffers(i, t.RunId, p, run)
+			}
+			if !delivered {
+				return nil, state.ErrNotPulled(i, p)
+			}
+			if seen[p] {
+				return nil, state.ErrAnsweredTwice(i, p)
+			}
+			late[i] = answered // a retry of a push that was stored
+			seen[p] = true
+		}
+		var stored [][]blobRef
+		for i := range list {
+			results[ids[i]] = 0
+			if late[i] {
+				continue
+			}
+			p := parents[i].String()
+			if _, err := tx.ExecContext(ctx, `INSERT INTO task_res (ins_id, msg) VALUES ($1, $2)`, p, msgs[i]); err != nil {
+				return nil, err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE task_ins SET answered = 1 WHERE id = $1`, p); err != nil {
+				return nil, err
+			}
+			if err := s.putBlobs(ctx, tx, p, 1, refs[i]); err != nil {
+				return nil, err
+			}
+			stored = append(stored, refs[i])
+		}
+		return func() {
+			for i, t := range list {
+				if late[i] {
+					s.ev.ResultDiscarded(parents[i], t.Task.Producer.NodeId)
+				}
+			}
+			s.keep(stored)
+		}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// PullTaskRes returns the results for the given TaskIns ids, in the order
+// asked, and deletes each delivered TaskIns/TaskRes pair.
+func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error) {
+	ids, err := state.ParseTaskIDs(taskIDs)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	delivered := state.DeliveredAt(now)
+	var out []*flwrproto.TaskRes
+	err = s.write(ctx, "PullTaskRes", func(tx *sql.Tx) (func(), error) {
+		out = nil
+		var missed []missedPing
+		var released []sum
+		for _, uid := range ids {
+			id := uid.String()
+			var consumer, run, expires int64
+			var known string
+			var answered bool
+			var msg []byte
+			err := tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity, run_id, expires_at, answered, msg FROM task_ins WHERE id = $1`+s.d.forUpdate, id).
+				Scan(&consumer, &known, &run, &expires, &answered, &msg)
+			if err == sql.ErrNoRows {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			var r *flwrproto.TaskRes
+			if answered {
+				var rmsg []byte
+				if err := tx.QueryRowContext(ctx, `SELECT msg FROM task_res WHERE ins_id = $1`, id).Scan(&rmsg); err != nil {
+					return nil, err
+				}
+				r = &flwrproto.TaskRes{}
+				if err := proto.Unmarshal(rmsg, r); err != nil {
+					return nil, err
+				}
+				if err := s.getBlobs(ctx, tx, id, 1, r.GetTask().GetRecordset()); err != nil {
+					return nil, err
+				}
+			} else {
+				var until int64
+				var offline int
+				var pi float64
+				err := tx.QueryRowContext(ctx, `SELECT online_until, offline, ping_interval FROM nodes WHERE id = $1`+s.d.forUpdate, consumer).Scan(&until, &offline, &pi)
+				switch {
+				case err == nil && until > micro(now):
+					continue // online: its result may still come
+				case err == nil && offline == 0:
+					if _, err := tx.ExecContext(ctx, `UPDATE nodes SET offline = 1 WHERE id = $1`, consumer); err != nil {
+						return nil, err
+					}
+					missed = append(missed, missedPing{consumer, pi})
+				case err != nil && err != sql.ErrNoRows:
+					return nil, err
+				}
+				ins := &flwrproto.TaskIns{}
+				if err := proto.Unmarshal(msg, ins); err != nil {
+					return nil, err
+				}
+				rid, err := state.NewTaskID(s.rand)
+				if err != nil {
+					return nil, err
+				}
+				r = state.NodeUnavailable(ins, rid, now)
+			}
+			r.Task.DeliveredAt = delivered
+			out = append(out, r)
+			// Retire the pair, remembering its consumer until it would
+			// have expired.
+			if _, err := tx.ExecContext(ctx, `INSERT INTO gone (ins_id, consumer, consumer_identity, until_at) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (ins_id) DO NOTHING`, id, consumer, known, expires); err != nil {
+				return nil, err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE runs SET res_pulled = res_pulled + 1 WHERE id = $1`, run); err != nil {
+				return nil, err
+			}
+			gone, err := s.deletePair(ctx, tx, id)
+			if err != nil {
+				return nil, err
+			}
+			released = append(released, gone...)
+		}
+		return func() {
+			s.logMissed(missed)
+			s.cache.release(released)
+		}, nil
+	})
+	return out, err
+}
+
+// deletePair forgets a TaskIns and its result and releases their arrays.
+func (s *State) deletePair(ctx context.Context, tx *sql.Tx, id string) ([]sum, error) {
+	gone, err := s.dropBlobs(ctx, tx, id, -1)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM task_res WHERE ins_id = $1`, id); err != nil {
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM task_ins WHERE id = $1`, id); err != nil {
+		return nil, err
+	}
+	return gone, nil
+}
+
+// Stats counts what the database holds.
+func (s *State) Stats(ctx context.Context) (state.Stats, error) {
+	now := micro(s.now())
+	var st state.Stats
+	err := s.read(ctx, "Stats", func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT
+			(SELECT COUNT(*) FROM nodes),
+			(SELECT COUNT(*) FROM nodes WHERE online_until > $1),
+			(SELECT COUNT(*) FROM runs),
+			(SELECT COUNT(*) FROM task_ins WHERE delivered_at IS NULL),
+			(SELECT COUNT(*) FROM task_ins WHERE delivered_at IS NOT NULL AND answered = 0),
+			(SELECT COUNT(*) FROM task_res),
+			(SELECT COUNT(*) FROM blobs),
+			(SELECT COALESCE(SUM(size), 0) FROM blobs)`, now).
+			Scan(&st.Nodes, &st.NodesOnline, &st.Runs, &st.TaskInsWaiting, &st.TaskInsDelivered, &st.TaskResWaiting, &st.Blobs, &st.BlobBytes)
+	})
+	return st, err
+}
+
+// Nodes returns every registered node in join order.
+func (s *State) Nodes(ctx context.Context) ([]state.NodeInfo, error) {
+	now := s.now()
+	var out []state.NodeInfo
+	err := s.read(ctx, "Nodes", func(tx *sql.Tx) error {
+		out = nil
+		rows, err := tx.QueryContext(ctx, `SELECT id, identity, ping_interval, created_at, online_until FROM nodes ORDER BY seq`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var n state.NodeInfo
+			var created, until int64
+			if err := rows.Scan(&n.ID, &n.Identity, &n.PingInterval, &created, &until); err != nil {
+				return err
+			}
+			n.Created, n.OnlineUntil = fromMicro(created), fromMicro(until)
+			n.Online = n.OnlineUntil.After(now)
+			out = append(out, n)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// Runs returns up to limit runs, the last created first.
+func (s *State) Runs(ctx context.Context, limit int) ([]state.RunInfo, error) {
+	var out []state.RunInfo
+	err := s.read(ctx, "Runs", func(tx *sql.Tx) error {
+		out = nil
+		rows, err := tx.QueryContext(ctx, `SELECT id, created_at, last_group, ins_pushed, res_pulled FROM runs ORDER BY seq DESC LIMIT `+s.d.limit(limit))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var r state.RunInfo
+			var created int64
+			if err := rows.Scan(&r.ID, &created, &r.LastGroup, &r.TaskInsPushed, &r.TaskResPulled); err != nil {
+				return err
+			}
+			r.Created = fromMicro(created)
+			out = append(out, r)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// Check reports whether the database answers.
+func (s *State) Check(ctx context.Context) error {
+	return s.read(ctx, "Check", func(tx *sql.Tx) error {
+		var v int
+		return tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	})
+}
+
+// Close records the time (for the restart grace), closes the database and
+// releases it for another SuperLink. Later calls fail with Unavailable.
+func (s *State) Close() error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		now := s.now()
+		hbErr := s.write(ctx, "Close", func(tx *sql.Tx) (func(), error) { return nil, s.heartbeat(ctx, tx, now) })
+		s.closed.Store(true)
+		s.closeErr = s.db.Close()
+		if s.onClose != nil {
+			if err := s.onClose(); s.closeErr == nil {
+				s.closeErr = err
+			}
+		}
+		if s.closeErr == nil && hbErr != nil {
+			s.closeErr = hbErr
+		}
+	})
+	return s.closeErr
+}

@@ -1,0 +1,28 @@
+package sqlstate_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/sqlstate"
+	"github.com/sepal-fl/sepal/state/statetest"
+)
+
+// TestConformance runs the suite on SQLite files.
+func TestConformance(t *testing.T) {
+	statetest.Run(t, statetest.Options{Shared: true, NewStore: func(t *testing.T) statetest.Opener {
+		path := filepath.Join(t.TempDir(), "state.db")
+		return func(t *testing.T, c statetest.Config) state.State {
+			s, err := sqlstate.OpenSQLite(context.Background(), path, sqlstate.SQLiteOptions{
+				Options: sqlstate.Options{Now: c.Now, Logger: c.Logger},
+				Shared:  true,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+	}})
+}
