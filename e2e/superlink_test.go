@@ -395,7 +395,7 @@ func TestSuperLinkFlags(t *testing.T) {
 		{"certificates and insecure", append(append([]string{}, slSeedArgs...), "--insecure"), 2, []string{"--certificates and --insecure conflict"}},
 		{"acme and certificates", append(append([]string{}, slSeedArgs...), "--acme-domain", "superlink.example.org"), 2, []string{"--certificates and --acme-domain conflict"}},
 		{"ssl incomplete", []string{"--ssl-certfile", slCert, "--ssl-keyfile", slKey}, 2, []string{"needs --ssl-ca-certfile"}},
-		{"database", append(append([]string{}, slSeedArgs...), "--database", "state.db"), 2, []string{`--database "state.db"`, "persistence"}},
+		{"database", append(append([]string{}, slSeedArgs...), "--database", "postgres://sepal@db/sepal"), 2, []string{"--database postgres://sepal@db/sepal: PostgreSQL is not supported yet"}},
 		{"positional argument", append(append([]string{}, slSeedArgs...), "server:app"), 2, []string{`unexpected argument "server:app"`}},
 		{"unknown flag", append(append([]string{}, slSeedArgs...), "--bogus"), 2, []string{"--bogus"}},
 		{"version", []string{"--version"}, 0, []string{"flower-superlink " + cli.Version}},

@@ -37,10 +37,6 @@ import (
 
 const name = "flower-superlink"
 
-// inMemoryDatabase is Flower's name for the in-memory state, the only
-// --database value we accept until persistence exists.
-const inMemoryDatabase = ":flwr-in-memory-state:"
-
 var command = cli.Command{
 	Name:     name,
 	Synopsis: "serve the Flower 1.8.0 Fleet API (SuperNodes) and Driver API (ServerApps) over TLS",
@@ -108,7 +104,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.Bool("grpc-rere", false, "the Fleet API type, gRPC request-response: the only one served, accepted as in Flower 1.8.0")
 	restAPI := fs.Bool("rest", false, "the REST Fleet API of Flower 1.8.0: not built")
 	_ = fs.MarkHidden("rest")
-	fs.StringVar(&c.database, "database", inMemoryDatabase, "where the state is kept; only "+inMemoryDatabase+" (in memory) for now")
+	registerDatabaseFlag(fs, &c.database)
 	c.limits = registerLimitFlags(fs)
 
 	files, rest, err := splitCertificates(fs, args)
@@ -182,8 +178,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 			" --acme-domain NAME for a certificate from Let's Encrypt, or --insecure for plaintext")
 	}
 
-	if c.database != inMemoryDatabase {
-		return nil, cli.Usagef("--database %q: only %s is supported; persistence to a file is not built yet", c.database, inMemoryDatabase)
+	if err := checkDatabase(c.database); err != nil {
+		return nil, err
 	}
 	if err := c.mtls.check(c); err != nil {
 		return nil, err
@@ -258,6 +254,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fleetCreds, driverCreds := c.mtls.credentials(src, creds)
 
+	st, err := openDatabase(ctx, c.database, log)
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		defer st.Close()
+	}
+
 	driverLis, err := listen(c.driverAddr, "--driver-api-address")
 	if err != nil {
 		return err
@@ -268,7 +272,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits()})
+	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st})
 	served := make(chan error, 1)
 	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
 

@@ -42,7 +42,7 @@ func TestParseArgs(t *testing.T) {
 		{name: "ssl incomplete", args: []string{"--ssl-certfile", "a", "--ssl-keyfile", "b"}, usage: true, wantErr: "--ssl-certfile and --ssl-keyfile needs --ssl-ca-certfile too"},
 		{name: "ssl empty", args: []string{"--ssl-ca-certfile", "", "--ssl-certfile", "a", "--ssl-keyfile", "b"}, usage: true, wantErr: "--ssl-ca-certfile is empty"},
 		{name: "two values", args: []string{"--certificates", "ca.crt", "server.pem"}, usage: true, wantErr: "needs three values"},
-		{name: "database", args: []string{"--insecure", "--database", "state.db"}, usage: true, wantErr: `--database "state.db": only :flwr-in-memory-state: is supported; persistence`},
+		{name: "database file", args: []string{"--insecure", "--database", "state.db"}, mode: modeInsecure},
 		{name: "grpc-rere accepted", args: cat(files, []string{"--grpc-rere"}), mode: modeFiles, wantFiles: true},
 		{name: "rest refused", args: cat(files, []string{"--rest"}), usage: true, wantErr: "--rest: the REST Fleet API is not built"},
 		{name: "database in memory", args: []string{"--insecure", "--database", ":flwr-in-memory-state:"}, mode: modeInsecure},

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/state/sqlstate"
+)
+
+var quiet = sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}}
+
+func TestDatabaseFlag(t *testing.T) {
+	for _, tc := range []struct {
+		value, err string
+	}{
+		{":memory:", ""},
+		{":flwr-in-memory-state:", ""},
+		{"some/dir/state.db", ""}, // checked when opened, not when parsed
+		{"", "--database is empty: give a file"},
+		{"postgres://u:secret@db/sepal", "--database postgres://u:xxxxx@db/sepal: PostgreSQL is not supported yet"},
+		{"host=db dbname=sepal", "PostgreSQL is not supported yet"},
+	} {
+		_, err := parseArgs([]string{"--insecure", "--database", tc.value}, io.Discard)
+		var ue *cli.UsageError
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("--database %q: %v", tc.value, err)
+		case tc.err != "" && (!errors.As(err, &ue) || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("--database %q: %v, want a usage error with %q", tc.value, err, tc.err)
+		}
+	}
+}
+
+// runRefused runs the command with --database db and wants it to stop
+// before serving with an error holding each of want.
+func runRefused(t *testing.T, db string, want ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"--insecure", "--database", db,
+		"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, io.Discard, io.Discard)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("--database %s: served (err %v), want a refusal", db, err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("--database %s: %q lacks %q", db, err, w)
+		}
+	}
+}
+
+// TestDatabaseRefusals: each --database the SuperLink cannot use stops it
+// before it listens, with one message that names the file and the fix, and
+// the file is left as it was.
+func TestDatabaseRefusals(t *testing.T) {
+	dir := t.TempDir()
+	t.Run("missing folder", func(t *testing.T) {
+		p := filepath.Join(dir, "nope", "state.db")
+		runRefused(t, p, p, "does not exist: create it (mkdir -p -m 700 "+filepath.Join(dir, "nope")+")")
+	})
+	t.Run("a folder", func(t *testing.T) {
+		runRefused(t, dir, dir, "is a folder: give a file in it, such as "+filepath.Join(dir, "state.db"))
+	})
+	t.Run("not SQLite", func(t *testing.T) {
+		p := filepath.Join(dir, "notes.txt")
+		content := []byte("these are my notes, not a database\n")
+		if err := os.WriteFile(p, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		runRefused(t, p, p, "not a SQLite database", "give a new file")
+		if got, _ := os.ReadFile(p); !bytes.Equal(got, content) {
+			t.Error("the file was changed")
+		}
+	})
+	t.Run("SQLite but not ours", func(t *testing.T) {
+		p := filepath.Join(dir, "flower.db")
+		db, err := sql.Open("sqlite", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(`CREATE TABLE node (node_id INTEGER, online_until REAL)`); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		runRefused(t, p, p, "holds something other than a Sepal SuperLink state (its tables: node)", "give a new file")
+	})
+	t.Run("locked by another SuperLink", func(t *testing.T) {
+		p := filepath.Join(dir, "busy.db")
+		s, err := sqlstate.OpenSQLite(context.Background(), p, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		runRefused(t, p, p, "in use by another SuperLink: stop that SuperLink first, or give this one another file")
+	})
+	t.Run("newer schema", func(t *testing.T) {
+		p := filepath.Join(dir, "newer.db")
+		s, err := sqlstate.OpenSQLite(context.Background(), p, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		db, err := sql.Open("sqlite", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, '0099_future.sql', 0)`); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		before, _ := os.ReadFile(p)
+		runRefused(t, p, p, "written by a newer Sepal (schema version 99; this one knows up to", "upgrade this Sepal, or give another file")
+		if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
+			t.Error("the newer file was changed")
+		}
+	})
+	t.Run("read-only", func(t *testing.T) {
+		ro := readOnlyDir(t)
+		p := filepath.Join(ro, "state.db")
+		runRefused(t, p, p, "cannot be written")
+	})
+}
+
+// readOnlyDir returns a folder holding a state database (state.db) that
+// the SuperLink cannot write: a read-only mount when run as root (whom
+// file modes do not stop), else a 0400 file in a 0500 folder.
+func readOnlyDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := sqlstate.OpenSQLite(context.Background(), filepath.Join(dir, "state.db"), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if os.Geteuid() != 0 {
+		os.Chmod(filepath.Join(dir, "state.db"), 0o400)
+		os.Chmod(dir, 0o500)
+		t.Cleanup(func() { os.Chmod(dir, 0o700) })
+		return dir
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs (root): %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	b, err := os.ReadFile(filepath.Join(dir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "state.db"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,ro", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("remount read-only: %v %s", err, out)
+	}
+	return mnt
+}
