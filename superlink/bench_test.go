@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -220,13 +221,14 @@ func benchClient() error {
 			return err
 		}
 	}
-	got := 0
-	for got < n {
+	for len(taskIDs) > 0 {
 		r, err := drv.PullTaskRes(ctx, &flwrproto.PullTaskResRequest{Node: &flwrproto.Node{Anonymous: true}, TaskIds: taskIDs})
 		if err != nil {
 			return err
 		}
-		got += len(r.TaskResList)
+		for _, tr := range r.TaskResList {
+			taskIDs = slices.DeleteFunc(taskIDs, func(id string) bool { return id == tr.Task.Ancestry[0] })
+		}
 		if len(r.TaskResList) == 0 {
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -4,7 +4,7 @@
 //
 // It follows the 1.8.0 semantics of PROTOCOL.md (random signed 64-bit node
 // and run ids, UUID4 task ids, liveness from ping_interval, a TaskIns handed
-// to exactly one node once, results deleted once pulled, the made-up
+// to exactly one node once, results forgotten once pulled, the made-up
 // NODE_UNAVAILABLE result for an offline consumer) with these differences on
 // purpose:
 //
@@ -25,6 +25,11 @@
 //     the first); pushes are all-or-nothing.
 //   - PullTaskRes for a TaskIns whose consumer was deleted answers the
 //     NODE_UNAVAILABLE result (1.8.0 fails with UNKNOWN).
+//   - A result PullTaskRes delivered is kept (without its TaskIns's
+//     arrays) until the run's next PullTaskRes does not ask for it; asked
+//     for again, it is delivered again (1.8.0: deleted at once), so that a
+//     ServerApp whose response was lost, by the network or a SuperLink
+//     that died while sending it, still gets it.
 //   - Identical parameter arrays are held once, however many tasks carry
 //     them, and sent from that one copy.
 //
@@ -32,8 +37,8 @@
 // PullTaskIns of an unknown or anonymous node answers no task (a SuperNode
 // that polls too early keeps working); DeleteNode of an anonymous node is a
 // no-op; GetNodes of an unknown run is empty; TTL is validated, and not
-// enforced on delivery. A TaskIns stays until PullTaskRes has delivered its
-// result (the real one, or NODE_UNAVAILABLE once its consumer is offline or
+// enforced on delivery. A TaskIns stays until the ServerApp has its result
+// (the real one, or NODE_UNAVAILABLE once its consumer is offline or
 // deleted), or, unlike 1.8.0, until its ttl has run out for a minute since
 // it was pushed: then Serve's sweep forgets it and its result, so that the
 // tasks of a ServerApp that went away do not hold memory forever.

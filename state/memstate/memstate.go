@@ -54,15 +54,24 @@ type run struct {
 	lastGroup string
 	pushed    int
 	pulled    int
+	// delivered lists the TaskIns whose result PullTaskRes delivered and
+	// that are kept until the run's next PullTaskRes does not ask for them
+	// again (see PullTaskRes).
+	delivered []uuid.UUID
 }
 
 type insEntry struct {
-	msg       *flwrproto.TaskIns
-	identity  string    // of its consumer node when it was pushed
-	expires   time.Time // pushed_at + ttl + ExpiryGrace: the sweep forgets it then
-	delivered bool
-	answered  bool // a TaskRes for it is stored
-	blobs     []*blob
+	// msg is the TaskIns; nil once its result was delivered (its arrays are
+	// released then, and the fields below are all that is still needed).
+	msg          *flwrproto.TaskIns
+	run          int64
+	consumer     int64
+	identity     string    // of its consumer node when it was pushed
+	expires      time.Time // pushed_at + ttl + ExpiryGrace: the sweep forgets it then
+	delivered    bool
+	answered     bool // a TaskRes for it is stored (made up, for NODE_UNAVAILABLE)
+	resDelivered bool // PullTaskRes delivered that TaskRes
+	blobs        []*blob
 }
 
 // goneEntry remembers a TaskIns whose result PullTaskRes delivered (the real
@@ -260,7 +269,7 @@ func (s *State) Sweep(context.Context) error {
 	expired := 0
 	for id, e := range s.ins {
 		if now.After(e.expires) {
-			s.ev.TaskExpired(id, e.msg.RunId, e.delivered, e.answered)
+			s.ev.TaskExpired(id, e.run, e.delivered, e.answered)
 			s.deletePair(id)
 			expired++
 		}
@@ -354,7 +363,7 @@ func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]str
 		t.TaskId = id.String()
 		t.Task.PushedAt = pushed
 		n := s.nodes[t.Task.Consumer.NodeId]
-		e := &insEntry{msg: t, identity: n.identity, expires: state.Expiry(now, t.Task.Ttl), blobs: s.interns.intern(prepared[i])}
+		e := &insEntry{msg: t, run: t.RunId, consumer: n.id, identity: n.identity, expires: state.Expiry(now, t.Task.Ttl), blobs: s.interns.intern(prepared[i])}
 		s.ins[id] = e
 		n.queue = append(n.queue, id)
 		r := s.runs[t.RunId]
@@ -431,14 +440,14 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 			}
 			return nil, state.ErrTaskInsNotFound(i, p)
 		}
-		if want := e.msg.Task.Consumer.NodeId; producer != want {
-			return nil, state.ErrNotConsumer(i, producer, p, want)
+		if producer != e.consumer {
+			return nil, state.ErrNotConsumer(i, producer, p, e.consumer)
 		}
 		if identity != "" && identity != e.identity {
 			return nil, state.ErrIdentity("PushTaskRes", producer)
 		}
-		if t.RunId != e.msg.RunId {
-			return nil, state.ErrRunDiffers(i, t.RunId, p, e.msg.RunId)
+		if t.RunId != e.run {
+			return nil, state.ErrRunDiffers(i, t.RunId, p, e.run)
 		}
 		if !e.delivered {
 			return nil, state.ErrNotPulled(i, p)
@@ -471,7 +480,14 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 }
 
 // PullTaskRes returns the results for the given TaskIns ids, in the order
-// asked, and deletes each delivered TaskIns/TaskRes pair.
+// asked. For a TaskIns without result whose consumer is offline or deleted
+// it makes up the NODE_UNAVAILABLE result, as 1.8.0 does.
+//
+// A result delivered stays (its TaskIns's arrays are released) until the
+// run's next PullTaskRes does not ask for it: then the ServerApp has it,
+// and the pair is forgotten. A ServerApp that asks again for a result it
+// was sent did not get the response (a connection lost, a SuperLink killed
+// while answering), and gets the same result again.
 func (s *State) PullTaskRes(_ context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error) {
 	ids, err := state.ParseTaskIDs(taskIDs)
 	if err != nil {
@@ -484,42 +500,88 @@ func (s *State) PullTaskRes(_ context.Context, taskIDs []string) ([]*flwrproto.T
 	defer s.mu.Unlock()
 	now := s.now()
 	delivered := state.DeliveredAt(now)
+	asked := make(map[uuid.UUID]bool, len(ids))
+	var runs []*run
 	var out []*flwrproto.TaskRes
 	for _, id := range ids {
+		asked[id] = true
 		e := s.ins[id]
 		if e == nil {
 			continue
 		}
-		if r := s.res[id]; r != nil {
-			r.msg.Task.DeliveredAt = delivered
-			out = append(out, r.msg)
+		rn := s.runs[e.run]
+		if rn != nil && !slices.Contains(runs, rn) {
+			runs = append(runs, rn)
+		}
+		r := s.res[id]
+		if r == nil {
+			n := s.nodes[e.consumer]
+			if n != nil && s.online(n, now) {
+				continue
+			}
+			rid, err := state.NewTaskID(s.rand)
+			if err != nil {
+				return nil, err
+			}
+			r = &resEntry{msg: state.NodeUnavailable(e.msg, rid, now)}
+			s.res[id] = r
+			e.answered = true
+		}
+		if !e.resDelivered {
+			e.resDelivered = true
+			s.interns.release(e.blobs)
+			e.blobs, e.msg = nil, nil
+			if rn != nil {
+				rn.pulled++
+				rn.delivered = append(rn.delivered, id)
+			}
+		}
+		out = append(out, deliver(r.msg, delivered))
+	}
+	for _, rn := range runs {
+		rn.delivered = slices.DeleteFunc(rn.delivered, func(id uuid.UUID) bool {
+			if asked[id] {
+				return false
+			}
 			s.retire(id)
-			continue
-		}
-		n := s.nodes[e.msg.Task.Consumer.NodeId]
-		if n != nil && s.online(n, now) {
-			continue
-		}
-		rid, err := state.NewTaskID(s.rand)
-		if err != nil {
-			return nil, err
-		}
-		r := state.NodeUnavailable(e.msg, rid, now)
-		r.Task.DeliveredAt = delivered
-		out = append(out, r)
-		s.retire(id)
+			return true
+		})
 	}
 	return out, nil
 }
 
-// retire forgets a TaskIns whose result was delivered, remembering its
+// deliver returns the stored result r as delivered at deliveredAt, sharing
+// all but the envelope: a stored message is never changed, so a response
+// still being sent may hold it.
+func deliver(r *flwrproto.TaskRes, deliveredAt string) *flwrproto.TaskRes {
+	t := r.Task
+	out := &flwrproto.TaskRes{
+		TaskId:  r.TaskId,
+		GroupId: r.GroupId,
+		RunId:   r.RunId,
+		Task: &flwrproto.Task{
+			Producer:    t.Producer,
+			Consumer:    t.Consumer,
+			CreatedAt:   t.CreatedAt,
+			DeliveredAt: deliveredAt,
+			PushedAt:    t.PushedAt,
+			Ttl:         t.Ttl,
+			Ancestry:    t.Ancestry,
+			TaskType:    t.TaskType,
+			Recordset:   t.Recordset,
+			Error:       t.Error,
+		},
+	}
+	out.ProtoReflect().SetUnknown(r.ProtoReflect().GetUnknown())
+	out.Task.ProtoReflect().SetUnknown(t.ProtoReflect().GetUnknown())
+	return out
+}
+
+// retire forgets a pair whose result was delivered, remembering its
 // consumer until it would have expired. Called with mu held.
 func (s *State) retire(id uuid.UUID) {
 	if e := s.ins[id]; e != nil {
-		s.gone[id] = goneEntry{consumer: e.msg.Task.Consumer.NodeId, identity: e.identity, until: e.expires}
-		if r := s.runs[e.msg.RunId]; r != nil {
-			r.pulled++
-		}
+		s.gone[id] = goneEntry{consumer: e.consumer, identity: e.identity, until: e.expires}
 	}
 	s.deletePair(id)
 }
@@ -544,7 +606,7 @@ func (s *State) Stats(context.Context) (state.Stats, error) {
 	}
 	defer s.mu.Unlock()
 	now := s.now()
-	st := state.Stats{Nodes: len(s.nodes), Runs: len(s.runs), TaskResWaiting: len(s.res)}
+	st := state.Stats{Nodes: len(s.nodes), Runs: len(s.runs)}
 	for _, n := range s.nodes {
 		if n.onlineUntil.After(now) {
 			st.NodesOnline++
@@ -552,10 +614,14 @@ func (s *State) Stats(context.Context) (state.Stats, error) {
 	}
 	for _, e := range s.ins {
 		switch {
-		case !e.delivered:
-			st.TaskInsWaiting++
-		case !e.answered:
+		case e.answered:
+			if !e.resDelivered {
+				st.TaskResWaiting++
+			}
+		case e.delivered:
 			st.TaskInsDelivered++
+		default:
+			st.TaskInsWaiting++
 		}
 	}
 	st.Blobs, st.BlobBytes = s.interns.size()

@@ -18,6 +18,7 @@ import (
 	"database/sql"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,10 @@ type State struct {
 	now   func() time.Time
 	rand  io.Reader
 	cache *blobCache
+	// opened is when this State opened the database (unix µs): a TaskIns
+	// delivered before then and still unanswered may have been lost with
+	// the response of a SuperLink that died (see PullTaskIns).
+	opened int64
 
 	// wmu serialises this process's write transactions where the database
 	// takes one writer at a time anyway (SQLite): waiting here is cheaper
@@ -91,7 +96,7 @@ var (
 // open finishes opening a State on db: the schema, then the restart grace.
 func open(ctx context.Context, db *sql.DB, d *dialect, name string, o Options, tables func(context.Context, *sql.Tx) ([]string, error)) (*State, int, int, error) {
 	o = o.withDefaults()
-	s := &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now)}
+	s := &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now), opened: micro(o.Now())}
 	from, to, err := migrate(ctx, db, d, tables)
 	if err != nil {
 		return nil, from, to, err
@@ -559,6 +564,13 @@ func (s *State) keep(refs [][]blobRef) {
 // PullTaskIns hands at most one undelivered TaskIns to node id, marking it
 // delivered so that it is never handed out again, by any State on the
 // database.
+//
+// One exception, for crashes: a TaskIns delivered to the node before this
+// State opened the database, and not answered, is handed to the same node
+// again when it asks. A node asks only when it has no task (a SuperNode
+// pulls, answers, then pulls again), so it did not get that one: the
+// SuperLink died after committing the delivery and before the response
+// reached the node.
 func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*flwrproto.TaskIns, error) {
 	now := s.now()
 	var out []*flwrproto.TaskIns
@@ -571,9 +583,14 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 		if identity != "" && identity != known {
 			return nil, state.ErrIdentity("PullTaskIns", id)
 		}
+		var again bool
 		for {
 			var seq int64
-			err := tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
+			err := tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at < $2 AND answered = 0 ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id, s.opened).Scan(&seq)
+			again = err == nil
+			if err == sql.ErrNoRows {
+				err = tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
+			}
 			if err == sql.ErrNoRows {
 				return nil, nil
 			}
@@ -582,7 +599,7 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 			}
 			var tid string
 			var msg []byte
-			err = tx.QueryRowContext(ctx, `UPDATE task_ins SET delivered_at = $1 WHERE seq = $2 AND delivered_at IS NULL RETURNING id, msg`, micro(now), seq).Scan(&tid, &msg)
+			err = tx.QueryRowContext(ctx, `UPDATE task_ins SET delivered_at = $1 WHERE seq = $2 AND (delivered_at IS NULL OR delivered_at < $3) AND answered = 0 RETURNING id, msg`, micro(now), seq, s.opened).Scan(&tid, &msg)
 			if err == sql.ErrNoRows {
 				continue // another State took it between the two statements
 			}
@@ -598,6 +615,12 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 			}
 			t.Task.DeliveredAt = state.DeliveredAt(now)
 			out = []*flwrproto.TaskIns{t}
+			if again {
+				return func() {
+					s.log.Info("task delivered again: its node asks for work without having answered it, so the response was lost when the SuperLink stopped",
+						"task_id", tid, "node_id", id)
+				}, nil
+			}
 			return nil, nil
 		}
 	})
@@ -709,7 +732,14 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 }
 
 // PullTaskRes returns the results for the given TaskIns ids, in the order
-// asked, and deletes each delivered TaskIns/TaskRes pair.
+// asked. For a TaskIns without result whose consumer is offline or deleted
+// it makes up (and stores) the NODE_UNAVAILABLE result, as 1.8.0 does.
+//
+// A result delivered stays (its TaskIns's arrays are released) until the
+// run's next PullTaskRes does not ask for it: then the ServerApp has it,
+// and the pair is forgotten. A ServerApp that asks again for a result it
+// was sent did not get the response (a connection lost, a SuperLink killed
+// while answering), and gets the same result again.
 func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error) {
 	ids, err := state.ParseTaskIDs(taskIDs)
 	if err != nil {
@@ -722,19 +752,25 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 		out = nil
 		var missed []missedPing
 		var released []sum
+		asked := make(map[string]bool, len(ids))
+		var runs []int64
 		for _, uid := range ids {
 			id := uid.String()
-			var consumer, run, expires int64
-			var known string
+			asked[id] = true
+			var consumer, run int64
 			var answered bool
+			var resDelivered sql.NullInt64
 			var msg []byte
-			err := tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity, run_id, expires_at, answered, msg FROM task_ins WHERE id = $1`+s.d.forUpdate, id).
-				Scan(&consumer, &known, &run, &expires, &answered, &msg)
+			err := tx.QueryRowContext(ctx, `SELECT consumer, run_id, answered, res_delivered_at, msg FROM task_ins WHERE id = $1`+s.d.forUpdate, id).
+				Scan(&consumer, &run, &answered, &resDelivered, &msg)
 			if err == sql.ErrNoRows {
 				continue
 			}
 			if err != nil {
 				return nil, err
+			}
+			if !slices.Contains(runs, run) {
+				runs = append(runs, run)
 			}
 			var r *flwrproto.TaskRes
 			if answered {
@@ -774,23 +810,70 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 					return nil, err
 				}
 				r = state.NodeUnavailable(ins, rid, now)
+				rmsg, err := proto.Marshal(r)
+				if err != nil {
+					return nil, err
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT INTO task_res (ins_id, msg) VALUES ($1, $2)`, id, rmsg); err != nil {
+					return nil, err
+				}
+				if _, err := tx.ExecContext(ctx, `UPDATE task_ins SET answered = 1 WHERE id = $1`, id); err != nil {
+					return nil, err
+				}
+			}
+			if !resDelivered.Valid {
+				if _, err := tx.ExecContext(ctx, `UPDATE task_ins SET res_delivered_at = $1 WHERE id = $2`, micro(now), id); err != nil {
+					return nil, err
+				}
+				if _, err := tx.ExecContext(ctx, `UPDATE runs SET res_pulled = res_pulled + 1 WHERE id = $1`, run); err != nil {
+					return nil, err
+				}
+				gone, err := s.dropBlobs(ctx, tx, id, 0) // the TaskIns's arrays: no longer needed
+				if err != nil {
+					return nil, err
+				}
+				released = append(released, gone...)
 			}
 			r.Task.DeliveredAt = delivered
 			out = append(out, r)
-			// Retire the pair, remembering its consumer until it would
-			// have expired.
-			if _, err := tx.ExecContext(ctx, `INSERT INTO gone (ins_id, consumer, consumer_identity, until_at) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (ins_id) DO NOTHING`, id, consumer, known, expires); err != nil {
-				return nil, err
-			}
-			if _, err := tx.ExecContext(ctx, `UPDATE runs SET res_pulled = res_pulled + 1 WHERE id = $1`, run); err != nil {
-				return nil, err
-			}
-			gone, err := s.deletePair(ctx, tx, id)
+		}
+		// The runs' results delivered before and not asked for again: the
+		// ServerApp has them. Forget the pairs, remembering each consumer
+		// until its TaskIns would have expired.
+		for _, run := range runs {
+			rows, err := tx.QueryContext(ctx, `SELECT id, consumer, consumer_identity, expires_at FROM task_ins WHERE run_id = $1 AND res_delivered_at IS NOT NULL`+s.d.forUpdate, run)
 			if err != nil {
 				return nil, err
 			}
-			released = append(released, gone...)
+			type pair struct {
+				id, identity      string
+				consumer, expires int64
+			}
+			var acked []pair
+			for rows.Next() {
+				var p pair
+				if err := rows.Scan(&p.id, &p.consumer, &p.identity, &p.expires); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				if !asked[p.id] {
+					acked = append(acked, p)
+				}
+			}
+			if err := rows.Close(); err != nil {
+				return nil, err
+			}
+			for _, p := range acked {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO gone (ins_id, consumer, consumer_identity, until_at) VALUES ($1, $2, $3, $4)
+					ON CONFLICT (ins_id) DO NOTHING`, p.id, p.consumer, p.identity, p.expires); err != nil {
+					return nil, err
+				}
+				gone, err := s.deletePair(ctx, tx, p.id)
+				if err != nil {
+					return nil, err
+				}
+				released = append(released, gone...)
+			}
 		}
 		return func() {
 			s.logMissed(missed)
@@ -824,9 +907,9 @@ func (s *State) Stats(ctx context.Context) (state.Stats, error) {
 			(SELECT COUNT(*) FROM nodes),
 			(SELECT COUNT(*) FROM nodes WHERE online_until > $1),
 			(SELECT COUNT(*) FROM runs),
-			(SELECT COUNT(*) FROM task_ins WHERE delivered_at IS NULL),
+			(SELECT COUNT(*) FROM task_ins WHERE delivered_at IS NULL AND answered = 0),
 			(SELECT COUNT(*) FROM task_ins WHERE delivered_at IS NOT NULL AND answered = 0),
-			(SELECT COUNT(*) FROM task_res),
+			(SELECT COUNT(*) FROM task_ins WHERE answered = 1 AND res_delivered_at IS NULL),
 			(SELECT COUNT(*) FROM blobs),
 			(SELECT COALESCE(SUM(size), 0) FROM blobs)`, now).
 			Scan(&st.Nodes, &st.NodesOnline, &st.Runs, &st.TaskInsWaiting, &st.TaskInsDelivered, &st.TaskResWaiting, &st.Blobs, &st.BlobBytes)

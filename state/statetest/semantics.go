@@ -147,9 +147,11 @@ func testNodeUnavailable(t *testing.T, e *env) {
 	if !proto.Equal(got, want) {
 		t.Errorf("made-up result\n got %v\nwant %v", got, want)
 	}
-	if r := must(e.s.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(r) != 0 {
-		t.Fatalf("made-up result delivered twice: %v", r)
+	// Asked again (the response was lost): the same result again.
+	if again := must(e.s.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(again) != 1 || again[0].TaskId != r[0].TaskId {
+		t.Fatalf("made-up result asked for again: %v, want the same one", again)
 	}
+	first := ins
 
 	// A deleted node: its undelivered task is answered NODE_UNAVAILABLE.
 	z := e.node(t, e.s, 30)
@@ -161,6 +163,11 @@ func testNodeUnavailable(t *testing.T, e *env) {
 	r = must(e.s.PullTaskRes(ctx, []string{ins.TaskId}))(t)
 	if len(r) != 1 || r[0].Task.GetError().GetCode() != state.NodeUnavailableCode {
 		t.Fatalf("PullTaskRes for a deleted node: %v", r)
+	}
+	// That PullTaskRes did not ask for the first result: the ServerApp has
+	// it, and it is forgotten.
+	if r := must(e.s.PullTaskRes(ctx, []string{first.TaskId}))(t); len(r) != 0 {
+		t.Fatalf("made-up result delivered after the run moved on: %v", r)
 	}
 	if st := e.stats(t, e.s); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Nodes != 1 {
 		t.Errorf("state: %+v", st)
@@ -380,11 +387,20 @@ func testResults(t *testing.T, e *env) {
 			t.Errorf("result %d (in the order asked):\n got %v\nwant %v", i, g, w)
 		}
 	}
-	if r := must(e.s.PullTaskRes(ctx, []string{i1.TaskId, i2.TaskId}))(t); len(r) != 0 {
-		t.Fatalf("results delivered twice: %v", r)
-	}
 	if st := e.stats(t, e.s); st.TaskResWaiting != 0 || st.TaskInsDelivered != 1 {
 		t.Errorf("stats after PullTaskRes: %+v", st)
+	}
+	// Asked again (the response was lost): the same results again.
+	again := must(e.s.PullTaskRes(ctx, []string{i1.TaskId, i2.TaskId}))(t)
+	if len(again) != 2 || again[0].TaskId != want1.TaskId || again[1].TaskId != want2.TaskId {
+		t.Fatalf("results asked for again: %v, want the same two", again)
+	}
+	// The run's next PullTaskRes that does not ask for them: forgotten.
+	if r := must(e.s.PullTaskRes(ctx, []string{i3.TaskId}))(t); len(r) != 0 {
+		t.Fatalf("a result for an unanswered TaskIns: %v", r)
+	}
+	if r := must(e.s.PullTaskRes(ctx, []string{i1.TaskId, i2.TaskId}))(t); len(r) != 0 {
+		t.Fatalf("results delivered after the run moved on: %v", r)
 	}
 }
 
@@ -455,10 +471,22 @@ func testLateResult(t *testing.T, e *env) {
 		t.Fatalf("late PushTaskRes: %v %v, want OK", res, err)
 	}
 	_, err = e.s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(pulled, other, e.now())}, "")
-	WantCode(t, "late PushTaskRes from another node", err, codes.NotFound, "does not exist")
+	WantCode(t, "late PushTaskRes from another node", err, codes.PermissionDenied, "which was sent to node")
+	// The run moves on (a PullTaskRes that does not ask for it): the pair
+	// is forgotten, its consumer remembered.
+	next := e.push(t, e.s, TaskIns(run, other, e.now()))
+	if got := must(e.s.PullTaskRes(ctx, []string{next.TaskId}))(t); len(got) != 0 {
+		t.Fatalf("a result for an undelivered TaskIns: %v", got)
+	}
+	res, err = e.s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(pulled, node, e.now())}, "")
+	if err != nil || len(res) != 1 {
+		t.Fatalf("late PushTaskRes after the run moved on: %v %v, want OK", res, err)
+	}
+	_, err = e.s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(pulled, other, e.now())}, "")
+	WantCode(t, "late PushTaskRes from another node, after", err, codes.NotFound, "does not exist")
 	_, err = e.s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(pulled, node, e.now()), TaskRes(pulled, node, e.now())}, "")
 	WantCode(t, "two late results in one request", err, codes.NotFound, "does not exist")
-	if st := e.stats(t, e.s); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 {
+	if st := e.stats(t, e.s); st.TaskInsDelivered+st.TaskResWaiting != 0 || st.TaskInsWaiting != 1 {
 		t.Fatalf("state after a late result: %+v", st)
 	}
 	if got := must(e.s.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(got) != 0 {
@@ -543,8 +571,15 @@ func testBlobs(t *testing.T, e *env) {
 	if len(got) != 1 || !proto.Equal(got[0].Task.Recordset, wantRes) {
 		t.Fatalf("result arrays differ from the ones pushed")
 	}
+	if st := e.stats(t, e.s); st.Blobs != 3 {
+		t.Errorf("after the result was pulled: %+v, want it kept until the run moves on", st)
+	}
+	if again := must(e.s.PullTaskRes(ctx, []string{ins[0].TaskId}))(t); len(again) != 1 || !proto.Equal(again[0].Task.Recordset, wantRes) {
+		t.Fatalf("result asked for again: arrays differ from the ones pushed")
+	}
+	must(e.s.PullTaskRes(ctx, []string{ins[1].TaskId}))(t) // the run moves on
 	if st := e.stats(t, e.s); st.Blobs != 2 || st.BlobBytes != int64(len(m1)+len(m2)) {
-		t.Errorf("after the result was pulled: %+v, want the result's own array released", st)
+		t.Errorf("after the run moved on: %+v, want the result's own array released", st)
 	}
 	check("third TaskIns", e.pullOne(t, e.s, a).Task.Recordset)
 	e.clock.Advance(31 * time.Second) // both nodes offline: NODE_UNAVAILABLE for the rest

@@ -111,7 +111,13 @@ func concurrentRound(t *testing.T, e *env, states []state.State) {
 
 	results := map[string]bool{}
 	for i := 0; len(results) < len(pushed) && ctx.Err() == nil; i++ {
-		list, err := pick(i).PullTaskRes(ctx, pushed)
+		var want []string // as a ServerApp does: what it still waits for
+		for _, id := range pushed {
+			if !results[id] {
+				want = append(want, id)
+			}
+		}
+		list, err := pick(i).PullTaskRes(ctx, want)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,8 +173,9 @@ func testSharedStore(t *testing.T, e *env) {
 	if len(res) != 1 || res[0].Task.Producer.NodeId != node {
 		t.Fatalf("result through the other State: %v", res)
 	}
-	if res := must(s1.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(res) != 0 {
-		t.Fatalf("result delivered twice: %v", res)
+	// A ServerApp that lost the response asks again through the other.
+	if again := must(s1.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(again) != 1 || again[0].TaskId != res[0].TaskId {
+		t.Fatalf("result asked for again through the other State: %v", again)
 	}
 	// The "already answered" memory is shared too.
 	if _, err := s2.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(got, node, e.now())}, ""); err != nil {
@@ -207,14 +214,20 @@ func testRestart(t *testing.T, e *env) {
 	want.TaskId, want.Task.PushedAt = waiting.TaskId, waiting.Task.PushedAt
 	answered := e.push(t, s, TaskIns(run, b, e.now()))
 	gone := e.push(t, s, TaskIns(run, b, e.now()))
+	sent := e.push(t, s, TaskIns(run, b, e.now()))
 	pa := e.pullOne(t, s, a)
 	if pa.TaskId != delivered.TaskId {
 		t.Fatal("not delivered in push order")
 	}
-	pAnswered, pGone := e.pullOne(t, s, b), e.pullOne(t, s, b)
+	pAnswered, pGone, pSent := e.pullOne(t, s, b), e.pullOne(t, s, b), e.pullOne(t, s, b)
 	res := e.answer(t, s, pAnswered, b)
 	e.answer(t, s, pGone, b)
+	sentRes := e.answer(t, s, pSent, b)
 	if r := must(s.PullTaskRes(ctx, []string{gone.TaskId}))(t); len(r) != 1 {
+		t.Fatal("result not delivered")
+	}
+	// sent's result is delivered, and gone's forgotten (not asked again).
+	if r := must(s.PullTaskRes(ctx, []string{sent.TaskId}))(t); len(r) != 1 {
 		t.Fatal("result not delivered")
 	}
 	before := e.stats(t, s)
@@ -246,20 +259,31 @@ func testRestart(t *testing.T, e *env) {
 	if !e.online(t, s, run, a) || !e.online(t, s, run, b) {
 		t.Fatal("nodes not online after the restart")
 	}
+	// The TaskIns delivered before the restart and not answered: its node
+	// asks again, so it did not get it (the SuperLink died while sending
+	// it); it gets it again, then the next one.
+	if again := e.pullOne(t, s, a); again.TaskId != delivered.TaskId || !proto.Equal(again.Task.Recordset, want.Task.Recordset) {
+		t.Errorf("TaskIns delivered before the restart and asked again: got %s, want %s with its arrays", again.TaskId, delivered.TaskId)
+	}
 	got := proto.Clone(e.pullOne(t, s, a)).(*flwrproto.TaskIns)
 	got.Task.DeliveredAt = ""
 	if !proto.Equal(got, want) {
 		t.Errorf("TaskIns %s pulled after the restart differs from the one pushed", got.TaskId)
 	}
+	e.pullNone(t, s, a)
 	if _, err := s.PullTaskIns(ctx, a, "node-b"); err == nil {
 		t.Error("the node's identity was lost in the restart")
 	}
 	e.answer(t, s, pa, a) // delivered before, answered after
-	// A repeat of a result stored before, and of one delivered before.
-	must(s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(pAnswered, b, e.now())}, ""))(t)
-	must(s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(pGone, b, e.now())}, ""))(t)
-	out := must(s.PullTaskRes(ctx, []string{delivered.TaskId, answered.TaskId, gone.TaskId}))(t)
-	if len(out) != 2 || out[0].Task.Ancestry[0] != delivered.TaskId || out[1].TaskId != res.TaskId {
+	// A repeat of a result stored before, of one delivered before, and of
+	// one delivered and forgotten before: accepted, not stored.
+	for _, p := range []*flwrproto.TaskIns{pAnswered, pSent, pGone} {
+		must(s.PushTaskRes(ctx, []*flwrproto.TaskRes{TaskRes(p, b, e.now())}, ""))(t)
+	}
+	// The result delivered just before the restart, asked again: the
+	// ServerApp did not get it.
+	out := must(s.PullTaskRes(ctx, []string{delivered.TaskId, answered.TaskId, sent.TaskId, gone.TaskId}))(t)
+	if len(out) != 3 || out[0].Task.Ancestry[0] != delivered.TaskId || out[1].TaskId != res.TaskId || out[2].TaskId != sentRes.TaskId {
 		t.Fatalf("results after the restart: %v", out)
 	}
 	if st := e.stats(t, s); st.TaskInsDelivered != 1 || st.TaskResWaiting != 0 || st.TaskInsWaiting != 0 || st.Blobs != 1 {

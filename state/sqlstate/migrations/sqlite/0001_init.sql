@@ -28,10 +28,13 @@ CREATE TABLE runs (
 	res_pulled INTEGER NOT NULL DEFAULT 0
 );
 
--- A TaskIns until PullTaskRes delivers its result (or the sweep forgets
+-- A TaskIns until the run's ServerApp has its result (or the sweep forgets
 -- it). msg is the TaskIns as pushed, with the data of its large arrays left
 -- out: task_blobs says which arrays, and blobs holds their data. seq is the
--- delivery order of each node's queue.
+-- delivery order of each node's queue. answered: a TaskRes is stored (the
+-- node's, or the made-up NODE_UNAVAILABLE one); res_delivered_at: when
+-- PullTaskRes first delivered it (the pair is kept, its TaskIns arrays
+-- released, until the run's next PullTaskRes does not ask for it again).
 CREATE TABLE task_ins (
 	seq               INTEGER PRIMARY KEY AUTOINCREMENT,
 	id                TEXT    NOT NULL UNIQUE,
@@ -41,8 +44,10 @@ CREATE TABLE task_ins (
 	expires_at        INTEGER NOT NULL,
 	delivered_at      INTEGER,
 	answered          INTEGER NOT NULL DEFAULT 0,
+	res_delivered_at  INTEGER,
 	msg               BLOB    NOT NULL
 );
+CREATE INDEX task_ins_run_delivered ON task_ins (run_id) WHERE res_delivered_at IS NOT NULL;
 CREATE INDEX task_ins_queue ON task_ins (consumer, seq) WHERE delivered_at IS NULL;
 CREATE INDEX task_ins_expiry ON task_ins (expires_at);
 
