@@ -128,7 +128,11 @@ func OpenSQLite(ctx context.Context, path string, o SQLiteOptions) (*State, erro
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "page_size(65536)") // before WAL: only a new file takes it
-	q.Add("_pragma", "journal_size_limit(67108864)")
+	// Checkpoint the WAL into the file once it holds 4 MiB (64 pages), and
+	// cut it back to 16 MiB after, so that neither file keeps the size of
+	// the largest push for good.
+	q.Add("_pragma", "wal_autocheckpoint(64)")
+	q.Add("_pragma", "journal_size_limit(16777216)")
 	q.Set("_journal_mode", "WAL")
 	q.Set("_synchronous", "FULL")
 	q.Set("_txlock", "immediate")
