@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 	"unsafe"
@@ -32,6 +33,10 @@ import (
 
 // chunkSize is the size of a blob_chunks row.
 const chunkSize = 1 << 20
+
+// collectEvery is how much of a large array is read between collections
+// of the chunks read.
+const collectEvery = 64 * chunkSize
 
 // cacheKeep is how long the cache holds an array firmly after its last use.
 const cacheKeep = time.Minute
@@ -158,6 +163,12 @@ func (s *State) readBlob(ctx context.Context, tx *sql.Tx, h sum) ([]byte, error)
 			return nil, fmt.Errorf("array %x: its chunks hold more than its %d bytes", h[:8], size)
 		}
 		out = append(out, b...)
+		// The driver hands each chunk over in a slice of its own, garbage
+		// once copied: for a large array, collect it as it goes, or it
+		// piles up to a second copy of the array before the GC runs.
+		if size > collectEvery && len(out)%collectEvery == 0 {
+			runtime.GC()
+		}
 	}
 	if err := rows.Close(); err != nil {
 		return nil, err

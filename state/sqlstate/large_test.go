@@ -1,0 +1,95 @@
+package sqlstate_test
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state/sqlstate"
+	"github.com/sepal-fl/sepal/state/statetest"
+)
+
+// heapPeak samples the heap's objects every millisecond while fn runs and
+// returns the highest value above the heap before it.
+func heapPeak(fn func()) uint64 {
+	runtime.GC()
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	base := s[0].Value.Uint64()
+	stop, done := make(chan struct{}), make(chan uint64)
+	go func() {
+		var peak uint64
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			metrics.Read(s)
+			peak = max(peak, s[0].Value.Uint64())
+			select {
+			case <-stop:
+				done <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	return max(<-done, base) - base
+}
+
+// BenchmarkLargeArray pushes a TaskIns holding one 512 MiB array into a
+// SQLite file and pulls it back through a State that never saw it (so it
+// is read from the file), reporting the heap each needs beyond the array:
+// the array goes to and from the file in 1 MiB chunks, never as a second
+// whole copy.
+//
+//	go test ./state/sqlstate -run '^$' -bench LargeArray -benchtime 1x
+func BenchmarkLargeArray(b *testing.B) {
+	const size = 512 << 20
+	ctx := context.Background()
+	quiet := sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}}
+	for range b.N {
+		path := filepath.Join(b.TempDir(), "state.db")
+		s, err := sqlstate.OpenSQLite(ctx, path, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		node, _ := s.CreateNode(ctx, 3600, "")
+		run, _ := s.CreateRun(ctx)
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		ti := statetest.TaskIns(run, node, 1.8e9)
+		ti.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: data}}}}}
+		push := heapPeak(func() {
+			if _, err := s.PushTaskIns(ctx, []*flwrproto.TaskIns{ti}); err != nil {
+				b.Fatal(err)
+			}
+		})
+		s.Close()
+		data, ti = nil, nil
+		s, err = sqlstate.OpenSQLite(ctx, path, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var got []*flwrproto.TaskIns
+		pull := heapPeak(func() {
+			if got, err = s.PullTaskIns(ctx, node, ""); err != nil || len(got) != 1 {
+				b.Fatalf("pull: %v %v", got, err)
+			}
+		})
+		if n := len(got[0].Task.Recordset.Parameters["p"].DataValues[0].Data); n != size {
+			b.Fatalf("pulled %d bytes, want %d", n, size)
+		}
+		s.Close()
+		b.ReportMetric(float64(push)/(1<<20), "push-extra-heap-MiB")
+		b.ReportMetric(float64(pull)/(1<<20), "pull-heap-MiB")
+		b.ReportMetric(float64(pull)/size, "pull-heap/array")
+	}
+}
