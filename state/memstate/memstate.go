@@ -10,9 +10,7 @@ package memstate
 
 import (
 	"context"
-	"crypto/rand"
 	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -25,18 +23,9 @@ import (
 	"github.com/sepal-fl/sepal/state"
 )
 
-// Options configure a State. The zero value is ready to use.
-type Options struct {
-	// Logger receives one line per node that joins or leaves and per run
-	// created. Default: slog.Default().
-	Logger *slog.Logger
-	// Now is the clock for liveness, expiry and the task timestamps.
-	// Default: time.Now.
-	Now func() time.Time
-	// Rand is the source of node ids, run ids and task ids (UUID4).
-	// Default: crypto/rand.Reader.
-	Rand io.Reader
-}
+// Options configure a State (state.Options). The zero value is ready to
+// use.
+type Options = state.Options
 
 type node struct {
 	id           int64
@@ -116,15 +105,7 @@ var (
 
 // New returns an empty State.
 func New(o Options) *State {
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.Rand == nil {
-		o.Rand = rand.Reader
-	}
+	o = o.WithDefaults()
 	return &State{
 		ev:      state.Events{Log: o.Logger},
 		now:     o.Now,

@@ -66,7 +66,7 @@ var sqliteHeader = []byte("SQLite format 3\x00")
 // (ErrReadOnly). A file or folder that other users can read is opened, and
 // said so in the log.
 func OpenSQLite(ctx context.Context, path string, o SQLiteOptions) (*State, error) {
-	o.Options = o.Options.withDefaults()
+	o.Options = o.Options.WithDefaults()
 	if path == "" {
 		return nil, errors.New("the state database path is empty: give a file, such as state.db")
 	}

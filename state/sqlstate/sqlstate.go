@@ -14,7 +14,6 @@ package sqlstate
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
 	"io"
 	"log/slog"
@@ -32,31 +31,9 @@ import (
 	"github.com/sepal-fl/sepal/state"
 )
 
-// Options configure a State. The zero value is ready to use.
-type Options struct {
-	// Logger receives one line per node that joins or leaves and per run
-	// created, and the database's failures. Default: slog.Default().
-	Logger *slog.Logger
-	// Now is the clock for liveness, expiry and the task times.
-	// Default: time.Now.
-	Now func() time.Time
-	// Rand is the source of node ids, run ids and task ids (UUID4).
-	// Default: crypto/rand.Reader.
-	Rand io.Reader
-}
-
-func (o Options) withDefaults() Options {
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.Rand == nil {
-		o.Rand = rand.Reader
-	}
-	return o
-}
+// Options configure a State (state.Options). The zero value is ready to
+// use.
+type Options = state.Options
 
 // State is the SQL state.State. It is safe for concurrent use, and several
 // States (in one process or several) may share one database.
@@ -95,7 +72,7 @@ var (
 
 // open finishes opening a State on db: the schema, then the restart grace.
 func open(ctx context.Context, db *sql.DB, d *dialect, name string, o Options, tables func(context.Context, *sql.Tx) ([]string, error)) (*State, int, int, error) {
-	o = o.withDefaults()
+	o = o.WithDefaults()
 	s := &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now), opened: micro(o.Now())}
 	from, to, err := migrate(ctx, db, d, tables)
 	if err != nil {

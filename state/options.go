@@ -1,0 +1,36 @@
+package state
+
+import (
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Options are what every implementation takes besides its store. The zero
+// value is ready to use.
+type Options struct {
+	// Logger receives one line per node that joins or leaves and per run
+	// created (and, for a database, its failures). Default: slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for liveness, expiry and the task times.
+	// Default: time.Now.
+	Now func() time.Time
+	// Rand is the source of node ids, run ids and task ids (UUID4).
+	// Default: crypto/rand.Reader.
+	Rand io.Reader
+}
+
+// WithDefaults returns o with its defaults filled in.
+func (o Options) WithDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	return o
+}
