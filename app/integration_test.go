@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	pb "github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -365,5 +367,68 @@ func TestSuperLinkRestart(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("RunNode: %v", err)
+	}
+}
+
+// slowCreate is a Fleet API whose CreateNode registers the node, tells
+// entered, and answers only once release is closed.
+type slowCreate struct {
+	pb.FleetServer
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowCreate) CreateNode(ctx context.Context, r *pb.CreateNodeRequest) (*pb.CreateNodeResponse, error) {
+	resp, err := s.FleetServer.CreateNode(ctx, r)
+	close(s.entered)
+	<-s.release
+	return resp, err
+}
+
+// TestNodeStoppedWhileRegistering: a stop that arrives while CreateNode is
+// under way (the SuperLink has registered the node, the answer is not back
+// yet) still unregisters the node, instead of leaving it to miss its pings.
+func TestNodeStoppedWhileRegistering(t *testing.T) {
+	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink")})
+	fleet := &slowCreate{FleetServer: sl.Fleet(), entered: make(chan struct{}), release: make(chan struct{})}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterFleetServer(srv, fleet)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	driver := sl.Driver()
+	run, err := driver.CreateRun(context.Background(), &pb.CreateRunRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunNode(ctx, NodeOptions{Server: lis.Addr().String(), TLS: transport.ClientOptions{Insecure: true},
+			PollInterval: 50 * time.Millisecond, Logger: testLogger(t, "node")})
+	}()
+	select {
+	case <-fleet.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the node never called CreateNode")
+	}
+	cancel()
+	time.Sleep(100 * time.Millisecond) // the stop is seen before the answer
+	close(fleet.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunNode after the stop: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RunNode did not return after the stop")
+	}
+	nodes, err := driver.GetNodes(context.Background(), &pb.GetNodesRequest{RunId: run.RunId})
+	if err != nil || len(nodes.GetNodes()) != 0 {
+		t.Errorf("nodes after a stop during CreateNode: %v %v, want none (DeleteNode not called)", nodes.GetNodes(), err)
 	}
 }

@@ -146,11 +146,19 @@ func (n *node) session(ctx context.Context) (int64, error) {
 
 func (n *node) once(ctx context.Context) (int64, error) {
 	var id int64
-	err := n.c.do(ctx, "CreateNode", func(ctx context.Context) error {
-		resp, err := n.fleet.CreateNode(ctx, &pb.CreateNodeRequest{PingInterval: n.o.PingInterval})
+	err := n.c.do(ctx, "CreateNode", func(cctx context.Context) error {
+		resp, err := outlastStop(ctx, cctx, func(ctx context.Context) (*pb.CreateNodeResponse, error) {
+			return n.fleet.CreateNode(ctx, &pb.CreateNodeRequest{PingInterval: n.o.PingInterval})
+		})
 		id = resp.GetNode().GetNodeId()
 		return err
 	})
+	if err == nil && ctx.Err() != nil {
+		// Stopped while registering: the SuperLink knows the node, so
+		// unregister it rather than leave it to miss its pings.
+		n.deleteNode(&pb.Node{NodeId: id})
+		return 0, nil
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, nil
@@ -274,6 +282,44 @@ func (n *node) pingLoop(ctx context.Context, self *pb.Node, lost chan<- struct{}
 }
 
 // deleteNode unregisters, best effort, even when the node's ctx has ended.
+// outlastStop runs call with callCtx's deadline but not its cancellation
+// by stop: a call the SuperLink may already have carried out (CreateNode)
+// is given up to deleteTimeout after stop ends to bring its answer, so the
+// caller learns what to undo. Without a stop it is call(callCtx).
+func outlastStop[T any](stop, callCtx context.Context, call func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(callCtx))
+	defer cancel()
+	if d, ok := callCtx.Deadline(); ok {
+		var c2 context.CancelFunc
+		ctx, c2 = context.WithDeadline(ctx, d)
+		defer c2()
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := call(ctx)
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-stop.Done():
+	}
+	t := time.NewTimer(deleteTimeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-t.C:
+		cancel()
+		r := <-done
+		return r.v, r.err
+	}
+}
+
 func (n *node) deleteNode(self *pb.Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 	defer cancel()
