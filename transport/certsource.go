@@ -12,6 +12,9 @@ import (
 // CertSource supplies the serving certificate for each TLS handshake.
 // GetCertificate is called on every handshake: it must not block on I/O,
 // must be safe for concurrent use, and must not modify a certificate it returned.
+// An error that means the source has no certificate yet (an ACME source
+// still obtaining its first) should have a method Temporary() bool that
+// returns true: ObserveHandshakes then counts the handshake as CauseNotReady.
 type CertSource interface {
 	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
 }

@@ -336,6 +336,10 @@ type clientAuthCreds struct {
 	st *clientAuthState
 }
 
+// errValidationClosed ends the connection of an ACME validation, whose
+// handshake completed without a client certificate.
+var errValidationClosed = errors.New("a connection without a client certificate (an ACME validation) is closed after its handshake")
+
 func (c *clientAuthCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
@@ -352,7 +356,7 @@ func (c *clientAuthCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.A
 	if !ok || len(ti.State.PeerCertificates) == 0 {
 		// An acme-tls/1 handshake: done, and nothing more.
 		conn.Close()
-		return nil, nil, errors.New("a connection without a client certificate (an ACME validation) is closed after its handshake")
+		return nil, nil, errValidationClosed
 	}
 	leaf := ti.State.PeerCertificates[0]
 	id, _ := IdentityOf(leaf) // admit checked it

@@ -53,7 +53,7 @@ func ServerConfig(src CertSource) *tls.Config {
 		CipherSuites:     slices.Clone(serverCipherSuites),
 		CurvePreferences: slices.Clone(serverCurves),
 		NextProtos:       serverProtos(src),
-		GetCertificate:   src.GetCertificate,
+		GetCertificate:   observedGetCertificate(src),
 		ClientAuth:       tls.NoClientCert,
 	}
 }
