@@ -33,6 +33,13 @@ type FileSourceOptions struct {
 	// calls Reload when the process gets SIGHUP (flower-superlink does,
 	// with its other reloads). Default false: Run reloads on SIGHUP.
 	NoSIGHUP bool
+	// OnReload, when set, is told of every certificate served (at start
+	// and on each reload), of files back to the served certificate after
+	// a logged failure, and of every failed reload that is logged or
+	// asked for (SIGHUP, Reload); see ReloadEvent. It is called with the
+	// source's lock held, so it must be quick and must not call the
+	// source. Default: nothing is called.
+	OnReload func(ReloadEvent)
 }
 
 // FileSource serves a certificate and key read from files, and reloads them
@@ -83,6 +90,7 @@ func NewFileSource(o FileSourceOptions) (*FileSource, error) {
 		recovered: s.recovered,
 		idle:      s.logExpired,
 		retry:     errNotYetValid,
+		attempted: s.report,
 	}
 	if _, err := s.start(); err != nil {
 		return nil, err

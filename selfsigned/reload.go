@@ -47,6 +47,11 @@ type reloader[C interface{ equal(C) bool }, V any] struct {
 	recovered func(trigger string, unchanged bool)
 	idle      func(now time.Time)
 	retry     func(err error) bool
+	// attempted, if set, hears every value served (err nil), the files
+	// back to the served content after a logged failure (err nil), and
+	// every failure that is logged or was asked for (SIGHUP, Reload),
+	// for metrics.
+	attempted func(trigger string, err error)
 
 	cur atomic.Pointer[V]
 
@@ -118,10 +123,13 @@ func (r *reloader[C, V]) reload(trigger string, explicit bool) error {
 	now := r.now()
 	c, err := r.read()
 	if err == nil && c.equal(r.loaded) {
-		if r.reported && r.recovered != nil {
+		if r.reported {
 			// A failure was reported and the files are back to what is
 			// served (say, a bad file was restored): say it is over.
-			r.recovered(trigger, true)
+			if r.recovered != nil {
+				r.recovered(trigger, true)
+			}
+			r.attempt(trigger, nil)
 		}
 		r.failedRead, r.failedErr, r.logged, r.reported = false, nil, false, false
 		r.idle(now)
@@ -132,7 +140,9 @@ func (r *reloader[C, V]) reload(trigger string, explicit bool) error {
 	same := r.failedErr != nil && (err == nil && !r.failedRead && c.equal(r.failedC) ||
 		err != nil && r.failedRead && err.Error() == r.failedErr.Error())
 	if same && !explicit && (r.retry == nil || !r.retry(r.failedErr)) {
-		r.logOnce(trigger)
+		if r.logOnce(trigger) {
+			r.attempt(trigger, r.failedErr)
+		}
 		return r.failedErr
 	}
 	read := err == nil
@@ -149,7 +159,9 @@ func (r *reloader[C, V]) reload(trigger string, explicit bool) error {
 		// unchanged: files replaced one at a time, or a file written in
 		// place, are complete by then and never reported.
 		if explicit || same {
-			r.logOnce(trigger)
+			if r.logOnce(trigger) || explicit {
+				r.attempt(trigger, err)
+			}
 		}
 		r.idle(now)
 		return err
@@ -158,13 +170,22 @@ func (r *reloader[C, V]) reload(trigger string, explicit bool) error {
 	return nil
 }
 
-// logOnce reports the current failure unless it was reported. r.mu is held.
-func (r *reloader[C, V]) logOnce(trigger string) {
+// logOnce reports the current failure unless it was reported, and says
+// whether it reported it now. r.mu is held.
+func (r *reloader[C, V]) logOnce(trigger string) bool {
 	if r.logged {
-		return
+		return false
 	}
 	r.logged, r.reported = true, true
 	r.failed(trigger, r.failedErr)
+	return true
+}
+
+// attempt tells attempted, if set, of an outcome. r.mu is held.
+func (r *reloader[C, V]) attempt(trigger string, err error) {
+	if r.attempted != nil {
+		r.attempted(trigger, err)
+	}
 }
 
 // swap serves v, read as c. r.mu is held (or r is new).
@@ -176,6 +197,7 @@ func (r *reloader[C, V]) swap(c C, v *V, trigger string) {
 	r.cur.Store(v)
 	r.loaded, r.failedC, r.failedRead, r.failedErr, r.logged, r.reported = c, zero, false, nil, false, false
 	r.swapped(c, v, trigger)
+	r.attempt(trigger, nil)
 }
 
 // sourceDefaults checks and fills the options every reloading source
