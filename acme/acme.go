@@ -143,6 +143,14 @@ type Options struct {
 	// Logger receives the steps (account, order, challenge, issued, expiry)
 	// and certmagic's own logs. Default: discard.
 	Logger *slog.Logger
+
+	// OnEvent, when set, is told of every order that succeeded or failed
+	// (each attempt) and of certificates loaded from storage at start, for
+	// metrics. It is called from the goroutine doing the work, so it must
+	// be quick and safe for concurrent use. With autocert, which reports
+	// nothing, a renewal is seen when a new certificate is first served,
+	// and failed renewals are not seen. Default: nothing is called.
+	OnEvent func(Event)
 }
 
 // DefaultStorage returns the per-user folder for ACME data:
@@ -499,12 +507,18 @@ func (s *Source) obtain(ctx context.Context, responder bool) error {
 		s.log.Info("acme: obtaining or loading certificate", "domain", d)
 		leaf, loaded, err := s.b.obtain(ctx, d)
 		if err != nil {
+			if s.opts.Client == ClientAutocert {
+				s.opts.emit(EventObtain, d, err)
+			}
 			return &ObtainError{Domain: d, CA: s.opts.CA, Challenge: s.opts.Challenge,
 				Address: s.challengeAddress(), Elapsed: time.Since(start).Round(time.Millisecond), Err: err}
 		}
 		how := "certificate issued"
 		if loaded {
 			how = "certificate loaded from storage"
+			s.opts.emit(EventLoad, d, nil)
+		} else if s.opts.Client == ClientAutocert {
+			s.opts.emit(EventObtain, d, nil) // certmagic reports its own orders
 		}
 		s.log.Info("acme: "+how, "domain", d, "serial", certfmt.Serial(leaf.SerialNumber),
 			"issuer", leaf.Issuer.CommonName, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339),
@@ -586,7 +600,7 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	if !s.ready.Load() {
 		// Before Obtain, a handshake would make autocert start an order of
 		// its own and block on it: refuse at once instead.
-		return nil, errors.New("acme: the certificates are still being obtained; try again shortly")
+		return nil, notReadyError{}
 	}
 	name := normalize(hello.ServerName)
 	if !s.domains[name] {
@@ -601,6 +615,9 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 			if old, loaded := s.serving.Swap(name, cert.Leaf); !loaded || old != cert.Leaf {
 				s.log.Info("acme: serving certificate", "domain", name, "serial", certfmt.Serial(cert.Leaf.SerialNumber),
 					"expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+				if loaded && s.opts.Client == ClientAutocert {
+					s.opts.emit(EventRenew, name, nil) // autocert renewed it in the background
+				}
 			}
 		}
 	}

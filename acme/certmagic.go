@@ -21,6 +21,7 @@ type certmagicBackend struct {
 	cache *certmagic.Cache
 	cfg   *certmagic.Config
 	iss   *certmagic.ACMEIssuer
+	opts  *Options // for OnEvent
 
 	sync syncLoop // serves certificates renewed by other processes sharing the storage
 
@@ -34,7 +35,7 @@ var _ certmagic.Issuer = (*certmagic.ACMEIssuer)(nil)
 
 func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 	zl := newZapLogger(o.Logger)
-	b := &certmagicBackend{lastErr: map[string]error{}, issued: map[string]bool{}, giveUp: map[string]context.CancelCauseFunc{}}
+	b := &certmagicBackend{lastErr: map[string]error{}, issued: map[string]bool{}, giveUp: map[string]context.CancelCauseFunc{}, opts: &o}
 	var storage certmagic.Storage = &certmagic.FileStorage{Path: o.Storage}
 	if o.CertmagicStorage != nil {
 		storage = o.CertmagicStorage
@@ -101,21 +102,28 @@ func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 // onEvent keeps the last failure per domain, so that New can report the
 // CA's own error text when the start-up timeout ends the retries, and
 // notes which domains this process obtained (with a shared storage,
-// another replica may have, and this one loaded the result).
+// another replica may have, and this one loaded the result), and tells
+// Options.OnEvent of orders.
 func (b *certmagicBackend) onEvent(_ context.Context, event string, data map[string]any) error {
+	id, _ := data["identifier"].(string)
+	kind := EventObtain
+	if renewal, _ := data["renewal"].(bool); renewal {
+		kind = EventRenew
+	}
 	if event == "cert_obtained" {
-		if id, _ := data["identifier"].(string); id != "" {
+		if id != "" {
 			b.mu.Lock()
 			b.issued[normalize(id)] = true
 			b.mu.Unlock()
+			b.opts.emit(kind, normalize(id), nil)
 		}
 		return nil
 	}
 	if event != "cert_failed" {
 		return nil
 	}
-	id, _ := data["identifier"].(string)
 	if err, ok := data["error"].(error); ok && id != "" {
+		b.opts.emit(kind, normalize(id), err)
 		b.mu.Lock()
 		b.lastErr[normalize(id)] = err
 		giveUp := b.giveUp[normalize(id)]
