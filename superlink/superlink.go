@@ -62,6 +62,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -107,6 +108,10 @@ type Options struct {
 	// Limits bound what peers may make Serve hold: request sizes, the
 	// in-flight budget, connections. Default: see Limits.
 	Limits Limits
+	// ServerOptions are added to the gRPC server options of both APIs,
+	// before Sepal's own, so that interceptors given here (metrics) run
+	// outermost and see every call as answered. Default: none.
+	ServerOptions []grpc.ServerOption
 }
 
 // SuperLink holds the state shared by the Fleet and Driver services. Its
@@ -234,13 +239,13 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	fleetLis = newLimitListener(fleetLis, s.opts.Limits.MaxConnections, s.budget)
 	driverLis = newLimitListener(driverLis, s.opts.Limits.MaxConnections, s.budget)
 
-	fs := grpc.NewServer(serverOptions(guarded(fleetCreds, s.guard), s.codec, s.log, s.opts.Limits)...)
+	fs := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(fleetCreds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
 	flwrproto.RegisterFleetServer(fs, s.Fleet())
 	fh := health.NewServer()
 	fh.SetServingStatus(flwrproto.Fleet_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(fs, fh)
 
-	ds := grpc.NewServer(serverOptions(guarded(driverCreds, s.guard), s.codec, s.log, s.opts.Limits)...)
+	ds := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(driverCreds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
 	flwrproto.RegisterDriverServer(ds, s.Driver())
 	dh := health.NewServer()
 	dh.SetServingStatus(flwrproto.Driver_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

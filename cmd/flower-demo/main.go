@@ -68,6 +68,7 @@ type options struct {
 	clients, rounds int
 	dir             string
 	keep, verbose   bool
+	logFormat       string
 }
 
 // parse parses the flags; --help and --version print to stdout.
@@ -95,6 +96,7 @@ func parse(args []string, stdout io.Writer) (*options, error) {
 	if err := cli.NoArgs(fs, ""); err != nil {
 		return nil, err
 	}
+	o.logFormat = cli.LogFormat(fs)
 	if o.clients < 1 || o.clients > maxClients {
 		return nil, cli.Usagef("--clients %d: give a number of client apps from 1 to %d", o.clients, maxClients)
 	}
@@ -117,7 +119,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.verbose {
 		level = slog.LevelInfo
 	}
-	d := &demo{opts: o, out: stdout, log: cli.NewLogger(stderr, level)}
+	d := &demo{opts: o, out: stdout, log: cli.NewFormatLogger(stderr, level, o.logFormat)}
 	return d.run(ctx)
 }
 

@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *verbose {
 		level = slog.LevelDebug
 	}
-	logger := cli.NewLogger(stderr, level)
+	logger := cli.NewFormatLogger(stderr, level, cli.LogFormat(fs))
 	ctx, hup, cancel := cli.Signals(ctx, logger)
 	defer cancel()
 	flags.Hangup(hup)

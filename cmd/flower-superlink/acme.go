@@ -49,6 +49,7 @@ type acmeFlags struct {
 	renewInterval time.Duration
 	renewWindow   float64
 	storageCheck  time.Duration
+	onEvent       func(acme.Event) // metrics, when --metrics-address is given
 }
 
 // acmeFlagNames lists every --acme-* flag but --acme-domain.
@@ -242,6 +243,7 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 		RenewalWindowRatio:   a.renewWindow,
 		StorageCheckInterval: a.storageCheck,
 		Logger:               log,
+		OnEvent:              a.onEvent,
 	}
 	if pg != nil {
 		o.CertmagicStorage = pg

@@ -77,6 +77,8 @@ type config struct {
 	acme             *acmeFlags
 	mtls             *mtlsFlags
 	limits           *limitFlags
+	metrics          *metricsFlags
+	logFormat        string
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -99,6 +101,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.DurationVar(&c.pollInterval, "certificates-poll-interval", 5*time.Second, "how often the certificate files are checked for a change (SIGHUP reloads at once)")
 	c.acme = registerACMEFlags(fs)
 	c.mtls = registerMTLSFlags(fs)
+	c.metrics = registerMetricsFlags(fs)
 	fs.StringVar(&c.driverAddr, "driver-api-address", "0.0.0.0:9091", "Driver API (ServerApps) address, HOST:PORT; with --acme-domain the default is "+acmeDriverAddress)
 	fs.StringVar(&c.fleetAddr, "grpc-rere-fleet-api-address", "0.0.0.0:9092", "Fleet API (SuperNodes) address, HOST:PORT")
 	fs.Bool("grpc-rere", false, "the Fleet API type, gRPC request-response: the only one served, accepted as in Flower 1.8.0")
@@ -115,6 +118,10 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, err
 	}
 	if err := cli.NoArgs(fs, ""); err != nil {
+		return nil, err
+	}
+	c.logFormat = cli.LogFormat(fs)
+	if err := c.metrics.check(); err != nil {
 		return nil, err
 	}
 	if err := c.limits.check(); err != nil {
@@ -203,7 +210,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := cli.NewLogger(stderr, slog.LevelInfo)
+	log := cli.NewFormatLogger(stderr, slog.LevelInfo, c.logFormat)
+	mon := c.metrics.monitor(log)
 
 	ctx, hup, stop := cli.Signals(ctx, log)
 	defer stop()
@@ -223,6 +231,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			PollInterval: c.pollInterval,
 			Logger:       log,
 			NoSIGHUP:     true, // reloaded by hup
+			OnReload:     mon.fileReload(),
 		})
 		if err != nil {
 			return err
@@ -230,6 +239,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		src = fsrc
 		hangupSource(hup, fsrc)
 	case modeACME:
+		c.acme.onEvent = mon.acmeEvent()
 		asrc, err := c.acme.source(ctx, log)
 		if err != nil {
 			return err
@@ -272,7 +282,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st})
+	if err := mon.start(ctx, src, fleetLis, driverLis); err != nil {
+		fleetLis.Close()
+		driverLis.Close()
+		return err
+	}
+	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
+	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions()})
 	served := make(chan error, 1)
 	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
 
@@ -309,6 +325,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		attrs = append(attrs, "tls", false)
 	}
+	attrs = append(attrs, mon.attrs()...)
+	mon.serving()
 	log.Info("serving", append(attrs, c.mtls.attrs()...)...)
 	c.mtls.warnOpenDriver(log, driverLis.Addr())
 	return finish(ctx, log, <-served)

@@ -59,6 +59,8 @@ func NewFlagSet(c Command, out io.Writer) *pflag.FlagSet {
 	fs.SetOutput(out)
 	fs.SortFlags = false
 	fs.Bool(versionFlag, false, "print the version and exit")
+	lf := LogText
+	fs.Var((*logFormatValue)(&lf), logFormatFlag, "how log lines are written to stderr: text (key=value) or json (one object per line, for a log collector)")
 	fs.Usage = func() {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s: %s\n\nExamples:\n", c.Name, c.Synopsis)
@@ -78,7 +80,7 @@ func NewFlagSet(c Command, out io.Writer) *pflag.FlagSet {
 func flagUsages(fs *pflag.FlagSet) string {
 	show := pflag.NewFlagSet(fs.Name(), pflag.ContinueOnError)
 	show.SortFlags = false
-	var version *pflag.Flag
+	var version, logFormat *pflag.Flag
 	fs.VisitAll(func(f *pflag.Flag) {
 		c := *f
 		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && f.Value.Type() == "bool" {
@@ -87,14 +89,20 @@ func flagUsages(fs *pflag.FlagSet) string {
 			// before 1.1.
 			c.Value = plainBool{f.Value}
 		}
-		if f.Name == versionFlag {
+		switch f.Name {
+		case versionFlag:
 			version = &c
+			return
+		case logFormatFlag:
+			logFormat = &c
 			return
 		}
 		show.AddFlag(&c)
 	})
-	if version != nil {
-		show.AddFlag(version)
+	for _, f := range []*pflag.Flag{logFormat, version} {
+		if f != nil {
+			show.AddFlag(f)
+		}
 	}
 	return show.FlagUsages()
 }
@@ -193,7 +201,52 @@ func report(w io.Writer, name string, err error) int {
 // NewLogger returns the text slog logger every command logs with. Keys are
 // snake_case; keys and key material never go through it.
 func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return NewFormatLogger(w, level, LogText)
+}
+
+// Log formats, the values of --log-format.
+const (
+	LogText = "text" // slog's TextHandler: key=value
+	LogJSON = "json" // slog's JSONHandler: one object per line
+)
+
+// logFormatFlag is the flag NewFlagSet registers in every flag set.
+const logFormatFlag = "log-format"
+
+// logFormatValue is --log-format: text or json, refused otherwise when the
+// command line is parsed.
+type logFormatValue string
+
+func (v *logFormatValue) String() string { return string(*v) }
+func (v *logFormatValue) Type() string   { return "format" }
+func (v *logFormatValue) Set(s string) error {
+	switch s {
+	case LogText, LogJSON:
+		*v = logFormatValue(s)
+		return nil
+	}
+	return fmt.Errorf("use %s or %s", LogText, LogJSON)
+}
+
+// LogFormat returns the --log-format of a flag set from NewFlagSet, after
+// Parse: LogText (the default) or LogJSON.
+func LogFormat(fs *pflag.FlagSet) string {
+	if f := fs.Lookup(logFormatFlag); f != nil {
+		return f.Value.String()
+	}
+	return LogText
+}
+
+// NewFormatLogger returns the logger of a command run with --log-format
+// format (LogText, or LogJSON for one JSON object per line); any other
+// format is text. The command's last line on failure ("name: message",
+// printed by Exit) stays plain text.
+func NewFormatLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	o := &slog.HandlerOptions{Level: level}
+	if format == LogJSON {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
 }
 
 // SignalContext returns a context that ends on SIGINT or SIGTERM. A second

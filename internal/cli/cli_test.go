@@ -2,8 +2,10 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -89,14 +91,18 @@ func TestBoolUsage(t *testing.T) {
 	if strings.Contains(u, "[=") {
 		t.Fatalf("usage shows a bool flag with its value:\n%s", u)
 	}
+	// Column widths follow the widest flag (--log-format): compare with
+	// runs of spaces folded.
+	fold := func(s string) string { return strings.Join(strings.Fields(s), " ") }
 	for _, want := range []string{
 		"      --insecure   plaintext\n",
 		"  -v, --verbose    log more\n",
 		"      --color      colour the output (default true)\n",
 		"      --n int      how many (default 1)\n",
+		"      --log-format format   how log lines are written",
 		"      --version    print the version and exit\n",
 	} {
-		if !strings.Contains(u, want) {
+		if !strings.Contains(fold(u), fold(want)) {
 			t.Errorf("usage lacks %q:\n%s", want, u)
 		}
 	}
@@ -134,4 +140,32 @@ func TestArgs(t *testing.T) {
 	usage(t, err, "missing APP: name the app, such as client:app")
 	_, err = OneApp(parse(t, "client:app", "extra"), "")
 	usage(t, err, `unexpected argument "extra": flower-x runs one APP`)
+}
+
+// TestLogFormat: every command takes --log-format text|json (listed just
+// before --version); json writes one JSON object per line.
+func TestLogFormat(t *testing.T) {
+	fs := NewFlagSet(Command{Name: "flower-x"}, io.Discard)
+	if err := Parse(fs, nil); err != nil || LogFormat(fs) != LogText {
+		t.Fatalf("default: %v %q", err, LogFormat(fs))
+	}
+	err := Parse(fs, []string{"--log-format", "xml"})
+	var ue *UsageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--log-format") || !strings.Contains(err.Error(), "use text or json") {
+		t.Fatalf("--log-format xml: %v, want a usage error naming the flag and the choices", err)
+	}
+	if err := Parse(fs, []string{"--log-format", "json"}); err != nil || LogFormat(fs) != LogJSON {
+		t.Fatalf("--log-format json: %v %q", err, LogFormat(fs))
+	}
+	var b bytes.Buffer
+	NewFormatLogger(&b, slog.LevelInfo, LogFormat(fs)).Info("serving", "fleet_api_address", "127.0.0.1:9092")
+	var rec map[string]any
+	if err := json.Unmarshal(b.Bytes(), &rec); err != nil || rec["msg"] != "serving" || rec["fleet_api_address"] != "127.0.0.1:9092" || rec["level"] != "INFO" {
+		t.Fatalf("json log line %q: %v %v", b.String(), rec, err)
+	}
+	b.Reset()
+	NewLogger(&b, slog.LevelInfo).Info("serving", "fleet_api_address", "127.0.0.1:9092")
+	if !strings.Contains(b.String(), "msg=serving fleet_api_address=127.0.0.1:9092") {
+		t.Fatalf("text log line %q", b.String())
+	}
 }
