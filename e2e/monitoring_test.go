@@ -364,3 +364,79 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+
+// TestMonitoringACME: an ACME SuperLink with --metrics-address says it is
+// not ready while it obtains its certificate (handshakes meanwhile fail as
+// not_ready, as many as the clients saw), then counts the issuance from
+// pebble, exports the certificate's expiry per domain, and counts an ACME
+// validation for a name it does not manage as a bad server name.
+func TestMonitoringACME(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	fleet, metricsAddr := freeAddr(t), freeAddr(t)
+	pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), AuthzReuse: -1})
+	roots := pb.issuingRoots(t)
+	l := startACMELink(t, pb, acmeLinkOptions{client: "certmagic", fleet: fleet,
+		extra: []string{"--metrics-address", metricsAddr}})
+
+	// Until the certificate is in: handshakes (counting the refusals the
+	// clients see) and /readyz (which must say not ready at least once).
+	base := "http://" + metricsAddr
+	var refused, notReady int
+	var leaf *x509.Certificate
+	deadline := time.Now().Add(60 * time.Second)
+	for leaf == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no ACME certificate served within 60s")
+		}
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", fleet,
+			&tls.Config{RootCAs: roots, ServerName: acmeDomain, NextProtos: []string{"h2"}})
+		switch {
+		case err == nil:
+			leaf = c.ConnectionState().PeerCertificates[0]
+			c.Close()
+		case strings.Contains(err.Error(), "internal error"):
+			refused++
+		}
+		if res, err := (&http.Client{Timeout: 2 * time.Second}).Get(base + "/readyz"); err == nil {
+			if res.StatusCode == http.StatusServiceUnavailable {
+				notReady++
+			}
+			res.Body.Close()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("while obtaining: %d handshakes refused, /readyz not ready %d times", refused, notReady)
+	if refused == 0 || notReady == 0 {
+		t.Errorf("no refused handshake (%d) or no not-ready /readyz (%d) while the certificate was obtained", refused, notReady)
+	}
+	l.p.waitOutput(t, "msg=serving", 10*time.Second)
+	if code, body := httpGet(t, base+"/readyz"); code != 200 {
+		t.Errorf("/readyz once serving: %d %q", code, body)
+	}
+	// Validations for names not managed here.
+	for range 2 {
+		oneHandshake(fleet, &tls.Config{InsecureSkipVerify: true, ServerName: "unknown.superlink.test", NextProtos: []string{"acme-tls/1"}}, "")
+	}
+
+	s := waitScrape(t, base+"/metrics", func(s testkit.Samples) bool {
+		v, _ := s.Value("sepal_tls_handshake_failures_total", "api", "fleet", "cause", "bad_server_name")
+		return v >= 2
+	})
+	s.Want(t, float64(refused), "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "not_ready")
+	s.Want(t, 2, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "bad_server_name")
+	s.Want(t, 1, "sepal_acme_orders_total", "kind", "obtain", "result", "success")
+	s.Want(t, 0, "sepal_acme_orders_total", "kind", "obtain", "result", "failure")
+	s.Want(t, 0, "sepal_acme_orders_total", "kind", "renew", "result", "success")
+	s.Want(t, float64(leaf.NotAfter.Unix()), "sepal_certificate_expiration_timestamp_seconds", "name", acmeDomain, "source", "acme")
+	s.Want(t, 1, "sepal_certificate_last_reload_success", "source", "acme")
+	if v, ok := s.Value("sepal_certificate_last_reload_success_timestamp_seconds", "source", "acme"); !ok || time.Since(time.Unix(int64(v), 0)) > 2*time.Minute {
+		t.Errorf("last ACME success at %v (%v), want just now", v, ok)
+	}
+	if _, ok := s.Value("sepal_certificate_reloads_total", "result", "success"); ok {
+		t.Errorf("file reloads are exported for an ACME SuperLink")
+	}
+	if _, page := httpGet(t, base+"/"); !strings.Contains(page, "acme ("+acmeDomain+")") || !strings.Contains(page, "Pebble") || !strings.Contains(page, "obtain of "+acmeDomain) {
+		t.Errorf("the status page does not show the ACME certificate and its issuance:\n%s", page)
+	}
+}
