@@ -364,7 +364,6 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
-
 // TestMonitoringACME: an ACME SuperLink with --metrics-address says it is
 // not ready while it obtains its certificate (handshakes meanwhile fail as
 // not_ready, as many as the clients saw), then counts the issuance from
