@@ -106,10 +106,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descInflight, float64(used))
 		gauge(descInflightLimit, float64(budget))
 	}
-	if m.o.State != nil {
+	if state := m.getState(); state != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		st, err := m.o.State.Stats(ctx)
+		st, err := state.Stats(ctx)
 		if err != nil {
 			m.log.Debug("the state did not answer a scrape", "error", err)
 			gauge(descStateUp, 0)

@@ -61,8 +61,8 @@ type Options struct {
 	Now func() time.Time
 	// Version is exported as sepal_build_info{version}. Default: "".
 	Version string
-	// State is read on every scrape and page view. Default: nil, no state
-	// metrics, nodes or runs.
+	// State is read on every scrape and page view (SetState may give it
+	// later). Default: nil, no state metrics, nodes or runs.
 	State State
 	// InFlight returns the bytes of requests held now and the budget
 	// (--max-inflight-bytes). Default: nil, not exported.
@@ -94,6 +94,24 @@ type Metrics struct {
 	events map[string]*sourceEvents // by source
 
 	serving atomic.Bool
+	state   atomic.Pointer[State]
+}
+
+// SetState gives the state to read, when it is made after New.
+func (m *Metrics) SetState(s State) {
+	if s == nil {
+		m.state.Store(nil)
+		return
+	}
+	m.state.Store(&s)
+}
+
+// getState returns the state to read, or nil.
+func (m *Metrics) getState() State {
+	if p := m.state.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // certSource is a certificate source the metrics read at scrape time.
@@ -147,6 +165,7 @@ func New(o Options) *Metrics {
 		o.Refresh = 10 * time.Second
 	}
 	m := &Metrics{o: o, log: o.Logger, reg: prometheus.NewRegistry(), events: map[string]*sourceEvents{}}
+	m.SetState(o.State)
 	for range apis {
 		m.handshakes = append(m.handshakes, make([]atomic.Uint64, 1+len(transport.HandshakeCauses)))
 	}
@@ -323,10 +342,10 @@ func (m *Metrics) Ready(ctx context.Context) (bool, string) {
 			return false, "no certificate is being served yet"
 		}
 	}
-	if m.o.State != nil {
+	if st := m.getState(); st != nil {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if err := m.o.State.Check(ctx); err != nil {
+		if err := st.Check(ctx); err != nil {
 			return false, "the state cannot be reached: " + err.Error()
 		}
 	}

@@ -64,6 +64,9 @@ func newRig(t *testing.T, o metrics.Options) *rig {
 	r.src = src
 	r.m.SetCertificateSource(metrics.SourceFile, src, nil)
 	sl := superlink.New(superlink.Options{Logger: quiet, ServerOptions: r.m.GRPCServerOptions()})
+	if o.State == nil {
+		r.m.SetState(sl.State()) // as flower-superlink does
+	}
 	r.link = testkit.Serve(t, sl, r.m.Credentials(transport.ServerCredentials(src)))
 	fleet, _ := net.ResolveTCPAddr("tcp", r.link.Fleet)
 	driver, _ := net.ResolveTCPAddr("tcp", r.link.Driver)
@@ -208,6 +211,9 @@ func TestMetricsScrape(t *testing.T) {
 	if _, ok := s.Value("sepal_acme_orders_total", "kind", "renew", "result", "success"); ok {
 		t.Errorf("ACME orders are exported without an ACME source")
 	}
+	s.Want(t, 1, "sepal_state_up")
+	s.Want(t, 1, "sepal_nodes", "state", "online")
+	s.Want(t, 1, "sepal_runs")
 	s.Want(t, 1234, "sepal_inflight_bytes")
 	s.Want(t, 1<<30, "sepal_inflight_limit_bytes")
 	s.Want(t, 1, "sepal_build_info", "version", "v9.9.9-test")

@@ -131,20 +131,21 @@ func (m *Metrics) page(ctx context.Context) pageData {
 		d.HasInflight = true
 		d.Inflight, d.Budget = m.o.InFlight()
 	}
-	if m.o.State == nil {
+	state := m.getState()
+	if state == nil {
 		return d
 	}
 	d.HasState = true
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	st, err := m.o.State.Stats(ctx)
+	st, err := state.Stats(ctx)
 	var nodes []NodeInfo
 	var runs []RunInfo
 	if err == nil {
-		nodes, err = m.o.State.Nodes(ctx)
+		nodes, err = state.Nodes(ctx)
 	}
 	if err == nil {
-		runs, err = m.o.State.Runs(ctx, m.o.RecentRuns)
+		runs, err = state.Runs(ctx, m.o.RecentRuns)
 	}
 	if err != nil {
 		d.StateErr = err.Error()

@@ -152,6 +152,13 @@ func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, d
 	return nil
 }
 
+// setState gives the metrics the SuperLink's state.
+func (mo *monitor) setState(st metrics.State) {
+	if mo != nil {
+		mo.m.SetState(st)
+	}
+}
+
 // serving marks the SuperLink ready.
 func (mo *monitor) serving() {
 	if mo != nil {
