@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -95,4 +96,21 @@ func TestStatusPage(t *testing.T) {
 	s.Want(t, 4, "sepal_task_ins", "state", "waiting")
 	s.Want(t, 1, "sepal_task_res_waiting")
 	s.Want(t, 3<<20, "sepal_parameter_bytes")
+}
+
+// A plaintext SuperLink (--insecure) has no certificate and no handshakes
+// to show, and is ready once serving.
+func TestStatusPagePlaintext(t *testing.T) {
+	m := metrics.New(metrics.Options{Logger: quiet})
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	m.SetServing(true)
+	r := &rig{m: m, http: srv}
+	code, page := r.get(t, "/")
+	if code != 200 || !strings.Contains(page, "No TLS: serving plaintext") || strings.Contains(page, "Handshakes") || strings.Contains(page, "Nodes online") {
+		t.Errorf("plaintext page: %d\n%s", code, page)
+	}
+	if code, body := r.get(t, "/readyz"); code != 200 {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
 }
