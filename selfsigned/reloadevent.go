@@ -14,8 +14,9 @@ type ReloadEvent struct {
 	Trigger string
 	// Time is when it happened, on the source's clock.
 	Time time.Time
-	// Err is nil when Certificate was swapped in, else why the files were
-	// refused (a *FileError for a file that fails Check). It never holds
+	// Err is nil when Certificate was swapped in (or, after a reported
+	// failure, the files are back to the certificate served), else why
+	// the files were refused (a *FileError for a file that fails Check). It never holds
 	// key bytes.
 	Err error
 	// Certificate is the certificate served after the event (the new one

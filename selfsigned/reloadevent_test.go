@@ -38,6 +38,15 @@ func TestFileSourceOnReload(t *testing.T) {
 	if err := s.Reload(); err != nil { // unchanged: no event
 		t.Fatal(err)
 	}
+	// A bad file, then the good one restored: good again, same certificate.
+	fx.writePair(t, &Pair{CertPEM: next.CertPEM, KeyPEM: first.KeyPEM})
+	if err := s.Reload(); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("Reload of a mismatched pair: %v", err)
+	}
+	fx.writePair(t, next)
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	want := []struct {
@@ -48,6 +57,8 @@ func TestFileSourceOnReload(t *testing.T) {
 		{"start", false, first.Leaf.SerialNumber.String()},
 		{"reload", true, first.Leaf.SerialNumber.String()},
 		{"reload", true, first.Leaf.SerialNumber.String()},
+		{"reload", false, next.Leaf.SerialNumber.String()},
+		{"reload", true, next.Leaf.SerialNumber.String()},
 		{"reload", false, next.Leaf.SerialNumber.String()},
 	}
 	if len(events) != len(want) {
