@@ -188,7 +188,7 @@ func TestMonitoringFiles(t *testing.T) {
 	var clients []*proc
 	for range 2 {
 		clients = append(clients, start(t, dir, nil, "flower-client-app", "client:app",
-			"--root-certificates", files.CA, "--server", fleet))
+			"--root-certificates", files.CA, "--server", fleet, "--poll-interval", "300ms"))
 	}
 	out, code := run(t, 90*time.Second, dir, nil, "flower-server-app", "server:app",
 		"--root-certificates", files.CA, "--server", driver, "--rounds", "2", "--min-nodes", "2")
