@@ -93,8 +93,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 	m.collectCertificates(gauge, counter)
 
-	if m.o.CRL != nil {
-		if crl := m.o.CRL(); crl != nil {
+	if f := m.crl.Load(); f != nil {
+		if crl := (*f)(); crl != nil {
 			gauge(descCRLThis, unix(crl.ThisUpdate))
 			if !crl.NextUpdate.IsZero() {
 				gauge(descCRLNext, unix(crl.NextUpdate))

@@ -95,6 +95,18 @@ type Metrics struct {
 
 	serving atomic.Bool
 	state   atomic.Pointer[State]
+	crl     atomic.Pointer[func() *x509.RevocationList]
+}
+
+// SetCRL gives the function that returns the client-certificate CRL in
+// force (nil when there is none), when it is known after New; it replaces
+// Options.CRL.
+func (m *Metrics) SetCRL(f func() *x509.RevocationList) {
+	if f == nil {
+		m.crl.Store(nil)
+		return
+	}
+	m.crl.Store(&f)
 }
 
 // SetState gives the state to read, when it is made after New.
@@ -166,6 +178,7 @@ func New(o Options) *Metrics {
 	}
 	m := &Metrics{o: o, log: o.Logger, reg: prometheus.NewRegistry(), events: map[string]*sourceEvents{}}
 	m.SetState(o.State)
+	m.SetCRL(o.CRL)
 	for range apis {
 		m.handshakes = append(m.handshakes, make([]atomic.Uint64, 1+len(transport.HandshakeCauses)))
 	}

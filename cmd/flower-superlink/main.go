@@ -262,6 +262,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := c.mtls.load(ctx, log, c.pollInterval, hup); err != nil {
 		return err
 	}
+	mon.watchCRL(c.mtls)
 	fleetCreds, driverCreds := c.mtls.credentials(src, creds)
 
 	st, err := openDatabase(ctx, c.database, log)

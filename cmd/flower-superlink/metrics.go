@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -157,6 +158,24 @@ func (mo *monitor) setState(st metrics.State) {
 	if mo != nil {
 		mo.m.SetState(st)
 	}
+}
+
+// watchCRL exports the date of the client-certificate CRL, when mutual
+// TLS has one (the same file serves both APIs).
+func (mo *monitor) watchCRL(m *mtlsFlags) {
+	if mo == nil || m.crl == "" {
+		return
+	}
+	mo.m.SetCRL(func() *x509.RevocationList {
+		for _, s := range []*selfsigned.ClientCAFile{m.fleetSrc, m.driverSrc} {
+			if s != nil {
+				if _, crl := s.ClientCAs(); crl != nil {
+					return crl
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // serving marks the SuperLink ready.
