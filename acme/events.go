@@ -8,7 +8,8 @@ const (
 	EventObtain = "obtain"
 	// EventRenew: a certificate was ordered to replace one close to expiry.
 	EventRenew = "renew"
-	// EventLoad: a valid certificate was loaded from storage at start.
+	// EventLoad: a valid certificate was loaded from storage: at start,
+	// or later when another process sharing the storage renewed it.
 	EventLoad = "load"
 )
 

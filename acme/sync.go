@@ -122,6 +122,7 @@ func (b *certmagicBackend) syncDomain(ctx context.Context, domain string, o Opti
 	}
 	b.cache.Remove(old)
 	b.syncOK(domain)
+	o.emit(EventLoad, domain, nil) // renewed by another process: a load here
 	o.Logger.Info("acme: serving a certificate renewed by another process sharing the storage", "domain", domain,
 		"serial", cert.Leaf.SerialNumber.Text(16), "expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
 		"previous_serial", newest.SerialNumber.Text(16))
