@@ -145,10 +145,10 @@ type Options struct {
 	Logger *slog.Logger
 
 	// OnEvent, when set, is told of every order that succeeded or failed
-	// (each attempt) and of certificates loaded from storage (at start, or renewed by another
-	// process sharing the storage), for
-	// metrics. It is called from the goroutine doing the work, so it must
-	// be quick and safe for concurrent use. With autocert, which reports
+	// (each attempt) and of certificates loaded from storage (at start, or
+	// renewed by another process sharing the storage), for metrics. It is
+	// called from the goroutine doing the work, so it must be quick and
+	// safe for concurrent use. With autocert, which reports
 	// nothing, a renewal is seen when a new certificate is first served,
 	// and failed renewals are not seen. Default: nothing is called.
 	OnEvent func(Event)
