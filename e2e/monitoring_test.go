@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -170,7 +178,7 @@ func TestMonitoringFiles(t *testing.T) {
 	fleet, driver, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	sl := start(t, dir, nil, "flower-superlink", "--certificates", files.CA, files.Cert, files.Key,
 		"--grpc-rere-fleet-api-address", fleet, "--driver-api-address", driver,
-		"--metrics-address", metricsAddr, "--log-format", "json")
+		"--metrics-address", metricsAddr, "--log-format", "json", "--max-inflight-bytes", "256MiB")
 	waitListening(t, sl, 20*time.Second, fleet, driver, metricsAddr)
 	sl.waitOutput(t, `"msg":"serving","fleet_api_address"`, 10*time.Second)
 	if !strings.Contains(sl.out.String(), `"metrics_address":"`+metricsAddr+`"`) {
@@ -200,13 +208,17 @@ func TestMonitoringFiles(t *testing.T) {
 	next := pki.Issue(t, selfsigned.ServerOptions{})
 	next.WriteFiles(t, filepath.Dir(files.Cert))
 	sl.cmd.Process.Signal(syscall.SIGHUP)
-	sl.waitOutput(t, `"trigger":"sighup"`, 10*time.Second)
+	waitCount(t, sl, `"msg":"serving certificate"`, 2, 10*time.Second)
 	other := pki.Issue(t, selfsigned.ServerOptions{})
 	if err := selfsigned.WriteFileAtomic(files.Key, other.Pair.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sl.cmd.Process.Signal(syscall.SIGHUP)
 	sl.waitOutput(t, "certificate reload failed", 10*time.Second)
+
+	// A request past its method's limit (CreateNode takes 1 MiB), refused
+	// before its body is read.
+	tooLarge(t, fleet, roots)
 
 	// Failed handshakes of each cause, on the Fleet API, and two plaintext
 	// ones on the Driver API.
@@ -261,6 +273,12 @@ func TestMonitoringFiles(t *testing.T) {
 		t.Errorf("no process or Go runtime metrics")
 	}
 	checkStateMetrics(t, s)
+	s.Want(t, 256<<20, "sepal_inflight_limit_bytes")
+	s.Want(t, 1, "sepal_requests_refused_total", "reason", "too_large")
+	s.Want(t, 0, "sepal_requests_refused_total", "reason", "busy")
+	if v, _ := s.Value("sepal_connections"); v < 2 {
+		t.Errorf("sepal_connections = %v, want the two client apps' connections at least", v)
+	}
 
 	statusInBrowser(t, base+"/", func(p statusPage) {
 		if p.ready != "ready" {
@@ -274,6 +292,23 @@ func TestMonitoringFiles(t *testing.T) {
 		checkStatePage(t, p)
 	})
 	stopClients(t, clients)
+}
+
+// tooLarge sends CreateNode a 2 MiB message over TLS and expects the
+// SuperLink to refuse it with ResourceExhausted.
+func tooLarge(t *testing.T, addr string, roots *x509.CertPool) {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = cc.Invoke(ctx, "/flwr.proto.Fleet/CreateNode", &wrapperspb.BytesValue{Value: make([]byte, 2<<20)}, &emptypb.Empty{})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 2 MiB CreateNode: %v, want ResourceExhausted", err)
+	}
 }
 
 // noHTTPPages checks that addr (a Fleet or Driver API) answers no HTTP

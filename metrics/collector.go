@@ -53,6 +53,12 @@ var (
 		"Bytes of incoming requests held now, counted against the in-flight budget.", nil, nil)
 	descInflightLimit = prometheus.NewDesc("sepal_inflight_limit_bytes",
 		"The in-flight budget (--max-inflight-bytes).", nil, nil)
+	descConnections = prometheus.NewDesc("sepal_connections",
+		"Connections open now, both APIs.", nil, nil)
+	descRefused = prometheus.NewDesc("sepal_requests_refused_total",
+		"Requests refused by a limit before their body was read, by reason (too_large: more than the method or the budget takes; busy: the in-flight budget was full, the client retries).", []string{"reason"}, nil)
+	descLimitClosed = prometheus.NewDesc("sepal_connections_closed_by_limit_total",
+		"Connections closed by a limit: a request that stalled, or a violation that could only be answered so.", nil, nil)
 )
 
 var certResults = [2]string{"success", "failure"}
@@ -64,7 +70,8 @@ type collector Metrics
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descHandshakes, descHandshakeFailures, descCertExpiry, descCertNotBefore,
 		descCertLastReload, descCertReloadOK, descReloads, descOrders, descCRLThis, descCRLNext, descStateUp, descNodes, descRuns,
-		descTaskIns, descTaskRes, descArrays, descArrayBytes, descInflight, descInflightLimit} {
+		descTaskIns, descTaskRes, descArrays, descArrayBytes, descInflight, descInflightLimit, descConnections, descRefused,
+		descLimitClosed} {
 		ch <- d
 	}
 }
@@ -101,10 +108,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	if m.o.InFlight != nil {
-		used, budget := m.o.InFlight()
-		gauge(descInflight, float64(used))
-		gauge(descInflightLimit, float64(budget))
+	if l, ok := m.limitStats(); ok {
+		gauge(descInflight, float64(l.InflightBytes))
+		gauge(descInflightLimit, float64(l.MaxInflightBytes))
+		gauge(descConnections, float64(l.Connections))
+		counter(descRefused, float64(l.RefusedTooLarge), "too_large")
+		counter(descRefused, float64(l.RefusedBusy), "busy")
+		counter(descLimitClosed, float64(l.ClosedConnections))
 	}
 	if state := m.getState(); state != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

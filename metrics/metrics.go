@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -64,9 +65,10 @@ type Options struct {
 	// State is read on every scrape and page view (SetState may give it
 	// later). Default: nil, no state metrics, nodes or runs.
 	State State
-	// InFlight returns the bytes of requests held now and the budget
-	// (--max-inflight-bytes). Default: nil, not exported.
-	InFlight func() (used, budget int64)
+	// Limits returns the state of the SuperLink's limits (in-flight bytes
+	// against the budget, connections, refusals); SetLimits may give it
+	// later. Default: nil, not exported.
+	Limits func() LimitStats
 	// CRL returns the revocation list in force, or nil when there is none.
 	// Default: nil.
 	CRL func() *x509.RevocationList
@@ -96,6 +98,29 @@ type Metrics struct {
 	serving atomic.Bool
 	state   atomic.Pointer[State]
 	crl     atomic.Pointer[func() *x509.RevocationList]
+	limits  atomic.Pointer[func() LimitStats]
+}
+
+// LimitStats is what the metrics read of the SuperLink's limits.
+type LimitStats = superlink.LimitStats
+
+// SetLimits gives the function that reports the SuperLink's limits
+// (SuperLink.LimitStats), when it is known after New; it replaces
+// Options.Limits.
+func (m *Metrics) SetLimits(f func() LimitStats) {
+	if f == nil {
+		m.limits.Store(nil)
+		return
+	}
+	m.limits.Store(&f)
+}
+
+// limitStats returns the limits' state, and false without Limits.
+func (m *Metrics) limitStats() (LimitStats, bool) {
+	if f := m.limits.Load(); f != nil {
+		return (*f)(), true
+	}
+	return LimitStats{}, false
 }
 
 // SetCRL gives the function that returns the client-certificate CRL in
@@ -179,6 +204,7 @@ func New(o Options) *Metrics {
 	m := &Metrics{o: o, log: o.Logger, reg: prometheus.NewRegistry(), events: map[string]*sourceEvents{}}
 	m.SetState(o.State)
 	m.SetCRL(o.CRL)
+	m.SetLimits(o.Limits)
 	for range apis {
 		m.handshakes = append(m.handshakes, make([]atomic.Uint64, 1+len(transport.HandshakeCauses)))
 	}

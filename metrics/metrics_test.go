@@ -67,6 +67,7 @@ func newRig(t *testing.T, o metrics.Options) *rig {
 	if o.State == nil {
 		r.m.SetState(sl.State()) // as flower-superlink does
 	}
+	r.m.SetLimits(sl.LimitStats)
 	r.link = testkit.Serve(t, sl, r.m.Credentials(transport.ServerCredentials(src)))
 	fleet, _ := net.ResolveTCPAddr("tcp", r.link.Fleet)
 	driver, _ := net.ResolveTCPAddr("tcp", r.link.Driver)
@@ -118,7 +119,7 @@ func rawHandshake(t *testing.T, addr string, cfg *tls.Config, raw string) {
 // then scrapes /metrics with the Prometheus text parser and checks the
 // values.
 func TestMetricsScrape(t *testing.T) {
-	r := newRig(t, metrics.Options{Version: "v9.9.9-test", InFlight: func() (int64, int64) { return 1234, 1 << 30 }})
+	r := newRig(t, metrics.Options{Version: "v9.9.9-test"})
 
 	// Calls: a health check and a CreateNode on the Fleet API, a CreateRun on the Driver API.
 	if _, err := testkit.HealthCheck(t, r.link.Fleet, r.fleetC); err != nil {
@@ -214,8 +215,12 @@ func TestMetricsScrape(t *testing.T) {
 	s.Want(t, 1, "sepal_state_up")
 	s.Want(t, 1, "sepal_nodes", "state", "online")
 	s.Want(t, 1, "sepal_runs")
-	s.Want(t, 1234, "sepal_inflight_bytes")
-	s.Want(t, 1<<30, "sepal_inflight_limit_bytes")
+	s.Want(t, 0, "sepal_inflight_bytes") // nothing being received now
+	s.Want(t, superlink.DefaultMaxInflightBytes, "sepal_inflight_limit_bytes")
+	if v, _ := s.Value("sepal_connections"); v < 2 {
+		t.Errorf("sepal_connections = %v, want at least the 2 client connections still open", v)
+	}
+	s.Want(t, 0, "sepal_requests_refused_total", "reason", "too_large")
 	s.Want(t, 1, "sepal_build_info", "version", "v9.9.9-test")
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "process_start_time_seconds"} {
 		if s[name] == nil {

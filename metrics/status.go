@@ -51,8 +51,8 @@ type pageData struct {
 	Identities bool // some node has a certificate identity
 	Runs       []RunInfo
 
-	HasInflight      bool
-	Inflight, Budget int64
+	HasInflight                   bool
+	Inflight, Budget, Connections int64
 }
 
 type certView struct {
@@ -127,9 +127,9 @@ func (m *Metrics) page(ctx context.Context) pageData {
 		d.Handshakes = append(d.Handshakes, r)
 	}
 
-	if m.o.InFlight != nil {
+	if l, ok := m.limitStats(); ok {
 		d.HasInflight = true
-		d.Inflight, d.Budget = m.o.InFlight()
+		d.Inflight, d.Budget, d.Connections = l.InflightBytes, l.MaxInflightBytes, l.Connections
 	}
 	state := m.getState()
 	if state == nil {

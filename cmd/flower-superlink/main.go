@@ -290,7 +290,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
 	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions()})
-	mon.setState(sl.State())
+	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
 

@@ -21,6 +21,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/metrics"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -153,10 +154,11 @@ func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, d
 	return nil
 }
 
-// setState gives the metrics the SuperLink's state.
-func (mo *monitor) setState(st metrics.State) {
+// watch gives the metrics the SuperLink's state and limits.
+func (mo *monitor) watch(sl *superlink.SuperLink) {
 	if mo != nil {
-		mo.m.SetState(st)
+		mo.m.SetState(sl.State())
+		mo.m.SetLimits(sl.LimitStats)
 	}
 }
 
