@@ -24,8 +24,9 @@ type statusPage struct {
 	refresh     string   // the meta refresh content
 }
 
-// screenshotEnv, when set, makes statusInBrowser write its screenshot to
-// docs/status-page.png (the README's picture):
+// screenshotEnv, when set, makes statusInBrowser write a screenshot to
+// docs/NAME when given a name (TestMonitoringFiles's is the README's
+// picture, docs/status-page.png):
 //
 //	SEPAL_SCREENSHOT=1 go test ./e2e -run TestMonitoringFiles
 const screenshotEnv = "SEPAL_SCREENSHOT"
@@ -33,8 +34,8 @@ const screenshotEnv = "SEPAL_SCREENSHOT"
 // statusInBrowser opens url in headless Chromium from Debian with
 // JavaScript disabled (the page must not need it), reads what it shows and
 // hands it to check; with SEPAL_SCREENSHOT set it saves a screenshot for
-// the README.
-func statusInBrowser(t *testing.T, url string, check func(statusPage)) {
+// the README under docs/shot (none when shot is "").
+func statusInBrowser(t *testing.T, url, shot string, check func(statusPage)) {
 	t.Helper()
 	exe := chromium(t)
 	opts := []chromedp.ExecAllocatorOption{
@@ -102,16 +103,16 @@ func statusInBrowser(t *testing.T, url string, check func(statusPage)) {
 	if p.refresh == "" {
 		t.Errorf("the page has no meta refresh")
 	}
-	if os.Getenv(screenshotEnv) != "" {
-		shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if os.Getenv(screenshotEnv) != "" && shot != "" {
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatal(err)
 		}
-		path := filepath.Join(moduleRoot(), "docs", "status-page.png")
+		path := filepath.Join(moduleRoot(), "docs", shot)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(path, shot, 0o644); err != nil {
+		if err := os.WriteFile(path, png, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("wrote %s", path)

@@ -84,7 +84,7 @@ func TestMonitoringMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Want(t, float64(crl.ThisUpdate.Unix()), "sepal_crl_last_update_timestamp_seconds")
-	statusInBrowser(t, "http://"+metricsAddr+"/", func(p statusPage) {
+	statusInBrowser(t, "http://"+metricsAddr+"/", "", func(p statusPage) {
 		if p.nodesOnline != "1" || len(p.identities) != 1 || p.identities[0] != "sepal:node:alice" {
 			t.Errorf("the page shows %q nodes online with identities %q, want 1, sepal:node:alice:\n%s", p.nodesOnline, p.identities, p.text)
 		}

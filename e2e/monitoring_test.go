@@ -280,7 +280,7 @@ func TestMonitoringFiles(t *testing.T) {
 		t.Errorf("sepal_connections = %v, want the two client apps' connections at least", v)
 	}
 
-	statusInBrowser(t, base+"/", func(p statusPage) {
+	statusInBrowser(t, base+"/", "status-page.png", func(p statusPage) {
 		if p.ready != "ready" {
 			t.Errorf("the page says %q, want ready", p.ready)
 		}
