@@ -72,11 +72,34 @@ func benchPKI(b *testing.B, kt selfsigned.KeyType) (*testkit.PKI, *tls.Config) {
 	return p, client
 }
 
+// serverSide makes the server side of one handshake on raw and returns
+// its connection state and a function that closes the connection.
+type serverSide func(raw net.Conn) (tls.ConnectionState, func(), error)
+
+// tlsServer is the server side of crypto/tls with config.
+func tlsServer(config *tls.Config) serverSide {
+	return func(raw net.Conn) (tls.ConnectionState, func(), error) {
+		s := tls.Server(raw, config)
+		err := s.Handshake()
+		return s.ConnectionState(), func() { s.Close() }, err
+	}
+}
+
 // handshakes runs b.N rounds; each round makes one full handshake with
 // each server config in turn, so that configs compared in one run share the
 // machine's load. It returns the server CPU time of every handshake, per
 // config, and the wall time of the rounds.
 func handshakes(b *testing.B, client *tls.Config, servers ...*tls.Config) ([][]time.Duration, time.Duration) {
+	sides := make([]serverSide, len(servers))
+	for i, s := range servers {
+		sides[i] = tlsServer(s)
+	}
+	return handshakesWith(b, client, sides...)
+}
+
+// handshakesWith is handshakes with any server side, such as gRPC's
+// transport credentials.
+func handshakesWith(b *testing.B, client *tls.Config, servers ...serverSide) ([][]time.Duration, time.Duration) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -99,17 +122,16 @@ func handshakes(b *testing.B, client *tls.Config, servers ...*tls.Config) ([][]t
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := tls.Server(raw, servers[i])
 		t0 := threadCPU(b)
-		err = s.Handshake()
+		st, closeConn, err := servers[i](raw)
 		cpu[i] = append(cpu[i], threadCPU(b)-t0)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if st := s.ConnectionState(); st.Version != tls.VersionTLS13 || st.DidResume {
+		if st.Version != tls.VersionTLS13 || st.DidResume {
 			b.Fatal("not a full TLS 1.3 handshake")
 		}
-		s.Close()
+		closeConn()
 		if err := <-done; err != nil {
 			b.Fatal(err)
 		}
