@@ -419,6 +419,8 @@ func TestACMEStartupRefusals(t *testing.T) {
 		}
 	}
 	mine := filepath.Join(dir, "mine")
+	// A CA address where nothing listens: a port no other test is handed.
+	closedCA := "https://" + freeAddr(t) + "/directory"
 	d := []string{"--acme-domain", "superlink.example.org"}
 	for _, c := range []struct {
 		args []string
@@ -429,8 +431,8 @@ func TestACMEStartupRefusals(t *testing.T) {
 		{append(d, "--acme-storage", foreign), 1, []string{"--acme-storage", "belongs to another user", "chown"}},
 		{append(d, "--acme-email", "notanaddress"), 2, []string{`--acme-email: e-mail address "notanaddress"`}},
 		{[]string{"--acme-domain", "foo bar.example.org"}, 2, []string{`--acme-domain: domain "foo bar.example.org": it contains a space`}},
-		{append(d, "--acme-storage", mine, "--acme-ca", "https://127.0.0.1:1/directory", "--acme-timeout", "2s"), 1,
-			[]string{"--acme-ca:", "cannot reach the ACME CA at https://127.0.0.1:1/directory", "connection refused"}},
+		{append(d, "--acme-storage", mine, "--acme-ca", closedCA, "--acme-timeout", "2s"), 1,
+			[]string{"--acme-ca:", "cannot reach the ACME CA at " + closedCA, "connection refused"}},
 	} {
 		out, code := run(t, 30*time.Second, dir, nil, "flower-superlink", append(c.args,
 			"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t))...)
