@@ -747,11 +747,14 @@ func (c *guardConn) Write(p []byte) (int, error) {
 		if len(c.answers) > 0 {
 			n = c.outb.toBoundary(p)
 		}
-		ended = c.outb.scan(p[:n], ended)
+		// Release before the bytes leave: once the client has the answer
+		// it may send its next request at once (a node's next push), and
+		// that request must find the budget free.
+		ended = c.outb.scan(p[:n], ended[:0])
+		c.serverEnded(ended)
 		m, err := c.Conn.Write(p[:n])
 		written += m
 		if err != nil {
-			c.serverEnded(ended)
 			return written, err
 		}
 		p = p[n:]
@@ -759,7 +762,6 @@ func (c *guardConn) Write(p []byte) (int, error) {
 	if len(c.answers) > 0 && c.outb.atBoundary() {
 		c.flushAnswers()
 	}
-	c.serverEnded(ended)
 	return written, nil
 }
 

@@ -79,6 +79,11 @@ func pushResults(t *testing.T, f *fixture, nodes int, data []byte, together bool
 			if err := push(i); err != nil {
 				t.Fatal(err)
 			}
+			// The budget is free before the answer leaves, so the
+			// node's next request finds it free.
+			if n := f.sl.LimitStats().InflightBytes; n != 0 {
+				t.Fatalf("node %d has its answer, but %d bytes are still counted in flight", i, n)
+			}
 		}
 	}
 	if t.Failed() {
