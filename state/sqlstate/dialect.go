@@ -38,10 +38,12 @@ type dialect struct {
 	// operator ("" if none): Unavailable for what a retry may cure (busy,
 	// disk full, connection lost), Internal otherwise.
 	classify func(error) (codes.Code, string)
-	// retry reports whether a transaction that failed with err was rolled
-	// back by the database as a whole (a deadlock, a serialization
-	// failure) and may simply run again. Nil: never.
-	retry func(error) bool
+	// retry reports whether a transaction that failed with err may simply
+	// run again, and how many attempts in all it may take: the database
+	// rolled it back as a whole (a deadlock, a serialization failure), or
+	// its connection broke before the commit (committing false: nothing
+	// was committed). Nil: never.
+	retry func(err error, committing bool) (attempts int, ok bool)
 	// alive is a SQL condition, with %s standing for an expression that
 	// gives a replica id, true while that replica (a State, in this
 	// process or another) runs on the database; see replicas.go.

@@ -284,11 +284,34 @@ func (l *pgLocker) close() {
 	})
 }
 
-// retryPostgres: the transaction was rolled back as a whole by the server
-// (serialization_failure, deadlock_detected) and may run again.
-func retryPostgres(err error) bool {
+// retryPostgres: a transaction rolled back as a whole by the server
+// (serialization_failure, deadlock_detected) runs again up to maxAttempts
+// times; one whose connection broke before its commit, once more (on a
+// new connection: the pool drops the broken one).
+func retryPostgres(err error, committing bool) (int, bool) {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+	if errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01") {
+		return maxAttempts, true
+	}
+	if !committing && connectionLost(err) {
+		return 1, true
+	}
+	return 0, false
+}
+
+// connectionLost reports whether err means the connection to the server
+// broke or could not be made.
+func connectionLost(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	var ne net.Error
+	var ce *pgconn.ConnectError
+	return pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
+		errors.As(err, &ne) || errors.As(err, &ce) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, driver.ErrBadConn) ||
+		strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
 }
 
 // classifyPostgres maps a PostgreSQL error met while serving.
@@ -311,13 +334,7 @@ func classifyPostgres(err error) (codes.Code, string) {
 		}
 		return codes.Internal, ""
 	}
-	var ne net.Error
-	var ce *pgconn.ConnectError
-	switch {
-	case pgconn.Timeout(err), pgconn.SafeToRetry(err),
-		errors.As(err, &ne), errors.As(err, &ce),
-		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, driver.ErrBadConn),
-		strings.Contains(err.Error(), "conn closed"), strings.Contains(err.Error(), "closed pool"):
+	if connectionLost(err) {
 		return codes.Unavailable, "cannot reach the database server; the call can be retried once it is back"
 	}
 	return codes.Internal, ""

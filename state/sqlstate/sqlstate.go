@@ -57,6 +57,7 @@ type State struct {
 	// takes one writer at a time anyway (SQLite): waiting here is cheaper
 	// and fairer than SQLite's busy handler.
 	wmu       sync.Mutex
+	undo      undoQueue
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -98,6 +99,14 @@ type txFunc func(tx *sql.Tx) (after func(), err error)
 // write runs fn in a write transaction and commits it; method names the
 // RPC in errors.
 func (s *State) write(ctx context.Context, method string, fn txFunc) error {
+	err, _ := s.writeMaybe(ctx, method, fn)
+	return err
+}
+
+// writeMaybe is write, also saying, when it fails, whether the failure
+// came from the commit itself: the transaction may then have been
+// committed though the call fails (the connection broke while committing).
+func (s *State) writeMaybe(ctx context.Context, method string, fn txFunc) (err error, maybeCommitted bool) {
 	if s.d.serializeWrites {
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
@@ -107,25 +116,30 @@ func (s *State) write(ctx context.Context, method string, fn txFunc) error {
 
 // read runs fn in a read-only transaction.
 func (s *State) read(ctx context.Context, method string, fn func(tx *sql.Tx) error) error {
-	return s.run(ctx, method, s.d.readOnly, func(tx *sql.Tx) (func(), error) { return nil, fn(tx) })
+	err, _ := s.run(ctx, method, s.d.readOnly, func(tx *sql.Tx) (func(), error) { return nil, fn(tx) })
+	return err
 }
 
-func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn txFunc) error {
+func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn txFunc) (error, bool) {
 	for attempt := 1; ; attempt++ {
-		err := s.runOnce(ctx, opts, fn)
+		err, committing := s.runOnce(ctx, opts, fn)
 		if err == nil {
-			return nil
+			return nil, false
 		}
 		if _, ok := status.FromError(err); ok {
-			return err
+			return err, false
 		}
 		// A transaction the database rolled back whole (a deadlock
-		// between replicas, say) runs again, after a short random pause.
-		if s.d.retry != nil && s.d.retry(err) && attempt < maxAttempts && ctx.Err() == nil {
-			time.Sleep(time.Duration(attempt) * time.Duration(1+rand.IntN(5)) * time.Millisecond)
-			continue
+		// between replicas, say), or one whose connection broke before
+		// it committed (the server restarted since it was last used),
+		// runs again, after a short random pause.
+		if s.d.retry != nil && attempt < maxAttempts && ctx.Err() == nil {
+			if again, ok := s.d.retry(err, committing); ok && attempt <= again {
+				time.Sleep(time.Duration(attempt) * time.Duration(1+rand.IntN(5)) * time.Millisecond)
+				continue
+			}
 		}
-		return s.fail(method, err)
+		return s.fail(method, err), committing
 	}
 }
 
@@ -133,27 +147,28 @@ func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn 
 const maxAttempts = 8
 
 // runOnce runs fn in one transaction. Status errors of fn come back as
-// they are, with the transaction rolled back.
-func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) error {
+// they are, with the transaction rolled back. committing is true when err
+// came from the commit (whose outcome is then unknown).
+func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (err error, committing bool) {
 	if s.closed.Load() {
-		return errClosed
+		return errClosed, false
 	}
 	tx, err := s.db.BeginTx(ctx, opts)
 	if err != nil {
-		return err
+		return err, false
 	}
 	after, err := fn(tx)
 	if err != nil {
 		tx.Rollback()
-		return err
+		return err, false
 	}
 	if err := tx.Commit(); err != nil {
-		return err
+		return err, true
 	}
 	if after != nil {
 		after()
 	}
-	return nil
+	return nil, false
 }
 
 // fail turns a database error into a status error, and logs it (the same
@@ -526,11 +541,17 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 	now := s.now()
 	me := s.replica.Load()
 	var out []*flwrproto.TaskIns
-	err := s.write(ctx, "PullTaskIns", func(tx *sql.Tx) (func(), error) {
-		out = nil
+	var taken int64 // the seq of the TaskIns delivered, 0 for none
+	err, maybe := s.writeMaybe(ctx, "PullTaskIns", func(tx *sql.Tx) (func(), error) {
+		out, taken = nil, 0
+		undone, err := s.undeliver(ctx, tx)
+		if err != nil {
+			return nil, err
+		}
+		after := func() { s.undelivered(undone) }
 		known, ok, err := s.nodeIdentity(ctx, tx, id)
 		if err != nil || !ok {
-			return nil, err
+			return after, err
 		}
 		if identity != "" && identity != known {
 			return nil, state.ErrIdentity("PullTaskIns", id)
@@ -545,7 +566,7 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 				err = tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
 			}
 			if err == sql.ErrNoRows {
-				return nil, nil
+				return after, nil
 			}
 			if err != nil {
 				return nil, err
@@ -569,16 +590,22 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 				return nil, err
 			}
 			t.Task.DeliveredAt = state.DeliveredAt(now)
-			out = []*flwrproto.TaskIns{t}
+			out, taken = []*flwrproto.TaskIns{t}, seq
 			if again {
 				return func() {
+					after()
 					s.log.Info("task delivered again: its node asks for work without having answered it, so the response was lost when the SuperLink that sent it stopped",
 						"task_id", tid, "node_id", id, "delivered_by_replica", by.Int64)
 				}, nil
 			}
-			return nil, nil
+			return after, nil
 		}
 	})
+	if err != nil && maybe && taken != 0 {
+		// The delivery may be committed, and the node is told it failed:
+		// make the TaskIns deliverable again, once the database answers.
+		s.undeliverLater(undelivery{seq: taken, at: micro(now), by: me})
+	}
 	return out, err
 }
 
