@@ -43,6 +43,7 @@ type acmeLinkOptions struct {
 	storage           string
 	fleet             string // "" = a free one
 	httpAddr          string // with http-01
+	database          string // --database, and no --acme-storage (the storage is then that database)
 	extra             []string
 }
 
@@ -52,7 +53,7 @@ func startACMELink(t *testing.T, pb *pebbleCA, o acmeLinkOptions) *acmeLink {
 	if l.fleet == "" {
 		l.fleet = freeAddr(t)
 	}
-	if l.storage == "" {
+	if l.storage == "" && o.database == "" {
 		l.storage = filepath.Join(t.TempDir(), "acme")
 	}
 	domain := o.domain
@@ -60,8 +61,14 @@ func startACMELink(t *testing.T, pb *pebbleCA, o acmeLinkOptions) *acmeLink {
 		domain = acmeDomain
 	}
 	args := []string{"--acme-domain", domain, "--acme-ca", pb.DirURL, "--acme-ca-root", pb.MinicaFile,
-		"--acme-storage", l.storage, "--acme-client", o.client,
+		"--acme-client", o.client,
 		"--grpc-rere-fleet-api-address", l.fleet, "--driver-api-address", l.driver}
+	if l.storage != "" {
+		args = append(args, "--acme-storage", l.storage)
+	}
+	if o.database != "" {
+		args = append(args, "--database", o.database)
+	}
 	if o.challenge == "http-01" {
 		args = append(args, "--acme-challenge", "http-01", "--acme-http-address", l.http)
 	}

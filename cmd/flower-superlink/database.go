@@ -26,7 +26,8 @@ const (
 // registerDatabaseFlag adds --database to fs.
 func registerDatabaseFlag(fs *pflag.FlagSet, p *string) {
 	fs.StringVar(p, "database", inMemoryDatabase, "where the state is kept: "+inMemoryDatabase+" or "+sqliteInMemory+
-		" in memory (lost when the SuperLink stops), or a SQLite file, such as state.db, created 0600 if missing, that keeps nodes, runs, tasks and results across restarts and crashes")
+		" in memory (lost when the SuperLink stops); a SQLite file, such as state.db, created 0600 if missing, that keeps nodes, runs, tasks and results across restarts and crashes;"+
+		" or a PostgreSQL connection string (postgres://USER@HOST/DB or host=HOST dbname=DB; password from PGPASSWORD or PGPASSFILE) that several SuperLinks share, any of them serving any node")
 }
 
 // inMemory reports whether --database asks for the in-memory state.
@@ -35,21 +36,29 @@ func inMemory(db string) bool { return db == inMemoryDatabase || db == sqliteInM
 // checkDatabase refuses a --database value that cannot name a state, before
 // anything else is checked.
 func checkDatabase(db string) error {
-	switch {
-	case db == "":
-		return cli.Usagef("--database is empty: give a file, such as state.db, or %s", inMemoryDatabase)
-	case postgres.IsDSN(db):
-		return cli.Usagef("--database %s: PostgreSQL is not supported yet; give a SQLite file, such as state.db", postgres.Redact(db))
+	if db == "" {
+		return cli.Usagef("--database is empty: give a file, such as state.db, a postgres:// URL, or %s", inMemoryDatabase)
 	}
 	return nil
 }
 
 // openDatabase opens the state --database names: nil for the in-memory
-// state (the SuperLink's default), or the SQLite file. The file's errors
-// name it and the fix; the caller closes the state after serving.
+// state (the SuperLink's default), the PostgreSQL database, or the SQLite
+// file. This is the start-up check of the database: its errors name the
+// flag, the file or the connection string (without its password), and the
+// fix; the caller closes the state after serving.
 func openDatabase(ctx context.Context, db string, log *slog.Logger) (state.State, error) {
 	if inMemory(db) {
 		return nil, nil
+	}
+	if postgres.IsDSN(db) {
+		ctx, cancel := context.WithTimeout(ctx, postgresCheckTimeout)
+		defer cancel()
+		s, err := sqlstate.OpenPostgres(ctx, db, sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: log}, What: "--database"})
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 	s, err := sqlstate.OpenSQLite(ctx, db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: log}})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 )
@@ -37,10 +38,26 @@ type dialect struct {
 	// operator ("" if none): Unavailable for what a retry may cure (busy,
 	// disk full, connection lost), Internal otherwise.
 	classify func(error) (codes.Code, string)
-	// lockMigrations serialises migrations across processes in tx
-	// (nothing in SQLite, whose write transaction already does).
-	lockMigrations func(ctx context.Context, tx *sql.Tx) error
+	// retry reports whether a transaction that failed with err may simply
+	// run again, and how many attempts in all it may take: the database
+	// rolled it back as a whole (a deadlock, a serialization failure), or
+	// its connection broke before the commit (committing false: nothing
+	// was committed). Nil: never.
+	retry func(err error, committing bool) (attempts int, ok bool)
+	// alive is a SQL condition, with %s standing for an expression that
+	// gives a replica id, true while that replica (a State, in this
+	// process or another) runs on the database; see replicas.go.
+	alive string
+	// lockJoin serialises the replicas that join the database, so that
+	// each sees the ones that joined before it (nil where a write
+	// transaction already excludes every other: SQLite).
+	lockJoin func(ctx context.Context, tx *sql.Tx) error
+	// check is the query of Check: it reads the schema version.
+	check string
 }
+
+// aliveSQL returns d.alive for the replica id expression expr.
+func (d *dialect) aliveSQL(expr string) string { return fmt.Sprintf(d.alive, expr) }
 
 // classifyContext handles the errors every database shares.
 func classifyContext(err error) (codes.Code, bool) {

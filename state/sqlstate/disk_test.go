@@ -40,7 +40,7 @@ func smallDisk(t *testing.T, size string) string {
 // full; what was committed before is all there, the SuperLink carries on
 // with what fits, and the file opens again.
 func TestDiskFull(t *testing.T) {
-	path := filepath.Join(smallDisk(t, "3m"), "state.db")
+	path := filepath.Join(smallDisk(t, "4m"), "state.db")
 	logs := &testkit.SyncBuffer{}
 	o := sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}}
 	ctx := context.Background()
@@ -56,7 +56,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := make([]byte, 4<<20)
+	big := make([]byte, 6<<20)
 	rand.Read(big)
 	ti := statetest.TaskIns(run, node, 1.8e9)
 	ti.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: big}}}}}

@@ -68,7 +68,8 @@ func SchemaVersion() int {
 	return len(ms)
 }
 
-// migrate brings the schema up to the newest version in one transaction:
+// migrate brings a SQLite schema up to the newest version in one
+// transaction (PostgreSQL's go through internal/postgres.Schema):
 // it creates it in an empty database, applies the migrations a database
 // of an older version lacks, and refuses a database of a newer version
 // (ErrNewerSchema) or one that holds other tables (ErrForeign). tables
@@ -83,11 +84,6 @@ func migrate(ctx context.Context, db *sql.DB, d *dialect, tables func(context.Co
 		return 0, 0, err
 	}
 	defer tx.Rollback()
-	if d.lockMigrations != nil {
-		if err := d.lockMigrations(ctx, tx); err != nil {
-			return 0, 0, err
-		}
-	}
 	names, err := tables(ctx, tx)
 	if err != nil {
 		return 0, 0, err

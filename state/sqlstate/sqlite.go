@@ -49,6 +49,8 @@ var sqliteDialect = &dialect{
 		return strconv.Itoa(n)
 	},
 	classify: classifySQLite,
+	alive:    "EXISTS (SELECT 1 FROM replicas WHERE replicas.id = %s)",
+	check:    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
 }
 
 // sqliteHeader starts every SQLite database file.
@@ -144,8 +146,15 @@ func OpenSQLite(ctx context.Context, path string, o SQLiteOptions) (*State, erro
 	db.SetMaxOpenConns(4)
 	db.SetMaxIdleConns(4)
 	db.SetConnMaxIdleTime(0)
-	s, from, to, err := open(ctx, db, sqliteDialect, path, o.Options, sqliteTables)
+	from, to, err := migrate(ctx, db, sqliteDialect, sqliteTables)
 	if err != nil {
+		db.Close()
+		return fail(openError(path, err))
+	}
+	s := newState(db, sqliteDialect, path, o.Options)
+	// Alone on the file (its lock), this State knows that the replicas
+	// recorded before it are gone.
+	if err := s.join(ctx, !o.Shared); err != nil {
 		db.Close()
 		return fail(openError(path, err))
 	}

@@ -17,6 +17,7 @@ import (
 	"database/sql"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -40,21 +41,23 @@ type Options = state.Options
 type State struct {
 	db    *sql.DB
 	d     *dialect
-	name  string // the database, as messages name it (a file path)
+	name  string // the database, as messages name it (a file path, a redacted URL)
 	log   *slog.Logger
 	ev    state.Events
 	now   func() time.Time
 	rand  io.Reader
 	cache *blobCache
-	// opened is when this State opened the database (unix µs): a TaskIns
-	// delivered before then and still unanswered may have been lost with
-	// the response of a SuperLink that died (see PullTaskIns).
-	opened int64
+	// replica is this State's id among the States on the database, and
+	// locker holds what shows it alive, if the dialect needs that (see
+	// replicas.go).
+	replica atomic.Int64
+	locker  replicaLocker
 
 	// wmu serialises this process's write transactions where the database
 	// takes one writer at a time anyway (SQLite): waiting here is cheaper
 	// and fairer than SQLite's busy handler.
 	wmu       sync.Mutex
+	undo      undoQueue
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -70,18 +73,11 @@ var (
 	_ state.BlobFinder = (*State)(nil)
 )
 
-// open finishes opening a State on db: the schema, then the restart grace.
-func open(ctx context.Context, db *sql.DB, d *dialect, name string, o Options, tables func(context.Context, *sql.Tx) ([]string, error)) (*State, int, int, error) {
+// newState returns a State on db, whose schema is current, before it
+// joins the database (join).
+func newState(db *sql.DB, d *dialect, name string, o Options) *State {
 	o = o.WithDefaults()
-	s := &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now), opened: micro(o.Now())}
-	from, to, err := migrate(ctx, db, d, tables)
-	if err != nil {
-		return nil, from, to, err
-	}
-	if err := s.grace(ctx); err != nil {
-		return nil, from, to, err
-	}
-	return s, from, to, nil
+	return &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now)}
 }
 
 func micro(t time.Time) int64     { return t.UnixMicro() }
@@ -103,6 +99,14 @@ type txFunc func(tx *sql.Tx) (after func(), err error)
 // write runs fn in a write transaction and commits it; method names the
 // RPC in errors.
 func (s *State) write(ctx context.Context, method string, fn txFunc) error {
+	err, _ := s.writeMaybe(ctx, method, fn)
+	return err
+}
+
+// writeMaybe is write, also saying, when it fails, whether the failure
+// came from the commit itself: the transaction may then have been
+// committed though the call fails (the connection broke while committing).
+func (s *State) writeMaybe(ctx context.Context, method string, fn txFunc) (err error, maybeCommitted bool) {
 	if s.d.serializeWrites {
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
@@ -112,32 +116,59 @@ func (s *State) write(ctx context.Context, method string, fn txFunc) error {
 
 // read runs fn in a read-only transaction.
 func (s *State) read(ctx context.Context, method string, fn func(tx *sql.Tx) error) error {
-	return s.run(ctx, method, s.d.readOnly, func(tx *sql.Tx) (func(), error) { return nil, fn(tx) })
+	err, _ := s.run(ctx, method, s.d.readOnly, func(tx *sql.Tx) (func(), error) { return nil, fn(tx) })
+	return err
 }
 
-func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn txFunc) error {
+func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn txFunc) (error, bool) {
+	for attempt := 1; ; attempt++ {
+		err, committing := s.runOnce(ctx, opts, fn)
+		if err == nil {
+			return nil, false
+		}
+		if _, ok := status.FromError(err); ok {
+			return err, false
+		}
+		// A transaction the database rolled back whole (a deadlock
+		// between replicas, say), or one whose connection broke before
+		// it committed (the server restarted since it was last used),
+		// runs again, after a short random pause.
+		if s.d.retry != nil && attempt < maxAttempts && ctx.Err() == nil {
+			if again, ok := s.d.retry(err, committing); ok && attempt <= again {
+				time.Sleep(time.Duration(attempt) * time.Duration(1+rand.IntN(5)) * time.Millisecond)
+				continue
+			}
+		}
+		return s.fail(method, err), committing
+	}
+}
+
+// maxAttempts bounds the runs of a transaction that keeps conflicting.
+const maxAttempts = 8
+
+// runOnce runs fn in one transaction. Status errors of fn come back as
+// they are, with the transaction rolled back. committing is true when err
+// came from the commit (whose outcome is then unknown).
+func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (err error, committing bool) {
 	if s.closed.Load() {
-		return errClosed
+		return errClosed, false
 	}
 	tx, err := s.db.BeginTx(ctx, opts)
 	if err != nil {
-		return s.fail(method, err)
+		return err, false
 	}
 	after, err := fn(tx)
 	if err != nil {
 		tx.Rollback()
-		if _, ok := status.FromError(err); ok {
-			return err
-		}
-		return s.fail(method, err)
+		return err, false
 	}
 	if err := tx.Commit(); err != nil {
-		return s.fail(method, err)
+		return err, true
 	}
 	if after != nil {
 		after()
 	}
-	return nil
+	return nil, false
 }
 
 // fail turns a database error into a status error, and logs it (the same
@@ -339,6 +370,9 @@ func (s *State) Sweep(ctx context.Context) error {
 		if err := s.heartbeat(ctx, tx, now); err != nil {
 			return nil, err
 		}
+		if err := s.forgetDeadReplicas(ctx, tx); err != nil {
+			return nil, err
+		}
 		return func() {
 			s.logMissed(missed)
 			for _, e := range list {
@@ -353,57 +387,12 @@ func (s *State) Sweep(ctx context.Context) error {
 	return err
 }
 
-// heartbeat records that a SuperLink was running at now.
+// heartbeat records that a SuperLink was running at now (each replica
+// records its time; the latest stays).
 func (s *State) heartbeat(ctx context.Context, tx *sql.Tx, now time.Time) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('heartbeat', $1)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, micro(now))
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value`, micro(now))
 	return err
-}
-
-// grace gives every node that was online when a SuperLink last ran on this
-// database its ping interval from now: its ping may have fallen due while
-// none was running, and it is not its fault.
-func (s *State) grace(ctx context.Context) error {
-	now := s.now()
-	return s.write(ctx, "open", func(tx *sql.Tx) (func(), error) {
-		var hb int64
-		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'heartbeat'`).Scan(&hb)
-		if err != nil && err != sql.ErrNoRows {
-			return nil, err
-		}
-		if err == nil {
-			type node struct {
-				id    int64
-				pi    float64
-				until int64
-			}
-			rows, err := tx.QueryContext(ctx, `SELECT id, ping_interval, online_until FROM nodes WHERE online_until >= $1`, hb)
-			if err != nil {
-				return nil, err
-			}
-			var list []node
-			for rows.Next() {
-				var n node
-				if err := rows.Scan(&n.id, &n.pi, &n.until); err != nil {
-					rows.Close()
-					return nil, err
-				}
-				list = append(list, n)
-			}
-			if err := rows.Close(); err != nil {
-				return nil, err
-			}
-			for _, n := range list {
-				d, _ := state.CheckPingInterval(n.pi)
-				if until := micro(now.Add(d)); until > n.until {
-					if _, err := tx.ExecContext(ctx, `UPDATE nodes SET online_until = $1, offline = 0 WHERE id = $2`, until, n.id); err != nil {
-						return nil, err
-					}
-				}
-			}
-		}
-		return nil, s.heartbeat(ctx, tx, now)
-	})
 }
 
 // CreateRun creates a run.
@@ -542,41 +531,51 @@ func (s *State) keep(refs [][]blobRef) {
 // delivered so that it is never handed out again, by any State on the
 // database.
 //
-// One exception, for crashes: a TaskIns delivered to the node before this
-// State opened the database, and not answered, is handed to the same node
-// again when it asks. A node asks only when it has no task (a SuperNode
-// pulls, answers, then pulls again), so it did not get that one: the
-// SuperLink died after committing the delivery and before the response
-// reached the node.
+// One exception, for crashes: a TaskIns delivered to the node by a State
+// that is no longer alive (it closed, or its process died: replicas.go),
+// and not answered, is handed to the same node again when it asks. A node
+// asks only when it has no task (a SuperNode pulls, answers, then pulls
+// again), so it did not get that one: the SuperLink stopped after
+// committing the delivery and before the response reached the node.
 func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*flwrproto.TaskIns, error) {
 	now := s.now()
+	me := s.replica.Load()
 	var out []*flwrproto.TaskIns
-	err := s.write(ctx, "PullTaskIns", func(tx *sql.Tx) (func(), error) {
-		out = nil
+	var taken int64 // the seq of the TaskIns delivered, 0 for none
+	err, maybe := s.writeMaybe(ctx, "PullTaskIns", func(tx *sql.Tx) (func(), error) {
+		out, taken = nil, 0
+		undone, err := s.undeliver(ctx, tx)
+		if err != nil {
+			return nil, err
+		}
+		after := func() { s.undelivered(undone) }
 		known, ok, err := s.nodeIdentity(ctx, tx, id)
 		if err != nil || !ok {
-			return nil, err
+			return after, err
 		}
 		if identity != "" && identity != known {
 			return nil, state.ErrIdentity("PullTaskIns", id)
 		}
-		var again bool
 		for {
 			var seq int64
-			err := tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at < $2 AND answered = 0 ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id, s.opened).Scan(&seq)
-			again = err == nil
+			var by sql.NullInt64 // the replica that delivered it before
+			err := tx.QueryRowContext(ctx, `SELECT seq, delivered_by FROM task_ins WHERE consumer = $1 AND delivered_at IS NOT NULL AND answered = 0
+				AND NOT `+s.d.aliveSQL("task_ins.delivered_by")+` ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq, &by)
+			again := err == nil
 			if err == sql.ErrNoRows {
 				err = tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
 			}
 			if err == sql.ErrNoRows {
-				return nil, nil
+				return after, nil
 			}
 			if err != nil {
 				return nil, err
 			}
 			var tid string
 			var msg []byte
-			err = tx.QueryRowContext(ctx, `UPDATE task_ins SET delivered_at = $1 WHERE seq = $2 AND (delivered_at IS NULL OR delivered_at < $3) AND answered = 0 RETURNING id, msg`, micro(now), seq, s.opened).Scan(&tid, &msg)
+			err = tx.QueryRowContext(ctx, `UPDATE task_ins SET delivered_at = $1, delivered_by = $2
+				WHERE seq = $3 AND answered = 0 AND (delivered_at IS NULL OR NOT `+s.d.aliveSQL("task_ins.delivered_by")+`)
+				RETURNING id, msg`, micro(now), me, seq).Scan(&tid, &msg)
 			if err == sql.ErrNoRows {
 				continue // another State took it between the two statements
 			}
@@ -591,16 +590,22 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 				return nil, err
 			}
 			t.Task.DeliveredAt = state.DeliveredAt(now)
-			out = []*flwrproto.TaskIns{t}
+			out, taken = []*flwrproto.TaskIns{t}, seq
 			if again {
 				return func() {
-					s.log.Info("task delivered again: its node asks for work without having answered it, so the response was lost when the SuperLink stopped",
-						"task_id", tid, "node_id", id)
+					after()
+					s.log.Info("task delivered again: its node asks for work without having answered it, so the response was lost when the SuperLink that sent it stopped",
+						"task_id", tid, "node_id", id, "delivered_by_replica", by.Int64)
 				}, nil
 			}
-			return nil, nil
+			return after, nil
 		}
 	})
+	if err != nil && maybe && taken != 0 {
+		// The delivery may be committed, and the node is told it failed:
+		// make the TaskIns deliverable again, once the database answers.
+		s.undeliverLater(undelivery{seq: taken, at: micro(now), by: me})
+	}
 	return out, err
 }
 
@@ -888,7 +893,7 @@ func (s *State) Stats(ctx context.Context) (state.Stats, error) {
 			(SELECT COUNT(*) FROM task_ins WHERE delivered_at IS NOT NULL AND answered = 0),
 			(SELECT COUNT(*) FROM task_ins WHERE answered = 1 AND res_delivered_at IS NULL),
 			(SELECT COUNT(*) FROM blobs),
-			(SELECT COALESCE(SUM(size), 0) FROM blobs)`, now).
+			(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs)`, now).
 			Scan(&st.Nodes, &st.NodesOnline, &st.Runs, &st.TaskInsWaiting, &st.TaskInsDelivered, &st.TaskResWaiting, &st.Blobs, &st.BlobBytes)
 	})
 	return st, err
@@ -948,19 +953,29 @@ func (s *State) Runs(ctx context.Context, limit int) ([]state.RunInfo, error) {
 func (s *State) Check(ctx context.Context) error {
 	return s.read(ctx, "Check", func(tx *sql.Tx) error {
 		var v int
-		return tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+		return tx.QueryRowContext(ctx, s.d.check).Scan(&v)
 	})
 }
 
-// Close records the time (for the restart grace), closes the database and
-// releases it for another SuperLink. Later calls fail with Unavailable.
+// Close records the time (for the restart grace), leaves the database (the
+// TaskIns this State delivered and were not answered may go again to their
+// nodes), closes it and releases it for another SuperLink. Later calls
+// fail with Unavailable.
 func (s *State) Close() error {
 	s.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		now := s.now()
-		hbErr := s.write(ctx, "Close", func(tx *sql.Tx) (func(), error) { return nil, s.heartbeat(ctx, tx, now) })
+		hbErr := s.write(ctx, "Close", func(tx *sql.Tx) (func(), error) {
+			if err := s.leave(ctx, tx); err != nil {
+				return nil, err
+			}
+			return nil, s.heartbeat(ctx, tx, now)
+		})
 		s.closed.Store(true)
+		if s.locker != nil {
+			s.locker.close()
+		}
 		s.closeErr = s.db.Close()
 		if s.onClose != nil {
 			if err := s.onClose(); s.closeErr == nil {

@@ -1,0 +1,90 @@
+package sqlstate
+
+import (
+	"context"
+	"database/sql"
+	"slices"
+	"sync"
+	"time"
+)
+
+// A PullTaskIns whose commit failed when the connection broke may have
+// been committed all the same: the TaskIns is then marked delivered, by a
+// replica that lives, and would never go to its node, which was told the
+// call failed and asks again. So the State remembers such deliveries and,
+// as soon as the database answers (in the next PullTaskIns it serves, or
+// from a retry loop, whichever comes first), clears their replica: the
+// TaskIns then counts as delivered by one that is gone, and its node gets
+// it when it asks (through any replica). A delivery that was not committed
+// is left alone (its row does not match).
+
+// undelivery is one such delivery: the TaskIns's seq, and the delivered_at
+// and delivered_by it was given.
+type undelivery struct{ seq, at, by int64 }
+
+// undoQueue holds the deliveries to clear.
+type undoQueue struct {
+	mu      sync.Mutex
+	list    []undelivery
+	running bool // a retry loop runs
+}
+
+// undoRetry is how often the retry loop tries the database.
+const undoRetry = 500 * time.Millisecond
+
+// undeliver clears, in tx, the deliveries queued, and returns them, to be
+// passed to undelivered once tx commits.
+func (s *State) undeliver(ctx context.Context, tx *sql.Tx) ([]undelivery, error) {
+	s.undo.mu.Lock()
+	list := slices.Clone(s.undo.list)
+	s.undo.mu.Unlock()
+	for _, u := range list {
+		if _, err := tx.ExecContext(ctx, `UPDATE task_ins SET delivered_by = NULL WHERE seq = $1 AND delivered_at = $2 AND delivered_by = $3 AND answered = 0`,
+			u.seq, u.at, u.by); err != nil {
+			return nil, err
+		}
+	}
+	return list, nil
+}
+
+// undelivered takes done off the queue.
+func (s *State) undelivered(done []undelivery) {
+	if len(done) == 0 {
+		return
+	}
+	s.undo.mu.Lock()
+	defer s.undo.mu.Unlock()
+	s.undo.list = slices.DeleteFunc(s.undo.list, func(u undelivery) bool { return slices.Contains(done, u) })
+	s.log.Info("a task whose delivery failed with the database connection is ready to go to its node again", "tasks", len(done), "database", s.name)
+}
+
+// undeliverLater queues u and starts the retry loop if none runs.
+func (s *State) undeliverLater(u undelivery) {
+	s.undo.mu.Lock()
+	defer s.undo.mu.Unlock()
+	s.undo.list = append(s.undo.list, u)
+	if s.undo.running {
+		return
+	}
+	s.undo.running = true
+	go func() {
+		for {
+			time.Sleep(undoRetry)
+			s.undo.mu.Lock()
+			if len(s.undo.list) == 0 || s.closed.Load() {
+				s.undo.running = false
+				s.undo.mu.Unlock()
+				return
+			}
+			s.undo.mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			var done []undelivery
+			_ = s.write(ctx, "PullTaskIns (clearing a failed delivery)", func(tx *sql.Tx) (func(), error) {
+				var err error
+				done, err = s.undeliver(ctx, tx)
+				return func() { s.undelivered(done) }, err
+			})
+			cancel()
+		}
+	}()
+}
