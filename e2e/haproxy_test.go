@@ -1,0 +1,529 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/sepal-fl/sepal/state/sqlstate"
+)
+
+// TestSuperLinksBehindHAProxy runs a FedAvg of 4 Sepal nodes
+// (flower-client-app) and the Sepal server app (flower-server-app) through
+// HAProxy, which round-robins their TLS connections (passed through, not
+// terminated) over SuperLinks that share one database. One SuperLink is
+// killed with SIGKILL during round 2 (the one the server app is connected
+// to) and restarted; another during round 4 (the one most nodes are
+// connected to). The run must end with every round averaged over the 4
+// nodes and each result the server app waited for delivered exactly once.
+func TestSuperLinksBehindHAProxy(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	haproxyBin := haproxyBinary(t)
+	dir := t.TempDir()
+	slFlowerCerts(t, dir)
+	db := filepath.Join(dir, "state.db")
+	links := []*haLink{{name: "sl1"}}
+	for _, l := range links {
+		l.driver, l.fleet = freeAddr(t), freeAddr(t)
+		l.args = []string{"--certificates", slCA, slCert, slKey, "--database", db,
+			"--driver-api-address", l.driver, "--grpc-rere-fleet-api-address", l.fleet}
+		l.start(t, dir)
+	}
+	lb := startHAProxy(t, dir, haproxyBin, haproxyConfig{
+		Fleet: freeAddr(t), Driver: freeAddr(t), Links: links,
+		CAFile: filepath.Join(dir, slCA), CheckName: "localhost",
+		Socket: filepath.Join(dir, "haproxy.sock"),
+	})
+	lb.waitAll(t, links, "UP", 15*time.Second)
+	// The certificate holds localhost: the name the apps dial, HAProxy's.
+	_, fleetPort, _ := net.SplitHostPort(lb.cfg.Fleet)
+	_, driverPort, _ := net.SplitHostPort(lb.cfg.Driver)
+	fleetLB, driverLB := net.JoinHostPort("localhost", fleetPort), net.JoinHostPort("localhost", driverPort)
+
+	started := time.Now()
+	nodes := make([]*proc, haNodes)
+	for i := range nodes {
+		nodes[i] = start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", slCA,
+			"--server", fleetLB, "--poll-interval", "100ms")
+	}
+	for _, n := range nodes {
+		n.waitOutput(t, `msg="node registered"`, 30*time.Second)
+	}
+	srv := start(t, dir, nil, "flower-server-app", "server:app", "--root-certificates", slCA,
+		"--server", driverLB, "--rounds", strconv.Itoa(haRounds), "--min-nodes", strconv.Itoa(haNodes))
+
+	// Round 2: kill the SuperLink that holds the server app's connection,
+	// once a node has pushed its round-2 result.
+	first := lb.killDuring(t, srv, nodes, links, 2, func(st haStats) *haLink {
+		return st.most(links, "driver", nil)
+	})
+	first.restart(t, dir, lb)
+	// Round 4: kill another, the one most nodes are connected to.
+	lb.killDuring(t, srv, nodes, links, 4, func(st haStats) *haLink {
+		return st.most(links, "fleet", first)
+	}).restart(t, dir, lb)
+
+	if code := srv.wait(t, 90*time.Second); code != 0 {
+		t.Fatalf("flower-server-app exited %d:\n%s", code, srv.out.String())
+	}
+	took := time.Since(started)
+	out := srv.out.String()
+	rounds := parseRounds(t, out)
+	if len(rounds) != haRounds {
+		t.Fatalf("flower-server-app printed %d round lines, want %d:\n%s", len(rounds), haRounds, out)
+	}
+	for _, r := range rounds {
+		if r.nodes != haNodes {
+			t.Errorf("round %d averaged %d nodes, want %d (a result lost):\n%s", r.n, r.nodes, haNodes, out)
+		}
+	}
+	for _, bad := range []string{"node dropped", "result dropped"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("flower-server-app logged %q:\n%s", bad, out)
+		}
+	}
+	m := regexp.MustCompile(`(?m)^run (-?\d+) finished`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("flower-server-app printed no run summary:\n%s", out)
+	}
+	runID, _ := strconv.ParseInt(m[1], 10, 64)
+	for _, n := range nodes {
+		for _, bad := range []string{"result refused", "task failed"} {
+			if strings.Contains(n.out.String(), bad) {
+				t.Errorf("a node logged %q:\n%s", bad, n.out.String())
+			}
+		}
+	}
+	stopClients(t, nodes)
+	t.Logf("%d-round FedAvg of %d nodes through HAProxy over %d SuperLinks, two of them killed: %v",
+		haRounds, haNodes, len(links), took.Round(time.Millisecond))
+
+	// The database: each TaskIns the server app waited for (get_parameters,
+	// then train and evaluate per node per round) gave one result.
+	for _, l := range links {
+		l.p.stop()
+	}
+	s, err := sqlstate.OpenSQLite(context.Background(), db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}})
+	if err != nil {
+		t.Fatalf("the state after the run: %v", err)
+	}
+	defer s.Close()
+	runs, err := s.Runs(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range runs {
+		if r.ID != runID {
+			continue
+		}
+		want := 1 + 2*haNodes*haRounds
+		if r.TaskResPulled != want {
+			t.Errorf("run %d: %d results delivered to the server app, want %d (lost or duplicated)", r.ID, r.TaskResPulled, want)
+		}
+		t.Logf("run %d: %d TaskIns pushed (%d beyond those waited for: pushes retried after a kill), %d results delivered",
+			r.ID, r.TaskInsPushed, r.TaskInsPushed-want, r.TaskResPulled)
+		return
+	}
+	t.Errorf("run %d is not in the database (%d runs)", runID, len(runs))
+}
+
+const haRounds, haNodes = 5, 4
+
+// haLink is one flower-superlink behind HAProxy, started again on the same
+// ports and database after it is killed.
+type haLink struct {
+	name          string // its name in HAProxy's configuration
+	driver, fleet string
+	args          []string
+	p             *proc
+}
+
+// start starts the SuperLink and waits until it serves.
+func (l *haLink) start(t *testing.T, dir string) {
+	t.Helper()
+	l.p = start(t, dir, nil, "flower-superlink", l.args...)
+	l.p.waitOutput(t, "msg=serving", 30*time.Second)
+}
+
+// restart starts the killed SuperLink again and waits until HAProxy's
+// health checks pass for it on both APIs.
+func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
+	t.Helper()
+	begin := time.Now()
+	l.start(t, dir)
+	serving := time.Since(begin)
+	lb.waitAll(t, []*haLink{l}, "UP", 15*time.Second)
+	t.Logf("%s started again: serving after %v, UP in HAProxy after %v", l.name,
+		serving.Round(time.Millisecond), time.Since(begin).Round(time.Millisecond))
+}
+
+// killDuring waits for round r of the server app's run to be under way
+// (round r-1 printed, and a node's round-r train result pushed), then kills
+// with SIGKILL the SuperLink pick chooses from HAProxy's sessions, and
+// waits until HAProxy's health checks mark it DOWN on both APIs. It fails
+// the test when round r ended before the kill.
+func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, links []*haLink, r int, pick func(haStats) *haLink) *haLink {
+	t.Helper()
+	srv.waitOutput(t, fmt.Sprintf("round %d/%d:", r-1, haRounds), 60*time.Second)
+	answered := regexp.MustCompile(fmt.Sprintf(`msg="task answered".* task_type=train group_id=%d `, r))
+	deadline := time.Now().Add(30 * time.Second)
+	for !anyOutput(nodes, answered) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no node answered a round-%d train task within 30s", r)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := lb.stats(t)
+	l := pick(st)
+	if err := l.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	<-l.p.done
+	if strings.Contains(srv.out.String(), fmt.Sprintf("round %d/%d:", r, haRounds)) {
+		t.Fatalf("round %d ended before %s was killed", r, l.name)
+	}
+	lb.waitAll(t, []*haLink{l}, "DOWN", 15*time.Second)
+	t.Logf("round %d: killed %s (SIGKILL) with %d Driver and %d Fleet connections open through HAProxy; DOWN in HAProxy %v later",
+		r, l.name, st[haKey("driver", l.name)].sessions, st[haKey("fleet", l.name)].sessions, time.Since(killed).Round(time.Millisecond))
+	return l
+}
+
+// anyOutput reports whether the output of one of ps matches re.
+func anyOutput(ps []*proc, re *regexp.Regexp) bool {
+	for _, p := range ps {
+		if re.MatchString(p.out.String()) {
+			return true
+		}
+	}
+	return false
+}
+
+// haproxyBinary returns the path of Debian's haproxy. Without it the test
+// fails in CI (CI set) and is skipped elsewhere.
+func haproxyBinary(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/haproxy"); err == nil {
+		return "/usr/sbin/haproxy"
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("haproxy is needed by this test: apt-get install haproxy")
+	}
+	t.Skip("haproxy is not installed (apt-get install haproxy); CI runs this test")
+	return ""
+}
+
+// haproxyConfig is what the test's HAProxy configuration is made of.
+type haproxyConfig struct {
+	Fleet, Driver string // the addresses HAProxy listens on
+	Links         []*haLink
+	CAFile        string // the CA the health checks verify the SuperLinks against
+	CheckName     string // the name the health checks expect in the SuperLinks' certificate
+	Socket        string // the stats socket
+}
+
+// HealthCheck is the gRPC health check request in hexadecimal, in pieces.
+func (haproxyConfig) HealthCheck() []string {
+	var out []string
+	for _, b := range grpcHealthCheck() {
+		out = append(out, hex.EncodeToString(b))
+	}
+	return out
+}
+
+// Serving is the hexadecimal of the answer the health check expects.
+func (haproxyConfig) Serving() string { return grpcServingHex }
+
+// Servers are the links' names and addresses.
+func (c haproxyConfig) Servers() []struct{ Name, Fleet, Driver string } {
+	var out []struct{ Name, Fleet, Driver string }
+	for _, l := range c.Links {
+		out = append(out, struct{ Name, Fleet, Driver string }{l.name, l.fleet, l.driver})
+	}
+	return out
+}
+
+// haproxyTemplate is the test's HAProxy configuration; the README shows
+// the same for production.
+var haproxyTemplate = template.Must(template.New("haproxy.cfg").Parse(`# Written by TestSuperLinksBehindHAProxy.
+global
+    log stdout format raw local0 info
+    stats socket {{.Socket}} mode 600 level admin
+
+defaults
+    mode tcp
+    log global
+    option tcplog
+    timeout connect 2s
+    timeout client 5m
+    timeout server 5m
+    timeout client-fin 30s
+    timeout server-fin 30s
+    timeout check 2s
+    retries 3
+    option redispatch 1
+    option tcp-check
+    tcp-check connect ssl alpn h2
+{{- range .HealthCheck}}
+    tcp-check send-binary {{.}}
+{{- end}}
+    tcp-check expect binary {{.Serving}}
+    default-server check inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions check-ssl check-sni {{.CheckName}} verify required ca-file {{.CAFile}}
+
+frontend fleet
+    bind {{.Fleet}}
+    default_backend superlinks_fleet
+
+frontend driver
+    bind {{.Driver}}
+    default_backend superlinks_driver
+
+backend superlinks_fleet
+    balance roundrobin
+{{- range .Servers}}
+    server {{.Name}} {{.Fleet}}
+{{- end}}
+
+backend superlinks_driver
+    balance roundrobin
+{{- range .Servers}}
+    server {{.Name}} {{.Driver}}
+{{- end}}
+`))
+
+// haproxy is a running HAProxy and the configuration it was given.
+type haproxy struct {
+	*proc
+	cfg haproxyConfig
+}
+
+// startHAProxy writes the configuration into dir, has HAProxy check it,
+// and starts HAProxy in the foreground (its log on stdout, kept with the
+// process's output and printed when the test fails).
+func startHAProxy(t *testing.T, dir, bin string, c haproxyConfig) *haproxy {
+	t.Helper()
+	var b bytes.Buffer
+	if err := haproxyTemplate.Execute(&b, c); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run(t, 30*time.Second, dir, nil, bin, "-c", "-f", path); code != 0 {
+		t.Fatalf("haproxy -c refused the configuration (exit %d):\n%s\n%s", code, out, b.String())
+	}
+	p := start(t, dir, nil, bin, "-db", "-f", path)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- %s ----\n%s", path, b.String())
+		}
+	})
+	lb := &haproxy{proc: p, cfg: c}
+	waitListening(t, p, 15*time.Second, c.Fleet, c.Driver)
+	return lb
+}
+
+// haServer is one server's line of HAProxy's "show stat".
+type haServer struct {
+	status   string // UP, DOWN, or a transition such as "DOWN 1/2"
+	check    string // the last check's result, such as L7OK or L4CON
+	sessions int    // connections open through it
+}
+
+// haStats are the servers by haKey.
+type haStats map[string]haServer
+
+// haKey names a server of the backend of an API ("fleet" or "driver").
+func haKey(api, name string) string { return "superlinks_" + api + "/" + name }
+
+// most returns the link with the most sessions on the api's backend,
+// never not.
+func (st haStats) most(links []*haLink, api string, not *haLink) *haLink {
+	var best *haLink
+	for _, l := range links {
+		if l == not && len(links) > 1 {
+			continue
+		}
+		if best == nil || st[haKey(api, l.name)].sessions > st[haKey(api, best.name)].sessions {
+			best = l
+		}
+	}
+	return best
+}
+
+// stats asks HAProxy's stats socket for "show stat".
+func (lb *haproxy) stats(t *testing.T) haStats {
+	t.Helper()
+	c, err := net.DialTimeout("unix", lb.cfg.Socket, 5*time.Second)
+	if err != nil {
+		t.Fatalf("HAProxy's stats socket: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "show stat\n"); err != nil {
+		t.Fatalf("HAProxy's stats socket: %v", err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("HAProxy's stats socket: %v", err)
+	}
+	recs, err := csv.NewReader(bytes.NewReader(bytes.TrimPrefix(b, []byte("# ")))).ReadAll()
+	if err != nil || len(recs) < 1 {
+		t.Fatalf("HAProxy's show stat: %v:\n%s", err, b)
+	}
+	col := map[string]int{}
+	for i, name := range recs[0] {
+		col[name] = i
+	}
+	st := haStats{}
+	for _, r := range recs[1:] {
+		if len(r) != len(recs[0]) {
+			continue
+		}
+		n, _ := strconv.Atoi(r[col["scur"]])
+		st[r[col["pxname"]]+"/"+r[col["svname"]]] = haServer{status: r[col["status"]], check: r[col["check_status"]], sessions: n}
+	}
+	return st
+}
+
+// waitAll waits up to d until HAProxy reports every link with status on
+// both APIs.
+func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st := lb.stats(t)
+		var off []string
+		for _, l := range links {
+			for _, api := range []string{"fleet", "driver"} {
+				if s := st[haKey(api, l.name)]; s.status != status {
+					off = append(off, fmt.Sprintf("%s %s (check %s)", haKey(api, l.name), s.status, s.check))
+				}
+			}
+		}
+		if len(off) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HAProxy does not report %s after %v: %s", status, d, strings.Join(off, ", "))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// grpcHealthCheck is what HAProxy's tcp-check sends, over TLS with ALPN
+// h2, to ask a SuperLink for its health: a whole gRPC call of
+// grpc.health.v1.Health/Check on a new HTTP/2 connection. It comes in the
+// pieces the configuration sends one line each, so that a reader can tell
+// them apart (TCP joins them):
+//
+//   - the client connection preface;
+//   - an empty SETTINGS frame (the defaults);
+//   - a HEADERS frame, stream 1, END_HEADERS: its frame header, then each
+//     field of its block, all HPACK literals without indexing and without
+//     Huffman coding, so that the names and values read as ASCII:
+//     :method POST and :scheme https (static table entries), :path
+//     /grpc.health.v1.Health/Check, :authority haproxy, content-type
+//     application/grpc, te trailers;
+//   - a DATA frame, stream 1, END_STREAM: its frame header, then one gRPC
+//     message, not compressed, of length 0: an empty HealthCheckRequest
+//     (service "", the server as a whole).
+func grpcHealthCheck() [][]byte {
+	literal := func(index byte, value string) []byte { // the name from the static table
+		return append([]byte{index, byte(len(value))}, value...)
+	}
+	fields := [][]byte{
+		{0x80 | 3, 0x80 | 7}, // indexed: :method POST, :scheme https
+		literal(4, "/grpc.health.v1.Health/Check"),
+		literal(1, "haproxy"),
+		append([]byte{0x0f, 31 - 15, byte(len("application/grpc"))}, "application/grpc"...), // index 31 past the 4-bit prefix
+		append([]byte{0, 2, 't', 'e', 8}, "trailers"...),                                    // a new name
+	}
+	frameHeader := func(length int, typ, flags byte) []byte {
+		return []byte{byte(length >> 16), byte(length >> 8), byte(length), typ, flags, 0, 0, 0, 1} // stream 1
+	}
+	block := 0
+	for _, f := range fields {
+		block += len(f)
+	}
+	out := [][]byte{
+		[]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+		{0, 0, 0, 0x4, 0, 0, 0, 0, 0}, // SETTINGS, stream 0, empty
+		frameHeader(block, 0x1, 0x4),  // HEADERS, END_HEADERS
+	}
+	out = append(out, fields...)
+	// DATA, END_STREAM, then the message: not compressed, length 0.
+	return append(out, frameHeader(5, 0x0, 0x1), make([]byte, 5))
+}
+
+// grpcServingHex is the gRPC message HealthCheckResponse{status: SERVING}
+// (not compressed, length 2, field 1 varint 1) that a SuperLink's answer
+// must hold. A SuperLink shutting down answers NOT_SERVING (08 02).
+const grpcServingHex = "00000000020801"
+
+// TestHAProxyREADME checks the HAProxy configuration the README shows:
+// HAProxy accepts it, and its health check sends and expects what the
+// test's configuration does.
+func TestHAProxyREADME(t *testing.T) {
+	bin := haproxyBinary(t)
+	b, err := os.ReadFile(filepath.Join(moduleRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(b), "### The load balancer: HAProxy\n")
+	if !ok {
+		t.Fatal(`README.md has no "### The load balancer: HAProxy" section`)
+	}
+	_, after, ok = strings.Cut(after, "```\n")
+	cfg, _, ok2 := strings.Cut(after, "```\n")
+	if !ok || !ok2 || !strings.HasPrefix(cfg, "global\n") {
+		t.Fatal("the README's HAProxy section does not open with the configuration block")
+	}
+	checks := func(cfg string) []string {
+		var out []string
+		for _, line := range strings.Split(cfg, "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			if f := strings.Fields(line); len(f) > 0 && f[0] == "tcp-check" {
+				out = append(out, strings.Join(f, " "))
+			}
+		}
+		return out
+	}
+	var test bytes.Buffer
+	if err := haproxyTemplate.Execute(&test, haproxyConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := checks(cfg), checks(test.String()); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("the README's health check:\n%s\nthe test's:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	dir := t.TempDir()
+	slFlowerCerts(t, dir)
+	ca := filepath.Join(dir, slCA)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(cfg, "/etc/sepal/ca.crt", ca)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run(t, 30*time.Second, dir, nil, bin, "-c", "-f", path); code != 0 {
+		t.Errorf("haproxy -c refused the README's configuration (exit %d):\n%s", code, out)
+	}
+}
