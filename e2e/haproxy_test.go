@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,30 +21,35 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/pgtest"
 	"github.com/sepal-fl/sepal/state/sqlstate"
 )
 
 // TestSuperLinksBehindHAProxy runs a FedAvg of 4 Sepal nodes
 // (flower-client-app) and the Sepal server app (flower-server-app) through
 // HAProxy, which round-robins their TLS connections (passed through, not
-// terminated) over SuperLinks that share one database. One SuperLink is
-// killed with SIGKILL during round 2 (the one the server app is connected
-// to) and restarted; another during round 4 (the one most nodes are
-// connected to). The run must end with every round averaged over the 4
-// nodes and each result the server app waited for delivered exactly once.
+// terminated) over three SuperLinks on one PostgreSQL database. One
+// SuperLink is killed with SIGKILL during round 2 (the one the server app
+// is connected to) and started again; another during round 4 (the one most
+// nodes are connected to). The run must end with every round averaged over
+// the 4 nodes and each result the server app waited for delivered exactly
+// once.
 func TestSuperLinksBehindHAProxy(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
 	haproxyBin := haproxyBinary(t)
+	dsn := pgtest.NewDatabase(t)
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
-	db := filepath.Join(dir, "state.db")
-	links := []*haLink{{name: "sl1"}}
-	for _, l := range links {
+	links := []*haLink{{name: "sl1"}, {name: "sl2"}, {name: "sl3"}}
+	for _, l := range links { // all three at once, on an empty database
 		l.driver, l.fleet = freeAddr(t), freeAddr(t)
-		l.args = []string{"--certificates", slCA, slCert, slKey, "--database", db,
+		l.args = []string{"--certificates", slCA, slCert, slKey, "--database", dsn,
 			"--driver-api-address", l.driver, "--grpc-rere-fleet-api-address", l.fleet}
-		l.start(t, dir)
+		l.p = start(t, dir, nil, "flower-superlink", l.args...)
+	}
+	for _, l := range links {
+		l.p.waitOutput(t, "msg=serving", 30*time.Second)
 	}
 	lb := startHAProxy(t, dir, haproxyBin, haproxyConfig{
 		Fleet: freeAddr(t), Driver: freeAddr(t), Links: links,
@@ -70,12 +76,12 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 
 	// Round 2: kill the SuperLink that holds the server app's connection,
 	// once a node has pushed its round-2 result.
-	first := lb.killDuring(t, srv, nodes, links, 2, func(st haStats) *haLink {
+	first := lb.killDuring(t, srv, nodes, 2, func(st haStats) *haLink {
 		return st.most(links, "driver", nil)
 	})
 	first.restart(t, dir, lb)
 	// Round 4: kill another, the one most nodes are connected to.
-	lb.killDuring(t, srv, nodes, links, 4, func(st haStats) *haLink {
+	lb.killDuring(t, srv, nodes, 4, func(st haStats) *haLink {
 		return st.most(links, "fleet", first)
 	}).restart(t, dir, lb)
 
@@ -110,21 +116,32 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 			}
 		}
 	}
+	// The server app's connection was on the SuperLink killed in round 2,
+	// so it went on through another (HAProxy logs each connection as it
+	// ends: frontend, backend/server).
+	for api, want := range map[string]int{"driver": 2, "fleet": len(links)} {
+		used := lb.serversUsed(api)
+		if len(used) < want {
+			t.Errorf("HAProxy sent the %s connections to %v, want %d SuperLinks or more", api, used, want)
+		}
+	}
 	stopClients(t, nodes)
-	t.Logf("%d-round FedAvg of %d nodes through HAProxy over %d SuperLinks, two of them killed: %v",
-		haRounds, haNodes, len(links), took.Round(time.Millisecond))
+	t.Logf("%d-round FedAvg of %d nodes through HAProxy over %d SuperLinks, two of them killed: %v\n%s",
+		haRounds, haNodes, len(links), took.Round(time.Millisecond), strings.Join(roundLine.FindAllString(out, -1), "\n"))
 
 	// The database: each TaskIns the server app waited for (get_parameters,
 	// then train and evaluate per node per round) gave one result.
 	for _, l := range links {
 		l.p.stop()
 	}
-	s, err := sqlstate.OpenSQLite(context.Background(), db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := sqlstate.OpenPostgres(ctx, dsn, sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}})
 	if err != nil {
 		t.Fatalf("the state after the run: %v", err)
 	}
 	defer s.Close()
-	runs, err := s.Runs(context.Background(), 0)
+	runs, err := s.Runs(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +195,7 @@ func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
 // with SIGKILL the SuperLink pick chooses from HAProxy's sessions, and
 // waits until HAProxy's health checks mark it DOWN on both APIs. It fails
 // the test when round r ended before the kill.
-func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, links []*haLink, r int, pick func(haStats) *haLink) *haLink {
+func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, pick func(haStats) *haLink) *haLink {
 	t.Helper()
 	srv.waitOutput(t, fmt.Sprintf("round %d/%d:", r-1, haRounds), 60*time.Second)
 	answered := regexp.MustCompile(fmt.Sprintf(`msg="task answered".* task_type=train group_id=%d `, r))
@@ -343,6 +360,21 @@ func startHAProxy(t *testing.T, dir, bin string, c haproxyConfig) *haproxy {
 	return lb
 }
 
+// haLogLine matches the frontend and server of a line of HAProxy's tcplog.
+var haLogLine = regexp.MustCompile(`(?m)\] (\w+) superlinks_\w+/(\w+) `)
+
+// serversUsed returns the servers that HAProxy's log shows connections of
+// the api's frontend went to, in order of first use.
+func (lb *haproxy) serversUsed(api string) []string {
+	var out []string
+	for _, m := range haLogLine.FindAllStringSubmatch(lb.out.String(), -1) {
+		if m[1] == api && m[2] != "<NOSRV>" && !slices.Contains(out, m[2]) {
+			out = append(out, m[2])
+		}
+	}
+	return out
+}
+
 // haServer is one server's line of HAProxy's "show stat".
 type haServer struct {
 	status   string // UP, DOWN, or a transition such as "DOWN 1/2"
@@ -407,7 +439,7 @@ func (lb *haproxy) stats(t *testing.T) haStats {
 }
 
 // waitAll waits up to d until HAProxy reports every link with status on
-// both APIs.
+// both APIs ("UP" with a passed gRPC health check, L7OK).
 func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -416,7 +448,8 @@ func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.
 		var off []string
 		for _, l := range links {
 			for _, api := range []string{"fleet", "driver"} {
-				if s := st[haKey(api, l.name)]; s.status != status {
+				// UP after the gRPC health check passed: L7OK, not a mere connection.
+				if s := st[haKey(api, l.name)]; s.status != status || status == "UP" && s.check != "L7OK" {
 					off = append(off, fmt.Sprintf("%s %s (check %s)", haKey(api, l.name), s.status, s.check))
 				}
 			}
