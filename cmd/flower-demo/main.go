@@ -296,7 +296,7 @@ func writeCertificates(dir string) (certFiles, error) {
 		{f.key, pair.KeyPEM, 0o600},
 	} {
 		if err := selfsigned.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
-			return f, fmt.Errorf("writing %s: %w", w.path, err)
+			return f, err // "writing PATH: ..."
 		}
 	}
 	return f, nil
