@@ -171,7 +171,7 @@ func testNodeUnavailable(t *testing.T, e *env) {
 		t.Fatalf("made-up result delivered after the run moved on: %v", r)
 	}
 	if st := e.stats(t, e.s); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Nodes != 1 {
-		t.Errorf("state: %+v", st)
+		t.Errorf("after the deleted node's tasks were resolved, stats %+v, want no tasks held and 1 node", st)
 	}
 }
 
