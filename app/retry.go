@@ -121,7 +121,7 @@ func (p permanent) Error() string { return p.err.Error() }
 func (p permanent) Unwrap() error { return p.err }
 
 // do calls f until it succeeds, ctx ends (ctx.Err() is returned), f fails
-// in a way that is not retryable (that error, prefixed with what), a TLS
+// in a way that is not retryable (that error, worded by callError), a TLS
 // failure shows (transport's explanation) or the backoff limits are reached
 // (an error wrapping ErrGaveUp and the last failure).
 func (c *caller) do(ctx context.Context, what string, f func(ctx context.Context) error) error {
