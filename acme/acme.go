@@ -187,7 +187,7 @@ func ResolveCA(ca string) (string, error) {
 		return LetsEncryptStaging, nil
 	}
 	if !strings.HasPrefix(ca, "https://") || len(ca) <= len("https://") {
-		return "", fmt.Errorf("acme: CA %q is not an https:// directory URL (or \"staging\")", ca)
+		return "", fmt.Errorf("ACME CA %q is not an https:// directory URL (or \"staging\")", ca)
 	}
 	return ca, nil
 }
@@ -231,7 +231,7 @@ func validDomain(name string) string {
 // Source, or nil.
 func ValidateDomain(name string) error {
 	if why := validDomain(normalize(name)); why != "" {
-		return fmt.Errorf("acme: domain %q: %s", name, why)
+		return fmt.Errorf("domain %q: %s", name, why)
 	}
 	return nil
 }
@@ -239,14 +239,14 @@ func ValidateDomain(name string) error {
 // withDefaults validates o and fills in its defaults.
 func (o Options) withDefaults() (Options, error) {
 	if len(o.Domains) == 0 {
-		return o, errors.New("acme: no domain given")
+		return o, errors.New("no ACME domain given")
 	}
 	seen := map[string]bool{}
 	var domains []string
 	for _, d := range o.Domains {
 		n := normalize(d)
 		if why := validDomain(n); why != "" {
-			return o, fmt.Errorf("acme: domain %q: %s", d, why)
+			return o, fmt.Errorf("domain %q: %s", d, why)
 		}
 		if !seen[n] {
 			seen[n] = true
@@ -270,14 +270,14 @@ func (o Options) withDefaults() (Options, error) {
 		o.Challenge = ChallengeTLSALPN01
 	case ChallengeTLSALPN01, ChallengeHTTP01:
 	default:
-		return o, fmt.Errorf("acme: challenge %q: use %q or %q", o.Challenge, ChallengeTLSALPN01, ChallengeHTTP01)
+		return o, fmt.Errorf("ACME challenge %q: use %q or %q", o.Challenge, ChallengeTLSALPN01, ChallengeHTTP01)
 	}
 	switch o.Client {
 	case "":
 		o.Client = ClientCertmagic
 	case ClientCertmagic, ClientAutocert:
 	default:
-		return o, fmt.Errorf("acme: client %q: use %q or %q", o.Client, ClientCertmagic, ClientAutocert)
+		return o, fmt.Errorf("ACME client %q: use %q or %q", o.Client, ClientCertmagic, ClientAutocert)
 	}
 	if o.TLSALPNAddress == "" {
 		o.TLSALPNAddress = ":443"
@@ -287,11 +287,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	for _, a := range []struct{ name, addr string }{{"TLS-ALPN address", o.TLSALPNAddress}, {"HTTP address", o.HTTPAddress}} {
 		if _, _, err := splitHostPort(a.addr); err != nil {
-			return o, fmt.Errorf("acme: %s %q: %w", a.name, a.addr, err)
+			return o, fmt.Errorf("%s %q: %w", a.name, a.addr, err)
 		}
 	}
 	if o.StartupTimeout < 0 || o.RenewCheckInterval < 0 || o.StorageCheckInterval < 0 {
-		return o, errors.New("acme: StartupTimeout, RenewCheckInterval and StorageCheckInterval must not be negative")
+		return o, errors.New("StartupTimeout, RenewCheckInterval and StorageCheckInterval must not be negative")
 	}
 	if o.StorageCheckInterval == 0 {
 		o.StorageCheckInterval = DefaultStorageCheckInterval
@@ -300,7 +300,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.StartupTimeout = DefaultStartupTimeout
 	}
 	if o.RenewalWindowRatio < 0 || o.RenewalWindowRatio >= 1 {
-		return o, fmt.Errorf("acme: RenewalWindowRatio %v is not in [0, 1)", o.RenewalWindowRatio)
+		return o, fmt.Errorf("RenewalWindowRatio %v is not in [0, 1)", o.RenewalWindowRatio)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -325,11 +325,11 @@ func splitHostPort(addr string) (string, int, error) {
 func loadRoots(file string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("acme: CA root file: %w", err)
+		return nil, fmt.Errorf("ACME CA root file: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("acme: CA root file %s holds no PEM certificate", file)
+		return nil, fmt.Errorf("ACME CA root file %s holds no PEM certificate", file)
 	}
 	return pool, nil
 }
@@ -398,7 +398,7 @@ func Prepare(o Options) (*Source, error) {
 	}
 	if o.CertmagicStorage == nil || o.Client == ClientAutocert { // the folder is used
 		if err := os.MkdirAll(o.Storage, 0o700); err != nil {
-			return nil, fmt.Errorf("acme: storage folder: %w", err)
+			return nil, fmt.Errorf("creating the ACME storage folder: %w", err)
 		}
 		if err := CheckStorage(o.Storage); err != nil {
 			return nil, err
@@ -430,7 +430,7 @@ func Prepare(o Options) (*Source, error) {
 	if o.CertmagicStorage != nil && o.Client == ClientCertmagic {
 		storage = fmt.Sprint(o.CertmagicStorage) // a String method says what it is, without secrets
 	}
-	s.log.Info("acme: starting", "client", o.Client, "ca", o.CA, "domains", strings.Join(o.Domains, ","),
+	s.log.Info("ACME client starting", "client", o.Client, "ca", o.CA, "domains", strings.Join(o.Domains, ","),
 		"challenge", o.Challenge, "storage", storage, "email_set", o.Email != "")
 
 	if o.Challenge == ChallengeHTTP01 {
@@ -456,7 +456,7 @@ func (s *Source) Obtain(ctx context.Context) error {
 func (s *Source) startHTTP() error {
 	ln, err := net.Listen("tcp", s.opts.HTTPAddress)
 	if err != nil {
-		return fmt.Errorf("acme: HTTP-01 responder: %w (the address must be free; the CA connects to port 80 of each domain)", err)
+		return fmt.Errorf("HTTP-01 responder: %w (the address must be free; the CA connects to port 80 of each domain)", err)
 	}
 	h := s.b.httpHandler()
 	s.httpSrv = &http.Server{
@@ -468,7 +468,7 @@ func (s *Source) startHTTP() error {
 				if host, _, err := net.SplitHostPort(r.Host); err == nil {
 					r.Host = host
 				}
-				s.log.Info("acme: answering http-01 challenge", "domain", r.Host, "remote_addr", r.RemoteAddr)
+				s.log.Info("answering http-01 challenge", "domain", r.Host, "remote_addr", r.RemoteAddr)
 			}
 			h.ServeHTTP(w, r)
 		}),
@@ -477,7 +477,7 @@ func (s *Source) startHTTP() error {
 		WriteTimeout:      10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	s.log.Info("acme: http-01 responder listening", "address", ln.Addr().String())
+	s.log.Info("http-01 responder listening", "address", ln.Addr().String())
 	go func() { _ = s.httpSrv.Serve(ln) }()
 	return nil
 }
@@ -505,7 +505,7 @@ func (s *Source) obtain(ctx context.Context, responder bool) error {
 				return err
 			}
 		}
-		s.log.Info("acme: obtaining or loading certificate", "domain", d)
+		s.log.Info("obtaining or loading certificate", "domain", d)
 		leaf, loaded, err := s.b.obtain(ctx, d)
 		if err != nil {
 			if s.opts.Client == ClientAutocert {
@@ -521,7 +521,7 @@ func (s *Source) obtain(ctx context.Context, responder bool) error {
 		} else if s.opts.Client == ClientAutocert {
 			s.opts.emit(EventObtain, d, nil) // certmagic reports its own orders
 		}
-		s.log.Info("acme: "+how, "domain", d, "serial", certfmt.Serial(leaf.SerialNumber),
+		s.log.Info(how, "domain", d, "serial", certfmt.Serial(leaf.SerialNumber),
 			"issuer", leaf.Issuer.CommonName, "not_before", leaf.NotBefore.UTC().Format(time.RFC3339),
 			"expiry", leaf.NotAfter.UTC().Format(time.RFC3339), "elapsed", time.Since(start).Round(time.Millisecond).String())
 	}
@@ -541,19 +541,19 @@ func (s *Source) challengeAddress() string {
 func (s *Source) startTLSALPNResponder() (func(), error) {
 	ln, err := net.Listen("tcp", s.opts.TLSALPNAddress)
 	if err != nil {
-		return nil, fmt.Errorf("acme: TLS-ALPN-01 responder: %w (the server's TLS address must be free at start-up; the CA connects to port 443 of each domain)", err)
+		return nil, fmt.Errorf("TLS-ALPN-01 responder: %w (the server's TLS address must be free at start-up; the CA connects to port 443 of each domain)", err)
 	}
 	cfg := &tls.Config{
 		NextProtos: []string{ALPNProto},
 		GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if !isChallenge(h) {
-				return nil, errors.New("acme: this start-up responder answers only acme-tls/1")
+				return nil, errors.New("this start-up responder answers only acme-tls/1")
 			}
 			return s.GetCertificate(h)
 		},
 		MinVersion: tls.VersionTLS12,
 	}
-	s.log.Info("acme: tls-alpn-01 responder listening until the certificates are in", "address", ln.Addr().String())
+	s.log.Info("tls-alpn-01 responder listening until the certificates are in", "address", ln.Addr().String())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -593,9 +593,9 @@ func isChallenge(hello *tls.ClientHelloInfo) bool {
 func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if isChallenge(hello) {
 		if !s.domains[normalize(hello.ServerName)] {
-			return nil, fmt.Errorf("acme: no challenge for %q", hello.ServerName)
+			return nil, fmt.Errorf("no challenge for %q", hello.ServerName)
 		}
-		s.log.Info("acme: answering tls-alpn-01 challenge", "domain", normalize(hello.ServerName), "remote_addr", remoteAddr(hello))
+		s.log.Info("answering tls-alpn-01 challenge", "domain", normalize(hello.ServerName), "remote_addr", remoteAddr(hello))
 		return s.b.challengeCertificate(hello)
 	}
 	if !s.ready.Load() {
@@ -609,12 +609,12 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	}
 	cert, err := s.b.certificate(hello, name)
 	if err != nil {
-		return nil, fmt.Errorf("acme: certificate for %q: %w", name, err)
+		return nil, fmt.Errorf("certificate for %q: %w", name, err)
 	}
 	if cert.Leaf != nil {
 		if prev, ok := s.serving.Load(name); !ok || prev != cert.Leaf {
 			if old, loaded := s.serving.Swap(name, cert.Leaf); !loaded || old != cert.Leaf {
-				s.log.Info("acme: serving certificate", "domain", name, "serial", certfmt.Serial(cert.Leaf.SerialNumber),
+				s.log.Info("serving certificate", "domain", name, "serial", certfmt.Serial(cert.Leaf.SerialNumber),
 					"expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 				if loaded && s.opts.Client == ClientAutocert {
 					s.opts.emit(EventRenew, name, nil) // autocert renewed it in the background
@@ -678,7 +678,7 @@ type ObtainError struct {
 
 func (e *ObtainError) Error() string {
 	if why := caUnreachable(e.Err, e.CA); why != "" {
-		return fmt.Sprintf("acme: cannot reach the ACME CA at %s: %s; tried for %v, so no certificate for %s. "+
+		return fmt.Sprintf("cannot reach the ACME CA at %s: %s; tried for %v, so no certificate for %s. "+
 			"Check the CA's directory URL, this host's DNS resolver, and that it may open HTTPS connections to the CA (firewall, proxy); "+
 			"the domain's DNS and ports play no part until the CA answers", e.CA, why, e.Elapsed, e.Domain)
 	}
@@ -687,7 +687,7 @@ func (e *ObtainError) Error() string {
 		port = "80"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "acme: no certificate for %s from %s after %v: %v. ", e.Domain, e.CA, e.Elapsed, e.Err)
+	fmt.Fprintf(&b, "no certificate for %s from %s after %v: %v. ", e.Domain, e.CA, e.Elapsed, e.Err)
 	fmt.Fprintf(&b, "Check that DNS for %s points to this host, that port %s of it reaches %s (%s answers there), "+
 		"and that the CA's rate limits are not exhausted (https://letsencrypt.org/docs/rate-limits/); "+
 		"use the staging CA while testing", e.Domain, port, e.Address, e.Challenge)

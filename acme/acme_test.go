@@ -77,7 +77,7 @@ func TestOptionsInvalid(t *testing.T) {
 		o    Options
 		want string
 	}{
-		{"no domain", Options{}, "no domain"},
+		{"no domain", Options{}, "no ACME domain"},
 		{"ip", Options{Domains: []string{"192.0.2.1"}}, "IP address"},
 		{"wildcard", Options{Domains: []string{"*.example.org"}}, "DNS-01"},
 		{"single label", Options{Domains: []string{"localhost"}}, "single label"},
@@ -90,7 +90,7 @@ func TestOptionsInvalid(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := c.o.withDefaults()
-			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "acme: ") {
+			if err == nil || !strings.Contains(err.Error(), c.want) || strings.HasPrefix(err.Error(), "acme") {
 				t.Errorf("err = %v, want one with %q", err, c.want)
 			}
 		})

@@ -197,7 +197,7 @@ func (t *acmeTrace) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.mu.Lock()
 		t.problem = err.Error()
 		t.mu.Unlock()
-		t.log.Warn("acme: CA unreachable", "url", req.URL.String(), "error", err)
+		t.log.Warn("the ACME CA cannot be reached", "url", req.URL.String(), "error", err)
 		return res, err
 	}
 	ct := res.Header.Get("Content-Type")
@@ -205,7 +205,7 @@ func (t *acmeTrace) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.mu.Lock()
 		t.issued = true
 		t.mu.Unlock()
-		t.log.Info("acme: certificate downloaded", "url", req.URL.String())
+		t.log.Info("certificate downloaded", "url", req.URL.String())
 		return res, nil
 	}
 	if !strings.Contains(ct, "json") || res.ContentLength > 1<<20 {
@@ -243,17 +243,17 @@ func (t *acmeTrace) observe(req *http.Request, res *http.Response, o *acmeObject
 	case strings.Contains(res.Header.Get("Content-Type"), "problem+json"):
 		p := problemDoc{Type: o.Type, Detail: o.Detail}
 		if strings.HasSuffix(o.Type, ":badNonce") {
-			t.log.Debug("acme: CA rejected a nonce; retrying", "url", u)
+			t.log.Debug("the ACME CA rejected a nonce; retrying", "url", u)
 			return
 		}
 		t.problem = p.String()
-		t.log.Warn("acme: CA answered with a problem", "url", u, "status", res.StatusCode, "problem", t.problem)
+		t.log.Warn("the ACME CA answered with a problem", "url", u, "status", res.StatusCode, "problem", t.problem)
 	case o.NewAccount != "":
 		t.dir.NewAccount, t.dir.NewOrder = o.NewAccount, o.NewOrder
 	case u == t.dir.NewAccount:
-		t.log.Info("acme: account ready", "status", o.Status, "account", res.Header.Get("Location"))
+		t.log.Info("ACME account ready", "status", o.Status, "account", res.Header.Get("Location"))
 	case u == t.dir.NewOrder:
-		t.log.Info("acme: order created", "status", o.Status, "order", res.Header.Get("Location"))
+		t.log.Info("ACME order created", "status", o.Status, "order", res.Header.Get("Location"))
 	case len(o.Challenges) > 0:
 		for _, c := range o.Challenges {
 			if c.Error != nil {
@@ -268,18 +268,18 @@ func (t *acmeTrace) observe(req *http.Request, res *http.Response, o *acmeObject
 			case "invalid":
 				lvl = slog.LevelWarn
 			}
-			t.log.Log(context.Background(), lvl, "acme: authorization", "domain", o.Identifier.Value, "status", o.Status, "problem", t.problem)
+			t.log.Log(context.Background(), lvl, "ACME authorization", "domain", o.Identifier.Value, "status", o.Status, "problem", t.problem)
 		}
 	case o.Token != "" && o.Type != "":
 		if changed() {
-			t.log.Info("acme: challenge", "type", o.Type, "status", o.Status)
+			t.log.Info("ACME challenge", "type", o.Type, "status", o.Status)
 		}
 		if o.Error != nil {
 			t.problem = fmt.Sprintf("%s challenge: %s", o.Type, o.Error)
 		}
 	case o.Finalize != "":
 		if changed() {
-			t.log.Info("acme: order", "status", o.Status, "order", u)
+			t.log.Info("ACME order", "status", o.Status, "order", u)
 		}
 		if o.Error != nil {
 			t.problem = o.Error.String()

@@ -60,7 +60,7 @@ func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
 		host, port, err = splitHostPort(o.HTTPAddress)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("acme: %w", err)
+		return nil, fmt.Errorf("challenge address: %w", err)
 	}
 	tmpl := certmagic.ACMEIssuer{
 		CA:     o.CA,

@@ -52,7 +52,7 @@ func domainChars(name string) string {
 // optional. The address must be a bare one (name@example.org, no display
 // name, no "mailto:") whose domain is a full DNS name.
 func ValidateEmail(addr string) error {
-	bad := func(why string) error { return fmt.Errorf("acme: e-mail address %q: %s", addr, why) }
+	bad := func(why string) error { return fmt.Errorf("e-mail address %q: %s", addr, why) }
 	switch {
 	case addr == "":
 		return nil
@@ -84,13 +84,13 @@ func ValidateEmail(addr string) error {
 func CheckStorage(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return fmt.Errorf("acme: storage folder: %w", err)
+		return fmt.Errorf("storage folder: %w", err)
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("acme: storage folder %s is not a folder", dir)
+		return fmt.Errorf("storage folder %s is not a folder", dir)
 	}
 	if m := fi.Mode().Perm(); m&0o022 != 0 {
-		return fmt.Errorf("acme: storage folder %s can be written by other users (mode %04o), who could put their own account key or certificates there: chmod 700 %s",
+		return fmt.Errorf("storage folder %s can be written by other users (mode %04o), who could put their own account key or certificates there: chmod 700 %s",
 			dir, m, dir)
 	}
 	if uid, ok := ownerUID(fi); ok && uid != os.Geteuid() {
@@ -102,7 +102,7 @@ func CheckStorage(dir string) error {
 		if u, err := user.Current(); err == nil {
 			me = u.Username
 		}
-		return fmt.Errorf("acme: storage folder %s belongs to another user, %s, who could replace the account key or the certificates: use a folder of your own, or make it yours with: chown -R %s %s",
+		return fmt.Errorf("storage folder %s belongs to another user, %s, who could replace the account key or the certificates: use a folder of your own, or make it yours with: chown -R %s %s",
 			dir, owner, me, dir)
 	}
 	return nil

@@ -37,7 +37,7 @@ func (o *Options) emit(kind, domain string, err error) {
 type notReadyError struct{}
 
 func (notReadyError) Error() string {
-	return "acme: the certificates are still being obtained; try again shortly"
+	return "the certificates are still being obtained; try again shortly"
 }
 
 func (notReadyError) Temporary() bool { return true }

@@ -131,7 +131,7 @@ func OpenPostgresStorage(ctx context.Context, dsn string, o PostgresOptions) (*P
 		o.What = "the ACME storage"
 	}
 	if o.LockTTL < 0 || o.LockPollInterval < 0 {
-		return nil, errors.New("acme: LockTTL and LockPollInterval must not be negative")
+		return nil, errors.New("LockTTL and LockPollInterval must not be negative")
 	}
 	if o.LockTTL == 0 {
 		o.LockTTL = DefaultLockTTL
@@ -197,14 +197,14 @@ func (s *PostgresStorage) Close() error {
 // checkKey refuses keys that certmagic never makes.
 func checkKey(key string) error {
 	if key == "" || strings.HasPrefix(key, "/") || strings.HasSuffix(key, "/") || strings.Contains(key, "//") {
-		return fmt.Errorf("acme storage: key %q: keys are non-empty, /-separated, without a leading or trailing /", key)
+		return fmt.Errorf("ACME storage key %q: keys are non-empty, /-separated, without a leading or trailing /", key)
 	}
 	return nil
 }
 
 // errNotExist wraps fs.ErrNotExist with the key.
 func errNotExist(key string) error {
-	return fmt.Errorf("acme storage: key %q: %w", key, fs.ErrNotExist)
+	return fmt.Errorf("ACME storage key %q: %w", key, fs.ErrNotExist)
 }
 
 // Store puts value at key, replacing any value there, in one statement.
@@ -218,7 +218,7 @@ func (s *PostgresStorage) Store(ctx context.Context, key string, value []byte) e
 	_, err := s.pool.Exec(ctx, `INSERT INTO acme_keys (key, value, modified) VALUES ($1, $2, now())
 		ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, modified = EXCLUDED.modified`, key, value)
 	if err != nil {
-		return fmt.Errorf("acme storage: storing %q: %w", key, err)
+		return fmt.Errorf("storing %q in the ACME storage: %w", key, err)
 	}
 	return nil
 }
@@ -234,7 +234,7 @@ func (s *PostgresStorage) Load(ctx context.Context, key string) ([]byte, error) 
 		return nil, errNotExist(key)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("acme storage: loading %q: %w", key, err)
+		return nil, fmt.Errorf("loading %q from the ACME storage: %w", key, err)
 	}
 	return v, nil
 }
@@ -247,7 +247,7 @@ func (s *PostgresStorage) Delete(ctx context.Context, key string) error {
 	}
 	_, err := s.pool.Exec(ctx, `DELETE FROM acme_keys WHERE key = $1 OR (key >= $1 || '/' AND key < $1 || '0')`, key)
 	if err != nil {
-		return fmt.Errorf("acme storage: deleting %q: %w", key, err)
+		return fmt.Errorf("deleting %q from the ACME storage: %w", key, err)
 	}
 	return nil
 }
@@ -281,11 +281,11 @@ func (s *PostgresStorage) List(ctx context.Context, path string, recursive bool)
 		rows, err = s.pool.Query(ctx, `SELECT key FROM acme_keys WHERE key = $1 OR (key >= $1 || '/' AND key < $1 || '0')`, path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("acme storage: listing %q: %w", path, err)
+		return nil, fmt.Errorf("listing %q in the ACME storage: %w", path, err)
 	}
 	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, fmt.Errorf("acme storage: listing %q: %w", path, err)
+		return nil, fmt.Errorf("listing %q in the ACME storage: %w", path, err)
 	}
 	if len(keys) == 0 && path != "" {
 		return nil, errNotExist(path)
@@ -335,7 +335,7 @@ func (s *PostgresStorage) Stat(ctx context.Context, key string) (certmagic.KeyIn
 		return certmagic.KeyInfo{}, errNotExist(key)
 	}
 	if err != nil {
-		return certmagic.KeyInfo{}, fmt.Errorf("acme storage: stat %q: %w", key, err)
+		return certmagic.KeyInfo{}, fmt.Errorf("looking up %q in the ACME storage: %w", key, err)
 	}
 	if !terminal {
 		size = 0
@@ -355,7 +355,7 @@ func (s *PostgresStorage) Lock(ctx context.Context, name string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("acme storage: waiting for lock %q: %w", name, context.Cause(ctx))
+			return fmt.Errorf("waiting for the ACME storage lock %q: %w", name, context.Cause(ctx))
 		case <-time.After(s.o.LockPollInterval):
 		}
 	}
@@ -378,10 +378,10 @@ func (s *PostgresStorage) TryLock(ctx context.Context, name string) (bool, error
 		return false, nil // held by someone else
 	}
 	if err != nil {
-		return false, fmt.Errorf("acme storage: taking lock %q: %w", name, err)
+		return false, fmt.Errorf("taking the ACME storage lock %q: %w", name, err)
 	}
 	if prevOwner != nil && prevExpired != nil {
-		s.o.Logger.Warn("acme: took over a lock whose holder stopped renewing it (a replica died or lost the database)",
+		s.o.Logger.Warn("took over a lock whose holder stopped renewing it (a replica died or lost the database)",
 			"lock", name, "previous_owner", *prevOwner, "expired_ago", time.Duration(*prevExpired*float64(time.Second)).Round(time.Millisecond).String())
 	}
 	h := &heldLock{owner: owner, stop: make(chan struct{}), done: make(chan struct{})}
@@ -412,16 +412,16 @@ func (s *PostgresStorage) heartbeat(name string, h *heldLock) {
 		switch {
 		case err != nil:
 			if !failing {
-				s.o.Logger.Warn("acme: cannot renew a lock's lease; it ends if this goes on", "lock", name,
+				s.o.Logger.Warn("cannot renew a lock's lease; it ends if this goes on", "lock", name,
 					"lease", s.o.LockTTL.String(), "error", err.Error())
 			}
 			failing = true
 		case tag.RowsAffected() == 0:
-			s.o.Logger.Warn("acme: lost a lock: its lease ended and another replica may hold it", "lock", name)
+			s.o.Logger.Warn("lost a lock: its lease ended and another replica may hold it", "lock", name)
 			return
 		default:
 			if failing {
-				s.o.Logger.Info("acme: renewing the lock's lease again", "lock", name)
+				s.o.Logger.Info("renewing the lock's lease again", "lock", name)
 			}
 			failing = false
 		}
@@ -447,15 +447,15 @@ func (s *PostgresStorage) Unlock(ctx context.Context, name string) error {
 	delete(s.held, name)
 	s.mu.Unlock()
 	if h == nil {
-		return fmt.Errorf("acme storage: unlock %q: this process does not hold that lock", name)
+		return fmt.Errorf("unlocking the ACME storage lock %q: this process does not hold that lock", name)
 	}
 	h.stopHeartbeat()
 	tag, err := s.pool.Exec(ctx, "DELETE FROM acme_locks WHERE name = $1 AND owner = $2", name, h.owner)
 	if err != nil {
-		return fmt.Errorf("acme storage: unlock %q: %w (its lease ends by itself within %v)", name, err, s.o.LockTTL)
+		return fmt.Errorf("unlocking the ACME storage lock %q: %w (its lease ends by itself within %v)", name, err, s.o.LockTTL)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("acme storage: unlock %q: the lease had ended and another replica may hold the lock", name)
+		return fmt.Errorf("unlocking the ACME storage lock %q: the lease had ended and another replica may hold the lock", name)
 	}
 	return nil
 }

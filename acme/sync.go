@@ -86,7 +86,7 @@ func (b *certmagicBackend) syncDomain(ctx context.Context, domain string, o Opti
 	data, err := b.cfg.Storage.Load(ctx, key)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			b.syncFailed(domain, slog.LevelWarn, "acme: cannot check storage for a renewed certificate; serving the current one", err, o)
+			b.syncFailed(domain, slog.LevelWarn, "cannot check storage for a renewed certificate; serving the current one", err, o)
 		}
 		return
 	}
@@ -108,7 +108,7 @@ func (b *certmagicBackend) syncDomain(ctx context.Context, domain string, o Opti
 	if err != nil {
 		// Most often a renewal being written (certificate stored, key not
 		// yet); the next check finds both.
-		b.syncFailed(domain, slog.LevelInfo, "acme: the renewed certificate in storage is not usable yet; serving the current one", err, o)
+		b.syncFailed(domain, slog.LevelInfo, "the renewed certificate in storage is not usable yet; serving the current one", err, o)
 		return
 	}
 	if cert.Leaf == nil || !cert.Leaf.NotAfter.After(newest.NotAfter) {
@@ -123,7 +123,7 @@ func (b *certmagicBackend) syncDomain(ctx context.Context, domain string, o Opti
 	b.cache.Remove(old)
 	b.syncOK(domain)
 	o.emit(EventLoad, domain, nil) // renewed by another process: a load here
-	o.Logger.Info("acme: serving a certificate renewed by another process sharing the storage", "domain", domain,
+	o.Logger.Info("serving a certificate renewed by another process sharing the storage", "domain", domain,
 		"serial", cert.Leaf.SerialNumber.Text(16), "expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
 		"previous_serial", newest.SerialNumber.Text(16))
 }

@@ -57,7 +57,7 @@ func shapeFor(n int, shape []int) []int {
 		size *= d
 	}
 	if size != n {
-		panic(fmt.Sprintf("app: shape %v holds %d values, got %d", shape, size, n))
+		panic(fmt.Sprintf("shape %v holds %d values, got %d", shape, size, n))
 	}
 	return append([]int(nil), shape...)
 }
@@ -131,7 +131,7 @@ func (a Array) withValues(vals []float64) Array {
 
 func (a Array) want(dtype string) error {
 	if a.DType != dtype {
-		return fmt.Errorf("app: array is %s, not %s", a.DType, dtype)
+		return fmt.Errorf("array is %s, not %s", a.DType, dtype)
 	}
 	return a.check()
 }

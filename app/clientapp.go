@@ -62,10 +62,10 @@ func Register(ref string, f NewClientFunc) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	if ref == "" || f == nil {
-		panic("app: Register with an empty ref or nil func")
+		panic("Register with an empty ref or nil func")
 	}
 	if _, dup := registry[ref]; dup {
-		panic("app: Register called twice for " + ref)
+		panic("Register called twice for " + ref)
 	}
 	registry[ref] = f
 }
@@ -84,5 +84,5 @@ func Lookup(ref string) (NewClientFunc, error) {
 		known = append(known, k)
 	}
 	slices.Sort(known)
-	return nil, fmt.Errorf("app: unknown client app %q: Go apps are compiled in, known: %s", ref, strings.Join(known, ", "))
+	return nil, fmt.Errorf("unknown client app %q: Go apps are compiled in, known: %s", ref, strings.Join(known, ", "))
 }

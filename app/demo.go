@@ -74,7 +74,7 @@ func (c *DemoClient) GetParameters(ctx context.Context, config Config) ([]Array,
 
 func (c *DemoClient) params(p []Array) (w []float64, b float64, err error) {
 	if len(p) != 2 {
-		return nil, 0, fmt.Errorf("app: demo model wants 2 arrays (w, b), got %d", len(p))
+		return nil, 0, fmt.Errorf("demo model wants 2 arrays (w, b), got %d", len(p))
 	}
 	w, err = p[0].Values()
 	if err != nil {
@@ -85,7 +85,7 @@ func (c *DemoClient) params(p []Array) (w []float64, b float64, err error) {
 		return nil, 0, err
 	}
 	if len(w) != len(demoTrueW) || len(bs) != 1 {
-		return nil, 0, fmt.Errorf("app: demo model wants w of shape (%d,) and b of shape (1,), got %v and %v", len(demoTrueW), p[0].Shape, p[1].Shape)
+		return nil, 0, fmt.Errorf("demo model wants w of shape (%d,) and b of shape (1,), got %v and %v", len(demoTrueW), p[0].Shape, p[1].Shape)
 	}
 	return w, bs[0], nil
 }

@@ -84,5 +84,5 @@ func ExampleDecodeNPY_refused() {
 	b = append(b, make([]byte, 8)...)
 	_, err := app.DecodeNPY(b)
 	fmt.Println(err)
-	// Output: app: .npy dtype ">f8" (big-endian; save it little-endian with astype('<f8')): unsupported array (supported: <f4, <f8, <i4, <i8, little-endian)
+	// Output: .npy dtype ">f8" (big-endian; save it little-endian with astype('<f8')): unsupported array (supported: <f4, <f8, <i4, <i8, little-endian)
 }

@@ -48,7 +48,7 @@ type NodeOptions struct {
 
 func (o NodeOptions) withDefaults() (NodeOptions, error) {
 	if o.Server == "" {
-		return o, errors.New("app: NodeOptions.Server is empty: give the SuperLink's Fleet API address, such as 127.0.0.1:9092")
+		return o, errors.New("NodeOptions.Server is empty: give the SuperLink's Fleet API address, such as 127.0.0.1:9092")
 	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = 30

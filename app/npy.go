@@ -52,14 +52,14 @@ func (a Array) ItemSize() int { return dtypes[a.DType].size }
 func (a Array) check() error {
 	dt, ok := dtypes[a.DType]
 	if !ok {
-		return fmt.Errorf("app: dtype %q: %w (supported: float32, float64, int32, int64)", a.DType, ErrUnsupported)
+		return fmt.Errorf("dtype %q: %w (supported: float32, float64, int32, int64)", a.DType, ErrUnsupported)
 	}
 	n, err := elements(a.Shape)
 	if err != nil {
 		return err
 	}
 	if len(a.Data) != n*dt.size {
-		return fmt.Errorf("app: %s array of shape %v needs %d bytes of data, has %d", a.DType, a.Shape, n*dt.size, len(a.Data))
+		return fmt.Errorf("%s array of shape %v needs %d bytes of data, has %d", a.DType, a.Shape, n*dt.size, len(a.Data))
 	}
 	return nil
 }
@@ -69,10 +69,10 @@ func elements(shape []int) (int, error) {
 	n := 1
 	for _, d := range shape {
 		if d < 0 {
-			return 0, fmt.Errorf("app: negative dimension in shape %v", shape)
+			return 0, fmt.Errorf("negative dimension in shape %v", shape)
 		}
 		if d != 0 && n > math.MaxInt32/d {
-			return 0, fmt.Errorf("app: shape %v is too large", shape)
+			return 0, fmt.Errorf("shape %v is too large", shape)
 		}
 		n *= d
 	}
@@ -153,7 +153,7 @@ func pyTuple(shape []int) string {
 // does not match the shape. The returned Data is a copy.
 func DecodeNPY(b []byte) (Array, error) {
 	if len(b) < len(npyMagic)+4 || string(b[:len(npyMagic)]) != npyMagic {
-		return Array{}, errors.New("app: not a .npy file: it does not start with \\x93NUMPY")
+		return Array{}, errors.New("not a .npy file: it does not start with \\x93NUMPY")
 	}
 	major, minor := b[6], b[7]
 	var hlen, start int
@@ -162,18 +162,18 @@ func DecodeNPY(b []byte) (Array, error) {
 		hlen, start = int(binary.LittleEndian.Uint16(b[8:10])), 10
 	case 2, 3:
 		if len(b) < 12 {
-			return Array{}, errors.New("app: .npy header is cut short")
+			return Array{}, errors.New(".npy header is cut short")
 		}
 		h := binary.LittleEndian.Uint32(b[8:12])
 		if h > uint32(len(b)) {
-			return Array{}, errors.New("app: .npy header is cut short")
+			return Array{}, errors.New(".npy header is cut short")
 		}
 		hlen, start = int(h), 12
 	default:
-		return Array{}, fmt.Errorf("app: .npy format version %d.%d: %w (this reads 1.0, 2.0 and 3.0)", major, minor, ErrUnsupported)
+		return Array{}, fmt.Errorf(".npy format version %d.%d: %w (this reads 1.0, 2.0 and 3.0)", major, minor, ErrUnsupported)
 	}
 	if start+hlen > len(b) {
-		return Array{}, errors.New("app: .npy header is cut short")
+		return Array{}, errors.New(".npy header is cut short")
 	}
 	d, err := parseHeader(string(b[start : start+hlen]))
 	if err != nil {
@@ -182,35 +182,35 @@ func DecodeNPY(b []byte) (Array, error) {
 	descr, ok := d["descr"].(string)
 	if !ok {
 		if _, isList := d["descr"].([]any); isList {
-			return Array{}, fmt.Errorf("app: .npy structured dtype %s: %w (supported: <f4, <f8, <i4, <i8)", headerValue(d["descr"]), ErrUnsupported)
+			return Array{}, fmt.Errorf(".npy structured dtype %s: %w (supported: <f4, <f8, <i4, <i8)", headerValue(d["descr"]), ErrUnsupported)
 		}
-		return Array{}, errors.New("app: .npy header has no 'descr' string")
+		return Array{}, errors.New(".npy header has no 'descr' string")
 	}
 	fortran, ok := d["fortran_order"].(bool)
 	if !ok {
-		return Array{}, errors.New("app: .npy header has no 'fortran_order' True/False")
+		return Array{}, errors.New(".npy header has no 'fortran_order' True/False")
 	}
 	shapeAny, ok := d["shape"].([]any)
 	if !ok {
-		return Array{}, errors.New("app: .npy header has no 'shape' tuple")
+		return Array{}, errors.New(".npy header has no 'shape' tuple")
 	}
 	for k := range d {
 		if k != "descr" && k != "fortran_order" && k != "shape" {
-			return Array{}, fmt.Errorf("app: .npy header has an unknown key %q", k)
+			return Array{}, fmt.Errorf(".npy header has an unknown key %q", k)
 		}
 	}
 	dtype, ok := descrs[descr]
 	if !ok {
-		return Array{}, fmt.Errorf("app: .npy dtype %q %s: %w (supported: <f4, <f8, <i4, <i8, little-endian)", descr, describeDescr(descr), ErrUnsupported)
+		return Array{}, fmt.Errorf(".npy dtype %q %s: %w (supported: <f4, <f8, <i4, <i8, little-endian)", descr, describeDescr(descr), ErrUnsupported)
 	}
 	if fortran {
-		return Array{}, fmt.Errorf("app: .npy array in Fortran order (fortran_order: True): %w; save it in C order (numpy.ascontiguousarray)", ErrUnsupported)
+		return Array{}, fmt.Errorf(".npy array in Fortran order (fortran_order: True): %w; save it in C order (numpy.ascontiguousarray)", ErrUnsupported)
 	}
 	shape := make([]int, len(shapeAny))
 	for i, v := range shapeAny {
 		n, ok := v.(int)
 		if !ok {
-			return Array{}, fmt.Errorf("app: .npy shape %s is not a tuple of integers", headerValue(d["shape"]))
+			return Array{}, fmt.Errorf(".npy shape %s is not a tuple of integers", headerValue(d["shape"]))
 		}
 		shape[i] = n
 	}
@@ -224,7 +224,7 @@ func DecodeNPY(b []byte) (Array, error) {
 		return Array{}, err
 	}
 	if want := n * dtypes[dtype].size; len(data) != want {
-		return Array{}, fmt.Errorf("app: .npy %s array of shape %v needs %d bytes of data, the file holds %d", dtype, shape, want, len(data))
+		return Array{}, fmt.Errorf(".npy %s array of shape %v needs %d bytes of data, the file holds %d", dtype, shape, want, len(data))
 	}
 	a.Data = bytes.Clone(data)
 	if a.Data == nil {
@@ -278,15 +278,15 @@ func parseHeader(s string) (map[string]any, error) {
 	p := &pyParser{s: s}
 	v, err := p.value(0)
 	if err != nil {
-		return nil, fmt.Errorf("app: .npy header %q: %w", trimHeader(s), err)
+		return nil, fmt.Errorf(".npy header %q: %w", trimHeader(s), err)
 	}
 	p.space()
 	if p.i != len(p.s) {
-		return nil, fmt.Errorf("app: .npy header %q: unexpected text after the dict", trimHeader(s))
+		return nil, fmt.Errorf(".npy header %q: unexpected text after the dict", trimHeader(s))
 	}
 	d, ok := v.(map[string]any)
 	if !ok {
-		return nil, fmt.Errorf("app: .npy header %q is not a dict", trimHeader(s))
+		return nil, fmt.Errorf(".npy header %q is not a dict", trimHeader(s))
 	}
 	return d, nil
 }

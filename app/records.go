@@ -98,7 +98,7 @@ func toConfigsRecord(c Config) (*pb.ConfigsRecord, error) {
 		case [][]byte:
 			val.Value = &pb.ConfigsRecordValue_BytesList{BytesList: &pb.BytesList{Vals: v}}
 		default:
-			return nil, fmt.Errorf("app: config key %q: values of type %T cannot be sent (use int64, float64, bool, string, []byte or a slice of them)", k, v)
+			return nil, fmt.Errorf("config key %q: values of type %T cannot be sent (use int64, float64, bool, string, []byte or a slice of them)", k, v)
 		}
 		r.Data[k] = &val
 	}
@@ -143,7 +143,7 @@ func toParametersRecord(arrays []Array) (*pb.ParametersRecord, error) {
 	for i, a := range arrays {
 		data, err := EncodeNPY(a)
 		if err != nil {
-			return nil, fmt.Errorf("app: array %d: %w", i, err)
+			return nil, fmt.Errorf("array %d: %w", i, err)
 		}
 		shape := make([]int32, len(a.Shape))
 		for j, d := range a.Shape {
@@ -162,20 +162,20 @@ func fromParametersRecord(r *pb.ParametersRecord) ([]Array, error) {
 		return nil, nil
 	}
 	if len(r.DataKeys) != len(r.DataValues) {
-		return nil, fmt.Errorf("app: parameters record has %d keys but %d arrays", len(r.DataKeys), len(r.DataValues))
+		return nil, fmt.Errorf("parameters record has %d keys but %d arrays", len(r.DataKeys), len(r.DataValues))
 	}
 	out := make([]Array, len(r.DataValues))
 	for i, v := range r.DataValues {
 		key := r.DataKeys[i]
 		if v.GetStype() != stypeNumpy && v.GetStype() != "" {
-			return nil, fmt.Errorf("app: array %q has stype %q; only %q is supported", key, v.GetStype(), stypeNumpy)
+			return nil, fmt.Errorf("array %q has stype %q; only %q is supported", key, v.GetStype(), stypeNumpy)
 		}
 		a, err := DecodeNPY(v.GetData())
 		if err != nil {
-			return nil, fmt.Errorf("app: array %q: %w", key, err)
+			return nil, fmt.Errorf("array %q: %w", key, err)
 		}
 		if v.GetDtype() != "" && v.GetDtype() != a.DType && v.GetDtype() != dtypes[a.DType].descr {
-			return nil, fmt.Errorf("app: array %q: record dtype %q but the .npy header says %s", key, v.GetDtype(), a.DType)
+			return nil, fmt.Errorf("array %q: record dtype %q but the .npy header says %s", key, v.GetDtype(), a.DType)
 		}
 		if len(v.GetShape()) > 0 {
 			shape := make([]int, len(v.Shape))
@@ -183,7 +183,7 @@ func fromParametersRecord(r *pb.ParametersRecord) ([]Array, error) {
 				shape[j] = int(d)
 			}
 			if !sameShape(shape, a.Shape) {
-				return nil, fmt.Errorf("app: array %q: record shape %v but the .npy header says %v", key, shape, a.Shape)
+				return nil, fmt.Errorf("array %q: record shape %v but the .npy header says %v", key, shape, a.Shape)
 			}
 		}
 		out[i] = a
@@ -326,7 +326,7 @@ func readGetParametersRes(rs *pb.RecordSet) ([]Array, error) {
 	}
 	p, ok := rs.GetParameters()[keyGetParamsResParams]
 	if !ok {
-		return nil, fmt.Errorf("app: get_parameters reply has no %q record (has %v)", keyGetParamsResParams, recordKeys(rs))
+		return nil, fmt.Errorf("get_parameters reply has no %q record (has %v)", keyGetParamsResParams, recordKeys(rs))
 	}
 	return fromParametersRecord(p)
 }
@@ -337,7 +337,7 @@ func readFitRes(rs *pb.RecordSet) (FitRes, error) {
 	}
 	p, ok := rs.GetParameters()[keyFitResParams]
 	if !ok {
-		return FitRes{}, fmt.Errorf("app: train reply has no %q record (has %v)", keyFitResParams, recordKeys(rs))
+		return FitRes{}, fmt.Errorf("train reply has no %q record (has %v)", keyFitResParams, recordKeys(rs))
 	}
 	arrays, err := fromParametersRecord(p)
 	if err != nil {
@@ -345,7 +345,7 @@ func readFitRes(rs *pb.RecordSet) (FitRes, error) {
 	}
 	n, ok := metricInt(rs.GetMetrics()[keyFitResNumExamples], fieldNumExamples)
 	if !ok {
-		return FitRes{}, fmt.Errorf("app: train reply has no %s.%s", keyFitResNumExamples, fieldNumExamples)
+		return FitRes{}, fmt.Errorf("train reply has no %s.%s", keyFitResNumExamples, fieldNumExamples)
 	}
 	return FitRes{Parameters: arrays, NumExamples: n, Metrics: fromConfigsRecord(rs.GetConfigs()[keyFitResMetrics])}, nil
 }
@@ -356,11 +356,11 @@ func readEvaluateRes(rs *pb.RecordSet) (EvaluateRes, error) {
 	}
 	loss, ok := metricFloat(rs.GetMetrics()[keyEvalResLoss], fieldLoss)
 	if !ok {
-		return EvaluateRes{}, fmt.Errorf("app: evaluate reply has no %s.%s (has %v)", keyEvalResLoss, fieldLoss, recordKeys(rs))
+		return EvaluateRes{}, fmt.Errorf("evaluate reply has no %s.%s (has %v)", keyEvalResLoss, fieldLoss, recordKeys(rs))
 	}
 	n, ok := metricInt(rs.GetMetrics()[keyEvalResNumExamples], fieldNumExamples)
 	if !ok {
-		return EvaluateRes{}, fmt.Errorf("app: evaluate reply has no %s.%s", keyEvalResNumExamples, fieldNumExamples)
+		return EvaluateRes{}, fmt.Errorf("evaluate reply has no %s.%s", keyEvalResNumExamples, fieldNumExamples)
 	}
 	return EvaluateRes{Loss: loss, NumExamples: n, Metrics: fromConfigsRecord(rs.GetConfigs()[keyEvalResMetrics])}, nil
 }
@@ -373,7 +373,7 @@ func checkStatus(rs *pb.RecordSet, key string) error {
 	}
 	c := fromConfigsRecord(st)
 	if code, _ := c[fieldCode].(int64); code != 0 {
-		return fmt.Errorf("app: the client reported status %d: %v", code, c[fieldMessage])
+		return fmt.Errorf("the client reported status %d: %v", code, c[fieldMessage])
 	}
 	return nil
 }

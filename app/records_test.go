@@ -66,7 +66,7 @@ func TestParametersRecordChecks(t *testing.T) {
 		{"shape disagrees", func(r *pb.ParametersRecord) { r.DataValues[0].Shape = []int32{1, 2} }, "record shape [1 2]"},
 		{"stype", func(r *pb.ParametersRecord) { r.DataValues[1].Stype = "torch.tensor" }, `"torch.tensor"`},
 		{"keys", func(r *pb.ParametersRecord) { r.DataKeys = r.DataKeys[:1] }, "1 keys but 2 arrays"},
-		{"npy", func(r *pb.ParametersRecord) { r.DataValues[1].Data = []byte("junk") }, `array "1": app: not a .npy file`},
+		{"npy", func(r *pb.ParametersRecord) { r.DataValues[1].Data = []byte("junk") }, `array "1": not a .npy file`},
 	}
 	for _, c := range cases {
 		r, _ := toParametersRecord([]Array{Float32s([]float32{1, 2}), Int32s([]int32{3})})

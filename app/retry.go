@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -120,7 +121,7 @@ func (p permanent) Error() string { return p.err.Error() }
 func (p permanent) Unwrap() error { return p.err }
 
 // do calls f until it succeeds, ctx ends (ctx.Err() is returned), f fails
-// in a way that is not retryable (that error, prefixed with what), a TLS
+// in a way that is not retryable (that error, worded by callError), a TLS
 // failure shows (transport's explanation) or the backoff limits are reached
 // (an error wrapping ErrGaveUp and the last failure).
 func (c *caller) do(ctx context.Context, what string, f func(ctx context.Context) error) error {
@@ -139,15 +140,15 @@ func (c *caller) do(ctx context.Context, what string, f func(ctx context.Context
 			return p.err
 		}
 		if !retryable(err) {
-			return fmt.Errorf("app: %s: %w", what, err)
+			return callError(what, err)
 		}
 		if perr := c.classify(ctx, err); perr != nil {
 			return perr
 		}
 		d, ok := s.next(c.now())
 		if !ok {
-			return fmt.Errorf("app: %w on %s to %s after %d retries in %s: %s", ErrGaveUp, what, c.addr,
-				s.tries-1, c.now().Sub(s.first).Round(time.Millisecond), status.Convert(err).Message())
+			return fmt.Errorf("%w on %s to %s after %d retries in %s: %s", ErrGaveUp, what, c.addr,
+				s.tries-1, c.now().Sub(s.first).Round(time.Millisecond), peerMessage(what, err))
 		}
 		c.log.Warn("call failed, retrying", "call", what, "server", c.addr, "error", status.Convert(err).Message(),
 			"retry", s.tries, "retry_in", d.Round(time.Millisecond))
@@ -155,6 +156,35 @@ func (c *caller) do(ctx context.Context, what string, f func(ctx context.Context
 			return err
 		}
 	}
+}
+
+// callError is the error of a call named what that failed in a way no
+// retry changes. A gRPC status reads "PushTaskIns failed with NotFound:
+// task_ins_list[0]: run -7 does not exist: call CreateRun first": the
+// call, the code and the server's message, without repeating the call's
+// name when the message starts with it (a Sepal SuperLink's do). Any
+// other error is wrapped as "what: err". Both unwrap to err, so
+// status.Code and errors.Is see through them.
+func callError(what string, err error) error {
+	if st, ok := status.FromError(err); ok {
+		return &statusError{msg: fmt.Sprintf("%s failed with %s: %s", what, st.Code(), peerMessage(what, err)), err: err}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// statusError is a gRPC status error reworded for the user.
+type statusError struct {
+	msg string
+	err error
+}
+
+func (e *statusError) Error() string { return e.msg }
+func (e *statusError) Unwrap() error { return e.err }
+
+// peerMessage is the message of err's gRPC status (err's text if it has
+// none) without a leading "what: ", which would repeat the call's name.
+func peerMessage(what string, err error) string {
+	return strings.TrimPrefix(status.Convert(err).Message(), what+": ")
 }
 
 // classify decides whether a network-looking failure is a TLS failure that
@@ -221,7 +251,7 @@ func dial(ctx context.Context, c *caller) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageSize), grpc.MaxCallSendMsgSize(maxMessageSize)))
 	if err != nil {
-		return nil, fmt.Errorf("app: server %q: %w", c.addr, err)
+		return nil, fmt.Errorf("connecting to %s: %w", c.addr, err)
 	}
 	return conn, nil
 }

@@ -69,10 +69,10 @@ type ServerOptions struct {
 
 func (o ServerOptions) withDefaults() (ServerOptions, error) {
 	if o.Server == "" {
-		return o, errors.New("app: ServerOptions.Server is empty: give the SuperLink's Driver API address, such as 127.0.0.1:9091")
+		return o, errors.New("ServerOptions.Server is empty: give the SuperLink's Driver API address, such as 127.0.0.1:9091")
 	}
 	if o.Rounds < 0 || o.MinNodes < 0 {
-		return o, errors.New("app: Rounds and MinNodes must not be negative")
+		return o, errors.New("Rounds and MinNodes must not be negative")
 	}
 	if o.Rounds == 0 {
 		o.Rounds = 3
@@ -195,7 +195,7 @@ func (d *driver) push(ctx context.Context, list []*pb.TaskIns) ([]string, error)
 		return nil, err
 	}
 	if len(ids) != len(list) || slices.Contains(ids, "") {
-		return nil, fmt.Errorf("app: the SuperLink stored %d of %d tasks (run %d unknown to it?)", len(slices.DeleteFunc(slices.Clone(ids), func(s string) bool { return s == "" })), len(list), d.runID)
+		return nil, fmt.Errorf("the SuperLink stored %d of %d tasks (run %d unknown to it?)", len(slices.DeleteFunc(slices.Clone(ids), func(s string) bool { return s == "" })), len(list), d.runID)
 	}
 	return ids, nil
 }
@@ -329,14 +329,14 @@ func (d *driver) ask(ctx context.Context, nodes []int64, group, taskType string,
 		out[byID[id]] = r.GetTask().GetRecordset()
 	}
 	if errors.Is(err, errTimeout) {
-		return nil, fmt.Errorf("app: round %s: %s replies %w: %d of %d nodes answered (%d with results)",
+		return nil, fmt.Errorf("round %s: %s replies %w: %d of %d nodes answered (%d with results)",
 			group, taskType, err, len(got), len(nodes), len(out))
 	}
 	if err != nil {
 		return nil, err
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("app: round %s: none of the %d nodes returned a %s result (see the log for their errors)", group, len(nodes), taskType)
+		return nil, fmt.Errorf("round %s: none of the %d nodes returned a %s result (see the log for their errors)", group, len(nodes), taskType)
 	}
 	return out, nil
 }
@@ -398,7 +398,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 		break
 	}
 	if params == nil {
-		return nil, fmt.Errorf("app: none of the %d nodes returned initial parameters; the last one: %w", len(nodes), lastErr)
+		return nil, fmt.Errorf("none of the %d nodes returned initial parameters; the last one: %w", len(nodes), lastErr)
 	}
 
 	for r := 1; r <= o.Rounds; r++ {
@@ -437,7 +437,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 		}
 		agg, trainLoss, err := fedAvg(params, results)
 		if err != nil {
-			return nil, fmt.Errorf("app: round %d: %w", r, err)
+			return nil, fmt.Errorf("round %d: %w", r, err)
 		}
 		params = agg
 
@@ -465,7 +465,7 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 			count++
 		}
 		if count == 0 || weight == 0 {
-			return nil, fmt.Errorf("app: round %d: no usable evaluate result", r)
+			return nil, fmt.Errorf("round %d: no usable evaluate result", r)
 		}
 		rr := RoundResult{Round: r, TrainLoss: trainLoss, EvalLoss: lossSum / weight, Nodes: len(results), Duration: time.Since(rstart)}
 		sum.Rounds = append(sum.Rounds, rr)
@@ -486,14 +486,14 @@ func RunFedAvg(ctx context.Context, o ServerOptions) (*Summary, error) {
 // count of examples >= 0 and the model's number, dtypes and shapes of arrays.
 func fitsModel(global []Array, r FitRes) error {
 	if r.NumExamples < 0 {
-		return fmt.Errorf("app: train reply reports %d examples", r.NumExamples)
+		return fmt.Errorf("train reply reports %d examples", r.NumExamples)
 	}
 	if len(r.Parameters) != len(global) {
-		return fmt.Errorf("app: train reply has %d arrays, the model %d", len(r.Parameters), len(global))
+		return fmt.Errorf("train reply has %d arrays, the model %d", len(r.Parameters), len(global))
 	}
 	for i, a := range r.Parameters {
 		if g := global[i]; a.DType != g.DType || !sameShape(a.Shape, g.Shape) {
-			return fmt.Errorf("app: train reply array %d is %s%v, the model's %s%v", i, a.DType, a.Shape, g.DType, g.Shape)
+			return fmt.Errorf("train reply array %d is %s%v, the model's %s%v", i, a.DType, a.Shape, g.DType, g.Shape)
 		}
 	}
 	return nil
@@ -594,7 +594,7 @@ func StopNodes(ctx context.Context, o ServerOptions) error {
 	}
 	got, err := d.collect(ctx, ids)
 	if errors.Is(err, errTimeout) {
-		return fmt.Errorf("app: stop: %d of %d nodes did not answer the reconnect task: %w", len(nodes)-len(got), len(nodes), err)
+		return fmt.Errorf("%d of %d nodes did not answer the reconnect task: %w", len(nodes)-len(got), len(nodes), err)
 	}
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/transport"
@@ -239,5 +241,27 @@ func TestBadTrainReplyDropsOnlyThatNode(t *testing.T) {
 		if err := <-c; err != nil {
 			t.Errorf("RunNode: %v", err)
 		}
+	}
+}
+
+// TestRefusedCallMessage: a call the SuperLink refuses reads as the call,
+// the code and the SuperLink's words, once each ("PushTaskIns failed with
+// NotFound: task_ins_list[0]: ..."), and keeps its gRPC code.
+func TestRefusedCallMessage(t *testing.T) {
+	link := startLink(t)
+	node := fakeNode(t, link, 30)
+	ctx := context.Background()
+	d, closeConn, err := newDriver(ctx, ServerOptions{Server: link.driver, TLS: transport.ClientOptions{RootCertificates: link.caFile}}.mustDefaults(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	_, err = d.push(ctx, []*pb.TaskIns{newTaskIns(-7, node, "1", TaskTrain, &pb.RecordSet{}, time.Now())})
+	want := "PushTaskIns failed with NotFound: task_ins_list[0]: run -7 does not exist: call CreateRun first"
+	if err == nil || err.Error() != want {
+		t.Errorf("push to run -7: %v\nwant: %s", err, want)
+	}
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("push to run -7: code %v, want NotFound", status.Code(err))
 	}
 }

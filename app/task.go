@@ -70,7 +70,7 @@ func handleTask(ctx context.Context, app ClientApp, nodeID int64, ins *pb.TaskIn
 		out = reconnectRes()
 	default:
 		errCode = ErrCodeUnknown
-		err = fmt.Errorf("app: this node does not handle task type %q (it handles %s, %s, %s and %s)",
+		err = fmt.Errorf("this node does not handle task type %q (it handles %s, %s, %s and %s)",
 			task.GetTaskType(), TaskGetParameters, TaskTrain, TaskEvaluate, TaskReconnect)
 	}
 	t := now()

@@ -319,9 +319,9 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	}
 	issued := 0
 	for _, l := range rs.links {
-		if strings.Contains(l.p.out.String(), "acme: certificate issued") {
+		if strings.Contains(l.p.out.String(), `msg="certificate issued"`) {
 			issued++
-		} else if !strings.Contains(l.p.out.String(), "acme: certificate loaded from storage") {
+		} else if !strings.Contains(l.p.out.String(), `msg="certificate loaded from storage"`) {
 			t.Errorf("a replica neither issued nor loaded the certificate:\n%s", l.p.out.String())
 		}
 	}

@@ -396,7 +396,7 @@ func TestACMEFaults(t *testing.T) {
 				t.Fatalf("flower-superlink exited %d, want 1:\n%s", code, out)
 			}
 			for _, want := range []string{
-				"flower-superlink: acme: no certificate for elsewhere.test from " + pb.DirURL,
+				"flower-superlink: no certificate for elsewhere.test from " + pb.DirURL,
 				"127.0.0.2", // the CA's own text: where it tried to connect
 				"DNS for elsewhere.test points to this host", "port 443", "rate limits", "staging",
 			} {

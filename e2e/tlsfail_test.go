@@ -74,7 +74,8 @@ func TestTLSFailures(t *testing.T) {
 		// host replaces 127.0.0.1 in --server when set.
 		host string
 		args []string
-		// want are the key parts of the message; PORT is the port dialled.
+		// want are the key parts of the message, the first its start;
+		// PORT is the port dialled.
 		want []string
 	}
 	cases := []tlsCase{
@@ -131,10 +132,12 @@ func TestTLSFailures(t *testing.T) {
 				if code != 1 {
 					t.Fatalf("%s %s exited %d after %v, want 1:\n%s", app, strings.Join(args, " "), code, took, out)
 				}
-				// One message, on one line: "flower-client-app: transport: ...".
-				msg := messageLine(out, app+": transport: ")
-				if msg == "" {
-					t.Fatalf("%s %s: no line starting %q:\n%s", app, strings.Join(args, " "), app+": transport: ", out)
+				// One message, on one line, that starts with the command
+				// and what happened: "flower-client-app: the server at ...".
+				start := app + ": " + strings.ReplaceAll(c.want[0], "PORT", port)
+				msg := messageLine(out, app+": ")
+				if !strings.HasPrefix(msg, start) {
+					t.Fatalf("%s %s: no line starting %q:\n%s", app, strings.Join(args, " "), start, out)
 				}
 				for _, w := range c.want {
 					w = strings.ReplaceAll(w, "PORT", port)

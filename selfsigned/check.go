@@ -55,7 +55,7 @@ type FileError struct {
 
 func (e *FileError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "selfsigned: %s file %s: ", e.Role, e.Path)
+	fmt.Fprintf(&b, "%s file %s: ", e.Role, e.Path)
 	if e.Detail != "" {
 		b.WriteString(e.Detail)
 	} else {

@@ -204,8 +204,8 @@ func TestCheck(t *testing.T) {
 				t.Fatalf("error %v is not a *FileError for %s", err, tc.wantFile)
 			}
 			msg := err.Error()
-			if !strings.HasPrefix(msg, "selfsigned: ") || !strings.Contains(msg, tc.wantFile) || fe.Fix == "" {
-				t.Errorf("message %q does not name %s and a fix", msg, tc.wantFile)
+			if !strings.HasPrefix(msg, fe.Role+" file "+fe.Path+": ") || !strings.Contains(msg, tc.wantFile) || fe.Fix == "" {
+				t.Errorf("message %q does not start with the %s and name a fix", msg, tc.wantFile)
 			}
 			for _, s := range tc.wantText {
 				if !strings.Contains(msg, s) {

@@ -42,10 +42,10 @@ type ClientOptions struct {
 func (ca *CA) IssueClient(o ClientOptions) (*Pair, error) {
 	cn := strings.TrimSpace(o.CommonName)
 	if cn == "" {
-		return nil, errors.New("selfsigned: a client certificate needs a CommonName")
+		return nil, errors.New("a client certificate needs a CommonName")
 	}
 	if len(cn) > 64 { // the X.509 upper bound of a common name
-		return nil, fmt.Errorf("selfsigned: client name %q is longer than 64 characters", cn)
+		return nil, fmt.Errorf("client name %q is longer than 64 characters", cn)
 	}
 	return ca.issueLeaf(o.KeyType, o.NotBefore, o.NotAfter, DefaultClientValidity, "client", x509.ExtKeyUsageClientAuth,
 		func(tmpl *x509.Certificate) {

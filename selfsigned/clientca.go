@@ -83,7 +83,7 @@ type clientTrust struct {
 // does not pass.
 func NewClientCAFile(o ClientCAOptions) (*ClientCAFile, error) {
 	if o.CAFile == "" {
-		return nil, errors.New("selfsigned: ClientCAOptions needs a CAFile")
+		return nil, errors.New("ClientCAOptions needs a CAFile")
 	}
 	if err := sourceDefaults(&o.PollInterval, &o.Now, &o.Logger); err != nil {
 		return nil, err

@@ -40,7 +40,7 @@ func (ca *CA) SignCRL(prev *x509.RevocationList, revoke []*big.Int, now time.Tim
 	}
 	now = now.UTC().Truncate(time.Second)
 	if !ca.Cert.NotAfter.After(now) {
-		return nil, fmt.Errorf("selfsigned: the CA expired on %s: a CRL it signs would be of no use; make a new CA", stamp(ca.Cert.NotAfter))
+		return nil, fmt.Errorf("the CA expired on %s: a CRL it signs would be of no use; make a new CA", stamp(ca.Cert.NotAfter))
 	}
 	number := big.NewInt(1)
 	var entries []x509.RevocationListEntry
@@ -64,11 +64,11 @@ func (ca *CA) SignCRL(prev *x509.RevocationList, revoke []*big.Int, now time.Tim
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
 	if err != nil {
-		return nil, fmt.Errorf("selfsigned: signing the CRL: %w", err)
+		return nil, fmt.Errorf("signing the CRL: %w", err)
 	}
 	list, err := x509.ParseRevocationList(der)
 	if err != nil {
-		return nil, fmt.Errorf("selfsigned: parsing the new CRL: %w", err)
+		return nil, fmt.Errorf("parsing the new CRL: %w", err)
 	}
 	return &CRL{List: list, PEM: pem.EncodeToMemory(&pem.Block{Type: CRLPEMType, Bytes: der})}, nil
 }

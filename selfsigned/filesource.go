@@ -73,7 +73,7 @@ type FileSource struct {
 // days) through the logger.
 func NewFileSource(o FileSourceOptions) (*FileSource, error) {
 	if o.CertFile == "" || o.KeyFile == "" {
-		return nil, errors.New("selfsigned: FileSourceOptions needs both CertFile and KeyFile")
+		return nil, errors.New("FileSourceOptions needs both CertFile and KeyFile")
 	}
 	if err := sourceDefaults(&o.PollInterval, &o.Now, &o.Logger); err != nil {
 		return nil, err

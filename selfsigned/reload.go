@@ -205,7 +205,7 @@ func (r *reloader[C, V]) swap(c C, v *V, trigger string) {
 // DefaultPollInterval, time.Now and slog.Default().
 func sourceDefaults(poll *time.Duration, now *func() time.Time, log **slog.Logger) error {
 	if *poll < 0 {
-		return fmt.Errorf("selfsigned: PollInterval %v is negative", *poll)
+		return fmt.Errorf("PollInterval %v is negative", *poll)
 	}
 	if *poll == 0 {
 		*poll = DefaultPollInterval

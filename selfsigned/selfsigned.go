@@ -66,7 +66,7 @@ func ParseKeyType(s string) (KeyType, error) {
 	for i, k := range KeyTypes {
 		names[i] = string(k)
 	}
-	return "", fmt.Errorf("selfsigned: unknown key type %q: use one of %s", s, strings.Join(names, ", "))
+	return "", fmt.Errorf("unknown key type %q: use one of %s", s, strings.Join(names, ", "))
 }
 
 // generate makes a new private key of type k ("" means ECDSAP256).
@@ -131,7 +131,7 @@ func NewCA(o CAOptions) (*CA, error) {
 	now := time.Now()
 	notBefore, notAfter := validity(now, o.NotBefore, o.NotAfter, DefaultCAValidity)
 	if !notAfter.After(notBefore) {
-		return nil, fmt.Errorf("selfsigned: CA NotAfter %s is not after NotBefore %s", stamp(notAfter), stamp(notBefore))
+		return nil, fmt.Errorf("CA NotAfter %s is not after NotBefore %s", stamp(notAfter), stamp(notBefore))
 	}
 	cn := o.CommonName
 	if cn == "" {
@@ -267,7 +267,7 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 		}
 		name := strings.ToLower(h)
 		if err := validDNSName(name); err != nil {
-			return nil, fmt.Errorf("selfsigned: host %q: %w; give a DNS name (such as flower.example.org) or an IP address", h, err)
+			return nil, fmt.Errorf("host %q: %w; give a DNS name (such as flower.example.org) or an IP address", h, err)
 		}
 		if !seen[name] {
 			seen[name] = true
@@ -275,7 +275,7 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 		}
 	}
 	if len(dns)+len(ips) == 0 {
-		return nil, errors.New("selfsigned: a server certificate needs at least one host: give Hosts or leave NoDefaultHosts unset")
+		return nil, errors.New("a server certificate needs at least one host: give Hosts or leave NoDefaultHosts unset")
 	}
 	cn := o.CommonName
 	if cn == "" {
@@ -309,10 +309,10 @@ func (ca *CA) issueLeaf(kt KeyType, notBefore, notAfter time.Time, def time.Dura
 	now := time.Now()
 	notBefore, notAfter = validity(now, notBefore, notAfter, def)
 	if !notAfter.After(notBefore) {
-		return nil, fmt.Errorf("selfsigned: %s NotAfter %s is not after NotBefore %s", what, stamp(notAfter), stamp(notBefore))
+		return nil, fmt.Errorf("%s NotAfter %s is not after NotBefore %s", what, stamp(notAfter), stamp(notBefore))
 	}
 	if notAfter.After(ca.Cert.NotAfter) {
-		return nil, fmt.Errorf("selfsigned: the %s certificate would expire %s, after its CA (%s): shorten the validity or make a new CA",
+		return nil, fmt.Errorf("the %s certificate would expire %s, after its CA (%s): shorten the validity or make a new CA",
 			what, stamp(notAfter), stamp(ca.Cert.NotAfter))
 	}
 	key, serial, ski, err := newKey(kt, what)
@@ -346,7 +346,7 @@ func (ca *CA) issueLeaf(kt KeyType, notBefore, notAfter time.Time, def time.Dura
 // "server") names the key in errors.
 func newKey(kt KeyType, what string) (key crypto.Signer, serial *big.Int, ski []byte, err error) {
 	if key, err = kt.generate(); err != nil {
-		return nil, nil, nil, fmt.Errorf("selfsigned: making the %s key: %w", what, err)
+		return nil, nil, nil, fmt.Errorf("making the %s key: %w", what, err)
 	}
 	if serial, err = newSerial(); err != nil {
 		return nil, nil, nil, err
@@ -363,11 +363,11 @@ func newKey(kt KeyType, what string) (key crypto.Signer, serial *big.Int, ski []
 func sign(tmpl, parent *x509.Certificate, key, signer crypto.Signer, what string) (*x509.Certificate, []byte, []byte, error) {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("selfsigned: signing the %s certificate: %w", what, err)
+		return nil, nil, nil, fmt.Errorf("signing the %s certificate: %w", what, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("selfsigned: parsing the new %s certificate: %w", what, err)
+		return nil, nil, nil, fmt.Errorf("parsing the new %s certificate: %w", what, err)
 	}
 	keyPEM, err := marshalKey(key)
 	if err != nil {
@@ -380,11 +380,11 @@ func sign(tmpl, parent *x509.Certificate, key, signer crypto.Signer, what string
 func (p *Pair) TLSCertificate() (tls.Certificate, error) {
 	c, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("selfsigned: %w", err)
+		return tls.Certificate{}, fmt.Errorf("loading the key pair: %w", err)
 	}
 	if c.Leaf == nil {
 		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return tls.Certificate{}, fmt.Errorf("selfsigned: %w", err)
+			return tls.Certificate{}, fmt.Errorf("parsing the certificate: %w", err)
 		}
 	}
 	return c, nil
@@ -406,7 +406,7 @@ func newSerial() (*big.Int, error) {
 	for {
 		n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 		if err != nil {
-			return nil, fmt.Errorf("selfsigned: making a serial number: %w", err)
+			return nil, fmt.Errorf("making a serial number: %w", err)
 		}
 		if n.Sign() > 0 {
 			return n, nil
@@ -419,14 +419,14 @@ func newSerial() (*big.Int, error) {
 func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, fmt.Errorf("selfsigned: %w", err)
+		return nil, fmt.Errorf("computing the subject key id: %w", err)
 	}
 	var spki struct {
 		Algorithm        pkix.AlgorithmIdentifier
 		SubjectPublicKey asn1.BitString
 	}
 	if _, err := asn1.Unmarshal(der, &spki); err != nil {
-		return nil, fmt.Errorf("selfsigned: %w", err)
+		return nil, fmt.Errorf("computing the subject key id: %w", err)
 	}
 	sum := sha1.Sum(spki.SubjectPublicKey.Bytes)
 	return sum[:], nil
@@ -439,7 +439,7 @@ func certPEM(der []byte) []byte {
 func marshalKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("selfsigned: encoding the key: %w", err)
+		return nil, fmt.Errorf("encoding the key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
@@ -507,14 +507,14 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	dir, base := filepath.Dir(path), filepath.Base(path)
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("selfsigned: writing %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	tmp := f.Name()
 	defer func() {
 		if err != nil {
 			f.Close()
 			os.Remove(tmp)
-			err = fmt.Errorf("selfsigned: writing %s: %w", path, err)
+			err = fmt.Errorf("writing %s: %w", path, err)
 		}
 	}()
 	if _, err = f.Write(data); err != nil {

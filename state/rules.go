@@ -49,7 +49,7 @@ const (
 // duration, capped at MaxPingInterval.
 func CheckPingInterval(v float64) (time.Duration, error) {
 	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
-		return 0, status.Errorf(codes.InvalidArgument, "superlink: ping_interval must be a finite number of seconds >= 0, got %v", v)
+		return 0, status.Errorf(codes.InvalidArgument, "ping_interval must be a finite number of seconds >= 0, got %v", v)
 	}
 	if v*float64(time.Second) > float64(MaxPingInterval) {
 		return MaxPingInterval, nil
@@ -80,7 +80,7 @@ func RandomID(r io.Reader, taken func(int64) bool) (int64, error) {
 	var b [8]byte
 	for {
 		if _, err := io.ReadFull(r, b[:]); err != nil {
-			return 0, status.Errorf(codes.Internal, "superlink: reading random id: %v", err)
+			return 0, status.Errorf(codes.Internal, "reading a random id: %v", err)
 		}
 		id := int64(binary.LittleEndian.Uint64(b[:]))
 		if id != 0 && (taken == nil || !taken(id)) {
@@ -93,7 +93,7 @@ func RandomID(r io.Reader, taken func(int64) bool) (int64, error) {
 func NewTaskID(r io.Reader) (uuid.UUID, error) {
 	id, err := uuid.NewRandomFromReader(r)
 	if err != nil {
-		return uuid.UUID{}, status.Errorf(codes.Internal, "superlink: reading random task id: %v", err)
+		return uuid.UUID{}, status.Errorf(codes.Internal, "reading a random task id: %v", err)
 	}
 	return id, nil
 }
@@ -129,11 +129,11 @@ func NodeUnavailable(ins *flwrproto.TaskIns, id uuid.UUID, now time.Time) *flwrp
 // returning InvalidArgument naming the first bad element.
 func ValidateTaskInsList(list []*flwrproto.TaskIns) error {
 	if len(list) == 0 {
-		return status.Error(codes.InvalidArgument, "superlink: PushTaskIns: task_ins_list must not be empty")
+		return status.Error(codes.InvalidArgument, "PushTaskIns: task_ins_list must not be empty")
 	}
 	for i, t := range list {
 		if err := validateTaskIns(t); err != nil {
-			return status.Errorf(codes.InvalidArgument, "superlink: PushTaskIns: task_ins_list[%d]: %v", i, err)
+			return status.Errorf(codes.InvalidArgument, "PushTaskIns: task_ins_list[%d]: %v", i, err)
 		}
 	}
 	return nil
@@ -144,13 +144,13 @@ func ValidateTaskInsList(list []*flwrproto.TaskIns) error {
 // (ancestry[0]); InvalidArgument naming the first bad element.
 func ValidateTaskResList(list []*flwrproto.TaskRes) ([]uuid.UUID, error) {
 	if len(list) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "superlink: PushTaskRes: task_res_list must not be empty")
+		return nil, status.Error(codes.InvalidArgument, "PushTaskRes: task_res_list must not be empty")
 	}
 	parents := make([]uuid.UUID, len(list))
 	for i, t := range list {
 		p, err := validateTaskRes(t)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "superlink: PushTaskRes: task_res_list[%d]: %v", i, err)
+			return nil, status.Errorf(codes.InvalidArgument, "PushTaskRes: task_res_list[%d]: %v", i, err)
 		}
 		parents[i] = p
 	}
@@ -165,7 +165,7 @@ func ParseTaskIDs(taskIDs []string) ([]uuid.UUID, error) {
 	for i, t := range taskIDs {
 		id, err := uuid.Parse(t)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "superlink: PullTaskRes: task_ids[%d] %q is not a task id (a UUID from PushTaskIns): %v", i, t, err)
+			return nil, status.Errorf(codes.InvalidArgument, "PullTaskRes: task_ids[%d] %q is not a task id (a UUID from PushTaskIns): %v", i, t, err)
 		}
 		if !seen[id] {
 			seen[id] = true
@@ -180,54 +180,54 @@ func ParseTaskIDs(taskIDs []string) ([]uuid.UUID, error) {
 
 // ErrNodeNotFound is DeleteNode's answer for an unknown node.
 func ErrNodeNotFound(id int64) error {
-	return status.Errorf(codes.NotFound, "superlink: node %d does not exist (never created, or already deleted)", id)
+	return status.Errorf(codes.NotFound, "DeleteNode: node %d does not exist (never created, or already deleted)", id)
 }
 
 // ErrIdentity is the answer to a node's call made with another client
 // certificate than the one it was created with.
 func ErrIdentity(method string, id int64) error {
-	return status.Errorf(codes.PermissionDenied, "superlink: %s: node %d was created with another client certificate; a node may only act for itself", method, id)
+	return status.Errorf(codes.PermissionDenied, "%s: node %d was created with another client certificate; a node may only act for itself", method, id)
 }
 
 // ErrRunNotFound is PushTaskIns's answer for element i naming an unknown run.
 func ErrRunNotFound(i int, run int64) error {
-	return status.Errorf(codes.NotFound, "superlink: PushTaskIns: task_ins_list[%d]: run %d does not exist: call CreateRun first", i, run)
+	return status.Errorf(codes.NotFound, "PushTaskIns: task_ins_list[%d]: run %d does not exist: call CreateRun first", i, run)
 }
 
 // ErrConsumerNotFound is PushTaskIns's answer for element i naming an
 // unknown consumer node.
 func ErrConsumerNotFound(i int, node int64) error {
-	return status.Errorf(codes.NotFound, "superlink: PushTaskIns: task_ins_list[%d]: consumer node %d does not exist: send tasks to a node from GetNodes", i, node)
+	return status.Errorf(codes.NotFound, "PushTaskIns: task_ins_list[%d]: consumer node %d does not exist: send tasks to a node from GetNodes", i, node)
 }
 
 // ErrTaskInsNotFound is PushTaskRes's answer for element i answering a
 // TaskIns that is not stored.
 func ErrTaskInsNotFound(i int, ins uuid.UUID) error {
-	return status.Errorf(codes.NotFound, "superlink: PushTaskRes: task_res_list[%d]: ancestry names TaskIns %s, which does not exist (never pushed, or already answered and pulled)", i, ins)
+	return status.Errorf(codes.NotFound, "PushTaskRes: task_res_list[%d]: ancestry names TaskIns %s, which does not exist (never pushed, or already answered and pulled)", i, ins)
 }
 
 // ErrNotConsumer is PushTaskRes's answer for element i from a node other
 // than the TaskIns's consumer.
 func ErrNotConsumer(i int, producer int64, ins uuid.UUID, consumer int64) error {
-	return status.Errorf(codes.PermissionDenied, "superlink: PushTaskRes: task_res_list[%d]: node %d may not answer TaskIns %s, which was sent to node %d", i, producer, ins, consumer)
+	return status.Errorf(codes.PermissionDenied, "PushTaskRes: task_res_list[%d]: node %d may not answer TaskIns %s, which was sent to node %d", i, producer, ins, consumer)
 }
 
 // ErrRunDiffers is PushTaskRes's answer for element i whose run is not its
 // TaskIns's.
 func ErrRunDiffers(i int, run int64, ins uuid.UUID, insRun int64) error {
-	return status.Errorf(codes.InvalidArgument, "superlink: PushTaskRes: task_res_list[%d]: run_id %d differs from run %d of TaskIns %s", i, run, insRun, ins)
+	return status.Errorf(codes.InvalidArgument, "PushTaskRes: task_res_list[%d]: run_id %d differs from run %d of TaskIns %s", i, run, insRun, ins)
 }
 
 // ErrNotPulled is PushTaskRes's answer for element i answering a TaskIns
 // not delivered yet.
 func ErrNotPulled(i int, ins uuid.UUID) error {
-	return status.Errorf(codes.FailedPrecondition, "superlink: PushTaskRes: task_res_list[%d]: TaskIns %s was not pulled yet: call PullTaskIns first", i, ins)
+	return status.Errorf(codes.FailedPrecondition, "PushTaskRes: task_res_list[%d]: TaskIns %s was not pulled yet: call PullTaskIns first", i, ins)
 }
 
 // ErrAnsweredTwice is PushTaskRes's answer for element i answering a TaskIns
 // that an earlier element of the same request answers.
 func ErrAnsweredTwice(i int, ins uuid.UUID) error {
-	return status.Errorf(codes.FailedPrecondition, "superlink: PushTaskRes: task_res_list[%d]: TaskIns %s already has a result", i, ins)
+	return status.Errorf(codes.FailedPrecondition, "PushTaskRes: task_res_list[%d]: TaskIns %s already has a result", i, ins)
 }
 
 // problems collects what is wrong with one task, in 1.8.0's order.

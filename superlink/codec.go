@@ -55,7 +55,7 @@ func messageOf(v any) (proto.Message, error) {
 	case protoadapt.MessageV1:
 		return protoadapt.MessageV2Of(m), nil
 	}
-	return nil, fmt.Errorf("superlink: codec: %T is not a protobuf message", v)
+	return nil, fmt.Errorf("%T is not a protobuf message", v)
 }
 
 // Marshal encodes v deterministically (map entries sorted by key).
@@ -217,7 +217,7 @@ func (w *writer) single(num protoreflect.FieldNumber, kind protoreflect.Kind, v 
 		w.cur = protowire.AppendVarint(w.cur, uint64(proto.Size(sub.Interface())))
 		return w.message(sub)
 	}
-	return fmt.Errorf("superlink: codec: unexpected kind %v", kind)
+	return fmt.Errorf("unexpected protobuf kind %v", kind)
 }
 
 func (w *writer) mapField(fd protoreflect.FieldDescriptor, m protoreflect.Map) error {
@@ -334,7 +334,7 @@ func appendScalar(b []byte, num protoreflect.FieldNumber, k protoreflect.Kind, v
 		b = protowire.AppendTag(b, num, protowire.BytesType)
 		return protowire.AppendBytes(b, v.Bytes())
 	}
-	panic(fmt.Sprintf("superlink: codec: kind %v cannot be a map key or scalar value", k))
+	panic(fmt.Sprintf("protobuf kind %v cannot be a map key or scalar value", k))
 }
 
 // Unmarshal decodes data into v. See decode.go.

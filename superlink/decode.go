@@ -42,7 +42,7 @@ var marker = func() [16]byte {
 
 const placeholderLen = len(marker) + 4
 
-var errFallback = errors.New("superlink: codec: fall back to proto.Unmarshal")
+var errFallback = errors.New("fall back to proto.Unmarshal")
 
 func (c *codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
 	if data.Len() < c.bigMin {

@@ -114,11 +114,11 @@ const MinInflightBytes = 4 * SmallMessageSize
 func (l Limits) Validate() error {
 	switch {
 	case l.MaxInflightBytes < 0, l.MaxInflightBytes > 0 && l.MaxInflightBytes < MinInflightBytes:
-		return fmt.Errorf("superlink: Limits.MaxInflightBytes %d is below the minimum of %d (4 MiB)", l.MaxInflightBytes, MinInflightBytes)
+		return fmt.Errorf("Limits.MaxInflightBytes %d is below the minimum of %d (4 MiB)", l.MaxInflightBytes, MinInflightBytes)
 	case l.MaxConnections < 0:
-		return errors.New("superlink: Limits.MaxConnections is negative")
+		return errors.New("Limits.MaxConnections is negative")
 	case l.HandshakeTimeout < 0, l.IdleTimeout < 0, l.StallTimeout < 0:
-		return errors.New("superlink: Limits timeouts must not be negative")
+		return errors.New("Limits timeouts must not be negative")
 	}
 	return nil
 }

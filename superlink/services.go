@@ -31,7 +31,7 @@ func (f *fleet) CreateNode(ctx context.Context, r *flwrproto.CreateNodeRequest) 
 func (f *fleet) DeleteNode(ctx context.Context, r *flwrproto.DeleteNodeRequest) (*flwrproto.DeleteNodeResponse, error) {
 	n := r.GetNode()
 	if n == nil {
-		return nil, status.Error(codes.InvalidArgument, "superlink: DeleteNode: node is missing: pass the node from CreateNode")
+		return nil, status.Error(codes.InvalidArgument, "DeleteNode: node is missing: pass the node from CreateNode")
 	}
 	if n.Anonymous {
 		return &flwrproto.DeleteNodeResponse{}, nil // as 1.8.0
@@ -45,7 +45,7 @@ func (f *fleet) DeleteNode(ctx context.Context, r *flwrproto.DeleteNodeRequest) 
 func (f *fleet) Ping(ctx context.Context, r *flwrproto.PingRequest) (*flwrproto.PingResponse, error) {
 	n := r.GetNode()
 	if n == nil {
-		return nil, status.Error(codes.InvalidArgument, "superlink: Ping: node is missing: pass the node from CreateNode")
+		return nil, status.Error(codes.InvalidArgument, "Ping: node is missing: pass the node from CreateNode")
 	}
 	ok, err := f.s.Ping(ctx, n.NodeId, r.GetPingInterval(), peerIdentity(ctx))
 	if err != nil {

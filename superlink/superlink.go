@@ -199,8 +199,8 @@ func recoverInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				log.Error("superlink: handler panicked", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				resp, err = nil, status.Errorf(codes.Internal, "superlink: internal error in %s", info.FullMethod)
+				log.Error("an RPC handler panicked; the call gets Internal", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				resp, err = nil, status.Errorf(codes.Internal, "internal error in %s", info.FullMethod)
 			}
 		}()
 		return h(ctx, req)
@@ -228,7 +228,7 @@ func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener,
 // dropped, while the connection was open).
 func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Listener, fleetCreds, driverCreds credentials.TransportCredentials) error {
 	if fleetLis == nil || driverLis == nil {
-		return errors.New("superlink: Serve needs a Fleet and a Driver listener")
+		return errors.New("Serve needs a Fleet and a Driver listener")
 	}
 	if err := s.opts.Limits.Validate(); err != nil {
 		fleetLis.Close()
@@ -254,12 +254,12 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	errc := make(chan error, 2)
 	go func() {
 		if err := fs.Serve(fleetLis); err != nil {
-			errc <- fmt.Errorf("superlink: Fleet API on %s: %w", fleetLis.Addr(), err)
+			errc <- fmt.Errorf("serving the Fleet API on %s: %w", fleetLis.Addr(), err)
 		}
 	}()
 	go func() {
 		if err := ds.Serve(driverLis); err != nil {
-			errc <- fmt.Errorf("superlink: Driver API on %s: %w", driverLis.Addr(), err)
+			errc <- fmt.Errorf("serving the Driver API on %s: %w", driverLis.Addr(), err)
 		}
 	}()
 	sctx, cancel := context.WithCancel(ctx)

@@ -197,10 +197,10 @@ type trustConfig struct {
 
 func newClientAuthState(src CertSource, a ClientAuth) *clientAuthState {
 	if a.CAs == nil {
-		panic("transport: ClientAuth needs a ClientCASource")
+		panic("ClientAuth needs a ClientCASource")
 	}
 	if a.Role != RoleNode && a.Role != RoleServerApp {
-		panic(fmt.Sprintf("transport: ClientAuth role %q is not RoleNode or RoleServerApp", a.Role))
+		panic(fmt.Sprintf("ClientAuth role %q is not RoleNode or RoleServerApp", a.Role))
 	}
 	if a.Now == nil {
 		a.Now = time.Now

@@ -94,19 +94,19 @@ func (k Kind) Permanent() bool {
 // Sentinels, one per Kind: errors.Is(err, ErrExpired) holds for every
 // *Error of KindExpired.
 var (
-	ErrUnknown            = errors.New("transport: unclassified failure")
-	ErrNetwork            = errors.New("transport: network failure")
-	ErrConfig             = errors.New("transport: bad client options")
-	ErrUnknownAuthority   = errors.New("transport: certificate signed by unknown authority")
-	ErrExpired            = errors.New("transport: certificate expired")
-	ErrNotYetValid        = errors.New("transport: certificate not yet valid")
-	ErrNameMismatch       = errors.New("transport: certificate does not hold the name checked")
-	ErrPlaintextPeer      = errors.New("transport: server does not speak TLS")
-	ErrTLSPeer            = errors.New("transport: server speaks TLS")
-	ErrUnspecifiedAddress = errors.New("transport: unspecified address dialled")
-	ErrHandshake          = errors.New("transport: TLS handshake failed")
-	ErrServerNotReady     = errors.New("transport: server has no certificate to serve yet")
-	ErrClientCertRefused  = errors.New("transport: client certificate refused")
+	ErrUnknown            = errors.New("unclassified failure")
+	ErrNetwork            = errors.New("network failure")
+	ErrConfig             = errors.New("bad client options")
+	ErrUnknownAuthority   = errors.New("certificate signed by unknown authority")
+	ErrExpired            = errors.New("certificate expired")
+	ErrNotYetValid        = errors.New("certificate not yet valid")
+	ErrNameMismatch       = errors.New("certificate does not hold the name checked")
+	ErrPlaintextPeer      = errors.New("server does not speak TLS")
+	ErrTLSPeer            = errors.New("server speaks TLS")
+	ErrUnspecifiedAddress = errors.New("unspecified address dialled")
+	ErrHandshake          = errors.New("TLS handshake failed")
+	ErrServerNotReady     = errors.New("server has no certificate to serve yet")
+	ErrClientCertRefused  = errors.New("client certificate refused")
 )
 
 var kindSentinels = [...]error{
@@ -143,7 +143,7 @@ type Error struct {
 // Error is one line. Names and issuers come from the peer's certificate,
 // which a hostile server chooses: control characters in them are shown as
 // '?', so a message cannot break a log line or a terminal.
-func (e *Error) Error() string { return "transport: " + strings.Map(printable, e.msg) }
+func (e *Error) Error() string { return strings.Map(printable, e.msg) }
 
 func printable(r rune) rune {
 	if unicode.IsControl(r) {
@@ -266,7 +266,9 @@ func unspecified(addr, host string) *Error {
 }
 
 // errText is the text to read: the message of a gRPC status, else err's text,
-// on one line, without gRPC's wrapping ("connection error: desc = ...").
+// on one line, without gRPC's wrapping ("connection error: desc = ...") and
+// grpc-go's own prefixes ("transport: " is that of its internal transport
+// package, not this one).
 func errText(err error) string {
 	s := err.Error()
 	if st, ok := status.FromError(err); ok {

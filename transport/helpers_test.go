@@ -128,8 +128,8 @@ func wantExplained(t testing.TB, err error, k transport.Kind, sentinel error, wo
 	if strings.ContainsAny(msg, "\r\n") {
 		t.Errorf("message is not one line: %q", msg)
 	}
-	if !strings.HasPrefix(msg, "transport: ") {
-		t.Errorf("message lacks the package prefix: %q", msg)
+	if strings.HasPrefix(msg, "transport:") {
+		t.Errorf("message starts with the Go package name: %q", msg)
 	}
 	for _, w := range words {
 		if !strings.Contains(msg, w) {

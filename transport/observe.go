@@ -140,7 +140,7 @@ func (c *observedConn) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()
 	}
-	return nil, errors.New("transport: the connection has no socket")
+	return nil, errors.New("the connection has no socket")
 }
 
 // helloNote is written by the GetCertificate of ServerConfig during the

@@ -46,7 +46,7 @@ var serverCurves = []tls.CurveID{
 // ServerConfig does not block and panics if src is nil.
 func ServerConfig(src CertSource) *tls.Config {
 	if src == nil {
-		panic("transport: ServerConfig called with a nil CertSource")
+		panic("ServerConfig called with a nil CertSource")
 	}
 	return &tls.Config{
 		MinVersion:       tls.VersionTLS12,

@@ -267,7 +267,7 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		pair, err := ca.IssueClient(selfsigned.ClientOptions{CommonName: n, OrganizationalUnit: role, URIs: []*url.URL{id.URI()},
 			KeyType: c.keyType, NotAfter: notAfter})
 		if err != nil {
-			return fmt.Errorf("%s: %s", n, strings.TrimPrefix(err.Error(), "selfsigned: "))
+			return fmt.Errorf("%s: %w", n, err)
 		}
 		it := issued{name: n, cert: cert, key: key, pair: pair}
 		if haveCert {

@@ -260,7 +260,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	pair, err := ca.IssueServer(selfsigned.ServerOptions{Hosts: c.hosts, KeyType: c.keyType, NotAfter: notAfter})
 	if err != nil {
-		return cli.Usagef("--host: %s", strings.TrimPrefix(err.Error(), "selfsigned: "))
+		return cli.Usagef("--host: %v", err)
 	}
 
 	// Write: the files of the set all together, or none of them.

@@ -296,7 +296,7 @@ func writeCertificates(dir string) (certFiles, error) {
 		{f.key, pair.KeyPEM, 0o600},
 	} {
 		if err := selfsigned.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
-			return f, fmt.Errorf("writing %s: %w", w.path, err)
+			return f, err // "writing PATH: ..."
 		}
 	}
 	return f, nil
@@ -340,7 +340,7 @@ func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc,
 		defer wg.Done()
 		serveErr = superlink.New(superlink.Options{Logger: log}).Serve(linkCtx, fleetLis, driverLis, transport.ServerCredentials(src))
 		if serveErr != nil && linkCtx.Err() == nil {
-			fail(fmt.Errorf("superlink: %w", serveErr))
+			fail(fmt.Errorf("the SuperLink failed: %w", serveErr))
 		}
 	}()
 	_, port, _ := net.SplitHostPort(fleetLis.Addr().String())
@@ -358,10 +358,10 @@ func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc,
 				select {
 				case <-done:
 					if serveErr != nil {
-						stopErr = fmt.Errorf("superlink: %w", serveErr)
+						stopErr = fmt.Errorf("the SuperLink failed: %w", serveErr)
 					}
 				case <-time.After(stopTimeout):
-					stopErr = fmt.Errorf("superlink: did not stop within %v", stopTimeout)
+					stopErr = fmt.Errorf("the SuperLink did not stop within %v", stopTimeout)
 				}
 			})
 			return stopErr

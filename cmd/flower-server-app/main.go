@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *stop {
 		if err := app.StopNodes(ctx, o); err != nil {
-			return err
+			return fmt.Errorf("--stop-nodes: %w", err)
 		}
 		logger.Info("nodes asked to leave")
 	}

@@ -20,7 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -106,11 +105,11 @@ func (a *acmeFlags) check() error {
 	}
 	for _, d := range a.domains {
 		if err := acme.ValidateDomain(d); err != nil {
-			return cli.Usagef("--acme-domain: %s", strings.TrimPrefix(err.Error(), "acme: "))
+			return cli.Usagef("--acme-domain: %v", err)
 		}
 	}
 	if err := acme.ValidateEmail(a.email); err != nil {
-		return cli.Usagef("--acme-email: %s", strings.TrimPrefix(err.Error(), "acme: "))
+		return cli.Usagef("--acme-email: %v", err)
 	}
 	if _, err := acme.ResolveCA(a.ca); err != nil {
 		return cli.Usagef("--acme-ca %q: give an https:// ACME directory URL, or \"staging\"", a.ca)
@@ -214,7 +213,7 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 		if err != nil {
 			return nil, err
 		}
-		log.Info("acme: account, certificates and locks in PostgreSQL, shared with every SuperLink on the same database",
+		log.Info("ACME account, certificates and locks in PostgreSQL, shared with every SuperLink on the same database",
 			"storage", pg.String(), "from", flag)
 		storage = ""
 	} else {
@@ -225,7 +224,7 @@ func (a *acmeFlags) source(ctx context.Context, log *slog.Logger) (transport.Cer
 			return nil, fmt.Errorf("--acme-storage: cannot create the folder: %w", err)
 		}
 		if err := acme.CheckStorage(storage); err != nil {
-			return nil, fmt.Errorf("--acme-storage: %s", strings.TrimPrefix(err.Error(), "acme: "))
+			return nil, fmt.Errorf("--acme-storage: %w", err)
 		}
 	}
 	o := acme.Options{

@@ -117,7 +117,7 @@ var ErrHelp = pflag.ErrHelp
 
 // ErrVersion is returned by Parse when the user asked for --version; the
 // version has been printed and the command should exit 0 (Exit does).
-var ErrVersion = errors.New("cli: version printed")
+var ErrVersion = errors.New("version printed")
 
 // Parse parses args (without the program name) into a flag set from
 // NewFlagSet. A flag error comes back as a *UsageError naming the flag;

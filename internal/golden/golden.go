@@ -120,7 +120,7 @@ func New(typeName string) (proto.Message, error) {
 	name := strings.TrimPrefix(typeName, "flwr.proto.")
 	m, ok := messages[name]
 	if !ok {
-		return nil, fmt.Errorf("golden: no Go type for %q", typeName)
+		return nil, fmt.Errorf("no Go type for the golden message type %q", typeName)
 	}
 	return m(), nil
 }

@@ -55,7 +55,7 @@ func (o FedAvgOptions) withDefaults() (FedAvgOptions, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Nodes < 1 || o.Rounds < 1 || o.ModelBytes < 4 || o.ModelBytes%4 != 0 {
-		return o, fmt.Errorf("load: %d nodes, %d rounds, model of %d bytes: want at least 1 node and 1 round, and a model of a positive multiple of 4 bytes", o.Nodes, o.Rounds, o.ModelBytes)
+		return o, fmt.Errorf("%d nodes, %d rounds, model of %d bytes: want at least 1 node and 1 round, and a model of a positive multiple of 4 bytes", o.Nodes, o.Rounds, o.ModelBytes)
 	}
 	return o, nil
 }
@@ -199,7 +199,7 @@ func (c *client) GetParameters(context.Context, app.Config) ([]app.Array, error)
 // differs per node and round.
 func (c *client) Fit(_ context.Context, p []app.Array, _ app.Config) (app.FitRes, error) {
 	if len(p) != 1 || len(p[0].Data) != 4*c.values {
-		return app.FitRes{}, fmt.Errorf("load: train task with %d arrays, want one of %d float32 values", len(p), c.values)
+		return app.FitRes{}, fmt.Errorf("train task with %d arrays, want one of %d float32 values", len(p), c.values)
 	}
 	c.fits++
 	v := float32(c.index+1) + float32(c.fits)/1024

@@ -90,7 +90,7 @@ type SuperLink struct {
 // serves, or an error with the end of its log. Stop ends it.
 func Start(ctx context.Context, o Options) (*SuperLink, error) {
 	if o.Binary == "" || o.Dir == "" {
-		return nil, errors.New("load: Options.Binary and Options.Dir are required")
+		return nil, errors.New("Options.Binary and Options.Dir are required")
 	}
 	if o.StartTimeout <= 0 {
 		o.StartTimeout = 60 * time.Second
@@ -228,7 +228,7 @@ func readMemory(pid int) (Memory, error) {
 		}
 		fs := strings.Fields(v)
 		if len(fs) != 2 || fs[1] != "kB" {
-			return Memory{}, fmt.Errorf("load: /proc/%d/status: unexpected %s line %q", pid, k, sc.Text())
+			return Memory{}, fmt.Errorf("/proc/%d/status: unexpected %s line %q", pid, k, sc.Text())
 		}
 		n, err := strconv.ParseInt(fs[0], 10, 64)
 		if err != nil {
@@ -237,7 +237,7 @@ func readMemory(pid int) (Memory, error) {
 		*dst = n << 10
 	}
 	if m.RSS == 0 || m.HWM == 0 {
-		return Memory{}, fmt.Errorf("load: /proc/%d/status has no VmRSS or VmHWM", pid)
+		return Memory{}, fmt.Errorf("/proc/%d/status has no VmRSS or VmHWM", pid)
 	}
 	return m, sc.Err()
 }
@@ -258,17 +258,17 @@ func readCPU(pid int) (time.Duration, error) {
 	// The command name (field 2) is in parentheses and may hold spaces.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("load: /proc/%d/stat: no command name", pid)
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	fs := strings.Fields(string(b[i+1:]))
 	// fs[0] is field 3 (state); utime and stime are fields 14 and 15.
 	if len(fs) < 13 {
-		return 0, fmt.Errorf("load: /proc/%d/stat: too few fields", pid)
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
 	ut, err1 := strconv.ParseInt(fs[11], 10, 64)
 	st, err2 := strconv.ParseInt(fs[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("load: /proc/%d/stat: %w", pid, err)
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
 	return time.Duration(ut+st) * clockTick, nil
 }
@@ -335,7 +335,7 @@ func FreeAddr() (string, error) {
 		l.Close()
 		return addr, nil
 	}
-	return "", errors.New("load: no free loopback port found below the ephemeral range")
+	return "", errors.New("no free loopback port found below the ephemeral range")
 }
 
 var (

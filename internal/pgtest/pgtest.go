@@ -319,7 +319,7 @@ func (s *Server) Restart() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
-		return errors.New("pgtest: the server was closed")
+		return errors.New("the PostgreSQL test server was closed")
 	}
 	if s.proc != nil {
 		return nil

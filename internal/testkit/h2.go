@@ -318,7 +318,7 @@ var ErrStreamEnded = errors.New("the server ended the stream")
 // server ended the stream, and gives up when ctx ends.
 func (c *H2Conn) Send(ctx context.Context, s *H2Stream, length uint32, head []byte, sent int64, end bool) error {
 	if sent < int64(len(head)) {
-		return fmt.Errorf("testkit: Send: %d bytes to send but the head alone is %d", sent, len(head))
+		return fmt.Errorf("Send: %d bytes to send but the head alone is %d", sent, len(head))
 	}
 	prefix := make([]byte, 5, 5+len(head))
 	binary.BigEndian.PutUint32(prefix[1:], length)

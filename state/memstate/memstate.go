@@ -119,7 +119,7 @@ func New(o Options) *State {
 	}
 }
 
-var errClosed = status.Error(codes.Unavailable, "superlink: the state is closed (the SuperLink is stopping)")
+var errClosed = status.Error(codes.Unavailable, "the SuperLink is stopping: its state is closed")
 
 // lock takes mu, failing once the State is closed.
 func (s *State) lock() error {

@@ -90,7 +90,7 @@ func (s *State) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
 	return s.cache.find(hash, n, eq)
 }
 
-var errClosed = status.Error(codes.Unavailable, "superlink: the state is closed (the SuperLink is stopping)")
+var errClosed = status.Error(codes.Unavailable, "the SuperLink is stopping: its state is closed")
 
 // txFunc is the body of one call's transaction. after runs once it has
 // committed (logging, the cache).
@@ -192,7 +192,7 @@ func (s *State) fail(method string, err error) error {
 	if hint != "" {
 		hint = ": " + hint
 	}
-	return status.Errorf(code, "superlink: %s: the state database %s: %v%s", method, s.name, err, hint)
+	return status.Errorf(code, "%s: the state database %s: %v%s", method, s.name, err, hint)
 }
 
 // CreateNode registers a node.
@@ -477,7 +477,7 @@ func (s *State) PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]s
 		t.Task.PushedAt = pushed
 		refs[i] = s.cache.prepareBlobs(t.Task.Recordset)
 		if msgs[i], err = proto.Marshal(t); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "superlink: PushTaskIns: task_ins_list[%d]: %v", i, err)
+			return nil, status.Errorf(codes.InvalidArgument, "PushTaskIns: task_ins_list[%d]: %v", i, err)
 		}
 	}
 	err := s.write(ctx, "PushTaskIns", func(tx *sql.Tx) (func(), error) {
@@ -630,7 +630,7 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 		t.Task.PushedAt = pushed
 		refs[i] = s.cache.prepareBlobs(t.Task.Recordset)
 		if msgs[i], err = proto.Marshal(t); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "superlink: PushTaskRes: task_res_list[%d]: %v", i, err)
+			return nil, status.Errorf(codes.InvalidArgument, "PushTaskRes: task_res_list[%d]: %v", i, err)
 		}
 	}
 	results := make(map[string]uint32, len(list))

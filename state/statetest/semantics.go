@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto"
@@ -170,7 +171,7 @@ func testNodeUnavailable(t *testing.T, e *env) {
 		t.Fatalf("made-up result delivered after the run moved on: %v", r)
 	}
 	if st := e.stats(t, e.s); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Nodes != 1 {
-		t.Errorf("state: %+v", st)
+		t.Errorf("after the deleted node's tasks were resolved, stats %+v, want no tasks held and 1 node", st)
 	}
 }
 
@@ -214,6 +215,12 @@ func testPushTaskInsInvalid(t *testing.T, e *env) {
 	for _, c := range cases {
 		_, err := e.s.PushTaskIns(ctx, c.list)
 		WantCode(t, "PushTaskIns "+c.name, err, c.code, c.msg)
+	}
+	// The whole message, as a peer reads it: the RPC, the element and what
+	// to do, with no Go package name in front.
+	_, err := e.s.PushTaskIns(ctx, []*flwrproto.TaskIns{with(func(ti *flwrproto.TaskIns) { ti.RunId = -7 })})
+	if got, want := status.Convert(err).Message(), "PushTaskIns: task_ins_list[0]: run -7 does not exist: call CreateRun first"; got != want {
+		t.Errorf("PushTaskIns unknown run: message %q, want %q", got, want)
 	}
 	if st := e.stats(t, e.s); st.TaskInsWaiting != 0 {
 		t.Fatalf("rejected pushes stored tasks: %+v", st)

@@ -66,7 +66,7 @@ type Options struct {
 // Run runs the suite as subtests of t.
 func Run(t *testing.T, o Options) {
 	if o.NewStore == nil {
-		t.Fatal("statetest: Options.NewStore is required")
+		t.Fatal("Options.NewStore is required")
 	}
 	tests := []struct {
 		name   string
