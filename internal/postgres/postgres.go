@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,6 +124,7 @@ func Explain(err error, what, dsn string) error {
 	if err == nil {
 		return nil
 	}
+	err = oneLine{err}
 	where := fmt.Sprintf("%s %s", what, Redact(dsn))
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
@@ -159,6 +161,26 @@ func Explain(err error, what, dsn string) error {
 	}
 	return fmt.Errorf("%s: %w", where, err)
 }
+
+// oneLine shows an error on one line: pgx's connection errors span several
+// (a line per host and attempt, each cause repeated), and a start-up
+// refusal must be one line. It unwraps to the error, so errors.As still
+// finds the PostgreSQL or network error inside.
+type oneLine struct{ err error }
+
+func (e oneLine) Error() string {
+	var parts []string
+	for _, l := range strings.Split(e.err.Error(), "\n") {
+		l = strings.TrimSuffix(strings.TrimSpace(l), ":")
+		if l == "" || slices.ContainsFunc(parts, func(p string) bool { return strings.Contains(p, l) }) {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	return strings.Join(parts, ": ")
+}
+
+func (e oneLine) Unwrap() error { return e.err }
 
 // Querier is what Migrate needs: a *pgxpool.Pool or a *pgx.Conn.
 type Querier interface {
