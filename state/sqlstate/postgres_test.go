@@ -41,18 +41,25 @@ func TestConformancePostgres(t *testing.T) {
 
 // TestPostgresGoesAway: while the server is down every call fails with
 // Unavailable and a message that says so; once it is back the same State
-// carries on, without being opened again, and its replica lock is taken
-// again.
+// carries on, without being opened again, its replica lock is taken
+// again, and a node whose ping fell due while the server was down is
+// given its ping interval (the grace of a restart).
 func TestPostgresGoesAway(t *testing.T) {
 	srv := pgtest.NewServer(t)
 	dsn := srv.NewDatabase(t)
 	logs := &testkit.SyncBuffer{}
 	ctx := context.Background()
-	s, err := sqlstate.OpenPostgres(ctx, dsn, sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}})
+	clock := &statetest.Clock{}
+	clock.Set(time.Unix(1795638840, 0))
+	s, err := sqlstate.OpenPostgres(ctx, dsn, sqlstate.PostgresOptions{Options: sqlstate.Options{Now: clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	waiting, err := s.CreateNode(ctx, 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	node, err := s.CreateNode(ctx, 60, "")
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +71,7 @@ func TestPostgresGoesAway(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	clock.Advance(30 * time.Second) // past waiting's ping interval
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	_, err = s.PushTaskIns(cctx, []*flwrproto.TaskIns{statetest.TaskIns(run, node, 1.8e9)})
@@ -75,6 +83,20 @@ func TestPostgresGoesAway(t *testing.T) {
 	}
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := s.Ping(cctx, node, 60, ""); err != nil {
+		t.Fatalf("Ping once the server is back: %v", err)
+	}
+	nodes, err := s.GetNodes(cctx, run)
+	if err != nil || len(nodes) != 2 {
+		t.Fatalf("nodes online once the server is back: %v %v, want both: the one whose ping fell due during the outage gets its interval", nodes, err)
+	}
+	clock.Advance(11 * time.Second)
+	if nodes, err := s.GetNodes(cctx, run); err != nil || len(nodes) != 1 || nodes[0].NodeId != node {
+		t.Fatalf("nodes online past the grace: %v %v, want only %d, not %d", nodes, err, node, waiting)
+	}
+	if !strings.Contains(logs.String(), "state database reachable again") {
+		t.Errorf("the end of the outage was not logged:\n%s", logs)
 	}
 	ti := statetest.TaskIns(run, node, 1.8e9)
 	if _, err := s.PushTaskIns(cctx, []*flwrproto.TaskIns{ti}); err != nil {

@@ -162,34 +162,43 @@ func (s *State) grace(ctx context.Context, tx *sql.Tx, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	_, err = s.graceSince(ctx, tx, hb, now)
+	return err
+}
+
+// graceSince gives every node online at since (unix µs) its ping interval
+// from now, and returns how many it gave more time.
+func (s *State) graceSince(ctx context.Context, tx *sql.Tx, since int64, now time.Time) (int, error) {
 	type node struct {
 		id    int64
 		pi    float64
 		until int64
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT id, ping_interval, online_until FROM nodes WHERE online_until >= $1`+s.d.forUpdate, hb)
+	rows, err := tx.QueryContext(ctx, `SELECT id, ping_interval, online_until FROM nodes WHERE online_until >= $1`+s.d.forUpdate, since)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var list []node
 	for rows.Next() {
 		var n node
 		if err := rows.Scan(&n.id, &n.pi, &n.until); err != nil {
 			rows.Close()
-			return err
+			return 0, err
 		}
 		list = append(list, n)
 	}
 	if err := rows.Close(); err != nil {
-		return err
+		return 0, err
 	}
+	given := 0
 	for _, n := range list {
 		d, _ := state.CheckPingInterval(n.pi)
-		if until := now.UnixMicro() + d.Microseconds(); until > n.until {
+		if until := micro(now.Add(d)); until > n.until {
 			if _, err := tx.ExecContext(ctx, `UPDATE nodes SET online_until = $1, offline = 0 WHERE id = $2`, until, n.id); err != nil {
-				return err
+				return 0, err
 			}
+			given++
 		}
 	}
-	return nil
+	return given, nil
 }

@@ -58,6 +58,7 @@ type State struct {
 	// and fairer than SQLite's busy handler.
 	wmu       sync.Mutex
 	undo      undoQueue
+	outage    outageWatch
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -111,6 +112,7 @@ func (s *State) writeMaybe(ctx context.Context, method string, fn txFunc) (err e
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
 	}
+	s.endOutage(ctx)
 	return s.run(ctx, method, nil, fn)
 }
 
@@ -139,7 +141,7 @@ func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn 
 				continue
 			}
 		}
-		return s.fail(method, err), committing
+		return s.fail(method, err, committing), committing
 	}
 }
 
@@ -165,6 +167,7 @@ func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (er
 	if err := tx.Commit(); err != nil {
 		return err, true
 	}
+	s.outage.committed(micro(s.now()))
 	if after != nil {
 		after()
 	}
@@ -173,19 +176,24 @@ func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (er
 
 // fail turns a database error into a status error, and logs it (the same
 // failure at most every 10 seconds).
-func (s *State) fail(method string, err error) error {
+func (s *State) fail(method string, err error, committing bool) error {
 	code, ok := classifyContext(err)
 	hint := ""
 	if !ok {
 		code, hint = s.d.classify(err)
 	}
+	s.outage.failed(code)
 	if code != codes.Canceled && code != codes.DeadlineExceeded {
 		msg := err.Error()
 		s.failMu.Lock()
 		now := time.Now()
 		if msg != s.lastFail || now.Sub(s.lastLog) > 10*time.Second {
 			s.lastFail, s.lastLog = msg, now
-			s.log.Error("state database failed; the call was not committed", "database", s.name, "method", method, "error", msg, "hint", hint)
+			what := "state database failed; the call was not committed"
+			if committing {
+				what = "state database failed while committing; the call may have been committed or not (a retry is safe)"
+			}
+			s.log.Error(what, "database", s.name, "method", method, "error", msg, "hint", hint)
 		}
 		s.failMu.Unlock()
 	}
