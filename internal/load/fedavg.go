@@ -33,6 +33,11 @@ type FedAvgOptions struct {
 	ServerPoll time.Duration
 	// Logger receives the apps' logs (default: discard).
 	Logger *slog.Logger
+	// OtherCPU, if set, reads the CPU time of another process tree that
+	// the run loads, such as the PostgreSQL server of --database
+	// postgres:// (TreeCPU), at the start and at the end of each round,
+	// as the SuperLink's: FedAvgResult.RoundOtherCPU.
+	OtherCPU func() (time.Duration, error)
 }
 
 func (o FedAvgOptions) withDefaults() (FedAvgOptions, error) {
@@ -75,8 +80,9 @@ func (o FedAvgOptions) MovedEachWay() int64 {
 // FedAvgResult is one FedAvg run.
 type FedAvgResult struct {
 	// Rounds is the wall time of each round (its train and evaluate
-	// phases), RoundCPU the SuperLink's CPU time in it (10 ms resolution).
-	Rounds, RoundCPU []time.Duration
+	// phases), RoundCPU the SuperLink's CPU time in it (10 ms resolution),
+	// RoundOtherCPU that of FedAvgOptions.OtherCPU (nil without it).
+	Rounds, RoundCPU, RoundOtherCPU []time.Duration
 	// Wall is the time from the ServerApp's start (nodes connected) to its
 	// summary, get_parameters included.
 	Wall time.Duration
@@ -118,12 +124,17 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 	defer wg.Wait()
 
 	var res FedAvgResult
-	rounds := &roundClock{s: s}
+	rounds := &roundClock{s: s, other: o.OtherCPU}
 	cpu0, err := s.CPU()
 	if err != nil {
 		return res, err
 	}
 	rounds.last = cpu0
+	if o.OtherCPU != nil {
+		if rounds.otherLast, err = o.OtherCPU(); err != nil {
+			return res, err
+		}
+	}
 	start := time.Now()
 	sum, err := app.RunFedAvg(nctx, app.ServerOptions{
 		Server: s.Driver, TLS: s.TLS,
@@ -148,7 +159,7 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 	for _, r := range sum.Rounds {
 		res.Rounds = append(res.Rounds, r.Duration)
 	}
-	res.RoundCPU = rounds.cpu
+	res.RoundCPU, res.RoundOtherCPU = rounds.cpu, rounds.otherCPU
 	if len(res.Rounds) != o.Rounds {
 		return res, fmt.Errorf("the ServerApp ran %d rounds, want %d", len(res.Rounds), o.Rounds)
 	}
@@ -168,9 +179,12 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 // roundClock is the ServerApp's Out: each "round" line it writes marks the
 // end of a round, when the SuperLink's CPU time is read.
 type roundClock struct {
-	s    *SuperLink
-	last time.Duration
-	cpu  []time.Duration
+	s         *SuperLink
+	last      time.Duration
+	cpu       []time.Duration
+	other     func() (time.Duration, error)
+	otherLast time.Duration
+	otherCPU  []time.Duration
 }
 
 func (r *roundClock) Write(p []byte) (int, error) {
@@ -178,6 +192,12 @@ func (r *roundClock) Write(p []byte) (int, error) {
 		if c, err := r.s.CPU(); err == nil {
 			r.cpu = append(r.cpu, c-r.last)
 			r.last = c
+		}
+		if r.other != nil {
+			if c, err := r.other(); err == nil {
+				r.otherCPU = append(r.otherCPU, c-r.otherLast)
+				r.otherLast = c
+			}
 		}
 	}
 	return len(p), nil

@@ -88,8 +88,9 @@ type Server struct {
 	// socket in Dir, the server's log in Dir/postgres.log.
 	Dir string
 
-	bin  string // folder of initdb and postgres
-	cred *syscall.Credential
+	bin     string // folder of initdb and postgres
+	cred    *syscall.Credential
+	durable bool // fsync and synchronous commits on (StartOptions)
 
 	mu      sync.Mutex
 	proc    *os.Process
@@ -220,13 +221,24 @@ func (s *Server) exec(ctx context.Context, sql string) error {
 // Start makes a new cluster and starts a server on it, returning when it
 // accepts connections. Most tests call NewDatabase or NewServer instead;
 // a caller of Start must Close the server.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return StartWith(StartOptions{}) }
+
+// StartOptions configure StartWith.
+type StartOptions struct {
+	// Durable keeps PostgreSQL's defaults of fsync, synchronous_commit and
+	// full_page_writes (on), for benchmarks that compare it with a file
+	// written with fsync. Default false: off, which is faster, for tests.
+	Durable bool
+}
+
+// StartWith is Start with options.
+func StartWith(o StartOptions) (*Server, error) {
 	bin, err := findBin()
 	if err != nil {
 		return nil, err
 	}
 	cleanStale(os.TempDir(), "/tmp")
-	s := &Server{Host: "127.0.0.1", User: Superuser, Password: randomHex(12), bin: bin}
+	s := &Server{Host: "127.0.0.1", User: Superuser, Password: randomHex(12), bin: bin, durable: o.Durable}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("nobody")
 		if err != nil {
@@ -353,11 +365,14 @@ func (s *Server) startLocked() error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", filepath.Join(s.Dir, "data"),
+	args := []string{"-D", filepath.Join(s.Dir, "data"),
 		"-p", strconv.Itoa(s.Port), "-k", s.Dir,
-		"-c", "listen_addresses="+s.Host,
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=300", "-c", "shared_buffers=32MB")
+		"-c", "listen_addresses=" + s.Host,
+		"-c", "max_connections=300", "-c", "shared_buffers=32MB"}
+	if !s.durable {
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	}
+	cmd := exec.Command(filepath.Join(s.bin, "postgres"), args...)
 	cmd.Dir = s.Dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	cmd.Stdout = logf

@@ -7,12 +7,17 @@
 //
 //	go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32
 //	go run ./internal/cmd/sepal-load --nodes 4 --repeat 3 -- --database state.db
+//	go run ./internal/cmd/sepal-load --nodes 16 --postgres
 //	go run ./internal/cmd/sepal-load --mode idle --nodes 1000
 //	go run ./internal/cmd/sepal-load --mode rpcs --nodes 1000
 //
 // Flags after "--" go to flower-superlink. The SuperLink's CPU time is its
 // rusage (user+sys) over its whole life, its peak RSS the VmHWM read just
-// before it stops.
+// before it stops. With --postgres, the harness starts a throwaway
+// PostgreSQL server (Debian's postgresql package, as the tests do; fsync
+// on), gives each run a new database on it through --database, and reports
+// the CPU time of the server's processes (the postmaster and its backends,
+// from /proc) beside the SuperLink's.
 package main
 
 import (
@@ -27,6 +32,7 @@ import (
 
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/load"
+	"github.com/sepal-fl/sepal/internal/postgres"
 )
 
 const name = "sepal-load"
@@ -39,6 +45,7 @@ var command = cli.Command{
 		"go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32",
 		"go run ./internal/cmd/sepal-load --nodes 16 --repeat 3 --node-poll 100ms --server-poll 100ms",
 		"go run ./internal/cmd/sepal-load --nodes 4 -- --database state.db",
+		"go run ./internal/cmd/sepal-load --nodes 16 --postgres   # --database on a throwaway PostgreSQL server",
 		"go run ./internal/cmd/sepal-load --mode idle --nodes 1000",
 		"go run ./internal/cmd/sepal-load --mode rpcs --nodes 1000",
 	},
@@ -61,6 +68,7 @@ type config struct {
 	settle     time.Duration
 	duration   time.Duration
 	verbose    bool
+	postgres   bool
 	args       []string // for flower-superlink
 }
 
@@ -79,6 +87,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.DurationVar(&c.settle, "settle", 15*time.Second, "idle: how long the nodes poll before the RSS is read")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "rpcs: how long each level of concurrency lasts")
 	fs.BoolVar(&c.verbose, "verbose", false, "print the nodes' and the ServerApp's logs to stderr")
+	fs.BoolVar(&c.postgres, "postgres", false, "keep the state in a throwaway PostgreSQL server that the harness starts (fsync on; a new database per run, given as --database), and report the server's CPU time too")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -114,6 +123,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 			return nil, cli.Usagef("--superlink-env %q: want KEY=VALUE", e)
 		}
 	}
+	if c.postgres && slices.ContainsFunc(c.args, func(a string) bool { return a == "--database" || strings.HasPrefix(a, "--database=") }) {
+		return nil, cli.Usagef("--postgres gives the SuperLink its --database: pass one or the other")
+	}
 	return c, nil
 }
 
@@ -148,18 +160,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(c.env) > 0 {
 		fmt.Fprintf(stdout, " (env %s)", strings.Join(c.env, " "))
 	}
+	if c.postgres {
+		fmt.Fprint(stdout, " --postgres")
+	}
 	if len(c.args) > 0 {
-		fmt.Fprintf(stdout, " -- %s", strings.Join(c.args, " "))
+		shown := make([]string, len(c.args))
+		for i, a := range c.args {
+			shown[i] = postgres.Redact(a) // a connection string without its password
+		}
+		fmt.Fprintf(stdout, " -- %s", strings.Join(shown, " "))
 	}
 	fmt.Fprintf(stdout, "\n# load average before: %s\n", loadAvg())
 
+	var pg *load.Postgres
+	if c.postgres {
+		fmt.Fprintln(stderr, "starting PostgreSQL ...")
+		if pg, err = load.StartPostgres(); err != nil {
+			return err
+		}
+		defer pg.Close()
+	}
 	figs := &figures{}
 	for i := range c.repeat {
 		dir, err := os.MkdirTemp(tmp, fmt.Sprintf("run%d-", i+1))
 		if err != nil {
 			return err
 		}
-		if err := once(ctx, c, bin, dir, logger, figs); err != nil {
+		if err := once(ctx, c, bin, dir, logger, pg, figs); err != nil {
 			return fmt.Errorf("run %d: %w", i+1, err)
 		}
 	}
@@ -169,8 +196,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // once runs the workload on a new SuperLink and records its figures.
-func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, figs *figures) (err error) {
-	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: c.args, Env: c.env})
+func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, pg *load.Postgres, figs *figures) (err error) {
+	args := c.args
+	var pgCPU0 time.Duration
+	if pg != nil {
+		dsn, err := pg.NewDatabase(ctx)
+		if err != nil {
+			return err
+		}
+		args = append([]string{"--database", dsn}, args...)
+		if pgCPU0, err = pg.CPU(); err != nil {
+			return err
+		}
+	}
+	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: c.env})
 	if err != nil {
 		return err
 	}
@@ -185,12 +224,28 @@ func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, 
 			figs.add("superlink_cpu_sys_s", "s", exit.Sys.Seconds())
 			figs.add("superlink_rusage_maxrss_mib", "MiB", mib(exit.MaxRSS))
 		}
+		if err == nil && pg != nil {
+			// The SuperLink's connections are closed: their backends' time
+			// is the postmaster's children time once it has waited for
+			// them, a moment after.
+			time.Sleep(500 * time.Millisecond)
+			cpu, perr := pg.CPU()
+			if perr != nil {
+				err = perr
+				return
+			}
+			figs.add("postgres_cpu_s", "s", (cpu - pgCPU0).Seconds())
+			figs.add("superlink_and_postgres_cpu_s", "s", (cpu - pgCPU0 + exit.CPU).Seconds())
+		}
 	}()
 	switch c.mode {
 	case "fedavg":
 		o := load.FedAvgOptions{
 			Nodes: c.nodes, Rounds: c.rounds, ModelBytes: int(c.modelMiB*(1<<20)) &^ 3,
 			NodePoll: c.nodePoll, ServerPoll: c.serverPoll, Logger: logger,
+		}
+		if pg != nil {
+			o.OtherCPU = pg.CPU
 		}
 		r, err := load.RunFedAvg(ctx, s, o)
 		if err != nil {
@@ -203,6 +258,9 @@ func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, 
 		}
 		for i, d := range r.RoundCPU {
 			figs.add(fmt.Sprintf("round_%d_superlink_cpu_s", i+1), "s", d.Seconds())
+		}
+		for i, d := range r.RoundOtherCPU {
+			figs.add(fmt.Sprintf("round_%d_postgres_cpu_s", i+1), "s", d.Seconds())
 		}
 		figs.add("run_wall_s", "s", r.Wall.Seconds())
 		figs.add("moved_each_way_mib", "MiB", mib(o.MovedEachWay()))
