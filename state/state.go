@@ -2,8 +2,9 @@
 // tasks and their results, with the Flower 1.8.0 semantics of PROTOCOL.md.
 // The superlink package serves the Fleet and Driver APIs on a State; the
 // implementations live in sub-packages (memstate: in memory, the default;
-// sqlstate: SQLite, and PostgreSQL later), and statetest is the one
-// conformance suite every implementation runs.
+// sqlstate: SQLite, and PostgreSQL for several SuperLinks on one
+// database), and statetest is the one conformance suite every
+// implementation runs.
 //
 // This package also holds what every implementation shares: the
 // validation of pushed tasks (1.8.0's rules), the messages of the errors

@@ -19,19 +19,9 @@ import (
 // time when it ends. The difference of two readings is what the tree
 // spent between them.
 func TreeCPU(root int) (time.Duration, error) {
-	parents, err := parentsOf()
+	in, err := tree(root)
 	if err != nil {
 		return 0, err
-	}
-	in := map[int]bool{root: true}
-	// Walk down from root (the table holds every live process).
-	for changed := true; changed; {
-		changed = false
-		for pid, ppid := range parents {
-			if !in[pid] && in[ppid] {
-				in[pid], changed = true, true
-			}
-		}
 	}
 	var total time.Duration
 	for pid := range in {
@@ -45,6 +35,24 @@ func TreeCPU(root int) (time.Duration, error) {
 		total += t
 	}
 	return total, nil
+}
+
+// tree returns root and its live descendants.
+func tree(root int) (map[int]bool, error) {
+	parents, err := parentsOf()
+	if err != nil {
+		return nil, err
+	}
+	in := map[int]bool{root: true}
+	for changed := true; changed; {
+		changed = false
+		for pid, ppid := range parents {
+			if !in[pid] && in[ppid] {
+				in[pid], changed = true, true
+			}
+		}
+	}
+	return in, nil
 }
 
 // parentsOf reads every process's parent from /proc.
@@ -116,4 +124,28 @@ func PostmasterPID(dataDir string) (int, error) {
 		return 0, errors.Join(fmt.Errorf("load: %s/postmaster.pid: no pid on its first line", dataDir), err)
 	}
 	return pid, nil
+}
+
+// TreePeakRSS returns the largest peak RSS (VmHWM) among the live
+// processes of the tree of root, root included, and the pid that has it.
+// For a PostgreSQL server it is the backend that needed the most memory
+// (shared buffers it touched included).
+func TreePeakRSS(root int) (peak int64, pid int, err error) {
+	in, err := tree(root)
+	if err != nil {
+		return 0, 0, err
+	}
+	for p := range in {
+		m, err := readMemory(p)
+		if err != nil {
+			continue
+		}
+		if m.HWM > peak {
+			peak, pid = m.HWM, p
+		}
+	}
+	if pid == 0 {
+		return 0, 0, fmt.Errorf("load: no memory reading for the process tree of %d", root)
+	}
+	return peak, pid, nil
 }

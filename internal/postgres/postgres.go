@@ -76,6 +76,10 @@ type Options struct {
 	// ConnectTimeout bounds each connection attempt when the string sets
 	// no connect_timeout. Default 10 s.
 	ConnectTimeout time.Duration
+	// Settings are run-time parameters set on every connection (such as
+	// application_name or idle_in_transaction_session_timeout) unless the
+	// connection string sets them. Default none.
+	Settings map[string]string
 }
 
 // Open parses dsn, opens a pool and checks, with one round trip within
@@ -98,6 +102,11 @@ func Open(ctx context.Context, dsn string, o Options) (*pgxpool.Pool, error) {
 	}
 	if o.MaxConns > 0 {
 		cfg.MaxConns = o.MaxConns
+	}
+	for k, v := range o.Settings {
+		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 10 * time.Second

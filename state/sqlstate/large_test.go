@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/load"
+	"github.com/sepal-fl/sepal/internal/pgtest"
 	"github.com/sepal-fl/sepal/state/sqlstate"
 	"github.com/sepal-fl/sepal/state/statetest"
 )
@@ -42,23 +44,62 @@ func heapPeak(fn func()) uint64 {
 	return max(<-done, base) - base
 }
 
-// BenchmarkLargeArray pushes a TaskIns holding one 512 MiB array into a
-// SQLite file and pulls it back through a State that never saw it (so it
-// is read from the file), reporting the heap each needs beyond the array:
-// the array goes to and from the file in 1 MiB chunks, never as a second
-// whole copy.
+// BenchmarkLargeArray pushes a TaskIns holding one 512 MiB array into the
+// database and pulls it back through a State that never saw it (so it is
+// read from the database), reporting the heap each needs beyond the array:
+// the array goes to and from the database in 1 MiB chunks, never as a
+// second whole copy. On PostgreSQL it also reports the largest peak RSS of
+// the server's processes (the backends that wrote and read it).
 //
 //	go test ./state/sqlstate -run '^$' -bench LargeArray -benchtime 1x
 func BenchmarkLargeArray(b *testing.B) {
-	const size = 512 << 20
-	ctx := context.Background()
-	quiet := sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}}
-	for range b.N {
-		path := filepath.Join(b.TempDir(), "state.db")
-		s, err := sqlstate.OpenSQLite(ctx, path, quiet)
+	quiet := sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}
+	b.Run("SQLite", func(b *testing.B) {
+		var path string
+		benchLargeArray(b, func() {
+			path = filepath.Join(b.TempDir(), "state.db")
+		}, func() *sqlstate.State {
+			s, err := sqlstate.OpenSQLite(context.Background(), path, sqlstate.SQLiteOptions{Options: quiet})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return s
+		}, nil)
+	})
+	b.Run("PostgreSQL", func(b *testing.B) {
+		srv := pgtest.NewServer(b)
+		pid, err := load.PostmasterPID(filepath.Join(srv.Dir, "data"))
 		if err != nil {
 			b.Fatal(err)
 		}
+		var dsn string
+		benchLargeArray(b, func() {
+			dsn = srv.NewDatabase(b)
+		}, func() *sqlstate.State {
+			s, err := sqlstate.OpenPostgres(context.Background(), dsn, sqlstate.PostgresOptions{Options: quiet})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return s
+		}, func() {
+			peak, _, err := load.TreePeakRSS(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(peak)/(1<<20), "postgres-peak-rss-MiB")
+		})
+	})
+}
+
+// benchLargeArray runs BenchmarkLargeArray on one database: fresh makes a
+// new empty one, open opens a State on it, server (if set) reports on the
+// server's processes while the second State is open.
+func benchLargeArray(b *testing.B, fresh func(), open func() *sqlstate.State, server func()) {
+	const size = 512 << 20
+	ctx := context.Background()
+	for range b.N {
+		fresh()
+		s := open()
 		node, _ := s.CreateNode(ctx, 3600, "")
 		run, _ := s.CreateRun(ctx)
 		data := make([]byte, size)
@@ -74,11 +115,9 @@ func BenchmarkLargeArray(b *testing.B) {
 		})
 		s.Close()
 		data, ti = nil, nil
-		s, err = sqlstate.OpenSQLite(ctx, path, quiet)
-		if err != nil {
-			b.Fatal(err)
-		}
+		s = open()
 		var got []*flwrproto.TaskIns
+		var err error
 		pull := heapPeak(func() {
 			if got, err = s.PullTaskIns(ctx, node, ""); err != nil || len(got) != 1 {
 				b.Fatalf("pull: %v %v", got, err)
@@ -86,6 +125,9 @@ func BenchmarkLargeArray(b *testing.B) {
 		})
 		if n := len(got[0].Task.Recordset.Parameters["p"].DataValues[0].Data); n != size {
 			b.Fatalf("pulled %d bytes, want %d", n, size)
+		}
+		if server != nil {
+			server()
 		}
 		s.Close()
 		b.ReportMetric(float64(push)/(1<<20), "push-extra-heap-MiB")

@@ -94,7 +94,13 @@ func OpenPostgres(ctx context.Context, dsn string, o PostgresOptions) (*State, e
 	if err != nil {
 		return nil, err
 	}
-	pool, err := postgres.Open(ctx, dsn, postgres.Options{What: o.What, MaxConns: o.MaxConns})
+	pool, err := postgres.Open(ctx, dsn, postgres.Options{What: o.What, MaxConns: o.MaxConns, Settings: map[string]string{
+		"application_name": "sepal-superlink",
+		// A transaction of the state never waits on its client for long:
+		// one that does belongs to a SuperLink that hangs (stopped, not
+		// dead), whose row locks would stall the other replicas.
+		"idle_in_transaction_session_timeout": "60s",
+	}})
 	if err != nil {
 		return nil, err
 	}

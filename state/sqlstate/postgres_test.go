@@ -3,11 +3,13 @@ package sqlstate_test
 import (
 	"context"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -351,5 +353,117 @@ func TestPostgresRace(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "task delivered again") {
 		t.Errorf("a TaskIns was delivered again while both replicas lived:\n%s", logs)
+	}
+}
+
+// TestPostgresOpenTogether: three States opened at the same moment on an
+// empty database (three SuperLinks started at once) all open: one creates
+// the schema under the lock, the others find it; each is its own replica.
+func TestPostgresOpenTogether(t *testing.T) {
+	for range 3 { // a race is a matter of luck: a few empty databases
+		dsn := pgtest.NewDatabase(t)
+		logs := &testkit.SyncBuffer{}
+		states := make([]*sqlstate.State, 3)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range states {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				s, err := sqlstate.OpenPostgres(context.Background(), dsn, sqlstate.PostgresOptions{
+					Options: sqlstate.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				t.Cleanup(func() { s.Close() })
+				states[i] = s
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
+		}
+		if n := strings.Count(logs.String(), "state database created"); n != 1 {
+			t.Errorf("%d States say they created the schema, want 1:\n%s", n, logs)
+		}
+		node, err := states[0].CreateNode(context.Background(), 30, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range states {
+			if ok, err := s.Ping(context.Background(), node, 30, ""); err != nil || !ok {
+				t.Errorf("state %d: Ping: %v %v", i, ok, err)
+			}
+		}
+	}
+}
+
+// TestPostgresOwnerRole: as set up in the README (a role that owns its
+// database, no superuser), the State creates its schema, and replicas see
+// each other's locks: a killed one's delivery goes again. Its connections
+// name themselves (application_name).
+func TestPostgresOwnerRole(t *testing.T) {
+	srv := pgtest.Shared(t)
+	dsn := pgtest.NewDatabase(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	role := "owner_" + db
+	admin := func(stmt string) {
+		t.Helper()
+		c, err := pgx.Connect(context.Background(), srv.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		if _, err := c.Exec(context.Background(), stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	admin("CREATE ROLE " + role + " LOGIN PASSWORD 'ownerpw'")
+	admin("ALTER DATABASE " + db + " OWNER TO " + role)
+	t.Cleanup(func() {
+		admin("DROP DATABASE IF EXISTS " + db + " WITH (FORCE)")
+		admin("DROP ROLE IF EXISTS " + role)
+	})
+	u.User = url.UserPassword(role, "ownerpw")
+	ctx := context.Background()
+	logs := &testkit.SyncBuffer{}
+	a, b := openPG(t, u.String(), time.Now, logs), openPG(t, u.String(), time.Now, logs)
+	node, err := a.CreateNode(ctx, 60, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, err := a.CreateRun(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti := statetest.TaskIns(run, node, 1.8e9)
+	if _, err := a.PushTaskIns(ctx, []*flwrproto.TaskIns{ti}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.PullTaskIns(ctx, node, ""); err != nil || len(got) != 1 {
+		t.Fatalf("pull: %v %v", got, err)
+	}
+	if got, err := b.PullTaskIns(ctx, node, ""); err != nil || len(got) != 0 {
+		t.Fatalf("pull through the other replica while the first lives: %v %v, want nothing (its lock is not seen?)", got, err)
+	}
+	c, err := pgx.Connect(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var named int
+	if err := c.QueryRow(ctx, `SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'sepal-superlink'`, db).Scan(&named); err != nil || named < 2 {
+		t.Errorf("%d connections named sepal-superlink (%v), want the two replicas' locks at least", named, err)
+	}
+	sqlstate.Crash(a)
+	if got, err := b.PullTaskIns(ctx, node, ""); err != nil || len(got) != 1 || got[0].TaskId != ti.TaskId {
+		t.Fatalf("pull after the first replica died: %v %v, want the TaskIns again", got, err)
 	}
 }

@@ -1,15 +1,19 @@
 // Package sqlstate is the SuperLink state in a SQL database: SQLite (a
-// file, through a pure-Go driver: OpenSQLite), and written so that
-// PostgreSQL is a dialect away. Everything lives in the database: every
-// call is one transaction, committed before it returns, and nothing that
-// matters is kept only in the process, so the state survives a restart or
-// a crash of the SuperLink, and several processes may share one database
-// (a TaskIns still goes to exactly one node).
+// file, through a pure-Go driver: OpenSQLite) or PostgreSQL (through pgx:
+// OpenPostgres), with one SQL text for both; a dialect adds what differs.
+// Everything lives in the database: every call is one transaction,
+// committed before it returns, and nothing that matters is kept only in
+// the process, so the state survives a restart or a crash of the
+// SuperLink, and several processes may share one database, as replicas
+// of one SuperLink (replicas.go): any answers any call, and a TaskIns
+// still goes to exactly one node.
 //
 // The schema is created and upgraded by the State itself, from numbered
-// migrations embedded in the binary (migrations/), recorded in the table
-// schema_migrations; a database of a newer schema is refused. Parameter
-// arrays are stored once by content, in chunks (see blobs.go).
+// migrations embedded in the binary (migrations/): in SQLite recorded in
+// the table schema_migrations, in PostgreSQL through internal/postgres's
+// Schema (the table sepal_schema, under a lock, as the ACME storage's); a
+// database of a newer schema is refused. Parameter arrays are stored once
+// by content, in chunks (see blobs.go).
 package sqlstate
 
 import (
