@@ -84,6 +84,13 @@ func (s *State) putBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int
 					r.sum[:], n, r.data[off:min(off+chunkSize, len(r.data))]); err != nil {
 					return err
 				}
+				// pgx copies each chunk into buffers of its own, garbage
+				// once sent: for a large array, collect it as it goes, or
+				// it piles up to a second copy of the array before the GC
+				// runs (as readBlob does for reads).
+				if s.d.copiesParams && len(r.data) > collectEvery && (off+chunkSize)%collectEvery == 0 {
+					runtime.GC()
+				}
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO task_blobs (ins_id, kind, pos, hash) VALUES ($1, $2, $3, $4)`,

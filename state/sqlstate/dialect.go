@@ -54,6 +54,9 @@ type dialect struct {
 	lockJoin func(ctx context.Context, tx *sql.Tx) error
 	// check is the query of Check: it reads the schema version.
 	check string
+	// copiesParams: the driver copies each parameter into buffers of its
+	// own (pgx), so large writes make garbage to collect as they go.
+	copiesParams bool
 }
 
 // aliveSQL returns d.alive for the replica id expression expr.
