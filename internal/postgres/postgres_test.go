@@ -241,3 +241,18 @@ func TestMigratePrivileges(t *testing.T) {
 		t.Fatalf("a user without CREATE on a migrated database: %d -> %d, %v", from, to, err)
 	}
 }
+
+// TestExplainOneLine: pgconn's message for a host tried twice (TLS, then
+// plaintext) is put on one line, each attempt once, and still wraps the
+// error.
+func TestExplainOneLine(t *testing.T) {
+	inner := errors.New("failed to connect to `user=sepal database=sepal`:\n\t127.0.0.1:1 (127.0.0.1): dial error: refused\n\t127.0.0.1:1 (127.0.0.1): dial error: refused")
+	err := Explain(inner, "--database", "postgres://sepal:secret@127.0.0.1:1/sepal")
+	want := "--database postgres://sepal:xxxxx@127.0.0.1:1/sepal: failed to connect to `user=sepal database=sepal`: 127.0.0.1:1 (127.0.0.1): dial error: refused"
+	if err.Error() != want {
+		t.Errorf("got  %q\nwant %q", err, want)
+	}
+	if !errors.Is(err, inner) {
+		t.Error("the explanation does not wrap the error")
+	}
+}
