@@ -113,5 +113,5 @@ func (d *driver) PullTaskRes(ctx context.Context, r *flwrproto.PullTaskResReques
 	if err != nil {
 		return nil, err
 	}
-	return &flwrproto.PullTaskResResponse{TaskResList: list}, nil
+	return &flwrproto.PullTaskResResponse{TaskResList: fitResults(list, MaxMessageSize)}, nil
 }
