@@ -70,7 +70,7 @@ func (c *blobCache) prepareBlobs(rs *flwrproto.RecordSet) []blobRef {
 
 // putBlobs records the arrays of task insID (kind 0: the TaskIns, 1: the
 // TaskRes) in tx, writing the content of those the table does not hold.
-func (s *State) putBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int, refs []blobRef) error {
+func (s *State) putBlobs(ctx context.Context, tx *txn, insID string, kind int, refs []blobRef) error {
 	for _, r := range refs {
 		var refCount int64
 		if err := tx.QueryRowContext(ctx, `INSERT INTO blobs (hash, size, refs) VALUES ($1, $2, 1)
@@ -78,18 +78,15 @@ func (s *State) putBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int
 			RETURNING refs`, r.sum[:], len(r.data)).Scan(&refCount); err != nil {
 			return err
 		}
-		if refCount == 1 {
+		if refCount == 1 && s.d.writeChunks != nil {
+			if err := s.d.writeChunks(ctx, tx, r.sum, r.data); err != nil {
+				return err
+			}
+		} else if refCount == 1 {
 			for n, off := 0, 0; off < len(r.data); n, off = n+1, off+chunkSize {
 				if _, err := tx.ExecContext(ctx, `INSERT INTO blob_chunks (hash, n, data) VALUES ($1, $2, $3)`,
 					r.sum[:], n, r.data[off:min(off+chunkSize, len(r.data))]); err != nil {
 					return err
-				}
-				// pgx copies each chunk into buffers of its own, garbage
-				// once sent: for a large array, collect it as it goes, or
-				// it piles up to a second copy of the array before the GC
-				// runs (as readBlob does for reads).
-				if s.d.copiesParams && len(r.data) > collectEvery && (off+chunkSize)%collectEvery == 0 {
-					runtime.GC()
 				}
 			}
 		}
@@ -103,7 +100,7 @@ func (s *State) putBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int
 
 // getBlobs puts the arrays of task insID (kind as in putBlobs) back into
 // rs, from the cache or the table.
-func (s *State) getBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int, rs *flwrproto.RecordSet) error {
+func (s *State) getBlobs(ctx context.Context, tx *txn, insID string, kind int, rs *flwrproto.RecordSet) error {
 	rows, err := tx.QueryContext(ctx, `SELECT pos, hash FROM task_blobs WHERE ins_id = $1 AND kind = $2 ORDER BY pos`, insID, kind)
 	if err != nil {
 		return err
@@ -149,12 +146,22 @@ func (s *State) getBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int
 }
 
 // readBlob reads one array from its chunks into a slice of its own.
-func (s *State) readBlob(ctx context.Context, tx *sql.Tx, h sum) ([]byte, error) {
+func (s *State) readBlob(ctx context.Context, tx *txn, h sum) ([]byte, error) {
 	var size int64
 	if err := tx.QueryRowContext(ctx, `SELECT size FROM blobs WHERE hash = $1`, h[:]).Scan(&size); err != nil {
 		return nil, fmt.Errorf("array %x: %w", h[:8], err)
 	}
 	out := make([]byte, 0, size)
+	if s.d.readChunks != nil {
+		out, err := s.d.readChunks(ctx, tx, h, out)
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(out)) != size {
+			return nil, fmt.Errorf("array %x: its chunks hold %d of its %d bytes", h[:8], len(out), size)
+		}
+		return out, nil
+	}
 	rows, err := tx.QueryContext(ctx, `SELECT data FROM blob_chunks WHERE hash = $1 ORDER BY n`, h[:])
 	if err != nil {
 		return nil, err
@@ -189,7 +196,7 @@ func (s *State) readBlob(ctx context.Context, tx *sql.Tx, h sum) ([]byte, error)
 // dropBlobs deletes the task_blobs rows of task insID (both kinds, or only
 // kind when kind >= 0) and releases their blobs; it returns the blobs
 // deleted, which the cache may let go once tx commits.
-func (s *State) dropBlobs(ctx context.Context, tx *sql.Tx, insID string, kind int) ([]sum, error) {
+func (s *State) dropBlobs(ctx context.Context, tx *txn, insID string, kind int) ([]sum, error) {
 	q, args := `DELETE FROM task_blobs WHERE ins_id = $1 RETURNING hash`, []any{insID}
 	if kind >= 0 {
 		q, args = `DELETE FROM task_blobs WHERE ins_id = $1 AND kind = $2 RETURNING hash`, []any{insID, kind}

@@ -54,9 +54,14 @@ type dialect struct {
 	lockJoin func(ctx context.Context, tx *sql.Tx) error
 	// check is the query of Check: it reads the schema version.
 	check string
-	// copiesParams: the driver copies each parameter into buffers of its
-	// own (pgx), so large writes make garbage to collect as they go.
-	copiesParams bool
+	// writeChunks, if set, writes the chunks of the new array h in tx
+	// (rows of blob_chunks, n from 0, chunkSize bytes each) without
+	// copying them into buffers of their own; nil: one INSERT a chunk.
+	writeChunks func(ctx context.Context, tx *txn, h sum, data []byte) error
+	// readChunks, if set, appends the chunks of array h, in order, to out
+	// (of capacity its size) without a copy of each chunk on the way; nil:
+	// one row a chunk through database/sql.
+	readChunks func(ctx context.Context, tx *txn, h sum, out []byte) ([]byte, error)
 }
 
 // aliveSQL returns d.alive for the replica id expression expr.

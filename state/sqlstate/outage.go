@@ -2,7 +2,6 @@ package sqlstate
 
 import (
 	"context"
-	"database/sql"
 	"sync/atomic"
 	"time"
 
@@ -43,7 +42,7 @@ func (s *State) endOutage(ctx context.Context) {
 	}
 	now := s.now()
 	var n int
-	err, _ := s.run(ctx, "grace after the outage", nil, func(tx *sql.Tx) (func(), error) {
+	err, _ := s.run(ctx, "grace after the outage", nil, func(tx *txn) (func(), error) {
 		var err error
 		n, err = s.graceSince(ctx, tx, since, now)
 		return nil, err

@@ -63,8 +63,9 @@ var postgresDialect = &dialect{
 		_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, 0)`, int32(replicaLockClass))
 		return err
 	},
-	check:        `SELECT version FROM sepal_schema WHERE name = '` + PostgresSchema + `'`,
-	copiesParams: true,
+	check:       `SELECT version FROM sepal_schema WHERE name = '` + PostgresSchema + `'`,
+	writeChunks: copyChunks,
+	readChunks:  readChunksPG,
 }
 
 // OpenPostgres opens the state in the PostgreSQL database dsn (a

@@ -65,9 +65,9 @@ func (s *State) join(ctx context.Context, exclusive bool) error {
 	pid := os.Getpid()
 	now := s.now()
 	var id int64
-	err := s.write(ctx, "open", func(tx *sql.Tx) (func(), error) {
+	err := s.write(ctx, "open", func(tx *txn) (func(), error) {
 		if s.d.lockJoin != nil {
-			if err := s.d.lockJoin(ctx, tx); err != nil {
+			if err := s.d.lockJoin(ctx, tx.Tx); err != nil {
 				return nil, err
 			}
 		}
@@ -126,14 +126,14 @@ func (s *State) join(ctx context.Context, exclusive bool) error {
 
 // leave removes s's replica row, in Close: its deliveries are then
 // redelivered at once (a graceful stop may cut a response short too).
-func (s *State) leave(ctx context.Context, tx *sql.Tx) error {
+func (s *State) leave(ctx context.Context, tx *txn) error {
 	_, err := tx.ExecContext(ctx, `DELETE FROM replicas WHERE id = $1`, s.replica.Load())
 	return err
 }
 
 // forgetDeadReplicas deletes the rows of replicas no longer alive (in
 // SQLite, where a row is what makes one alive, it deletes nothing).
-func (s *State) forgetDeadReplicas(ctx context.Context, tx *sql.Tx) error {
+func (s *State) forgetDeadReplicas(ctx context.Context, tx *txn) error {
 	_, err := tx.ExecContext(ctx, `DELETE FROM replicas WHERE NOT `+s.d.aliveSQL("replicas.id"))
 	return err
 }
@@ -143,7 +143,7 @@ func (s *State) forgetDeadReplicas(ctx context.Context, tx *sql.Tx) error {
 // deleted the row while the lock was lost.
 func (s *State) rejoin(ctx context.Context, id int64) error {
 	host, _ := os.Hostname()
-	return s.write(ctx, "rejoin", func(tx *sql.Tx) (func(), error) {
+	return s.write(ctx, "rejoin", func(tx *txn) (func(), error) {
 		_, err := tx.ExecContext(ctx, `INSERT INTO replicas (id, host, pid, started_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`,
 			id, host, os.Getpid(), micro(s.now()))
 		return nil, err
@@ -153,7 +153,7 @@ func (s *State) rejoin(ctx context.Context, id int64) error {
 // grace gives every node that was online when a SuperLink last ran on this
 // database its ping interval from now: its ping may have fallen due while
 // none was running, and it is not its fault.
-func (s *State) grace(ctx context.Context, tx *sql.Tx, now time.Time) error {
+func (s *State) grace(ctx context.Context, tx *txn, now time.Time) error {
 	var hb int64
 	err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'heartbeat'`).Scan(&hb)
 	if err == sql.ErrNoRows {
@@ -168,7 +168,7 @@ func (s *State) grace(ctx context.Context, tx *sql.Tx, now time.Time) error {
 
 // graceSince gives every node online at since (unix µs) its ping interval
 // from now, and returns how many it gave more time.
-func (s *State) graceSince(ctx context.Context, tx *sql.Tx, since int64, now time.Time) (int, error) {
+func (s *State) graceSince(ctx context.Context, tx *txn, since int64, now time.Time) (int, error) {
 	type node struct {
 		id    int64
 		pi    float64

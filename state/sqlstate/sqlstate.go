@@ -99,7 +99,7 @@ var errClosed = status.Error(codes.Unavailable, "the SuperLink is stopping: its 
 
 // txFunc is the body of one call's transaction. after runs once it has
 // committed (logging, the cache).
-type txFunc func(tx *sql.Tx) (after func(), err error)
+type txFunc func(tx *txn) (after func(), err error)
 
 // write runs fn in a write transaction and commits it; method names the
 // RPC in errors.
@@ -121,8 +121,8 @@ func (s *State) writeMaybe(ctx context.Context, method string, fn txFunc) (err e
 }
 
 // read runs fn in a read-only transaction.
-func (s *State) read(ctx context.Context, method string, fn func(tx *sql.Tx) error) error {
-	err, _ := s.run(ctx, method, s.d.readOnly, func(tx *sql.Tx) (func(), error) { return nil, fn(tx) })
+func (s *State) read(ctx context.Context, method string, fn func(tx *txn) error) error {
+	err, _ := s.run(ctx, method, s.d.readOnly, func(tx *txn) (func(), error) { return nil, fn(tx) })
 	return err
 }
 
@@ -152,6 +152,13 @@ func (s *State) run(ctx context.Context, method string, opts *sql.TxOptions, fn 
 // maxAttempts bounds the runs of a transaction that keeps conflicting.
 const maxAttempts = 8
 
+// txn is one transaction of a call, and the connection it runs on, for
+// what a dialect does through the driver itself (dialect.writeChunks).
+type txn struct {
+	*sql.Tx
+	conn *sql.Conn
+}
+
 // runOnce runs fn in one transaction. Status errors of fn come back as
 // they are, with the transaction rolled back. committing is true when err
 // came from the commit (whose outcome is then unknown).
@@ -159,10 +166,16 @@ func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (er
 	if s.closed.Load() {
 		return errClosed, false
 	}
-	tx, err := s.db.BeginTx(ctx, opts)
+	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return err, false
 	}
+	defer conn.Close()
+	sqlTx, err := conn.BeginTx(ctx, opts)
+	if err != nil {
+		return err, false
+	}
+	tx := &txn{Tx: sqlTx, conn: conn}
 	after, err := fn(tx)
 	if err != nil {
 		tx.Rollback()
@@ -215,7 +228,7 @@ func (s *State) CreateNode(ctx context.Context, pingInterval float64, identity s
 	}
 	now := s.now()
 	var id int64
-	err = s.write(ctx, "CreateNode", func(tx *sql.Tx) (func(), error) {
+	err = s.write(ctx, "CreateNode", func(tx *txn) (func(), error) {
 		for {
 			if id, err = state.RandomID(s.rand, nil); err != nil {
 				return nil, err
@@ -235,7 +248,7 @@ func (s *State) CreateNode(ctx context.Context, pingInterval float64, identity s
 
 // nodeIdentity returns the identity a node was created with; ok is false
 // for an unknown node.
-func (s *State) nodeIdentity(ctx context.Context, tx *sql.Tx, id int64) (identity string, ok bool, err error) {
+func (s *State) nodeIdentity(ctx context.Context, tx *txn, id int64) (identity string, ok bool, err error) {
 	err = tx.QueryRowContext(ctx, `SELECT identity FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&identity)
 	if err == sql.ErrNoRows {
 		return "", false, nil
@@ -245,7 +258,7 @@ func (s *State) nodeIdentity(ctx context.Context, tx *sql.Tx, id int64) (identit
 
 // DeleteNode forgets a node.
 func (s *State) DeleteNode(ctx context.Context, id int64, identity string) error {
-	return s.write(ctx, "DeleteNode", func(tx *sql.Tx) (func(), error) {
+	return s.write(ctx, "DeleteNode", func(tx *txn) (func(), error) {
 		var known string
 		var pi float64
 		err := tx.QueryRowContext(ctx, `SELECT identity, ping_interval FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&known, &pi)
@@ -279,7 +292,7 @@ func (s *State) Ping(ctx context.Context, id int64, pingInterval float64, identi
 	}
 	now := s.now()
 	found := false
-	err = s.write(ctx, "Ping", func(tx *sql.Tx) (func(), error) {
+	err = s.write(ctx, "Ping", func(tx *txn) (func(), error) {
 		var known string
 		var offline int
 		err := tx.QueryRowContext(ctx, `SELECT identity, offline FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&known, &offline)
@@ -313,7 +326,7 @@ type missedPing struct {
 
 // noticeOffline marks the nodes past their ping interval at now as offline
 // and returns those newly marked, to be logged once committed.
-func (s *State) noticeOffline(ctx context.Context, tx *sql.Tx, now time.Time) ([]missedPing, error) {
+func (s *State) noticeOffline(ctx context.Context, tx *txn, now time.Time) ([]missedPing, error) {
 	rows, err := tx.QueryContext(ctx, `UPDATE nodes SET offline = 1 WHERE offline = 0 AND online_until <= $1 RETURNING id, ping_interval`, micro(now))
 	if err != nil {
 		return nil, err
@@ -342,7 +355,7 @@ func (s *State) logMissed(ms []missedPing) {
 // the last such record).
 func (s *State) Sweep(ctx context.Context) error {
 	now := s.now()
-	err := s.write(ctx, "Sweep", func(tx *sql.Tx) (func(), error) {
+	err := s.write(ctx, "Sweep", func(tx *txn) (func(), error) {
 		missed, err := s.noticeOffline(ctx, tx, now)
 		if err != nil {
 			return nil, err
@@ -401,7 +414,7 @@ func (s *State) Sweep(ctx context.Context) error {
 
 // heartbeat records that a SuperLink was running at now (each replica
 // records its time; the latest stays).
-func (s *State) heartbeat(ctx context.Context, tx *sql.Tx, now time.Time) error {
+func (s *State) heartbeat(ctx context.Context, tx *txn, now time.Time) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('heartbeat', $1)
 		ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value`, micro(now))
 	return err
@@ -411,7 +424,7 @@ func (s *State) heartbeat(ctx context.Context, tx *sql.Tx, now time.Time) error 
 func (s *State) CreateRun(ctx context.Context) (int64, error) {
 	now := s.now()
 	var id int64
-	err := s.write(ctx, "CreateRun", func(tx *sql.Tx) (func(), error) {
+	err := s.write(ctx, "CreateRun", func(tx *txn) (func(), error) {
 		for {
 			var err error
 			if id, err = state.RandomID(s.rand, nil); err != nil {
@@ -429,7 +442,7 @@ func (s *State) CreateRun(ctx context.Context) (int64, error) {
 	return id, err
 }
 
-func (s *State) runExists(ctx context.Context, tx *sql.Tx, id int64) (bool, error) {
+func (s *State) runExists(ctx context.Context, tx *txn, id int64) (bool, error) {
 	var one int
 	err := tx.QueryRowContext(ctx, `SELECT 1 FROM runs WHERE id = $1`, id).Scan(&one)
 	if err == sql.ErrNoRows {
@@ -443,7 +456,7 @@ func (s *State) runExists(ctx context.Context, tx *sql.Tx, id int64) (bool, erro
 func (s *State) GetNodes(ctx context.Context, runID int64) ([]*flwrproto.Node, error) {
 	now := s.now()
 	var out []*flwrproto.Node
-	err := s.write(ctx, "GetNodes", func(tx *sql.Tx) (func(), error) {
+	err := s.write(ctx, "GetNodes", func(tx *txn) (func(), error) {
 		out = nil
 		if ok, err := s.runExists(ctx, tx, runID); !ok || err != nil {
 			return nil, err
@@ -492,7 +505,7 @@ func (s *State) PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]s
 			return nil, status.Errorf(codes.InvalidArgument, "PushTaskIns: task_ins_list[%d]: %v", i, err)
 		}
 	}
-	err := s.write(ctx, "PushTaskIns", func(tx *sql.Tx) (func(), error) {
+	err := s.write(ctx, "PushTaskIns", func(tx *txn) (func(), error) {
 		identities := make([]string, len(list))
 		for i, t := range list {
 			if ok, err := s.runExists(ctx, tx, t.RunId); err != nil {
@@ -554,7 +567,7 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 	me := s.replica.Load()
 	var out []*flwrproto.TaskIns
 	var taken int64 // the seq of the TaskIns delivered, 0 for none
-	err, maybe := s.writeMaybe(ctx, "PullTaskIns", func(tx *sql.Tx) (func(), error) {
+	err, maybe := s.writeMaybe(ctx, "PullTaskIns", func(tx *txn) (func(), error) {
 		out, taken = nil, 0
 		undone, err := s.undeliver(ctx, tx)
 		if err != nil {
@@ -646,7 +659,7 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 		}
 	}
 	results := make(map[string]uint32, len(list))
-	err = s.write(ctx, "PushTaskRes", func(tx *sql.Tx) (func(), error) {
+	err = s.write(ctx, "PushTaskRes", func(tx *txn) (func(), error) {
 		seen := map[uuid.UUID]bool{}
 		late := make([]bool, len(list)) // accepted, not stored
 		for i, t := range list {
@@ -742,7 +755,7 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 	now := s.now()
 	delivered := state.DeliveredAt(now)
 	var out []*flwrproto.TaskRes
-	err = s.write(ctx, "PullTaskRes", func(tx *sql.Tx) (func(), error) {
+	err = s.write(ctx, "PullTaskRes", func(tx *txn) (func(), error) {
 		out = nil
 		var missed []missedPing
 		var released []sum
@@ -878,7 +891,7 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 }
 
 // deletePair forgets a TaskIns and its result and releases their arrays.
-func (s *State) deletePair(ctx context.Context, tx *sql.Tx, id string) ([]sum, error) {
+func (s *State) deletePair(ctx context.Context, tx *txn, id string) ([]sum, error) {
 	gone, err := s.dropBlobs(ctx, tx, id, -1)
 	if err != nil {
 		return nil, err
@@ -896,7 +909,7 @@ func (s *State) deletePair(ctx context.Context, tx *sql.Tx, id string) ([]sum, e
 func (s *State) Stats(ctx context.Context) (state.Stats, error) {
 	now := micro(s.now())
 	var st state.Stats
-	err := s.read(ctx, "Stats", func(tx *sql.Tx) error {
+	err := s.read(ctx, "Stats", func(tx *txn) error {
 		return tx.QueryRowContext(ctx, `SELECT
 			(SELECT COUNT(*) FROM nodes),
 			(SELECT COUNT(*) FROM nodes WHERE online_until > $1),
@@ -915,7 +928,7 @@ func (s *State) Stats(ctx context.Context) (state.Stats, error) {
 func (s *State) Nodes(ctx context.Context) ([]state.NodeInfo, error) {
 	now := s.now()
 	var out []state.NodeInfo
-	err := s.read(ctx, "Nodes", func(tx *sql.Tx) error {
+	err := s.read(ctx, "Nodes", func(tx *txn) error {
 		out = nil
 		rows, err := tx.QueryContext(ctx, `SELECT id, identity, ping_interval, created_at, online_until FROM nodes ORDER BY seq`)
 		if err != nil {
@@ -940,7 +953,7 @@ func (s *State) Nodes(ctx context.Context) ([]state.NodeInfo, error) {
 // Runs returns up to limit runs, the last created first.
 func (s *State) Runs(ctx context.Context, limit int) ([]state.RunInfo, error) {
 	var out []state.RunInfo
-	err := s.read(ctx, "Runs", func(tx *sql.Tx) error {
+	err := s.read(ctx, "Runs", func(tx *txn) error {
 		out = nil
 		rows, err := tx.QueryContext(ctx, `SELECT id, created_at, last_group, ins_pushed, res_pulled FROM runs ORDER BY seq DESC LIMIT `+s.d.limit(limit))
 		if err != nil {
@@ -963,7 +976,7 @@ func (s *State) Runs(ctx context.Context, limit int) ([]state.RunInfo, error) {
 
 // Check reports whether the database answers.
 func (s *State) Check(ctx context.Context) error {
-	return s.read(ctx, "Check", func(tx *sql.Tx) error {
+	return s.read(ctx, "Check", func(tx *txn) error {
 		var v int
 		return tx.QueryRowContext(ctx, s.d.check).Scan(&v)
 	})
@@ -978,7 +991,7 @@ func (s *State) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		now := s.now()
-		hbErr := s.write(ctx, "Close", func(tx *sql.Tx) (func(), error) {
+		hbErr := s.write(ctx, "Close", func(tx *txn) (func(), error) {
 			if err := s.leave(ctx, tx); err != nil {
 				return nil, err
 			}

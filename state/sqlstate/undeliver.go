@@ -2,7 +2,6 @@ package sqlstate
 
 import (
 	"context"
-	"database/sql"
 	"slices"
 	"sync"
 	"time"
@@ -34,7 +33,7 @@ const undoRetry = 500 * time.Millisecond
 
 // undeliver clears, in tx, the deliveries queued, and returns them, to be
 // passed to undelivered once tx commits.
-func (s *State) undeliver(ctx context.Context, tx *sql.Tx) ([]undelivery, error) {
+func (s *State) undeliver(ctx context.Context, tx *txn) ([]undelivery, error) {
 	s.undo.mu.Lock()
 	list := slices.Clone(s.undo.list)
 	s.undo.mu.Unlock()
@@ -79,7 +78,7 @@ func (s *State) undeliverLater(u undelivery) {
 			s.undo.mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			var done []undelivery
-			_ = s.write(ctx, "PullTaskIns (clearing a failed delivery)", func(tx *sql.Tx) (func(), error) {
+			_ = s.write(ctx, "PullTaskIns (clearing a failed delivery)", func(tx *txn) (func(), error) {
 				var err error
 				done, err = s.undeliver(ctx, tx)
 				return func() { s.undelivered(done) }, err
