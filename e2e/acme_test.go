@@ -210,7 +210,7 @@ func TestACMEChallenges(t *testing.T) {
 				if leaf.Issuer.CommonName == "" || !strings.Contains(leaf.Issuer.CommonName, "Pebble") {
 					t.Errorf("certificate issued by %q, want pebble", leaf.Issuer.CommonName)
 				}
-				l.p.waitOutput(t, "serving", 10*time.Second)
+				l.p.waitOutput(t, "msg=serving", 10*time.Second) // not "serving certificate", logged just before
 				out := l.p.out.String()
 				answered := strings.Index(out, "answering "+challenge+" challenge")
 				if answered < 0 || answered > strings.Index(out, "msg=serving") {

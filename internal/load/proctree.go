@@ -85,13 +85,13 @@ func readStatTimes(pid int) (time.Duration, error) {
 		return 0, err
 	}
 	if len(fs) < 15 {
-		return 0, fmt.Errorf("load: /proc/%d/stat: too few fields", pid)
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
 	var sum int64
 	for _, f := range fs[11:15] { // fields 14-17: utime, stime, cutime, cstime
 		v, err := strconv.ParseInt(f, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("load: /proc/%d/stat: %w", pid, err)
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 		}
 		sum += v
 	}
@@ -106,7 +106,7 @@ func statFields(pid int) ([]string, error) {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return nil, fmt.Errorf("load: /proc/%d/stat: no command name", pid)
+		return nil, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	return strings.Fields(string(b[i+1:])), nil
 }
@@ -121,7 +121,7 @@ func PostmasterPID(dataDir string) (int, error) {
 	line, _, _ := strings.Cut(string(b), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(line))
 	if err != nil || pid <= 0 {
-		return 0, errors.Join(fmt.Errorf("load: %s/postmaster.pid: no pid on its first line", dataDir), err)
+		return 0, errors.Join(fmt.Errorf("%s/postmaster.pid: no pid on its first line", dataDir), err)
 	}
 	return pid, nil
 }
@@ -145,7 +145,7 @@ func TreePeakRSS(root int) (peak int64, pid int, err error) {
 		}
 	}
 	if pid == 0 {
-		return 0, 0, fmt.Errorf("load: no memory reading for the process tree of %d", root)
+		return 0, 0, fmt.Errorf("no memory reading for the process tree of %d", root)
 	}
 	return peak, pid, nil
 }
