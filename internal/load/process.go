@@ -31,7 +31,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -78,6 +77,7 @@ type SuperLink struct {
 	TLS           transport.ClientOptions // trusts the SuperLink's CA
 	LogFile       string                  // its stdout and stderr
 
+	dir  string
 	cmd  *exec.Cmd
 	log  *os.File
 	done chan struct{}
@@ -128,7 +128,7 @@ func Start(ctx context.Context, o Options) (*SuperLink, error) {
 		Fleet: fleet, Driver: driver,
 		TLS:     transport.ClientOptions{RootCertificates: ca},
 		LogFile: logPath,
-		cmd:     cmd, log: lf, done: make(chan struct{}),
+		dir:     o.Dir, cmd: cmd, log: lf, done: make(chan struct{}),
 	}
 	go func() {
 		s.err = cmd.Wait()
@@ -164,8 +164,6 @@ func (s *SuperLink) PID() int { return s.cmd.Process.Pid }
 type Exit struct {
 	// CPU is user+sys time of the whole process life (its rusage).
 	CPU, User, Sys time.Duration
-	// MaxRSS is the rusage's peak resident set size, in bytes.
-	MaxRSS int64
 	// Err is the process's exit error: nil after a graceful stop.
 	Err error
 }
@@ -189,9 +187,6 @@ func (s *SuperLink) Stop() Exit {
 	if st := s.cmd.ProcessState; st != nil {
 		e.User, e.Sys = st.UserTime(), st.SystemTime()
 		e.CPU = e.User + e.Sys
-		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
-			e.MaxRSS = ru.Maxrss << 10 // KiB on Linux
-		}
 	}
 	return e
 }
@@ -248,29 +243,53 @@ const clockTick = 10 * time.Millisecond
 
 // CPU reads the SuperLink's user+sys time so far from /proc/PID/stat (10 ms
 // resolution).
-func (s *SuperLink) CPU() (time.Duration, error) { return readCPU(s.PID()) }
+func (s *SuperLink) CPU() (time.Duration, error) {
+	st, err := readStat(s.PID())
+	return st.CPU, err
+}
+
+// PageFaults reads the number of minor page faults of the SuperLink so
+// far: each is a page of memory it touched for the first time (or again,
+// after returning it to the kernel).
+func (s *SuperLink) PageFaults() (int64, error) {
+	st, err := readStat(s.PID())
+	return st.MinorFaults, err
+}
+
+// stat is what the harness reads of /proc/PID/stat.
+type stat struct {
+	CPU         time.Duration // utime+stime
+	MinorFaults int64
+}
 
 func readCPU(pid int) (time.Duration, error) {
+	st, err := readStat(pid)
+	return st.CPU, err
+}
+
+func readStat(pid int) (stat, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return stat{}, err
 	}
 	// The command name (field 2) is in parentheses and may hold spaces.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return stat{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	fs := strings.Fields(string(b[i+1:]))
-	// fs[0] is field 3 (state); utime and stime are fields 14 and 15.
+	// fs[0] is field 3 (state); minflt is field 10, utime and stime are
+	// fields 14 and 15.
 	if len(fs) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+		return stat{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	ut, err1 := strconv.ParseInt(fs[11], 10, 64)
-	st, err2 := strconv.ParseInt(fs[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	mf, err1 := strconv.ParseInt(fs[7], 10, 64)
+	ut, err2 := strconv.ParseInt(fs[11], 10, 64)
+	st, err3 := strconv.ParseInt(fs[12], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return stat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return time.Duration(ut+st) * clockTick, nil
+	return stat{CPU: time.Duration(ut+st) * clockTick, MinorFaults: mf}, nil
 }
 
 // tail returns the last lines of a log file, for error messages.

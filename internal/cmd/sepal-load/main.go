@@ -26,6 +26,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -52,6 +53,7 @@ var command = cli.Command{
 }
 
 func main() {
+	load.MaybeFloorServer()
 	cli.Exit(name, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -69,6 +71,8 @@ type config struct {
 	duration   time.Duration
 	verbose    bool
 	postgres   bool
+	profile    string
+	trace      bool
 	args       []string // for flower-superlink
 }
 
@@ -86,6 +90,8 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.StringArrayVar(&c.env, "superlink-env", nil, "KEY=VALUE added to the SuperLink's environment, such as GOGC=50 (repeatable)")
 	fs.DurationVar(&c.settle, "settle", 15*time.Second, "idle: how long the nodes poll before the RSS is read")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "rpcs: how long each level of concurrency lasts")
+	fs.StringVar(&c.profile, "profile", "", "write the SuperLink's CPU profile, heap profile and log of each run into this folder (builds flower-superlink with -tags sepal_pprof)")
+	fs.BoolVar(&c.trace, "trace", false, "with --profile, also write an execution trace of each run (go tool trace)")
 	fs.BoolVar(&c.verbose, "verbose", false, "print the nodes' and the ServerApp's logs to stderr")
 	fs.BoolVar(&c.postgres, "postgres", false, "keep the state in a throwaway PostgreSQL server that the harness starts (fsync on; a new database per run, given as --database), and report the server's CPU time too")
 	if err := cli.Parse(fs, args); err != nil {
@@ -118,6 +124,12 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	if c.repeat < 1 {
 		return nil, cli.Usagef("--repeat %d: want at least 1", c.repeat)
 	}
+	if c.trace && c.profile == "" {
+		return nil, cli.Usagef("--trace needs --profile DIR, the folder the trace goes to")
+	}
+	if c.profile != "" && c.superlink != "" {
+		return nil, cli.Usagef("--profile builds its own flower-superlink: leave out --superlink")
+	}
 	for _, e := range c.env {
 		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
 			return nil, cli.Usagef("--superlink-env %q: want KEY=VALUE", e)
@@ -148,7 +160,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	bin := c.superlink
 	if bin == "" {
 		fmt.Fprintln(stderr, "building flower-superlink ...")
-		if bin, err = load.Build(ctx, tmp); err != nil {
+		var tags []string
+		if c.profile != "" {
+			tags = append(tags, "sepal_pprof")
+			if err := os.MkdirAll(c.profile, 0o755); err != nil {
+				return err
+			}
+		}
+		if bin, err = load.Build(ctx, tmp, tags...); err != nil {
 			return err
 		}
 	}
@@ -186,7 +205,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := once(ctx, c, bin, dir, logger, pg, figs); err != nil {
+		env := c.env
+		if c.profile != "" {
+			kinds := []string{"CPU", "MEM"}
+			if c.trace {
+				kinds = append(kinds, "TRACE")
+			}
+			for _, p := range kinds {
+				file := filepath.Join(c.profile, fmt.Sprintf("%s-run%d.out", strings.ToLower(p), i+1))
+				key := "SEPAL_" + p
+				if p != "TRACE" {
+					key += "PROFILE"
+				}
+				env = append(slices.Clone(env), key+"="+file)
+			}
+		}
+		err = once(ctx, c, env, bin, dir, logger, pg, figs)
+		if c.profile != "" {
+			if b, rerr := os.ReadFile(filepath.Join(dir, "superlink.log")); rerr == nil {
+				_ = os.WriteFile(filepath.Join(c.profile, fmt.Sprintf("log-run%d.txt", i+1)), b, 0o644)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("run %d: %w", i+1, err)
 		}
 	}
@@ -196,7 +236,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // once runs the workload on a new SuperLink and records its figures.
-func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, pg *load.Postgres, figs *figures) (err error) {
+func once(ctx context.Context, c *config, env []string, bin, dir string, logger *slog.Logger, pg *load.Postgres, figs *figures) (err error) {
 	args := c.args
 	var pgCPU0 time.Duration
 	if pg != nil {
@@ -209,7 +249,7 @@ func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, 
 			return err
 		}
 	}
-	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: c.env})
+	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: env})
 	if err != nil {
 		return err
 	}
@@ -222,7 +262,6 @@ func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, 
 			figs.add("superlink_cpu_s", "s", exit.CPU.Seconds())
 			figs.add("superlink_cpu_user_s", "s", exit.User.Seconds())
 			figs.add("superlink_cpu_sys_s", "s", exit.Sys.Seconds())
-			figs.add("superlink_rusage_maxrss_mib", "MiB", mib(exit.MaxRSS))
 		}
 		if err == nil && pg != nil {
 			// The SuperLink's connections are closed: their backends' time
@@ -262,8 +301,21 @@ func once(ctx context.Context, c *config, bin, dir string, logger *slog.Logger, 
 		for i, d := range r.RoundOtherCPU {
 			figs.add(fmt.Sprintf("round_%d_postgres_cpu_s", i+1), "s", d.Seconds())
 		}
+		figs.add("superlink_page_faults", "", float64(r.PageFaults))
 		figs.add("run_wall_s", "s", r.Wall.Seconds())
 		figs.add("moved_each_way_mib", "MiB", mib(o.MovedEachWay()))
+		// The TLS floor, once the SuperLink has stopped: what the same
+		// bytes cost TLS alone, on this machine now.
+		exit := s.Stop()
+		if exit.Err != nil {
+			return fmt.Errorf("flower-superlink did not stop cleanly: %v (log: %s)", exit.Err, s.LogFile)
+		}
+		floor, err := load.Floor(ctx, s, o.MovedEachWay(), o.MovedEachWay(), int(o.Payload()))
+		if err != nil {
+			return err
+		}
+		figs.add("tls_floor_cpu_s", "s", floor.Seconds())
+		figs.add("superlink_cpu_over_floor", "x", exit.CPU.Seconds()/floor.Seconds())
 	case "idle":
 		r, err := load.RunIdle(ctx, s, load.IdleOptions{Nodes: c.nodes, Poll: c.nodePoll, Settle: c.settle, Logger: logger})
 		if err != nil {

@@ -5,12 +5,19 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/load"
 )
+
+func TestMain(m *testing.M) {
+	load.MaybeFloorServer() // run() starts this test binary as the TLS floor's server
+	os.Exit(m.Run())
+}
 
 func TestParseArgs(t *testing.T) {
 	c, err := parseArgs([]string{"--nodes", "4", "--", "--database", "x.db"}, io.Discard)
@@ -54,7 +61,7 @@ func TestRunPrintsFigures(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s%s", err, out.String(), errOut.String())
 	}
-	for _, fig := range []string{"superlink_cpu_s", "superlink_peak_rss_mib", "round_1_wall_s", "run_wall_s", "moved_each_way_mib"} {
+	for _, fig := range []string{"superlink_cpu_s", "superlink_peak_rss_mib", "round_1_wall_s", "run_wall_s", "moved_each_way_mib", "tls_floor_cpu_s", "superlink_cpu_over_floor"} {
 		re := regexp.MustCompile(`(?m)^` + fig + ` +[0-9.]+  \(median of 2; range [0-9.]+-[0-9.]+; runs [0-9.]+ [0-9.]+\)$`)
 		if !re.MatchString(out.String()) {
 			t.Errorf("no line for %s in:\n%s", fig, out.String())

@@ -1,0 +1,158 @@
+package load
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sepal-fl/sepal/transport"
+)
+
+// The TLS floor: what moving the same bytes costs a process that only
+// decrypts what it receives and encrypts what it sends, over one TLS 1.3
+// connection with the SuperLink's policy (transport.ServerConfig) and
+// certificate. On a shared machine CPU seconds drift with the neighbours'
+// load; the ratio of the SuperLink's CPU time to the floor's, measured
+// next to each other, drifts far less.
+
+const (
+	envFloor     = "SEPAL_LOAD_FLOOR_SERVER"
+	envFloorDir  = "SEPAL_LOAD_FLOOR_DIR"
+	envFloorIn   = "SEPAL_LOAD_FLOOR_IN"
+	envFloorOut  = "SEPAL_LOAD_FLOOR_OUT"
+	envFloorPart = "SEPAL_LOAD_FLOOR_PART"
+)
+
+// MaybeFloorServer runs the floor's server and exits when this process
+// was started as one by Floor; otherwise it returns at once. Call it
+// first in main (and in TestMain).
+func MaybeFloorServer() {
+	if os.Getenv(envFloor) == "" {
+		return
+	}
+	if err := floorServer(); err != nil {
+		fmt.Fprintln(os.Stderr, "floor server:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+type fixedCert struct{ c *tls.Certificate }
+
+func (f fixedCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return f.c, nil }
+
+func floorServer() error {
+	dir := os.Getenv(envFloorDir)
+	in, err1 := strconv.ParseInt(os.Getenv(envFloorIn), 10, 64)
+	out, err2 := strconv.ParseInt(os.Getenv(envFloorOut), 10, 64)
+	part, err3 := strconv.Atoi(os.Getenv(envFloorPart))
+	if err1 != nil || err2 != nil || err3 != nil || part <= 0 {
+		return fmt.Errorf("bad sizes %q %q %q", os.Getenv(envFloorIn), os.Getenv(envFloorOut), os.Getenv(envFloorPart))
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr().String())
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	s := tls.Server(c, transport.ServerConfig(fixedCert{&cert}))
+	defer s.Close()
+	buf := make([]byte, part)
+	for left := in; left > 0; {
+		n := min(left, int64(part))
+		if _, err := io.ReadFull(s, buf[:n]); err != nil {
+			return err
+		}
+		left -= n
+	}
+	for left := out; left > 0; {
+		n := min(left, int64(part))
+		if _, err := s.Write(buf[:n]); err != nil {
+			return err
+		}
+		left -= n
+	}
+	_, err = io.ReadFull(s, buf[:1]) // the client has read it all
+	return err
+}
+
+// Floor starts this executable as the floor's server (see
+// MaybeFloorServer) with the certificate Start made for s, sends it in
+// bytes and receives out bytes, in writes of part bytes, and returns the
+// server process's CPU time (user+sys, its rusage).
+func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Duration, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), envFloor+"=1", envFloorDir+"="+s.dir,
+		envFloorIn+"="+strconv.FormatInt(in, 10), envFloorOut+"="+strconv.FormatInt(out, 10), envFloorPart+"="+strconv.Itoa(part))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	fail := func(err error) (time.Duration, error) {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return 0, fmt.Errorf("TLS floor: %w %s", err, stderr.String())
+	}
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		return fail(err)
+	}
+	cfg, err := transport.ClientConfig(s.TLS)
+	if err != nil {
+		return fail(err)
+	}
+	cfg.ServerName = "localhost"
+	cfg.MinVersion = tls.VersionTLS13
+	c, err := tls.Dial("tcp", strings.TrimSpace(addr), cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer c.Close()
+	buf := make([]byte, part)
+	for left := in; left > 0; {
+		n := min(left, int64(part))
+		if _, err := c.Write(buf[:n]); err != nil {
+			return fail(err)
+		}
+		left -= n
+	}
+	for left := out; left > 0; {
+		n := min(left, int64(part))
+		if _, err := io.ReadFull(c, buf[:n]); err != nil {
+			return fail(err)
+		}
+		left -= n
+	}
+	if _, err := c.Write([]byte{1}); err != nil {
+		return fail(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		return 0, fmt.Errorf("TLS floor: %w %s", err, stderr.String())
+	}
+	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
