@@ -10,6 +10,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/golden"
+	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/memstate"
 )
 
@@ -135,6 +136,7 @@ func TestCodecSynthetic(t *testing.T) {
 		"PushTaskInsRequest":  &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{withUnknown, {}}},
 		"PullTaskResResponse": &flwrproto.PullTaskResResponse{TaskResList: []*flwrproto.TaskRes{{TaskId: "x", Task: &flwrproto.Task{Recordset: rs}}}},
 		"PushTaskResResponse": &flwrproto.PushTaskResResponse{Results: map[string]uint32{"b": 0, "a": 7}},
+		"PushTaskResRequest":  &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{{Task: &flwrproto.Task{Recordset: rs}}, {}}},
 		"Empty":               &flwrproto.PullTaskInsResponse{},
 	} {
 		checkCodec(t, name, m)
@@ -153,5 +155,79 @@ func TestCodecSynthetic(t *testing.T) {
 	}
 	if refs == 0 {
 		t.Errorf("the large array was copied into the response, want it referenced (%d pieces)", len(pieces))
+	}
+}
+
+// heldBlob is a BlobFinder holding one array.
+type heldBlob struct{ data []byte }
+
+func (h heldBlob) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
+	if n == len(h.data) && hash == state.HashBlob(h.data) && eq(h.data) {
+		return h.data
+	}
+	return nil
+}
+
+// An array the state holds is not copied, whether it comes with the
+// ServerApp's parameters (looked up first) or with a node's result
+// (copied and hashed in one pass, then looked up); a new array is
+// copied, and the hash the codec notes for it is its real hash.
+func TestCodecLargeArrays(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	held := randomBytes(r, 2*bigBytes)
+	fresh := randomBytes(r, 2*bigBytes+3)
+	rs := func(d []byte) *flwrproto.RecordSet {
+		return &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: d}}}}}
+	}
+	c := &codec{in: heldBlob{held}, bigMin: bigBytes}
+	for _, tc := range []struct {
+		name string
+		m    proto.Message
+		data func(proto.Message) []byte
+	}{
+		{"PushTaskInsRequest", &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{{Task: &flwrproto.Task{Recordset: rs(nil)}}}},
+			func(m proto.Message) []byte {
+				return m.(*flwrproto.PushTaskInsRequest).TaskInsList[0].Task.Recordset.Parameters["p"].DataValues[0].Data
+			}},
+		{"PushTaskResRequest", &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{{Task: &flwrproto.Task{Recordset: rs(nil)}}}},
+			func(m proto.Message) []byte {
+				return m.(*flwrproto.PushTaskResRequest).TaskResList[0].Task.Recordset.Parameters["p"].DataValues[0].Data
+			}},
+	} {
+		for _, content := range [][]byte{held, fresh} {
+			m := proto.Clone(tc.m)
+			setData(m, content)
+			enc, err := proto.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			back := m.ProtoReflect().Type().New().Interface()
+			if err := c.Unmarshal(splitBuffers(enc, 16384), back); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			d := tc.data(back)
+			if !bytes.Equal(d, content) {
+				t.Fatalf("%s: decoded array differs", tc.name)
+			}
+			isHeld := &d[0] == &held[0]
+			if want := &content[0] == &held[0]; isHeld != want {
+				t.Errorf("%s: decoded array is the held one: %v, want %v", tc.name, isHeld, want)
+			}
+			h := state.NewBlobHash()
+			h.Write(d)
+			if got := state.HashBlob(d); got != h.Sum64() {
+				t.Errorf("%s: HashBlob of the decoded array is %x, its real hash %x", tc.name, got, h.Sum64())
+			}
+		}
+	}
+}
+
+// setData puts d into the one array of a PushTaskIns or PushTaskRes request.
+func setData(m proto.Message, d []byte) {
+	switch m := m.(type) {
+	case *flwrproto.PushTaskInsRequest:
+		m.TaskInsList[0].Task.Recordset.Parameters["p"].DataValues[0].Data = d
+	case *flwrproto.PushTaskResRequest:
+		m.TaskResList[0].Task.Recordset.Parameters["p"].DataValues[0].Data = d
 	}
 }

@@ -187,8 +187,9 @@ func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.L
 		grpc.ForceServerCodecV2(c),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log), recheckInterceptor),
 	)
+	opts = append(opts, tuningOptions()...)
 	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
+		opts = append(opts, grpc.Creds(tunedCreds(creds)))
 	}
 	return opts
 }

@@ -31,6 +31,11 @@ type FedAvgOptions struct {
 	// ServerPoll is the ServerApp's wait between PullTaskRes calls
 	// (default 1s, as Flower 1.8.0).
 	ServerPoll time.Duration
+	// InStep starts every node at once, so that they poll in step and
+	// their results arrive together: the worst case for the SuperLink's
+	// memory. By default node i starts i*NodePoll/Nodes after the first,
+	// as SuperNodes started one by one poll out of step.
+	InStep bool
 	// Logger receives the apps' logs (default: discard).
 	Logger *slog.Logger
 	// OtherCPU, if set, reads the CPU time of another process tree that
@@ -113,6 +118,9 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if !o.InStep && sleepCtx(nctx, o.NodePoll*time.Duration(i)/time.Duration(o.Nodes)) != nil {
+				return
+			}
 			err := app.RunNode(nctx, app.NodeOptions{
 				Server: s.Fleet, TLS: s.TLS, PollInterval: o.NodePoll, Logger: o.Logger,
 				NewClient: func(int64) app.ClientApp { return &client{index: i, values: o.ModelBytes / 4} },

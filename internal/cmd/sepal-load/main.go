@@ -64,6 +64,7 @@ type config struct {
 	modelMiB   float64
 	nodePoll   time.Duration
 	serverPoll time.Duration
+	inStep     bool
 	repeat     int
 	superlink  string
 	env        []string
@@ -85,6 +86,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.Float64Var(&c.modelMiB, "model-mib", 32, "model size in MiB: one float32 array (32 MiB = 8,388,608 values)")
 	fs.DurationVar(&c.nodePoll, "node-poll", 3*time.Second, "the nodes' wait between PullTaskIns calls when idle (Flower 1.8.0: 3s)")
 	fs.DurationVar(&c.serverPoll, "server-poll", time.Second, "the ServerApp's wait between PullTaskRes calls (Flower 1.8.0: 1s)")
+	fs.BoolVar(&c.inStep, "in-step", false, "start every node at once, so that they poll in step and their results arrive together (the worst case for memory); by default their starts are spread over one --node-poll, as SuperNodes started one by one")
 	fs.IntVar(&c.repeat, "repeat", 1, "runs of the workload, each on a new SuperLink; figures are printed with their median, min and max")
 	fs.StringVar(&c.superlink, "superlink", "", "the flower-superlink binary (default: built from this module with go build)")
 	fs.StringArrayVar(&c.env, "superlink-env", nil, "KEY=VALUE added to the SuperLink's environment, such as GOGC=50 (repeatable)")
@@ -174,6 +176,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "# %s --mode %s --nodes %d", name, c.mode, c.nodes)
 	if c.mode == "fedavg" {
 		fmt.Fprintf(stdout, " --rounds %d --model-mib %g --node-poll %v --server-poll %v", c.rounds, c.modelMiB, c.nodePoll, c.serverPoll)
+		if c.inStep {
+			fmt.Fprint(stdout, " --in-step")
+		}
 	}
 	fmt.Fprintf(stdout, " --repeat %d", c.repeat)
 	if len(c.env) > 0 {
@@ -281,7 +286,7 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 	case "fedavg":
 		o := load.FedAvgOptions{
 			Nodes: c.nodes, Rounds: c.rounds, ModelBytes: int(c.modelMiB*(1<<20)) &^ 3,
-			NodePoll: c.nodePoll, ServerPoll: c.serverPoll, Logger: logger,
+			NodePoll: c.nodePoll, ServerPoll: c.serverPoll, InStep: c.inStep, Logger: logger,
 		}
 		if pg != nil {
 			o.OtherCPU = pg.CPU

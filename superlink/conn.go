@@ -1,0 +1,227 @@
+package superlink
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"google.golang.org/grpc/credentials"
+)
+
+// Fewer, larger socket reads and writes under TLS.
+//
+// crypto/tls reads the socket into a buffer the size of one record (at
+// most 16 KiB of plaintext) and writes every record with a system call of
+// its own, so a 32 MiB message cost over 2,000 system calls each way, and
+// on loopback each write also runs the receiver's TCP processing. The
+// connections of a SuperLink's servers are wrapped on both sides of TLS:
+//
+//   - rawConn, under TLS, reads the socket in chunks of up to readChunk
+//     bytes into a buffer taken from a pool only once the socket is
+//     readable (the wait is Go's poller, without a buffer, as grpc-go does
+//     for plaintext connections) and given back as soon as TLS has taken
+//     all of it, so an idle connection holds no buffer; and it gathers the
+//     records TLS writes while a batchConn Write is under way;
+//   - batchConn, over TLS, is what gRPC writes to: after TLS has written a
+//     Write's records into rawConn, they go to the socket in one system
+//     call.
+//
+// The bytes on the wire are exactly those TLS writes, in the same order.
+
+// readChunk is the most read from the socket at once.
+const readChunk = 256 << 10
+
+var (
+	readChunks = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+	// readChunksOut counts the chunks taken and not given back, for tests:
+	// idle connections hold none.
+	readChunksOut atomic.Int64
+)
+
+// writeBufs holds the buffers records are gathered in; one is taken for
+// each batch and given back after it.
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeBuffer+writeBuffer/16); return &b }}
+
+// batchedCreds are server transport credentials whose connections read and
+// write in large chunks. Everything but ServerHandshake and Clone is the
+// inner credentials'.
+type batchedCreds struct {
+	credentials.TransportCredentials
+}
+
+// ServerHandshake runs the inner handshake over a rawConn and returns the
+// connection wrapped in a batchConn; the AuthInfo is the inner one.
+func (c batchedCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	r := newRawConn(conn)
+	tc, info, err := c.TransportCredentials.ServerHandshake(r)
+	if err != nil {
+		r.release()
+		return nil, nil, err
+	}
+	return &batchConn{Conn: tc, raw: r}, info, nil
+}
+
+// Clone returns a copy.
+func (c batchedCreds) Clone() credentials.TransportCredentials {
+	return batchedCreds{c.TransportCredentials.Clone()}
+}
+
+// rawConn is the socket under TLS. Read is called by one goroutine at a
+// time (TLS's reader); Write is safe for concurrent use.
+type rawConn struct {
+	net.Conn
+	sc syscall.RawConn // nil: plain reads
+
+	rbuf *[]byte // the chunk TLS reads from, nil when drained
+	r, w int
+	rfn  func(fd uintptr) bool // fills rbuf once the socket is readable
+	rerr error                 // of rfn
+
+	batches atomic.Int32 // batchConn Writes under way
+	wmu     sync.Mutex
+	wbuf    *[]byte // gathered records, nil when none
+}
+
+func newRawConn(c net.Conn) *rawConn {
+	r := &rawConn{Conn: c}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if sc, err := tc.SyscallConn(); err == nil {
+			r.sc = sc
+			r.rfn = r.fill
+		}
+	}
+	return r
+}
+
+// Read serves what is left of the last chunk, or reads a new one.
+func (c *rawConn) Read(p []byte) (int, error) {
+	for {
+		if c.rbuf != nil {
+			n := copy(p, (*c.rbuf)[c.r:c.w])
+			c.r += n
+			if c.r == c.w {
+				c.releaseRead()
+			}
+			return n, nil
+		}
+		if c.sc == nil || len(p) >= readChunk {
+			return c.Conn.Read(p)
+		}
+		c.rerr = nil
+		if err := c.sc.Read(c.rfn); err != nil {
+			return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		}
+		if c.rerr != nil {
+			return 0, c.rerr
+		}
+	}
+}
+
+// fill reads what the socket holds into a chunk; it returns false, to be
+// called again once the socket is readable, when there is nothing yet.
+func (c *rawConn) fill(fd uintptr) bool {
+	b := readChunks.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *b)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			readChunks.Put(b)
+			return false
+		case err != nil:
+			readChunks.Put(b)
+			c.rerr = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		case n == 0:
+			readChunks.Put(b)
+			c.rerr = io.EOF
+		default:
+			readChunksOut.Add(1)
+			c.rbuf, c.r, c.w = b, 0, n
+		}
+		return true
+	}
+}
+
+func (c *rawConn) releaseRead() {
+	if c.rbuf != nil {
+		readChunks.Put(c.rbuf)
+		readChunksOut.Add(-1)
+		c.rbuf, c.r, c.w = nil, 0, 0
+	}
+}
+
+// Write gathers a record while a batch is under way; otherwise (the
+// handshake, alerts, a record written from TLS's reader) it writes what
+// was gathered, then p.
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.batches.Load() == 0 {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		return c.Conn.Write(p)
+	}
+	if c.wbuf == nil {
+		c.wbuf = writeBufs.Get().(*[]byte)
+	}
+	*c.wbuf = append(*c.wbuf, p...)
+	return len(p), nil
+}
+
+// flush writes the gathered records in one system call.
+func (c *rawConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *rawConn) flushLocked() error {
+	if c.wbuf == nil {
+		return nil
+	}
+	b := c.wbuf
+	c.wbuf = nil
+	_, err := c.Conn.Write(*b)
+	c.putWriteBuf(b)
+	return err
+}
+
+func (c *rawConn) putWriteBuf(b *[]byte) {
+	if cap(*b) <= 4*writeBuffer { // a batch grown past that is not kept
+		*b = (*b)[:0]
+		writeBufs.Put(b)
+	}
+}
+
+// release gives back the buffers of a connection whose handshake failed.
+func (c *rawConn) release() {
+	c.releaseRead()
+	c.wmu.Lock()
+	if c.wbuf != nil {
+		c.putWriteBuf(c.wbuf)
+		c.wbuf = nil
+	}
+	c.wmu.Unlock()
+}
+
+// batchConn is the TLS connection gRPC reads and writes: the records of
+// each Write reach the socket in one system call.
+type batchConn struct {
+	net.Conn
+	raw *rawConn
+}
+
+// Write writes p through TLS, then the records it made.
+func (c *batchConn) Write(p []byte) (int, error) {
+	c.raw.batches.Add(1)
+	n, err := c.Conn.Write(p)
+	c.raw.batches.Add(-1)
+	if ferr := c.raw.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}

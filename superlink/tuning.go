@@ -1,0 +1,144 @@
+package superlink
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
+)
+
+// How a SuperLink's connections buffer their bytes. Each choice below was
+// measured with internal/cmd/sepal-load and BenchmarkThroughput (see the
+// README's performance section); the bytes on the wire are unchanged.
+//
+//   - Under TLS, the socket is read in chunks of up to 256 KiB and the TLS
+//     records of one gRPC write are written with one system call
+//     (batchedCreds, conn.go).
+//   - gRPC reads straight from the TLS connection (ReadBufferSize 0): TLS
+//     already holds a whole record, so gRPC's own 32 KiB read buffer was
+//     one more copy, and 32 KiB held by every idle connection.
+//   - gRPC gathers up to writeBuffer bytes of frames per write to TLS, in
+//     a buffer taken from a pool for each write and given back after it
+//     (SharedWriteBuffer), so that an idle connection holds none.
+//   - The buffers gRPC reads DATA frames into come from framePool: not
+//     cleared (gRPC fills each before use), and reused.
+//   - A received array of megabytes is allocated after a garbage
+//     collection when the heap holds as much garbage (collectFor in
+//     decode.go).
+//   - Flow-control windows stay gRPC's (64 KiB, grown by its bandwidth
+//     estimate): larger static windows measured no faster on loopback, and
+//     the frame guard's bound on bytes withheld per connection assumes
+//     them.
+const writeBuffer = 256 << 10
+
+// tuningOptions are the gRPC server options above.
+func tuningOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ReadBufferSize(0),
+		grpc.WriteBufferSize(writeBuffer),
+		grpc.SharedWriteBuffer(true),
+		experimental.BufferPool(framePoolShared),
+	}
+}
+
+// tunedCreds returns creds whose connections read and write in large
+// chunks (nil stays nil: plaintext gRPC).
+func tunedCreds(creds credentials.TransportCredentials) credentials.TransportCredentials {
+	if creds == nil {
+		return nil
+	}
+	return batchedCreds{creds}
+}
+
+// frameSize is the largest DATA frame gRPC accepts (HTTP/2's default).
+const frameSize = 16 << 10
+
+// framePoolKeep is how many bytes of frame buffers framePool keeps for
+// reuse: the frames of two 32 MiB messages received at once.
+const framePoolKeep = 64 << 20
+
+// framePoolIdle is how long framePool keeps buffers nobody asked for.
+const framePoolIdle = 30 * time.Second
+
+// framePoolShared is the pool of every server of the process (a SuperLink's Fleet
+// and Driver APIs share it), so that it keeps framePoolKeep in all.
+var framePoolShared = newFramePool(framePoolKeep, framePoolIdle)
+
+// framePool is the mem.BufferPool of a SuperLink's gRPC servers, which
+// read every received DATA frame (up to 16 KiB) into a buffer from it.
+//
+// gRPC's default pool clears each buffer it hands out, and keeps the
+// buffers given back in a sync.Pool, which the garbage collector empties.
+// Clearing 16 KiB per frame cost about a tenth of the CPU time of
+// relaying large arrays; and as a message of tens of megabytes arrives in
+// thousands of frames, each large message received after a collection
+// took new memory for its frames while the last one's waited for the
+// collector. framePool hands buffers out uncleared (gRPC overwrites the
+// bytes it asked for before anyone reads them) and keeps up to keep bytes
+// of 16 KiB buffers, most recently used first, until idle passes without
+// a request; the rest go to the garbage collector. Buffers of other sizes
+// are allocated and dropped. It is safe for concurrent use.
+type framePool struct {
+	mu      sync.Mutex
+	free    []*[]byte
+	max     int          // buffers kept
+	lastGet atomic.Int64 // unix nanoseconds
+	trimmer *time.Timer  // pending trim, nil when none
+	idle    time.Duration
+}
+
+func newFramePool(keep int, idle time.Duration) *framePool {
+	return &framePool{max: keep / frameSize, idle: idle}
+}
+
+// Get returns a buffer of length n.
+func (p *framePool) Get(n int) *[]byte {
+	if n <= frameSize {
+		p.lastGet.Store(time.Now().UnixNano())
+		p.mu.Lock()
+		if k := len(p.free); k > 0 {
+			b := p.free[k-1]
+			p.free = p.free[:k-1]
+			p.mu.Unlock()
+			*b = (*b)[:n]
+			return b
+		}
+		p.mu.Unlock()
+		b := make([]byte, n, frameSize)
+		return &b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// Put gives a buffer back.
+func (p *framePool) Put(b *[]byte) {
+	if cap(*b) != frameSize {
+		return
+	}
+	p.mu.Lock()
+	if len(p.free) < p.max {
+		p.free = append(p.free, b)
+		if p.trimmer == nil {
+			p.trimmer = time.AfterFunc(p.idle, p.trim)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// trim drops the buffers kept once nobody asked for one for p.idle, or
+// looks again when that will be so.
+func (p *framePool) trim() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if left := p.idle - time.Since(time.Unix(0, p.lastGet.Load())); left > 0 {
+		p.trimmer = time.AfterFunc(left, p.trim)
+		return
+	}
+	clear(p.free)
+	p.free = p.free[:0]
+	p.trimmer = nil
+}
