@@ -30,19 +30,30 @@ import (
 //
 // The bytes on the wire are exactly those TLS writes, in the same order.
 
-// readChunk is the most read from the socket at once.
-const readChunk = 256 << 10
+// Read chunks: a connection reads into a small chunk until a read fills
+// one (more is waiting: a large message), then into large ones until a
+// read leaves one half empty. Polls and pings then take 4 KiB for an
+// instant, not 256 KiB.
+const (
+	smallChunk = 4 << 10
+	readChunk  = 256 << 10 // the most read from the socket at once
+)
 
 var (
-	readChunks = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+	smallChunks = sync.Pool{New: func() any { b := make([]byte, smallChunk); return &b }}
+	readChunks  = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
 	// readChunksOut counts the chunks taken and not given back, for tests:
 	// idle connections hold none.
 	readChunksOut atomic.Int64
 )
 
 // writeBufs holds the buffers records are gathered in; one is taken for
-// each batch and given back after it.
+// each gRPC write of more than one record and given back after it.
 var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeBuffer+writeBuffer/16); return &b }}
+
+// maxRecord is the most plaintext in one TLS record: a write of no more
+// reaches the socket in one system call without gathering.
+const maxRecord = 16 << 10
 
 // batchedCreds are server transport credentials whose connections read and
 // write in large chunks. Everything but ServerHandshake and Clone is the
@@ -76,6 +87,7 @@ type rawConn struct {
 
 	rbuf *[]byte // the chunk TLS reads from, nil when drained
 	r, w int
+	big  bool                  // read into large chunks
 	rfn  func(fd uintptr) bool // fills rbuf once the socket is readable
 	rerr error                 // of rfn
 
@@ -122,24 +134,29 @@ func (c *rawConn) Read(p []byte) (int, error) {
 // fill reads what the socket holds into a chunk; it returns false, to be
 // called again once the socket is readable, when there is nothing yet.
 func (c *rawConn) fill(fd uintptr) bool {
-	b := readChunks.Get().(*[]byte)
+	pool := &smallChunks
+	if c.big {
+		pool = &readChunks
+	}
+	b := pool.Get().(*[]byte)
 	for {
 		n, err := syscall.Read(int(fd), *b)
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			readChunks.Put(b)
+			pool.Put(b)
 			return false
 		case err != nil:
-			readChunks.Put(b)
+			pool.Put(b)
 			c.rerr = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 		case n == 0:
-			readChunks.Put(b)
+			pool.Put(b)
 			c.rerr = io.EOF
 		default:
 			readChunksOut.Add(1)
 			c.rbuf, c.r, c.w = b, 0, n
+			c.big = n == len(*b) || c.big && n >= len(*b)/2
 		}
 		return true
 	}
@@ -147,7 +164,11 @@ func (c *rawConn) fill(fd uintptr) bool {
 
 func (c *rawConn) releaseRead() {
 	if c.rbuf != nil {
-		readChunks.Put(c.rbuf)
+		if cap(*c.rbuf) == readChunk {
+			readChunks.Put(c.rbuf)
+		} else {
+			smallChunks.Put(c.rbuf)
+		}
 		readChunksOut.Add(-1)
 		c.rbuf, c.r, c.w = nil, 0, 0
 	}
@@ -215,8 +236,12 @@ type batchConn struct {
 	raw *rawConn
 }
 
-// Write writes p through TLS, then the records it made.
+// Write writes p through TLS, then the records it made; p of one record
+// goes straight through.
 func (c *batchConn) Write(p []byte) (int, error) {
+	if len(p) <= maxRecord {
+		return c.Conn.Write(p)
+	}
 	c.raw.batches.Add(1)
 	n, err := c.Conn.Write(p)
 	c.raw.batches.Add(-1)

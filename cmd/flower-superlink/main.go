@@ -81,6 +81,7 @@ type config struct {
 	limits           *limitFlags
 	metrics          *metricsFlags
 	logFormat        string
+	memory           *memoryFlags
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -104,6 +105,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	c.acme = registerACMEFlags(fs)
 	c.mtls = registerMTLSFlags(fs)
 	c.metrics = registerMetricsFlags(fs)
+	c.memory = registerMemoryFlags(fs)
 	fs.StringVar(&c.driverAddr, "driver-api-address", "0.0.0.0:9091", "Driver API (ServerApps) address, HOST:PORT; with --acme-domain the default is "+acmeDriverAddress)
 	fs.StringVar(&c.fleetAddr, "grpc-rere-fleet-api-address", "0.0.0.0:9092", "Fleet API (SuperNodes) address, HOST:PORT")
 	fs.Bool("grpc-rere", false, "the Fleet API type, gRPC request-response: the only one served, accepted as in Flower 1.8.0")
@@ -163,6 +165,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, cli.Usagef("%s conflict: pass only one of --certificates, --ssl-*, --acme-domain or --insecure", strings.Join(given, " and "))
 	}
 	if err := c.acme.check(); err != nil { // --acme-* flags without --acme-domain, bad ACME values
+		return nil, err
+	}
+	if err := c.memory.check(); err != nil {
 		return nil, err
 	}
 	switch {
@@ -291,6 +296,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
+	memAttrs := c.memory.apply()
 	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions()})
 	mon.watch(sl)
 	served := make(chan error, 1)
@@ -323,6 +329,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"version", cli.Version,
 	}
 	attrs = append(attrs, c.limits.attrs()...)
+	attrs = append(attrs, memAttrs...)
 	if src != nil {
 		attrs = append(attrs, "tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion))
 		attrs = append(attrs, certificateAttrs(src)...)

@@ -5,20 +5,41 @@
 // SEPAL_MEMPROFILE and SEPAL_TRACE name files that get a CPU profile of the
 // whole run, a heap profile at the end (with every allocation of the run in
 // alloc_space) and an execution trace; SEPAL_MEMLOG (a duration such as
-// 50ms) logs the runtime's memory classes that often, to stderr.
+// 50ms) logs the runtime's memory classes that often, to stderr;
+// SEPAL_HEAPDUMP names a file that gets a heap profile on each SIGUSR1.
 
 package main
 
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
+	"syscall"
 	"time"
 )
+
+// heapOnSignal writes a heap profile (after a collection) to path each
+// time the process gets SIGUSR1.
+func heapOnSignal(path string) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGUSR1)
+	for range c {
+		runtime.GC()
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "SEPAL_HEAPDUMP:", err)
+			continue
+		}
+		_ = pprof.Lookup("heap").WriteTo(f, 0)
+		f.Close()
+		fmt.Fprintln(os.Stderr, "SEPAL_HEAPDUMP: written", path)
+	}
+}
 
 // memlog prints, every d, the memory classes in MiB: heap objects (live
 // and garbage), heap free (mapped, reusable), released, stacks, other.
@@ -60,6 +81,9 @@ func init() {
 			fmt.Fprintln(os.Stderr, "SEPAL_CPUPROFILE:", err)
 			os.Exit(1)
 		}
+	}
+	if p := os.Getenv("SEPAL_HEAPDUMP"); p != "" {
+		go heapOnSignal(p)
 	}
 	if d, err := time.ParseDuration(os.Getenv("SEPAL_MEMLOG")); err == nil && d > 0 {
 		go memlog(d)

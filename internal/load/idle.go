@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,8 +23,9 @@ type IdleOptions struct {
 	// Poll is their wait between PullTaskIns calls (default 3s, as Flower
 	// 1.8.0).
 	Poll time.Duration
-	// Settle is how long they poll, all registered, before the SuperLink's
-	// RSS is read (default 5 polls).
+	// Settle is how long they poll, all registered; the SuperLink's RSS
+	// is the median of readings every second in its second half (default
+	// 10 polls).
 	Settle time.Duration
 	// Ramp spreads the nodes' start over this time (default 2s), as a
 	// fleet does not connect in one instant.
@@ -35,7 +37,9 @@ type IdleOptions struct {
 // IdleResult is the SuperLink's memory before the nodes came and while
 // they poll.
 type IdleResult struct {
-	Nodes         int
+	Nodes int
+	// Before is the SuperLink's memory before the nodes came; After the
+	// median RSS while they poll, with the peak RSS so far.
 	Before, After Memory
 	// CPU is the SuperLink's CPU time during Settle: the cost of the
 	// polling itself.
@@ -60,7 +64,7 @@ func RunIdle(ctx context.Context, s *SuperLink, o IdleOptions) (IdleResult, erro
 		o.Poll = 3 * time.Second
 	}
 	if o.Settle <= 0 {
-		o.Settle = 5 * o.Poll
+		o.Settle = 10 * o.Poll
 	}
 	if o.Ramp <= 0 {
 		o.Ramp = 2 * time.Second
@@ -130,17 +134,34 @@ func RunIdle(ctx context.Context, s *SuperLink, o IdleOptions) (IdleResult, erro
 	if err != nil {
 		return res, err
 	}
-	if err := sleepCtx(ctx, o.Settle); err != nil {
+	// The RSS in the second half of Settle, read every second: the
+	// median is the steady state (the garbage collector's cycles and the
+	// return of memory freed after the nodes' handshakes make it wander).
+	if err := sleepCtx(ctx, o.Settle/2); err != nil {
 		return res, err
 	}
+	var rss []int64
+	for end := time.Now().Add(o.Settle / 2); ; {
+		m, err := s.Memory()
+		if err != nil {
+			return res, err
+		}
+		rss = append(rss, m.RSS)
+		res.After.HWM = m.HWM
+		if !time.Now().Before(end) {
+			break
+		}
+		if err := sleepCtx(ctx, min(time.Second, time.Until(end))); err != nil {
+			return res, err
+		}
+	}
+	slices.Sort(rss)
+	res.After.RSS = rss[len(rss)/2]
 	cpu1, err := s.CPU()
 	if err != nil {
 		return res, err
 	}
 	res.CPU = cpu1 - cpu0
-	if res.After, err = s.Memory(); err != nil {
-		return res, err
-	}
 	select {
 	case err := <-errc:
 		return res, err

@@ -90,7 +90,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.repeat, "repeat", 1, "runs of the workload, each on a new SuperLink; figures are printed with their median, min and max")
 	fs.StringVar(&c.superlink, "superlink", "", "the flower-superlink binary (default: built from this module with go build)")
 	fs.StringArrayVar(&c.env, "superlink-env", nil, "KEY=VALUE added to the SuperLink's environment, such as GOGC=50 (repeatable)")
-	fs.DurationVar(&c.settle, "settle", 15*time.Second, "idle: how long the nodes poll before the RSS is read")
+	fs.DurationVar(&c.settle, "settle", 30*time.Second, "idle: how long the nodes poll; the RSS is the median of readings every second in its second half")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "rpcs: how long each level of concurrency lasts")
 	fs.StringVar(&c.profile, "profile", "", "write the SuperLink's CPU profile, heap profile and log of each run into this folder (builds flower-superlink with -tags sepal_pprof)")
 	fs.BoolVar(&c.trace, "trace", false, "with --profile, also write an execution trace of each run (go tool trace)")
