@@ -6,17 +6,14 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/pgtest"
 	"github.com/sepal-fl/sepal/internal/testkit"
 )
@@ -70,61 +67,15 @@ func bin(t testing.TB, name string) string {
 }
 
 // freeAddr returns a loopback address whose port (TCP and UDP) was free a
-// moment ago, for a process the test starts next. The port is drawn at
-// random below the kernel's ephemeral range rather than taken from ":0":
-// a ":0" port is an ephemeral one, and the many outgoing connections these
-// tests make can take it between this check and the child's bind (seen as
-// "address already in use"). No port is handed out twice in one run.
+// moment ago, for a process the test starts next (load.FreeAddr: drawn
+// below the kernel's ephemeral range, never twice in one run).
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	lo := ephemeralLow()
-	for range 200 {
-		port := 10000 + rand.IntN(lo-10000)
-		portsMu.Lock()
-		taken := portsGiven[port]
-		portsGiven[port] = true
-		portsMu.Unlock()
-		if taken {
-			continue
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err != nil {
-			continue
-		}
-		u.Close()
-		return addr
-	}
-	t.Fatal("no free loopback port found below the ephemeral range")
-	return ""
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
-)
-
-// ephemeralLow is the first port of the kernel's ephemeral range (32768 when
-// it cannot be read).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	addr, err := load.FreeAddr()
 	if err != nil {
-		return 32768
+		t.Fatal(err)
 	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 32768
-	}
-	lo, err := strconv.Atoi(f[0])
-	if err != nil || lo <= 11000 {
-		return 32768
-	}
-	return lo
+	return addr
 }
 
 // proc is a process started by a test; its output (stdout and stderr

@@ -330,11 +330,13 @@ func writeCertificates(dir string) (ca, cert, key string, err error) {
 	return ca, cert, key, nil
 }
 
-// FreeAddr returns a loopback address whose TCP port was free a moment
-// ago, for a process started next. The port is drawn at random below the
-// kernel's ephemeral range: a ":0" port is an ephemeral one, which the many
-// outgoing connections of a load run can take before the child binds it.
-// No port is handed out twice by one process.
+// FreeAddr returns a loopback address whose port (TCP and UDP) was free a
+// moment ago, for a process started next. The port is drawn at random
+// below the kernel's ephemeral range: a ":0" port is an ephemeral one,
+// which the many outgoing connections of a load run or a test suite can
+// take between this check and the child's bind (seen as "address already
+// in use"). No port is handed out twice by one process. Safe for
+// concurrent use.
 func FreeAddr() (string, error) {
 	lo := ephemeralLow()
 	for range 200 {
@@ -351,7 +353,12 @@ func FreeAddr() (string, error) {
 		if err != nil {
 			continue
 		}
+		u, err := net.ListenPacket("udp", addr)
 		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
 		return addr, nil
 	}
 	return "", errors.New("no free loopback port found below the ephemeral range")
