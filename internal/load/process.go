@@ -268,16 +268,10 @@ func readCPU(pid int) (time.Duration, error) {
 }
 
 func readStat(pid int) (stat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fs, err := statFields(pid)
 	if err != nil {
 		return stat{}, err
 	}
-	// The command name (field 2) is in parentheses and may hold spaces.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return stat{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	fs := strings.Fields(string(b[i+1:]))
 	// fs[0] is field 3 (state); minflt is field 10, utime and stime are
 	// fields 14 and 15.
 	if len(fs) < 13 {
