@@ -207,18 +207,21 @@ func crashProxy(t *testing.T, l *crashLink, target string, up, down string) stri
 	return lis.Addr().String()
 }
 
-// crashClient is a node's ClientApp whose training adds 1 to every
-// parameter, so that after r rounds of FedAvg every parameter is exactly r.
-type crashClient struct {
-	l    *crashLink
-	fits *atomic.Int64 // Fit calls of all nodes
+// addOneClient is a node's ClientApp whose training adds 1 to every
+// parameter, so that after r rounds of FedAvg every parameter is exactly r,
+// and that calls onFit (if set) with the number of Fit calls of all nodes
+// so far. Its model is one float32 array of size bytes.
+type addOneClient struct {
+	size  int
+	fits  *atomic.Int64
+	onFit func(n int64)
 }
 
-func (c *crashClient) GetParameters(context.Context, app.Config) ([]app.Array, error) {
-	return []app.Array{app.Float32s(make([]float32, crashModelBytes/4))}, nil
+func (c *addOneClient) GetParameters(context.Context, app.Config) ([]app.Array, error) {
+	return []app.Array{app.Float32s(make([]float32, c.size/4))}, nil
 }
 
-func (c *crashClient) Fit(ctx context.Context, params []app.Array, _ app.Config) (app.FitRes, error) {
+func (c *addOneClient) Fit(_ context.Context, params []app.Array, _ app.Config) (app.FitRes, error) {
 	vals, err := params[0].Float32s()
 	if err != nil {
 		return app.FitRes{}, err
@@ -226,14 +229,14 @@ func (c *crashClient) Fit(ctx context.Context, params []app.Array, _ app.Config)
 	for i := range vals {
 		vals[i]++
 	}
-	c.fits.Add(1)
-	if c.l.hit("fit", 0) {
-		time.Sleep(100 * time.Millisecond) // the push comes after the stop
+	n := c.fits.Add(1)
+	if c.onFit != nil {
+		c.onFit(n)
 	}
 	return app.FitRes{Parameters: []app.Array{app.Float32s(vals)}, NumExamples: 1}, nil
 }
 
-func (c *crashClient) Evaluate(_ context.Context, params []app.Array, _ app.Config) (app.EvaluateRes, error) {
+func (c *addOneClient) Evaluate(_ context.Context, params []app.Array, _ app.Config) (app.EvaluateRes, error) {
 	vals, err := params[0].Float32s()
 	if err != nil {
 		return app.EvaluateRes{}, err
@@ -269,8 +272,14 @@ func crashRun(t *testing.T, sig syscall.Signal, kills int) {
 		go func() {
 			nodeErr <- app.RunNode(nctx, app.NodeOptions{
 				Server: pFleet, TLS: tlsOpts, PollInterval: 20 * time.Millisecond,
-				Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-				NewClient: func(int64) app.ClientApp { return &crashClient{l: l, fits: &fits} },
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				NewClient: func(int64) app.ClientApp {
+					return &addOneClient{size: crashModelBytes, fits: &fits, onFit: func(int64) {
+						if l.hit("fit", 0) {
+							time.Sleep(100 * time.Millisecond) // the push comes after the stop
+						}
+					}}
+				},
 			})
 		}()
 	}

@@ -30,42 +30,6 @@ import (
 // pgModelBytes is the model of these runs: one float32 array.
 const pgModelBytes = 512 << 10
 
-// addOneClient is a node's ClientApp whose training adds 1 to every
-// parameter, so that after r rounds of FedAvg every parameter is exactly r,
-// and that calls onFit (if set) with the number of Fit calls of all nodes
-// so far.
-type addOneClient struct {
-	fits  *atomic.Int64
-	onFit func(n int64)
-}
-
-func (c *addOneClient) GetParameters(context.Context, app.Config) ([]app.Array, error) {
-	return []app.Array{app.Float32s(make([]float32, pgModelBytes/4))}, nil
-}
-
-func (c *addOneClient) Fit(_ context.Context, params []app.Array, _ app.Config) (app.FitRes, error) {
-	vals, err := params[0].Float32s()
-	if err != nil {
-		return app.FitRes{}, err
-	}
-	for i := range vals {
-		vals[i]++
-	}
-	n := c.fits.Add(1)
-	if c.onFit != nil {
-		c.onFit(n)
-	}
-	return app.FitRes{Parameters: []app.Array{app.Float32s(vals)}, NumExamples: 1}, nil
-}
-
-func (c *addOneClient) Evaluate(_ context.Context, params []app.Array, _ app.Config) (app.EvaluateRes, error) {
-	vals, err := params[0].Float32s()
-	if err != nil {
-		return app.EvaluateRes{}, err
-	}
-	return app.EvaluateRes{Loss: float64(vals[0]), NumExamples: 1}, nil
-}
-
 // pgFedAvg runs a FedAvg of one node per fleet address (each its own
 // SuperLink or the same) and a server app on driver, and checks that every
 // round averaged every node and the model ends at rounds.
@@ -81,7 +45,7 @@ func pgFedAvg(t *testing.T, ctx context.Context, tlsOpts transport.ClientOptions
 			defer wg.Done()
 			err := app.RunNode(nctx, app.NodeOptions{
 				Server: fleet, TLS: tlsOpts, PollInterval: 50 * time.Millisecond, Logger: quiet,
-				NewClient: func(int64) app.ClientApp { return &addOneClient{fits: &fits, onFit: onFit} },
+				NewClient: func(int64) app.ClientApp { return &addOneClient{size: pgModelBytes, fits: &fits, onFit: onFit} },
 			})
 			if err != nil && nctx.Err() == nil {
 				t.Errorf("node on %s: %v", fleet, err)
