@@ -159,17 +159,11 @@ func parseClientArgs(role string, args []string, out io.Writer) (*clientFlags, e
 		}
 		seen[n] = true
 	}
-	kt, err := selfsigned.ParseKeyType(keyType)
+	kt, err := checkIssueFlags(keyType, c.days, c.dir, "the CA's folder")
 	if err != nil {
-		return nil, cli.Usagef("--key-type %q: use one of ecdsa-p256, rsa-2048, rsa-3072, rsa-4096, ed25519", keyType)
+		return nil, err
 	}
 	c.keyType = kt
-	if c.days < 1 {
-		return nil, cli.Usagef("--days %d: must be 1 or more", c.days)
-	}
-	if c.dir == "" {
-		return nil, cli.Usagef("--dir is empty: give the CA's folder, such as certificates")
-	}
 	if fs.Changed("days") {
 		c.days = -c.days // given: refuse rather than clamp to the CA
 	}

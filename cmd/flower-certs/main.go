@@ -83,6 +83,23 @@ type config struct {
 
 // parseArgs parses the command line (without the program name); --help
 // prints the usage to out.
+// checkIssueFlags checks the flags every certificate-issuing command
+// shares: --key-type (returned parsed), --days and --dir (what it names,
+// for the message).
+func checkIssueFlags(keyType string, days int, dir, dirIs string) (selfsigned.KeyType, error) {
+	kt, err := selfsigned.ParseKeyType(keyType)
+	if err != nil {
+		return "", cli.Usagef("--key-type %q: use one of ecdsa-p256, rsa-2048, rsa-3072, rsa-4096, ed25519", keyType)
+	}
+	if days < 1 {
+		return "", cli.Usagef("--days %d: must be 1 or more", days)
+	}
+	if dir == "" {
+		return "", cli.Usagef("--dir is empty: give %s, such as certificates", dirIs)
+	}
+	return kt, nil
+}
+
 func parseArgs(args []string, out io.Writer) (*config, error) {
 	c := &config{args: args}
 	fs := cli.NewFlagSet(command, out)
@@ -101,17 +118,11 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	}
 	c.daysGiven = fs.Changed("days")
 	c.shaped = fs.Changed("host") || fs.Changed("days") || fs.Changed("key-type")
-	kt, err := selfsigned.ParseKeyType(keyType)
+	kt, err := checkIssueFlags(keyType, c.days, c.dir, "a folder")
 	if err != nil {
-		return nil, cli.Usagef("--key-type %q: use one of ecdsa-p256, rsa-2048, rsa-3072, rsa-4096, ed25519", keyType)
+		return nil, err
 	}
 	c.keyType = kt
-	if c.days < 1 {
-		return nil, cli.Usagef("--days %d: must be 1 or more", c.days)
-	}
-	if c.dir == "" {
-		return nil, cli.Usagef("--dir is empty: give a folder, such as certificates")
-	}
 	for i, h := range c.hosts {
 		c.hosts[i] = strings.TrimSpace(h)
 		if c.hosts[i] == "" {
