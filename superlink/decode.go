@@ -6,7 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash"
-	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strings"
 	"sync"
@@ -368,6 +368,15 @@ var heapSamples = sync.Pool{New: func() any {
 // (GOGC=100), arrays and frames no longer used stayed in memory next to
 // new ones and raised the peak by half. A collection of a heap that is
 // mostly arrays (which hold no pointers) costs a few milliseconds.
+//
+// The collection also gives the freed pages back to the system
+// (debug.FreeOSMemory): with --database, the state's small allocations
+// between arrays left the freed space of an array in pieces, the next
+// array took fresh pages, and the old ones stayed resident until the
+// runtime's slow scavenger came by. With the pages given back at once,
+// the peak RSS of the 2-node FedAvg run on SQLite went from 195 to
+// 163 MiB (16 nodes: 646 to 545-581 MiB), in memory unchanged (155 MiB),
+// for a few percent more system time in page faults.
 func collectFor(n int) {
 	if n < collectMin {
 		return
@@ -377,6 +386,6 @@ func collectFor(n int) {
 	objects, live := s[0].Value.Uint64(), s[1].Value.Uint64()
 	heapSamples.Put(s)
 	if objects > live && objects-live >= uint64(n) {
-		runtime.GC()
+		debug.FreeOSMemory()
 	}
 }
