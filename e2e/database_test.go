@@ -244,6 +244,33 @@ func (c *addOneClient) Evaluate(_ context.Context, params []app.Array, _ app.Con
 	return app.EvaluateRes{Loss: float64(vals[0]), NumExamples: 1}, nil
 }
 
+// checkAddOneRun fails t unless the FedAvg run of addOneClient nodes
+// summed up in sum did every round with every node: each round's model is
+// its number, and the final parameters are all rounds.
+func checkAddOneRun(t *testing.T, sum *app.Summary, rounds, nodes int) {
+	t.Helper()
+	if len(sum.Rounds) != rounds {
+		t.Fatalf("%d rounds done, want %d", len(sum.Rounds), rounds)
+	}
+	for _, r := range sum.Rounds {
+		if r.Nodes != nodes {
+			t.Errorf("round %d averaged %d nodes, want %d (a result lost)", r.Round, r.Nodes, nodes)
+		}
+		if want := float64(r.Round); r.EvalLoss != want {
+			t.Errorf("round %d: model at %v, want %v (a result lost, repeated or stale)", r.Round, r.EvalLoss, want)
+		}
+	}
+	vals, err := sum.Parameters[0].Float32s()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vals {
+		if v != float32(rounds) {
+			t.Fatalf("final parameter %d is %v, want %d", i, v, rounds)
+		}
+	}
+}
+
 func crashRun(t *testing.T, sig syscall.Signal, kills int) {
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
@@ -319,27 +346,7 @@ func crashRun(t *testing.T, sig syscall.Signal, kills int) {
 			t.Errorf("never stopped at %s", pt)
 		}
 	}
-	// Every round averaged every node; the model is exactly rounds.
-	if len(sum.Rounds) != rounds {
-		t.Fatalf("%d rounds done, want %d", len(sum.Rounds), rounds)
-	}
-	for _, r := range sum.Rounds {
-		if r.Nodes != nodes {
-			t.Errorf("round %d averaged %d nodes, want %d (a result lost)", r.Round, r.Nodes, nodes)
-		}
-		if want := float64(r.Round); r.EvalLoss != want {
-			t.Errorf("round %d: model at %v, want %v (a result lost, repeated or stale)", r.Round, r.EvalLoss, want)
-		}
-	}
-	vals, err := sum.Parameters[0].Float32s()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, v := range vals {
-		if v != float32(rounds) {
-			t.Fatalf("final parameter %d is %v, want %d", i, v, rounds)
-		}
-	}
+	checkAddOneRun(t, sum, rounds, nodes)
 
 	// The file: each TaskIns the ServerApp waited for gave one result
 	// (get_parameters, then train and evaluate per node per round).

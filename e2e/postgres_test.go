@@ -64,26 +64,7 @@ func pgFedAvg(t *testing.T, ctx context.Context, tlsOpts transport.ClientOptions
 	if err != nil {
 		t.Fatalf("the FedAvg run failed: %v", err)
 	}
-	if len(sum.Rounds) != rounds {
-		t.Fatalf("%d rounds done, want %d", len(sum.Rounds), rounds)
-	}
-	for _, r := range sum.Rounds {
-		if r.Nodes != len(fleets) {
-			t.Errorf("round %d averaged %d nodes, want %d (a result lost)", r.Round, r.Nodes, len(fleets))
-		}
-		if want := float64(r.Round); r.EvalLoss != want {
-			t.Errorf("round %d: model at %v, want %v (a result lost, repeated or stale)", r.Round, r.EvalLoss, want)
-		}
-	}
-	vals, err := sum.Parameters[0].Float32s()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, v := range vals {
-		if v != float32(rounds) {
-			t.Fatalf("final parameter %d is %v, want %d", i, v, rounds)
-		}
-	}
+	checkAddOneRun(t, sum, rounds, len(fleets))
 }
 
 // dialTLS opens a gRPC client to addr trusting the SuperLink's CA.
