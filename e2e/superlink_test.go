@@ -381,6 +381,7 @@ func TestSuperLinkFlags(t *testing.T) {
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
 	free := []string{"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t)}
+	noDB := freeAddr(t) // nothing listens there
 	tests := []struct {
 		name string
 		args []string
@@ -397,8 +398,8 @@ func TestSuperLinkFlags(t *testing.T) {
 		{"ssl incomplete", []string{"--ssl-certfile", slCert, "--ssl-keyfile", slKey}, 2, []string{"needs --ssl-ca-certfile"}},
 		{"database", append(append([]string{}, slSeedArgs...), "--database", "postgres://sepal:secret@db.invalid/sepal"), 1, []string{"--database postgres://sepal:xxxxx@db.invalid/sepal: the server's host name does not resolve"}},
 		{"database empty", append(append([]string{}, slSeedArgs...), "--database", ""), 2, []string{"--database is empty: give a file"}},
-		{"database unreachable", append(append([]string{}, slSeedArgs...), "--database", "postgres://sepal:secret@127.0.0.1:1/sepal"), 1,
-			[]string{"--database postgres://sepal:xxxxx@127.0.0.1:1/sepal: cannot reach the server"}},
+		{"database unreachable", append(append([]string{}, slSeedArgs...), "--database", "postgres://sepal:secret@"+noDB+"/sepal"), 1,
+			[]string{"--database postgres://sepal:xxxxx@" + noDB + "/sepal: cannot reach the server"}},
 		{"positional argument", append(append([]string{}, slSeedArgs...), "server:app"), 2, []string{`unexpected argument "server:app"`}},
 		{"unknown flag", append(append([]string{}, slSeedArgs...), "--bogus"), 2, []string{"--bogus"}},
 		{"version", []string{"--version"}, 0, []string{"flower-superlink " + cli.Version}},

@@ -258,6 +258,26 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 	if err != nil {
 		return err
 	}
+	// pgRead adds PostgreSQL's CPU time once the SuperLink has stopped,
+	// before anything else (the TLS floor) runs beside the server.
+	pgRead := false
+	readPG := func(exit load.Exit) error {
+		if pg == nil || pgRead {
+			return nil
+		}
+		pgRead = true
+		// The SuperLink's connections are closed: their backends' time is
+		// the postmaster's children time once it has waited for them, a
+		// moment after.
+		time.Sleep(500 * time.Millisecond)
+		cpu, err := pg.CPU()
+		if err != nil {
+			return err
+		}
+		figs.add("postgres_cpu_s", "s", (cpu - pgCPU0).Seconds())
+		figs.add("superlink_and_postgres_cpu_s", "s", (cpu - pgCPU0 + exit.CPU).Seconds())
+		return nil
+	}
 	defer func() {
 		exit := s.Stop()
 		if err == nil && exit.Err != nil {
@@ -267,19 +287,7 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 			figs.add("superlink_cpu_s", "s", exit.CPU.Seconds())
 			figs.add("superlink_cpu_user_s", "s", exit.User.Seconds())
 			figs.add("superlink_cpu_sys_s", "s", exit.Sys.Seconds())
-		}
-		if err == nil && pg != nil {
-			// The SuperLink's connections are closed: their backends' time
-			// is the postmaster's children time once it has waited for
-			// them, a moment after.
-			time.Sleep(500 * time.Millisecond)
-			cpu, perr := pg.CPU()
-			if perr != nil {
-				err = perr
-				return
-			}
-			figs.add("postgres_cpu_s", "s", (cpu - pgCPU0).Seconds())
-			figs.add("superlink_and_postgres_cpu_s", "s", (cpu - pgCPU0 + exit.CPU).Seconds())
+			err = readPG(exit)
 		}
 	}()
 	switch c.mode {
@@ -314,6 +322,9 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 		exit := s.Stop()
 		if exit.Err != nil {
 			return fmt.Errorf("flower-superlink did not stop cleanly: %v (log: %s)", exit.Err, s.LogFile)
+		}
+		if err := readPG(exit); err != nil {
+			return err
 		}
 		floor, err := load.Floor(ctx, s, o.MovedEachWay(), o.MovedEachWay(), int(o.Payload()))
 		if err != nil {
