@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,31 +13,21 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/transport"
 )
 
 const mib = 1 << 20
 
-// vm reads a field of /proc/PID/status ("VmHWM", "VmRSS") in bytes.
-func vm(t testing.TB, pid int, field string) int64 {
+// vm reads the current and peak RSS of process pid.
+func vm(t testing.TB, pid int) load.Memory {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	m, err := load.ReadMemory(pid)
 	if err != nil {
-		t.Fatalf("reading the status of process %d: %v", pid, err)
+		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			f := strings.Fields(rest)
-			kb, err := strconv.ParseInt(f[0], 10, 64)
-			if err != nil || len(f) != 2 || f[1] != "kB" {
-				t.Fatalf("unexpected %s line %q", field, line)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return m
 }
 
 // attackSpec is one raw HTTP/2 attack: streams calls of method on one
@@ -133,13 +121,13 @@ func TestAttackSmallMethodBodies(t *testing.T) {
 	slFlowerCerts(t, dir)
 	sl := slStart(t, dir, slSeedArgs...)
 	pid := sl.cmd.Process.Pid
-	before := vm(t, pid, "VmHWM")
+	before := vm(t, pid).HWM
 	res, took := attack(t, sl.fleet, slTLS(t, dir), attackSpec{
 		method: "/flwr.proto.Fleet/CreateNode", streams: 4, declared: 536870000, sent: 150e6,
 	})
 	time.Sleep(time.Second) // whatever the SuperLink still reads
-	hwm := vm(t, pid, "VmHWM")
-	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid, "VmRSS")/mib)
+	hwm := vm(t, pid).HWM
+	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid).RSS/mib)
 	for _, r := range res {
 		t.Logf("%s", r.String())
 		if !r.Trailers || r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "1 MiB") {
@@ -174,7 +162,7 @@ func TestAttackLargePushes(t *testing.T) {
 	slFlowerCerts(t, dir)
 	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--max-inflight-bytes", "256MiB")...)
 	pid := sl.cmd.Process.Pid
-	before := vm(t, pid, "VmHWM")
+	before := vm(t, pid).HWM
 	const size = 200e6
 	head := testkit.PushTaskResHead(1, 2, "6fc3d49b-fcc5-4c29-9be3-8c684ba3f7a1", size)
 	res, took := attack(t, sl.fleet, slTLS(t, dir), attackSpec{
@@ -182,8 +170,8 @@ func TestAttackLargePushes(t *testing.T) {
 		head: func(int) []byte { return head }, end: true,
 	})
 	time.Sleep(time.Second)
-	hwm := vm(t, pid, "VmHWM")
-	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid, "VmRSS")/mib)
+	hwm := vm(t, pid).HWM
+	t.Logf("VmHWM %d MiB before, %d MiB after the attack (%v); VmRSS now %d MiB", before/mib, hwm/mib, took.Round(time.Millisecond), vm(t, pid).RSS/mib)
 	admitted := 0
 	for _, r := range res {
 		t.Logf("%s", r.String())

@@ -168,7 +168,7 @@ func TestFloor(t *testing.T) {
 }
 
 func TestReadProc(t *testing.T) {
-	m, err := readMemory(os.Getpid())
+	m, err := ReadMemory(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}

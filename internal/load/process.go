@@ -197,9 +197,11 @@ type Memory struct {
 }
 
 // Memory reads the SuperLink's current and peak RSS.
-func (s *SuperLink) Memory() (Memory, error) { return readMemory(s.PID()) }
+func (s *SuperLink) Memory() (Memory, error) { return ReadMemory(s.PID()) }
 
-func readMemory(pid int) (Memory, error) {
+// ReadMemory reads the current and peak RSS of process pid from
+// /proc/PID/status.
+func ReadMemory(pid int) (Memory, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return Memory{}, err

@@ -136,7 +136,7 @@ func TreePeakRSS(root int) (peak int64, pid int, err error) {
 		return 0, 0, err
 	}
 	for p := range in {
-		m, err := readMemory(p)
+		m, err := ReadMemory(p)
 		if err != nil {
 			continue
 		}
