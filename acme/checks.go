@@ -152,17 +152,23 @@ func caUnreachable(err error, caURL string) string {
 // userHome is $HOME, else the home folder of the running user in the
 // user database (for a service started without HOME), else "".
 func userHome() string {
-	if h, err := os.UserHomeDir(); err == nil && h != "" {
+	if h, err := os.UserHomeDir(); err == nil && usableHome(h) {
 		return h
 	}
-	u, err := user.Current()
-	if err != nil || u.HomeDir == "" || u.HomeDir == "/" {
-		return ""
+	if u, err := user.Current(); err == nil && usableHome(u.HomeDir) {
+		return u.HomeDir
 	}
-	if fi, err := os.Stat(u.HomeDir); err != nil || !fi.IsDir() {
-		return "" // such as /nonexistent
+	return ""
+}
+
+// usableHome tells whether h can hold the storage: not "/" (systemd's HOME
+// for DynamicUser=), and an existing folder (not /nonexistent, nobody's).
+func usableHome(h string) bool {
+	if h == "" || h == "/" {
+		return false
 	}
-	return u.HomeDir
+	fi, err := os.Stat(h)
+	return err == nil && fi.IsDir()
 }
 
 // systemStorage is the storage folder when the user has no home folder:

@@ -124,9 +124,17 @@ func TestCheckStorage(t *testing.T) {
 // the current folder.
 func TestDefaultStorageWithoutHome(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", "")
-	t.Setenv("HOME", "/home/someone")
-	if got := DefaultStorage(); got != "/home/someone/.local/share/sepal/acme" {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	if got := DefaultStorage(); got != filepath.Join(home, ".local/share/sepal/acme") {
 		t.Errorf("with HOME: %q", got)
+	}
+	// systemd's HOME for DynamicUser= and nobody's are no homes.
+	for _, h := range []string{"/", filepath.Join(home, "nonexistent")} {
+		t.Setenv("HOME", h)
+		if got := DefaultStorage(); strings.HasPrefix(got, filepath.Join(h, ".local")) {
+			t.Errorf("with HOME=%s: %q, want the user database's home or the system place", h, got)
+		}
 	}
 	t.Setenv("HOME", "")
 	got := DefaultStorage()

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // syncLoop is the background check of storage for newer certificates.
@@ -124,8 +126,8 @@ func (b *certmagicBackend) syncDomain(ctx context.Context, domain string, o Opti
 	b.syncOK(domain)
 	o.emit(EventLoad, domain, nil) // renewed by another process: a load here
 	o.Logger.Info("serving a certificate renewed by another process sharing the storage", "domain", domain,
-		"serial", cert.Leaf.SerialNumber.Text(16), "expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
-		"previous_serial", newest.SerialNumber.Text(16))
+		"serial", certfmt.Serial(cert.Leaf.SerialNumber), "expiry", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
+		"previous_serial", certfmt.Serial(newest.SerialNumber))
 }
 
 func (b *certmagicBackend) syncFailed(domain string, level slog.Level, msg string, err error, o Options) {

@@ -17,6 +17,9 @@ func checkAddresses(c *config) error {
 	if c.mode == modeACME && c.acme.challenge == acme.ChallengeHTTP01 {
 		ls = append(ls, listener{"--acme-http-address", c.acme.httpAddress, ":80"})
 	}
+	if c.metrics != nil && c.metrics.address != "" {
+		ls = append(ls, listener{"--" + metricsAddressFlag, c.metrics.address, "127.0.0.1:9100"})
+	}
 	for _, l := range ls {
 		if err := cli.CheckListenAddress(l.flag, l.addr, l.example); err != nil {
 			return err

@@ -25,6 +25,8 @@ func TestImpossibleAddresses(t *testing.T) {
 		{[]string{"--insecure", "--driver-api-address", "127.0.0.1:7000", "--grpc-rere-fleet-api-address", "127.0.0.1:7000"}, "take the same port"},
 		{append(acme, "--acme-http-address", ":9092"), "--grpc-rere-fleet-api-address 0.0.0.0:9092 and --acme-http-address :9092 take the same port"},
 		{append(acme, "--acme-http-address", ":99999"), `--acme-http-address ":99999": port 99999 is out of range`},
+		{[]string{"--insecure", "--metrics-address", "127.0.0.1:9092"}, "--grpc-rere-fleet-api-address 0.0.0.0:9092 and --metrics-address 127.0.0.1:9092 take the same port"},
+		{[]string{"--insecure", "--metrics-address", "127.0.0.1:99999"}, `--metrics-address "127.0.0.1:99999": port 99999 is out of range`},
 	} {
 		_, err := parseArgs(tc.args, io.Discard)
 		var ue *cli.UsageError
