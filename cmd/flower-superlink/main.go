@@ -258,11 +258,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if src != nil {
 		creds = transport.ServerCredentials(src)
 		if r, ok := src.(transport.Runner); ok {
+			ran := make(chan struct{})
 			go func() {
+				defer close(ran)
 				if err := r.Run(ctx); err != nil {
 					cancel(fmt.Errorf("certificate source stopped: %w", err))
 				}
 			}()
+			// On the way out, after ctx is cancelled: the source's Run
+			// ends before the process does (a shared ACME storage then
+			// releases its locks, so other SuperLinks need not wait for
+			// their leases).
+			defer func() { <-ran }()
+			defer cancel(nil)
 		}
 	}
 
