@@ -46,8 +46,14 @@ type State interface {
 	// without error, for an unknown node, as 1.8.0.
 	Ping(ctx context.Context, nodeID int64, pingInterval float64, identity string) (bool, error)
 	// PullTaskIns hands at most one undelivered TaskIns to the node,
-	// marking it delivered so that it is never handed out again, to this
-	// node or any other, by any State on the same store. An unknown node
+	// marking it delivered so that it is never handed out to another node,
+	// by any State on the same store, nor again to this one, with one
+	// exception: a State on a database (sqlstate) hands an unanswered
+	// TaskIns again to the same node when the State that delivered it is
+	// gone (closed or died), or when its delivery's commit failed with the
+	// connection (the node was told the call failed), since the node then
+	// never got it. A TaskIns already answered (its NODE_UNAVAILABLE result
+	// made up while the node was away) is never handed out. An unknown node
 	// gets nothing, as 1.8.0.
 	PullTaskIns(ctx context.Context, nodeID int64, identity string) ([]*flwrproto.TaskIns, error)
 	// PushTaskRes stores results, all or none, and returns their new ids.
@@ -69,9 +75,11 @@ type State interface {
 	// PushTaskIns stores TaskIns, all or none, and returns their new ids.
 	PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]string, error)
 	// PullTaskRes returns the results of the given TaskIns, in the order
-	// asked, and forgets each pair delivered. For a TaskIns without result
-	// whose consumer is offline or deleted it makes up the NODE_UNAVAILABLE
-	// result, as 1.8.0.
+	// asked. A pair delivered is kept until the run's next PullTaskRes that
+	// no longer asks for it (the ServerApp has the result then), and is
+	// forgotten then; asked again before that, it is delivered again. For
+	// a TaskIns without result whose consumer is offline or deleted it
+	// makes up the NODE_UNAVAILABLE result, as 1.8.0.
 	PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error)
 
 	// Sweep notices nodes that missed their ping (logging their leaving

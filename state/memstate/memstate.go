@@ -52,13 +52,16 @@ type run struct {
 type insEntry struct {
 	// msg is the TaskIns; nil once its result was delivered (its arrays are
 	// released then, and the fields below are all that is still needed).
-	msg          *flwrproto.TaskIns
-	run          int64
-	consumer     int64
-	identity     string    // of its consumer node when it was pushed
-	expires      time.Time // pushed_at + ttl + ExpiryGrace: the sweep forgets it then
-	delivered    bool
-	answered     bool // a TaskRes for it is stored (made up, for NODE_UNAVAILABLE)
+	msg       *flwrproto.TaskIns
+	run       int64
+	consumer  int64
+	identity  string    // of its consumer node when it was pushed
+	expires   time.Time // pushed_at + ttl + ExpiryGrace: the sweep forgets it then
+	delivered bool
+	// answered: a TaskRes for it is stored, its node's or the
+	// NODE_UNAVAILABLE one PullTaskRes made up (then the TaskIns may be
+	// undelivered, and is never delivered after).
+	answered     bool
 	resDelivered bool // PullTaskRes delivered that TaskRes
 	blobs        []*blob
 }
@@ -178,7 +181,8 @@ func (s *State) DeleteNode(_ context.Context, id int64, identity string) error {
 		}
 	}
 	// Its undelivered TaskIns stay: the next PullTaskRes for them answers
-	// with the NODE_UNAVAILABLE result and deletes them.
+	// with the NODE_UNAVAILABLE result (the pairs are forgotten once the
+	// run's ServerApp no longer asks for them).
 	undelivered := 0
 	for _, tid := range n.queue {
 		if e := s.ins[tid]; e != nil && !e.delivered {
@@ -328,19 +332,26 @@ func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]str
 			return nil, state.ErrConsumerNotFound(i, c)
 		}
 	}
-	ids := make([]string, len(list))
-	now := s.now()
-	pushed := state.Seconds(now)
-	for i, t := range list {
+	// Every id before anything is stored: a failing rand leaves no TaskIns
+	// of the list behind.
+	tids := make([]uuid.UUID, len(list))
+	for i := range list {
 		id, err := state.NewTaskID(s.rand)
 		if err != nil {
 			return nil, err
 		}
-		for s.ins[id] != nil {
+		for s.ins[id] != nil || slices.Contains(tids[:i], id) {
 			if id, err = state.NewTaskID(s.rand); err != nil {
 				return nil, err
 			}
 		}
+		tids[i] = id
+	}
+	ids := make([]string, len(list))
+	now := s.now()
+	pushed := state.Seconds(now)
+	for i, t := range list {
+		id := tids[i]
 		t.TaskId = id.String()
 		t.Task.PushedAt = pushed
 		n := s.nodes[t.Task.Consumer.NodeId]
@@ -374,7 +385,10 @@ func (s *State) PullTaskIns(_ context.Context, id int64, identity string) ([]*fl
 		n.queue[0] = uuid.UUID{}
 		n.queue = n.queue[1:]
 		e := s.ins[tid]
-		if e == nil || e.delivered {
+		// Answered and never delivered: PullTaskRes made up its
+		// NODE_UNAVAILABLE result while the node was away (and may have
+		// released its message); the node does not get it now.
+		if e == nil || e.delivered || e.answered {
 			continue
 		}
 		e.delivered = true
@@ -439,13 +453,18 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 		late[i] = e.answered // a retry of a push that was stored
 		seen[p] = true
 	}
+	// Every id before anything is stored: a failing rand leaves no result
+	// of the list behind.
+	rids := make([]uuid.UUID, len(list))
+	for i := range list {
+		if rids[i], err = state.NewTaskID(s.rand); err != nil {
+			return nil, err
+		}
+	}
 	results := make(map[string]uint32, len(list))
 	pushed := state.Seconds(s.now())
 	for i, t := range list {
-		id, err := state.NewTaskID(s.rand)
-		if err != nil {
-			return nil, err
-		}
+		id := rids[i]
 		if late[i] {
 			s.ev.ResultDiscarded(parents[i], t.Task.Producer.NodeId)
 			results[id.String()] = 0

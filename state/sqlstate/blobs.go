@@ -279,6 +279,10 @@ func (c *blobCache) put(h sum, d []byte) []byte {
 	if len(d) == 0 {
 		return d
 	}
+	// Hashed before the lock: a pass over up to 512 MiB would block every
+	// FindBlob meanwhile. (The callers put content the cache mostly lacks,
+	// and an array the codec decoded has its hash noted already.)
+	hash := state.HashBlob(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.bySum[h]; e != nil {
@@ -289,7 +293,7 @@ func (c *blobCache) put(h sum, d []byte) []byte {
 		c.removeLocked(e)
 	}
 	d = d[:len(d):len(d)]
-	e := &cacheEntry{sum: h, hash: state.HashBlob(d), n: len(d), firm: d, weak: weak.Make(&d[0]), lastUse: c.now()}
+	e := &cacheEntry{sum: h, hash: hash, n: len(d), firm: d, weak: weak.Make(&d[0]), lastUse: c.now()}
 	c.bySum[h] = e
 	c.byHash[e.hash] = append(c.byHash[e.hash], e)
 	return d

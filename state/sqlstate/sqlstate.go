@@ -275,7 +275,8 @@ func (s *State) DeleteNode(ctx context.Context, id int64, identity string) error
 			return nil, err
 		}
 		// Its undelivered TaskIns stay: the next PullTaskRes for them
-		// answers with the NODE_UNAVAILABLE result and deletes them.
+		// answers with the NODE_UNAVAILABLE result (the pairs are
+		// forgotten once the run's ServerApp no longer asks for them).
 		var undelivered int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL`, id).Scan(&undelivered); err != nil {
 			return nil, err
@@ -554,14 +555,16 @@ func (s *State) keep(refs [][]blobRef) {
 
 // PullTaskIns hands at most one undelivered TaskIns to node id, marking it
 // delivered so that it is never handed out again, by any State on the
-// database.
+// database. A TaskIns already answered (NODE_UNAVAILABLE, made up while
+// its node was away) is not handed out.
 //
 // One exception, for crashes: a TaskIns delivered to the node by a State
 // that is no longer alive (it closed, or its process died: replicas.go),
 // and not answered, is handed to the same node again when it asks. A node
 // asks only when it has no task (a SuperNode pulls, answers, then pulls
 // again), so it did not get that one: the SuperLink stopped after
-// committing the delivery and before the response reached the node.
+// committing the delivery and before the response reached the node. So is
+// one whose delivery's commit failed with the connection (undeliver.go).
 func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*flwrproto.TaskIns, error) {
 	now := s.now()
 	me := s.replica.Load()
@@ -569,11 +572,11 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 	var taken int64 // the seq of the TaskIns delivered, 0 for none
 	err, maybe := s.writeMaybe(ctx, "PullTaskIns", func(tx *txn) (func(), error) {
 		out, taken = nil, 0
-		undone, err := s.undeliver(ctx, tx)
+		undid, err := s.undeliver(ctx, tx)
 		if err != nil {
 			return nil, err
 		}
-		after := func() { s.undelivered(undone) }
+		after := func() { s.undelivered(undid) }
 		known, ok, err := s.nodeIdentity(ctx, tx, id)
 		if err != nil || !ok {
 			return after, err
@@ -581,14 +584,16 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 		if identity != "" && identity != known {
 			return nil, state.ErrIdentity("PullTaskIns", id)
 		}
-		for {
+		for attempt := 1; ; attempt++ {
 			var seq int64
 			var by sql.NullInt64 // the replica that delivered it before
 			err := tx.QueryRowContext(ctx, `SELECT seq, delivered_by FROM task_ins WHERE consumer = $1 AND delivered_at IS NOT NULL AND answered = 0
 				AND NOT `+s.d.aliveSQL("task_ins.delivered_by")+` ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq, &by)
 			again := err == nil
 			if err == sql.ErrNoRows {
-				err = tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
+				// answered = 0: a TaskIns answered NODE_UNAVAILABLE while
+				// its node was away is not delivered when the node is back.
+				err = tx.QueryRowContext(ctx, `SELECT seq FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL AND answered = 0 ORDER BY seq LIMIT 1`+s.d.forUpdate+s.d.skipLocked, id).Scan(&seq)
 			}
 			if err == sql.ErrNoRows {
 				return after, nil
@@ -602,7 +607,16 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 				WHERE seq = $3 AND answered = 0 AND (delivered_at IS NULL OR NOT `+s.d.aliveSQL("task_ins.delivered_by")+`)
 				RETURNING id, msg`, micro(now), me, seq).Scan(&tid, &msg)
 			if err == sql.ErrNoRows {
-				continue // another State took it between the two statements
+				// The row is locked (SQLite: this transaction is the only
+				// writer; PostgreSQL: FOR UPDATE) and matched the SELECT,
+				// so only the liveness of the replica that delivered it
+				// before can have changed (a PostgreSQL replica whose lock
+				// was lost takes it again), and the next SELECT sees that.
+				// Anything else is a bug: fail rather than loop on the row.
+				if attempt < pickAttempts {
+					continue
+				}
+				return nil, status.Errorf(codes.Internal, "PullTaskIns: node %d: TaskIns seq %d matched the query that picks it %d times but never the update that delivers it", id, seq, attempt)
 			}
 			if err != nil {
 				return nil, err
@@ -633,6 +647,10 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 	}
 	return out, err
 }
+
+// pickAttempts bounds the TaskIns a PullTaskIns picks that its update then
+// does not match (see PullTaskIns).
+const pickAttempts = 4
 
 // PushTaskRes validates every TaskRes against the TaskIns it answers, then
 // stores them all or none.
@@ -767,9 +785,8 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 			var consumer, run int64
 			var answered bool
 			var resDelivered sql.NullInt64
-			var msg []byte
-			err := tx.QueryRowContext(ctx, `SELECT consumer, run_id, answered, res_delivered_at, msg FROM task_ins WHERE id = $1`+s.d.forUpdate, id).
-				Scan(&consumer, &run, &answered, &resDelivered, &msg)
+			err := tx.QueryRowContext(ctx, `SELECT consumer, run_id, answered, res_delivered_at FROM task_ins WHERE id = $1`+s.d.forUpdate, id).
+				Scan(&consumer, &run, &answered, &resDelivered)
 			if err == sql.ErrNoRows {
 				continue
 			}
@@ -806,6 +823,12 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 					}
 					missed = append(missed, missedPing{consumer, pi})
 				case err != nil && err != sql.ErrNoRows:
+					return nil, err
+				}
+				// The TaskIns's message only now: the result made up
+				// from it is the one case that needs it.
+				var msg []byte
+				if err := tx.QueryRowContext(ctx, `SELECT msg FROM task_ins WHERE id = $1`, id).Scan(&msg); err != nil {
 					return nil, err
 				}
 				ins := &flwrproto.TaskIns{}

@@ -31,30 +31,47 @@ type undoQueue struct {
 // undoRetry is how often the retry loop tries the database.
 const undoRetry = 500 * time.Millisecond
 
-// undeliver clears, in tx, the deliveries queued, and returns them, to be
-// passed to undelivered once tx commits.
-func (s *State) undeliver(ctx context.Context, tx *txn) ([]undelivery, error) {
+// undone is what undeliver did in a transaction: the deliveries it took
+// off the queue, and how many of them it cleared (the others were not
+// committed, or were answered since).
+type undone struct {
+	list    []undelivery
+	cleared int64
+}
+
+// undeliver clears, in tx, the deliveries queued, and returns what it did,
+// to be passed to undelivered once tx commits.
+func (s *State) undeliver(ctx context.Context, tx *txn) (undone, error) {
 	s.undo.mu.Lock()
 	list := slices.Clone(s.undo.list)
 	s.undo.mu.Unlock()
+	var cleared int64
 	for _, u := range list {
-		if _, err := tx.ExecContext(ctx, `UPDATE task_ins SET delivered_by = NULL WHERE seq = $1 AND delivered_at = $2 AND delivered_by = $3 AND answered = 0`,
-			u.seq, u.at, u.by); err != nil {
-			return nil, err
+		res, err := tx.ExecContext(ctx, `UPDATE task_ins SET delivered_by = NULL WHERE seq = $1 AND delivered_at = $2 AND delivered_by = $3 AND answered = 0`,
+			u.seq, u.at, u.by)
+		if err != nil {
+			return undone{}, err
 		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return undone{}, err
+		}
+		cleared += n
 	}
-	return list, nil
+	return undone{list: list, cleared: cleared}, nil
 }
 
-// undelivered takes done off the queue.
-func (s *State) undelivered(done []undelivery) {
-	if len(done) == 0 {
+// undelivered takes done off the queue, and logs the deliveries cleared.
+func (s *State) undelivered(done undone) {
+	if len(done.list) == 0 {
 		return
 	}
 	s.undo.mu.Lock()
 	defer s.undo.mu.Unlock()
-	s.undo.list = slices.DeleteFunc(s.undo.list, func(u undelivery) bool { return slices.Contains(done, u) })
-	s.log.Info("a task whose delivery failed with the database connection is ready to go to its node again", "tasks", len(done), "database", s.name)
+	s.undo.list = slices.DeleteFunc(s.undo.list, func(u undelivery) bool { return slices.Contains(done.list, u) })
+	if done.cleared > 0 {
+		s.log.Info("a task whose delivery failed with the database connection is ready to go to its node again", "tasks", done.cleared, "database", s.name)
+	}
 }
 
 // undeliverLater queues u and starts the retry loop if none runs.
@@ -77,7 +94,7 @@ func (s *State) undeliverLater(u undelivery) {
 			}
 			s.undo.mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			var done []undelivery
+			var done undone
 			_ = s.write(ctx, "PullTaskIns (clearing a failed delivery)", func(tx *txn) (func(), error) {
 				var err error
 				done, err = s.undeliver(ctx, tx)

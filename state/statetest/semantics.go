@@ -2,6 +2,7 @@ package statetest
 
 import (
 	"bytes"
+	"context"
 	"math"
 	"regexp"
 	"slices"
@@ -151,6 +152,21 @@ func testNodeUnavailable(t *testing.T, e *env) {
 	// Asked again (the response was lost): the same result again.
 	if again := must(e.s.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(again) != 1 || again[0].TaskId != r[0].TaskId {
 		t.Fatalf("made-up result asked for again: %v, want the same one", again)
+	}
+	// The node comes back and asks for work: the TaskIns is answered (made
+	// up), so it gets nothing, at once (a State that looped on it or
+	// dereferenced its released message would hang or panic here).
+	if ok, err := e.s.Ping(ctx, id, 30, ""); err != nil || !ok {
+		t.Fatalf("Ping of the node back: %v %v", ok, err)
+	}
+	quick, cancel := context.WithTimeout(ctx, 5*time.Second)
+	back, err := e.s.PullTaskIns(quick, id, "")
+	cancel()
+	if err != nil || len(back) != 0 {
+		t.Fatalf("PullTaskIns of the node back after its task was answered NODE_UNAVAILABLE: %v %v, want nothing", back, err)
+	}
+	if back := must(e.s.PullTaskRes(ctx, []string{ins.TaskId}))(t); len(back) != 1 || back[0].TaskId != r[0].TaskId {
+		t.Fatalf("made-up result asked for after the node came back: %v, want the same one", back)
 	}
 	first := ins
 

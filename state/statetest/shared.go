@@ -132,6 +132,9 @@ func concurrentRound(t *testing.T, e *env, states []state.State) {
 			}
 		}
 	}
+	if len(results) != len(pushed) {
+		t.Fatalf("%d results delivered of the %d TaskIns pushed before the test's deadline (%v)", len(results), len(pushed), ctx.Err())
+	}
 	for _, s := range states {
 		if st := e.stats(t, s); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Blobs != 0 || st.BlobBytes != 0 {
 			t.Errorf("pulled pairs not deleted, or arrays not released: %+v", st)
