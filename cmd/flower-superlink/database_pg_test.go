@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"strings"
@@ -98,22 +97,17 @@ func TestDatabasePostgresRefusals(t *testing.T) {
 	})
 }
 
-// TestDatabasePostgresPassword: a key/value connection string without a
-// password, the password in $PGPASSWORD: the SuperLink serves, and says
-// where its state is without the password.
-func TestDatabasePostgresPassword(t *testing.T) {
-	srv := pgtest.Shared(t)
-	dsn := pgtest.NewDatabase(t)
-	u, _ := url.Parse(dsn)
-	kv := srv.KeyValueDSN(strings.TrimPrefix(u.Path, "/"))
-	t.Setenv("PGPASSWORD", srv.Password)
+// serveOnce runs the SuperLink with --database dsn until it serves, then
+// stops it, and returns what it wrote to stdout and stderr.
+func serveOnce(t *testing.T, dsn string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stderr := &testkit.SyncBuffer{}
+	stdout, stderr := &testkit.SyncBuffer{}, &testkit.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--insecure", "--database", kv,
-			"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, io.Discard, stderr)
+		done <- run(ctx, []string{"--insecure", "--database", dsn,
+			"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, stdout, stderr)
 	}()
 	for !strings.Contains(stderr.String(), "msg=serving") {
 		select {
@@ -126,7 +120,61 @@ func TestDatabasePostgresPassword(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if out := stderr.String(); !strings.Contains(out, "state database created") || strings.Contains(out, srv.Password) {
+	return stdout.String() + stderr.String()
+}
+
+// TestDatabasePostgresPassword: a key/value connection string without a
+// password, the password in $PGPASSWORD: the SuperLink serves, and says
+// where its state is without the password.
+func TestDatabasePostgresPassword(t *testing.T) {
+	srv := pgtest.Shared(t)
+	dsn := pgtest.NewDatabase(t)
+	u, _ := url.Parse(dsn)
+	kv := srv.KeyValueDSN(strings.TrimPrefix(u.Path, "/"))
+	t.Setenv("PGPASSWORD", srv.Password)
+	if out := serveOnce(t, kv); !strings.Contains(out, "state database created") || strings.Contains(out, srv.Password) {
 		t.Errorf("log:\n%s", out)
+	}
+}
+
+// TestDatabasePostgresURLPassword: a URL connection string holding a
+// password with '#', '/', '?' and '@' (percent-encoded as libpq requires,
+// or with '#' and '?' raw, which pgx reads as libpq does): the SuperLink
+// serves, and neither the password nor its encoded form is in its output.
+func TestDatabasePostgresURLPassword(t *testing.T) {
+	srv := pgtest.Shared(t)
+	dsn := pgtest.NewDatabase(t)
+	u, _ := url.Parse(dsn)
+	db := strings.TrimPrefix(u.Path, "/")
+	role := "pw_" + db
+	const pw = "Pw#se/cr?et@Zq"
+	pgExec(t, srv.DSN("postgres"),
+		fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, role, pw),
+		fmt.Sprintf(`ALTER DATABASE %s OWNER TO %s`, db, role))
+	t.Cleanup(func() {
+		pgExec(t, srv.DSN("postgres"), "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)", "DROP ROLE IF EXISTS "+role)
+	})
+	t.Setenv("PGPASSWORD", "")
+	t.Setenv("PGPASSFILE", "/nonexistent")
+	host := fmt.Sprintf("%s:%d", srv.Host, srv.Port)
+	encoded := url.UserPassword(role, pw).String() // role:Pw%23se%2Fcr%3Fet%40Zq
+	for _, c := range []struct{ name, dsn string }{
+		{"encoded", "postgres://" + encoded + "@" + host + "/" + db + "?sslmode=disable"},
+		{"raw hash and question mark", "postgres://" + role + ":" + strings.NewReplacer("/", "%2F", "@", "%40").Replace(pw) +
+			"@" + host + "/" + db + "?sslmode=disable"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := serveOnce(t, c.dsn)
+			if want := `database="postgres://` + role + ":xxxxx@" + host + "/" + db + `?sslmode=disable"`; !strings.Contains(out, want) {
+				t.Errorf("the log does not say where the state is:\n%s", out)
+			}
+			userinfo, _, _ := strings.Cut(strings.TrimPrefix(c.dsn, "postgres://"), "@"+host)
+			secret := strings.TrimPrefix(userinfo, role+":") // the password as written in the DSN
+			for _, s := range []string{pw, secret, url.QueryEscape(pw), url.PathEscape(pw), "se/cr", "se%2Fcr", "cr?et", "cr%3Fet"} {
+				if strings.Contains(out, s) {
+					t.Errorf("the output holds the password (%q):\n%s", s, out)
+				}
+			}
+		})
 	}
 }

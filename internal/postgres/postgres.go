@@ -28,41 +28,114 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// kvKey matches the start of a libpq key/value string: a known keyword
-// followed by "=", so that a file or folder name is never mistaken for one.
-var kvKey = regexp.MustCompile(`^\s*(host|hostaddr|port|dbname|user|password|passfile|sslmode|service|connect_timeout|application_name|target_session_attrs|options)\s*=`)
+// libpqKeywords are libpq's connection keywords (the PostgreSQL manual,
+// "Parameter Key Words").
+var libpqKeywords = []string{
+	"host", "hostaddr", "port", "dbname", "user", "password", "passfile",
+	"require_auth", "channel_binding", "connect_timeout", "client_encoding",
+	"options", "application_name", "fallback_application_name",
+	"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+	"tcp_user_timeout", "replication", "gssencmode", "sslmode", "requiressl",
+	"sslcompression", "sslcert", "sslkey", "sslpassword", "sslcertmode",
+	"sslrootcert", "sslcrl", "sslcrldir", "sslsni", "sslnegotiation",
+	"requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
+	"min_protocol_version", "max_protocol_version", "krbsrvname", "gsslib",
+	"gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+}
+
+// kvKey matches the start of a libpq key/value string: one of libpq's
+// keywords followed by "=", so that a file or folder name is never
+// mistaken for one.
+var kvKey = regexp.MustCompile(`^\s*(?:` + strings.Join(libpqKeywords, "|") + `)\s*=`)
 
 // IsDSN reports whether s is a PostgreSQL connection string: a
 // postgres:// or postgresql:// URL, or a libpq key/value string that
-// starts with one of libpq's keywords (host=, dbname=, user=, ...).
+// starts with one of libpq's keywords (host=, dbname=, sslrootcert=, ...).
 func IsDSN(s string) bool {
 	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://") || kvKey.MatchString(s)
 }
 
-var (
-	kvPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
-	urlUserPW  = regexp.MustCompile(`^(postgres(?:ql)?://[^/@?#]*?:)[^/@?#]*@`)
-)
+// kvPassword matches a password or sslpassword in a key/value string, and
+// its value as libpq reads it: quoted ('...', with backslash escapes; an
+// unterminated quote runs to the end) or a run of non-spaces in which a
+// backslash escapes the next character, a space included.
+var kvPassword = regexp.MustCompile(`(?is)(\b(?:ssl)?password\s*=\s*)('(?:\\.|[^'\\])*'?\\?|(?:\\.|[^\s\\])*\\?)`)
 
-// Redact returns dsn with its password, if any, replaced by "xxxxx": the
-// form to log or to put in a message. It never fails; a string it cannot
-// parse is redacted by pattern.
+const redacted = "xxxxx"
+
+// Redact returns dsn with its passwords, if any, replaced by "xxxxx": the
+// form to log or to put in a message. It covers the password of a URL's
+// user information, password= and sslpassword= (the client key's
+// passphrase) in a URL's query or in key/value pairs, in any letter case.
+// It never fails. A URL whose password holds an unescaped '/', '?', '#'
+// or '@' is redacted from the first ':' after "://" to the last '@', as
+// pgx does: such a string may lose more than its password, never less.
 func Redact(dsn string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return kvPassword.ReplaceAllString(urlUserPW.ReplaceAllString(dsn, "${1}xxxxx@"), "${1}xxxxx")
-		}
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-		if q := u.Query(); q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
+	rest, ok := strings.CutPrefix(dsn, "postgres://")
+	if !ok {
+		rest, ok = strings.CutPrefix(dsn, "postgresql://")
 	}
-	return kvPassword.ReplaceAllString(dsn, "${1}xxxxx")
+	if !ok {
+		return kvPassword.ReplaceAllString(dsn, "${1}"+redacted)
+	}
+	off := len(dsn) - len(rest)
+	var masks [][2]int // byte ranges of dsn to replace
+
+	// The user information ends at the last '@' of the authority (up to
+	// the first '/', '?' or '#'), unless an '@' follows: then the password
+	// may hold an unescaped '/', '?' or '#' (pgx's parser looks for the
+	// '@' past a '?' or '#'), and it ends at the last '@' of all.
+	authEnd := strings.IndexAny(rest, "/?#")
+	if authEnd < 0 {
+		authEnd = len(rest)
+	}
+	at := strings.LastIndexByte(rest[:authEnd], '@')
+	if strings.IndexByte(rest[authEnd:], '@') >= 0 {
+		at = strings.LastIndexByte(rest, '@')
+	}
+	if at >= 0 {
+		if colon := strings.IndexByte(rest[:at], ':'); colon >= 0 {
+			masks = append(masks, [2]int{off + colon + 1, off + at})
+		}
+	}
+
+	// Query parameters: from the first '?', which may be in a malformed
+	// password (then both ranges are masked), split at '&'; a key counts
+	// once percent-decoded, as pgx decodes it.
+	if q := strings.IndexByte(rest, '?'); q >= 0 {
+		i := off + q + 1
+		for _, pair := range strings.Split(dsn[i:], "&") {
+			key, _, hasValue := strings.Cut(pair, "=")
+			if hasValue {
+				if k, err := url.PathUnescape(key); err == nil {
+					key = k
+				}
+				key = strings.TrimSpace(key)
+				if strings.EqualFold(key, "password") || strings.EqualFold(key, "sslpassword") {
+					start := i + strings.IndexByte(pair, '=') + 1
+					masks = append(masks, [2]int{start, i + len(pair)})
+				}
+			}
+			i += len(pair) + 1
+		}
+	}
+	if len(masks) == 0 {
+		return dsn
+	}
+	slices.SortFunc(masks, func(a, b [2]int) int { return a[0] - b[0] })
+	var b strings.Builder
+	pos := 0
+	for j := 0; j < len(masks); {
+		start, end := masks[j][0], masks[j][1]
+		for j++; j < len(masks) && masks[j][0] <= end; j++ {
+			end = max(end, masks[j][1])
+		}
+		b.WriteString(dsn[pos:start])
+		b.WriteString(redacted)
+		pos = end
+	}
+	b.WriteString(dsn[pos:])
+	return b.String()
 }
 
 // Options configures Open. Zero values take the defaults.

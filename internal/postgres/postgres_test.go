@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sepal-fl/sepal/internal/pgtest"
@@ -28,6 +29,23 @@ func TestIsDSN(t *testing.T) {
 		{"host=db.example.org dbname=sepal", true},
 		{"  dbname = sepal", true},
 		{"user=sepal", true},
+		{"sslrootcert=/ca.pem host=db dbname=x", true},
+		{"sslmode=verify-full host=db", true},
+		{"hostaddr=10.0.0.1 dbname=x", true},
+		{"application_name=sepal host=db", true},
+		{"target_session_attrs=read-write host=a,b", true},
+		{"load_balance_hosts=random host=a,b", true},
+		{"service=sepal", true},
+		{"sslpassword=k host=db", true},
+		{"keepalives_idle=30 host=db", true},
+		{"ssl_min_protocol_version=TLSv1.3 host=db", true},
+		{"gssencmode=disable host=db", true},
+		{"sslrootcert", false},
+		{"sslrootcert.pem", false},
+		{"./host=db", false},
+		{"data/dbname=x", false},
+		{"nosuchkey=1 host=db", false},
+		{"HOST=db", false},
 		{"state.db", false},
 		{"/var/lib/sepal/state.db", false},
 		{":flwr-in-memory-state:", false},
@@ -52,6 +70,15 @@ func TestRedact(t *testing.T) {
 		{"host=db PASSWORD=s3cret", "host=db PASSWORD=xxxxx"},
 		{"postgres://sepal:s3cret@db:bad port/x", "postgres://sepal:xxxxx@db:bad port/x"},
 		{"host=db dbname=sepal", "host=db dbname=sepal"},
+		{"state.db", "state.db"},
+		{"postgres://sepal@db:5432/sepal?sslmode=require&application_name=a:b", "postgres://sepal@db:5432/sepal?sslmode=require&application_name=a:b"},
+		{"postgres://sepal:s3cret@db/sepal?sslpassword=s3key&sslmode=require", "postgres://sepal:xxxxx@db/sepal?sslpassword=xxxxx&sslmode=require"},
+		{"postgres://db/sepal?SSLPassword=s3key", "postgres://db/sepal?SSLPassword=xxxxx"},
+		{"postgres://db/sepal?pass%77ord=s3cret", "postgres://db/sepal?pass%77ord=xxxxx"},
+		{"host=db sslpassword=s3key sslkey=/k.pem", "host=db sslpassword=xxxxx sslkey=/k.pem"},
+		{"host=db SSLPASSWORD = 's3 key' dbname=sepal", "host=db SSLPASSWORD = xxxxx dbname=sepal"},
+		{`host=db password=s3a\ b dbname=sepal`, "host=db password=xxxxx dbname=sepal"},
+		{"postgres://sepal:s3%2Fp%23w@db/sepal", "postgres://sepal:xxxxx@db/sepal"},
 	} {
 		got := Redact(c.in)
 		if got != c.want {
@@ -60,6 +87,62 @@ func TestRedact(t *testing.T) {
 		if strings.Contains(got, "s3") {
 			t.Errorf("Redact(%q) leaks the password: %q", c.in, got)
 		}
+	}
+}
+
+// TestRedactMalformed: passwords that make a URL ambiguous, and key/value
+// values with escapes and quotes: the secret is in no part of the output,
+// and the host and database stay when they can be told apart.
+func TestRedactMalformed(t *testing.T) {
+	for _, c := range []struct {
+		name, in, secret string
+		keep             []string
+	}{
+		{"url slash", "postgres://u:pa/s3ss@dbhost/statedb", "pa/s3ss", []string{"postgres://u:", "@dbhost/statedb"}},
+		{"url hash", "postgres://u:pa#s3ss@dbhost/statedb", "pa#s3ss", []string{"postgres://u:", "@dbhost/statedb"}},
+		{"url question mark", "postgres://u:pa?s3ss@dbhost/statedb", "pa?s3ss", []string{"postgres://u:", "@dbhost/statedb"}},
+		{"url at", "postgres://u:pa@s3ss@dbhost/statedb", "pa@s3ss", []string{"postgres://u:", "@dbhost/statedb"}},
+		{"url numeric hash", "postgresql://u:12#s3ss@dbhost:5432/statedb?sslmode=require", "12#s3ss", []string{"@dbhost:5432/statedb?sslmode=require"}},
+		{"url numeric question mark", "postgres://u:12?s3ss@dbhost/statedb", "12?s3ss", []string{"@dbhost/statedb"}},
+		{"url numeric slash", "postgres://u:12/s3ss@dbhost/statedb", "12/s3ss", []string{"@dbhost/statedb"}},
+		{"url all", "postgres://u:a/b?c#d@s3@dbhost/statedb?sslmode=disable", "a/b?c#d@s3", []string{"@dbhost/statedb?sslmode=disable"}},
+		{"url colon", "postgres://u:pa:s3ss@dbhost/statedb", "pa:s3ss", []string{"@dbhost/statedb"}},
+		{"url bad port", "postgres://u:s3cret@dbhost:bad port/statedb", "s3cret", []string{"@dbhost:bad port/statedb"}},
+		{"query at", "postgres://dbhost:5432/statedb?password=p@s3ss", "p@s3ss", []string{"postgres://dbhost"}},
+		{"query hash", "postgres://dbhost/statedb?password=p#s3ss&sslmode=disable", "p#s3ss", []string{"dbhost/statedb", "sslmode=disable"}},
+		{"query sslpassword", "postgres://dbhost/statedb?sslmode=verify-full&sslpassword=k/s3y", "k/s3y", []string{"dbhost/statedb", "sslmode=verify-full"}},
+		{"kv escaped space", `host=dbhost password=a\ s3b dbname=statedb`, "s3b", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv escaped quote", `host=dbhost password=a\'s3b dbname=statedb`, "s3b", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv trailing backslash", `host=dbhost dbname=statedb password=s3b\`, "s3b", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv quoted", "host=dbhost password='a s3 b' dbname=statedb", "s3", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv quoted escapes", `host=dbhost password='a\' s3\\' dbname=statedb`, "s3", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv quoted empty", "host=dbhost password='' dbname=statedb", "''", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv unterminated quote", "host=dbhost dbname=statedb password='a s3 b", "s3", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv sslpassword", "host=dbhost sslkey=/k.pem sslpassword=s3key dbname=statedb", "s3key", []string{"host=dbhost", "sslkey=/k.pem", "dbname=statedb"}},
+		{"kv sslpassword quoted", "host=dbhost sslpassword='s3 key' dbname=statedb", "s3", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv spaces", "host=dbhost password = s3cret dbname=statedb", "s3cret", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv tab", "host=dbhost\tpassword=s3cret\tdbname=statedb", "s3cret", []string{"host=dbhost", "dbname=statedb"}},
+		{"kv upper case", "host=dbhost Password=s3cret dbname=statedb", "s3cret", []string{"host=dbhost", "dbname=statedb"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := Redact(c.in)
+			if strings.Contains(got, c.secret) || strings.Contains(got, "s3") {
+				t.Errorf("Redact(%q) = %q: holds the secret %q", c.in, got, c.secret)
+			}
+			if !strings.Contains(got, "xxxxx") {
+				t.Errorf("Redact(%q) = %q: no xxxxx", c.in, got)
+			}
+			for _, k := range c.keep {
+				if !strings.Contains(got, k) {
+					t.Errorf("Redact(%q) = %q: lost %q", c.in, got, k)
+				}
+			}
+			// Where pgx accepts the string, the password it would send is
+			// not in the output either.
+			if cfg, err := pgconn.ParseConfig(c.in); err == nil && cfg.Password != "" && strings.Contains(got, cfg.Password) {
+				t.Errorf("Redact(%q) = %q: holds pgx's password %q", c.in, got, cfg.Password)
+			}
+		})
 	}
 }
 
