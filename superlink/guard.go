@@ -80,6 +80,11 @@ const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // message prefixes are incomplete; a legitimate client needs a few dozen.
 const maxHeldPerConn = 64 << 10
 
+// maxPendingAnswers bounds the guard's answers on one connection not yet
+// written (each a goroutine until it is queued): a client that sends
+// refused requests without reading the answers costs its connection.
+const maxPendingAnswers = 16
+
 // lateRelease is how long the reservation of a complete request outlives
 // its stream when the client cancelled it: its handler may still run.
 const lateRelease = 2 * time.Second
@@ -194,6 +199,8 @@ type guardConn struct {
 	streams  map[uint32]*gstream
 	held     int // bytes withheld over all streams
 	logged   bool
+	dead     bool // shut down: nothing more is reserved
+	pending  int  // answers not yet written or dropped
 	shutOnce sync.Once
 	closing  atomic.Bool
 
@@ -204,7 +211,8 @@ type guardConn struct {
 
 	wmu     sync.Mutex // serializes writes, guards outb and answers
 	outb    outbound
-	answers [][]byte // frames waiting for a frame boundary in the outgoing bytes
+	answers [][]byte  // frames waiting for a frame boundary in the outgoing bytes
+	ended   [8]uint32 // Write's scratch for the streams a write ends
 }
 
 // inbound is the reader's parse state of the client's bytes.
@@ -216,10 +224,11 @@ type inbound struct {
 
 	typ, flags byte
 	sid        uint32
-	length     int // payload length of the current frame
-	left       int // payload bytes left in the current frame
-	start      int // payload offset of the first data (or fragment) byte
-	pad        int // padding bytes at the end of the payload
+	length     int  // payload length of the current frame
+	left       int  // payload bytes left in the current frame
+	start      int  // payload offset of the first data (or fragment) byte
+	padded     bool // the payload starts with a pad length (PADDED, on DATA or HEADERS)
+	pad        int  // padding bytes at the end of the payload
 
 	st *gstream // the stream of the current DATA frame, if guarded
 
@@ -300,20 +309,25 @@ func (c *guardConn) Read(p []byte) (int, error) {
 			return 0, c.rerr
 		}
 		n, err := c.Conn.Read(p)
+		e := emitter{src: p[:n], buf: c.outBuf}
+		if n > 0 {
+			// Parsed before the error is acted on: a read can return
+			// bytes with io.EOF, and what they reserve must be released
+			// by the shutdown below.
+			c.feed(&e)
+			if c.killed != "" {
+				// Nothing more reaches gRPC, which sees the connection end.
+				c.out, c.rerr = nil, errClosedByLimit
+				c.closeFor(c.killed)
+				return 0, c.rerr
+			}
+		}
 		if err != nil {
 			c.rerr = err
 			c.shutdown()
 		}
 		if n == 0 {
 			continue
-		}
-		e := emitter{src: p[:n], buf: c.outBuf}
-		c.feed(&e)
-		if c.killed != "" {
-			// Nothing more reaches gRPC, which sees the connection end.
-			c.out, c.rerr = nil, errClosedByLimit
-			c.closeFor(c.killed)
-			return 0, c.rerr
 		}
 		if !e.dirty {
 			return n, nil
@@ -392,7 +406,8 @@ func (c *guardConn) beginFrame(e *emitter, pos int, startedHere bool) {
 	in.typ, in.flags = h[3], h[4]
 	in.sid = binary.BigEndian.Uint32(h[5:]) & 0x7fffffff
 	in.start, in.pad, in.st = 0, 0, nil
-	if in.flags&flagPadded != 0 && (in.typ == frameData || in.typ == frameHeaders) {
+	in.padded = in.flags&flagPadded != 0 && (in.typ == frameData || in.typ == frameHeaders)
+	if in.padded {
 		in.start = 1
 	}
 	if in.typ == frameHeaders && in.flags&flagPriority != 0 {
@@ -498,7 +513,7 @@ func (c *guardConn) unhold(e *emitter, st *gstream) {
 func (c *guardConn) payload(e *emitter, from, to int) bool {
 	in := &c.in
 	off := in.length - in.left // payload offset of src[from]
-	if in.start > 0 && off == 0 {
+	if in.padded && off == 0 {
 		// The pad length; a pad longer than the payload is gRPC's
 		// connection error to report.
 		in.pad = min(int(e.src[from]), in.length-in.start)
@@ -579,6 +594,8 @@ func (c *guardConn) admit(st *gstream, length int64) bool {
 	b := c.g.b
 	var msg string
 	switch {
+	case c.dead:
+		return true // the connection ended (closed while the reader parsed): gRPC reads no more
 	case length > st.limit:
 		b.tooLarge.Add(1)
 		msg = fmt.Sprintf("request of %d bytes refused: %s takes at most %s", length, shortMethod(st.method), sizeString(st.limit))
@@ -602,6 +619,11 @@ func (c *guardConn) admit(st *gstream, length int64) bool {
 	st.refused = true
 	c.releaseReset(st) // gRPC gets an RST_STREAM for it
 	c.logRefusal(st, length, msg)
+	if c.pending >= maxPendingAnswers {
+		c.kill(fmt.Sprintf("it did not read the answers to %d refused requests", c.pending))
+		return false
+	}
+	c.pending++
 	frames := trailersOnly(st.id, codes.ResourceExhausted, msg, !st.clientDone)
 	c.answering.Add(1)
 	go c.answer(st, frames)
@@ -711,6 +733,9 @@ func (c *guardConn) answer(st *gstream, frames []byte) {
 	if len(st.held) == 0 && !st.holding {
 		delete(c.streams, st.id)
 	}
+	if ended {
+		c.pending--
+	}
 	c.mu.Unlock()
 	if ended {
 		return
@@ -729,6 +754,9 @@ func (c *guardConn) flushAnswers() {
 			break // gRPC sees the broken connection on its next write
 		}
 	}
+	c.mu.Lock()
+	c.pending -= len(c.answers)
+	c.mu.Unlock()
 	c.answers = c.answers[:0]
 }
 
@@ -738,7 +766,7 @@ func (c *guardConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	written := 0
-	var ended []uint32
+	ended := c.ended[:0]
 	for len(p) > 0 {
 		if len(c.answers) > 0 && c.outb.atBoundary() {
 			c.flushAnswers()
@@ -825,6 +853,7 @@ func (c *guardConn) shutdown() {
 		c.g.mu.Unlock()
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.dead = true
 		for _, st := range c.streams {
 			c.g.b.release(st.reserved)
 			st.reserved = 0

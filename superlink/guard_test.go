@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -141,6 +142,9 @@ type scriptConn struct {
 	net.Conn // nil: other methods are not used
 	script   []byte
 	chunk    func(left int) int
+	eofLast  bool          // the read of the script's last bytes returns io.EOF with them, as tls.Conn can
+	block    chan struct{} // when set, writes wait until Close: a client that never reads
+	closed   sync.Once
 	mu       sync.Mutex
 	written  bytes.Buffer
 }
@@ -152,16 +156,29 @@ func (c *scriptConn) Read(p []byte) (int, error) {
 	n := min(len(p), c.chunk(len(c.script)), len(c.script))
 	copy(p, c.script[:n])
 	c.script = c.script[n:]
+	if c.eofLast && len(c.script) == 0 {
+		return n, io.EOF
+	}
 	return n, nil
 }
 
 func (c *scriptConn) Write(p []byte) (int, error) {
+	if c.block != nil {
+		<-c.block
+		return 0, net.ErrClosed
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.written.Write(p)
 }
 
-func (c *scriptConn) Close() error         { return nil }
+func (c *scriptConn) Close() error {
+	if c.block != nil {
+		c.closed.Do(func() { close(c.block) })
+	}
+	return nil
+}
+
 func (c *scriptConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
 
 // clientScript writes HTTP/2 client frames for a test.
@@ -184,8 +201,8 @@ func newClientScript() *clientScript {
 
 // headers opens stream id for method; the header block is split into
 // frames of at most split bytes (HEADERS then CONTINUATION), with padding
-// and a priority on the HEADERS frame when asked.
-func (s *clientScript) headers(id uint32, method string, split int, pad uint8, prio bool, end bool) {
+// and a priority (unless zero) on the HEADERS frame when asked.
+func (s *clientScript) headers(id uint32, method string, split int, pad uint8, prio http2.PriorityParam, end bool) {
 	s.hbuf.Reset()
 	for _, f := range []hpack.HeaderField{
 		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: method},
@@ -196,10 +213,7 @@ func (s *clientScript) headers(id uint32, method string, split int, pad uint8, p
 	}
 	block := s.hbuf.Bytes()
 	first := block[:min(split, len(block))]
-	p := http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(first) == len(block), PadLength: pad}
-	if prio {
-		p.Priority = http2.PriorityParam{StreamDep: 0, Weight: 15}
-	}
+	p := http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(first) == len(block), PadLength: pad, Priority: prio}
 	s.fr.WriteHeaders(p)
 	for rest := block[len(first):]; len(rest) > 0; {
 		k := min(split, len(rest))
@@ -282,6 +296,9 @@ func guardOutput(t testing.TB, g *guard, script []byte, seed uint64) (read, writ
 	return out.Bytes(), written
 }
 
+// noPrio is a HEADERS frame without a priority.
+var noPrio http2.PriorityParam
+
 const (
 	mCreateNode  = "/flwr.proto.Fleet/CreateNode"
 	mPushTaskRes = "/flwr.proto.Fleet/PushTaskRes"
@@ -294,17 +311,17 @@ const (
 // several frames, empty DATA frames, frames of unguarded methods.
 func TestGuardPassesBytesUnchanged(t *testing.T) {
 	s := newClientScript()
-	s.headers(1, mCreateNode, 1000, 0, false, false)
+	s.headers(1, mCreateNode, 1000, 0, noPrio, false)
 	s.message(1, 9, 9, nil, 0, true)
-	s.headers(3, mPushTaskRes, 7, 3, true, false)
-	s.headers(5, mPing, 3, 0, false, false)
+	s.headers(3, mPushTaskRes, 7, 3, http2.PriorityParam{StreamDep: 0x4e000001, Exclusive: true, Weight: 15}, false)
+	s.headers(5, mPing, 3, 0, http2.PriorityParam{StreamDep: 0x05000001, Weight: 200}, false)
 	s.fr.WriteData(3, false, nil) // empty
 	s.message(3, 100000, 100000, []int{2, 1, 1, 1, 500, 20000}, 7, false)
 	s.message(5, 40, 40, []int{4}, 0, true)
 	s.fr.WritePing(false, [8]byte{1})
 	s.fr.WriteWindowUpdate(0, 1000)
 	s.fr.WriteData(3, true, nil)
-	s.headers(7, "/unknown.Service/Method", 1000, 0, false, false)
+	s.headers(7, "/unknown.Service/Method", 1000, 0, noPrio, false)
 	s.message(7, 5<<20, 1000, nil, 0, false)
 	s.fr.WriteRSTStream(7, http2.ErrCodeCancel)
 	script := s.buf.Bytes()
@@ -373,13 +390,13 @@ func frameLines(t testing.TB, b []byte, dec *hpack.Decoder, preface bool) []stri
 // was still sending. Requests that fit are untouched.
 func TestGuardRefusalsIndependentOfReads(t *testing.T) {
 	s := newClientScript()
-	s.headers(1, mCreateNode, 1000, 0, false, false)
+	s.headers(1, mCreateNode, 1000, 0, noPrio, false)
 	s.message(1, 2<<20, 30000, []int{3, 0, 1}, 0, false) // prefix split over frames; refused
-	s.headers(3, mPushTaskRes, 1000, 0, false, false)
+	s.headers(3, mPushTaskRes, 1000, 0, noPrio, false)
 	s.message(3, 40<<20, 20000, nil, 0, false) // admitted: 40 MiB of 60
-	s.headers(5, mPushTaskRes, 1000, 0, false, false)
+	s.headers(5, mPushTaskRes, 1000, 0, noPrio, false)
 	s.message(5, 30<<20, 20000, []int{16000}, 9, false) // over the budget
-	s.headers(7, mPing, 1000, 0, false, false)
+	s.headers(7, mPing, 1000, 0, noPrio, false)
 	s.message(7, 20, 20, nil, 0, true) // small, fits the headroom
 	script := s.buf.Bytes()
 
@@ -451,7 +468,12 @@ func fuzzScript(data []byte) []byte {
 	for len(data) > 0 {
 		switch op := next() % 6; {
 		case op == 0 || len(open) == 0:
-			s.headers(id, methods[next()%len(methods)], 1+next()*4, uint8(next()%3), next()%2 == 0, false)
+			method, split, pad := methods[next()%len(methods)], 1+next()*4, uint8(next()%3)
+			var prio http2.PriorityParam // none, or a varied one
+			if next()%2 == 0 {
+				prio = http2.PriorityParam{StreamDep: uint32(next())<<23 | uint32(next()), Exclusive: next()%2 == 0, Weight: uint8(next())}
+			}
+			s.headers(id, method, split, pad, prio, false)
 			open = append(open, id)
 			id += 2
 		case op == 1 || op == 2:
@@ -511,7 +533,7 @@ func FuzzGuardGarbage(f *testing.F) {
 	f.Add([]byte("\x00\x01\x00\x01\x2c\x00\x00\x00\x01\xff\xff\xff"), uint64(5))
 	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
 		s := newClientScript()
-		s.headers(1, mPushTaskRes, 10, 0, false, false)
+		s.headers(1, mPushTaskRes, 10, 0, noPrio, false)
 		script := append(s.buf.Bytes(), data...)
 		b := &budget{max: 8 << 20}
 		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
@@ -836,5 +858,160 @@ func TestGuardAnswersAtFrameBoundaries(t *testing.T) {
 		if st := c.g.b.stats(); st.InflightBytes != 10 {
 			t.Fatalf("seed %d: %d bytes held, want those of stream 1 only (gRPC ended 3 and 5)", seed, st.InflightBytes)
 		}
+	}
+}
+
+// The end of a connection releases all it reserved, also when the last
+// read returns bytes together with io.EOF (as tls.Conn does when
+// close_notify follows the last record) and those bytes complete a large
+// prefix, and when gRPC closes the connection while its reader is between
+// the read and the parse.
+func TestGuardReleasesAtConnectionEnd(t *testing.T) {
+	s := newClientScript()
+	s.headers(1, mPushTaskRes, 1000, 0, noPrio, false)
+	s.message(1, 40<<20, 0, nil, 0, false) // the prefix alone
+	script := s.buf.Bytes()
+	b := &budget{max: 64 << 20}
+	g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+	g.late = 0
+	buf := make([]byte, 70000)
+	readAll := func(c *guardConn) {
+		t.Helper()
+		for {
+			_, err := c.Read(buf)
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	for _, chunk := range []int{len(script), 7, 1} {
+		sc := &scriptConn{script: script, chunk: func(int) int { return chunk }, eofLast: true}
+		c := g.wrap(sc)
+		readAll(c)
+		c.Close()
+		c.answering.Wait()
+		if st := b.stats(); st.InflightBytes != 0 {
+			t.Fatalf("reads of %d bytes, the last with io.EOF: budget holds %d bytes after Close", chunk, st.InflightBytes)
+		}
+	}
+
+	// Closed by gRPC before its reader parses the bytes it had read.
+	sc := &scriptConn{script: script, chunk: func(left int) int { return left }}
+	c := g.wrap(sc)
+	c.Close()
+	readAll(c)
+	c.Close()
+	c.answering.Wait()
+	if st := b.stats(); st.InflightBytes != 0 {
+		t.Fatalf("closed before the parse: budget holds %d bytes", st.InflightBytes)
+	}
+}
+
+// A HEADERS frame with a priority but no padding has no pad length: the
+// first byte of its stream dependency (here with the exclusive bit set)
+// must not cut the end of the header block, which would hide the :path
+// from the guard and let a large request of a small method through.
+func TestGuardPriorityWithoutPadding(t *testing.T) {
+	// The block with :path and what follows it in its last tail bytes,
+	// 128 to 255 of them, so that the dependency's first byte can equal
+	// tail and the cut fall on a field boundary.
+	var block []byte
+	tail := 0
+	for n := 0; tail < 128; n++ {
+		var buf bytes.Buffer
+		enc := hpack.NewEncoder(&buf)
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":authority", Value: "localhost"}} {
+			enc.WriteField(f)
+		}
+		at := buf.Len()
+		for _, f := range []hpack.HeaderField{
+			{Name: ":path", Value: mCreateNode}, {Name: "content-type", Value: "application/grpc"},
+			{Name: "te", Value: "trailers"}, {Name: "user-agent", Value: "grpc-python/1.62 " + strings.Repeat("x", n)},
+		} {
+			enc.WriteField(f)
+		}
+		block, tail = buf.Bytes(), buf.Len()-at
+	}
+	if tail > 255 {
+		t.Fatalf("tail of %d bytes", tail)
+	}
+	s := newClientScript()
+	s.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true,
+		Priority: http2.PriorityParam{StreamDep: uint32(tail-128)<<24 | 3, Exclusive: true, Weight: 15}})
+	s.message(1, 2<<20, 1000, nil, 0, false)
+	script := s.buf.Bytes()
+	// The dependency's first byte, after SETTINGS and the HEADERS frame header.
+	if got := script[len(clientPreface)+15+frameHeaderLen]; int(got) != tail {
+		t.Fatalf("the dependency's first byte is %d, want %d", got, tail)
+	}
+
+	for seed := range uint64(50) {
+		b := &budget{max: 64 << 20}
+		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+		read, written := guardOutput(t, g, script, seed)
+		got := strings.Join(frameLines(t, read, hpack.NewDecoder(4096, nil), true), "\n")
+		if !strings.Contains(got, ":path="+mCreateNode) || !strings.Contains(got, "RST_STREAM 1 CANCEL") {
+			t.Fatalf("seed %d: gRPC gets\n%s", seed, got)
+		}
+		answers := strings.Join(frameLines(t, written, hpack.NewDecoder(4096, nil), false), "\n")
+		if !strings.Contains(answers, "HEADERS 1 :status=200 content-type=application/grpc grpc-status=8 grpc-message=request of 2097152 bytes refused: CreateNode takes at most 1 MiB") {
+			t.Fatalf("seed %d: the request was not refused; answers:\n%s", seed, answers)
+		}
+	}
+}
+
+// A client that sends refused requests and never reads the answers does
+// not make the guard hold a goroutine (and an answer) per refusal: past a
+// few answers waiting, its connection is closed.
+func TestGuardBoundsPendingAnswers(t *testing.T) {
+	s := newClientScript()
+	for i := range 300 {
+		id := uint32(2*i + 1)
+		s.headers(id, mCreateNode, 1000, 0, noPrio, false)
+		s.message(id, 2<<20, 100, nil, 0, false)
+	}
+	b := &budget{max: 64 << 20}
+	g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+	sc := &scriptConn{script: s.buf.Bytes(), chunk: func(int) int { return 1000 }, block: make(chan struct{})}
+	base := runtime.NumGoroutine()
+	c := g.wrap(sc)
+	t.Cleanup(func() {
+		c.Close()
+		c.answering.Wait()
+	})
+	buf := make([]byte, 70000)
+	peak := 0
+	var err error
+	for err == nil {
+		_, err = c.Read(buf)
+		peak = max(peak, runtime.NumGoroutine()-base)
+	}
+	if peak > 40 {
+		t.Errorf("%d goroutines more while the client reads no answer", peak)
+	}
+	if !errors.Is(err, errClosedByLimit) || b.stats().ClosedConnections != 1 {
+		t.Errorf("read error %v, stats %+v: want the connection closed by a limit", err, b.stats())
+	}
+}
+
+// A write that ends streams allocates nothing.
+func TestGuardWriteAllocs(t *testing.T) {
+	var out bytes.Buffer
+	fr := http2.NewFramer(&out, nil)
+	for id := uint32(1); id < 8; id += 2 {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x88}, EndHeaders: true, EndStream: true})
+	}
+	fr.WriteRSTStream(9, http2.ErrCodeCancel)
+	c := newGuard(&budget{max: 1 << 30}, slog.New(slog.DiscardHandler), time.Minute).wrap(&loopConn{})
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := c.Write(out.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations per write", n)
 	}
 }

@@ -90,7 +90,7 @@ func benchTransfer(b *testing.B, dir string, mib int, mode string) {
 	}
 	params := benchModel(mib)
 	ins := func() *flwrproto.PushTaskInsRequest {
-		ti := taskIns(run.RunId, node.Node.NodeId, float64(sl.opts.Now().UnixMicro())/1e6)
+		ti := taskIns(run.RunId, node.Node.NodeId, float64(time.Now().UnixMicro())/1e6)
 		ti.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"fitins.parameters": params}}
 		return &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{ti}}
 	}
@@ -145,7 +145,7 @@ func (c *loopConn) RemoteAddr() net.Addr        { return &net.TCPAddr{} }
 // reads the same bytes without the guard.
 func BenchmarkGuardRead(b *testing.B) {
 	s := newClientScript()
-	s.headers(1, mPushTaskRes, 1000, 0, false, false)
+	s.headers(1, mPushTaskRes, 1000, 0, noPrio, false)
 	head := len(s.buf.Bytes())
 	s.message(1, MaxMessageSize, 0, nil, 0, false) // the prefix
 	frame := make([]byte, 16384)
