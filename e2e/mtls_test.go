@@ -80,26 +80,34 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("want 2 rounds of 3 nodes:\n%s", out)
 	}
 
-	// Refused at the handshake, each with its cause on both sides.
+	// Refused at the handshake, each with its cause on both sides. Sepal's
+	// apps refuse a certificate of the wrong role before they connect; a
+	// client that presents one anyway (here openssl, to the API's address
+	// in addr) is refused by the SuperLink.
 	for _, c := range []struct {
 		name       string
 		cmd        string
 		args       []string
 		client     string // in the client's last line
 		api, cause string // in the SuperLink's log
+		addr       string // where openssl presents the certificate of args, when set
 	}{
-		{"no certificate", "flower-client-app", node(), "requires a client certificate (mutual TLS) and this client presented none", "fleet", "no_certificate"},
+		{"no certificate", "flower-client-app", node(), "requires a client certificate (mutual TLS) and this client presented none", "fleet", "no_certificate", ""},
 		{"another CA", "flower-client-app", node("--client-certificate", "other/nodes/eve.pem", "--client-key", "other/nodes/eve.key"),
-			"does not trust the CA that issued the client certificate other/nodes/eve.pem (sepal:node:eve", "fleet", "unknown_ca"},
+			"does not trust the CA that issued the client certificate other/nodes/eve.pem (sepal:node:eve", "fleet", "unknown_ca", ""},
 		{"ServerApp certificate on the Fleet API", "flower-client-app", node(clientCert("serverapp", "serverapp")...),
-			"it is a ServerApp certificate and this API admits node certificates", "fleet", "wrong_role"},
+			"it is a ServerApp certificate and this API admits node certificates", "fleet", "wrong_role", fleet},
 		{"node certificate on the Driver API", "flower-server-app", serverApp(clientCert("node", "alice")...),
-			"it is a node certificate and this API admits ServerApp certificates", "driver", "wrong_role"},
+			"it is a node certificate and this API admits ServerApp certificates", "driver", "wrong_role", driver},
 	} {
 		out, code := run(t, 30*time.Second, dir, nil, c.cmd, c.args...)
 		line := lastLine(out)
 		if code != 1 || !strings.HasPrefix(line, c.cmd+": ") || !strings.Contains(line, c.client) {
 			t.Errorf("%s: %s exited %d, want 1 with a last line naming the cause (%q):\n%s", c.name, c.cmd, code, c.client, out)
+		}
+		if c.addr != "" {
+			cert, key := c.args[len(c.args)-3], c.args[len(c.args)-1]
+			slOpenSSL(t, dir, c.addr, "-CAfile", "certificates/ca.crt", "-cert", cert, "-key", key, "-alpn", "h2")
 		}
 		waitCount(t, link, "api="+c.api+" cause="+c.cause, 1, 10*time.Second)
 	}

@@ -54,7 +54,7 @@ func (o ClientOptions) validate() error {
 			msg: fmt.Sprintf("%s and %s %s conflict: pass %s for TLS, or %s alone for plaintext",
 				FlagInsecure, FlagRootCertificates, o.RootCertificates, FlagRootCertificates, FlagInsecure)}
 	}
-	return o.validateClientCert()
+	return o.ValidateClientCert()
 }
 
 // rootsName names where the client's trusted CAs come from, for messages.

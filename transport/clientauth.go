@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -112,18 +113,28 @@ func (e *ClientCertError) Error() string {
 	case CauseUnknownCA:
 		why = fmt.Sprintf("%s%s is not issued by a CA of the client CA file (issuer %q): issue it from the SuperLink's CA (flower-certs %s NAME)", cert, from, e.Issuer, e.Role)
 	case CauseExpired:
-		why = fmt.Sprintf("%s%s has expired or is not valid yet (%v): issue a new one (flower-certs %s --force NAME)", cert, from, e.Err, e.Role)
+		why = fmt.Sprintf("%s%s has expired or is not valid yet (%v): issue a new one (%s), or check the clocks", cert, from, e.Err, e.reissue())
 	case CauseRevoked:
-		why = fmt.Sprintf("%s%s is revoked (listed in the CRL)", cert, from)
+		why = fmt.Sprintf("%s%s is revoked (listed in the CRL): its holder needs a new certificate to connect again (%s)", cert, from, e.reissue())
 	case CauseWrongRole:
 		why = fmt.Sprintf("%s%s is a %s certificate; this API admits only %s certificates (flower-certs %s NAME)",
 			cert, from, RoleName(e.Identity.Role), RoleName(e.Role), e.Role)
 	case CauseNoIdentity:
 		why = fmt.Sprintf("%s%s holds no Sepal identity (%v): issue one with flower-certs %s NAME", cert, from, e.Err, e.Role)
 	default:
-		why = fmt.Sprintf("%s%s was refused: %v", cert, from, e.Err)
+		why = fmt.Sprintf("%s%s was refused: %v: give the client a %s certificate of the SuperLink's CA (flower-certs %s NAME)",
+			cert, from, e.Err, RoleName(e.Role), e.Role)
 	}
 	return strings.Map(printable, "client certificate refused: "+why)
+}
+
+// reissue is the flower-certs command that issues the refused
+// certificate again: its own role and name when it holds an identity.
+func (e *ClientCertError) reissue() string {
+	if e.Identity.Name != "" {
+		return fmt.Sprintf("flower-certs %s --force %s", e.Identity.Role, e.Identity.Name)
+	}
+	return fmt.Sprintf("flower-certs %s --force NAME", e.Role)
 }
 
 // PeerMessage is the refusal as its client reads it, when ClientInfo.Recheck
@@ -158,9 +169,10 @@ func (e *ClientCertError) PeerMessage() string {
 // one more for the handshakes that follow, so a reload of the CA or CRL
 // files takes effect at the next handshake without a restart. Session
 // tickets are off, so every handshake verifies the certificate against the
-// current CAs and CRL. A handshake that negotiates ACME's acme-tls/1 (a
-// CA validating the domain, which has no client certificate) completes
-// without one and the connection is then closed: no call is ever served
+// current CAs and CRL. When src offers ACME's acme-tls/1, a handshake
+// that offers exactly that protocol (a CA validating the domain, which has
+// no client certificate) completes without one and the connection is
+// then closed: no call is ever served
 // without a verified client certificate.
 //
 // The AuthInfo of each connection is a *ClientInfo: its Identity, and
@@ -186,6 +198,10 @@ type clientAuthState struct {
 	base  *tls.Config
 	outer *tls.Config
 	cur   atomic.Pointer[trustConfig]
+	// acme: the source answers ACME's TLS-ALPN-01 challenge (base
+	// offers acme-tls/1), whose validations present no client
+	// certificate.
+	acme bool
 }
 
 // trustConfig is the TLS configuration for one pool and CRL of the source.
@@ -206,6 +222,7 @@ func newClientAuthState(src CertSource, a ClientAuth) *clientAuthState {
 		a.Now = time.Now
 	}
 	st := &clientAuthState{a: a, base: ServerConfig(src)}
+	st.acme = slices.Contains(st.base.NextProtos, alpnACME)
 	st.outer = st.base.Clone()
 	st.outer.ClientAuth = tls.RequireAndVerifyClientCert
 	st.outer.SessionTicketsDisabled = true
@@ -232,7 +249,7 @@ func (st *clientAuthState) current() *trustConfig {
 }
 
 func (st *clientAuthState) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	if acmeOnly(hello.SupportedProtos) {
+	if st.acme && acmeChallenge(hello.SupportedProtos) {
 		// A CA validating the domain (TLS-ALPN-01) has no client
 		// certificate; the credentials close the connection once its
 		// handshake is done.
@@ -241,18 +258,14 @@ func (st *clientAuthState) configForClient(hello *tls.ClientHelloInfo) (*tls.Con
 	return st.current().cfg, nil
 }
 
-// acmeOnly reports whether a client offers acme-tls/1 and not h2.
-func acmeOnly(protos []string) bool {
-	acme := false
-	for _, p := range protos {
-		switch p {
-		case ALPNH2:
-			return false
-		case "acme-tls/1":
-			acme = true
-		}
-	}
-	return acme
+// alpnACME is the ALPN protocol of ACME's TLS-ALPN-01 challenge.
+const alpnACME = "acme-tls/1"
+
+// acmeChallenge reports whether a client's ALPN protocols are those of an
+// ACME TLS-ALPN-01 validation: exactly acme-tls/1, the only one RFC 8737
+// lets it offer.
+func acmeChallenge(protos []string) bool {
+	return len(protos) == 1 && protos[0] == alpnACME
 }
 
 // admit checks what the chain verification by the TLS stack (against t's
@@ -263,28 +276,34 @@ func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) erro
 		return &ClientCertError{Cause: CauseNoCertificate, Role: st.a.Role}
 	}
 	leaf := certs[0]
-	e := describe(leaf, st.a.Role)
 	id, err := IdentityOf(leaf)
+	var cause ClientCertCause
 	switch {
 	case err != nil:
-		e.Cause, e.Err = CauseNoIdentity, err
+		cause = CauseNoIdentity
 	case id.Role != st.a.Role:
-		e.Cause = CauseWrongRole
+		cause = CauseWrongRole
 	case revoked(t.crl, leaf):
-		e.Cause = CauseRevoked
+		cause = CauseRevoked
 	default:
 		return nil
 	}
+	// A refusal only: the description costs more than the checks.
+	e := describeAs(leaf, st.a.Role, id)
+	e.Cause, e.Err = cause, err
 	return e
 }
 
 // describe starts the refusal of a certificate.
 func describe(leaf *x509.Certificate, role string) *ClientCertError {
-	e := &ClientCertError{Role: role, Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: certfmt.Serial(leaf.SerialNumber)}
-	if id, err := IdentityOf(leaf); err == nil {
-		e.Identity = id
-	}
-	return e
+	id, _ := IdentityOf(leaf)
+	return describeAs(leaf, role, id)
+}
+
+// describeAs is describe of a certificate whose identity (zero when it
+// holds none) was read already.
+func describeAs(leaf *x509.Certificate, role string, id Identity) *ClientCertError {
+	return &ClientCertError{Role: role, Identity: id, Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: certfmt.Serial(leaf.SerialNumber)}
 }
 
 // revoked reports whether crl, from the issuer of c (the same subject, and
@@ -341,6 +360,10 @@ type clientAuthCreds struct {
 var errValidationClosed = errors.New("a connection without a client certificate (an ACME validation) is closed after its handshake")
 
 func (c *clientAuthCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	// The trust before the handshake: the handshake checked the
+	// certificate against the one configForClient chose at the
+	// ClientHello, which is t0 only if no reload landed in between.
+	t0 := c.st.current()
 	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
 		if e := c.st.refusal(err); e != nil {
@@ -361,7 +384,13 @@ func (c *clientAuthCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.A
 	leaf := ti.State.PeerCertificates[0]
 	id, _ := IdentityOf(leaf) // admit checked it
 	ci := &ClientInfo{TLSInfo: ti, Identity: id, Remote: raw.RemoteAddr().String(), st: c.st}
-	ci.checked.Store(&recheck{trust: c.st.current()})
+	// Unless the trust is still t0, the handshake may have used another
+	// (an older CRL): no trust recorded, so the first Recheck verifies.
+	var checked *trustConfig
+	if c.st.current() == t0 {
+		checked = t0
+	}
+	ci.checked.Store(&recheck{trust: checked})
 	return conn, ci, nil
 }
 

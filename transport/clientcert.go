@@ -17,7 +17,10 @@ import (
 	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
-func (o ClientOptions) validateClientCert() error {
+// ValidateClientCert checks the client certificate options alone: both
+// paths or neither, and not with Insecure. The error, a *Error of
+// KindConfig, names the flags. ClientConfig checks them too.
+func (o ClientOptions) ValidateClientCert() error {
 	switch {
 	case o.ClientCertificate == "" && o.ClientKey == "":
 		return nil

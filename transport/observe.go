@@ -162,7 +162,7 @@ func noteHello(h *tls.ClientHelloInfo, cert *tls.Certificate, err error) {
 	}
 	n := &oc.hello
 	n.seen = true
-	n.challenge = len(h.SupportedProtos) == 1 && h.SupportedProtos[0] == "acme-tls/1"
+	n.challenge = acmeChallenge(h.SupportedProtos)
 	n.certErr = err
 	if err == nil && cert != nil && h.ServerName != "" {
 		leaf := cert.Leaf

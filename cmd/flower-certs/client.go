@@ -420,9 +420,7 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c.names = fs.Args()
-	if len(c.names) == 0 && len(c.serials) == 0 {
-		return cli.Usagef("missing NAME: name the node to revoke, such as %s revoke node-2 (or --serial HEX)", name)
-	}
+	missingName := cli.Usagef("missing NAME: name the node to revoke, such as %s revoke node-2 (or --serial HEX)", name)
 	role := transport.RoleNode
 	if c.serverApp {
 		role = transport.RoleServerApp
@@ -482,6 +480,14 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if len(targets) == 0 {
+		// No NAME: only a missing CRL, or another CA's (the CA was made
+		// again), is written anew, empty; the CA's own needs a NAME.
+		if prev != nil {
+			return missingName
+		}
+		return writeEmptyCRL(stdout, ca, c.dir, crlFile, now)
+	}
 	var serials []*big.Int
 	for _, t := range targets {
 		if prev != nil && revokedIn(prev, t.serial) {
@@ -509,6 +515,21 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	fmt.Fprintf(stdout, "A SuperLink started with --client-crl %s refuses them within its poll interval, or at once on SIGHUP, also on connections already open; no restart.\n", crlFile)
+	return nil
+}
+
+// writeEmptyCRL writes an empty CRL of ca as dir's crlFile.
+func writeEmptyCRL(stdout io.Writer, ca *selfsigned.CA, dir, crlFile string, now time.Time) error {
+	crl, err := ca.SignCRL(nil, nil, now)
+	if err != nil {
+		return err
+	}
+	set := &fileSet{dir: dir}
+	set.add(crlName, crl.PEM, certMode, fmt.Sprintf("CRL number %s of the CA, none revoked", crl.List.Number))
+	if err := set.write(stdout); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "A SuperLink started with --client-crl %s reads it within its poll interval, or at once on SIGHUP (restart one that refused to start).\n", crlFile)
 	return nil
 }
 

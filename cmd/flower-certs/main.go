@@ -32,6 +32,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/transport"
 )
 
 const name = "flower-certs"
@@ -281,6 +282,23 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		set.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
 			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
+	crlFile := filepath.Join(c.dir, crlName)
+	if !reuse {
+		// The CRL beside the old CA is refused beside the new one (the
+		// SuperLink would not start): an empty one of the new CA, in the
+		// same set. What the old one revoked, the new CA never issued.
+		haveCRL, err := exists(crlFile)
+		if err != nil {
+			return err
+		}
+		if haveCRL {
+			crl, err := ca.SignCRL(nil, nil, now)
+			if err != nil {
+				return err
+			}
+			set.add(crlName, crl.PEM, certMode, "CRL of the new CA (none revoked; it replaces the old CA's)")
+		}
+	}
 	set.add(serverKeyName, pair.KeyPEM, keyMode, "server private key")
 	set.add(serverCertName, pair.CertPEM, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
 		selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
@@ -304,11 +322,35 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "The server certificate ends with its CA on %s, before %d days; %s --new-ca makes a CA for 10 years (clients then need the new %s).\n",
 			ca.Cert.NotAfter.UTC().Format(time.DateOnly), c.days, name, p.caCert)
 	}
+	if !reuse {
+		printReissue(stdout, c.dir)
+	}
 	if have[p.serverCert] {
 		fmt.Fprintf(stdout, "A running SuperLink picks up the new certificate within its poll interval, or at once on SIGHUP.\n")
 	}
 	printUsage(stdout, p, sans(pair.Leaf))
 	return nil
+}
+
+// printReissue says which client certificates of dir a new CA leaves
+// behind (the SuperLink refuses them now), with the command that issues
+// them again.
+func printReissue(stdout io.Writer, dir string) {
+	for _, role := range []string{transport.RoleNode, transport.RoleServerApp} {
+		files, _ := filepath.Glob(filepath.Join(clientDir(dir, role), "*.pem"))
+		var names []string
+		for _, f := range files {
+			n := strings.TrimSuffix(filepath.Base(f), ".pem")
+			if transport.ValidName(n) == nil {
+				names = append(names, n)
+			}
+		}
+		if len(names) == 0 {
+			continue
+		}
+		fmt.Fprintf(stdout, "The %s certificates in %s were issued by the old CA and are refused from now on: issue them again with\n  %s\n",
+			transport.RoleName(role), clientDir(dir, role), shellJoin(append([]string{name, role, "--force", "--dir", dir}, names...)))
+	}
 }
 
 // checkExisting refuses a folder whose files do not work together: a CA

@@ -1,6 +1,7 @@
 package clientflags
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ type clientCert struct {
 	ClientCertificate, ClientKey string
 
 	role     string // the role the API dialled admits
+	api      string // the API dialled, for messages
 	identity string // of the checked certificate, for Describe
 }
 
@@ -26,36 +28,43 @@ func (f *Flags) registerClientCert(fs *pflag.FlagSet, api string) {
 	if strings.Contains(api, "Driver") {
 		role, what, cmd = transport.RoleServerApp, "ServerApp", "flower-certs serverapp"
 	}
-	f.role = role
+	f.role, f.api = role, api
 	fs.StringVar(&f.ClientCertificate, "client-certificate", "", fmt.Sprintf("PEM %s certificate to present to a SuperLink that requires one (mutual TLS), such as certificates/%ss/NAME.pem from %s", what, f.role, cmd))
 	fs.StringVar(&f.ClientKey, "client-key", "", "PEM private key of --client-certificate")
 }
 
 // withClientCert adds the client certificate and the role to o, once the
-// certificate passed selfsigned.CheckClient (a file error naming the flag:
-// exit 1). Conflicts with --insecure, and one flag without the other, are
-// usage errors.
+// certificate passed selfsigned.CheckClient and holds the identity of the
+// role the API admits (a file error or another role, naming the flag: exit
+// 1). Conflicts with --insecure, and one flag without the other, are usage
+// errors (transport's own checks of the options).
 func (f *Flags) withClientCert(o transport.ClientOptions) (transport.ClientOptions, error) {
 	o.Role = f.role
-	switch {
-	case f.ClientCertificate == "" && f.ClientKey == "":
+	o.ClientCertificate, o.ClientKey = f.ClientCertificate, f.ClientKey
+	if err := o.ValidateClientCert(); err != nil {
+		o.ClientCertificate, o.ClientKey = "", ""
+		return o, cli.Usagef("%v", err)
+	}
+	if f.ClientCertificate == "" {
 		return o, nil
-	case f.Insecure:
-		return o, cli.Usagef("--insecure and --client-certificate conflict: a client certificate is presented only over TLS; drop --insecure")
-	case f.ClientKey == "":
-		return o, cli.Usagef("--client-certificate %s needs --client-key with its private key", f.ClientCertificate)
-	case f.ClientCertificate == "":
-		return o, cli.Usagef("--client-key %s needs --client-certificate with the certificate", f.ClientKey)
 	}
 	c, err := selfsigned.CheckClient(f.ClientCertificate, f.ClientKey, time.Now())
 	if err != nil {
-		return o, fmt.Errorf("--client-certificate: %w", err)
+		flag := "--client-certificate"
+		var fe *selfsigned.FileError
+		if errors.As(err, &fe) && fe.Path == f.ClientKey && fe.Path != f.ClientCertificate {
+			flag = "--client-key"
+		}
+		return o, fmt.Errorf("%s: %w", flag, err)
 	}
 	f.identity = ""
 	if id, err := transport.IdentityOf(c.Leaf); err == nil {
+		if id.Role != f.role {
+			return o, fmt.Errorf("--client-certificate %s (%s): it is a %s certificate and this API admits %s certificates (the SuperLink's %s): pass one issued with flower-certs %s NAME",
+				f.ClientCertificate, id, transport.RoleName(id.Role), transport.RoleName(f.role), f.api, f.role)
+		}
 		f.identity = id.String()
 	}
-	o.ClientCertificate, o.ClientKey = f.ClientCertificate, f.ClientKey
 	return o, nil
 }
 
