@@ -20,10 +20,7 @@ import (
 // is the independent judge of what flower-certs writes.
 func opensslRun(t *testing.T, dir string, args ...string) string {
 	t.Helper()
-	path, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Fatalf("openssl is needed to check flower-certs' output independently: %v", err)
-	}
+	path := needTool(t, "openssl", "openssl")
 	cmd := exec.Command(path, args...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -32,13 +31,7 @@ func unitExecStart(t *testing.T, unit string) []string {
 func TestSystemdUnit(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("systemd-analyze is not installed: .ci/run installs Debian's systemd package")
-		}
-		t.Skip("systemd-analyze is not installed (apt-get install systemd); CI runs this test")
-	}
+	analyze := needTool(t, "systemd", "systemd-analyze")
 	data, err := os.ReadFile(filepath.Join(moduleRoot(), unitFile))
 	if err != nil {
 		t.Fatal(err)

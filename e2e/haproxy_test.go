@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -236,17 +235,7 @@ func anyOutput(ps []*proc, re *regexp.Regexp) bool {
 // fails in CI (CI set) and is skipped elsewhere.
 func haproxyBinary(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/haproxy"); err == nil {
-		return "/usr/sbin/haproxy"
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("haproxy is needed by this test: apt-get install haproxy")
-	}
-	t.Skip("haproxy is not installed (apt-get install haproxy); CI runs this test")
-	return ""
+	return needTool(t, "haproxy", "haproxy", "/usr/sbin/haproxy")
 }
 
 // haproxyConfig is what the test's HAProxy configuration is made of.

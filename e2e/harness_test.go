@@ -56,6 +56,24 @@ func needE2E(t *testing.T) {
 	}
 }
 
+// needTool returns the path of the first of names (a command looked up
+// in PATH, or an absolute path) that exists, from Debian's package pkg.
+// Without it the test fails in CI (CI set: .ci/run installs pkg) and is
+// skipped elsewhere, saying what to install.
+func needTool(t testing.TB, pkg string, names ...string) string {
+	t.Helper()
+	for _, name := range names {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s is not installed: .ci/run installs Debian's %s package", names[0], pkg)
+	}
+	t.Skipf("%s is not installed (apt-get install %s); CI runs this test", names[0], pkg)
+	return ""
+}
+
 // bin returns the path of a built binary, such as "flower-superlink".
 func bin(t testing.TB, name string) string {
 	t.Helper()

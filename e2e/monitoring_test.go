@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -387,16 +386,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // fails in CI (.ci/run installs it) and is skipped elsewhere.
 func chromium(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("chromium is not installed: .ci/run installs Debian's chromium package")
-	}
-	t.Skip("chromium is not installed (apt-get install chromium); CI runs this test")
-	return ""
+	return needTool(t, "chromium", "chromium", "chromium-browser")
 }
 
 // TestMonitoringACME: an ACME SuperLink with --metrics-address says it is

@@ -9,7 +9,6 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -71,12 +70,10 @@ var slSeedArgs = []string{"--certificates", slCA, slCert, slKey}
 // combined output and exit code.
 func slOpenSSL(t *testing.T, dir, addr string, args ...string) (string, int) {
 	t.Helper()
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Fatalf("openssl is needed by this test (apt-get install openssl): %v", err)
-	}
+	openssl := needTool(t, "openssl", "openssl")
 	host, _, _ := net.SplitHostPort(addr)
 	args = append([]string{"s_client", "-connect", addr, "-verify_ip", host}, args...)
-	return run(t, 30*time.Second, dir, nil, "/usr/bin/env", append([]string{"openssl"}, args...)...)
+	return run(t, 30*time.Second, dir, nil, openssl, args...)
 }
 
 // slHealth asks the standard gRPC health service at addr over TLS,
