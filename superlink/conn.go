@@ -15,15 +15,18 @@ import (
 // crypto/tls reads the socket into a buffer the size of one record (at
 // most 16 KiB of plaintext) and writes every record with a system call of
 // its own, so a 32 MiB message cost over 2,000 system calls each way, and
-// on loopback each write also runs the receiver's TCP processing. The
-// connections of a SuperLink's servers are wrapped on both sides of TLS:
+// on loopback each write also runs the receiver's TCP processing. The TLS
+// connections of a SuperLink's servers (tunedCreds: plaintext ones are
+// left to gRPC's own buffering) are wrapped on both sides of TLS:
 //
 //   - rawConn, under TLS, reads the socket in chunks of up to readChunk
 //     bytes into a buffer taken from a pool only once the socket is
-//     readable (the wait is Go's poller, without a buffer, as grpc-go does
-//     for plaintext connections) and given back as soon as TLS has taken
-//     all of it, so an idle connection holds no buffer; and it gathers the
-//     records TLS writes while a batchConn Write is under way;
+//     readable (the wait is Go's poller, with no buffer held) and given
+//     back as soon as TLS has taken all of it or the connection closes,
+//     so an idle connection holds no buffer; and it gathers the records
+//     TLS writes while a batchConn Write is under way. It needs the
+//     socket: a connection that is, or wraps one and says so with a
+//     SyscallConn method (limitConn does), else it reads plainly;
 //   - batchConn, over TLS, is what gRPC writes to: after TLS has written a
 //     Write's records into rawConn, they go to the socket in one system
 //     call.
@@ -45,6 +48,9 @@ var (
 	// readChunksOut counts the chunks taken and not given back, for tests:
 	// idle connections hold none.
 	readChunksOut atomic.Int64
+	// chunkReads counts the socket reads into a chunk, for tests: that
+	// they happen where the SuperLink serves.
+	chunkReads atomic.Int64
 )
 
 // writeBufs holds the buffers records are gathered in; one is taken for
@@ -80,13 +86,16 @@ func (c batchedCreds) Clone() credentials.TransportCredentials {
 }
 
 // rawConn is the socket under TLS. Read is called by one goroutine at a
-// time (TLS's reader); Write is safe for concurrent use.
+// time (TLS's reader); Write and Close are safe for concurrent use.
 type rawConn struct {
 	net.Conn
 	sc syscall.RawConn // nil: plain reads
 
-	rbuf *[]byte // the chunk TLS reads from, nil when drained
-	r, w int
+	rmu    sync.Mutex // rbuf, r, w and closed: Close gives the chunk back
+	rbuf   *[]byte    // the chunk TLS reads from, nil when drained
+	r, w   int
+	closed bool
+
 	big  bool                  // read into large chunks
 	rfn  func(fd uintptr) bool // fills rbuf once the socket is readable
 	rerr error                 // of rfn
@@ -96,11 +105,13 @@ type rawConn struct {
 	wbuf    *[]byte // gathered records, nil when none
 }
 
+// newRawConn wraps c, which reads in chunks when it is a syscall.Conn
+// (a *net.TCPConn, or a wrapper of one such as limitConn).
 func newRawConn(c net.Conn) *rawConn {
 	r := &rawConn{Conn: c}
-	if tc, ok := c.(*net.TCPConn); ok {
-		if sc, err := tc.SyscallConn(); err == nil {
-			r.sc = sc
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil && rc != nil {
+			r.sc = rc
 			r.rfn = r.fill
 		}
 	}
@@ -110,14 +121,17 @@ func newRawConn(c net.Conn) *rawConn {
 // Read serves what is left of the last chunk, or reads a new one.
 func (c *rawConn) Read(p []byte) (int, error) {
 	for {
+		c.rmu.Lock()
 		if c.rbuf != nil {
 			n := copy(p, (*c.rbuf)[c.r:c.w])
 			c.r += n
 			if c.r == c.w {
-				c.releaseRead()
+				c.releaseReadLocked()
 			}
+			c.rmu.Unlock()
 			return n, nil
 		}
+		c.rmu.Unlock()
 		if c.sc == nil || len(p) >= readChunk {
 			return c.Conn.Read(p)
 		}
@@ -154,15 +168,41 @@ func (c *rawConn) fill(fd uintptr) bool {
 			pool.Put(b)
 			c.rerr = io.EOF
 		default:
+			c.big = n == len(*b) || c.big && n >= len(*b)/2
+			c.rmu.Lock()
+			if c.closed { // Close ran while the socket was read
+				c.rmu.Unlock()
+				pool.Put(b)
+				c.rerr = net.ErrClosed
+				return true
+			}
+			chunkReads.Add(1)
 			readChunksOut.Add(1)
 			c.rbuf, c.r, c.w = b, 0, n
-			c.big = n == len(*b) || c.big && n >= len(*b)/2
+			c.rmu.Unlock()
 		}
 		return true
 	}
 }
 
+// Close closes the connection and gives back the chunk TLS had not read
+// all of (a connection closed mid-message).
+func (c *rawConn) Close() error {
+	err := c.Conn.Close()
+	c.rmu.Lock()
+	c.closed = true
+	c.releaseReadLocked()
+	c.rmu.Unlock()
+	return err
+}
+
 func (c *rawConn) releaseRead() {
+	c.rmu.Lock()
+	c.releaseReadLocked()
+	c.rmu.Unlock()
+}
+
+func (c *rawConn) releaseReadLocked() {
 	if c.rbuf != nil {
 		if cap(*c.rbuf) == readChunk {
 			readChunks.Put(c.rbuf)

@@ -2,18 +2,25 @@ package superlink
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -236,5 +243,136 @@ func TestBatchedConnDeadlineAndEOF(t *testing.T) {
 	client.Close()
 	if _, err := server.Read(make([]byte, 10)); !errors.Is(err, io.EOF) {
 		t.Errorf("read after the client closed: %v, want io.EOF", err)
+	}
+}
+
+// A connection closed before TLS read all of its last chunk gives the
+// chunk back.
+func TestBatchedConnCloseGivesChunkBack(t *testing.T) {
+	server, _, client := batchedPair(t, nil)
+	if _, err := client.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // all of it in the server's socket
+	if _, err := io.ReadFull(server, make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if n := readChunksOut.Load(); n == 0 {
+		t.Fatal("no read chunk held with 64 KiB sent and 100 bytes read")
+	}
+	server.Close()
+	if n := readChunksOut.Load(); n != 0 {
+		t.Errorf("%d read chunks held after the connection closed", n)
+	}
+}
+
+// recordingServer is a SuperLink whose Fleet listener sends the TCP
+// connections it accepts to conns, under Serve's own listener wrapper.
+type recordingServer struct {
+	*SuperLink
+	conns chan *net.TCPConn
+}
+
+func (s recordingServer) Serve(ctx context.Context, fleet, driver net.Listener, creds credentials.TransportCredentials) error {
+	return s.SuperLink.Serve(ctx, &recordingListener{Listener: fleet, conns: s.conns}, driver, creds)
+}
+
+type recordingListener struct {
+	net.Listener
+	conns chan *net.TCPConn
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		select {
+		case l.conns <- tc:
+		default:
+		}
+	}
+	return c, err
+}
+
+// userTimeout returns the TCP_USER_TIMEOUT of c.
+func userTimeout(t *testing.T, c *net.TCPConn) time.Duration {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		v, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return time.Duration(v) * time.Millisecond
+}
+
+// Where Serve serves TLS (under its listener wrapper, limitConn), the
+// socket is read in chunks and TCP_USER_TIMEOUT is the keepalive timeout,
+// as gRPC sets it on the connections it accepts itself.
+func TestServeTLSReadsInChunksAndSetsUserTimeout(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("TCP_USER_TIMEOUT is Linux's")
+	}
+	creds, caFile := testCerts(t)
+	conns := make(chan *net.TCPConn, 4)
+	sl := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	link := testkit.Serve(t, recordingServer{sl, conns}, creds)
+	cc := dial(t, link.Fleet, caFile)
+	defer cc.Close()
+	before := chunkReads.Load()
+	ctx := ctxT(t)
+	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if chunkReads.Load() == before {
+		t.Error("the Fleet API's TLS connection read no chunk from its socket")
+	}
+	if d := userTimeout(t, <-conns); d != keepaliveTimeout {
+		t.Errorf("TCP_USER_TIMEOUT %v, want %v", d, keepaliveTimeout)
+	}
+}
+
+// Plaintext connections are not wrapped for TLS (gRPC reads and writes
+// them with its own buffers), and get the TCP_USER_TIMEOUT too.
+func TestServePlaintextNotBatched(t *testing.T) {
+	g := newGuard(newBudget(Limits{}.withDefaults()), slog.Default(), time.Minute)
+	if _, ok := tunedCreds(guarded(nil, g)).(batchedCreds); ok {
+		t.Error("plaintext credentials wrapped in batchedCreds")
+	}
+	tlsCreds, _ := testCerts(t)
+	if _, ok := tunedCreds(guarded(tlsCreds, g)).(batchedCreds); !ok {
+		t.Error("TLS credentials not wrapped in batchedCreds")
+	}
+	if len(tuningOptions(false)) != len(tuningOptions(true))-1 {
+		t.Error("ReadBufferSize(0) is not for TLS only")
+	}
+
+	if runtime.GOOS != "linux" {
+		return
+	}
+	conns := make(chan *net.TCPConn, 4)
+	sl := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	link := testkit.Serve(t, recordingServer{sl, conns}, nil)
+	cc, err := grpc.NewClient(link.Fleet, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	before := chunkReads.Load()
+	if _, err := healthpb.NewHealthClient(cc).Check(ctxT(t), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := chunkReads.Load() - before; n != 0 {
+		t.Errorf("a plaintext connection read %d chunks", n)
+	}
+	if d := userTimeout(t, <-conns); d != keepaliveTimeout {
+		t.Errorf("TCP_USER_TIMEOUT %v, want %v", d, keepaliveTimeout)
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -293,6 +295,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		<-l.sem
 		return nil, err
 	}
+	setUserTimeout(c, keepaliveTimeout)
 	l.b.conns.Add(1)
 	lc := &limitConn{Conn: c}
 	lc.release = func() {
@@ -319,4 +322,36 @@ func (c *limitConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
+}
+
+// SyscallConn reaches the socket under the wrapper, as without it: the
+// chunked reads of rawConn need it.
+func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("the connection has no socket")
+}
+
+// tcpUserTimeout is TCP_USER_TIMEOUT of Linux (linux/tcp.h, every
+// architecture); package syscall lacks it.
+const tcpUserTimeout = 0x12
+
+// setUserTimeout sets the TCP_USER_TIMEOUT of c, when it is a TCP
+// connection on Linux, to d: how long sent bytes may go unacknowledged
+// before the kernel drops the connection. gRPC sets it to its keepalive
+// Timeout on the connection Accept returned, but only on a *net.TCPConn
+// (internal/syscall.SetTCPUserTimeout), which limitConn hides; so it is
+// set here, as gRPC would. A failure leaves the connection as it was (as
+// on other systems, where gRPC sets nothing).
+func setUserTimeout(c net.Conn, d time.Duration) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || runtime.GOOS != "linux" {
+		return
+	}
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(d/time.Millisecond))
+		})
+	}
 }

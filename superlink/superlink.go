@@ -170,10 +170,18 @@ func ServerOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
 	return serverOptions(guarded(creds, g), newCodec(nil), slog.Default(), l)
 }
 
+// keepaliveTimeout is how long the server waits for the answer to its
+// keepalive ping, and the TCP_USER_TIMEOUT of its connections (which gRPC
+// sets to it; setUserTimeout where limitConn hides the socket from gRPC).
+const keepaliveTimeout = 20 * time.Second
+
+// serverOptions are the options of ServerOptions with creds, already
+// guarded (nil: no Creds option, plaintext); the tuning depends on
+// whether they are TLS.
 func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.Logger, l Limits) []grpc.ServerOption {
 	opts := limitOptions(l, keepalive.ServerParameters{
 		Time:                  210 * time.Second,
-		Timeout:               20 * time.Second,
+		Timeout:               keepaliveTimeout,
 		MaxConnectionAge:      time.Hour,
 		MaxConnectionAgeGrace: 5 * time.Minute,
 	})
@@ -187,7 +195,7 @@ func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.L
 		grpc.ForceServerCodecV2(c),
 		grpc.ChainUnaryInterceptor(recoverInterceptor(log), recheckInterceptor),
 	)
-	opts = append(opts, tuningOptions()...)
+	opts = append(opts, tuningOptions(isTLS(creds))...)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(tunedCreds(creds)))
 	}

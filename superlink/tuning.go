@@ -17,9 +17,12 @@ import (
 //   - Under TLS, the socket is read in chunks of up to 256 KiB and the TLS
 //     records of one gRPC write are written with one system call
 //     (batchedCreds, conn.go).
-//   - gRPC reads straight from the TLS connection (ReadBufferSize 0): TLS
-//     already holds a whole record, so gRPC's own 32 KiB read buffer was
-//     one more copy, and 32 KiB held by every idle connection.
+//   - Under TLS, gRPC reads straight from the TLS connection
+//     (ReadBufferSize 0): TLS already holds a whole record, so gRPC's own
+//     32 KiB read buffer was one more copy, and 32 KiB held by every idle
+//     connection. Plaintext connections keep gRPC's read buffer and are
+//     not wrapped: without it, gRPC reads each frame's header and payload
+//     from the socket apart, and gathering writes would only copy them.
 //   - gRPC gathers up to writeBuffer (64 KiB) of frames per write to TLS,
 //     in a buffer taken from a pool for each write and given back after it
 //     (SharedWriteBuffer), so that an idle connection holds none. Larger
@@ -36,21 +39,33 @@ import (
 //     them.
 const writeBuffer = 64 << 10
 
-// tuningOptions are the gRPC server options above.
-func tuningOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ReadBufferSize(0),
+// tuningOptions are the gRPC server options above, for TLS connections
+// or plaintext ones.
+func tuningOptions(tls bool) []grpc.ServerOption {
+	opts := []grpc.ServerOption{
 		grpc.WriteBufferSize(writeBuffer),
 		grpc.SharedWriteBuffer(true),
 		experimental.BufferPool(framePoolShared),
 	}
+	if tls {
+		opts = append(opts, grpc.ReadBufferSize(0))
+	}
+	return opts
+}
+
+// isTLS reports whether creds (nil: plaintext) are TLS, through wrappers
+// that keep the inner credentials' Info, as guardCreds and the transport
+// package's do.
+func isTLS(creds credentials.TransportCredentials) bool {
+	return creds != nil && creds.Info().SecurityProtocol == "tls"
 }
 
 // tunedCreds returns creds whose connections read and write in large
-// chunks (nil stays nil: plaintext gRPC).
+// chunks when they are TLS; other credentials (nil, or plaintext ones
+// such as those guarded puts in place of nil) are returned as they are.
 func tunedCreds(creds credentials.TransportCredentials) credentials.TransportCredentials {
-	if creds == nil {
-		return nil
+	if !isTLS(creds) {
+		return creds
 	}
 	return batchedCreds{creds}
 }
