@@ -101,9 +101,9 @@ var framePoolShared = newFramePool(framePoolKeep, framePoolIdle)
 type framePool struct {
 	mu      sync.Mutex
 	free    []*[]byte
-	max     int          // buffers kept
-	lastGet atomic.Int64 // unix nanoseconds
-	trimmer *time.Timer  // pending trim, nil when none
+	max     int         // buffers kept
+	used    atomic.Bool // a buffer was asked for since the last trim
+	trimmer *time.Timer // pending trim, nil when none
 	idle    time.Duration
 }
 
@@ -114,7 +114,9 @@ func newFramePool(keep int, idle time.Duration) *framePool {
 // Get returns a buffer of length n.
 func (p *framePool) Get(n int) *[]byte {
 	if n <= frameSize {
-		p.lastGet.Store(time.Now().UnixNano())
+		if !p.used.Load() {
+			p.used.Store(true)
+		}
 		p.mu.Lock()
 		if k := len(p.free); k > 0 {
 			b := p.free[k-1]
@@ -146,13 +148,15 @@ func (p *framePool) Put(b *[]byte) {
 	p.mu.Unlock()
 }
 
-// trim drops the buffers kept once nobody asked for one for p.idle, or
-// looks again when that will be so.
+// trim drops the buffers kept once nobody asked for one during a whole
+// p.idle, or looks again p.idle later. (A flag rather than the time of the
+// last request: Get runs for every frame received, and a clock reading
+// there is not needed.)
 func (p *framePool) trim() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if left := p.idle - time.Since(time.Unix(0, p.lastGet.Load())); left > 0 {
-		p.trimmer = time.AfterFunc(left, p.trim)
+	if p.used.Swap(false) {
+		p.trimmer = time.AfterFunc(p.idle, p.trim)
 		return
 	}
 	clear(p.free)
