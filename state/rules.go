@@ -189,6 +189,17 @@ func ErrIdentity(method string, id int64) error {
 	return status.Errorf(codes.PermissionDenied, "%s: node %d was created with another client certificate; a node may only act for itself", method, id)
 }
 
+// CheckIdentity is the answer to method's call for node id made with the
+// client certificate identity ("" when the link does not authenticate
+// nodes), the node having been created with known: nil when they match or
+// identity is "", ErrIdentity otherwise.
+func CheckIdentity(method string, id int64, identity, known string) error {
+	if identity != "" && identity != known {
+		return ErrIdentity(method, id)
+	}
+	return nil
+}
+
 // ErrRunNotFound is PushTaskIns's answer for element i naming an unknown run.
 func ErrRunNotFound(i int, run int64) error {
 	return status.Errorf(codes.NotFound, "PushTaskIns: task_ins_list[%d]: run %d does not exist: call CreateRun first", i, run)
@@ -228,6 +239,62 @@ func ErrNotPulled(i int, ins uuid.UUID) error {
 // that an earlier element of the same request answers.
 func ErrAnsweredTwice(i int, ins uuid.UUID) error {
 	return status.Errorf(codes.FailedPrecondition, "PushTaskRes: task_res_list[%d]: TaskIns %s already has a result", i, ins)
+}
+
+// ParentFacts is what a store knows of the TaskIns a TaskRes answers (its
+// parent), for AcceptTaskRes.
+type ParentFacts struct {
+	// Stored is true while the TaskIns is stored; Gone is true when it is
+	// not, but its result was delivered and the store still remembers it
+	// (then only Consumer and Identity are known).
+	Stored, Gone bool
+	// Consumer is the node the TaskIns was sent to, created with the
+	// client certificate Identity.
+	Consumer int64
+	Identity string
+	// Run is the TaskIns's run; Delivered is true once a PullTaskIns
+	// delivered it, Answered once a result of it is stored.
+	Run                 int64
+	Delivered, Answered bool
+}
+
+// AcceptTaskRes decides element i of a PushTaskRes request, res (validated
+// by ValidateTaskResList, answering parent), pushed with the client
+// certificate identity, given what the store knows of parent. seen holds
+// the parents that earlier elements of the request answer; AcceptTaskRes
+// adds parent to it when it accepts res. It returns the error the whole
+// request fails with, or whether res is late: accepted but not to be
+// stored, as a retry of a push whose result was stored (or delivered and
+// forgotten already).
+func AcceptTaskRes(i int, res *flwrproto.TaskRes, parent uuid.UUID, identity string, f ParentFacts, seen map[uuid.UUID]bool) (late bool, err error) {
+	producer := res.Task.Producer.NodeId
+	if !f.Stored {
+		if f.Gone && f.Consumer == producer && !seen[parent] {
+			if err := CheckIdentity("PushTaskRes", producer, identity, f.Identity); err != nil {
+				return false, err
+			}
+			seen[parent] = true
+			return true, nil
+		}
+		return false, ErrTaskInsNotFound(i, parent)
+	}
+	if producer != f.Consumer {
+		return false, ErrNotConsumer(i, producer, parent, f.Consumer)
+	}
+	if err := CheckIdentity("PushTaskRes", producer, identity, f.Identity); err != nil {
+		return false, err
+	}
+	if res.RunId != f.Run {
+		return false, ErrRunDiffers(i, res.RunId, parent, f.Run)
+	}
+	if !f.Delivered {
+		return false, ErrNotPulled(i, parent)
+	}
+	if seen[parent] {
+		return false, ErrAnsweredTwice(i, parent)
+	}
+	seen[parent] = true
+	return f.Answered, nil
 }
 
 // problems collects what is wrong with one task, in 1.8.0's order.

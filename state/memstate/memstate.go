@@ -170,8 +170,8 @@ func (s *State) DeleteNode(_ context.Context, id int64, identity string) error {
 	if n == nil {
 		return state.ErrNodeNotFound(id)
 	}
-	if identity != "" && identity != n.identity {
-		return state.ErrIdentity("DeleteNode", id)
+	if err := state.CheckIdentity("DeleteNode", id, identity, n.identity); err != nil {
+		return err
 	}
 	delete(s.nodes, id)
 	for i, o := range s.order {
@@ -207,8 +207,8 @@ func (s *State) Ping(_ context.Context, id int64, pingInterval float64, identity
 	if n == nil {
 		return false, nil
 	}
-	if identity != "" && identity != n.identity {
-		return false, state.ErrIdentity("Ping", id)
+	if err := state.CheckIdentity("Ping", id, identity, n.identity); err != nil {
+		return false, err
 	}
 	n.onlineUntil = s.now().Add(d)
 	n.pingInterval = pingInterval
@@ -377,8 +377,8 @@ func (s *State) PullTaskIns(_ context.Context, id int64, identity string) ([]*fl
 	if n == nil {
 		return nil, nil
 	}
-	if identity != "" && identity != n.identity {
-		return nil, state.ErrIdentity("PullTaskIns", id)
+	if err := state.CheckIdentity("PullTaskIns", id, identity, n.identity); err != nil {
+		return nil, err
 	}
 	for len(n.queue) > 0 {
 		tid := n.queue[0]
@@ -422,36 +422,16 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 	seen := map[uuid.UUID]bool{}
 	late := make([]bool, len(list)) // accepted, not stored
 	for i, t := range list {
-		p := parents[i]
-		producer := t.Task.Producer.NodeId
-		e := s.ins[p]
-		if e == nil {
-			if g, ok := s.gone[p]; ok && g.consumer == producer && !seen[p] {
-				if identity != "" && identity != g.identity {
-					return nil, state.ErrIdentity("PushTaskRes", producer)
-				}
-				late[i], seen[p] = true, true
-				continue
-			}
-			return nil, state.ErrTaskInsNotFound(i, p)
+		var f state.ParentFacts
+		if e := s.ins[parents[i]]; e != nil {
+			f = state.ParentFacts{Stored: true, Consumer: e.consumer, Identity: e.identity,
+				Run: e.run, Delivered: e.delivered, Answered: e.answered}
+		} else if g, ok := s.gone[parents[i]]; ok {
+			f = state.ParentFacts{Gone: true, Consumer: g.consumer, Identity: g.identity}
 		}
-		if producer != e.consumer {
-			return nil, state.ErrNotConsumer(i, producer, p, e.consumer)
+		if late[i], err = state.AcceptTaskRes(i, t, parents[i], identity, f, seen); err != nil {
+			return nil, err
 		}
-		if identity != "" && identity != e.identity {
-			return nil, state.ErrIdentity("PushTaskRes", producer)
-		}
-		if t.RunId != e.run {
-			return nil, state.ErrRunDiffers(i, t.RunId, p, e.run)
-		}
-		if !e.delivered {
-			return nil, state.ErrNotPulled(i, p)
-		}
-		if seen[p] {
-			return nil, state.ErrAnsweredTwice(i, p)
-		}
-		late[i] = e.answered // a retry of a push that was stored
-		seen[p] = true
 	}
 	// Every id before anything is stored: a failing rand leaves no result
 	// of the list behind.

@@ -268,8 +268,8 @@ func (s *State) DeleteNode(ctx context.Context, id int64, identity string) error
 		if err != nil {
 			return nil, err
 		}
-		if identity != "" && identity != known {
-			return nil, state.ErrIdentity("DeleteNode", id)
+		if err := state.CheckIdentity("DeleteNode", id, identity, known); err != nil {
+			return nil, err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = $1`, id); err != nil {
 			return nil, err
@@ -303,8 +303,8 @@ func (s *State) Ping(ctx context.Context, id int64, pingInterval float64, identi
 		if err != nil {
 			return nil, err
 		}
-		if identity != "" && identity != known {
-			return nil, state.ErrIdentity("Ping", id)
+		if err := state.CheckIdentity("Ping", id, identity, known); err != nil {
+			return nil, err
 		}
 		found = true
 		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET online_until = $1, ping_interval = $2, offline = 0 WHERE id = $3`,
@@ -581,8 +581,8 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 		if err != nil || !ok {
 			return after, err
 		}
-		if identity != "" && identity != known {
-			return nil, state.ErrIdentity("PullTaskIns", id)
+		if err := state.CheckIdentity("PullTaskIns", id, identity, known); err != nil {
+			return nil, err
 		}
 		for attempt := 1; ; attempt++ {
 			var seq int64
@@ -681,47 +681,21 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 		seen := map[uuid.UUID]bool{}
 		late := make([]bool, len(list)) // accepted, not stored
 		for i, t := range list {
-			p := parents[i]
-			producer := t.Task.Producer.NodeId
-			var consumer, run int64
-			var known string
-			var delivered, answered bool
-			err := tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity, run_id, delivered_at IS NOT NULL, answered FROM task_ins WHERE id = $1`+s.d.forUpdate, p.String()).
-				Scan(&consumer, &known, &run, &delivered, &answered)
+			p := parents[i].String()
+			var f state.ParentFacts
+			err := tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity, run_id, delivered_at IS NOT NULL, answered FROM task_ins WHERE id = $1`+s.d.forUpdate, p).
+				Scan(&f.Consumer, &f.Identity, &f.Run, &f.Delivered, &f.Answered)
+			f.Stored = err == nil
 			if err == sql.ErrNoRows {
-				err = tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity FROM gone WHERE ins_id = $1`, p.String()).Scan(&consumer, &known)
-				if err == nil && consumer == producer && !seen[p] {
-					if identity != "" && identity != known {
-						return nil, state.ErrIdentity("PushTaskRes", producer)
-					}
-					late[i], seen[p] = true, true
-					continue
-				}
-				if err != nil && err != sql.ErrNoRows {
-					return nil, err
-				}
-				return nil, state.ErrTaskInsNotFound(i, p)
+				err = tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity FROM gone WHERE ins_id = $1`, p).Scan(&f.Consumer, &f.Identity)
+				f.Gone = err == nil
 			}
-			if err != nil {
+			if err != nil && err != sql.ErrNoRows {
 				return nil, err
 			}
-			if producer != consumer {
-				return nil, state.ErrNotConsumer(i, producer, p, consumer)
+			if late[i], err = state.AcceptTaskRes(i, t, parents[i], identity, f, seen); err != nil {
+				return nil, err
 			}
-			if identity != "" && identity != known {
-				return nil, state.ErrIdentity("PushTaskRes", producer)
-			}
-			if t.RunId != run {
-				return nil, state.ErrRunDiffers(i, t.RunId, p, run)
-			}
-			if !delivered {
-				return nil, state.ErrNotPulled(i, p)
-			}
-			if seen[p] {
-				return nil, state.ErrAnsweredTwice(i, p)
-			}
-			late[i] = answered // a retry of a push that was stored
-			seen[p] = true
 		}
 		var stored [][]blobRef
 		for i := range list {
