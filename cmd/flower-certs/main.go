@@ -38,9 +38,10 @@ import (
 const name = "flower-certs"
 
 var command = cli.Command{
-	Name:     name,
-	Synopsis: "make a CA and a server certificate for a research setup (replaces Flower's generate.sh)",
-	Usage:    "[flags]",
+	Name:        name,
+	Synopsis:    "make a CA and a server certificate for a research setup (replaces Flower's generate.sh)",
+	Usage:       "[flags]",
+	NoLogFormat: true, // no log lines of its own
 	Examples: []string{
 		"flower-certs                                   # writes certificates/ca.crt, ca.key, server.pem, server.key",
 		"flower-certs --host superlink.lab.example.org --host 10.0.0.5",

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -94,27 +97,90 @@ func (m *memoryFlags) apply() []any {
 	return attrs
 }
 
+// memorySources are the files machineMemory reads; tests point them at a
+// fake tree.
+type memorySources struct {
+	meminfo    string // /proc/meminfo: MemTotal
+	selfCgroup string // /proc/self/cgroup: the process's control group
+	cgroupRoot string // /sys/fs/cgroup: where the control groups are mounted
+}
+
+// systemMemory are the files of the running system.
+var systemMemory = memorySources{
+	meminfo:    "/proc/meminfo",
+	selfCgroup: "/proc/self/cgroup",
+	cgroupRoot: "/sys/fs/cgroup",
+}
+
 // machineMemory returns the memory the process may use: its control
 // group's limit when it has one below the machine's memory, else the
 // machine's memory (MemTotal); 0 when neither can be read.
-func machineMemory() (int64, string) {
-	total := memTotal()
-	for _, p := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err == nil && n > 0 && (total == 0 || n < total) {
-			return n, "the control group's limit " + formatSize(n)
-		}
+func machineMemory() (int64, string) { return systemMemory.memory() }
+
+func (s memorySources) memory() (int64, string) {
+	total := memTotal(s.meminfo)
+	if n := s.cgroupLimit(); n > 0 && (total == 0 || n < total) {
+		return n, "the control group's limit " + formatSize(n)
 	}
 	return total, "the machine's memory " + formatSize(total)
 }
 
-// memTotal reads MemTotal from /proc/meminfo (0 when it cannot).
-func memTotal() int64 {
-	f, err := os.Open("/proc/meminfo")
+// cgroupLimit returns the smallest memory limit of the process's control
+// group and of the groups above it (0: none). The group is the one
+// /proc/self/cgroup names, such as /system.slice/sepal.service for a
+// systemd service with MemoryMax=, whose limit is in that group's
+// memory.max, not in the one at the root; in a container with its own
+// cgroup namespace the group is "/" and the root holds the container's
+// limit. With cgroup v1 it is the memory controller's group and its
+// memory.limit_in_bytes. A group that is not mounted (a container that
+// sees a path of the host's) is skipped, and its parents still read.
+func (s memorySources) cgroupLimit() int64 {
+	v2, v1 := "/", "/" // the root when /proc/self/cgroup cannot be read
+	if b, err := os.ReadFile(s.selfCgroup); err == nil {
+		for line := range strings.Lines(string(b)) {
+			f := strings.SplitN(strings.TrimSpace(line), ":", 3)
+			switch {
+			case len(f) != 3:
+			case f[0] == "0" && f[1] == "":
+				v2 = f[2]
+			case slices.Contains(strings.Split(f[1], ","), "memory"):
+				v1 = f[2]
+			}
+		}
+	}
+	limit := smallestLimit(s.cgroupRoot, v2, "memory.max")
+	if n := smallestLimit(filepath.Join(s.cgroupRoot, "memory"), v1, "memory.limit_in_bytes"); n > 0 && (limit == 0 || n < limit) {
+		limit = n
+	}
+	return limit
+}
+
+// smallestLimit returns the smallest number in the file named file of
+// the group group under root and of each group above it up to root (0:
+// none; "max", no limit, is skipped).
+func smallestLimit(root, group, file string) int64 {
+	root = filepath.Clean(root)
+	// Rooted, so that a group of "/../x" (outside a cgroup namespace)
+	// stays under root.
+	dir := filepath.Join(root, path.Clean("/"+group))
+	var limit int64
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, file)); err == nil {
+			n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			if err == nil && n > 0 && (limit == 0 || n < limit) {
+				limit = n
+			}
+		}
+		if dir == root || len(dir) <= len(root) {
+			return limit
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+// memTotal reads MemTotal from meminfo, /proc/meminfo (0 when it cannot).
+func memTotal(meminfo string) int64 {
+	f, err := os.Open(meminfo)
 	if err != nil {
 		return 0
 	}

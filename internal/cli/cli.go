@@ -34,6 +34,11 @@ type Command struct {
 	Synopsis string   // one line: what it does
 	Usage    string   // "[flags] APP", after the name
 	Examples []string // command lines, printed first
+
+	// NoLogFormat leaves --log-format out of the flag set, for a command
+	// that writes no slog lines of its own (flower-certs, sepal-load), so
+	// that its --help does not offer a flag it would ignore.
+	NoLogFormat bool
 }
 
 // UsageError is a mistake in the command line; Exit prints it with a pointer
@@ -52,15 +57,19 @@ const versionFlag = "version"
 
 // NewFlagSet returns a flag set named c.Name whose usage opens with the
 // command's examples, which returns errors instead of exiting, and which
-// has a --version flag (listed last). The usage (--help) and the version
-// (--version) are printed to out: give it stdout, as both are asked for.
+// has a --version flag (listed last) and, unless c.NoLogFormat, a
+// --log-format flag (listed just before it; read it with LogFormat). The
+// usage (--help) and the version (--version) are printed to out: give it
+// stdout, as both are asked for.
 func NewFlagSet(c Command, out io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(c.Name, pflag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.SortFlags = false
 	fs.Bool(versionFlag, false, "print the version and exit")
-	lf := LogText
-	fs.Var((*logFormatValue)(&lf), logFormatFlag, "how log lines are written to stderr: text (key=value) or json (one object per line, for a log collector)")
+	if !c.NoLogFormat {
+		lf := LogText
+		fs.Var((*logFormatValue)(&lf), logFormatFlag, "how log lines are written to stderr: text (key=value) or json (one object per line, for a log collector)")
+	}
 	fs.Usage = func() {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s: %s\n\nExamples:\n", c.Name, c.Synopsis)
@@ -210,7 +219,7 @@ const (
 	LogJSON = "json" // slog's JSONHandler: one object per line
 )
 
-// logFormatFlag is the flag NewFlagSet registers in every flag set.
+// logFormatFlag is the flag NewFlagSet registers unless Command.NoLogFormat.
 const logFormatFlag = "log-format"
 
 // logFormatValue is --log-format: text or json, refused otherwise when the
@@ -229,7 +238,8 @@ func (v *logFormatValue) Set(s string) error {
 }
 
 // LogFormat returns the --log-format of a flag set from NewFlagSet, after
-// Parse: LogText (the default) or LogJSON.
+// Parse: LogText (the default) or LogJSON; LogText for a flag set without
+// the flag (Command.NoLogFormat).
 func LogFormat(fs *pflag.FlagSet) string {
 	if f := fs.Lookup(logFormatFlag); f != nil {
 		return f.Value.String()

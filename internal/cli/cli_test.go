@@ -142,8 +142,8 @@ func TestArgs(t *testing.T) {
 	usage(t, err, `unexpected argument "extra": flower-x runs one APP`)
 }
 
-// TestLogFormat: every command takes --log-format text|json (listed just
-// before --version); json writes one JSON object per line.
+// TestLogFormat: a command that logs takes --log-format text|json (listed
+// just before --version); json writes one JSON object per line.
 func TestLogFormat(t *testing.T) {
 	fs := NewFlagSet(Command{Name: "flower-x"}, io.Discard)
 	if err := Parse(fs, nil); err != nil || LogFormat(fs) != LogText {
@@ -167,5 +167,28 @@ func TestLogFormat(t *testing.T) {
 	NewLogger(&b, slog.LevelInfo).Info("serving", "fleet_api_address", "127.0.0.1:9092")
 	if !strings.Contains(b.String(), "msg=serving fleet_api_address=127.0.0.1:9092") {
 		t.Fatalf("text log line %q", b.String())
+	}
+}
+
+// TestNoLogFormat: a command with NoLogFormat (flower-certs, sepal-load)
+// neither shows --log-format in --help nor accepts it, and LogFormat is
+// text.
+func TestNoLogFormat(t *testing.T) {
+	var out bytes.Buffer
+	fs := NewFlagSet(Command{Name: "flower-x", Usage: "[flags]", NoLogFormat: true}, &out)
+	fs.Bool("force", false, "overwrite")
+	if err := Parse(fs, []string{"--help"}); !errors.Is(err, ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	if u := out.String(); strings.Contains(u, "log-format") || !strings.Contains(u, "--force") || !strings.Contains(u, "--version") {
+		t.Fatalf("usage of a command without --log-format:\n%s", u)
+	}
+	err := Parse(fs, []string{"--log-format", "json"})
+	var ue *UsageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "log-format") {
+		t.Fatalf("--log-format json: %v, want a usage error naming the unknown flag", err)
+	}
+	if err := Parse(fs, nil); err != nil || LogFormat(fs) != LogText {
+		t.Fatalf("LogFormat without the flag: %v %q", err, LogFormat(fs))
 	}
 }

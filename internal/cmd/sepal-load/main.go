@@ -39,9 +39,10 @@ import (
 const name = "sepal-load"
 
 var command = cli.Command{
-	Name:     name,
-	Synopsis: "measure a flower-superlink process under a FedAvg, idle-nodes or small-calls load",
-	Usage:    "[flags] [-- SUPERLINK_FLAGS]",
+	Name:        name,
+	Synopsis:    "measure a flower-superlink process under a FedAvg, idle-nodes or small-calls load",
+	Usage:       "[flags] [-- SUPERLINK_FLAGS]",
+	NoLogFormat: true, // its --verbose log lines are text only
 	Examples: []string{
 		"go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32",
 		"go run ./internal/cmd/sepal-load --nodes 16 --repeat 3 --node-poll 100ms --server-poll 100ms",
