@@ -201,7 +201,7 @@ func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 			Detail: fmt.Sprintf("certificate %q has no subject alternative names (DNS names or IPs), so no client can verify it", leaf.Subject.CommonName),
 			Fix:    `issue one with names, such as "flower-certs --force --host NAME"`}
 	}
-	if !hasUsage(leaf, x509.ExtKeyUsageServerAuth) {
+	if !certfmt.HasUsage(leaf, x509.ExtKeyUsageServerAuth) {
 		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrWrongUsage,
 			Detail: fmt.Sprintf("certificate %q lacks the serverAuth extended key usage", leaf.Subject.CommonName),
 			Fix:    fixRenew}

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // DefaultClientValidity is how long IssueClient's certificates last by
@@ -89,7 +91,7 @@ func CheckClient(certFile, keyFile string, now time.Time) (*tls.Certificate, err
 		return nil, err
 	}
 	leaf := chain[0]
-	if !hasUsage(leaf, x509.ExtKeyUsageClientAuth) {
+	if !certfmt.HasUsage(leaf, x509.ExtKeyUsageClientAuth) {
 		return nil, &FileError{Path: certFile, Role: roleClientCert, Err: ErrWrongUsage,
 			Detail: fmt.Sprintf("certificate %q lacks the clientAuth extended key usage, so no server accepts it from a client (is it a server certificate?)", leaf.Subject.CommonName),
 			Fix:    fixRenewClient}
@@ -99,18 +101,4 @@ func CheckClient(certFile, keyFile string, now time.Time) (*tls.Certificate, err
 		c.Certificate = append(c.Certificate, x.Raw)
 	}
 	return c, nil
-}
-
-// hasUsage reports whether c may be used for u: it lists u or any, or no
-// extended key usage at all.
-func hasUsage(c *x509.Certificate, u x509.ExtKeyUsage) bool {
-	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
-		return true
-	}
-	for _, x := range c.ExtKeyUsage {
-		if x == u || x == x509.ExtKeyUsageAny {
-			return true
-		}
-	}
-	return false
 }

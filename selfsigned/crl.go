@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // ErrCRLIssuer is the sentinel of a CRL that no CA of the client CA file
@@ -52,7 +54,7 @@ func (ca *CA) SignCRL(prev *x509.RevocationList, revoke []*big.Int, now time.Tim
 		}
 	}
 	for _, serial := range revoke {
-		if revokedIn(entries, serial) {
+		if certfmt.Listed(entries, serial) {
 			continue
 		}
 		entries = append(entries, x509.RevocationListEntry{SerialNumber: serial, RevocationTime: now})
@@ -74,23 +76,12 @@ func (ca *CA) SignCRL(prev *x509.RevocationList, revoke []*big.Int, now time.Tim
 	return &CRL{List: list, PEM: pem.EncodeToMemory(&pem.Block{Type: CRLPEMType, Bytes: der})}, nil
 }
 
-// revokedIn reports whether entries hold serial.
-func revokedIn(entries []x509.RevocationListEntry, serial *big.Int) bool {
-	for _, e := range entries {
-		if e.SerialNumber.Cmp(serial) == 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // Revoked reports whether list revokes c: c was issued by the list's issuer
 // (the same subject, and the same key when both name it) and its serial is
-// listed.
+// listed. It is the check the SuperLink makes (transport and selfsigned
+// share it).
 func Revoked(list *x509.RevocationList, c *x509.Certificate) bool {
-	return list != nil && bytes.Equal(c.RawIssuer, list.RawIssuer) &&
-		(len(c.AuthorityKeyId) == 0 || len(list.AuthorityKeyId) == 0 || bytes.Equal(c.AuthorityKeyId, list.AuthorityKeyId)) &&
-		revokedIn(list.RevokedCertificateEntries, c.SerialNumber)
+	return certfmt.Revoked(list, c)
 }
 
 // LoadCRL reads a CRL file (PEM "X509 CRL", one block) and checks that ca

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -283,7 +282,7 @@ func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) erro
 		cause = CauseNoIdentity
 	case id.Role != st.a.Role:
 		cause = CauseWrongRole
-	case revoked(t.crl, leaf):
+	case certfmt.Revoked(t.crl, leaf):
 		cause = CauseRevoked
 	default:
 		return nil
@@ -304,21 +303,6 @@ func describe(leaf *x509.Certificate, role string) *ClientCertError {
 // holds none) was read already.
 func describeAs(leaf *x509.Certificate, role string, id Identity) *ClientCertError {
 	return &ClientCertError{Role: role, Identity: id, Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: certfmt.Serial(leaf.SerialNumber)}
-}
-
-// revoked reports whether crl, from the issuer of c (the same subject, and
-// the same key when both name it), lists c's serial.
-func revoked(crl *x509.RevocationList, c *x509.Certificate) bool {
-	if crl == nil || !bytes.Equal(crl.RawIssuer, c.RawIssuer) ||
-		len(c.AuthorityKeyId) > 0 && len(crl.AuthorityKeyId) > 0 && !bytes.Equal(c.AuthorityKeyId, crl.AuthorityKeyId) {
-		return false
-	}
-	for _, r := range crl.RevokedCertificateEntries {
-		if r.SerialNumber.Cmp(c.SerialNumber) == 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // refusal turns the error of a failed handshake into a *ClientCertError

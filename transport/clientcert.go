@@ -6,11 +6,9 @@ package transport
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"strings"
 	"time"
 
@@ -85,7 +83,7 @@ func clientCertAlert(alert, addr string, o ClientOptions) *Error {
 	if o.ClientCertificate == "" {
 		return nil
 	}
-	leaf := readLeaf(o.ClientCertificate)
+	leaf := certfmt.ReadFirstCert(o.ClientCertificate)
 	cert := fmt.Sprintf("the client certificate %s", o.ClientCertificate)
 	if leaf != nil {
 		if id, err := IdentityOf(leaf); err == nil {
@@ -122,7 +120,7 @@ func clientCertAlert(alert, addr string, o ClientOptions) *Error {
 	}
 	id, err := IdentityOf(leaf)
 	switch {
-	case !hasClientUsage(leaf):
+	case !certfmt.HasUsage(leaf, x509.ExtKeyUsageClientAuth):
 		return refused(CauseBadCertificate, "%s refused %s (%s): it is not a client certificate (no clientAuth usage; a server certificate?): pass the one from %s",
 			where(addr), cert, alert, issue)
 	case err != nil:
@@ -139,43 +137,9 @@ func clientCertAlert(alert, addr string, o ClientOptions) *Error {
 		where(addr), cert, alert, id.Role, id.Name)
 }
 
-// readLeaf parses the first certificate of a PEM file, or returns nil.
-func readLeaf(path string) *x509.Certificate {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return nil
-		}
-		if b.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				return nil
-			}
-			return c
-		}
-	}
-}
-
 func dates(c *x509.Certificate) string {
 	if c == nil {
 		return ""
 	}
 	return fmt.Sprintf("; it is valid from %s until %s", stamp(c.NotBefore), stamp(c.NotAfter))
-}
-
-func hasClientUsage(c *x509.Certificate) bool {
-	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
-		return true
-	}
-	for _, u := range c.ExtKeyUsage {
-		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
-			return true
-		}
-	}
-	return false
 }

@@ -5,7 +5,6 @@ package main
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -87,9 +86,10 @@ func clientPaths(dir, role, clientName string) (cert, key string) {
 }
 
 var nodeCommand = cli.Command{
-	Name:     name + " node",
-	Synopsis: "issue a client certificate per SuperNode from the CA in --dir, for a SuperLink that requires them (--fleet-api-client-ca)",
-	Usage:    "NAME... [flags]",
+	Name:        name + " node",
+	Synopsis:    "issue a client certificate per SuperNode from the CA in --dir, for a SuperLink that requires them (--fleet-api-client-ca)",
+	Usage:       "NAME... [flags]",
+	NoLogFormat: true, // no log lines of its own
 	Examples: []string{
 		"flower-certs node node-1 node-2      # certificates/nodes/node-1.pem and node-1.key, ...",
 		"flower-certs node --force node-1     # a new certificate and key for node-1 (revoke the old one with flower-certs revoke)",
@@ -98,9 +98,10 @@ var nodeCommand = cli.Command{
 }
 
 var serverAppCommand = cli.Command{
-	Name:     name + " serverapp",
-	Synopsis: "issue a ServerApp client certificate from the CA in --dir, for a SuperLink that requires them (--driver-api-client-ca)",
-	Usage:    "[NAME] [flags]",
+	Name:        name + " serverapp",
+	Synopsis:    "issue a ServerApp client certificate from the CA in --dir, for a SuperLink that requires them (--driver-api-client-ca)",
+	Usage:       "[NAME] [flags]",
+	NoLogFormat: true, // no log lines of its own
 	Examples: []string{
 		"flower-certs serverapp               # certificates/serverapps/serverapp.pem and serverapp.key",
 		"flower-certs serverapp experiments   # another ServerApp, with its own name",
@@ -108,9 +109,10 @@ var serverAppCommand = cli.Command{
 }
 
 var revokeCommand = cli.Command{
-	Name:     name + " revoke",
-	Synopsis: "revoke client certificates into the CRL certificates/crl.pem, signed by the CA; a SuperLink with --client-crl refuses them from its next reload (poll or SIGHUP), without a restart",
-	Usage:    "NAME... [flags]",
+	Name:        name + " revoke",
+	Synopsis:    "revoke client certificates into the CRL certificates/crl.pem, signed by the CA; a SuperLink with --client-crl refuses them from its next reload (poll or SIGHUP), without a restart",
+	Usage:       "NAME... [flags]",
+	NoLogFormat: true, // no log lines of its own
 	Examples: []string{
 		"flower-certs revoke node-2                 # the node certificate certificates/nodes/node-2.pem",
 		"flower-certs revoke --serverapp serverapp  # a ServerApp certificate",
@@ -265,7 +267,7 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		}
 		it := issued{name: n, cert: cert, key: key, pair: pair}
 		if haveCert {
-			it.replaced = readCert(cert)
+			it.replaced = certfmt.ReadFirstCert(cert)
 		}
 		todo = append(todo, it)
 	}
@@ -451,14 +453,14 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 			return cli.Usagef("%v", err)
 		}
 		cert, _ := clientPaths(c.dir, role, n)
-		leaf := readCert(cert)
+		leaf := certfmt.ReadFirstCert(cert)
 		if leaf == nil {
 			other := transport.RoleServerApp
 			if c.serverApp {
 				other = transport.RoleNode
 			}
 			hint := ""
-			if o, _ := clientPaths(c.dir, other, n); readCert(o) != nil {
+			if o, _ := clientPaths(c.dir, other, n); certfmt.ReadFirstCert(o) != nil {
 				hint = fmt.Sprintf("; %s is a %s certificate: ", o, transport.RoleName(other))
 				if other == transport.RoleServerApp {
 					hint += "add --serverapp"
@@ -490,7 +492,7 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 	}
 	var serials []*big.Int
 	for _, t := range targets {
-		if prev != nil && revokedIn(prev, t.serial) {
+		if prev != nil && certfmt.Listed(prev.RevokedCertificateEntries, t.serial) {
 			fmt.Fprintf(stdout, "%s is revoked already.\n", t.what)
 			continue
 		}
@@ -510,7 +512,7 @@ func revoke(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, t := range targets {
-		if revokedIn(crl.List, t.serial) {
+		if certfmt.Listed(crl.List.RevokedCertificateEntries, t.serial) {
 			fmt.Fprintf(stdout, "revoked %s\n", t.what)
 		}
 	}
@@ -533,31 +535,9 @@ func writeEmptyCRL(stdout io.Writer, ca *selfsigned.CA, dir, crlFile string, now
 	return nil
 }
 
-func revokedIn(l *x509.RevocationList, serial *big.Int) bool {
-	for _, e := range l.RevokedCertificateEntries {
-		if e.SerialNumber.Cmp(serial) == 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // issuedBy reports whether the CA signed c.
 func issuedBy(c *x509.Certificate, ca *selfsigned.CA) bool {
 	return c.CheckSignatureFrom(ca.Cert) == nil
-}
-
-// readCert returns the first certificate of a PEM file, or nil.
-func readCert(path string) *x509.Certificate {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	c, err := firstCert(b)
-	if err != nil {
-		return nil
-	}
-	return c
 }
 
 // parseSerial reads a serial in hex, with or without "serial=", colons or
@@ -571,22 +551,6 @@ func parseSerial(s string) (*big.Int, bool) {
 		return nil, false
 	}
 	return n, true
-}
-
-var errNoCert = errors.New("no certificate")
-
-// firstCert parses the first CERTIFICATE block of PEM data.
-func firstCert(data []byte) (*x509.Certificate, error) {
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return nil, errNoCert
-		}
-		if b.Type == "CERTIFICATE" {
-			return x509.ParseCertificate(b.Bytes)
-		}
-	}
 }
 
 // fileSet is files of one folder to be written as one set

@@ -1,0 +1,70 @@
+package certfmt
+
+// The certificate checks that the SuperLink (transport), the CA files
+// (selfsigned) and flower-certs share, kept here because none of those
+// packages may import the others.
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"math/big"
+	"os"
+)
+
+// Listed reports whether entries hold serial.
+func Listed(entries []x509.RevocationListEntry, serial *big.Int) bool {
+	for _, e := range entries {
+		if e.SerialNumber.Cmp(serial) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Revoked reports whether list revokes c: c was issued by the list's
+// issuer (the same subject, and the same key when both name it) and its
+// serial is listed. A nil list revokes nothing.
+func Revoked(list *x509.RevocationList, c *x509.Certificate) bool {
+	return list != nil && bytes.Equal(c.RawIssuer, list.RawIssuer) &&
+		(len(c.AuthorityKeyId) == 0 || len(list.AuthorityKeyId) == 0 || bytes.Equal(c.AuthorityKeyId, list.AuthorityKeyId)) &&
+		Listed(list.RevokedCertificateEntries, c.SerialNumber)
+}
+
+// HasUsage reports whether c may be used for u: it lists u or any, or no
+// extended key usage at all.
+func HasUsage(c *x509.Certificate, u x509.ExtKeyUsage) bool {
+	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
+		return true
+	}
+	for _, x := range c.ExtKeyUsage {
+		if x == u || x == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadFirstCert parses the first CERTIFICATE block of a PEM file, or
+// returns nil when the file cannot be read, holds none, or that one does
+// not parse.
+func ReadFirstCert(path string) *x509.Certificate {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return nil
+		}
+		if b.Type == "CERTIFICATE" {
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return nil
+			}
+			return c
+		}
+	}
+}
