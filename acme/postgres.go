@@ -103,11 +103,18 @@ type PostgresStorage struct {
 	dsn   string // redacted
 	owner string // this process: host, pid and a random id
 
-	mu   sync.Mutex
-	held map[string]*heldLock // lock name -> our lease
+	mu     sync.Mutex
+	closed bool           // Close was called: no more locks
+	taking sync.WaitGroup // TryLocks under way, which Close waits for
+	// held maps a lock name to this process's acquisitions of it, oldest
+	// first, each with its own owner. Only the last can still hold the
+	// lock: one is added only when the lease before it had ended, so the
+	// others lost theirs and wait for their Unlock.
+	held map[string][]*heldLock
 }
 
-// heldLock is a lock this process holds, with its heartbeat.
+// heldLock is one acquisition of a lock by this process, with its
+// heartbeat.
 type heldLock struct {
 	owner string
 	stop  chan struct{}
@@ -159,7 +166,7 @@ func OpenPostgresStorage(ctx context.Context, dsn string, o PostgresOptions) (*P
 		o:     o,
 		dsn:   postgres.Redact(dsn),
 		owner: fmt.Sprintf("host=%s pid=%d id=%s", host, os.Getpid(), randomID()),
-		held:  map[string]*heldLock{},
+		held:  map[string][]*heldLock{},
 	}, nil
 }
 
@@ -177,21 +184,38 @@ func (s *PostgresStorage) String() string { return "PostgreSQL " + s.dsn }
 func (s *PostgresStorage) Owner() string { return s.owner }
 
 // Close releases the locks this process holds (so that others need not
-// wait for their leases to end) and closes the connections. It is safe to
-// call more than once.
+// wait for their leases to end), stops their heartbeats and closes the
+// connections; Lock and TryLock fail after it. A TryLock under way is
+// waited for, and the lock it takes released. It is safe to call more
+// than once.
 func (s *PostgresStorage) Close() error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.taking.Wait()
+	s.mu.Lock()
 	held := s.held
-	s.held = map[string]*heldLock{}
+	s.held = map[string][]*heldLock{}
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	for name, h := range held {
-		h.stopHeartbeat()
-		_, _ = s.pool.Exec(ctx, "DELETE FROM acme_locks WHERE name = $1 AND owner = $2", name, h.owner)
+	for name, hs := range held {
+		for _, h := range hs {
+			h.stopHeartbeat()
+		}
+		_, _ = s.pool.Exec(ctx, "DELETE FROM acme_locks WHERE name = $1 AND owner = $2", name, hs[len(hs)-1].owner)
 	}
 	s.pool.Close()
 	return nil
+}
+
+// errClosed is the error of TryLock and Lock after Close.
+func errClosed(name string) error {
+	return fmt.Errorf("taking the ACME storage lock %q: the storage is closed", name)
 }
 
 // checkKey refuses keys that certmagic never makes.
@@ -362,8 +386,17 @@ func (s *PostgresStorage) Lock(ctx context.Context, name string) error {
 }
 
 // TryLock takes the named lock if it is free or its lease has ended, and
-// reports whether it did; it never waits for a holder.
+// reports whether it did; it never waits for a holder. Each acquisition
+// has its own owner in acme_locks, so that Unlock releases only its own.
 func (s *PostgresStorage) TryLock(ctx context.Context, name string) (bool, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false, errClosed(name)
+	}
+	s.taking.Add(1) // before Close's Wait: closed was false under mu
+	s.mu.Unlock()
+	defer s.taking.Done()
 	owner := s.owner + " lock=" + randomID()
 	var prevOwner *string
 	var prevExpired *float64 // seconds since the previous lease ended
@@ -386,8 +419,24 @@ func (s *PostgresStorage) TryLock(ctx context.Context, name string) (bool, error
 	}
 	h := &heldLock{owner: owner, stop: make(chan struct{}), done: make(chan struct{})}
 	s.mu.Lock()
-	s.held[name] = h
+	if s.closed {
+		// Close came while the lock was taken and waits for this call,
+		// so the pool is still open: give the lock back at once.
+		s.mu.Unlock()
+		rctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, _ = s.pool.Exec(rctx, "DELETE FROM acme_locks WHERE name = $1 AND owner = $2", name, owner)
+		return false, errClosed(name)
+	}
+	// An acquisition of name already here lost its lease (this one could
+	// take the lock only because that lease had ended): stop its
+	// heartbeat, and keep it for its own Unlock.
+	lost := s.held[name]
+	s.held[name] = append(lost, h)
 	s.mu.Unlock()
+	for _, l := range lost {
+		l.stopHeartbeat()
+	}
 	go s.heartbeat(name, h)
 	return true, nil
 }
@@ -441,15 +490,30 @@ func (h *heldLock) stopHeartbeat() {
 // an error when this process does not hold it (never taken, or its lease
 // ended and another replica took it) or the database cannot be reached;
 // in the latter case the lease simply runs out.
+//
+// Unlock names the lock only, so when one acquisition of name in this
+// process lost its lease and another one here took the lock over, Unlocks
+// pair with the acquisitions in order: the first ends the oldest, the
+// lost one (an error, and the newer holder keeps the lock), the next the
+// newer one.
 func (s *PostgresStorage) Unlock(ctx context.Context, name string) error {
 	s.mu.Lock()
-	h := s.held[name]
-	delete(s.held, name)
-	s.mu.Unlock()
-	if h == nil {
+	hs := s.held[name]
+	if len(hs) == 0 {
+		s.mu.Unlock()
 		return fmt.Errorf("unlocking the ACME storage lock %q: this process does not hold that lock", name)
 	}
+	h, lost := hs[0], len(hs) > 1
+	if lost {
+		s.held[name] = hs[1:]
+	} else {
+		delete(s.held, name)
+	}
+	s.mu.Unlock()
 	h.stopHeartbeat()
+	if lost {
+		return fmt.Errorf("unlocking the ACME storage lock %q: the lease had ended and a newer Lock in this process holds the lock, which stays held", name)
+	}
 	tag, err := s.pool.Exec(ctx, "DELETE FROM acme_locks WHERE name = $1 AND owner = $2", name, h.owner)
 	if err != nil {
 		return fmt.Errorf("unlocking the ACME storage lock %q: %w (its lease ends by itself within %v)", name, err, s.o.LockTTL)

@@ -166,6 +166,97 @@ func TestPostgresLostLeaseAndClose(t *testing.T) {
 	a.Unlock(ctx, "l")
 }
 
+// Two acquisitions of one lock in one process, the first after its lease
+// ended: the first Unlock ends the lost one and leaves the second's lock
+// (held, renewed, released by the second Unlock); the lost one's
+// heartbeat is stopped when the lock is taken over.
+func TestPostgresLostLeaseInProcess(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	s := openPG(t, dsn, PostgresOptions{LockTTL: 2 * time.Second})
+	other := openPG(t, dsn, PostgresOptions{})
+	if err := s.Lock(ctx, "l"); err != nil {
+		t.Fatal(err)
+	}
+	// As if the first holder had stalled past its lease.
+	if _, err := s.pool.Exec(ctx, "UPDATE acme_locks SET expires = now() - interval '1 second'"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.TryLock(ctx, "l"); !ok || err != nil {
+		t.Fatalf("the second TryLock, after the first lease ended: %v, %v", ok, err)
+	}
+	s.mu.Lock()
+	hs := append([]*heldLock(nil), s.held["l"]...)
+	s.mu.Unlock()
+	if len(hs) != 2 || hs[0].owner == hs[1].owner {
+		t.Fatalf("held: %d acquisitions, want 2 with their own owners", len(hs))
+	}
+	select {
+	case <-hs[0].done:
+	default:
+		t.Errorf("the lost acquisition's heartbeat still runs")
+	}
+	if err := s.Unlock(ctx, "l"); err == nil || !strings.Contains(err.Error(), "lease had ended") {
+		t.Errorf("the first Unlock (its lease lost): %v", err)
+	}
+	var owner string
+	if err := s.pool.QueryRow(ctx, "SELECT owner FROM acme_locks WHERE name = 'l'").Scan(&owner); err != nil || owner != hs[1].owner {
+		t.Fatalf("after the first Unlock the lock is %q (%v), want the second acquisition's %q", owner, err, hs[1].owner)
+	}
+	// Past the 2s lease the second acquisition still holds it: renewed.
+	time.Sleep(2500 * time.Millisecond)
+	if ok, err := other.TryLock(ctx, "l"); ok || err != nil {
+		t.Fatalf("another replica took the lock of the second acquisition: %v, %v", ok, err)
+	}
+	if err := s.Unlock(ctx, "l"); err != nil {
+		t.Fatalf("the second Unlock: %v", err)
+	}
+	if ok, err := other.TryLock(ctx, "l"); !ok || err != nil {
+		t.Fatalf("after the second Unlock the lock is not free: %v, %v", ok, err)
+	}
+	if err := s.Unlock(ctx, "l"); err == nil {
+		t.Errorf("a third Unlock returned nil")
+	}
+	other.Unlock(ctx, "l")
+}
+
+// Lock and TryLock fail after Close; a TryLock racing Close either is
+// released by Close or gives its lock back itself, so that no lock is
+// left held, and no heartbeat runs against the closed pool.
+func TestPostgresLockAfterClose(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	watcher := openPG(t, dsn, PostgresOptions{})
+	for round := range 5 {
+		s := openPG(t, dsn, PostgresOptions{})
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() { _, _ = s.TryLock(ctx, fmt.Sprintf("race-%d", i)) })
+		}
+		time.Sleep(time.Duration(round) * time.Millisecond) // Close before, among and after the TryLocks
+		s.Close()
+		wg.Wait()
+		s.mu.Lock()
+		left := len(s.held)
+		s.mu.Unlock()
+		if left != 0 {
+			t.Fatalf("%d locks registered after Close", left)
+		}
+		var n int
+		if err := watcher.pool.QueryRow(ctx, "SELECT count(*) FROM acme_locks WHERE owner LIKE $1 || '%'", s.owner).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("%d locks of a closed storage left in the table (%v)", n, err)
+		}
+		if ok, err := s.TryLock(ctx, "after"); ok || err == nil || !strings.Contains(err.Error(), "storage is closed") {
+			t.Fatalf("TryLock after Close: %v, %v", ok, err)
+		}
+		if err := s.Lock(ctx, "after"); err == nil || !strings.Contains(err.Error(), "storage is closed") {
+			t.Fatalf("Lock after Close: %v", err)
+		}
+	}
+}
+
 // The database going away is an error, never "not found" (which would
 // make certmagic order a new certificate), and the storage works again
 // when it comes back, without being reopened.
