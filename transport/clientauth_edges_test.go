@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"io"
 	"math/big"
 	"os"
 	"strings"
@@ -91,39 +90,6 @@ func TestClientAuthReloadDuringHandshake(t *testing.T) {
 	if got := r.wait(t, 1); got.Cause != transport.CauseRevoked {
 		t.Errorf("refusal %v, want revoked", got)
 	}
-}
-
-// serveTLSConfig runs a TLS server with cfg on 127.0.0.1:0 that completes
-// handshakes and drains each connection until it closes.
-func serveTLSConfig(t testing.TB, cfg *tls.Config) string {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				if err := c.(*tls.Conn).Handshake(); err != nil {
-					return
-				}
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // TestClientAuthACMEOnlyWithACMESource: the handshake without a client

@@ -38,7 +38,14 @@ func newPKI(t testing.TB, o selfsigned.ServerOptions) *testkit.PKI {
 // It returns the address; the server stops at the end of the test.
 func serveTLS(t testing.TB, src transport.CertSource) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", transport.ServerConfig(src))
+	return serveTLSConfig(t, transport.ServerConfig(src))
+}
+
+// serveTLSConfig runs a TLS server with cfg on 127.0.0.1:0 that completes
+// handshakes and drains each connection until it closes.
+func serveTLSConfig(t testing.TB, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
