@@ -2,6 +2,7 @@ package superlink
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -39,11 +40,22 @@ const bigBytes = 64 << 10
 type codec struct {
 	in     state.BlobFinder // may be nil
 	bigMin int
+	// standIns, on a server's codec, are the captured messages a stand-in
+	// resolves to (capture.go); a server's codec also turns a request it
+	// cannot decode into one that invalidInterceptor answers with
+	// InvalidArgument (gRPC answers a codec's error with Internal).
+	standIns *standIns
 }
 
 var _ encoding.CodecV2 = (*codec)(nil)
 
+// newCodec returns a client's codec.
 func newCodec(in state.BlobFinder) *codec { return &codec{in: in, bigMin: bigBytes} }
+
+// newServerCodec returns a server's codec, resolving the stand-ins of s.
+func newServerCodec(in state.BlobFinder, s *standIns) *codec {
+	return &codec{in: in, bigMin: bigBytes, standIns: s}
+}
 
 // Name is "proto": the codec replaces gRPC's default for this server.
 func (c *codec) Name() string { return "proto" }
@@ -343,5 +355,22 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if err != nil {
 		return err
 	}
-	return c.unmarshal(data, m)
+	if c.standIns == nil {
+		return c.unmarshal(data, m)
+	}
+	if data.Len() == standInLen {
+		var small [standInLen]byte
+		data.CopyTo(small[:])
+		if buf, ok := c.standIns.resolve(small[:]); ok {
+			if buf == nil {
+				return errStandInGone
+			}
+			return markInvalid(m, c.unmarshalOwned(buf, m))
+		}
+	}
+	return markInvalid(m, c.unmarshal(data, m))
 }
+
+// errStandInGone is a captured request whose stream ended before gRPC
+// asked for it.
+var errStandInGone = errors.New("the request was cut off before it was read")

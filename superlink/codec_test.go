@@ -3,7 +3,11 @@ package superlink
 import (
 	"bytes"
 	"math/rand/v2"
+	"strings"
 	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
@@ -257,4 +261,118 @@ func BenchmarkUnmarshalResult(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// inside reports whether b lies inside buf.
+func inside(buf, b []byte) bool { return len(b) > 0 && within(buf, b) }
+
+// A captured request is decoded in place: a node's array is a slice of
+// the request's buffer, not a copy; an array the state holds is the held
+// one; a ServerApp's push that carries one model per node keeps one copy
+// of its own, not the whole buffer of copies.
+func TestCodecOwnedBuffers(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	held := randomBytes(r, 2*bigBytes)
+	model := randomBytes(r, 3*bigBytes)
+	c := newServerCodec(heldBlob{held}, newStandIns())
+	rs := func(d []byte) *flwrproto.RecordSet {
+		return &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: d}}}}}
+	}
+
+	// A node's result with a new array and a held one.
+	res := &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{{Task: &flwrproto.Task{Recordset: rs(model)}}, {Task: &flwrproto.Task{Recordset: rs(held)}}}}
+	buf, err := proto.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got flwrproto.PushTaskResRequest
+	if err := c.unmarshalOwned(buf, &got); err != nil {
+		t.Fatal(err)
+	}
+	a := got.TaskResList[0].Task.Recordset.Parameters["p"].DataValues[0].Data
+	b := got.TaskResList[1].Task.Recordset.Parameters["p"].DataValues[0].Data
+	if !bytes.Equal(a, model) || !inside(buf, a) {
+		t.Errorf("the new array is equal %v, a slice of the buffer %v", bytes.Equal(a, model), inside(buf, a))
+	}
+	if &b[0] != &held[0] {
+		t.Error("the held array was not the state's")
+	}
+	if cap(a) != len(a) {
+		t.Errorf("the array's capacity reaches past it: %d > %d", cap(a), len(a))
+	}
+
+	// A ServerApp's push of one model to 8 nodes.
+	ins := &flwrproto.PushTaskInsRequest{}
+	for range 8 {
+		ins.TaskInsList = append(ins.TaskInsList, &flwrproto.TaskIns{Task: &flwrproto.Task{Recordset: rs(model)}})
+	}
+	buf, err = proto.Marshal(ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotIns flwrproto.PushTaskInsRequest
+	if err := c.unmarshalOwned(buf, &gotIns); err != nil {
+		t.Fatal(err)
+	}
+	first := gotIns.TaskInsList[0].Task.Recordset.Parameters["p"].DataValues[0].Data
+	if !bytes.Equal(first, model) || inside(buf, first) {
+		t.Errorf("the model is equal %v, a slice of the 8-copy buffer %v (want a copy of its own)", bytes.Equal(first, model), inside(buf, first))
+	}
+	for i, ti := range gotIns.TaskInsList {
+		if d := ti.Task.Recordset.Parameters["p"].DataValues[0].Data; &d[0] != &first[0] {
+			t.Errorf("task %d holds a copy of its own", i)
+		}
+	}
+	h := state.NewBlobHash()
+	h.Write(first)
+	if state.HashBlob(first) != h.Sum64() {
+		t.Error("the hash noted for the copy is not its hash")
+	}
+}
+
+// A request that is not the message its method takes gets InvalidArgument
+// naming the message, not gRPC's Internal, on every method and on
+// a streaming one; a client's codec reports the error as it is.
+func TestGarbageRequestBody(t *testing.T) {
+	f := start(t)
+	ctx := ctxT(t)
+	garbage := []byte{0xff, 0xff, 0xff, 0xff, 0x0f, 0x01}
+	for _, method := range []string{mCreateNode, mPing, "/flwr.proto.Driver/GetNodes", "/grpc.health.v1.Health/Check"} {
+		conn := f.fleetConn
+		if strings.Contains(method, "Driver") {
+			conn = f.driverConn
+		}
+		req := rawMessage(garbage)
+		err := conn.Invoke(ctx, method, &req, new(rawMessage), grpc.ForceCodecV2(rawCodec{}))
+		wantCode(t, method, err, codes.InvalidArgument, "the request is not a valid")
+	}
+	// A streaming method: health's Watch.
+	st, err := f.fleetConn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/grpc.health.v1.Health/Watch", grpc.ForceCodecV2(rawCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := rawMessage(garbage)
+	if err := st.SendMsg(&req); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseSend()
+	err = st.RecvMsg(new(rawMessage))
+	wantCode(t, "Watch", err, codes.InvalidArgument, "the request is not a valid grpc.health.v1.HealthCheckRequest")
+	if err := newCodec(nil).Unmarshal(mem.BufferSlice{mem.SliceBuffer(garbage)}, &flwrproto.PingRequest{}); err == nil {
+		t.Error("a client's codec took garbage")
+	}
+}
+
+// rawMessage is a message's bytes, sent as they are by rawCodec.
+type rawMessage []byte
+
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return "proto" }
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(*v.(*rawMessage))}, nil
+}
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*rawMessage) = data.Materialize()
+	return nil
 }

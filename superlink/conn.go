@@ -118,6 +118,10 @@ func newRawConn(c net.Conn) *rawConn {
 	return r
 }
 
+// NetConn returns the connection under the wrapper (a limitConn, for
+// the guard).
+func (c *rawConn) NetConn() net.Conn { return c.Conn }
+
 // Read serves what is left of the last chunk, or reads a new one.
 func (c *rawConn) Read(p []byte) (int, error) {
 	for {

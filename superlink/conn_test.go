@@ -342,7 +342,7 @@ func TestServeTLSReadsInChunksAndSetsUserTimeout(t *testing.T) {
 // Plaintext connections are not wrapped for TLS (gRPC reads and writes
 // them with its own buffers), and get the TCP_USER_TIMEOUT too.
 func TestServePlaintextNotBatched(t *testing.T) {
-	g := newGuard(newBudget(Limits{}.withDefaults()), slog.Default(), time.Minute)
+	g := testGuard(newBudget(Limits{}.withDefaults()))
 	if _, ok := tunedCreds(guarded(nil, g)).(batchedCreds); ok {
 		t.Error("plaintext credentials wrapped in batchedCreds")
 	}

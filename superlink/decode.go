@@ -56,11 +56,28 @@ func (c *codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
 	if data.Len() < c.bigMin {
 		return proto.Unmarshal(data.Materialize(), m)
 	}
-	f := newFrames(data)
+	return c.decode(newFrames(data), m, data.Materialize)
+}
+
+// unmarshalOwned decodes buf, a captured request that belongs to the
+// codec from now on, into m: its large bytes fields are slices of buf
+// rather than copies (see aliased).
+func (c *codec) unmarshalOwned(buf []byte, m proto.Message) error {
+	if len(buf) < c.bigMin {
+		return proto.Unmarshal(buf, m)
+	}
+	f := &frames{bufs: [][]byte{buf}, offs: []int{0}, n: len(buf), alias: true}
+	return c.decode(f, m, func() []byte { return buf })
+}
+
+// decode decodes the message in f into m, or the bytes whole returns
+// with proto.Unmarshal when anything is unexpected.
+func (c *codec) decode(f *frames, m proto.Message, whole func() []byte) error {
 	var bigs [][]byte
 	_, fresh := m.(*flwrproto.PushTaskResRequest)
 	small, err := c.compact(f, m.ProtoReflect().Descriptor(), 0, f.n, nil, &bigs, fresh)
 	if err == nil && len(bigs) > 0 {
+		f.unalias(bigs)
 		if err = proto.Unmarshal(small, m); err == nil {
 			if n := patch(m.ProtoReflect(), bigs); n != len(bigs) {
 				proto.Reset(m)
@@ -72,7 +89,7 @@ func (c *codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
 	}
 	if err != nil {
 		proto.Reset(m)
-		return proto.Unmarshal(data.Materialize(), m)
+		return proto.Unmarshal(whole(), m)
 	}
 	return nil
 }
@@ -82,6 +99,12 @@ type frames struct {
 	bufs [][]byte
 	offs []int // start of each buffer
 	n    int
+
+	// alias: the one buffer belongs to the codec, and large values are
+	// slices of it (aliased), distinct ones counted in aliasedBytes.
+	alias        bool
+	seen         map[uint64][][]byte
+	aliasedBytes int
 }
 
 func newFrames(data mem.BufferSlice) *frames {
@@ -177,6 +200,9 @@ func (f *frames) equal(d []byte, pos int) bool {
 // sends to every node, held after the first) it is hashed and looked up
 // first, and copied only when the state does not hold it.
 func (c *codec) large(f *frames, pos, n int, fresh bool) []byte {
+	if f.alias {
+		return c.aliased(f, pos, n)
+	}
 	if c.in == nil {
 		return f.copyOut(pos, n, nil)
 	}
@@ -198,6 +224,66 @@ func (c *codec) large(f *frames, pos, n int, fresh bool) []byte {
 	d := f.copyOut(pos, n, nil)
 	state.NoteBlobHash(d, h)
 	return d
+}
+
+// aliased returns the bytes value at [pos, pos+n) of a buffer the codec
+// owns: the state's copy when it holds the same content, the value
+// already returned for the same content earlier in the message (a
+// ServerApp's PushTaskIns carries the model once per node), or else a
+// slice of the buffer, whose hash is noted for the state.
+func (c *codec) aliased(f *frames, pos, n int) []byte {
+	d := f.bufs[0][pos : pos+n : pos+n]
+	h := state.NewBlobHash()
+	h.Write(d)
+	sum := h.Sum64()
+	if c.in != nil {
+		if held := c.in.FindBlob(sum, n, func(x []byte) bool { return bytes.Equal(x, d) }); held != nil {
+			return held
+		}
+	}
+	for _, prev := range f.seen[sum] {
+		if bytes.Equal(prev, d) {
+			return prev
+		}
+	}
+	if f.seen == nil {
+		f.seen = map[uint64][][]byte{}
+	}
+	f.seen[sum] = append(f.seen[sum], d)
+	f.aliasedBytes += n
+	state.NoteBlobHash(d, sum)
+	return d
+}
+
+// unalias replaces the slices of an owned buffer in bigs by copies of
+// their own when they are less than half of it: the arrays outlive the
+// request (the state keeps them), and slices keep the whole buffer in
+// memory, duplicates and all.
+func (f *frames) unalias(bigs [][]byte) {
+	if !f.alias || f.aliasedBytes == 0 || f.aliasedBytes*2 >= f.n {
+		return
+	}
+	buf := f.bufs[0]
+	copies := map[*byte][]byte{}
+	for i, b := range bigs {
+		if len(b) == 0 || !within(buf, b) {
+			continue
+		}
+		cp, ok := copies[&b[0]]
+		if !ok {
+			cp = f.copyOut(int(uintptr(unsafe.Pointer(&b[0]))-uintptr(unsafe.Pointer(&buf[0]))), len(b), nil)
+			state.NoteBlobHash(cp, state.HashBlob(b))
+			copies[&b[0]] = cp
+		}
+		bigs[i] = cp
+	}
+}
+
+// within reports whether b is a slice of buf.
+func within(buf, b []byte) bool {
+	start := uintptr(unsafe.Pointer(&buf[0]))
+	p := uintptr(unsafe.Pointer(&b[0]))
+	return p >= start && p+uintptr(len(b)) <= start+uintptr(len(buf))
 }
 
 // copyOut returns a new slice holding [pos, pos+n), written into each
@@ -352,6 +438,55 @@ func patch(m protoreflect.Message, bigs [][]byte) int {
 	}
 	walk(m)
 	return count
+}
+
+// invalidNum is the field number of the unknown field a server's codec
+// puts in a request it could not decode, with invalidMarker and the
+// error; no sender can forge the marker, 16 random bytes of the process.
+const invalidNum = protowire.MaxValidNumber
+
+var invalidMarker = func() [16]byte {
+	var m [16]byte
+	if _, err := rand.Read(m[:]); err != nil {
+		panic(err)
+	}
+	return m
+}()
+
+// markInvalid returns nil with m empty but for a mark holding err when
+// err is a decoding error, so that invalidInterceptor can answer the call
+// with InvalidArgument rather than gRPC with Internal; other errors
+// (and nil) come back as they are.
+func markInvalid(m proto.Message, err error) error {
+	if err == nil || errors.Is(err, errStandInGone) {
+		return err
+	}
+	proto.Reset(m)
+	b := protowire.AppendTag(nil, invalidNum, protowire.BytesType)
+	b = protowire.AppendBytes(b, append(invalidMarker[:], err.Error()...))
+	m.ProtoReflect().SetUnknown(b)
+	return nil
+}
+
+// invalidOf returns the decoding error markInvalid left in req, if any.
+func invalidOf(req any) (string, bool) {
+	m, err := messageOf(req)
+	if err != nil {
+		return "", false
+	}
+	u := m.ProtoReflect().GetUnknown()
+	if len(u) == 0 {
+		return "", false
+	}
+	num, typ, n := protowire.ConsumeTag(u)
+	if n < 0 || num != invalidNum || typ != protowire.BytesType {
+		return "", false
+	}
+	v, k := protowire.ConsumeBytes(u[n:])
+	if k < 0 || len(v) < len(invalidMarker) || !bytes.Equal(v[:len(invalidMarker)], invalidMarker[:]) {
+		return "", false
+	}
+	return string(v[len(invalidMarker):]), true
 }
 
 // collectMin is the smallest allocation collectFor considers.

@@ -11,9 +11,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,7 +130,7 @@ func TestSmallMethodsRefusedPastLimit(t *testing.T) {
 		}
 		f.healthy(t)
 	}
-	if st := f.sl.LimitStats(); st.RefusedTooLarge != 21 || st.InflightBytes != 0 {
+	if st := f.sl.LimitStats(); st.Refused[RefusedTooLarge] != 21 || st.InflightBytes != 0 {
 		t.Errorf("stats after the refusals: %+v", st)
 	}
 	if n := strings.Count(f.logs.String(), `level=WARN msg="request refused by a limit"`); n != 2 {
@@ -143,7 +145,8 @@ type scriptConn struct {
 	script   []byte
 	chunk    func(left int) int
 	eofLast  bool          // the read of the script's last bytes returns io.EOF with them, as tls.Conn can
-	block    chan struct{} // when set, writes wait until Close: a client that never reads
+	block    chan struct{} // when set, writes wait until Close (or fail once a deadline is set): a client that never reads
+	deadline atomic.Bool
 	closed   sync.Once
 	mu       sync.Mutex
 	written  bytes.Buffer
@@ -164,6 +167,9 @@ func (c *scriptConn) Read(p []byte) (int, error) {
 
 func (c *scriptConn) Write(p []byte) (int, error) {
 	if c.block != nil {
+		if c.deadline.Load() {
+			return 0, os.ErrDeadlineExceeded
+		}
 		<-c.block
 		return 0, net.ErrClosed
 	}
@@ -248,8 +254,17 @@ func (s *clientScript) message(id uint32, length uint32, body int, sizes []int, 
 }
 
 // guardOutput feeds script through a guard in reads of random sizes (seed)
-// and returns what the guard gave gRPC and wrote to the client.
+// and returns what the guard gave gRPC and wrote to the client, once the
+// connection ended.
 func guardOutput(t testing.TB, g *guard, script []byte, seed uint64) (read, written []byte) {
+	t.Helper()
+	read, written, end := guardRun(t, g, script, seed)
+	end()
+	return read, written
+}
+
+// guardRun is guardOutput before the connection ends, which end does.
+func guardRun(t testing.TB, g *guard, script []byte, seed uint64) (read, written []byte, end func()) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	sc := &scriptConn{script: script, chunk: func(left int) int {
@@ -264,7 +279,7 @@ func guardOutput(t testing.TB, g *guard, script []byte, seed uint64) (read, writ
 		}
 		return 1 + r.IntN(40000)
 	}}
-	c := g.wrap(sc)
+	c := g.wrap(sc, nil)
 	var out bytes.Buffer
 	buf := make([]byte, 70000)
 	for len(sc.script) > 0 || len(c.out) > 0 {
@@ -279,7 +294,7 @@ func guardOutput(t testing.TB, g *guard, script []byte, seed uint64) (read, writ
 		}
 		if errors.Is(err, errClosedByLimit) {
 			c.answering.Wait()
-			return out.Bytes(), nil
+			return out.Bytes(), nil, func() {}
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -289,11 +304,13 @@ func guardOutput(t testing.TB, g *guard, script []byte, seed uint64) (read, writ
 	sc.mu.Lock()
 	written = append([]byte(nil), sc.written.Bytes()...)
 	sc.mu.Unlock()
-	// The end of the connection releases what it held.
-	if n, err := c.Read(buf); n != 0 || err != io.EOF {
-		t.Fatalf("read after the script: %d, %v", n, err)
+	return out.Bytes(), written, func() {
+		t.Helper()
+		// The end of the connection releases what it held.
+		if n, err := c.Read(buf); n != 0 || err != io.EOF {
+			t.Fatalf("read after the script: %d, %v", n, err)
+		}
 	}
-	return out.Bytes(), written
 }
 
 // noPrio is a HEADERS frame without a priority.
@@ -308,26 +325,27 @@ const (
 // A client's bytes reach gRPC unchanged, whatever the read sizes, when
 // nothing is refused: header blocks split over CONTINUATION frames, padded
 // and prioritized HEADERS, padded DATA, message prefixes split over
-// several frames, empty DATA frames, frames of unguarded methods.
+// several frames, empty DATA frames, unknown methods.
 func TestGuardPassesBytesUnchanged(t *testing.T) {
 	s := newClientScript()
 	s.headers(1, mCreateNode, 1000, 0, noPrio, false)
 	s.message(1, 9, 9, nil, 0, true)
 	s.headers(3, mPushTaskRes, 7, 3, http2.PriorityParam{StreamDep: 0x4e000001, Exclusive: true, Weight: 15}, false)
 	s.headers(5, mPing, 3, 0, http2.PriorityParam{StreamDep: 0x05000001, Weight: 200}, false)
-	s.fr.WriteData(3, false, nil) // empty
-	s.message(3, 100000, 100000, []int{2, 1, 1, 1, 500, 20000}, 7, false)
+	s.fr.WriteData(3, false, nil)                                       // empty
+	s.message(3, 60000, 60000, []int{2, 1, 1, 1, 500, 20000}, 7, false) // below captureMin
 	s.message(5, 40, 40, []int{4}, 0, true)
 	s.fr.WritePing(false, [8]byte{1})
 	s.fr.WriteWindowUpdate(0, 1000)
 	s.fr.WriteData(3, true, nil)
 	s.headers(7, "/unknown.Service/Method", 1000, 0, noPrio, false)
-	s.message(7, 5<<20, 1000, nil, 0, false)
+	s.message(7, 1000, 1000, nil, 0, false)
 	s.fr.WriteRSTStream(7, http2.ErrCodeCancel)
 	script := s.buf.Bytes()
 
-	b := &budget{max: 1 << 30}
-	g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+	b := testBudget(1 << 30)
+	g := testGuard(b)
+	g.late = 0
 	for seed := range uint64(300) {
 		read, written := guardOutput(t, g, script, seed)
 		if !bytes.Equal(read, script) {
@@ -378,6 +396,13 @@ func frameLines(t testing.TB, b []byte, dec *hpack.Decoder, preface bool) []stri
 			line += " " + f.ErrCode.String()
 		case *http2.DataFrame:
 			line += fmt.Sprint(" ", len(f.Data()))
+			if f.StreamEnded() {
+				line += " END_STREAM"
+			}
+		case *http2.WindowUpdateFrame:
+			line += fmt.Sprint(" ", f.Increment)
+		case *http2.GoAwayFrame:
+			line += " " + f.ErrCode.String()
 		}
 		out = append(out, line)
 	}
@@ -387,23 +412,29 @@ func frameLines(t testing.TB, b []byte, dec *hpack.Decoder, preface bool) []stri
 // an RST_STREAM (CANCEL) before any DATA of the stream, then the stream's
 // frames, which it drops; the client gets a trailers-only
 // ResourceExhausted naming the limit, then RST_STREAM (NO_ERROR) when it
-// was still sending. Requests that fit are untouched.
+// was still sending. A large request admitted is captured: gRPC sees none
+// of its frames, and the client gets the window they take. Small requests
+// that fit are untouched.
 func TestGuardRefusalsIndependentOfReads(t *testing.T) {
 	s := newClientScript()
 	s.headers(1, mCreateNode, 1000, 0, noPrio, false)
 	s.message(1, 2<<20, 30000, []int{3, 0, 1}, 0, false) // prefix split over frames; refused
 	s.headers(3, mPushTaskRes, 1000, 0, noPrio, false)
-	s.message(3, 40<<20, 20000, nil, 0, false) // admitted: 40 MiB of 60
+	s.message(3, 20<<20, 20000, nil, 0, false) // admitted: 20 MiB, with 30 of another peer's
 	s.headers(5, mPushTaskRes, 1000, 0, noPrio, false)
-	s.message(5, 30<<20, 20000, []int{16000}, 9, false) // over the budget
+	s.message(5, 15<<20, 20000, []int{16000}, 9, false) // over the budget (60 MiB for large requests)
 	s.headers(7, mPing, 1000, 0, noPrio, false)
 	s.message(7, 20, 20, nil, 0, true) // small, fits the headroom
 	script := s.buf.Bytes()
 
 	var want []string
 	for seed := range uint64(200) {
-		b := &budget{max: 64 << 20}
-		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+		b := testBudget(64 << 20)
+		g := testGuard(b)
+		other := b.peerFor("192.0.2.1")
+		if r := b.reserve(30<<20, other); r != "" {
+			t.Fatal(r)
+		}
 		read, written := guardOutput(t, g, script, seed)
 		got := frameLines(t, read, hpack.NewDecoder(4096, nil), true)
 		if seed == 0 {
@@ -413,23 +444,30 @@ func TestGuardRefusalsIndependentOfReads(t *testing.T) {
 			t.Fatalf("seed %d: gRPC gets\n%s\nwant\n%s", seed, strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}
 		answers := frameLines(t, written, hpack.NewDecoder(4096, nil), false)
-		if len(answers) != 4 {
-			t.Fatalf("seed %d: answers %q", seed, answers)
-		}
 		joined := strings.Join(answers, "\n")
+		if len(answers) != 6 {
+			t.Fatalf("seed %d: answers\n%s", seed, joined)
+		}
 		for _, w := range []string{
 			"HEADERS 1 :status=200 content-type=application/grpc grpc-status=8 grpc-message=request of 2097152 bytes refused: CreateNode takes at most 1 MiB",
 			"RST_STREAM 1 NO_ERROR",
-			"HEADERS 5 :status=200 content-type=application/grpc grpc-status=8 grpc-message=request of 31457280 bytes refused for now: the SuperLink is receiving 40 MiB of other requests",
+			"HEADERS 5 :status=200 content-type=application/grpc grpc-status=8 grpc-message=request of 15728640 bytes refused for now: the SuperLink is receiving 50 MiB of other requests",
 			"RST_STREAM 5 NO_ERROR",
+			// The window for captureAhead of stream 3's message, and its prefix.
+			fmt.Sprintf("WINDOW_UPDATE 3 %d", captureAhead+grpcPrefixLen),
+			fmt.Sprintf("WINDOW_UPDATE 0 %d", captureAhead+grpcPrefixLen),
 		} {
 			if !strings.Contains(joined, w) {
 				t.Fatalf("seed %d: answers lack %q:\n%s", seed, w, joined)
 			}
 		}
-		if st := b.stats(); st.RefusedTooLarge != 1 || st.RefusedBusy != 1 {
+		if st := b.stats(); st.Refused[RefusedTooLarge] != 1 || st.Refused[RefusedBusy] != 1 || st.InflightBytes != 30<<20 {
 			t.Fatalf("seed %d: stats %+v", seed, st)
 		}
+		b.release(30<<20, other)
+	}
+	if strings.Contains(strings.Join(want, "\n"), "DATA 3") {
+		t.Fatalf("gRPC got DATA of the captured stream:\n%s", strings.Join(want, "\n"))
 	}
 	// The RST_STREAMs come before the refused streams' DATA.
 	idx := func(prefix string) int {
@@ -506,11 +544,11 @@ func FuzzGuardFrames(f *testing.F) {
 		script := fuzzScript(data)
 		var want []string
 		for i, sd := range []uint64{0, seed | 1} {
-			b := &budget{max: 8 << 20}
-			g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+			b := testBudget(8 << 20)
+			g := testGuard(b)
 			g.late = 0
 			read, _ := guardOutput(t, g, script, sd)
-			if b.stats().ClosedConnections > 0 {
+			if closedTotal(b.stats()) > 0 {
 				return // what gRPC got before depends on the reads
 			}
 			got := frameLines(t, read, hpack.NewDecoder(4096, nil), true)
@@ -535,11 +573,11 @@ func FuzzGuardGarbage(f *testing.F) {
 		s := newClientScript()
 		s.headers(1, mPushTaskRes, 10, 0, noPrio, false)
 		script := append(s.buf.Bytes(), data...)
-		b := &budget{max: 8 << 20}
-		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+		b := testBudget(8 << 20)
+		g := testGuard(b)
 		g.late = 0
 		sc := &scriptConn{script: script, chunk: func(left int) int { return 1 + int(seed%uint64(left)) }}
-		c := g.wrap(sc)
+		c := g.wrap(sc, nil)
 		buf := make([]byte, 4096)
 		for {
 			if _, err := c.Read(buf); err != nil {
@@ -593,10 +631,11 @@ func waitDone(t testing.TB, c *testkit.H2Conn, s *testkit.H2Stream) testkit.H2St
 }
 
 // The budget holds the declared size of the requests being received from
-// their prefix on: a push that does not fit beside one in progress is
-// refused at once (busy, retry), one larger than the budget allows ever
-// is refused as such, and once the first is answered the budget is free
-// again. Pings still pass in the headroom kept for small requests.
+// their prefix on: a push that does not fit beside one in progress within
+// the peer's share (three quarters) is refused at once (retry), one larger
+// than a peer may ever send is refused as such, and once the first is
+// answered the budget is free again. Pings still pass in the headroom kept
+// for small requests.
 func TestBudgetAdmitsByDeclaredSize(t *testing.T) {
 	f := startLimited(t, Limits{MaxInflightBytes: 64 << 20})
 	c := f.h2(t, f.fleetAddr)
@@ -605,11 +644,11 @@ func TestBudgetAdmitsByDeclaredSize(t *testing.T) {
 
 	b := sendPart(t, c, mPushTaskRes, 30<<20, 100)
 	r := waitDone(t, c, b)
-	if r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "refused for now") || !strings.Contains(r.Message, "in-flight budget (--max-inflight-bytes) is 64 MiB") {
-		t.Fatalf("a push beside one in progress: %s", r.String())
+	if r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "refused for now: this peer's requests hold 40 MiB") || !strings.Contains(r.Message, "(--max-inflight-bytes 64 MiB), its share") {
+		t.Fatalf("a push beside one in progress, past the peer's share: %s", r.String())
 	}
-	big := sendPart(t, c, mPushTaskRes, 61<<20, 100)
-	if r := waitDone(t, c, big); r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "takes requests of at most 60 MiB") {
+	big := sendPart(t, c, mPushTaskRes, 49<<20, 100)
+	if r := waitDone(t, c, big); r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "takes requests of at most 48 MiB from one peer") {
 		t.Fatalf("a push larger than the budget allows: %s", r.String())
 	}
 	// Small requests use the headroom: 23 MiB are left of the 64, all of
@@ -620,7 +659,7 @@ func TestBudgetAdmitsByDeclaredSize(t *testing.T) {
 			t.Fatalf("a Ping while the budget is taken: %v", err)
 		}
 	}
-	if st := f.sl.LimitStats(); st.InflightBytes != 40<<20 || st.RefusedBusy != 1 || st.RefusedTooLarge != 1 || st.MaxInflightBytes != 64<<20 {
+	if st := f.sl.LimitStats(); st.InflightBytes != 40<<20 || st.Refused[RefusedPeerShare] != 1 || st.Refused[RefusedTooLarge] != 1 || st.MaxInflightBytes != 64<<20 {
 		t.Fatalf("stats: %+v", st)
 	}
 	// The rest of the first push: 40 MiB of zeros are no PushTaskRes, the
@@ -632,8 +671,8 @@ func TestBudgetAdmitsByDeclaredSize(t *testing.T) {
 		t.Fatalf("the admitted push: %s", r.String())
 	}
 	waitInflight(t, f.sl, 0)
-	c2 := sendPart(t, c, mPushTaskRes, 50<<20, 100)
-	waitInflight(t, f.sl, 50<<20)
+	c2 := sendPart(t, c, mPushTaskRes, 45<<20, 100)
+	waitInflight(t, f.sl, 45<<20)
 	if err := c.Reset(c2); err != nil {
 		t.Fatal(err)
 	}
@@ -667,7 +706,7 @@ func TestStalledRequestClosesConnection(t *testing.T) {
 		t.Errorf("closed after %v, before the stall timeout", took)
 	}
 	waitInflight(t, f.sl, 0)
-	if st := f.sl.LimitStats(); st.ClosedConnections != 1 {
+	if st := f.sl.LimitStats(); closedTotal(st) != 1 {
 		t.Errorf("stats: %+v", st)
 	}
 	if !strings.Contains(f.logs.String(), "received nothing for 300ms") {
@@ -809,7 +848,7 @@ func TestGuardAnswersAtFrameBoundaries(t *testing.T) {
 	for seed := range uint64(200) {
 		r := rand.New(rand.NewPCG(seed, 1))
 		sc := &scriptConn{}
-		c := newGuard(&budget{max: 1 << 30}, slog.New(slog.DiscardHandler), time.Minute).wrap(sc)
+		c := testGuard(testBudget(1<<30)).wrap(sc, nil)
 		for _, id := range []uint32{1, 3, 5} {
 			c.streams[id] = &gstream{id: id, reserved: 10}
 		}
@@ -823,10 +862,13 @@ func TestGuardAnswersAtFrameBoundaries(t *testing.T) {
 			}
 			if sent := len(server) - len(p); sent <= at && at < sent+n {
 				decided = sent
+				// What queue's writer does, without a goroutine.
 				c.wmu.Lock()
-				c.answers = append(c.answers, answer)
+				c.cmu.Lock()
+				c.ctl = append(c.ctl, ctlFrame{b: answer})
+				c.cmu.Unlock()
 				if c.outb.atBoundary() {
-					c.flushAnswers()
+					c.writeCtl()
 				}
 				c.wmu.Unlock()
 			}
@@ -871,8 +913,8 @@ func TestGuardReleasesAtConnectionEnd(t *testing.T) {
 	s.headers(1, mPushTaskRes, 1000, 0, noPrio, false)
 	s.message(1, 40<<20, 0, nil, 0, false) // the prefix alone
 	script := s.buf.Bytes()
-	b := &budget{max: 64 << 20}
-	g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+	b := testBudget(64 << 20)
+	g := testGuard(b)
 	g.late = 0
 	buf := make([]byte, 70000)
 	readAll := func(c *guardConn) {
@@ -890,7 +932,7 @@ func TestGuardReleasesAtConnectionEnd(t *testing.T) {
 
 	for _, chunk := range []int{len(script), 7, 1} {
 		sc := &scriptConn{script: script, chunk: func(int) int { return chunk }, eofLast: true}
-		c := g.wrap(sc)
+		c := g.wrap(sc, nil)
 		readAll(c)
 		c.Close()
 		c.answering.Wait()
@@ -901,7 +943,7 @@ func TestGuardReleasesAtConnectionEnd(t *testing.T) {
 
 	// Closed by gRPC before its reader parses the bytes it had read.
 	sc := &scriptConn{script: script, chunk: func(left int) int { return left }}
-	c := g.wrap(sc)
+	c := g.wrap(sc, nil)
 	c.Close()
 	readAll(c)
 	c.Close()
@@ -950,8 +992,8 @@ func TestGuardPriorityWithoutPadding(t *testing.T) {
 	}
 
 	for seed := range uint64(50) {
-		b := &budget{max: 64 << 20}
-		g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+		b := testBudget(64 << 20)
+		g := testGuard(b)
 		read, written := guardOutput(t, g, script, seed)
 		got := strings.Join(frameLines(t, read, hpack.NewDecoder(4096, nil), true), "\n")
 		if !strings.Contains(got, ":path="+mCreateNode) || !strings.Contains(got, "RST_STREAM 1 CANCEL") {
@@ -974,11 +1016,11 @@ func TestGuardBoundsPendingAnswers(t *testing.T) {
 		s.headers(id, mCreateNode, 1000, 0, noPrio, false)
 		s.message(id, 2<<20, 100, nil, 0, false)
 	}
-	b := &budget{max: 64 << 20}
-	g := newGuard(b, slog.New(slog.DiscardHandler), time.Minute)
+	b := testBudget(64 << 20)
+	g := testGuard(b)
 	sc := &scriptConn{script: s.buf.Bytes(), chunk: func(int) int { return 1000 }, block: make(chan struct{})}
 	base := runtime.NumGoroutine()
-	c := g.wrap(sc)
+	c := g.wrap(sc, nil)
 	t.Cleanup(func() {
 		c.Close()
 		c.answering.Wait()
@@ -993,7 +1035,7 @@ func TestGuardBoundsPendingAnswers(t *testing.T) {
 	if peak > 40 {
 		t.Errorf("%d goroutines more while the client reads no answer", peak)
 	}
-	if !errors.Is(err, errClosedByLimit) || b.stats().ClosedConnections != 1 {
+	if !errors.Is(err, errClosedByLimit) || closedTotal(b.stats()) != 1 {
 		t.Errorf("read error %v, stats %+v: want the connection closed by a limit", err, b.stats())
 	}
 }
@@ -1006,7 +1048,7 @@ func TestGuardWriteAllocs(t *testing.T) {
 		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x88}, EndHeaders: true, EndStream: true})
 	}
 	fr.WriteRSTStream(9, http2.ErrCodeCancel)
-	c := newGuard(&budget{max: 1 << 30}, slog.New(slog.DiscardHandler), time.Minute).wrap(&loopConn{})
+	c := testGuard(testBudget(1<<30)).wrap(&loopConn{}, nil)
 	if n := testing.AllocsPerRun(100, func() {
 		if _, err := c.Write(out.Bytes()); err != nil {
 			t.Fatal(err)
@@ -1014,4 +1056,27 @@ func TestGuardWriteAllocs(t *testing.T) {
 	}); n != 0 {
 		t.Errorf("%v allocations per write", n)
 	}
+}
+
+// testBudget is a budget of max bytes with the default limits otherwise.
+func testBudget(max int64) *budget { return newBudget(Limits{MaxInflightBytes: max}.withDefaults()) }
+
+// testGuard is a guard on b with the default limits, logging nowhere.
+func testGuard(b *budget) *guard {
+	return newGuard(b, slog.New(slog.DiscardHandler), Limits{MaxInflightBytes: b.max}.withDefaults())
+}
+
+// closedTotal is the number of connections closed by a limit.
+func closedTotal(st LimitStats) uint64 {
+	var n uint64
+	for _, v := range st.Closed {
+		n += v
+	}
+	return n
+}
+
+func (c *scriptConn) SetReadDeadline(time.Time) error { return nil }
+func (c *scriptConn) SetWriteDeadline(t time.Time) error {
+	c.deadline.Store(!t.IsZero())
+	return nil
 }

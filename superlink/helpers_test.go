@@ -3,6 +3,7 @@ package superlink
 import (
 	"context"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
 
@@ -80,18 +81,27 @@ func startWith(t testing.TB, newState newStateFunc) *fixture {
 	return f
 }
 
-func dial(t testing.TB, addr, caFile string) *grpc.ClientConn {
+func dial(t testing.TB, addr, caFile string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: caFile})
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return conn
+}
+
+// fromAddr makes a gRPC client's connections come from the loopback
+// address local, another peer than 127.0.0.1.
+func fromAddr(local string) grpc.DialOption {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", addr)
+	})
 }
 
 // healthy asserts that both APIs still answer their health check.

@@ -159,8 +159,8 @@ func BenchmarkGuardRead(b *testing.B) {
 			lc := &loopConn{data: data, skip: skip}
 			var conn net.Conn = lc
 			if mode == "guarded" {
-				g := newGuard(&budget{max: 1 << 40}, slog.New(slog.DiscardHandler), time.Minute)
-				gc := g.wrap(lc)
+				g := testGuard(testBudget(1 << 40))
+				gc := g.wrap(lc, nil)
 				// Endless message: the stream always has body left.
 				conn = gc
 				defer func() {
@@ -210,7 +210,7 @@ func BenchmarkGuardWrite(b *testing.B) {
 			lc := &loopConn{}
 			var conn net.Conn = lc
 			if mode == "guarded" {
-				conn = newGuard(&budget{max: 1 << 30}, slog.New(slog.DiscardHandler), time.Minute).wrap(lc)
+				conn = testGuard(testBudget(1<<30)).wrap(lc, nil)
 			}
 			b.SetBytes(int64(len(data)))
 			b.ResetTimer()

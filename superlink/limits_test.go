@@ -120,7 +120,7 @@ func TestLegitimate512MiBPushes(t *testing.T) {
 	f := startLimited(t, Limits{})
 	data := pattern(MaxMessageSize - 4096) // room for the rest of the message
 	pushResults(t, f, 2, data, false)
-	if st := f.sl.LimitStats(); st.RefusedBusy+st.RefusedTooLarge != 0 || st.InflightBytes != 0 {
+	if st := f.sl.LimitStats(); st.Refused[RefusedBusy]+st.Refused[RefusedTooLarge] != 0 || st.InflightBytes != 0 {
 		t.Fatalf("stats after the pushes: %+v", st)
 	}
 }
@@ -130,7 +130,7 @@ func TestLegitimate512MiBPushes(t *testing.T) {
 func Test16Nodes32MiBAtOnce(t *testing.T) {
 	f := startLimited(t, Limits{})
 	pushResults(t, f, 16, pattern(32<<20), true)
-	if st := f.sl.LimitStats(); st.RefusedBusy+st.RefusedTooLarge != 0 || st.InflightBytes != 0 {
+	if st := f.sl.LimitStats(); st.Refused[RefusedBusy]+st.Refused[RefusedTooLarge] != 0 || st.InflightBytes != 0 {
 		t.Fatalf("stats after the pushes: %+v", st)
 	}
 }

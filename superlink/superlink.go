@@ -142,8 +142,8 @@ func New(o Options) *SuperLink {
 	o.Limits = o.Limits.withDefaults()
 	bf, _ := o.State.(state.BlobFinder)
 	b := newBudget(o.Limits)
-	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newCodec(bf), budget: b,
-		guard: newGuard(b, o.Logger, o.Limits.StallTimeout)}
+	g := newGuard(b, o.Logger, o.Limits)
+	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newServerCodec(bf, g.standIns), budget: b, guard: g}
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
@@ -166,8 +166,8 @@ func (s *SuperLink) Driver() flwrproto.DriverServer { return &driver{s: s.state}
 // connection limit need Serve.
 func ServerOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
 	l := Limits{}.withDefaults()
-	g := newGuard(newBudget(l), slog.Default(), l.StallTimeout)
-	return serverOptions(guarded(creds, g), newCodec(nil), slog.Default(), l)
+	g := newGuard(newBudget(l), slog.Default(), l)
+	return serverOptions(guarded(creds, g), newServerCodec(nil, g.standIns), slog.Default(), l)
 }
 
 // keepaliveTimeout is how long the server waits for the answer to its
@@ -193,13 +193,55 @@ func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.L
 			PermitWithoutStream: true,
 		}),
 		grpc.ForceServerCodecV2(c),
-		grpc.ChainUnaryInterceptor(recoverInterceptor(log), recheckInterceptor),
+		grpc.ChainUnaryInterceptor(recoverInterceptor(log), invalidUnaryInterceptor, recheckInterceptor),
+		grpc.ChainStreamInterceptor(invalidStreamInterceptor),
 	)
 	opts = append(opts, tuningOptions(isTLS(creds))...)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(tunedCreds(creds)))
 	}
 	return opts
+}
+
+// watchPressure turns both health services NOT_SERVING while small
+// requests are being refused for want of budget (pings and polls fail:
+// a load balancer had better send new calls elsewhere), and SERVING again
+// once they pass, until ctx ends.
+func (s *SuperLink) watchPressure(ctx context.Context, servers map[*health.Server][]string) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	under := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if p := s.budget.pressure(); p != under {
+			under = p
+			st := healthpb.HealthCheckResponse_SERVING
+			if p {
+				st = healthpb.HealthCheckResponse_NOT_SERVING
+				s.log.Warn("small requests are refused for want of in-flight budget: health says NOT_SERVING until they pass", "inflight_bytes", s.budget.used.Load(), "max_inflight_bytes", s.budget.max)
+			} else {
+				s.log.Info("small requests pass again: health says SERVING")
+			}
+			for h, names := range servers {
+				for _, name := range names {
+					h.SetServingStatus(name, st)
+				}
+			}
+		}
+	}
+}
+
+// Ready reports whether the SuperLink serves small requests now: false,
+// with why, while they are refused for want of in-flight budget.
+func (s *SuperLink) Ready() (bool, string) {
+	if s.budget.pressure() {
+		return false, "small requests are being refused: the in-flight budget (--max-inflight-bytes) is full"
+	}
+	return true, ""
 }
 
 // recoverInterceptor turns a panic in a handler into Internal, so that one
@@ -245,8 +287,9 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 		return err
 	}
 	// Both APIs share the guard and its in-flight budget.
-	fleetLis = newLimitListener(fleetLis, s.opts.Limits.MaxConnections, s.budget)
-	driverLis = newLimitListener(driverLis, s.opts.Limits.MaxConnections, s.budget)
+	l := s.opts.Limits
+	fleetLis = newLimitListener(fleetLis, l.MaxConnections, l.MaxConnectionsPerPeer, s.guard)
+	driverLis = newLimitListener(driverLis, l.MaxConnections, l.MaxConnectionsPerPeer, s.guard)
 
 	fs := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(fleetCreds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
 	flwrproto.RegisterFleetServer(fs, s.Fleet())
@@ -277,7 +320,15 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	stallDone := make(chan struct{})
 	go func() {
 		defer close(stallDone)
-		s.guard.runStallSweep(sctx)
+		s.guard.runSweeps(sctx)
+	}()
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		s.watchPressure(sctx, map[*health.Server][]string{
+			fh: {"", flwrproto.Fleet_ServiceDesc.ServiceName},
+			dh: {"", flwrproto.Driver_ServiceDesc.ServiceName},
+		})
 	}()
 	go func() {
 		defer close(sweepDone)
@@ -321,5 +372,6 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	cancel()
 	<-sweepDone
 	<-stallDone
+	<-healthDone
 	return err
 }
