@@ -56,9 +56,13 @@ var (
 	descConnections = prometheus.NewDesc("sepal_connections",
 		"Connections open now, both APIs.", nil, nil)
 	descRefused = prometheus.NewDesc("sepal_requests_refused_total",
-		"Requests refused by a limit before their body was read, by reason (too_large: more than the method or the budget takes; busy: the in-flight budget was full, the client retries).", []string{"reason"}, nil)
+		"Requests refused by a limit before their body was read, or reset while it arrived, by reason (too_large: more than the method, or one peer, may send; busy: the in-flight budget was full, the client retries; peer_share: the peer held its share of the budget; too_slow: reset, it arrived slower than --min-request-rate).", []string{"reason"}, nil)
 	descLimitClosed = prometheus.NewDesc("sepal_connections_closed_by_limit_total",
-		"Connections closed by a limit: a request that stalled, or a violation that could only be answered so.", nil, nil)
+		"Connections closed by a limit, by reason (stalled: stopped mid-frame holding budget; control_frames: too many resets, settings, pings or priorities; violation: a refusal that could only be answered so; idle: without a call while the slots ran short).", []string{"reason"}, nil)
+	descConnRefused = prometheus.NewDesc("sepal_connections_refused_total",
+		"Connections closed at once by a limit, by reason (per_peer: the peer held its share of --max-connections).", []string{"reason"}, nil)
+	descPressure = prometheus.NewDesc("sepal_inflight_pressure",
+		"1 while small requests (pings, polls) are refused because the in-flight budget is full; health says NOT_SERVING meanwhile.", nil, nil)
 )
 
 var certResults = [2]string{"success", "failure"}
@@ -71,7 +75,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descHandshakes, descHandshakeFailures, descCertExpiry, descCertNotBefore,
 		descCertLastReload, descCertReloadOK, descReloads, descOrders, descCRLThis, descCRLNext, descStateUp, descNodes, descRuns,
 		descTaskIns, descTaskRes, descArrays, descArrayBytes, descInflight, descInflightLimit, descConnections, descRefused,
-		descLimitClosed} {
+		descLimitClosed, descConnRefused, descPressure} {
 		ch <- d
 	}
 }
@@ -112,9 +116,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descInflight, float64(l.InflightBytes))
 		gauge(descInflightLimit, float64(l.MaxInflightBytes))
 		gauge(descConnections, float64(l.Connections))
-		counter(descRefused, float64(l.RefusedTooLarge), "too_large")
-		counter(descRefused, float64(l.RefusedBusy), "busy")
-		counter(descLimitClosed, float64(l.ClosedConnections))
+		for reason, n := range l.Refused {
+			counter(descRefused, float64(n), reason)
+		}
+		for reason, n := range l.Closed {
+			counter(descLimitClosed, float64(n), reason)
+		}
+		for reason, n := range l.ConnectionsRefused {
+			counter(descConnRefused, float64(n), reason)
+		}
+		pressure := 0.0
+		if l.Pressure {
+			pressure = 1
+		}
+		gauge(descPressure, pressure)
 	}
 	if state := m.getState(); state != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -381,6 +381,9 @@ func (m *Metrics) Ready(ctx context.Context) (bool, string) {
 			return false, "no certificate is being served yet"
 		}
 	}
+	if l, ok := m.limitStats(); ok && l.Pressure {
+		return false, "small requests are being refused: the in-flight budget (--max-inflight-bytes) is full"
+	}
 	if st := m.getState(); st != nil {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()

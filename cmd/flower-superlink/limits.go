@@ -1,8 +1,9 @@
 package main
 
 // This file holds the flags of the limits on what peers may make the
-// SuperLink hold (--max-inflight-bytes, --max-connections) and turns them
-// into superlink.Limits.
+// SuperLink hold (--max-inflight-bytes, --min-request-rate,
+// --max-connections, --max-connections-per-peer) and turns them into
+// superlink.Limits.
 
 import (
 	"fmt"
@@ -19,7 +20,9 @@ import (
 // limitFlags are the limit flags.
 type limitFlags struct {
 	inflight    sizeValue
+	minRate     rateValue
 	connections int
+	perPeer     int
 }
 
 // registerLimitFlags adds the limit flags to fs.
@@ -27,7 +30,12 @@ func registerLimitFlags(fs *pflag.FlagSet) *limitFlags {
 	l := &limitFlags{inflight: superlink.DefaultMaxInflightBytes}
 	fs.Var(&l.inflight, "max-inflight-bytes", "the most request bytes held at once while they are received and handled, over all connections (such as 256MiB, 1GiB or plain bytes); "+
 		"a request that does not fit is refused with RESOURCE_EXHAUSTED, which clients retry; the last sixteenth is kept for small requests")
-	fs.IntVar(&l.connections, "max-connections", superlink.DefaultMaxConnections, "connections each API holds at once; more wait until one closes")
+	l.minRate = superlink.DefaultMinRequestRate
+	fs.Var(&l.minRate, "min-request-rate", fmt.Sprintf("the slowest an admitted request may arrive (such as 64KiB/s), averaged once it is %v old: "+
+		"one that falls behind is reset and its part of the budget freed; at the default a 512 MiB push may take 2h16m", superlink.RequestGrace))
+	fs.IntVar(&l.connections, "max-connections", superlink.DefaultMaxConnections, "connections each API holds at once; more wait until one closes, and idle ones are closed sooner once three quarters are taken")
+	fs.IntVar(&l.perPeer, "max-connections-per-peer", 0, "connections one peer (a source address, or a client certificate's identity under mutual TLS) may hold on each API; "+
+		"more are closed at once (default: --max-connections/16, at least 16)")
 	return l
 }
 
@@ -39,17 +47,46 @@ func (l *limitFlags) check() error {
 	if l.connections < 1 {
 		return cli.Usagef("--max-connections %d: give 1 or more (default %d)", l.connections, superlink.DefaultMaxConnections)
 	}
+	if l.perPeer < 0 {
+		return cli.Usagef("--max-connections-per-peer %d: give 1 or more, or leave it out for --max-connections/16", l.perPeer)
+	}
+	if l.minRate < 1 {
+		return cli.Usagef("--min-request-rate %s: give a rate such as 64KiB/s (the default)", l.minRate.String())
+	}
 	return nil
 }
 
 // limits returns the superlink.Limits of the flags.
 func (l *limitFlags) limits() superlink.Limits {
-	return superlink.Limits{MaxInflightBytes: int64(l.inflight), MaxConnections: l.connections}
+	return superlink.Limits{MaxInflightBytes: int64(l.inflight), MinRequestRate: int64(l.minRate), MaxConnections: l.connections, MaxConnectionsPerPeer: l.perPeer}
 }
 
 // attrs are the limits as log attributes.
 func (l *limitFlags) attrs() []any {
-	return []any{"max_inflight_bytes", int64(l.inflight), "max_connections", l.connections}
+	lim := l.limits()
+	if lim.MaxConnectionsPerPeer == 0 {
+		lim.MaxConnectionsPerPeer = max(16, lim.MaxConnections/16)
+	}
+	return []any{"max_inflight_bytes", int64(l.inflight), "min_request_rate", int64(l.minRate), "max_connections", l.connections, "max_connections_per_peer", lim.MaxConnectionsPerPeer}
+}
+
+// rateValue is a byte rate: a size (see sizeValue) with an optional /s.
+type rateValue int64
+
+func (v *rateValue) Set(s string) error {
+	n, err := parseSize(strings.TrimSuffix(strings.TrimSpace(s), "/s"))
+	if err != nil {
+		return fmt.Errorf("%q is not a rate: give bytes per second, such as 64KiB/s or 1MB/s", s)
+	}
+	*v = rateValue(n)
+	return nil
+}
+
+func (v *rateValue) Type() string { return "RATE" }
+
+func (v *rateValue) String() string {
+	s := sizeValue(*v)
+	return s.String() + "/s"
 }
 
 // sizeValue is a byte count given as plain bytes or with a unit: B, KiB,
