@@ -428,8 +428,8 @@ func (s *Store) CreateRun(ctx context.Context, nr state.NewRun) (uint64, error) 
 		r: &flwr129.Run{
 			RunId: id, FabId: nr.FabID, FabVersion: nr.FabVersion, FabHash: fab.HashStr,
 			OverrideConfig: nr.OverrideConfig, PendingAt: iso(now),
-			Status:   &flwr129.RunStatus{Status: state.StatusPending},
-			FlwrAid:  nr.FlwrAID, Federation: nr.Federation, RunType: nr.RunType,
+			Status:  &flwr129.RunStatus{Status: state.StatusPending},
+			FlwrAid: nr.FlwrAID, Federation: nr.Federation, RunType: nr.RunType,
 		},
 		context: &flwr129.Context{RunId: id, NodeId: state.SuperLinkNodeID, State: &flwr129.RecordDict{}},
 		objects: map[string]bool{},

@@ -2,9 +2,9 @@ package statetest
 
 import (
 	"context"
-	"log/slog"
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -86,7 +86,6 @@ func noErr(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-
 
 // onlineNode registers and activates a node.
 func (e *linkEnv) onlineNode(t *testing.T, key string) uint64 {
