@@ -53,21 +53,21 @@ type LinkState interface {
 	// NodeOfKey returns the id of the node that holds a public key and is
 	// not unregistered; false when there is none.
 	NodeOfKey(ctx context.Context, publicKey []byte) (uint64, bool, error)
-	// Nodes returns every node, in the order they registered, with its
+	// LinkNodes returns every node, in the order they registered, with its
 	// status as of now.
-	Nodes(ctx context.Context) ([]*flwr129.NodeInfo, error)
+	LinkNodes(ctx context.Context) ([]*flwr129.NodeInfo, error)
 
-	// CreateRun stores the FAB (once per content: its hash is its key), a
+	// CreateLinkRun stores the FAB (once per content: its hash is its key), a
 	// pending run of it and the run's empty ServerApp context, and returns
 	// the run's id, random, non-zero.
-	CreateRun(ctx context.Context, r NewRun) (uint64, error)
+	CreateLinkRun(ctx context.Context, r NewRun) (uint64, error)
 	// Run returns one run (NotFound when unknown). Runs whose app token
 	// expired are failed first, as in every method that reads a run.
 	Run(ctx context.Context, runID uint64) (*flwr129.Run, error)
-	// Runs returns the runs of the given statuses (all when none is
+	// LinkRuns returns the runs of the given statuses (all when none is
 	// given), most recently created first, at most limit (all when
 	// limit <= 0).
-	Runs(ctx context.Context, limit int, statuses ...string) ([]*flwr129.Run, error)
+	LinkRuns(ctx context.Context, limit int, statuses ...string) ([]*flwr129.Run, error)
 	// Fab returns a stored FAB; NotFound when none has that hash.
 	Fab(ctx context.Context, hash string) (*flwr129.Fab, error)
 	// UpdateRunStatus moves a run to a new status along Flower's
@@ -150,7 +150,7 @@ type LinkState interface {
 	LinkStats(ctx context.Context) (LinkStats, error)
 }
 
-// NewRun is what CreateRun stores.
+// NewRun is what CreateLinkRun stores.
 type NewRun struct {
 	FabID, FabVersion string
 	Fab               *flwr129.Fab // Fab.HashStr is the SHA-256 of Content

@@ -379,8 +379,8 @@ func (s *Store) NodeOfKey(ctx context.Context, publicKey []byte) (uint64, bool, 
 	return id, true, nil
 }
 
-// Nodes implements state.LinkState.
-func (s *Store) Nodes(ctx context.Context) ([]*flwr129.NodeInfo, error) {
+// LinkNodes implements state.LinkState.
+func (s *Store) LinkNodes(ctx context.Context) ([]*flwr129.NodeInfo, error) {
 	if _, err := s.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -397,8 +397,8 @@ func (s *Store) Nodes(ctx context.Context) ([]*flwr129.NodeInfo, error) {
 	return out, nil
 }
 
-// CreateRun implements state.LinkState.
-func (s *Store) CreateRun(ctx context.Context, nr state.NewRun) (uint64, error) {
+// CreateLinkRun implements state.LinkState.
+func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, error) {
 	now, err := s.lock(ctx)
 	if err != nil {
 		return 0, err
@@ -467,8 +467,8 @@ func (s *Store) Run(ctx context.Context, runID uint64) (*flwr129.Run, error) {
 	return proto.Clone(r.r).(*flwr129.Run), nil
 }
 
-// Runs implements state.LinkState.
-func (s *Store) Runs(ctx context.Context, limit int, statuses ...string) ([]*flwr129.Run, error) {
+// LinkRuns implements state.LinkState.
+func (s *Store) LinkRuns(ctx context.Context, limit int, statuses ...string) ([]*flwr129.Run, error) {
 	if _, err := s.lock(ctx); err != nil {
 		return nil, err
 	}

@@ -106,7 +106,7 @@ func testFab(content string) *flwr129.Fab {
 // its ServerApp do.
 func (e *linkEnv) runningRun(t *testing.T) (uint64, string) {
 	t.Helper()
-	id := must(e.s.CreateRun(bg, state.NewRun{FabID: "a/b", FabVersion: "1.0", Fab: testFab("fab"), Federation: "@none/default"}))(t)
+	id := must(e.s.CreateLinkRun(bg, state.NewRun{FabID: "a/b", FabVersion: "1.0", Fab: testFab("fab"), Federation: "@none/default"}))(t)
 	tok := must(e.s.RequestToken(bg, id))(t)
 	if len(tok) != state.TokenHexLength {
 		t.Fatalf("token %q: want %d hex digits", tok, state.TokenHexLength)
@@ -156,7 +156,7 @@ func testLinkNodes(t *testing.T, e *linkEnv) {
 	wantCode(t, err, codes.FailedPrecondition, "ActivateNode of an online node")
 
 	nodeStatus := func() string {
-		ns := must(e.s.Nodes(bg))(t)
+		ns := must(e.s.LinkNodes(bg))(t)
 		if len(ns) != 1 || ns[0].NodeId != id {
 			t.Fatalf("Nodes = %v", ns)
 		}
@@ -204,12 +204,12 @@ func get2(t *testing.T) func(uint64, bool, error) (uint64, bool) {
 }
 
 func testLinkRunStatus(t *testing.T, e *linkEnv) {
-	id := must(e.s.CreateRun(bg, state.NewRun{FabID: "a/b", FabVersion: "1.0", Fab: testFab("fab")}))(t)
+	id := must(e.s.CreateLinkRun(bg, state.NewRun{FabID: "a/b", FabVersion: "1.0", Fab: testFab("fab")}))(t)
 	r := must(e.s.Run(bg, id))(t)
 	if r.Status.Status != state.StatusPending || r.FabHash != testFab("fab").HashStr || r.PendingAt == "" {
 		t.Fatalf("new run %v", r)
 	}
-	if rs := must(e.s.Runs(bg, 0, state.StatusPending))(t); len(rs) != 1 || rs[0].RunId != id {
+	if rs := must(e.s.LinkRuns(bg, 0, state.StatusPending))(t); len(rs) != 1 || rs[0].RunId != id {
 		t.Fatalf("pending runs %v", rs)
 	}
 	if f := must(e.s.Fab(bg, r.FabHash))(t); string(f.Content) != "fab" {
@@ -246,27 +246,27 @@ func testLinkRunStatus(t *testing.T, e *linkEnv) {
 	_, err = e.s.StopRun(bg, id)
 	wantCode(t, err, codes.FailedPrecondition, "StopRun of a finished run")
 
-	id2 := must(e.s.CreateRun(bg, state.NewRun{Fab: testFab("fab")}))(t)
+	id2 := must(e.s.CreateLinkRun(bg, state.NewRun{Fab: testFab("fab")}))(t)
 	if ok := must(e.s.StopRun(bg, id2))(t); !ok {
 		t.Fatal("StopRun of a pending run")
 	}
 	if r := must(e.s.Run(bg, id2))(t); r.Status.SubStatus != state.SubStatusStopped || r.FinishedAt == "" {
 		t.Fatalf("stopped run %v", r)
 	}
-	if rs := must(e.s.Runs(bg, 1))(t); len(rs) != 1 || rs[0].RunId != id2 {
-		t.Fatalf("Runs(limit 1) = %v, want the newest", rs)
+	if rs := must(e.s.LinkRuns(bg, 1))(t); len(rs) != 1 || rs[0].RunId != id2 {
+		t.Fatalf("LinkRuns(limit 1) = %v, want the newest", rs)
 	}
 }
 
 func testLinkBadFab(t *testing.T, e *linkEnv) {
 	f := testFab("fab")
 	f.Content = []byte("other")
-	_, err := e.s.CreateRun(bg, state.NewRun{Fab: f})
-	wantCode(t, err, codes.InvalidArgument, "CreateRun with a FAB whose hash differs")
+	_, err := e.s.CreateLinkRun(bg, state.NewRun{Fab: f})
+	wantCode(t, err, codes.InvalidArgument, "CreateLinkRun with a FAB whose hash differs")
 	if _, err := e.s.Fab(bg, f.HashStr); status.Code(err) != codes.NotFound {
 		t.Fatalf("the FAB was stored: %v", err)
 	}
-	if rs := must(e.s.Runs(bg, 0))(t); len(rs) != 0 {
+	if rs := must(e.s.LinkRuns(bg, 0))(t); len(rs) != 0 {
 		t.Fatalf("a run was stored: %v", rs)
 	}
 }
@@ -418,7 +418,7 @@ func testLinkBadObjects(t *testing.T, e *linkEnv) {
 func testLinkBadMessages(t *testing.T, e *linkEnv) {
 	node := e.onlineNode(t, "key")
 	runID, _ := e.runningRun(t)
-	pending := must(e.s.CreateRun(bg, state.NewRun{Fab: testFab("fab")}))(t)
+	pending := must(e.s.CreateLinkRun(bg, state.NewRun{Fab: testFab("fab")}))(t)
 	push := func(run uint64, m FlowerMessage) error {
 		_, _, err := e.s.PushInstructions(bg, run, []*flwr129.Message{m.Message}, []*flwr129.ObjectTree{m.Tree})
 		return err
