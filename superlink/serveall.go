@@ -31,7 +31,7 @@ import (
 // there (see SplitTLS to serve it on the Driver API's port); Control the
 // flwr command's API, usually with the Fleet API's credentials.
 type Listeners struct {
-	Fleet, Driver, ServerAppIo, Control    net.Listener
+	Fleet, Driver, ServerAppIo, Control   net.Listener
 	FleetCreds, DriverCreds, ControlCreds credentials.TransportCredentials
 }
 
