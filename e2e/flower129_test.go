@@ -170,4 +170,3 @@ func TestFlower129(t *testing.T) {
 		d.runQuickstart(t, 2)
 	})
 }
-
