@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -122,7 +121,9 @@ func (s *subListener) Close() error {
 
 func (s *subListener) Addr() net.Addr { return s.sp.l.Addr() }
 
-// peekedConn gives back the byte SplitTLS read.
+// peekedConn gives back the byte SplitTLS read. It does not expose the
+// socket (no SyscallConn): a reader of the socket itself would miss that
+// byte, so the wire layer reads these connections plainly.
 type peekedConn struct {
 	net.Conn
 	first byte
@@ -136,15 +137,6 @@ func (c *peekedConn) Read(p []byte) (int, error) {
 		return 1, nil
 	}
 	return c.Conn.Read(p)
-}
-
-// SyscallConn exposes the socket, as the connection it wraps does, so
-// that the options set on sockets (TCP_USER_TIMEOUT) still apply.
-func (c *peekedConn) SyscallConn() (syscall.RawConn, error) {
-	if sc, ok := c.Conn.(syscall.Conn); ok {
-		return sc.SyscallConn()
-	}
-	return nil, errors.ErrUnsupported
 }
 
 // Loopback reports whether addr is a loopback address (127.0.0.0/8, ::1):

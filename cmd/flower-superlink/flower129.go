@@ -22,9 +22,8 @@ import (
 // but binds loopback: it is plaintext (Flower's processes speak nothing
 // else there) and runs every run's ServerApp.
 const (
-	defaultServerAppIo = "127.0.0.1:9091"
-	defaultControl     = "0.0.0.0:9093"
-	superExecCommand   = "flower-superexec"
+	defaultControl   = "0.0.0.0:9093"
+	superExecCommand = "flower-superexec"
 )
 
 // flower129Flags are Flower 1.29.0's flags beyond those 1.8.0 shares.
@@ -41,7 +40,7 @@ type flower129Flags struct {
 func registerFlower129Flags(fs *pflag.FlagSet) *flower129Flags {
 	f := &flower129Flags{fs: fs}
 	fs.StringVar(&f.fleetAddr, "fleet-api-address", "", "Fleet API address, HOST:PORT (Flower 1.29's spelling of --grpc-rere-fleet-api-address; default 0.0.0.0:9092)")
-	fs.StringVar(&f.serverAppIoAddr, "serverappio-api-address", defaultServerAppIo, "ServerAppIo API address (Flower 1.29's ServerApp processes), HOST:PORT; plaintext, so loopback by default; on the Driver API's port both share it (TLS for the Driver API, plaintext from loopback for ServerAppIo)")
+	fs.StringVar(&f.serverAppIoAddr, "serverappio-api-address", "", "ServerAppIo API address (Flower 1.29's ServerApp processes), HOST:PORT; plaintext, so loopback peers only; by default it shares the Driver API's port (9091, as in Flower): TLS there is the Driver API, plaintext from loopback ServerAppIo")
 	fs.StringVar(&f.controlAddr, "control-api-address", defaultControl, "Control API address (the flwr command of Flower 1.29), HOST:PORT; served with the Fleet API's certificate")
 	fs.StringVar(&f.isolation, "isolation", "subprocess", "how Flower 1.29 ServerApps run: subprocess (start flower-superexec from PATH, stopped with the SuperLink) or process (start nothing: run flower-superexec --insecure --appio-api-address ADDR --plugin-type serverapp beside it)")
 	fs.BoolVar(&f.keysOnly, "enable-supernode-auth", false, "only Flower 1.29 SuperNodes whose public keys were registered with flwr supernode register may join (needs TLS)")
@@ -66,15 +65,18 @@ func (f *flower129Flags) check(c *config) error {
 	}
 	if f.isolation == "subprocess" && f.fs.Changed("isolation") {
 		if _, err := exec.LookPath(superExecCommand); err != nil {
-			return fmt.Errorf("--isolation subprocess starts %s for each Flower 1.29 run, and it is not on PATH: install Flower 1.29 (pip install flwr), or pass --isolation process and run `%s --insecure --appio-api-address %s --plugin-type serverapp` yourself", superExecCommand, superExecCommand, f.serverAppIoAddr)
+			return fmt.Errorf("--isolation subprocess starts %s for each Flower 1.29 run, and it is not on PATH: install Flower 1.29 (pip install flwr), or pass --isolation process and run `%s --insecure --appio-api-address 127.0.0.1:9091 --plugin-type serverapp` yourself", superExecCommand, superExecCommand)
 		}
 	}
 	return nil
 }
 
 // sharesDriverPort reports whether ServerAppIo is to be served on the
-// Driver API's listener (same port).
+// Driver API's listener: by default, or when given its port.
 func (f *flower129Flags) sharesDriverPort(c *config) bool {
+	if f.serverAppIoAddr == "" {
+		return true
+	}
 	_, p1, err1 := net.SplitHostPort(f.serverAppIoAddr)
 	_, p2, err2 := net.SplitHostPort(c.driverAddr)
 	return err1 == nil && err2 == nil && p1 == p2 && p1 != "0"
@@ -85,7 +87,7 @@ func (f *flower129Flags) sharesDriverPort(c *config) bool {
 func (f *flower129Flags) listeners(c *config, driverLis net.Listener, log *slog.Logger) (tlsDriver, serverAppIo, control net.Listener, err error) {
 	tlsDriver = driverLis
 	host, _, _ := net.SplitHostPort(f.serverAppIoAddr)
-	loopbackOnly := isLoopbackHost(host)
+	loopbackOnly := f.serverAppIoAddr == "" || isLoopbackHost(host)
 	if !loopbackOnly {
 		log.Warn("ServerAppIo listens beyond loopback: it is plaintext and runs every run's ServerApp; anyone who reaches it can read and change runs", "serverappio_api_address", f.serverAppIoAddr)
 	}
@@ -99,8 +101,14 @@ func (f *flower129Flags) listeners(c *config, driverLis net.Listener, log *slog.
 		return nil, nil, nil, err
 	}
 	if control, err = listen(f.controlAddr, "--control-api-address"); err != nil {
-		serverAppIo.Close()
-		return nil, nil, nil, err
+		if f.fs.Changed("control-api-address") {
+			serverAppIo.Close()
+			return nil, nil, nil, err
+		}
+		// A 1.8.0 command line names no Control API: it starts as before
+		// when Flower's default port is taken.
+		log.Warn("the Control API (flwr) is not served: its default address is taken; pass --control-api-address to serve it", "error", err)
+		control = nil
 	}
 	return tlsDriver, serverAppIo, control, nil
 }

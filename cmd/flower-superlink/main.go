@@ -313,7 +313,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fleetLis.Close()
 		driverLis.Close()
 		appIoLis.Close()
-		controlLis.Close()
+		if controlLis != nil {
+			controlLis.Close()
+		}
 		return err
 	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
@@ -364,7 +366,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		attrs = append(attrs, "tls", false)
 	}
 	attrs = append(attrs, mon.attrs()...)
-	attrs = append(attrs, "serverappio_api_address", appIoLis.Addr().String(), "control_api_address", controlLis.Addr().String(), "isolation", c.f129.isolation)
+	attrs = append(attrs, "serverappio_api_address", appIoLis.Addr().String(), "isolation", c.f129.isolation)
+	if controlLis != nil {
+		attrs = append(attrs, "control_api_address", controlLis.Addr().String())
+	}
 	if c.f129.isolation == "subprocess" {
 		superExecDone := make(chan struct{})
 		go func() {
