@@ -913,7 +913,7 @@ func (c *guardConn) admit(st *gstream, length int64) bool {
 	case length > st.limit:
 		reason = RefusedTooLarge
 		msg = fmt.Sprintf("request of %d bytes refused: %s takes at most %s", length, shortMethod(st.method), sizeString(st.limit))
-		if st.limit == SmallMessageSize {
+		if st.limit == SmallMessageSize && methods18[st.method] {
 			msg += " (only PushTaskRes and PushTaskIns carry parameters, up to " + sizeString(MaxMessageSize) + ")"
 		}
 	case st.serverEnded:

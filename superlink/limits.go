@@ -174,13 +174,28 @@ var largeMethods = map[string]int64{
 }
 
 // methodLimit returns the largest request message of method, whatever
-// it is: SmallMessageSize for any path but the few that carry more.
+// it is: SmallMessageSize for any path but the few that carry more, of
+// either generation.
 func methodLimit(method string) int64 {
 	if n, ok := largeMethods[method]; ok {
 		return n
 	}
+	if n, ok := methodLimit129(method); ok {
+		return n
+	}
 	return SmallMessageSize
 }
+
+// methods18 are the paths of Flower 1.8.0's methods.
+var methods18 = func() map[string]bool {
+	m := map[string]bool{}
+	for _, d := range []*grpc.ServiceDesc{&flwrproto.Fleet_ServiceDesc, &flwrproto.Driver_ServiceDesc} {
+		for _, md := range d.Methods {
+			m["/"+d.ServiceName+"/"+md.MethodName] = true
+		}
+	}
+	return m
+}()
 
 // The reasons a request is refused before its body is read, and a
 // connection refused or closed by a limit: the label values of the

@@ -62,8 +62,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"slices"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -108,6 +106,10 @@ type Options struct {
 	// Limits bound what peers may make Serve hold: request sizes, the
 	// in-flight budget, connections. Default: see Limits.
 	Limits Limits
+	// Flower129 configures the Flower 1.29.0 generation (its Fleet
+	// methods, ServerAppIo and Control APIs). Default: see
+	// Flower129Options.
+	Flower129 Flower129Options
 	// ServerOptions are added to the gRPC server options of both APIs,
 	// before Sepal's own, so that interceptors given here (metrics) run
 	// outermost and see every call as answered. Default: none.
@@ -123,6 +125,7 @@ type SuperLink struct {
 	codec  *codec
 	budget *budget
 	guard  *guard
+	flower *flower129
 }
 
 // New returns a SuperLink on o.State, or on an empty in-memory state.
@@ -143,7 +146,8 @@ func New(o Options) *SuperLink {
 	bf, _ := o.State.(state.BlobFinder)
 	b := newBudget(o.Limits)
 	g := newGuard(b, o.Logger, o.Limits)
-	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newServerCodec(bf, g.standIns), budget: b, guard: g}
+	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newServerCodec(bf, g.standIns), budget: b, guard: g,
+		flower: newFlower129(o)}
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
@@ -286,92 +290,5 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 		driverLis.Close()
 		return err
 	}
-	// Both APIs share the guard and its in-flight budget.
-	l := s.opts.Limits
-	fleetLis = newLimitListener(fleetLis, l.MaxConnections, l.MaxConnectionsPerPeer, s.guard)
-	driverLis = newLimitListener(driverLis, l.MaxConnections, l.MaxConnectionsPerPeer, s.guard)
-
-	fs := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(fleetCreds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
-	flwrproto.RegisterFleetServer(fs, s.Fleet())
-	fh := health.NewServer()
-	fh.SetServingStatus(flwrproto.Fleet_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(fs, fh)
-
-	ds := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(driverCreds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
-	flwrproto.RegisterDriverServer(ds, s.Driver())
-	dh := health.NewServer()
-	dh.SetServingStatus(flwrproto.Driver_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(ds, dh)
-
-	errc := make(chan error, 2)
-	go func() {
-		if err := fs.Serve(fleetLis); err != nil {
-			errc <- fmt.Errorf("serving the Fleet API on %s: %w", fleetLis.Addr(), err)
-		}
-	}()
-	go func() {
-		if err := ds.Serve(driverLis); err != nil {
-			errc <- fmt.Errorf("serving the Driver API on %s: %w", driverLis.Addr(), err)
-		}
-	}()
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sweepDone := make(chan struct{})
-	stallDone := make(chan struct{})
-	go func() {
-		defer close(stallDone)
-		s.guard.runSweeps(sctx)
-	}()
-	healthDone := make(chan struct{})
-	go func() {
-		defer close(healthDone)
-		s.watchPressure(sctx, map[*health.Server][]string{
-			fh: {"", flwrproto.Fleet_ServiceDesc.ServiceName},
-			dh: {"", flwrproto.Driver_ServiceDesc.ServiceName},
-		})
-	}()
-	go func() {
-		defer close(sweepDone)
-		t := time.NewTicker(s.opts.SweepInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-sctx.Done():
-				return
-			case <-t.C:
-				if err := s.state.Sweep(sctx); err != nil && sctx.Err() == nil {
-					s.log.Warn("sweep failed; it runs again at the next tick", "error", err)
-				}
-			}
-		}
-	}()
-
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	fh.Shutdown()
-	dh.Shutdown()
-	var wg sync.WaitGroup
-	for _, srv := range []*grpc.Server{fs, ds} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			done := make(chan struct{})
-			go func() { srv.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(s.opts.ShutdownGrace):
-				srv.Stop()
-				<-done
-			}
-		}()
-	}
-	wg.Wait()
-	cancel()
-	<-sweepDone
-	<-stallDone
-	<-healthDone
-	return err
+	return s.ServeAll(ctx, Listeners{Fleet: fleetLis, Driver: driverLis, FleetCreds: fleetCreds, DriverCreds: driverCreds})
 }

@@ -14,6 +14,12 @@ func checkAddresses(c *config) error {
 		{"--driver-api-address", c.driverAddr, "127.0.0.1:9091"},
 		{"--grpc-rere-fleet-api-address", c.fleetAddr, "0.0.0.0:9092"},
 	}
+	if c.f129 != nil {
+		ls = append(ls, listener{"--control-api-address", c.f129.controlAddr, "0.0.0.0:9093"})
+		if !c.f129.sharesDriverPort(c) {
+			ls = append(ls, listener{"--serverappio-api-address", c.f129.serverAppIoAddr, "127.0.0.1:9091"})
+		}
+	}
 	if c.mode == modeACME && c.acme.challenge == acme.ChallengeHTTP01 {
 		ls = append(ls, listener{"--acme-http-address", c.acme.httpAddress, ":80"})
 	}

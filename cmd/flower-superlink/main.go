@@ -82,6 +82,7 @@ type config struct {
 	metrics          *metricsFlags
 	logFormat        string
 	memory           *memoryFlags
+	f129             *flower129Flags
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -113,6 +114,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	_ = fs.MarkHidden("rest")
 	registerDatabaseFlag(fs, &c.database)
 	c.limits = registerLimitFlags(fs)
+	c.f129 = registerFlower129Flags(fs)
 
 	files, rest, err := splitCertificates(fs, args)
 	if err != nil {
@@ -193,6 +195,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	}
 
 	if err := checkDatabase(c.database); err != nil {
+		return nil, err
+	}
+	if err := c.f129.check(c); err != nil {
 		return nil, err
 	}
 	if err := c.mtls.check(c); err != nil {
@@ -298,17 +303,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	if err := mon.start(ctx, src, fleetLis, driverLis); err != nil {
+	driverLis, appIoLis, controlLis, err := c.f129.listeners(c, driverLis, log)
+	if err != nil {
 		fleetLis.Close()
 		driverLis.Close()
 		return err
 	}
+	if err := mon.start(ctx, src, fleetLis, driverLis); err != nil {
+		fleetLis.Close()
+		driverLis.Close()
+		appIoLis.Close()
+		if controlLis != nil {
+			controlLis.Close()
+		}
+		return err
+	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
 	memAttrs := c.memory.apply()
-	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions()})
+	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions(),
+		Flower129: superlink.Flower129Options{KeysOnly: c.f129.keysOnly}})
 	mon.watch(sl)
 	served := make(chan error, 1)
-	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
+	go func() {
+		served <- sl.ServeAll(ctx, superlink.Listeners{
+			Fleet: fleetLis, Driver: driverLis, ServerAppIo: appIoLis, Control: controlLis,
+			FleetCreds: fleetCreds, DriverCreds: driverCreds, ControlCreds: mon.credentials(creds),
+			ServerAppIoPeers: c.f129.appIoPeers(),
+		})
+	}()
 
 	// An ACME source obtains its certificates only now, so that the Fleet
 	// API listener itself answers the TLS-ALPN-01 validation; until they
@@ -345,6 +367,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		attrs = append(attrs, "tls", false)
 	}
 	attrs = append(attrs, mon.attrs()...)
+	attrs = append(attrs, "serverappio_api_address", appIoLis.Addr().String(), "isolation", c.f129.isolation)
+	if controlLis != nil {
+		attrs = append(attrs, "control_api_address", controlLis.Addr().String())
+	}
+	if c.f129.isolation == "subprocess" {
+		superExecDone := make(chan struct{})
+		go func() {
+			defer close(superExecDone)
+			runSuperExec(ctx, appIoDialAddress(appIoLis.Addr()), log)
+		}()
+		defer func() { <-superExecDone }()
+	}
 	mon.serving()
 	log.Info("serving", append(attrs, c.mtls.attrs()...)...)
 	c.mtls.warnOpenDriver(log, driverLis.Addr())

@@ -1,0 +1,361 @@
+// Package linkrules holds what every implementation of state.LinkState
+// decides alike, so that they answer a request word for word the same:
+// Flower 1.29.0's object format and ids, object trees, the validation of
+// messages, run status transitions, and the replies the SuperLink makes up.
+package linkrules
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/state"
+)
+
+// Bounds of an object tree, far above what Flower sends (a message is a
+// tree of depth 5: Message, RecordDict, ArrayRecord, Array, ArrayChunk;
+// a 1 GiB model in 5 MiB chunks is about 200 nodes), so that a peer
+// cannot make the SuperLink walk or hold an unbounded tree.
+const (
+	MaxTreeDepth = 16
+	MaxTreeNodes = 1 << 16
+)
+
+// ObjectTypes are the object types Flower 1.29.0 inflates
+// (inflatable_class_registry).
+var ObjectTypes = []string{"ArrayChunk", "Array", "ArrayRecord", "ConfigRecord", "Message", "MetricRecord", "RecordDict"}
+
+// ObjectID is the id of an object: the SHA-256 of its bytes, lower-case
+// hex, as Flower computes it.
+func ObjectID(content []byte) string {
+	h := sha256.Sum256(content)
+	return hex.EncodeToString(h[:])
+}
+
+// ValidID reports whether id has the form of an object id: 64 lower-case
+// hex digits.
+func ValidID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	for i := range len(id) {
+		c := id[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseObject checks content as Flower's validate_object_content does,
+// "<Type> <child_id,child_id,...> <body_len>\x00<body>", and returns its
+// type and the ids of its children.
+func ParseObject(content []byte) (typ string, children []string, err error) {
+	i := bytes.IndexByte(content, 0)
+	if i < 0 {
+		return "", nil, fmt.Errorf("no head: the bytes hold no NUL between head and body")
+	}
+	head := content[:i]
+	if !utf8.Valid(head) {
+		return "", nil, fmt.Errorf("the head is not UTF-8")
+	}
+	parts := strings.Split(string(head), " ")
+	if len(parts) != 3 {
+		return "", nil, fmt.Errorf("the head %.80q has %d space-separated parts, not 3 (type, children, body length)", head, len(parts))
+	}
+	typ = parts[0]
+	if !slices.Contains(ObjectTypes, typ) {
+		return "", nil, fmt.Errorf("objects of type %.40q are not supported", typ)
+	}
+	if parts[1] != "" {
+		children = strings.Split(parts[1], ",")
+		for _, c := range children {
+			if !ValidID(c) {
+				return "", nil, fmt.Errorf("child id %.80q is not a SHA-256 hex digest", c)
+			}
+		}
+	}
+	n, err := strconv.Atoi(parts[2])
+	if err != nil || n != len(content)-i-1 {
+		return "", nil, fmt.Errorf("the head says the body is %.20q bytes, it is %d", parts[2], len(content)-i-1)
+	}
+	return typ, children, nil
+}
+
+// CheckObject checks pushed content against its id and against the
+// children the object's tree gave it; the error is a FailedPrecondition
+// status (Flower's code for content that is not what it should be).
+func CheckObject(id string, content []byte, treeChildren []string) error {
+	if got := ObjectID(content); got != id {
+		return status.Errorf(codes.FailedPrecondition, "object %s: its bytes hash to %s: an object's id is the SHA-256 of its bytes", id, got)
+	}
+	_, children, err := ParseObject(content)
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "object %s has an unexpected structure: %v", id, err)
+	}
+	if !sameSet(children, treeChildren) {
+		return status.Errorf(codes.FailedPrecondition, "object %s names children %v, its message's object tree gave it %v", id, children, treeChildren)
+	}
+	return nil
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+// TreeNode is one node of a checked tree, in post order (children before
+// their parents).
+type TreeNode struct {
+	ID       string
+	Children []string
+}
+
+// FlattenTree checks a message's object tree (ids well formed, within
+// MaxTreeDepth and MaxTreeNodes, one id never given two different sets of
+// children, its root the message's id) and returns its nodes in post
+// order, each id once. The error is an InvalidArgument status.
+func FlattenTree(tree *flwr129.ObjectTree, messageID string) ([]TreeNode, error) {
+	if tree == nil {
+		return nil, status.Error(codes.InvalidArgument, "a message has no object tree: send one per message")
+	}
+	if tree.GetObjectId() != messageID {
+		return nil, status.Errorf(codes.InvalidArgument, "the object tree's root %.80q is not the message's id %.80q", tree.GetObjectId(), messageID)
+	}
+	var out []TreeNode
+	seen := map[string][]string{}
+	count := 0
+	var walk func(t *flwr129.ObjectTree, depth int) error
+	walk = func(t *flwr129.ObjectTree, depth int) error {
+		count++
+		if depth > MaxTreeDepth || count > MaxTreeNodes {
+			return status.Errorf(codes.InvalidArgument, "object tree deeper than %d or larger than %d nodes", MaxTreeDepth, MaxTreeNodes)
+		}
+		if !ValidID(t.GetObjectId()) {
+			return status.Errorf(codes.InvalidArgument, "object id %.80q is not a SHA-256 hex digest", t.GetObjectId())
+		}
+		kids := make([]string, 0, len(t.GetChildren()))
+		for _, c := range t.GetChildren() {
+			if err := walk(c, depth+1); err != nil {
+				return err
+			}
+			kids = append(kids, c.GetObjectId())
+		}
+		if prev, ok := seen[t.GetObjectId()]; ok {
+			if !sameSet(prev, kids) {
+				return status.Errorf(codes.InvalidArgument, "object %s appears twice in the tree with different children", t.GetObjectId())
+			}
+			return nil
+		}
+		seen[t.GetObjectId()] = kids
+		out = append(out, TreeNode{ID: t.GetObjectId(), Children: kids})
+		return nil
+	}
+	if err := walk(tree, 1); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Tree builds the ObjectTree of id from children, the children of each
+// object held.
+func Tree(id string, children func(string) []string) *flwr129.ObjectTree {
+	t := &flwr129.ObjectTree{ObjectId: id}
+	for _, c := range children(id) {
+		t.Children = append(t.Children, Tree(c, children))
+	}
+	return t
+}
+
+// CheckMessage validates a message as Flower's validate_message does
+// (metadata complete, created after 2025-02-28 and not expired, either
+// content or error), for an instruction from the ServerApp (reply false:
+// from SuperLinkNodeID to a node) or a reply from a node (to
+// SuperLinkNodeID). now is seconds since the epoch. The error is an
+// InvalidArgument status naming every problem.
+func CheckMessage(m *flwr129.Message, reply bool, now float64) error {
+	md := m.GetMetadata()
+	var errs []string
+	if md == nil {
+		return status.Error(codes.InvalidArgument, "malformed message: no metadata")
+	}
+	if !ValidID(md.GetMessageId()) {
+		errs = append(errs, "`metadata.message_id` is not the message's object id")
+	}
+	if c := md.GetCreatedAt(); math.IsNaN(c) || c < state.MinMessageCreatedAt {
+		errs = append(errs, "`metadata.created_at` must be the unix timestamp in seconds when the message was created")
+	}
+	if t := md.GetTtl(); !(t > 0) || math.IsInf(t, 0) {
+		errs = append(errs, "`metadata.ttl` must be higher than zero")
+	} else if md.GetCreatedAt()+t <= now {
+		errs = append(errs, "Message TTL has expired")
+	}
+	if md.GetSrcNodeId() == 0 {
+		errs = append(errs, "`metadata.src_node_id` is not set.")
+	}
+	if md.GetDstNodeId() == 0 {
+		errs = append(errs, "`metadata.dst_node_id` is not set.")
+	}
+	if md.GetMessageType() == "" {
+		errs = append(errs, "`metadata.message_type` MUST be set")
+	}
+	if (m.GetContent() != nil) == (m.GetError() != nil) {
+		errs = append(errs, "Either message `content` or `error` MUST be set (but not both)")
+	}
+	if !reply {
+		if md.GetReplyToMessageId() != "" {
+			errs = append(errs, "`metadata.reply_to_message_id` MUST not be set.")
+		}
+		if md.GetSrcNodeId() != state.SuperLinkNodeID {
+			errs = append(errs, "`metadata.src_node_id` is not 1 (SuperLink node ID)")
+		}
+		if md.GetDstNodeId() == state.SuperLinkNodeID {
+			errs = append(errs, "`metadata.dst_node_id` is 1 (SuperLink node ID)")
+		}
+	} else {
+		if md.GetReplyToMessageId() == "" {
+			errs = append(errs, "`metadata.reply_to_message_id` MUST be set.")
+		}
+		if md.GetSrcNodeId() == state.SuperLinkNodeID {
+			errs = append(errs, "`metadata.src_node_id` is 1 (SuperLink node ID)")
+		}
+		if md.GetDstNodeId() != state.SuperLinkNodeID {
+			errs = append(errs, "`metadata.dst_node_id` is not 1 (SuperLink node ID)")
+		}
+	}
+	if len(errs) > 0 {
+		return status.Errorf(codes.InvalidArgument, "malformed message: %s", strings.Join(errs, ", "))
+	}
+	return nil
+}
+
+// Expired reports whether a message's TTL ran out by now (Flower's
+// message_ttl_has_expired).
+func Expired(md *flwr129.Metadata, now float64) bool {
+	return md.GetCreatedAt()+md.GetTtl() < now
+}
+
+// CheckTransition returns nil when a run may move from cur to next
+// (Flower's is_valid_transition and sub-status rules), else a status
+// error: PermissionDenied from a finished run (Flower's "Run is
+// finished."), FailedPrecondition otherwise.
+func CheckTransition(cur, next *flwr129.RunStatus) error {
+	if cur.GetStatus() == state.StatusFinished {
+		return status.Error(codes.PermissionDenied, AbortMessage(cur))
+	}
+	ok := false
+	switch {
+	case next.GetStatus() == state.StatusFinished:
+		switch next.GetSubStatus() {
+		case state.SubStatusCompleted:
+			ok = cur.GetStatus() == state.StatusRunning
+		case state.SubStatusFailed, state.SubStatusStopped:
+			ok = true
+		}
+	case next.GetSubStatus() != "":
+	case cur.GetStatus() == state.StatusPending:
+		ok = next.GetStatus() == state.StatusStarting
+	case cur.GetStatus() == state.StatusStarting:
+		ok = next.GetStatus() == state.StatusRunning
+	}
+	if !ok {
+		return status.Errorf(codes.FailedPrecondition, "invalid run status transition from %q to %q (sub-status %q)", cur.GetStatus(), next.GetStatus(), next.GetSubStatus())
+	}
+	return nil
+}
+
+// AbortMessage is Flower's message for a call on a run that is not
+// running (check_abort).
+func AbortMessage(s *flwr129.RunStatus) string {
+	msg := map[string]string{
+		state.StatusPending:  "Run is pending.",
+		state.StatusStarting: "Run is starting.",
+		state.StatusRunning:  "Run is running.",
+		state.StatusFinished: "Run is finished.",
+	}[s.GetStatus()]
+	if s.GetSubStatus() == state.SubStatusStopped {
+		msg += " Stopped by user."
+	}
+	return msg
+}
+
+// RequireRunning returns nil for a running run, else PermissionDenied with
+// Flower's message.
+func RequireRunning(s *flwr129.RunStatus) error {
+	if s.GetStatus() == state.StatusRunning {
+		return nil
+	}
+	return status.Error(codes.PermissionDenied, AbortMessage(s))
+}
+
+// Error codes of the replies the SuperLink makes up (Flower's ErrorCode).
+const (
+	ErrMessageUnavailable      = 3
+	ErrReplyMessageUnavailable = 4
+	ErrNodeUnavailable         = 5
+)
+
+// Reasons of the made-up replies, Flower's words.
+const (
+	ReasonMessageUnavailable = "Error: Message Unavailable - The requested message could not be found in the " +
+		"database. It may have expired due to its TTL, been deleted because the " +
+		"destination SuperNode was removed from the federation, or never existed."
+	ReasonReplyMessageUnavailable = "Error: Reply Message Unavailable - The reply message has expired."
+	ReasonNodeUnavailable         = "Error: Node Unavailable — The destination node failed to report a heartbeat " +
+		"within 2 × its expected interval."
+)
+
+// MadeUpReply returns the error reply the SuperLink makes up for an
+// instruction (ins; nil when the instruction is unknown or expired, then
+// reply_to names insID) and its object bytes, as Flower deflates a
+// Message: its id (metadata.message_id) is the SHA-256 of those bytes.
+func MadeUpReply(ins *flwr129.Metadata, insID string, code int64, reason string, now float64) (*flwr129.Message, []byte) {
+	md := &flwr129.Metadata{
+		SrcNodeId:        state.SuperLinkNodeID,
+		DstNodeId:        state.SuperLinkNodeID,
+		ReplyToMessageId: insID,
+		MessageType:      "system",
+		CreatedAt:        now,
+	}
+	if ins != nil {
+		md.RunId = ins.GetRunId()
+		md.GroupId = ins.GetGroupId()
+		md.MessageType = ins.GetMessageType()
+		md.Ttl = max(ins.GetTtl()-(now-ins.GetCreatedAt()), 0)
+	}
+	m := &flwr129.Message{Metadata: md, Error: &flwr129.Error{Code: code, Reason: reason}}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(err) // a message of plain fields always marshals
+	}
+	content := append(fmt.Appendf(nil, "Message  %d\x00", len(body)), body...)
+	md.MessageId = ObjectID(content)
+	return m, content
+}
+
+// ISOTime formats t as Python's datetime.isoformat of an aware UTC time,
+// as Flower writes its times: 2026-04-01T12:00:00.123456+00:00.
+func ISOTime(t time.Time) string {
+	t = t.UTC()
+	if t.Nanosecond()/1000 == 0 {
+		return t.Format("2006-01-02T15:04:05+00:00")
+	}
+	return t.Format("2006-01-02T15:04:05.000000+00:00")
+}
+
+// Seconds is t as seconds since the epoch, as Python's timestamp().
+func Seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

@@ -1,0 +1,1050 @@
+// Package memlink is the in-memory state.LinkState: the Flower 1.29.0
+// generation's nodes, runs, FABs, messages, objects, tokens and logs, held
+// in one process and lost when it ends (Flower's own default,
+// :flwr-in-memory-state:).
+package memlink
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/linkrules"
+)
+
+// MaxLogBytes is how much ServerApp output a run keeps; older output is
+// dropped first.
+const MaxLogBytes = 16 << 20
+
+// Store is an in-memory state.LinkState. Its methods are safe for
+// concurrent use; each holds one lock for its whole effect, so every call
+// is atomic.
+type Store struct {
+	log  *slog.Logger
+	now  func() time.Time
+	rand io.Reader
+
+	mu      sync.Mutex
+	closed  bool
+	seq     uint64
+	nodes   map[uint64]*node
+	keys    map[string]uint64 // public key -> node, kept after unregistration
+	runs    map[uint64]*run
+	fabs    map[string]*flwr129.Fab
+	tokens  map[string]uint64
+	ins     map[string]*instruction
+	replies map[string]*reply
+	objects map[string]*object
+}
+
+var _ state.LinkState = (*Store)(nil)
+
+type node struct {
+	seq  uint64
+	info *flwr129.NodeInfo
+}
+
+type run struct {
+	r          *flwr129.Run
+	created    uint64
+	context    *flwr129.Context
+	token      string
+	tokenUntil float64
+	logs       []logEntry
+	logBytes   int
+	objects    map[string]bool
+}
+
+type logEntry struct {
+	at   float64
+	text string
+}
+
+type instruction struct {
+	seq       uint64
+	m         *flwr129.Message
+	delivered bool
+	reply     string // id of its reply, "" until one came
+}
+
+type reply struct {
+	m         *flwr129.Message
+	delivered bool
+}
+
+type object struct {
+	content   []byte
+	available bool
+	children  []string
+	refs      int // parents that registered it
+	runs      map[uint64]bool
+}
+
+// New returns an empty Store with o's clock, randomness and logger.
+func New(o state.Options) *Store {
+	o = o.WithDefaults()
+	return &Store{
+		log: o.Logger, now: o.Now, rand: o.Rand,
+		nodes: map[uint64]*node{}, keys: map[string]uint64{}, runs: map[uint64]*run{},
+		fabs: map[string]*flwr129.Fab{}, tokens: map[string]uint64{},
+		ins: map[string]*instruction{}, replies: map[string]*reply{}, objects: map[string]*object{},
+	}
+}
+
+// Close forgets everything; calls after it fail with Unavailable.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.nodes, s.runs, s.ins, s.replies, s.objects, s.fabs = nil, nil, nil, nil, nil, nil
+	return nil
+}
+
+// lock takes the lock, brings liveness, tokens and expiry up to date, and
+// returns the current time in seconds.
+func (s *Store) lock(ctx context.Context) (float64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, status.FromContextError(err).Err()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return 0, status.Error(codes.Unavailable, "the state is closed")
+	}
+	now := linkrules.Seconds(s.now())
+	s.expire(now)
+	return now, nil
+}
+
+func (s *Store) expire(now float64) {
+	for _, n := range s.nodes {
+		if n.info.Status == state.NodeOnline && n.info.GetOnlineUntil() <= now {
+			n.info.Status = state.NodeOffline
+			at := linkrules.ISOTime(time.Unix(0, int64(n.info.GetOnlineUntil()*1e9)))
+			n.info.LastDeactivatedAt = &at
+		}
+	}
+	for id, r := range s.runs {
+		if r.token != "" && r.tokenUntil < now && r.r.Status.Status != state.StatusFinished {
+			r.r.Status = &flwr129.RunStatus{Status: state.StatusFinished, SubStatus: state.SubStatusFailed, Details: "No heartbeat received from the run."}
+			r.r.FinishedAt = linkrules.ISOTime(time.Unix(0, int64(r.tokenUntil*1e9)))
+			s.finished(id, r)
+			s.log.Info("run failed: its ServerApp sent no heartbeat", "run_id", id)
+		}
+	}
+	for id, in := range s.ins {
+		if in.m.Metadata.GetCreatedAt()+in.m.Metadata.GetTtl() <= now {
+			s.dropInstruction(id)
+		}
+	}
+}
+
+// finished releases what a finished run held: its token, messages and
+// the objects only it used.
+func (s *Store) finished(id uint64, r *run) {
+	delete(s.tokens, r.token)
+	r.token = ""
+	for mid, in := range s.ins {
+		if in.m.Metadata.GetRunId() == id {
+			s.dropInstruction(mid)
+		}
+	}
+	for oid := range r.objects {
+		o := s.objects[oid]
+		if o == nil {
+			continue
+		}
+		delete(o.runs, id)
+		if o.refs == 0 {
+			s.deleteObject(oid)
+		}
+	}
+	r.objects = map[string]bool{}
+}
+
+// dropInstruction forgets an instruction, its reply and their message
+// objects (what nothing else holds).
+func (s *Store) dropInstruction(id string) {
+	in := s.ins[id]
+	if in == nil {
+		return
+	}
+	delete(s.ins, id)
+	if in.reply != "" {
+		delete(s.replies, in.reply)
+		s.deleteObject(in.reply)
+	}
+	s.deleteObject(id)
+}
+
+// deleteObject deletes an object nothing refers to, and then its children
+// that nothing else refers to (Flower's ObjectStore.delete).
+func (s *Store) deleteObject(id string) {
+	o := s.objects[id]
+	if o == nil || o.refs > 0 {
+		return
+	}
+	delete(s.objects, id)
+	for r := range o.runs {
+		if rr := s.runs[r]; rr != nil {
+			delete(rr.objects, id)
+		}
+	}
+	for _, c := range o.children {
+		if co := s.objects[c]; co != nil {
+			co.refs--
+			s.deleteObject(c)
+		}
+	}
+}
+
+func (s *Store) randUint64(exclude ...uint64) (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := io.ReadFull(s.rand, b[:]); err != nil {
+			return 0, status.Errorf(codes.Internal, "reading random bytes: %v", err)
+		}
+		v := binary.LittleEndian.Uint64(b[:])
+		if v != 0 && !slices.Contains(exclude, v) {
+			return v, nil
+		}
+	}
+}
+
+func heartbeatError(interval float64) error {
+	if !(interval >= state.HeartbeatMinInterval && interval <= state.HeartbeatMaxInterval) {
+		return status.Errorf(codes.InvalidArgument, "Invalid heartbeat interval: %v is out of bounds [%d, %d]", interval, state.HeartbeatMinInterval, state.HeartbeatMaxInterval)
+	}
+	return nil
+}
+
+// RegisterNode implements state.LinkState.
+func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInterval float64) (uint64, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	if len(publicKey) == 0 {
+		return 0, status.Error(codes.InvalidArgument, "no public key: send the node's public key (PEM)")
+	}
+	if _, used := s.keys[string(publicKey)]; used {
+		return 0, status.Error(codes.FailedPrecondition, "Public key already in use")
+	}
+	var id uint64
+	for {
+		if id, err = s.randUint64(state.SuperLinkNodeID); err != nil {
+			return 0, err
+		}
+		if s.nodes[id] == nil {
+			break
+		}
+	}
+	s.seq++
+	s.nodes[id] = &node{seq: s.seq, info: &flwr129.NodeInfo{
+		NodeId: id, OwnerAid: NoopFlwrAID, OwnerName: NoopAccountName, Status: state.NodeRegistered,
+		RegisteredAt: linkrules.ISOTime(time.Unix(0, int64(now*1e9))), HeartbeatInterval: heartbeatInterval,
+		PublicKey: slices.Clone(publicKey),
+	}}
+	s.keys[string(publicKey)] = id
+	s.log.Info("node registered", "node_id", id, "generation", "1.29")
+	return id, nil
+}
+
+// The account of Flower's open-source build (no account plugin): every
+// node and run belongs to it.
+const (
+	NoopFlwrAID     = "<id:none>"
+	NoopAccountName = "none"
+)
+
+func iso(sec float64) string { return linkrules.ISOTime(time.Unix(0, int64(sec*1e9))) }
+
+// ActivateNode implements state.LinkState.
+func (s *Store) ActivateNode(ctx context.Context, publicKey []byte, heartbeatInterval float64) (uint64, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	id, ok := s.keys[string(publicKey)]
+	if !ok || s.nodes[id].info.Status == state.NodeUnregistered {
+		return 0, status.Error(codes.FailedPrecondition, "No SuperNode found with the given public key.")
+	}
+	if err := heartbeatError(heartbeatInterval); err != nil {
+		return 0, err
+	}
+	n := s.nodes[id].info
+	if n.Status != state.NodeRegistered && n.Status != state.NodeOffline {
+		return 0, status.Errorf(codes.FailedPrecondition, "SuperNode with node ID %d could not be activated.", id)
+	}
+	n.Status = state.NodeOnline
+	at := iso(now)
+	n.LastActivatedAt = &at
+	until := now + state.HeartbeatPatience*heartbeatInterval
+	n.OnlineUntil = &until
+	n.HeartbeatInterval = heartbeatInterval
+	s.log.Info("node joined", "node_id", id, "heartbeat_interval", heartbeatInterval, "generation", "1.29")
+	return id, nil
+}
+
+// DeactivateNode implements state.LinkState.
+func (s *Store) DeactivateNode(ctx context.Context, nodeID uint64) error {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	n := s.nodes[nodeID]
+	if n == nil || n.info.Status != state.NodeOnline {
+		return status.Errorf(codes.FailedPrecondition, "SuperNode with node ID %d could not be deactivated.", nodeID)
+	}
+	n.info.Status = state.NodeOffline
+	at := iso(now)
+	n.info.LastDeactivatedAt = &at
+	n.info.OnlineUntil = &now
+	s.log.Info("node left", "node_id", nodeID, "reason", "deactivate_node", "generation", "1.29")
+	return nil
+}
+
+// UnregisterNode implements state.LinkState.
+func (s *Store) UnregisterNode(ctx context.Context, nodeID uint64) error {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	n := s.nodes[nodeID]
+	if n == nil || n.info.Status == state.NodeUnregistered {
+		return status.Errorf(codes.NotFound, "Node ID %d already unregistered, not found or the request was unauthorized.", nodeID)
+	}
+	n.info.Status = state.NodeUnregistered
+	at := iso(now)
+	n.info.UnregisteredAt = &at
+	if n.info.OnlineUntil == nil || n.info.GetOnlineUntil() > now {
+		n.info.OnlineUntil = &now
+	}
+	s.log.Info("node unregistered", "node_id", nodeID, "generation", "1.29")
+	return nil
+}
+
+// NodeHeartbeat implements state.LinkState.
+func (s *Store) NodeHeartbeat(ctx context.Context, nodeID uint64, heartbeatInterval float64) (bool, error) {
+	if err := heartbeatError(heartbeatInterval); err != nil {
+		return false, err
+	}
+	now, err := s.lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	n := s.nodes[nodeID]
+	if n == nil || n.info.Status == state.NodeUnregistered {
+		return false, nil
+	}
+	if n.info.Status != state.NodeOnline {
+		n.info.Status = state.NodeOnline
+		at := iso(now)
+		n.info.LastActivatedAt = &at
+		s.log.Info("node back online", "node_id", nodeID, "generation", "1.29")
+	}
+	until := now + state.HeartbeatPatience*heartbeatInterval
+	n.info.OnlineUntil = &until
+	n.info.HeartbeatInterval = heartbeatInterval
+	return true, nil
+}
+
+// NodeOfKey implements state.LinkState.
+func (s *Store) NodeOfKey(ctx context.Context, publicKey []byte) (uint64, bool, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return 0, false, err
+	}
+	defer s.mu.Unlock()
+	id, ok := s.keys[string(publicKey)]
+	if !ok || s.nodes[id].info.Status == state.NodeUnregistered {
+		return 0, false, nil
+	}
+	return id, true, nil
+}
+
+// LinkNodes implements state.LinkState.
+func (s *Store) LinkNodes(ctx context.Context) ([]*flwr129.NodeInfo, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	ns := make([]*node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		ns = append(ns, n)
+	}
+	slices.SortFunc(ns, func(a, b *node) int { return int(a.seq) - int(b.seq) })
+	out := make([]*flwr129.NodeInfo, len(ns))
+	for i, n := range ns {
+		out[i] = proto.Clone(n.info).(*flwr129.NodeInfo)
+	}
+	return out, nil
+}
+
+// CreateLinkRun implements state.LinkState.
+func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	fab := nr.Fab
+	if fab == nil || linkrules.ObjectID(fab.GetContent()) != fab.GetHashStr() {
+		return 0, status.Error(codes.InvalidArgument, "the FAB's hash_str is not the SHA-256 of its content")
+	}
+	if old := s.fabs[fab.HashStr]; old != nil {
+		old.Verifications = fab.Verifications // Flower: the last write wins
+	} else {
+		s.fabs[fab.HashStr] = proto.Clone(fab).(*flwr129.Fab)
+	}
+	var id uint64
+	for {
+		if id, err = s.randUint64(); err != nil {
+			return 0, err
+		}
+		if s.runs[id] == nil {
+			break
+		}
+	}
+	s.seq++
+	s.runs[id] = &run{
+		created: s.seq,
+		r: &flwr129.Run{
+			RunId: id, FabId: nr.FabID, FabVersion: nr.FabVersion, FabHash: fab.HashStr,
+			OverrideConfig: nr.OverrideConfig, PendingAt: iso(now),
+			Status:  &flwr129.RunStatus{Status: state.StatusPending},
+			FlwrAid: nr.FlwrAID, Federation: nr.Federation, RunType: nr.RunType,
+		},
+		context: &flwr129.Context{RunId: id, NodeId: state.SuperLinkNodeID, State: &flwr129.RecordDict{}},
+		objects: map[string]bool{},
+	}
+	s.log.Info("run created", "run_id", id, "fab_id", nr.FabID, "fab_hash", fab.HashStr, "generation", "1.29")
+	return id, nil
+}
+
+func (s *Store) run(id uint64) (*run, error) {
+	r := s.runs[id]
+	if r == nil {
+		return nil, status.Errorf(codes.NotFound, "Run ID not found: %d", id)
+	}
+	return r, nil
+}
+
+func (s *Store) running(id uint64) (*run, error) {
+	r, err := s.run(id)
+	if err != nil {
+		return nil, err
+	}
+	return r, linkrules.RequireRunning(r.r.Status)
+}
+
+// Run implements state.LinkState.
+func (s *Store) Run(ctx context.Context, runID uint64) (*flwr129.Run, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	r, err := s.run(runID)
+	if err != nil {
+		return nil, err
+	}
+	return proto.Clone(r.r).(*flwr129.Run), nil
+}
+
+// LinkRuns implements state.LinkState.
+func (s *Store) LinkRuns(ctx context.Context, limit int, statuses ...string) ([]*flwr129.Run, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	var rs []*run
+	for _, r := range s.runs {
+		if len(statuses) == 0 || slices.Contains(statuses, r.r.Status.Status) {
+			rs = append(rs, r)
+		}
+	}
+	slices.SortFunc(rs, func(a, b *run) int { return int(b.created) - int(a.created) })
+	if limit > 0 && len(rs) > limit {
+		rs = rs[:limit]
+	}
+	out := make([]*flwr129.Run, len(rs))
+	for i, r := range rs {
+		out[i] = proto.Clone(r.r).(*flwr129.Run)
+	}
+	return out, nil
+}
+
+// Fab implements state.LinkState.
+func (s *Store) Fab(ctx context.Context, hash string) (*flwr129.Fab, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	f := s.fabs[hash]
+	if f == nil {
+		return nil, status.Errorf(codes.NotFound, "Found no FAB with hash: %.80s", hash)
+	}
+	return f, nil
+}
+
+func (s *Store) setStatus(id uint64, r *run, next *flwr129.RunStatus, now float64) error {
+	if err := linkrules.CheckTransition(r.r.Status, next); err != nil {
+		return err
+	}
+	r.r.Status = &flwr129.RunStatus{Status: next.GetStatus(), SubStatus: next.GetSubStatus(), Details: next.GetDetails()}
+	switch next.GetStatus() {
+	case state.StatusStarting:
+		r.r.StartingAt = iso(now)
+	case state.StatusRunning:
+		r.r.RunningAt = iso(now)
+	case state.StatusFinished:
+		r.r.FinishedAt = iso(now)
+		s.finished(id, r)
+		s.log.Info("run finished", "run_id", id, "sub_status", next.GetSubStatus(), "generation", "1.29")
+	}
+	return nil
+}
+
+// UpdateRunStatus implements state.LinkState.
+func (s *Store) UpdateRunStatus(ctx context.Context, runID uint64, next *flwr129.RunStatus) error {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	r, err := s.run(runID)
+	if err != nil {
+		return err
+	}
+	return s.setStatus(runID, r, next, now)
+}
+
+// StopRun implements state.LinkState.
+func (s *Store) StopRun(ctx context.Context, runID uint64) (bool, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	r, err := s.run(runID)
+	if err != nil {
+		return false, err
+	}
+	if r.r.Status.Status == state.StatusFinished {
+		return false, status.Errorf(codes.FailedPrecondition, "Run ID %d is already finished", runID)
+	}
+	return true, s.setStatus(runID, r, &flwr129.RunStatus{Status: state.StatusFinished, SubStatus: state.SubStatusStopped}, now)
+}
+
+// RequestToken implements state.LinkState.
+func (s *Store) RequestToken(ctx context.Context, runID uint64) (string, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer s.mu.Unlock()
+	r := s.runs[runID]
+	if r == nil || r.token != "" || r.r.Status.Status != state.StatusPending {
+		return "", nil
+	}
+	b := make([]byte, state.TokenHexLength/2)
+	if _, err := io.ReadFull(s.rand, b); err != nil {
+		return "", status.Errorf(codes.Internal, "reading random bytes: %v", err)
+	}
+	if err := s.setStatus(runID, r, &flwr129.RunStatus{Status: state.StatusStarting}, now); err != nil {
+		return "", nil
+	}
+	r.token = hex.EncodeToString(b)
+	r.tokenUntil = now + state.HeartbeatDefaultInterval
+	s.tokens[r.token] = runID
+	return r.token, nil
+}
+
+// RunOfToken implements state.LinkState.
+func (s *Store) RunOfToken(ctx context.Context, token string) (uint64, bool, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return 0, false, err
+	}
+	defer s.mu.Unlock()
+	id, ok := s.tokens[token]
+	return id, ok && token != "", nil
+}
+
+// AppHeartbeat implements state.LinkState.
+func (s *Store) AppHeartbeat(ctx context.Context, token string) (bool, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	id, ok := s.tokens[token]
+	if !ok || token == "" {
+		return false, nil
+	}
+	s.runs[id].tokenUntil = now + state.HeartbeatPatience*state.HeartbeatDefaultInterval
+	return true, nil
+}
+
+// StartApp implements state.LinkState.
+func (s *Store) StartApp(ctx context.Context, runID uint64) (*flwr129.Context, *flwr129.Run, *flwr129.Fab, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer s.mu.Unlock()
+	r, err := s.run(runID)
+	fail := status.Errorf(codes.FailedPrecondition, "Failed to start run %d", runID)
+	if err != nil || s.fabs[r.r.FabHash] == nil {
+		return nil, nil, nil, fail
+	}
+	if err := s.setStatus(runID, r, &flwr129.RunStatus{Status: state.StatusRunning}, now); err != nil {
+		return nil, nil, nil, fail
+	}
+	s.log.Info("run started", "run_id", runID, "generation", "1.29")
+	return proto.Clone(r.context).(*flwr129.Context), proto.Clone(r.r).(*flwr129.Run), s.fabs[r.r.FabHash], nil
+}
+
+// SetAppContext implements state.LinkState.
+func (s *Store) SetAppContext(ctx context.Context, runID uint64, c *flwr129.Context) error {
+	if _, err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	r, err := s.running(runID)
+	if err != nil {
+		return err
+	}
+	r.context = c
+	return nil
+}
+
+// PushLogs implements state.LinkState.
+func (s *Store) PushLogs(ctx context.Context, runID uint64, text string) error {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	r, err := s.run(runID)
+	if err != nil {
+		return err
+	}
+	if n := len(r.logs); n > 0 && r.logs[n-1].at >= now {
+		now = r.logs[n-1].at + 1e-6 // stamps strictly increase, so that "after" never skips a line
+	}
+	r.logs = append(r.logs, logEntry{at: now, text: text})
+	r.logBytes += len(text)
+	for r.logBytes > MaxLogBytes && len(r.logs) > 1 {
+		r.logBytes -= len(r.logs[0].text)
+		r.logs = r.logs[1:]
+	}
+	return nil
+}
+
+// Logs implements state.LinkState.
+func (s *Store) Logs(ctx context.Context, runID uint64, after float64) (string, float64, bool, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return "", 0, false, err
+	}
+	defer s.mu.Unlock()
+	r, err := s.run(runID)
+	if err != nil {
+		return "", 0, false, err
+	}
+	i, _ := slices.BinarySearchFunc(r.logs, after, func(e logEntry, t float64) int {
+		if e.at <= t {
+			return -1
+		}
+		return 1
+	})
+	var text []byte
+	latest := 0.0
+	for _, e := range r.logs[i:] {
+		text = append(text, e.text...)
+		latest = e.at
+	}
+	return string(text), latest, r.r.Status.Status == state.StatusFinished, nil
+}
+
+// OnlineNodes implements state.LinkState.
+func (s *Store) OnlineNodes(ctx context.Context, runID uint64) ([]uint64, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	if _, err := s.running(runID); err != nil {
+		return nil, err
+	}
+	var ns []*node
+	for _, n := range s.nodes {
+		if n.info.Status == state.NodeOnline {
+			ns = append(ns, n)
+		}
+	}
+	slices.SortFunc(ns, func(a, b *node) int { return int(a.seq) - int(b.seq) })
+	ids := make([]uint64, len(ns))
+	for i, n := range ns {
+		ids[i] = n.info.NodeId
+	}
+	return ids, nil
+}
+
+// checkTree flattens a message's tree and checks it against the objects
+// held: an id already held keeps its children.
+func (s *Store) checkTree(t *flwr129.ObjectTree, messageID string) ([]linkrules.TreeNode, error) {
+	nodes, err := linkrules.FlattenTree(t, messageID)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		if o := s.objects[n.ID]; o != nil && !slices.Equal(o.children, n.Children) {
+			return nil, status.Errorf(codes.InvalidArgument, "object %s is held with other children than the tree gives it", n.ID)
+		}
+	}
+	return nodes, nil
+}
+
+// preregister registers a checked tree's objects in a run (Flower's
+// ObjectStore.preregister) and appends those not yet available to push.
+func (s *Store) preregister(runID uint64, nodes []linkrules.TreeNode, push []string) []string {
+	r := s.runs[runID]
+	for _, n := range nodes {
+		o := s.objects[n.ID]
+		if o == nil {
+			o = &object{children: n.Children, runs: map[uint64]bool{}}
+			s.objects[n.ID] = o
+			for _, c := range n.Children {
+				s.objects[c].refs++
+			}
+		}
+		o.runs[runID] = true
+		r.objects[n.ID] = true
+		if !o.available && !slices.Contains(push, n.ID) {
+			push = append(push, n.ID)
+		}
+	}
+	return push
+}
+
+// complete reports whether every object below id is available.
+func (s *Store) complete(id string) bool {
+	o := s.objects[id]
+	if o == nil || !o.available {
+		return false
+	}
+	for _, c := range o.children {
+		if !s.complete(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) tree(id string) *flwr129.ObjectTree {
+	return linkrules.Tree(id, func(id string) []string { return s.objects[id].children })
+}
+
+func pairs(msgs []*flwr129.Message, trees []*flwr129.ObjectTree) error {
+	if len(msgs) == 0 {
+		return status.Error(codes.InvalidArgument, "Malformed PushMessages: `messages_list` must not be empty")
+	}
+	if len(msgs) != len(trees) {
+		return status.Errorf(codes.InvalidArgument, "Malformed PushMessages: %d messages and %d object trees: send one tree per message", len(msgs), len(trees))
+	}
+	return nil
+}
+
+// PushInstructions implements state.LinkState.
+func (s *Store) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree) ([]string, []string, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.mu.Unlock()
+	if _, err := s.running(runID); err != nil {
+		return nil, nil, err
+	}
+	if err := pairs(msgs, trees); err != nil {
+		return nil, nil, err
+	}
+	checked := make([][]linkrules.TreeNode, len(msgs))
+	for i, m := range msgs {
+		if err := linkrules.CheckMessage(m, false, now); err != nil {
+			return nil, nil, err
+		}
+		if m.Metadata.RunId != runID {
+			return nil, nil, status.Error(codes.InvalidArgument, "Malformed PushMessages: `Message.metadata` has mismatched `run_id`")
+		}
+		if checked[i], err = s.checkTree(trees[i], m.Metadata.MessageId); err != nil {
+			return nil, nil, err
+		}
+	}
+	ids := make([]string, len(msgs))
+	var push []string
+	for i, m := range msgs {
+		n := s.nodes[m.Metadata.DstNodeId]
+		if n == nil || (n.info.Status != state.NodeOnline && n.info.Status != state.NodeOffline) {
+			s.log.Warn("message not stored: its destination node is unknown or not active", "run_id", runID, "dst_node_id", m.Metadata.DstNodeId)
+			continue // Flower: the message gets the id ""
+		}
+		id := m.Metadata.MessageId
+		ids[i] = id
+		push = s.preregister(runID, checked[i], push)
+		if s.ins[id] == nil {
+			s.seq++
+			s.ins[id] = &instruction{seq: s.seq, m: m}
+		}
+	}
+	return ids, push, nil
+}
+
+// PullInstruction implements state.LinkState.
+func (s *Store) PullInstruction(ctx context.Context, nodeID uint64) (*flwr129.Message, *flwr129.ObjectTree, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, nil, err
+	}
+	defer s.mu.Unlock()
+	var best *instruction
+	for id, in := range s.ins {
+		if in.delivered || in.m.Metadata.DstNodeId != nodeID || (best != nil && best.seq < in.seq) || !s.complete(id) {
+			continue
+		}
+		best = in
+	}
+	if best == nil {
+		return nil, nil, nil
+	}
+	best.delivered = true
+	return best.m, s.tree(best.m.Metadata.MessageId), nil
+}
+
+// PushReplies implements state.LinkState.
+func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree, runtime float64) ([]string, []string, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.mu.Unlock()
+	if err := pairs(msgs, trees); err != nil {
+		return nil, nil, err
+	}
+	checked := make([][]linkrules.TreeNode, len(msgs))
+	var runID uint64
+	for i, m := range msgs {
+		if err := linkrules.CheckMessage(m, true, now); err != nil {
+			return nil, nil, err
+		}
+		md := m.Metadata
+		if md.SrcNodeId != nodeID {
+			return nil, nil, status.Errorf(codes.PermissionDenied, "a reply from node %d names node %d as its source: a node pushes only its own replies", nodeID, md.SrcNodeId)
+		}
+		in := s.ins[md.ReplyToMessageId]
+		if in == nil {
+			return nil, nil, status.Errorf(codes.NotFound, "Message with ID %s does not exist (or it expired).", md.ReplyToMessageId)
+		}
+		if in.m.Metadata.DstNodeId != nodeID {
+			return nil, nil, status.Errorf(codes.PermissionDenied, "message %s was sent to another node", md.ReplyToMessageId)
+		}
+		if md.RunId != in.m.Metadata.RunId || (i > 0 && md.RunId != runID) {
+			return nil, nil, status.Error(codes.InvalidArgument, "`metadata.run_id` is invalid: it is not the run of the message replied to")
+		}
+		runID = md.RunId
+		if _, err := s.running(runID); err != nil {
+			return nil, nil, err
+		}
+		im := in.m.Metadata
+		if maxTTL := im.CreatedAt + im.Ttl - md.CreatedAt; md.Ttl-maxTTL > state.MessageTTLTolerance {
+			return nil, nil, status.Errorf(codes.InvalidArgument, "Received Message with TTL %.2f exceeding the allowed maximum TTL %.2f.", md.Ttl, maxTTL)
+		}
+		if checked[i], err = s.checkTree(trees[i], md.MessageId); err != nil {
+			return nil, nil, err
+		}
+	}
+	ids := make([]string, len(msgs))
+	var push []string
+	for i, m := range msgs {
+		id := m.Metadata.MessageId
+		in := s.ins[m.Metadata.ReplyToMessageId]
+		if in.reply != "" && in.reply != id { // Flower: the last reply wins
+			delete(s.replies, in.reply)
+			s.deleteObject(in.reply)
+		}
+		push = s.preregister(runID, checked[i], push)
+		if s.replies[id] == nil {
+			s.replies[id] = &reply{m: m}
+		}
+		in.reply = id
+		ids[i] = id
+	}
+	if runtime > 0 {
+		s.runs[runID].r.ClientappRuntime += runtime
+	}
+	return ids, push, nil
+}
+
+// PullReplies implements state.LinkState.
+func (s *Store) PullReplies(ctx context.Context, runID uint64, messageIDs []string) ([]*flwr129.Message, []*flwr129.ObjectTree, error) {
+	now, err := s.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.mu.Unlock()
+	if _, err := s.running(runID); err != nil {
+		return nil, nil, err
+	}
+	var out []*flwr129.Message
+	var trees []*flwr129.ObjectTree
+	done := map[string]bool{}
+	for _, id := range messageIDs {
+		if done[id] {
+			continue
+		}
+		done[id] = true
+		in := s.ins[id]
+		var res *flwr129.Message
+		switch {
+		case in == nil || in.m.Metadata.RunId != runID:
+			res = s.madeUp(runID, nil, id, linkrules.ErrMessageUnavailable, linkrules.ReasonMessageUnavailable, now)
+		case in.reply != "" && s.complete(in.reply):
+			res = s.replies[in.reply].m
+			if linkrules.Expired(res.Metadata, now) {
+				res = s.madeUp(runID, in.m.Metadata, id, linkrules.ErrReplyMessageUnavailable, linkrules.ReasonReplyMessageUnavailable, now)
+			}
+		default:
+			n := s.nodes[in.m.Metadata.DstNodeId]
+			if n != nil && n.info.Status != state.NodeUnregistered && n.info.GetOnlineUntil() >= now {
+				continue // no reply yet
+			}
+			res = s.madeUp(runID, in.m.Metadata, id, linkrules.ErrNodeUnavailable, linkrules.ReasonNodeUnavailable, now)
+		}
+		if in != nil && in.m.Metadata.RunId == runID {
+			// The ServerApp has its answer: forget the instruction, keep the
+			// reply's objects until it confirms them.
+			delete(s.ins, id)
+			if in.reply != "" {
+				delete(s.replies, in.reply)
+			}
+			s.deleteObject(id)
+		}
+		out = append(out, res)
+		trees = append(trees, s.tree(res.Metadata.MessageId))
+	}
+	return out, trees, nil
+}
+
+// madeUp makes up an error reply and holds its object in the run, as
+// Flower registers it in the ObjectStore.
+func (s *Store) madeUp(runID uint64, ins *flwr129.Metadata, insID string, code int64, reason string, now float64) *flwr129.Message {
+	m, content := linkrules.MadeUpReply(ins, insID, code, reason, now)
+	id := m.Metadata.MessageId
+	if s.objects[id] == nil {
+		s.objects[id] = &object{content: content, available: true, runs: map[uint64]bool{}}
+	}
+	s.objects[id].runs[runID] = true
+	s.runs[runID].objects[id] = true
+	return m
+}
+
+// PushObject implements state.LinkState.
+func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string, content []byte) (bool, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	r, err := s.running(runID)
+	if err != nil {
+		return false, err
+	}
+	o := s.objects[id]
+	if o == nil || !o.runs[runID] {
+		return false, status.Errorf(codes.NotFound, "object %.80s is not in any object tree of run %d: push the message that holds it first", id, runID)
+	}
+	if err := linkrules.CheckObject(id, content, o.children); err != nil {
+		return false, err
+	}
+	if !o.available {
+		o.content, o.available = content, true
+		if nodeID != state.SuperLinkNodeID {
+			r.r.BytesRecv += uint64(len(content))
+		}
+	}
+	return true, nil
+}
+
+// PullObject implements state.LinkState.
+func (s *Store) PullObject(ctx context.Context, runID, nodeID uint64, id string) ([]byte, bool, bool, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return nil, false, false, err
+	}
+	defer s.mu.Unlock()
+	r, err := s.running(runID)
+	if err != nil {
+		return nil, false, false, err
+	}
+	o := s.objects[id]
+	if o == nil || !o.runs[runID] {
+		return nil, false, false, nil
+	}
+	if !o.available {
+		return nil, true, false, nil
+	}
+	if nodeID != state.SuperLinkNodeID {
+		r.r.BytesSent += uint64(len(o.content))
+	}
+	return o.content, true, true, nil
+}
+
+// ConfirmMessageReceived implements state.LinkState.
+func (s *Store) ConfirmMessageReceived(ctx context.Context, runID uint64, messageID string) error {
+	if _, err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if _, err := s.running(runID); err != nil {
+		return err
+	}
+	if o := s.objects[messageID]; o != nil && o.runs[runID] {
+		s.deleteObject(messageID)
+	}
+	return nil
+}
+
+// LinkStats implements state.LinkState.
+func (s *Store) LinkStats(ctx context.Context) (state.LinkStats, error) {
+	if _, err := s.lock(ctx); err != nil {
+		return state.LinkStats{}, err
+	}
+	defer s.mu.Unlock()
+	st := state.LinkStats{Nodes: len(s.nodes), Runs: map[string]int{}, Messages: len(s.ins) + len(s.replies), Objects: len(s.objects)}
+	for _, n := range s.nodes {
+		if n.info.Status == state.NodeOnline {
+			st.NodesOnline++
+		}
+	}
+	for _, r := range s.runs {
+		st.Runs[r.r.Status.Status]++
+	}
+	for _, o := range s.objects {
+		st.ObjectBytes += int64(len(o.content))
+	}
+	return st, nil
+}
+
+// String names the store in logs.
+func (s *Store) String() string { return fmt.Sprintf("memlink(%p)", s) }

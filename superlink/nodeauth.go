@@ -1,0 +1,105 @@
+package superlink
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/state"
+)
+
+// Flower 1.29.0's node authentication (py/flwr/common/constant.py and
+// node_auth_server_interceptor.py): every Fleet call carries the node's
+// public key (PEM, SubjectPublicKeyInfo), an ISO 8601 timestamp and an
+// ECDSA-SHA256 signature (DER) of that timestamp.
+const (
+	PublicKeyHeader = "flwr-public-key-bin"
+	TimestampHeader = "flwr-timestamp"
+	SignatureHeader = "flwr-signature-bin"
+	// TimestampTolerance is how old a signed timestamp may be;
+	// SystemTimeTolerance how far it may lie in the future (clock drift),
+	// and is added to the age too.
+	TimestampTolerance  = 300 * time.Second
+	SystemTimeTolerance = 5 * time.Second
+)
+
+// nodeAuth checks the node signatures of Fleet calls against a LinkState.
+type nodeAuth struct {
+	s   state.LinkState
+	now func() time.Time
+}
+
+// verify checks the signature metadata of ctx and returns the public key
+// that signed. With a claimed node id (bind), that id must be the node
+// that holds the key. Every failure is Unauthenticated, in Flower's
+// words.
+func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) ([]byte, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	one := func(k string) []byte {
+		if v := md.Get(k); len(v) == 1 {
+			return []byte(v[0])
+		}
+		return nil
+	}
+	pk, ts, sig := one(PublicKeyHeader), one(TimestampHeader), one(SignatureHeader)
+	if len(pk) == 0 || len(ts) == 0 || len(sig) == 0 {
+		return nil, status.Error(codes.Unauthenticated, "Missing authentication metadata")
+	}
+	pub, err := parseNodeKey(pk)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "Invalid public key: %v", err)
+	}
+	h := sha256.Sum256(ts)
+	if !ecdsa.VerifyASN1(pub, h[:], sig) {
+		return nil, status.Error(codes.Unauthenticated, "Invalid signature")
+	}
+	at, err := time.Parse(time.RFC3339Nano, string(ts))
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, "Invalid timestamp")
+	}
+	if age := a.now().Sub(at); age <= -SystemTimeTolerance || age >= TimestampTolerance+SystemTimeTolerance {
+		return nil, status.Error(codes.Unauthenticated, "Invalid timestamp")
+	}
+	if bind {
+		id, ok, err := a.s.NodeOfKey(ctx, pk)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || id != claimed {
+			return nil, status.Error(codes.Unauthenticated, "Invalid node ID")
+		}
+	}
+	return pk, nil
+}
+
+// parseNodeKey reads a node's public key: PEM SubjectPublicKeyInfo of an
+// EC key on a NIST curve (Flower's SuperNodes make SECP384R1 keys).
+func parseNodeKey(b []byte) (*ecdsa.PublicKey, error) {
+	blk, _ := pem.Decode(bytes.TrimSpace(b))
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, errNotPEMKey
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := k.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, errNotEC
+	}
+	return pub, nil
+}
+
+var (
+	errNotPEMKey = errors.New("not a PEM PUBLIC KEY block")
+	errNotEC     = errors.New("not an elliptic-curve key")
+)

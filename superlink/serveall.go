@@ -1,0 +1,257 @@
+package superlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memlink"
+)
+
+// Listeners are what ServeAll serves: a listener per API (nil: that API
+// is not served) and the transport credentials of each (nil: plaintext).
+//
+// Fleet carries both generations' Fleet methods (Flower 1.8.0's
+// CreateNode ... PushTaskRes and 1.29.0's RegisterNode ...: one service,
+// flwr.proto.Fleet, whose method names do not collide). Driver is the
+// 1.8.0 ServerApps' API; ServerAppIo the 1.29.0 SuperExec and ServerApp
+// processes' API, always plaintext since Flower's processes speak no TLS
+// there; it may be the Driver listener itself, as both default to port
+// 9091 (see sniff.go): TLS connections there go to the Driver API and
+// plaintext ones, from the peers ServerAppIoPeers allows, to ServerAppIo.
+// Control is the flwr command's API, usually with the Fleet API's
+// credentials.
+type Listeners struct {
+	Fleet, Driver, ServerAppIo, Control   net.Listener
+	FleetCreds, DriverCreds, ControlCreds credentials.TransportCredentials
+	// ServerAppIoPeers says which peers may speak plaintext ServerAppIo
+	// on a listener shared with the Driver API. Default: Loopback.
+	ServerAppIoPeers func(net.Addr) bool
+}
+
+// flower129 is the 1.29.0 generation of a SuperLink.
+type flower129 struct {
+	state     state.LinkState
+	fleet     *fleet129
+	appIo     *serverAppIo
+	control   *control
+	fleetDesc grpc.ServiceDesc
+}
+
+// Flower129Options configure the Flower 1.29.0 generation.
+type Flower129Options struct {
+	// State keeps the 1.29.0 nodes, runs, messages and objects. Default:
+	// Options.State when it is a state.LinkState too, else a new
+	// in-memory one (memlink) with Options.Now and Options.Rand.
+	State state.LinkState
+	// KeysOnly closes RegisterNode and UnregisterNode of the Fleet API to
+	// the nodes themselves: only keys registered through the Control API
+	// (`flwr supernode register`) may join, as Flower's
+	// --enable-supernode-auth. Default: false.
+	KeysOnly bool
+}
+
+// bothFleets serves both generations' Fleet methods.
+type bothFleets struct {
+	flwrproto.FleetServer
+	fleet129Server
+}
+
+type fleet129Server = flwr129.FleetServer
+
+func newFlower129(o Options) *flower129 {
+	ls := o.Flower129.State
+	if ls == nil {
+		if l, ok := o.State.(state.LinkState); ok {
+			ls = l
+		} else {
+			ls = memlink.New(state.Options{Logger: o.Logger, Now: o.Now, Rand: o.Rand})
+		}
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	f := &flower129{state: ls}
+	f.fleet = &fleet129{s: ls, auth: nodeAuth{s: ls, now: now}, log: o.Logger, keysOnly: o.Flower129.KeysOnly}
+	f.appIo = &serverAppIo{s: ls, log: o.Logger}
+	f.control = &control{s: ls, log: o.Logger, now: now}
+	f.fleetDesc = flwr129.FlowerService(&flwr129.Fleet_ServiceDesc)
+	f.fleetDesc.Methods = append(slices.Clone(flwrproto.Fleet_ServiceDesc.Methods), f.fleetDesc.Methods...)
+	f.fleetDesc.HandlerType = (*interface {
+		flwrproto.FleetServer
+		flwr129.FleetServer
+	})(nil)
+	return f
+}
+
+// LinkState returns the state of the Flower 1.29.0 generation, for
+// metrics and the status page.
+func (s *SuperLink) LinkState() state.LinkState { return s.flower.state }
+
+// registerFleet registers the Fleet service of both generations on srv.
+func (s *SuperLink) registerFleet(srv *grpc.Server) {
+	srv.RegisterService(&s.flower.fleetDesc, bothFleets{s.Fleet(), s.flower.fleet})
+}
+
+// api is one gRPC server of ServeAll.
+type api struct {
+	name     string
+	lis      net.Listener
+	creds    credentials.TransportCredentials
+	register func(*grpc.Server)
+	services []string // names health reports SERVING
+	limited  bool     // lis is already under a limitListener
+}
+
+// ServeAll serves every API of l that has a listener, each with the
+// standard gRPC health service (SERVING for "" and the API's services),
+// under Options.Limits, sharing one guard and in-flight budget. It
+// blocks until ctx ends, then stops gracefully as Serve does, and closes
+// every listener. It returns nil after ctx ends, the error of a listener
+// that failed, or at once an error naming a limit out of range.
+func (s *SuperLink) ServeAll(ctx context.Context, l Listeners) error {
+	f129 := flwr129.FlowerService(&flwr129.ServerAppIo_ServiceDesc)
+	ctl := flwr129.FlowerService(&flwr129.Control_ServiceDesc)
+	all := []api{
+		{"Fleet API", l.Fleet, l.FleetCreds, s.registerFleet, []string{flwrproto.Fleet_ServiceDesc.ServiceName}, false},
+		{"Driver API", l.Driver, l.DriverCreds, func(g *grpc.Server) { flwrproto.RegisterDriverServer(g, s.Driver()) }, []string{flwrproto.Driver_ServiceDesc.ServiceName}, false},
+		{"ServerAppIo API", l.ServerAppIo, nil, func(g *grpc.Server) { g.RegisterService(&f129, s.flower.appIo) }, []string{f129.ServiceName}, false},
+		{"Control API", l.Control, l.ControlCreds, func(g *grpc.Server) { g.RegisterService(&ctl, s.flower.control) }, []string{ctl.ServiceName}, false},
+	}
+	if l.ServerAppIo != nil && l.ServerAppIo == l.Driver {
+		// One port, limited once, split by the first byte.
+		if err := s.opts.Limits.Validate(); err != nil {
+			l.Driver.Close()
+			return err
+		}
+		peers := l.ServerAppIoPeers
+		if peers == nil {
+			peers = Loopback
+		}
+		lim := newLimitListener(l.Driver, s.opts.Limits.MaxConnections, s.opts.Limits.MaxConnectionsPerPeer, s.guard)
+		all[1].lis, all[2].lis = splitFirstByte(lim, peers, s.opts.Limits.HandshakeTimeout, s.log)
+		all[1].limited, all[2].limited = true, true
+	}
+	var apis []api
+	for _, a := range all {
+		if a.lis != nil {
+			apis = append(apis, a)
+		}
+	}
+	return s.serve(ctx, apis)
+}
+
+// serve is the lifecycle of ServeAll over apis.
+func (s *SuperLink) serve(ctx context.Context, apis []api) error {
+	closeAll := func() {
+		for _, a := range apis {
+			a.lis.Close()
+		}
+	}
+	if len(apis) == 0 {
+		return errors.New("nothing to serve: no listener given")
+	}
+	if err := s.opts.Limits.Validate(); err != nil {
+		closeAll()
+		return err
+	}
+	type running struct {
+		srv *grpc.Server
+		h   *health.Server
+	}
+	var rs []running
+	errc := make(chan error, len(apis))
+	l := s.opts.Limits
+	healths := map[*health.Server][]string{}
+	for _, a := range apis {
+		lis := a.lis
+		if !a.limited {
+			lis = newLimitListener(a.lis, l.MaxConnections, l.MaxConnectionsPerPeer, s.guard)
+		}
+		srv := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(a.creds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
+		a.register(srv)
+		h := health.NewServer()
+		for _, name := range a.services {
+			h.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+		}
+		healthpb.RegisterHealthServer(srv, h)
+		healths[h] = append([]string{""}, a.services...)
+		rs = append(rs, running{srv, h})
+		go func() {
+			if err := srv.Serve(lis); err != nil {
+				errc <- fmt.Errorf("serving the %s on %s: %w", a.name, lis.Addr(), err)
+			}
+		}()
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sweepDone := make(chan struct{})
+	stallDone := make(chan struct{})
+	go func() {
+		defer close(stallDone)
+		s.guard.runSweeps(sctx)
+	}()
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		s.watchPressure(sctx, healths)
+	}()
+	go func() {
+		defer close(sweepDone)
+		t := time.NewTicker(s.opts.SweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+				if err := s.state.Sweep(sctx); err != nil && sctx.Err() == nil {
+					s.log.Warn("sweep failed; it runs again at the next tick", "error", err)
+				}
+			}
+		}
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	for _, r := range rs {
+		r.h.Shutdown()
+	}
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := make(chan struct{})
+			go func() { r.srv.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(s.opts.ShutdownGrace):
+				r.srv.Stop()
+				<-done
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-sweepDone
+	<-stallDone
+	<-healthDone
+	return err
+}
