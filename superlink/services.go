@@ -21,7 +21,7 @@ type fleet struct {
 }
 
 func (f *fleet) CreateNode(ctx context.Context, r *flwrproto.CreateNodeRequest) (*flwrproto.CreateNodeResponse, error) {
-	id, err := f.s.CreateNode(ctx, r.GetPingInterval(), peerIdentity(ctx))
+	id, err := f.s.CreateNode(ctx, state.NewNode{PingInterval: r.GetPingInterval(), Identity: peerIdentity(ctx)})
 	if err != nil {
 		return nil, err
 	}
