@@ -56,6 +56,7 @@ package superlink
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -108,6 +109,15 @@ type Options struct {
 	// Limits bound what peers may make Serve hold: request sizes, the
 	// in-flight budget, connections. Default: see Limits.
 	Limits Limits
+	// NodeLimits bound the nodes peers may register on the Fleet API.
+	// Default: see NodeLimits.
+	NodeLimits NodeLimits
+	// Revocations, when not nil, returns the client-certificate CRL in
+	// force on the Fleet API (nil while there is none): Serve forgets the
+	// nodes created with a certificate it lists, through
+	// State.RevokeNodes, at start and within a second of each new list
+	// (see watchRevocations). Default nil.
+	Revocations func() *x509.RevocationList
 	// ServerOptions are added to the gRPC server options of both APIs,
 	// before Sepal's own, so that interceptors given here (metrics) run
 	// outermost and see every call as answered. Default: none.
@@ -123,6 +133,7 @@ type SuperLink struct {
 	codec  *codec
 	budget *budget
 	guard  *guard
+	nodes  *nodeGuard
 }
 
 // New returns a SuperLink on o.State, or on an empty in-memory state.
@@ -143,12 +154,12 @@ func New(o Options) *SuperLink {
 	bf, _ := o.State.(state.BlobFinder)
 	b := newBudget(o.Limits)
 	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newCodec(bf), budget: b,
-		guard: newGuard(b, o.Logger, o.Limits.StallTimeout)}
+		guard: newGuard(b, o.Logger, o.Limits.StallTimeout), nodes: newNodeGuard(o.NodeLimits, o.Logger)}
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
 // state, for tests and for callers that build their own gRPC server.
-func (s *SuperLink) Fleet() flwrproto.FleetServer { return &fleet{s: s.state} }
+func (s *SuperLink) Fleet() flwrproto.FleetServer { return &fleet{s: s.state, g: s.nodes} }
 
 // Driver returns the Driver service (the ServerApps' API) on this
 // SuperLink's state.
@@ -239,7 +250,7 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	if fleetLis == nil || driverLis == nil {
 		return errors.New("Serve needs a Fleet and a Driver listener")
 	}
-	if err := s.opts.Limits.Validate(); err != nil {
+	if err := errors.Join(s.opts.Limits.Validate(), s.opts.NodeLimits.Validate()); err != nil {
 		fleetLis.Close()
 		driverLis.Close()
 		return err
@@ -275,6 +286,13 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	defer cancel()
 	sweepDone := make(chan struct{})
 	stallDone := make(chan struct{})
+	revokeDone := make(chan struct{})
+	go func() {
+		defer close(revokeDone)
+		if s.opts.Revocations != nil {
+			s.nodes.watchRevocations(sctx, s.state, s.opts.Revocations)
+		}
+	}()
 	go func() {
 		defer close(stallDone)
 		s.guard.runStallSweep(sctx)
@@ -321,5 +339,6 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	cancel()
 	<-sweepDone
 	<-stallDone
+	<-revokeDone
 	return err
 }
