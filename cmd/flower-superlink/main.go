@@ -79,6 +79,7 @@ type config struct {
 	acme             *acmeFlags
 	mtls             *mtlsFlags
 	limits           *limitFlags
+	nodes            *nodeLimitFlags
 	metrics          *metricsFlags
 	logFormat        string
 	memory           *memoryFlags
@@ -113,6 +114,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	_ = fs.MarkHidden("rest")
 	registerDatabaseFlag(fs, &c.database)
 	c.limits = registerLimitFlags(fs)
+	c.nodes = registerNodeLimitFlags(fs)
 
 	files, rest, err := splitCertificates(fs, args)
 	if err != nil {
@@ -196,6 +198,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, err
 	}
 	if err := c.mtls.check(c); err != nil {
+		return nil, err
+	}
+	if err := c.nodes.check(c.mtls); err != nil {
 		return nil, err
 	}
 	if fs.Changed("certificates-poll-interval") && c.mode != modeFiles && !c.mtls.enabled() {
@@ -305,7 +310,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
 	memAttrs := c.memory.apply()
-	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions()})
+	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), NodeLimits: c.nodes.limits(), Revocations: c.mtls.revocations(),
+		State: st, ServerOptions: mon.serverOptions()})
 	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() { served <- sl.ServeAPIs(ctx, fleetLis, driverLis, fleetCreds, driverCreds) }()
@@ -337,6 +343,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"version", cli.Version,
 	}
 	attrs = append(attrs, c.limits.attrs()...)
+	attrs = append(attrs, c.nodes.attrs(c.mtls)...)
 	attrs = append(attrs, memAttrs...)
 	if src != nil {
 		attrs = append(attrs, "tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion))
