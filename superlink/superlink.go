@@ -32,6 +32,12 @@
 //     that died while sending it, still gets it.
 //   - Identical parameter arrays are held once, however many tasks carry
 //     them, and sent from that one copy.
+//   - Registration is bounded (Options.NodeLimits): CreateNode and Ping
+//     refuse a ping_interval above the cap with InvalidArgument, and
+//     CreateNode past the limits per connection, per peer and per
+//     certificate, or of all nodes, with ResourceExhausted. A node whose
+//     client certificate is revoked is forgotten at the CRL's reload
+//     (Options.Revocations), so its tasks are answered NODE_UNAVAILABLE.
 //
 // Kept as in 1.8.0: Ping of an unknown node answers success=false;
 // PullTaskIns of an unknown or anonymous node answers no task (a SuperNode
