@@ -18,6 +18,10 @@ import (
 
 const maxNodesPerIdentityFlag = "max-nodes-per-identity"
 
+// minPingCap is the lowest --max-ping-interval: the ping_interval Flower
+// 1.8.0 SuperNodes send, which they cannot change.
+const minPingCap = 30 * time.Second
+
 // nodeLimitFlags are the node limit flags.
 type nodeLimitFlags struct {
 	fs                                   *pflag.FlagSet
@@ -31,7 +35,7 @@ type nodeLimitFlags struct {
 func registerNodeLimitFlags(fs *pflag.FlagSet) *nodeLimitFlags {
 	n := &nodeLimitFlags{fs: fs}
 	fs.DurationVar(&n.pingInterval, "max-ping-interval", superlink.DefaultMaxPingInterval,
-		"the longest ping_interval a node may ask for in CreateNode and Ping (Flower 1.8.0 SuperNodes send 30s); a longer one is refused with INVALID_ARGUMENT")
+		"the longest ping_interval a node may ask for in CreateNode and Ping, 30s or more (Flower 1.8.0 SuperNodes send 30s); a longer one is refused with INVALID_ARGUMENT")
 	fs.IntVar(&n.maxNodes, "max-nodes", superlink.DefaultMaxNodes,
 		"nodes registered at once, online or offline, over every SuperLink on the --database; when all places are taken the node offline the longest is forgotten for a new one, "+
 			"and while all are online CreateNode is refused with RESOURCE_EXHAUSTED, which SuperNodes retry")
@@ -63,8 +67,8 @@ func (n *nodeLimitFlags) check(m *mtlsFlags) error {
 			return cli.Usagef("--%s %d: give 1 or more (default %d)", f.name, f.v, f.def)
 		}
 	}
-	if n.pingInterval < time.Second {
-		return cli.Usagef("--max-ping-interval %v: give 1s or more, such as 1h (the default; Flower 1.8.0 SuperNodes send 30s)", n.pingInterval)
+	if n.pingInterval < minPingCap {
+		return cli.Usagef("--max-ping-interval %v: give 30s or more, such as 1h (the default): Flower 1.8.0 SuperNodes ask for 30s, and retry for ever when refused", n.pingInterval)
 	}
 	if !(n.rate > 0) || math.IsInf(n.rate, 0) {
 		return cli.Usagef("--node-registration-rate %v: give a number of calls a second above 0, such as 10 (the default) or 0.5", n.rate)

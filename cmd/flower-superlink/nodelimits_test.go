@@ -38,7 +38,7 @@ func TestNodeLimitFlags(t *testing.T) {
 		{"--node-registration-burst 0", "--node-registration-burst 0: give 1 or more"},
 		{"--node-registration-rate 0", "--node-registration-rate 0: give a number of calls a second above 0"},
 		{"--node-registration-rate NaN", "--node-registration-rate NaN"},
-		{"--max-ping-interval 500ms", "--max-ping-interval 500ms: give 1s or more"},
+		{"--max-ping-interval 10s", "--max-ping-interval 10s: give 30s or more"},
 		{"--max-nodes-per-identity 4", "--max-nodes-per-identity needs --fleet-api-client-ca"},
 	} {
 		_, err := parseArgs(append([]string{"--insecure"}, strings.Fields(bad.args)...), io.Discard)
