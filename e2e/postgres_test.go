@@ -19,6 +19,7 @@ import (
 	"github.com/sepal-fl/sepal/app"
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/pgtest"
+	"github.com/sepal-fl/sepal/state/sqlstate"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -124,8 +125,8 @@ func TestPostgresReplicas(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	var version, replicas int
-	if err := conn.QueryRow(ctx, `SELECT version FROM sepal_schema WHERE name = 'SuperLink state'`).Scan(&version); err != nil || version != 1 {
-		t.Errorf("schema version %d (%v), want 1", version, err)
+	if err := conn.QueryRow(ctx, `SELECT version FROM sepal_schema WHERE name = 'SuperLink state'`).Scan(&version); err != nil || version != sqlstate.PostgresSchemaVersion() {
+		t.Errorf("schema version %d (%v), want %d", version, err, sqlstate.PostgresSchemaVersion())
 	}
 	if err := conn.QueryRow(ctx, `SELECT COUNT(*) FROM replicas`).Scan(&replicas); err != nil || replicas != 3 {
 		t.Errorf("%d replicas recorded (%v), want 3", replicas, err)

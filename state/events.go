@@ -76,3 +76,19 @@ func (e Events) ResultDiscarded(ins uuid.UUID, node int64) {
 		e.Log.Info("result discarded: its TaskIns already has one", "task_ins_id", ins, "node_id", node)
 	}
 }
+
+// NodeEvicted logs a node CreateNode forgot to make room under a limit.
+func (e Events) NodeEvicted(n Evicted) {
+	if e.on() {
+		e.Log.Info("node left", "node_id", n.ID, "ping_interval", n.PingInterval, "reason", "evicted", "limit", n.Limit)
+	}
+}
+
+// NodeRevoked logs a node RevokeNodes forgot: its client certificate was
+// revoked.
+func (e Events) NodeRevoked(n Revoked) {
+	if e.on() {
+		e.Log.Info("node left", "node_id", n.ID, "ping_interval", n.PingInterval, "reason", "certificate_revoked",
+			"identity", n.Identity, "certificate", n.Certificate, "undelivered_tasks", n.Undelivered)
+	}
+}

@@ -34,11 +34,15 @@ import (
 // from then on and may be changed (their ids and times are set). Messages
 // returned are shared: callers must not change them.
 type State interface {
-	// CreateNode registers a node with its ping interval (seconds) and
-	// returns its new id, random, non-zero. identity is the peer's
-	// client-certificate identity when mutual TLS is on, "" otherwise; it
-	// is recorded with the node.
-	CreateNode(ctx context.Context, pingInterval float64, identity string) (int64, error)
+	// CreateNode registers a node (its ping interval, identity and
+	// certificate are recorded with it) and returns its new id, random,
+	// non-zero. Within n's limits, checked in the same transaction as the
+	// insert, so that they hold for every State on one store: when
+	// n.MaxNodes nodes are registered (n.MaxPerIdentity with n.Identity),
+	// the one of them offline the longest is forgotten to make room, as
+	// DeleteNode forgets a node; when all of them are online, CreateNode
+	// fails with a *NodeLimitError (ResourceExhausted).
+	CreateNode(ctx context.Context, n NewNode) (int64, error)
 	// DeleteNode forgets a node (NotFound if unknown). Its undelivered
 	// TaskIns stay: PullTaskRes answers them NODE_UNAVAILABLE.
 	DeleteNode(ctx context.Context, nodeID int64, identity string) error
@@ -66,6 +70,13 @@ type State interface {
 	// id created under one certificate cannot be used by another. An empty
 	// identity is never checked. PushTaskRes checks it against the identity
 	// of the node the TaskIns was sent to.
+
+	// RevokeNodes forgets, as DeleteNode does, every node created with a
+	// client certificate (NewNode.Certificate, not "") for which revoked
+	// returns true, logging each, and returns their ids. revoked is called
+	// with the State's lock held (or in its transaction): it must be quick
+	// and must not call the State.
+	RevokeNodes(ctx context.Context, revoked func(certificate string) bool) ([]int64, error)
 
 	// CreateRun creates a run and returns its id, random, non-zero.
 	CreateRun(ctx context.Context) (int64, error)
@@ -114,10 +125,31 @@ type Stats struct {
 	BlobBytes          int64 // their total size
 }
 
+// NewNode is a node to register (CreateNode), and the limits its
+// registration must fit in. The zero value of a limit is no limit.
+type NewNode struct {
+	// PingInterval is the node's ping_interval in seconds.
+	PingInterval float64
+	// Identity is the peer's client-certificate identity under mutual TLS
+	// (sepal:node:NAME), "" otherwise: a node id created under one
+	// identity can only be used under it.
+	Identity string
+	// Certificate names the client certificate the node is created with
+	// (certfmt.CertID: its issuer and serial), "" without mutual TLS:
+	// RevokeNodes finds the node by it.
+	Certificate string
+	// MaxNodes bounds the nodes registered at once, online or offline.
+	MaxNodes int
+	// MaxPerIdentity bounds the nodes registered at once with Identity
+	// (not applied when Identity is "").
+	MaxPerIdentity int
+}
+
 // NodeInfo describes one registered node.
 type NodeInfo struct {
 	ID           int64
 	Identity     string // "" without mutual TLS
+	Certificate  string // NewNode.Certificate
 	PingInterval float64
 	Created      time.Time
 	OnlineUntil  time.Time

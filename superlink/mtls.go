@@ -37,6 +37,16 @@ func peerIdentity(ctx context.Context) string {
 // connections without a restart. Connections without a client certificate
 // pass.
 func recheckInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := recheck(ctx); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+// recheck returns Unauthenticated, with the refusal as its client reads it,
+// when the caller's client certificate no longer passes; nil while it
+// does, or without one.
+func recheck(ctx context.Context) error {
 	if p, ok := peer.FromContext(ctx); ok {
 		if c, ok := p.AuthInfo.(identified); ok {
 			if err := c.Recheck(); err != nil {
@@ -45,11 +55,11 @@ func recheckInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h
 				if errors.As(err, &pm) {
 					msg = pm.PeerMessage()
 				}
-				return nil, status.Error(codes.Unauthenticated, msg)
+				return status.Error(codes.Unauthenticated, msg)
 			}
 		}
 	}
-	return h(ctx, req)
+	return nil
 }
 
 // invalidUnaryInterceptor answers a request the codec could not decode

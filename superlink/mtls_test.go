@@ -35,7 +35,9 @@ type mtlsLink struct {
 	link    testkit.Link
 }
 
-func startMTLS(t *testing.T) *mtlsLink {
+// startMTLS starts the link, with opts applied to its Options (they may
+// read m.src).
+func startMTLS(t *testing.T, opts ...func(o *Options, m *mtlsLink)) *mtlsLink {
 	t.Helper()
 	m := &mtlsLink{pki: testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{}), dir: t.TempDir(), logs: &testkit.SyncBuffer{}}
 	m.crlFile = filepath.Join(m.dir, "crl.pem")
@@ -45,7 +47,11 @@ func startMTLS(t *testing.T) *mtlsLink {
 		t.Fatal(err)
 	}
 	m.src = src
-	m.sl = New(Options{Logger: slog.New(slog.NewTextHandler(m.logs, nil)), SweepInterval: time.Hour})
+	o := Options{Logger: slog.New(slog.NewTextHandler(m.logs, nil)), SweepInterval: time.Hour}
+	for _, f := range opts {
+		f(&o, m)
+	}
+	m.sl = New(o)
 	fleet := transport.ClientAuthCredentials(m.pki.Source(), transport.ClientAuth{CAs: src, Role: transport.RoleNode})
 	driver := transport.ClientAuthCredentials(m.pki.Source(), transport.ClientAuth{CAs: src, Role: transport.RoleServerApp})
 	m.link = testkit.Serve(t, apiServer{m.sl, fleet, driver}, nil)

@@ -209,6 +209,13 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 		defer close(healthDone)
 		s.watchPressure(sctx, healths)
 	}()
+	revokeDone := make(chan struct{})
+	go func() {
+		defer close(revokeDone)
+		if s.opts.Revocations != nil {
+			s.nodes.watchRevocations(sctx, s.state, s.opts.Revocations)
+		}
+	}()
 	go func() {
 		defer close(sweepDone)
 		t := time.NewTicker(s.opts.SweepInterval)
@@ -253,5 +260,6 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 	<-sweepDone
 	<-stallDone
 	<-healthDone
+	<-revokeDone
 	return err
 }

@@ -18,13 +18,34 @@ const reconnectSeconds = 5
 type fleet struct {
 	flwrproto.UnimplementedFleetServer
 	s state.State
+	g *nodeGuard
 }
 
 func (f *fleet) CreateNode(ctx context.Context, r *flwrproto.CreateNodeRequest) (*flwrproto.CreateNodeResponse, error) {
-	id, err := f.s.CreateNode(ctx, r.GetPingInterval(), peerIdentity(ctx))
+	conn, err := f.g.admit(ctx, r.GetPingInterval())
 	if err != nil {
 		return nil, err
 	}
+	var id int64
+	if conn != nil {
+		defer func() { conn.done(id) }()
+	}
+	identity := peerIdentity(ctx)
+	nid, err := f.s.CreateNode(ctx, state.NewNode{PingInterval: r.GetPingInterval(), Identity: identity, Certificate: peerCertificate(ctx),
+		MaxNodes: f.g.l.MaxNodes, MaxPerIdentity: f.g.l.MaxPerIdentity})
+	if err != nil {
+		f.g.stateRefusal(ctx, err)
+		return nil, err
+	}
+	// A certificate revoked while its node was being created: the
+	// revocation may have missed the node, so it goes now.
+	if err := recheck(ctx); err != nil {
+		if derr := f.s.DeleteNode(ctx, nid, identity); derr != nil {
+			return nil, derr
+		}
+		return nil, err
+	}
+	id = nid
 	return &flwrproto.CreateNodeResponse{Node: &flwrproto.Node{NodeId: id}}, nil
 }
 
@@ -39,6 +60,9 @@ func (f *fleet) DeleteNode(ctx context.Context, r *flwrproto.DeleteNodeRequest) 
 	if err := f.s.DeleteNode(ctx, n.NodeId, peerIdentity(ctx)); err != nil {
 		return nil, err
 	}
+	if c := f.g.conn(ctx); c != nil {
+		c.deleted(n.NodeId)
+	}
 	return &flwrproto.DeleteNodeResponse{}, nil
 }
 
@@ -46,6 +70,9 @@ func (f *fleet) Ping(ctx context.Context, r *flwrproto.PingRequest) (*flwrproto.
 	n := r.GetNode()
 	if n == nil {
 		return nil, status.Error(codes.InvalidArgument, "Ping: node is missing: pass the node from CreateNode")
+	}
+	if err := f.g.pingInterval(ctx, "Ping", r.GetPingInterval()); err != nil {
+		return nil, err
 	}
 	ok, err := f.s.Ping(ctx, n.NodeId, r.GetPingInterval(), peerIdentity(ctx))
 	if err != nil {

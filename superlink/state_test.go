@@ -149,7 +149,7 @@ func TestDecodeInterns(t *testing.T) {
 	held := randomBytes(r, 2*bigBytes)
 	st := memstate.New(memstate.Options{})
 	ctx := ctxT(t)
-	node, err := st.CreateNode(ctx, 30, "")
+	node, err := st.CreateNode(ctx, state.NewNode{PingInterval: 30})
 	if err != nil {
 		t.Fatal(err)
 	}

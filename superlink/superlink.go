@@ -32,6 +32,12 @@
 //     that died while sending it, still gets it.
 //   - Identical parameter arrays are held once, however many tasks carry
 //     them, and sent from that one copy.
+//   - Registration is bounded (Options.NodeLimits): CreateNode and Ping
+//     refuse a ping_interval above the cap with InvalidArgument, and
+//     CreateNode past the limits per connection, per peer and per
+//     certificate, or of all nodes, with ResourceExhausted. A node whose
+//     client certificate is revoked is forgotten at the CRL's reload
+//     (Options.Revocations), so its tasks are answered NODE_UNAVAILABLE.
 //
 // Kept as in 1.8.0: Ping of an unknown node answers success=false;
 // PullTaskIns of an unknown or anonymous node answers no task (a SuperNode
@@ -56,6 +62,7 @@ package superlink
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -110,6 +117,15 @@ type Options struct {
 	// methods, ServerAppIo and Control APIs). Default: see
 	// Flower129Options.
 	Flower129 Flower129Options
+	// NodeLimits bound the nodes peers may register on the Fleet API.
+	// Default: see NodeLimits.
+	NodeLimits NodeLimits
+	// Revocations, when not nil, returns the client-certificate CRL in
+	// force on the Fleet API (nil while there is none): Serve forgets the
+	// nodes created with a certificate it lists, through
+	// State.RevokeNodes, at start and within a second of each new list
+	// (see watchRevocations). Default nil.
+	Revocations func() *x509.RevocationList
 	// ServerOptions are added to the gRPC server options of both APIs,
 	// before Sepal's own, so that interceptors given here (metrics) run
 	// outermost and see every call as answered. Default: none.
@@ -126,6 +142,7 @@ type SuperLink struct {
 	budget *budget
 	guard  *guard
 	flower *flower129
+	nodes  *nodeGuard
 }
 
 // New returns a SuperLink on o.State, or on an empty in-memory state.
@@ -147,12 +164,12 @@ func New(o Options) *SuperLink {
 	b := newBudget(o.Limits)
 	g := newGuard(b, o.Logger, o.Limits)
 	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newServerCodec(bf, g.standIns), budget: b, guard: g,
-		flower: newFlower129(o)}
+		flower: newFlower129(o), nodes: newNodeGuard(o.NodeLimits, o.Logger)}
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
 // state, for tests and for callers that build their own gRPC server.
-func (s *SuperLink) Fleet() flwrproto.FleetServer { return &fleet{s: s.state} }
+func (s *SuperLink) Fleet() flwrproto.FleetServer { return &fleet{s: s.state, g: s.nodes} }
 
 // Driver returns the Driver service (the ServerApps' API) on this
 // SuperLink's state.
@@ -285,7 +302,7 @@ func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Liste
 	if fleetLis == nil || driverLis == nil {
 		return errors.New("Serve needs a Fleet and a Driver listener")
 	}
-	if err := s.opts.Limits.Validate(); err != nil {
+	if err := errors.Join(s.opts.Limits.Validate(), s.opts.NodeLimits.Validate()); err != nil {
 		fleetLis.Close()
 		driverLis.Close()
 		return err

@@ -79,6 +79,7 @@ type config struct {
 	acme             *acmeFlags
 	mtls             *mtlsFlags
 	limits           *limitFlags
+	nodes            *nodeLimitFlags
 	metrics          *metricsFlags
 	logFormat        string
 	memory           *memoryFlags
@@ -115,6 +116,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	registerDatabaseFlag(fs, &c.database)
 	c.limits = registerLimitFlags(fs)
 	c.f129 = registerFlower129Flags(fs)
+	c.nodes = registerNodeLimitFlags(fs)
 
 	files, rest, err := splitCertificates(fs, args)
 	if err != nil {
@@ -201,6 +203,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, err
 	}
 	if err := c.mtls.check(c); err != nil {
+		return nil, err
+	}
+	if err := c.nodes.check(c.mtls); err != nil {
 		return nil, err
 	}
 	if fs.Changed("certificates-poll-interval") && c.mode != modeFiles && !c.mtls.enabled() {
@@ -320,8 +325,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
 	memAttrs := c.memory.apply()
-	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), State: st, ServerOptions: mon.serverOptions(),
-		Flower129: superlink.Flower129Options{KeysOnly: c.f129.keysOnly}})
+	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), NodeLimits: c.nodes.limits(), Revocations: c.mtls.revocations(),
+		State: st, ServerOptions: mon.serverOptions(), Flower129: superlink.Flower129Options{KeysOnly: c.f129.keysOnly}})
 	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() {
@@ -359,6 +364,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"version", cli.Version,
 	}
 	attrs = append(attrs, c.limits.attrs()...)
+	attrs = append(attrs, c.nodes.attrs(c.mtls)...)
 	attrs = append(attrs, memAttrs...)
 	if src != nil {
 		attrs = append(attrs, "tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion))

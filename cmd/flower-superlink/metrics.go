@@ -159,6 +159,7 @@ func (mo *monitor) watch(sl *superlink.SuperLink) {
 	if mo != nil {
 		mo.m.SetState(sl.State())
 		mo.m.SetLimits(sl.LimitStats)
+		mo.m.SetNodeLimits(sl.NodeLimitStats)
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 func BenchmarkIdleNodes(b *testing.B) {
 	bin := superlinkBinary(b)
 	for b.Loop() {
-		s, err := Start(context.Background(), Options{Binary: bin, Dir: b.TempDir()})
+		s, err := Start(context.Background(), Options{Binary: bin, Dir: b.TempDir(), Nodes: 1000})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -45,7 +45,7 @@ func BenchmarkIdleNodes(b *testing.B) {
 func BenchmarkSmallRPCs(b *testing.B) {
 	bin := superlinkBinary(b)
 	for b.Loop() {
-		s, err := Start(context.Background(), Options{Binary: bin, Dir: b.TempDir()})
+		s, err := Start(context.Background(), Options{Binary: bin, Dir: b.TempDir(), Nodes: 1000})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -69,6 +70,25 @@ type Options struct {
 	Env []string
 	// StartTimeout bounds the wait for the SuperLink to serve. Default 60s.
 	StartTimeout time.Duration
+	// Nodes is how many nodes the workload registers, all from the one
+	// loopback address, at once: Start raises the SuperLink's registration
+	// burst and --max-nodes to fit them where they pass the defaults (Args
+	// given after may set them again). Default 0: the defaults.
+	Nodes int
+}
+
+// NodeArgs are the flower-superlink flags that let n nodes register from
+// one address at once: a --node-registration-burst and a --max-nodes of
+// n where n passes their defaults, nothing otherwise.
+func NodeArgs(n int) []string {
+	var args []string
+	if n > superlink.DefaultNodeRegistrationBurst {
+		args = append(args, "--node-registration-burst", strconv.Itoa(n))
+	}
+	if n > superlink.DefaultMaxNodes {
+		args = append(args, "--max-nodes", strconv.Itoa(n))
+	}
+	return args
 }
 
 // SuperLink is a running flower-superlink process.
@@ -86,7 +106,7 @@ type SuperLink struct {
 
 // Start writes a P-256 CA and server certificate into o.Dir, picks two free
 // loopback ports and starts o.Binary serving the Fleet and Driver APIs
-// there over TLS, with o.Args. It returns once the SuperLink logs that it
+// there over TLS, with NodeArgs(o.Nodes) and o.Args. It returns once the SuperLink logs that it
 // serves, or an error with the end of its log. Stop ends it.
 func Start(ctx context.Context, o Options) (*SuperLink, error) {
 	if o.Binary == "" || o.Dir == "" {
@@ -116,7 +136,8 @@ func Start(ctx context.Context, o Options) (*SuperLink, error) {
 		"--certificates", ca, cert, key,
 		"--grpc-rere-fleet-api-address", fleet,
 		"--driver-api-address", driver,
-	}, o.Args...)
+	}, NodeArgs(o.Nodes)...)
+	args = append(args, o.Args...)
 	cmd := exec.Command(o.Binary, args...)
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.Stdout, cmd.Stderr = lf, lf

@@ -30,6 +30,7 @@ type Options = state.Options
 type node struct {
 	id           int64
 	identity     string
+	cert         string // NewNode.Certificate
 	pingInterval float64
 	created      time.Time
 	onlineUntil  time.Time
@@ -139,9 +140,9 @@ func (s *State) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
 	return s.interns.find(hash, n, eq)
 }
 
-// CreateNode registers a node.
-func (s *State) CreateNode(_ context.Context, pingInterval float64, identity string) (int64, error) {
-	d, err := state.CheckPingInterval(pingInterval)
+// CreateNode registers a node, within nn's limits.
+func (s *State) CreateNode(_ context.Context, nn state.NewNode) (int64, error) {
+	d, err := state.CheckPingInterval(nn.PingInterval)
 	if err != nil {
 		return 0, err
 	}
@@ -149,15 +150,91 @@ func (s *State) CreateNode(_ context.Context, pingInterval float64, identity str
 		return 0, err
 	}
 	defer s.mu.Unlock()
+	now := s.now()
+	room, err := s.room(nn, now)
+	if err != nil {
+		return 0, err
+	}
 	id, err := state.RandomID(s.rand, func(id int64) bool { return s.nodes[id] != nil })
 	if err != nil {
 		return 0, err
 	}
-	now := s.now()
-	s.nodes[id] = &node{id: id, identity: identity, pingInterval: pingInterval, created: now, onlineUntil: now.Add(d)}
+	for _, e := range room {
+		s.forget(s.nodes[e.ID])
+		s.ev.NodeEvicted(e)
+	}
+	s.nodes[id] = &node{id: id, identity: nn.Identity, cert: nn.Certificate, pingInterval: nn.PingInterval, created: now, onlineUntil: now.Add(d)}
 	s.order = append(s.order, id)
-	s.ev.NodeJoined(id, pingInterval, identity)
+	s.ev.NodeJoined(id, nn.PingInterval, nn.Identity)
 	return id, nil
+}
+
+// room returns the nodes to forget so that nn fits its limits at now (none
+// when it fits as things are), or the *state.NodeLimitError of a limit
+// whose nodes are all online. Called with mu held; it changes nothing.
+func (s *State) room(nn state.NewNode, now time.Time) ([]state.Evicted, error) {
+	var out []state.Evicted
+	total := len(s.nodes)
+	if nn.MaxPerIdentity > 0 && nn.Identity != "" {
+		count := 0
+		for _, n := range s.nodes {
+			if n.identity == nn.Identity {
+				count++
+			}
+		}
+		if count >= nn.MaxPerIdentity {
+			n := s.offlineLongest(now, func(n *node) bool { return n.identity == nn.Identity })
+			if n == nil {
+				return nil, &state.NodeLimitError{Limit: state.LimitMaxPerIdentity, Max: nn.MaxPerIdentity, Identity: nn.Identity}
+			}
+			out = append(out, state.Evicted{ID: n.id, PingInterval: n.pingInterval, Limit: state.LimitMaxPerIdentity})
+			total--
+		}
+	}
+	if nn.MaxNodes > 0 && total >= nn.MaxNodes {
+		n := s.offlineLongest(now, func(n *node) bool { return len(out) == 0 || n.id != out[0].ID })
+		if n == nil {
+			return nil, &state.NodeLimitError{Limit: state.LimitMaxNodes, Max: nn.MaxNodes}
+		}
+		out = append(out, state.Evicted{ID: n.id, PingInterval: n.pingInterval, Limit: state.LimitMaxNodes})
+	}
+	return out, nil
+}
+
+// offlineLongest returns the node for which match is true that is offline
+// at now since the longest (the earliest online-until; the earliest joined
+// of equals), or nil when every such node is online. Called with mu held.
+func (s *State) offlineLongest(now time.Time, match func(*node) bool) *node {
+	var best *node
+	for _, id := range s.order {
+		n := s.nodes[id]
+		if n.onlineUntil.After(now) || !match(n) {
+			continue
+		}
+		if best == nil || n.onlineUntil.Before(best.onlineUntil) {
+			best = n
+		}
+	}
+	return best
+}
+
+// forget removes n, as DeleteNode does, and returns the number of its
+// TaskIns it never pulled. Its undelivered TaskIns stay: the next
+// PullTaskRes for them answers with the NODE_UNAVAILABLE result (the
+// pairs are forgotten once the run's ServerApp no longer asks for them).
+// Called with mu held.
+func (s *State) forget(n *node) int {
+	delete(s.nodes, n.id)
+	if i := slices.Index(s.order, n.id); i >= 0 {
+		s.order = slices.Delete(s.order, i, i+1)
+	}
+	undelivered := 0
+	for _, tid := range n.queue {
+		if e := s.ins[tid]; e != nil && !e.delivered {
+			undelivered++
+		}
+	}
+	return undelivered
 }
 
 // DeleteNode forgets a node.
@@ -173,24 +250,29 @@ func (s *State) DeleteNode(_ context.Context, id int64, identity string) error {
 	if err := state.CheckIdentity("DeleteNode", id, identity, n.identity); err != nil {
 		return err
 	}
-	delete(s.nodes, id)
-	for i, o := range s.order {
-		if o == id {
-			s.order = append(s.order[:i], s.order[i+1:]...)
-			break
-		}
-	}
-	// Its undelivered TaskIns stay: the next PullTaskRes for them answers
-	// with the NODE_UNAVAILABLE result (the pairs are forgotten once the
-	// run's ServerApp no longer asks for them).
-	undelivered := 0
-	for _, tid := range n.queue {
-		if e := s.ins[tid]; e != nil && !e.delivered {
-			undelivered++
-		}
-	}
-	s.ev.NodeDeleted(id, n.pingInterval, undelivered)
+	s.ev.NodeDeleted(id, n.pingInterval, s.forget(n))
 	return nil
+}
+
+// RevokeNodes forgets the nodes created with a certificate revoked.
+func (s *State) RevokeNodes(_ context.Context, revoked func(string) bool) ([]int64, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	var gone []*node
+	for _, id := range s.order {
+		if n := s.nodes[id]; n.cert != "" && revoked(n.cert) {
+			gone = append(gone, n)
+		}
+	}
+	ids := make([]int64, 0, len(gone))
+	for _, n := range gone {
+		u := s.forget(n)
+		s.ev.NodeRevoked(state.Revoked{ID: n.id, PingInterval: n.pingInterval, Identity: n.identity, Certificate: n.cert, Undelivered: u})
+		ids = append(ids, n.id)
+	}
+	return ids, nil
 }
 
 // Ping refreshes a node's liveness; false for an unknown node.
@@ -619,7 +701,7 @@ func (s *State) Nodes(context.Context) ([]state.NodeInfo, error) {
 	for _, id := range s.order {
 		n := s.nodes[id]
 		out = append(out, state.NodeInfo{
-			ID: id, Identity: n.identity, PingInterval: n.pingInterval,
+			ID: id, Identity: n.identity, Certificate: n.cert, PingInterval: n.pingInterval,
 			Created: n.created, OnlineUntil: n.onlineUntil, Online: n.onlineUntil.After(now),
 		})
 	}

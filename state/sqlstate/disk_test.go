@@ -14,6 +14,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/sqlstate"
 	"github.com/sepal-fl/sepal/state/statetest"
 )
@@ -48,7 +49,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := s.CreateNode(ctx, 3600, "")
+	node, err := s.CreateNode(ctx, state.NewNode{PingInterval: 3600})
 	if err != nil {
 		t.Fatal(err)
 	}

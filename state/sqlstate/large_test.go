@@ -12,6 +12,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/pgtest"
+	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/sqlstate"
 	"github.com/sepal-fl/sepal/state/statetest"
 )
@@ -101,7 +102,7 @@ func benchLargeArray(b *testing.B, fresh func(), open func() *sqlstate.State, se
 	for range b.N {
 		fresh()
 		s := open()
-		node, _ := s.CreateNode(ctx, 3600, "")
+		node, _ := s.CreateNode(ctx, state.NewNode{PingInterval: 3600})
 		run, _ := s.CreateRun(ctx)
 		data := make([]byte, size)
 		for i := range data {

@@ -59,9 +59,15 @@ func (d *dialect) loadMigrations() ([]migration, error) {
 	return out, nil
 }
 
-// SchemaVersion is the schema version this Sepal writes.
-func SchemaVersion() int {
-	ms, err := sqliteDialect.loadMigrations()
+// SchemaVersion is the schema version this Sepal writes in SQLite.
+func SchemaVersion() int { return schemaVersion(sqliteDialect) }
+
+// PostgresSchemaVersion is the schema version this Sepal writes in
+// PostgreSQL (its row of internal/postgres's table sepal_schema).
+func PostgresSchemaVersion() int { return schemaVersion(postgresDialect) }
+
+func schemaVersion(d *dialect) int {
+	ms, err := d.loadMigrations()
 	if err != nil {
 		panic(err)
 	}

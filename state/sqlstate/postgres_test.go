@@ -58,11 +58,11 @@ func TestPostgresGoesAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	waiting, err := s.CreateNode(ctx, 10, "")
+	waiting, err := s.CreateNode(ctx, state.NewNode{PingInterval: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := s.CreateNode(ctx, 60, "")
+	node, err := s.CreateNode(ctx, state.NewNode{PingInterval: 60})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestPostgresReplicaKilled(t *testing.T) {
 	ctx := context.Background()
 	logs := &testkit.SyncBuffer{}
 	a, b := openPG(t, dsn, time.Now, logs), openPG(t, dsn, time.Now, logs)
-	node, err := a.CreateNode(ctx, 60, "")
+	node, err := a.CreateNode(ctx, state.NewNode{PingInterval: 60})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestPostgresReplicaGrace(t *testing.T) {
 	clock := &statetest.Clock{}
 	clock.Set(time.Unix(1795638840, 0))
 	a := openPG(t, dsn, clock.Now, logs)
-	node, err := a.CreateNode(ctx, 30, "")
+	node, err := a.CreateNode(ctx, state.NewNode{PingInterval: 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestPostgresRace(t *testing.T) {
 	ids := make([]int64, nodes)
 	var pushed []string
 	for i := range ids {
-		if ids[i], err = states[i%2].CreateNode(ctx, 3600, ""); err != nil {
+		if ids[i], err = states[i%2].CreateNode(ctx, state.NewNode{PingInterval: 3600}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -386,7 +386,7 @@ func TestPostgresOpenTogether(t *testing.T) {
 		if n := strings.Count(logs.String(), "state database created"); n != 1 {
 			t.Errorf("%d States say they created the schema, want 1:\n%s", n, logs)
 		}
-		node, err := states[0].CreateNode(context.Background(), 30, "")
+		node, err := states[0].CreateNode(context.Background(), state.NewNode{PingInterval: 30})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -432,7 +432,7 @@ func TestPostgresOwnerRole(t *testing.T) {
 	ctx := context.Background()
 	logs := &testkit.SyncBuffer{}
 	a, b := openPG(t, u.String(), time.Now, logs), openPG(t, u.String(), time.Now, logs)
-	node, err := a.CreateNode(ctx, 60, "")
+	node, err := a.CreateNode(ctx, state.NewNode{PingInterval: 60})
 	if err != nil {
 		t.Fatal(err)
 	}

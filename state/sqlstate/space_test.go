@@ -26,7 +26,7 @@ func fedAvgRounds(tb testing.TB, s state.State, nodes, rounds int, mib float64, 
 	}
 	ids := make([]int64, nodes)
 	for i := range ids {
-		if ids[i], err = s.CreateNode(ctx, 3600, ""); err != nil {
+		if ids[i], err = s.CreateNode(ctx, state.NewNode{PingInterval: 3600}); err != nil {
 			tb.Fatal(err)
 		}
 	}

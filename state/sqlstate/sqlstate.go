@@ -220,30 +220,131 @@ func (s *State) fail(method string, err error, committing bool) error {
 	return status.Errorf(code, "%s: the state database %s: %v%s", method, s.name, err, hint)
 }
 
-// CreateNode registers a node.
-func (s *State) CreateNode(ctx context.Context, pingInterval float64, identity string) (int64, error) {
-	d, err := state.CheckPingInterval(pingInterval)
+// CreateNode registers a node, within nn's limits.
+func (s *State) CreateNode(ctx context.Context, nn state.NewNode) (int64, error) {
+	d, err := state.CheckPingInterval(nn.PingInterval)
 	if err != nil {
 		return 0, err
 	}
 	now := s.now()
 	var id int64
 	err = s.write(ctx, "CreateNode", func(tx *txn) (func(), error) {
+		room, err := s.room(ctx, tx, nn, now)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range room {
+			if _, _, err := s.forgetNode(ctx, tx, e.ID); err != nil {
+				return nil, err
+			}
+		}
 		for {
 			if id, err = state.RandomID(s.rand, nil); err != nil {
 				return nil, err
 			}
-			res, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, identity, ping_interval, created_at, online_until) VALUES ($1, $2, $3, $4, $5)
-				ON CONFLICT (id) DO NOTHING`, id, identity, pingInterval, micro(now), micro(now.Add(d)))
+			res, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, identity, certificate, ping_interval, created_at, online_until) VALUES ($1, $2, $3, $4, $5, $6)
+				ON CONFLICT (id) DO NOTHING`, id, nn.Identity, nn.Certificate, nn.PingInterval, micro(now), micro(now.Add(d)))
 			if err != nil {
 				return nil, err
 			}
 			if n, err := res.RowsAffected(); err != nil || n == 1 {
-				return func() { s.ev.NodeJoined(id, pingInterval, identity) }, err
+				return func() {
+					for _, e := range room {
+						s.ev.NodeEvicted(e)
+					}
+					s.ev.NodeJoined(id, nn.PingInterval, nn.Identity)
+				}, err
 			}
 		}
 	})
 	return id, err
+}
+
+// room returns the nodes to forget so that nn fits its limits at now (none
+// when it fits as things are), or the *state.NodeLimitError of a limit
+// whose nodes are all online. With a limit, it first locks the row
+// 'node_admission' of meta, so that the States on the database admit
+// nodes one at a time and each counts what the one before committed.
+func (s *State) room(ctx context.Context, tx *txn, nn state.NewNode, now time.Time) ([]state.Evicted, error) {
+	perIdentity := nn.MaxPerIdentity > 0 && nn.Identity != ""
+	if !perIdentity && nn.MaxNodes <= 0 {
+		return nil, nil
+	}
+	var v int64
+	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'node_admission'`+s.d.forUpdate).Scan(&v); err != nil {
+		return nil, err
+	}
+	// offlineLongest finds the node offline the longest of those cond
+	// selects, other than not.
+	offlineLongest := func(cond string, not int64, args ...any) (state.Evicted, bool, error) {
+		var e state.Evicted
+		args = append([]any{micro(now), not}, args...)
+		err := tx.QueryRowContext(ctx, `SELECT id, ping_interval FROM nodes WHERE online_until <= $1 AND id <> $2`+cond+
+			` ORDER BY online_until, seq LIMIT 1`, args...).Scan(&e.ID, &e.PingInterval)
+		if err == sql.ErrNoRows {
+			return e, false, nil
+		}
+		return e, err == nil, err
+	}
+	var out []state.Evicted
+	var total int
+	if nn.MaxNodes > 0 {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM nodes`).Scan(&total); err != nil {
+			return nil, err
+		}
+	}
+	if perIdentity {
+		var count int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM nodes WHERE identity = $1`, nn.Identity).Scan(&count); err != nil {
+			return nil, err
+		}
+		if count >= nn.MaxPerIdentity {
+			e, ok, err := offlineLongest(` AND identity = $3`, 0, nn.Identity)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, &state.NodeLimitError{Limit: state.LimitMaxPerIdentity, Max: nn.MaxPerIdentity, Identity: nn.Identity}
+			}
+			e.Limit = state.LimitMaxPerIdentity
+			out = append(out, e)
+			total--
+		}
+	}
+	if nn.MaxNodes > 0 && total >= nn.MaxNodes {
+		var not int64
+		if len(out) > 0 {
+			not = out[0].ID
+		}
+		e, ok, err := offlineLongest("", not)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, &state.NodeLimitError{Limit: state.LimitMaxNodes, Max: nn.MaxNodes}
+		}
+		e.Limit = state.LimitMaxNodes
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// forgetNode deletes node id, as DeleteNode does, and returns the number
+// of its TaskIns it never pulled (0, without error, when it is gone
+// already: found reports whether it was there). Its undelivered TaskIns
+// stay: the next PullTaskRes for them answers with the NODE_UNAVAILABLE
+// result (the pairs are forgotten once the run's ServerApp no longer asks
+// for them).
+func (s *State) forgetNode(ctx context.Context, tx *txn, id int64) (found bool, undelivered int, err error) {
+	res, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = $1`, id)
+	if err != nil {
+		return false, 0, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return false, 0, err
+	}
+	err = tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL`, id).Scan(&undelivered)
+	return true, undelivered, err
 }
 
 // nodeIdentity returns the identity a node was created with; ok is false
@@ -271,18 +372,61 @@ func (s *State) DeleteNode(ctx context.Context, id int64, identity string) error
 		if err := state.CheckIdentity("DeleteNode", id, identity, known); err != nil {
 			return nil, err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = $1`, id); err != nil {
-			return nil, err
-		}
-		// Its undelivered TaskIns stay: the next PullTaskRes for them
-		// answers with the NODE_UNAVAILABLE result (the pairs are
-		// forgotten once the run's ServerApp no longer asks for them).
-		var undelivered int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM task_ins WHERE consumer = $1 AND delivered_at IS NULL`, id).Scan(&undelivered); err != nil {
+		_, undelivered, err := s.forgetNode(ctx, tx, id)
+		if err != nil {
 			return nil, err
 		}
 		return func() { s.ev.NodeDeleted(id, pi, undelivered) }, nil
 	})
+}
+
+// RevokeNodes forgets the nodes created with a certificate revoked.
+func (s *State) RevokeNodes(ctx context.Context, revoked func(string) bool) ([]int64, error) {
+	var gone []state.Revoked
+	err := s.write(ctx, "RevokeNodes", func(tx *txn) (func(), error) {
+		gone = nil
+		rows, err := tx.QueryContext(ctx, `SELECT id, identity, certificate, ping_interval FROM nodes WHERE certificate <> '' ORDER BY seq`)
+		if err != nil {
+			return nil, err
+		}
+		var match []state.Revoked
+		for rows.Next() {
+			var r state.Revoked
+			if err := rows.Scan(&r.ID, &r.Identity, &r.Certificate, &r.PingInterval); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if revoked(r.Certificate) {
+				match = append(match, r)
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		for _, r := range match {
+			found, u, err := s.forgetNode(ctx, tx, r.ID)
+			if err != nil {
+				return nil, err
+			}
+			if found { // not forgotten by another State meanwhile
+				r.Undelivered = u
+				gone = append(gone, r)
+			}
+		}
+		return func() {
+			for _, r := range gone {
+				s.ev.NodeRevoked(r)
+			}
+		}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]int64, len(gone))
+	for i, r := range gone {
+		ids[i] = r.ID
+	}
+	return ids, nil
 }
 
 // Ping refreshes a node's liveness; false for an unknown node.
@@ -927,7 +1071,7 @@ func (s *State) Nodes(ctx context.Context) ([]state.NodeInfo, error) {
 	var out []state.NodeInfo
 	err := s.read(ctx, "Nodes", func(tx *txn) error {
 		out = nil
-		rows, err := tx.QueryContext(ctx, `SELECT id, identity, ping_interval, created_at, online_until FROM nodes ORDER BY seq`)
+		rows, err := tx.QueryContext(ctx, `SELECT id, identity, certificate, ping_interval, created_at, online_until FROM nodes ORDER BY seq`)
 		if err != nil {
 			return err
 		}
@@ -935,7 +1079,7 @@ func (s *State) Nodes(ctx context.Context) ([]state.NodeInfo, error) {
 		for rows.Next() {
 			var n state.NodeInfo
 			var created, until int64
-			if err := rows.Scan(&n.ID, &n.Identity, &n.PingInterval, &created, &until); err != nil {
+			if err := rows.Scan(&n.ID, &n.Identity, &n.Certificate, &n.PingInterval, &created, &until); err != nil {
 				return err
 			}
 			n.Created, n.OnlineUntil = fromMicro(created), fromMicro(until)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/statetest"
 )
 
@@ -29,7 +30,7 @@ func TestUndeliver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	node, _ := a.CreateNode(ctx, 60, "")
+	node, _ := a.CreateNode(ctx, state.NewNode{PingInterval: 60})
 	run, _ := a.CreateRun(ctx)
 	ti := statetest.TaskIns(run, node, 1.8e9)
 	if _, err := a.PushTaskIns(ctx, []*flwrproto.TaskIns{ti}); err != nil {

@@ -301,7 +301,7 @@ func testOtherInvalid(t *testing.T, e *env) {
 	WantCode(t, "Ping infinite interval", err, codes.InvalidArgument, "ping_interval must be a finite number")
 	_, err = e.s.Ping(ctx, node, math.NaN(), "")
 	WantCode(t, "Ping NaN interval", err, codes.InvalidArgument, "ping_interval")
-	_, err = e.s.CreateNode(ctx, -1, "")
+	_, err = e.s.CreateNode(ctx, state.NewNode{PingInterval: -1})
 	WantCode(t, "CreateNode negative interval", err, codes.InvalidArgument, "ping_interval")
 	if ok, err := e.s.Ping(ctx, 42, 30, ""); err != nil || ok {
 		t.Errorf("Ping unknown node: %v %v, want false as 1.8.0", ok, err)
@@ -697,8 +697,8 @@ func countLog(e *env, s string) int { return bytes.Count([]byte(e.logs.String())
 func testIdentity(t *testing.T, e *env) {
 	ctx := ctxOf(t)
 	run := e.run(t, e.s)
-	a := must(e.s.CreateNode(ctx, 30, "node-a"))(t)
-	anon := must(e.s.CreateNode(ctx, 30, ""))(t)
+	a := must(e.s.CreateNode(ctx, state.NewNode{PingInterval: 30, Identity: "node-a"}))(t)
+	anon := must(e.s.CreateNode(ctx, state.NewNode{PingInterval: 30}))(t)
 	_, err := e.s.Ping(ctx, a, 30, "node-b")
 	WantCode(t, "Ping under another identity", err, codes.PermissionDenied, "another client certificate")
 	for _, id := range []string{"node-a", ""} {
@@ -851,7 +851,7 @@ func testClose(t *testing.T, e *env) {
 	if err := e.s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if _, err := e.s.CreateNode(ctx, 30, ""); err == nil {
+	if _, err := e.s.CreateNode(ctx, state.NewNode{PingInterval: 30}); err == nil {
 		t.Error("CreateNode after Close did not fail")
 	}
 	if err := e.s.Check(ctx); err == nil {

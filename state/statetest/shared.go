@@ -148,7 +148,7 @@ func concurrentRound(t *testing.T, e *env, states []state.State) {
 func testSharedStore(t *testing.T, e *env) {
 	ctx := ctxOf(t)
 	s1, s2 := e.s, e.open(t)
-	node := must(s1.CreateNode(ctx, 30, "node-a"))(t)
+	node := must(s1.CreateNode(ctx, state.NewNode{PingInterval: 30, Identity: "node-a"}))(t)
 	if ok, err := s2.Ping(ctx, node, 30, "node-a"); err != nil || !ok {
 		t.Fatalf("Ping through the other State: %v %v", ok, err)
 	}
@@ -203,7 +203,7 @@ func testRestart(t *testing.T, e *env) {
 	ctx := ctxOf(t)
 	s := e.s
 	run := e.run(t, s)
-	a := must(s.CreateNode(ctx, 3600, "node-a"))(t)
+	a := must(s.CreateNode(ctx, state.NewNode{PingInterval: 3600, Identity: "node-a"}))(t)
 	b := e.node(t, s, 3600)
 	big := blobBytes(11, 4*state.BlobMin)
 	withModel := func(ti *flwrproto.TaskIns) *flwrproto.TaskIns {

@@ -5,9 +5,10 @@
 // liveness, validation and error codes, delivery of each TaskIns to exactly
 // one node once, results, the made-up NODE_UNAVAILABLE result, the
 // "already answered" memory, expiry, parameter arrays stored once by
-// content, node identities, the observation methods, and, for stores that
-// outlive a State (files, databases), restarts and several States racing on
-// one store.
+// content, node identities, the limits on registered nodes and the
+// revocation of their certificates, the observation methods, and, for
+// stores that outlive a State (files, databases), restarts and several
+// States racing on one store.
 //
 // An implementation's test calls Run:
 //
@@ -91,6 +92,10 @@ func Run(t *testing.T, o Options) {
 		{"NodesAndRuns", testNodesAndRuns, false},
 		{"Concurrent", testConcurrent, false},
 		{"Close", testClose, false},
+		{"MaxNodes", testMaxNodes, false},
+		{"MaxPerIdentity", testMaxPerIdentity, false},
+		{"RevokeNodes", testRevokeNodes, false},
+		{"NodeLimitsShared", testNodeLimitsShared, true},
 		{"Restart", testRestart, true},
 		{"RestartGrace", testRestartGrace, true},
 		{"SharedStore", testSharedStore, true},
@@ -224,7 +229,7 @@ func must[T any](v T, err error) func(*testing.T) T {
 
 func (e *env) node(t *testing.T, s state.State, pingInterval float64) int64 {
 	t.Helper()
-	return must(s.CreateNode(ctxOf(t), pingInterval, ""))(t)
+	return must(s.CreateNode(ctxOf(t), state.NewNode{PingInterval: pingInterval}))(t)
 }
 
 func (e *env) run(t *testing.T, s state.State) int64 {

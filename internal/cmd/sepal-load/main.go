@@ -255,7 +255,7 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 			return err
 		}
 	}
-	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: env})
+	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: env, Nodes: c.nodes})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,465 @@
+package superlink
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
+	"github.com/sepal-fl/sepal/state"
+)
+
+// Defaults of NodeLimits: far above what a real fleet does, and low
+// enough that one peer cannot register more than a fleet's worth.
+const (
+	// DefaultMaxPingInterval caps ping_interval: Flower 1.8.0 SuperNodes
+	// send 30 s, and Sepal's client app 30 s unless told otherwise.
+	DefaultMaxPingInterval = time.Hour
+	// DefaultMaxNodes is the default number of nodes registered at once.
+	DefaultMaxNodes = 10000
+	// DefaultMaxNodesPerConnection is the default number of nodes one
+	// connection may hold; a SuperNode registers one.
+	DefaultMaxNodesPerConnection = 16
+	// DefaultMaxNodesPerIdentity is the default number of nodes one client
+	// certificate may hold; a SuperNode registers one (and a new one each
+	// time it restarts, the old one offline within its ping interval).
+	DefaultMaxNodesPerIdentity = 16
+	// DefaultNodeRegistrationRate and DefaultNodeRegistrationBurst are the
+	// default registration rate limit of one peer: 100 CreateNode calls
+	// at once, then 10 a second.
+	DefaultNodeRegistrationRate  = 10
+	DefaultNodeRegistrationBurst = 100
+)
+
+// NodeLimits bound the nodes peers may register on the Fleet API
+// (Options.NodeLimits). The zero value of each field is its default;
+// Validate refuses a negative one. A refused CreateNode gets
+// ResourceExhausted (a ping_interval above the cap InvalidArgument) with a
+// message naming the limit; a Flower 1.8.0 SuperNode retries it with
+// backoff. Each refusal is counted (NodeLimitStats) and logged, one
+// warning per reason every 10 seconds.
+type NodeLimits struct {
+	// MaxPingInterval caps the ping_interval of CreateNode and Ping: a
+	// node that asks to stay online longer without a ping is refused.
+	// Default DefaultMaxPingInterval (1h).
+	MaxPingInterval time.Duration
+	// MaxNodes bounds the nodes registered at once, online or offline, in
+	// the state (over every SuperLink that shares it): when it is full,
+	// the node offline the longest is forgotten for the new one; when all
+	// are online, CreateNode is refused. Default DefaultMaxNodes (10000).
+	MaxNodes int
+	// MaxPerConnection bounds the nodes one connection has created and
+	// not deleted. Default DefaultMaxNodesPerConnection (16).
+	MaxPerConnection int
+	// MaxPerIdentity bounds, under mutual TLS, the nodes registered at
+	// once with one client-certificate identity, as MaxNodes does in all.
+	// Default DefaultMaxNodesPerIdentity (16).
+	MaxPerIdentity int
+	// Rate and Burst limit the CreateNode calls of one peer, refused or
+	// not, as a token bucket: Burst calls at once, then Rate a second. A
+	// peer is a source address (an IPv6 /64), or under mutual TLS a
+	// client-certificate identity. Defaults DefaultNodeRegistrationRate
+	// (10) and DefaultNodeRegistrationBurst (100).
+	Rate  float64
+	Burst int
+}
+
+// withDefaults fills in the defaults of the zero fields.
+func (l NodeLimits) withDefaults() NodeLimits {
+	if l.MaxPingInterval == 0 {
+		l.MaxPingInterval = DefaultMaxPingInterval
+	}
+	if l.MaxNodes == 0 {
+		l.MaxNodes = DefaultMaxNodes
+	}
+	if l.MaxPerConnection == 0 {
+		l.MaxPerConnection = DefaultMaxNodesPerConnection
+	}
+	if l.MaxPerIdentity == 0 {
+		l.MaxPerIdentity = DefaultMaxNodesPerIdentity
+	}
+	if l.Rate == 0 {
+		l.Rate = DefaultNodeRegistrationRate
+	}
+	if l.Burst == 0 {
+		l.Burst = DefaultNodeRegistrationBurst
+	}
+	return l
+}
+
+// Validate returns an error naming the first field out of range: a
+// negative value, or a Rate that is not a finite number.
+func (l NodeLimits) Validate() error {
+	switch {
+	case l.MaxPingInterval < 0:
+		return errors.New("NodeLimits.MaxPingInterval is negative")
+	case l.MaxNodes < 0, l.MaxPerConnection < 0, l.MaxPerIdentity < 0:
+		return errors.New("NodeLimits node counts must not be negative")
+	case l.Rate < 0 || math.IsNaN(l.Rate) || math.IsInf(l.Rate, 0):
+		return fmt.Errorf("NodeLimits.Rate %v is not a rate: give a positive number of calls a second", l.Rate)
+	case l.Burst < 0:
+		return errors.New("NodeLimits.Burst is negative")
+	}
+	return nil
+}
+
+// The reasons a node registration is refused, the values of
+// NodeLimitStats.Refused's keys and of the log's reason attribute.
+const (
+	RefusedPingInterval  = "max_ping_interval"
+	RefusedPerConnection = "max_nodes_per_connection"
+	RefusedPerIdentity   = state.LimitMaxPerIdentity
+	RefusedMaxNodes      = state.LimitMaxNodes
+	RefusedRate          = "node_registration_rate"
+)
+
+// NodeRefusalReasons lists the reasons, in a fixed order.
+var NodeRefusalReasons = []string{RefusedPingInterval, RefusedPerConnection, RefusedPerIdentity, RefusedMaxNodes, RefusedRate}
+
+// NodeLimitStats is a snapshot of what the node limits refused and what
+// revocation took offline, for metrics (SuperLink.NodeLimitStats).
+type NodeLimitStats struct {
+	// Refused counts the calls refused since start by each reason of
+	// NodeRefusalReasons (all of them present): CreateNode calls, and
+	// Pings with a ping_interval above the cap.
+	Refused map[string]uint64
+	// Revoked counts the nodes this SuperLink forgot since start because
+	// the client certificate that created them was revoked.
+	Revoked uint64
+}
+
+// NodeLimitStats returns a snapshot of the node limits' counts. It is
+// cheap and safe for concurrent use.
+func (s *SuperLink) NodeLimitStats() NodeLimitStats { return s.nodes.stats() }
+
+// nodeGuard applies NodeLimits to the Fleet API's calls: the cap, the rate
+// limit and the count per connection here, the counts in the state
+// through state.NewNode.
+type nodeGuard struct {
+	l   NodeLimits
+	log *slog.Logger
+
+	connMu sync.Mutex
+	conns  map[weak.Pointer[peer.Peer]]*connNodes
+
+	rates rateLimiter
+
+	refused [5]atomic.Uint64 // by index in NodeRefusalReasons
+	revoked atomic.Uint64
+
+	logMu   sync.Mutex
+	logged  [5]time.Time
+	skipped [5]int
+}
+
+func newNodeGuard(l NodeLimits, log *slog.Logger) *nodeGuard {
+	l = l.withDefaults()
+	return &nodeGuard{l: l, log: log, conns: map[weak.Pointer[peer.Peer]]*connNodes{},
+		rates: rateLimiter{rate: l.Rate, burst: float64(l.Burst), buckets: map[string]*bucket{}, now: time.Now}}
+}
+
+func (g *nodeGuard) stats() NodeLimitStats {
+	st := NodeLimitStats{Refused: make(map[string]uint64, len(NodeRefusalReasons)), Revoked: g.revoked.Load()}
+	for i, r := range NodeRefusalReasons {
+		st.Refused[r] = g.refused[i].Load()
+	}
+	return st
+}
+
+// connNodes are the nodes one connection created and did not delete, and
+// the CreateNode calls in progress on it.
+type connNodes struct {
+	mu      sync.Mutex
+	ids     map[int64]bool
+	pending int
+}
+
+// conn returns the nodes of the caller's connection, nil for a call that
+// came through no connection (a Fleet service called in process). A
+// connection is its *peer.Peer, which gRPC makes once per connection and
+// puts in the context of every call on it; the entry goes when the Peer is
+// garbage collected, after the connection has ended.
+func (g *nodeGuard) conn(ctx context.Context) *connNodes {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p == nil {
+		return nil
+	}
+	key := weak.Make(p)
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	if c := g.conns[key]; c != nil {
+		return c
+	}
+	c := &connNodes{ids: map[int64]bool{}}
+	g.conns[key] = c
+	runtime.AddCleanup(p, func(k weak.Pointer[peer.Peer]) {
+		g.connMu.Lock()
+		delete(g.conns, k)
+		g.connMu.Unlock()
+	}, key)
+	return c
+}
+
+// reserve takes a place on the connection for a CreateNode, or reports
+// that the connection holds its limit.
+func (c *connNodes) reserve(max int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.ids)+c.pending >= max {
+		return false
+	}
+	c.pending++
+	return true
+}
+
+// done ends a reservation: id is the node created, 0 for none.
+func (c *connNodes) done(id int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pending--
+	if id != 0 {
+		c.ids[id] = true
+	}
+}
+
+// deleted forgets a node the connection deleted.
+func (c *connNodes) deleted(id int64) {
+	c.mu.Lock()
+	delete(c.ids, id)
+	c.mu.Unlock()
+}
+
+// pingInterval refuses a ping_interval above the cap (InvalidArgument);
+// other bad values are the state's to refuse.
+func (g *nodeGuard) pingInterval(ctx context.Context, method string, v float64) error {
+	if max := g.l.MaxPingInterval.Seconds(); v > max && !math.IsInf(v, 1) { // the state refuses what is not finite
+		err := status.Errorf(codes.InvalidArgument, "%s: ping_interval %g s is above this SuperLink's limit of %g s (a node that has not pinged for that long is offline): "+
+			"send at most %g (Flower SuperNodes send 30) and ping within it", method, v, max, max)
+		g.refuse(ctx, RefusedPingInterval, fmt.Sprintf("%g s", max), err)
+		return err
+	}
+	return nil
+}
+
+// admit applies the limits a CreateNode meets before the state's: the
+// rate limit of its peer, the ping_interval cap and the nodes of its
+// connection. It returns the connection's reservation (nil when none was
+// taken), to end with done, or the refusal.
+func (g *nodeGuard) admit(ctx context.Context, pingInterval float64) (*connNodes, error) {
+	key := peerKey(ctx)
+	if !g.rates.take(key) {
+		err := status.Errorf(codes.ResourceExhausted, "CreateNode: too many registrations from %s: this SuperLink takes %d at once and then %g a second from one peer; "+
+			"retry in a few seconds (a SuperNode registers once when it starts)", key, g.l.Burst, g.l.Rate)
+		g.refuse(ctx, RefusedRate, fmt.Sprintf("%d at once, %g a second", g.l.Burst, g.l.Rate), err)
+		return nil, err
+	}
+	if err := g.pingInterval(ctx, "CreateNode", pingInterval); err != nil {
+		return nil, err
+	}
+	c := g.conn(ctx)
+	if c != nil && !c.reserve(g.l.MaxPerConnection) {
+		err := status.Errorf(codes.ResourceExhausted, "CreateNode: this connection holds %d nodes it created and did not delete, this SuperLink's limit per connection "+
+			"(a SuperNode registers one): delete the nodes it no longer uses (DeleteNode)", g.l.MaxPerConnection)
+		g.refuse(ctx, RefusedPerConnection, fmt.Sprint(g.l.MaxPerConnection), err)
+		return nil, err
+	}
+	return c, nil
+}
+
+// stateRefusal counts and logs a state.NodeLimitError of CreateNode.
+func (g *nodeGuard) stateRefusal(ctx context.Context, err error) {
+	var le *state.NodeLimitError
+	if errors.As(err, &le) {
+		g.refuse(ctx, le.Limit, fmt.Sprint(le.Max), err)
+	}
+}
+
+// nodeLogEvery is how often one reason of refusal is logged at most.
+const nodeLogEvery = 10 * time.Second
+
+// refuse counts a refusal and logs it, once per reason every nodeLogEvery
+// with the number of refusals not logged since.
+func (g *nodeGuard) refuse(ctx context.Context, reason, limit string, err error) {
+	i := slices.Index(NodeRefusalReasons, reason)
+	if i < 0 {
+		return
+	}
+	g.refused[i].Add(1)
+	now := time.Now()
+	g.logMu.Lock()
+	if now.Sub(g.logged[i]) < nodeLogEvery {
+		g.skipped[i]++
+		g.logMu.Unlock()
+		return
+	}
+	skipped := g.skipped[i]
+	g.logged[i], g.skipped[i] = now, 0
+	g.logMu.Unlock()
+	attrs := []any{"reason", reason, "limit", limit, "peer", peerAddr(ctx)}
+	if id := peerIdentity(ctx); id != "" {
+		attrs = append(attrs, "identity", id)
+	}
+	attrs = append(attrs, "refused_since_last_line", skipped, "error", status.Convert(err).Message())
+	g.log.Warn("node registration refused by a limit", attrs...)
+}
+
+// peerAddr is the caller's address, "" when unknown.
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// peerKey is who the registration rate limit counts a call against: the
+// client-certificate identity under mutual TLS, else the source address
+// (an IPv6 address's /64, which one host may hold whole).
+func peerKey(ctx context.Context) string {
+	if id := peerIdentity(ctx); id != "" {
+		return id
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return "in process"
+	}
+	if ta, ok := p.Addr.(*net.TCPAddr); ok {
+		if ip4 := ta.IP.To4(); ip4 != nil {
+			return ip4.String()
+		}
+		return (&net.IPNet{IP: ta.IP.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
+	}
+	return p.Addr.Network() + " " + p.Addr.String()
+}
+
+// rateLimiter is a token bucket per peer. Its map holds at most
+// maxBuckets peers: when it is full, the buckets that refilled (whose
+// peers would start afresh anyway) are dropped, at most once a second,
+// and a new peer meanwhile shares one overflow bucket.
+type rateLimiter struct {
+	rate, burst float64
+	now         func() time.Time
+
+	mu       sync.Mutex
+	buckets  map[string]*bucket
+	overflow bucket
+	purged   time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// maxBuckets bounds the peers the rate limiter remembers.
+const maxBuckets = 1 << 16
+
+// take takes a token of key's bucket, false when it has none.
+func (r *rateLimiter) take(key string) bool {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.buckets[key]
+	if b == nil {
+		if len(r.buckets) >= maxBuckets && now.Sub(r.purged) >= time.Second {
+			r.purged = now
+			for k, o := range r.buckets {
+				if o.level(now, r.rate, r.burst) >= r.burst {
+					delete(r.buckets, k)
+				}
+			}
+		}
+		if len(r.buckets) >= maxBuckets {
+			b = &r.overflow
+			if b.last.IsZero() {
+				b.tokens, b.last = r.burst, now
+			}
+		} else {
+			b = &bucket{tokens: r.burst, last: now}
+			r.buckets[key] = b
+		}
+	}
+	b.tokens, b.last = b.level(now, r.rate, r.burst), now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// level is the bucket's tokens at now.
+func (b *bucket) level(now time.Time, rate, burst float64) float64 {
+	return min(burst, b.tokens+rate*max(0, now.Sub(b.last).Seconds()))
+}
+
+// revocationRefresh is how often the watcher applies the CRL in force
+// again although it did not change: a node created on another SuperLink
+// sharing the state, with a certificate revoked there a moment before,
+// goes then.
+const revocationRefresh = 30 * time.Second
+
+// revocationPoll is how often the watcher looks for a new CRL.
+const revocationPoll = 250 * time.Millisecond
+
+// watchRevocations forgets, until ctx ends, the nodes created with a
+// client certificate that crl (the CRL in force, nil for none) lists: at
+// once, then every time crl returns another list, and every
+// revocationRefresh.
+func (g *nodeGuard) watchRevocations(ctx context.Context, st state.State, crl func() *x509.RevocationList) {
+	var applied *x509.RevocationList
+	var ids map[string]bool
+	var at time.Time
+	t := time.NewTicker(revocationPoll)
+	defer t.Stop()
+	for {
+		if l := crl(); l != nil && (l != applied || time.Since(at) >= revocationRefresh) {
+			if l != applied {
+				ids = certfmt.RevokedIDs(l)
+			}
+			gone, err := st.RevokeNodes(ctx, func(c string) bool { return ids[c] })
+			switch {
+			case err == nil:
+				applied, at = l, time.Now()
+				g.revoked.Add(uint64(len(gone)))
+				if len(gone) > 0 {
+					g.log.Info("nodes of revoked client certificates taken offline", "nodes", len(gone), "crl_number", fmt.Sprint(l.Number))
+				}
+			case ctx.Err() == nil:
+				g.log.Warn("taking the nodes of revoked client certificates offline failed; trying again", "error", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// certified is the ability of a connection's AuthInfo to name its client
+// certificate (transport.ClientInfo).
+type certified interface{ CertificateID() string }
+
+// peerCertificate is the caller's client certificate, as
+// certfmt.CertID names it, "" without one.
+func peerCertificate(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		if c, ok := p.AuthInfo.(certified); ok {
+			return c.CertificateID()
+		}
+	}
+	return ""
+}
