@@ -96,7 +96,9 @@ func TestAttackControlFrames(t *testing.T) {
 	if !run.waitRounds(1, time.Minute) {
 		t.Fatal("the legitimate run finished no round within a minute")
 	}
-	for _, f := range floods {
+	costs := make([]cost, len(floods))
+	found := make([]floodResult, len(floods))
+	for i, f := range floods {
 		t.Run(f.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
@@ -107,8 +109,8 @@ func TestAttackControlFrames(t *testing.T) {
 			m := bed.meter()
 			r := f.run(ctx, c, f.frames)
 			co := m.read(t)
+			costs[i], found[i] = co, r
 			t.Logf("%s: %v; %v", f.name, r, co)
-			summary(t, f.name, co, nil, r.String())
 			r.check(t, f.name, f.name == "rapid reset")
 			if co.cpu > 2*time.Second {
 				t.Errorf("%s cost the SuperLink %.2f CPU s, want under 2", f.name, co.cpu.Seconds())
@@ -117,6 +119,9 @@ func TestAttackControlFrames(t *testing.T) {
 	}
 	rep := run.wait(t, 3*time.Minute)
 	t.Logf("legitimate run during the single floods: %v", rep)
+	for i, f := range floods {
+		summary(t, fmt.Sprintf("%s (%d frames, one connection)", f.name, f.frames), costs[i], &rep, found[i].String())
+	}
 	rep.check(t, 2)
 
 	// 4 connections at once, for d, beside a run of its own.
