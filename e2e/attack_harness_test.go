@@ -93,6 +93,9 @@ type attackBed struct {
 	apps    []*proc // the server apps started
 	tls     *tls.Config
 	rss0    int64 // the SuperLink's RSS once the client apps registered
+	// unsettled is set once the SuperLink kept the memory of an attack
+	// for 10 s (see meter).
+	unsettled bool
 }
 
 // newBed starts the SuperLink and the client apps and waits until every
@@ -399,14 +402,37 @@ func (c cost) String() string {
 		c.grew/mib, c.rss0/mib, c.peak/mib, c.rss/mib, c.cpu.Seconds(), c.took.Seconds())
 }
 
-// meter starts measuring the SuperLink, its peak RSS growth counted from
-// its RSS before any attack (newBed's reading), so that what an earlier
-// attack left behind counts too.
+// meter starts measuring the SuperLink once it gave back the memory of
+// earlier attacks: it waits up to 10 s for its RSS to be within
+// attackSlack of its RSS before any attack (not again once such a wait
+// failed), so that memory an earlier attack left behind neither counts
+// against this one nor hides what this one costs.
 func (b *attackBed) meter() *meter {
 	b.t.Helper()
-	m := startMeter(b.t, b.pid)
-	m.rss0 = b.rss0
-	return m
+	if !b.unsettled {
+		if back, rss := waitRSS(b.t, b.pid, b.rss0+attackSlack, 10*time.Second); !back {
+			b.unsettled = true
+			b.t.Logf("the SuperLink's RSS is %d MiB, %d MiB before any attack: the next attacks' growth counts from there", rss/mib, b.rss0/mib)
+		}
+	}
+	return startMeter(b.t, b.pid)
+}
+
+// waitRSS waits up to d for process pid's RSS to be at most limit and
+// returns whether it came down, and the RSS last read.
+func waitRSS(t testing.TB, pid int, limit int64, d time.Duration) (bool, int64) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		rss := vm(t, pid).RSS
+		if rss <= limit {
+			return true, rss
+		}
+		if time.Now().After(deadline) {
+			return false, rss
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // startMeter resets process pid's peak RSS and starts measuring.

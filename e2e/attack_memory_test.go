@@ -54,23 +54,6 @@ func pushFlood(t testing.TB, pid int, addr string, cfg *tls.Config, n, size int)
 	return res, m.read(t)
 }
 
-// waitRSS waits up to d for process pid's RSS to be at most limit and
-// returns whether it came down, and the RSS last read.
-func waitRSS(t testing.TB, pid int, limit int64, d time.Duration) (bool, int64) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		rss := vm(t, pid).RSS
-		if rss <= limit {
-			return true, rss
-		}
-		if time.Now().After(deadline) {
-			return false, rss
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // An admitted byte costs one byte of memory: complete
 // 200 MB PushTaskRes, each from its own attacker address so that the
 // budget, not a peer's share, decides: 5 under the default 1 GiB budget
