@@ -127,10 +127,11 @@ var roundLine = regexp.MustCompile(`(?m)^round (\d+)/(\d+): train_loss (\S+) eva
 type round struct {
 	n, of, nodes        int
 	trainLoss, evalLoss float64
+	took                time.Duration // the round's time, as printed
 }
 
 // parseRounds returns the round lines of out, checking their numbering.
-func parseRounds(t *testing.T, out string) []round {
+func parseRounds(t testing.TB, out string) []round {
 	t.Helper()
 	var rs []round
 	for i, m := range roundLine.FindAllStringSubmatch(out, -1) {
@@ -148,6 +149,11 @@ func parseRounds(t *testing.T, out string) []round {
 		if r.evalLoss, err = strconv.ParseFloat(m[4], 64); err != nil {
 			t.Fatalf("round line %q: %v", m[0], err)
 		}
+		secs, err := strconv.ParseFloat(m[6], 64)
+		if err != nil {
+			t.Fatalf("round line %q: %v", m[0], err)
+		}
+		r.took = time.Duration(secs * float64(time.Second))
 		if r.n != i+1 {
 			t.Fatalf("round line %d is numbered %d:\n%s", i+1, r.n, out)
 		}

@@ -49,7 +49,7 @@ func moduleRoot() string {
 }
 
 // needE2E skips the test under -short.
-func needE2E(t *testing.T) {
+func needE2E(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: skipped under -short (CI runs it)")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 
 	"github.com/sepal-fl/sepal/internal/load"
@@ -40,29 +41,53 @@ type attackSpec struct {
 	sent     int64
 	head     func(i int) []byte
 	end      bool // the last DATA frame ends the stream
+	// from is the attacker's local IP address, such as 127.0.0.2 ("":
+	// the system's choice, 127.0.0.1).
+	from string
+	// headers are the request headers of each stream (nil:
+	// testkit.RequestHeaders).
+	headers func(method string) []hpack.HeaderField
 }
 
 // attack runs spec against addr and returns each stream's outcome once
 // every stream was answered or had sent all it meant to, plus how long it
 // took. The connection stays open until the test ends, as a patient
 // attacker's would.
-func attack(t *testing.T, addr string, cfg *tls.Config, spec attackSpec) ([]testkit.H2Stream, time.Duration) {
+func attack(t testing.TB, addr string, cfg *tls.Config, spec attackSpec) ([]testkit.H2Stream, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c, err := testkit.DialH2(ctx, addr, cfg)
+	c, err := testkit.DialH2From(ctx, spec.from, addr, cfg)
 	if err != nil {
 		t.Fatalf("attacker's connection: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
 	begin := time.Now()
+	out, errs := attackOn(ctx, c, spec)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("stream %d: %v", i, err)
+		}
+	}
+	return out, time.Since(begin)
+}
+
+// attackOn runs spec on c and returns each stream's outcome and what went
+// wrong in sending it, once every stream was answered or had sent all it
+// meant to (or ctx ended).
+func attackOn(ctx context.Context, c *testkit.H2Conn, spec attackSpec) ([]testkit.H2Stream, []error) {
+	headers := spec.headers
+	if headers == nil {
+		headers = testkit.RequestHeaders
+	}
 	streams := make([]*testkit.H2Stream, spec.streams)
 	var wg sync.WaitGroup
 	errs := make([]error, spec.streams)
 	for i := range streams {
-		s, err := c.Open(spec.method)
+		s, err := c.OpenHeaders(headers(spec.method))
 		if err != nil {
-			t.Fatalf("opening stream %d: %v", i, err)
+			errs[i] = fmt.Errorf("opening the stream: %w", err)
+			continue
 		}
 		streams[i] = s
 		var head []byte
@@ -86,19 +111,17 @@ func attack(t *testing.T, addr string, cfg *tls.Config, spec attackSpec) ([]test
 		})
 	}
 	wg.Wait()
-	took := time.Since(begin)
 	out := make([]testkit.H2Stream, len(streams))
 	for i, s := range streams {
-		if errs[i] != nil {
-			t.Errorf("stream %d: %v", i, errs[i])
+		if s != nil {
+			out[i] = c.Result(s)
 		}
-		out[i] = c.Result(s)
 	}
-	return out, took
+	return out, errs
 }
 
 // slTLS is the client TLS config trusting the CA of dir's certificates.
-func slTLS(t *testing.T, dir string) *tls.Config {
+func slTLS(t testing.TB, dir string) *tls.Config {
 	t.Helper()
 	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: filepath.Join(dir, slCA)})
 	if err != nil {

@@ -33,7 +33,7 @@ const (
 
 // slFlowerCerts makes (or with --force reissues, from the same CA) the seed's
 // certificates in dir/certificates with the real flower-certs binary.
-func slFlowerCerts(t *testing.T, dir string, args ...string) {
+func slFlowerCerts(t testing.TB, dir string, args ...string) {
 	t.Helper()
 	out, code := run(t, time.Minute, dir, nil, "flower-certs", args...)
 	if code != 0 {
@@ -54,7 +54,7 @@ type slProc struct {
 
 // slStart starts flower-superlink in dir with args plus two free
 // loopback addresses, and waits until it reports that it serves.
-func slStart(t *testing.T, dir string, args ...string) *slProc {
+func slStart(t testing.TB, dir string, args ...string) *slProc {
 	t.Helper()
 	driver, fleet := freeAddr(t), freeAddr(t)
 	args = append(args, "--driver-api-address", driver, "--grpc-rere-fleet-api-address", fleet)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -175,17 +177,44 @@ func TestReadProc(t *testing.T) {
 	if m.RSS <= 0 || m.HWM < m.RSS {
 		t.Errorf("own memory %+v", m)
 	}
-	c0, err := readCPU(os.Getpid())
+	c0, err := ReadCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); {
 	}
-	c1, err := readCPU(os.Getpid())
+	c1, err := ReadCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c1 <= c0 {
 		t.Errorf("CPU time did not grow over 100 ms of busy loop: %v then %v", c0, c1)
+	}
+}
+
+// After 64 MiB were touched and given back, ResetPeak brings VmHWM down
+// to the RSS of now.
+func TestResetPeak(t *testing.T) {
+	b := make([]byte, 64<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	peak, err := ReadMemory(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.KeepAlive(b)
+	b = nil
+	debug.FreeOSMemory()
+	if err := ResetPeak(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ReadMemory(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("VmHWM %d MiB with 64 MiB touched; after they were given back and ResetPeak: VmHWM %d MiB, VmRSS %d MiB", peak.HWM>>20, m.HWM>>20, m.RSS>>20)
+	if m.HWM > peak.HWM-32<<20 || m.HWM < m.RSS {
+		t.Errorf("VmHWM after ResetPeak %d MiB, the peak before %d MiB, VmRSS %d MiB", m.HWM>>20, peak.HWM>>20, m.RSS>>20)
 	}
 }

@@ -260,6 +260,14 @@ func ReadMemory(pid int) (Memory, error) {
 	return m, sc.Err()
 }
 
+// ResetPeak sets the peak RSS (VmHWM) of process pid back to its current
+// RSS, by writing 5 to /proc/PID/clear_refs (Linux 4.0 and later; the
+// caller must own the process or be root), so that a later ReadMemory
+// shows the peak of what happened in between.
+func ResetPeak(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
 // clockTick is USER_HZ, the unit of /proc/PID/stat times: 100 on every
 // Linux architecture Go supports.
 const clockTick = 10 * time.Millisecond
@@ -285,7 +293,9 @@ type stat struct {
 	MinorFaults int64
 }
 
-func readCPU(pid int) (time.Duration, error) {
+// ReadCPU reads the user+sys time so far of process pid from
+// /proc/PID/stat (10 ms resolution).
+func ReadCPU(pid int) (time.Duration, error) {
 	st, err := readStat(pid)
 	return st.CPU, err
 }

@@ -21,7 +21,7 @@ func TestTreeCPU(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		own, err := readCPU(pid)
+		own, err := ReadCPU(pid)
 		if err != nil {
 			t.Fatal(err)
 		}

