@@ -15,7 +15,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
-// frameFlood is one control-frame frameFlood on one connection.
+// frameFlood is one control-frame flood on one connection.
 type frameFlood struct {
 	name   string
 	frames int
@@ -24,14 +24,14 @@ type frameFlood struct {
 
 var floods = []frameFlood{
 	{"rapid reset", 300000, func(ctx context.Context, c *testkit.H2Conn, n int) (int, error) { return c.RapidReset(ctx, mPing, n) }},
-	{"SETTINGS frameFlood", 500000, func(ctx context.Context, c *testkit.H2Conn, n int) (int, error) { return c.SettingsFlood(ctx, n) }},
+	{"SETTINGS flood", 500000, func(ctx context.Context, c *testkit.H2Conn, n int) (int, error) { return c.SettingsFlood(ctx, n) }},
 }
 
 // maxAbuseStreams bounds the streams the SuperLink may process of a rapid
 // reset before it ends the connection (the GOAWAY's last stream id / 2).
 const maxAbuseStreams = 50000
 
-// floodResult is one frameFlood's connection after it.
+// floodResult is one flood's connection after it.
 type floodResult struct {
 	sent   int
 	err    error
@@ -61,7 +61,7 @@ func (f frameFlood) run(ctx context.Context, c *testkit.H2Conn, n int) floodResu
 	return r
 }
 
-// check fails the test unless the SuperLink answered the frameFlood with
+// check fails the test unless the SuperLink answered the flood with
 // GOAWAY (ENHANCE_YOUR_CALM) and closed the connection.
 func (r floodResult) check(t testing.TB, name string, rapidReset bool) {
 	t.Helper()
@@ -69,7 +69,7 @@ func (r floodResult) check(t testing.TB, name string, rapidReset bool) {
 		t.Errorf("%s: %v, want GOAWAY ENHANCE_YOUR_CALM", name, r)
 	}
 	if !r.closed {
-		t.Errorf("%s: the connection was still open 10 s after the frameFlood", name)
+		t.Errorf("%s: the connection was still open 10 s after the flood", name)
 	}
 	if rapidReset && r.goAway != nil && r.goAway.LastStreamID/2 > maxAbuseStreams {
 		t.Errorf("%s: the SuperLink processed %d streams before it ended the connection, want at most %d", name, r.goAway.LastStreamID/2, maxAbuseStreams)
@@ -77,7 +77,7 @@ func (r floodResult) check(t testing.TB, name string, rapidReset bool) {
 }
 
 // HTTP/2 control-frame abuse: a rapid reset (300,000
-// HEADERS + RST_STREAM pairs) and a SETTINGS frameFlood (500,000 frames), each
+// HEADERS + RST_STREAM pairs) and a SETTINGS flood (500,000 frames), each
 // on one connection, end with GOAWAY (ENHANCE_YOUR_CALM) and the
 // connection closed, after at most 50,000 streams, costing the SuperLink
 // under 2 CPU s each; then 4 rapid-reset connections at once for 10 s

@@ -58,6 +58,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -486,7 +487,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 		if c.killed != "" {
 			// Nothing more reaches gRPC, which sees the connection end.
 			c.out, c.rerr = nil, errClosedByLimit
-			c.goAwayClose(c.killWhy, c.killCode, c.killed)
+			c.goAwayCloseDrain(c.killWhy, c.killCode, c.killed, true)
 			return 0, c.rerr
 		}
 		if err != nil {
@@ -1273,16 +1274,24 @@ func (c *guardConn) kill(reason string, code uint32, why string) {
 	}
 }
 
-// goAwayClose sends GOAWAY with code (when the outgoing bytes are at a
-// frame boundary, without waiting for gRPC's writer) and closes the
-// connection because of a limit, counting reason and logging why.
+// goAwayClose sends GOAWAY with code and closes the connection because
+// of a limit, counting reason and logging why. The GOAWAY goes out when
+// the outgoing bytes reach a frame boundary within half a second (gRPC's
+// writer may be blocked on a peer that reads nothing). Called by the
+// reader, it then drains what the peer still sends for up to a second
+// before closing: a socket closed with unread bytes is reset, and the
+// peer may then lose the GOAWAY it has not read yet.
 func (c *guardConn) goAwayClose(reason string, code uint32, why string) {
+	c.goAwayCloseDrain(reason, code, why, false)
+}
+
+func (c *guardConn) goAwayCloseDrain(reason string, code uint32, why string, drain bool) {
 	if c.closing.Swap(true) {
 		return
 	}
 	c.g.b.closed.add(reason)
 	c.g.warn("closed_"+reason, "connection closed by a limit", "peer", c.peer, "reason", why)
-	if c.wmu.TryLock() {
+	if c.lockWrites(500 * time.Millisecond) {
 		if c.outb.atBoundary() {
 			c.mu.Lock()
 			last := c.in.maxSID
@@ -1292,7 +1301,27 @@ func (c *guardConn) goAwayClose(reason string, code uint32, why string) {
 		}
 		c.wmu.Unlock()
 	}
+	if drain {
+		raw := c.Conn
+		if nc, ok := raw.(interface{ NetConn() net.Conn }); ok {
+			raw = nc.NetConn() // below TLS: what comes need not be decrypted
+		}
+		raw.SetReadDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, raw)
+	}
 	c.Close()
+}
+
+// lockWrites takes wmu, waiting at most d; false when it could not.
+func (c *guardConn) lockWrites(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !c.wmu.TryLock() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
 }
 
 // shutdown releases everything the connection holds, once.
