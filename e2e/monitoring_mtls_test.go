@@ -15,8 +15,8 @@ import (
 
 // TestMonitoringMutualTLS: a SuperLink that requires node certificates
 // (flower-certs' CA and CRL) with --metrics-address counts client
-// certificate refusals by cause (none, another CA, the wrong role,
-// revoked), exports the CRL's date, and the status page shows the nodes
+// certificate refusals by cause (none, another CA, not a client
+// certificate, revoked), exports the CRL's date, and the status page shows the nodes
 // online with their certificate identity.
 func TestMonitoringMutualTLS(t *testing.T) {
 	needE2E(t)
@@ -60,7 +60,7 @@ func TestMonitoringMutualTLS(t *testing.T) {
 	cases := []handshakeCase{
 		{cause: "client_certificate_missing", n: 2, cfg: with(nil)},
 		{cause: "client_certificate_unknown_ca", n: 2, cfg: with(pair("other/nodes/eve"))},
-		{cause: "client_certificate_invalid", n: 1, cfg: with(pair("certificates/serverapps/serverapp"))},
+		{cause: "client_certificate_invalid", n: 1, cfg: with(pair("certificates/server"))},
 		{cause: "client_certificate_revoked", n: 3, cfg: with(pair("certificates/nodes/bob"))},
 	}
 	failHandshakes(t, fleet, roots, cases)

@@ -146,7 +146,8 @@ func TestObserveHandshakes(t *testing.T) {
 		{name: "client cert revoked", server: "mtls", want: transport.CauseClientRevoked, cfg: &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: []tls.Certificate{revoked}}},
 		{name: "client cert expired", server: "mtls", want: transport.CauseBadClientCert, cfg: &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: []tls.Certificate{expired}}},
 		{name: "server cert as client cert", server: "mtls", want: transport.CauseBadClientCert, cfg: &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: []tls.Certificate{*p.Cert}}},
-		{name: "ServerApp cert on the Fleet API", server: "mtls", want: transport.CauseBadClientCert, cfg: &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: []tls.Certificate{serverApp}}},
+		// Admitted, to be refused in words at its calls.
+		{name: "ServerApp cert on the Fleet API", server: "mtls", cfg: &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: []tls.Certificate{serverApp}}},
 	}
 	recs := map[string]*recorder{}
 	addrs := map[string]string{}
