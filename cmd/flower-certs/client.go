@@ -237,6 +237,12 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		notAfter, clamped = ca.Cert.NotAfter, true
 	}
 
+	crlFile := filepath.Join(c.dir, crlName)
+	crl, haveCRL, err := loadCRL(stdout, ca, crlFile)
+	if err != nil {
+		return err
+	}
+
 	// Make everything in memory first: an error writes nothing.
 	type issued struct {
 		name, cert, key string
@@ -244,7 +250,7 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		replaced        *x509.Certificate // the certificate --force replaces
 	}
 	var todo []issued
-	var kept []string
+	var kept, usable, unusable []string
 	for _, n := range c.names {
 		cert, key := clientPaths(c.dir, role, n)
 		haveCert, err := exists(cert)
@@ -256,9 +262,16 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if (haveCert || haveKey) && !c.force {
+			if why := notUsable(certfmt.ReadFirstCert(cert), ca, p.caCert, crl, now); why != "" {
+				unusable = append(unusable, fmt.Sprintf("%s (%s) %s; nothing changed for %s: issue a new certificate and key with %s",
+					cert, transport.Identity{Role: role, Name: n}, why, n, shellJoin([]string{name, role, "--force", "--dir", c.dir, n})))
+				continue
+			}
 			kept = append(kept, n)
+			usable = append(usable, n)
 			continue
 		}
+		usable = append(usable, n)
 		id := transport.Identity{Role: role, Name: n}
 		pair, err := ca.IssueClient(selfsigned.ClientOptions{CommonName: n, OrganizationalUnit: role, URIs: []*url.URL{id.URI()},
 			KeyType: c.keyType, NotAfter: notAfter})
@@ -281,9 +294,10 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		caSet.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to the SuperLink",
 			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
-	crlFile := filepath.Join(c.dir, crlName)
-	if err := ensureCRL(stdout, caSet, ca, crlFile, now); err != nil {
-		return err
+	if !haveCRL {
+		if err := addEmptyCRL(caSet, ca, crlFile, now); err != nil {
+			return err
+		}
 	}
 	if err := caSet.write(stdout); err != nil {
 		return err
@@ -312,8 +326,31 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 	if clamped {
 		fmt.Fprintf(stdout, "The certificates end with their CA on %s, before %d days.\n", ca.Cert.NotAfter.UTC().Format(time.DateOnly), c.days)
 	}
-	printClientUsage(stdout, p, role, crlFile, c.dir, c.names)
+	if len(usable) > 0 {
+		printClientUsage(stdout, p, role, crlFile, c.dir, usable)
+	}
+	if len(unusable) > 0 {
+		return errors.New(strings.Join(unusable, "; "))
+	}
 	return nil
+}
+
+// notUsable says why a client certificate that exists cannot connect to a
+// SuperLink that trusts ca (in caFile) and its crl (nil: none yet): "is revoked ...",
+// "has expired ...", or "was issued by another CA ..."; "" when it can, or
+// when there is no certificate to judge (leaf nil: a key alone).
+func notUsable(leaf *x509.Certificate, ca *selfsigned.CA, caFile string, crl *x509.RevocationList, now time.Time) string {
+	switch {
+	case leaf == nil:
+		return ""
+	case !issuedBy(leaf, ca):
+		return fmt.Sprintf("was issued by another CA than the one in %s (was the CA made again?)", caFile)
+	case crl != nil && certfmt.Listed(crl.RevokedCertificateEntries, leaf.SerialNumber):
+		return fmt.Sprintf("is revoked (serial %s is in the CRL)", certfmt.Serial(leaf.SerialNumber))
+	case now.After(leaf.NotAfter):
+		return fmt.Sprintf("expired on %s", leaf.NotAfter.UTC().Format(time.DateOnly))
+	}
+	return ""
 }
 
 func abs(n int) int {
@@ -323,15 +360,11 @@ func abs(n int) int {
 	return n
 }
 
-// ensureCRL adds to set an empty CRL signed by the CA when there is none
-// at path yet (or only one of another CA), so that the SuperLink can be
+// addEmptyCRL adds to set an empty CRL signed by the CA, for a folder
+// without one yet (or only one of another CA), so that the SuperLink can be
 // started with --client-crl from the first day and a revocation later
 // needs no restart.
-func ensureCRL(stdout io.Writer, set *fileSet, ca *selfsigned.CA, path string, now time.Time) error {
-	_, ok, err := loadCRL(stdout, ca, path)
-	if err != nil || ok {
-		return err
-	}
+func addEmptyCRL(set *fileSet, ca *selfsigned.CA, path string, now time.Time) error {
 	crl, err := ca.SignCRL(nil, nil, now)
 	if err != nil {
 		return err
