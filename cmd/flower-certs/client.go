@@ -327,7 +327,7 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "The certificates end with their CA on %s, before %d days.\n", ca.Cert.NotAfter.UTC().Format(time.DateOnly), c.days)
 	}
 	if len(usable) > 0 {
-		printClientUsage(stdout, p, role, crlFile, c.dir, usable)
+		printClientUsage(stdout, p, role, c.dir, usable)
 	}
 	if len(unusable) > 0 {
 		return errors.New(strings.Join(unusable, "; "))
@@ -396,7 +396,7 @@ func loadCRL(stdout io.Writer, ca *selfsigned.CA, path string) (*x509.Revocation
 // folder without a server certificate (client certificates beside an ACME
 // SuperLink) the SuperLink's flags are printed alone, and the apps trust
 // the system roots.
-func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, names []string) {
+func printClientUsage(stdout io.Writer, p paths, role, dir string, names []string) {
 	serverCert, _ := exists(p.serverCert)
 	host := "127.0.0.1"
 	if !serverCert {
@@ -413,14 +413,7 @@ func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, name
 	if role == transport.RoleServerApp {
 		app, port = []string{"flower-server-app", "server:app"}, "9091"
 	}
-	// The SuperLink asks for the certificates of every role issued so far.
-	var flags []string
-	for _, r := range []struct{ role, flag string }{{transport.RoleNode, "--fleet-api-client-ca"}, {transport.RoleServerApp, "--driver-api-client-ca"}} {
-		if fi, err := os.Stat(clientDir(dir, r.role)); r.role == role || err == nil && fi.IsDir() {
-			flags = append(flags, r.flag, p.caCert)
-		}
-	}
-	flags = append(flags, "--client-crl", crlFile)
+	flags := clientAuthFlags(p, dir, role)
 	if serverCert {
 		link := append([]string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}, flags...)
 		fmt.Fprintf(stdout, "\nStart the SuperLink so that it requires client certificates:\n  %s\n", shellJoin(link))
@@ -434,6 +427,27 @@ func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, name
 	if len(names) > 1 {
 		fmt.Fprintf(stdout, "(and likewise for %s)\n", strings.Join(names[1:], ", "))
 	}
+}
+
+// clientAuthFlags are the SuperLink's flags that require the client
+// certificates of dir: a client CA for every role issued so far (and for
+// role, being issued, with the CRL written beside them; "" for none), and
+// the CRL when there is one. Nil when dir holds no client certificates.
+func clientAuthFlags(p paths, dir, role string) []string {
+	var flags []string
+	for _, r := range []struct{ role, flag string }{{transport.RoleNode, "--fleet-api-client-ca"}, {transport.RoleServerApp, "--driver-api-client-ca"}} {
+		if fi, err := os.Stat(clientDir(dir, r.role)); r.role == role || err == nil && fi.IsDir() {
+			flags = append(flags, r.flag, p.caCert)
+		}
+	}
+	if len(flags) == 0 {
+		return nil
+	}
+	crl := filepath.Join(dir, crlName)
+	if ok, _ := exists(crl); ok || role != "" {
+		flags = append(flags, "--client-crl", crl)
+	}
+	return flags
 }
 
 // revokeFlags are the flags of revoke.
