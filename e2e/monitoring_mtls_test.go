@@ -54,7 +54,13 @@ func TestMonitoringMutualTLS(t *testing.T) {
 	}
 	with := func(certs []tls.Certificate) func(*x509.CertPool) *tls.Config {
 		return func(r *x509.CertPool) *tls.Config {
-			return &tls.Config{RootCAs: r, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: certs}
+			cfg := &tls.Config{RootCAs: r, ServerName: "localhost", NextProtos: []string{"h2"}}
+			if certs != nil {
+				// Presented whatever CAs the server names, as Sepal's
+				// apps do (Certificates would not send another CA's).
+				cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &certs[0], nil }
+			}
+			return cfg
 		}
 	}
 	cases := []handshakeCase{

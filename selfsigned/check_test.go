@@ -80,7 +80,7 @@ func TestCheck(t *testing.T) {
 	other := issue(ServerOptions{})
 	expired := issue(ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
 	future := issue(ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
-	otherCA := newTestCA(t)
+	otherCA := namesakeCA(t, ca)
 	foreign, err := otherCA.IssueServer(ServerOptions{})
 	if err != nil {
 		t.Fatal(err)

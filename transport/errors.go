@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,8 @@ import (
 	"unicode"
 
 	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // Kind classifies a failure to reach a server over TLS or plaintext.
@@ -300,11 +303,7 @@ func classifyTyped(err error, addr string, o ClientOptions) *Error {
 		if c == nil {
 			c = uae.Cert
 		}
-		issuer := ""
-		if c != nil {
-			issuer = c.Issuer.String()
-		}
-		return unknownAuthority(addr, o, issuer)
+		return unknownAuthority(addr, o, c)
 	}
 	var cie x509.CertificateInvalidError
 	if errors.As(err, &cie) && cie.Reason == x509.Expired && cie.Cert != nil {
@@ -383,7 +382,7 @@ func parseCurrentTime(detail string) (time.Time, bool) {
 func classifyText(s, addr string, o ClientOptions) *Error {
 	switch {
 	case reUnknownAuthority.MatchString(s):
-		return unknownAuthority(addr, o, "")
+		return unknownAuthority(addr, o, nil)
 	case reCurrentTime.MatchString(s):
 		m := reCurrentTime.FindStringSubmatch(s)
 		now, _ := time.Parse(time.RFC3339, m[1])
@@ -427,18 +426,48 @@ func classifyText(s, addr string, o ClientOptions) *Error {
 	return &Error{Kind: KindUnknown, msg: fmt.Sprintf("%s: %s", strings.TrimPrefix(where(addr), "the server at "), s)}
 }
 
-func unknownAuthority(addr string, o ClientOptions, issuer string) *Error {
+// unknownAuthority explains a certificate c (nil: unknown) that does not
+// chain to the roots of o. When the roots file holds a CA of the very name
+// of c's issuer (a CA made again under the same name), it says so, with
+// the key ids that tell the two apart.
+func unknownAuthority(addr string, o ClientOptions, c *x509.Certificate) *Error {
 	by := ""
-	if issuer != "" {
-		by = fmt.Sprintf(", it was issued by %q", issuer)
+	if c != nil {
+		by = fmt.Sprintf(", it was issued by %q", c.Issuer.String())
 	}
 	fix := fmt.Sprintf("pass %s with the CA certificate that signed it (flower-certs writes it as certificates/ca.crt on the server's machine)", FlagRootCertificates)
 	if o.RootCertificates != "" {
 		fix = fmt.Sprintf("pass %s with the CA certificate that signed it instead of %s (flower-certs writes it as certificates/ca.crt on the server's machine)", FlagRootCertificates, o.RootCertificates)
 	}
+	if twin := sameNameRoot(o.RootCertificates, c); twin != nil {
+		if len(c.AuthorityKeyId) > 0 {
+			by += " with key id " + certfmt.KeyID(c.AuthorityKeyId)
+		}
+		other := ""
+		if len(twin.SubjectKeyId) > 0 {
+			other = ", key id " + certfmt.KeyID(twin.SubjectKeyId)
+		}
+		by += fmt.Sprintf("; %s holds another CA of that name%s: one of the two was made again (flower-certs --new-ca)",
+			o.RootCertificates, other)
+		fix = fmt.Sprintf("pass %s with the CA certificate that issued the server's certificate (certificates/ca.crt on its machine, unless the server still serves a certificate of the old CA)", FlagRootCertificates)
+	}
 	return &Error{Kind: KindUnknownAuthority, msg: fmt.Sprintf(
 		"the certificate of %s is not signed by a CA in %s (x509: unknown authority%s): %s",
 		where(addr), o.rootsName(), by, fix)}
+}
+
+// sameNameRoot returns a CA certificate of the roots file whose subject is
+// the issuer of c, or nil: none, no file, or no c.
+func sameNameRoot(roots string, c *x509.Certificate) *x509.Certificate {
+	if roots == "" || c == nil {
+		return nil
+	}
+	for _, r := range certfmt.ReadCerts(roots) {
+		if bytes.Equal(r.RawSubject, c.RawIssuer) {
+			return r
+		}
+	}
+	return nil
 }
 
 func stamp(t time.Time) string {

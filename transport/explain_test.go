@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -213,5 +214,33 @@ func TestExplainControlCharacters(t *testing.T) {
 	}
 	if msg := err.Error(); strings.ContainsAny(msg, "\n\r\x1b") || !strings.Contains(msg, "evil?[31m??.example") {
 		t.Fatalf("message holds control characters or lost the name: %q", msg)
+	}
+}
+
+// A CA made again under the name of the one a client trusts (as every
+// flower-certs CA was once named): the unknown-authority message tells the
+// two apart by their key ids and says what happened; CAs of different
+// names get the plain message.
+func TestExplainUnknownAuthoritySameName(t *testing.T) {
+	const cn = "Sepal research CA"
+	served := testkit.NewPKI(t, selfsigned.CAOptions{CommonName: cn}, selfsigned.ServerOptions{})
+	trusted := testkit.NewPKI(t, selfsigned.CAOptions{CommonName: cn}, selfsigned.ServerOptions{})
+	addr := serveTLS(t, served.Source())
+	o := transport.ClientOptions{RootCertificates: trusted.CAFile}
+	wantExplained(t, probe(t, addr, o), transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
+		`it was issued by "CN=`+cn+`,O=Sepal"`, trusted.CAFile+" holds another CA of that name",
+		"with key id "+certfmt.KeyID(served.CA.Cert.SubjectKeyId), "of that name, key id "+certfmt.KeyID(trusted.CA.Cert.SubjectKeyId),
+		"made again (flower-certs --new-ca)", "--root-certificates")
+
+	// Default names differ, and the message shows the served CA's.
+	other := newPKI(t, selfsigned.ServerOptions{})
+	mine := newPKI(t, selfsigned.ServerOptions{})
+	if other.CA.Cert.Subject.String() == mine.CA.Cert.Subject.String() {
+		t.Fatalf("two new CAs share the name %q", mine.CA.Cert.Subject)
+	}
+	e := wantExplained(t, probe(t, serveTLS(t, other.Source()), transport.ClientOptions{RootCertificates: mine.CAFile}),
+		transport.KindUnknownAuthority, transport.ErrUnknownAuthority, `it was issued by "`+other.CA.Cert.Subject.String()+`"`)
+	if strings.Contains(e.Error(), "of that name") {
+		t.Errorf("CAs of different names called namesakes: %v", e)
 	}
 }

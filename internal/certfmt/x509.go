@@ -68,3 +68,25 @@ func ReadFirstCert(path string) *x509.Certificate {
 		}
 	}
 }
+
+// ReadCerts parses every CERTIFICATE block of a PEM file that parses, or
+// returns nil when the file cannot be read.
+func ReadCerts(path string) []*x509.Certificate {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var certs []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return certs
+		}
+		if b.Type == "CERTIFICATE" {
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+				certs = append(certs, c)
+			}
+		}
+	}
+}
