@@ -317,7 +317,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// graceful stop, not a failure to obtain.
 	if o, ok := src.(obtainer); ok {
 		if err := o.Obtain(ctx); err != nil && ctx.Err() == nil {
-			err = obtainError(err)
+			err = obtainError(err, c.acme.caRoot)
 			cancel(err)
 			<-served
 			return err
