@@ -32,6 +32,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // KeyType names a key algorithm for a CA or server key.
@@ -148,7 +150,7 @@ func NewCA(o CAOptions) (*CA, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"Sepal"}},
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{certfmt.Organization}},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -298,7 +300,7 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 	}
 	return ca.issueLeaf(o.KeyType, o.NotBefore, o.NotAfter, DefaultServerValidity, "server", x509.ExtKeyUsageServerAuth,
 		func(tmpl *x509.Certificate) {
-			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{"Sepal"}}
+			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{certfmt.Organization}}
 			tmpl.DNSNames = dns
 			tmpl.IPAddresses = ips
 		})

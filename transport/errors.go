@@ -311,7 +311,7 @@ func classifyTyped(err error, addr string, o ClientOptions) *Error {
 		if t, ok := parseCurrentTime(cie.Detail); ok {
 			now = t
 		}
-		return validity(addr, cie.Cert.NotBefore, cie.Cert.NotAfter, now, now.Before(cie.Cert.NotBefore))
+		return validity(addr, cie.Cert, cie.Cert.NotBefore, cie.Cert.NotAfter, now, now.Before(cie.Cert.NotBefore))
 	}
 	var he x509.HostnameError
 	if errors.As(err, &he) && he.Certificate != nil {
@@ -388,11 +388,11 @@ func classifyText(s, addr string, o ClientOptions) *Error {
 		now, _ := time.Parse(time.RFC3339, m[1])
 		bound, _ := time.Parse(time.RFC3339, m[3])
 		if m[2] == "before" {
-			return validity(addr, bound, time.Time{}, now, true)
+			return validity(addr, nil, bound, time.Time{}, now, true)
 		}
-		return validity(addr, time.Time{}, bound, now, false)
+		return validity(addr, nil, time.Time{}, bound, now, false)
 	case reExpiredAny.MatchString(s):
-		return validity(addr, time.Time{}, time.Time{}, time.Now(), false)
+		return validity(addr, nil, time.Time{}, time.Time{}, time.Now(), false)
 	case reValidFor.MatchString(s):
 		m := reValidFor.FindStringSubmatch(s)
 		return nameMismatch(addr, o, m[2], strings.Split(m[1], ", "), "", nil)
@@ -477,9 +477,16 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// validity explains an expired (notYet false) or not yet valid certificate;
-// unknown bounds are zero.
-func validity(addr string, notBefore, notAfter, now time.Time, notYet bool) *Error {
+// otherIssuer reports whether c, the server's certificate, is known and
+// was not made by flower-certs: one from an ACME CA (or another), which
+// flower-certs cannot re-issue, so a fix must not send the operator there.
+func otherIssuer(c *x509.Certificate) bool {
+	return c != nil && !certfmt.MadeBySepal(c)
+}
+
+// validity explains an expired (notYet false) or not yet valid certificate
+// c (nil: unknown); unknown bounds are zero.
+func validity(addr string, c *x509.Certificate, notBefore, notAfter, now time.Time, notYet bool) *Error {
 	span := fmt.Sprintf("valid from %s until %s", stamp(notBefore), stamp(notAfter))
 	switch {
 	case notBefore.IsZero() && !notAfter.IsZero():
@@ -487,14 +494,20 @@ func validity(addr string, notBefore, notAfter, now time.Time, notYet bool) *Err
 	case notAfter.IsZero() && !notBefore.IsZero():
 		span = "valid from " + stamp(notBefore)
 	}
+	reissue, renew := ", or re-issue the certificate (flower-certs --force)", "re-issue it on the server (flower-certs --force)"
+	if otherIssuer(c) {
+		// An ACME certificate (or another CA's): renewed where it came from.
+		reissue = ""
+		renew = "its operator must renew it (a SuperLink with --acme-domain renews its own certificate: its log says why it did not)"
+	}
 	if notYet {
 		return &Error{Kind: KindNotYetValid, msg: fmt.Sprintf(
-			"the certificate of %s is not yet valid (%s, and the time here is %s): check the clock of this machine and of the server, or re-issue the certificate (flower-certs --force)",
-			where(addr), span, stamp(now))}
+			"the certificate of %s is not yet valid (%s, and the time here is %s): check the clock of this machine and of the server%s",
+			where(addr), span, stamp(now), reissue)}
 	}
 	return &Error{Kind: KindExpired, msg: fmt.Sprintf(
-		"the certificate of %s has expired (%s, and the time here is %s): re-issue it on the server (flower-certs --force) or, if it should still be valid, check the clock of this machine",
-		where(addr), span, stamp(now))}
+		"the certificate of %s has expired (%s, and the time here is %s): %s or, if it should still be valid, check the clock of this machine",
+		where(addr), span, stamp(now), renew)}
 }
 
 // certNames lists the names a certificate holds: DNS names, then IPs.
@@ -538,9 +551,19 @@ func nameMismatch(addr string, o ClientOptions, want string, holds []string, hol
 		holdsText = strings.Join(holds, ", ")
 		example = fmt.Sprintf(" (e.g. %s %s)", FlagServer, net.JoinHostPort(holds[0], port))
 	}
+	reissue := fmt.Sprintf(", or re-issue the certificate for %s (flower-certs --host %s --force)", want, want)
+	switch {
+	case otherIssuer(c) && net.ParseIP(want) != nil:
+		// An ACME certificate holds DNS names: dial one.
+		reissue = ""
+	case otherIssuer(c):
+		// An ACME certificate (or another CA's) holds the names it was
+		// obtained for.
+		reissue = fmt.Sprintf(", or have the SuperLink obtain its certificate for %s too (with ACME: --acme-domain %s)", want, want)
+	}
 	return &Error{Kind: KindNameMismatch, msg: fmt.Sprintf(
-		"the certificate of %s does not hold %q, %s; it holds %s: pass %s with one of its names and the port%s, or %s with one of them, or re-issue the certificate for %s (flower-certs --host %s --force)",
-		where(addr), want, checked, holdsText, FlagServer, example, FlagTLSServerName, want, want)}
+		"the certificate of %s does not hold %q, %s; it holds %s: pass %s with one of its names and the port%s, or %s with one of them%s",
+		where(addr), want, checked, holdsText, FlagServer, example, FlagTLSServerName, reissue)}
 }
 
 func plaintextPeer(addr string) *Error {

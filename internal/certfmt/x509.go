@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"os"
+	"slices"
 )
 
 // Listed reports whether entries hold serial.
@@ -89,4 +90,16 @@ func ReadCerts(path string) []*x509.Certificate {
 			}
 		}
 	}
+}
+
+// Organization is the subject organization of every certificate Sepal's
+// selfsigned package (flower-certs) makes: CAs, server and client
+// certificates.
+const Organization = "Sepal"
+
+// MadeBySepal reports whether c names Organization as its subject's: a
+// certificate flower-certs made, which flower-certs can make again. A
+// certificate from an ACME CA (or any other) does not.
+func MadeBySepal(c *x509.Certificate) bool {
+	return c != nil && slices.Contains(c.Subject.Organization, Organization)
 }
