@@ -169,10 +169,10 @@ const haRounds, haNodes = 5, 4
 // whose connection died reconnects at once (gRPC), then again after about
 // 1 s and 2.6 s (grpcio's reconnect backoff, 1 s times 1.6, jitter 20%); a
 // Flower 1.8.0 SuperNode retries a failed call within 1 s, then 2 s, and
-// Sepal's apps within 0.5 s, then 1 s. The immediate reconnect can only
-// be caught by watching the connections (observe layer4); the health
-// checks must do the rest before the next wave: in the worst case, by
-// their settings alone, within haChecksDownWithin, and as measured, with
+// Sepal's apps within 0.5 s, then 1 s. What comes at once HAProxy sends on
+// to another SuperLink when the dead one refuses it (option redispatch 1);
+// the health checks must take it out before the next wave: in the worst
+// case, by their settings, within haChecksDownWithin, and as measured, with
 // the scheduling of a busy 2-core machine, within haDownWithin. A SuperLink
 // restarted in 3 s is thus taken out while it is gone.
 const (
@@ -247,8 +247,7 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 }
 
 // downReasons are the reasons HAProxy's log gives for marking l DOWN, the
-// last one per API: a failed check ("Layer4 connection problem") or a
-// client connection it refused ("Health analyze").
+// last one per API, such as "Layer4 connection problem" (a check refused).
 func (lb *haproxy) downReasons(l *haLink) []string {
 	var out []string
 	for _, api := range []string{"fleet", "driver"} {
