@@ -50,44 +50,45 @@ func HasUsage(c *x509.Certificate, u x509.ExtKeyUsage) bool {
 // returns nil when the file cannot be read, holds none, or that one does
 // not parse.
 func ReadFirstCert(path string) *x509.Certificate {
-	data, err := os.ReadFile(path)
+	blocks := certBlocks(path)
+	if len(blocks) == 0 {
+		return nil
+	}
+	c, err := x509.ParseCertificate(blocks[0])
 	if err != nil {
 		return nil
 	}
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return nil
-		}
-		if b.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				return nil
-			}
-			return c
-		}
-	}
+	return c
 }
 
 // ReadCerts parses every CERTIFICATE block of a PEM file that parses, or
 // returns nil when the file cannot be read.
 func ReadCerts(path string) []*x509.Certificate {
+	var certs []*x509.Certificate
+	for _, b := range certBlocks(path) {
+		if c, err := x509.ParseCertificate(b); err == nil {
+			certs = append(certs, c)
+		}
+	}
+	return certs
+}
+
+// certBlocks returns the DER of each CERTIFICATE block of a PEM file, nil
+// when it cannot be read.
+func certBlocks(path string) [][]byte {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
-	var certs []*x509.Certificate
+	var out [][]byte
 	for {
 		var b *pem.Block
 		b, data = pem.Decode(data)
 		if b == nil {
-			return certs
+			return out
 		}
 		if b.Type == "CERTIFICATE" {
-			if c, err := x509.ParseCertificate(b.Bytes); err == nil {
-				certs = append(certs, c)
-			}
+			out = append(out, b.Bytes)
 		}
 	}
 }
