@@ -677,6 +677,11 @@ type ObtainError struct {
 }
 
 func (e *ObtainError) Error() string {
+	if caUntrusted(e.Err, e.CA) {
+		return fmt.Sprintf("cannot reach the ACME CA at %s: %s; gave up after %v, so no certificate for %s: "+
+			"give the roots of its HTTPS certificate as the CA root file (a private CA, or pebble, needs them), or check the CA's directory URL (an HTTPS proxy that intercepts connections shows this too)",
+			e.CA, caUnreachable(e.Err, e.CA), e.Elapsed, e.Domain)
+	}
 	if why := caUnreachable(e.Err, e.CA); why != "" {
 		return fmt.Sprintf("cannot reach the ACME CA at %s: %s; tried for %v, so no certificate for %s. "+
 			"Check the CA's directory URL, this host's DNS resolver, and that it may open HTTPS connections to the CA (firewall, proxy); "+
@@ -695,9 +700,13 @@ func (e *ObtainError) Error() string {
 }
 
 // Unwrap returns the client's error, and ErrCAUnreachable when the CA
-// itself could not be reached.
+// itself could not be reached (and ErrCAUntrusted when that was because its
+// HTTPS certificate is not trusted).
 func (e *ObtainError) Unwrap() []error {
-	if caUnreachable(e.Err, e.CA) != "" {
+	switch {
+	case caUntrusted(e.Err, e.CA):
+		return []error{e.Err, ErrCAUnreachable, ErrCAUntrusted}
+	case caUnreachable(e.Err, e.CA) != "":
 		return []error{e.Err, ErrCAUnreachable}
 	}
 	return []error{e.Err}

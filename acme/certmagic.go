@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"regexp"
 	"sync"
 	"time"
 
@@ -26,16 +27,22 @@ type certmagicBackend struct {
 	sync syncLoop // serves certificates renewed by other processes sharing the storage
 
 	mu      sync.Mutex
-	lastErr map[string]error                   // domain -> last failed attempt, from cert_failed events
-	issued  map[string]bool                    // domain -> this process obtained it (cert_obtained events)
-	giveUp  map[string]context.CancelCauseFunc // domain -> ends its start-up obtain on a permanent failure
+	lastErr map[string]error   // domain -> last failed attempt, from cert_failed events
+	issued  map[string]bool    // domain -> this process obtained it (cert_obtained events)
+	giveUp  map[string]startup // domain -> its start-up obtain, ended on a fatal failure
+}
+
+// startup is the obtain of one domain at start-up.
+type startup struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
 
 var _ certmagic.Issuer = (*certmagic.ACMEIssuer)(nil)
 
 func newCertmagic(o Options, roots *x509.CertPool) (backend, error) {
-	zl := newZapLogger(o.Logger)
-	b := &certmagicBackend{lastErr: map[string]error{}, issued: map[string]bool{}, giveUp: map[string]context.CancelCauseFunc{}, opts: &o}
+	b := &certmagicBackend{lastErr: map[string]error{}, issued: map[string]bool{}, giveUp: map[string]startup{}, opts: &o}
+	zl := newZapLoggerHook(o.Logger, b.onRetry)
 	var storage certmagic.Storage = &certmagic.FileStorage{Path: o.Storage}
 	if o.CertmagicStorage != nil {
 		storage = o.CertmagicStorage
@@ -126,10 +133,10 @@ func (b *certmagicBackend) onEvent(_ context.Context, event string, data map[str
 		b.opts.emit(kind, normalize(id), err)
 		b.mu.Lock()
 		b.lastErr[normalize(id)] = err
-		giveUp := b.giveUp[normalize(id)]
+		st, ok := b.giveUp[normalize(id)]
 		b.mu.Unlock()
-		if giveUp != nil && permanent(err) {
-			giveUp(err)
+		if ok && b.fatal(err) {
+			st.cancel(err)
 		}
 	}
 	return nil
@@ -158,6 +165,51 @@ func permanent(err error) bool {
 	return false
 }
 
+// reRetried reads the name from the error of certmagic's attempt that it
+// retries: "[NAME] Obtain: ..." or "[NAME] Renew: ...".
+var reRetried = regexp.MustCompile(`^\[([^\]]+)\] (?:Obtain|Renew): `)
+
+// errNoRetryInTime ends a start-up whose next attempt would come after
+// its deadline.
+type errNoRetryInTime struct{ in, left time.Duration }
+
+func (e errNoRetryInTime) Error() string {
+	return fmt.Sprintf("the next attempt would come in %v, after the start-up timeout (%v left)", e.in, e.left.Round(time.Millisecond))
+}
+
+// onRetry hears certmagic's "will retry" of a failed attempt. At start-up,
+// when the attempt ended the start-up (a fatal failure), or the next one
+// would come after the start-up deadline (which it then ends at once
+// rather than wait for nothing), the line is dropped: the start-up's own
+// error says what failed, and no retry follows. Renewals keep the line.
+func (b *certmagicBackend) onRetry(err error, in time.Duration) bool {
+	m := reRetried.FindStringSubmatch(err.Error())
+	if m == nil {
+		return false
+	}
+	b.mu.Lock()
+	st, ok := b.giveUp[normalize(m[1])]
+	b.mu.Unlock()
+	if !ok {
+		return false
+	}
+	if st.ctx.Err() != nil {
+		return true
+	}
+	if dl, ok := st.ctx.Deadline(); ok && time.Until(dl) < in {
+		st.cancel(errNoRetryInTime{in: in, left: time.Until(dl)})
+		return true
+	}
+	return false
+}
+
+// fatal reports whether a failed attempt ends start-up at once: the CA
+// refused for good (permanent), or its own HTTPS certificate is not
+// trusted, which no retry mends either.
+func (b *certmagicBackend) fatal(err error) bool {
+	return permanent(err) || caUntrusted(err, b.opts.CA)
+}
+
 func (b *certmagicBackend) certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
 	h := *hello
 	h.ServerName = name
@@ -181,7 +233,7 @@ func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Cer
 	ctx, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
 	b.mu.Lock()
-	b.giveUp[domain] = giveUp
+	b.giveUp[domain] = startup{ctx, giveUp}
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
@@ -205,8 +257,8 @@ func (b *certmagicBackend) obtain(ctx context.Context, domain string) (*x509.Cer
 		last := b.lastErr[domain]
 		b.mu.Unlock()
 		if last != nil {
-			if permanent(context.Cause(ctx)) {
-				return nil, false, last // the CA said no: its own words
+			if b.fatal(context.Cause(ctx)) {
+				return nil, false, last // the CA said no, or is not trusted: its own words
 			}
 			if ctx.Err() != nil {
 				return nil, false, fmt.Errorf("gave up (%w) after the last attempt failed: %w", context.Cause(ctx), last)

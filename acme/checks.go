@@ -114,29 +114,60 @@ func CheckStorage(dir string) error {
 // certificate is not trusted. The domain's DNS and ports played no part.
 var ErrCAUnreachable = errors.New("the ACME CA cannot be reached")
 
-// caUnreachable says why err shows that the CA at caURL could not be
-// reached (the failure of a request to the CA's host), or "".
-func caUnreachable(err error, caURL string) string {
+// ErrCAUntrusted is matched (errors.Is), beside ErrCAUnreachable, by the
+// *ObtainError of a start-up that failed because the HTTPS certificate of
+// the ACME CA itself is not trusted: the CA root file (Options.CARootFile,
+// or the system roots without one) lacks the roots it chains to. Start-up
+// gives up at once on it: no retry trusts the CA more.
+var ErrCAUntrusted = errors.New("the ACME CA's HTTPS certificate is not trusted")
+
+// caRequest returns the failure of a request to the host of the CA at
+// caURL that err holds, or nil.
+func caRequest(err error, caURL string) (*url.Error, *url.URL) {
 	ca, perr := url.Parse(caURL)
 	if perr != nil {
-		return ""
+		return nil, nil
 	}
 	var ue *url.Error
 	if !errors.As(err, &ue) {
-		return ""
+		return nil, nil
 	}
 	if u, perr := url.Parse(ue.URL); perr != nil || !strings.EqualFold(u.Host, ca.Host) {
+		return nil, nil
+	}
+	return ue, ca
+}
+
+// caUntrusted reports whether err is a request to the CA at caURL that
+// failed on the CA's HTTPS certificate.
+func caUntrusted(err error, caURL string) bool {
+	if ue, _ := caRequest(err, caURL); ue != nil {
+		var unknown x509.UnknownAuthorityError
+		var verify *tls.CertificateVerificationError
+		return errors.As(err, &unknown) || errors.As(err, &verify)
+	}
+	return false
+}
+
+// caUnreachable says why err shows that the CA at caURL could not be
+// reached (the failure of a request to the CA's host), or "".
+func caUnreachable(err error, caURL string) string {
+	ue, ca := caRequest(err, caURL)
+	if ue == nil {
 		return ""
 	}
 	var dns *net.DNSError
 	var op *net.OpError
-	var unknown x509.UnknownAuthorityError
 	var verify *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &dns):
 		return fmt.Sprintf("its host name %s does not resolve (%s)", ca.Hostname(), dns.Err)
-	case errors.As(err, &unknown), errors.As(err, &verify):
-		return "its HTTPS certificate is not trusted here (a private CA, or pebble, needs its roots given as the CA root file)"
+	case caUntrusted(err, caURL):
+		issuer := ""
+		if errors.As(err, &verify) && len(verify.UnverifiedCertificates) > 0 {
+			issuer = fmt.Sprintf(" (issued by %q)", verify.UnverifiedCertificates[0].Issuer.String())
+		}
+		return fmt.Sprintf("its HTTPS certificate%s is not trusted here (x509: certificate signed by unknown authority)", issuer)
 	case errors.As(err, &op) && op.Op == "dial":
 		cause := op.Err.Error()
 		if se, ok := op.Err.(*os.SyscallError); ok {

@@ -3,6 +3,8 @@ package acme
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
 // A domain that holds what no domain holds is refused with the reason that
@@ -157,13 +161,58 @@ func TestDefaultStorageWithoutHome(t *testing.T) {
 }
 
 // A CA whose HTTPS certificate is not trusted is a CA that cannot be
-// reached, with the reason.
+// reached, with the reason (ErrCAUntrusted); start-up gives up at once,
+// not at its timeout, and certmagic's "will retry" is not logged, since no
+// retry follows.
 func TestNewUntrustedCA(t *testing.T) {
 	srv := httptest.NewTLSServer(http.NotFoundHandler())
 	defer srv.Close()
-	_, err := New(context.Background(), Options{Domains: []string{"a.test"}, Storage: t.TempDir(), Client: ClientAutocert,
-		CA: srv.URL + "/dir", TLSALPNAddress: "127.0.0.1:0", StartupTimeout: 3 * time.Second})
-	if !errors.Is(err, ErrCAUnreachable) || !strings.Contains(err.Error(), "HTTPS certificate is not trusted") {
+	for _, client := range []string{ClientAutocert, ClientCertmagic} {
+		t.Run(client, func(t *testing.T) {
+			var log testkit.SyncBuffer
+			start := time.Now()
+			_, err := New(context.Background(), Options{Domains: []string{"a.test"}, Storage: t.TempDir(), Client: client,
+				CA: srv.URL + "/dir", TLSALPNAddress: "127.0.0.1:0", StartupTimeout: time.Minute,
+				Logger: slog.New(slog.NewTextHandler(&log, nil))})
+			took := time.Since(start)
+			if !errors.Is(err, ErrCAUnreachable) || !errors.Is(err, ErrCAUntrusted) || !strings.Contains(err.Error(), "HTTPS certificate (issued by") ||
+				!strings.Contains(err.Error(), "is not trusted here") || !strings.Contains(err.Error(), "CA root file") {
+				t.Errorf("err = %v", err)
+			}
+			if took >= time.Minute {
+				t.Errorf("start-up took %v: it waited for its timeout", took)
+			}
+			if strings.Contains(log.String(), "will retry") {
+				t.Errorf("the log promises a retry that never comes:\n%s", log.String())
+			}
+		})
+	}
+}
+
+// A CA that refuses connections, with a start-up timeout shorter than
+// certmagic's first wait (1 min): start-up ends after the first attempt
+// instead of waiting out its timeout, without a "will retry" line.
+func TestNewNoRetryBeforeTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	var log testkit.SyncBuffer
+	start := time.Now()
+	_, err = New(context.Background(), Options{Domains: []string{"a.test"}, Storage: t.TempDir(), Client: ClientCertmagic,
+		CA: "https://" + addr + "/dir", TLSALPNAddress: "127.0.0.1:0", StartupTimeout: 40 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	took := time.Since(start)
+	if !errors.Is(err, ErrCAUnreachable) || errors.Is(err, ErrCAUntrusted) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("err = %v", err)
 	}
+	if took >= 40*time.Second {
+		t.Errorf("start-up took %v: it waited for its timeout", took)
+	}
+	if strings.Contains(log.String(), "will retry") {
+		t.Errorf("the log promises a retry after the start-up timeout:\n%s", log.String())
+	}
+	t.Logf("gave up after %v", took.Round(time.Millisecond))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 	"unicode"
 
 	"go.uber.org/zap"
@@ -19,11 +20,23 @@ func newZapLogger(log *slog.Logger) *zap.Logger {
 	return zap.New(&slogCore{log: log})
 }
 
+// retryHook is told of each of certmagic's "will retry" entries: the
+// failure and the wait before the next attempt. It returns true to drop
+// the entry (the attempt ends start-up, so no retry follows). It runs on
+// the goroutine that logs and must not block.
+type retryHook func(err error, retryIn time.Duration) (drop bool)
+
+// newZapLoggerHook is newZapLogger with a retryHook.
+func newZapLoggerHook(log *slog.Logger, hook retryHook) *zap.Logger {
+	return zap.New(&slogCore{log: log, retry: hook})
+}
+
 // slogCore is a zapcore.Core that forwards every entry to a *slog.Logger.
 // It is safe for concurrent use, as slog.Logger is.
 type slogCore struct {
 	log    *slog.Logger
 	fields []zapcore.Field // from With, converted only when an entry is written
+	retry  retryHook       // nil: none
 }
 
 var _ zapcore.Core = (*slogCore)(nil)
@@ -46,7 +59,7 @@ func (c *slogCore) Enabled(l zapcore.Level) bool {
 }
 
 func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
-	return &slogCore{log: c.log, fields: append(c.fields[:len(c.fields):len(c.fields)], fields...)}
+	return &slogCore{log: c.log, fields: append(c.fields[:len(c.fields):len(c.fields)], fields...), retry: c.retry}
 }
 
 // quiet are certmagic's Info messages about its own bookkeeping, logged
@@ -78,6 +91,21 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 }
 
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	if c.retry != nil && e.Message == "will retry" {
+		var err error
+		var in time.Duration
+		for _, f := range fields {
+			switch {
+			case f.Type == zapcore.ErrorType:
+				err, _ = f.Interface.(error)
+			case f.Key == "retrying_in" && f.Type == zapcore.DurationType:
+				in = time.Duration(f.Integer)
+			}
+		}
+		if err != nil && c.retry(err, in) {
+			return nil
+		}
+	}
 	attrs := make([]slog.Attr, 0, len(c.fields)+len(fields)+1)
 	if e.LoggerName != "" {
 		attrs = append(attrs, slog.String("logger", e.LoggerName))

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -421,6 +423,10 @@ func TestACMEStartupRefusals(t *testing.T) {
 	mine := filepath.Join(dir, "mine")
 	// A CA address where nothing listens: a port no other test is handed.
 	closedCA := "https://" + freeAddr(t) + "/directory"
+	// A CA whose HTTPS certificate is not trusted here: start-up ends at
+	// once (not after the default --acme-timeout of 3 minutes).
+	untrusted := httptest.NewTLSServer(http.NotFoundHandler())
+	defer untrusted.Close()
 	d := []string{"--acme-domain", "superlink.example.org"}
 	for _, c := range []struct {
 		args []string
@@ -433,6 +439,8 @@ func TestACMEStartupRefusals(t *testing.T) {
 		{[]string{"--acme-domain", "foo bar.example.org"}, 2, []string{`--acme-domain: domain "foo bar.example.org": it contains a space`}},
 		{append(d, "--acme-storage", mine, "--acme-ca", closedCA, "--acme-timeout", "2s"), 1,
 			[]string{"--acme-ca:", "cannot reach the ACME CA at " + closedCA, "connection refused"}},
+		{append(d, "--acme-storage", filepath.Join(dir, "mine2"), "--acme-ca", untrusted.URL+"/directory"), 1,
+			[]string{"--acme-ca-root:", "cannot reach the ACME CA at " + untrusted.URL, "is not trusted here", "--acme-ca-root FILE"}},
 	} {
 		out, code := run(t, 30*time.Second, dir, nil, "flower-superlink", append(c.args,
 			"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t))...)
@@ -448,6 +456,9 @@ func TestACMEStartupRefusals(t *testing.T) {
 		}
 		if strings.Contains(last, "DNS for superlink.example.org") {
 			t.Errorf("%s: blames the domain's DNS:\n%s", strings.Join(c.args, " "), out)
+		}
+		if strings.Contains(out, "will retry") {
+			t.Errorf("%s: a retry is promised before the exit:\n%s", strings.Join(c.args, " "), out)
 		}
 	}
 

@@ -50,11 +50,15 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	for _, l := range links {
 		l.p.waitOutput(t, "msg=serving", 30*time.Second)
 	}
+	check := readmeCheck(t)
 	lb := startHAProxy(t, dir, haproxyBin, haproxyConfig{
 		Fleet: freeAddr(t), Driver: freeAddr(t), Links: links,
 		CAFile: filepath.Join(dir, slCA), CheckName: "localhost",
-		Socket: filepath.Join(dir, "haproxy.sock"),
+		Socket: filepath.Join(dir, "haproxy.sock"), Check: check,
 	})
+	if worst := checkDownBound(t, check); worst > haChecksDownWithin {
+		t.Fatalf("the README's check settings %q mark a dead SuperLink DOWN up to %v after it dies, want %v at most", check, worst, haChecksDownWithin)
+	}
 	lb.waitAll(t, links, "UP", 15*time.Second)
 	// The certificate holds localhost: the name the apps dial, HAProxy's.
 	_, fleetPort, _ := net.SplitHostPort(lb.cfg.Fleet)
@@ -75,12 +79,12 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 
 	// Round 2: kill the SuperLink that holds the server app's connection,
 	// once a node has pushed its round-2 result.
-	first := lb.killDuring(t, srv, nodes, 2, func(st haStats) *haLink {
+	first := lb.killDuring(t, srv, nodes, 2, haDownWithin, func(st haStats) *haLink {
 		return st.most(links, "driver", nil)
 	})
 	first.restart(t, dir, lb)
 	// Round 4: kill another, the one most nodes are connected to.
-	lb.killDuring(t, srv, nodes, 4, func(st haStats) *haLink {
+	lb.killDuring(t, srv, nodes, 4, haDownWithin, func(st haStats) *haLink {
 		return st.most(links, "fleet", first)
 	}).restart(t, dir, lb)
 
@@ -161,6 +165,21 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 
 const haRounds, haNodes = 5, 4
 
+// How soon HAProxy must take a dead SuperLink out of the rotation. A client
+// whose connection died reconnects at once (gRPC), then again after about
+// 1 s and 2.6 s (grpcio's reconnect backoff, 1 s times 1.6, jitter 20%); a
+// Flower 1.8.0 SuperNode retries a failed call within 1 s, then 2 s, and
+// Sepal's apps within 0.5 s, then 1 s. What comes at once HAProxy sends on
+// to another SuperLink when the dead one refuses it (option redispatch 1);
+// the health checks must take it out before the next wave: in the worst
+// case, by their settings, within haChecksDownWithin, and as measured, with
+// the scheduling of a busy 2-core machine, within haDownWithin. A SuperLink
+// restarted in 3 s is thus taken out while it is gone.
+const (
+	haChecksDownWithin = 1500 * time.Millisecond
+	haDownWithin       = 2 * time.Second
+)
+
 // haLink is one flower-superlink behind HAProxy, started again on the same
 // ports and database after it is killed.
 type haLink struct {
@@ -192,9 +211,10 @@ func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
 // killDuring waits for round r of the server app's run to be under way
 // (round r-1 printed, and a node's round-r train result pushed), then kills
 // with SIGKILL the SuperLink pick chooses from HAProxy's sessions, and
-// waits until HAProxy's health checks mark it DOWN on both APIs. It fails
-// the test when round r ended before the kill.
-func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, pick func(haStats) *haLink) *haLink {
+// waits until HAProxy's stats socket shows it DOWN on both APIs. It fails
+// the test when round r ended before the kill, or when HAProxy took longer
+// than downWithin to mark it DOWN.
+func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, downWithin time.Duration, pick func(haStats) *haLink) *haLink {
 	t.Helper()
 	srv.waitOutput(t, fmt.Sprintf("round %d/%d:", r-1, haRounds), 60*time.Second)
 	answered := regexp.MustCompile(fmt.Sprintf(`msg="task answered".* task_type=train group_id=%d `, r))
@@ -216,9 +236,99 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, pic
 		t.Fatalf("round %d ended before %s was killed", r, l.name)
 	}
 	lb.waitAll(t, []*haLink{l}, "DOWN", 15*time.Second)
-	t.Logf("round %d: killed %s (SIGKILL) with %d Driver and %d Fleet connections open through HAProxy; DOWN in HAProxy %v later",
-		r, l.name, st[haKey("driver", l.name)].sessions, st[haKey("fleet", l.name)].sessions, time.Since(killed).Round(time.Millisecond))
+	down := time.Since(killed)
+	t.Logf("round %d: killed %s (SIGKILL) with %d Driver and %d Fleet connections open through HAProxy; DOWN on both APIs in HAProxy %v later (%s)",
+		r, l.name, st[haKey("driver", l.name)].sessions, st[haKey("fleet", l.name)].sessions, down.Round(time.Millisecond),
+		strings.Join(lb.downReasons(l), "; "))
+	if down > downWithin {
+		t.Errorf("HAProxy marked the killed %s DOWN %v after the kill, want within %v (the README's check settings)", l.name, down.Round(time.Millisecond), downWithin)
+	}
 	return l
+}
+
+// downReasons are the reasons HAProxy's log gives for marking l DOWN, the
+// last one per API, such as "Layer4 connection problem" (a check refused).
+func (lb *haproxy) downReasons(l *haLink) []string {
+	var out []string
+	for _, api := range []string{"fleet", "driver"} {
+		re := regexp.MustCompile(`Server ` + regexp.QuoteMeta(haKey(api, l.name)) + ` is DOWN, reason: ([^,]+)`)
+		if m := re.FindAllStringSubmatch(lb.out.String(), -1); len(m) > 0 {
+			out = append(out, api+": "+m[len(m)-1][1])
+		}
+	}
+	return out
+}
+
+// readmeHAProxy returns the HAProxy configuration block of the README's
+// "The load balancer: HAProxy" section.
+func readmeHAProxy(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(moduleRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(b), "### The load balancer: HAProxy\n")
+	if !ok {
+		t.Fatal(`README.md has no "### The load balancer: HAProxy" section`)
+	}
+	_, after, ok = strings.Cut(after, "```\n")
+	cfg, _, ok2 := strings.Cut(after, "```\n")
+	if !ok || !ok2 || !strings.HasPrefix(cfg, "global\n") {
+		t.Fatal("the README's HAProxy section does not open with the configuration block")
+	}
+	return cfg
+}
+
+// readmeCheck returns the health check's settings of the README's
+// default-server line: its words from "check" up to "check-ssl".
+func readmeCheck(t *testing.T) string {
+	t.Helper()
+	for _, line := range strings.Split(readmeHAProxy(t), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "default-server" {
+			continue
+		}
+		if i := slices.Index(f, "check-ssl"); i > 1 {
+			return strings.Join(f[1:i], " ")
+		}
+	}
+	t.Fatal("the README's HAProxy configuration has no default-server line with check-ssl")
+	return ""
+}
+
+// checkDownBound is how long after a SuperLink dies HAProxy's health
+// checks may take at most to mark it DOWN with the check settings check
+// (HAProxy's words: inter, fastinter, fall): the wait for the next check,
+// then fall-1 more at fastinter (a refused connection fails a check at
+// once).
+func checkDownBound(t *testing.T, check string) time.Duration {
+	t.Helper()
+	f := strings.Fields(check)
+	value := func(key, def string) string {
+		if i := slices.Index(f, key); i >= 0 && i+1 < len(f) {
+			return f[i+1]
+		}
+		return def
+	}
+	dur := func(key, def string) time.Duration {
+		v := value(key, def)
+		if _, err := strconv.Atoi(v); err == nil {
+			v += "ms" // HAProxy's unit for a bare number
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("the README's check setting %s %q: %v", key, v, err)
+		}
+		return d
+	}
+	inter := dur("inter", "2s")
+	fast := dur("fastinter", value("inter", "2s"))
+	fall, err := strconv.Atoi(value("fall", "3"))
+	if err != nil {
+		t.Fatalf("the README's check setting fall: %v", err)
+	}
+	return inter + time.Duration(fall-1)*fast
 }
 
 // anyOutput reports whether the output of one of ps matches re.
@@ -245,6 +355,10 @@ type haproxyConfig struct {
 	CAFile        string // the CA the health checks verify the SuperLinks against
 	CheckName     string // the name the health checks expect in the SuperLinks' certificate
 	Socket        string // the stats socket
+	// Check is the health check's settings of the README's default-server
+	// line ("check inter ... on-marked-down shutdown-sessions"), so that
+	// the test runs the timing the README recommends.
+	Check string
 }
 
 // HealthCheck is the gRPC health check request in hexadecimal, in pieces.
@@ -293,7 +407,7 @@ defaults
     tcp-check send-binary {{.}}
 {{- end}}
     tcp-check expect binary {{.Serving}}
-    default-server check inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions check-ssl check-sni {{.CheckName}} verify required ca-file {{.CAFile}}
+    default-server {{.Check}} check-ssl check-sni {{.CheckName}} verify required ca-file {{.CAFile}}
 
 frontend fleet
     bind {{.Fleet}}
@@ -504,22 +618,16 @@ func grpcHealthCheck() [][]byte {
 const grpcServingHex = "00000000020801"
 
 // TestHAProxyREADME checks the HAProxy configuration the README shows:
-// HAProxy accepts it, and its health check sends and expects what the
-// test's configuration does.
+// HAProxy accepts it, its check timing takes a dead SuperLink out within
+// haChecksDownWithin, and its health check sends and expects what the
+// test's configuration does (whose check timing TestSuperLinksBehindHAProxy
+// reads from the README).
 func TestHAProxyREADME(t *testing.T) {
 	bin := haproxyBinary(t)
-	b, err := os.ReadFile(filepath.Join(moduleRoot(), "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, after, ok := strings.Cut(string(b), "### The load balancer: HAProxy\n")
-	if !ok {
-		t.Fatal(`README.md has no "### The load balancer: HAProxy" section`)
-	}
-	_, after, ok = strings.Cut(after, "```\n")
-	cfg, _, ok2 := strings.Cut(after, "```\n")
-	if !ok || !ok2 || !strings.HasPrefix(cfg, "global\n") {
-		t.Fatal("the README's HAProxy section does not open with the configuration block")
+	cfg := readmeHAProxy(t)
+	if check := readmeCheck(t); checkDownBound(t, check) > haChecksDownWithin {
+		t.Errorf("the README's check settings %q mark a dead SuperLink DOWN up to %v after it dies, want %v at most",
+			check, checkDownBound(t, check), haChecksDownWithin)
 	}
 	checks := func(cfg string) []string {
 		var out []string

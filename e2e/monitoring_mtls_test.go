@@ -15,8 +15,8 @@ import (
 
 // TestMonitoringMutualTLS: a SuperLink that requires node certificates
 // (flower-certs' CA and CRL) with --metrics-address counts client
-// certificate refusals by cause (none, another CA, the wrong role,
-// revoked), exports the CRL's date, and the status page shows the nodes
+// certificate refusals by cause (none, another CA, not a client
+// certificate, revoked), exports the CRL's date, and the status page shows the nodes
 // online with their certificate identity.
 func TestMonitoringMutualTLS(t *testing.T) {
 	needE2E(t)
@@ -54,13 +54,19 @@ func TestMonitoringMutualTLS(t *testing.T) {
 	}
 	with := func(certs []tls.Certificate) func(*x509.CertPool) *tls.Config {
 		return func(r *x509.CertPool) *tls.Config {
-			return &tls.Config{RootCAs: r, ServerName: "localhost", NextProtos: []string{"h2"}, Certificates: certs}
+			cfg := &tls.Config{RootCAs: r, ServerName: "localhost", NextProtos: []string{"h2"}}
+			if certs != nil {
+				// Presented whatever CAs the server names, as Sepal's
+				// apps do (Certificates would not send another CA's).
+				cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &certs[0], nil }
+			}
+			return cfg
 		}
 	}
 	cases := []handshakeCase{
 		{cause: "client_certificate_missing", n: 2, cfg: with(nil)},
 		{cause: "client_certificate_unknown_ca", n: 2, cfg: with(pair("other/nodes/eve"))},
-		{cause: "client_certificate_invalid", n: 1, cfg: with(pair("certificates/serverapps/serverapp"))},
+		{cause: "client_certificate_invalid", n: 1, cfg: with(pair("certificates/server"))},
 		{cause: "client_certificate_revoked", n: 3, cfg: with(pair("certificates/nodes/bob"))},
 	}
 	failHandshakes(t, fleet, roots, cases)

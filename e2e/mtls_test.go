@@ -3,6 +3,7 @@ package e2e
 import (
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -110,6 +111,29 @@ func TestMutualTLS(t *testing.T) {
 			slOpenSSL(t, dir, c.addr, "-CAfile", "certificates/ca.crt", "-cert", cert, "-key", key, "-alpn", "h2")
 		}
 		waitCount(t, link, "api="+c.api+" cause="+c.cause, 1, 10*time.Second)
+	}
+
+	// Valid certificates at the other API's port: each app is told which
+	// port it dialled and where to connect, not that its certificate was
+	// revoked; the SuperLink logs the wrong role.
+	for _, c := range []struct {
+		cmd  string
+		args []string
+		want string
+	}{
+		{"flower-client-app", append([]string{"client:app", "--root-certificates", "certificates/ca.crt", "--server", driver}, clientCert("node", "bob")...),
+			driver + " is the SuperLink's Driver API, where server apps connect, not its Fleet API"},
+		{"flower-server-app", append([]string{"server:app", "--root-certificates", "certificates/ca.crt", "--server", fleet}, clientCert("serverapp", "serverapp")...),
+			fleet + " is the SuperLink's Fleet API, where client apps (SuperNodes) connect, not its Driver API"},
+	} {
+		out, code := run(t, 30*time.Second, dir, nil, c.cmd, c.args...)
+		if line := lastLine(out); code != 1 || !strings.Contains(line, c.want) || strings.Contains(line, "revoked") {
+			t.Errorf("%s at the other API's port exited %d, want 1 with a last line saying %q:\n%s", c.cmd, code, c.want, out)
+		}
+	}
+	waitCount(t, link, "api=driver cause=wrong_role", 2, 10*time.Second)
+	if !regexp.MustCompile(`api=driver cause=wrong_role remote=\S+ identity=sepal:node:bob`).MatchString(link.out.String()) {
+		t.Errorf("the SuperLink's log does not name the node certificate at the Driver API:\n%s", link.out.String())
 	}
 
 	// Revoked while it runs: no SIGHUP, no restart; the next poll of the

@@ -88,8 +88,27 @@ const (
 	roleCRL        = "CRL"
 )
 
-// fixRenew is the advice for a server certificate that must be replaced.
+// fixRenew is the advice for a server certificate that must be replaced,
+// when flower-certs can replace it (see renewFix).
 const fixRenew = `issue a new server certificate from the same CA with "flower-certs --force"`
+
+// fixRenewElsewhere is the advice for a server certificate that
+// flower-certs neither made nor can make again, such as an ACME one.
+const fixRenewElsewhere = `renew it where it was obtained (an ACME certificate with its ACME client, such as "certbot renew"), or let the SuperLink obtain and renew one itself with ACME`
+
+// renewFix is the advice for the server certificate leaf (nil: unknown)
+// in certFile that must be replaced: fixRenew when flower-certs made it or
+// can make it again (the CA key ca.key lies beside it, as flower-certs and
+// Flower's generate.sh leave it), else fixRenewElsewhere.
+func renewFix(certFile string, leaf *x509.Certificate) string {
+	if leaf == nil || certfmt.MadeBySepal(leaf) {
+		return fixRenew
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(certFile), "ca.key")); err == nil {
+		return fixRenew
+	}
+	return fixRenewElsewhere
+}
 
 // Check validates a CA certificate file, a server certificate file and its
 // key file as a server starts, and returns the certificate to serve (Leaf
@@ -204,7 +223,7 @@ func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 	if !certfmt.HasUsage(leaf, x509.ExtKeyUsageServerAuth) {
 		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrWrongUsage,
 			Detail: fmt.Sprintf("certificate %q lacks the serverAuth extended key usage", leaf.Subject.CommonName),
-			Fix:    fixRenew}
+			Fix:    renewFix(f.certFile, leaf)}
 	}
 	if roots != nil {
 		inter := x509.NewCertPool()
@@ -228,15 +247,19 @@ func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 // that does not match the leaf or a leaf outside its dates. It is what
 // server and client pairs share.
 func (f *files) checkPair(now time.Time) ([]*x509.Certificate, crypto.Signer, error) {
-	role, keyRole, fix, what := roleCert, roleKey, fixRenew, "server certificate"
+	role, keyRole, what := roleCert, roleKey, "server certificate"
 	if f.certRole == roleClientCert {
-		role, keyRole, fix, what = roleClientCert, roleClientKey, fixRenewClient, roleClientCert
+		role, keyRole, what = roleClientCert, roleClientKey, roleClientCert
 	}
 	chain, err := parseCertsPEM(f.certFile, role, f.cert)
 	if err != nil {
 		return nil, nil, err
 	}
 	leaf := chain[0]
+	fix := renewFix(f.certFile, leaf)
+	if f.certRole == roleClientCert {
+		fix = fixRenewClient
+	}
 	key, err := parseKeyPEM(f.keyFile, keyRole, f.key)
 	if err != nil {
 		return nil, nil, err
@@ -292,13 +315,13 @@ func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, er
 	}
 	return &FileError{Path: f.certFile, Role: roleCert, Err: ErrUntrusted, Cause: err,
 		Detail: detail,
-		Fix:    "give the CA that issued it, or " + fixRenew}
+		Fix:    "give the CA that issued it, or " + renewFix(f.certFile, leaf)}
 }
 
 // checkDates refuses a certificate outside its validity period at now.
 func checkDates(path, role string, c *x509.Certificate, now time.Time) error {
 	dates := fmt.Sprintf("valid from %s to %s, now %s", stamp(c.NotBefore), stamp(c.NotAfter), stamp(now))
-	fix := fixRenew
+	fix := renewFix(path, c)
 	switch role {
 	case roleCA, roleClientCA:
 		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
@@ -313,7 +336,7 @@ func checkDates(path, role string, c *x509.Certificate, now time.Time) error {
 	case now.Before(c.NotBefore):
 		return &FileError{Path: path, Role: role, Err: ErrNotYetValid,
 			Detail: fmt.Sprintf("certificate %q is not valid until %s (%s)", c.Subject.CommonName, stamp(c.NotBefore), dates),
-			Fix:    "check the clock of this machine and of the one that issued it, or " + fixRenew}
+			Fix:    "check the clock of this machine and of the one that issued it, or " + fix}
 	}
 	return nil
 }
@@ -337,7 +360,7 @@ func Warnings(certFile string, c *tls.Certificate, now time.Time) []string {
 		return nil
 	}
 	return []string{fmt.Sprintf("certificate file %s expires on %s (in %d days): %s",
-		certFile, stamp(c.Leaf.NotAfter), int(math.Round(left.Hours()/24)), fixRenew)}
+		certFile, stamp(c.Leaf.NotAfter), int(math.Round(left.Hours()/24)), renewFix(certFile, c.Leaf))}
 }
 
 // KeyModeWarning returns what to log about the private key file at path

@@ -80,7 +80,7 @@ func TestCheck(t *testing.T) {
 	other := issue(ServerOptions{})
 	expired := issue(ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
 	future := issue(ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
-	otherCA := newTestCA(t)
+	otherCA := namesakeCA(t, ca)
 	foreign, err := otherCA.IssueServer(ServerOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -260,5 +260,54 @@ func TestKeyAlgorithm(t *testing.T) {
 	}
 	if got := KeyAlgorithm(struct{}{}); got != "struct {}" {
 		t.Errorf("KeyAlgorithm(unknown) = %q, want the Go type", got)
+	}
+}
+
+// A server certificate flower-certs did not make and cannot make again (an
+// ACME certificate from certbot, with no CA key beside it) is not to be
+// re-issued with flower-certs: the start-up refusals and warnings say to
+// renew it where it came from. One beside a CA key (Flower's generate.sh
+// layout) keeps the flower-certs fix.
+func TestCheckACMECertificateFixes(t *testing.T) {
+	now := time.Now()
+	issuer := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "Pebble Intermediate CA"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(48 * time.Hour)}, nil)
+	leaf := func(notAfter time.Time) *CA {
+		return signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "superlink.example.org"}, DNSNames: []string{"superlink.example.org"},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, NotBefore: now.Add(-48 * time.Hour), NotAfter: notAfter}, issuer)
+	}
+	for _, withCAKey := range []bool{false, true} {
+		dir := t.TempDir() // as /etc/letsencrypt/live/NAME, or a generate.sh folder
+		w := func(name string, data []byte) string {
+			p := filepath.Join(dir, name)
+			if err := os.WriteFile(p, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		if withCAKey {
+			w("ca.key", issuer.KeyPEM)
+		}
+		chain := w("chain.pem", issuer.CertPEM)
+		expired := leaf(now.Add(-time.Hour))
+		_, err := Check(chain, w("cert.pem", expired.CertPEM), w("privkey.pem", expired.KeyPEM), now)
+		var fe *FileError
+		if !errors.As(err, &fe) || !errors.Is(err, ErrExpired) {
+			t.Fatalf("an expired certificate: %v", err)
+		}
+		soon := leaf(now.Add(7 * 24 * time.Hour))
+		c, err := Check(chain, w("soon.pem", soon.CertPEM), w("soon.key", soon.KeyPEM), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		warn := Warnings(filepath.Join(dir, "soon.pem"), c, now)
+		if len(warn) != 1 {
+			t.Fatalf("warnings for a certificate ending in 7 days: %q", warn)
+		}
+		for _, msg := range []string{fe.Fix, warn[0]} {
+			if withCAKey != strings.Contains(msg, "flower-certs --force") || withCAKey == strings.Contains(msg, "ACME client") {
+				t.Errorf("CA key beside it %v: %q", withCAKey, msg)
+			}
+		}
 	}
 }

@@ -51,7 +51,7 @@ func (ca *CA) IssueClient(o ClientOptions) (*Pair, error) {
 	}
 	return ca.issueLeaf(o.KeyType, o.NotBefore, o.NotAfter, DefaultClientValidity, "client", x509.ExtKeyUsageClientAuth,
 		func(tmpl *x509.Certificate) {
-			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{"Sepal"}}
+			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{certfmt.Organization}}
 			if o.OrganizationalUnit != "" {
 				tmpl.Subject.OrganizationalUnit = []string{o.OrganizationalUnit}
 			}

@@ -192,7 +192,7 @@ func TestClientCAFileChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameName := newTestCA(t)
+	sameName := namesakeCA(t, fx.ca)
 	sameNameCRL, err := sameName.SignCRL(nil, nil, time.Time{})
 	if err != nil {
 		t.Fatal(err)

@@ -168,6 +168,6 @@ func (s *FileSource) logExpired(now time.Time) {
 		return
 	}
 	s.expiredLog = true
-	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+fixRenew,
+	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+renewFix(s.o.CertFile, l),
 		"cert_file", s.o.CertFile, "serial", serialHex(l), "not_after", l.NotAfter.UTC().Format(time.RFC3339))
 }

@@ -32,6 +32,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // KeyType names a key algorithm for a CA or server key.
@@ -99,6 +101,8 @@ const (
 
 // Default common names.
 const (
+	// DefaultCACommonName starts the common name of every CA NewCA makes
+	// without one, which goes on with the day it is made and its key id.
 	DefaultCACommonName = "Sepal research CA"
 )
 
@@ -106,7 +110,10 @@ const (
 type CAOptions struct {
 	// KeyType of the CA key; "" means ECDSAP256.
 	KeyType KeyType
-	// CommonName of the CA; "" means DefaultCACommonName.
+	// CommonName of the CA; "" means DefaultCACommonName, the day it is
+	// made (UTC) and the first 4 bytes of its key id in hex, such as
+	// "Sepal research CA 2025-06-01 3F2A9C01": two CAs made apart, which
+	// clients would otherwise see under one name, differ by name.
 	CommonName string
 	// NotBefore defaults to now minus Backdate; NotAfter defaults to now
 	// plus DefaultCAValidity.
@@ -133,17 +140,17 @@ func NewCA(o CAOptions) (*CA, error) {
 	if !notAfter.After(notBefore) {
 		return nil, fmt.Errorf("CA NotAfter %s is not after NotBefore %s", stamp(notAfter), stamp(notBefore))
 	}
-	cn := o.CommonName
-	if cn == "" {
-		cn = DefaultCACommonName
-	}
 	key, serial, ski, err := newKey(o.KeyType, "CA")
 	if err != nil {
 		return nil, err
 	}
+	cn := o.CommonName
+	if cn == "" {
+		cn = fmt.Sprintf("%s %s %X", DefaultCACommonName, now.UTC().Format(time.DateOnly), ski[:4])
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"Sepal"}},
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{certfmt.Organization}},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -293,7 +300,7 @@ func (ca *CA) IssueServer(o ServerOptions) (*Pair, error) {
 	}
 	return ca.issueLeaf(o.KeyType, o.NotBefore, o.NotAfter, DefaultServerValidity, "server", x509.ExtKeyUsageServerAuth,
 		func(tmpl *x509.Certificate) {
-			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{"Sepal"}}
+			tmpl.Subject = pkix.Name{CommonName: cn, Organization: []string{certfmt.Organization}}
 			tmpl.DNSNames = dns
 			tmpl.IPAddresses = ips
 		})

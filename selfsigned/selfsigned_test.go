@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -52,6 +53,17 @@ func newTestCA(t testing.TB) *CA {
 	return ca
 }
 
+// namesakeCA makes another CA with the name of ca, as a CA made again
+// under one name (every flower-certs CA had one, once).
+func namesakeCA(t testing.TB, ca *CA) *CA {
+	t.Helper()
+	c, err := NewCA(CAOptions{CommonName: ca.Cert.Subject.CommonName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestNewCA(t *testing.T) {
 	before := time.Now()
 	ca := newTestCA(t)
@@ -78,8 +90,12 @@ func TestNewCA(t *testing.T) {
 	if d := before.Sub(c.NotBefore); d < 59*time.Minute || d > 61*time.Minute {
 		t.Errorf("CA NotBefore is %v before now, want about 1h", d)
 	}
-	if c.Subject.CommonName != DefaultCACommonName {
-		t.Errorf("CA CN %q", c.Subject.CommonName)
+	// The day and the key id tell two CAs made apart by name.
+	if want := fmt.Sprintf("%s %s %X", DefaultCACommonName, time.Now().UTC().Format(time.DateOnly), c.SubjectKeyId[:4]); c.Subject.CommonName != want {
+		t.Errorf("CA CN %q, want %q", c.Subject.CommonName, want)
+	}
+	if other := newTestCA(t); other.Cert.Subject.CommonName == c.Subject.CommonName {
+		t.Errorf("two CAs made now share the name %q", c.Subject.CommonName)
 	}
 	if err := c.CheckSignatureFrom(c); err != nil {
 		t.Errorf("CA is not self-signed: %v", err)

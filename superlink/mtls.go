@@ -34,8 +34,9 @@ func peerIdentity(ctx context.Context) string {
 // recheckInterceptor refuses, with Unauthenticated, every call on a
 // connection whose client certificate no longer passes (revoked, or its CA
 // dropped, since the handshake), so that a revocation takes effect on open
-// connections without a restart. Connections without a client certificate
-// pass.
+// connections without a restart, and every call on one whose certificate
+// is of the other API's role (admitted at the handshake to be told so in
+// words). Connections without a client certificate pass.
 func recheckInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	if err := recheck(ctx); err != nil {
 		return nil, err

@@ -297,7 +297,7 @@ func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener,
 // role (transport.ClientAuthCredentials). Every call on a connection whose
 // AuthInfo can Recheck() its client certificate is refused with
 // Unauthenticated once that fails (the certificate was revoked, or its CA
-// dropped, while the connection was open).
+// dropped, while the connection was open, or it is of the other role).
 func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Listener, fleetCreds, driverCreds credentials.TransportCredentials) error {
 	if fleetLis == nil || driverLis == nil {
 		return errors.New("Serve needs a Fleet and a Driver listener")

@@ -144,6 +144,10 @@ func (e *ClientCertError) PeerMessage() string {
 	if e.Identity.Name != "" {
 		cert = fmt.Sprintf("this connection's client certificate %s (serial %s)", e.Identity, e.Serial)
 	}
+	if e.Cause == CauseWrongRole {
+		return strings.Map(printable, fmt.Sprintf("client certificate refused: %s is a %s certificate, and this is the SuperLink's %s, which admits only %s certificates: a %s connects to the %s",
+			cert, RoleName(e.Identity.Role), apiOf(e.Role), RoleName(e.Role), clientOf(e.Identity.Role), apiOf(e.Identity.Role)))
+	}
 	why := map[ClientCertCause]string{
 		CauseRevoked:   "has been revoked",
 		CauseUnknownCA: "is no longer issued by a CA the server trusts (its client CA file changed)",
@@ -158,11 +162,20 @@ func (e *ClientCertError) PeerMessage() string {
 // ClientAuthCredentials returns gRPC transport credentials that serve
 // ServerConfig(src) and require a client certificate that a: chains to a
 // CA of a.CAs (as it is at each handshake), is valid now, is not listed in
-// its CRL, and holds the Sepal identity of a.Role. Anything else ends the
-// handshake with a TLS alert (certificate_required with TLS 1.3 when there
-// is none, unknown_ca, certificate_expired, or bad_certificate for a
-// revoked certificate or the wrong role) and a *ClientCertError, which is
-// passed to a.Refused.
+// its CRL, and holds a Sepal identity. Anything else ends the handshake
+// with a TLS alert (certificate_required with TLS 1.3 when there is none,
+// unknown_ca, certificate_expired, or bad_certificate for a revoked
+// certificate) and a *ClientCertError, which is passed to a.Refused.
+//
+// A certificate that passes all of that but holds the identity of another
+// role than a.Role (a node's certificate on the Driver API, usually a
+// client pointed at the wrong port) completes its handshake, so that its
+// client can be told why in words: a TLS alert could only say
+// bad_certificate, which is also what a revoked certificate gets. Its
+// refusal (CauseWrongRole) is passed to a.Refused at the handshake, and
+// ClientInfo.Recheck returns it on every call: the server must call
+// Recheck before it serves any call (superlink does, in an interceptor)
+// and answer with the refusal's PeerMessage.
 //
 // The configuration is built once; each change of what a.CAs returns builds
 // one more for the handshakes that follow, so a reload of the CA or CRL
@@ -185,10 +198,14 @@ func ClientAuthCredentials(src CertSource, a ClientAuth) credentials.TransportCr
 
 // ClientAuthConfig is the TLS configuration of ClientAuthCredentials, for
 // a listener that is not gRPC (tests, probes). Its handshakes verify the
-// client certificate in the same way; only the Refused hook and the
-// closing of acme-tls/1 connections are the credentials'.
+// client certificate in the same way, except that a certificate of
+// another role is refused at the handshake (bad_certificate), since no
+// call follows to say why; the Refused hook and the closing of acme-tls/1
+// connections are the credentials'.
 func ClientAuthConfig(src CertSource, a ClientAuth) *tls.Config {
-	return newClientAuthState(src, a).outer
+	st := newClientAuthState(src, a)
+	st.roleAtHandshake = true
+	return st.outer
 }
 
 // clientAuthState is what the credentials of one listener share.
@@ -201,6 +218,9 @@ type clientAuthState struct {
 	// offers acme-tls/1), whose validations present no client
 	// certificate.
 	acme bool
+	// roleAtHandshake: refuse a certificate of another role at the
+	// handshake (ClientAuthConfig) instead of at every call.
+	roleAtHandshake bool
 }
 
 // trustConfig is the TLS configuration for one pool and CRL of the source.
@@ -242,7 +262,7 @@ func (st *clientAuthState) current() *trustConfig {
 	t.cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	t.cfg.ClientCAs = pool
 	t.cfg.SessionTicketsDisabled = true
-	t.cfg.VerifyConnection = func(cs tls.ConnectionState) error { return st.admit(t, cs.PeerCertificates) }
+	t.cfg.VerifyConnection = func(cs tls.ConnectionState) error { return st.admitHandshake(t, cs.PeerCertificates) }
 	st.cur.Store(t)
 	return t
 }
@@ -268,8 +288,9 @@ func acmeChallenge(protos []string) bool {
 }
 
 // admit checks what the chain verification by the TLS stack (against t's
-// pool) does not: the identity's role and the CRL. The error is a
-// *ClientCertError.
+// pool) does not: the identity, the CRL and the identity's role, in that
+// order (a revoked certificate of another role is refused as revoked).
+// The error is a *ClientCertError.
 func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) error {
 	if len(certs) == 0 {
 		return &ClientCertError{Cause: CauseNoCertificate, Role: st.a.Role}
@@ -280,10 +301,10 @@ func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) erro
 	switch {
 	case err != nil:
 		cause = CauseNoIdentity
-	case id.Role != st.a.Role:
-		cause = CauseWrongRole
 	case certfmt.Revoked(t.crl, leaf):
 		cause = CauseRevoked
+	case id.Role != st.a.Role:
+		cause = CauseWrongRole
 	default:
 		return nil
 	}
@@ -291,6 +312,17 @@ func (st *clientAuthState) admit(t *trustConfig, certs []*x509.Certificate) erro
 	e := describeAs(leaf, st.a.Role, id)
 	e.Cause, e.Err = cause, err
 	return e
+}
+
+// admitHandshake is admit at the handshake: a certificate of another role
+// passes, unless roleAtHandshake, and is refused at its calls instead
+// (ClientAuthCredentials says why).
+func (st *clientAuthState) admitHandshake(t *trustConfig, certs []*x509.Certificate) error {
+	err := st.admit(t, certs)
+	if e, ok := err.(*ClientCertError); ok && e.Cause == CauseWrongRole && !st.roleAtHandshake {
+		return nil
+	}
+	return err
 }
 
 // describe starts the refusal of a certificate.
@@ -374,7 +406,16 @@ func (c *clientAuthCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.A
 	if c.st.current() == t0 {
 		checked = t0
 	}
-	ci.checked.Store(&recheck{trust: checked})
+	var refused *ClientCertError
+	if id.Role != c.st.a.Role {
+		// Admitted for its calls to be refused in words.
+		refused = describeAs(leaf, c.st.a.Role, id)
+		refused.Cause, refused.Remote = CauseWrongRole, ci.Remote
+		if c.st.a.Refused != nil {
+			c.st.a.Refused(refused)
+		}
+	}
+	ci.checked.Store(&recheck{trust: checked, err: refused})
 	return conn, ci, nil
 }
 
@@ -409,7 +450,8 @@ func (ci *ClientInfo) ClientIdentity() string { return ci.Identity.String() }
 // source holds now, as a handshake would: it returns nil while the
 // certificate is still admitted, and a *ClientCertError (also passed once
 // to ClientAuth.Refused) once a reload revoked it, dropped its CA, or it
-// expired. It is cheap while nothing changed (one comparison), safe for
+// expired, and from the first call on for a certificate of another role
+// (see ClientAuthCredentials). It is cheap while nothing changed (one comparison), safe for
 // concurrent use, and does no I/O; a caller such as a gRPC interceptor
 // calls it on every call, so that a revocation takes effect on connections
 // made before it.

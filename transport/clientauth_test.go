@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -176,7 +178,6 @@ func TestClientAuth(t *testing.T) {
 	p := newMTLSPKI(t)
 	other := newPKI(t, selfsigned.ServerOptions{})
 	nodeCert, nodeKey, _ := p.client(t, p.CA, transport.RoleNode, "alice", selfsigned.ClientOptions{})
-	appCert, appKey, _ := p.client(t, p.CA, transport.RoleServerApp, "app", selfsigned.ClientOptions{})
 	otherCert, otherKey, _ := p.client(t, other.CA, transport.RoleNode, "eve", selfsigned.ClientOptions{})
 	revCert, revKey, revPair := p.client(t, p.CA, transport.RoleNode, "mallory", selfsigned.ClientOptions{})
 	oldCert, oldKey, _ := p.client(t, p.CA, transport.RoleNode, "old", selfsigned.ClientOptions{
@@ -217,8 +218,6 @@ func TestClientAuth(t *testing.T) {
 			[]string{"requires a client certificate", "--client-certificate", "flower-certs node NAME"}, []string{"client certificate refused", "presented none"}},
 		{"another CA", otherCert, otherKey, transport.CauseUnknownCA,
 			[]string{"does not trust the CA", otherCert, "sepal:node:eve"}, []string{"sepal:node:eve", "not issued by a CA"}},
-		{"ServerApp certificate", appCert, appKey, transport.CauseWrongRole,
-			[]string{"is a ServerApp certificate", "admits node certificates"}, []string{"sepal:serverapp:app", "is a ServerApp certificate"}},
 		{"revoked", revCert, revKey, transport.CauseRevoked,
 			[]string{"revoked", "sepal:node:mallory", "flower-certs node --force mallory"}, []string{"sepal:node:mallory", "is revoked"}},
 		{"expired", oldCert, oldKey, transport.CauseExpired,
@@ -260,6 +259,56 @@ func TestClientAuth(t *testing.T) {
 				t.Errorf("the gRPC error %q explains as %v", err, xe)
 			}
 		})
+	}
+}
+
+// TestClientAuthWrongRole: a valid certificate of another role (a
+// ServerApp's on a node-only listener, as when a client dials the other
+// API's port) completes its handshake, and every call on it is refused in
+// words that name both roles and the API to use; the server reports the
+// refusal once, at the handshake. ClientAuthConfig, which no call follows,
+// refuses it at the handshake.
+func TestClientAuthWrongRole(t *testing.T) {
+	p := newMTLSPKI(t)
+	appCert, appKey, _ := p.client(t, p.CA, transport.RoleServerApp, "app", selfsigned.ClientOptions{})
+	src := clientCAFile(t, p, time.Hour)
+	var r refusals
+	addr := serveRecheck(t, p, src, &r, nil)
+	o := transport.ClientOptions{RootCertificates: p.CAFile, ClientCertificate: appCert, ClientKey: appKey, Role: transport.RoleServerApp}
+	if err := probe(t, addr, o); err != nil {
+		t.Fatalf("Probe with a ServerApp certificate at a node listener: %v, want its handshake to pass", err)
+	}
+	got := r.wait(t, 1)
+	if got.Cause != transport.CauseWrongRole || got.Remote == "" || !strings.Contains(got.Error(), "sepal:serverapp:app") ||
+		!strings.Contains(got.Error(), "is a ServerApp certificate") {
+		t.Errorf("the server's refusal: %v", got)
+	}
+	creds, err := transport.ClientCredentials(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = testkit.HealthCheck(t, addr, creds)
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a call with a ServerApp certificate at a node listener: %v, want Unauthenticated", err)
+	}
+	for _, w := range []string{"sepal:serverapp:app", "is a ServerApp certificate", "this is the SuperLink's Fleet API, which admits only node certificates",
+		"a ServerApp (server app) connects to the Driver API"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("the call's refusal %q lacks %q", err, w)
+		}
+	}
+	if strings.Contains(err.Error(), "revoked") {
+		t.Errorf("the call's refusal speaks of revocation: %v", err)
+	}
+	if n := r.count(); n != 2 {
+		t.Errorf("%d refusals reported for two connections, want 2", n)
+	}
+
+	cfg := serveTLSConfig(t, transport.ClientAuthConfig(p.Source(), transport.ClientAuth{CAs: src, Role: transport.RoleNode}))
+	o.Role = transport.RoleNode // a client that knows the listener admits nodes
+	err = probe(t, cfg, o)
+	if e := wantExplained(t, err, transport.KindClientCertRefused, transport.ErrClientCertRefused, "is a ServerApp certificate", "admits node certificates"); e.Cause != transport.CauseWrongRole {
+		t.Errorf("ClientAuthConfig: cause %q, want wrong_role", e.Cause)
 	}
 }
 
@@ -338,7 +387,7 @@ func serveRecheck(t testing.TB, p *mtlsPKI, src transport.ClientCASource, r *ref
 			return nil, fmt.Errorf("AuthInfo %T, want *transport.ClientInfo", pr.AuthInfo)
 		}
 		if err := ci.Recheck(); err != nil {
-			return nil, err
+			return nil, status.Error(codes.Unauthenticated, err.(*transport.ClientCertError).PeerMessage())
 		}
 		if ids != nil {
 			ids.mu.Lock()

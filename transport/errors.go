@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,8 @@ import (
 	"unicode"
 
 	"google.golang.org/grpc/status"
+
+	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
 // Kind classifies a failure to reach a server over TLS or plaintext.
@@ -300,11 +303,7 @@ func classifyTyped(err error, addr string, o ClientOptions) *Error {
 		if c == nil {
 			c = uae.Cert
 		}
-		issuer := ""
-		if c != nil {
-			issuer = c.Issuer.String()
-		}
-		return unknownAuthority(addr, o, issuer)
+		return unknownAuthority(addr, o, c)
 	}
 	var cie x509.CertificateInvalidError
 	if errors.As(err, &cie) && cie.Reason == x509.Expired && cie.Cert != nil {
@@ -312,7 +311,7 @@ func classifyTyped(err error, addr string, o ClientOptions) *Error {
 		if t, ok := parseCurrentTime(cie.Detail); ok {
 			now = t
 		}
-		return validity(addr, cie.Cert.NotBefore, cie.Cert.NotAfter, now, now.Before(cie.Cert.NotBefore))
+		return validity(addr, cie.Cert, cie.Cert.NotBefore, cie.Cert.NotAfter, now, now.Before(cie.Cert.NotBefore))
 	}
 	var he x509.HostnameError
 	if errors.As(err, &he) && he.Certificate != nil {
@@ -383,17 +382,17 @@ func parseCurrentTime(detail string) (time.Time, bool) {
 func classifyText(s, addr string, o ClientOptions) *Error {
 	switch {
 	case reUnknownAuthority.MatchString(s):
-		return unknownAuthority(addr, o, "")
+		return unknownAuthority(addr, o, nil)
 	case reCurrentTime.MatchString(s):
 		m := reCurrentTime.FindStringSubmatch(s)
 		now, _ := time.Parse(time.RFC3339, m[1])
 		bound, _ := time.Parse(time.RFC3339, m[3])
 		if m[2] == "before" {
-			return validity(addr, bound, time.Time{}, now, true)
+			return validity(addr, nil, bound, time.Time{}, now, true)
 		}
-		return validity(addr, time.Time{}, bound, now, false)
+		return validity(addr, nil, time.Time{}, bound, now, false)
 	case reExpiredAny.MatchString(s):
-		return validity(addr, time.Time{}, time.Time{}, time.Now(), false)
+		return validity(addr, nil, time.Time{}, time.Time{}, time.Now(), false)
 	case reValidFor.MatchString(s):
 		m := reValidFor.FindStringSubmatch(s)
 		return nameMismatch(addr, o, m[2], strings.Split(m[1], ", "), "", nil)
@@ -427,18 +426,48 @@ func classifyText(s, addr string, o ClientOptions) *Error {
 	return &Error{Kind: KindUnknown, msg: fmt.Sprintf("%s: %s", strings.TrimPrefix(where(addr), "the server at "), s)}
 }
 
-func unknownAuthority(addr string, o ClientOptions, issuer string) *Error {
+// unknownAuthority explains a certificate c (nil: unknown) that does not
+// chain to the roots of o. When the roots file holds a CA of the very name
+// of c's issuer (a CA made again under the same name), it says so, with
+// the key ids that tell the two apart.
+func unknownAuthority(addr string, o ClientOptions, c *x509.Certificate) *Error {
 	by := ""
-	if issuer != "" {
-		by = fmt.Sprintf(", it was issued by %q", issuer)
+	if c != nil {
+		by = fmt.Sprintf(", it was issued by %q", c.Issuer.String())
 	}
 	fix := fmt.Sprintf("pass %s with the CA certificate that signed it (flower-certs writes it as certificates/ca.crt on the server's machine)", FlagRootCertificates)
 	if o.RootCertificates != "" {
 		fix = fmt.Sprintf("pass %s with the CA certificate that signed it instead of %s (flower-certs writes it as certificates/ca.crt on the server's machine)", FlagRootCertificates, o.RootCertificates)
 	}
+	if twin := sameNameRoot(o.RootCertificates, c); twin != nil {
+		if len(c.AuthorityKeyId) > 0 {
+			by += " with key id " + certfmt.KeyID(c.AuthorityKeyId)
+		}
+		other := ""
+		if len(twin.SubjectKeyId) > 0 {
+			other = ", key id " + certfmt.KeyID(twin.SubjectKeyId)
+		}
+		by += fmt.Sprintf("; %s holds another CA of that name%s: one of the two was made again (flower-certs --new-ca)",
+			o.RootCertificates, other)
+		fix = fmt.Sprintf("pass %s with the CA certificate that issued the server's certificate (certificates/ca.crt on its machine, unless the server still serves a certificate of the old CA)", FlagRootCertificates)
+	}
 	return &Error{Kind: KindUnknownAuthority, msg: fmt.Sprintf(
 		"the certificate of %s is not signed by a CA in %s (x509: unknown authority%s): %s",
 		where(addr), o.rootsName(), by, fix)}
+}
+
+// sameNameRoot returns a CA certificate of the roots file whose subject is
+// the issuer of c, or nil: none, no file, or no c.
+func sameNameRoot(roots string, c *x509.Certificate) *x509.Certificate {
+	if roots == "" || c == nil {
+		return nil
+	}
+	for _, r := range certfmt.ReadCerts(roots) {
+		if bytes.Equal(r.RawSubject, c.RawIssuer) {
+			return r
+		}
+	}
+	return nil
 }
 
 func stamp(t time.Time) string {
@@ -448,9 +477,16 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// validity explains an expired (notYet false) or not yet valid certificate;
-// unknown bounds are zero.
-func validity(addr string, notBefore, notAfter, now time.Time, notYet bool) *Error {
+// otherIssuer reports whether c, the server's certificate, is known and
+// was not made by flower-certs: one from an ACME CA (or another), which
+// flower-certs cannot re-issue, so a fix must not send the operator there.
+func otherIssuer(c *x509.Certificate) bool {
+	return c != nil && !certfmt.MadeBySepal(c)
+}
+
+// validity explains an expired (notYet false) or not yet valid certificate
+// c (nil: unknown); unknown bounds are zero.
+func validity(addr string, c *x509.Certificate, notBefore, notAfter, now time.Time, notYet bool) *Error {
 	span := fmt.Sprintf("valid from %s until %s", stamp(notBefore), stamp(notAfter))
 	switch {
 	case notBefore.IsZero() && !notAfter.IsZero():
@@ -458,14 +494,20 @@ func validity(addr string, notBefore, notAfter, now time.Time, notYet bool) *Err
 	case notAfter.IsZero() && !notBefore.IsZero():
 		span = "valid from " + stamp(notBefore)
 	}
+	reissue, renew := ", or re-issue the certificate (flower-certs --force)", "re-issue it on the server (flower-certs --force)"
+	if otherIssuer(c) {
+		// An ACME certificate (or another CA's): renewed where it came from.
+		reissue = ""
+		renew = "its operator must renew it (a SuperLink with --acme-domain renews its own certificate: its log says why it did not)"
+	}
 	if notYet {
 		return &Error{Kind: KindNotYetValid, msg: fmt.Sprintf(
-			"the certificate of %s is not yet valid (%s, and the time here is %s): check the clock of this machine and of the server, or re-issue the certificate (flower-certs --force)",
-			where(addr), span, stamp(now))}
+			"the certificate of %s is not yet valid (%s, and the time here is %s): check the clock of this machine and of the server%s",
+			where(addr), span, stamp(now), reissue)}
 	}
 	return &Error{Kind: KindExpired, msg: fmt.Sprintf(
-		"the certificate of %s has expired (%s, and the time here is %s): re-issue it on the server (flower-certs --force) or, if it should still be valid, check the clock of this machine",
-		where(addr), span, stamp(now))}
+		"the certificate of %s has expired (%s, and the time here is %s): %s or, if it should still be valid, check the clock of this machine",
+		where(addr), span, stamp(now), renew)}
 }
 
 // certNames lists the names a certificate holds: DNS names, then IPs.
@@ -509,9 +551,19 @@ func nameMismatch(addr string, o ClientOptions, want string, holds []string, hol
 		holdsText = strings.Join(holds, ", ")
 		example = fmt.Sprintf(" (e.g. %s %s)", FlagServer, net.JoinHostPort(holds[0], port))
 	}
+	reissue := fmt.Sprintf(", or re-issue the certificate for %s (flower-certs --host %s --force)", want, want)
+	switch {
+	case otherIssuer(c) && net.ParseIP(want) != nil:
+		// An ACME certificate holds DNS names: dial one.
+		reissue = ""
+	case otherIssuer(c):
+		// An ACME certificate (or another CA's) holds the names it was
+		// obtained for.
+		reissue = fmt.Sprintf(", or have the SuperLink obtain its certificate for %s too (with ACME: --acme-domain %s)", want, want)
+	}
 	return &Error{Kind: KindNameMismatch, msg: fmt.Sprintf(
-		"the certificate of %s does not hold %q, %s; it holds %s: pass %s with one of its names and the port%s, or %s with one of them, or re-issue the certificate for %s (flower-certs --host %s --force)",
-		where(addr), want, checked, holdsText, FlagServer, example, FlagTLSServerName, want, want)}
+		"the certificate of %s does not hold %q, %s; it holds %s: pass %s with one of its names and the port%s, or %s with one of them%s",
+		where(addr), want, checked, holdsText, FlagServer, example, FlagTLSServerName, reissue)}
 }
 
 func plaintextPeer(addr string) *Error {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -149,7 +150,7 @@ func sentinelOf(k transport.Kind) error {
 		transport.KindUnknown: transport.ErrUnknown, transport.KindNetwork: transport.ErrNetwork,
 		transport.KindNameMismatch: transport.ErrNameMismatch, transport.KindUnspecifiedAddress: transport.ErrUnspecifiedAddress,
 		transport.KindExpired: transport.ErrExpired, transport.KindPlaintextPeer: transport.ErrPlaintextPeer,
-		transport.KindHandshake: transport.ErrHandshake,
+		transport.KindHandshake: transport.ErrHandshake, transport.KindNotYetValid: transport.ErrNotYetValid,
 	}[k]
 }
 
@@ -213,5 +214,81 @@ func TestExplainControlCharacters(t *testing.T) {
 	}
 	if msg := err.Error(); strings.ContainsAny(msg, "\n\r\x1b") || !strings.Contains(msg, "evil?[31m??.example") {
 		t.Fatalf("message holds control characters or lost the name: %q", msg)
+	}
+}
+
+// A CA made again under the name of the one a client trusts (as every
+// flower-certs CA was once named): the unknown-authority message tells the
+// two apart by their key ids and says what happened; CAs of different
+// names get the plain message.
+func TestExplainUnknownAuthoritySameName(t *testing.T) {
+	const cn = "Sepal research CA"
+	served := testkit.NewPKI(t, selfsigned.CAOptions{CommonName: cn}, selfsigned.ServerOptions{})
+	trusted := testkit.NewPKI(t, selfsigned.CAOptions{CommonName: cn}, selfsigned.ServerOptions{})
+	addr := serveTLS(t, served.Source())
+	o := transport.ClientOptions{RootCertificates: trusted.CAFile}
+	wantExplained(t, probe(t, addr, o), transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
+		`it was issued by "CN=`+cn+`,O=Sepal"`, trusted.CAFile+" holds another CA of that name",
+		"with key id "+certfmt.KeyID(served.CA.Cert.SubjectKeyId), "of that name, key id "+certfmt.KeyID(trusted.CA.Cert.SubjectKeyId),
+		"made again (flower-certs --new-ca)", "--root-certificates")
+
+	// Default names differ, and the message shows the served CA's.
+	other := newPKI(t, selfsigned.ServerOptions{})
+	mine := newPKI(t, selfsigned.ServerOptions{})
+	if other.CA.Cert.Subject.String() == mine.CA.Cert.Subject.String() {
+		t.Fatalf("two new CAs share the name %q", mine.CA.Cert.Subject)
+	}
+	e := wantExplained(t, probe(t, serveTLS(t, other.Source()), transport.ClientOptions{RootCertificates: mine.CAFile}),
+		transport.KindUnknownAuthority, transport.ErrUnknownAuthority, `it was issued by "`+other.CA.Cert.Subject.String()+`"`)
+	if strings.Contains(e.Error(), "of that name") {
+		t.Errorf("CAs of different names called namesakes: %v", e)
+	}
+}
+
+// A certificate that flower-certs did not make (an ACME CA's, whose
+// subject names no organization of ours) is not to be re-issued with
+// flower-certs: an expired one is for its operator to renew (an ACME
+// SuperLink renews its own), a name it lacks is one to obtain it for.
+func TestExplainACMECertificateFixes(t *testing.T) {
+	p := newPKI(t, selfsigned.ServerOptions{})
+	leaf := func(notBefore, notAfter time.Time, names ...string) *tls.Certificate {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
+			DNSNames: names, NotBefore: notBefore, NotAfter: notAfter, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, p.CA.Cert, key.Public(), p.CA.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	now := time.Now()
+	o := transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "superlink.example.org"}
+	for _, c := range []struct {
+		name  string
+		cert  *tls.Certificate
+		o     transport.ClientOptions
+		kind  transport.Kind
+		words []string
+	}{
+		{"expired", leaf(now.Add(-48*time.Hour), now.Add(-24*time.Hour), "superlink.example.org"), o, transport.KindExpired,
+			[]string{"has expired", "its operator must renew it", "--acme-domain renews its own certificate"}},
+		{"not yet valid", leaf(now.Add(24*time.Hour), now.Add(48*time.Hour), "superlink.example.org"), o, transport.KindNotYetValid,
+			[]string{"not yet valid", "check the clock"}},
+		{"name not held", leaf(now.Add(-time.Hour), now.Add(time.Hour), "superlink.example.org"),
+			transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "other.example.org"},
+			transport.KindNameMismatch, []string{`does not hold "other.example.org"`, "superlink.example.org", "--acme-domain other.example.org"}},
+		{"IP not held", leaf(now.Add(-time.Hour), now.Add(time.Hour), "superlink.example.org"), transport.ClientOptions{RootCertificates: p.CAFile},
+			transport.KindNameMismatch, []string{`does not hold "127.0.0.1"`, "--server superlink.example.org:"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addr := serveTLS(t, testkit.StaticSource{Cert: c.cert})
+			e := wantExplained(t, probe(t, addr, c.o), c.kind, sentinelOf(c.kind), c.words...)
+			if strings.Contains(e.Error(), "flower-certs") {
+				t.Errorf("the fix for a certificate flower-certs did not make names flower-certs: %v", e)
+			}
+		})
 	}
 }

@@ -44,6 +44,22 @@ func RoleName(role string) string {
 	return role
 }
 
+// apiOf names the SuperLink API whose clients hold certificates of role.
+func apiOf(role string) string {
+	if role == RoleServerApp {
+		return "Driver API"
+	}
+	return "Fleet API"
+}
+
+// clientOf names the clients that hold certificates of role.
+func clientOf(role string) string {
+	if role == RoleServerApp {
+		return "ServerApp (server app)"
+	}
+	return "SuperNode (client app)"
+}
+
 // NewIdentity returns the identity of role and name, or an error that says
 // what is wrong with them: the role must be RoleNode or RoleServerApp, the
 // name 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or

@@ -237,6 +237,12 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		notAfter, clamped = ca.Cert.NotAfter, true
 	}
 
+	crlFile := filepath.Join(c.dir, crlName)
+	crl, haveCRL, err := loadCRL(stdout, ca, crlFile)
+	if err != nil {
+		return err
+	}
+
 	// Make everything in memory first: an error writes nothing.
 	type issued struct {
 		name, cert, key string
@@ -244,7 +250,7 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		replaced        *x509.Certificate // the certificate --force replaces
 	}
 	var todo []issued
-	var kept []string
+	var kept, usable, unusable []string
 	for _, n := range c.names {
 		cert, key := clientPaths(c.dir, role, n)
 		haveCert, err := exists(cert)
@@ -256,9 +262,16 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if (haveCert || haveKey) && !c.force {
+			if why := notUsable(certfmt.ReadFirstCert(cert), ca, p.caCert, crl, now); why != "" {
+				unusable = append(unusable, fmt.Sprintf("%s (%s) %s; nothing changed for %s: issue a new certificate and key with %s",
+					cert, transport.Identity{Role: role, Name: n}, why, n, shellJoin([]string{name, role, "--force", "--dir", c.dir, n})))
+				continue
+			}
 			kept = append(kept, n)
+			usable = append(usable, n)
 			continue
 		}
+		usable = append(usable, n)
 		id := transport.Identity{Role: role, Name: n}
 		pair, err := ca.IssueClient(selfsigned.ClientOptions{CommonName: n, OrganizationalUnit: role, URIs: []*url.URL{id.URI()},
 			KeyType: c.keyType, NotAfter: notAfter})
@@ -281,9 +294,10 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 		caSet.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to the SuperLink",
 			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
-	crlFile := filepath.Join(c.dir, crlName)
-	if err := ensureCRL(stdout, caSet, ca, crlFile, now); err != nil {
-		return err
+	if !haveCRL {
+		if err := addEmptyCRL(caSet, ca, crlFile, now); err != nil {
+			return err
+		}
 	}
 	if err := caSet.write(stdout); err != nil {
 		return err
@@ -312,8 +326,31 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 	if clamped {
 		fmt.Fprintf(stdout, "The certificates end with their CA on %s, before %d days.\n", ca.Cert.NotAfter.UTC().Format(time.DateOnly), c.days)
 	}
-	printClientUsage(stdout, p, role, crlFile, c.dir, c.names)
+	if len(usable) > 0 {
+		printClientUsage(stdout, p, role, c.dir, usable)
+	}
+	if len(unusable) > 0 {
+		return errors.New(strings.Join(unusable, "; "))
+	}
 	return nil
+}
+
+// notUsable says why a client certificate that exists cannot connect to a
+// SuperLink that trusts ca (in caFile) and its crl (nil: none yet): "is revoked ...",
+// "has expired ...", or "was issued by another CA ..."; "" when it can, or
+// when there is no certificate to judge (leaf nil: a key alone).
+func notUsable(leaf *x509.Certificate, ca *selfsigned.CA, caFile string, crl *x509.RevocationList, now time.Time) string {
+	switch {
+	case leaf == nil:
+		return ""
+	case !issuedBy(leaf, ca):
+		return fmt.Sprintf("was issued by another CA than the one in %s (was the CA made again?)", caFile)
+	case crl != nil && certfmt.Listed(crl.RevokedCertificateEntries, leaf.SerialNumber):
+		return fmt.Sprintf("is revoked (serial %s is in the CRL)", certfmt.Serial(leaf.SerialNumber))
+	case now.After(leaf.NotAfter):
+		return fmt.Sprintf("expired on %s", leaf.NotAfter.UTC().Format(time.DateOnly))
+	}
+	return ""
 }
 
 func abs(n int) int {
@@ -323,15 +360,11 @@ func abs(n int) int {
 	return n
 }
 
-// ensureCRL adds to set an empty CRL signed by the CA when there is none
-// at path yet (or only one of another CA), so that the SuperLink can be
+// addEmptyCRL adds to set an empty CRL signed by the CA, for a folder
+// without one yet (or only one of another CA), so that the SuperLink can be
 // started with --client-crl from the first day and a revocation later
 // needs no restart.
-func ensureCRL(stdout io.Writer, set *fileSet, ca *selfsigned.CA, path string, now time.Time) error {
-	_, ok, err := loadCRL(stdout, ca, path)
-	if err != nil || ok {
-		return err
-	}
+func addEmptyCRL(set *fileSet, ca *selfsigned.CA, path string, now time.Time) error {
 	crl, err := ca.SignCRL(nil, nil, now)
 	if err != nil {
 		return err
@@ -363,7 +396,7 @@ func loadCRL(stdout io.Writer, ca *selfsigned.CA, path string) (*x509.Revocation
 // folder without a server certificate (client certificates beside an ACME
 // SuperLink) the SuperLink's flags are printed alone, and the apps trust
 // the system roots.
-func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, names []string) {
+func printClientUsage(stdout io.Writer, p paths, role, dir string, names []string) {
 	serverCert, _ := exists(p.serverCert)
 	host := "127.0.0.1"
 	if !serverCert {
@@ -380,14 +413,7 @@ func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, name
 	if role == transport.RoleServerApp {
 		app, port = []string{"flower-server-app", "server:app"}, "9091"
 	}
-	// The SuperLink asks for the certificates of every role issued so far.
-	var flags []string
-	for _, r := range []struct{ role, flag string }{{transport.RoleNode, "--fleet-api-client-ca"}, {transport.RoleServerApp, "--driver-api-client-ca"}} {
-		if fi, err := os.Stat(clientDir(dir, r.role)); r.role == role || err == nil && fi.IsDir() {
-			flags = append(flags, r.flag, p.caCert)
-		}
-	}
-	flags = append(flags, "--client-crl", crlFile)
+	flags := clientAuthFlags(p, dir, role)
 	if serverCert {
 		link := append([]string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}, flags...)
 		fmt.Fprintf(stdout, "\nStart the SuperLink so that it requires client certificates:\n  %s\n", shellJoin(link))
@@ -401,6 +427,27 @@ func printClientUsage(stdout io.Writer, p paths, role, crlFile, dir string, name
 	if len(names) > 1 {
 		fmt.Fprintf(stdout, "(and likewise for %s)\n", strings.Join(names[1:], ", "))
 	}
+}
+
+// clientAuthFlags are the SuperLink's flags that require the client
+// certificates of dir: a client CA for every role issued so far (and for
+// role, being issued, with the CRL written beside them; "" for none), and
+// the CRL when there is one. Nil when dir holds no client certificates.
+func clientAuthFlags(p paths, dir, role string) []string {
+	var flags []string
+	for _, r := range []struct{ role, flag string }{{transport.RoleNode, "--fleet-api-client-ca"}, {transport.RoleServerApp, "--driver-api-client-ca"}} {
+		if fi, err := os.Stat(clientDir(dir, r.role)); r.role == role || err == nil && fi.IsDir() {
+			flags = append(flags, r.flag, p.caCert)
+		}
+	}
+	if len(flags) == 0 {
+		return nil
+	}
+	crl := filepath.Join(dir, crlName)
+	if ok, _ := exists(crl); ok || role != "" {
+		flags = append(flags, "--client-crl", crl)
+	}
+	return flags
 }
 
 // revokeFlags are the flags of revoke.

@@ -374,8 +374,10 @@ func checkExisting(p paths, have map[string]bool, now time.Time) error {
 	return nil
 }
 
-// printUsage prints the command lines that use the files. The apps dial
-// the first name of the certificate beyond the defaults, else 127.0.0.1.
+// printUsage prints the command lines that use the files, with the flags
+// that require the client certificates of the folder when it holds some.
+// The apps dial the first name of the certificate beyond the defaults,
+// else 127.0.0.1.
 func printUsage(stdout io.Writer, p paths, names []string) {
 	host := "127.0.0.1"
 	for _, n := range names {
@@ -384,7 +386,13 @@ func printUsage(stdout io.Writer, p paths, names []string) {
 			break
 		}
 	}
-	fmt.Fprintf(stdout, "\nStart the SuperLink with:\n  %s\n", shellJoin([]string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}))
+	link := []string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey}
+	if flags := clientAuthFlags(p, filepath.Dir(p.caCert), ""); flags != nil {
+		// The folder holds client certificates: a SuperLink that requires
+		// them (mutual TLS), as before.
+		link = append(link, flags...)
+	}
+	fmt.Fprintf(stdout, "\nStart the SuperLink with:\n  %s\n", shellJoin(link))
 	fmt.Fprintf(stdout, "Connect a client app with:\n  %s\n", shellJoin([]string{"flower-client-app", "client:app", "--root-certificates", p.caCert, "--server", net.JoinHostPort(host, "9092")}))
 	fmt.Fprintf(stdout, "Run a server app with:\n  %s\n", shellJoin([]string{"flower-server-app", "server:app", "--root-certificates", p.caCert, "--server", net.JoinHostPort(host, "9091")}))
 }

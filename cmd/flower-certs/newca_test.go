@@ -41,6 +41,12 @@ func TestNewCAReplacesCRL(t *testing.T) {
 			t.Errorf("--new-ca output lacks %q:\n%s", want, out)
 		}
 	}
+	// The SuperLink it shows requires the client certificates, as before.
+	start := shellJoin([]string{"flower-superlink", "--certificates", p.caCert, p.serverCert, p.serverKey,
+		"--fleet-api-client-ca", p.caCert, "--driver-api-client-ca", p.caCert, "--client-crl", crl})
+	if !strings.Contains(out, "Start the SuperLink with:\n  "+start+"\n") {
+		t.Errorf("--new-ca output does not start the SuperLink with %q:\n%s", start, out)
+	}
 	// The commands it prints work.
 	mustRun(t, tmp, "node", "--force", "node-1", "node-2")
 	if _, err := selfsigned.CheckClient(filepath.Join(dir, "nodes", "node-1.pem"), filepath.Join(dir, "nodes", "node-1.key"), time.Time{}); err != nil {

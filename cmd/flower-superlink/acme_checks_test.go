@@ -2,10 +2,12 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
 
+	"github.com/sepal-fl/sepal/acme"
 	"github.com/sepal-fl/sepal/internal/cli"
 )
 
@@ -30,5 +32,29 @@ func TestACMEValuesRefused(t *testing.T) {
 	}
 	if _, err := parseArgs(append(d, "--acme-email", "ops@example.org"), io.Discard); err != nil {
 		t.Errorf("a good address: %v", err)
+	}
+}
+
+// A failed ACME start-up names the flag at fault: --acme-ca-root when the
+// CA's HTTPS certificate is not trusted (with or without the flag), else
+// --acme-ca when the CA cannot be reached; other failures are left alone.
+func TestObtainErrorNamesFlag(t *testing.T) {
+	untrusted := fmt.Errorf("no certificate: %w", errors.Join(acme.ErrCAUnreachable, acme.ErrCAUntrusted))
+	for _, tc := range []struct {
+		err    error
+		caRoot string
+		want   []string
+	}{
+		{untrusted, "", []string{"--acme-ca-root: ", "--acme-ca-root FILE", "system roots"}},
+		{untrusted, "roots.pem", []string{"--acme-ca-root roots.pem: ", "that file lacks the roots"}},
+		{fmt.Errorf("no certificate: %w", acme.ErrCAUnreachable), "", []string{"--acme-ca: "}},
+		{errors.New("no certificate for a.test"), "", []string{"no certificate for a.test"}},
+	} {
+		got := obtainError(tc.err, tc.caRoot).Error()
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("obtainError(%v, %q) = %q, lacks %q", tc.err, tc.caRoot, got, w)
+			}
+		}
 	}
 }

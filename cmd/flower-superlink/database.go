@@ -46,8 +46,11 @@ func checkDatabase(db string) error {
 // state (the SuperLink's default), the PostgreSQL database, or the SQLite
 // file. This is the start-up check of the database: its errors name the
 // flag, the file or the connection string (without its password), and the
-// fix; the caller closes the state after serving.
-func openDatabase(ctx context.Context, db string, log *slog.Logger) (state.State, error) {
+// fix; the caller closes the state after serving. lost is called once if
+// the SQLite file is deleted or replaced while served (sqlstate.ErrLost):
+// the caller stops serving and exits non-zero, so that a supervisor starts
+// the SuperLink again on the file now at the path.
+func openDatabase(ctx context.Context, db string, log *slog.Logger, lost func(error)) (state.State, error) {
 	if inMemory(db) {
 		return nil, nil
 	}
@@ -60,7 +63,7 @@ func openDatabase(ctx context.Context, db string, log *slog.Logger) (state.State
 		}
 		return s, nil
 	}
-	s, err := sqlstate.OpenSQLite(ctx, db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: log}})
+	s, err := sqlstate.OpenSQLite(ctx, db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: log}, OnLost: lost})
 	if err != nil {
 		return nil, err
 	}

@@ -290,7 +290,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mon.watchCRL(c.mtls)
 	fleetCreds, driverCreds := c.mtls.credentials(src, creds)
 
-	st, err := openDatabase(ctx, c.database, log)
+	// A SQLite file deleted or replaced while served ends the run, with
+	// exit 1: health turns NOT_SERVING, the calls in flight end, and a
+	// supervisor starts the SuperLink again on the file now at the path.
+	st, err := openDatabase(ctx, c.database, log, func(err error) { cancel(err) })
 	if err != nil {
 		return err
 	}
@@ -344,7 +347,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// graceful stop, not a failure to obtain.
 	if o, ok := src.(obtainer); ok {
 		if err := o.Obtain(ctx); err != nil && ctx.Err() == nil {
-			err = obtainError(err)
+			err = obtainError(err, c.acme.caRoot)
 			cancel(err)
 			<-served
 			return err

@@ -28,3 +28,13 @@ func Serial(n *big.Int) string {
 	}
 	return s
 }
+
+// KeyID returns a subject or authority key identifier as openssl x509
+// -text prints it: uppercase hex bytes joined by colons. Empty gives "".
+func KeyID(id []byte) string {
+	parts := make([]string, len(id))
+	for i, b := range id {
+		parts[i] = strings.ToUpper(hex.EncodeToString([]byte{b}))
+	}
+	return strings.Join(parts, ":")
+}

@@ -24,3 +24,12 @@ func TestSerial(t *testing.T) {
 		}
 	}
 }
+
+// KeyID prints a key identifier as openssl x509 -text does.
+func TestKeyID(t *testing.T) {
+	for in, want := range map[string]string{"": "", "\x0a": "0A", "\x3f\x2a\x9c": "3F:2A:9C"} {
+		if got := KeyID([]byte(in)); got != want {
+			t.Errorf("KeyID(%x) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"os"
+	"slices"
 )
 
 // Listed reports whether entries hold serial.
@@ -49,22 +50,57 @@ func HasUsage(c *x509.Certificate, u x509.ExtKeyUsage) bool {
 // returns nil when the file cannot be read, holds none, or that one does
 // not parse.
 func ReadFirstCert(path string) *x509.Certificate {
+	blocks := certBlocks(path)
+	if len(blocks) == 0 {
+		return nil
+	}
+	c, err := x509.ParseCertificate(blocks[0])
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// ReadCerts parses every CERTIFICATE block of a PEM file that parses, or
+// returns nil when the file cannot be read.
+func ReadCerts(path string) []*x509.Certificate {
+	var certs []*x509.Certificate
+	for _, b := range certBlocks(path) {
+		if c, err := x509.ParseCertificate(b); err == nil {
+			certs = append(certs, c)
+		}
+	}
+	return certs
+}
+
+// certBlocks returns the DER of each CERTIFICATE block of a PEM file, nil
+// when it cannot be read.
+func certBlocks(path string) [][]byte {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
+	var out [][]byte
 	for {
 		var b *pem.Block
 		b, data = pem.Decode(data)
 		if b == nil {
-			return nil
+			return out
 		}
 		if b.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				return nil
-			}
-			return c
+			out = append(out, b.Bytes)
 		}
 	}
+}
+
+// Organization is the subject organization of every certificate Sepal's
+// selfsigned package (flower-certs) makes: CAs, server and client
+// certificates.
+const Organization = "Sepal"
+
+// MadeBySepal reports whether c names Organization as its subject's: a
+// certificate flower-certs made, which flower-certs can make again. A
+// certificate from an ACME CA (or any other) does not.
+func MadeBySepal(c *x509.Certificate) bool {
+	return c != nil && slices.Contains(c.Subject.Organization, Organization)
 }

@@ -123,3 +123,42 @@ func TestReadFirstCert(t *testing.T) {
 		}
 	}
 }
+
+// ReadCerts reads every certificate that parses, skipping the rest.
+func TestReadCerts(t *testing.T) {
+	c, _ := issue(t, "c", 5, nil, nil)
+	d, _ := issue(t, "d", 6, nil, nil)
+	var data []byte
+	for _, b := range []*pem.Block{{Type: "CERTIFICATE", Bytes: []byte{0x30, 1}}, {Type: "PRIVATE KEY", Bytes: []byte{1}},
+		{Type: "CERTIFICATE", Bytes: c.Raw}, {Type: "CERTIFICATE", Bytes: d.Raw}} {
+		data = append(data, pem.EncodeToMemory(b)...)
+	}
+	p := filepath.Join(t.TempDir(), "roots.pem")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := ReadCerts(p); len(got) != 2 || got[0].Subject.CommonName != "c" || got[1].Subject.CommonName != "d" {
+		t.Errorf("ReadCerts = %v, want c and d", got)
+	}
+	if got := ReadCerts(p + ".missing"); got != nil {
+		t.Errorf("ReadCerts of a missing file = %v", got)
+	}
+}
+
+// MadeBySepal tells flower-certs' certificates (organization Sepal) from
+// others, such as an ACME CA's.
+func TestMadeBySepal(t *testing.T) {
+	for _, tc := range []struct {
+		c    *x509.Certificate
+		want bool
+	}{
+		{nil, false},
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "localhost", Organization: []string{Organization}}}, true},
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "superlink.example.org"}}, false},
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "x", Organization: []string{"Let's Encrypt"}}}, false},
+	} {
+		if got := MadeBySepal(tc.c); got != tc.want {
+			t.Errorf("MadeBySepal(%v) = %v, want %v", tc.c, got, tc.want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"modernc.org/sqlite"
@@ -35,6 +36,17 @@ type SQLiteOptions struct {
 	// the file is locked for one State, and a second SuperLink (or
 	// OpenSQLite) on it is refused with ErrLocked.
 	Shared bool
+	// CheckInterval is how often the State looks at the path to find the
+	// file deleted or replaced (renamed over) while it serves it; every
+	// write looks too, before it commits. Default DefaultCheckInterval.
+	CheckInterval time.Duration
+	// OnLost, when not nil, is called once, in a goroutine of its own, when
+	// the file was found deleted or replaced, with an error matching
+	// ErrLost: the State then answers every call with Unavailable and its
+	// Check fails, and its owner should stop serving, so that the process
+	// is started again on the file now at the path. Default nil (the State
+	// logs the loss and fails every call).
+	OnLost func(error)
 }
 
 var sqliteDialect = &dialect{
@@ -59,7 +71,10 @@ var sqliteHeader = []byte("SQLite format 3\x00")
 // OpenSQLite opens the state in the SQLite file path, creating it (mode
 // 0600) when it does not exist, in WAL mode, with synchronous=FULL so that
 // what was committed survives a crash of the machine too, and upgrades its
-// schema. The file is locked for this State until Close.
+// schema. The file is locked for this State until Close: the file itself,
+// and a lock file beside it (path-lock, 0600, left in place), which holds
+// also when the database file is deleted or replaced while served. Such a
+// loss is noticed (SQLiteOptions.CheckInterval, OnLost) and ends the State.
 //
 // Every refusal names the file and the fix: a missing folder, a folder
 // given as the file, a file that is not SQLite (ErrNotSQLite) or not a
@@ -93,13 +108,30 @@ func OpenSQLite(ctx context.Context, path string, o SQLiteOptions) (*State, erro
 		return nil, fmt.Errorf("state database %s: is not a regular file: give a path to a file", path)
 	}
 
+	// The lock file first: a second SuperLink on the path stops here, also
+	// when the database file was deleted or replaced under the first.
+	var lock *os.File
+	if !o.Shared {
+		if lock, err = lockFile(path, abs); err != nil {
+			if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+				return nil, fileError(path, dir, err)
+			}
+			return nil, err
+		}
+	}
 	// Our own handle on the file: created 0600, checked, and locked.
 	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, fileError(path, dir, err)
 	}
 	fail := func(err error) (*State, error) {
 		f.Close()
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
@@ -151,14 +183,32 @@ func OpenSQLite(ctx context.Context, path string, o SQLiteOptions) (*State, erro
 		db.Close()
 		return fail(openError(path, err))
 	}
+	watch, err := newFileWatch(path, abs, f, o.Logger, o.OnLost)
+	if err != nil {
+		db.Close()
+		return fail(fmt.Errorf("state database %s: %w", path, err))
+	}
 	s := newState(db, sqliteDialect, path, o.Options)
+	s.file = watch
 	// Alone on the file (its lock), this State knows that the replicas
 	// recorded before it are gone.
 	if err := s.join(ctx, !o.Shared); err != nil {
 		db.Close()
 		return fail(openError(path, err))
 	}
-	s.onClose = f.Close // releases the lock
+	interval := o.CheckInterval
+	if interval <= 0 {
+		interval = DefaultCheckInterval
+	}
+	watch.run(interval)
+	s.onClose = func() error { // releases the locks
+		watch.close()
+		err := f.Close()
+		if lock != nil {
+			lock.Close()
+		}
+		return err
+	}
 	if from != to {
 		if from == 0 {
 			o.Logger.Info("state database created", "database", path, "schema_version", to)

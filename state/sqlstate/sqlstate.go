@@ -71,6 +71,10 @@ type State struct {
 	failMu   sync.Mutex
 	lastFail string
 	lastLog  time.Time
+
+	// file watches a SQLite file for its deletion or replacement (nil
+	// for PostgreSQL).
+	file *fileWatch
 }
 
 var (
@@ -166,6 +170,11 @@ func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (er
 	if s.closed.Load() {
 		return errClosed, false
 	}
+	if s.file != nil {
+		if err := s.file.err(); err != nil {
+			return err, false // lost: nothing is read from it or written to it
+		}
+	}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return err, false
@@ -180,6 +189,14 @@ func (s *State) runOnce(ctx context.Context, opts *sql.TxOptions, fn txFunc) (er
 	if err != nil {
 		tx.Rollback()
 		return err, false
+	}
+	if opts == nil && s.file != nil {
+		// A write commits only to the file at the path, never to one
+		// deleted or replaced since the last look.
+		if err := s.file.check(); err != nil {
+			tx.Rollback()
+			return err, false
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return err, true
@@ -1115,8 +1132,14 @@ func (s *State) Runs(ctx context.Context, limit int) ([]state.RunInfo, error) {
 	return out, err
 }
 
-// Check reports whether the database answers.
+// Check reports whether the database answers and, for a SQLite file,
+// whether the file at its path is still the one it serves (ErrLost).
 func (s *State) Check(ctx context.Context) error {
+	if s.file != nil {
+		if err := s.file.check(); err != nil {
+			return err
+		}
+	}
 	return s.read(ctx, "Check", func(tx *txn) error {
 		var v int
 		return tx.QueryRowContext(ctx, s.d.check).Scan(&v)
