@@ -21,6 +21,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memlink"
 )
 
 // Options configure a State (state.Options). The zero value is ready to
@@ -83,9 +84,13 @@ type resEntry struct {
 	blobs []*blob
 }
 
-// State is the in-memory state.State. Each method holds one mutex for its
-// whole effect, so every call is atomic with respect to the others.
+// State is the in-memory state.State, and state.LinkState through the
+// memlink store it embeds (the Flower 1.29.0 generation). Each method
+// holds one mutex for its whole effect, so every call is atomic with
+// respect to the others.
 type State struct {
+	*memlink.Store
+
 	ev   state.Events
 	now  func() time.Time
 	rand io.Reader
@@ -104,6 +109,7 @@ type State struct {
 
 var (
 	_ state.State      = (*State)(nil)
+	_ state.LinkState  = (*State)(nil)
 	_ state.BlobFinder = (*State)(nil)
 )
 
@@ -111,6 +117,7 @@ var (
 func New(o Options) *State {
 	o = o.WithDefaults()
 	return &State{
+		Store:   memlink.New(o),
 		ev:      state.Events{Log: o.Logger},
 		now:     o.Now,
 		rand:    o.Rand,
@@ -737,6 +744,7 @@ func (s *State) Check(context.Context) error {
 
 // Close forgets everything; later calls fail with Unavailable.
 func (s *State) Close() error {
+	s.Store.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true

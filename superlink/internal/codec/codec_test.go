@@ -1,4 +1,4 @@
-package superlink
+package codec
 
 import (
 	"bytes"
@@ -35,7 +35,7 @@ func checkCodec(t *testing.T, name string, m proto.Message) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, min := range []int{0, 1, 2, 100, bigBytes} {
+	for _, min := range []int{0, 1, 2, 100, BigBytes} {
 		pieces, err := marshalPieces(m, min)
 		if err != nil {
 			t.Fatalf("%s (min %d): %v", name, min, err)
@@ -44,7 +44,7 @@ func checkCodec(t *testing.T, name string, m proto.Message) {
 			t.Fatalf("%s (min %d): codec bytes differ from deterministic proto (%d vs %d bytes)", name, min, len(got), len(want))
 		}
 		back := m.ProtoReflect().Type().New().Interface()
-		c := &codec{in: memstate.New(memstate.Options{}), bigMin: max(min, 1)}
+		c := &Codec{in: memstate.New(memstate.Options{}), bigMin: max(min, 1)}
 		if err := c.Unmarshal(splitBuffers(want, 7), back); err != nil {
 			t.Fatalf("%s: unmarshal: %v", name, err)
 		}
@@ -103,13 +103,13 @@ func randomBytes(r *rand.Rand, n int) []byte {
 // nil map values, and unknown fields.
 func TestCodecSynthetic(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	big := randomBytes(r, 3*bigBytes+5)
+	big := randomBytes(r, 3*BigBytes+5)
 	rs := &flwrproto.RecordSet{
 		Parameters: map[string]*flwrproto.ParametersRecord{
 			"fitins.parameters": {DataKeys: []string{"0", "1", "2"}, DataValues: []*flwrproto.Array{
 				{Dtype: "<f4", Shape: []int32{-1, 3, 1 << 20}, Stype: "numpy.ndarray", Data: big},
 				{Stype: "numpy.ndarray", Data: []byte("small")},
-				{Data: big[:bigBytes]},
+				{Data: big[:BigBytes]},
 			}},
 			"b":     {},
 			"nil":   nil,
@@ -147,7 +147,7 @@ func TestCodecSynthetic(t *testing.T) {
 	}
 
 	// The large array travels by reference: no piece copies it.
-	pieces, err := newCodec(nil).Marshal(&flwrproto.PullTaskInsResponse{TaskInsList: []*flwrproto.TaskIns{ins}})
+	pieces, err := New(Options{}).Marshal(&flwrproto.PullTaskInsResponse{TaskInsList: []*flwrproto.TaskIns{ins}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,12 +178,12 @@ func (h heldBlob) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
 // copied, and the hash the codec notes for it is its real hash.
 func TestCodecLargeArrays(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	held := randomBytes(r, 2*bigBytes)
-	fresh := randomBytes(r, 2*bigBytes+3)
+	held := randomBytes(r, 2*BigBytes)
+	fresh := randomBytes(r, 2*BigBytes+3)
 	rs := func(d []byte) *flwrproto.RecordSet {
 		return &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: d}}}}}
 	}
-	c := &codec{in: heldBlob{held}, bigMin: bigBytes}
+	c := &Codec{in: heldBlob{held}, bigMin: BigBytes}
 	for _, tc := range []struct {
 		name string
 		m    proto.Message
@@ -253,7 +253,7 @@ func BenchmarkUnmarshalResult(b *testing.B) {
 		b.Fatal(err)
 	}
 	frames := splitBuffers(enc, 16<<10)
-	c := &codec{in: heldBlob{}, bigMin: bigBytes}
+	c := &Codec{in: heldBlob{}, bigMin: BigBytes}
 	b.SetBytes(int64(len(enc)))
 	for b.Loop() {
 		var got flwrproto.PushTaskResRequest
@@ -272,9 +272,9 @@ func inside(buf, b []byte) bool { return len(b) > 0 && within(buf, b) }
 // of its own, not the whole buffer of copies.
 func TestCodecOwnedBuffers(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
-	held := randomBytes(r, 2*bigBytes)
-	model := randomBytes(r, 3*bigBytes)
-	c := newServerCodec(heldBlob{held}, newStandIns())
+	held := randomBytes(r, 2*BigBytes)
+	model := randomBytes(r, 3*BigBytes)
+	c := New(Options{Finder: heldBlob{held}, StandIns: noStandIns{}})
 	rs := func(d []byte) *flwrproto.RecordSet {
 		return &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: d}}}}}
 	}
@@ -330,49 +330,78 @@ func TestCodecOwnedBuffers(t *testing.T) {
 	}
 }
 
-// A request that is not the message its method takes gets InvalidArgument
-// naming the message, not gRPC's Internal, on every method and on
-// a streaming one; a client's codec reports the error as it is.
-func TestGarbageRequestBody(t *testing.T) {
-	f := start(t)
-	ctx := ctxT(t)
-	garbage := []byte{0xff, 0xff, 0xff, 0xff, 0x0f, 0x01}
-	for _, method := range []string{mCreateNode, mPing, "/flwr.proto.Driver/GetNodes", "/grpc.health.v1.Health/Check"} {
-		conn := f.fleetConn
-		if strings.Contains(method, "Driver") {
-			conn = f.driverConn
-		}
-		req := rawMessage(garbage)
-		err := conn.Invoke(ctx, method, &req, new(rawMessage), grpc.ForceCodecV2(rawCodec{}))
-		wantCode(t, method, err, codes.InvalidArgument, "the request is not a valid")
-	}
-	// A streaming method: health's Watch.
-	st, err := f.fleetConn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/grpc.health.v1.Health/Watch", grpc.ForceCodecV2(rawCodec{}))
+
+// TestDecodeInterns: a large array that the state already holds is not
+// copied again when it arrives; a new one is copied out of the frames (which
+// gRPC reuses) into memory of its own.
+func TestDecodeInterns(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	held := randomBytes(r, 2*BigBytes)
+	st := memstate.New(memstate.Options{})
+	ctx := t.Context()
+	node, err := st.CreateNode(ctx, state.NewNode{PingInterval: 30})
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := rawMessage(garbage)
-	if err := st.SendMsg(&req); err != nil {
+	run, err := st.CreateRun(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
-	st.CloseSend()
-	err = st.RecvMsg(new(rawMessage))
-	wantCode(t, "Watch", err, codes.InvalidArgument, "the request is not a valid grpc.health.v1.HealthCheckRequest")
-	if err := newCodec(nil).Unmarshal(mem.BufferSlice{mem.SliceBuffer(garbage)}, &flwrproto.PingRequest{}); err == nil {
-		t.Error("a client's codec took garbage")
+	hold := taskIns(run, node, 1.8e9)
+	hold.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataValues: []*flwrproto.Array{{Data: held}}}}}
+	if _, err := st.PushTaskIns(ctx, []*flwrproto.TaskIns{hold}); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Finder: st})
+
+	msg := &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{taskIns(1, 2, 1.8e9)}}
+	fresh := randomBytes(r, BigBytes+3)
+	msg.TaskInsList[0].Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{
+		"p": {DataKeys: []string{"0", "1"}, DataValues: []*flwrproto.Array{{Data: bytes.Clone(held)}, {Data: fresh}}},
+	}}
+	wire, err := proto.Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got flwrproto.PushTaskInsRequest
+	if err := c.Unmarshal(splitBuffers(wire, 16<<10), &got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(&got, msg) {
+		t.Fatal("decoded message differs")
+	}
+	vals := got.TaskInsList[0].Task.Recordset.Parameters["p"].DataValues
+	if &vals[0].Data[0] != &held[0] {
+		t.Error("an array the SuperLink holds was copied again")
+	}
+	clear(wire) // gRPC reuses its frames
+	if !bytes.Equal(vals[1].Data, fresh) {
+		t.Error("a new array still points into the frames")
+	}
+
+	// Malformed input falls back to proto's own error.
+	if err := c.Unmarshal(splitBuffers(append(bytes.Repeat([]byte{0x0a, 0xff}, BigBytes), 0xff), 100), &got); err == nil {
+		t.Error("malformed message decoded without error")
 	}
 }
 
-// rawMessage is a message's bytes, sent as they are by rawCodec.
-type rawMessage []byte
+// noStandIns resolve nothing: a server's codec without captured requests.
+type noStandIns struct{}
 
-type rawCodec struct{}
+func (noStandIns) Resolve([]byte) ([]byte, bool) { return nil, false }
 
-func (rawCodec) Name() string { return "proto" }
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	return mem.BufferSlice{mem.SliceBuffer(*v.(*rawMessage))}, nil
-}
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	*v.(*rawMessage) = data.Materialize()
-	return nil
+// taskIns returns a valid TaskIns of run for node, created at created.
+func taskIns(run, node int64, created float64) *flwrproto.TaskIns {
+	return &flwrproto.TaskIns{
+		GroupId: "1",
+		RunId:   run,
+		Task: &flwrproto.Task{
+			Producer:  &flwrproto.Node{Anonymous: true},
+			Consumer:  &flwrproto.Node{NodeId: node},
+			CreatedAt: created,
+			Ttl:       3600,
+			TaskType:  "train",
+			Recordset: &flwrproto.RecordSet{},
+		},
+	}
 }
