@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -145,10 +145,10 @@ func TestWrongAPIWithClientCertificates(t *testing.T) {
 	var mu sync.Mutex
 	var refused []*transport.ClientCertError
 	hook := func(e *transport.ClientCertError) { mu.Lock(); refused = append(refused, e); mu.Unlock() }
-	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
-	link := testkit.Serve(t, perAPI{sl,
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
+	link := testkit.Serve(t, serveOn(sl,
 		transport.ClientAuthCredentials(p.Source(), transport.ClientAuth{CAs: cas, Role: transport.RoleNode, Refused: hook}),
-		transport.ClientAuthCredentials(p.Source(), transport.ClientAuth{CAs: cas, Role: transport.RoleServerApp, Refused: hook})}, nil)
+		transport.ClientAuthCredentials(p.Source(), transport.ClientAuth{CAs: cas, Role: transport.RoleServerApp, Refused: hook})))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	nodeTLS := transport.ClientOptions{RootCertificates: p.CAFile, ClientCertificate: nodeCert, ClientKey: nodeKey, Role: transport.RoleNode}
@@ -188,15 +188,4 @@ func TestWrongAPIWithClientCertificates(t *testing.T) {
 	if ctx.Err() != nil {
 		t.Error("a refusal was retried until the test's deadline")
 	}
-}
-
-// perAPI serves a SuperLink with credentials per API through
-// testkit.Serve, which passes one.
-type perAPI struct {
-	sl            *superlink.SuperLink
-	fleet, driver credentials.TransportCredentials
-}
-
-func (a perAPI) Serve(ctx context.Context, fleet, driver net.Listener, _ credentials.TransportCredentials) error {
-	return a.sl.ServeAPIs(ctx, fleet, driver, a.fleet, a.driver)
 }

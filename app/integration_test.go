@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	pb "github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -44,8 +46,8 @@ func startLinkWith(t *testing.T, plain bool, leaf ...selfsigned.ServerOptions) t
 	if plain {
 		creds = nil
 	}
-	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
-	l := testkit.Serve(t, sl, creds)
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: testLogger(t, "superlink"), ShutdownGrace: time.Second})
+	l := testkit.Serve(t, serveOn(sl, creds, creds))
 	return testLink{fleet: l.Fleet, driver: l.Driver, caFile: p.CAFile}
 }
 
@@ -332,8 +334,8 @@ func TestSuperLinkRestart(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink"), ShutdownGrace: 100 * time.Millisecond})
-		go func() { done <- sl.Serve(ctx, fl, dl, nil) }()
+		sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: testLogger(t, "superlink"), ShutdownGrace: 100 * time.Millisecond})
+		go func() { done <- sl.Serve(ctx, superlink.Listeners{Fleet: fl, Driver: dl}) }()
 		return fl.Addr().String(), dl.Addr().String(), func() { cancel(); <-done }
 	}
 	fleet, driver, stop := serve("127.0.0.1:0", "127.0.0.1:0")
@@ -391,7 +393,7 @@ func (s *slowCreate) CreateNode(ctx context.Context, r *pb.CreateNodeRequest) (*
 // under way (the SuperLink has registered the node, the answer is not back
 // yet) still unregisters the node, instead of leaving it to miss its pings.
 func TestNodeStoppedWhileRegistering(t *testing.T) {
-	sl := superlink.New(superlink.Options{Logger: testLogger(t, "superlink")})
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: testLogger(t, "superlink")})
 	fleet := &slowCreate{FleetServer: sl.Fleet(), entered: make(chan struct{}), release: make(chan struct{})}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -432,5 +434,13 @@ func TestNodeStoppedWhileRegistering(t *testing.T) {
 	nodes, err := driver.GetNodes(context.Background(), &pb.GetNodesRequest{RunId: run.RunId})
 	if err != nil || len(nodes.GetNodes()) != 0 {
 		t.Errorf("nodes after a stop during CreateNode: %v %v, want none (DeleteNode not called)", nodes.GetNodes(), err)
+	}
+}
+
+// serveOn is sl serving the Fleet API with fleet and the Driver API with
+// driver credentials (nil: plaintext), for testkit.Serve.
+func serveOn(sl *superlink.SuperLink, fleet, driver credentials.TransportCredentials) testkit.ServeFunc {
+	return func(ctx context.Context, fl, dl net.Listener) error {
+		return sl.Serve(ctx, superlink.Listeners{Fleet: fl, Driver: dl, FleetCreds: fleet, DriverCreds: driver})
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -44,8 +46,11 @@ func startSuperLinkBin(t *testing.T, dir string, args ...string) link {
 // with an expired certificate, which flower-superlink refuses to start with.
 func startExpiredSuperLink(t *testing.T, p *testkit.PKI) link {
 	t.Helper()
-	sl := superlink.New(superlink.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	l := testkit.Serve(t, sl, transport.ServerCredentials(p.Source()))
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	creds := transport.ServerCredentials(p.Source())
+	l := testkit.Serve(t, func(ctx context.Context, fleet, driver net.Listener) error {
+		return sl.Serve(ctx, superlink.Listeners{Fleet: fleet, Driver: driver, FleetCreds: creds, DriverCreds: creds})
+	})
 	return link{fleet: l.Fleet, driver: l.Driver}
 }
 

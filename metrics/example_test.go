@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/sepal-fl/sepal/metrics"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 )
 
@@ -14,10 +15,10 @@ import (
 // page, /healthz and /readyz on an address of their own.
 func Example() {
 	m := metrics.New(metrics.Options{Version: "v1.0.0"})
-	sl := superlink.New(superlink.Options{ServerOptions: m.GRPCServerOptions()})
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), ServerOptions: m.GRPCServerOptions()})
 	m.SetState(sl.State())
 	// creds := m.Credentials(transport.ServerCredentials(src))
-	// go sl.Serve(ctx, fleetLis, driverLis, creds)
+	// go sl.Serve(ctx, superlink.Listeners{Fleet: fleetLis, Driver: driverLis, FleetCreds: creds, DriverCreds: creds})
 	// m.SetListeners(fleetLis.Addr(), driverLis.Addr())
 	// go http.Serve(metricsLis, m.Handler())
 

@@ -23,6 +23,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/metrics"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -63,12 +64,15 @@ func newRig(t *testing.T, o metrics.Options) *rig {
 	}
 	r.src = src
 	r.m.SetCertificateSource(metrics.SourceFile, src, nil)
-	sl := superlink.New(superlink.Options{Logger: quiet, ServerOptions: r.m.GRPCServerOptions()})
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: quiet, ServerOptions: r.m.GRPCServerOptions()})
 	if o.State == nil {
 		r.m.SetState(sl.State()) // as flower-superlink does
 	}
 	r.m.SetLimits(sl.LimitStats)
-	r.link = testkit.Serve(t, sl, r.m.Credentials(transport.ServerCredentials(src)))
+	creds := r.m.Credentials(transport.ServerCredentials(src))
+	r.link = testkit.Serve(t, func(ctx context.Context, fleet, driver net.Listener) error {
+		return sl.Serve(ctx, superlink.Listeners{Fleet: fleet, Driver: driver, FleetCreds: creds, DriverCreds: creds})
+	})
 	fleet, _ := net.ResolveTCPAddr("tcp", r.link.Fleet)
 	driver, _ := net.ResolveTCPAddr("tcp", r.link.Driver)
 	r.m.SetListeners(fleet, driver)

@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/metrics"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -21,12 +23,15 @@ import (
 // them.
 func TestNodeLimitMetrics(t *testing.T) {
 	m := metrics.New(metrics.Options{Logger: slog.New(slog.DiscardHandler)})
-	sl := superlink.New(superlink.Options{Logger: slog.New(slog.DiscardHandler), NodeLimits: superlink.NodeLimits{MaxPerConnection: 1}})
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{}), Logger: slog.New(slog.DiscardHandler), NodeLimits: superlink.NodeLimits{MaxPerConnection: 1}})
 	m.SetNodeLimits(sl.NodeLimitStats)
 	srv := httptest.NewServer(m.Handler())
 	t.Cleanup(srv.Close)
 	pki := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
-	link := testkit.Serve(t, sl, transport.ServerCredentials(pki.Source()))
+	creds := transport.ServerCredentials(pki.Source())
+	link := testkit.Serve(t, func(ctx context.Context, fleet, driver net.Listener) error {
+		return sl.Serve(ctx, superlink.Listeners{Fleet: fleet, Driver: driver, FleetCreds: creds, DriverCreds: creds})
+	})
 
 	s := testkit.Scrape(t, srv.URL+"/metrics")
 	for _, r := range superlink.NodeRefusalReasons {

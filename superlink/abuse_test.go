@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/superlink/internal/wire"
 )
 
 // rawConn2 is a TLS connection from a chosen loopback address, written
@@ -175,7 +178,7 @@ func TestControlFrameFloods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range controlBurst / 2 {
+	for i := range 100 { // half the burst
 		c.write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{byte(i)}) })
 	}
 	select {
@@ -196,8 +199,7 @@ func TestControlFrameFloods(t *testing.T) {
 // its share of the small-request reserve meanwhile, so other clients'
 // pings pass.
 func TestSlowRequestsReset(t *testing.T) {
-	f := startLimited(t, Limits{MinRequestRate: 1 << 20})
-	f.sl.guard.cfg.grace = 300 * time.Millisecond
+	f := startLimitedWith(t, Limits{MinRequestRate: 1 << 20}, func(c *wire.Config) { c.Grace = 300 * time.Millisecond })
 	c := f.h2(t, f.fleetAddr)
 	big := sendPart(t, c, mPushTaskRes, 40<<20, 100<<10)
 	waitInflight(t, f.sl, 40<<20)
@@ -218,7 +220,7 @@ func TestSlowRequestsReset(t *testing.T) {
 		s := sendPart(t, c, mCreateNode, SmallMessageSize, 10)
 		streams = append(streams, s.ID)
 	}
-	share := f.sl.budget.smallShare()
+	share := f.sl.wire.SmallShare()
 	if held := f.sl.LimitStats().InflightBytes; held > share {
 		t.Errorf("one peer holds %d bytes of small requests, more than its share of %d", held, share)
 	}
@@ -276,8 +278,7 @@ func TestConnectionsPerPeer(t *testing.T) {
 // without a call go sooner (GOAWAY NO_ERROR), longest idle first, down to
 // three quarters.
 func TestIdleClosedWhenSlotsShort(t *testing.T) {
-	f := startLimited(t, Limits{MaxConnections: 8, MaxConnectionsPerPeer: 8})
-	f.sl.guard.cfg.idleClose = 500 * time.Millisecond
+	f := startLimitedWith(t, Limits{MaxConnections: 8, MaxConnectionsPerPeer: 8}, func(c *wire.Config) { c.IdleClose = 500 * time.Millisecond })
 	cfg := f.tlsConfig(t)
 	var cs []*rawClient
 	for range 6 { // with the fixture's: 7 of 8
@@ -314,20 +315,27 @@ func TestIdleClosedWhenSlotsShort(t *testing.T) {
 // own share does not count: it cannot take a SuperLink out of a load
 // balancer.
 func TestHealthUnderPressure(t *testing.T) {
-	f := startLimited(t, Limits{MaxInflightBytes: 8 << 20})
-	f.sl.budget.pressureFor = 500 * time.Millisecond
-	b := f.sl.budget
-	// Other peers fill the budget but for 64 KiB: room for health checks,
-	// not for a ping of 512 KiB.
-	var held []*peerState
-	var sizes []int64
-	for i := 0; b.used.Load() < b.max-64<<10; i++ {
-		p := b.peerFor(net.IPv4(192, 0, 2, byte(i)).String())
-		n := min(SmallMessageSize, b.max-64<<10-b.used.Load())
-		if r := b.reserve(n, p); r != "" {
-			t.Fatal(r)
+	f := startLimitedWith(t, Limits{MaxInflightBytes: 8 << 20}, func(c *wire.Config) {
+		c.PressureWindow = 500 * time.Millisecond
+		c.Grace = time.Hour // the stalled requests hold the budget for the test's length
+	})
+	// Other peers fill the budget but for about 100 KiB: room for health
+	// checks, not for a ping of 512 KiB.
+	var others []*testkit.H2Conn
+	held := int64(0)
+	for i, declared := range []uint32{3584 << 10, 3584 << 10, 900 << 10} {
+		c, err := testkit.DialH2From(ctxT(t), fmt.Sprintf("127.0.0.%d", i+2), f.fleetAddr, f.tlsConfig(t))
+		if err != nil {
+			t.Fatal(err)
 		}
-		held, sizes = append(held, p), append(sizes, n)
+		method := mPushTaskRes
+		if declared < SmallMessageSize {
+			method = mCreateNode
+		}
+		sendPart(t, c, method, declared, 10)
+		others = append(others, c)
+		held += int64(declared)
+		waitInflight(t, f.sl, held) // in this order: the large ones may not fill the reserve
 	}
 	ctx := ctxT(t)
 	_, err := f.fleet.Ping(ctx, padded(&flwrproto.PingRequest{Node: &flwrproto.Node{NodeId: 1}, PingInterval: 30}, 512<<10))
@@ -352,8 +360,8 @@ func TestHealthUnderPressure(t *testing.T) {
 	if ok, why := f.sl.Ready(); ok || !strings.Contains(why, "--max-inflight-bytes") {
 		t.Errorf("Ready: %v %q", ok, why)
 	}
-	for i, p := range held {
-		b.release(sizes[i], p)
+	for _, c := range others {
+		c.Close()
 	}
 	waitHealth(healthpb.HealthCheckResponse_SERVING)
 	if ok, _ := f.sl.Ready(); !ok {

@@ -25,6 +25,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/pgtest"
 	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -77,8 +78,8 @@ func BenchmarkFedAvgRound(b *testing.B) {
 
 func benchRound(b *testing.B, n int) {
 	creds, caFile := testCerts(b)
-	sl := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	link := testkit.Serve(b, sl, creds)
+	sl := New(Options{State: memstate.New(memstate.Options{}), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	link := testkit.Serve(b, serveOn(sl, creds))
 
 	var peakHeap, peakLive uint64
 	b.ResetTimer()

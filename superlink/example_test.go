@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -33,8 +34,9 @@ func ExampleSuperLink_Serve() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	sl := superlink.New(superlink.Options{})
-	if err := sl.Serve(ctx, fleet, driver, transport.ServerCredentials(src)); err != nil {
+	creds := transport.ServerCredentials(src)
+	sl := superlink.New(superlink.Options{State: memstate.New(memstate.Options{})})
+	if err := sl.Serve(ctx, superlink.Listeners{Fleet: fleet, Driver: driver, FleetCreds: creds, DriverCreds: creds}); err != nil {
 		log.Fatal(err)
 	}
 }

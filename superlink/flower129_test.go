@@ -21,6 +21,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/state/memstate"
+	"github.com/sepal-fl/sepal/superlink/internal/codec"
 )
 
 // signer signs Fleet calls as a Flower 1.29.0 SuperNode does, with a
@@ -63,14 +65,14 @@ func (s *signer) ctx(t *testing.T) context.Context {
 // with its key, and a signature too old, from the future, by another key
 // or for another node's id is refused with Unauthenticated.
 func TestFleet129Signatures(t *testing.T) {
-	sl := New(Options{})
+	sl := New(Options{State: memstate.New(memstate.Options{})})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- sl.ServeAll(ctx, Listeners{Fleet: lis}) }()
+	go func() { done <- sl.Serve(ctx, Listeners{Fleet: lis}) }()
 	defer func() { cancel(); <-done }()
 	cc, err := grpc.NewClient(lis.Addr().String(), append(flwr129.ClientOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
@@ -138,7 +140,7 @@ func TestFleet129Signatures(t *testing.T) {
 func TestCodec129Objects(t *testing.T) {
 	content := bytes.Repeat([]byte{7, 1, 3}, 5<<20/3)
 	in := &flwr129.PushObjectRequest{Node: &flwr129.Node{NodeId: 9}, RunId: 3, ObjectId: "ab", ObjectContent: content}
-	c := newCodec(nil)
+	c := codec.New(codec.Options{})
 	buf, err := c.Marshal(in)
 	if err != nil {
 		t.Fatal(err)

@@ -66,7 +66,7 @@ func newHeaderRig(t testing.TB) *headerRig {
 	h := &handled{sizes: map[string][]int{}}
 	sl := New(Options{Logger: slog.New(slog.DiscardHandler), State: memstate.New(memstate.Options{}),
 		ServerOptions: []grpc.ServerOption{grpc.ChainUnaryInterceptor(h.interceptor)}})
-	link := testkit.Serve(t, sl, creds)
+	link := testkit.Serve(t, serveOn(sl, creds))
 	f := &fixture{caFile: caFile}
 	return &headerRig{addr: link.Fleet, cfg: f.tlsConfig(t), h: h, sl: sl}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/state/statetest"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -58,7 +59,7 @@ func startWith(t testing.TB, newState newStateFunc) *fixture {
 	clock.Set(time.Unix(1795638840, 0))
 	logs := &testkit.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	var st state.State
+	var st state.State = memstate.New(memstate.Options{Logger: log, Now: clock.Now})
 	if newState != nil {
 		st = newState(t, clock.Now, log)
 	}
@@ -68,7 +69,7 @@ func startWith(t testing.TB, newState newStateFunc) *fixture {
 		SweepInterval: time.Hour,
 		State:         st,
 	})
-	link := testkit.Serve(t, sl, creds)
+	link := testkit.Serve(t, serveOn(sl, creds))
 	f := &fixture{sl: sl, clock: clock, logs: logs, fleetAddr: link.Fleet, driverAddr: link.Driver, caFile: caFile}
 	f.fleetConn = dial(t, f.fleetAddr, caFile)
 	f.driverConn = dial(t, f.driverAddr, caFile)
@@ -144,3 +145,19 @@ func (f *fixture) stats(t testing.TB) state.Stats {
 	}
 	return st
 }
+
+// serveOn is sl serving the Fleet and Driver APIs with creds (nil:
+// plaintext), for testkit.Serve.
+func serveOn(sl *SuperLink, creds credentials.TransportCredentials) testkit.ServeFunc {
+	return func(ctx context.Context, fleet, driver net.Listener) error {
+		return sl.Serve(ctx, Listeners{Fleet: fleet, Driver: driver, FleetCreds: creds, DriverCreds: creds})
+	}
+}
+
+// Methods and the client preface, as the raw HTTP/2 tests send them.
+const (
+	mCreateNode   = "/flwr.proto.Fleet/CreateNode"
+	mPushTaskRes  = "/flwr.proto.Fleet/PushTaskRes"
+	mPing         = "/flwr.proto.Fleet/Ping"
+	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+)

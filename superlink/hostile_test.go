@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/superlink/internal/codec"
 )
 
 // TestHostileRPCs sends malformed and misdirected requests over gRPC: each
@@ -135,7 +136,7 @@ func TestTooLargeMessage(t *testing.T) {
 		t.Fatal("test message is not over the limit")
 	}
 	// Our codec on the client too, so the test holds one 600 MiB slice.
-	_, err = f.driver.PushTaskIns(ctx, req, grpc.ForceCodecV2(newCodec(nil)))
+	_, err = f.driver.PushTaskIns(ctx, req, grpc.ForceCodecV2(codec.New(codec.Options{})))
 	wantCode(t, "600 MiB PushTaskIns", err, codes.ResourceExhausted, "PushTaskIns takes at most 512 MiB")
 	ti.Task.Recordset = &flwrproto.RecordSet{}
 	req = nil

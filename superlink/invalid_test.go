@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/superlink/internal/codec"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -37,7 +39,7 @@ func TestGarbageRequestBody(t *testing.T) {
 	st.CloseSend()
 	err = st.RecvMsg(new(rawMessage))
 	wantCode(t, "Watch", err, codes.InvalidArgument, "the request is not a valid grpc.health.v1.HealthCheckRequest")
-	if err := newCodec(nil).Unmarshal(mem.BufferSlice{mem.SliceBuffer(garbage)}, &flwrproto.PingRequest{}); err == nil {
+	if err := codec.New(codec.Options{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(garbage)}, &flwrproto.PingRequest{}); err == nil {
 		t.Error("a client's codec took garbage")
 	}
 }

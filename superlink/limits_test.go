@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/superlink/internal/codec"
 )
 
 // pushResults runs one round in which each node answers a TaskIns with a
@@ -58,7 +59,7 @@ func pushResults(t *testing.T, f *fixture, nodes int, data []byte, together bool
 		}}
 		// Our codec on the client too: it sends the array from where it
 		// is instead of copying it into a buffer per push.
-		_, err = clients[i].PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{res}}, grpc.ForceCodecV2(newCodec(nil)))
+		_, err = clients[i].PushTaskRes(ctx, &flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{res}}, grpc.ForceCodecV2(codec.New(codec.Options{})))
 		if err != nil {
 			return fmt.Errorf("node %d: PushTaskRes: %w", i, err)
 		}
@@ -90,7 +91,7 @@ func pushResults(t *testing.T, f *fixture, nodes int, data []byte, together bool
 		t.FailNow()
 	}
 	for i, id := range insIDs {
-		r, err := f.driver.PullTaskRes(ctx, &flwrproto.PullTaskResRequest{TaskIds: []string{id}}, grpc.ForceCodecV2(newCodec(nil)))
+		r, err := f.driver.PullTaskRes(ctx, &flwrproto.PullTaskResRequest{TaskIds: []string{id}}, grpc.ForceCodecV2(codec.New(codec.Options{})))
 		if err != nil || len(r.TaskResList) != 1 {
 			t.Fatalf("result of node %d: %v", i, err)
 		}

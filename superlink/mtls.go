@@ -3,7 +3,6 @@ package superlink
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -61,44 +60,4 @@ func recheck(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// invalidUnaryInterceptor answers a request the codec could not decode
-// with InvalidArgument, naming the message it expected.
-func invalidUnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if why, ok := invalidOf(req); ok {
-		return nil, invalidRequest(info.FullMethod, req, why)
-	}
-	return h(ctx, req)
-}
-
-// invalidStreamInterceptor is invalidUnaryInterceptor for the messages a
-// streaming handler receives.
-func invalidStreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return h(srv, invalidCheckStream{ss, info.FullMethod})
-}
-
-type invalidCheckStream struct {
-	grpc.ServerStream
-	method string
-}
-
-func (s invalidCheckStream) RecvMsg(m any) error {
-	if err := s.ServerStream.RecvMsg(m); err != nil {
-		return err
-	}
-	if why, ok := invalidOf(m); ok {
-		return invalidRequest(s.method, m, why)
-	}
-	return nil
-}
-
-// invalidRequest is the status of a request that is not the message its
-// method takes.
-func invalidRequest(method string, req any, why string) error {
-	name := fmt.Sprintf("%T", req)
-	if m, err := messageOf(req); err == nil {
-		name = string(m.ProtoReflect().Descriptor().FullName())
-	}
-	return status.Errorf(codes.InvalidArgument, "%s: the request is not a valid %s: %s", shortMethod(method), name, why)
 }

@@ -15,11 +15,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -47,26 +47,18 @@ func startMTLS(t *testing.T, opts ...func(o *Options, m *mtlsLink)) *mtlsLink {
 		t.Fatal(err)
 	}
 	m.src = src
-	o := Options{Logger: slog.New(slog.NewTextHandler(m.logs, nil)), SweepInterval: time.Hour}
+	log := slog.New(slog.NewTextHandler(m.logs, nil))
+	o := Options{Logger: log, SweepInterval: time.Hour, State: memstate.New(memstate.Options{Logger: log})}
 	for _, f := range opts {
 		f(&o, m)
 	}
 	m.sl = New(o)
 	fleet := transport.ClientAuthCredentials(m.pki.Source(), transport.ClientAuth{CAs: src, Role: transport.RoleNode})
 	driver := transport.ClientAuthCredentials(m.pki.Source(), transport.ClientAuth{CAs: src, Role: transport.RoleServerApp})
-	m.link = testkit.Serve(t, apiServer{m.sl, fleet, driver}, nil)
+	m.link = testkit.Serve(t, func(ctx context.Context, fl, dl net.Listener) error {
+		return m.sl.Serve(ctx, Listeners{Fleet: fl, Driver: dl, FleetCreds: fleet, DriverCreds: driver})
+	})
 	return m
-}
-
-// apiServer serves a SuperLink with credentials per API through
-// testkit.Serve, which passes one.
-type apiServer struct {
-	sl            *SuperLink
-	fleet, driver credentials.TransportCredentials
-}
-
-func (a apiServer) Serve(ctx context.Context, fleet, driver net.Listener, _ credentials.TransportCredentials) error {
-	return a.sl.ServeAPIs(ctx, fleet, driver, a.fleet, a.driver)
 }
 
 // revoke writes the CRL with serials (and those revoked before).

@@ -17,6 +17,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -33,8 +34,9 @@ func startNodeLimits(t *testing.T, l NodeLimits) *nodeLink {
 	t.Helper()
 	creds, caFile := testCerts(t)
 	logs := &testkit.SyncBuffer{}
-	sl := New(Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), SweepInterval: time.Hour, NodeLimits: l})
-	link := testkit.Serve(t, sl, creds)
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	sl := New(Options{State: memstate.New(memstate.Options{Logger: log}), Logger: log, SweepInterval: time.Hour, NodeLimits: l})
+	link := testkit.Serve(t, serveOn(sl, creds))
 	return &nodeLink{sl: sl, logs: logs, fleet: link.Fleet, driver: link.Driver, caFile: caFile}
 }
 

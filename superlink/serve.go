@@ -17,7 +17,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/state"
-	"github.com/sepal-fl/sepal/state/memlink"
+	"github.com/sepal-fl/sepal/superlink/internal/wire"
 )
 
 // Listeners are what ServeAll serves: a listener per API (nil: that API
@@ -29,7 +29,7 @@ import (
 // 1.8.0 ServerApps' API; ServerAppIo the 1.29.0 SuperExec and ServerApp
 // processes' API, always plaintext since Flower's processes speak no TLS
 // there; it may be the Driver listener itself, as both default to port
-// 9091 (see sniff.go): TLS connections there go to the Driver API and
+// 9091: TLS connections there go to the Driver API and
 // plaintext ones, from the peers ServerAppIoPeers allows, to ServerAppIo.
 // Control is the flwr command's API, usually with the Fleet API's
 // credentials.
@@ -74,11 +74,11 @@ type fleet129Server = flwr129.FleetServer
 func newFlower129(o Options) *flower129 {
 	ls := o.Flower129.State
 	if ls == nil {
-		if l, ok := o.State.(state.LinkState); ok {
-			ls = l
-		} else {
-			ls = memlink.New(state.Options{Logger: o.Logger, Now: o.Now, Rand: o.Rand})
+		l, ok := o.State.(state.LinkState)
+		if !ok {
+			return nil // Flower 1.29.0 is not served
 		}
+		ls = l
 	}
 	now := o.Now
 	if now == nil {
@@ -98,11 +98,21 @@ func newFlower129(o Options) *flower129 {
 }
 
 // LinkState returns the state of the Flower 1.29.0 generation, for
-// metrics and the status page.
-func (s *SuperLink) LinkState() state.LinkState { return s.flower.state }
+// metrics and the status page; nil when it is not served.
+func (s *SuperLink) LinkState() state.LinkState {
+	if s.flower == nil {
+		return nil
+	}
+	return s.flower.state
+}
 
-// registerFleet registers the Fleet service of both generations on srv.
+// registerFleet registers the Fleet service of both generations on srv
+// (of Flower 1.8.0 only, when 1.29.0 is not served).
 func (s *SuperLink) registerFleet(srv *grpc.Server) {
+	if s.flower == nil {
+		flwrproto.RegisterFleetServer(srv, s.Fleet())
+		return
+	}
 	srv.RegisterService(&s.flower.fleetDesc, bothFleets{s.Fleet(), s.flower.fleet})
 }
 
@@ -116,20 +126,40 @@ type api struct {
 	limited  bool     // lis is already under a limitListener
 }
 
-// ServeAll serves every API of l that has a listener, each with the
-// standard gRPC health service (SERVING for "" and the API's services),
-// under Options.Limits, sharing one guard and in-flight budget. It
-// blocks until ctx ends, then stops gracefully as Serve does, and closes
-// every listener. It returns nil after ctx ends, the error of a listener
-// that failed, or at once an error naming a limit out of range.
-func (s *SuperLink) ServeAll(ctx context.Context, l Listeners) error {
+// Serve serves every API of l that has a listener, each with the
+// standard gRPC health service (grpc.health.v1.Health, SERVING for "" and
+// the API's services; NOT_SERVING while small requests are refused for
+// want of budget), under Options.Limits, all sharing one wire layer: its
+// guard, in-flight budget and view of each peer. Every call on a
+// connection whose AuthInfo can Recheck() its client certificate is
+// refused with Unauthenticated once that fails (the certificate was
+// revoked, or its CA dropped, while the connection was open).
+//
+// It blocks until ctx ends, then stops gracefully: health turns
+// NOT_SERVING, calls in flight get ShutdownGrace to finish, then
+// connections are cut. It closes every listener, and returns nil after ctx
+// ends, the error of a listener that failed, or at once an error naming a
+// limit out of range or an API it cannot serve.
+func (s *SuperLink) Serve(ctx context.Context, l Listeners) error {
+	if s.flower == nil && (l.ServerAppIo != nil || l.Control != nil) {
+		for _, lis := range []net.Listener{l.Fleet, l.Driver, l.ServerAppIo, l.Control} {
+			if lis != nil {
+				lis.Close()
+			}
+		}
+		return errors.New("the ServerAppIo and Control APIs (Flower 1.29.0) need a state that is a state.LinkState too")
+	}
 	f129 := flwr129.FlowerService(&flwr129.ServerAppIo_ServiceDesc)
 	ctl := flwr129.FlowerService(&flwr129.Control_ServiceDesc)
+	appIo, control := any(nil), any(nil)
+	if s.flower != nil {
+		appIo, control = s.flower.appIo, s.flower.control
+	}
 	all := []api{
 		{"Fleet API", l.Fleet, l.FleetCreds, s.registerFleet, []string{flwrproto.Fleet_ServiceDesc.ServiceName}, false},
 		{"Driver API", l.Driver, l.DriverCreds, func(g *grpc.Server) { flwrproto.RegisterDriverServer(g, s.Driver()) }, []string{flwrproto.Driver_ServiceDesc.ServiceName}, false},
-		{"ServerAppIo API", l.ServerAppIo, nil, func(g *grpc.Server) { g.RegisterService(&f129, s.flower.appIo) }, []string{f129.ServiceName}, false},
-		{"Control API", l.Control, l.ControlCreds, func(g *grpc.Server) { g.RegisterService(&ctl, s.flower.control) }, []string{ctl.ServiceName}, false},
+		{"ServerAppIo API", l.ServerAppIo, nil, func(g *grpc.Server) { g.RegisterService(&f129, appIo) }, []string{f129.ServiceName}, false},
+		{"Control API", l.Control, l.ControlCreds, func(g *grpc.Server) { g.RegisterService(&ctl, control) }, []string{ctl.ServiceName}, false},
 	}
 	if l.ServerAppIo != nil && l.ServerAppIo == l.Driver {
 		// One port, limited once, split by the first byte.
@@ -139,10 +169,9 @@ func (s *SuperLink) ServeAll(ctx context.Context, l Listeners) error {
 		}
 		peers := l.ServerAppIoPeers
 		if peers == nil {
-			peers = Loopback
+			peers = wire.Loopback
 		}
-		lim := newLimitListener(l.Driver, s.opts.Limits.MaxConnections, s.opts.Limits.MaxConnectionsPerPeer, s.guard)
-		all[1].lis, all[2].lis = splitFirstByte(lim, peers, s.opts.Limits.HandshakeTimeout, s.log)
+		all[1].lis, all[2].lis = s.wire.Split(s.wire.Listen(l.Driver), peers)
 		all[1].limited, all[2].limited = true, true
 	}
 	var apis []api
@@ -154,7 +183,7 @@ func (s *SuperLink) ServeAll(ctx context.Context, l Listeners) error {
 	return s.serve(ctx, apis)
 }
 
-// serve is the lifecycle of ServeAll over apis.
+// serve is the lifecycle of Serve over apis.
 func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 	closeAll := func() {
 		for _, a := range apis {
@@ -174,14 +203,13 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 	}
 	var rs []running
 	errc := make(chan error, len(apis))
-	l := s.opts.Limits
 	healths := map[*health.Server][]string{}
 	for _, a := range apis {
 		lis := a.lis
 		if !a.limited {
-			lis = newLimitListener(a.lis, l.MaxConnections, l.MaxConnectionsPerPeer, s.guard)
+			lis = s.wire.Listen(a.lis)
 		}
-		srv := grpc.NewServer(append(slices.Clone(s.opts.ServerOptions), serverOptions(guarded(a.creds, s.guard), s.codec, s.log, s.opts.Limits)...)...)
+		srv := grpc.NewServer(s.serverOptions(a.creds)...)
 		a.register(srv)
 		h := health.NewServer()
 		for _, name := range a.services {
@@ -202,7 +230,7 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 	stallDone := make(chan struct{})
 	go func() {
 		defer close(stallDone)
-		s.guard.runSweeps(sctx)
+		s.wire.Run(sctx)
 	}()
 	healthDone := make(chan struct{})
 	go func() {

@@ -62,8 +62,8 @@ func TestServeStops(t *testing.T) {
 	dl, _ := net.Listen("tcp", "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	sl := New(Options{ShutdownGrace: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	go func() { done <- sl.Serve(ctx, fl, dl, creds) }()
+	sl := New(Options{State: memstate.New(memstate.Options{}), ShutdownGrace: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	go func() { done <- sl.Serve(ctx, Listeners{Fleet: fl, Driver: dl, FleetCreds: creds, DriverCreds: creds}) }()
 	conn := dial(t, fl.Addr().String(), caFile)
 	defer conn.Close()
 	if _, err := flwrproto.NewFleetClient(conn).CreateNode(ctxT(t), &flwrproto.CreateNodeRequest{PingInterval: 30}); err != nil {
@@ -84,9 +84,20 @@ func TestServeStops(t *testing.T) {
 			t.Errorf("%s still accepts connections after Serve returned", a)
 		}
 	}
-	if err := sl.Serve(context.Background(), nil, dl, nil); err == nil {
-		t.Error("Serve without a Fleet listener did not fail")
+	if err := sl.Serve(context.Background(), Listeners{}); err == nil {
+		t.Error("Serve without a listener did not fail")
 	}
+	plain := New(Options{State: plainState{memstate.New(memstate.Options{})}})
+	cl, _ := net.Listen("tcp", "127.0.0.1:0")
+	if err := plain.Serve(context.Background(), Listeners{Control: cl}); err == nil || !strings.Contains(err.Error(), "state.LinkState") {
+		t.Errorf("Control on a state of 1.8.0 only: %v", err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("New without a State did not panic")
+		}
+	}()
+	New(Options{})
 }
 
 // TestRecoverInterceptor: a handler that panics answers Internal and the
@@ -120,7 +131,10 @@ func TestOptionsState(t *testing.T) {
 	if err != nil || len(nodes) != 1 || nodes[0].ID != r.Node.NodeId {
 		t.Fatalf("the given state holds %+v %v, want node %d", nodes, err, r.Node.NodeId)
 	}
-	if f.sl.codec.in != state.BlobFinder(st) {
-		t.Error("the codec does not look arrays up in the given state")
+	if f.sl.LinkState() != state.LinkState(st) {
+		t.Error("the Flower 1.29.0 services do not use the given state")
 	}
 }
+
+// plainState is a state of Flower 1.8.0 only.
+type plainState struct{ state.State }

@@ -2,15 +2,11 @@ package superlink
 
 import (
 	"bytes"
-	"math/rand/v2"
 	"sync"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
-	"github.com/sepal-fl/sepal/state/memstate"
 )
 
 // TestConcurrentPulls: many nodes pull (on their own connections) while the
@@ -138,59 +134,5 @@ func TestConcurrentPulls(t *testing.T) {
 	}
 	if st := f.stats(t); st.TaskInsWaiting+st.TaskInsDelivered+st.TaskResWaiting != 0 || st.Blobs != 0 || st.BlobBytes != 0 {
 		t.Errorf("pulled pairs not deleted, or arrays not released: %+v", st)
-	}
-}
-
-// TestDecodeInterns: a large array that the state already holds is not
-// copied again when it arrives; a new one is copied out of the frames (which
-// gRPC reuses) into memory of its own.
-func TestDecodeInterns(t *testing.T) {
-	r := rand.New(rand.NewPCG(3, 4))
-	held := randomBytes(r, 2*bigBytes)
-	st := memstate.New(memstate.Options{})
-	ctx := ctxT(t)
-	node, err := st.CreateNode(ctx, state.NewNode{PingInterval: 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run, err := st.CreateRun(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hold := taskIns(run, node, 1.8e9)
-	hold.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataValues: []*flwrproto.Array{{Data: held}}}}}
-	if _, err := st.PushTaskIns(ctx, []*flwrproto.TaskIns{hold}); err != nil {
-		t.Fatal(err)
-	}
-	c := newCodec(st)
-
-	msg := &flwrproto.PushTaskInsRequest{TaskInsList: []*flwrproto.TaskIns{taskIns(1, 2, 1.8e9)}}
-	fresh := randomBytes(r, bigBytes+3)
-	msg.TaskInsList[0].Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{
-		"p": {DataKeys: []string{"0", "1"}, DataValues: []*flwrproto.Array{{Data: bytes.Clone(held)}, {Data: fresh}}},
-	}}
-	wire, err := proto.Marshal(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got flwrproto.PushTaskInsRequest
-	if err := c.Unmarshal(splitBuffers(wire, 16<<10), &got); err != nil {
-		t.Fatal(err)
-	}
-	if !proto.Equal(&got, msg) {
-		t.Fatal("decoded message differs")
-	}
-	vals := got.TaskInsList[0].Task.Recordset.Parameters["p"].DataValues
-	if &vals[0].Data[0] != &held[0] {
-		t.Error("an array the SuperLink holds was copied again")
-	}
-	clear(wire) // gRPC reuses its frames
-	if !bytes.Equal(vals[1].Data, fresh) {
-		t.Error("a new array still points into the frames")
-	}
-
-	// Malformed input falls back to proto's own error.
-	if err := c.Unmarshal(splitBuffers(append(bytes.Repeat([]byte{0x0a, 0xff}, bigBytes), 0xff), 100), &got); err == nil {
-		t.Error("malformed message decoded without error")
 	}
 }

@@ -63,12 +63,10 @@ package superlink
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -76,29 +74,29 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/state"
-	"github.com/sepal-fl/sepal/state/memstate"
+	"github.com/sepal-fl/sepal/superlink/internal/codec"
+	"github.com/sepal-fl/sepal/superlink/internal/wire"
 )
 
 // MaxMessageSize is the largest gRPC message received or sent, both ways:
 // 512 MiB, as Flower 1.8.0.
 const MaxMessageSize = 536870912
 
-// Options configure a SuperLink. The zero value is ready to use.
+// Options configure a SuperLink. State is required; the zero value of
+// every other field is its default.
 type Options struct {
 	// Logger receives one line per node that joins or leaves and per run
 	// created. Default: slog.Default().
 	Logger *slog.Logger
-	// Now is the clock of the default state (liveness, expiry, task
-	// times); unused when State is set. Default: time.Now.
+	// Now is the clock of the Flower 1.29.0 services' checks (node
+	// signatures' time window). Default: time.Now.
 	Now func() time.Time
-	// Rand is the default state's source of node, run and task ids;
-	// unused when State is set. Default: crypto/rand.Reader.
-	Rand io.Reader
 	// ShutdownGrace bounds how long Serve waits for RPCs in flight once its
 	// context ends before it cuts the connections. Default: 5s.
 	ShutdownGrace time.Duration
@@ -106,9 +104,10 @@ type Options struct {
 	// nodes that missed their ping, so that their leaving is logged, and
 	// for tasks past their ttl, to forget them. Default: 5s.
 	SweepInterval time.Duration
-	// State keeps the nodes, runs and tasks; the SuperLink does not close
-	// it. Default: a new in-memory state (memstate) with Logger, Now and
-	// Rand.
+	// State keeps the nodes, runs and tasks of Flower 1.8.0, and those of
+	// Flower 1.29.0 when it is a state.LinkState too (else Flower129.State
+	// must be set for them); the SuperLink does not close it. Required:
+	// memstate.New for a state in memory.
 	State state.State
 	// Limits bound what peers may make Serve hold: request sizes, the
 	// in-flight budget, connections. Default: see Limits.
@@ -126,10 +125,13 @@ type Options struct {
 	// State.RevokeNodes, at start and within a second of each new list
 	// (see watchRevocations). Default nil.
 	Revocations func() *x509.RevocationList
-	// ServerOptions are added to the gRPC server options of both APIs,
+	// ServerOptions are added to the gRPC server options of every API,
 	// before Sepal's own, so that interceptors given here (metrics) run
 	// outermost and see every call as answered. Default: none.
 	ServerOptions []grpc.ServerOption
+
+	// wireTest changes the wire layer's configuration, in tests.
+	wireTest func(*wire.Config)
 }
 
 // SuperLink holds the state shared by the Fleet and Driver services. Its
@@ -138,15 +140,18 @@ type SuperLink struct {
 	log    *slog.Logger
 	opts   Options
 	state  state.State
-	codec  *codec
-	budget *budget
-	guard  *guard
+	codec  *codec.Codec
+	wire   *wire.Wire
 	flower *flower129
 	nodes  *nodeGuard
 }
 
-// New returns a SuperLink on o.State, or on an empty in-memory state.
+// New returns a SuperLink on o.State. It panics when o.State is nil (a
+// programming error: a SuperLink has nowhere to keep anything).
 func New(o Options) *SuperLink {
+	if o.State == nil {
+		panic("superlink.New: Options.State is nil: pass memstate.New(...) for a state in memory")
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -156,15 +161,26 @@ func New(o Options) *SuperLink {
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
 	}
-	if o.State == nil {
-		o.State = memstate.New(memstate.Options{Logger: o.Logger, Now: o.Now, Rand: o.Rand})
-	}
 	o.Limits = o.Limits.withDefaults()
 	bf, _ := o.State.(state.BlobFinder)
-	b := newBudget(o.Limits)
-	g := newGuard(b, o.Logger, o.Limits)
-	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: newServerCodec(bf, g.standIns), budget: b, guard: g,
+	wc := o.Limits.wireConfig(o.Logger)
+	if o.wireTest != nil {
+		o.wireTest(&wc)
+	}
+	w := wire.New(wc)
+	c := codec.New(codec.Options{Finder: bf, StandIns: w.StandIns(), Fresh: fresh})
+	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: c, wire: w,
 		flower: newFlower129(o), nodes: newNodeGuard(o.NodeLimits, o.Logger)}
+}
+
+// fresh reports whether the arrays of a request are most likely new: a
+// node's results.
+func fresh(m proto.Message) bool {
+	switch m.(type) {
+	case *flwrproto.PushTaskResRequest, *flwr129.PushObjectRequest:
+		return true
+	}
+	return false
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's
@@ -175,53 +191,25 @@ func (s *SuperLink) Fleet() flwrproto.FleetServer { return &fleet{s: s.state, g:
 // SuperLink's state.
 func (s *SuperLink) Driver() flwrproto.DriverServer { return &driver{s: s.state} }
 
-// ServerOptions are the gRPC server options of a SuperLink: the transport
-// credentials, 512 MiB messages both ways (as 1.8.0), keepalive (server
-// pings after 210 s idle as 1.8.0; clients may ping every 10 s, also
-// without an RPC in flight, which SuperNodes that poll every few seconds
-// need), a MaxConnectionAge of one hour (jittered by gRPC) with five
-// minutes of grace, so that long-lived clients reconnect and pick up a
-// rotated certificate, and the codec that sends large arrays without
-// copying them. The credentials (nil: plaintext) are guarded with the
-// default Limits and a budget of their own; the stall timeout and the
-// connection limit need Serve.
-func ServerOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
-	l := Limits{}.withDefaults()
-	g := newGuard(newBudget(l), slog.Default(), l)
-	return serverOptions(guarded(creds, g), newServerCodec(nil, g.standIns), slog.Default(), l)
-}
-
-// keepaliveTimeout is how long the server waits for the answer to its
-// keepalive ping, and the TCP_USER_TIMEOUT of its connections (which gRPC
-// sets to it; setUserTimeout where limitConn hides the socket from gRPC).
-const keepaliveTimeout = 20 * time.Second
-
-// serverOptions are the options of ServerOptions with creds, already
-// guarded (nil: no Creds option, plaintext); the tuning depends on
-// whether they are TLS.
-func serverOptions(creds credentials.TransportCredentials, c *codec, log *slog.Logger, l Limits) []grpc.ServerOption {
-	opts := limitOptions(l, keepalive.ServerParameters{
-		Time:                  210 * time.Second,
-		Timeout:               keepaliveTimeout,
-		MaxConnectionAge:      time.Hour,
-		MaxConnectionAgeGrace: 5 * time.Minute,
-	})
-	opts = append(opts,
+// serverOptions are the gRPC server options of one API served with
+// creds (nil: plaintext): the wire layer's (guard, limits, keepalive:
+// server pings after 210 s idle as 1.8.0, clients may ping every 10 s,
+// connections recycled after about an hour so that long-lived clients
+// pick up a rotated certificate), 512 MiB messages both ways (as 1.8.0),
+// the codec that sends large arrays without copying them, and the
+// interceptors: a panic answered Internal, an undecodable request
+// InvalidArgument, a revoked client certificate Unauthenticated. Options.
+// ServerOptions come first, so that their interceptors run outermost.
+func (s *SuperLink) serverOptions(creds credentials.TransportCredentials) []grpc.ServerOption {
+	opts := slices.Clone(s.opts.ServerOptions)
+	opts = append(opts, s.wire.ServerOptions(creds)...)
+	return append(opts,
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
-			MinTime:             10 * time.Second,
-			PermitWithoutStream: true,
-		}),
-		grpc.ForceServerCodecV2(c),
-		grpc.ChainUnaryInterceptor(recoverInterceptor(log), invalidUnaryInterceptor, recheckInterceptor),
-		grpc.ChainStreamInterceptor(invalidStreamInterceptor),
+		grpc.ForceServerCodecV2(s.codec),
+		grpc.ChainUnaryInterceptor(recoverInterceptor(s.log), codec.InvalidUnaryInterceptor, recheckInterceptor),
+		grpc.ChainStreamInterceptor(codec.InvalidStreamInterceptor),
 	)
-	opts = append(opts, tuningOptions(isTLS(creds))...)
-	if creds != nil {
-		opts = append(opts, grpc.Creds(tunedCreds(creds)))
-	}
-	return opts
 }
 
 // watchPressure turns both health services NOT_SERVING while small
@@ -238,12 +226,13 @@ func (s *SuperLink) watchPressure(ctx context.Context, servers map[*health.Serve
 			return
 		case <-t.C:
 		}
-		if p := s.budget.pressure(); p != under {
+		if p := s.wire.Pressure(); p != under {
 			under = p
 			st := healthpb.HealthCheckResponse_SERVING
 			if p {
 				st = healthpb.HealthCheckResponse_NOT_SERVING
-				s.log.Warn("small requests are refused for want of in-flight budget: health says NOT_SERVING until they pass", "inflight_bytes", s.budget.used.Load(), "max_inflight_bytes", s.budget.max)
+				st := s.wire.Stats()
+				s.log.Warn("small requests are refused for want of in-flight budget: health says NOT_SERVING until they pass", "inflight_bytes", st.InflightBytes, "max_inflight_bytes", st.MaxInflightBytes)
 			} else {
 				s.log.Info("small requests pass again: health says SERVING")
 			}
@@ -259,7 +248,7 @@ func (s *SuperLink) watchPressure(ctx context.Context, servers map[*health.Serve
 // Ready reports whether the SuperLink serves small requests now: false,
 // with why, while they are refused for want of in-flight budget.
 func (s *SuperLink) Ready() (bool, string) {
-	if s.budget.pressure() {
+	if s.wire.Pressure() {
 		return false, "small requests are being refused: the in-flight budget (--max-inflight-bytes) is full"
 	}
 	return true, ""
@@ -277,35 +266,4 @@ func recoverInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		}()
 		return h(ctx, req)
 	}
-}
-
-// Serve serves the Fleet API on fleet and the Driver API on driver, each
-// with the standard gRPC health service (grpc.health.v1.Health, SERVING for
-// "" and the API's service name), using creds (nil means plaintext), under
-// Options.Limits. It blocks until ctx ends, then stops gracefully: health
-// turns NOT_SERVING, RPCs in flight get ShutdownGrace to finish, then
-// connections are cut. It returns nil after ctx ends, the error of a
-// listener that failed, or at once an error naming a limit out of range.
-// Serve closes both listeners.
-func (s *SuperLink) Serve(ctx context.Context, fleetLis, driverLis net.Listener, creds credentials.TransportCredentials) error {
-	return s.ServeAPIs(ctx, fleetLis, driverLis, creds, creds)
-}
-
-// ServeAPIs is Serve with the transport credentials of each API apart:
-// fleetCreds for the Fleet API and driverCreds for the Driver API (nil:
-// plaintext), as when each API requires client certificates of its own
-// role (transport.ClientAuthCredentials). Every call on a connection whose
-// AuthInfo can Recheck() its client certificate is refused with
-// Unauthenticated once that fails (the certificate was revoked, or its CA
-// dropped, while the connection was open, or it is of the other role).
-func (s *SuperLink) ServeAPIs(ctx context.Context, fleetLis, driverLis net.Listener, fleetCreds, driverCreds credentials.TransportCredentials) error {
-	if fleetLis == nil || driverLis == nil {
-		return errors.New("Serve needs a Fleet and a Driver listener")
-	}
-	if err := errors.Join(s.opts.Limits.Validate(), s.opts.NodeLimits.Validate()); err != nil {
-		fleetLis.Close()
-		driverLis.Close()
-		return err
-	}
-	return s.ServeAll(ctx, Listeners{Fleet: fleetLis, Driver: driverLis, FleetCreds: fleetCreds, DriverCreds: driverCreds})
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -54,8 +55,8 @@ func BenchmarkThroughput(b *testing.B) {
 
 func benchThroughput(b *testing.B, push bool) {
 	p := testkit.NewPKI(b, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
-	sl := New(Options{Logger: slog.New(slog.DiscardHandler)})
-	link := testkit.Serve(b, sl, transport.ServerCredentials(p.Source()))
+	sl := New(Options{State: memstate.New(memstate.Options{}), Logger: slog.New(slog.DiscardHandler)})
+	link := testkit.Serve(b, serveOn(sl, transport.ServerCredentials(p.Source())))
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA.Cert)
 	clientTLS := &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}}

@@ -25,6 +25,7 @@ import (
 	"github.com/sepal-fl/sepal/app"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -338,7 +339,9 @@ func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc,
 	}()
 	go func() {
 		defer wg.Done()
-		serveErr = superlink.New(superlink.Options{Logger: log}).Serve(linkCtx, fleetLis, driverLis, transport.ServerCredentials(src))
+		creds := transport.ServerCredentials(src)
+		sl := superlink.New(superlink.Options{Logger: log, State: memstate.New(memstate.Options{Logger: log})})
+		serveErr = sl.Serve(linkCtx, superlink.Listeners{Fleet: fleetLis, Driver: driverLis, FleetCreds: creds, DriverCreds: creds})
 		if serveErr != nil && linkCtx.Err() == nil {
 			fail(fmt.Errorf("the SuperLink failed: %w", serveErr))
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/postgres"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/state/sqlstate"
 )
 
@@ -42,9 +43,8 @@ func checkDatabase(db string) error {
 	return nil
 }
 
-// openDatabase opens the state --database names: nil for the in-memory
-// state (the SuperLink's default), the PostgreSQL database, or the SQLite
-// file. This is the start-up check of the database: its errors name the
+// openDatabase opens the state --database names: the state in memory,
+// the PostgreSQL database, or the SQLite file. This is the start-up check of the database: its errors name the
 // flag, the file or the connection string (without its password), and the
 // fix; the caller closes the state after serving. lost is called once if
 // the SQLite file is deleted or replaced while served (sqlstate.ErrLost):
@@ -52,7 +52,7 @@ func checkDatabase(db string) error {
 // the SuperLink again on the file now at the path.
 func openDatabase(ctx context.Context, db string, log *slog.Logger, lost func(error)) (state.State, error) {
 	if inMemory(db) {
-		return nil, nil
+		return memstate.New(memstate.Options{Logger: log}), nil
 	}
 	if postgres.IsDSN(db) {
 		ctx, cancel := context.WithTimeout(ctx, postgresCheckTimeout)

@@ -297,9 +297,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if st != nil {
-		defer st.Close()
-	}
+	defer st.Close()
 
 	driverLis, err := listen(c.driverAddr, "--driver-api-address")
 	if err != nil {
@@ -333,7 +331,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() {
-		served <- sl.ServeAll(ctx, superlink.Listeners{
+		served <- sl.Serve(ctx, superlink.Listeners{
 			Fleet: fleetLis, Driver: driverLis, ServerAppIo: appIoLis, Control: controlLis,
 			FleetCreds: fleetCreds, DriverCreds: driverCreds, ControlCreds: mon.credentials(creds),
 			ServerAppIoPeers: c.f129.appIoPeers(),

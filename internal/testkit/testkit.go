@@ -122,10 +122,9 @@ func HealthCheck(t testing.TB, addr string, creds credentials.TransportCredentia
 	return resp.GetStatus(), err
 }
 
-// Server is what Serve runs: a *superlink.SuperLink.
-type Server interface {
-	Serve(ctx context.Context, fleet, driver net.Listener, creds credentials.TransportCredentials) error
-}
+// ServeFunc serves on two listeners, the Fleet API's and the Driver
+// API's, until ctx ends, as a SuperLink's Serve does with them.
+type ServeFunc func(ctx context.Context, fleet, driver net.Listener) error
 
 // stopTimeout is how long Serve's cleanup waits for the server to return.
 const stopTimeout = 15 * time.Second
@@ -135,11 +134,11 @@ type Link struct {
 	Fleet, Driver string // the listeners' addresses, 127.0.0.1:port
 }
 
-// Serve runs s on two fresh 127.0.0.1:0 listeners, Fleet API first, with
-// creds (nil: plaintext) until the test ends. In cleanup it cancels s's
-// context and fails the test if Serve returned an error or did not return
-// within 15 s. It does not block; it fails the test if it cannot listen.
-func Serve(t testing.TB, s Server, creds credentials.TransportCredentials) Link {
+// Serve runs serve on two fresh 127.0.0.1:0 listeners, Fleet API first,
+// until the test ends. In cleanup it cancels serve's context and fails
+// the test if it returned an error or did not return within 15 s. It does
+// not block; it fails the test if it cannot listen.
+func Serve(t testing.TB, serve ServeFunc) Link {
 	t.Helper()
 	fleet, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -152,7 +151,7 @@ func Serve(t testing.TB, s Server, creds credentials.TransportCredentials) Link 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, fleet, driver, creds) }()
+	go func() { done <- serve(ctx, fleet, driver) }()
 	t.Cleanup(func() {
 		cancel()
 		select {

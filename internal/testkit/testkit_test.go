@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -58,7 +57,7 @@ type fakeServer struct {
 	stopped chan struct{}
 }
 
-func (s *fakeServer) Serve(ctx context.Context, fleet, driver net.Listener, _ credentials.TransportCredentials) error {
+func (s *fakeServer) serve(ctx context.Context, fleet, driver net.Listener) error {
 	s.fleet = fleet.Addr()
 	<-ctx.Done()
 	fleet.Close()
@@ -70,7 +69,7 @@ func (s *fakeServer) Serve(ctx context.Context, fleet, driver net.Listener, _ cr
 func TestServe(t *testing.T) {
 	s := &fakeServer{stopped: make(chan struct{})}
 	t.Run("serve", func(t *testing.T) {
-		l := Serve(t, s, nil)
+		l := Serve(t, s.serve)
 		for _, a := range []string{l.Fleet, l.Driver} {
 			c, err := net.Dial("tcp", a)
 			if err != nil {

@@ -1,27 +1,36 @@
-package superlink
+// Package codec is the gRPC codec of a SuperLink's servers: deterministic
+// protobuf that sends large arrays by reference and decodes them from the
+// frames, or in place from a captured request, without a copy per reader.
+package codec
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/superlink/internal/wire"
 )
 
-// bigBytes is the size from which a bytes field is sent as a reference to
+// BigBytes is the size from which a bytes field is sent as a reference to
 // the held array rather than copied into the response buffer.
-const bigBytes = 64 << 10
+const BigBytes = 64 << 10
 
-// codec is the SuperLink's gRPC codec (content-subtype "proto", the
+// Codec is the SuperLink's gRPC codec (content-subtype "proto", the
 // default). Its wire bytes are exactly proto.MarshalOptions{Deterministic:
 // true}; what differs is where they live:
 //
@@ -37,28 +46,42 @@ const bigBytes = 64 << 10
 //
 // Held arrays are never modified, so sharing them with responses in flight
 // is safe. It is safe for concurrent use.
-type codec struct {
+type Codec struct {
 	in     state.BlobFinder // may be nil
 	bigMin int
-	// standIns, on a server's codec, are the captured messages a stand-in
-	// resolves to (capture.go); a server's codec also turns a request it
-	// cannot decode into one that invalidInterceptor answers with
+	o      Options
+}
+
+// Options configure a Codec. The zero value is a client's codec.
+type Options struct {
+	// Finder, when set, is asked for each large array decoded, so that
+	// an array the state holds already is not copied again. Default: none.
+	Finder state.BlobFinder
+	// StandIns, on a server's codec, resolve the stand-ins of captured
+	// requests (see package wire). A server's codec also turns a request
+	// it cannot decode into one the InvalidInterceptors answer with
 	// InvalidArgument (gRPC answers a codec's error with Internal).
-	standIns *standIns
+	// Default: none (a client's codec).
+	StandIns StandIns
+	// Fresh reports whether the large arrays of a message are most likely
+	// new (a node's result), which decodes them in one pass: copied and
+	// hashed at once, looked up after. Default: none are.
+	Fresh func(proto.Message) bool
 }
 
-var _ encoding.CodecV2 = (*codec)(nil)
-
-// newCodec returns a client's codec.
-func newCodec(in state.BlobFinder) *codec { return &codec{in: in, bigMin: bigBytes} }
-
-// newServerCodec returns a server's codec, resolving the stand-ins of s.
-func newServerCodec(in state.BlobFinder, s *standIns) *codec {
-	return &codec{in: in, bigMin: bigBytes, standIns: s}
+// StandIns resolve a stand-in message to the buffer of the request it
+// stands for (wire.StandIns).
+type StandIns interface {
+	Resolve(msg []byte) ([]byte, bool)
 }
+
+var _ encoding.CodecV2 = (*Codec)(nil)
+
+// New returns a codec.
+func New(o Options) *Codec { return &Codec{in: o.Finder, bigMin: BigBytes, o: o} }
 
 // Name is "proto": the codec replaces gRPC's default for this server.
-func (c *codec) Name() string { return "proto" }
+func (c *Codec) Name() string { return "proto" }
 
 func messageOf(v any) (proto.Message, error) {
 	switch m := v.(type) {
@@ -71,7 +94,7 @@ func messageOf(v any) (proto.Message, error) {
 }
 
 // Marshal encodes v deterministically (map entries sorted by key).
-func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
+func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 	m, err := messageOf(v)
 	if err != nil {
 		return nil, err
@@ -93,7 +116,7 @@ func (c *codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // marshalPieces is Marshal for tests, with a chosen threshold.
 func marshalPieces(m proto.Message, bigMin int) (mem.BufferSlice, error) {
-	c := &codec{bigMin: bigMin}
+	c := &Codec{bigMin: bigMin}
 	return c.Marshal(m)
 }
 
@@ -350,18 +373,18 @@ func appendScalar(b []byte, num protoreflect.FieldNumber, k protoreflect.Kind, v
 }
 
 // Unmarshal decodes data into v. See decode.go.
-func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c *Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, err := messageOf(v)
 	if err != nil {
 		return err
 	}
-	if c.standIns == nil {
+	if c.o.StandIns == nil {
 		return c.unmarshal(data, m)
 	}
-	if data.Len() == standInLen {
-		var small [standInLen]byte
+	if data.Len() == wire.StandInLen {
+		var small [wire.StandInLen]byte
 		data.CopyTo(small[:])
-		if buf, ok := c.standIns.resolve(small[:]); ok {
+		if buf, ok := c.o.StandIns.Resolve(small[:]); ok {
 			if buf == nil {
 				return errStandInGone
 			}
@@ -374,3 +397,43 @@ func (c *codec) Unmarshal(data mem.BufferSlice, v any) error {
 // errStandInGone is a captured request whose stream ended before gRPC
 // asked for it.
 var errStandInGone = errors.New("the request was cut off before it was read")
+
+// InvalidUnaryInterceptor answers a request a server's codec could not
+// decode with InvalidArgument, naming the message it expected.
+func InvalidUnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if why, ok := invalidOf(req); ok {
+		return nil, invalidRequest(info.FullMethod, req, why)
+	}
+	return h(ctx, req)
+}
+
+// InvalidStreamInterceptor is InvalidUnaryInterceptor for the messages a
+// streaming handler receives.
+func InvalidStreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return h(srv, invalidCheckStream{ss, info.FullMethod})
+}
+
+type invalidCheckStream struct {
+	grpc.ServerStream
+	method string
+}
+
+func (s invalidCheckStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if why, ok := invalidOf(m); ok {
+		return invalidRequest(s.method, m, why)
+	}
+	return nil
+}
+
+// invalidRequest is the status of a request that is not the message its
+// method takes.
+func invalidRequest(method string, req any, why string) error {
+	name := fmt.Sprintf("%T", req)
+	if m, err := messageOf(req); err == nil {
+		name = string(m.ProtoReflect().Descriptor().FullName())
+	}
+	return status.Errorf(codes.InvalidArgument, "%s: the request is not a valid %s: %s", method[strings.LastIndexByte(method, '/')+1:], name, why)
+}

@@ -3,11 +3,7 @@ package codec
 import (
 	"bytes"
 	"math/rand/v2"
-	"strings"
 	"testing"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
@@ -329,7 +325,6 @@ func TestCodecOwnedBuffers(t *testing.T) {
 		t.Error("the hash noted for the copy is not its hash")
 	}
 }
-
 
 // TestDecodeInterns: a large array that the state already holds is not
 // copied again when it arrives; a new one is copied out of the frames (which

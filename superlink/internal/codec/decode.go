@@ -1,4 +1,4 @@
-package superlink
+package codec
 
 import (
 	"bytes"
@@ -6,11 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash"
-	"runtime/debug"
-	"runtime/metrics"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"google.golang.org/grpc/mem"
@@ -18,8 +14,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/superlink/internal/wire"
 )
 
 // Decoding a message that holds large bytes fields, straight from the
@@ -52,7 +48,7 @@ const placeholderLen = len(marker) + 4
 
 var errFallback = errors.New("fall back to proto.Unmarshal")
 
-func (c *codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
+func (c *Codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
 	if data.Len() < c.bigMin {
 		return proto.Unmarshal(data.Materialize(), m)
 	}
@@ -62,7 +58,7 @@ func (c *codec) unmarshal(data mem.BufferSlice, m proto.Message) error {
 // unmarshalOwned decodes buf, a captured request that belongs to the
 // codec from now on, into m: its large bytes fields are slices of buf
 // rather than copies (see aliased).
-func (c *codec) unmarshalOwned(buf []byte, m proto.Message) error {
+func (c *Codec) unmarshalOwned(buf []byte, m proto.Message) error {
 	if len(buf) < c.bigMin {
 		return proto.Unmarshal(buf, m)
 	}
@@ -72,9 +68,9 @@ func (c *codec) unmarshalOwned(buf []byte, m proto.Message) error {
 
 // decode decodes the message in f into m, or the bytes whole returns
 // with proto.Unmarshal when anything is unexpected.
-func (c *codec) decode(f *frames, m proto.Message, whole func() []byte) error {
+func (c *Codec) decode(f *frames, m proto.Message, whole func() []byte) error {
 	var bigs [][]byte
-	_, fresh := m.(*flwrproto.PushTaskResRequest)
+	fresh := c.o.Fresh != nil && c.o.Fresh(m)
 	small, err := c.compact(f, m.ProtoReflect().Descriptor(), 0, f.n, nil, &bigs, fresh)
 	if err == nil && len(bigs) > 0 {
 		f.unalias(bigs)
@@ -199,7 +195,7 @@ func (f *frames) equal(d []byte, pos int) bool {
 // in the cache, and looked up after. Otherwise (parameters the ServerApp
 // sends to every node, held after the first) it is hashed and looked up
 // first, and copied only when the state does not hold it.
-func (c *codec) large(f *frames, pos, n int, fresh bool) []byte {
+func (c *Codec) large(f *frames, pos, n int, fresh bool) []byte {
 	if f.alias {
 		return c.aliased(f, pos, n)
 	}
@@ -231,7 +227,7 @@ func (c *codec) large(f *frames, pos, n int, fresh bool) []byte {
 // already returned for the same content earlier in the message (a
 // ServerApp's PushTaskIns carries the model once per node), or else a
 // slice of the buffer, whose hash is noted for the state.
-func (c *codec) aliased(f *frames, pos, n int) []byte {
+func (c *Codec) aliased(f *frames, pos, n int) []byte {
 	d := f.bufs[0][pos : pos+n : pos+n]
 	h := state.NewBlobHash()
 	h.Write(d)
@@ -296,7 +292,7 @@ func within(buf, b []byte) bool {
 // The returned bytes alias the builder's string and must never be
 // modified, which no array the codec decodes ever is.
 func (f *frames) copyOut(pos, n int, h hash.Hash) []byte {
-	collectFor(n)
+	wire.CollectFor(n)
 	var b strings.Builder
 	b.Grow(n)
 	f.each(pos, n, func(p []byte) bool {
@@ -312,7 +308,7 @@ func (f *frames) copyOut(pos, n int, h hash.Hash) []byte {
 
 // compact appends to out the message of type md found at [pos, end), with
 // large bytes values replaced by placeholders and collected in bigs.
-func (c *codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end int, out []byte, bigs *[][]byte, fresh bool) ([]byte, error) {
+func (c *Codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end int, out []byte, bigs *[][]byte, fresh bool) ([]byte, error) {
 	fields := md.Fields()
 	for pos < end {
 		start := pos
@@ -488,47 +484,3 @@ func invalidOf(req any) (string, bool) {
 	}
 	return string(v[len(invalidMarker):]), true
 }
-
-// collectMin is the smallest allocation collectFor considers.
-const collectMin = 4 << 20
-
-var heapSamples = sync.Pool{New: func() any {
-	return []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
-}}
-
-// collectFor runs a garbage collection before n bytes are allocated for
-// an array when the heap holds at least n bytes allocated since the last
-// collection, which a collection now would likely free for the array to
-// reuse. Received arrays come in tens of megabytes at a time, together
-// with the frames they arrived in: collected only as the heap doubles
-// (GOGC=100), arrays and frames no longer used stayed in memory next to
-// new ones and raised the peak by half. A collection of a heap that is
-// mostly arrays (which hold no pointers) costs a few milliseconds.
-//
-// The collection also gives the freed pages back to the system
-// (debug.FreeOSMemory): with --database, the state's small allocations
-// between arrays left the freed space of an array in pieces, the next
-// array took fresh pages, and the old ones stayed resident until the
-// runtime's slow scavenger came by. With the pages given back at once,
-// the peak RSS of the 2-node FedAvg run on SQLite went from 195 to
-// 163 MiB (16 nodes: 646 to 545-581 MiB), in memory unchanged (155 MiB),
-// for a few percent more system time in page faults.
-//
-// One collection at a time: arrays received together (16 nodes pushing at
-// once) would each force one more, the later ones finding little to free.
-func collectFor(n int) {
-	if n < collectMin || collecting.Load() {
-		return
-	}
-	s := heapSamples.Get().([]metrics.Sample)
-	metrics.Read(s)
-	objects, live := s[0].Value.Uint64(), s[1].Value.Uint64()
-	heapSamples.Put(s)
-	if objects > live && objects-live >= uint64(n) && collecting.CompareAndSwap(false, true) {
-		debug.FreeOSMemory()
-		collecting.Store(false)
-	}
-}
-
-// collecting is true while collectFor runs a collection.
-var collecting atomic.Bool

@@ -1,4 +1,4 @@
-package superlink
+package wire
 
 // Captured messages: one byte of memory per byte admitted.
 //
@@ -52,8 +52,8 @@ var standInMarker = func() [16]byte {
 	return m
 }()
 
-// standInLen is the length of a stand-in message: the marker and an id.
-const standInLen = len(standInMarker) + 8
+// StandInLen is the length of a stand-in message: the marker and an id.
+const StandInLen = len(standInMarker) + 8
 
 // capture is one message being read into its buffer. Its fields are used
 // under the guardConn's mu.
@@ -79,19 +79,19 @@ func (cp *capture) drop() {
 // capturing reports whether st's message is being captured.
 func (st *gstream) capturing() bool { return st.cap.capturing() }
 
-// standIns holds the buffers of complete captured messages until the
+// StandIns holds the buffers of complete captured messages until the
 // codec takes them, by stand-in id. Its methods are safe for concurrent
 // use.
-type standIns struct {
+type StandIns struct {
 	mu   sync.Mutex
 	next uint64
 	m    map[uint64][]byte
 }
 
-func newStandIns() *standIns { return &standIns{m: map[uint64][]byte{}} }
+func newStandIns() *StandIns { return &StandIns{m: map[uint64][]byte{}} }
 
 // put holds b and returns its id.
-func (s *standIns) put(b []byte) uint64 {
+func (s *StandIns) put(b []byte) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
@@ -100,17 +100,18 @@ func (s *standIns) put(b []byte) uint64 {
 }
 
 // drop forgets id, if the codec did not take it.
-func (s *standIns) drop(id uint64) {
+func (s *StandIns) drop(id uint64) {
 	s.mu.Lock()
 	delete(s.m, id)
 	s.mu.Unlock()
 }
 
-// resolve returns the buffer a stand-in message stands for, and whether
-// msg is a stand-in at all. A stand-in whose buffer is gone (its stream
-// ended first) resolves to nil, true.
-func (s *standIns) resolve(msg []byte) ([]byte, bool) {
-	if s == nil || len(msg) != standInLen || !bytes.Equal(msg[:len(standInMarker)], standInMarker[:]) {
+// Resolve returns the buffer a stand-in message stands for, which
+// belongs to the caller from then on, and whether msg is a stand-in at
+// all. A stand-in whose buffer is gone (its stream ended first) resolves
+// to nil, true. Messages of StandInLen bytes are the only candidates.
+func (s *StandIns) Resolve(msg []byte) ([]byte, bool) {
+	if s == nil || len(msg) != StandInLen || !bytes.Equal(msg[:len(standInMarker)], standInMarker[:]) {
 		return nil, false
 	}
 	id := binary.BigEndian.Uint64(msg[len(standInMarker):])
@@ -122,7 +123,7 @@ func (s *standIns) resolve(msg []byte) ([]byte, bool) {
 }
 
 // held returns how many buffers wait for the codec, for tests.
-func (s *standIns) held() int {
+func (s *StandIns) held() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.m)
@@ -136,9 +137,9 @@ func standInFrame(sid uint32, id uint64, end bool) []byte {
 	if end {
 		flags = flagEndStream
 	}
-	b := frameHeader(make([]byte, 0, frameHeaderLen+grpcPrefixLen+standInLen), grpcPrefixLen+standInLen, frameData, flags, sid)
+	b := frameHeader(make([]byte, 0, frameHeaderLen+grpcPrefixLen+StandInLen), grpcPrefixLen+StandInLen, frameData, flags, sid)
 	b = append(b, 0)
-	b = binary.BigEndian.AppendUint32(b, uint32(standInLen))
+	b = binary.BigEndian.AppendUint32(b, uint32(StandInLen))
 	b = append(b, standInMarker[:]...)
 	return binary.BigEndian.AppendUint64(b, id)
 }
@@ -147,7 +148,7 @@ func standInFrame(sid uint32, id uint64, end bool) []byte {
 // prefix just arrived: the withheld frames are dropped, gRPC never sees
 // them, and the client gets the window they took and more. c.mu is held.
 func (c *guardConn) startCapture(st *gstream, length int64) {
-	collectFor(int(length))
+	CollectFor(int(length))
 	st.cap = &capture{buf: make([]byte, length)}
 	st.left, st.recv = length, 0
 	st.msgData = grpcPrefixLen
@@ -240,7 +241,7 @@ func (c *guardConn) grant(st *gstream) {
 	}
 	final := st.msgPad + total // all its frames take
 	target := min(final, st.msgPad+st.msgData+captureAhead)
-	connFinal := final - grpcPrefixLen - int64(standInLen)
+	connFinal := final - grpcPrefixLen - int64(StandInLen)
 	connTarget := min(target, connFinal)
 	if d := target - cp.credit; d > 0 && (d >= grantStep || target == final || cp.credit == 0) {
 		d = min(d, maxWindowUpdate)

@@ -1,4 +1,4 @@
-package superlink
+package wire
 
 import (
 	"bytes"
@@ -109,16 +109,16 @@ func TestGuardCapturesLargeMessages(t *testing.T) {
 		}
 		// The empty DATA frame before the prefix is withheld with it, and
 		// goes with the message.
-		if len(got) != 2 || !strings.HasPrefix(got[0], "HEADERS 1") || got[1] != fmt.Sprintf("DATA 1 %d END_STREAM", grpcPrefixLen+standInLen) {
+		if len(got) != 2 || !strings.HasPrefix(got[0], "HEADERS 1") || got[1] != fmt.Sprintf("DATA 1 %d END_STREAM", grpcPrefixLen+StandInLen) {
 			t.Fatalf("seed %d: gRPC gets of stream 1:\n%s", seed, strings.Join(got, "\n"))
 		}
 		if !strings.Contains(strings.Join(lines, "\n"), "DATA 3 45") {
 			t.Fatalf("seed %d: the Ping did not pass:\n%s", seed, strings.Join(lines, "\n"))
 		}
-		if len(standIn) != grpcPrefixLen+standInLen || binary.BigEndian.Uint32(standIn[1:]) != uint32(standInLen) {
+		if len(standIn) != grpcPrefixLen+StandInLen || binary.BigEndian.Uint32(standIn[1:]) != uint32(StandInLen) {
 			t.Fatalf("seed %d: stand-in %x", seed, standIn)
 		}
-		buf, ok := g.standIns.resolve(standIn[grpcPrefixLen:])
+		buf, ok := g.standIns.Resolve(standIn[grpcPrefixLen:])
 		if !ok || !bytes.Equal(buf, body) {
 			t.Fatalf("seed %d: the stand-in resolves to %d bytes (%v), want the message's %d", seed, len(buf), ok, len(body))
 		}
@@ -140,7 +140,7 @@ func TestGuardCapturesLargeMessages(t *testing.T) {
 				stream += int64(w.Increment)
 			}
 		}
-		if stream != flow || conn != flow-int64(grpcPrefixLen+standInLen) {
+		if stream != flow || conn != flow-int64(grpcPrefixLen+StandInLen) {
 			t.Fatalf("seed %d: window granted: stream %d, connection %d; the frames took %d", seed, stream, conn, flow)
 		}
 		if st := b.stats(); st.InflightBytes != 0 {
@@ -170,7 +170,7 @@ func TestGuardCaptureCutShort(t *testing.T) {
 	if n := g.standIns.held(); n != 0 {
 		t.Fatalf("%d stand-ins held", n)
 	}
-	if _, ok := g.standIns.resolve(make([]byte, standInLen)); ok {
+	if _, ok := g.standIns.Resolve(make([]byte, StandInLen)); ok {
 		t.Fatal("zeros resolved as a stand-in")
 	}
 	if st := b.stats(); st.InflightBytes != 0 {

@@ -1,13 +1,11 @@
-package superlink
+package wire
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -20,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
@@ -266,15 +265,30 @@ func TestBatchedConnCloseGivesChunkBack(t *testing.T) {
 	}
 }
 
-// recordingServer is a SuperLink whose Fleet listener sends the TCP
-// connections it accepts to conns, under Serve's own listener wrapper.
-type recordingServer struct {
-	*SuperLink
-	conns chan *net.TCPConn
+// serveWire serves gRPC's health service through a Wire of the test
+// configuration with creds (nil: plaintext) on a loopback listener that
+// sends the TCP connections it accepts to conns, under the Wire's own
+// listener wrapper, until the test ends; it returns the address.
+func serveWire(t *testing.T, creds credentials.TransportCredentials, conns chan *net.TCPConn) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(testConfig(1 << 30))
+	srv := grpc.NewServer(w.ServerOptions(creds)...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(w.Listen(&recordingListener{Listener: lis, conns: conns}))
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
 }
 
-func (s recordingServer) Serve(ctx context.Context, fleet, driver net.Listener, creds credentials.TransportCredentials) error {
-	return s.SuperLink.Serve(ctx, &recordingListener{Listener: fleet, conns: s.conns}, driver, creds)
+// testCerts makes a CA and a server certificate for localhost and
+// 127.0.0.1, and returns the credentials serving it and the CA file.
+func testCerts(t testing.TB) (credentials.TransportCredentials, string) {
+	t.Helper()
+	p := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
+	return transport.ServerCredentials(p.Source()), p.CAFile
 }
 
 type recordingListener struct {
@@ -322,27 +336,32 @@ func TestServeTLSReadsInChunksAndSetsUserTimeout(t *testing.T) {
 	}
 	creds, caFile := testCerts(t)
 	conns := make(chan *net.TCPConn, 4)
-	sl := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	link := testkit.Serve(t, recordingServer{sl, conns}, creds)
-	cc := dial(t, link.Fleet, caFile)
+	addr := serveWire(t, creds, conns)
+	ccreds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(ccreds))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer cc.Close()
 	before := chunkReads.Load()
-	ctx := ctxT(t)
-	if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+	if _, err := healthpb.NewHealthClient(cc).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if chunkReads.Load() == before {
 		t.Error("the Fleet API's TLS connection read no chunk from its socket")
 	}
-	if d := userTimeout(t, <-conns); d != keepaliveTimeout {
-		t.Errorf("TCP_USER_TIMEOUT %v, want %v", d, keepaliveTimeout)
+	if d := userTimeout(t, <-conns); d != KeepaliveTimeout {
+		t.Errorf("TCP_USER_TIMEOUT %v, want %v", d, KeepaliveTimeout)
 	}
 }
 
 // Plaintext connections are not wrapped for TLS (gRPC reads and writes
 // them with its own buffers), and get the TCP_USER_TIMEOUT too.
 func TestServePlaintextNotBatched(t *testing.T) {
-	g := testGuard(newBudget(Limits{}.withDefaults()))
+	g := testGuard(testBudget(1 << 30))
 	if _, ok := tunedCreds(guarded(nil, g)).(batchedCreds); ok {
 		t.Error("plaintext credentials wrapped in batchedCreds")
 	}
@@ -358,21 +377,20 @@ func TestServePlaintextNotBatched(t *testing.T) {
 		return
 	}
 	conns := make(chan *net.TCPConn, 4)
-	sl := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	link := testkit.Serve(t, recordingServer{sl, conns}, nil)
-	cc, err := grpc.NewClient(link.Fleet, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := serveWire(t, nil, conns)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
 	before := chunkReads.Load()
-	if _, err := healthpb.NewHealthClient(cc).Check(ctxT(t), &healthpb.HealthCheckRequest{}); err != nil {
+	if _, err := healthpb.NewHealthClient(cc).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if n := chunkReads.Load() - before; n != 0 {
 		t.Errorf("a plaintext connection read %d chunks", n)
 	}
-	if d := userTimeout(t, <-conns); d != keepaliveTimeout {
-		t.Errorf("TCP_USER_TIMEOUT %v, want %v", d, keepaliveTimeout)
+	if d := userTimeout(t, <-conns); d != KeepaliveTimeout {
+		t.Errorf("TCP_USER_TIMEOUT %v, want %v", d, KeepaliveTimeout)
 	}
 }

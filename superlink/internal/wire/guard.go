@@ -1,4 +1,4 @@
-package superlink
+package wire
 
 // The frame guard: what bounds the memory and work a peer can make the
 // SuperLink take on, below gRPC.
@@ -124,24 +124,15 @@ const lateRelease = 2 * time.Second
 // frame.
 const resetPatience = 10 * time.Second
 
-// guardConfig is what the guard takes of Limits.
-type guardConfig struct {
-	stall      time.Duration
-	grace      time.Duration
-	minRate    int64
-	captureMin int64
-	idleClose  time.Duration
-}
-
 // guard holds what every guarded connection of a SuperLink shares. Its
 // methods are safe for concurrent use.
 type guard struct {
 	b        *budget
 	log      *slog.Logger
-	cfg      guardConfig
+	cfg      Config
 	now      func() time.Time
 	late     time.Duration // lateRelease; 0 releases at once (tests)
-	standIns *standIns
+	standIns *StandIns
 	rl       rateLog
 
 	mu        sync.Mutex
@@ -149,11 +140,22 @@ type guard struct {
 	listeners map[*limitListener]struct{}
 }
 
-func newGuard(b *budget, log *slog.Logger, l Limits) *guard {
+func newGuard(b *budget, c Config) *guard {
+	if c.Grace == 0 {
+		c.Grace = RequestGrace
+	}
+	if c.IdleClose == 0 {
+		c.IdleClose = idleClose
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MethodLimit == nil {
+		c.MethodLimit = func(string) (int64, string) { return SmallMessageSize, "" }
+	}
 	return &guard{
-		b: b, log: log, now: time.Now, late: lateRelease, standIns: newStandIns(),
-		cfg:   guardConfig{stall: l.StallTimeout, grace: RequestGrace, minRate: l.MinRequestRate, captureMin: captureMin, idleClose: idleClose},
-		rl:    rateLog{log: log, interval: 10 * time.Second},
+		b: b, log: c.Logger, cfg: c, now: time.Now, late: lateRelease, standIns: newStandIns(),
+		rl:    rateLog{log: c.Logger, interval: 10 * time.Second},
 		conns: map[*guardConn]struct{}{}, listeners: map[*limitListener]struct{}{},
 	}
 }
@@ -263,12 +265,12 @@ func (g *guard) sweep() {
 		listeners = append(listeners, l)
 	}
 	g.mu.Unlock()
-	stallLimit := now.Add(-g.cfg.stall).UnixNano()
+	stallLimit := now.Add(-g.cfg.StallTimeout).UnixNano()
 	for _, c := range conns {
 		c.checkRates(now)
 		switch {
 		case c.waiting.Load() > 0 && c.progress.Load() < stallLimit:
-			c.goAwayClose(ClosedStalled, errCodeCancel, fmt.Sprintf("a request admitted into the in-flight budget received nothing for %v", g.cfg.stall))
+			c.goAwayClose(ClosedStalled, errCodeCancel, fmt.Sprintf("a request admitted into the in-flight budget received nothing for %v", g.cfg.StallTimeout))
 		case c.resetWaitingSince(now) > resetPatience:
 			c.goAwayClose(ClosedStalled, errCodeCancel, fmt.Sprintf("it stopped in the middle of a frame for %v while a request of it was reset", resetPatience))
 		}
@@ -288,6 +290,7 @@ type gstream struct {
 	id     uint32
 	method string
 	limit  int64
+	hint   string // appended to a refusal past limit
 
 	// Used by the reader only.
 	prefix     [grpcPrefixLen]byte
@@ -870,7 +873,7 @@ func (c *guardConn) data(e *emitter, from, to int) bool {
 		length := int64(binary.BigEndian.Uint32(st.prefix[1:]))
 		ok := c.admit(st, length)
 		if st.holding {
-			if ok && length >= c.g.cfg.captureMin && st.prefix[0] == 0 && !c.dead {
+			if ok && length >= captureMin && st.prefix[0] == 0 && !c.dead {
 				// The rest of the frame, and the message, go to a
 				// buffer of its own.
 				e.take(pos)
@@ -914,8 +917,8 @@ func (c *guardConn) admit(st *gstream, length int64) bool {
 	case length > st.limit:
 		reason = RefusedTooLarge
 		msg = fmt.Sprintf("request of %d bytes refused: %s takes at most %s", length, shortMethod(st.method), sizeString(st.limit))
-		if st.limit == SmallMessageSize && methods18[st.method] {
-			msg += " (only PushTaskRes and PushTaskIns carry parameters, up to " + sizeString(MaxMessageSize) + ")"
+		if st.hint != "" {
+			msg += " (" + st.hint + ")"
 		}
 	case st.serverEnded:
 		return true // gRPC ended the stream; it drops the data
@@ -985,10 +988,10 @@ func (c *guardConn) checkRates(now time.Time) {
 			continue
 		}
 		elapsed := now.Sub(time.Unix(0, st.admittedAt))
-		if elapsed <= cfg.grace {
+		if elapsed <= cfg.Grace {
 			continue
 		}
-		need := float64(cfg.minRate) * (elapsed - cfg.grace).Seconds()
+		need := float64(cfg.MinRequestRate) * (elapsed - cfg.Grace).Seconds()
 		if float64(st.recv) >= need {
 			continue
 		}
@@ -1016,7 +1019,7 @@ func (c *guardConn) resetSlow(st *gstream, elapsed time.Duration, now time.Time)
 	c.pendingRST = append(c.pendingRST, st)
 	c.g.b.refused.add(RefusedTooSlow)
 	msg := fmt.Sprintf("request of %d bytes reset: %d bytes arrived in %v, slower than the SuperLink's minimum of %s/s after %v (--min-request-rate); "+
-		"retry over a faster link", st.recv+st.left, st.recv, elapsed.Round(time.Millisecond), sizeString(c.g.cfg.minRate), c.g.cfg.grace)
+		"retry over a faster link", st.recv+st.left, st.recv, elapsed.Round(time.Millisecond), sizeString(c.g.cfg.MinRequestRate), c.g.cfg.Grace)
 	c.g.warn("too_slow", "request reset: it arrived slower than the minimum rate", "peer", c.peer, "method", st.method, "received_bytes", st.recv, "declared_bytes", st.recv+st.left)
 	if !st.serverEnded {
 		c.answerLocked(st, codes.ResourceExhausted, msg)
@@ -1069,7 +1072,8 @@ func (c *guardConn) endBlock() {
 		return // trailers from the client, or worse: gRPC ends the stream or the connection
 	}
 	in.maxSID = sid
-	c.streams[sid] = &gstream{id: sid, method: in.path, limit: methodLimit(in.path), clientDone: in.blockEnd}
+	limit, hint := c.g.cfg.MethodLimit(in.path)
+	c.streams[sid] = &gstream{id: sid, method: in.path, limit: limit, hint: hint, clientDone: in.blockEnd}
 	c.noteActive()
 }
 

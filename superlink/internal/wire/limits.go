@@ -1,4 +1,4 @@
-package superlink
+package wire
 
 import (
 	"context"
@@ -18,44 +18,16 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
-
-	"github.com/sepal-fl/sepal/flwrproto"
 )
 
-// Defaults of Limits.
+// Sizes and times the wire layer is built around.
 const (
-	// DefaultMaxInflightBytes is the default in-flight budget: 1 GiB, which
-	// lets a 512 MiB push through while another is handled, and fits a
-	// small machine.
-	DefaultMaxInflightBytes = 1 << 30
-	// SmallMessageSize is the largest request of a method that never
-	// carries parameters (every method but PushTaskRes and PushTaskIns):
-	// 1 MiB, far above what Flower sends (a PullTaskRes listing a thousand
-	// task ids is 40 KB).
+	// SmallMessageSize is the largest request of a method that carries no
+	// parameters: 1 MiB, far above what Flower sends.
 	SmallMessageSize = 1 << 20
-	// DefaultMaxConnections is the default number of connections each API
-	// accepts at once; a SuperNode or ServerApp holds one.
-	DefaultMaxConnections = 4096
-	// DefaultMaxConcurrentStreams is the default number of calls at once
-	// on one connection; a SuperNode makes at most three (ping, pull or
-	// push, delete). gRPC clients queue calls beyond it.
-	DefaultMaxConcurrentStreams = 32
-	// DefaultHandshakeTimeout bounds the TLS handshake and the HTTP/2
-	// greeting of a new connection.
-	DefaultHandshakeTimeout = 15 * time.Second
-	// DefaultIdleTimeout closes a connection without a call for that long
-	// (gRPC clients reconnect on their next call; a polling SuperNode is
-	// never idle that long).
-	DefaultIdleTimeout = 15 * time.Minute
-	// DefaultStallTimeout closes a connection that stopped in the middle
-	// of a frame of a request that holds part of the budget, and received
-	// nothing for that long (a request that stops between frames is reset
-	// sooner, by MinRequestRate).
-	DefaultStallTimeout = time.Minute
-	// DefaultMinRequestRate is the default of Limits.MinRequestRate:
-	// 64 KiB/s, so that a 512 MiB push may take up to 2 hours 16 minutes,
-	// a 32 MiB one 8.5 minutes.
-	DefaultMinRequestRate = 64 << 10
+	// KeepaliveTimeout is how long the server waits for the answer to its
+	// keepalive ping, and the TCP_USER_TIMEOUT of its connections.
+	KeepaliveTimeout = 20 * time.Second
 	// RequestGrace is how long an admitted request may take before the
 	// minimum rate applies: a client's first bytes may wait for a
 	// handshake of its own, a slow start, a garbage collection.
@@ -64,138 +36,6 @@ const (
 	// sends under 1 KiB.
 	maxHeaderListSize = 16 << 10
 )
-
-// Limits bound what peers may make the SuperLink hold (Options.Limits).
-// The zero value of each field is its default; Validate refuses values out
-// of range, and so does Serve.
-//
-// A peer is a source address (an IPv4 address, or an IPv6 /64), or, once
-// its client certificate was verified under mutual TLS, the identity the
-// certificate names: nodes behind one NAT with certificates of their own
-// are peers of their own.
-type Limits struct {
-	// MaxInflightBytes is the in-flight budget: the total declared size of
-	// the request messages being received or handled, over all
-	// connections of both APIs. A request is admitted when its 5-byte gRPC
-	// length prefix arrives, before its body is read; one that does not
-	// fit is refused with ResourceExhausted (gRPC clients, and Flower
-	// 1.8.0 SuperNodes, retry it). Its last sixteenth is kept for requests
-	// of at most SmallMessageSize, so that large pushes cannot starve
-	// pings and polls. One peer may hold at most three quarters of it, and
-	// at most a quarter of that last sixteenth (but never less than
-	// SmallMessageSize) in small requests. Default
-	// DefaultMaxInflightBytes (1 GiB).
-	MaxInflightBytes int64
-	// MinRequestRate is the slowest an admitted request may arrive, in
-	// bytes per second, averaged from its admission on once RequestGrace
-	// has passed: a request that falls behind is reset (the client gets
-	// ResourceExhausted) and its part of the budget is free at once.
-	// Default DefaultMinRequestRate (64 KiB/s).
-	MinRequestRate int64
-	// MaxConnections is the number of connections each API holds at once;
-	// beyond it new connections wait in the listen queue, and connections
-	// without a call for a while are closed sooner than IdleTimeout while
-	// more than three quarters are taken. Default DefaultMaxConnections
-	// (4096).
-	MaxConnections int
-	// MaxConnectionsPerPeer is the number of connections one peer may
-	// hold on each API: a connection beyond it is closed at once. Default
-	// MaxConnections/16, at least 16.
-	MaxConnectionsPerPeer int
-	// MaxConcurrentStreams is the number of calls at once on one
-	// connection. Default DefaultMaxConcurrentStreams (32).
-	MaxConcurrentStreams uint32
-	// HandshakeTimeout bounds a new connection's TLS handshake and HTTP/2
-	// greeting. Default DefaultHandshakeTimeout (15s).
-	HandshakeTimeout time.Duration
-	// IdleTimeout closes a connection that had no call for that long.
-	// Default DefaultIdleTimeout (15m).
-	IdleTimeout time.Duration
-	// StallTimeout closes a connection on which a request admitted into
-	// the budget received no byte for that long while it could not be
-	// reset alone. Default DefaultStallTimeout (1m).
-	StallTimeout time.Duration
-}
-
-// withDefaults fills in the defaults of the zero fields.
-func (l Limits) withDefaults() Limits {
-	if l.MaxInflightBytes == 0 {
-		l.MaxInflightBytes = DefaultMaxInflightBytes
-	}
-	if l.MinRequestRate == 0 {
-		l.MinRequestRate = DefaultMinRequestRate
-	}
-	if l.MaxConnections == 0 {
-		l.MaxConnections = DefaultMaxConnections
-	}
-	if l.MaxConnectionsPerPeer == 0 {
-		l.MaxConnectionsPerPeer = max(16, l.MaxConnections/16)
-	}
-	if l.MaxConcurrentStreams == 0 {
-		l.MaxConcurrentStreams = DefaultMaxConcurrentStreams
-	}
-	if l.HandshakeTimeout == 0 {
-		l.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if l.IdleTimeout == 0 {
-		l.IdleTimeout = DefaultIdleTimeout
-	}
-	if l.StallTimeout == 0 {
-		l.StallTimeout = DefaultStallTimeout
-	}
-	return l
-}
-
-// MinInflightBytes is the smallest in-flight budget: room for a few
-// small requests.
-const MinInflightBytes = 4 * SmallMessageSize
-
-// Validate returns an error naming the first field out of range: a
-// negative value, or a MaxInflightBytes below MinInflightBytes.
-func (l Limits) Validate() error {
-	switch {
-	case l.MaxInflightBytes < 0, l.MaxInflightBytes > 0 && l.MaxInflightBytes < MinInflightBytes:
-		return fmt.Errorf("Limits.MaxInflightBytes %d is below the minimum of %d (4 MiB)", l.MaxInflightBytes, MinInflightBytes)
-	case l.MinRequestRate < 0:
-		return errors.New("Limits.MinRequestRate is negative")
-	case l.MaxConnections < 0, l.MaxConnectionsPerPeer < 0:
-		return errors.New("Limits.MaxConnections and MaxConnectionsPerPeer must not be negative")
-	case l.HandshakeTimeout < 0, l.IdleTimeout < 0, l.StallTimeout < 0:
-		return errors.New("Limits timeouts must not be negative")
-	}
-	return nil
-}
-
-// largeMethods are the methods whose requests carry parameters, up to
-// MaxMessageSize; every other request is at most SmallMessageSize.
-var largeMethods = map[string]int64{
-	"/" + flwrproto.Fleet_ServiceDesc.ServiceName + "/PushTaskRes":  MaxMessageSize,
-	"/" + flwrproto.Driver_ServiceDesc.ServiceName + "/PushTaskIns": MaxMessageSize,
-}
-
-// methodLimit returns the largest request message of method, whatever
-// it is: SmallMessageSize for any path but the few that carry more, of
-// either generation.
-func methodLimit(method string) int64 {
-	if n, ok := largeMethods[method]; ok {
-		return n
-	}
-	if n, ok := methodLimit129(method); ok {
-		return n
-	}
-	return SmallMessageSize
-}
-
-// methods18 are the paths of Flower 1.8.0's methods.
-var methods18 = func() map[string]bool {
-	m := map[string]bool{}
-	for _, d := range []*grpc.ServiceDesc{&flwrproto.Fleet_ServiceDesc, &flwrproto.Driver_ServiceDesc} {
-		for _, md := range d.Methods {
-			m["/"+d.ServiceName+"/"+md.MethodName] = true
-		}
-	}
-	return m
-}()
 
 // The reasons a request is refused before its body is read, and a
 // connection refused or closed by a limit: the label values of the
@@ -214,9 +54,8 @@ const (
 	ClosedIdle          = "idle"           // idle while connection slots ran short
 )
 
-// LimitStats is a snapshot of the limits' state, for metrics. See
-// SuperLink.LimitStats.
-type LimitStats struct {
+// Stats is a snapshot of the limits' state, for metrics.
+type Stats struct {
 	// InflightBytes is the declared size of the requests being received
 	// or handled now; MaxInflightBytes is the budget it is held under.
 	InflightBytes, MaxInflightBytes int64
@@ -239,7 +78,7 @@ type LimitStats struct {
 }
 
 // RefusedTotal is the number of requests refused for any reason.
-func (s LimitStats) RefusedTotal() uint64 {
+func (s Stats) RefusedTotal() uint64 {
 	var n uint64
 	for _, v := range s.Refused {
 		n += v
@@ -311,9 +150,9 @@ type peerState struct {
 	small int64 // of which by requests of at most SmallMessageSize
 }
 
-// newBudget returns the budget of limits (defaults applied).
-func newBudget(l Limits) *budget {
-	return &budget{max: l.MaxInflightBytes, peers: map[string]*peerState{}, now: time.Now, pressureFor: pressureWindow}
+// newBudget returns a budget of max bytes.
+func newBudget(max int64) *budget {
+	return &budget{max: max, peers: map[string]*peerState{}, now: time.Now, pressureFor: pressureWindow}
 }
 
 // headroom is the part of the budget only small requests may use.
@@ -442,8 +281,8 @@ func (b *budget) pressure() bool {
 	return at != 0 && b.now().Sub(time.Unix(0, at)) < b.pressureFor
 }
 
-func (b *budget) stats() LimitStats {
-	return LimitStats{
+func (b *budget) stats() Stats {
+	return Stats{
 		InflightBytes:      b.used.Load(),
 		MaxInflightBytes:   b.max,
 		Connections:        b.conns.Load(),
@@ -470,20 +309,24 @@ func sizeString(n int64) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
-// LimitStats returns a snapshot of the limits' state: the in-flight bytes
-// against the budget, the connections open, and what was refused. It is
-// cheap and safe for concurrent use.
-func (s *SuperLink) LimitStats() LimitStats { return s.budget.stats() }
-
-// limitOptions are the gRPC server options that carry l: calls per
-// connection, the handshake timeout, the idle timeout (added to kp) and the
-// size of request headers.
-func limitOptions(l Limits, kp keepalive.ServerParameters) []grpc.ServerOption {
-	kp.MaxConnectionIdle = l.IdleTimeout
+// limitOptions are the gRPC server options that carry c: calls per
+// connection, the handshake timeout, keepalive with the idle timeout, and
+// the size of request headers.
+func limitOptions(c Config) []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.KeepaliveParams(kp),
-		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
-		grpc.ConnectionTimeout(l.HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:                  210 * time.Second,
+			Timeout:               KeepaliveTimeout,
+			MaxConnectionIdle:     c.IdleTimeout,
+			MaxConnectionAge:      time.Hour,
+			MaxConnectionAgeGrace: 5 * time.Minute,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.MaxConcurrentStreams(c.MaxConcurrentStreams),
+		grpc.ConnectionTimeout(c.HandshakeTimeout),
 		grpc.MaxHeaderListSize(maxHeaderListSize),
 	}
 }
@@ -500,7 +343,7 @@ func guarded(creds credentials.TransportCredentials, g *guard) credentials.Trans
 // runSweeps resets requests that fell behind, closes stalled connections
 // and idle ones while slots run short, until ctx ends.
 func (g *guard) runSweeps(ctx context.Context) {
-	t := time.NewTicker(max(min(g.cfg.stall/4, time.Second), 10*time.Millisecond))
+	t := time.NewTicker(max(min(g.cfg.StallTimeout/4, time.Second), 10*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -582,7 +425,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			l.g.warn("per_peer", "connection refused: the peer holds its share of the connections", "peer", key, "address", l.Addr().String(), "max_connections_per_peer", l.perPeer)
 			continue
 		}
-		setUserTimeout(c, keepaliveTimeout)
+		setUserTimeout(c, KeepaliveTimeout)
 		l.g.b.conns.Add(1)
 		lc := &limitConn{Conn: c, l: l, key: key}
 		l.mu.Lock()
@@ -637,7 +480,7 @@ func (l *limitListener) closeIdle(now time.Time) {
 	}
 	var idle []*guardConn
 	for lc := range l.conns {
-		if gc := lc.guard.Load(); gc != nil && gc.idleSince(now) >= l.g.cfg.idleClose {
+		if gc := lc.guard.Load(); gc != nil && gc.idleSince(now) >= l.g.cfg.IdleClose {
 			idle = append(idle, gc)
 		}
 	}

@@ -1,13 +1,11 @@
-package superlink
+package wire
 
 import (
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/experimental"
 )
 
 // How a SuperLink's connections buffer their bytes. Each choice below was
@@ -38,20 +36,6 @@ import (
 //     the frame guard's bound on bytes withheld per connection assumes
 //     them.
 const writeBuffer = 64 << 10
-
-// tuningOptions are the gRPC server options above, for TLS connections
-// or plaintext ones.
-func tuningOptions(tls bool) []grpc.ServerOption {
-	opts := []grpc.ServerOption{
-		grpc.WriteBufferSize(writeBuffer),
-		grpc.SharedWriteBuffer(true),
-		experimental.BufferPool(framePoolShared),
-	}
-	if tls {
-		opts = append(opts, grpc.ReadBufferSize(0))
-	}
-	return opts
-}
 
 // isTLS reports whether creds (nil: plaintext) are TLS, through wrappers
 // that keep the inner credentials' Info, as guardCreds and the transport

@@ -1,4 +1,4 @@
-package superlink
+package wire
 
 import (
 	"testing"
