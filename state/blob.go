@@ -16,55 +16,60 @@ import (
 var blobSeed = maphash.MakeSeed()
 
 // HashBlob is the hash a BlobFinder is asked with: maphash with a seed of
-// this process (fast, not stable across processes: never store it). For
-// an array whose hash NoteBlobHash recorded, it returns that hash without
-// reading the array again.
-func HashBlob(b []byte) uint64 {
-	if len(b) >= BlobMin {
-		notes.Lock()
-		n, ok := notes.m[weak.Make(&b[0])]
-		notes.Unlock()
-		if ok && n.len == len(b) {
-			return n.hash
-		}
-	}
-	return maphash.Bytes(blobSeed, b)
-}
+// this process (fast, not stable across processes: never store it).
+func HashBlob(b []byte) uint64 { return maphash.Bytes(blobSeed, b) }
 
-// notes are hashes computed while the bytes were at hand (the codec hashes
-// an array as it decodes it), keyed by the array, so that HashBlob of the
-// same slice does not read its megabytes again. An entry goes when its
-// array is collected.
-var notes = struct {
-	sync.Mutex
-	m map[weak.Pointer[byte]]note
-}{m: map[weak.Pointer[byte]]note{}}
+// BlobHashes are hashes computed while the bytes were at hand (the codec
+// hashes an array as it decodes it, and tells the state, BlobFinder's
+// NoteBlob), keyed by the array, so that the state need not read its
+// megabytes again to hash it. An entry goes when its array is collected.
+// A store embeds one to implement NoteBlob. The zero value is ready to
+// use; its methods are safe for concurrent use.
+type BlobHashes struct {
+	mu sync.Mutex
+	m  map[weak.Pointer[byte]]note
+}
 
 type note struct {
 	len  int
 	hash uint64
 }
 
-// NoteBlobHash records that HashBlob(b) is h (computed with NewBlobHash),
-// for b of BlobMin bytes or more, whose content must never change
-// afterwards (held arrays never do). Safe for concurrent use.
-func NoteBlobHash(b []byte, h uint64) {
+// NoteBlob records that HashBlob(b) is h, for b of BlobMin bytes or more,
+// whose content must never change afterwards (held arrays never do).
+func (n *BlobHashes) NoteBlob(b []byte, h uint64) {
 	if len(b) < BlobMin {
 		return
 	}
 	p := &b[0]
 	k := weak.Make(p)
-	notes.Lock()
-	_, had := notes.m[k]
-	notes.m[k] = note{len: len(b), hash: h}
-	notes.Unlock()
+	n.mu.Lock()
+	if n.m == nil {
+		n.m = map[weak.Pointer[byte]]note{}
+	}
+	_, had := n.m[k]
+	n.m[k] = note{len: len(b), hash: h}
+	n.mu.Unlock()
 	if !had {
 		runtime.AddCleanup(p, func(k weak.Pointer[byte]) {
-			notes.Lock()
-			delete(notes.m, k)
-			notes.Unlock()
+			n.mu.Lock()
+			delete(n.m, k)
+			n.mu.Unlock()
 		}, k)
 	}
+}
+
+// Hash returns HashBlob(b): the hash noted for b, or computed.
+func (n *BlobHashes) Hash(b []byte) uint64 {
+	if len(b) >= BlobMin {
+		n.mu.Lock()
+		e, ok := n.m[weak.Make(&b[0])]
+		n.mu.Unlock()
+		if ok && e.len == len(b) {
+			return e.hash
+		}
+	}
+	return HashBlob(b)
 }
 
 // NewBlobHash returns a hash that computes HashBlob of the bytes written to

@@ -167,11 +167,16 @@ type RunInfo struct {
 
 // BlobFinder is an optional ability of a State that holds parameter arrays
 // in memory: the SuperLink's codec asks it for an array it is decoding, so
-// that an array the State already holds is not copied again.
-//
-// FindBlob returns held content of length n, whose HashBlob is hash, for
-// which eq returns true; nil when none. The returned bytes are never
-// modified. It must be safe for concurrent use and must not block on I/O.
+// that an array the State already holds is not copied again, and tells it
+// the hash of an array it decoded, so that the State need not read it
+// again. Both must be safe for concurrent use and must not block on I/O.
 type BlobFinder interface {
+	// FindBlob returns held content of length n, whose HashBlob is hash,
+	// for which eq returns true; nil when none. The returned bytes are
+	// never modified.
 	FindBlob(hash uint64, n int, eq func([]byte) bool) []byte
+	// NoteBlob tells the State that HashBlob(b) is hash, for an array a
+	// request about to reach it carries; b never changes afterwards.
+	// (BlobHashes implements it.)
+	NoteBlob(b []byte, hash uint64)
 }

@@ -34,11 +34,12 @@ type interner struct {
 
 func newInterner() *interner { return &interner{m: map[uint64][]*blob{}} }
 
-// prepareBlobs hashes every Array.data of rs worth interning.
-func prepareBlobs(rs *flwrproto.RecordSet) []preparedBlob {
+// prepareBlobs hashes every Array.data of rs worth interning, with the
+// hashes the codec noted in hs.
+func prepareBlobs(hs *state.BlobHashes, rs *flwrproto.RecordSet) []preparedBlob {
 	var out []preparedBlob
 	state.EachBlob(rs, func(_ int, a *flwrproto.Array) {
-		out = append(out, preparedBlob{arr: a, hash: state.HashBlob(a.Data)})
+		out = append(out, preparedBlob{arr: a, hash: hs.Hash(a.Data)})
 	})
 	return out
 }

@@ -90,6 +90,7 @@ type resEntry struct {
 // respect to the others.
 type State struct {
 	*memlink.Store
+	state.BlobHashes // the hashes the codec notes
 
 	ev   state.Events
 	now  func() time.Time
@@ -406,7 +407,7 @@ func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]str
 	// Hash the large arrays before taking the lock.
 	prepared := make([][]preparedBlob, len(list))
 	for i, t := range list {
-		prepared[i] = prepareBlobs(t.Task.Recordset)
+		prepared[i] = prepareBlobs(&s.BlobHashes, t.Task.Recordset)
 	}
 
 	if err := s.lock(); err != nil {
@@ -501,7 +502,7 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 	}
 	prepared := make([][]preparedBlob, len(list))
 	for i, t := range list {
-		prepared[i] = prepareBlobs(t.Task.Recordset)
+		prepared[i] = prepareBlobs(&s.BlobHashes, t.Task.Recordset)
 	}
 
 	if err := s.lock(); err != nil {

@@ -240,6 +240,7 @@ func (s *State) dropBlobs(ctx context.Context, tx *txn, insID string, kind int) 
 // blobCache holds arrays this process wrote or read, by content. It is
 // safe for concurrent use.
 type blobCache struct {
+	hashes state.BlobHashes // noted by the codec (BlobFinder's NoteBlob)
 	mu     sync.Mutex
 	bySum  map[sum]*cacheEntry
 	byHash map[uint64][]*cacheEntry // state.HashBlob, for the codec
@@ -282,7 +283,7 @@ func (c *blobCache) put(h sum, d []byte) []byte {
 	// Hashed before the lock: a pass over up to 512 MiB would block every
 	// FindBlob meanwhile. (The callers put content the cache mostly lacks,
 	// and an array the codec decoded has its hash noted already.)
-	hash := state.HashBlob(d)
+	hash := c.hashes.Hash(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.bySum[h]; e != nil {
@@ -323,7 +324,7 @@ func (c *blobCache) sumOf(d []byte) (sum, bool) {
 	if len(d) == 0 {
 		return sum{}, false
 	}
-	h := state.HashBlob(d)
+	h := c.hashes.Hash(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range c.byHash[h] {

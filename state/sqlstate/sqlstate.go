@@ -99,6 +99,10 @@ func (s *State) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
 	return s.cache.find(hash, n, eq)
 }
 
+// NoteBlob records the hash the codec computed for an array it decoded
+// (state.BlobFinder).
+func (s *State) NoteBlob(b []byte, hash uint64) { s.cache.hashes.NoteBlob(b, hash) }
+
 var errClosed = status.Error(codes.Unavailable, "the SuperLink is stopping: its state is closed")
 
 // txFunc is the body of one call's transaction. after runs once it has

@@ -73,7 +73,7 @@ func (c *Codec) decode(f *frames, m proto.Message, whole func() []byte) error {
 	fresh := c.o.Fresh != nil && c.o.Fresh(m)
 	small, err := c.compact(f, m.ProtoReflect().Descriptor(), 0, f.n, nil, &bigs, fresh)
 	if err == nil && len(bigs) > 0 {
-		f.unalias(bigs)
+		c.unalias(f, bigs)
 		if err = proto.Unmarshal(small, m); err == nil {
 			if n := patch(m.ProtoReflect(), bigs); n != len(bigs) {
 				proto.Reset(m)
@@ -100,6 +100,7 @@ type frames struct {
 	// slices of it (aliased), distinct ones counted in aliasedBytes.
 	alias        bool
 	seen         map[uint64][][]byte
+	sums         map[*byte]uint64 // the hash of each slice in seen
 	aliasedBytes int
 }
 
@@ -209,16 +210,16 @@ func (c *Codec) large(f *frames, pos, n int, fresh bool) []byte {
 		if held := c.in.FindBlob(sum, n, func(x []byte) bool { return bytes.Equal(x, d) }); held != nil {
 			return held
 		}
-		state.NoteBlobHash(d, sum)
+		c.note(d, sum)
 		return d
 	}
 	h := f.hash(pos, n)
 	if d := c.in.FindBlob(h, n, func(d []byte) bool { return f.equal(d, pos) }); d != nil {
-		state.NoteBlobHash(d, h)
+		c.note(d, h)
 		return d
 	}
 	d := f.copyOut(pos, n, nil)
-	state.NoteBlobHash(d, h)
+	c.note(d, h)
 	return d
 }
 
@@ -246,8 +247,12 @@ func (c *Codec) aliased(f *frames, pos, n int) []byte {
 		f.seen = map[uint64][][]byte{}
 	}
 	f.seen[sum] = append(f.seen[sum], d)
+	if f.sums == nil {
+		f.sums = map[*byte]uint64{}
+	}
+	f.sums[&d[0]] = sum
 	f.aliasedBytes += n
-	state.NoteBlobHash(d, sum)
+	c.note(d, sum)
 	return d
 }
 
@@ -255,7 +260,7 @@ func (c *Codec) aliased(f *frames, pos, n int) []byte {
 // their own when they are less than half of it: the arrays outlive the
 // request (the state keeps them), and slices keep the whole buffer in
 // memory, duplicates and all.
-func (f *frames) unalias(bigs [][]byte) {
+func (c *Codec) unalias(f *frames, bigs [][]byte) {
 	if !f.alias || f.aliasedBytes == 0 || f.aliasedBytes*2 >= f.n {
 		return
 	}
@@ -268,7 +273,7 @@ func (f *frames) unalias(bigs [][]byte) {
 		cp, ok := copies[&b[0]]
 		if !ok {
 			cp = f.copyOut(int(uintptr(unsafe.Pointer(&b[0]))-uintptr(unsafe.Pointer(&buf[0]))), len(b), nil)
-			state.NoteBlobHash(cp, state.HashBlob(b))
+			c.note(cp, f.sums[&b[0]])
 			copies[&b[0]] = cp
 		}
 		bigs[i] = cp
@@ -483,4 +488,11 @@ func invalidOf(req any) (string, bool) {
 		return "", false
 	}
 	return string(v[len(invalidMarker):]), true
+}
+
+// note tells the state the hash of d, an array it is about to get.
+func (c *Codec) note(d []byte, hash uint64) {
+	if c.in != nil {
+		c.in.NoteBlob(d, hash)
+	}
 }
