@@ -72,7 +72,7 @@ func (o ServerOptions) withDefaults() (ServerOptions, error) {
 		return o, errors.New("ServerOptions.Server is empty: give the SuperLink's Driver API address, such as 127.0.0.1:9091")
 	}
 	if o.Rounds < 0 || o.MinNodes < 0 {
-		return o, errors.New("Rounds and MinNodes must not be negative")
+		return o, errors.New("ServerOptions.Rounds and MinNodes must not be negative")
 	}
 	if o.Rounds == 0 {
 		o.Rounds = 3

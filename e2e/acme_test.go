@@ -287,7 +287,7 @@ func TestACMERenewal(t *testing.T) {
 				}
 			}()
 
-			deadline := time.Now().Add(first.NotAfter.Sub(time.Now()) + 10*time.Second)
+			deadline := time.Now().Add(time.Until(first.NotAfter) + 10*time.Second)
 			var renewed *x509.Certificate
 			for time.Now().Before(deadline) {
 				leaf, err := handshake(l.fleet, acmeDomain, roots)

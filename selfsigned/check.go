@@ -181,6 +181,7 @@ func withPending(err error) error {
 	return &c
 }
 
+//lint:ignore U1000 used through the reloader's generic constraint (comparable content)
 func (f *files) equal(g *files) bool {
 	return g != nil && bytes.Equal(f.ca, g.ca) && bytes.Equal(f.cert, g.cert) && bytes.Equal(f.key, g.key)
 }

@@ -67,6 +67,7 @@ type clientCAFiles struct {
 	ca, crl         []byte
 }
 
+//lint:ignore U1000 used through the reloader's generic constraint (comparable content)
 func (f *clientCAFiles) equal(g *clientCAFiles) bool {
 	return g != nil && bytes.Equal(f.ca, g.ca) && bytes.Equal(f.crl, g.crl)
 }

@@ -75,6 +75,7 @@ func TestTraditionalEncryptedKey(t *testing.T) {
 	dir := t.TempDir()
 	ca := newTestCA(t)
 	p := rsaPair(t, 2048, ca)
+	//lint:ignore SA1019 old tools write these keys, which must be refused
 	blk, err := x509.EncryptPEMBlock(rand.Reader, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(p.Key.(*rsa.PrivateKey)), []byte("secret"), x509.PEMCipherAES128) // deprecated, but old tools write these keys
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +95,7 @@ func TestTraditionalEncryptedKey(t *testing.T) {
 		t.Errorf("the message shows a parse error: %v", err)
 	}
 	rsaCA := rsaPair(t, 2048, nil)
+	//lint:ignore SA1019 old tools write these keys, which must be refused
 	blk, _ = x509.EncryptPEMBlock(rand.Reader, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaCA.Key.(*rsa.PrivateKey)), []byte("secret"), x509.PEMCipherAES256) // deprecated, but old tools write these keys
 	if _, err := LoadCA(write(t, dir, "rsaca.crt", rsaCA.CertPEM), write(t, dir, "rsaca.key", pem.EncodeToMemory(blk))); !errors.Is(err, ErrEncrypted) ||
 		!strings.Contains(err.Error(), "CA key") || !strings.Contains(err.Error(), "openssl pkey") {

@@ -82,6 +82,7 @@ func readFab(content []byte) (*fabConfig, error) {
 	}
 	var cfg fabConfig
 	if _, err := toml.Decode(string(b), &cfg); err != nil {
+		//lint:ignore ST1005 Flower's own words, which flwr users know
 		return nil, fmt.Errorf("Invalid TOML content in pyproject.toml: %w", err)
 	}
 	if cfg.Project.Name == "" || cfg.Project.Version == "" || cfg.Tool.Flwr.App.Publisher == "" {

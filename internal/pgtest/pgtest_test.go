@@ -57,7 +57,7 @@ func TestNewDatabase(t *testing.T) {
 	if n != 0 {
 		t.Errorf("a table created in one test's database is visible in another's")
 	}
-	if Shared(t) != Shared(t) {
+	if first, again := Shared(t), Shared(t); first != again {
 		t.Errorf("Shared started a second server")
 	}
 

@@ -80,8 +80,7 @@ type instruction struct {
 }
 
 type reply struct {
-	m         *flwr129.Message
-	delivered bool
+	m *flwr129.Message
 }
 
 type object struct {

@@ -11,7 +11,8 @@ import (
 const collectMin = 4 << 20
 
 var heapSamples = sync.Pool{New: func() any {
-	return []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	return &s
 }}
 
 // CollectFor runs a garbage collection before n bytes are allocated for
@@ -38,9 +39,9 @@ func CollectFor(n int) {
 	if n < collectMin || collecting.Load() {
 		return
 	}
-	s := heapSamples.Get().([]metrics.Sample)
-	metrics.Read(s)
-	objects, live := s[0].Value.Uint64(), s[1].Value.Uint64()
+	s := heapSamples.Get().(*[]metrics.Sample)
+	metrics.Read(*s)
+	objects, live := (*s)[0].Value.Uint64(), (*s)[1].Value.Uint64()
 	heapSamples.Put(s)
 	if objects > live && objects-live >= uint64(n) && collecting.CompareAndSwap(false, true) {
 		debug.FreeOSMemory()

@@ -111,12 +111,6 @@ func (c *counters) snapshot(reasons ...string) map[string]uint64 {
 	return out
 }
 
-func (c *counters) get(reason string) uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[reason]
-}
-
 // pressureWindow is how long after a small request was refused for want
 // of budget the SuperLink says it is under pressure.
 const pressureWindow = 5 * time.Second

@@ -109,8 +109,7 @@ func (w *Wire) SmallShare() int64 { return w.b.smallShare() }
 // connections or plaintext ones.
 func tuningOptions(tls bool) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
-		grpc.WriteBufferSize(writeBuffer),
-		grpc.SharedWriteBuffer(true),
+		grpc.WriteBufferSize(writeBuffer), // taken from a pool for each write: gRPC shares write buffers by default
 		experimental.BufferPool(framePoolShared),
 	}
 	if tls {
