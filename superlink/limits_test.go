@@ -129,6 +129,9 @@ func TestLegitimate512MiBPushes(t *testing.T) {
 // Under the default budget, 16 nodes pushing 32 MiB results at once all
 // succeed at the first try.
 func Test16Nodes32MiBAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 512 MiB at once: skipped under -short (the full suite runs it)")
+	}
 	f := startLimited(t, Limits{})
 	pushResults(t, f, 16, pattern(32<<20), true)
 	if st := f.sl.LimitStats(); st.Refused[RefusedBusy]+st.Refused[RefusedTooLarge] != 0 || st.InflightBytes != 0 {

@@ -487,6 +487,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 				c.feed(&e)
 			}
 		}
+		c.flush()
 		if c.killed != "" {
 			// Nothing more reaches gRPC, which sees the connection end.
 			c.out, c.rerr = nil, errClosedByLimit
@@ -976,8 +977,12 @@ func (c *guardConn) setWaiting(st *gstream, w bool) {
 
 // checkRates resets the streams whose admitted message fell behind the
 // minimum rate, and wakes the reader to hand gRPC their resets.
+//
+// While frames of the guard's own wait to be written (window updates among
+// them), the client may be waiting for them: nobody is blamed then (a
+// client that reads nothing stalls, and StallTimeout ends its connection).
 func (c *guardConn) checkRates(now time.Time) {
-	if c.waiting.Load() == 0 {
+	if c.waiting.Load() == 0 || c.hasCtl() {
 		return
 	}
 	cfg := c.g.cfg
@@ -1000,6 +1005,7 @@ func (c *guardConn) checkRates(now time.Time) {
 	}
 	c.mu.Unlock()
 	if reset {
+		c.flush()
 		c.wake()
 	}
 }
@@ -1125,9 +1131,24 @@ func (c *guardConn) forget(e *emitter, st *gstream) {
 // queue adds f to the guard's frames and has them written at the next
 // frame boundary of the outgoing bytes, by gRPC's next Write or a writer
 // of the guard's own.
+//
+// It only queues: the caller, once it no longer holds c.mu, calls flush.
 func (c *guardConn) queue(f ctlFrame) {
 	c.cmu.Lock()
 	c.ctl = append(c.ctl, f)
+	c.cmu.Unlock()
+}
+
+// flush has the queued frames written by a writer of the guard's own, at
+// the next frame boundary of the outgoing bytes (or by gRPC's next
+// Write, whichever comes first). Never the caller's goroutine: the reader
+// must not block on a write (a client that reads nothing, or whose own
+// reader waits for its writer, would stop both sides). c.mu is not held.
+func (c *guardConn) flush() {
+	if !c.hasCtl() {
+		return
+	}
+	c.cmu.Lock()
 	start := !c.flushing
 	c.flushing = true
 	c.cmu.Unlock()
