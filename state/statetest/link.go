@@ -365,10 +365,20 @@ func testLinkMessageFlow(t *testing.T, e *linkEnv) {
 	if r.ClientappRuntime != 1.5 || r.BytesRecv == 0 || r.BytesSent == 0 {
 		t.Fatalf("run traffic %v", r)
 	}
-	// Asked again: the instruction is forgotten.
+	// Asked again (the response was lost): the same reply.
 	again, _, _ := e.s.PullReplies(bg, runID, ids)
+	if len(again) != 1 || again[0].Metadata.MessageId != res.Message.Metadata.MessageId {
+		t.Fatalf("PullReplies asked again = %v, want the reply again", again)
+	}
+	_, _, err = e.s.PushReplies(bg, node, []*flwr129.Message{res.Message}, []*flwr129.ObjectTree{res.Tree}, 0)
+	wantCode(t, err, codes.NotFound, "a reply to a message whose reply was handed out")
+	// Not asked for by the next PullReplies: forgotten.
+	if got, _, err := e.s.PullReplies(bg, runID, nil); err != nil || len(got) != 0 {
+		t.Fatalf("PullReplies of nothing = %v %v", got, err)
+	}
+	again, _, _ = e.s.PullReplies(bg, runID, ids)
 	if len(again) != 1 || again[0].GetError().GetCode() != 3 {
-		t.Fatalf("PullReplies again = %v, want MESSAGE_UNAVAILABLE", again)
+		t.Fatalf("PullReplies once forgotten = %v, want MESSAGE_UNAVAILABLE", again)
 	}
 	noErr(t, e.s.ConfirmMessageReceived(bg, runID, res.Message.Metadata.MessageId))
 	for id := range res.Objects {
