@@ -16,8 +16,7 @@ import (
 func FlowerObject(typ string, children []string, body []byte) (id string, content []byte) {
 	content = fmt.Appendf(nil, "%s %s %d\x00", typ, strings.Join(children, ","), len(body))
 	content = append(content, body...)
-	h := sha256.Sum256(content)
-	return hex.EncodeToString(h[:]), content
+	return Hex256(content), content
 }
 
 // FlowerMessage is a message as a Flower peer pushes it: the Message sent
@@ -53,4 +52,54 @@ func NewFlowerMessage(md *flwr129.Metadata, payload []byte) FlowerMessage {
 			{ObjectId: rdID, Children: []*flwr129.ObjectTree{{ObjectId: chunkID}}}}},
 		Objects: objs,
 	}
+}
+
+// NewFlowerArrayMessage builds a message as Flower 1.29.0 sends one array
+// in chunks: Message > RecordDict > ArrayRecord > Array > ArrayChunk...,
+// with md (its message_id set). The same chunk given twice is one object
+// named twice by the Array.
+func NewFlowerArrayMessage(md *flwr129.Metadata, chunks ...[]byte) FlowerMessage {
+	objs := map[string][]byte{}
+	var ids []string
+	var kids []*flwr129.ObjectTree
+	for _, c := range chunks {
+		id, content := FlowerObject("ArrayChunk", nil, c)
+		objs[id] = content
+		ids = append(ids, id)
+		kids = append(kids, &flwr129.ObjectTree{ObjectId: id})
+	}
+	arrID, arr := FlowerObject("Array", ids, []byte("array"))
+	objs[arrID] = arr
+	recID, rec := FlowerObject("ArrayRecord", []string{arrID}, []byte("arrays"))
+	objs[recID] = rec
+	rdID, rd := FlowerObject("RecordDict", []string{recID}, []byte("records"))
+	objs[rdID] = rd
+	md = proto.Clone(md).(*flwr129.Metadata)
+	md.MessageId = ""
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&flwr129.Message{Metadata: md})
+	if err != nil {
+		panic(err)
+	}
+	msgID, msg := FlowerObject("Message", []string{rdID}, body)
+	objs[msgID] = msg
+	md.MessageId = msgID
+	tree := &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{{ObjectId: rdID, Children: []*flwr129.ObjectTree{
+		{ObjectId: recID, Children: []*flwr129.ObjectTree{{ObjectId: arrID, Children: kids}}}}}}}
+	return FlowerMessage{Message: &flwr129.Message{Metadata: md, Content: &flwr129.RecordDict{}}, Tree: tree, Objects: objs}
+}
+
+// Chunk returns n bytes of a pattern that seed makes differ.
+func Chunk(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) ^ seed
+	}
+	return b
+}
+
+// Hex256 is the SHA-256 of b in lower-case hex: an object's id, a FAB's
+// hash.
+func Hex256(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }
