@@ -134,7 +134,7 @@ func testLinkRestart(t *testing.T, e *linkEnv) {
 		t.Fatalf("the undelivered message after the restart: %v", m)
 	}
 	pullAll(t, s, runID, b, waiting)
-	if m, _, _ := s.PullInstruction(bg, a); m.GetMetadata().GetMessageId() != ids[1] {
+	if m := pullAgain(t, s, a); m.GetMetadata().GetMessageId() != ids[1] {
 		t.Fatalf("the message delivered by the LinkState gone, unanswered: %v, want it again", m)
 	}
 	if m, _, _ := s.PullInstruction(bg, a); m != nil {
@@ -170,11 +170,29 @@ func testLinkRestartRedelivers(t *testing.T, e *linkEnv) {
 		t.Fatal("a message delivered by a live LinkState was handed out by another")
 	}
 	e.close(t, e.s, true)
-	if m, _, _ := other.PullInstruction(bg, node); m.GetMetadata().GetMessageId() != ids[0] {
+	if m := pullAgain(t, other, node); m.GetMetadata().GetMessageId() != ids[0] {
 		t.Fatalf("after the LinkState that delivered it crashed: %v, want the message again", m)
 	}
 	if m, _, _ := other.PullInstruction(bg, node); m != nil {
 		t.Fatal("the message was handed out a third time")
+	}
+}
+
+// pullAgain pulls for node until a message comes, for up to 10 s: a
+// database learns that a LinkState died once its connection is gone,
+// which may take the server a moment after the crash.
+func pullAgain(t *testing.T, s state.LinkState, node uint64) *flwr129.Message {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, _, err := s.PullInstruction(bg, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m != nil || time.Now().After(deadline) {
+			return m
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
