@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/pgtest"
@@ -102,35 +100,12 @@ func chunkArray(seed byte) chunked {
 }
 
 // arrayMessage builds a message of md holding array a (nil: a tiny
-// payload instead), as statetest.NewFlowerArrayMessage, without copying
-// a's chunks.
+// payload instead), without copying a's chunks.
 func arrayMessage(md *flwr129.Metadata, a *chunked) statetest.FlowerMessage {
 	if a == nil {
 		return statetest.NewFlowerMessage(md, []byte("tiny"))
 	}
-	m := statetest.NewFlowerArrayMessage(md, []byte("placeholder"))
-	// Swap the placeholder chunk for a's chunks, rebuilding the parents.
-	objs := map[string][]byte{}
-	kids := make([]*flwr129.ObjectTree, len(a.ids))
-	for i, id := range a.ids {
-		objs[id] = a.contents[i]
-		kids[i] = &flwr129.ObjectTree{ObjectId: id}
-	}
-	arrID, arr := statetest.FlowerObject("Array", a.ids, []byte("array"))
-	objs[arrID] = arr
-	recID, rec := statetest.FlowerObject("ArrayRecord", []string{arrID}, []byte("arrays"))
-	objs[recID] = rec
-	rdID, rd := statetest.FlowerObject("RecordDict", []string{recID}, []byte("records"))
-	objs[rdID] = rd
-	md = proto.Clone(m.Message.Metadata).(*flwr129.Metadata)
-	md.MessageId = ""
-	body, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&flwr129.Message{Metadata: md})
-	msgID, msg := statetest.FlowerObject("Message", []string{rdID}, body)
-	objs[msgID] = msg
-	md.MessageId = msgID
-	tree := &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{{ObjectId: rdID, Children: []*flwr129.ObjectTree{
-		{ObjectId: recID, Children: []*flwr129.ObjectTree{{ObjectId: arrID, Children: kids}}}}}}}
-	return statetest.FlowerMessage{Message: &flwr129.Message{Metadata: md, Content: &flwr129.RecordDict{}}, Tree: tree, Objects: objs}
+	return statetest.NewFlowerChunkedMessage(md, a.ids, a.contents)
 }
 
 func cpuNow() time.Duration {

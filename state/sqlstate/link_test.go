@@ -20,16 +20,7 @@ import (
 func TestLinkConformance(t *testing.T) {
 	statetest.RunLink(t, statetest.LinkOptions{Shared: true, NewStore: func(t *testing.T) statetest.LinkOpener {
 		path := filepath.Join(t.TempDir(), "state.db")
-		return func(t *testing.T, c statetest.Config) state.LinkState {
-			s, err := sqlstate.OpenSQLite(context.Background(), path, sqlstate.SQLiteOptions{
-				Options: sqlstate.Options{Now: c.Now, Logger: c.Logger},
-				Shared:  true,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}
+		return func(t *testing.T, c statetest.Config) state.LinkState { return openShared(t, path, c) }
 	}})
 }
 
@@ -39,15 +30,7 @@ func TestLinkConformance(t *testing.T) {
 func TestLinkConformancePostgres(t *testing.T) {
 	statetest.RunLink(t, statetest.LinkOptions{Shared: true, NewStore: func(t *testing.T) statetest.LinkOpener {
 		dsn := pgtest.NewDatabase(t)
-		return func(t *testing.T, c statetest.Config) state.LinkState {
-			s, err := sqlstate.OpenPostgres(context.Background(), dsn, sqlstate.PostgresOptions{
-				Options: sqlstate.Options{Now: c.Now, Logger: c.Logger},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}
+		return func(t *testing.T, c statetest.Config) state.LinkState { return openPostgres(t, dsn, c) }
 	}, Crash: func(s state.LinkState) { sqlstate.Crash(s.(*sqlstate.State)) }})
 }
 

@@ -249,17 +249,26 @@ func (s *State) linkFinished(ctx context.Context, tx *txn, ops *linkOps, runID i
 	return nil
 }
 
-// PushInstructions implements state.LinkState.
-func (s *State) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree) ([]string, []string, error) {
+// marshalAll encodes pushed messages, as they are stored.
+func marshalAll(msgs []*flwr129.Message) ([][]byte, error) {
 	bodies := make([][]byte, len(msgs))
 	for i, m := range msgs {
 		var err error
 		if bodies[i], err = proto.Marshal(m); err != nil {
-			return nil, nil, status.Errorf(codes.InvalidArgument, "Malformed PushMessages: message %d: %v", i, err)
+			return nil, status.Errorf(codes.InvalidArgument, "Malformed PushMessages: message %d: %v", i, err)
 		}
 	}
+	return bodies, nil
+}
+
+// PushInstructions implements state.LinkState.
+func (s *State) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree) ([]string, []string, error) {
+	bodies, err := marshalAll(msgs)
+	if err != nil {
+		return nil, nil, err
+	}
 	var ids, push []string
-	err := s.linkWrite(ctx, "PushInstructions", func(tx *txn, now float64, ops *linkOps) error {
+	err = s.linkWrite(ctx, "PushInstructions", func(tx *txn, now float64, ops *linkOps) error {
 		ids, push = nil, nil
 		if _, err := s.runningRun(ctx, tx, runID, now); err != nil {
 			return err
@@ -438,15 +447,12 @@ func (r *insRow) metadata() (*flwr129.Metadata, error) {
 
 // PushReplies implements state.LinkState.
 func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree, runtime float64) ([]string, []string, error) {
-	bodies := make([][]byte, len(msgs))
-	for i, m := range msgs {
-		var err error
-		if bodies[i], err = proto.Marshal(m); err != nil {
-			return nil, nil, status.Errorf(codes.InvalidArgument, "Malformed PushMessages: message %d: %v", i, err)
-		}
+	bodies, err := marshalAll(msgs)
+	if err != nil {
+		return nil, nil, err
 	}
 	var ids, push []string
-	err := s.linkWrite(ctx, "PushReplies", func(tx *txn, now float64, ops *linkOps) error {
+	err = s.linkWrite(ctx, "PushReplies", func(tx *txn, now float64, ops *linkOps) error {
 		ids, push = nil, nil
 		if err := linkrules.CheckPairs(msgs, trees); err != nil {
 			return err

@@ -2,8 +2,6 @@ package sqlstate
 
 import (
 	"context"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,18 +16,7 @@ import (
 // delivered it lives.
 func TestLinkUndeliver(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "state.db")
-	o := SQLiteOptions{Options: Options{Logger: slog.New(slog.DiscardHandler)}, Shared: true}
-	a, err := OpenSQLite(ctx, path, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := OpenSQLite(ctx, path, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := sharedPair(t)
 	node, _ := a.RegisterNode(ctx, []byte("key"), 0)
 	if _, err := a.ActivateNode(ctx, []byte("key"), 30); err != nil {
 		t.Fatal(err)
@@ -61,21 +48,9 @@ func TestLinkUndeliver(t *testing.T) {
 	if got, _, err := b.PullInstruction(ctx, node); err != nil || got != nil {
 		t.Fatalf("pull through the other replica: %v %v, want nothing", got, err)
 	}
-	a.undeliverLater(undelivery{seq: u.seq, at: u.at + 1, by: u.by, link: true}) // not this delivery: left alone
-	a.undeliverLater(u)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		a.undo.mu.Lock()
-		n := len(a.undo.list)
-		a.undo.mu.Unlock()
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the deliveries were not cleared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	other := u
+	other.at++ // not this delivery: left alone
+	undeliverAll(t, a, other, u)
 	got, _, err := b.PullInstruction(ctx, node)
 	if err != nil || got.GetMetadata().GetMessageId() != m.Message.Metadata.MessageId {
 		t.Fatalf("pull after the delivery was cleared: %v %v, want the message again", got, err)

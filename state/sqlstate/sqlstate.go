@@ -1,4 +1,5 @@
-// Package sqlstate is the SuperLink state in a SQL database: SQLite (a
+// Package sqlstate is the SuperLink state in a SQL database, both
+// generations (state.State and, in link.go, state.LinkState): SQLite (a
 // file, through a pure-Go driver: OpenSQLite) or PostgreSQL (through pgx:
 // OpenPostgres), with one SQL text for both; a dialect adds what differs.
 // Everything lives in the database: every call is one transaction,

@@ -37,19 +37,25 @@ func NewFlowerMessage(md *flwr129.Metadata, payload []byte) FlowerMessage {
 	objs[chunkID] = chunk
 	rdID, rd := FlowerObject("RecordDict", []string{chunkID}, []byte("records"))
 	objs[rdID] = rd
+	return flowerMessage(md, &flwr129.ObjectTree{ObjectId: rdID, Children: []*flwr129.ObjectTree{{ObjectId: chunkID}}}, objs)
+}
+
+// flowerMessage completes a message of md whose content is the tree
+// content (a RecordDict's, its objects in objs): the Message object, its
+// id set in a copy of md.
+func flowerMessage(md *flwr129.Metadata, content *flwr129.ObjectTree, objs map[string][]byte) FlowerMessage {
 	md = proto.Clone(md).(*flwr129.Metadata)
 	md.MessageId = ""
 	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&flwr129.Message{Metadata: md})
 	if err != nil {
 		panic(err)
 	}
-	msgID, msg := FlowerObject("Message", []string{rdID}, body)
+	msgID, msg := FlowerObject("Message", []string{content.ObjectId}, body)
 	objs[msgID] = msg
 	md.MessageId = msgID
 	return FlowerMessage{
 		Message: &flwr129.Message{Metadata: md, Content: &flwr129.RecordDict{}},
-		Tree: &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{
-			{ObjectId: rdID, Children: []*flwr129.ObjectTree{{ObjectId: chunkID}}}}},
+		Tree:    &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{content}},
 		Objects: objs,
 	}
 }
@@ -59,14 +65,23 @@ func NewFlowerMessage(md *flwr129.Metadata, payload []byte) FlowerMessage {
 // with md (its message_id set). The same chunk given twice is one object
 // named twice by the Array.
 func NewFlowerArrayMessage(md *flwr129.Metadata, chunks ...[]byte) FlowerMessage {
+	ids := make([]string, len(chunks))
+	contents := make([][]byte, len(chunks))
+	for i, c := range chunks {
+		ids[i], contents[i] = FlowerObject("ArrayChunk", nil, c)
+	}
+	return NewFlowerChunkedMessage(md, ids, contents)
+}
+
+// NewFlowerChunkedMessage is NewFlowerArrayMessage of chunks made
+// already (FlowerObject "ArrayChunk"): ids and their contents, in order,
+// which the message holds without a copy.
+func NewFlowerChunkedMessage(md *flwr129.Metadata, ids []string, contents [][]byte) FlowerMessage {
 	objs := map[string][]byte{}
-	var ids []string
-	var kids []*flwr129.ObjectTree
-	for _, c := range chunks {
-		id, content := FlowerObject("ArrayChunk", nil, c)
-		objs[id] = content
-		ids = append(ids, id)
-		kids = append(kids, &flwr129.ObjectTree{ObjectId: id})
+	kids := make([]*flwr129.ObjectTree, len(ids))
+	for i, id := range ids {
+		objs[id] = contents[i]
+		kids[i] = &flwr129.ObjectTree{ObjectId: id}
 	}
 	arrID, arr := FlowerObject("Array", ids, []byte("array"))
 	objs[arrID] = arr
@@ -74,18 +89,8 @@ func NewFlowerArrayMessage(md *flwr129.Metadata, chunks ...[]byte) FlowerMessage
 	objs[recID] = rec
 	rdID, rd := FlowerObject("RecordDict", []string{recID}, []byte("records"))
 	objs[rdID] = rd
-	md = proto.Clone(md).(*flwr129.Metadata)
-	md.MessageId = ""
-	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&flwr129.Message{Metadata: md})
-	if err != nil {
-		panic(err)
-	}
-	msgID, msg := FlowerObject("Message", []string{rdID}, body)
-	objs[msgID] = msg
-	md.MessageId = msgID
-	tree := &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{{ObjectId: rdID, Children: []*flwr129.ObjectTree{
-		{ObjectId: recID, Children: []*flwr129.ObjectTree{{ObjectId: arrID, Children: kids}}}}}}}
-	return FlowerMessage{Message: &flwr129.Message{Metadata: md, Content: &flwr129.RecordDict{}}, Tree: tree, Objects: objs}
+	return flowerMessage(md, &flwr129.ObjectTree{ObjectId: rdID, Children: []*flwr129.ObjectTree{
+		{ObjectId: recID, Children: []*flwr129.ObjectTree{{ObjectId: arrID, Children: kids}}}}}, objs)
 }
 
 // Chunk returns n bytes of a pattern that seed makes differ.
