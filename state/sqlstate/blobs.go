@@ -152,12 +152,9 @@ func (s *State) getBlobs(ctx context.Context, tx *txn, insID string, kind int, r
 	}
 	byPos := make(map[int][]byte, len(refs))
 	for _, r := range refs {
-		d := s.cache.get(r.sum)
-		if d == nil {
-			if d, err = s.readBlob(ctx, tx, r.sum); err != nil {
-				return err
-			}
-			d = s.cache.put(r.sum, d)
+		d, err := s.cache.load(ctx, r.sum, func() ([]byte, error) { return s.readBlob(ctx, tx, r.sum) })
+		if err != nil {
+			return err
 		}
 		byPos[r.pos] = d
 	}
@@ -263,6 +260,9 @@ type blobCache struct {
 	bySum  map[sum]*cacheEntry
 	byHash map[uint64][]*cacheEntry // state.HashBlob, for the codec
 	now    func() time.Time
+	// reads are the contents being read from the database (load): closed
+	// when the read ended.
+	reads map[sum]chan struct{}
 }
 
 type cacheEntry struct {
@@ -277,7 +277,42 @@ type cacheEntry struct {
 }
 
 func newBlobCache(now func() time.Time) *blobCache {
-	return &blobCache{bySum: map[sum]*cacheEntry{}, byHash: map[uint64][]*cacheEntry{}, now: now}
+	return &blobCache{bySum: map[sum]*cacheEntry{}, byHash: map[uint64][]*cacheEntry{}, now: now, reads: map[sum]chan struct{}{}}
+}
+
+// load returns content h from the cache, or else reads it with read and
+// puts it in: once for all the callers that ask at the same time (16
+// nodes pulling one object through a replica that lacks it, on a
+// database that serves them at once), the others waiting for the first
+// and taking what it put. When the first fails, the next reads.
+func (c *blobCache) load(ctx context.Context, h sum, read func() ([]byte, error)) ([]byte, error) {
+	for {
+		if d := c.get(h); d != nil {
+			return d, nil
+		}
+		c.mu.Lock()
+		if wait := c.reads[h]; wait != nil {
+			c.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		c.reads[h] = done
+		c.mu.Unlock()
+		d, err := read()
+		if err == nil {
+			d = c.put(h, d)
+		}
+		c.mu.Lock()
+		delete(c.reads, h)
+		c.mu.Unlock()
+		close(done)
+		return d, err
+	}
 }
 
 // data returns the entry's content, or nil once it was collected.

@@ -29,6 +29,10 @@ import (
 //   - up: every node pushes a reply holding an array of its own, and the
 //     ServerApp pulls every reply and its objects and confirms them.
 //
+// The array is a new one each round, as a model is. On PostgreSQL, down
+// is measured also with the nodes on a second replica (replicas=2): the
+// objects are then read from the database, once for all the nodes.
+//
 // An op is one such round. Besides time and the process's allocations, it
 // reports the process's CPU (cpu-ms/op: user and system, every goroutine,
 // from getrusage), and on PostgreSQL the server's (server-cpu-ms/op: the
@@ -42,7 +46,7 @@ func BenchmarkLinkArray(b *testing.B) {
 		for _, dir := range []string{"down", "up"} {
 			name := fmt.Sprintf("nodes=%d/%s", nodes, dir)
 			b.Run("memlink/"+name, func(b *testing.B) {
-				benchLinkArray(b, memlink.New(state.Options{Logger: quiet}), nodes, dir == "up", nil)
+				benchLinkArray(b, memlink.New(state.Options{Logger: quiet}), nil, nodes, dir == "up", nil)
 			})
 			b.Run("SQLite/"+name, func(b *testing.B) {
 				s, err := sqlstate.OpenSQLite(context.Background(), filepath.Join(b.TempDir(), "state.db"), sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: quiet}})
@@ -50,27 +54,44 @@ func BenchmarkLinkArray(b *testing.B) {
 					b.Fatal(err)
 				}
 				defer s.Close()
-				benchLinkArray(b, s, nodes, dir == "up", nil)
+				benchLinkArray(b, s, nil, nodes, dir == "up", nil)
 			})
-			b.Run("PostgreSQL/"+name, func(b *testing.B) {
-				srv := pgtest.NewServer(b)
-				pid, err := load.PostmasterPID(filepath.Join(srv.Dir, "data"))
-				if err != nil {
-					b.Fatal(err)
+			for _, replicas := range []int{1, 2} {
+				if replicas == 2 && dir == "up" {
+					continue
 				}
-				s, err := sqlstate.OpenPostgres(context.Background(), srv.NewDatabase(b), sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: quiet}})
-				if err != nil {
-					b.Fatal(err)
+				pg := "PostgreSQL/"
+				if replicas == 2 {
+					pg = "PostgreSQL/replicas=2/"
 				}
-				defer s.Close()
-				benchLinkArray(b, s, nodes, dir == "up", func() time.Duration {
-					d, err := load.TreeCPU(pid)
+				b.Run(pg+name, func(b *testing.B) {
+					srv := pgtest.NewServer(b)
+					pid, err := load.PostmasterPID(filepath.Join(srv.Dir, "data"))
 					if err != nil {
 						b.Fatal(err)
 					}
-					return d
+					dsn := srv.NewDatabase(b)
+					open := func() *sqlstate.State {
+						s, err := sqlstate.OpenPostgres(context.Background(), dsn, sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: quiet}})
+						if err != nil {
+							b.Fatal(err)
+						}
+						b.Cleanup(func() { s.Close() })
+						return s
+					}
+					s, nodeSide := open(), state.LinkState(nil)
+					if replicas == 2 {
+						nodeSide = open()
+					}
+					benchLinkArray(b, s, nodeSide, nodes, dir == "up", func() time.Duration {
+						d, err := load.TreeCPU(pid)
+						if err != nil {
+							b.Fatal(err)
+						}
+						return d
+					})
 				})
-			})
+			}
 		}
 	}
 }
@@ -114,8 +135,12 @@ func cpuNow() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU func() time.Duration) {
+// benchLinkArray runs rounds on s; the nodes call ns (s when nil).
+func benchLinkArray(b *testing.B, s, ns state.LinkState, n int, up bool, serverCPU func() time.Duration) {
 	ctx := context.Background()
+	if ns == nil {
+		ns = s
+	}
 	ids := make([]uint64, n)
 	for i := range ids {
 		key := []byte(fmt.Sprintf("node-%d", i))
@@ -136,7 +161,12 @@ func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU f
 	if _, _, _, err := s.StartApp(ctx, run); err != nil {
 		b.Fatal(err)
 	}
-	model := chunkArray(0)
+	models := make([]chunked, b.N+1)
+	if !up {
+		for i := range models {
+			models[i] = chunkArray(byte(8 * i)) // 7 chunks: none in common
+		}
+	}
 	updates := make([]chunked, n)
 	if up {
 		for i := range updates {
@@ -148,21 +178,21 @@ func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU f
 			b.Fatal(err)
 		}
 	}
-	pushObjects := func(node uint64, ids []string, m statetest.FlowerMessage) {
+	pushObjects := func(s state.LinkState, node uint64, ids []string, m statetest.FlowerMessage) {
 		for _, id := range ids {
 			_, err := s.PushObject(ctx, run, node, id, m.Objects[id])
 			must(err)
 		}
 	}
-	var pullObjects func(node uint64, t *flwr129.ObjectTree)
-	pullObjects = func(node uint64, t *flwr129.ObjectTree) {
+	var pullObjects func(s state.LinkState, node uint64, t *flwr129.ObjectTree)
+	pullObjects = func(s state.LinkState, node uint64, t *flwr129.ObjectTree) {
 		_, _, avail, err := s.PullObject(ctx, run, node, t.ObjectId)
 		must(err)
 		if !avail {
 			b.Fatalf("object %s not available", t.ObjectId)
 		}
 		for _, c := range t.Children {
-			pullObjects(node, c)
+			pullObjects(s, node, c)
 		}
 	}
 	round := func(r int) {
@@ -175,7 +205,7 @@ func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU f
 		for i, id := range ids {
 			var a *chunked
 			if !up {
-				a = &model
+				a = &models[r+1]
 			}
 			m := arrayMessage(&flwr129.Metadata{RunId: run, SrcNodeId: state.SuperLinkNodeID, DstNodeId: id,
 				GroupId: fmt.Sprint(r), Ttl: 3600, MessageType: "train", CreatedAt: float64(time.Now().UnixNano()) / 1e9}, a)
@@ -186,19 +216,19 @@ func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU f
 		}
 		insIDs, push, err := s.PushInstructions(ctx, run, msgs, trees)
 		must(err)
-		pushObjects(state.SuperLinkNodeID, push, statetest.FlowerMessage{Objects: all})
+		pushObjects(s, state.SuperLinkNodeID, push, statetest.FlowerMessage{Objects: all})
 		var wg sync.WaitGroup
 		for i, id := range ids {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				m, tree, err := s.PullInstruction(ctx, id)
+				m, tree, err := ns.PullInstruction(ctx, id)
 				if err != nil || m == nil {
 					b.Errorf("node %d pulled %v: %v", id, m, err)
 					return
 				}
-				pullObjects(id, tree)
-				must(s.ConfirmMessageReceived(ctx, run, m.Metadata.MessageId))
+				pullObjects(ns, id, tree)
+				must(ns.ConfirmMessageReceived(ctx, run, m.Metadata.MessageId))
 				var a *chunked
 				if up {
 					a = &updates[i]
@@ -206,12 +236,12 @@ func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU f
 				md := m.Metadata
 				res := arrayMessage(&flwr129.Metadata{RunId: run, SrcNodeId: id, DstNodeId: state.SuperLinkNodeID, ReplyToMessageId: md.MessageId,
 					GroupId: md.GroupId, Ttl: 600, MessageType: md.MessageType, CreatedAt: float64(time.Now().UnixNano()) / 1e9}, a)
-				_, rpush, err := s.PushReplies(ctx, id, []*flwr129.Message{res.Message}, []*flwr129.ObjectTree{res.Tree}, 1)
+				_, rpush, err := ns.PushReplies(ctx, id, []*flwr129.Message{res.Message}, []*flwr129.ObjectTree{res.Tree}, 1)
 				if err != nil {
 					b.Errorf("node %d: %v", id, err)
 					return
 				}
-				pushObjects(id, rpush, res)
+				pushObjects(ns, id, rpush, res)
 			}()
 		}
 		wg.Wait()
@@ -224,7 +254,7 @@ func benchLinkArray(b *testing.B, s state.LinkState, n int, up bool, serverCPU f
 			if r.Error != nil {
 				b.Fatalf("reply %v", r)
 			}
-			pullObjects(state.SuperLinkNodeID, rtrees[i])
+			pullObjects(s, state.SuperLinkNodeID, rtrees[i])
 			must(s.ConfirmMessageReceived(ctx, run, r.Metadata.MessageId))
 		}
 		_, _, err = s.PullReplies(ctx, run, nil)

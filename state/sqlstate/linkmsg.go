@@ -779,11 +779,8 @@ func (s *State) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 			if !ok {
 				return status.Errorf(codes.Internal, "object %.80s: its bytes are a blob, but its id is not a SHA-256", id)
 			}
-			if content = s.cache.get(h); content == nil {
-				if content, err = s.readBlob(ctx, tx, h); err != nil {
-					return err
-				}
-				content = s.cache.put(h, content)
+			if content, err = s.cache.load(ctx, h, func() ([]byte, error) { return s.readBlob(ctx, tx, h) }); err != nil {
+				return err
 			}
 		}
 		if nodeID != state.SuperLinkNodeID {
