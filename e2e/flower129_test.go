@@ -1,15 +1,21 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/internal/flowerenv"
 )
 
@@ -21,7 +27,9 @@ type flower129 struct {
 	dir     string
 	env     []string
 	link    *proc
-	app     string // a copy of quickstart-numpy
+	args    []string // the SuperLink's
+	addrs   []string // where it listens
+	app     string   // a copy of quickstart-numpy
 	control string
 }
 
@@ -42,8 +50,9 @@ func startFlower129(t *testing.T, extra ...string) *flower129 {
 		"--ssl-ca-certfile", "certificates/ca.crt", "--ssl-certfile", "certificates/server.pem", "--ssl-keyfile", "certificates/server.key",
 		"--fleet-api-address", fleet, "--driver-api-address", appIo, "--serverappio-api-address", appIo, "--control-api-address", control,
 	}, extra...)
+	d.args, d.addrs = args, []string{fleet, appIo, control}
 	d.link = start(t, d.dir, d.env, "flower-superlink", args...)
-	waitListening(t, d.link, 20*time.Second, fleet, appIo, control)
+	waitListening(t, d.link, 20*time.Second, d.addrs...)
 	for i := range 2 {
 		start(t, d.dir, d.env, filepath.Join(f.Bin, "flower-supernode"), "--root-certificates", "certificates/ca.crt",
 			"--superlink", fleet, "--clientappio-api-address", freeAddr(t),
@@ -112,7 +121,9 @@ func (d *flower129) runQuickstart(t *testing.T, rounds int) string {
 // ServerAppIo on the Driver API's port: a quickstart-numpy run streamed to
 // the end, flwr ls and flwr log of it, and flwr stop of a long run, with
 // the SuperLink starting flower-superexec (subprocess isolation, the
-// default) and with the test starting it (process isolation).
+// default); and with the test starting it (process isolation) and the
+// SuperLink on --database FILE, killed with SIGKILL mid-run and started
+// again: the run completes.
 func TestFlower129(t *testing.T) {
 	needE2E(t)
 	t.Run("subprocess", func(t *testing.T) {
@@ -158,7 +169,9 @@ func TestFlower129(t *testing.T) {
 	})
 	t.Run("process", func(t *testing.T) {
 		t.Parallel()
-		d := startFlower129(t, "--isolation", "process")
+		// The state in a file, and Flower's ServerApp started by the test,
+		// so that it outlives the SuperLink, which is killed mid-run.
+		d := startFlower129(t, "--isolation", "process", "--database", "state.db")
 		appIo := regexp.MustCompile(`serverappio_api_address=(\S+)`).FindStringSubmatch(d.link.out.String())
 		if appIo == nil {
 			t.Fatalf("the SuperLink did not say where ServerAppIo listens:\n%s", d.link.out.String())
@@ -167,6 +180,99 @@ func TestFlower129(t *testing.T) {
 			t.Fatal("the SuperLink started flower-superexec under --isolation process")
 		}
 		start(t, d.dir, d.env, filepath.Join(d.f.Bin, "flower-superexec"), "--insecure", "--appio-api-address", appIo[1], "--plugin-type", "serverapp")
-		d.runQuickstart(t, 2)
+		d.runKilledMidway(t, 3)
 	})
+}
+
+// runKilledMidway runs quickstart-numpy for rounds rounds, kills the
+// SuperLink with SIGKILL once round 2 began (as the run's log says),
+// starts it again on the same command line (its --database file, its
+// ports), and checks that the run completes with every round's results:
+// Flower 1.29.0's SuperNodes and ServerApp retry, and the state lost
+// nothing.
+func (d *flower129) runKilledMidway(t *testing.T, rounds int) {
+	t.Helper()
+	began := time.Now()
+	out, code := d.flwr(t, time.Minute, "run", ".", "local-tls", "--run-config", fmt.Sprintf("num-server-rounds=%d", rounds))
+	m := startedRun.FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("flwr run exited %d:\n%s", code, out)
+	}
+	id := m[1]
+	d.waitLog(t, id, fmt.Sprintf("[ROUND 2/%d]", rounds), 3*time.Minute)
+	if err := d.link.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.link.wait(t, 10*time.Second)
+	killed := time.Now()
+	d.link = start(t, d.dir, d.env, "flower-superlink", d.args...)
+	waitListening(t, d.link, 20*time.Second, d.addrs...)
+	t.Logf("SuperLink killed with SIGKILL %v into the run, serving again %v later", killed.Sub(began).Round(100*time.Millisecond), time.Since(killed).Round(10*time.Millisecond))
+
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(out, "finished:") {
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s has not finished 3 minutes after the restart:\n%s", id, out)
+		}
+		time.Sleep(2 * time.Second)
+		out, _ = d.flwr(t, time.Minute, "ls", "local-tls", "--run-id", id, "--format", "json")
+	}
+	if !strings.Contains(out, "finished:completed") {
+		t.Fatalf("run %s after the restart:\n%s", id, out)
+	}
+	t.Logf("run of %d rounds with the SuperLink killed midway: %v", rounds, time.Since(began).Round(100*time.Millisecond))
+	// Its log, kept across the restart, has every round's results, all of
+	// them (a line may come twice: the ServerApp pushes again what a
+	// killed SuperLink may have stored).
+	out, code = d.flwr(t, time.Minute, "log", id, "local-tls")
+	if code != 0 {
+		t.Fatalf("flwr log %s exited %d:\n%s", id, code, out)
+	}
+	for k := 1; k <= rounds; k++ {
+		if !strings.Contains(out, fmt.Sprintf("[ROUND %d/%d]", k, rounds)) {
+			t.Fatalf("no [ROUND %d/%d] in the run's log:\n%s", k, rounds, out)
+		}
+	}
+	if n := strings.Count(out, "aggregate_train: Received 2 results and 0 failures"); n < rounds {
+		t.Fatalf("%d rounds trained on 2 nodes without failures, want %d:\n%s", n, rounds, out)
+	}
+	if bad := regexp.MustCompile(`Received [01] results|and [1-9][0-9]* failures`).FindString(out); bad != "" {
+		t.Fatalf("a round lost results (%q):\n%s", bad, out)
+	}
+	if !strings.Contains(out, "Strategy execution finished") {
+		t.Fatalf("the run did not finish its strategy:\n%s", out)
+	}
+}
+
+// waitLog follows run id's log through the Control API (StreamLogs, as
+// flwr log does) until it holds want.
+func (d *flower129) waitLog(t *testing.T, id, want string, timeout time.Duration) {
+	t.Helper()
+	run, err := strconv.ParseUint(id, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := credentials.NewClientTLSFromFile(filepath.Join(d.dir, "certificates", "ca.crt"), "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(d.control, append(flwr129.ClientOptions(), grpc.WithTransportCredentials(creds))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	stream, err := flwr129.NewControlClient(cc).StreamLogs(ctx, &flwr129.StreamLogsRequest{RunId: run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got strings.Builder
+	for !strings.Contains(got.String(), want) {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("run %s's log did not show %q (%v):\n%s", id, want, err, got.String())
+		}
+		got.WriteString(r.GetLogOutput())
+	}
 }

@@ -118,18 +118,30 @@ type LinkState interface {
 	PushInstructions(ctx context.Context, runID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree) (ids, objectsToPush []string, err error)
 	// PullInstruction hands at most one message to the node: one addressed
 	// to it, not delivered before, not expired, whose objects are all
-	// pushed; it is marked delivered.
+	// pushed; it is marked delivered, so that no LinkState on the same
+	// store hands it out again, with one exception, as State.PullTaskIns:
+	// a store on a database hands a message without reply again to the
+	// same node when the LinkState that delivered it is gone (closed or
+	// died), or when its delivery's commit failed with the connection. A
+	// Flower 1.29.0 SuperNode pulls only when it holds no message, so it
+	// did not get that one.
 	PullInstruction(ctx context.Context, nodeID uint64) (*flwr129.Message, *flwr129.ObjectTree, error)
 	// PushReplies stores a node's replies, each with its object tree, all
 	// or none, and returns their ids and the objects still to push. A
-	// reply must answer a message sent to that node, in a running run.
-	// runtime is the ClientApp's time in seconds, added to the run.
+	// reply must answer a message sent to that node, in a running run,
+	// whose reply PullReplies has not handed out (NotFound, as for a
+	// message forgotten). runtime is the ClientApp's time in seconds,
+	// added to the run.
 	PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree, runtime float64) (ids, objectsToPush []string, err error)
 	// PullReplies returns, for the ServerApp of a running run, the replies
 	// to the given message ids that have come, or are made up as Flower
 	// makes them up (the message is unknown or expired, its node went
-	// offline, the reply expired), each with its object tree; a reply
-	// returned is forgotten with its instruction.
+	// offline, the reply expired), each with its object tree. A reply
+	// handed out releases its instruction's objects and is kept, with its
+	// instruction, until the run's next PullReplies that does not ask for
+	// it (the ServerApp has it then): asked again before that, it is
+	// handed out again, so that a ServerApp whose response was lost (a
+	// SuperLink killed while answering) gets it when it retries.
 	PullReplies(ctx context.Context, runID uint64, messageIDs []string) ([]*flwr129.Message, []*flwr129.ObjectTree, error)
 
 	// PushObject stores the content of an object announced in a tree of a

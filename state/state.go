@@ -4,7 +4,8 @@
 // implementations live in sub-packages (memstate: in memory, the default;
 // sqlstate: SQLite, and PostgreSQL for several SuperLinks on one
 // database), and statetest is the one conformance suite every
-// implementation runs.
+// implementation runs. LinkState (link.go) is the Flower 1.29.0
+// generation beside it: memlink in memory, sqlstate in both databases.
 //
 // This package also holds what every implementation shares: the
 // validation of pushed tasks (1.8.0's rules), the messages of the errors

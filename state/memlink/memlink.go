@@ -6,8 +6,6 @@ package memlink
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,10 +21,6 @@ import (
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/internal/linkrules"
 )
-
-// MaxLogBytes is how much ServerApp output a run keeps; older output is
-// dropped first.
-const MaxLogBytes = 16 << 20
 
 // Store is an in-memory state.LinkState. Its methods are safe for
 // concurrent use; each holds one lock for its whole effect, so every call
@@ -77,6 +71,9 @@ type instruction struct {
 	m         *flwr129.Message
 	delivered bool
 	reply     string // id of its reply, "" until one came
+	// resDelivered: PullReplies handed out the reply (kept until the
+	// run's next PullReplies that does not ask for it).
+	resDelivered bool
 }
 
 type reply struct {
@@ -137,7 +134,7 @@ func (s *Store) expire(now float64) {
 	}
 	for id, r := range s.runs {
 		if r.token != "" && r.tokenUntil < now && r.r.Status.Status != state.StatusFinished {
-			r.r.Status = &flwr129.RunStatus{Status: state.StatusFinished, SubStatus: state.SubStatusFailed, Details: "No heartbeat received from the run."}
+			r.r.Status = &flwr129.RunStatus{Status: state.StatusFinished, SubStatus: state.SubStatusFailed, Details: linkrules.HeartbeatFailed}
 			r.r.FinishedAt = linkrules.ISOTime(time.Unix(0, int64(r.tokenUntil*1e9)))
 			s.finished(id, r)
 			s.log.Info("run failed: its ServerApp sent no heartbeat", "run_id", id)
@@ -209,26 +206,6 @@ func (s *Store) deleteObject(id string) {
 	}
 }
 
-func (s *Store) randUint64(exclude ...uint64) (uint64, error) {
-	var b [8]byte
-	for {
-		if _, err := io.ReadFull(s.rand, b[:]); err != nil {
-			return 0, status.Errorf(codes.Internal, "reading random bytes: %v", err)
-		}
-		v := binary.LittleEndian.Uint64(b[:])
-		if v != 0 && !slices.Contains(exclude, v) {
-			return v, nil
-		}
-	}
-}
-
-func heartbeatError(interval float64) error {
-	if !(interval >= state.HeartbeatMinInterval && interval <= state.HeartbeatMaxInterval) {
-		return status.Errorf(codes.InvalidArgument, "Invalid heartbeat interval: %v is out of bounds [%d, %d]", interval, state.HeartbeatMinInterval, state.HeartbeatMaxInterval)
-	}
-	return nil
-}
-
 // RegisterNode implements state.LinkState.
 func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInterval float64) (uint64, error) {
 	now, err := s.lock(ctx)
@@ -244,7 +221,7 @@ func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 	}
 	var id uint64
 	for {
-		if id, err = s.randUint64(state.SuperLinkNodeID); err != nil {
+		if id, err = linkrules.RandomID(s.rand, state.SuperLinkNodeID); err != nil {
 			return 0, err
 		}
 		if s.nodes[id] == nil {
@@ -253,7 +230,7 @@ func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 	}
 	s.seq++
 	s.nodes[id] = &node{seq: s.seq, info: &flwr129.NodeInfo{
-		NodeId: id, OwnerAid: NoopFlwrAID, OwnerName: NoopAccountName, Status: state.NodeRegistered,
+		NodeId: id, OwnerAid: linkrules.NoopFlwrAID, OwnerName: linkrules.NoopAccountName, Status: state.NodeRegistered,
 		RegisteredAt: linkrules.ISOTime(time.Unix(0, int64(now*1e9))), HeartbeatInterval: heartbeatInterval,
 		PublicKey: slices.Clone(publicKey),
 	}}
@@ -261,15 +238,6 @@ func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 	s.log.Info("node registered", "node_id", id, "generation", "1.29")
 	return id, nil
 }
-
-// The account of Flower's open-source build (no account plugin): every
-// node and run belongs to it.
-const (
-	NoopFlwrAID     = "<id:none>"
-	NoopAccountName = "none"
-)
-
-func iso(sec float64) string { return linkrules.ISOTime(time.Unix(0, int64(sec*1e9))) }
 
 // ActivateNode implements state.LinkState.
 func (s *Store) ActivateNode(ctx context.Context, publicKey []byte, heartbeatInterval float64) (uint64, error) {
@@ -282,7 +250,7 @@ func (s *Store) ActivateNode(ctx context.Context, publicKey []byte, heartbeatInt
 	if !ok || s.nodes[id].info.Status == state.NodeUnregistered {
 		return 0, status.Error(codes.FailedPrecondition, "No SuperNode found with the given public key.")
 	}
-	if err := heartbeatError(heartbeatInterval); err != nil {
+	if err := linkrules.CheckHeartbeatInterval(heartbeatInterval); err != nil {
 		return 0, err
 	}
 	n := s.nodes[id].info
@@ -290,7 +258,7 @@ func (s *Store) ActivateNode(ctx context.Context, publicKey []byte, heartbeatInt
 		return 0, status.Errorf(codes.FailedPrecondition, "SuperNode with node ID %d could not be activated.", id)
 	}
 	n.Status = state.NodeOnline
-	at := iso(now)
+	at := linkrules.ISOSeconds(now)
 	n.LastActivatedAt = &at
 	until := now + state.HeartbeatPatience*heartbeatInterval
 	n.OnlineUntil = &until
@@ -311,7 +279,7 @@ func (s *Store) DeactivateNode(ctx context.Context, nodeID uint64) error {
 		return status.Errorf(codes.FailedPrecondition, "SuperNode with node ID %d could not be deactivated.", nodeID)
 	}
 	n.info.Status = state.NodeOffline
-	at := iso(now)
+	at := linkrules.ISOSeconds(now)
 	n.info.LastDeactivatedAt = &at
 	n.info.OnlineUntil = &now
 	s.log.Info("node left", "node_id", nodeID, "reason", "deactivate_node", "generation", "1.29")
@@ -330,7 +298,7 @@ func (s *Store) UnregisterNode(ctx context.Context, nodeID uint64) error {
 		return status.Errorf(codes.NotFound, "Node ID %d already unregistered, not found or the request was unauthorized.", nodeID)
 	}
 	n.info.Status = state.NodeUnregistered
-	at := iso(now)
+	at := linkrules.ISOSeconds(now)
 	n.info.UnregisteredAt = &at
 	if n.info.OnlineUntil == nil || n.info.GetOnlineUntil() > now {
 		n.info.OnlineUntil = &now
@@ -341,7 +309,7 @@ func (s *Store) UnregisterNode(ctx context.Context, nodeID uint64) error {
 
 // NodeHeartbeat implements state.LinkState.
 func (s *Store) NodeHeartbeat(ctx context.Context, nodeID uint64, heartbeatInterval float64) (bool, error) {
-	if err := heartbeatError(heartbeatInterval); err != nil {
+	if err := linkrules.CheckHeartbeatInterval(heartbeatInterval); err != nil {
 		return false, err
 	}
 	now, err := s.lock(ctx)
@@ -355,7 +323,7 @@ func (s *Store) NodeHeartbeat(ctx context.Context, nodeID uint64, heartbeatInter
 	}
 	if n.info.Status != state.NodeOnline {
 		n.info.Status = state.NodeOnline
-		at := iso(now)
+		at := linkrules.ISOSeconds(now)
 		n.info.LastActivatedAt = &at
 		s.log.Info("node back online", "node_id", nodeID, "generation", "1.29")
 	}
@@ -414,7 +382,7 @@ func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 	}
 	var id uint64
 	for {
-		if id, err = s.randUint64(); err != nil {
+		if id, err = linkrules.RandomID(s.rand); err != nil {
 			return 0, err
 		}
 		if s.runs[id] == nil {
@@ -426,7 +394,7 @@ func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 		created: s.seq,
 		r: &flwr129.Run{
 			RunId: id, FabId: nr.FabID, FabVersion: nr.FabVersion, FabHash: fab.HashStr,
-			OverrideConfig: nr.OverrideConfig, PendingAt: iso(now),
+			OverrideConfig: nr.OverrideConfig, PendingAt: linkrules.ISOSeconds(now),
 			Status:  &flwr129.RunStatus{Status: state.StatusPending},
 			FlwrAid: nr.FlwrAID, Federation: nr.Federation, RunType: nr.RunType,
 		},
@@ -509,11 +477,11 @@ func (s *Store) setStatus(id uint64, r *run, next *flwr129.RunStatus, now float6
 	r.r.Status = &flwr129.RunStatus{Status: next.GetStatus(), SubStatus: next.GetSubStatus(), Details: next.GetDetails()}
 	switch next.GetStatus() {
 	case state.StatusStarting:
-		r.r.StartingAt = iso(now)
+		r.r.StartingAt = linkrules.ISOSeconds(now)
 	case state.StatusRunning:
-		r.r.RunningAt = iso(now)
+		r.r.RunningAt = linkrules.ISOSeconds(now)
 	case state.StatusFinished:
-		r.r.FinishedAt = iso(now)
+		r.r.FinishedAt = linkrules.ISOSeconds(now)
 		s.finished(id, r)
 		s.log.Info("run finished", "run_id", id, "sub_status", next.GetSubStatus(), "generation", "1.29")
 	}
@@ -562,14 +530,14 @@ func (s *Store) RequestToken(ctx context.Context, runID uint64) (string, error) 
 	if r == nil || r.token != "" || r.r.Status.Status != state.StatusPending {
 		return "", nil
 	}
-	b := make([]byte, state.TokenHexLength/2)
-	if _, err := io.ReadFull(s.rand, b); err != nil {
-		return "", status.Errorf(codes.Internal, "reading random bytes: %v", err)
+	tok, err := linkrules.RandomToken(s.rand)
+	if err != nil {
+		return "", err
 	}
 	if err := s.setStatus(runID, r, &flwr129.RunStatus{Status: state.StatusStarting}, now); err != nil {
 		return "", nil
 	}
-	r.token = hex.EncodeToString(b)
+	r.token = tok
 	r.tokenUntil = now + state.HeartbeatDefaultInterval
 	s.tokens[r.token] = runID
 	return r.token, nil
@@ -649,7 +617,7 @@ func (s *Store) PushLogs(ctx context.Context, runID uint64, text string) error {
 	}
 	r.logs = append(r.logs, logEntry{at: now, text: text})
 	r.logBytes += len(text)
-	for r.logBytes > MaxLogBytes && len(r.logs) > 1 {
+	for r.logBytes > linkrules.MaxLogBytes && len(r.logs) > 1 {
 		r.logBytes -= len(r.logs[0].text)
 		r.logs = r.logs[1:]
 	}
@@ -755,18 +723,15 @@ func (s *Store) complete(id string) bool {
 	return true
 }
 
+// tree returns the object tree of id, as held (an object no longer held
+// has no children).
 func (s *Store) tree(id string) *flwr129.ObjectTree {
-	return linkrules.Tree(id, func(id string) []string { return s.objects[id].children })
-}
-
-func pairs(msgs []*flwr129.Message, trees []*flwr129.ObjectTree) error {
-	if len(msgs) == 0 {
-		return status.Error(codes.InvalidArgument, "Malformed PushMessages: `messages_list` must not be empty")
-	}
-	if len(msgs) != len(trees) {
-		return status.Errorf(codes.InvalidArgument, "Malformed PushMessages: %d messages and %d object trees: send one tree per message", len(msgs), len(trees))
-	}
-	return nil
+	return linkrules.Tree(id, func(id string) []string {
+		if o := s.objects[id]; o != nil {
+			return o.children
+		}
+		return nil
+	})
 }
 
 // PushInstructions implements state.LinkState.
@@ -779,7 +744,7 @@ func (s *Store) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr
 	if _, err := s.running(runID); err != nil {
 		return nil, nil, err
 	}
-	if err := pairs(msgs, trees); err != nil {
+	if err := linkrules.CheckPairs(msgs, trees); err != nil {
 		return nil, nil, err
 	}
 	checked := make([][]linkrules.TreeNode, len(msgs))
@@ -840,7 +805,7 @@ func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 		return nil, nil, err
 	}
 	defer s.mu.Unlock()
-	if err := pairs(msgs, trees); err != nil {
+	if err := linkrules.CheckPairs(msgs, trees); err != nil {
 		return nil, nil, err
 	}
 	checked := make([][]linkrules.TreeNode, len(msgs))
@@ -854,7 +819,7 @@ func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 			return nil, nil, status.Errorf(codes.PermissionDenied, "a reply from node %d names node %d as its source: a node pushes only its own replies", nodeID, md.SrcNodeId)
 		}
 		in := s.ins[md.ReplyToMessageId]
-		if in == nil {
+		if in == nil || in.resDelivered {
 			return nil, nil, status.Errorf(codes.NotFound, "Message with ID %s does not exist (or it expired).", md.ReplyToMessageId)
 		}
 		if in.m.Metadata.DstNodeId != nodeID {
@@ -909,42 +874,65 @@ func (s *Store) PullReplies(ctx context.Context, runID uint64, messageIDs []stri
 	}
 	var out []*flwr129.Message
 	var trees []*flwr129.ObjectTree
-	done := map[string]bool{}
+	asked := map[string]bool{}
 	for _, id := range messageIDs {
-		if done[id] {
+		if asked[id] {
 			continue
 		}
-		done[id] = true
+		asked[id] = true
 		in := s.ins[id]
-		var res *flwr129.Message
-		switch {
-		case in == nil || in.m.Metadata.RunId != runID:
-			res = s.madeUp(runID, nil, id, linkrules.ErrMessageUnavailable, linkrules.ReasonMessageUnavailable, now)
-		case in.reply != "" && s.complete(in.reply):
-			res = s.replies[in.reply].m
-			if linkrules.Expired(res.Metadata, now) {
-				res = s.madeUp(runID, in.m.Metadata, id, linkrules.ErrReplyMessageUnavailable, linkrules.ReasonReplyMessageUnavailable, now)
-			}
-		default:
-			n := s.nodes[in.m.Metadata.DstNodeId]
-			if n != nil && n.info.Status != state.NodeUnregistered && n.info.GetOnlineUntil() >= now {
-				continue // no reply yet
-			}
-			res = s.madeUp(runID, in.m.Metadata, id, linkrules.ErrNodeUnavailable, linkrules.ReasonNodeUnavailable, now)
+		if in == nil || in.m.Metadata.RunId != runID {
+			res := s.madeUp(runID, nil, id, linkrules.ErrMessageUnavailable, linkrules.ReasonMessageUnavailable, now)
+			out = append(out, res)
+			trees = append(trees, s.tree(res.Metadata.MessageId))
+			continue
 		}
-		if in != nil && in.m.Metadata.RunId == runID {
-			// The ServerApp has its answer: forget the instruction, keep the
-			// reply's objects until it confirms them.
-			delete(s.ins, id)
-			if in.reply != "" {
-				delete(s.replies, in.reply)
+		if !in.resDelivered {
+			var res *flwr129.Message
+			switch {
+			case in.reply != "" && s.complete(in.reply):
+				if res = s.replies[in.reply].m; linkrules.Expired(res.Metadata, now) {
+					s.dropReply(in)
+					res = s.madeUp(runID, in.m.Metadata, id, linkrules.ErrReplyMessageUnavailable, linkrules.ReasonReplyMessageUnavailable, now)
+				}
+			default:
+				n := s.nodes[in.m.Metadata.DstNodeId]
+				if n != nil && n.info.Status != state.NodeUnregistered && n.info.GetOnlineUntil() >= now {
+					continue // no reply yet
+				}
+				s.dropReply(in)
+				res = s.madeUp(runID, in.m.Metadata, id, linkrules.ErrNodeUnavailable, linkrules.ReasonNodeUnavailable, now)
 			}
+			if in.reply == "" { // made up: the instruction's reply now
+				in.reply = res.Metadata.MessageId
+				s.replies[in.reply] = &reply{m: res}
+			}
+			// The ServerApp has its answer, unless the response is lost:
+			// release the instruction's objects, keep the pair.
+			in.resDelivered = true
 			s.deleteObject(id)
 		}
-		out = append(out, res)
-		trees = append(trees, s.tree(res.Metadata.MessageId))
+		out = append(out, s.replies[in.reply].m)
+		trees = append(trees, s.tree(in.reply))
+	}
+	// The pairs delivered before and not asked for now: the ServerApp has
+	// them. The replies' objects stay until it confirms them.
+	for id, in := range s.ins {
+		if in.resDelivered && in.m.Metadata.RunId == runID && !asked[id] {
+			delete(s.ins, id)
+			delete(s.replies, in.reply)
+		}
 	}
 	return out, trees, nil
+}
+
+// dropReply forgets an instruction's reply and its objects.
+func (s *Store) dropReply(in *instruction) {
+	if in.reply != "" {
+		delete(s.replies, in.reply)
+		s.deleteObject(in.reply)
+		in.reply = ""
+	}
 }
 
 // madeUp makes up an error reply and holds its object in the run, as

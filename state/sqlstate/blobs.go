@@ -72,23 +72,8 @@ func (c *blobCache) prepareBlobs(rs *flwrproto.RecordSet) []blobRef {
 // TaskRes) in tx, writing the content of those the table does not hold.
 func (s *State) putBlobs(ctx context.Context, tx *txn, insID string, kind int, refs []blobRef) error {
 	for _, r := range refs {
-		var refCount int64
-		if err := tx.QueryRowContext(ctx, `INSERT INTO blobs (hash, size, refs) VALUES ($1, $2, 1)
-			ON CONFLICT (hash) DO UPDATE SET refs = blobs.refs + 1
-			RETURNING refs`, r.sum[:], len(r.data)).Scan(&refCount); err != nil {
+		if err := s.putBlob(ctx, tx, r.sum, r.data); err != nil {
 			return err
-		}
-		if refCount == 1 && s.d.writeChunks != nil {
-			if err := s.d.writeChunks(ctx, tx, r.sum, r.data); err != nil {
-				return err
-			}
-		} else if refCount == 1 {
-			for n, off := 0, 0; off < len(r.data); n, off = n+1, off+chunkSize {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO blob_chunks (hash, n, data) VALUES ($1, $2, $3)`,
-					r.sum[:], n, r.data[off:min(off+chunkSize, len(r.data))]); err != nil {
-					return err
-				}
-			}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO task_blobs (ins_id, kind, pos, hash) VALUES ($1, $2, $3, $4)`,
 			insID, kind, r.pos, r.sum[:]); err != nil {
@@ -96,6 +81,49 @@ func (s *State) putBlobs(ctx context.Context, tx *txn, insID string, kind int, r
 		}
 	}
 	return nil
+}
+
+// putBlob takes a reference on blob h (content data), writing its chunks
+// when the table does not hold it yet.
+func (s *State) putBlob(ctx context.Context, tx *txn, h sum, data []byte) error {
+	var refCount int64
+	if err := tx.QueryRowContext(ctx, `INSERT INTO blobs (hash, size, refs) VALUES ($1, $2, 1)
+		ON CONFLICT (hash) DO UPDATE SET refs = blobs.refs + 1
+		RETURNING refs`, h[:], len(data)).Scan(&refCount); err != nil {
+		return err
+	}
+	if refCount != 1 {
+		return nil
+	}
+	if s.d.writeChunks != nil {
+		return s.d.writeChunks(ctx, tx, h, data)
+	}
+	for n, off := 0, 0; off < len(data); n, off = n+1, off+chunkSize {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO blob_chunks (hash, n, data) VALUES ($1, $2, $3)`,
+			h[:], n, data[off:min(off+chunkSize, len(data))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseBlob drops a reference on blob h and deletes the blob when it
+// was the last; gone reports that.
+func (s *State) releaseBlob(ctx context.Context, tx *txn, h sum) (gone bool, err error) {
+	var refs int64
+	if err := tx.QueryRowContext(ctx, `UPDATE blobs SET refs = refs - 1 WHERE hash = $1 RETURNING refs`, h[:]).Scan(&refs); err != nil {
+		return false, fmt.Errorf("array %x: %w", h[:8], err)
+	}
+	if refs > 0 {
+		return false, nil
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM blob_chunks WHERE hash = $1`, h[:]); err != nil {
+		return false, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM blobs WHERE hash = $1`, h[:]); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // getBlobs puts the arrays of task insID (kind as in putBlobs) back into
@@ -124,12 +152,9 @@ func (s *State) getBlobs(ctx context.Context, tx *txn, insID string, kind int, r
 	}
 	byPos := make(map[int][]byte, len(refs))
 	for _, r := range refs {
-		d := s.cache.get(r.sum)
-		if d == nil {
-			if d, err = s.readBlob(ctx, tx, r.sum); err != nil {
-				return err
-			}
-			d = s.cache.put(r.sum, d)
+		d, err := s.cache.load(ctx, r.sum, func() ([]byte, error) { return s.readBlob(ctx, tx, r.sum) })
+		if err != nil {
+			return err
 		}
 		byPos[r.pos] = d
 	}
@@ -219,20 +244,11 @@ func (s *State) dropBlobs(ctx context.Context, tx *txn, insID string, kind int) 
 	}
 	var gone []sum
 	for _, h := range hashes {
-		var refs int64
-		if err := tx.QueryRowContext(ctx, `UPDATE blobs SET refs = refs - 1 WHERE hash = $1 RETURNING refs`, h[:]).Scan(&refs); err != nil {
-			return nil, fmt.Errorf("array %x: %w", h[:8], err)
-		}
-		if refs > 0 {
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM blob_chunks WHERE hash = $1`, h[:]); err != nil {
+		if g, err := s.releaseBlob(ctx, tx, h); err != nil {
 			return nil, err
+		} else if g {
+			gone = append(gone, h)
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM blobs WHERE hash = $1`, h[:]); err != nil {
-			return nil, err
-		}
-		gone = append(gone, h)
 	}
 	return gone, nil
 }
@@ -245,6 +261,9 @@ type blobCache struct {
 	bySum  map[sum]*cacheEntry
 	byHash map[uint64][]*cacheEntry // state.HashBlob, for the codec
 	now    func() time.Time
+	// reads are the contents being read from the database (load): closed
+	// when the read ended.
+	reads map[sum]chan struct{}
 }
 
 type cacheEntry struct {
@@ -259,7 +278,42 @@ type cacheEntry struct {
 }
 
 func newBlobCache(now func() time.Time) *blobCache {
-	return &blobCache{bySum: map[sum]*cacheEntry{}, byHash: map[uint64][]*cacheEntry{}, now: now}
+	return &blobCache{bySum: map[sum]*cacheEntry{}, byHash: map[uint64][]*cacheEntry{}, now: now, reads: map[sum]chan struct{}{}}
+}
+
+// load returns content h from the cache, or else reads it with read and
+// puts it in: once for all the callers that ask at the same time (16
+// nodes pulling one object through a replica that lacks it, on a
+// database that serves them at once), the others waiting for the first
+// and taking what it put. When the first fails, the next reads.
+func (c *blobCache) load(ctx context.Context, h sum, read func() ([]byte, error)) ([]byte, error) {
+	for {
+		if d := c.get(h); d != nil {
+			return d, nil
+		}
+		c.mu.Lock()
+		if wait := c.reads[h]; wait != nil {
+			c.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		c.reads[h] = done
+		c.mu.Unlock()
+		d, err := read()
+		if err == nil {
+			d = c.put(h, d)
+		}
+		c.mu.Lock()
+		delete(c.reads, h)
+		c.mu.Unlock()
+		close(done)
+		return d, err
+	}
 }
 
 // data returns the entry's content, or nil once it was collected.

@@ -41,7 +41,7 @@ func smallDisk(t *testing.T, size string) string {
 // full; what was committed before is all there, the SuperLink carries on
 // with what fits, and the file opens again.
 func TestDiskFull(t *testing.T) {
-	path := filepath.Join(smallDisk(t, "4m"), "state.db")
+	path := filepath.Join(smallDisk(t, "12m"), "state.db") // an empty state takes 4 MiB (pages of 64 KiB)
 	logs := &testkit.SyncBuffer{}
 	o := sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}}
 	ctx := context.Background()
@@ -57,7 +57,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := make([]byte, 6<<20)
+	big := make([]byte, 16<<20)
 	rand.Read(big)
 	ti := statetest.TaskIns(run, node, 1.8e9)
 	ti.Task.Recordset = &flwrproto.RecordSet{Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: big}}}}}

@@ -29,15 +29,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 func TestConformancePostgres(t *testing.T) {
 	statetest.Run(t, statetest.Options{Shared: true, NewStore: func(t *testing.T) statetest.Opener {
 		dsn := pgtest.NewDatabase(t)
-		return func(t *testing.T, c statetest.Config) state.State {
-			s, err := sqlstate.OpenPostgres(context.Background(), dsn, sqlstate.PostgresOptions{
-				Options: sqlstate.Options{Now: c.Now, Logger: c.Logger},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}
+		return func(t *testing.T, c statetest.Config) state.State { return openPostgres(t, dsn, c) }
 	}})
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/linkrules"
 )
 
 // Replicas. Every State that opens a database joins it as a replica: it
@@ -167,7 +168,9 @@ func (s *State) grace(ctx context.Context, tx *txn, now time.Time) error {
 }
 
 // graceSince gives every node online at since (unix µs) its ping interval
-// from now, and returns how many it gave more time.
+// (a 1.29 node its heartbeat patience) from now, and a 1.29 ServerApp
+// whose token was live then its patience, and returns how many nodes it
+// gave more time.
 func (s *State) graceSince(ctx context.Context, tx *txn, since int64, now time.Time) (int, error) {
 	type node struct {
 		id    int64
@@ -200,5 +203,22 @@ func (s *State) graceSince(ctx context.Context, tx *txn, since int64, now time.T
 			given++
 		}
 	}
-	return given, nil
+	// The 1.29 generation: its nodes get their heartbeat patience, and the
+	// ServerApps of its runs theirs, so that neither is found gone.
+	sec, from := linkrules.Seconds(now), float64(since)/1e6
+	res, err := tx.ExecContext(ctx, `UPDATE link_nodes SET online_until = $1 + $3 * heartbeat_interval
+		WHERE status = 'online' AND online_until >= $2 AND online_until < $1 + $3 * heartbeat_interval`, sec, from, float64(state.HeartbeatPatience))
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE link_runs SET token_until = $1
+		WHERE token <> '' AND status <> 'finished' AND token_until >= $2 AND token_until < $1`,
+		sec+state.HeartbeatPatience*state.HeartbeatDefaultInterval, from); err != nil {
+		return 0, err
+	}
+	return given + int(n), nil
 }

@@ -1,4 +1,5 @@
-// Package sqlstate is the SuperLink state in a SQL database: SQLite (a
+// Package sqlstate is the SuperLink state in a SQL database, both
+// generations (state.State and, in link.go, state.LinkState): SQLite (a
 // file, through a pure-Go driver: OpenSQLite) or PostgreSQL (through pgx:
 // OpenPostgres), with one SQL text for both; a dialect adds what differs.
 // Everything lives in the database: every call is one transaction,
@@ -34,6 +35,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/linkrules"
 )
 
 // Options configure a State (state.Options). The zero value is ready to
@@ -516,14 +518,19 @@ func (s *State) logMissed(ms []missedPing) {
 }
 
 // Sweep notices nodes that missed their ping, forgets tasks past ttl +
-// ExpiryGrace and the "already answered" memory of the same age, and
-// records that a SuperLink was running now (the restart grace counts from
-// the last such record).
+// ExpiryGrace and the "already answered" memory of the same age, fails the
+// 1.29 runs whose ServerApp went silent and forgets the 1.29 messages past
+// their TTL, and records that a SuperLink was running now (the restart
+// grace counts from the last such record).
 func (s *State) Sweep(ctx context.Context) error {
 	now := s.now()
 	err := s.write(ctx, "Sweep", func(tx *txn) (func(), error) {
 		missed, err := s.noticeOffline(ctx, tx, now)
 		if err != nil {
+			return nil, err
+		}
+		ops := &linkOps{} // the 1.29 generation's expiry, when no call did it
+		if err := s.linkExpire(ctx, tx, linkrules.Seconds(now), ops); err != nil {
 			return nil, err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM gone WHERE until_at < $1`, micro(now)); err != nil {
@@ -572,6 +579,7 @@ func (s *State) Sweep(ctx context.Context) error {
 			}
 			s.ev.TasksExpired(len(list))
 			s.cache.release(released)
+			ops.done(s)
 			s.cache.sweep()
 		}, nil
 	})

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// A PullTaskIns whose commit failed when the connection broke may have
+// A PullTaskIns (or PullInstruction) whose commit failed when the connection broke may have
 // been committed all the same: the TaskIns is then marked delivered, by a
 // replica that lives, and would never go to its node, which was told the
 // call failed and asks again. So the State remembers such deliveries and,
@@ -18,8 +18,12 @@ import (
 // is left alone (its row does not match).
 
 // undelivery is one such delivery: the TaskIns's seq, and the delivered_at
-// and delivered_by it was given.
-type undelivery struct{ seq, at, by int64 }
+// and delivered_by it was given; link: a message of the 1.29 generation
+// (PullInstruction), whose row is in link_ins.
+type undelivery struct {
+	seq, at, by int64
+	link        bool
+}
 
 // undoQueue holds the deliveries to clear.
 type undoQueue struct {
@@ -47,8 +51,11 @@ func (s *State) undeliver(ctx context.Context, tx *txn) (undone, error) {
 	s.undo.mu.Unlock()
 	var cleared int64
 	for _, u := range list {
-		res, err := tx.ExecContext(ctx, `UPDATE task_ins SET delivered_by = NULL WHERE seq = $1 AND delivered_at = $2 AND delivered_by = $3 AND answered = 0`,
-			u.seq, u.at, u.by)
+		q := `UPDATE task_ins SET delivered_by = NULL WHERE seq = $1 AND delivered_at = $2 AND delivered_by = $3 AND answered = 0`
+		if u.link {
+			q = `UPDATE link_ins SET delivered_by = NULL WHERE seq = $1 AND delivered_at = $2 AND delivered_by = $3 AND reply_id = ''`
+		}
+		res, err := tx.ExecContext(ctx, q, u.seq, u.at, u.by)
 		if err != nil {
 			return undone{}, err
 		}
@@ -95,7 +102,7 @@ func (s *State) undeliverLater(u undelivery) {
 			s.undo.mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			var done undone
-			_ = s.write(ctx, "PullTaskIns (clearing a failed delivery)", func(tx *txn) (func(), error) {
+			_ = s.write(ctx, "clearing a failed delivery", func(tx *txn) (func(), error) {
 				var err error
 				done, err = s.undeliver(ctx, tx)
 				return func() { s.undelivered(done) }, err

@@ -18,18 +18,7 @@ import (
 // delivered it lives.
 func TestUndeliver(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "state.db")
-	o := SQLiteOptions{Options: Options{Logger: slog.New(slog.DiscardHandler)}, Shared: true}
-	a, err := OpenSQLite(ctx, path, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := OpenSQLite(ctx, path, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := sharedPair(t)
 	node, _ := a.CreateNode(ctx, state.NewNode{PingInterval: 60})
 	run, _ := a.CreateRun(ctx)
 	ti := statetest.TaskIns(run, node, 1.8e9)
@@ -46,26 +35,49 @@ func TestUndeliver(t *testing.T) {
 	if got, err := b.PullTaskIns(ctx, node, ""); err != nil || len(got) != 0 {
 		t.Fatalf("pull through the other replica: %v %v, want nothing", got, err)
 	}
-	a.undeliverLater(undelivery{seq: u.seq, at: u.at + 1, by: u.by}) // not this delivery: left alone
-	a.undeliverLater(u)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		a.undo.mu.Lock()
-		n := len(a.undo.list)
-		a.undo.mu.Unlock()
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the deliveries were not cleared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	other := u
+	other.at++ // not this delivery: left alone
+	undeliverAll(t, a, other, u)
 	got, err := b.PullTaskIns(ctx, node, "")
 	if err != nil || len(got) != 1 || got[0].TaskId != ti.TaskId {
 		t.Fatalf("pull after the delivery was cleared: %v %v, want the TaskIns again", got, err)
 	}
 	if got, err := a.PullTaskIns(ctx, node, ""); err != nil || len(got) != 0 {
 		t.Fatalf("pull once more: %v %v, want nothing", got, err)
+	}
+}
+
+// sharedPair opens two States on one new SQLite file, closed when t ends.
+func sharedPair(t *testing.T) (a, b *State) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	o := SQLiteOptions{Options: Options{Logger: slog.New(slog.DiscardHandler)}, Shared: true}
+	for _, p := range []**State{&a, &b} {
+		s, err := OpenSQLite(context.Background(), path, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		*p = s
+	}
+	return a, b
+}
+
+// undeliverAll queues us on s and waits until they were tried.
+func undeliverAll(t *testing.T, s *State, us ...undelivery) {
+	for _, u := range us {
+		s.undeliverLater(u)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.undo.mu.Lock()
+		n := len(s.undo.list)
+		s.undo.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the deliveries were not cleared")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -25,6 +26,15 @@ type LinkOptions struct {
 	// NewStore makes a new, empty store (removed when t ends) and returns
 	// how to open LinkStates over it. Required.
 	NewStore func(t *testing.T) LinkOpener
+	// Shared says that LinkStates opened over one store share what they
+	// commit, at the same time (several SuperLinks on one database) and
+	// after one was closed (a restart), as Options.Shared. The suite then
+	// also checks restarts, and LinkStates racing on one store.
+	Shared bool
+	// Crash, if set, ends a LinkState of the store as a killed process
+	// would (its connections cut, nothing of Close done); the suite uses
+	// it where it differs from Close. Default: Close.
+	Crash func(state.LinkState)
 }
 
 // RunLink runs the conformance suite of state.LinkState (the Flower
@@ -37,36 +47,78 @@ func RunLink(t *testing.T, o LinkOptions) {
 		t.Fatal("LinkOptions.NewStore is required")
 	}
 	tests := []struct {
-		name string
-		fn   func(*testing.T, *linkEnv)
+		name   string
+		fn     func(*testing.T, *linkEnv)
+		shared bool
 	}{
-		{"Nodes", testLinkNodes},
-		{"RunStatus", testLinkRunStatus},
-		{"BadFab", testLinkBadFab},
-		{"TokenExpiry", testLinkTokenExpiry},
-		{"Logs", testLinkLogs},
-		{"MessageFlow", testLinkMessageFlow},
-		{"BadObjects", testLinkBadObjects},
-		{"BadMessages", testLinkBadMessages},
-		{"MadeUpReplies", testLinkMadeUpReplies},
-		{"FinishReleasesObjects", testLinkFinishReleases},
+		{"Nodes", testLinkNodes, false},
+		{"RunStatus", testLinkRunStatus, false},
+		{"BadFab", testLinkBadFab, false},
+		{"TokenExpiry", testLinkTokenExpiry, false},
+		{"Logs", testLinkLogs, false},
+		{"MessageFlow", testLinkMessageFlow, false},
+		{"BadObjects", testLinkBadObjects, false},
+		{"BadMessages", testLinkBadMessages, false},
+		{"MadeUpReplies", testLinkMadeUpReplies, false},
+		{"FinishReleasesObjects", testLinkFinishReleases, false},
+		{"LargeObjects", testLinkLargeObjects, false},
+		{"SharedObjects", testLinkSharedObjects, false},
+		{"Expiry", testLinkExpiry, false},
+		{"Concurrent", testLinkConcurrent, false},
+		{"Restart", testLinkRestart, true},
+		{"RestartRedelivers", testLinkRestartRedelivers, true},
+		{"RaceDelivery", testLinkRaceDelivery, true},
+		{"ObjectsAcrossStores", testLinkObjectsAcross, true},
+		{"LogsAcrossStores", testLinkLogsAcross, true},
+		{"TokensAcrossStores", testLinkTokensAcross, true},
 	}
 	for _, tc := range tests {
+		if tc.shared && !o.Shared {
+			continue // needs a store that outlives a LinkState
+		}
 		t.Run(tc.name, func(t *testing.T) {
-			e := &linkEnv{clock: &Clock{}}
+			e := &linkEnv{clock: &Clock{}, opener: o.NewStore(t), crash: o.Crash}
 			e.clock.Set(time.Unix(1795638840, 0))
-			e.s = o.NewStore(t)(t, Config{Now: e.clock.Now, Logger: slog.New(slog.DiscardHandler)})
-			if c, ok := e.s.(interface{ Close() error }); ok {
-				t.Cleanup(func() { c.Close() })
-			}
+			e.s = e.open(t)
 			tc.fn(t, e)
 		})
 	}
 }
 
 type linkEnv struct {
-	s     state.LinkState
-	clock *Clock
+	s      state.LinkState
+	clock  *Clock
+	opener LinkOpener
+	crash  func(state.LinkState)
+}
+
+// open opens another LinkState over the subtest's store, closed when t
+// ends.
+func (e *linkEnv) open(t *testing.T) state.LinkState {
+	t.Helper()
+	s := e.opener(t, Config{Now: e.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	if s == nil {
+		t.Fatal("the LinkOpener returned no LinkState")
+	}
+	if c, ok := s.(io.Closer); ok {
+		t.Cleanup(func() { c.Close() })
+	}
+	return s
+}
+
+// close closes s (a restart), or crashes it when crash is set and the
+// store knows how.
+func (e *linkEnv) close(t *testing.T, s state.LinkState, crash bool) {
+	t.Helper()
+	if crash && e.crash != nil {
+		e.crash(s)
+		return
+	}
+	if c, ok := s.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
 }
 
 var bg = context.Background()
@@ -98,8 +150,7 @@ func (e *linkEnv) onlineNode(t *testing.T, key string) uint64 {
 }
 
 func testFab(content string) *flwr129.Fab {
-	h := sha256.Sum256([]byte(content))
-	return &flwr129.Fab{HashStr: hex.EncodeToString(h[:]), Content: []byte(content)}
+	return &flwr129.Fab{HashStr: Hex256([]byte(content)), Content: []byte(content)}
 }
 
 // runningRun creates a run and takes it to running, as a SuperExec and
@@ -365,10 +416,20 @@ func testLinkMessageFlow(t *testing.T, e *linkEnv) {
 	if r.ClientappRuntime != 1.5 || r.BytesRecv == 0 || r.BytesSent == 0 {
 		t.Fatalf("run traffic %v", r)
 	}
-	// Asked again: the instruction is forgotten.
+	// Asked again (the response was lost): the same reply.
 	again, _, _ := e.s.PullReplies(bg, runID, ids)
+	if len(again) != 1 || again[0].Metadata.MessageId != res.Message.Metadata.MessageId {
+		t.Fatalf("PullReplies asked again = %v, want the reply again", again)
+	}
+	_, _, err = e.s.PushReplies(bg, node, []*flwr129.Message{res.Message}, []*flwr129.ObjectTree{res.Tree}, 0)
+	wantCode(t, err, codes.NotFound, "a reply to a message whose reply was handed out")
+	// Not asked for by the next PullReplies: forgotten.
+	if got, _, err := e.s.PullReplies(bg, runID, nil); err != nil || len(got) != 0 {
+		t.Fatalf("PullReplies of nothing = %v %v", got, err)
+	}
+	again, _, _ = e.s.PullReplies(bg, runID, ids)
 	if len(again) != 1 || again[0].GetError().GetCode() != 3 {
-		t.Fatalf("PullReplies again = %v, want MESSAGE_UNAVAILABLE", again)
+		t.Fatalf("PullReplies once forgotten = %v, want MESSAGE_UNAVAILABLE", again)
 	}
 	noErr(t, e.s.ConfirmMessageReceived(bg, runID, res.Message.Metadata.MessageId))
 	for id := range res.Objects {

@@ -16,8 +16,7 @@ import (
 func FlowerObject(typ string, children []string, body []byte) (id string, content []byte) {
 	content = fmt.Appendf(nil, "%s %s %d\x00", typ, strings.Join(children, ","), len(body))
 	content = append(content, body...)
-	h := sha256.Sum256(content)
-	return hex.EncodeToString(h[:]), content
+	return Hex256(content), content
 }
 
 // FlowerMessage is a message as a Flower peer pushes it: the Message sent
@@ -38,19 +37,74 @@ func NewFlowerMessage(md *flwr129.Metadata, payload []byte) FlowerMessage {
 	objs[chunkID] = chunk
 	rdID, rd := FlowerObject("RecordDict", []string{chunkID}, []byte("records"))
 	objs[rdID] = rd
+	return flowerMessage(md, &flwr129.ObjectTree{ObjectId: rdID, Children: []*flwr129.ObjectTree{{ObjectId: chunkID}}}, objs)
+}
+
+// flowerMessage completes a message of md whose content is the tree
+// content (a RecordDict's, its objects in objs): the Message object, its
+// id set in a copy of md.
+func flowerMessage(md *flwr129.Metadata, content *flwr129.ObjectTree, objs map[string][]byte) FlowerMessage {
 	md = proto.Clone(md).(*flwr129.Metadata)
 	md.MessageId = ""
 	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&flwr129.Message{Metadata: md})
 	if err != nil {
 		panic(err)
 	}
-	msgID, msg := FlowerObject("Message", []string{rdID}, body)
+	msgID, msg := FlowerObject("Message", []string{content.ObjectId}, body)
 	objs[msgID] = msg
 	md.MessageId = msgID
 	return FlowerMessage{
 		Message: &flwr129.Message{Metadata: md, Content: &flwr129.RecordDict{}},
-		Tree: &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{
-			{ObjectId: rdID, Children: []*flwr129.ObjectTree{{ObjectId: chunkID}}}}},
+		Tree:    &flwr129.ObjectTree{ObjectId: msgID, Children: []*flwr129.ObjectTree{content}},
 		Objects: objs,
 	}
+}
+
+// NewFlowerArrayMessage builds a message as Flower 1.29.0 sends one array
+// in chunks: Message > RecordDict > ArrayRecord > Array > ArrayChunk...,
+// with md (its message_id set). The same chunk given twice is one object
+// named twice by the Array.
+func NewFlowerArrayMessage(md *flwr129.Metadata, chunks ...[]byte) FlowerMessage {
+	ids := make([]string, len(chunks))
+	contents := make([][]byte, len(chunks))
+	for i, c := range chunks {
+		ids[i], contents[i] = FlowerObject("ArrayChunk", nil, c)
+	}
+	return NewFlowerChunkedMessage(md, ids, contents)
+}
+
+// NewFlowerChunkedMessage is NewFlowerArrayMessage of chunks made
+// already (FlowerObject "ArrayChunk"): ids and their contents, in order,
+// which the message holds without a copy.
+func NewFlowerChunkedMessage(md *flwr129.Metadata, ids []string, contents [][]byte) FlowerMessage {
+	objs := map[string][]byte{}
+	kids := make([]*flwr129.ObjectTree, len(ids))
+	for i, id := range ids {
+		objs[id] = contents[i]
+		kids[i] = &flwr129.ObjectTree{ObjectId: id}
+	}
+	arrID, arr := FlowerObject("Array", ids, []byte("array"))
+	objs[arrID] = arr
+	recID, rec := FlowerObject("ArrayRecord", []string{arrID}, []byte("arrays"))
+	objs[recID] = rec
+	rdID, rd := FlowerObject("RecordDict", []string{recID}, []byte("records"))
+	objs[rdID] = rd
+	return flowerMessage(md, &flwr129.ObjectTree{ObjectId: rdID, Children: []*flwr129.ObjectTree{
+		{ObjectId: recID, Children: []*flwr129.ObjectTree{{ObjectId: arrID, Children: kids}}}}}, objs)
+}
+
+// Chunk returns n bytes of a pattern that seed makes differ.
+func Chunk(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) ^ seed
+	}
+	return b
+}
+
+// Hex256 is the SHA-256 of b in lower-case hex: an object's id, a FAB's
+// hash.
+func Hex256(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }

@@ -7,8 +7,10 @@ package linkrules
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -98,15 +100,42 @@ func ParseObject(content []byte) (typ string, children []string, err error) {
 // children the object's tree gave it; the error is a FailedPrecondition
 // status (Flower's code for content that is not what it should be).
 func CheckObject(id string, content []byte, treeChildren []string) error {
-	if got := ObjectID(content); got != id {
-		return status.Errorf(codes.FailedPrecondition, "object %s: its bytes hash to %s: an object's id is the SHA-256 of its bytes", id, got)
+	return PrepareObject(id, content).Check(treeChildren)
+}
+
+// Object is pushed content, hashed and parsed once (PrepareObject), so
+// that a store can do that work before its transaction and use the hash
+// as the content's key.
+type Object struct {
+	ID       string
+	Sum      [sha256.Size]byte // the SHA-256 of the content
+	children []string
+	err      error // of the hash or the parse, in CheckObject's words
+}
+
+// PrepareObject hashes and parses content pushed as object id.
+func PrepareObject(id string, content []byte) Object {
+	o := Object{ID: id, Sum: sha256.Sum256(content)}
+	if got := hex.EncodeToString(o.Sum[:]); got != id {
+		o.err = status.Errorf(codes.FailedPrecondition, "object %s: its bytes hash to %s: an object's id is the SHA-256 of its bytes", id, got)
+		return o
 	}
 	_, children, err := ParseObject(content)
 	if err != nil {
-		return status.Errorf(codes.FailedPrecondition, "object %s has an unexpected structure: %v", id, err)
+		o.err = status.Errorf(codes.FailedPrecondition, "object %s has an unexpected structure: %v", id, err)
+		return o
 	}
-	if !sameSet(children, treeChildren) {
-		return status.Errorf(codes.FailedPrecondition, "object %s names children %v, its message's object tree gave it %v", id, children, treeChildren)
+	o.children = children
+	return o
+}
+
+// Check is CheckObject of the prepared content.
+func (o Object) Check(treeChildren []string) error {
+	if o.err != nil {
+		return o.err
+	}
+	if !sameSet(o.children, treeChildren) {
+		return status.Errorf(codes.FailedPrecondition, "object %s names children %v, its message's object tree gave it %v", o.ID, o.children, treeChildren)
 	}
 	return nil
 }
@@ -347,6 +376,66 @@ func MadeUpReply(ins *flwr129.Metadata, insID string, code int64, reason string,
 	return m, content
 }
 
+// CheckPairs checks that a push of messages holds some, each with its
+// object tree.
+func CheckPairs(msgs []*flwr129.Message, trees []*flwr129.ObjectTree) error {
+	if len(msgs) == 0 {
+		return status.Error(codes.InvalidArgument, "Malformed PushMessages: `messages_list` must not be empty")
+	}
+	if len(msgs) != len(trees) {
+		return status.Errorf(codes.InvalidArgument, "Malformed PushMessages: %d messages and %d object trees: send one tree per message", len(msgs), len(trees))
+	}
+	return nil
+}
+
+// CheckHeartbeatInterval refuses a node's heartbeat interval out of
+// Flower's bounds, in Flower's words (InvalidArgument).
+func CheckHeartbeatInterval(interval float64) error {
+	if !(interval >= state.HeartbeatMinInterval && interval <= state.HeartbeatMaxInterval) {
+		return status.Errorf(codes.InvalidArgument, "Invalid heartbeat interval: %v is out of bounds [%d, %d]", interval, state.HeartbeatMinInterval, state.HeartbeatMaxInterval)
+	}
+	return nil
+}
+
+// RandomID reads a random uint64 from r that is neither 0 nor one of
+// exclude: the ids of nodes and runs.
+func RandomID(r io.Reader, exclude ...uint64) (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return 0, status.Errorf(codes.Internal, "reading random bytes: %v", err)
+		}
+		v := binary.LittleEndian.Uint64(b[:])
+		if v != 0 && !slices.Contains(exclude, v) {
+			return v, nil
+		}
+	}
+}
+
+// RandomToken returns a new app token: state.TokenHexLength hex digits.
+func RandomToken(r io.Reader) (string, error) {
+	b := make([]byte, state.TokenHexLength/2)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", status.Errorf(codes.Internal, "reading random bytes: %v", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// The account of Flower's open-source build (no account plugin): every
+// node and run belongs to it.
+const (
+	NoopFlwrAID     = "<id:none>"
+	NoopAccountName = "none"
+)
+
+// MaxLogBytes is how much ServerApp output a run keeps; older output is
+// dropped first.
+const MaxLogBytes = 16 << 20
+
+// HeartbeatFailed is the details of a run whose ServerApp stopped sending
+// heartbeats (its token expired), Flower's words.
+const HeartbeatFailed = "No heartbeat received from the run."
+
 // ISOTime formats t as Python's datetime.isoformat of an aware UTC time,
 // as Flower writes its times: 2026-04-01T12:00:00.123456+00:00.
 func ISOTime(t time.Time) string {
@@ -359,3 +448,6 @@ func ISOTime(t time.Time) string {
 
 // Seconds is t as seconds since the epoch, as Python's timestamp().
 func Seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+// ISOSeconds is ISOTime of sec seconds since the epoch.
+func ISOSeconds(sec float64) string { return ISOTime(time.Unix(0, int64(sec*1e9))) }
