@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
@@ -138,7 +139,7 @@ func TestWrongAPIWithClientCertificates(t *testing.T) {
 	if err := os.WriteFile(crlFile, crl.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cas, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, CRLFile: crlFile, Logger: slog.New(slog.DiscardHandler)})
+	cas, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, CRLFile: crlFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,7 @@
 // Package transport builds the TLS and gRPC transport security of Sepal's
 // servers and clients around a CertSource, and turns TLS failures into
 // messages that say what to do. It knows no certificate origin: the
-// selfsigned and acme packages supply CertSources without importing it.
+// certfile and acme packages supply CertSources without importing it.
 package transport
 
 import (

@@ -22,7 +22,7 @@ import (
 // connection: it must not block on I/O, must be safe for concurrent use,
 // must not modify what it returned, and must return the same pointers
 // until what they hold changes (a reload returns new ones). The CRL applies
-// to the certificates of its issuer. selfsigned.ClientCAFile is one.
+// to the certificates of its issuer. certfile.ClientCAFile is one.
 type ClientCASource interface {
 	ClientCAs() (*x509.CertPool, *x509.RevocationList)
 }

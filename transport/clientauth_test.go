@@ -22,12 +22,13 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
-var _ transport.ClientCASource = (*selfsigned.ClientCAFile)(nil)
+var _ transport.ClientCASource = (*certfile.ClientCAFile)(nil)
 
 // mtlsPKI is a CA on disk with its CRL, a server certificate, and client
 // certificates issued as the test asks.
@@ -78,7 +79,7 @@ func (p *mtlsPKI) revoke(t testing.TB, serials ...*big.Int) {
 	t.Helper()
 	var prev *x509.RevocationList
 	if _, err := os.Stat(p.crlFile); err == nil {
-		l, err := selfsigned.LoadCRL(p.crlFile, p.CA.Cert)
+		l, err := certfile.LoadCRL(p.crlFile, p.CA.Cert)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +89,7 @@ func (p *mtlsPKI) revoke(t testing.TB, serials ...*big.Int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := selfsigned.WriteFileAtomic(p.crlFile, crl.PEM, 0o644); err != nil {
+	if err := certfile.WriteFileAtomic(p.crlFile, crl.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -161,9 +162,9 @@ func serveMTLS(t testing.TB, p *mtlsPKI, src transport.ClientCASource, role stri
 	return serveGRPC(t, grpc.Creds(transport.ClientAuthCredentials(p.Source(), transport.ClientAuth{CAs: src, Role: role, Refused: r.add})))
 }
 
-func clientCAFile(t testing.TB, p *mtlsPKI, poll time.Duration) *selfsigned.ClientCAFile {
+func clientCAFile(t testing.TB, p *mtlsPKI, poll time.Duration) *certfile.ClientCAFile {
 	t.Helper()
-	s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, CRLFile: p.crlFile, PollInterval: poll,
+	s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, CRLFile: p.crlFile, PollInterval: poll,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -417,7 +418,7 @@ func TestClientAuthCARemoved(t *testing.T) {
 	if err := os.WriteFile(caFile, other.CA.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	src2, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: caFile, Logger: slog.New(slog.DiscardHandler)})
+	src2, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: caFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -22,8 +23,8 @@ import (
 
 var (
 	_ transport.CertSource = testkit.StaticSource{}
-	_ transport.CertSource = (*selfsigned.FileSource)(nil)
-	_ transport.Runner     = (*selfsigned.FileSource)(nil)
+	_ transport.CertSource = (*certfile.FileSource)(nil)
+	_ transport.Runner     = (*certfile.FileSource)(nil)
 )
 
 // newPKI makes a fresh CA with the default options and a server

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/app"
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
@@ -295,7 +296,7 @@ func writeCertificates(dir string) (certFiles, error) {
 		{f.cert, pair.CertPEM, 0o644},
 		{f.key, pair.KeyPEM, 0o600},
 	} {
-		if err := selfsigned.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
+		if err := certfile.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
 			return f, err // "writing PATH: ..."
 		}
 	}
@@ -311,7 +312,7 @@ type superLink struct {
 
 func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc, f certFiles) (*superLink, error) {
 	log := d.log.With("component", "superlink")
-	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+	src, err := certfile.NewFileSource(certfile.FileSourceOptions{
 		CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Logger: log,
 	})
 	if err != nil {

@@ -28,9 +28,9 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/postgres"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -241,7 +241,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var creds credentials.TransportCredentials
 	switch c.mode {
 	case modeFiles:
-		fsrc, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+		fsrc, err := certfile.NewFileSource(certfile.FileSourceOptions{
 			CAFile:       c.caFile,
 			CertFile:     c.certFile,
 			KeyFile:      c.keyFile,

@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/acme"
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/metrics"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -67,11 +67,11 @@ func (f *metricsFlags) monitor(log *slog.Logger) *monitor {
 }
 
 // fileReload is the OnReload hook of the certificate files.
-func (mo *monitor) fileReload() func(selfsigned.ReloadEvent) {
+func (mo *monitor) fileReload() func(certfile.ReloadEvent) {
 	if mo == nil {
 		return nil
 	}
-	return func(e selfsigned.ReloadEvent) {
+	return func(e certfile.ReloadEvent) {
 		kind := "reload"
 		if e.Trigger == "start" {
 			kind = "start"
@@ -170,7 +170,7 @@ func (mo *monitor) watchCRL(m *mtlsFlags) {
 		return
 	}
 	mo.m.SetCRL(func() *x509.RevocationList {
-		for _, s := range []*selfsigned.ClientCAFile{m.fleetSrc, m.driverSrc} {
+		for _, s := range []*certfile.ClientCAFile{m.fleetSrc, m.driverSrc} {
 			if s != nil {
 				if _, crl := s.ClientCAs(); crl != nil {
 					return crl

@@ -16,8 +16,8 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -37,7 +37,7 @@ const (
 type mtlsFlags struct {
 	fs                     *pflag.FlagSet
 	fleetCA, driverCA, crl string
-	fleetSrc, driverSrc    *selfsigned.ClientCAFile // nil: that API asks for no client certificate
+	fleetSrc, driverSrc    *certfile.ClientCAFile // nil: that API asks for no client certificate
 	refusals               *refusalLog
 }
 
@@ -86,8 +86,8 @@ func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Durati
 		return nil
 	}
 	m.refusals = &refusalLog{log: log, seen: map[string]time.Time{}}
-	open := func(flag, file string) (*selfsigned.ClientCAFile, error) {
-		s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
+	open := func(flag, file string) (*certfile.ClientCAFile, error) {
+		s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
 			Logger: log.With("client_ca_flag", "--"+flag), NoSIGHUP: true})
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", flag, err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -113,10 +114,10 @@ func TestRefusalLogCoalesces(t *testing.T) {
 }
 
 // clientCASource is a ClientCAFile of a new CA.
-func clientCASource(t *testing.T) *selfsigned.ClientCAFile {
+func clientCASource(t *testing.T) *certfile.ClientCAFile {
 	t.Helper()
 	p := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
-	s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, Logger: slog.New(slog.DiscardHandler)})
+	s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

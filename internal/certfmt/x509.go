@@ -1,7 +1,7 @@
 package certfmt
 
 // The certificate checks that the SuperLink (transport), the CA files
-// (selfsigned) and flower-certs share, kept here because none of those
+// (certfile) and flower-certs share, kept here because none of those
 // packages may import the others.
 
 import (

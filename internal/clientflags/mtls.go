@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -34,7 +34,7 @@ func (f *Flags) registerClientCert(fs *pflag.FlagSet, api string) {
 }
 
 // withClientCert adds the client certificate and the role to o, once the
-// certificate passed selfsigned.CheckClient and holds the identity of the
+// certificate passed certfile.CheckClient and holds the identity of the
 // role the API admits (a file error or another role, naming the flag: exit
 // 1). Conflicts with --insecure, and one flag without the other, are usage
 // errors (transport's own checks of the options).
@@ -48,10 +48,10 @@ func (f *Flags) withClientCert(o transport.ClientOptions) (transport.ClientOptio
 	if f.ClientCertificate == "" {
 		return o, nil
 	}
-	c, err := selfsigned.CheckClient(f.ClientCertificate, f.ClientKey, time.Now())
+	c, err := certfile.CheckClient(f.ClientCertificate, f.ClientKey, time.Now())
 	if err != nil {
 		flag := "--client-certificate"
-		var fe *selfsigned.FileError
+		var fe *certfile.FileError
 		if errors.As(err, &fe) && fe.Path == f.ClientKey && fe.Path != f.ClientCertificate {
 			flag = "--client-key"
 		}

@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -51,12 +52,12 @@ func (l *logBuf) count(s string) int { return strings.Count(l.String(), s) }
 // fixture is a CA and server pair on disk in a temp folder.
 type fixture struct {
 	dir                       string
-	ca                        *CA
+	ca                        *selfsigned.CA
 	caFile, certFile, keyFile string
 	log                       *logBuf
 }
 
-func newFixture(t testing.TB) (*fixture, *Pair) {
+func newFixture(t testing.TB) (*fixture, *selfsigned.Pair) {
 	t.Helper()
 	dir := t.TempDir()
 	fx := &fixture{dir: dir, ca: newTestCA(t), log: &logBuf{},
@@ -69,16 +70,16 @@ func newFixture(t testing.TB) (*fixture, *Pair) {
 	return fx, p
 }
 
-func (fx *fixture) issue(t testing.TB) *Pair {
+func (fx *fixture) issue(t testing.TB) *selfsigned.Pair {
 	t.Helper()
-	p, err := fx.ca.IssueServer(ServerOptions{})
+	p, err := fx.ca.IssueServer(selfsigned.ServerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func (fx *fixture) writePair(t testing.TB, p *Pair) {
+func (fx *fixture) writePair(t testing.TB, p *selfsigned.Pair) {
 	t.Helper()
 	if err := WriteFileAtomic(fx.certFile, p.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
@@ -154,7 +155,7 @@ func serveTLS(t testing.TB, s *FileSource) string {
 
 // handshake does one full TLS handshake, verifying against the CA, and
 // returns the serial of the certificate served.
-func handshake(addr string, ca *CA) (*big.Int, error) {
+func handshake(addr string, ca *selfsigned.CA) (*big.Int, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)
 	d := &net.Dialer{Timeout: 10 * time.Second}
@@ -168,7 +169,7 @@ func handshake(addr string, ca *CA) (*big.Int, error) {
 
 // waitServed does handshakes until one gets serial want, or fails after a
 // generous deadline (this is not a timing assertion).
-func waitServed(t testing.TB, addr string, ca *CA, want *big.Int) {
+func waitServed(t testing.TB, addr string, ca *selfsigned.CA, want *big.Int) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	var got *big.Int
@@ -314,7 +315,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 // certificate that is not yet valid is served once its time comes.
 func TestFileSourcePollLogsOnce(t *testing.T) {
 	fx, first := newFixture(t)
-	future, err := fx.ca.IssueServer(ServerOptions{NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
+	future, err := fx.ca.IssueServer(selfsigned.ServerOptions{NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,8 +335,8 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 		serial := func() *big.Int { c, _ := s.GetCertificate(nil); return c.Leaf.SerialNumber }
 		const failed = "certificate reload failed"
 
-		synctest.Wait()                                                      // Run's ticker has started
-		fx.writePair(t, &Pair{CertPEM: other.CertPEM, KeyPEM: first.KeyPEM}) // half-written
+		synctest.Wait()                                                                 // Run's ticker has started
+		fx.writePair(t, &selfsigned.Pair{CertPEM: other.CertPEM, KeyPEM: first.KeyPEM}) // half-written
 		time.Sleep(DefaultPollInterval * 3 / 2)
 		synctest.Wait()
 		if n := fx.log.count(failed); n != 0 {
@@ -346,7 +347,7 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 		if n := fx.log.count(failed); n != 1 {
 			t.Errorf("after 10 polls of one bad change: %d failures logged, want 1", n)
 		}
-		fx.writePair(t, &Pair{CertPEM: []byte("x"), KeyPEM: first.KeyPEM}) // another bad change
+		fx.writePair(t, &selfsigned.Pair{CertPEM: []byte("x"), KeyPEM: first.KeyPEM}) // another bad change
 		time.Sleep(10 * DefaultPollInterval)
 		synctest.Wait()
 		if n := fx.log.count(failed); n != 2 {
@@ -408,8 +409,8 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 func ExampleFileSource() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
-	ca, _ := NewCA(CAOptions{})
-	pair, _ := ca.IssueServer(ServerOptions{Hosts: []string{"flower.example.org"}})
+	ca, _ := selfsigned.NewCA(selfsigned.CAOptions{})
+	pair, _ := ca.IssueServer(selfsigned.ServerOptions{Hosts: []string{"flower.example.org"}})
 	caFile, certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
 	WriteFileAtomic(caFile, ca.CertPEM, 0o644)
 	WriteFileAtomic(certFile, pair.CertPEM, 0o644)
@@ -442,9 +443,9 @@ func ExampleCheck() {
 }
 
 func ExampleCA_IssueServer() {
-	ca, _ := NewCA(CAOptions{})
-	pair, _ := ca.IssueServer(ServerOptions{Hosts: []string{"flower.example.org", "10.0.0.5"}})
-	fmt.Println(pair.Leaf.DNSNames, pair.Leaf.IPAddresses, strings.HasPrefix(pair.Leaf.Issuer.CommonName, DefaultCACommonName+" "))
+	ca, _ := selfsigned.NewCA(selfsigned.CAOptions{})
+	pair, _ := ca.IssueServer(selfsigned.ServerOptions{Hosts: []string{"flower.example.org", "10.0.0.5"}})
+	fmt.Println(pair.Leaf.DNSNames, pair.Leaf.IPAddresses, strings.HasPrefix(pair.Leaf.Issuer.CommonName, selfsigned.DefaultCACommonName+" "))
 	// Output: [localhost flower.example.org] [127.0.0.1 ::1 10.0.0.5] true
 }
 

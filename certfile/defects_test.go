@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"crypto/rand"
@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/internal/certfmt"
+	"github.com/sepal-fl/sepal/selfsigned"
 )
 
 // rsaPair makes an RSA key of bits and a server certificate for it, signed
 // by ca, or a self-signed CA certificate when ca is nil.
-func rsaPair(t *testing.T, bits int, ca *CA) *CA {
+func rsaPair(t *testing.T, bits int, ca *selfsigned.CA) *selfsigned.CA {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, bits)
 	if err != nil {
@@ -48,7 +49,7 @@ func TestWeakRSAKeysRefused(t *testing.T) {
 	}
 
 	weakCA := rsaPair(t, 1024, nil)
-	leaf, err := weakCA.IssueServer(ServerOptions{KeyType: RSA2048, NotAfter: time.Now().Add(30 * time.Minute)})
+	leaf, err := weakCA.IssueServer(selfsigned.ServerOptions{KeyType: selfsigned.RSA2048, NotAfter: time.Now().Add(30 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}

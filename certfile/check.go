@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"bytes"
@@ -563,3 +563,6 @@ func KeyAlgorithm(pub crypto.PublicKey) string {
 
 // serialHex is c's serial as "openssl x509 -serial" prints it.
 func serialHex(c *x509.Certificate) string { return certfmt.Serial(c.SerialNumber) }
+
+// stamp formats a time for messages, in UTC.
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
