@@ -31,16 +31,12 @@ type ClientCAOptions struct {
 	// Now is the clock the files are validated against; nil means
 	// time.Now.
 	Now func() time.Time
-	// NoSIGHUP leaves SIGHUP to the caller: Run only polls, and the caller
-	// calls Reload when the process gets SIGHUP. Default false: Run reloads
-	// on SIGHUP.
-	NoSIGHUP bool
 }
 
 // ClientCAFile serves the CAs that client certificates must chain to and
 // the list of revoked ones, read from a CA file and an optional CRL file,
 // and reloads them while it serves, as FileSource does its certificate: it
-// polls every PollInterval, reloads at once on SIGHUP (Run) or Reload, and
+// polls every PollInterval (Run), reloads at once on Reload, and
 // replaces what it serves only by files that pass its checks, keeping the
 // last good ones otherwise (and logging why once). ClientCAs satisfies
 // transport.ClientCASource.
@@ -90,15 +86,14 @@ func NewClientCAFile(o ClientCAOptions) (*ClientCAFile, error) {
 	}
 	s := &ClientCAFile{o: o, log: o.Logger}
 	s.reloader = reloader[*clientCAFiles, clientTrust]{
-		read:     s.read,
-		check:    (*clientCAFiles).check,
-		now:      o.Now,
-		poll:     o.PollInterval,
-		noSIGHUP: o.NoSIGHUP,
-		swapped:  s.swapped,
-		failed:   s.failed,
-		idle:     func(time.Time) {},
-		retry:    errNotYetValid,
+		read:    s.read,
+		check:   (*clientCAFiles).check,
+		now:     o.Now,
+		poll:    o.PollInterval,
+		swapped: s.swapped,
+		failed:  s.failed,
+		idle:    func(time.Time) {},
+		retry:   errNotYetValid,
 	}
 	if _, err := s.start(); err != nil {
 		return nil, err
@@ -115,10 +110,8 @@ func (s *ClientCAFile) ClientCAs() (*x509.CertPool, *x509.RevocationList) {
 	return t.pool, t.crl
 }
 
-// Run polls the files every PollInterval, and reloads them at once when the
-// process receives SIGHUP (unless NoSIGHUP), until ctx ends; then it stops
-// listening for SIGHUP and returns nil. A failed reload is logged, not
-// returned.
+// Run polls the files every PollInterval until ctx ends, then returns nil.
+// A failed reload is logged, not returned.
 func (s *ClientCAFile) Run(ctx context.Context) error { return s.reloader.Run(ctx) }
 
 // Reload reads the files now and serves them if they changed and pass the

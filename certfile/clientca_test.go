@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -184,7 +183,7 @@ func TestClientCAFileChecks(t *testing.T) {
 }
 
 // TestClientCAFileReload: a revocation is picked up by Reload, by the poll
-// and on SIGHUP; a bad CRL keeps the last good one and is logged once.
+// and on Reload; a bad CRL keeps the last good one and is logged once.
 func TestClientCAFileReload(t *testing.T) {
 	fx := newClientCAFixture(t)
 	a, _ := fx.ca.IssueClient(selfsigned.ClientOptions{CommonName: "a"})
@@ -241,16 +240,19 @@ func TestClientCAFileReload(t *testing.T) {
 	}
 	waitRevoked(t, s, b.Leaf)
 
-	// SIGHUP, with polls an hour apart.
+	// Reload (what a command's SIGHUP handler calls), with polls an hour
+	// apart.
 	s2 := fx.source(t, time.Hour)
 	run(t, s2)
 	fx.revoke(t, c.Leaf.SerialNumber)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+	if err := s2.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	waitRevoked(t, s2, c.Leaf)
-	if !strings.Contains(fx.log.String(), "trigger=sighup") {
-		t.Errorf("the log does not say SIGHUP triggered the reload:\n%s", fx.log)
+	if _, l := s2.ClientCAs(); !selfsigned.Revoked(l, c.Leaf) {
+		t.Error("Reload did not pick up the new CRL")
+	}
+	if !strings.Contains(fx.log.String(), "trigger=reload") {
+		t.Errorf("the log does not say Reload triggered the reload:\n%s", fx.log)
 	}
 }
 
@@ -311,36 +313,5 @@ func TestCheckClient(t *testing.T) {
 				}
 			}
 		}
-	}
-}
-
-// TestClientCAFileNoSIGHUP: with NoSIGHUP, Run leaves SIGHUP alone (another
-// source here catches it, so that the signal does not end the test); the
-// caller's Reload picks the change up.
-func TestClientCAFileNoSIGHUP(t *testing.T) {
-	fx := newClientCAFixture(t)
-	a, _ := fx.ca.IssueClient(selfsigned.ClientOptions{CommonName: "a"})
-	quiet, err := NewClientCAFile(ClientCAOptions{CAFile: fx.caFile, CRLFile: fx.crlFile, PollInterval: time.Hour, NoSIGHUP: true,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catcher := fx.source(t, time.Hour)
-	run(t, quiet)
-	run(t, catcher)
-	fx.revoke(t, a.Leaf.SerialNumber)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	waitRevoked(t, catcher, a.Leaf)
-	time.Sleep(50 * time.Millisecond) // the quiet one had its chance
-	if _, l := quiet.ClientCAs(); selfsigned.Revoked(l, a.Leaf) {
-		t.Fatal("a source with NoSIGHUP reloaded on SIGHUP")
-	}
-	if err := quiet.Reload(); err != nil {
-		t.Fatal(err)
-	}
-	if _, l := quiet.ClientCAs(); !selfsigned.Revoked(l, a.Leaf) {
-		t.Error("Reload did not pick up the new CRL")
 	}
 }

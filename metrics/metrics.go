@@ -174,7 +174,7 @@ type CertEvent struct {
 	// Kind is what happened: "start" and "reload" for files, "load",
 	// "obtain" and "renew" for ACME.
 	Kind string
-	// Trigger is what caused a file reload ("poll", "sighup"); "" for ACME.
+	// Trigger is what caused a file reload ("poll", "reload"); "" for ACME.
 	Trigger string
 	// Name is the ACME domain; "" for files.
 	Name string

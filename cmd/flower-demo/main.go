@@ -121,6 +121,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelInfo
 	}
 	d := &demo{opts: o, out: stdout, log: cli.NewFormatLogger(stderr, level, o.logFormat)}
+	// SIGHUP never ends the demo: it reloads the SuperLink's certificate
+	// files once they are made.
+	ctx, hup, stop := cli.Signals(ctx, d.log)
+	defer stop()
+	hup.Nothing("the certificates are not made yet")
+	d.hup = hup
 	return d.run(ctx)
 }
 
@@ -128,6 +134,7 @@ type demo struct {
 	opts *options
 	out  io.Writer
 	log  *slog.Logger
+	hup  *cli.Hangup
 }
 
 func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
@@ -318,6 +325,7 @@ func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc,
 	if err != nil {
 		return nil, fmt.Errorf("loading the certificates: %w", err)
 	}
+	d.hup.Add("certificate files", src.Reload)
 	fleetLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listening for the Fleet API on 127.0.0.1: %w", err)

@@ -247,7 +247,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			KeyFile:      c.keyFile,
 			PollInterval: c.pollInterval,
 			Logger:       log,
-			NoSIGHUP:     true, // reloaded by hup
 			OnReload:     mon.fileReload(),
 		})
 		if err != nil {

@@ -88,7 +88,7 @@ func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Durati
 	m.refusals = &refusalLog{log: log, seen: map[string]time.Time{}}
 	open := func(flag, file string) (*certfile.ClientCAFile, error) {
 		s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
-			Logger: log.With("client_ca_flag", "--"+flag), NoSIGHUP: true})
+			Logger: log.With("client_ca_flag", "--"+flag)})
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", flag, err)
 		}
