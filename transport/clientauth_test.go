@@ -216,11 +216,11 @@ func TestClientAuth(t *testing.T) {
 		server    []string // words of the server's refusal
 	}{
 		{"no certificate", "", "", transport.CauseNoCertificate,
-			[]string{"requires a client certificate", "--client-certificate", "flower-certs node NAME"}, []string{"client certificate refused", "presented none"}},
+			[]string{"requires a client certificate", "ClientOptions.ClientCertificate", "node certificate"}, []string{"client certificate refused", "presented none"}},
 		{"another CA", otherCert, otherKey, transport.CauseUnknownCA,
 			[]string{"does not trust the CA", otherCert, "sepal:node:eve"}, []string{"sepal:node:eve", "not issued by a CA"}},
 		{"revoked", revCert, revKey, transport.CauseRevoked,
-			[]string{"revoked", "sepal:node:mallory", "flower-certs node --force mallory"}, []string{"sepal:node:mallory", "is revoked"}},
+			[]string{"revoked", "sepal:node:mallory", "ask the server's operator for a new one"}, []string{"sepal:node:mallory", "is revoked"}},
 		{"expired", oldCert, oldKey, transport.CauseExpired,
 			[]string{"expired", oldCert}, []string{"sepal:node:old", "expired"}},
 		{"no identity", anonCert, anonKey, transport.CauseNoIdentity,
@@ -471,7 +471,7 @@ func TestClientAuthACMEValidation(t *testing.T) {
 }
 
 // TestClientOptionsClientCertErrors: the client's own certificate options
-// are checked before anything is dialled, naming the flags.
+// are checked before anything is dialled, naming the fields.
 func TestClientOptionsClientCertErrors(t *testing.T) {
 	p := newMTLSPKI(t)
 	cert, key, _ := p.client(t, p.CA, transport.RoleNode, "dave", selfsigned.ClientOptions{})
@@ -480,10 +480,10 @@ func TestClientOptionsClientCertErrors(t *testing.T) {
 		o     transport.ClientOptions
 		words []string
 	}{
-		{transport.ClientOptions{ClientCertificate: cert}, []string{"--client-certificate", "needs --client-key"}},
-		{transport.ClientOptions{ClientKey: key}, []string{"--client-key", "needs --client-certificate"}},
-		{transport.ClientOptions{ClientCertificate: cert, ClientKey: key, Insecure: true}, []string{"--insecure and --client-certificate conflict"}},
-		{transport.ClientOptions{ClientCertificate: cert, ClientKey: otherKey}, []string{"--client-certificate", "--client-key", "private key does not match"}},
+		{transport.ClientOptions{ClientCertificate: cert}, []string{"ClientOptions.ClientCertificate", "needs ClientOptions.ClientKey"}},
+		{transport.ClientOptions{ClientKey: key}, []string{"ClientOptions.ClientKey", "needs ClientOptions.ClientCertificate"}},
+		{transport.ClientOptions{ClientCertificate: cert, ClientKey: key, Insecure: true}, []string{"ClientOptions.Insecure and ClientOptions.ClientCertificate conflict"}},
+		{transport.ClientOptions{ClientCertificate: cert, ClientKey: otherKey}, []string{"ClientOptions.ClientCertificate", "ClientOptions.ClientKey", "private key does not match"}},
 		{transport.ClientOptions{ClientCertificate: cert + ".missing", ClientKey: key}, []string{"no such file"}},
 	} {
 		_, err := transport.ClientConfig(c.o)

@@ -207,6 +207,32 @@ func (r *refusalLog) hook(api string) func(*transport.ClientCertError) {
 		if e.Serial != "" {
 			attrs = append(attrs, "serial", e.Serial)
 		}
-		r.log.Warn(e.Error(), attrs...)
+		r.log.Warn(refusalMessage(e), attrs...)
 	}
+}
+
+// refusalMessage is e's message for the SuperLink's operator: transport's
+// words for the refusal, with the flower-certs command that issues the
+// client certificate.
+func refusalMessage(e *transport.ClientCertError) string {
+	reissue := fmt.Sprintf("flower-certs %s --force NAME", e.Role)
+	if e.Identity.Name != "" {
+		reissue = fmt.Sprintf("flower-certs %s --force %s", e.Identity.Role, e.Identity.Name)
+	}
+	var fix string
+	switch e.Cause {
+	case transport.CauseNoCertificate:
+		fix = fmt.Sprintf("give the client one (flower-certs %s NAME) with --client-certificate and --client-key", e.Role)
+	case transport.CauseUnknownCA:
+		fix = fmt.Sprintf("issue it from the SuperLink's CA (flower-certs %s NAME)", e.Role)
+	case transport.CauseExpired:
+		fix = fmt.Sprintf("issue a new one (%s), or check the clocks", reissue)
+	case transport.CauseRevoked:
+		fix = fmt.Sprintf("its holder needs a new certificate to connect again (%s)", reissue)
+	case transport.CauseWrongRole, transport.CauseNoIdentity:
+		fix = fmt.Sprintf("issue one with flower-certs %s NAME", e.Role)
+	default:
+		fix = fmt.Sprintf("give the client a %s certificate of the SuperLink's CA (flower-certs %s NAME)", transport.RoleName(e.Role), e.Role)
+	}
+	return e.Problem() + ": " + fix
 }

@@ -37,17 +37,20 @@ func (f *Flags) registerClientCert(fs *pflag.FlagSet, api string) {
 // certificate passed certfile.CheckClient and holds the identity of the
 // role the API admits (a file error or another role, naming the flag: exit
 // 1). Conflicts with --insecure, and one flag without the other, are usage
-// errors (transport's own checks of the options).
+// errors (the checks of transport's ValidateClientCert, naming the flags).
 func (f *Flags) withClientCert(o transport.ClientOptions) (transport.ClientOptions, error) {
 	o.Role = f.role
-	o.ClientCertificate, o.ClientKey = f.ClientCertificate, f.ClientKey
-	if err := o.ValidateClientCert(); err != nil {
-		o.ClientCertificate, o.ClientKey = "", ""
-		return o, cli.Usagef("%v", err)
-	}
-	if f.ClientCertificate == "" {
+	switch {
+	case f.ClientCertificate == "" && f.ClientKey == "":
 		return o, nil
+	case f.Insecure:
+		return o, cli.Usagef("--insecure and --client-certificate conflict: a client certificate is presented only over TLS; drop --insecure")
+	case f.ClientKey == "":
+		return o, cli.Usagef("--client-certificate %s needs --client-key with its private key", f.ClientCertificate)
+	case f.ClientCertificate == "":
+		return o, cli.Usagef("--client-key %s needs --client-certificate with the certificate", f.ClientKey)
 	}
+	o.ClientCertificate, o.ClientKey = f.ClientCertificate, f.ClientKey
 	c, err := certfile.CheckClient(f.ClientCertificate, f.ClientKey, time.Now())
 	if err != nil {
 		flag := "--client-certificate"
