@@ -1,9 +1,9 @@
 package clientflags
 
-// This file words the failures of transport for the user of these flags:
-// transport names its options (ClientOptions.RootCertificates, the address
-// dialled); a command user passed flags, and gets certificates from
-// flower-certs.
+// This file words the failures of transport and app for the user of these
+// flags: the libraries name their options (ClientOptions.RootCertificates,
+// the address dialled); a command user passed flags, and gets
+// certificates from flower-certs.
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 
+	"github.com/sepal-fl/sepal/app"
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -34,17 +35,29 @@ var fieldsAsFlags = func() *strings.Replacer {
 	return strings.NewReplacer(pairs...)
 }()
 
+// superLinkAPI is what a command user needs to know of each SuperLink API:
+// the flower-superlink flag that sets its address.
+var superLinkAPI = map[string]struct{ who, flag, port string }{
+	"Fleet API":  {"client apps (SuperNodes)", "--grpc-rere-fleet-api-address", "9092"},
+	"Driver API": {"server apps", "--driver-api-address", "9091"},
+}
+
 // Explain words err, the failure of app.RunNode, app.RunFedAvg or
 // app.StopNodes run with these flags, for the command's user: a
 // *transport.Error in it becomes one line that names the flags to pass and
-// the flower-certs command that fixes it. The result
+// the flower-certs command that fixes it, an *app.WrongAPIError one that
+// names the flower-superlink flag of the API to dial. The result
 // unwraps to err, so errors.Is sees what err matched; any other error, and
 // nil, come back unchanged.
 func (f *Flags) Explain(err error) error {
 	var msg string
 	var te *transport.Error
-	if errors.As(err, &te) {
+	var we *app.WrongAPIError
+	switch {
+	case errors.As(err, &te):
 		msg = f.transportMessage(te)
+	case errors.As(err, &we):
+		msg = wrongAPIMessage(we)
 	}
 	if msg == "" {
 		return err
@@ -204,4 +217,19 @@ func (f *Flags) clientCertRefused(e *transport.Error) string {
 		return ""
 	}
 	return e.Problem() + ": " + fix
+}
+
+// wrongAPIMessage says which SuperLink API the address is and which
+// flower-superlink flag sets the one to dial.
+func wrongAPIMessage(e *app.WrongAPIError) string {
+	want, ok := superLinkAPI[e.Want]
+	if !ok {
+		return ""
+	}
+	where := fmt.Sprintf("%s connect to the SuperLink's %s: the port of flower-superlink's %s (default %s), such as --server %s",
+		strings.ToUpper(want.who[:1])+want.who[1:], e.Want, want.flag, want.port, e.Instead)
+	if found, ok := superLinkAPI[e.Found]; ok {
+		return fmt.Sprintf("%s is the SuperLink's %s, where %s connect, not its %s. %s", e.Addr, e.Found, found.who, e.Want, where)
+	}
+	return fmt.Sprintf("%s does not serve the SuperLink's %s (it answered: %s); is it a SuperLink? %s", e.Addr, e.Want, e.Answer, where)
 }

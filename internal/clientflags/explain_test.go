@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/app"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -273,7 +274,29 @@ func TestExplainClientCertificateRefused(t *testing.T) {
 	}
 }
 
-// Errors that are not transport's pass unchanged.
+// TestExplainWrongAPI: an app at the other API's port is told which port
+// it is and which flower-superlink flag sets the one to dial.
+func TestExplainWrongAPI(t *testing.T) {
+	f, _ := parse(t)
+	for _, c := range []struct {
+		e    *app.WrongAPIError
+		want string
+	}{
+		{&app.WrongAPIError{Addr: "127.0.0.1:9091", Want: "Fleet API", Found: "Driver API", Instead: "127.0.0.1:9092"},
+			"127.0.0.1:9091 is the SuperLink's Driver API, where server apps connect, not its Fleet API. Client apps (SuperNodes) connect to the SuperLink's Fleet API: the port of flower-superlink's --grpc-rere-fleet-api-address (default 9092), such as --server 127.0.0.1:9092"},
+		{&app.WrongAPIError{Addr: "127.0.0.1:9092", Want: "Driver API", Found: "Fleet API", Instead: "127.0.0.1:9091"},
+			"127.0.0.1:9092 is the SuperLink's Fleet API, where client apps (SuperNodes) connect, not its Driver API. Server apps connect to the SuperLink's Driver API: the port of flower-superlink's --driver-api-address (default 9091), such as --server 127.0.0.1:9091"},
+		{&app.WrongAPIError{Addr: "127.0.0.1:8080", Want: "Fleet API", Answer: "unknown service flwr.proto.Fleet", Instead: "127.0.0.1:9092"},
+			"127.0.0.1:8080 does not serve the SuperLink's Fleet API (it answered: unknown service flwr.proto.Fleet); is it a SuperLink? Client apps (SuperNodes) connect to the SuperLink's Fleet API: the port of flower-superlink's --grpc-rere-fleet-api-address (default 9092), such as --server 127.0.0.1:9092"},
+	} {
+		got := f.Explain(fmt.Errorf("wrapped: %w", c.e))
+		if got.Error() != c.want || !errors.Is(got, app.ErrWrongAPI) {
+			t.Errorf("got  %q\nwant %q", got, c.want)
+		}
+	}
+}
+
+// Errors that are neither transport's nor app's wrong API pass unchanged.
 func TestExplainOthers(t *testing.T) {
 	f, _ := parse(t)
 	other := errors.New("round 1: no usable result")
