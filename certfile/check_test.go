@@ -169,10 +169,10 @@ func TestCheck(t *testing.T) {
 		{name: "malformed certificate", ca: caFile, cert: w("bad.pem", badCert), key: keyFile,
 			want: ErrMalformed, wantFile: "bad.pem", wantText: []string{"does not parse"}},
 		{name: "key does not match", ca: caFile, cert: certFile, key: w("other.key", other.KeyPEM),
-			want: ErrKeyMismatch, wantFile: "other.key", wantText: []string{"does not match", "server.pem", "flower-certs --force"}},
+			want: ErrKeyMismatch, wantFile: "other.key", wantText: []string{"does not match", "server.pem", "issue a new server certificate from the same CA"}},
 		{name: "expired", ca: caFile, cert: w("expired.pem", expired.CertPEM), key: w("expired.key", expired.KeyPEM),
 			want: ErrExpired, wantFile: "expired.pem",
-			wantText: []string{"expired on " + stamp(expired.Leaf.NotAfter), stamp(expired.Leaf.NotBefore), "flower-certs --force"}},
+			wantText: []string{"expired on " + stamp(expired.Leaf.NotAfter), stamp(expired.Leaf.NotBefore), "issue a new server certificate from the same CA"}},
 		{name: "expired by the given time", ca: caFile, cert: certFile, key: keyFile, checkAtTimeOffset: 400 * 24 * time.Hour,
 			want: ErrExpired, wantFile: "server.pem"},
 		{name: "not yet valid", ca: caFile, cert: w("future.pem", future.CertPEM), key: w("future.key", future.KeyPEM),
@@ -181,9 +181,9 @@ func TestCheck(t *testing.T) {
 		{name: "signed by another CA", ca: caFile, cert: w("foreign.pem", foreign.CertPEM), key: w("foreign.key", foreign.KeyPEM),
 			want: ErrUntrusted, wantFile: "foreign.pem", wantText: []string{"does not chain to the CA in " + caFile, "was the CA made again"}},
 		{name: "CA expired", ca: oldCAFile, cert: w("old.pem", oldCALeaf.CertPEM), key: w("old.key", oldCALeaf.KeyPEM),
-			want: ErrExpired, wantFile: "old-ca.crt", wantText: []string{"CA certificate", "--new-ca"}},
+			want: ErrExpired, wantFile: "old-ca.crt", wantText: []string{"CA certificate", "make a new CA"}},
 		{name: "no SANs", ca: caFile, cert: w("nosan.pem", noSAN.CertPEM), key: w("nosan.key", noSAN.KeyPEM),
-			want: ErrNoSAN, wantFile: "nosan.pem", wantText: []string{"no subject alternative names", "--host"}},
+			want: ErrNoSAN, wantFile: "nosan.pem", wantText: []string{"no subject alternative names", "issue one with the names clients dial"}},
 		{name: "client certificate", ca: caFile, cert: w("client.pem", clientOnly.CertPEM), key: w("client.key", clientOnly.KeyPEM),
 			want: ErrWrongUsage, wantFile: "client.pem", wantText: []string{"serverAuth"}},
 	} {
@@ -307,9 +307,12 @@ func TestCheckACMECertificateFixes(t *testing.T) {
 			t.Fatalf("warnings for a certificate ending in 7 days: %q", warn)
 		}
 		for _, msg := range []string{fe.Fix, warn[0]} {
-			if withCAKey != strings.Contains(msg, "flower-certs --force") || withCAKey == strings.Contains(msg, "ACME client") {
+			if withCAKey != strings.Contains(msg, RemedyIssueServer.String()) || withCAKey == strings.Contains(msg, "ACME client") {
 				t.Errorf("CA key beside it %v: %q", withCAKey, msg)
 			}
+		}
+		if want := map[bool]Remedy{true: RemedyIssueServer, false: RemedyRenewElsewhere}[withCAKey]; fe.Remedy != want {
+			t.Errorf("CA key beside it %v: Remedy %v, want %v", withCAKey, fe.Remedy, want)
 		}
 	}
 }

@@ -9,10 +9,6 @@ import (
 	"github.com/sepal-fl/sepal/internal/certfmt"
 )
 
-// fixRenewClient is the advice for a client certificate that must be
-// replaced.
-const fixRenewClient = `issue a new one from the SuperLink's CA with "flower-certs node --force NAME" (or "flower-certs serverapp --force NAME")`
-
 // CheckClient validates a client certificate file and its key file as a
 // client starts, and returns the certificate to present (Leaf set;
 // Certificate holds every certificate of certFile). now zero means
@@ -44,7 +40,7 @@ func CheckClient(certFile, keyFile string, now time.Time) (*tls.Certificate, err
 	if !certfmt.HasUsage(leaf, x509.ExtKeyUsageClientAuth) {
 		return nil, &FileError{Path: certFile, Role: roleClientCert, Err: ErrWrongUsage,
 			Detail: fmt.Sprintf("certificate %q lacks the clientAuth extended key usage, so no server accepts it from a client (is it a server certificate?)", leaf.Subject.CommonName),
-			Fix:    fixRenewClient}
+			Fix:    RemedyIssueClient.String(), Remedy: RemedyIssueClient}
 	}
 	c := &tls.Certificate{PrivateKey: key, Leaf: leaf}
 	for _, x := range chain {

@@ -31,6 +31,9 @@ type ClientCAOptions struct {
 	// Now is the clock the files are validated against; nil means
 	// time.Now.
 	Now func() time.Time
+	// Remedies words the remedies of the failures the source logs, as
+	// FileSourceOptions.Remedies does. Default nil: the general words.
+	Remedies func(r Remedy, path string) string
 }
 
 // ClientCAFile serves the CAs that client certificates must chain to and
@@ -174,7 +177,7 @@ func (f *clientCAFiles) check(now time.Time) (*clientTrust, error) {
 // failed logs a failed reload. The reloader's mu is held.
 func (s *ClientCAFile) failed(trigger string, err error) {
 	s.log.Error("client CA reload failed; checking client certificates against the previous CAs and CRL",
-		"trigger", trigger, "error", err)
+		"trigger", trigger, "error", worded(err, s.o.Remedies))
 }
 
 // swapped logs what is now served. The reloader's mu is held (or s is new).

@@ -298,7 +298,7 @@ func TestCheckClient(t *testing.T) {
 		want      error
 		words     []string
 	}{
-		{"key of another", cert, write("bob.key", other.KeyPEM), ErrKeyMismatch, []string{"client key file", "flower-certs node --force"}},
+		{"key of another", cert, write("bob.key", other.KeyPEM), ErrKeyMismatch, []string{"client key file", "issue a new one from the SuperLink's CA"}},
 		{"expired", write("old.pem", old.CertPEM), write("old.key", old.KeyPEM), ErrExpired, []string{"client certificate file", "expired on"}},
 		{"server certificate", write("server.pem", server.CertPEM), write("server.key", server.KeyPEM), ErrWrongUsage, []string{"clientAuth"}},
 		{"missing", cert + ".x", key, ErrMissing, []string{".x"}},

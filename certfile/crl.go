@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -34,18 +33,6 @@ func LoadCRL(path string, ca *x509.Certificate) (*x509.RevocationList, error) {
 	return list, nil
 }
 
-// crlCommand is the flower-certs command that writes an empty CRL of the CA
-// when the CRL at path is missing or another CA's: flower-certs revoke
-// without a NAME, in the CA's folder (the CRL's folder, when it is the
-// crl.pem flower-certs writes there).
-func crlCommand(path string) string {
-	dir := "CA_FOLDER"
-	if filepath.Base(path) == "crl.pem" {
-		dir = filepath.Dir(path)
-	}
-	return fmt.Sprintf("%q", "flower-certs revoke --dir "+dir)
-}
-
 // parseCRLPEM parses the one CRL of data.
 func parseCRLPEM(path string, data []byte) (*x509.RevocationList, error) {
 	var list *x509.RevocationList
@@ -67,7 +54,7 @@ func parseCRLPEM(path string, data []byte) (*x509.RevocationList, error) {
 			if err != nil {
 				return nil, &FileError{Path: path, Role: roleCRL, Err: ErrMalformed, Cause: err,
 					Detail: fmt.Sprintf("the CRL does not parse: %v", err),
-					Fix:    "move it away and write an empty CRL of the CA with " + crlCommand(path) + " (then revoke again what it listed)"}
+					Fix:    "move it away and " + RemedyWriteCRL.String() + " (then revoke again what it listed)", Remedy: RemedyWriteCRL}
 			}
 			list = l
 		case b.Type == "CERTIFICATE":
@@ -122,9 +109,9 @@ func verifyCRL(path string, list *x509.RevocationList, cas []*x509.Certificate, 
 	if named != nil {
 		return &FileError{Path: path, Role: roleCRL, Err: ErrCRLIssuer,
 			Detail: fmt.Sprintf("the CRL names the issuer %q, but its signature does not verify with %s by that name (was the CA made again?)", list.Issuer.String(), in),
-			Fix:    "write a new CRL with the CA that issues the client certificates: " + crlCommand(path) + " replaces a CRL of another CA with an empty one (then revoke again what it should list)"}
+			Fix:    "the CA that issues the client certificates must sign it: " + RemedyWriteCRL.String() + ", then revoke again what it should list", Remedy: RemedyWriteCRL}
 	}
 	return &FileError{Path: path, Role: roleCRL, Err: ErrCRLIssuer,
 		Detail: fmt.Sprintf("the CRL was issued by %q, not by %s", list.Issuer.String(), in),
-		Fix:    "give the CRL of the CA that issues the client certificates; " + crlCommand(path) + " replaces a CRL of another CA with an empty one of the CA in that folder"}
+		Fix:    "give the CRL of the CA that issues the client certificates, or " + RemedyWriteCRL.String() + " in its place", Remedy: RemedyWriteCRL}
 }

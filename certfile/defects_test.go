@@ -44,7 +44,7 @@ func TestWeakRSAKeysRefused(t *testing.T) {
 	caFile := write(t, dir, "ca.crt", ca.CertPEM)
 	_, err := Check(caFile, write(t, dir, "weak.pem", weakLeaf.CertPEM), write(t, dir, "weak.key", weakLeaf.KeyPEM), time.Time{})
 	if !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "weak.pem") || !strings.Contains(err.Error(), "1024 bits") ||
-		!strings.Contains(err.Error(), "flower-certs --force") {
+		!strings.Contains(err.Error(), "issue a new server certificate and key") {
 		t.Errorf("RSA-1024 server key: %v", err)
 	}
 
@@ -55,10 +55,10 @@ func TestWeakRSAKeysRefused(t *testing.T) {
 	}
 	weakCAFile := write(t, dir, "weakca.crt", weakCA.CertPEM)
 	_, err = Check(weakCAFile, write(t, dir, "s.pem", leaf.CertPEM), write(t, dir, "s.key", leaf.KeyPEM), time.Time{})
-	if !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "weakca.crt") || !strings.Contains(err.Error(), "--new-ca") {
+	if !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "weakca.crt") || !strings.Contains(err.Error(), "make a new CA") {
 		t.Errorf("RSA-1024 CA: %v", err)
 	}
-	if _, err := LoadCA(weakCAFile, write(t, dir, "weakca.key", weakCA.KeyPEM)); !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "--new-ca") {
+	if _, err := LoadCA(weakCAFile, write(t, dir, "weakca.key", weakCA.KeyPEM)); !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "make a new CA") {
 		t.Errorf("LoadCA of an RSA-1024 CA: %v", err)
 	}
 

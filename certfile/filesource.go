@@ -29,6 +29,14 @@ type FileSourceOptions struct {
 	// Now is the clock certificates are validated against; nil means
 	// time.Now.
 	Now func() time.Time
+	// Remedies, when set, words the remedies that the source's log lines
+	// suggest for a file (Remedy values: a new server certificate, a new
+	// CA, ...) for the program's users, such as with the command that
+	// makes the file; given the remedy and the file's path, it returns
+	// the words to log instead of Remedy.String, or "" to keep them.
+	// It is called with the source's lock held and must be quick.
+	// Default nil: the general words.
+	Remedies func(r Remedy, path string) string
 	// OnReload, when set, is told of every certificate served (at start
 	// and on each reload), of files back to the served certificate after
 	// a logged failure, and of every failed reload that is logged or
@@ -115,7 +123,7 @@ func (s *FileSource) Reload() error {
 // failed logs a failed reload. The reloader's mu is held.
 func (s *FileSource) failed(trigger string, err error) {
 	s.log.Error("certificate reload failed; serving the previous certificate",
-		"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
+		"trigger", trigger, "error", worded(err, s.o.Remedies), "serving_serial", serialHex(s.cur.Load().Leaf))
 }
 
 // recovered logs that the files are good again after a reported failure:
@@ -145,7 +153,7 @@ func (s *FileSource) swapped(_ *files, c *tls.Certificate, trigger string) {
 	s.log.Info("serving certificate", "trigger", trigger, "cert_file", s.o.CertFile,
 		"subject", l.Subject.String(), "sans", sans, "serial", serialHex(l),
 		"not_after", l.NotAfter.UTC().Format(time.RFC3339), "chain_len", len(c.Certificate))
-	for _, w := range Warnings(s.o.CertFile, c, s.o.Now()) {
+	for _, w := range warnings(s.o.CertFile, c, s.o.Now(), s.o.Remedies) {
 		s.log.Warn(w)
 	}
 	if w := KeyModeWarning(s.o.KeyFile); w != "" {
@@ -161,6 +169,7 @@ func (s *FileSource) logExpired(now time.Time) {
 		return
 	}
 	s.expiredLog = true
-	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+renewFix(s.o.CertFile, l),
+	r := renewal(s.o.CertFile, l)
+	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+wordRemedies(r.String(), s.o.CertFile, s.o.Remedies, r),
 		"cert_file", s.o.CertFile, "serial", serialHex(l), "not_after", l.NotAfter.UTC().Format(time.RFC3339))
 }

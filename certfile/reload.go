@@ -194,6 +194,16 @@ func sourceDefaults(poll *time.Duration, now *func() time.Time, log **slog.Logge
 	return nil
 }
 
+// worded returns err, or the *FileError it is, with the remedies of its fix
+// in the words of words (nil: err).
+func worded(err error, words func(Remedy, string) string) error {
+	var fe *FileError
+	if words == nil || !errors.As(err, &fe) || error(fe) != err {
+		return err
+	}
+	return fe.Worded(words)
+}
+
 // errNotYetValid reports whether err says a certificate is not valid yet,
 // which time may fix without a change to the files.
 func errNotYetValid(err error) bool { return errors.Is(err, ErrNotYetValid) }

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -138,7 +139,10 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	return c, nil
 }
 
-func run(args []string, stdout, stderr io.Writer) error {
+// run is the whole command. A certificate file's error names the
+// flower-certs command that fixes it (certfix).
+func run(args []string, stdout, stderr io.Writer) (err error) {
+	defer func() { err = certfix.Reword(err) }()
 	if sub, rest := subcommand(args); sub != nil {
 		return sub(rest, stdout, stderr)
 	}
@@ -308,7 +312,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	if reuse {
 		if fi, err := os.Stat(p.caKey); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			fmt.Fprintf(stderr, "%s: note: the CA private key %s is open to other users (mode %04o); anyone who reads it can issue certificates your clients trust: chmod 600 %s\n",
-				name, p.caKey, fi.Mode().Perm(), shellQuote(p.caKey))
+				name, p.caKey, fi.Mode().Perm(), cli.ShellQuote(p.caKey))
 		}
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
 			p.caCert, subjectName(ca.Cert), certfile.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
@@ -318,7 +322,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	if fi, err := os.Stat(c.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		fmt.Fprintf(stderr, "%s: note: %s is open to other users (mode %04o); keys are 0600, but consider: chmod 700 %s\n",
-			name, c.dir, fi.Mode().Perm(), shellQuote(c.dir))
+			name, c.dir, fi.Mode().Perm(), cli.ShellQuote(c.dir))
 	}
 	if clamped {
 		fmt.Fprintf(stdout, "The server certificate ends with its CA on %s, before %d days; %s --new-ca makes a CA for 10 years (clients then need the new %s).\n",
@@ -435,16 +439,7 @@ func subjectName(c *x509.Certificate) string {
 func shellJoin(words []string) string {
 	q := make([]string, len(words))
 	for i, w := range words {
-		q[i] = shellQuote(w)
+		q[i] = cli.ShellQuote(w)
 	}
 	return strings.Join(q, " ")
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,@%+[]", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/sepal-fl/sepal/app"
 	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
@@ -320,10 +321,10 @@ type superLink struct {
 func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc, f certFiles) (*superLink, error) {
 	log := d.log.With("component", "superlink")
 	src, err := certfile.NewFileSource(certfile.FileSourceOptions{
-		CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Logger: log,
+		CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Logger: log, Remedies: certfix.Remedy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("loading the certificates: %w", err)
+		return nil, fmt.Errorf("loading the certificates: %w", certfix.Reword(err))
 	}
 	d.hup.Add("certificate files", src.Reload)
 	fleetLis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sepal-fl/sepal/acme"
 	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/metrics"
 	"github.com/sepal-fl/sepal/superlink"
@@ -66,7 +67,9 @@ func (f *metricsFlags) monitor(log *slog.Logger) *monitor {
 	return &monitor{addr: f.address, log: log, m: metrics.New(metrics.Options{Logger: log, Version: cli.Version})}
 }
 
-// fileReload is the OnReload hook of the certificate files.
+// fileReload is the OnReload hook of the certificate files. A failure
+// names the flower-certs command that fixes the file on the status page,
+// as in the log.
 func (mo *monitor) fileReload() func(certfile.ReloadEvent) {
 	if mo == nil {
 		return nil
@@ -76,7 +79,7 @@ func (mo *monitor) fileReload() func(certfile.ReloadEvent) {
 		if e.Trigger == "start" {
 			kind = "start"
 		}
-		mo.m.CertificateEvent(metrics.CertEvent{Source: metrics.SourceFile, Kind: kind, Trigger: e.Trigger, Err: e.Err, Time: e.Time})
+		mo.m.CertificateEvent(metrics.CertEvent{Source: metrics.SourceFile, Kind: kind, Trigger: e.Trigger, Err: certfix.Reword(e.Err), Time: e.Time})
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -88,7 +89,7 @@ func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Durati
 	m.refusals = &refusalLog{log: log, seen: map[string]time.Time{}}
 	open := func(flag, file string) (*certfile.ClientCAFile, error) {
 		s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
-			Logger: log.With("client_ca_flag", "--"+flag)})
+			Logger: log.With("client_ca_flag", "--"+flag), Remedies: certfix.Remedy})
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", flag, err)
 		}
@@ -96,7 +97,7 @@ func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Durati
 		if m.crl != "" {
 			what += " and CRL --" + clientCRLFlag
 		}
-		hup.Add(what, s.Reload)
+		hup.Add(what, func() error { return certfix.Reword(s.Reload()) })
 		go s.Run(ctx) // returns nil when ctx ends; failures are logged
 		return s, nil
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -58,7 +59,7 @@ func (f *Flags) withClientCert(o transport.ClientOptions) (transport.ClientOptio
 		if errors.As(err, &fe) && fe.Path == f.ClientKey && fe.Path != f.ClientCertificate {
 			flag = "--client-key"
 		}
-		return o, fmt.Errorf("%s: %w", flag, err)
+		return o, fmt.Errorf("%s: %w", flag, certfix.Reword(err))
 	}
 	f.identity = ""
 	if id, err := transport.IdentityOf(c.Leaf); err == nil {
