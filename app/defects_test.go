@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/state/memstate"
@@ -64,10 +65,14 @@ func TestWrongAPI(t *testing.T) {
 		t.Fatalf("node at the Driver API: %v, want ErrWrongAPI", err)
 	}
 	for _, w := range []string{link.driver + " is the SuperLink's Driver API, where server apps connect, not its Fleet API",
-		"--grpc-rere-fleet-api-address (default 9092)", "--server 127.0.0.1:9092"} {
+		"Fleet API (port 9092 by default), such as 127.0.0.1:9092"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("%q lacks %q", err, w)
 		}
+	}
+	var we *WrongAPIError
+	if !errors.As(err, &we) || we.Addr != link.driver || we.Want != "Fleet API" || we.Found != "Driver API" || we.Instead != "127.0.0.1:9092" {
+		t.Errorf("facts: %+v", we)
 	}
 
 	_, err = RunFedAvg(ctx, ServerOptions{Server: link.fleet, TLS: tlsOpts, MinNodes: 1, Logger: testLogger(t, "server")})
@@ -75,7 +80,7 @@ func TestWrongAPI(t *testing.T) {
 		t.Fatalf("server app at the Fleet API: %v, want ErrWrongAPI", err)
 	}
 	for _, w := range []string{link.fleet + " is the SuperLink's Fleet API, where client apps (SuperNodes) connect, not its Driver API",
-		"--driver-api-address (default 9091)", "--server 127.0.0.1:9091"} {
+		"Driver API (port 9091 by default), such as 127.0.0.1:9091"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("%q lacks %q", err, w)
 		}
@@ -138,7 +143,7 @@ func TestWrongAPIWithClientCertificates(t *testing.T) {
 	if err := os.WriteFile(crlFile, crl.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cas, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, CRLFile: crlFile, Logger: slog.New(slog.DiscardHandler)})
+	cas, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, CRLFile: crlFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -242,7 +242,7 @@ const maxMessageSize = 512 << 20
 func dial(ctx context.Context, c *caller) (*grpc.ClientConn, error) {
 	creds, err := transport.ClientCredentials(c.tls)
 	if err != nil {
-		return nil, err // a *transport.Error naming the flag or file
+		return nil, err // a *transport.Error naming the option or file
 	}
 	if err := c.probe(ctx); err != nil {
 		return nil, err

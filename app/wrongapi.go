@@ -15,29 +15,64 @@ import (
 	pb "github.com/sepal-fl/sepal/flwrproto"
 )
 
-// The two APIs of a SuperLink, with the flower-superlink flag and default
-// port of each.
+// The two APIs of a SuperLink, with the default port of each.
 type api struct {
-	name, service, who, flag, port string
+	name, service, who, port string
 }
 
 var (
-	fleetAPI  = api{"Fleet API", "flwr.proto.Fleet", "client apps (SuperNodes)", "--grpc-rere-fleet-api-address", "9092"}
-	driverAPI = api{"Driver API", "flwr.proto.Driver", "server apps", "--driver-api-address", "9091"}
+	fleetAPI  = api{"Fleet API", "flwr.proto.Fleet", "client apps (SuperNodes)", "9092"}
+	driverAPI = api{"Driver API", "flwr.proto.Driver", "server apps", "9091"}
 )
 
 // ErrWrongAPI is matched (errors.Is) by the error RunNode, RunFedAvg and
 // StopNodes return when the server at the address does not serve the API
 // they need (a client app pointed at the Driver API port, a server app at
-// the Fleet API port). It is never retried.
+// the Fleet API port), a *WrongAPIError. It is never retried.
 var ErrWrongAPI = errors.New("wrong SuperLink API")
 
-// wrongAPIError is ErrWrongAPI with the words for the user.
-type wrongAPIError struct{ msg string }
+// WrongAPIError says that the server at Addr does not serve the API the
+// caller needs, which API it serves instead when it told, and where to
+// connect instead. It matches ErrWrongAPI.
+type WrongAPIError struct {
+	// Addr is the address dialled (NodeOptions.Server or
+	// ServerOptions.Server).
+	Addr string
+	// Want is the API needed: "Fleet API" (RunNode) or "Driver API"
+	// (RunFedAvg, StopNodes).
+	Want string
+	// Found is the API Addr serves instead (the other one), or "" when it
+	// serves neither or did not say.
+	Found string
+	// Answer is what the server answered the call of Want, when Found is "".
+	Answer string
+	// Instead is where Want usually listens: the host of Addr with the
+	// default port of Want (9092 for the Fleet API, 9091 for the Driver
+	// API).
+	Instead string
+}
 
-func (e *wrongAPIError) Error() string { return e.msg }
-func (e *wrongAPIError) Is(target error) bool {
-	return target == ErrWrongAPI
+func (e *WrongAPIError) Error() string {
+	want, found := apiNamed(e.Want), apiNamed(e.Found)
+	where := fmt.Sprintf("%s connect to the SuperLink's %s (port %s by default), such as %s",
+		capitalize(want.who), want.name, want.port, e.Instead)
+	if e.Found != "" {
+		return fmt.Sprintf("%s is the SuperLink's %s, where %s connect, not its %s. %s",
+			e.Addr, found.name, found.who, want.name, where)
+	}
+	return fmt.Sprintf("%s does not serve the SuperLink's %s (it answered: %s); is it a SuperLink? %s",
+		e.Addr, want.name, e.Answer, where)
+}
+
+// Is reports whether target is ErrWrongAPI.
+func (e *WrongAPIError) Is(target error) bool { return target == ErrWrongAPI }
+
+// apiNamed returns the API of that name.
+func apiNamed(name string) api {
+	if name == driverAPI.name {
+		return driverAPI
+	}
+	return fleetAPI
 }
 
 // wrongAPI turns err, the failure of the first call to addr, into an error
@@ -68,18 +103,15 @@ func wrongAPI(ctx context.Context, conn grpc.ClientConnInterface, addr string, w
 		_, perr = pb.NewFleetClient(conn).Ping(pctx, &pb.PingRequest{Node: &pb.Node{NodeId: 0}, PingInterval: 30})
 	}
 	host, _, _ := net.SplitHostPort(addr)
-	instead := net.JoinHostPort(host, want.port)
-	where := fmt.Sprintf("%s connect to the SuperLink's %s: the port of flower-superlink's %s (default %s), such as --server %s",
-		capitalize(want.who), want.name, want.flag, want.port, instead)
+	e := &WrongAPIError{Addr: addr, Want: want.name, Instead: net.JoinHostPort(host, want.port)}
 	switch status.Code(perr) {
 	case codes.Unimplemented, codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		// Not that API either, or no answer: say what we know.
+		e.Answer = st.Message()
 	default:
-		return &wrongAPIError{fmt.Sprintf("%s is the SuperLink's %s, where %s connect, not its %s. %s",
-			addr, other.name, other.who, want.name, where)}
+		e.Found = other.name
 	}
-	return &wrongAPIError{fmt.Sprintf("%s does not serve the SuperLink's %s (it answered: %s); is it a SuperLink? %s",
-		addr, want.name, st.Message(), where)}
+	return e
 }
 
 func capitalize(s string) string {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/certfile"
 )
 
 // opensslRun runs openssl in dir and returns its combined output; openssl
@@ -217,7 +217,7 @@ IP.2 = 127.0.0.1
 	} {
 		opensslRun(t, work, args...)
 	}
-	if _, err := selfsigned.Check(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), time.Now()); err != nil {
+	if _, err := certfile.Check(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), time.Now()); err != nil {
 		t.Fatalf("Sepal refuses generate.sh's certificates: %v", err)
 	}
 	caBefore, err := os.ReadFile(filepath.Join(dir, "ca.crt"))

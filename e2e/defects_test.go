@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
 
@@ -60,10 +61,10 @@ func (s certSet) works(dir string) string {
 		}
 	}
 	p := func(n string) string { return filepath.Join(dir, n) }
-	if _, err := selfsigned.LoadCA(p("ca.crt"), p("ca.key")); err != nil {
+	if _, err := certfile.LoadCA(p("ca.crt"), p("ca.key")); err != nil {
 		return err.Error()
 	}
-	if _, err := selfsigned.Check(p("ca.crt"), p("server.pem"), p("server.key"), time.Time{}); err != nil {
+	if _, err := certfile.Check(p("ca.crt"), p("server.pem"), p("server.key"), time.Time{}); err != nil {
 		return err.Error()
 	}
 	return ""
@@ -139,7 +140,7 @@ func TestFlowerCertsKilledAtEveryStep(t *testing.T) {
 						t.Errorf("step %d: %s holds a private key with mode %04o", n, e.Name(), fi.Mode().Perm())
 					}
 				}
-				pending := selfsigned.PendingSet(dir)
+				pending := certfile.PendingSet(dir)
 				now := readCertSet(t, dir)
 				broken := now.works(dir)
 				if !pending {
@@ -384,12 +385,12 @@ func TestSuperLinkLogsGoodAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := selfsigned.WriteFileAtomic(keyPath, other.KeyPEM, 0o600); err != nil {
+	if err := certfile.WriteFileAtomic(keyPath, other.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sl.cmd.Process.Signal(syscall.SIGHUP)
 	sl.waitOutput(t, "certificate reload failed", 10*time.Second)
-	if err := selfsigned.WriteFileAtomic(keyPath, good, 0o600); err != nil {
+	if err := certfile.WriteFileAtomic(keyPath, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sl.cmd.Process.Signal(syscall.SIGHUP)

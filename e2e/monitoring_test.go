@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
@@ -209,7 +210,7 @@ func TestMonitoringFiles(t *testing.T) {
 	sl.cmd.Process.Signal(syscall.SIGHUP)
 	waitCount(t, sl, `"msg":"serving certificate"`, 2, 10*time.Second)
 	other := pki.Issue(t, selfsigned.ServerOptions{})
-	if err := selfsigned.WriteFileAtomic(files.Key, other.Pair.KeyPEM, 0o600); err != nil {
+	if err := certfile.WriteFileAtomic(files.Key, other.Pair.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sl.cmd.Process.Signal(syscall.SIGHUP)

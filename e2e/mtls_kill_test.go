@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/certfile"
 )
 
 // copyTree copies the folder src to dst (made), files with their modes.
@@ -58,15 +58,15 @@ func clientSetState(t *testing.T, dir string, names ...string) string {
 		}
 		return nil
 	})
-	ca, err := selfsigned.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	ca, err := certfile.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
 	if err != nil {
 		return err.Error()
 	}
-	if _, err := selfsigned.LoadCRL(filepath.Join(dir, "crl.pem"), ca.Cert); err != nil {
+	if _, err := certfile.LoadCRL(filepath.Join(dir, "crl.pem"), ca.Cert); err != nil {
 		why = append(why, err.Error())
 	}
 	for _, n := range names {
-		c, err := selfsigned.CheckClient(filepath.Join(dir, "nodes", n+".pem"), filepath.Join(dir, "nodes", n+".key"), time.Time{})
+		c, err := certfile.CheckClient(filepath.Join(dir, "nodes", n+".pem"), filepath.Join(dir, "nodes", n+".key"), time.Time{})
 		if err != nil {
 			why = append(why, err.Error())
 			continue
@@ -121,7 +121,7 @@ func TestFlowerCertsClientKilledAtEveryStep(t *testing.T) {
 				if _, err := os.Stat(dir); err == nil {
 					// The keys are never open, killed or not.
 					for _, p := range []string{dir, filepath.Join(dir, "nodes")} {
-						if !selfsigned.PendingSet(p) {
+						if !certfile.PendingSet(p) {
 							if why := clientSetState(t, dir); strings.Contains(why, "open to others") {
 								t.Errorf("step %d: %s", n, why)
 							}
@@ -138,7 +138,7 @@ func TestFlowerCertsClientKilledAtEveryStep(t *testing.T) {
 					t.Errorf("step %d: after the next run: %s\n%s", n, why, out)
 				}
 				if sc.args[0] == "revoke" {
-					if l, err := selfsigned.LoadCRL(filepath.Join(dir, "crl.pem"), readCA(t, dir)); err != nil || len(l.RevokedCertificateEntries) != 1 {
+					if l, err := certfile.LoadCRL(filepath.Join(dir, "crl.pem"), readCA(t, dir)); err != nil || len(l.RevokedCertificateEntries) != 1 {
 						t.Errorf("step %d: after the next run the CRL is %v (%v), want alice revoked", n, l, err)
 					}
 				}
@@ -159,7 +159,7 @@ func TestFlowerCertsClientKilledAtEveryStep(t *testing.T) {
 
 func readCA(t *testing.T, dir string) *x509.Certificate {
 	t.Helper()
-	ca, err := selfsigned.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	ca, err := certfile.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,7 @@
 // Package metrics holds the SuperLink's Prometheus metrics and its status
 // page. The other packages feed it through small hooks and never import
 // Prometheus: transport.ObserveHandshakes for TLS handshakes, the reload
-// events of selfsigned and acme for certificates (the caller turns them
+// events of certfile and acme for certificates (the caller turns them
 // into CertEvents), gRPC server options for calls, and the observation
 // methods of the state contract (State) for nodes, runs and tasks.
 //
@@ -174,7 +174,7 @@ type CertEvent struct {
 	// Kind is what happened: "start" and "reload" for files, "load",
 	// "obtain" and "renew" for ACME.
 	Kind string
-	// Trigger is what caused a file reload ("poll", "sighup"); "" for ACME.
+	// Trigger is what caused a file reload ("poll", "reload"); "" for ACME.
 	Trigger string
 	// Name is the ACME domain; "" for files.
 	Name string

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/metrics"
@@ -35,7 +36,7 @@ var quiet = slog.New(slog.DiscardHandler)
 // metrics served by an httptest server.
 type rig struct {
 	m      *metrics.Metrics
-	src    *selfsigned.FileSource
+	src    *certfile.FileSource
 	files  testkit.Files
 	pki    *testkit.PKI
 	link   testkit.Link
@@ -51,8 +52,8 @@ func newRig(t *testing.T, o metrics.Options) *rig {
 	r.files = r.pki.WriteFiles(t, filepath.Join(t.TempDir(), "certificates"))
 	o.Logger = quiet
 	r.m = metrics.New(o)
-	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{CAFile: r.files.CA, CertFile: r.files.Cert, KeyFile: r.files.Key,
-		Logger: quiet, OnReload: func(e selfsigned.ReloadEvent) {
+	src, err := certfile.NewFileSource(certfile.FileSourceOptions{CAFile: r.files.CA, CertFile: r.files.Cert, KeyFile: r.files.Key,
+		Logger: quiet, OnReload: func(e certfile.ReloadEvent) {
 			kind := "reload"
 			if e.Trigger == "start" {
 				kind = "start"
@@ -168,10 +169,10 @@ func TestMetricsScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := r.pki.Issue(t, selfsigned.ServerOptions{})
-	if err := selfsigned.WriteFileAtomic(r.files.Key, other.Pair.KeyPEM, 0o600); err != nil {
+	if err := certfile.WriteFileAtomic(r.files.Key, other.Pair.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.src.Reload(); !errors.Is(err, selfsigned.ErrKeyMismatch) {
+	if err := r.src.Reload(); !errors.Is(err, certfile.ErrKeyMismatch) {
 		t.Fatalf("bad reload: %v", err)
 	}
 

@@ -1,14 +1,6 @@
-// Package selfsigned makes and serves certificates for research setups: a
-// private CA and server certificates issued by it (standard library only),
-// atomic PEM writes with strict file modes (one file: WriteFileAtomic; a set
-// of files that replaces the old set whole or not at all, even when the
-// writer is killed: WriteSet and RecoverSet), start-up validation of a
-// CA/certificate/key triple (Check), and FileSource, a certificate source
-// that reloads the files while serving and never serves a bad or half-written
-// pair.
-//
-// FileSource satisfies transport.CertSource (and its Runner ability) without
-// importing transport.
+// Package selfsigned generates the certificates of a research setup with
+// the standard library alone: a private CA and the server certificates,
+// client certificates and CRLs it signs.
 package selfsigned
 
 import (
@@ -28,8 +20,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -166,55 +156,6 @@ func NewCA(o CAOptions) (*CA, error) {
 		return nil, err
 	}
 	return &CA{Cert: cert, Key: key, CertPEM: certPEM(der), KeyPEM: keyPEM}, nil
-}
-
-// LoadCA reads a CA certificate (PEM, the first CERTIFICATE block) and its
-// private key (PEM: PKCS#8 "PRIVATE KEY", or the older "EC PRIVATE KEY" and
-// "RSA PRIVATE KEY"). It fails, naming the file, when a file cannot be read
-// or parsed, the certificate is not a CA, its key is an RSA key of fewer
-// than MinRSABits bits, the key is encrypted, or the key does not match it. The
-// errors match the sentinels of Check with errors.Is.
-func LoadCA(certFile, keyFile string) (*CA, error) {
-	ca, err := loadCA(certFile, keyFile)
-	return ca, withPending(err)
-}
-
-func loadCA(certFile, keyFile string) (*CA, error) {
-	cp, err := readFile(certFile, roleCA)
-	if err != nil {
-		return nil, err
-	}
-	kp, err := readFile(keyFile, roleCAKey)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := parseCertsPEM(certFile, roleCA, cp)
-	if err != nil {
-		return nil, err
-	}
-	cert := certs[0]
-	if !cert.IsCA || !cert.BasicConstraintsValid {
-		return nil, &FileError{Path: certFile, Role: roleCA, Err: ErrNotCA,
-			Detail: fmt.Sprintf("%q is not a CA certificate", cert.Subject.CommonName),
-			Fix:    "give the CA certificate (ca.crt), not a server certificate"}
-	}
-	if err := weakKey(certFile, roleCA, cert.PublicKey); err != nil {
-		return nil, err
-	}
-	key, err := parseKeyPEM(keyFile, roleCAKey, kp)
-	if err != nil {
-		return nil, err
-	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
-		return nil, &FileError{Path: keyFile, Role: roleCAKey, Err: ErrKeyMismatch,
-			Detail: "the key does not match the CA certificate " + certFile,
-			Fix:    "give the key that was made with this CA certificate"}
-	}
-	keyPEM, err := marshalKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return &CA{Cert: cert, Key: key, CertPEM: certPEM(cert.Raw), KeyPEM: keyPEM}, nil
 }
 
 // ServerOptions configures IssueServer. The zero value is valid: a server
@@ -495,58 +436,4 @@ func validDNSName(name string) error {
 	return nil
 }
 
-// publicKeysEqual reports whether two public keys are the same key.
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ae, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ae.Equal(b)
-}
-
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-
-// WriteFileAtomic writes data to path so that path holds either its old
-// content or all of data, never a part: it writes a temporary file in the
-// same folder (created 0600, so key bytes are never readable by others),
-// fsyncs it, sets perm, renames it over path and fsyncs the folder. On any
-// error the temporary file is removed and path is unchanged. The folder must
-// exist. Concurrent writers of one path each leave a complete file; the last
-// rename wins.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir, base := filepath.Dir(path), filepath.Base(path)
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("writing %s: %w", path, err)
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
-	}
-	// The rename is durable once the folder is synced.
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err = d.Sync(); err != nil {
-		return fmt.Errorf("syncing the folder: %w", err)
-	}
-	return nil
-}

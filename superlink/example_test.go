@@ -7,7 +7,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/sepal-fl/sepal/selfsigned"
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
@@ -19,7 +19,7 @@ import (
 func ExampleSuperLink_Serve() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+	src, err := certfile.NewFileSource(certfile.FileSourceOptions{
 		CAFile: "certificates/ca.crt", CertFile: "certificates/server.pem", KeyFile: "certificates/server.key",
 	})
 	if err != nil {

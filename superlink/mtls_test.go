@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -29,7 +30,7 @@ type mtlsLink struct {
 	pki     *testkit.PKI
 	dir     string
 	crlFile string
-	src     *selfsigned.ClientCAFile
+	src     *certfile.ClientCAFile
 	logs    *testkit.SyncBuffer
 	sl      *SuperLink
 	link    testkit.Link
@@ -42,7 +43,7 @@ func startMTLS(t *testing.T, opts ...func(o *Options, m *mtlsLink)) *mtlsLink {
 	m := &mtlsLink{pki: testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{}), dir: t.TempDir(), logs: &testkit.SyncBuffer{}}
 	m.crlFile = filepath.Join(m.dir, "crl.pem")
 	m.revoke(t)
-	src, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: m.pki.CAFile, CRLFile: m.crlFile, Logger: slog.New(slog.DiscardHandler)})
+	src, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: m.pki.CAFile, CRLFile: m.crlFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,14 +66,14 @@ func startMTLS(t *testing.T, opts ...func(o *Options, m *mtlsLink)) *mtlsLink {
 func (m *mtlsLink) revoke(t *testing.T, serials ...*big.Int) {
 	t.Helper()
 	var prev *x509.RevocationList
-	if l, err := selfsigned.LoadCRL(m.crlFile, m.pki.CA.Cert); err == nil {
+	if l, err := certfile.LoadCRL(m.crlFile, m.pki.CA.Cert); err == nil {
 		prev = l
 	}
 	crl, err := m.pki.CA.SignCRL(prev, serials, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := selfsigned.WriteFileAtomic(m.crlFile, crl.PEM, 0o644); err != nil {
+	if err := certfile.WriteFileAtomic(m.crlFile, crl.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -196,7 +197,7 @@ func BenchmarkHandshakeKeyType(b *testing.B) {
 	})
 }
 
-// GetCertificate through the reloading selfsigned.FileSource (running, as
+// GetCertificate through the reloading certfile.FileSource (running, as
 // a SuperLink runs it) vs a static tls.Config.Certificates, with the same
 // policy otherwise. Goal: within 3%.
 //
@@ -211,7 +212,7 @@ func BenchmarkHandshakeSource(b *testing.B) {
 	static.Certificates = []tls.Certificate{*p.Cert}
 
 	f := p.WriteFiles(b, b.TempDir())
-	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+	src, err := certfile.NewFileSource(certfile.FileSourceOptions{
 		CAFile: f.CA, CertFile: f.Cert, KeyFile: f.Key,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -1,7 +1,7 @@
-// Package transport builds the TLS and gRPC transport security of Sepal's
-// servers and clients around a CertSource, and turns TLS failures into
-// messages that say what to do. It knows no certificate origin: the
-// selfsigned and acme packages supply CertSources without importing it.
+// Package transport secures Sepal's gRPC servers and clients with TLS
+// around a CertSource of any origin (certfile and acme supply them without
+// importing it), and classifies TLS failures with the facts a caller needs
+// to say what to do.
 package transport
 
 import (

@@ -14,33 +14,22 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// Flag names the messages of this package suggest. They are the flags of
-// Sepal's (and Flower 1.8.0's) client and server apps.
-const (
-	FlagRootCertificates = "--root-certificates"
-	FlagInsecure         = "--insecure"
-	FlagServer           = "--server"
-	FlagTLSServerName    = "--tls-server-name"
-	FlagClientCert       = "--client-certificate"
-	FlagClientKey        = "--client-key"
-)
-
 // ClientOptions say how a client app reaches a SuperLink. The zero value
 // verifies the server against the system roots under the name dialled.
 type ClientOptions struct {
 	// RootCertificates is the path of a PEM file with the CA certificates
-	// to trust (--root-certificates). Empty: the system pool.
+	// to trust. Empty: the system pool.
 	RootCertificates string
-	// ServerName is the name the server's certificate must hold
-	// (--tls-server-name). Empty: the host of the address dialled.
+	// ServerName is the name the server's certificate must hold. Empty:
+	// the host of the address dialled.
 	ServerName string
-	// Insecure selects plaintext gRPC (--insecure). It conflicts with
-	// RootCertificates and ClientCertificate. Default false: TLS.
+	// Insecure selects plaintext gRPC. It conflicts with RootCertificates
+	// and ClientCertificate. Default false: TLS.
 	Insecure bool
 	// ClientCertificate and ClientKey are the paths of the PEM client
 	// certificate (leaf first) and its key that the client presents to a
-	// server that asks for one (mutual TLS; --client-certificate,
-	// --client-key). Both or neither. Empty: none is presented.
+	// server that asks for one (mutual TLS). Both or neither. Empty: none
+	// is presented.
 	ClientCertificate, ClientKey string
 	// Role is the role the server admits on the API dialled (RoleNode for
 	// the Fleet API, RoleServerApp for the Driver API). It only shapes the
@@ -50,9 +39,9 @@ type ClientOptions struct {
 
 func (o ClientOptions) validate() error {
 	if o.Insecure && o.RootCertificates != "" {
-		return &Error{Kind: KindConfig,
-			msg: fmt.Sprintf("%s and %s %s conflict: pass %s for TLS, or %s alone for plaintext",
-				FlagInsecure, FlagRootCertificates, o.RootCertificates, FlagRootCertificates, FlagInsecure)}
+		return &Error{Kind: KindConfig, Field: "Insecure",
+			problem: fmt.Sprintf("ClientOptions.Insecure and ClientOptions.RootCertificates %s conflict", o.RootCertificates),
+			fix:     "set RootCertificates for TLS, or Insecure alone for plaintext"}
 	}
 	return o.ValidateClientCert()
 }
@@ -71,7 +60,7 @@ func (o ClientOptions) rootsName() string {
 // of o.ClientCertificate and o.ClientKey, presented whenever the server
 // asks for one (also when its CA is not among those the server names, so
 // that the server's refusal says why). It reads the PEM files once, now.
-// Errors are *Error of KindConfig naming the file and the flag: a file is
+// Errors are *Error of KindConfig naming the file and the field: a file is
 // missing or unreadable, empty, or holds no certificate, or the client key
 // does not match its certificate; and o.Insecure together with
 // o.RootCertificates or a client certificate, or one of ClientCertificate
@@ -104,19 +93,20 @@ func ClientConfig(o ClientOptions) (*tls.Config, error) {
 }
 
 func loadRoots(path string) (*x509.CertPool, error) {
+	bad := func(err error, problem, fix string) *Error {
+		return &Error{Kind: KindConfig, Field: "RootCertificates", File: path, err: err,
+			problem: "ClientOptions.RootCertificates " + path + ": " + problem, fix: fix}
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		fix := "pass the CA certificate that issued the server's certificate (flower-certs writes certificates/ca.crt)"
 		what := "cannot read"
 		if errors.Is(err, fs.ErrNotExist) {
 			what = "no such file"
 		}
-		return nil, &Error{Kind: KindConfig, err: err,
-			msg: fmt.Sprintf("%s %s: %s: %s", FlagRootCertificates, path, what, fix)}
+		return nil, bad(err, what, "pass the CA certificate that issued the server's certificate")
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, &Error{Kind: KindConfig,
-			msg: fmt.Sprintf("%s %s: the file is empty: pass the CA certificate (PEM, BEGIN CERTIFICATE), e.g. certificates/ca.crt from flower-certs", FlagRootCertificates, path)}
+		return nil, bad(nil, "the file is empty", "pass the CA certificate (PEM, BEGIN CERTIFICATE)")
 	}
 	pool := x509.NewCertPool()
 	var found []string
@@ -134,8 +124,7 @@ func loadRoots(path string) (*x509.CertPool, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, &Error{Kind: KindConfig, err: err,
-				msg: fmt.Sprintf("%s %s: certificate %d does not parse (%v): pass a PEM file of CA certificates", FlagRootCertificates, path, n+1, err)}
+			return nil, bad(err, fmt.Sprintf("certificate %d does not parse (%v)", n+1, err), "pass a PEM file of CA certificates")
 		}
 		pool.AddCert(c)
 		n++
@@ -146,8 +135,7 @@ func loadRoots(path string) (*x509.CertPool, error) {
 			got = fmt.Sprintf("only %q blocks", found)
 			notKey = ", not a key"
 		}
-		return nil, &Error{Kind: KindConfig,
-			msg: fmt.Sprintf("%s %s: no certificate in it (%s): pass the CA certificate (PEM, BEGIN CERTIFICATE), e.g. certificates/ca.crt%s", FlagRootCertificates, path, got, notKey)}
+		return nil, bad(nil, fmt.Sprintf("no certificate in it (%s)", got), "pass the CA certificate (PEM, BEGIN CERTIFICATE)"+notKey)
 	}
 	return pool, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,18 +39,21 @@ func TestClientConfigRootFileErrors(t *testing.T) {
 		o     transport.ClientOptions
 		words []string
 	}{
-		{"missing", transport.ClientOptions{RootCertificates: missing}, []string{missing, "--root-certificates", "no such file", "ca.crt"}},
-		{"empty", transport.ClientOptions{RootCertificates: empty}, []string{empty, "--root-certificates", "empty", "CERTIFICATE"}},
-		{"key", transport.ClientOptions{RootCertificates: key}, []string{key, "--root-certificates", "no certificate", `"PRIVATE KEY"`}},
-		{"not PEM", transport.ClientOptions{RootCertificates: text}, []string{text, "--root-certificates", "no certificate", "no PEM block"}},
-		{"insecure and roots", transport.ClientOptions{RootCertificates: p.CAFile, Insecure: true}, []string{"--insecure", "--root-certificates", "conflict"}},
+		{"missing", transport.ClientOptions{RootCertificates: missing}, []string{missing, "ClientOptions.RootCertificates", "no such file", "the CA certificate"}},
+		{"empty", transport.ClientOptions{RootCertificates: empty}, []string{empty, "ClientOptions.RootCertificates", "empty", "CERTIFICATE"}},
+		{"key", transport.ClientOptions{RootCertificates: key}, []string{key, "ClientOptions.RootCertificates", "no certificate", `"PRIVATE KEY"`}},
+		{"not PEM", transport.ClientOptions{RootCertificates: text}, []string{text, "ClientOptions.RootCertificates", "no certificate", "no PEM block"}},
+		{"insecure and roots", transport.ClientOptions{RootCertificates: p.CAFile, Insecure: true}, []string{"ClientOptions.Insecure", "ClientOptions.RootCertificates", "conflict"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := transport.ClientConfig(tc.o)
 			if cfg != nil {
 				t.Error("ClientConfig returned a config with an error")
 			}
-			wantExplained(t, err, transport.KindConfig, transport.ErrConfig, tc.words...)
+			e := wantExplained(t, err, transport.KindConfig, transport.ErrConfig, tc.words...)
+			if want := "RootCertificates"; tc.name != "insecure and roots" && (e.Field != want || e.File != tc.o.RootCertificates) {
+				t.Errorf("Field %q File %q, want %q %q", e.Field, e.File, want, tc.o.RootCertificates)
+			}
 			_, err = transport.ClientCredentials(tc.o)
 			wantExplained(t, err, transport.KindConfig, transport.ErrConfig, tc.words...)
 			wantExplained(t, probe(t, "127.0.0.1:1", tc.o), transport.KindConfig, transport.ErrConfig, tc.words...)
@@ -75,7 +79,7 @@ func TestClientConfig(t *testing.T) {
 	}
 	sys, err := transport.ClientConfig(transport.ClientOptions{})
 	if err != nil || sys.RootCAs != nil {
-		t.Errorf("no --root-certificates: RootCAs %v, err %v; want the system pool (nil)", sys.RootCAs, err)
+		t.Errorf("no RootCertificates: RootCAs %v, err %v; want the system pool (nil)", sys.RootCAs, err)
 	}
 	creds, err := transport.ClientCredentials(transport.ClientOptions{Insecure: true})
 	if err != nil || creds.Info().SecurityProtocol != "insecure" {
@@ -106,7 +110,7 @@ func TestProbeSucceeds(t *testing.T) {
 	// A plaintext server checked with --insecure.
 	plain := serveGRPC(t)
 	if err := probe(t, plain, transport.ClientOptions{Insecure: true}); err != nil {
-		t.Fatalf("plaintext server with --insecure: %v", err)
+		t.Fatalf("plaintext server with Insecure: %v", err)
 	}
 }
 
@@ -116,8 +120,11 @@ func TestProbeUnknownAuthority(t *testing.T) {
 	addr := serveTLS(t, p.Source())
 
 	err := probe(t, addr, transport.ClientOptions{RootCertificates: other.CAFile})
-	wantExplained(t, err, transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
-		"not signed by", "unknown authority", other.CAFile, "--root-certificates", addr, selfsigned.DefaultCACommonName)
+	e := wantExplained(t, err, transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
+		"not signed by", "unknown authority", other.CAFile, "ClientOptions.RootCertificates", addr, selfsigned.DefaultCACommonName)
+	if e.File != other.CAFile || e.Cert == nil || !e.Cert.Equal(p.Pair.Leaf) || e.Addr != addr {
+		t.Errorf("facts: File %q, Addr %q, Cert the server's: %v", e.File, e.Addr, e.Cert != nil && e.Cert.Equal(p.Pair.Leaf))
+	}
 	var uae x509.UnknownAuthorityError
 	if !errors.As(err, &uae) {
 		t.Errorf("the x509 error is not kept: %v", err)
@@ -125,7 +132,7 @@ func TestProbeUnknownAuthority(t *testing.T) {
 
 	err = probe(t, addr, transport.ClientOptions{})
 	wantExplained(t, err, transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
-		"not signed by", "unknown authority", "the system roots", "--root-certificates")
+		"not signed by", "unknown authority", "the system roots", "ClientOptions.RootCertificates")
 }
 
 func TestProbeExpiredAndNotYetValid(t *testing.T) {
@@ -136,9 +143,12 @@ func TestProbeExpiredAndNotYetValid(t *testing.T) {
 	expired := ca.Issue(t, selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
 	addr := serveTLS(t, expired.Source())
 	err := probe(t, addr, transport.ClientOptions{RootCertificates: expired.CAFile})
-	wantExplained(t, err, transport.KindExpired, transport.ErrExpired,
+	e := wantExplained(t, err, transport.KindExpired, transport.ErrExpired,
 		"expired", addr, stamp(expired.Pair.Leaf.NotBefore), stamp(expired.Pair.Leaf.NotAfter),
-		"the time here is "+now.UTC().Format("2006-01-02T"), "flower-certs --force", "clock")
+		"the time here is "+now.UTC().Format("2006-01-02T"), "renew it", "clock")
+	if !e.NotAfter.Equal(expired.Pair.Leaf.NotAfter) || !e.NotBefore.Equal(expired.Pair.Leaf.NotBefore) || e.Now.Before(now.Add(-time.Second)) || e.Cert == nil {
+		t.Errorf("facts: NotBefore %v NotAfter %v Now %v Cert %v", e.NotBefore, e.NotAfter, e.Now, e.Cert != nil)
+	}
 	var cie x509.CertificateInvalidError
 	if !errors.As(err, &cie) || cie.Reason != x509.Expired {
 		t.Errorf("the x509 error is not kept: %v", err)
@@ -157,8 +167,11 @@ func TestProbeNameMismatch(t *testing.T) {
 	_, port, _ := net.SplitHostPort(addr)
 
 	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile})
-	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
-		`"127.0.0.1"`, "superlink.sepal.test", "10.9.8.7", "--server superlink.sepal.test:"+port, "--tls-server-name")
+	e := wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
+		`"127.0.0.1"`, "superlink.sepal.test", "10.9.8.7", "dial one of its names", "e.g. superlink.sepal.test:"+port, "ClientOptions.ServerName")
+	if e.Name != "127.0.0.1" || !slices.Equal(e.Names, []string{"superlink.sepal.test", "10.9.8.7"}) || e.Holds != "superlink.sepal.test, 10.9.8.7" {
+		t.Errorf("facts: Name %q Names %q Holds %q", e.Name, e.Names, e.Holds)
+	}
 	var he x509.HostnameError
 	if !errors.As(err, &he) {
 		t.Errorf("the x509 error is not kept: %v", err)
@@ -166,11 +179,11 @@ func TestProbeNameMismatch(t *testing.T) {
 
 	err = probe(t, "localhost:"+port, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
-		`"localhost"`, "superlink.sepal.test, 10.9.8.7", "--server", "--tls-server-name")
+		`"localhost"`, "superlink.sepal.test, 10.9.8.7", "dial one of its names", "ClientOptions.ServerName")
 
 	err = probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "other.sepal.test"})
 	wantExplained(t, err, transport.KindNameMismatch, transport.ErrNameMismatch,
-		`"other.sepal.test"`, "--tls-server-name asks for", "superlink.sepal.test")
+		`"other.sepal.test"`, "the server name checked", "superlink.sepal.test")
 }
 
 func TestProbeUnspecifiedAddress(t *testing.T) {
@@ -181,10 +194,10 @@ func TestProbeUnspecifiedAddress(t *testing.T) {
 	// on the name, as with Flower 1.8.0's default --server 0.0.0.0:9092.
 	err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress,
-		"0.0.0.0 is an address servers listen on, not one to dial", "--server 127.0.0.1:"+port, "host name")
+		"0.0.0.0 is an address servers listen on, not one to dial", "dial 127.0.0.1:"+port, "host name")
 	// With a name to check, 0.0.0.0 is only an address.
 	if err := probe(t, "0.0.0.0:"+port, transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "localhost"}); err != nil {
-		t.Errorf("0.0.0.0 with --tls-server-name localhost: %v", err)
+		t.Errorf("0.0.0.0 with ServerName localhost: %v", err)
 	}
 }
 
@@ -193,7 +206,7 @@ func TestProbePlaintextPeer(t *testing.T) {
 	addr := serveGRPC(t)
 	err := probe(t, addr, transport.ClientOptions{RootCertificates: p.CAFile})
 	wantExplained(t, err, transport.KindPlaintextPeer, transport.ErrPlaintextPeer,
-		"the server at "+addr+" does not speak TLS", "--insecure", "start it with certificates")
+		"the server at "+addr+" does not speak TLS", "ClientOptions.Insecure", "start it with certificates")
 }
 
 func TestProbeTLSPeer(t *testing.T) {
@@ -201,14 +214,14 @@ func TestProbeTLSPeer(t *testing.T) {
 	addr := serveGRPC(t, grpc.Creds(transport.ServerCredentials(p.Source())))
 	err := probe(t, addr, transport.ClientOptions{Insecure: true})
 	wantExplained(t, err, transport.KindTLSPeer, transport.ErrTLSPeer,
-		"the server at "+addr+" speaks TLS", "drop --insecure", "--root-certificates")
+		"the server at "+addr+" speaks TLS", "unset ClientOptions.Insecure", "ClientOptions.RootCertificates")
 }
 
 func TestProbeNetwork(t *testing.T) {
 	addr := deadAddr(t)
 	for _, o := range []transport.ClientOptions{{}, {Insecure: true}} {
 		err := probe(t, addr, o)
-		wantExplained(t, err, transport.KindNetwork, transport.ErrNetwork, addr, "connection refused", "--server")
+		wantExplained(t, err, transport.KindNetwork, transport.ErrNetwork, addr, "connection refused", "the address names it")
 	}
 }
 
@@ -224,15 +237,15 @@ func TestExplainGRPCInsecureClientTLSServer(t *testing.T) {
 	e := transport.Explain(err, addr, o)
 	t.Logf("gRPC said %q; Explain: %v", err, e)
 	var te *transport.Error
-	if !errors.As(e, &te) || te.Kind.Permanent() {
+	if !errors.As(e, &te) || te.Kind.Permanent() || !te.Closed {
 		// gRPC only shows a closed connection: nothing here proves TLS.
 		t.Errorf("Explain of %q = %v, want a retryable kind", err, e)
 	}
-	for _, w := range []string{addr, "if the server speaks TLS, drop --insecure"} {
+	for _, w := range []string{addr, "if the server speaks TLS, unset ClientOptions.Insecure"} {
 		if !strings.Contains(e.Error(), w) {
 			t.Errorf("Explain lacks %q: %v", w, e)
 		}
 	}
 	// The app then probes, which tells.
-	wantExplained(t, probe(t, addr, o), transport.KindTLSPeer, transport.ErrTLSPeer, "speaks TLS", "drop --insecure")
+	wantExplained(t, probe(t, addr, o), transport.KindTLSPeer, transport.ErrTLSPeer, "speaks TLS", "unset ClientOptions.Insecure")
 }

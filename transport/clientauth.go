@@ -22,7 +22,7 @@ import (
 // connection: it must not block on I/O, must be safe for concurrent use,
 // must not modify what it returned, and must return the same pointers
 // until what they hold changes (a reload returns new ones). The CRL applies
-// to the certificates of its issuer. selfsigned.ClientCAFile is one.
+// to the certificates of its issuer. certfile.ClientCAFile is one.
 type ClientCASource interface {
 	ClientCAs() (*x509.CertPool, *x509.RevocationList)
 }
@@ -92,7 +92,31 @@ type ClientCertError struct {
 
 func (e *ClientCertError) Unwrap() error { return e.Err }
 
+// Error is one line: "client certificate refused: ", what was refused and
+// why (Problem), and what to do about it.
 func (e *ClientCertError) Error() string {
+	var fix string
+	switch e.Cause {
+	case CauseNoCertificate:
+		fix = "give the client one issued by the client CA"
+	case CauseUnknownCA:
+		fix = "issue it from a CA of the client CA file"
+	case CauseExpired:
+		fix = "issue a new one, or check the clocks"
+	case CauseRevoked:
+		fix = "its holder needs a new certificate to connect again"
+	case CauseWrongRole, CauseNoIdentity:
+		fix = "issue one with a " + RoleName(e.Role) + " identity"
+	default:
+		fix = "give the client a " + RoleName(e.Role) + " certificate of the client CA"
+	}
+	return e.Problem() + ": " + fix
+}
+
+// Problem is Error without the fix: "client certificate refused: ", which
+// certificate and why, for a program that words the fix for its own users
+// (a command names the one that issues client certificates).
+func (e *ClientCertError) Problem() string {
 	cert := "the client certificate"
 	switch {
 	case e.Identity.Name != "":
@@ -107,33 +131,21 @@ func (e *ClientCertError) Error() string {
 	var why string
 	switch e.Cause {
 	case CauseNoCertificate:
-		why = fmt.Sprintf("a client%s presented none; this API admits only %s certificates: give the client one (flower-certs %s NAME) with --client-certificate and --client-key",
-			from, RoleName(e.Role), e.Role)
+		why = fmt.Sprintf("a client%s presented none; this API admits only %s certificates", from, RoleName(e.Role))
 	case CauseUnknownCA:
-		why = fmt.Sprintf("%s%s is not issued by a CA of the client CA file (issuer %q): issue it from the SuperLink's CA (flower-certs %s NAME)", cert, from, e.Issuer, e.Role)
+		why = fmt.Sprintf("%s%s is not issued by a CA of the client CA file (issuer %q)", cert, from, e.Issuer)
 	case CauseExpired:
-		why = fmt.Sprintf("%s%s has expired or is not valid yet (%v): issue a new one (%s), or check the clocks", cert, from, e.Err, e.reissue())
+		why = fmt.Sprintf("%s%s has expired or is not valid yet (%v)", cert, from, e.Err)
 	case CauseRevoked:
-		why = fmt.Sprintf("%s%s is revoked (listed in the CRL): its holder needs a new certificate to connect again (%s)", cert, from, e.reissue())
+		why = fmt.Sprintf("%s%s is revoked (listed in the CRL)", cert, from)
 	case CauseWrongRole:
-		why = fmt.Sprintf("%s%s is a %s certificate; this API admits only %s certificates (flower-certs %s NAME)",
-			cert, from, RoleName(e.Identity.Role), RoleName(e.Role), e.Role)
+		why = fmt.Sprintf("%s%s is a %s certificate; this API admits only %s certificates", cert, from, RoleName(e.Identity.Role), RoleName(e.Role))
 	case CauseNoIdentity:
-		why = fmt.Sprintf("%s%s holds no Sepal identity (%v): issue one with flower-certs %s NAME", cert, from, e.Err, e.Role)
+		why = fmt.Sprintf("%s%s holds no Sepal identity (%v)", cert, from, e.Err)
 	default:
-		why = fmt.Sprintf("%s%s was refused: %v: give the client a %s certificate of the SuperLink's CA (flower-certs %s NAME)",
-			cert, from, e.Err, RoleName(e.Role), e.Role)
+		why = fmt.Sprintf("%s%s was refused: %v", cert, from, e.Err)
 	}
 	return strings.Map(printable, "client certificate refused: "+why)
-}
-
-// reissue is the flower-certs command that issues the refused
-// certificate again: its own role and name when it holds an identity.
-func (e *ClientCertError) reissue() string {
-	if e.Identity.Name != "" {
-		return fmt.Sprintf("flower-certs %s --force %s", e.Identity.Role, e.Identity.Name)
-	}
-	return fmt.Sprintf("flower-certs %s --force NAME", e.Role)
 }
 
 // PeerMessage is the refusal as its client reads it, when ClientInfo.Recheck

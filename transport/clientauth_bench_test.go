@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -30,10 +31,10 @@ func BenchmarkHandshakeClientAuth(b *testing.B) {
 		b.Fatal(err)
 	}
 	crlFile := filepath.Join(dir, "crl.pem")
-	if err := selfsigned.WriteFileAtomic(crlFile, crl.PEM, 0o644); err != nil {
+	if err := certfile.WriteFileAtomic(crlFile, crl.PEM, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	src, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, CRLFile: crlFile,
+	src, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, CRLFile: crlFile,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)

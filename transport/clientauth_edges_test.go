@@ -130,8 +130,8 @@ func TestClientAuthACMEOnlyWithACMESource(t *testing.T) {
 	}
 }
 
-// TestClientCertErrorFixes: every refusal the SuperLink logs says what to
-// do, with the certificate's own role and name when it holds them.
+// TestClientCertErrorFixes: every refusal says what to do; its Problem is
+// the message up to the fix.
 func TestClientCertErrorFixes(t *testing.T) {
 	alice := transport.Identity{Role: transport.RoleNode, Name: "alice"}
 	for _, c := range []struct {
@@ -139,15 +139,18 @@ func TestClientCertErrorFixes(t *testing.T) {
 		words []string
 	}{
 		{transport.ClientCertError{Cause: transport.CauseExpired, Role: transport.RoleNode, Identity: alice, Serial: "01", Err: errors.New("x509: expired")},
-			[]string{"flower-certs node --force alice"}},
+			[]string{"sepal:node:alice", "x509: expired", "issue a new one"}},
 		{transport.ClientCertError{Cause: transport.CauseExpired, Role: transport.RoleServerApp, Subject: "CN=x", Serial: "01", Err: errors.New("x509: expired")},
-			[]string{"flower-certs serverapp --force NAME"}},
+			[]string{`"CN=x"`, "issue a new one"}},
 		{transport.ClientCertError{Cause: transport.CauseRevoked, Role: transport.RoleNode, Identity: alice, Serial: "01"},
-			[]string{"is revoked", "flower-certs node --force alice"}},
+			[]string{"is revoked", "needs a new certificate"}},
 		{transport.ClientCertError{Cause: transport.CauseBadCertificate, Role: transport.RoleServerApp, Subject: "CN=srv", Serial: "01", Err: errors.New("x509: wrong usage")},
-			[]string{"refused", "flower-certs serverapp NAME"}},
+			[]string{"refused", "ServerApp certificate of the client CA"}},
 	} {
 		msg := c.e.Error()
+		if p := c.e.Problem(); !strings.HasPrefix(msg, p+": ") || !strings.HasPrefix(p, "client certificate refused: ") {
+			t.Errorf("%s refusal %q: Problem %q is not its start", c.e.Cause, msg, p)
+		}
 		for _, w := range c.words {
 			if !strings.Contains(msg, w) {
 				t.Errorf("%s refusal %q lacks %q", c.e.Cause, msg, w)

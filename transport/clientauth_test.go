@@ -22,12 +22,13 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
-var _ transport.ClientCASource = (*selfsigned.ClientCAFile)(nil)
+var _ transport.ClientCASource = (*certfile.ClientCAFile)(nil)
 
 // mtlsPKI is a CA on disk with its CRL, a server certificate, and client
 // certificates issued as the test asks.
@@ -78,7 +79,7 @@ func (p *mtlsPKI) revoke(t testing.TB, serials ...*big.Int) {
 	t.Helper()
 	var prev *x509.RevocationList
 	if _, err := os.Stat(p.crlFile); err == nil {
-		l, err := selfsigned.LoadCRL(p.crlFile, p.CA.Cert)
+		l, err := certfile.LoadCRL(p.crlFile, p.CA.Cert)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +89,7 @@ func (p *mtlsPKI) revoke(t testing.TB, serials ...*big.Int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := selfsigned.WriteFileAtomic(p.crlFile, crl.PEM, 0o644); err != nil {
+	if err := certfile.WriteFileAtomic(p.crlFile, crl.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -161,9 +162,9 @@ func serveMTLS(t testing.TB, p *mtlsPKI, src transport.ClientCASource, role stri
 	return serveGRPC(t, grpc.Creds(transport.ClientAuthCredentials(p.Source(), transport.ClientAuth{CAs: src, Role: role, Refused: r.add})))
 }
 
-func clientCAFile(t testing.TB, p *mtlsPKI, poll time.Duration) *selfsigned.ClientCAFile {
+func clientCAFile(t testing.TB, p *mtlsPKI, poll time.Duration) *certfile.ClientCAFile {
 	t.Helper()
-	s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, CRLFile: p.crlFile, PollInterval: poll,
+	s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, CRLFile: p.crlFile, PollInterval: poll,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -215,11 +216,11 @@ func TestClientAuth(t *testing.T) {
 		server    []string // words of the server's refusal
 	}{
 		{"no certificate", "", "", transport.CauseNoCertificate,
-			[]string{"requires a client certificate", "--client-certificate", "flower-certs node NAME"}, []string{"client certificate refused", "presented none"}},
+			[]string{"requires a client certificate", "ClientOptions.ClientCertificate", "node certificate"}, []string{"client certificate refused", "presented none"}},
 		{"another CA", otherCert, otherKey, transport.CauseUnknownCA,
 			[]string{"does not trust the CA", otherCert, "sepal:node:eve"}, []string{"sepal:node:eve", "not issued by a CA"}},
 		{"revoked", revCert, revKey, transport.CauseRevoked,
-			[]string{"revoked", "sepal:node:mallory", "flower-certs node --force mallory"}, []string{"sepal:node:mallory", "is revoked"}},
+			[]string{"revoked", "sepal:node:mallory", "ask the server's operator for a new one"}, []string{"sepal:node:mallory", "is revoked"}},
 		{"expired", oldCert, oldKey, transport.CauseExpired,
 			[]string{"expired", oldCert}, []string{"sepal:node:old", "expired"}},
 		{"no identity", anonCert, anonKey, transport.CauseNoIdentity,
@@ -417,7 +418,7 @@ func TestClientAuthCARemoved(t *testing.T) {
 	if err := os.WriteFile(caFile, other.CA.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	src2, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: caFile, Logger: slog.New(slog.DiscardHandler)})
+	src2, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: caFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +471,7 @@ func TestClientAuthACMEValidation(t *testing.T) {
 }
 
 // TestClientOptionsClientCertErrors: the client's own certificate options
-// are checked before anything is dialled, naming the flags.
+// are checked before anything is dialled, naming the fields.
 func TestClientOptionsClientCertErrors(t *testing.T) {
 	p := newMTLSPKI(t)
 	cert, key, _ := p.client(t, p.CA, transport.RoleNode, "dave", selfsigned.ClientOptions{})
@@ -479,10 +480,10 @@ func TestClientOptionsClientCertErrors(t *testing.T) {
 		o     transport.ClientOptions
 		words []string
 	}{
-		{transport.ClientOptions{ClientCertificate: cert}, []string{"--client-certificate", "needs --client-key"}},
-		{transport.ClientOptions{ClientKey: key}, []string{"--client-key", "needs --client-certificate"}},
-		{transport.ClientOptions{ClientCertificate: cert, ClientKey: key, Insecure: true}, []string{"--insecure and --client-certificate conflict"}},
-		{transport.ClientOptions{ClientCertificate: cert, ClientKey: otherKey}, []string{"--client-certificate", "--client-key", "private key does not match"}},
+		{transport.ClientOptions{ClientCertificate: cert}, []string{"ClientOptions.ClientCertificate", "needs ClientOptions.ClientKey"}},
+		{transport.ClientOptions{ClientKey: key}, []string{"ClientOptions.ClientKey", "needs ClientOptions.ClientCertificate"}},
+		{transport.ClientOptions{ClientCertificate: cert, ClientKey: key, Insecure: true}, []string{"ClientOptions.Insecure and ClientOptions.ClientCertificate conflict"}},
+		{transport.ClientOptions{ClientCertificate: cert, ClientKey: otherKey}, []string{"ClientOptions.ClientCertificate", "ClientOptions.ClientKey", "private key does not match"}},
 		{transport.ClientOptions{ClientCertificate: cert + ".missing", ClientKey: key}, []string{"no such file"}},
 	} {
 		_, err := transport.ClientConfig(c.o)

@@ -17,18 +17,23 @@ import (
 
 // ValidateClientCert checks the client certificate options alone: both
 // paths or neither, and not with Insecure. The error, a *Error of
-// KindConfig, names the flags. ClientConfig checks them too.
+// KindConfig, names the fields. ClientConfig checks them too.
 func (o ClientOptions) ValidateClientCert() error {
 	switch {
 	case o.ClientCertificate == "" && o.ClientKey == "":
 		return nil
 	case o.Insecure:
-		return &Error{Kind: KindConfig, msg: fmt.Sprintf("%s and %s conflict: a client certificate is presented only over TLS; drop %s",
-			FlagInsecure, FlagClientCert, FlagInsecure)}
+		return &Error{Kind: KindConfig, Field: "Insecure", File: o.ClientCertificate,
+			problem: "ClientOptions.Insecure and ClientOptions.ClientCertificate conflict",
+			fix:     "a client certificate is presented only over TLS; unset Insecure"}
 	case o.ClientKey == "":
-		return &Error{Kind: KindConfig, msg: fmt.Sprintf("%s %s needs %s with its private key", FlagClientCert, o.ClientCertificate, FlagClientKey)}
+		return &Error{Kind: KindConfig, Field: "ClientCertificate", File: o.ClientCertificate,
+			problem: "ClientOptions.ClientCertificate " + o.ClientCertificate + " needs ClientOptions.ClientKey",
+			fix:     "set it to the certificate's private key"}
 	case o.ClientCertificate == "":
-		return &Error{Kind: KindConfig, msg: fmt.Sprintf("%s %s needs %s with the certificate", FlagClientKey, o.ClientKey, FlagClientCert)}
+		return &Error{Kind: KindConfig, Field: "ClientKey", File: o.ClientKey,
+			problem: "ClientOptions.ClientKey " + o.ClientKey + " needs ClientOptions.ClientCertificate",
+			fix:     "set it to the key's certificate"}
 	}
 	return nil
 }
@@ -41,9 +46,9 @@ func loadClientCert(o ClientOptions) (*tls.Certificate, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			what = "no such file"
 		}
-		return nil, &Error{Kind: KindConfig, err: err, msg: fmt.Sprintf(
-			"%s %s and %s %s: %s: pass the certificate and key flower-certs wrote for this client (flower-certs %s NAME)",
-			FlagClientCert, o.ClientCertificate, FlagClientKey, o.ClientKey, what, roleOr(o.Role))}
+		return nil, &Error{Kind: KindConfig, Field: "ClientCertificate", File: o.ClientCertificate, err: err,
+			problem: fmt.Sprintf("ClientOptions.ClientCertificate %s and ClientOptions.ClientKey %s: %s", o.ClientCertificate, o.ClientKey, what),
+			fix:     "pass the " + RoleName(roleOr(o.Role)) + " certificate issued for this client and its key"}
 	}
 	return &cert, nil
 }
@@ -70,26 +75,24 @@ const (
 // wrong role) it reads the client certificate file to tell which.
 func clientCertAlert(alert, addr string, o ClientOptions) *Error {
 	alert = strings.TrimSpace(alert)
-	refused := func(cause ClientCertCause, format string, args ...any) *Error {
-		return &Error{Kind: KindClientCertRefused, Cause: cause, msg: fmt.Sprintf(format, args...)}
-	}
 	role := roleOr(o.Role)
-	issue := fmt.Sprintf("flower-certs %s NAME", role)
+	var leaf *x509.Certificate
+	if o.ClientCertificate != "" {
+		leaf = certfmt.ReadFirstCert(o.ClientCertificate)
+	}
+	refused := func(cause ClientCertCause, problem, fix string) *Error {
+		return &Error{Kind: KindClientCertRefused, Cause: cause, File: o.ClientCertificate, Cert: leaf, Alert: alert,
+			problem: problem, fix: fix}
+	}
 	if alert == alertCertRequired || o.ClientCertificate == "" && alert == alertBadCert {
 		return refused(CauseNoCertificate,
-			"%s requires a client certificate (mutual TLS) and this client presented none (%s): pass %s and %s with a %s certificate from the SuperLink's CA (%s on the SuperLink's machine)",
-			where(addr), alert, FlagClientCert, FlagClientKey, RoleName(role), issue)
+			fmt.Sprintf("%s requires a client certificate (mutual TLS) and this client presented none (%s)", where(addr), alert),
+			fmt.Sprintf("set ClientOptions.ClientCertificate and ClientOptions.ClientKey to a %s certificate from the server's CA and its key", RoleName(role)))
 	}
 	if o.ClientCertificate == "" {
 		return nil
 	}
-	leaf := certfmt.ReadFirstCert(o.ClientCertificate)
-	cert := fmt.Sprintf("the client certificate %s", o.ClientCertificate)
-	if leaf != nil {
-		if id, err := IdentityOf(leaf); err == nil {
-			cert = fmt.Sprintf("the client certificate %s (%s, serial %s)", o.ClientCertificate, id, certfmt.Serial(leaf.SerialNumber))
-		}
-	}
+	cert := clientCertName(o.ClientCertificate, leaf)
 	switch alert {
 	case alertUnknownCA:
 		issuer := ""
@@ -97,44 +100,59 @@ func clientCertAlert(alert, addr string, o ClientOptions) *Error {
 			issuer = fmt.Sprintf(", issuer %q", leaf.Issuer.String())
 		}
 		return refused(CauseUnknownCA,
-			"%s does not trust the CA that issued %s (%s%s): pass a certificate from the SuperLink's CA (%s in the SuperLink's certificates folder)",
-			where(addr), cert, alert, issuer, issue)
+			fmt.Sprintf("%s does not trust the CA that issued %s (%s%s)", where(addr), cert, alert, issuer),
+			"present a certificate from the server's CA")
 	case alertCertExpired:
-		reissue := fmt.Sprintf("flower-certs %s --force NAME", role)
-		if leaf != nil {
-			if id, err := IdentityOf(leaf); err == nil {
-				reissue = fmt.Sprintf("flower-certs %s --force %s", id.Role, id.Name)
-			}
-		}
-		return refused(CauseExpired, "%s refused %s as expired or not yet valid (%s%s): issue a new one (%s), or check the clocks",
-			where(addr), cert, alert, dates(leaf), reissue)
+		return refused(CauseExpired,
+			fmt.Sprintf("%s refused %s as expired or not yet valid (%s%s)", where(addr), cert, alert, dates(leaf)),
+			"issue a new one, or check the clocks")
 	case alertCertRevoked:
-		return refused(CauseRevoked, "%s refused %s: it has been revoked (%s): ask the SuperLink's operator for a new certificate", where(addr), cert, alert)
+		return refused(CauseRevoked, fmt.Sprintf("%s refused %s: it has been revoked (%s)", where(addr), cert, alert),
+			"ask the server's operator for a new certificate")
 	case alertBadCert:
 	default:
 		return nil
 	}
 	// bad_certificate: what the certificate itself shows, else revoked.
 	if leaf == nil {
-		return refused(CauseBadCertificate, "%s refused %s (%s): see the SuperLink's log for the cause", where(addr), cert, alert)
+		return refused(CauseBadCertificate, fmt.Sprintf("%s refused %s (%s)", where(addr), cert, alert),
+			"see the server's log for the cause")
 	}
 	id, err := IdentityOf(leaf)
 	switch {
 	case !certfmt.HasUsage(leaf, x509.ExtKeyUsageClientAuth):
-		return refused(CauseBadCertificate, "%s refused %s (%s): it is not a client certificate (no clientAuth usage; a server certificate?): pass the one from %s",
-			where(addr), cert, alert, issue)
+		return refused(CauseBadCertificate,
+			fmt.Sprintf("%s refused %s (%s): it is not a client certificate (no clientAuth usage; a server certificate?)", where(addr), cert, alert),
+			"present a client certificate")
 	case err != nil:
-		return refused(CauseNoIdentity, "%s refused %s (%s): it holds no Sepal identity (%v): pass the one from %s",
-			where(addr), cert, alert, err, issue)
+		return refused(CauseNoIdentity,
+			fmt.Sprintf("%s refused %s (%s): it holds no Sepal identity (%v)", where(addr), cert, alert, err),
+			"present a certificate issued with one")
 	case o.Role != "" && id.Role != o.Role:
-		return refused(CauseWrongRole, "%s refused %s (%s): it is a %s certificate and this API admits %s certificates: pass a %s certificate (%s)",
-			where(addr), cert, alert, RoleName(id.Role), RoleName(o.Role), RoleName(o.Role), issue)
+		return refused(CauseWrongRole,
+			fmt.Sprintf("%s refused %s (%s): it is a %s certificate and this API admits %s certificates", where(addr), cert, alert, RoleName(id.Role), RoleName(o.Role)),
+			"present a "+RoleName(o.Role)+" certificate")
 	case time.Now().After(leaf.NotAfter) || time.Now().Before(leaf.NotBefore):
-		return refused(CauseExpired, "%s refused %s as expired or not yet valid (%s%s): issue a new one (flower-certs %s --force %s)",
-			where(addr), cert, alert, dates(leaf), id.Role, id.Name)
+		return refused(CauseExpired,
+			fmt.Sprintf("%s refused %s as expired or not yet valid (%s%s)", where(addr), cert, alert, dates(leaf)),
+			"issue a new one, or check the clocks")
 	}
-	return refused(CauseRevoked, "%s refused %s: it has been revoked (%s, and the certificate is otherwise valid for this API): ask the SuperLink's operator for a new one (flower-certs %s --force %s)",
-		where(addr), cert, alert, id.Role, id.Name)
+	return refused(CauseRevoked,
+		fmt.Sprintf("%s refused %s: it has been revoked (%s, and the certificate is otherwise valid for this API)", where(addr), cert, alert),
+		"ask the server's operator for a new one")
+}
+
+// clientCertName names a client certificate file for messages: its path,
+// and when leaf (its first certificate, nil when unread) holds a Sepal
+// identity, the identity and serial ("the client certificate alice.pem
+// (sepal:node:alice, serial 0A)").
+func clientCertName(file string, leaf *x509.Certificate) string {
+	if leaf != nil {
+		if id, err := IdentityOf(leaf); err == nil {
+			return fmt.Sprintf("the client certificate %s (%s, serial %s)", file, id, certfmt.Serial(leaf.SerialNumber))
+		}
+	}
+	return "the client certificate " + file
 }
 
 func dates(c *x509.Certificate) string {

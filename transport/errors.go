@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -32,8 +31,8 @@ const (
 	// KindNetwork: connection refused, reset or timed out, name not
 	// resolved. Not permanent: retry with backoff.
 	KindNetwork
-	// KindConfig: the client's own options are wrong (unreadable or empty
-	// --root-certificates file, --insecure with --root-certificates).
+	// KindConfig: the client's own options are wrong (an unreadable or
+	// empty RootCertificates file, Insecure with RootCertificates).
 	KindConfig
 	// KindUnknownAuthority: the server's certificate does not chain to a
 	// trusted CA.
@@ -47,7 +46,7 @@ const (
 	KindNameMismatch
 	// KindPlaintextPeer: we speak TLS and the server speaks plaintext.
 	KindPlaintextPeer
-	// KindTLSPeer: we speak plaintext (--insecure) and the server speaks TLS.
+	// KindTLSPeer: we speak plaintext (Insecure) and the server speaks TLS.
 	KindTLSPeer
 	// KindUnspecifiedAddress: TLS to 0.0.0.0 or ::, addresses servers
 	// listen on, which no certificate holds.
@@ -129,8 +128,11 @@ var kindSentinels = [...]error{
 }
 
 // Error is a classified failure with a one-line message that names the
-// cause, the flag or file involved and the fix. It unwraps to the sentinel
-// of its Kind and to the original error, so errors.Is(err, ErrExpired) and
+// cause, the option (a ClientOptions field, such as
+// ClientOptions.RootCertificates) or file involved and the fix, and with
+// the facts behind it in its fields, so that a program can word it for its
+// own users (a command names its flags). It unwraps to the sentinel of its
+// Kind and to the original error, so errors.Is(err, ErrExpired) and
 // errors.As(err, &x509.HostnameError{}) both work when the cause was typed.
 type Error struct {
 	Kind Kind
@@ -139,14 +141,61 @@ type Error struct {
 	// Cause is why the client certificate was refused, for
 	// KindClientCertRefused ("" otherwise).
 	Cause ClientCertCause
-	msg   string
-	err   error
+	// Field is the ClientOptions field whose value is at fault, for
+	// KindConfig, such as "RootCertificates" (the first of two that
+	// conflict). Its message names each field as ClientOptions.Field.
+	Field string
+	// File is the file involved, when there is one: the file of Field
+	// (KindConfig), the RootCertificates file the server's certificate
+	// was checked against (KindUnknownAuthority; "" for the system
+	// roots), or the client certificate refused (KindClientCertRefused).
+	File string
+	// Cert is the certificate at fault, when it is known: the server's
+	// (KindUnknownAuthority, KindExpired, KindNotYetValid,
+	// KindNameMismatch; nil when only the text of the failure was left,
+	// as gRPC leaves it) or this client's own (KindClientCertRefused).
+	Cert *x509.Certificate
+	// NotBefore and NotAfter are the validity of the server's certificate,
+	// and Now the time it was checked at (KindExpired, KindNotYetValid);
+	// a bound the failure did not tell is zero.
+	NotBefore, NotAfter, Now time.Time
+	// Name is the name the server's certificate was checked against
+	// (KindNameMismatch: the host dialled, or ClientOptions.ServerName);
+	// Names are the names it holds, DNS names then IPs, when they are
+	// known; Holds says them in words ("a.example, 10.0.0.1", or what is
+	// known, such as "many other names"), "" when it holds none.
+	Name, Holds string
+	Names       []string
+	// Closed reports a connection the server closed at once (KindNetwork),
+	// as a TLS server closes one from a plaintext client.
+	Closed bool
+	// Alert is the TLS alert the server ended the handshake with, for
+	// KindClientCertRefused (such as "tls: bad certificate").
+	Alert string
+	// problem is what went wrong, fix what to do about it: the message is
+	// "problem: fix".
+	problem, fix string
+	err          error
 }
 
-// Error is one line. Names and issuers come from the peer's certificate,
-// which a hostile server chooses: control characters in them are shown as
-// '?', so a message cannot break a log line or a terminal.
-func (e *Error) Error() string { return strings.Map(printable, e.msg) }
+// Error is one line: what went wrong, then what to do about it. Names and
+// issuers come from the peer's certificate, which a hostile server
+// chooses: control characters in them are shown as '?', so a message
+// cannot break a log line or a terminal.
+func (e *Error) Error() string {
+	if e.fix == "" {
+		return e.Problem()
+	}
+	return strings.Map(printable, e.problem+": "+e.fix)
+}
+
+// Problem is the message without its fix: what went wrong, with the facts
+// (the server, the certificate's names, issuer and dates, the file), for a
+// program that words the fix for its own users. It names no ClientOptions
+// field, except for KindConfig, whose problem is the value of one
+// (ClientOptions.RootCertificates FILE: ...). Like Error, it holds no
+// control characters.
+func (e *Error) Problem() string { return strings.Map(printable, e.problem) }
 
 func printable(r rune) rune {
 	if unicode.IsControl(r) {
@@ -187,7 +236,7 @@ func IsPermanent(err error) bool {
 
 // Explain turns the failure of a dial, a TLS handshake or a gRPC call to
 // addr (host:port, as the user gave it) made with options o into one
-// *Error whose one-line message names the cause, the flag or file that is
+// *Error whose one-line message names the cause, the option or file that is
 // involved and the fix. It reads typed errors (x509.UnknownAuthorityError,
 // x509.CertificateInvalidError, x509.HostnameError, tls.RecordHeaderError,
 // *net.OpError, ...) when err wraps them, and otherwise the text of err,
@@ -240,32 +289,35 @@ func classify(err error, addr string, o ClientOptions) *Error {
 		e = classifyText(errText(err), addr, o)
 	}
 	// A TLS server closes on a plaintext client without a word: hint at it.
-	if o.Insecure && e.Kind == KindNetwork && reClosed.MatchString(errText(err)) {
-		e.msg += fmt.Sprintf("; if the server speaks TLS, drop %s and pass %s", FlagInsecure, FlagRootCertificates)
+	if e.Kind == KindNetwork && reClosed.MatchString(errText(err)) {
+		e.Closed = true
+		if o.Insecure {
+			e.fix += "; if the server speaks TLS, unset ClientOptions.Insecure and set ClientOptions.RootCertificates"
+		}
 	}
 	// TLS to 0.0.0.0 or :: fails on the name (or reaches nothing): say why.
 	if !o.Insecure && o.ServerName == "" && isUnspecified(host) {
 		switch e.Kind {
 		case KindNameMismatch, KindUnknown, KindHandshake:
-			return unspecified(addr, host)
+			return unspecified(addr)
 		case KindNetwork:
-			e.msg += "; besides, " + unspecifiedText(addr, host)
+			u := unspecified(addr)
+			e.fix += "; besides, " + u.problem + ": " + u.fix
 		}
 	}
 	return e
 }
 
-func unspecifiedText(addr, host string) string {
-	_, port := splitAddr(addr)
+// unspecified explains TLS to 0.0.0.0 or :: (addr), which no certificate
+// holds.
+func unspecified(addr string) *Error {
+	host, port := splitAddr(addr)
 	if port == "" {
 		port = "PORT"
 	}
-	return fmt.Sprintf("%s %s: %s is an address servers listen on, not one to dial: pass %s 127.0.0.1:%s or the SuperLink's host name (a name its certificate holds)",
-		FlagServer, addr, host, FlagServer, port)
-}
-
-func unspecified(addr, host string) *Error {
-	return &Error{Kind: KindUnspecifiedAddress, msg: unspecifiedText(addr, host)}
+	return &Error{Kind: KindUnspecifiedAddress,
+		problem: fmt.Sprintf("%s: %s is an address servers listen on, not one to dial", addr, host),
+		fix:     fmt.Sprintf("dial 127.0.0.1:%s or the server's host name (a name its certificate holds)", port)}
 }
 
 // errText is the text to read: the message of a gRPC status, else err's text,
@@ -423,7 +475,7 @@ func classifyText(s, addr string, o ClientOptions) *Error {
 	case reTLSOther.MatchString(s):
 		return handshake(addr, strings.TrimSpace(reTLSOther.FindString(s)))
 	}
-	return &Error{Kind: KindUnknown, msg: fmt.Sprintf("%s: %s", strings.TrimPrefix(where(addr), "the server at "), s)}
+	return &Error{Kind: KindUnknown, problem: fmt.Sprintf("%s: %s", strings.TrimPrefix(where(addr), "the server at "), s)}
 }
 
 // unknownAuthority explains a certificate c (nil: unknown) that does not
@@ -435,11 +487,11 @@ func unknownAuthority(addr string, o ClientOptions, c *x509.Certificate) *Error 
 	if c != nil {
 		by = fmt.Sprintf(", it was issued by %q", c.Issuer.String())
 	}
-	fix := fmt.Sprintf("pass %s with the CA certificate that signed it (flower-certs writes it as certificates/ca.crt on the server's machine)", FlagRootCertificates)
+	fix := "set ClientOptions.RootCertificates to a file with the CA certificate that signed it"
 	if o.RootCertificates != "" {
-		fix = fmt.Sprintf("pass %s with the CA certificate that signed it instead of %s (flower-certs writes it as certificates/ca.crt on the server's machine)", FlagRootCertificates, o.RootCertificates)
+		fix = "set ClientOptions.RootCertificates to the CA certificate that signed it instead of " + o.RootCertificates
 	}
-	if twin := sameNameRoot(o.RootCertificates, c); twin != nil {
+	if twin := certfmt.SameNameCA(o.RootCertificates, c); twin != nil {
 		if len(c.AuthorityKeyId) > 0 {
 			by += " with key id " + certfmt.KeyID(c.AuthorityKeyId)
 		}
@@ -447,27 +499,12 @@ func unknownAuthority(addr string, o ClientOptions, c *x509.Certificate) *Error 
 		if len(twin.SubjectKeyId) > 0 {
 			other = ", key id " + certfmt.KeyID(twin.SubjectKeyId)
 		}
-		by += fmt.Sprintf("; %s holds another CA of that name%s: one of the two was made again (flower-certs --new-ca)",
-			o.RootCertificates, other)
-		fix = fmt.Sprintf("pass %s with the CA certificate that issued the server's certificate (certificates/ca.crt on its machine, unless the server still serves a certificate of the old CA)", FlagRootCertificates)
+		by += fmt.Sprintf("; %s holds another CA of that name%s: one of the two was made again", o.RootCertificates, other)
+		fix = "set ClientOptions.RootCertificates to the CA certificate that issued the server's certificate (unless the server still serves a certificate of the old CA)"
 	}
-	return &Error{Kind: KindUnknownAuthority, msg: fmt.Sprintf(
-		"the certificate of %s is not signed by a CA in %s (x509: unknown authority%s): %s",
-		where(addr), o.rootsName(), by, fix)}
-}
-
-// sameNameRoot returns a CA certificate of the roots file whose subject is
-// the issuer of c, or nil: none, no file, or no c.
-func sameNameRoot(roots string, c *x509.Certificate) *x509.Certificate {
-	if roots == "" || c == nil {
-		return nil
-	}
-	for _, r := range certfmt.ReadCerts(roots) {
-		if bytes.Equal(r.RawSubject, c.RawIssuer) {
-			return r
-		}
-	}
-	return nil
+	return &Error{Kind: KindUnknownAuthority, File: o.RootCertificates, Cert: c,
+		problem: fmt.Sprintf("the certificate of %s is not signed by a CA in %s (x509: unknown authority%s)", where(addr), o.rootsName(), by),
+		fix:     fix}
 }
 
 func stamp(t time.Time) string {
@@ -475,13 +512,6 @@ func stamp(t time.Time) string {
 		return "?"
 	}
 	return t.UTC().Format(time.RFC3339)
-}
-
-// otherIssuer reports whether c, the server's certificate, is known and
-// was not made by flower-certs: one from an ACME CA (or another), which
-// flower-certs cannot re-issue, so a fix must not send the operator there.
-func otherIssuer(c *x509.Certificate) bool {
-	return c != nil && !certfmt.MadeBySepal(c)
 }
 
 // validity explains an expired (notYet false) or not yet valid certificate
@@ -494,20 +524,16 @@ func validity(addr string, c *x509.Certificate, notBefore, notAfter, now time.Ti
 	case notAfter.IsZero() && !notBefore.IsZero():
 		span = "valid from " + stamp(notBefore)
 	}
-	reissue, renew := ", or re-issue the certificate (flower-certs --force)", "re-issue it on the server (flower-certs --force)"
-	if otherIssuer(c) {
-		// An ACME certificate (or another CA's): renewed where it came from.
-		reissue = ""
-		renew = "its operator must renew it (a SuperLink with --acme-domain renews its own certificate: its log says why it did not)"
-	}
+	e := &Error{Kind: KindExpired, Cert: c, NotBefore: notBefore, NotAfter: notAfter, Now: now}
 	if notYet {
-		return &Error{Kind: KindNotYetValid, msg: fmt.Sprintf(
-			"the certificate of %s is not yet valid (%s, and the time here is %s): check the clock of this machine and of the server%s",
-			where(addr), span, stamp(now), reissue)}
+		e.Kind = KindNotYetValid
+		e.problem = fmt.Sprintf("the certificate of %s is not yet valid (%s, and the time here is %s)", where(addr), span, stamp(now))
+		e.fix = "check the clock of this machine and of the server"
+		return e
 	}
-	return &Error{Kind: KindExpired, msg: fmt.Sprintf(
-		"the certificate of %s has expired (%s, and the time here is %s): %s or, if it should still be valid, check the clock of this machine",
-		where(addr), span, stamp(now), renew)}
+	e.problem = fmt.Sprintf("the certificate of %s has expired (%s, and the time here is %s)", where(addr), span, stamp(now))
+	e.fix = "its operator must renew it or, if it should still be valid, check the clock of this machine"
+	return e
 }
 
 // certNames lists the names a certificate holds: DNS names, then IPs.
@@ -533,68 +559,66 @@ func nameMismatch(addr string, o ClientOptions, want string, holds []string, hol
 	if want == "" {
 		want, _ = splitAddr(addr)
 	}
-	if len(holds) == 0 && holdsText == "" {
+	if len(holds) > 0 {
+		holdsText = strings.Join(holds, ", ")
+	}
+	e := &Error{Kind: KindNameMismatch, Cert: c, Name: want, Names: holds, Holds: holdsText}
+	if holdsText == "" {
 		cn := ""
 		if c != nil && c.Subject.CommonName != "" {
 			cn = fmt.Sprintf(", only the common name %q, which is not checked", c.Subject.CommonName)
 		}
-		return &Error{Kind: KindNameMismatch, msg: fmt.Sprintf(
-			"the certificate of %s holds no names (no subject alternative names%s), so it cannot match %q: re-issue it with the server's names (flower-certs --host NAME --force)",
-			where(addr), cn, want)}
+		e.problem = fmt.Sprintf("the certificate of %s holds no names (no subject alternative names%s), so it cannot match %q", where(addr), cn, want)
+		e.fix = "re-issue it with the names clients dial"
+		return e
 	}
 	checked := "the name dialled"
 	if o.ServerName != "" {
-		checked = fmt.Sprintf("the name %s asks for", FlagTLSServerName)
+		checked = "the server name checked"
 	}
+	e.problem = fmt.Sprintf("the certificate of %s does not hold %q, %s; it holds %s", where(addr), want, checked, holdsText)
 	example := ""
 	if len(holds) > 0 {
-		holdsText = strings.Join(holds, ", ")
-		example = fmt.Sprintf(" (e.g. %s %s)", FlagServer, net.JoinHostPort(holds[0], port))
+		example = " (e.g. " + net.JoinHostPort(holds[0], port) + ")"
 	}
-	reissue := fmt.Sprintf(", or re-issue the certificate for %s (flower-certs --host %s --force)", want, want)
-	switch {
-	case otherIssuer(c) && net.ParseIP(want) != nil:
+	reissue := ", or have the certificate issued for " + want + " too"
+	if c != nil && !certfmt.MadeBySepal(c) && net.ParseIP(want) != nil {
 		// An ACME certificate holds DNS names: dial one.
 		reissue = ""
-	case otherIssuer(c):
-		// An ACME certificate (or another CA's) holds the names it was
-		// obtained for.
-		reissue = fmt.Sprintf(", or have the SuperLink obtain its certificate for %s too (with ACME: --acme-domain %s)", want, want)
 	}
-	return &Error{Kind: KindNameMismatch, msg: fmt.Sprintf(
-		"the certificate of %s does not hold %q, %s; it holds %s: pass %s with one of its names and the port%s, or %s with one of them%s",
-		where(addr), want, checked, holdsText, FlagServer, example, FlagTLSServerName, reissue)}
+	e.fix = fmt.Sprintf("dial one of its names with the port%s, or set ClientOptions.ServerName to one of them%s", example, reissue)
+	return e
 }
 
 func plaintextPeer(addr string) *Error {
-	return &Error{Kind: KindPlaintextPeer, msg: fmt.Sprintf(
-		"%s does not speak TLS; it may run with %s: pass %s, or start it with certificates",
-		where(addr), FlagInsecure, FlagInsecure)}
+	return &Error{Kind: KindPlaintextPeer,
+		problem: where(addr) + " does not speak TLS",
+		fix:     "set ClientOptions.Insecure if it serves plaintext, or start it with certificates"}
 }
 
 func tlsPeer(addr string) *Error {
-	return &Error{Kind: KindTLSPeer, msg: fmt.Sprintf(
-		"%s speaks TLS; drop %s and pass %s with the CA certificate that signed its certificate",
-		where(addr), FlagInsecure, FlagRootCertificates)}
+	return &Error{Kind: KindTLSPeer,
+		problem: where(addr) + " speaks TLS",
+		fix:     "unset ClientOptions.Insecure and set ClientOptions.RootCertificates to the CA certificate that signed its certificate"}
 }
 
 func handshake(addr, cause string) *Error {
-	return &Error{Kind: KindHandshake, msg: fmt.Sprintf(
-		"the TLS handshake with %s failed: %s: the server and this client share no TLS version, cipher suite or protocol; both need TLS 1.2 or later",
-		where(addr), cause)}
+	return &Error{Kind: KindHandshake,
+		problem: fmt.Sprintf("the TLS handshake with %s failed: %s", where(addr), cause),
+		fix:     "the server and this client share no TLS version, cipher suite or protocol; both need TLS 1.2 or later"}
 }
 
 // serverNotReady explains an internal_error alert: the server could not
 // pick a certificate. Go servers send it when GetCertificate fails, which
 // an ACME SuperLink's does until its first certificate is in.
 func serverNotReady(addr string) *Error {
-	return &Error{Kind: KindServerNotReady, msg: fmt.Sprintf(
-		"%s ended the TLS handshake with an internal error (tls: internal error): it has no certificate to serve yet, as while an ACME SuperLink obtains its first one, or failed to load one: wait until its log says it serves, or see its log for the cause",
-		where(addr))}
+	return &Error{Kind: KindServerNotReady,
+		problem: where(addr) + " ended the TLS handshake with an internal error (tls: internal error)",
+		fix:     "it has no certificate to serve yet, as while an ACME SuperLink obtains its first one, or failed to load one: wait until its log says it serves, or see its log for the cause"}
 }
 
 func network(addr, cause string) *Error {
-	return &Error{Kind: KindNetwork, msg: fmt.Sprintf(
-		"cannot reach %s: %s: check that it runs and that %s names it",
-		where(addr), cause, FlagServer)}
+	return &Error{Kind: KindNetwork,
+		problem: fmt.Sprintf("cannot reach %s: %s", where(addr), cause),
+		fix:     "check that it runs and that the address names it"}
 }

@@ -20,18 +20,18 @@ func ExampleExplain() {
 	fmt.Println(err)
 	fmt.Println("permanent:", transport.IsPermanent(err), "plaintext peer:", errors.Is(err, transport.ErrPlaintextPeer))
 
-	// Flower 1.8.0's default --server, dialled with TLS.
+	// Flower 1.8.0's default server address, dialled with TLS.
 	err = status.Error(codes.Unavailable, `connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate is valid for localhost, 127.0.0.1, ::1, not 0.0.0.0"`)
 	fmt.Println(transport.Explain(err, "0.0.0.0:9092", transport.ClientOptions{RootCertificates: "certificates/ca.crt"}))
 	// Output:
-	// the server at 127.0.0.1:9092 does not speak TLS; it may run with --insecure: pass --insecure, or start it with certificates
+	// the server at 127.0.0.1:9092 does not speak TLS: set ClientOptions.Insecure if it serves plaintext, or start it with certificates
 	// permanent: true plaintext peer: true
-	// --server 0.0.0.0:9092: 0.0.0.0 is an address servers listen on, not one to dial: pass --server 127.0.0.1:9092 or the SuperLink's host name (a name its certificate holds)
+	// 0.0.0.0:9092: 0.0.0.0 is an address servers listen on, not one to dial: dial 127.0.0.1:9092 or the server's host name (a name its certificate holds)
 }
 
 func ExampleClientConfig() {
 	_, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: "/nonexistent/ca.crt"})
 	fmt.Println(err)
 	// Output:
-	// --root-certificates /nonexistent/ca.crt: no such file: pass the CA certificate that issued the server's certificate (flower-certs writes certificates/ca.crt)
+	// ClientOptions.RootCertificates /nonexistent/ca.crt: no such file: pass the CA certificate that issued the server's certificate
 }

@@ -52,23 +52,23 @@ func TestExplainGRPCErrors(t *testing.T) {
 		words    []string
 	}{
 		{"unknown authority", goodAddr, transport.ClientOptions{RootCertificates: other.CAFile},
-			transport.KindUnknownAuthority, transport.ErrUnknownAuthority, []string{"not signed by", "unknown authority", other.CAFile, "--root-certificates"}},
+			transport.KindUnknownAuthority, transport.ErrUnknownAuthority, []string{"not signed by", "unknown authority", other.CAFile, "ClientOptions.RootCertificates"}},
 		{"expired", serve(expired), transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindExpired, transport.ErrExpired, []string{"expired", "valid until " + stamp(expired.Pair.Leaf.NotAfter), "the time here is", "flower-certs --force", "clock"}},
+			transport.KindExpired, transport.ErrExpired, []string{"expired", "valid until " + stamp(expired.Pair.Leaf.NotAfter), "the time here is", "renew it", "clock"}},
 		{"not yet valid", serve(future), transport.ClientOptions{RootCertificates: good.CAFile},
 			transport.KindNotYetValid, transport.ErrNotYetValid, []string{"not yet valid", "valid from " + stamp(future.Pair.Leaf.NotBefore), "the time here is", "clock"}},
 		{"name mismatch", "localhost:" + port(namedAddr), transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"localhost"`, "superlink.sepal.test", "--server superlink.sepal.test:" + port(namedAddr), "--tls-server-name"}},
+			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"localhost"`, "superlink.sepal.test", "e.g. superlink.sepal.test:" + port(namedAddr), "ClientOptions.ServerName"}},
 		{"IP not in the certificate", ipAddr, transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "10.9.8.7", "--server", "--tls-server-name"}},
+			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "10.9.8.7", "dial one of its names", "ClientOptions.ServerName"}},
 		{"IP dialled, DNS-only certificate", namedAddr, transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "no IP address", "--server", "--tls-server-name"}},
+			transport.KindNameMismatch, transport.ErrNameMismatch, []string{`"127.0.0.1"`, "no IP address", "dial one of its names", "ClientOptions.ServerName"}},
 		{"0.0.0.0", "0.0.0.0:" + port(goodAddr), transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress, []string{"0.0.0.0 is an address servers listen on, not one to dial", "--server 127.0.0.1:" + port(goodAddr)}},
+			transport.KindUnspecifiedAddress, transport.ErrUnspecifiedAddress, []string{"0.0.0.0 is an address servers listen on, not one to dial", "dial 127.0.0.1:" + port(goodAddr)}},
 		{"plaintext server", serveGRPC(t), transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindPlaintextPeer, transport.ErrPlaintextPeer, []string{"does not speak TLS", "--insecure", "start it with certificates"}},
+			transport.KindPlaintextPeer, transport.ErrPlaintextPeer, []string{"does not speak TLS", "ClientOptions.Insecure", "start it with certificates"}},
 		{"nothing listens", deadAddr(t), transport.ClientOptions{RootCertificates: good.CAFile},
-			transport.KindNetwork, transport.ErrNetwork, []string{"connection refused", "--server"}},
+			transport.KindNetwork, transport.ErrNetwork, []string{"connection refused", "the address names it"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,23 +103,23 @@ func TestExplainTexts(t *testing.T) {
 		words []string
 	}{
 		{wrap("tls: failed to verify certificate: x509: certificate relies on legacy Common Name field, use SANs instead"), "sl.example:9092",
-			transport.KindNameMismatch, []string{"holds no names", `"sl.example"`, "flower-certs --host"}},
+			transport.KindNameMismatch, []string{"holds no names", `"sl.example"`, "re-issue it with the names clients dial"}},
 		{wrap("tls: failed to verify certificate: x509: certificate is not valid for any names, but wanted to match sl.example"), "sl.example:9092",
 			transport.KindNameMismatch, []string{"holds no names", `"sl.example"`}},
 		{wrap("tls: failed to verify certificate: x509: certificate is valid for 120 names, but none matched sl.example"), "sl.example:9092",
-			transport.KindNameMismatch, []string{`"sl.example"`, "many other names", "--tls-server-name"}},
+			transport.KindNameMismatch, []string{`"sl.example"`, "many other names", "ClientOptions.ServerName"}},
 		{wrap("tls: failed to verify certificate: x509: certificate is valid for localhost, not ::"), "[::]:9092",
-			transport.KindUnspecifiedAddress, []string{":: is an address servers listen on", "--server 127.0.0.1:9092"}},
+			transport.KindUnspecifiedAddress, []string{":: is an address servers listen on", "dial 127.0.0.1:9092"}},
 		{wrap("tls: failed to verify certificate: x509: certificate has expired or is not yet valid: current time 2026-11-26T03:00:00Z is after 2026-02-01T00:00:00Z"), "sl.example:9092",
-			transport.KindExpired, []string{"has expired", "valid until 2026-02-01T00:00:00Z", "the time here is 2026-11-26T03:00:00Z", "flower-certs --force"}},
+			transport.KindExpired, []string{"has expired", "valid until 2026-02-01T00:00:00Z", "the time here is 2026-11-26T03:00:00Z", "renew it"}},
 		{fmt.Errorf("dial: %w", errors.New("tls: first record does not look like a TLS handshake")), "sl.example:9092",
-			transport.KindPlaintextPeer, []string{"does not speak TLS", "--insecure"}},
+			transport.KindPlaintextPeer, []string{"does not speak TLS", "ClientOptions.Insecure"}},
 		{status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp: lookup sl.example: no such host"`), "sl.example:9092",
-			transport.KindNetwork, []string{"no such host", "--server"}},
+			transport.KindNetwork, []string{"no such host", "the address names it"}},
 		{fmt.Errorf("dial: %w", context.DeadlineExceeded), "sl.example:9092",
-			transport.KindNetwork, []string{"deadline exceeded", "--server"}},
+			transport.KindNetwork, []string{"deadline exceeded", "the address names it"}},
 		{&net.OpError{Op: "dial", Net: "tcp", Err: timeoutError{}}, "sl.example:9092",
-			transport.KindNetwork, []string{"i/o timeout", "--server"}},
+			transport.KindNetwork, []string{"i/o timeout", "the address names it"}},
 		{wrap("remote error: tls: handshake failure"), "sl.example:9092",
 			transport.KindHandshake, []string{"handshake failure"}},
 		{errors.New("something else\nentirely"), "sl.example:9092",
@@ -230,7 +230,7 @@ func TestExplainUnknownAuthoritySameName(t *testing.T) {
 	wantExplained(t, probe(t, addr, o), transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
 		`it was issued by "CN=`+cn+`,O=Sepal"`, trusted.CAFile+" holds another CA of that name",
 		"with key id "+certfmt.KeyID(served.CA.Cert.SubjectKeyId), "of that name, key id "+certfmt.KeyID(trusted.CA.Cert.SubjectKeyId),
-		"made again (flower-certs --new-ca)", "--root-certificates")
+		"one of the two was made again", "ClientOptions.RootCertificates")
 
 	// Default names differ, and the message shows the served CA's.
 	other := newPKI(t, selfsigned.ServerOptions{})
@@ -246,9 +246,11 @@ func TestExplainUnknownAuthoritySameName(t *testing.T) {
 }
 
 // A certificate that flower-certs did not make (an ACME CA's, whose
-// subject names no organization of ours) is not to be re-issued with
-// flower-certs: an expired one is for its operator to renew (an ACME
-// SuperLink renews its own), a name it lacks is one to obtain it for.
+// subject names no organization of ours): an expired one is for its
+// operator to renew, a name it lacks is one to have it issued for, and an
+// IP address is one an ACME certificate never holds. The certificate is in
+// the error, so that a command can tell such a certificate from one of its
+// own and word the fix (an ACME SuperLink renews its own).
 func TestExplainACMECertificateFixes(t *testing.T) {
 	p := newPKI(t, selfsigned.ServerOptions{})
 	leaf := func(notBefore, notAfter time.Time, names ...string) *tls.Certificate {
@@ -274,20 +276,23 @@ func TestExplainACMECertificateFixes(t *testing.T) {
 		words []string
 	}{
 		{"expired", leaf(now.Add(-48*time.Hour), now.Add(-24*time.Hour), "superlink.example.org"), o, transport.KindExpired,
-			[]string{"has expired", "its operator must renew it", "--acme-domain renews its own certificate"}},
+			[]string{"has expired", "its operator must renew it"}},
 		{"not yet valid", leaf(now.Add(24*time.Hour), now.Add(48*time.Hour), "superlink.example.org"), o, transport.KindNotYetValid,
 			[]string{"not yet valid", "check the clock"}},
 		{"name not held", leaf(now.Add(-time.Hour), now.Add(time.Hour), "superlink.example.org"),
 			transport.ClientOptions{RootCertificates: p.CAFile, ServerName: "other.example.org"},
-			transport.KindNameMismatch, []string{`does not hold "other.example.org"`, "superlink.example.org", "--acme-domain other.example.org"}},
+			transport.KindNameMismatch, []string{`does not hold "other.example.org"`, "superlink.example.org", "have the certificate issued for other.example.org too"}},
 		{"IP not held", leaf(now.Add(-time.Hour), now.Add(time.Hour), "superlink.example.org"), transport.ClientOptions{RootCertificates: p.CAFile},
-			transport.KindNameMismatch, []string{`does not hold "127.0.0.1"`, "--server superlink.example.org:"}},
+			transport.KindNameMismatch, []string{`does not hold "127.0.0.1"`, "e.g. superlink.example.org:"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			addr := serveTLS(t, testkit.StaticSource{Cert: c.cert})
 			e := wantExplained(t, probe(t, addr, c.o), c.kind, sentinelOf(c.kind), c.words...)
-			if strings.Contains(e.Error(), "flower-certs") {
-				t.Errorf("the fix for a certificate flower-certs did not make names flower-certs: %v", e)
+			if e.Cert == nil || e.Cert.Subject.CommonName != "superlink.example.org" {
+				t.Errorf("the error does not carry the server's certificate: %+v", e.Cert)
+			}
+			if c.name == "IP not held" && strings.Contains(e.Error(), "issued for") {
+				t.Errorf("an IP address to have an ACME certificate issued for: %v", e)
 			}
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
@@ -22,8 +24,8 @@ import (
 
 var (
 	_ transport.CertSource = testkit.StaticSource{}
-	_ transport.CertSource = (*selfsigned.FileSource)(nil)
-	_ transport.Runner     = (*selfsigned.FileSource)(nil)
+	_ transport.CertSource = (*certfile.FileSource)(nil)
+	_ transport.Runner     = (*certfile.FileSource)(nil)
 )
 
 // newPKI makes a fresh CA with the default options and a server
@@ -102,6 +104,9 @@ func deadAddr(t testing.TB) string {
 	return addr
 }
 
+// flagWord matches a command-line flag, such as --root-certificates.
+var flagWord = regexp.MustCompile(`(^|[\s("'])--[a-z][a-z0-9-]*`)
+
 func probe(t testing.TB, addr string, o transport.ClientOptions) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -111,7 +116,8 @@ func probe(t testing.TB, addr string, o transport.ClientOptions) error {
 
 // wantExplained checks that err is a one-line *transport.Error of kind k
 // matching sentinel, with the permanence of k, whose message holds every
-// one of words.
+// one of words and names no command-line flag (a Go caller has none; the
+// commands word the options as their flags).
 func wantExplained(t testing.TB, err error, k transport.Kind, sentinel error, words ...string) *transport.Error {
 	t.Helper()
 	if err == nil {
@@ -137,6 +143,12 @@ func wantExplained(t testing.TB, err error, k transport.Kind, sentinel error, wo
 	}
 	if strings.HasPrefix(msg, "transport:") {
 		t.Errorf("message starts with the Go package name: %q", msg)
+	}
+	if f := flagWord.FindString(msg); f != "" {
+		t.Errorf("message names the command-line flag %q: %q", f, msg)
+	}
+	if p := e.Problem(); !strings.HasPrefix(msg, p) {
+		t.Errorf("Problem %q is not the start of the message %q", p, msg)
 	}
 	for _, w := range words {
 		if !strings.Contains(msg, w) {

@@ -103,12 +103,16 @@ func probePlaintext(ctx context.Context, addr string, o ClientOptions) error {
 	})
 	err = conn.HandshakeContext(ctx)
 	if err == nil {
-		return &Error{Kind: KindTLSPeer, Addr: addr, msg: tlsPeer(addr).msg}
+		e := tlsPeer(addr)
+		e.Addr = addr
+		return e
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "remote error" {
 		// A TLS alert: the peer parsed our ClientHello.
-		return &Error{Kind: KindTLSPeer, Addr: addr, msg: tlsPeer(addr).msg, err: err}
+		e := tlsPeer(addr)
+		e.Addr, e.err = addr, err
+		return e
 	}
 	if ctx.Err() != nil {
 		return Explain(ctx.Err(), addr, o)

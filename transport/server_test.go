@@ -137,7 +137,7 @@ func TestGRPCOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := testkit.HealthCheck(t, addr, creds); err != nil {
-		t.Fatalf("with --tls-server-name: %v", err)
+		t.Fatalf("with ServerName: %v", err)
 	}
 }
 
@@ -224,7 +224,7 @@ func TestGRPCWrongCAExplained(t *testing.T) {
 		t.Fatal("call with the wrong CA succeeded")
 	}
 	wantExplained(t, transport.Explain(err, addr, o), transport.KindUnknownAuthority, transport.ErrUnknownAuthority,
-		"not signed by", "unknown authority", other.CAFile, "--root-certificates", addr)
+		"not signed by", "unknown authority", other.CAFile, "ClientOptions.RootCertificates", addr)
 	if !transport.IsPermanent(err) {
 		t.Errorf("IsPermanent(raw gRPC error %q) is false", err)
 	}
@@ -248,5 +248,5 @@ func TestGRPCTLSClientPlaintextServerExplained(t *testing.T) {
 		t.Logf("gRPC said %q; probing", err)
 		e = probe(t, addr, o)
 	}
-	wantExplained(t, e, transport.KindPlaintextPeer, transport.ErrPlaintextPeer, "does not speak TLS", "--insecure")
+	wantExplained(t, e, transport.KindPlaintextPeer, transport.ErrPlaintextPeer, "does not speak TLS", "ClientOptions.Insecure")
 }

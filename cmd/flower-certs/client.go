@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -194,7 +195,7 @@ func loadDirCA(dir string, now time.Time) (*selfsigned.CA, paths, error) {
 	case 1:
 		return nil, p, fmt.Errorf("%s does not exist beside the rest of the CA: restore it, or give the CA's folder with --dir", missing[0])
 	}
-	ca, err := selfsigned.LoadCA(p.caCert, p.caKey)
+	ca, err := certfile.LoadCA(p.caCert, p.caKey)
 	if err != nil {
 		return nil, p, err
 	}
@@ -292,7 +293,7 @@ func issueClients(role string, args []string, stdout, stderr io.Writer) error {
 	if newCA {
 		caSet.add(caKeyName, ca.KeyPEM, keyMode, "CA private key of the client certificates: keep it private, it stays here")
 		caSet.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to the SuperLink",
-			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
+			certfile.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
 	if !haveCRL {
 		if err := addEmptyCRL(caSet, ca, crlFile, now); err != nil {
@@ -381,9 +382,9 @@ func loadCRL(stdout io.Writer, ca *selfsigned.CA, path string) (*x509.Revocation
 	if ok, err := exists(path); err != nil || !ok {
 		return nil, false, err
 	}
-	list, err := selfsigned.LoadCRL(path, ca.Cert)
+	list, err := certfile.LoadCRL(path, ca.Cert)
 	switch {
-	case errors.Is(err, selfsigned.ErrCRLIssuer):
+	case errors.Is(err, certfile.ErrCRLIssuer):
 		fmt.Fprintf(stdout, "%s is another CA's (was the CA made again?); a new CRL of this CA replaces it.\n", path)
 		return nil, false, nil
 	case err != nil:
@@ -601,17 +602,17 @@ func parseSerial(s string) (*big.Int, bool) {
 }
 
 // fileSet is files of one folder to be written as one set
-// (selfsigned.WriteSet: all of them or none, whenever the process ends),
+// (certfile.WriteSet: all of them or none, whenever the process ends),
 // each with the line printed once they are written.
 type fileSet struct {
 	dir   string
-	files []selfsigned.SetFile
+	files []certfile.SetFile
 	lines []string
 }
 
 // add adds the file name of the folder; what says what it is.
 func (s *fileSet) add(name string, data []byte, mode fs.FileMode, what string) {
-	s.files = append(s.files, selfsigned.SetFile{Name: name, Data: data, Mode: mode})
+	s.files = append(s.files, certfile.SetFile{Name: name, Data: data, Mode: mode})
 	s.lines = append(s.lines, fmt.Sprintf("wrote %-28s %04o  %s\n", filepath.Join(s.dir, name), mode, what))
 }
 
@@ -621,7 +622,7 @@ func (s *fileSet) write(stdout io.Writer) error {
 	if len(s.files) == 0 {
 		return nil
 	}
-	if err := selfsigned.WriteSet(s.dir, s.files); err != nil {
+	if err := certfile.WriteSet(s.dir, s.files); err != nil {
 		return err
 	}
 	for _, l := range s.lines {
@@ -634,7 +635,7 @@ func (s *fileSet) write(stdout io.Writer) error {
 // each folder, saying so, before anything is decided.
 func recoverSets(stdout io.Writer, dirs ...string) error {
 	for _, d := range dirs {
-		rec, err := selfsigned.RecoverSet(d)
+		rec, err := certfile.RecoverSet(d)
 		if err != nil {
 			return fmt.Errorf("%w; nothing was written", err)
 		}

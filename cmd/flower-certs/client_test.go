@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -31,7 +32,7 @@ func TestNodeCertificates(t *testing.T) {
 		if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v, mode %v; want 0600", key, err, fi.Mode().Perm())
 		}
-		c, err := selfsigned.CheckClient(cert, key, time.Now())
+		c, err := certfile.CheckClient(cert, key, time.Now())
 		if err != nil {
 			t.Fatalf("the written pair fails CheckClient: %v", err)
 		}
@@ -51,7 +52,7 @@ func TestNodeCertificates(t *testing.T) {
 		t.Errorf("nodes/ folder: %v, want mode 0700", err)
 	}
 	// An empty CRL is written with the first client certificate.
-	list, err := selfsigned.LoadCRL(crl, parseCert(t, p.caCert))
+	list, err := certfile.LoadCRL(crl, parseCert(t, p.caCert))
 	if err != nil || len(list.RevokedCertificateEntries) != 0 {
 		t.Fatalf("crl.pem: %v, %v; want an empty CRL of the CA", list, err)
 	}
@@ -89,7 +90,7 @@ func TestNodeCertificates(t *testing.T) {
 	// for both roles.
 	out = mustRun(t, tmp, "serverapp")
 	acert, akey := clientPaths(dir, transport.RoleServerApp, defaultServerAppName)
-	c, err := selfsigned.CheckClient(acert, akey, time.Now())
+	c, err := certfile.CheckClient(acert, akey, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +132,7 @@ func TestRevoke(t *testing.T) {
 		return certfmt.Serial(parseCert(t, c).SerialNumber)
 	}
 	revoked := func() map[string]bool {
-		l, err := selfsigned.LoadCRL(crl, ca)
+		l, err := certfile.LoadCRL(crl, ca)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +158,7 @@ func TestRevoke(t *testing.T) {
 	if r := revoked(); len(r) != 3 || !r[serial(transport.RoleServerApp, "app")] || !r[serial(transport.RoleNode, "node-3")] {
 		t.Errorf("revoked %v, want node-2, node-3 and app", r)
 	}
-	if l, _ := selfsigned.LoadCRL(crl, ca); l.Number.Int64() != 3 {
+	if l, _ := certfile.LoadCRL(crl, ca); l.Number.Int64() != 3 {
 		t.Errorf("CRL number %v, want 3 (one per change)", l.Number)
 	}
 
@@ -231,7 +232,7 @@ func TestNodeCertificatesWithoutCA(t *testing.T) {
 		t.Error("a server certificate was made")
 	}
 	cert, key := clientPaths(dir, transport.RoleNode, "node-1")
-	c, err := selfsigned.CheckClient(cert, key, time.Now())
+	c, err := certfile.CheckClient(cert, key, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -33,7 +34,7 @@ func TestLongDaysOnAFreshFolder(t *testing.T) {
 			t.Errorf("--days %s: the server certificate lasts %.2f days", days, got)
 		}
 		p := pathsIn(dir)
-		if _, err := selfsigned.Check(p.caCert, p.serverCert, p.serverKey, time.Time{}); err != nil {
+		if _, err := certfile.Check(p.caCert, p.serverCert, p.serverKey, time.Time{}); err != nil {
 			t.Errorf("--days %s: %v", days, err)
 		}
 	}
@@ -97,7 +98,7 @@ func TestInterruptedRunIsRepaired(t *testing.T) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "certificates")
 	mustRun(t, tmp)
-	ca, err := selfsigned.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	ca, err := certfile.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,14 +112,14 @@ func TestInterruptedRunIsRepaired(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, ".server.pem.sepal-new"), pair.CertPEM, 0o644)
 	os.WriteFile(filepath.Join(dir, ".sepal-set-journal"), []byte("sepal-set 1\nserver.key\nserver.pem\n"), 0o600)
 	p := pathsIn(dir)
-	if _, err := selfsigned.Check(p.caCert, p.serverCert, p.serverKey, time.Time{}); err == nil || !strings.Contains(err.Error(), "was interrupted") {
+	if _, err := certfile.Check(p.caCert, p.serverCert, p.serverKey, time.Time{}); err == nil || !strings.Contains(err.Error(), "was interrupted") {
 		t.Fatalf("Check of the half-renamed set: %v, want it to name the interrupted write", err)
 	}
 	out := mustRun(t, tmp)
 	if !strings.Contains(out, "completed an interrupted write of server.key, server.pem") || !strings.Contains(out, "exist and match") {
 		t.Errorf("the next run does not say it completed the write:\n%s", out)
 	}
-	if _, err := selfsigned.Check(p.caCert, p.serverCert, p.serverKey, time.Time{}); err != nil {
+	if _, err := certfile.Check(p.caCert, p.serverCert, p.serverKey, time.Time{}); err != nil {
 		t.Errorf("after the repair: %v", err)
 	}
 	if got := parseCert(t, p.serverCert).SerialNumber; got.Cmp(pair.Leaf.SerialNumber) != 0 {

@@ -10,7 +10,7 @@
 // files still work together and changes nothing. An existing CA in the
 // folder is reused, so clients keep their ca.crt; --force issues a new
 // server certificate from it, and --new-ca replaces the CA too. The files
-// are written as one set (selfsigned.WriteSet): a run killed at any point
+// are written as one set (certfile.WriteSet): a run killed at any point
 // leaves the old set or the new one, and the next run completes or undoes
 // the interrupted write and says so.
 package main
@@ -29,6 +29,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -137,7 +139,10 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	return c, nil
 }
 
-func run(args []string, stdout, stderr io.Writer) error {
+// run is the whole command. A certificate file's error names the
+// flower-certs command that fixes it (certfix).
+func run(args []string, stdout, stderr io.Writer) (err error) {
+	defer func() { err = certfix.Reword(err) }()
 	if sub, rest := subcommand(args); sub != nil {
 		return sub(rest, stdout, stderr)
 	}
@@ -182,7 +187,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 
 	// A run killed while it wrote is completed (it had written every file)
 	// or undone (it had not), before anything is decided.
-	rec, err := selfsigned.RecoverSet(c.dir)
+	rec, err := certfile.RecoverSet(c.dir)
 	if err != nil {
 		return fmt.Errorf("%w; nothing was written", err)
 	}
@@ -221,7 +226,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 		if err := checkExisting(p, have, now); err != nil {
 			return err
 		}
-		if w := selfsigned.KeyModeWarning(p.serverKey); w != "" {
+		if w := certfile.KeyModeWarning(p.serverKey); w != "" {
 			fmt.Fprintf(stderr, "%s: note: %s\n", name, w)
 		}
 		fmt.Fprintf(stdout, "%s and %s exist and match; nothing changed.\n", p.serverCert, p.serverKey)
@@ -240,7 +245,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	var ca *selfsigned.CA
 	reuse := have[p.caCert] && have[p.caKey] && !c.newCA
 	if reuse {
-		if ca, err = selfsigned.LoadCA(p.caCert, p.caKey); err != nil {
+		if ca, err = certfile.LoadCA(p.caCert, p.caKey); err != nil {
 			return fmt.Errorf("%w (to replace the CA, run %s --new-ca)", err, name)
 		}
 		if now.After(ca.Cert.NotAfter) {
@@ -281,7 +286,7 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	if !reuse {
 		set.add(caKeyName, ca.KeyPEM, keyMode, "CA private key: keep it private, it stays here")
 		set.add(caCertName, ca.CertPEM, certMode, fmt.Sprintf("CA certificate (%s, valid until %s): give it to every client",
-			selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
+			certfile.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly)))
 	}
 	crlFile := filepath.Join(c.dir, crlName)
 	if !reuse {
@@ -302,22 +307,22 @@ func generate(c *config, now time.Time, stdout, stderr io.Writer) error {
 	}
 	set.add(serverKeyName, pair.KeyPEM, keyMode, "server private key")
 	set.add(serverCertName, pair.CertPEM, certMode, fmt.Sprintf("server certificate (%s, serial %s, valid until %s) for %s",
-		selfsigned.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
+		certfile.KeyAlgorithm(pair.Leaf.PublicKey), certfmt.Serial(pair.Leaf.SerialNumber),
 		pair.Leaf.NotAfter.UTC().Format(time.DateOnly), strings.Join(sans(pair.Leaf), ", ")))
 	if reuse {
 		if fi, err := os.Stat(p.caKey); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			fmt.Fprintf(stderr, "%s: note: the CA private key %s is open to other users (mode %04o); anyone who reads it can issue certificates your clients trust: chmod 600 %s\n",
-				name, p.caKey, fi.Mode().Perm(), shellQuote(p.caKey))
+				name, p.caKey, fi.Mode().Perm(), cli.ShellQuote(p.caKey))
 		}
 		fmt.Fprintf(stdout, "Reusing the CA in %s (%q, %s, valid until %s); clients keep it.\n",
-			p.caCert, subjectName(ca.Cert), selfsigned.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
+			p.caCert, subjectName(ca.Cert), certfile.KeyAlgorithm(ca.Cert.PublicKey), ca.Cert.NotAfter.UTC().Format(time.DateOnly))
 	}
 	if err := set.write(stdout); err != nil {
 		return err
 	}
 	if fi, err := os.Stat(c.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		fmt.Fprintf(stderr, "%s: note: %s is open to other users (mode %04o); keys are 0600, but consider: chmod 700 %s\n",
-			name, c.dir, fi.Mode().Perm(), shellQuote(c.dir))
+			name, c.dir, fi.Mode().Perm(), cli.ShellQuote(c.dir))
 	}
 	if clamped {
 		fmt.Fprintf(stdout, "The server certificate ends with its CA on %s, before %d days; %s --new-ca makes a CA for 10 years (clients then need the new %s).\n",
@@ -360,7 +365,7 @@ func printReissue(stdout io.Writer, dir string) {
 // them. have tells which of the four files exist.
 func checkExisting(p paths, have map[string]bool, now time.Time) error {
 	if have[p.caCert] && have[p.caKey] {
-		if _, err := selfsigned.LoadCA(p.caCert, p.caKey); err != nil {
+		if _, err := certfile.LoadCA(p.caCert, p.caKey); err != nil {
 			return fmt.Errorf("the CA in %s does not work: %w; nothing changed", filepath.Dir(p.caCert), err)
 		}
 	}
@@ -368,7 +373,7 @@ func checkExisting(p paths, have map[string]bool, now time.Time) error {
 	if have[p.caCert] {
 		caFile = p.caCert
 	}
-	if _, err := selfsigned.Check(caFile, p.serverCert, p.serverKey, now); err != nil {
+	if _, err := certfile.Check(caFile, p.serverCert, p.serverKey, now); err != nil {
 		return fmt.Errorf("the server certificate in %s does not work: %w; nothing changed", filepath.Dir(p.serverCert), err)
 	}
 	return nil
@@ -434,16 +439,7 @@ func subjectName(c *x509.Certificate) string {
 func shellJoin(words []string) string {
 	q := make([]string, len(words))
 	for i, w := range words {
-		q[i] = shellQuote(w)
+		q[i] = cli.ShellQuote(w)
 	}
 	return strings.Join(q, " ")
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,@%+[]", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

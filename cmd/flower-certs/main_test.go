@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
@@ -144,7 +145,7 @@ func TestDefaultRun(t *testing.T) {
 	if d := time.Until(leaf.NotAfter); d < 364*24*time.Hour || d > 366*24*time.Hour {
 		t.Errorf("server certificate valid for %v, want 365 days", d)
 	}
-	if _, err := selfsigned.Check(p.caCert, p.serverCert, p.serverKey, time.Now()); err != nil {
+	if _, err := certfile.Check(p.caCert, p.serverCert, p.serverKey, time.Now()); err != nil {
 		t.Errorf("the written files fail Check: %v", err)
 	}
 }
@@ -187,7 +188,7 @@ func TestSecondRunChangesNothingAndForceReissues(t *testing.T) {
 	if !slices.Contains(leaf.DNSNames, "x.example.org") {
 		t.Errorf("--force certificate SANs %v lack x.example.org", leaf.DNSNames)
 	}
-	if _, err := selfsigned.Check(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), time.Now()); err != nil {
+	if _, err := certfile.Check(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), time.Now()); err != nil {
 		t.Errorf("the reissued pair fails Check against the kept CA: %v", err)
 	}
 
@@ -231,7 +232,7 @@ func TestMissingCAIsMadeWithForce(t *testing.T) {
 	os.Remove(filepath.Join(dir, "ca.key"))
 	mustRun(t, tmp, "--force")
 	p := pathsIn(dir)
-	if _, err := selfsigned.Check(p.caCert, p.serverCert, p.serverKey, time.Now()); err != nil {
+	if _, err := certfile.Check(p.caCert, p.serverCert, p.serverKey, time.Now()); err != nil {
 		t.Errorf("after --force without a CA: %v", err)
 	}
 }
@@ -334,7 +335,7 @@ func TestKeyTypesAndDays(t *testing.T) {
 	tmp := t.TempDir()
 	mustRun(t, tmp, "--days", "5000")
 	p := pathsIn(filepath.Join(tmp, "certificates"))
-	if _, err := selfsigned.Check(p.caCert, p.serverCert, p.serverKey, time.Now().Add(4999*24*time.Hour)); err != nil {
+	if _, err := certfile.Check(p.caCert, p.serverCert, p.serverKey, time.Now().Add(4999*24*time.Hour)); err != nil {
 		t.Errorf("--days 5000 with a new CA: %v", err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
 
@@ -25,11 +27,11 @@ func TestNewCAReplacesCRL(t *testing.T) {
 	out := mustRun(t, tmp, "--new-ca")
 	p := pathsIn(dir)
 	crl := filepath.Join(dir, crlName)
-	l, err := selfsigned.LoadCRL(crl, parseCert(t, p.caCert))
+	l, err := certfile.LoadCRL(crl, parseCert(t, p.caCert))
 	if err != nil || len(l.RevokedCertificateEntries) != 0 {
 		t.Fatalf("crl.pem after --new-ca: %v, %v; want an empty CRL of the new CA", l, err)
 	}
-	if _, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.caCert, CRLFile: crl, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+	if _, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.caCert, CRLFile: crl, Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		t.Errorf("the SuperLink's client CA and CRL after --new-ca: %v", err)
 	}
 	for _, want := range []string{
@@ -49,7 +51,7 @@ func TestNewCAReplacesCRL(t *testing.T) {
 	}
 	// The commands it prints work.
 	mustRun(t, tmp, "node", "--force", "node-1", "node-2")
-	if _, err := selfsigned.CheckClient(filepath.Join(dir, "nodes", "node-1.pem"), filepath.Join(dir, "nodes", "node-1.key"), time.Time{}); err != nil {
+	if _, err := certfile.CheckClient(filepath.Join(dir, "nodes", "node-1.pem"), filepath.Join(dir, "nodes", "node-1.key"), time.Time{}); err != nil {
 		t.Error(err)
 	}
 }
@@ -74,20 +76,20 @@ func TestStaleCRLFixWorks(t *testing.T) {
 	if err := os.WriteFile(crl, stale.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.caCert, CRLFile: crl, Logger: slog.New(slog.DiscardHandler)})
-	var fe *selfsigned.FileError
+	_, err = certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.caCert, CRLFile: crl, Logger: slog.New(slog.DiscardHandler)})
+	var fe *certfile.FileError
 	if !errors.As(err, &fe) {
 		t.Fatalf("a CRL of another CA: %v, want a *FileError", err)
 	}
 	fix := name + " revoke --dir " + dir
-	if !strings.Contains(fe.Fix, fix) {
-		t.Fatalf("the fix %q does not name %q", fe.Fix, fix)
+	if msg := certfix.Reword(err).Error(); !strings.Contains(msg, fix) {
+		t.Fatalf("the message %q does not name %q", msg, fix)
 	}
 	out := mustRun(t, tmp, "revoke")
 	if !strings.Contains(out, "wrote "+crl) {
 		t.Errorf("flower-certs revoke without a NAME over another CA's CRL:\n%s", out)
 	}
-	if l, err := selfsigned.LoadCRL(crl, parseCert(t, p.caCert)); err != nil || len(l.RevokedCertificateEntries) != 0 {
+	if l, err := certfile.LoadCRL(crl, parseCert(t, p.caCert)); err != nil || len(l.RevokedCertificateEntries) != 0 {
 		t.Errorf("crl.pem: %v, %v; want an empty CRL of the CA", l, err)
 	}
 	// With the CA's own CRL there, a NAME is still needed.

@@ -88,5 +88,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err == nil {
 		logger.Info("SuperNode stopped")
 	}
-	return err
+	return flags.Explain(err)
 }

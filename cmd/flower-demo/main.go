@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/app"
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/state/memstate"
@@ -121,6 +123,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelInfo
 	}
 	d := &demo{opts: o, out: stdout, log: cli.NewFormatLogger(stderr, level, o.logFormat)}
+	// SIGHUP never ends the demo: it reloads the SuperLink's certificate
+	// files once they are made.
+	ctx, hup, stop := cli.Signals(ctx, d.log)
+	defer stop()
+	hup.Nothing("the certificates are not made yet")
+	d.hup = hup
 	return d.run(ctx)
 }
 
@@ -128,6 +136,7 @@ type demo struct {
 	opts *options
 	out  io.Writer
 	log  *slog.Logger
+	hup  *cli.Hangup
 }
 
 func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
@@ -296,7 +305,7 @@ func writeCertificates(dir string) (certFiles, error) {
 		{f.cert, pair.CertPEM, 0o644},
 		{f.key, pair.KeyPEM, 0o600},
 	} {
-		if err := selfsigned.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
+		if err := certfile.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
 			return f, err // "writing PATH: ..."
 		}
 	}
@@ -312,12 +321,13 @@ type superLink struct {
 
 func (d *demo) startSuperLink(ctx context.Context, fail context.CancelCauseFunc, f certFiles) (*superLink, error) {
 	log := d.log.With("component", "superlink")
-	src, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
-		CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Logger: log,
+	src, err := certfile.NewFileSource(certfile.FileSourceOptions{
+		CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Logger: log, Remedies: certfix.Remedy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("loading the certificates: %w", err)
+		return nil, fmt.Errorf("loading the certificates: %w", certfix.Reword(err))
 	}
+	d.hup.Add("certificate files", src.Reload)
 	fleetLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listening for the Fleet API on 127.0.0.1: %w", err)

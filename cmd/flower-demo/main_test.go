@@ -10,9 +10,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
 func TestParse(t *testing.T) {
@@ -181,5 +184,41 @@ func TestRunInterrupted(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(m[1])); !os.IsNotExist(err) {
 		t.Errorf("temporary folder %s left behind (%v)", filepath.Dir(m[1]), err)
+	}
+}
+
+// hupOn sends SIGHUP to this process once the output written so far
+// contains s, and holds that write until log shows the reload it causes
+// (or 10 s pass), so that the demo is still running when it arrives.
+type hupOn struct {
+	bytes.Buffer
+	s, want string
+	log     *testkit.SyncBuffer
+	sent    bool
+}
+
+func (h *hupOn) Write(p []byte) (int, error) {
+	n, err := h.Buffer.Write(p)
+	if !h.sent && strings.Contains(h.String(), h.s) {
+		h.sent = true
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(h.log.String(), h.want) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return n, err
+}
+
+// TestRunSIGHUP: SIGHUP in the middle of the run reloads the SuperLink's
+// certificate files and does not end the demo.
+func TestRunSIGHUP(t *testing.T) {
+	const want = `msg="SIGHUP: reloaded" reload="certificate files"`
+	stderr := &testkit.SyncBuffer{}
+	stdout := &hupOn{s: "round 1/", want: want, log: stderr}
+	if err := run(context.Background(), []string{"--rounds", "2", "--verbose"}, stdout, stderr); err != nil {
+		t.Fatalf("run with a SIGHUP: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	if !stdout.sent || !strings.Contains(stderr.String(), want) {
+		t.Errorf("SIGHUP sent %v, and the log lacks %q:\n%s", stdout.sent, want, stderr.String())
 	}
 }

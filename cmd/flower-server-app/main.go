@@ -103,11 +103,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("interrupted before the run finished")
 		}
-		return wait.explain(err)
+		return flags.Explain(wait.explain(err))
 	}
 	if *stop {
 		if err := app.StopNodes(ctx, o); err != nil {
-			return fmt.Errorf("--stop-nodes: %w", err)
+			return fmt.Errorf("--stop-nodes: %w", flags.Explain(err))
 		}
 		logger.Info("nodes asked to leave")
 	}

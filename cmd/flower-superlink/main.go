@@ -28,9 +28,10 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/postgres"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -222,7 +223,10 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 
 // run is the whole command: parse, check the certificate, listen, serve
 // until ctx ends or a signal arrives. It returns nil after a graceful stop.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// A certificate file's error names the flower-certs command that fixes it
+// (certfix), as do the reload failures it logs.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	defer func() { err = certfix.Reword(err) }()
 	c, err := parseArgs(args, stdout)
 	if err != nil {
 		return err
@@ -241,13 +245,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var creds credentials.TransportCredentials
 	switch c.mode {
 	case modeFiles:
-		fsrc, err := selfsigned.NewFileSource(selfsigned.FileSourceOptions{
+		fsrc, err := certfile.NewFileSource(certfile.FileSourceOptions{
 			CAFile:       c.caFile,
 			CertFile:     c.certFile,
 			KeyFile:      c.keyFile,
 			PollInterval: c.pollInterval,
 			Logger:       log,
-			NoSIGHUP:     true, // reloaded by hup
+			Remedies:     certfix.Remedy,
 			OnReload:     mon.fileReload(),
 		})
 		if err != nil {

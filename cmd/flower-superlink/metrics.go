@@ -18,9 +18,10 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/acme"
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/metrics"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -66,17 +67,19 @@ func (f *metricsFlags) monitor(log *slog.Logger) *monitor {
 	return &monitor{addr: f.address, log: log, m: metrics.New(metrics.Options{Logger: log, Version: cli.Version})}
 }
 
-// fileReload is the OnReload hook of the certificate files.
-func (mo *monitor) fileReload() func(selfsigned.ReloadEvent) {
+// fileReload is the OnReload hook of the certificate files. A failure
+// names the flower-certs command that fixes the file on the status page,
+// as in the log.
+func (mo *monitor) fileReload() func(certfile.ReloadEvent) {
 	if mo == nil {
 		return nil
 	}
-	return func(e selfsigned.ReloadEvent) {
+	return func(e certfile.ReloadEvent) {
 		kind := "reload"
 		if e.Trigger == "start" {
 			kind = "start"
 		}
-		mo.m.CertificateEvent(metrics.CertEvent{Source: metrics.SourceFile, Kind: kind, Trigger: e.Trigger, Err: e.Err, Time: e.Time})
+		mo.m.CertificateEvent(metrics.CertEvent{Source: metrics.SourceFile, Kind: kind, Trigger: e.Trigger, Err: certfix.Reword(e.Err), Time: e.Time})
 	}
 }
 
@@ -170,7 +173,7 @@ func (mo *monitor) watchCRL(m *mtlsFlags) {
 		return
 	}
 	mo.m.SetCRL(func() *x509.RevocationList {
-		for _, s := range []*selfsigned.ClientCAFile{m.fleetSrc, m.driverSrc} {
+		for _, s := range []*certfile.ClientCAFile{m.fleetSrc, m.driverSrc} {
 			if s != nil {
 				if _, crl := s.ClientCAs(); crl != nil {
 					return crl

@@ -16,8 +16,9 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -37,7 +38,7 @@ const (
 type mtlsFlags struct {
 	fs                     *pflag.FlagSet
 	fleetCA, driverCA, crl string
-	fleetSrc, driverSrc    *selfsigned.ClientCAFile // nil: that API asks for no client certificate
+	fleetSrc, driverSrc    *certfile.ClientCAFile // nil: that API asks for no client certificate
 	refusals               *refusalLog
 }
 
@@ -86,9 +87,9 @@ func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Durati
 		return nil
 	}
 	m.refusals = &refusalLog{log: log, seen: map[string]time.Time{}}
-	open := func(flag, file string) (*selfsigned.ClientCAFile, error) {
-		s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
-			Logger: log.With("client_ca_flag", "--"+flag), NoSIGHUP: true})
+	open := func(flag, file string) (*certfile.ClientCAFile, error) {
+		s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: file, CRLFile: m.crl, PollInterval: poll,
+			Logger: log.With("client_ca_flag", "--"+flag), Remedies: certfix.Remedy})
 		if err != nil {
 			return nil, fmt.Errorf("--%s: %w", flag, err)
 		}
@@ -96,7 +97,7 @@ func (m *mtlsFlags) load(ctx context.Context, log *slog.Logger, poll time.Durati
 		if m.crl != "" {
 			what += " and CRL --" + clientCRLFlag
 		}
-		hup.Add(what, s.Reload)
+		hup.Add(what, func() error { return certfix.Reword(s.Reload()) })
 		go s.Run(ctx) // returns nil when ctx ends; failures are logged
 		return s, nil
 	}
@@ -207,6 +208,32 @@ func (r *refusalLog) hook(api string) func(*transport.ClientCertError) {
 		if e.Serial != "" {
 			attrs = append(attrs, "serial", e.Serial)
 		}
-		r.log.Warn(e.Error(), attrs...)
+		r.log.Warn(refusalMessage(e), attrs...)
 	}
+}
+
+// refusalMessage is e's message for the SuperLink's operator: transport's
+// words for the refusal, with the flower-certs command that issues the
+// client certificate.
+func refusalMessage(e *transport.ClientCertError) string {
+	reissue := fmt.Sprintf("flower-certs %s --force NAME", e.Role)
+	if e.Identity.Name != "" {
+		reissue = fmt.Sprintf("flower-certs %s --force %s", e.Identity.Role, e.Identity.Name)
+	}
+	var fix string
+	switch e.Cause {
+	case transport.CauseNoCertificate:
+		fix = fmt.Sprintf("give the client one (flower-certs %s NAME) with --client-certificate and --client-key", e.Role)
+	case transport.CauseUnknownCA:
+		fix = fmt.Sprintf("issue it from the SuperLink's CA (flower-certs %s NAME)", e.Role)
+	case transport.CauseExpired:
+		fix = fmt.Sprintf("issue a new one (%s), or check the clocks", reissue)
+	case transport.CauseRevoked:
+		fix = fmt.Sprintf("its holder needs a new certificate to connect again (%s)", reissue)
+	case transport.CauseWrongRole, transport.CauseNoIdentity:
+		fix = fmt.Sprintf("issue one with flower-certs %s NAME", e.Role)
+	default:
+		fix = fmt.Sprintf("give the client a %s certificate of the SuperLink's CA (flower-certs %s NAME)", transport.RoleName(e.Role), e.Role)
+	}
+	return e.Problem() + ": " + fix
 }

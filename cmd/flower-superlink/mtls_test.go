@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
@@ -113,12 +114,46 @@ func TestRefusalLogCoalesces(t *testing.T) {
 }
 
 // clientCASource is a ClientCAFile of a new CA.
-func clientCASource(t *testing.T) *selfsigned.ClientCAFile {
+func clientCASource(t *testing.T) *certfile.ClientCAFile {
 	t.Helper()
 	p := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
-	s, err := selfsigned.NewClientCAFile(selfsigned.ClientCAOptions{CAFile: p.CAFile, Logger: slog.New(slog.DiscardHandler)})
+	s, err := certfile.NewClientCAFile(certfile.ClientCAOptions{CAFile: p.CAFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestRefusalMessage: every refusal the SuperLink logs says what to do,
+// with the flower-certs command that issues the certificate, in the
+// certificate's own role and name when it holds them.
+func TestRefusalMessage(t *testing.T) {
+	alice := transport.Identity{Role: transport.RoleNode, Name: "alice"}
+	for _, c := range []struct {
+		e     transport.ClientCertError
+		words []string
+	}{
+		{transport.ClientCertError{Cause: transport.CauseNoCertificate, Role: transport.RoleNode, Remote: "10.0.0.1:4000"},
+			[]string{"a client from 10.0.0.1:4000 presented none", "give the client one (flower-certs node NAME) with --client-certificate and --client-key"}},
+		{transport.ClientCertError{Cause: transport.CauseExpired, Role: transport.RoleNode, Identity: alice, Serial: "01", Err: errors.New("x509: expired")},
+			[]string{"flower-certs node --force alice"}},
+		{transport.ClientCertError{Cause: transport.CauseExpired, Role: transport.RoleServerApp, Subject: "CN=x", Serial: "01", Err: errors.New("x509: expired")},
+			[]string{"flower-certs serverapp --force NAME"}},
+		{transport.ClientCertError{Cause: transport.CauseRevoked, Role: transport.RoleNode, Identity: alice, Serial: "01"},
+			[]string{"is revoked", "flower-certs node --force alice"}},
+		{transport.ClientCertError{Cause: transport.CauseUnknownCA, Role: transport.RoleNode, Subject: "CN=eve", Issuer: "CN=other", Serial: "02"},
+			[]string{`(issuer "CN=other")`, "issue it from the SuperLink's CA (flower-certs node NAME)"}},
+		{transport.ClientCertError{Cause: transport.CauseBadCertificate, Role: transport.RoleServerApp, Subject: "CN=srv", Serial: "01", Err: errors.New("x509: wrong usage")},
+			[]string{"refused", "flower-certs serverapp NAME"}},
+	} {
+		msg := refusalMessage(&c.e)
+		if !strings.HasPrefix(msg, c.e.Problem()+": ") {
+			t.Errorf("%q does not start with transport's words %q", msg, c.e.Problem())
+		}
+		for _, w := range c.words {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s refusal %q lacks %q", c.e.Cause, msg, w)
+			}
+		}
+	}
 }

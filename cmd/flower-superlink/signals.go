@@ -5,6 +5,7 @@ package main
 // It never ends the SuperLink.
 
 import (
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -28,9 +29,10 @@ func hangupBefore(hup *cli.Hangup, mode tlsMode) {
 	}
 }
 
-// hangupSource makes SIGHUP reload src when it can.
+// hangupSource makes SIGHUP reload src when it can; a failure names the
+// flower-certs command that fixes the file.
 func hangupSource(hup *cli.Hangup, src transport.CertSource) {
 	if r, ok := src.(reloader); ok {
-		hup.Add("certificate files", r.Reload)
+		hup.Add("certificate files", func() error { return certfix.Reword(r.Reload()) })
 	}
 }

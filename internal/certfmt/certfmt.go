@@ -1,7 +1,7 @@
 // Package certfmt prints facts about certificates the way the tools people
 // check them with print them, so that a value in a Sepal message can be
 // found in openssl's output as it is; and holds the checks of certificates
-// and CRLs that transport, selfsigned and flower-certs share (x509.go).
+// and CRLs that transport, certfile, selfsigned and flower-certs share (x509.go).
 package certfmt
 
 import (

@@ -1,7 +1,7 @@
 package certfmt
 
 // The certificate checks that the SuperLink (transport), the CA files
-// (selfsigned) and flower-certs share, kept here because none of those
+// (certfile) and flower-certs share, kept here because none of those
 // packages may import the others.
 
 import (
@@ -71,6 +71,22 @@ func ReadCerts(path string) []*x509.Certificate {
 		}
 	}
 	return certs
+}
+
+// SameNameCA returns a CA certificate of the PEM file roots whose subject
+// is the issuer of c, which did not sign c if c failed to verify against
+// roots (a CA made again under the same name); nil when there is none, no
+// file ("": the system roots) or no c.
+func SameNameCA(roots string, c *x509.Certificate) *x509.Certificate {
+	if roots == "" || c == nil {
+		return nil
+	}
+	for _, r := range ReadCerts(roots) {
+		if bytes.Equal(r.RawSubject, c.RawIssuer) {
+			return r
+		}
+	}
+	return nil
 }
 
 // certBlocks returns the DER of each CERTIFICATE block of a PEM file, nil

@@ -31,55 +31,12 @@ var notMessages = map[[2]string]string{
 // log call, a status, a sentinel or a prefix built with +. The package
 // names are those the files declare, so a new package is covered at once.
 func TestNoPackagePrefixes(t *testing.T) {
-	root := moduleRoot(t)
-	type lit struct {
-		file, text string
-		pos        token.Position
-	}
-	var lits []lit
-	names := map[string]bool{}
-	fset := token.NewFileSet()
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if path != root && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || d.Name() == "vendor" || d.Name() == "node_modules") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
-		if err != nil {
-			return err
-		}
-		if ast.IsGenerated(f) {
-			return nil
-		}
-		if f.Name.Name != "main" {
-			names[f.Name.Name] = true
-		}
-		rel, _ := filepath.Rel(root, path)
-		ast.Inspect(f, func(n ast.Node) bool {
-			if b, ok := n.(*ast.BasicLit); ok && b.Kind == token.STRING {
-				if s, err := strconv.Unquote(b.Value); err == nil {
-					lits = append(lits, lit{filepath.ToSlash(rel), s, fset.Position(b.Pos())})
-				}
-			}
-			return true
-		})
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := readModule(t)
+	lits, names := m.lits, m.names
 	// Enough of the module was read for the check to mean something.
 	for _, want := range []string{"superlink", "selfsigned", "transport", "acme", "app", "cli"} {
 		if !names[want] {
-			t.Fatalf("package %s not found under %s: the walk missed the module", want, root)
+			t.Fatalf("package %s not found: the walk missed the module", want)
 		}
 	}
 	list := slices.Sorted(func(yield func(string) bool) {
@@ -107,6 +64,99 @@ func TestNoPackagePrefixes(t *testing.T) {
 			t.Errorf("notMessages lists %q in %s (%s), which is no longer there: drop it", key[1], key[0], why)
 		}
 	}
+}
+
+// goLit is a string literal of a non-test Go file of the module.
+type goLit struct {
+	file, text string // file relative to the module root, slash-separated
+	pos        token.Position
+}
+
+// module is what readModule read: the string literals of every non-test,
+// non-generated .go file; the names its packages declare (but main); and
+// for each package (its folder, relative and slash-separated) whether it
+// is a command (package main) and the module's packages its non-test files
+// import (as folders).
+type module struct {
+	lits    []goLit
+	names   map[string]bool
+	main    map[string]bool
+	imports map[string]map[string]bool
+}
+
+// readModule reads the module the test runs in.
+func readModule(t *testing.T) *module {
+	t.Helper()
+	root := moduleRoot(t)
+	modPath := modulePath(t, root)
+	m := &module{names: map[string]bool{}, main: map[string]bool{}, imports: map[string]map[string]bool{}}
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || d.Name() == "vendor" || d.Name() == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
+		if err != nil {
+			return err
+		}
+		if ast.IsGenerated(f) {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, path)
+		rel = filepath.ToSlash(rel)
+		dir := filepath.ToSlash(filepath.Dir(rel))
+		if f.Name.Name == "main" {
+			m.main[dir] = true
+		} else {
+			m.names[f.Name.Name] = true
+		}
+		if m.imports[dir] == nil {
+			m.imports[dir] = map[string]bool{}
+		}
+		for _, imp := range f.Imports {
+			if p, err := strconv.Unquote(imp.Path.Value); err == nil && strings.HasPrefix(p, modPath+"/") {
+				m.imports[dir][strings.TrimPrefix(p, modPath+"/")] = true
+			}
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if b, ok := n.(*ast.BasicLit); ok && b.Kind == token.STRING {
+				if s, err := strconv.Unquote(b.Value); err == nil {
+					m.lits = append(m.lits, goLit{rel, s, fset.Position(b.Pos())})
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// modulePath is the module path that root's go.mod declares.
+func modulePath(t *testing.T, root string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(l), "module "); ok {
+			return strings.TrimSpace(p)
+		}
+	}
+	t.Fatal("go.mod declares no module")
+	return ""
 }
 
 // prefixPattern matches a text that starts with one of the package names

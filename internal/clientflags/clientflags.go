@@ -1,7 +1,7 @@
-// Package clientflags holds the flags flower-client-app and
-// flower-server-app share: the SuperLink address, TLS (--insecure,
-// --root-certificates, --tls-server-name) and retries (--max-retries,
-// --max-wait-time), with the spelling and defaults of Flower 1.8.0.
+// Package clientflags holds what flower-client-app and flower-server-app
+// share on the command line: the flags of the SuperLink address, TLS and
+// retries, with the spelling and defaults of Flower 1.8.0, and the
+// messages that word the apps' failures in those flags.
 package clientflags
 
 import (

@@ -8,8 +8,9 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/sepal-fl/sepal/certfile"
+	"github.com/sepal-fl/sepal/internal/certfix"
 	"github.com/sepal-fl/sepal/internal/cli"
-	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -34,28 +35,31 @@ func (f *Flags) registerClientCert(fs *pflag.FlagSet, api string) {
 }
 
 // withClientCert adds the client certificate and the role to o, once the
-// certificate passed selfsigned.CheckClient and holds the identity of the
+// certificate passed certfile.CheckClient and holds the identity of the
 // role the API admits (a file error or another role, naming the flag: exit
 // 1). Conflicts with --insecure, and one flag without the other, are usage
-// errors (transport's own checks of the options).
+// errors (the checks of transport's ValidateClientCert, naming the flags).
 func (f *Flags) withClientCert(o transport.ClientOptions) (transport.ClientOptions, error) {
 	o.Role = f.role
-	o.ClientCertificate, o.ClientKey = f.ClientCertificate, f.ClientKey
-	if err := o.ValidateClientCert(); err != nil {
-		o.ClientCertificate, o.ClientKey = "", ""
-		return o, cli.Usagef("%v", err)
-	}
-	if f.ClientCertificate == "" {
+	switch {
+	case f.ClientCertificate == "" && f.ClientKey == "":
 		return o, nil
+	case f.Insecure:
+		return o, cli.Usagef("--insecure and --client-certificate conflict: a client certificate is presented only over TLS; drop --insecure")
+	case f.ClientKey == "":
+		return o, cli.Usagef("--client-certificate %s needs --client-key with its private key", f.ClientCertificate)
+	case f.ClientCertificate == "":
+		return o, cli.Usagef("--client-key %s needs --client-certificate with the certificate", f.ClientKey)
 	}
-	c, err := selfsigned.CheckClient(f.ClientCertificate, f.ClientKey, time.Now())
+	o.ClientCertificate, o.ClientKey = f.ClientCertificate, f.ClientKey
+	c, err := certfile.CheckClient(f.ClientCertificate, f.ClientKey, time.Now())
 	if err != nil {
 		flag := "--client-certificate"
-		var fe *selfsigned.FileError
+		var fe *certfile.FileError
 		if errors.As(err, &fe) && fe.Path == f.ClientKey && fe.Path != f.ClientCertificate {
 			flag = "--client-key"
 		}
-		return o, fmt.Errorf("%s: %w", flag, err)
+		return o, fmt.Errorf("%s: %w", flag, certfix.Reword(err))
 	}
 	f.identity = ""
 	if id, err := transport.IdentityOf(c.Leaf); err == nil {

@@ -33,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
@@ -350,7 +351,7 @@ func writeCertificates(dir string) (ca, cert, key string, err error) {
 		data []byte
 		perm os.FileMode
 	}{{ca, c.CertPEM, 0o644}, {cert, p.CertPEM, 0o644}, {key, p.KeyPEM, 0o600}} {
-		if err := selfsigned.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
+		if err := certfile.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
 			return "", "", "", err
 		}
 	}

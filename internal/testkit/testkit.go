@@ -5,7 +5,7 @@
 // (HealthCheck), a buffer safe for concurrent writers (SyncBuffer), and
 // the command-line checks every command shares (CheckCommandLine).
 //
-// It imports selfsigned but neither transport nor superlink, so that their
+// It imports selfsigned and certfile but neither transport nor superlink, so that their
 // in-package tests can use it. It is for tests only: every helper fails the
 // test through t instead of returning an error.
 package testkit
@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
 
@@ -99,7 +100,7 @@ func (p *PKI) WriteFiles(t testing.TB, dir string) Files {
 		data []byte
 		perm os.FileMode
 	}{{f.CA, p.CA.CertPEM, 0o644}, {f.Cert, p.Pair.CertPEM, 0o644}, {f.Key, p.Pair.KeyPEM, 0o600}} {
-		if err := selfsigned.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
+		if err := certfile.WriteFileAtomic(w.path, w.data, w.perm); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
 
@@ -44,7 +45,7 @@ func TestPKI(t *testing.T) {
 		}
 	}
 	f := p.WriteFiles(t, t.TempDir()+"/certificates")
-	if _, err := selfsigned.Check(f.CA, f.Cert, f.Key, time.Now()); err != nil {
+	if _, err := certfile.Check(f.CA, f.Cert, f.Key, time.Now()); err != nil {
 		t.Fatalf("written files do not pass Check: %v", err)
 	}
 	if st, err := os.Stat(f.Key); err != nil || st.Mode().Perm() != 0o600 {

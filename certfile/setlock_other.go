@@ -1,6 +1,6 @@
 //go:build !(linux || darwin || freebsd || netbsd || openbsd || dragonfly)
 
-package selfsigned
+package certfile
 
 // lockDir does nothing where flock does not exist: writers of one folder
 // are not serialized there.

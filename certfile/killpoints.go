@@ -1,6 +1,6 @@
 //go:build sepal_killpoints
 
-package selfsigned
+package certfile
 
 // This file is built only with -tags sepal_killpoints, by the tests that
 // kill a writer at every step (e2e's flower-certs kill test). It is never in

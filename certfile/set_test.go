@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"bytes"
@@ -255,7 +255,8 @@ func TestRecoverSet(t *testing.T) {
 		}
 		// Check names the interrupted write.
 		_, err = Check("", filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), time.Time{})
-		if err == nil || !strings.Contains(err.Error(), "was interrupted") || !strings.Contains(err.Error(), "flower-certs --dir "+dir) {
+		var fe *FileError
+		if !errors.As(err, &fe) || !fe.Interrupted || !strings.Contains(err.Error(), "was interrupted") || !strings.Contains(err.Error(), RemedyCompleteWrite.String()) {
 			t.Errorf("Check in a folder with a pending write: %v", err)
 		}
 	})

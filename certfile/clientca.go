@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"bytes"
@@ -31,16 +31,15 @@ type ClientCAOptions struct {
 	// Now is the clock the files are validated against; nil means
 	// time.Now.
 	Now func() time.Time
-	// NoSIGHUP leaves SIGHUP to the caller: Run only polls, and the caller
-	// calls Reload when the process gets SIGHUP. Default false: Run reloads
-	// on SIGHUP.
-	NoSIGHUP bool
+	// Remedies words the remedies of the failures the source logs, as
+	// FileSourceOptions.Remedies does. Default nil: the general words.
+	Remedies func(r Remedy, path string) string
 }
 
 // ClientCAFile serves the CAs that client certificates must chain to and
 // the list of revoked ones, read from a CA file and an optional CRL file,
 // and reloads them while it serves, as FileSource does its certificate: it
-// polls every PollInterval, reloads at once on SIGHUP (Run) or Reload, and
+// polls every PollInterval (Run), reloads at once on Reload, and
 // replaces what it serves only by files that pass its checks, keeping the
 // last good ones otherwise (and logging why once). ClientCAs satisfies
 // transport.ClientCASource.
@@ -91,15 +90,14 @@ func NewClientCAFile(o ClientCAOptions) (*ClientCAFile, error) {
 	}
 	s := &ClientCAFile{o: o, log: o.Logger}
 	s.reloader = reloader[*clientCAFiles, clientTrust]{
-		read:     s.read,
-		check:    (*clientCAFiles).check,
-		now:      o.Now,
-		poll:     o.PollInterval,
-		noSIGHUP: o.NoSIGHUP,
-		swapped:  s.swapped,
-		failed:   s.failed,
-		idle:     func(time.Time) {},
-		retry:    errNotYetValid,
+		read:    s.read,
+		check:   (*clientCAFiles).check,
+		now:     o.Now,
+		poll:    o.PollInterval,
+		swapped: s.swapped,
+		failed:  s.failed,
+		idle:    func(time.Time) {},
+		retry:   errNotYetValid,
 	}
 	if _, err := s.start(); err != nil {
 		return nil, err
@@ -116,10 +114,8 @@ func (s *ClientCAFile) ClientCAs() (*x509.CertPool, *x509.RevocationList) {
 	return t.pool, t.crl
 }
 
-// Run polls the files every PollInterval, and reloads them at once when the
-// process receives SIGHUP (unless NoSIGHUP), until ctx ends; then it stops
-// listening for SIGHUP and returns nil. A failed reload is logged, not
-// returned.
+// Run polls the files every PollInterval until ctx ends, then returns nil.
+// A failed reload is logged, not returned.
 func (s *ClientCAFile) Run(ctx context.Context) error { return s.reloader.Run(ctx) }
 
 // Reload reads the files now and serves them if they changed and pass the
@@ -182,7 +178,7 @@ func (f *clientCAFiles) check(now time.Time) (*clientTrust, error) {
 // failed logs a failed reload. The reloader's mu is held.
 func (s *ClientCAFile) failed(trigger string, err error) {
 	s.log.Error("client CA reload failed; checking client certificates against the previous CAs and CRL",
-		"trigger", trigger, "error", err)
+		"trigger", trigger, "error", worded(err, s.o.Remedies))
 }
 
 // swapped logs what is now served. The reloader's mu is held (or s is new).

@@ -1,10 +1,12 @@
-package selfsigned
+package certfile
 
 import (
 	"errors"
 	"log/slog"
 	"sync"
 	"testing"
+
+	"github.com/sepal-fl/sepal/selfsigned"
 )
 
 // TestFileSourceOnReload: OnReload hears the start, a refused reload (with
@@ -24,7 +26,7 @@ func TestFileSourceOnReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := fx.issue(t)
-	fx.writePair(t, &Pair{CertPEM: next.CertPEM, KeyPEM: first.KeyPEM})
+	fx.writePair(t, &selfsigned.Pair{CertPEM: next.CertPEM, KeyPEM: first.KeyPEM})
 	if err := s.Reload(); !errors.Is(err, ErrKeyMismatch) {
 		t.Fatalf("Reload of a mismatched pair: %v", err)
 	}
@@ -39,7 +41,7 @@ func TestFileSourceOnReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A bad file, then the good one restored: good again, same certificate.
-	fx.writePair(t, &Pair{CertPEM: next.CertPEM, KeyPEM: first.KeyPEM})
+	fx.writePair(t, &selfsigned.Pair{CertPEM: next.CertPEM, KeyPEM: first.KeyPEM})
 	if err := s.Reload(); !errors.Is(err, ErrKeyMismatch) {
 		t.Fatalf("Reload of a mismatched pair: %v", err)
 	}

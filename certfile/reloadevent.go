@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"crypto/tls"
@@ -9,8 +9,8 @@ import (
 // certificate it now serves, or a reload that failed (the previous
 // certificate is still served).
 type ReloadEvent struct {
-	// Trigger is what caused the attempt: "start", "poll", "sighup" or
-	// "reload" (a call of Reload).
+	// Trigger is what caused the attempt: "start", "poll" or "reload" (a
+	// call of Reload).
 	Trigger string
 	// Time is when it happened, on the source's clock.
 	Time time.Time

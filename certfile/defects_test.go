@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"crypto/rand"
@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/internal/certfmt"
+	"github.com/sepal-fl/sepal/selfsigned"
 )
 
 // rsaPair makes an RSA key of bits and a server certificate for it, signed
 // by ca, or a self-signed CA certificate when ca is nil.
-func rsaPair(t *testing.T, bits int, ca *CA) *CA {
+func rsaPair(t *testing.T, bits int, ca *selfsigned.CA) *selfsigned.CA {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, bits)
 	if err != nil {
@@ -43,21 +44,21 @@ func TestWeakRSAKeysRefused(t *testing.T) {
 	caFile := write(t, dir, "ca.crt", ca.CertPEM)
 	_, err := Check(caFile, write(t, dir, "weak.pem", weakLeaf.CertPEM), write(t, dir, "weak.key", weakLeaf.KeyPEM), time.Time{})
 	if !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "weak.pem") || !strings.Contains(err.Error(), "1024 bits") ||
-		!strings.Contains(err.Error(), "flower-certs --force") {
+		!strings.Contains(err.Error(), "issue a new server certificate and key") {
 		t.Errorf("RSA-1024 server key: %v", err)
 	}
 
 	weakCA := rsaPair(t, 1024, nil)
-	leaf, err := weakCA.IssueServer(ServerOptions{KeyType: RSA2048, NotAfter: time.Now().Add(30 * time.Minute)})
+	leaf, err := weakCA.IssueServer(selfsigned.ServerOptions{KeyType: selfsigned.RSA2048, NotAfter: time.Now().Add(30 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	weakCAFile := write(t, dir, "weakca.crt", weakCA.CertPEM)
 	_, err = Check(weakCAFile, write(t, dir, "s.pem", leaf.CertPEM), write(t, dir, "s.key", leaf.KeyPEM), time.Time{})
-	if !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "weakca.crt") || !strings.Contains(err.Error(), "--new-ca") {
+	if !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "weakca.crt") || !strings.Contains(err.Error(), "make a new CA") {
 		t.Errorf("RSA-1024 CA: %v", err)
 	}
-	if _, err := LoadCA(weakCAFile, write(t, dir, "weakca.key", weakCA.KeyPEM)); !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "--new-ca") {
+	if _, err := LoadCA(weakCAFile, write(t, dir, "weakca.key", weakCA.KeyPEM)); !errors.Is(err, ErrWeakKey) || !strings.Contains(err.Error(), "make a new CA") {
 		t.Errorf("LoadCA of an RSA-1024 CA: %v", err)
 	}
 

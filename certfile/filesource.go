@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"context"
@@ -29,14 +29,18 @@ type FileSourceOptions struct {
 	// Now is the clock certificates are validated against; nil means
 	// time.Now.
 	Now func() time.Time
-	// NoSIGHUP leaves SIGHUP to the caller: Run only polls, and the caller
-	// calls Reload when the process gets SIGHUP (flower-superlink does,
-	// with its other reloads). Default false: Run reloads on SIGHUP.
-	NoSIGHUP bool
+	// Remedies, when set, words the remedies that the source's log lines
+	// suggest for a file (Remedy values: a new server certificate, a new
+	// CA, ...) for the program's users, such as with the command that
+	// makes the file; given the remedy and the file's path, it returns
+	// the words to log instead of Remedy.String, or "" to keep them.
+	// It is called with the source's lock held and must be quick.
+	// Default nil: the general words.
+	Remedies func(r Remedy, path string) string
 	// OnReload, when set, is told of every certificate served (at start
 	// and on each reload), of files back to the served certificate after
 	// a logged failure, and of every failed reload that is logged or
-	// asked for (SIGHUP, Reload); see ReloadEvent. It is called with the
+	// asked for (Reload); see ReloadEvent. It is called with the
 	// source's lock held, so it must be quick and must not call the
 	// source. Default: nothing is called.
 	OnReload func(ReloadEvent)
@@ -44,16 +48,15 @@ type FileSourceOptions struct {
 
 // FileSource serves a certificate and key read from files, and reloads them
 // when they change while it serves. It is a transport.CertSource with the
-// Runner ability: Run polls the files every PollInterval and reloads at once
-// on SIGHUP.
+// Runner ability: Run polls the files every PollInterval, and Reload reads
+// them at once (a command calls it on SIGHUP; the source handles no signal).
 //
 // A new pair replaces the served one only when it passes Check: while a
 // certificate and key are replaced one after the other, the half-written
 // pair does not match and the previous certificate stays. A failure is
 // logged once per distinct content of the files, when two polls in a row
 // find the same bad content (so a pair replaced one file at a time, or a
-// file being written in place, is not reported), or at once on SIGHUP or
-// Reload. Once a failure was logged, the next good reload logs that the
+// file being written in place, is not reported), or at once on Reload. Once a failure was logged, the next good reload logs that the
 // files are good again (also when they are back to the served content).
 // A private key file open to other users is warned about (KeyModeWarning)
 // whenever a key is loaded. Key bytes are never logged.
@@ -84,7 +87,6 @@ func NewFileSource(o FileSourceOptions) (*FileSource, error) {
 		check:     (*files).check,
 		now:       o.Now,
 		poll:      o.PollInterval,
-		noSIGHUP:  o.NoSIGHUP,
 		swapped:   s.swapped,
 		failed:    s.failed,
 		recovered: s.recovered,
@@ -105,10 +107,9 @@ func (s *FileSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	return s.cur.Load(), nil
 }
 
-// Run polls the files every PollInterval, and reloads them at once when the
-// process receives SIGHUP (unless NoSIGHUP), until ctx ends; then it stops
-// listening for SIGHUP and returns nil. A failed reload is logged, not returned: the
-// previous certificate goes on being served.
+// Run polls the files every PollInterval until ctx ends, then returns nil.
+// A failed reload is logged, not returned: the previous certificate goes on
+// being served.
 func (s *FileSource) Run(ctx context.Context) error { return s.reloader.Run(ctx) }
 
 // Reload reads the files now and serves them if they changed and pass
@@ -122,7 +123,7 @@ func (s *FileSource) Reload() error {
 // failed logs a failed reload. The reloader's mu is held.
 func (s *FileSource) failed(trigger string, err error) {
 	s.log.Error("certificate reload failed; serving the previous certificate",
-		"trigger", trigger, "error", err, "serving_serial", serialHex(s.cur.Load().Leaf))
+		"trigger", trigger, "error", worded(err, s.o.Remedies), "serving_serial", serialHex(s.cur.Load().Leaf))
 }
 
 // recovered logs that the files are good again after a reported failure:
@@ -152,7 +153,7 @@ func (s *FileSource) swapped(_ *files, c *tls.Certificate, trigger string) {
 	s.log.Info("serving certificate", "trigger", trigger, "cert_file", s.o.CertFile,
 		"subject", l.Subject.String(), "sans", sans, "serial", serialHex(l),
 		"not_after", l.NotAfter.UTC().Format(time.RFC3339), "chain_len", len(c.Certificate))
-	for _, w := range Warnings(s.o.CertFile, c, s.o.Now()) {
+	for _, w := range warnings(s.o.CertFile, c, s.o.Now(), s.o.Remedies) {
 		s.log.Warn(w)
 	}
 	if w := KeyModeWarning(s.o.KeyFile); w != "" {
@@ -168,6 +169,7 @@ func (s *FileSource) logExpired(now time.Time) {
 		return
 	}
 	s.expiredLog = true
-	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+renewFix(s.o.CertFile, l),
+	r := renewal(s.o.CertFile, l)
+	s.log.Error("the served certificate has expired and no valid replacement is on disk: "+wordRemedies(r.String(), s.o.CertFile, s.o.Remedies, r),
 		"cert_file", s.o.CertFile, "serial", serialHex(l), "not_after", l.NotAfter.UTC().Format(time.RFC3339))
 }

@@ -1,15 +1,12 @@
-package selfsigned
+package certfile
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -21,7 +18,7 @@ import (
 // A failure is logged (failed) once per distinct content of the files, when
 // two polls in a row find the same bad content (so files replaced one at a
 // time, or a file being written in place, are not reported), or at once on
-// SIGHUP or Reload. Once a failure was logged, the next good reload calls
+// Reload. Once a failure was logged, the next good reload calls
 // recovered (files back to the served content, or new ones about to be
 // served). Content that failed with an error for which retry
 // reports true (a certificate not valid yet, which time may fix) is checked
@@ -33,8 +30,6 @@ type reloader[C interface{ equal(C) bool }, V any] struct {
 	check func(C, time.Time) (*V, error)
 	now   func() time.Time
 	poll  time.Duration
-	// noSIGHUP: Run only polls; the caller calls Reload on SIGHUP.
-	noSIGHUP bool
 
 	// swapped is called once v is served, read from c; failed when a
 	// failure is to be logged; recovered at the first good reload after
@@ -49,7 +44,7 @@ type reloader[C interface{ equal(C) bool }, V any] struct {
 	retry     func(err error) bool
 	// attempted, if set, hears every value served (err nil), the files
 	// back to the served content after a logged failure (err nil), and
-	// every failure that is logged or was asked for (SIGHUP, Reload),
+	// every failure that is logged or was asked for (Reload),
 	// for metrics.
 	attempted func(trigger string, err error)
 
@@ -62,15 +57,11 @@ type reloader[C interface{ equal(C) bool }, V any] struct {
 	failedErr  error      // why the last attempt failed, nil after a success
 	logged     bool       // failedErr was logged
 	reported   bool       // a failure was logged since the files were last good
-
-	ready     chan struct{} // closed once Run listens for SIGHUP
-	readyOnce sync.Once
 }
 
 // start reads and checks the files once, serves the value and returns it;
 // the error of read or check otherwise. It is the constructor's first load.
 func (r *reloader[C, V]) start() (*V, error) {
-	r.ready = make(chan struct{})
 	c, err := r.read()
 	if err != nil {
 		return nil, err
@@ -83,23 +74,9 @@ func (r *reloader[C, V]) start() (*V, error) {
 	return v, nil
 }
 
-// Run polls the files every poll interval, and reloads them at once when the
-// process receives SIGHUP (unless noSIGHUP), until ctx ends; then it stops
-// listening for SIGHUP and returns nil.
+// Run polls the files every poll interval until ctx ends, then returns nil.
+// A reload on demand (a command's SIGHUP handler) is Reload's.
 func (r *reloader[C, V]) Run(ctx context.Context) error {
-	var hup chan os.Signal // nil: never ready
-	if !r.noSIGHUP {
-		hup = make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-	}
-	r.readyOnce.Do(func() { close(r.ready) })
-	return r.run(ctx, hup)
-}
-
-// run is Run's loop: polls, and a reload for each value from hup (nil: no
-// signals, as in tests on a fake clock, where signal channels cannot be).
-func (r *reloader[C, V]) run(ctx context.Context, hup <-chan os.Signal) error {
 	t := time.NewTicker(r.poll)
 	defer t.Stop()
 	for {
@@ -108,13 +85,11 @@ func (r *reloader[C, V]) run(ctx context.Context, hup <-chan os.Signal) error {
 			return nil
 		case <-t.C:
 			r.reload("poll", false)
-		case <-hup:
-			r.reload("sighup", true)
 		}
 	}
 }
 
-// reload is one attempt. An explicit attempt (Reload, SIGHUP) always checks
+// reload is one attempt. An explicit attempt (Reload) always checks
 // and logs; a poll skips content that already failed (unless retry says
 // time may fix it).
 func (r *reloader[C, V]) reload(trigger string, explicit bool) error {
@@ -217,6 +192,16 @@ func sourceDefaults(poll *time.Duration, now *func() time.Time, log **slog.Logge
 		*log = slog.Default()
 	}
 	return nil
+}
+
+// worded returns err, or the *FileError it is, with the remedies of its fix
+// in the words of words (nil: err).
+func worded(err error, words func(Remedy, string) string) error {
+	var fe *FileError
+	if words == nil || !errors.As(err, &fe) || error(fe) != err {
+		return err
+	}
+	return fe.Worded(words)
 }
 
 // errNotYetValid reports whether err says a certificate is not valid yet,

@@ -1,6 +1,6 @@
 //go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
 
-package selfsigned
+package certfile
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"bytes"
@@ -14,11 +14,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -51,12 +51,12 @@ func (l *logBuf) count(s string) int { return strings.Count(l.String(), s) }
 // fixture is a CA and server pair on disk in a temp folder.
 type fixture struct {
 	dir                       string
-	ca                        *CA
+	ca                        *selfsigned.CA
 	caFile, certFile, keyFile string
 	log                       *logBuf
 }
 
-func newFixture(t testing.TB) (*fixture, *Pair) {
+func newFixture(t testing.TB) (*fixture, *selfsigned.Pair) {
 	t.Helper()
 	dir := t.TempDir()
 	fx := &fixture{dir: dir, ca: newTestCA(t), log: &logBuf{},
@@ -69,16 +69,16 @@ func newFixture(t testing.TB) (*fixture, *Pair) {
 	return fx, p
 }
 
-func (fx *fixture) issue(t testing.TB) *Pair {
+func (fx *fixture) issue(t testing.TB) *selfsigned.Pair {
 	t.Helper()
-	p, err := fx.ca.IssueServer(ServerOptions{})
+	p, err := fx.ca.IssueServer(selfsigned.ServerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func (fx *fixture) writePair(t testing.TB, p *Pair) {
+func (fx *fixture) writePair(t testing.TB, p *selfsigned.Pair) {
 	t.Helper()
 	if err := WriteFileAtomic(fx.certFile, p.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
@@ -98,16 +98,13 @@ func (fx *fixture) source(t testing.TB, poll time.Duration) *FileSource {
 	return s
 }
 
-// run runs s.Run until the test ends and waits until it listens for SIGHUP.
-// readyC is when Run listens for SIGHUP, for run.
-func (r *reloader[C, V]) readyC() <-chan struct{} { return r.ready }
-
 // runner is a source that runs in the background: FileSource or
 // ClientCAFile.
 type runner interface {
 	Run(context.Context) error
-	readyC() <-chan struct{}
 }
+
+// run runs s.Run until the test ends.
 
 func run(t testing.TB, s runner) {
 	t.Helper()
@@ -120,11 +117,6 @@ func run(t testing.TB, s runner) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	select {
-	case <-s.readyC():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not start")
-	}
 }
 
 // serveTLS serves TLS handshakes on 127.0.0.1 with the source's certificate
@@ -154,7 +146,7 @@ func serveTLS(t testing.TB, s *FileSource) string {
 
 // handshake does one full TLS handshake, verifying against the CA, and
 // returns the serial of the certificate served.
-func handshake(addr string, ca *CA) (*big.Int, error) {
+func handshake(addr string, ca *selfsigned.CA) (*big.Int, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)
 	d := &net.Dialer{Timeout: 10 * time.Second}
@@ -168,7 +160,7 @@ func handshake(addr string, ca *CA) (*big.Int, error) {
 
 // waitServed does handshakes until one gets serial want, or fails after a
 // generous deadline (this is not a timing assertion).
-func waitServed(t testing.TB, addr string, ca *CA, want *big.Int) {
+func waitServed(t testing.TB, addr string, ca *selfsigned.CA, want *big.Int) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	var got *big.Int
@@ -213,19 +205,21 @@ func TestFileSourceReloadsOnPoll(t *testing.T) {
 	}
 }
 
-func TestFileSourceReloadsOnSIGHUP(t *testing.T) {
+// Reload, which a command calls on SIGHUP, serves new files at once, with
+// polls an hour apart.
+func TestFileSourceReload(t *testing.T) {
 	fx, _ := newFixture(t)
 	s := fx.source(t, time.Hour) // polling would take an hour
 	addr := serveTLS(t, s)
 	run(t, s)
 	second := fx.issue(t)
 	fx.writePair(t, second)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+	if err := s.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	waitServed(t, addr, fx.ca, second.Leaf.SerialNumber)
-	if !strings.Contains(fx.log.String(), "trigger=sighup") {
-		t.Errorf("the log does not say SIGHUP triggered the reload:\n%s", fx.log)
+	if !strings.Contains(fx.log.String(), "trigger=reload") {
+		t.Errorf("the log does not say Reload triggered the reload:\n%s", fx.log)
 	}
 }
 
@@ -314,7 +308,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 // certificate that is not yet valid is served once its time comes.
 func TestFileSourcePollLogsOnce(t *testing.T) {
 	fx, first := newFixture(t)
-	future, err := fx.ca.IssueServer(ServerOptions{NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
+	future, err := fx.ca.IssueServer(selfsigned.ServerOptions{NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,12 +324,12 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go s.run(ctx, nil) // Run without SIGHUP: signals cannot reach a bubble
+		go s.Run(ctx)
 		serial := func() *big.Int { c, _ := s.GetCertificate(nil); return c.Leaf.SerialNumber }
 		const failed = "certificate reload failed"
 
-		synctest.Wait()                                                      // Run's ticker has started
-		fx.writePair(t, &Pair{CertPEM: other.CertPEM, KeyPEM: first.KeyPEM}) // half-written
+		synctest.Wait()                                                                 // Run's ticker has started
+		fx.writePair(t, &selfsigned.Pair{CertPEM: other.CertPEM, KeyPEM: first.KeyPEM}) // half-written
 		time.Sleep(DefaultPollInterval * 3 / 2)
 		synctest.Wait()
 		if n := fx.log.count(failed); n != 0 {
@@ -346,7 +340,7 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 		if n := fx.log.count(failed); n != 1 {
 			t.Errorf("after 10 polls of one bad change: %d failures logged, want 1", n)
 		}
-		fx.writePair(t, &Pair{CertPEM: []byte("x"), KeyPEM: first.KeyPEM}) // another bad change
+		fx.writePair(t, &selfsigned.Pair{CertPEM: []byte("x"), KeyPEM: first.KeyPEM}) // another bad change
 		time.Sleep(10 * DefaultPollInterval)
 		synctest.Wait()
 		if n := fx.log.count(failed); n != 2 {
@@ -408,8 +402,8 @@ func TestFileSourcePollLogsOnce(t *testing.T) {
 func ExampleFileSource() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
-	ca, _ := NewCA(CAOptions{})
-	pair, _ := ca.IssueServer(ServerOptions{Hosts: []string{"flower.example.org"}})
+	ca, _ := selfsigned.NewCA(selfsigned.CAOptions{})
+	pair, _ := ca.IssueServer(selfsigned.ServerOptions{Hosts: []string{"flower.example.org"}})
 	caFile, certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
 	WriteFileAtomic(caFile, ca.CertPEM, 0o644)
 	WriteFileAtomic(certFile, pair.CertPEM, 0o644)
@@ -423,7 +417,7 @@ func ExampleFileSource() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go src.Run(ctx) // polls the files and reloads on SIGHUP
+	go src.Run(ctx) // polls the files
 
 	cfg := &tls.Config{GetCertificate: src.GetCertificate}
 	c, _ := cfg.GetCertificate(&tls.ClientHelloInfo{})
@@ -442,9 +436,9 @@ func ExampleCheck() {
 }
 
 func ExampleCA_IssueServer() {
-	ca, _ := NewCA(CAOptions{})
-	pair, _ := ca.IssueServer(ServerOptions{Hosts: []string{"flower.example.org", "10.0.0.5"}})
-	fmt.Println(pair.Leaf.DNSNames, pair.Leaf.IPAddresses, strings.HasPrefix(pair.Leaf.Issuer.CommonName, DefaultCACommonName+" "))
+	ca, _ := selfsigned.NewCA(selfsigned.CAOptions{})
+	pair, _ := ca.IssueServer(selfsigned.ServerOptions{Hosts: []string{"flower.example.org", "10.0.0.5"}})
+	fmt.Println(pair.Leaf.DNSNames, pair.Leaf.IPAddresses, strings.HasPrefix(pair.Leaf.Issuer.CommonName, selfsigned.DefaultCACommonName+" "))
 	// Output: [localhost flower.example.org] [127.0.0.1 ::1 10.0.0.5] true
 }
 

@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"crypto/x509"
@@ -10,10 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -22,95 +22,22 @@ var (
 	_ transport.Runner         = (*ClientCAFile)(nil)
 )
 
-func nodeURI(t testing.TB, name string) []*url.URL {
-	t.Helper()
-	id, err := transport.NewIdentity(transport.RoleNode, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []*url.URL{id.URI()}
-}
-
-func TestIssueClient(t *testing.T) {
-	ca := newTestCA(t)
-	before := time.Now()
-	p, err := ca.IssueClient(ClientOptions{CommonName: "alice", OrganizationalUnit: "node", URIs: nodeURI(t, "alice")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := p.Leaf
-	if len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
-		t.Errorf("ExtKeyUsage %v, want clientAuth only", c.ExtKeyUsage)
-	}
-	if c.Subject.CommonName != "alice" || len(c.Subject.OrganizationalUnit) != 1 || c.Subject.OrganizationalUnit[0] != "node" {
-		t.Errorf("subject %s", c.Subject)
-	}
-	if len(c.URIs) != 1 || c.URIs[0].String() != "sepal:node:alice" {
-		t.Errorf("URIs %v, want sepal:node:alice", c.URIs)
-	}
-	if id, err := transport.IdentityOf(c); err != nil || id.Name != "alice" || id.Role != transport.RoleNode {
-		t.Errorf("IdentityOf = %v, %v", id, err)
-	}
-	if len(c.DNSNames)+len(c.IPAddresses) != 0 || c.IsCA {
-		t.Errorf("a client certificate with DNS/IP names or IsCA: %v %v %v", c.DNSNames, c.IPAddresses, c.IsCA)
-	}
-	if d := c.NotAfter.Sub(before); d < DefaultClientValidity-time.Minute || d > DefaultClientValidity+time.Minute {
-		t.Errorf("validity %v, want about %v", d, DefaultClientValidity)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
-	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		t.Errorf("the client certificate does not verify for clientAuth: %v", err)
-	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: roots}); err == nil {
-		t.Error("the client certificate verifies as a server certificate")
-	}
-	for _, o := range []ClientOptions{
-		{},
-		{CommonName: strings.Repeat("x", 65)},
-		{CommonName: "late", NotAfter: ca.Cert.NotAfter.Add(time.Hour)},
-	} {
-		if _, err := ca.IssueClient(o); err == nil {
-			t.Errorf("IssueClient(%+v) succeeded", o)
-		}
-	}
-}
-
-func TestSignCRL(t *testing.T) {
-	ca := newTestCA(t)
+// LoadCRL reads the CRL a CA signed, and refuses it for another CA.
+func TestLoadCRL(t *testing.T) {
+	ca, other := newTestCA(t), newTestCA(t)
 	dir := t.TempDir()
-	a, _ := ca.IssueClient(ClientOptions{CommonName: "a"})
-	b, _ := ca.IssueClient(ClientOptions{CommonName: "b"})
+	a, _ := ca.IssueClient(selfsigned.ClientOptions{CommonName: "a"})
 	first, err := ca.SignCRL(nil, nil, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.List.Number.Int64() != 1 || len(first.List.RevokedCertificateEntries) != 0 {
-		t.Errorf("first CRL: number %v, %d entries; want 1, 0", first.List.Number, len(first.List.RevokedCertificateEntries))
-	}
-	if blk, _ := pem.Decode(first.PEM); blk == nil || blk.Type != "X509 CRL" {
-		t.Errorf("PEM %q", first.PEM)
-	}
-	second, err := ca.SignCRL(first.List, []*big.Int{a.Leaf.SerialNumber, a.Leaf.SerialNumber}, time.Time{})
+	second, err := ca.SignCRL(first.List, []*big.Int{a.Leaf.SerialNumber}, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	third, err := ca.SignCRL(second.List, []*big.Int{a.Leaf.SerialNumber}, time.Time{})
+	third, err := ca.SignCRL(second.List, nil, time.Time{})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if third.List.Number.Int64() != 3 || len(third.List.RevokedCertificateEntries) != 1 {
-		t.Errorf("third CRL: number %v, %d entries; want 3, 1 (no duplicate)", third.List.Number, len(third.List.RevokedCertificateEntries))
-	}
-	if !Revoked(third.List, a.Leaf) || Revoked(third.List, b.Leaf) || Revoked(nil, a.Leaf) {
-		t.Error("Revoked is wrong")
-	}
-	// The same serial from another CA is not revoked by this list.
-	other := newTestCA(t)
-	x, _ := other.IssueClient(ClientOptions{CommonName: "x"})
-	x.Leaf.SerialNumber = a.Leaf.SerialNumber
-	if Revoked(third.List, x.Leaf) {
-		t.Error("a CRL revokes a certificate of another CA")
 	}
 	path := filepath.Join(dir, "crl.pem")
 	if err := WriteFileAtomic(path, third.PEM, 0o644); err != nil {
@@ -126,7 +53,7 @@ func TestSignCRL(t *testing.T) {
 
 // clientCAFixture is a CA file and CRL file on disk.
 type clientCAFixture struct {
-	ca              *CA
+	ca              *selfsigned.CA
 	caFile, crlFile string
 	log             *logBuf
 }
@@ -142,7 +69,7 @@ func newClientCAFixture(t testing.TB) *clientCAFixture {
 	return fx
 }
 
-func (fx *clientCAFixture) revoke(t testing.TB, serials ...*big.Int) *CRL {
+func (fx *clientCAFixture) revoke(t testing.TB, serials ...*big.Int) *selfsigned.CRL {
 	t.Helper()
 	var prev *x509.RevocationList
 	if l, err := LoadCRL(fx.crlFile, fx.ca.Cert); err == nil {
@@ -180,11 +107,11 @@ func TestClientCAFileChecks(t *testing.T) {
 		}
 		return p
 	}
-	server, err := fx.ca.IssueServer(ServerOptions{})
+	server, err := fx.ca.IssueServer(selfsigned.ServerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := NewCA(CAOptions{CommonName: "Other CA"})
+	other, err := selfsigned.NewCA(selfsigned.CAOptions{CommonName: "Other CA"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +130,7 @@ func TestClientCAFileChecks(t *testing.T) {
 	}
 	crl, _ := os.ReadFile(fx.crlFile)
 	der, _ := pem.Decode(crl)
-	expiredCA, err := NewCA(CAOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+	expiredCA, err := selfsigned.NewCA(selfsigned.CAOptions{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,15 +183,15 @@ func TestClientCAFileChecks(t *testing.T) {
 }
 
 // TestClientCAFileReload: a revocation is picked up by Reload, by the poll
-// and on SIGHUP; a bad CRL keeps the last good one and is logged once.
+// and on Reload; a bad CRL keeps the last good one and is logged once.
 func TestClientCAFileReload(t *testing.T) {
 	fx := newClientCAFixture(t)
-	a, _ := fx.ca.IssueClient(ClientOptions{CommonName: "a"})
-	b, _ := fx.ca.IssueClient(ClientOptions{CommonName: "b"})
-	c, _ := fx.ca.IssueClient(ClientOptions{CommonName: "c"})
+	a, _ := fx.ca.IssueClient(selfsigned.ClientOptions{CommonName: "a"})
+	b, _ := fx.ca.IssueClient(selfsigned.ClientOptions{CommonName: "b"})
+	c, _ := fx.ca.IssueClient(selfsigned.ClientOptions{CommonName: "c"})
 	s := fx.source(t, 10*time.Millisecond)
 	pool0, crl0 := s.ClientCAs()
-	if Revoked(crl0, a.Leaf) {
+	if selfsigned.Revoked(crl0, a.Leaf) {
 		t.Fatal("revoked before the revocation")
 	}
 	if p, l := s.ClientCAs(); p != pool0 || l != crl0 {
@@ -276,7 +203,7 @@ func TestClientCAFileReload(t *testing.T) {
 	if err := s.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if _, l := s.ClientCAs(); !Revoked(l, a.Leaf) || l == crl0 {
+	if _, l := s.ClientCAs(); !selfsigned.Revoked(l, a.Leaf) || l == crl0 {
 		t.Fatal("Reload did not serve the new CRL")
 	}
 	if !strings.Contains(fx.log.String(), "revoked=1") {
@@ -291,7 +218,7 @@ func TestClientCAFileReload(t *testing.T) {
 	if err := s.Reload(); !errors.Is(err, ErrWrongPEMType) {
 		t.Errorf("Reload of a bad CRL: %v", err)
 	}
-	if _, l := s.ClientCAs(); !Revoked(l, a.Leaf) {
+	if _, l := s.ClientCAs(); !selfsigned.Revoked(l, a.Leaf) {
 		t.Error("a bad CRL replaced the last good one")
 	}
 	run(t, s)
@@ -313,16 +240,19 @@ func TestClientCAFileReload(t *testing.T) {
 	}
 	waitRevoked(t, s, b.Leaf)
 
-	// SIGHUP, with polls an hour apart.
+	// Reload (what a command's SIGHUP handler calls), with polls an hour
+	// apart.
 	s2 := fx.source(t, time.Hour)
 	run(t, s2)
 	fx.revoke(t, c.Leaf.SerialNumber)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+	if err := s2.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	waitRevoked(t, s2, c.Leaf)
-	if !strings.Contains(fx.log.String(), "trigger=sighup") {
-		t.Errorf("the log does not say SIGHUP triggered the reload:\n%s", fx.log)
+	if _, l := s2.ClientCAs(); !selfsigned.Revoked(l, c.Leaf) {
+		t.Error("Reload did not pick up the new CRL")
+	}
+	if !strings.Contains(fx.log.String(), "trigger=reload") {
+		t.Errorf("the log does not say Reload triggered the reload:\n%s", fx.log)
 	}
 }
 
@@ -330,7 +260,7 @@ func waitRevoked(t testing.TB, s *ClientCAFile, c *x509.Certificate) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if _, l := s.ClientCAs(); Revoked(l, c) {
+		if _, l := s.ClientCAs(); selfsigned.Revoked(l, c) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -350,13 +280,13 @@ func TestCheckClient(t *testing.T) {
 		}
 		return p
 	}
-	good, _ := ca.IssueClient(ClientOptions{CommonName: "alice", URIs: nodeURI(t, "alice")})
-	other, _ := ca.IssueClient(ClientOptions{CommonName: "bob"})
-	old, err := ca.IssueClient(ClientOptions{CommonName: "old", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	good, _ := ca.IssueClient(selfsigned.ClientOptions{CommonName: "alice", URIs: []*url.URL{transport.Identity{Role: transport.RoleNode, Name: "alice"}.URI()}})
+	other, _ := ca.IssueClient(selfsigned.ClientOptions{CommonName: "bob"})
+	old, err := ca.IssueClient(selfsigned.ClientOptions{CommonName: "old", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	server, _ := ca.IssueServer(ServerOptions{})
+	server, _ := ca.IssueServer(selfsigned.ServerOptions{})
 	cert, key := write("alice.pem", good.CertPEM), write("alice.key", good.KeyPEM)
 	c, err := CheckClient(cert, key, time.Time{})
 	if err != nil || c.Leaf.Subject.CommonName != "alice" {
@@ -368,7 +298,7 @@ func TestCheckClient(t *testing.T) {
 		want      error
 		words     []string
 	}{
-		{"key of another", cert, write("bob.key", other.KeyPEM), ErrKeyMismatch, []string{"client key file", "flower-certs node --force"}},
+		{"key of another", cert, write("bob.key", other.KeyPEM), ErrKeyMismatch, []string{"client key file", "issue a new one from the SuperLink's CA"}},
 		{"expired", write("old.pem", old.CertPEM), write("old.key", old.KeyPEM), ErrExpired, []string{"client certificate file", "expired on"}},
 		{"server certificate", write("server.pem", server.CertPEM), write("server.key", server.KeyPEM), ErrWrongUsage, []string{"clientAuth"}},
 		{"missing", cert + ".x", key, ErrMissing, []string{".x"}},
@@ -383,36 +313,5 @@ func TestCheckClient(t *testing.T) {
 				}
 			}
 		}
-	}
-}
-
-// TestClientCAFileNoSIGHUP: with NoSIGHUP, Run leaves SIGHUP alone (another
-// source here catches it, so that the signal does not end the test); the
-// caller's Reload picks the change up.
-func TestClientCAFileNoSIGHUP(t *testing.T) {
-	fx := newClientCAFixture(t)
-	a, _ := fx.ca.IssueClient(ClientOptions{CommonName: "a"})
-	quiet, err := NewClientCAFile(ClientCAOptions{CAFile: fx.caFile, CRLFile: fx.crlFile, PollInterval: time.Hour, NoSIGHUP: true,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catcher := fx.source(t, time.Hour)
-	run(t, quiet)
-	run(t, catcher)
-	fx.revoke(t, a.Leaf.SerialNumber)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	waitRevoked(t, catcher, a.Leaf)
-	time.Sleep(50 * time.Millisecond) // the quiet one had its chance
-	if _, l := quiet.ClientCAs(); Revoked(l, a.Leaf) {
-		t.Fatal("a source with NoSIGHUP reloaded on SIGHUP")
-	}
-	if err := quiet.Reload(); err != nil {
-		t.Fatal(err)
-	}
-	if _, l := quiet.ClientCAs(); !Revoked(l, a.Leaf) {
-		t.Error("Reload did not pick up the new CRL")
 	}
 }

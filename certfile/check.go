@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"bytes"
@@ -44,6 +44,8 @@ var (
 // FileError is a problem with one file of a CA/certificate/key triple. Its
 // message names the file, what is wrong and how to fix it; errors.Is matches
 // its sentinel (Err) and any underlying cause (Cause, such as fs.ErrNotExist).
+// The fix names no program's command line: where it is to make a file anew
+// (Remedy), a program words that with its own command (Worded).
 type FileError struct {
 	Path   string // the file at fault
 	Role   string // "CA certificate", "certificate", "key" or "CA key"
@@ -51,6 +53,102 @@ type FileError struct {
 	Detail string // what is wrong, with dates and names; never key bytes
 	Fix    string // what to do about it
 	Cause  error  // the underlying error, if any
+	// Remedy is the file to make anew that Fix names, in the words of
+	// Remedy.String; RemedyNone when Fix names none.
+	Remedy Remedy
+	// Interrupted reports that a WriteSet of the folder of Path was
+	// interrupted, which explains files that do not match: Fix starts by
+	// saying so, and completing it (RemedyCompleteWrite).
+	Interrupted bool
+}
+
+// Remedy is a way to make a file good again that a FileError's Fix (or a
+// line FileSource and ClientCAFile log) suggests, so that a program can
+// name it with its own command instead of these general words (see
+// FileError.Worded and FileSourceOptions.Remedies).
+type Remedy int
+
+// The remedies. Each one's String is the words a fix says it in.
+const (
+	RemedyNone Remedy = iota
+	// RemedyIssueServer: a new server certificate from the CA that
+	// issued the old one.
+	RemedyIssueServer
+	// RemedyIssueServerKey: a new server certificate and key (the key
+	// was too weak).
+	RemedyIssueServerKey
+	// RemedyIssueServerNames: a new server certificate that holds the
+	// names clients dial.
+	RemedyIssueServerNames
+	// RemedyRenewElsewhere: a server certificate from the CA it came
+	// from, not one a program of this module made (an ACME one).
+	RemedyRenewElsewhere
+	// RemedyWriteAgain: the file written again, after an empty one.
+	RemedyWriteAgain
+	// RemedyNewCA: a new CA, whose certificate clients then trust.
+	RemedyNewCA
+	// RemedyIssueClient: a new client certificate from the server's CA.
+	RemedyIssueClient
+	// RemedyIssueClientKey: a new client certificate and key (the key
+	// was too weak).
+	RemedyIssueClientKey
+	// RemedyWriteCRL: an empty CRL of the CA, in place of a bad one.
+	RemedyWriteCRL
+	// RemedyCompleteWrite: the interrupted WriteSet of the folder
+	// completed (RecoverSet); see FileError.Interrupted.
+	RemedyCompleteWrite
+)
+
+var remedyWords = [...]string{
+	RemedyNone:             "",
+	RemedyIssueServer:      "issue a new server certificate from the same CA",
+	RemedyIssueServerKey:   "issue a new server certificate and key",
+	RemedyIssueServerNames: "issue one with the names clients dial",
+	RemedyRenewElsewhere:   `renew it where it was obtained (an ACME certificate with its ACME client, such as "certbot renew"), or let the SuperLink obtain and renew one itself with ACME`,
+	RemedyWriteAgain:       "write it again",
+	RemedyNewCA:            "make a new CA and give clients its certificate",
+	RemedyIssueClient:      "issue a new one from the SuperLink's CA",
+	RemedyIssueClientKey:   "issue a new one and its key from the SuperLink's CA",
+	RemedyWriteCRL:         "write an empty CRL of the CA",
+	RemedyCompleteWrite:    "complete it (RecoverSet)",
+}
+
+// String is the remedy in the general words a fix says it in.
+func (r Remedy) String() string {
+	if r < 0 || int(r) >= len(remedyWords) {
+		return fmt.Sprintf("Remedy(%d)", int(r))
+	}
+	return remedyWords[r]
+}
+
+// Worded returns e with its fix naming its remedies (e.Remedy, and
+// RemedyCompleteWrite when e.Interrupted) as words says them for the file
+// at e.Path, such as with the command of the program that does them;
+// words returning "" keeps the general words. e itself is not changed.
+func (e *FileError) Worded(words func(r Remedy, path string) string) *FileError {
+	c := *e
+	c.Fix = wordRemedies(e.Fix, e.Path, words, e.Remedy)
+	if e.Interrupted {
+		c.Fix = wordRemedies(c.Fix, e.Path, words, RemedyCompleteWrite)
+	}
+	return &c
+}
+
+// wordRemedies replaces in text the words of each remedy of rs with those
+// words gives for path ("" or a nil words: keep them).
+func wordRemedies(text, path string, words func(Remedy, string) string, rs ...Remedy) string {
+	if words == nil {
+		return text
+	}
+	for _, r := range rs {
+		if r == RemedyNone {
+			continue
+		}
+		if w := words(r, path); w != "" {
+			text = strings.Replace(text, r.String(), w, 1)
+		}
+	}
+	return text
 }
 
 func (e *FileError) Error() string {
@@ -88,26 +186,19 @@ const (
 	roleCRL        = "CRL"
 )
 
-// fixRenew is the advice for a server certificate that must be replaced,
-// when flower-certs can replace it (see renewFix).
-const fixRenew = `issue a new server certificate from the same CA with "flower-certs --force"`
-
-// fixRenewElsewhere is the advice for a server certificate that
-// flower-certs neither made nor can make again, such as an ACME one.
-const fixRenewElsewhere = `renew it where it was obtained (an ACME certificate with its ACME client, such as "certbot renew"), or let the SuperLink obtain and renew one itself with ACME`
-
-// renewFix is the advice for the server certificate leaf (nil: unknown)
-// in certFile that must be replaced: fixRenew when flower-certs made it or
-// can make it again (the CA key ca.key lies beside it, as flower-certs and
-// Flower's generate.sh leave it), else fixRenewElsewhere.
-func renewFix(certFile string, leaf *x509.Certificate) string {
+// renewal is the remedy for the server certificate leaf (nil: unknown) in
+// certFile that must be replaced: RemedyIssueServer when selfsigned (or
+// flower-certs) made it or can make it again (the CA key ca.key lies beside
+// it, as flower-certs and Flower's generate.sh leave it), else
+// RemedyRenewElsewhere.
+func renewal(certFile string, leaf *x509.Certificate) Remedy {
 	if leaf == nil || certfmt.MadeBySepal(leaf) {
-		return fixRenew
+		return RemedyIssueServer
 	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(certFile), "ca.key")); err == nil {
-		return fixRenew
+		return RemedyIssueServer
 	}
-	return fixRenewElsewhere
+	return RemedyRenewElsewhere
 }
 
 // Check validates a CA certificate file, a server certificate file and its
@@ -176,8 +267,9 @@ func withPending(err error) error {
 		return err
 	}
 	c := *fe
-	c.Fix = fmt.Sprintf(`a write of the files in %s was interrupted (%s holds %s): run "flower-certs --dir %s" to complete it; or %s`,
-		dir, dir, setJournal, shellQuote(dir), fe.Fix)
+	c.Fix = fmt.Sprintf("a write of the files in %s was interrupted (%s holds %s): %s; or %s",
+		dir, dir, setJournal, RemedyCompleteWrite, fe.Fix)
+	c.Interrupted = true
 	return &c
 }
 
@@ -219,12 +311,12 @@ func (f *files) checkBytes(now time.Time) (*tls.Certificate, error) {
 	if len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.URIs) == 0 {
 		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrNoSAN,
 			Detail: fmt.Sprintf("certificate %q has no subject alternative names (DNS names or IPs), so no client can verify it", leaf.Subject.CommonName),
-			Fix:    `issue one with names, such as "flower-certs --force --host NAME"`}
+			Fix:    RemedyIssueServerNames.String(), Remedy: RemedyIssueServerNames}
 	}
 	if !certfmt.HasUsage(leaf, x509.ExtKeyUsageServerAuth) {
 		return nil, &FileError{Path: f.certFile, Role: roleCert, Err: ErrWrongUsage,
 			Detail: fmt.Sprintf("certificate %q lacks the serverAuth extended key usage", leaf.Subject.CommonName),
-			Fix:    renewFix(f.certFile, leaf)}
+			Fix:    renewal(f.certFile, leaf).String(), Remedy: renewal(f.certFile, leaf)}
 	}
 	if roots != nil {
 		inter := x509.NewCertPool()
@@ -257,9 +349,9 @@ func (f *files) checkPair(now time.Time) ([]*x509.Certificate, crypto.Signer, er
 		return nil, nil, err
 	}
 	leaf := chain[0]
-	fix := renewFix(f.certFile, leaf)
+	fix := renewal(f.certFile, leaf)
 	if f.certRole == roleClientCert {
-		fix = fixRenewClient
+		fix = RemedyIssueClient
 	}
 	key, err := parseKeyPEM(f.keyFile, keyRole, f.key)
 	if err != nil {
@@ -278,7 +370,8 @@ func (f *files) checkPair(now time.Time) ([]*x509.Certificate, crypto.Signer, er
 		return nil, nil, &FileError{Path: f.keyFile, Role: keyRole, Err: ErrKeyMismatch,
 			Detail: fmt.Sprintf("the %s key does not match the %s certificate %s (subject %q, serial %s)",
 				KeyAlgorithm(key.Public()), KeyAlgorithm(leaf.PublicKey), f.certFile, leaf.Subject.CommonName, serialHex(leaf)),
-			Fix: "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fix}
+			Fix:    "give the key issued with this certificate (a certificate and key replaced one at a time match again once both are written), or " + fix.String(),
+			Remedy: fix}
 	}
 	for _, c := range chain {
 		if err := weakKey(f.certFile, role, c.PublicKey); err != nil {
@@ -316,28 +409,28 @@ func (f *files) chainError(leaf *x509.Certificate, chain []*x509.Certificate, er
 	}
 	return &FileError{Path: f.certFile, Role: roleCert, Err: ErrUntrusted, Cause: err,
 		Detail: detail,
-		Fix:    "give the CA that issued it, or " + renewFix(f.certFile, leaf)}
+		Fix:    "give the CA that issued it, or " + renewal(f.certFile, leaf).String(), Remedy: renewal(f.certFile, leaf)}
 }
 
 // checkDates refuses a certificate outside its validity period at now.
 func checkDates(path, role string, c *x509.Certificate, now time.Time) error {
 	dates := fmt.Sprintf("valid from %s to %s, now %s", stamp(c.NotBefore), stamp(c.NotAfter), stamp(now))
-	fix := renewFix(path, c)
+	fix := renewal(path, c)
 	switch role {
 	case roleCA, roleClientCA:
-		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
+		fix = RemedyNewCA
 	case roleClientCert:
-		fix = fixRenewClient
+		fix = RemedyIssueClient
 	}
 	switch {
 	case now.After(c.NotAfter):
 		return &FileError{Path: path, Role: role, Err: ErrExpired,
 			Detail: fmt.Sprintf("certificate %q expired on %s (%s)", c.Subject.CommonName, stamp(c.NotAfter), dates),
-			Fix:    fix}
+			Fix:    fix.String(), Remedy: fix}
 	case now.Before(c.NotBefore):
 		return &FileError{Path: path, Role: role, Err: ErrNotYetValid,
 			Detail: fmt.Sprintf("certificate %q is not valid until %s (%s)", c.Subject.CommonName, stamp(c.NotBefore), dates),
-			Fix:    "check the clock of this machine and of the one that issued it, or " + fix}
+			Fix:    "check the clock of this machine and of the one that issued it, or " + fix.String(), Remedy: fix}
 	}
 	return nil
 }
@@ -350,6 +443,12 @@ const ExpiryWarning = 30 * 24 * time.Hour
 // date and the fix). It returns nil when there is nothing to say. now zero
 // means time.Now(). FileSource logs these itself.
 func Warnings(certFile string, c *tls.Certificate, now time.Time) []string {
+	return warnings(certFile, c, now, nil)
+}
+
+// warnings is Warnings, with the remedies in words of words (nil: the
+// general ones).
+func warnings(certFile string, c *tls.Certificate, now time.Time, words func(Remedy, string) string) []string {
 	if c == nil || c.Leaf == nil {
 		return nil
 	}
@@ -361,7 +460,7 @@ func Warnings(certFile string, c *tls.Certificate, now time.Time) []string {
 		return nil
 	}
 	return []string{fmt.Sprintf("certificate file %s expires on %s (in %d days): %s",
-		certFile, stamp(c.Leaf.NotAfter), int(math.Round(left.Hours()/24)), renewFix(certFile, c.Leaf))}
+		certFile, stamp(c.Leaf.NotAfter), int(math.Round(left.Hours()/24)), wordRemedies(renewal(certFile, c.Leaf).String(), certFile, words, renewal(certFile, c.Leaf)))}
 }
 
 // KeyModeWarning returns what to log about the private key file at path
@@ -398,7 +497,7 @@ func readFile(path, role string) ([]byte, error) {
 			Detail: err.Error(), Fix: "make it a file this user can read"}
 	case len(bytes.TrimSpace(b)) == 0:
 		return nil, &FileError{Path: path, Role: role, Err: ErrEmpty,
-			Fix: `a write may have failed or be under way; write it again (for example with "flower-certs --force")`}
+			Fix: "a write may have failed or be under way; " + RemedyWriteAgain.String(), Remedy: RemedyWriteAgain}
 	}
 	return b, nil
 }
@@ -512,16 +611,16 @@ func weakKey(path, role string, pub crypto.PublicKey) error {
 	if !ok || k.N.BitLen() >= MinRSABits {
 		return nil
 	}
-	fix := `issue a new server certificate and key with "flower-certs --force" (ECDSA P-256 by default, or --key-type rsa-2048)`
+	fix := RemedyIssueServerKey
 	switch role {
 	case roleCA, roleCAKey, roleClientCA:
-		fix = `make a new CA with "flower-certs --new-ca" and give clients the new ca.crt`
+		fix = RemedyNewCA
 	case roleClientCert, roleClientKey:
-		fix = fixRenewClient + " (ECDSA P-256 by default, or --key-type rsa-2048)"
+		fix = RemedyIssueClientKey
 	}
 	return &FileError{Path: path, Role: role, Err: ErrWeakKey,
 		Detail: fmt.Sprintf("its RSA key has %d bits; keys under %d bits are too weak to trust", k.N.BitLen(), MinRSABits),
-		Fix:    fix}
+		Fix:    fix.String(), Remedy: fix}
 }
 
 // encryptedKey is the error for a key file protected by a passphrase,
@@ -564,3 +663,6 @@ func KeyAlgorithm(pub crypto.PublicKey) string {
 
 // serialHex is c's serial as "openssl x509 -serial" prints it.
 func serialHex(c *x509.Certificate) string { return certfmt.Serial(c.SerialNumber) }
+
+// stamp formats a time for messages, in UTC.
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

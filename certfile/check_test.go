@@ -1,4 +1,4 @@
-package selfsigned
+package certfile
 
 import (
 	"crypto"
@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sepal-fl/sepal/selfsigned"
 )
 
 // write writes b to dir/name and returns the path.
@@ -30,7 +32,7 @@ func write(t testing.TB, dir, name string, b []byte) string {
 // signRaw signs tmpl (with a fresh P-256 key) by parent/parentKey, or
 // self-signs it when parent is nil, for certificates IssueServer refuses to
 // make.
-func signRaw(t testing.TB, tmpl *x509.Certificate, parent *CA) *CA {
+func signRaw(t testing.TB, tmpl *x509.Certificate, parent *selfsigned.CA) *selfsigned.CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -40,7 +42,7 @@ func signRaw(t testing.TB, tmpl *x509.Certificate, parent *CA) *CA {
 }
 
 // signRawKey is signRaw for a key of the caller's.
-func signRawKey(t testing.TB, tmpl *x509.Certificate, parent *CA, key crypto.Signer) *CA {
+func signRawKey(t testing.TB, tmpl *x509.Certificate, parent *selfsigned.CA, key crypto.Signer) *selfsigned.CA {
 	t.Helper()
 	if tmpl.SerialNumber == nil {
 		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
@@ -61,14 +63,14 @@ func signRawKey(t testing.TB, tmpl *x509.Certificate, parent *CA, key crypto.Sig
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &CA{Cert: c, Key: key, CertPEM: certPEM(der), KeyPEM: kp}
+	return &selfsigned.CA{Cert: c, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), KeyPEM: kp}
 }
 
 func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()
 	ca := newTestCA(t)
-	issue := func(o ServerOptions) *Pair {
+	issue := func(o selfsigned.ServerOptions) *selfsigned.Pair {
 		t.Helper()
 		p, err := ca.IssueServer(o)
 		if err != nil {
@@ -76,12 +78,12 @@ func TestCheck(t *testing.T) {
 		}
 		return p
 	}
-	good := issue(ServerOptions{})
-	other := issue(ServerOptions{})
-	expired := issue(ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
-	future := issue(ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	good := issue(selfsigned.ServerOptions{})
+	other := issue(selfsigned.ServerOptions{})
+	expired := issue(selfsigned.ServerOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+	future := issue(selfsigned.ServerOptions{NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)})
 	otherCA := namesakeCA(t, ca)
-	foreign, err := otherCA.IssueServer(ServerOptions{})
+	foreign, err := otherCA.IssueServer(selfsigned.ServerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +103,7 @@ func TestCheck(t *testing.T) {
 	inter := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "intermediate"}, IsCA: true, BasicConstraintsValid: true,
 		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(47 * time.Hour),
 		SubjectKeyId: []byte{2}}, root)
-	chained, err := inter.IssueServer(ServerOptions{NotAfter: now.Add(24 * time.Hour)})
+	chained, err := inter.IssueServer(selfsigned.ServerOptions{NotAfter: now.Add(24 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,10 +169,10 @@ func TestCheck(t *testing.T) {
 		{name: "malformed certificate", ca: caFile, cert: w("bad.pem", badCert), key: keyFile,
 			want: ErrMalformed, wantFile: "bad.pem", wantText: []string{"does not parse"}},
 		{name: "key does not match", ca: caFile, cert: certFile, key: w("other.key", other.KeyPEM),
-			want: ErrKeyMismatch, wantFile: "other.key", wantText: []string{"does not match", "server.pem", "flower-certs --force"}},
+			want: ErrKeyMismatch, wantFile: "other.key", wantText: []string{"does not match", "server.pem", "issue a new server certificate from the same CA"}},
 		{name: "expired", ca: caFile, cert: w("expired.pem", expired.CertPEM), key: w("expired.key", expired.KeyPEM),
 			want: ErrExpired, wantFile: "expired.pem",
-			wantText: []string{"expired on " + stamp(expired.Leaf.NotAfter), stamp(expired.Leaf.NotBefore), "flower-certs --force"}},
+			wantText: []string{"expired on " + stamp(expired.Leaf.NotAfter), stamp(expired.Leaf.NotBefore), "issue a new server certificate from the same CA"}},
 		{name: "expired by the given time", ca: caFile, cert: certFile, key: keyFile, checkAtTimeOffset: 400 * 24 * time.Hour,
 			want: ErrExpired, wantFile: "server.pem"},
 		{name: "not yet valid", ca: caFile, cert: w("future.pem", future.CertPEM), key: w("future.key", future.KeyPEM),
@@ -179,9 +181,9 @@ func TestCheck(t *testing.T) {
 		{name: "signed by another CA", ca: caFile, cert: w("foreign.pem", foreign.CertPEM), key: w("foreign.key", foreign.KeyPEM),
 			want: ErrUntrusted, wantFile: "foreign.pem", wantText: []string{"does not chain to the CA in " + caFile, "was the CA made again"}},
 		{name: "CA expired", ca: oldCAFile, cert: w("old.pem", oldCALeaf.CertPEM), key: w("old.key", oldCALeaf.KeyPEM),
-			want: ErrExpired, wantFile: "old-ca.crt", wantText: []string{"CA certificate", "--new-ca"}},
+			want: ErrExpired, wantFile: "old-ca.crt", wantText: []string{"CA certificate", "make a new CA"}},
 		{name: "no SANs", ca: caFile, cert: w("nosan.pem", noSAN.CertPEM), key: w("nosan.key", noSAN.KeyPEM),
-			want: ErrNoSAN, wantFile: "nosan.pem", wantText: []string{"no subject alternative names", "--host"}},
+			want: ErrNoSAN, wantFile: "nosan.pem", wantText: []string{"no subject alternative names", "issue one with the names clients dial"}},
 		{name: "client certificate", ca: caFile, cert: w("client.pem", clientOnly.CertPEM), key: w("client.key", clientOnly.KeyPEM),
 			want: ErrWrongUsage, wantFile: "client.pem", wantText: []string{"serverAuth"}},
 	} {
@@ -231,7 +233,7 @@ func TestCheckMissingWrapsNotExist(t *testing.T) {
 func TestWarnings(t *testing.T) {
 	ca := newTestCA(t)
 	now := time.Now()
-	soon, err := ca.IssueServer(ServerOptions{NotAfter: now.Add(10 * 24 * time.Hour)})
+	soon, err := ca.IssueServer(selfsigned.ServerOptions{NotAfter: now.Add(10 * 24 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +243,7 @@ func TestWarnings(t *testing.T) {
 		!strings.Contains(w[0], "in 10 days") {
 		t.Errorf("Warnings for a certificate expiring in 10 days: %q", w)
 	}
-	late, _ := ca.IssueServer(ServerOptions{})
+	late, _ := ca.IssueServer(selfsigned.ServerOptions{})
 	c, _ = late.TLSCertificate()
 	if w := Warnings("server.pem", &c, now); w != nil {
 		t.Errorf("Warnings for a certificate valid a year: %q", w)
@@ -249,12 +251,12 @@ func TestWarnings(t *testing.T) {
 }
 
 func TestKeyAlgorithm(t *testing.T) {
-	for kt, want := range map[KeyType]string{ECDSAP256: "ECDSA P-256", RSA2048: "RSA-2048", Ed25519: "Ed25519"} {
-		key, err := kt.generate()
+	for kt, want := range map[selfsigned.KeyType]string{selfsigned.ECDSAP256: "ECDSA P-256", selfsigned.RSA2048: "RSA-2048", selfsigned.Ed25519: "Ed25519"} {
+		ca, err := selfsigned.NewCA(selfsigned.CAOptions{KeyType: kt})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := KeyAlgorithm(key.Public()); got != want {
+		if got := KeyAlgorithm(ca.Key.Public()); got != want {
 			t.Errorf("KeyAlgorithm(%s) = %q, want %q", kt, got, want)
 		}
 	}
@@ -272,7 +274,7 @@ func TestCheckACMECertificateFixes(t *testing.T) {
 	now := time.Now()
 	issuer := signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "Pebble Intermediate CA"}, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(48 * time.Hour)}, nil)
-	leaf := func(notAfter time.Time) *CA {
+	leaf := func(notAfter time.Time) *selfsigned.CA {
 		return signRaw(t, &x509.Certificate{Subject: pkix.Name{CommonName: "superlink.example.org"}, DNSNames: []string{"superlink.example.org"},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, NotBefore: now.Add(-48 * time.Hour), NotAfter: notAfter}, issuer)
 	}
@@ -305,9 +307,12 @@ func TestCheckACMECertificateFixes(t *testing.T) {
 			t.Fatalf("warnings for a certificate ending in 7 days: %q", warn)
 		}
 		for _, msg := range []string{fe.Fix, warn[0]} {
-			if withCAKey != strings.Contains(msg, "flower-certs --force") || withCAKey == strings.Contains(msg, "ACME client") {
+			if withCAKey != strings.Contains(msg, RemedyIssueServer.String()) || withCAKey == strings.Contains(msg, "ACME client") {
 				t.Errorf("CA key beside it %v: %q", withCAKey, msg)
 			}
+		}
+		if want := map[bool]Remedy{true: RemedyIssueServer, false: RemedyRenewElsewhere}[withCAKey]; fe.Remedy != want {
+			t.Errorf("CA key beside it %v: Remedy %v, want %v", withCAKey, fe.Remedy, want)
 		}
 	}
 }
