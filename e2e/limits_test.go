@@ -203,7 +203,7 @@ func TestAttackLargePushes(t *testing.T) {
 		case !r.Trailers:
 			t.Errorf("%s, want an answer", r.String())
 		case r.Status == codes.ResourceExhausted:
-			if !strings.Contains(r.Message, "refused for now") || !strings.Contains(r.Message, "--max-inflight-bytes") || !strings.Contains(r.Message, "256 MiB") {
+			if !strings.Contains(r.Message, "refused for now") || !strings.Contains(r.Message, "in-flight budget") || !strings.Contains(r.Message, "256 MiB") {
 				t.Errorf("%s, want the budget named", r.String())
 			}
 			if r.Sent > 16*mib {

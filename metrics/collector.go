@@ -52,15 +52,15 @@ var (
 	descInflight = prometheus.NewDesc("sepal_inflight_bytes",
 		"Bytes of incoming requests held now, counted against the in-flight budget.", nil, nil)
 	descInflightLimit = prometheus.NewDesc("sepal_inflight_limit_bytes",
-		"The in-flight budget (--max-inflight-bytes).", nil, nil)
+		"The in-flight budget.", nil, nil)
 	descConnections = prometheus.NewDesc("sepal_connections",
 		"Connections open now, both APIs.", nil, nil)
 	descRefused = prometheus.NewDesc("sepal_requests_refused_total",
-		"Requests refused by a limit before their body was read, or reset while it arrived, by reason (too_large: more than the method, or one peer, may send; busy: the in-flight budget was full, the client retries; peer_share: the peer held its share of the budget; too_slow: reset, it arrived slower than --min-request-rate).", []string{"reason"}, nil)
+		"Requests refused by a limit before their body was read, or reset while it arrived, by reason (too_large: more than the method, or one peer, may send; busy: the in-flight budget was full, the client retries; peer_share: the peer held its share of the budget; too_slow: reset, it arrived slower than the minimum request rate).", []string{"reason"}, nil)
 	descLimitClosed = prometheus.NewDesc("sepal_connections_closed_by_limit_total",
 		"Connections closed by a limit, by reason (stalled: stopped mid-frame holding budget; control_frames: too many resets, settings, pings or priorities; violation: a refusal that could only be answered so; idle: without a call while the slots ran short).", []string{"reason"}, nil)
 	descConnRefused = prometheus.NewDesc("sepal_connections_refused_total",
-		"Connections closed at once by a limit, by reason (per_peer: the peer held its share of --max-connections).", []string{"reason"}, nil)
+		"Connections closed at once by a limit, by reason (per_peer: the peer held its share of the connection slots).", []string{"reason"}, nil)
 	descPressure = prometheus.NewDesc("sepal_inflight_pressure",
 		"1 while small requests (pings, polls) are refused because the in-flight budget is full; health says NOT_SERVING meanwhile.", nil, nil)
 )

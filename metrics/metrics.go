@@ -382,7 +382,7 @@ func (m *Metrics) Ready(ctx context.Context) (bool, string) {
 		}
 	}
 	if l, ok := m.limitStats(); ok && l.Pressure {
-		return false, "small requests are being refused: the in-flight budget (--max-inflight-bytes) is full"
+		return false, "small requests are being refused: the in-flight budget is full"
 	}
 	if st := m.getState(); st != nil {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -355,7 +355,7 @@ func TestHealthUnderPressure(t *testing.T) {
 		}
 	}
 	waitHealth(healthpb.HealthCheckResponse_NOT_SERVING)
-	if ok, why := f.sl.Ready(); ok || !strings.Contains(why, "--max-inflight-bytes") {
+	if ok, why := f.sl.Ready(); ok || !strings.Contains(why, "in-flight budget is full") {
 		t.Errorf("Ready: %v %q", ok, why)
 	}
 	for _, c := range others {

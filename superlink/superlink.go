@@ -249,7 +249,7 @@ func (s *SuperLink) watchPressure(ctx context.Context, servers map[*health.Serve
 // with why, while they are refused for want of in-flight budget.
 func (s *SuperLink) Ready() (bool, string) {
 	if s.wire.Pressure() {
-		return false, "small requests are being refused: the in-flight budget (--max-inflight-bytes) is full"
+		return false, "small requests are being refused: the in-flight budget is full"
 	}
 	return true, ""
 }

@@ -184,7 +184,7 @@ func TestBudgetAdmitsByDeclaredSize(t *testing.T) {
 
 	b := sendPart(t, c, mPushTaskRes, 30<<20, 100)
 	r := waitDone(t, c, b)
-	if r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "refused for now: this peer's requests hold 40 MiB") || !strings.Contains(r.Message, "(--max-inflight-bytes 64 MiB), its share") {
+	if r.Status != codes.ResourceExhausted || !strings.Contains(r.Message, "refused for now: this peer's requests hold 40 MiB") || !strings.Contains(r.Message, "in-flight budget of 64 MiB, its share") {
 		t.Fatalf("a push beside one in progress, past the peer's share: %s", r.String())
 	}
 	big := sendPart(t, c, mPushTaskRes, 49<<20, 100)

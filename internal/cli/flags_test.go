@@ -10,13 +10,7 @@ import (
 // flagsKept are the flags that library packages may still name, by folder
 // (the files under it, its internal packages too) and flag, with the
 // reason. Each is owed a fix: drop it with the last literal that names it.
-var flagsKept = map[[2]string]string{
-	{"superlink", "--max-inflight-bytes"}: "the wire layer's limit and readiness messages, being moved out of superlink by other work",
-	{"superlink", "--min-request-rate"}:   "the wire layer's limit messages, being moved out of superlink by other work",
-	{"metrics", "--max-inflight-bytes"}:   "the status page's readiness message and a metric's help text, with the metrics work under way",
-	{"metrics", "--min-request-rate"}:     "a metric's help text, with the metrics work under way",
-	{"metrics", "--max-connections"}:      "a metric's help text, with the metrics work under way",
-}
+var flagsKept = map[[2]string]string{}
 
 // flagPattern matches a command-line flag in a text: two dashes and a
 // lower-case word, at the start or after a space, a bracket or a quote

@@ -931,13 +931,13 @@ func (c *guardConn) admit(st *gstream, length int64) bool {
 			return true
 		case RefusedTooLarge:
 			msg = fmt.Sprintf("request of %d bytes refused: the SuperLink takes requests of at most %s from one peer "+
-				"(three quarters of its in-flight budget, --max-inflight-bytes, %s); its operator can raise it", length, sizeString(b.largest()), sizeString(b.max))
+				"(three quarters of its in-flight budget of %s); its operator can raise it", length, sizeString(b.largest()), sizeString(b.max))
 		case RefusedPeerShare:
 			msg = fmt.Sprintf("request of %d bytes refused for now: this peer's requests hold %s of the SuperLink's in-flight budget "+
-				"(--max-inflight-bytes %s), its share; retry once they are answered", length, sizeString(c.p.held), sizeString(b.max))
+				"of %s, its share; retry once they are answered", length, sizeString(c.p.held), sizeString(b.max))
 		default:
 			msg = fmt.Sprintf("request of %d bytes refused for now: the SuperLink is receiving %s of other requests "+
-				"and its in-flight budget (--max-inflight-bytes) is %s; retry shortly", length, sizeString(b.used.Load()), sizeString(b.max))
+				"and its in-flight budget is %s; retry shortly", length, sizeString(b.used.Load()), sizeString(b.max))
 		}
 	}
 	b.refused.add(reason)
@@ -1024,7 +1024,7 @@ func (c *guardConn) resetSlow(st *gstream, elapsed time.Duration, now time.Time)
 	st.resetAt = now.UnixNano()
 	c.pendingRST = append(c.pendingRST, st)
 	c.g.b.refused.add(RefusedTooSlow)
-	msg := fmt.Sprintf("request of %d bytes reset: %d bytes arrived in %v, slower than the SuperLink's minimum of %s/s after %v (--min-request-rate); "+
+	msg := fmt.Sprintf("request of %d bytes reset: %d bytes arrived in %v, slower than the SuperLink's minimum of %s/s after %v; "+
 		"retry over a faster link", st.recv+st.left, st.recv, elapsed.Round(time.Millisecond), sizeString(c.g.cfg.MinRequestRate), c.g.cfg.Grace)
 	c.g.warn("too_slow", "request reset: it arrived slower than the minimum rate", "peer", c.peer, "method", st.method, "received_bytes", st.recv, "declared_bytes", st.recv+st.left)
 	if !st.serverEnded {
