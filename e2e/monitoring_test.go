@@ -175,9 +175,9 @@ func TestMonitoringFiles(t *testing.T) {
 	files, pki := writeTestCerts(t, filepath.Join(dir, "certificates"), selfsigned.ServerOptions{})
 	roots := x509.NewCertPool()
 	roots.AddCert(pki.CA.Cert)
-	fleet, driver, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	fleet, driver, control, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	sl := start(t, dir, nil, "flower-superlink", "--certificates", files.CA, files.Cert, files.Key,
-		"--grpc-rere-fleet-api-address", fleet, "--driver-api-address", driver,
+		"--grpc-rere-fleet-api-address", fleet, "--driver-api-address", driver, "--control-api-address", control,
 		"--metrics-address", metricsAddr, "--log-format", "json", "--max-inflight-bytes", "256MiB")
 	waitListening(t, sl, 20*time.Second, fleet, driver, metricsAddr)
 	sl.waitOutput(t, `"msg":"serving","fleet_api_address"`, 10*time.Second)
@@ -185,8 +185,8 @@ func TestMonitoringFiles(t *testing.T) {
 		t.Errorf("the serving line does not name the metrics address:\n%s", sl.out.String())
 	}
 	base := "http://" + metricsAddr
-	if ports := listeners(t, sl.cmd.Process.Pid); len(ports) != 3 {
-		t.Errorf("flower-superlink --metrics-address listens on %v, want the Fleet, Driver and metrics ports", ports)
+	if ports := listeners(t, sl.cmd.Process.Pid); len(ports) != 4 {
+		t.Errorf("flower-superlink --metrics-address listens on %v, want the Fleet, Driver (and ServerAppIo), Control and metrics ports", ports)
 	}
 	if code, body := httpGet(t, base+"/readyz"); code != 200 || body != "ready\n" {
 		t.Errorf("/readyz once serving: %d %q", code, body)
@@ -223,14 +223,15 @@ func TestMonitoringFiles(t *testing.T) {
 	// Failed handshakes of each cause, on the Fleet API, and two plaintext
 	// ones on the Driver API.
 	failHandshakes(t, fleet, roots, peerFailures)
-	failHandshakes(t, driver, roots, []handshakeCase{{cause: "plaintext", n: 2, raw: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"}})
+	// (An HTTP/2 preface in plaintext from this machine on the Driver
+	// API's port is ServerAppIo's: no handshake failure.)
 	// The Fleet and Driver ports serve no HTTP page, over TLS either.
 	for _, addr := range []string{fleet, driver} {
 		noHTTPPages(t, addr, roots)
 	}
-	// Two plaintext on the Driver API, the plain HTTP request of each
-	// noHTTPPages and the connection of each waitListening probe.
-	failedWant := 2 + 2 + 2
+	// The plain HTTP request of each noHTTPPages and the connection of
+	// each waitListening probe.
+	failedWant := 2 + 2
 	for _, c := range peerFailures {
 		failedWant += c.n
 	}
@@ -248,7 +249,7 @@ func TestMonitoringFiles(t *testing.T) {
 		}
 		s.Want(t, n, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", c.cause)
 	}
-	s.Want(t, 2+1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "plaintext")
+	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "plaintext") // noHTTPPages's plain HTTP request
 	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "closed") // waitListening's probe
 	s.Want(t, 0, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "not_ready")
 	s.Want(t, 0, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "other")

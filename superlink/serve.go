@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
@@ -124,6 +128,7 @@ type api struct {
 	register func(*grpc.Server)
 	services []string // names health reports SERVING
 	limited  bool     // lis is already under a limitListener
+	opts     []grpc.ServerOption
 }
 
 // Serve serves every API of l that has a listener, each with the
@@ -156,20 +161,34 @@ func (s *SuperLink) Serve(ctx context.Context, l Listeners) error {
 		appIo, control = s.flower.appIo, s.flower.control
 	}
 	all := []api{
-		{"Fleet API", l.Fleet, l.FleetCreds, s.registerFleet, []string{flwrproto.Fleet_ServiceDesc.ServiceName}, false},
-		{"Driver API", l.Driver, l.DriverCreds, func(g *grpc.Server) { flwrproto.RegisterDriverServer(g, s.Driver()) }, []string{flwrproto.Driver_ServiceDesc.ServiceName}, false},
-		{"ServerAppIo API", l.ServerAppIo, nil, func(g *grpc.Server) { g.RegisterService(&f129, appIo) }, []string{f129.ServiceName}, false},
-		{"Control API", l.Control, l.ControlCreds, func(g *grpc.Server) { g.RegisterService(&ctl, control) }, []string{ctl.ServiceName}, false},
+		{"Fleet API", l.Fleet, l.FleetCreds, s.registerFleet, []string{flwrproto.Fleet_ServiceDesc.ServiceName}, false, nil},
+		{"Driver API", l.Driver, l.DriverCreds, func(g *grpc.Server) { flwrproto.RegisterDriverServer(g, s.Driver()) }, []string{flwrproto.Driver_ServiceDesc.ServiceName}, false, nil},
+		{"ServerAppIo API", l.ServerAppIo, nil, func(g *grpc.Server) { g.RegisterService(&f129, appIo) }, []string{f129.ServiceName}, false, nil},
+		{"Control API", l.Control, l.ControlCreds, func(g *grpc.Server) { g.RegisterService(&ctl, control) }, []string{ctl.ServiceName}, false, nil},
 	}
-	if l.ServerAppIo != nil && l.ServerAppIo == l.Driver {
-		// One port, limited once, split by the first byte.
+	peers := l.ServerAppIoPeers
+	if peers == nil {
+		peers = wire.Loopback
+	}
+	switch {
+	case l.ServerAppIo == nil || l.ServerAppIo != l.Driver:
+		all[2].opts = peersOnly(f129.ServiceName, peers)
+	case l.DriverCreds == nil || l.DriverCreds.Info().SecurityProtocol != "tls":
+		// One plaintext port: one server carries both, ServerAppIo for
+		// the peers allowed only.
+		all[1].register = func(g *grpc.Server) {
+			flwrproto.RegisterDriverServer(g, s.Driver())
+			g.RegisterService(&f129, appIo)
+		}
+		all[1].services = append(all[1].services, f129.ServiceName)
+		all[1].opts = peersOnly(f129.ServiceName, peers)
+		all[2].lis = nil
+	default:
+		// One port, limited once, split by the first byte: TLS to the
+		// Driver API, plaintext to ServerAppIo.
 		if err := s.opts.Limits.Validate(); err != nil {
 			l.Driver.Close()
 			return err
-		}
-		peers := l.ServerAppIoPeers
-		if peers == nil {
-			peers = wire.Loopback
 		}
 		all[1].lis, all[2].lis = s.wire.Split(s.wire.Listen(l.Driver), peers)
 		all[1].limited, all[2].limited = true, true
@@ -209,7 +228,7 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 		if !a.limited {
 			lis = s.wire.Listen(a.lis)
 		}
-		srv := grpc.NewServer(s.serverOptions(a.creds)...)
+		srv := grpc.NewServer(append(s.serverOptions(a.creds), a.opts...)...)
 		a.register(srv)
 		h := health.NewServer()
 		for _, name := range a.services {
@@ -290,4 +309,35 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 	<-healthDone
 	<-revokeDone
 	return err
+}
+
+// peersOnly are server options that refuse calls of service from peers
+// allowed refuses, with PermissionDenied: ServerAppIo runs every run's
+// ServerApp and speaks plaintext, so it takes the peers the operator
+// allows (loopback ones by default) whatever the listener's address.
+func peersOnly(service string, allowed func(net.Addr) bool) []grpc.ServerOption {
+	prefix := "/" + service + "/"
+	check := func(ctx context.Context, method string) error {
+		if !strings.HasPrefix(method, prefix) {
+			return nil
+		}
+		if p, ok := peer.FromContext(ctx); ok && allowed(p.Addr) {
+			return nil
+		}
+		return status.Errorf(codes.PermissionDenied, "%s takes calls from this machine only (loopback): it speaks plaintext and runs every run's ServerApp", service)
+	}
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := check(ctx, info.FullMethod); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := check(ss.Context(), info.FullMethod); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}),
+	}
 }

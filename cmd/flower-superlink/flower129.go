@@ -148,7 +148,9 @@ func appIoDialAddress(addr net.Addr) string {
 func runSuperExec(ctx context.Context, appIoAddr string, log *slog.Logger) {
 	path, err := exec.LookPath(superExecCommand)
 	if err != nil {
-		log.Warn(superExecCommand+" is not on PATH: Flower 1.29 runs stay pending; install Flower 1.29, or pass --isolation process and run it yourself",
+		// Not a warning: a Flower 1.8.0 set-up needs no Flower 1.29 (with
+		// --isolation subprocess given, the command refused to start).
+		log.Info(superExecCommand+" is not on PATH: Flower 1.29 runs will wait for a ServerApp; install Flower 1.29, or pass --isolation process and run it yourself",
 			"command", fmt.Sprintf("%s --insecure --appio-api-address %s --plugin-type serverapp", superExecCommand, appIoAddr))
 		return
 	}

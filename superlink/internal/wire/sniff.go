@@ -2,7 +2,6 @@ package wire
 
 import (
 	"errors"
-	"log/slog"
 	"net"
 	"sync"
 	"syscall"
@@ -16,7 +15,9 @@ import (
 // Driver API to anyone over TLS there and ServerAppIo to the peers
 // Listeners.ServerAppIoPeers allows (loopback ones by default): the first
 // byte of each connection tells them apart, a TLS handshake record (0x16)
-// or anything else (an HTTP/2 preface in plaintext).
+// or the 'P' that starts an HTTP/2 client's preface in plaintext. Anything
+// else (a plain HTTP request, a peer that closes or sends nothing) goes to
+// the TLS side, whose handshake fails and is counted as such.
 //
 // The split happens after the port's limitListener accepted the
 // connection, so that the limits on connections hold for both APIs,
@@ -26,14 +27,16 @@ import (
 // accepted, socket and all.
 
 // splitFirstByte hands each connection of l to one of two listeners by
-// its first byte: a TLS record to the first, plaintext from a peer
-// plainOK accepts to the second; others are closed. A peer that sends
-// nothing within wait is dropped. Closing both listeners closes l.
-func splitFirstByte(l net.Listener, plainOK func(net.Addr) bool, wait time.Duration, log *slog.Logger) (tlsL, plainL net.Listener) {
+// its first byte: an HTTP/2 preface in plaintext from a peer plainOK
+// accepts to the second, everything else to the first (TLS), where it
+// fails the handshake when it is not TLS. A peer that sends nothing within
+// wait goes to the first too, whose handshake timeout ends it. Closing
+// both listeners closes l.
+func splitFirstByte(l net.Listener, plainOK func(net.Addr) bool, wait time.Duration, warn func(kind, msg string, args ...any)) (tlsL, plainL net.Listener) {
 	sp := &splitter{l: l, done: make(chan struct{})}
 	t := &subListener{sp: sp, ch: make(chan net.Conn), closed: make(chan struct{})}
 	p := &subListener{sp: sp, ch: make(chan net.Conn), closed: make(chan struct{})}
-	go sp.run(t, p, plainOK, wait, log)
+	go sp.run(t, p, plainOK, wait, warn)
 	return t, p
 }
 
@@ -45,7 +48,7 @@ type splitter struct {
 	err    error
 }
 
-func (sp *splitter) run(t, p *subListener, plainOK func(net.Addr) bool, wait time.Duration, log *slog.Logger) {
+func (sp *splitter) run(t, p *subListener, plainOK func(net.Addr) bool, wait time.Duration, warn func(kind, msg string, args ...any)) {
 	for {
 		c, err := sp.l.Accept()
 		if err != nil {
@@ -61,18 +64,13 @@ func (sp *splitter) run(t, p *subListener, plainOK func(net.Addr) bool, wait tim
 		}
 		go func() {
 			first, c, err := peekFirst(c, wait)
-			if err != nil {
-				c.Close()
-				return
-			}
 			to := t
-			if first != 0x16 {
-				if !plainOK(c.RemoteAddr()) {
-					log.Warn("plaintext connection refused: this port takes plaintext (ServerAppIo) from loopback only", "peer", c.RemoteAddr().String())
-					c.Close()
-					return
+			if err == nil && first == clientPreface[0] {
+				if plainOK(c.RemoteAddr()) {
+					to = p
+				} else {
+					warn("serverappio_peer", "a plaintext connection to the port of the Driver API and ServerAppIo from a peer ServerAppIo does not take: its TLS handshake fails", "peer", c.RemoteAddr().String())
 				}
-				to = p
 			}
 			select {
 			case to.ch <- c:

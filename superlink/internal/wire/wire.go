@@ -88,7 +88,7 @@ func (w *Wire) Listen(l net.Listener) net.Listener {
 // listeners by their first byte: a TLS handshake to tlsL, plaintext from a
 // peer plainOK accepts to plainL (see sniff.go). Closing both closes l.
 func (w *Wire) Split(l net.Listener, plainOK func(net.Addr) bool) (tlsL, plainL net.Listener) {
-	return splitFirstByte(l, plainOK, w.g.cfg.HandshakeTimeout, w.g.log)
+	return splitFirstByte(l, plainOK, w.g.cfg.HandshakeTimeout, w.g.warn)
 }
 
 // Run resets requests that fell behind, closes stalled connections and
