@@ -250,7 +250,7 @@ func TestMonitoringFiles(t *testing.T) {
 		s.Want(t, n, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", c.cause)
 	}
 	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "plaintext") // noHTTPPages's plain HTTP request
-	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "closed") // waitListening's probe
+	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "closed")    // waitListening's probe
 	s.Want(t, 0, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "not_ready")
 	s.Want(t, 0, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "other")
 	if v, _ := s.Value("sepal_tls_handshakes_total", "api", "fleet", "result", "success"); v < 2 {
