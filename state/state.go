@@ -115,6 +115,18 @@ type State interface {
 	Close() error
 }
 
+// Protocol facts every State keeps alike.
+const (
+	// NodeUnavailableCode and NodeUnavailableReason are the error of the
+	// result 1.8.0 makes up for a TaskIns whose consumer is offline.
+	NodeUnavailableCode   = 3
+	NodeUnavailableReason = "Error: Node Unavailable - The destination node is currently unavailable. It exceeds the time limit specified in its last ping."
+
+	// BlobMin is the smallest Array.data that is stored once by content;
+	// smaller arrays cost less than the bookkeeping and stay in their task.
+	BlobMin = 4 << 10
+)
+
 // Stats counts what a State holds.
 type Stats struct {
 	Nodes, NodesOnline int

@@ -6,6 +6,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 )
 
 // blob is one distinct Array.data content held by the state; refs counts
@@ -38,7 +39,7 @@ func newInterner() *interner { return &interner{m: map[uint64][]*blob{}} }
 // hashes the codec noted in hs.
 func prepareBlobs(hs *state.BlobHashes, rs *flwrproto.RecordSet) []preparedBlob {
 	var out []preparedBlob
-	state.EachBlob(rs, func(_ int, a *flwrproto.Array) {
+	rules.EachBlob(rs, func(_ int, a *flwrproto.Array) {
 		out = append(out, preparedBlob{arr: a, hash: hs.Hash(a.Data)})
 	})
 	return out

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 	"github.com/sepal-fl/sepal/state/memlink"
 )
 
@@ -92,7 +93,7 @@ type State struct {
 	*memlink.Store
 	state.BlobHashes // the hashes the codec notes
 
-	ev   state.Events
+	ev   rules.Events
 	now  func() time.Time
 	rand io.Reader
 
@@ -119,7 +120,7 @@ func New(o Options) *State {
 	o = o.WithDefaults()
 	return &State{
 		Store:   memlink.New(o),
-		ev:      state.Events{Log: o.Logger},
+		ev:      rules.Events{Log: o.Logger},
 		now:     o.Now,
 		rand:    o.Rand,
 		nodes:   map[int64]*node{},
@@ -150,7 +151,7 @@ func (s *State) FindBlob(hash uint64, n int, eq func([]byte) bool) []byte {
 
 // CreateNode registers a node, within nn's limits.
 func (s *State) CreateNode(_ context.Context, nn state.NewNode) (int64, error) {
-	d, err := state.CheckPingInterval(nn.PingInterval)
+	d, err := rules.CheckPingInterval(nn.PingInterval)
 	if err != nil {
 		return 0, err
 	}
@@ -163,7 +164,7 @@ func (s *State) CreateNode(_ context.Context, nn state.NewNode) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	id, err := state.RandomID(s.rand, func(id int64) bool { return s.nodes[id] != nil })
+	id, err := rules.RandomID(s.rand, func(id int64) bool { return s.nodes[id] != nil })
 	if err != nil {
 		return 0, err
 	}
@@ -253,9 +254,9 @@ func (s *State) DeleteNode(_ context.Context, id int64, identity string) error {
 	defer s.mu.Unlock()
 	n := s.nodes[id]
 	if n == nil {
-		return state.ErrNodeNotFound(id)
+		return rules.ErrNodeNotFound(id)
 	}
-	if err := state.CheckIdentity("DeleteNode", id, identity, n.identity); err != nil {
+	if err := rules.CheckIdentity("DeleteNode", id, identity, n.identity); err != nil {
 		return err
 	}
 	s.ev.NodeDeleted(id, n.pingInterval, s.forget(n))
@@ -285,7 +286,7 @@ func (s *State) RevokeNodes(_ context.Context, revoked func(string) bool) ([]int
 
 // Ping refreshes a node's liveness; false for an unknown node.
 func (s *State) Ping(_ context.Context, id int64, pingInterval float64, identity string) (bool, error) {
-	d, err := state.CheckPingInterval(pingInterval)
+	d, err := rules.CheckPingInterval(pingInterval)
 	if err != nil {
 		return false, err
 	}
@@ -297,7 +298,7 @@ func (s *State) Ping(_ context.Context, id int64, pingInterval float64, identity
 	if n == nil {
 		return false, nil
 	}
-	if err := state.CheckIdentity("Ping", id, identity, n.identity); err != nil {
+	if err := rules.CheckIdentity("Ping", id, identity, n.identity); err != nil {
 		return false, err
 	}
 	n.onlineUntil = s.now().Add(d)
@@ -368,7 +369,7 @@ func (s *State) CreateRun(context.Context) (int64, error) {
 		return 0, err
 	}
 	defer s.mu.Unlock()
-	id, err := state.RandomID(s.rand, func(id int64) bool { return s.runs[id] != nil })
+	id, err := rules.RandomID(s.rand, func(id int64) bool { return s.runs[id] != nil })
 	if err != nil {
 		return 0, err
 	}
@@ -401,7 +402,7 @@ func (s *State) GetNodes(_ context.Context, runID int64) ([]*flwrproto.Node, err
 
 // PushTaskIns validates every TaskIns, then stores them all or none.
 func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]string, error) {
-	if err := state.ValidateTaskInsList(list); err != nil {
+	if err := rules.ValidateTaskInsList(list); err != nil {
 		return nil, err
 	}
 	// Hash the large arrays before taking the lock.
@@ -416,22 +417,22 @@ func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]str
 	defer s.mu.Unlock()
 	for i, t := range list {
 		if s.runs[t.RunId] == nil {
-			return nil, state.ErrRunNotFound(i, t.RunId)
+			return nil, rules.ErrRunNotFound(i, t.RunId)
 		}
 		if c := t.Task.Consumer.NodeId; s.nodes[c] == nil {
-			return nil, state.ErrConsumerNotFound(i, c)
+			return nil, rules.ErrConsumerNotFound(i, c)
 		}
 	}
 	// Every id before anything is stored: a failing rand leaves no TaskIns
 	// of the list behind.
 	tids := make([]uuid.UUID, len(list))
 	for i := range list {
-		id, err := state.NewTaskID(s.rand)
+		id, err := rules.NewTaskID(s.rand)
 		if err != nil {
 			return nil, err
 		}
 		for s.ins[id] != nil || slices.Contains(tids[:i], id) {
-			if id, err = state.NewTaskID(s.rand); err != nil {
+			if id, err = rules.NewTaskID(s.rand); err != nil {
 				return nil, err
 			}
 		}
@@ -439,13 +440,13 @@ func (s *State) PushTaskIns(_ context.Context, list []*flwrproto.TaskIns) ([]str
 	}
 	ids := make([]string, len(list))
 	now := s.now()
-	pushed := state.Seconds(now)
+	pushed := rules.Seconds(now)
 	for i, t := range list {
 		id := tids[i]
 		t.TaskId = id.String()
 		t.Task.PushedAt = pushed
 		n := s.nodes[t.Task.Consumer.NodeId]
-		e := &insEntry{msg: t, run: t.RunId, consumer: n.id, identity: n.identity, expires: state.Expiry(now, t.Task.Ttl), blobs: s.interns.intern(prepared[i])}
+		e := &insEntry{msg: t, run: t.RunId, consumer: n.id, identity: n.identity, expires: rules.Expiry(now, t.Task.Ttl), blobs: s.interns.intern(prepared[i])}
 		s.ins[id] = e
 		n.queue = append(n.queue, id)
 		r := s.runs[t.RunId]
@@ -467,7 +468,7 @@ func (s *State) PullTaskIns(_ context.Context, id int64, identity string) ([]*fl
 	if n == nil {
 		return nil, nil
 	}
-	if err := state.CheckIdentity("PullTaskIns", id, identity, n.identity); err != nil {
+	if err := rules.CheckIdentity("PullTaskIns", id, identity, n.identity); err != nil {
 		return nil, err
 	}
 	for len(n.queue) > 0 {
@@ -482,7 +483,7 @@ func (s *State) PullTaskIns(_ context.Context, id int64, identity string) ([]*fl
 			continue
 		}
 		e.delivered = true
-		e.msg.Task.DeliveredAt = state.DeliveredAt(s.now())
+		e.msg.Task.DeliveredAt = rules.DeliveredAt(s.now())
 		// The stored message is not changed again after delivery, so the
 		// response may share it while it is marshalled outside the lock.
 		return []*flwrproto.TaskIns{e.msg}, nil
@@ -496,7 +497,7 @@ func (s *State) PullTaskIns(_ context.Context, id int64, identity string) ([]*fl
 // PushTaskRes validates every TaskRes against the TaskIns it answers, then
 // stores them all or none.
 func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identity string) (map[string]uint32, error) {
-	parents, err := state.ValidateTaskResList(list)
+	parents, err := rules.ValidateTaskResList(list)
 	if err != nil {
 		return nil, err
 	}
@@ -512,14 +513,14 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 	seen := map[uuid.UUID]bool{}
 	late := make([]bool, len(list)) // accepted, not stored
 	for i, t := range list {
-		var f state.ParentFacts
+		var f rules.ParentFacts
 		if e := s.ins[parents[i]]; e != nil {
-			f = state.ParentFacts{Stored: true, Consumer: e.consumer, Identity: e.identity,
+			f = rules.ParentFacts{Stored: true, Consumer: e.consumer, Identity: e.identity,
 				Run: e.run, Delivered: e.delivered, Answered: e.answered}
 		} else if g, ok := s.gone[parents[i]]; ok {
-			f = state.ParentFacts{Gone: true, Consumer: g.consumer, Identity: g.identity}
+			f = rules.ParentFacts{Gone: true, Consumer: g.consumer, Identity: g.identity}
 		}
-		if late[i], err = state.AcceptTaskRes(i, t, parents[i], identity, f, seen); err != nil {
+		if late[i], err = rules.AcceptTaskRes(i, t, parents[i], identity, f, seen); err != nil {
 			return nil, err
 		}
 	}
@@ -527,12 +528,12 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 	// of the list behind.
 	rids := make([]uuid.UUID, len(list))
 	for i := range list {
-		if rids[i], err = state.NewTaskID(s.rand); err != nil {
+		if rids[i], err = rules.NewTaskID(s.rand); err != nil {
 			return nil, err
 		}
 	}
 	results := make(map[string]uint32, len(list))
-	pushed := state.Seconds(s.now())
+	pushed := rules.Seconds(s.now())
 	for i, t := range list {
 		id := rids[i]
 		if late[i] {
@@ -559,7 +560,7 @@ func (s *State) PushTaskRes(_ context.Context, list []*flwrproto.TaskRes, identi
 // was sent did not get the response (a connection lost, a SuperLink killed
 // while answering), and gets the same result again.
 func (s *State) PullTaskRes(_ context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error) {
-	ids, err := state.ParseTaskIDs(taskIDs)
+	ids, err := rules.ParseTaskIDs(taskIDs)
 	if err != nil {
 		return nil, err
 	}
@@ -569,7 +570,7 @@ func (s *State) PullTaskRes(_ context.Context, taskIDs []string) ([]*flwrproto.T
 	}
 	defer s.mu.Unlock()
 	now := s.now()
-	delivered := state.DeliveredAt(now)
+	delivered := rules.DeliveredAt(now)
 	asked := make(map[uuid.UUID]bool, len(ids))
 	var runs []*run
 	var out []*flwrproto.TaskRes
@@ -589,11 +590,11 @@ func (s *State) PullTaskRes(_ context.Context, taskIDs []string) ([]*flwrproto.T
 			if n != nil && s.online(n, now) {
 				continue
 			}
-			rid, err := state.NewTaskID(s.rand)
+			rid, err := rules.NewTaskID(s.rand)
 			if err != nil {
 				return nil, err
 			}
-			r = &resEntry{msg: state.NodeUnavailable(e.msg, rid, now)}
+			r = &resEntry{msg: rules.NodeUnavailable(e.msg, rid, now)}
 			s.res[id] = r
 			e.answered = true
 		}

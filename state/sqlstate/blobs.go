@@ -13,6 +13,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 )
 
 // Parameter arrays (Array.data of state.BlobMin bytes and more) are stored
@@ -44,7 +45,7 @@ const cacheKeep = time.Minute
 type sum = [sha256.Size]byte
 
 // blobRef is one array of a task stored apart: its place in the task's
-// record set (state.EachArray) and its content.
+// record set (rules.EachArray) and its content.
 type blobRef struct {
 	pos  int
 	sum  sum
@@ -57,7 +58,7 @@ type blobRef struct {
 // before the transaction: hashing 512 MiB takes a while.
 func (c *blobCache) prepareBlobs(rs *flwrproto.RecordSet) []blobRef {
 	var refs []blobRef
-	state.EachBlob(rs, func(pos int, a *flwrproto.Array) {
+	rules.EachBlob(rs, func(pos int, a *flwrproto.Array) {
 		s, ok := c.sumOf(a.Data)
 		if !ok {
 			s = sha256.Sum256(a.Data)
@@ -158,7 +159,7 @@ func (s *State) getBlobs(ctx context.Context, tx *txn, insID string, kind int, r
 		}
 		byPos[r.pos] = d
 	}
-	state.EachArray(rs, func(pos int, a *flwrproto.Array) {
+	rules.EachArray(rs, func(pos int, a *flwrproto.Array) {
 		if d, ok := byPos[pos]; ok {
 			a.Data = d
 			delete(byPos, pos)

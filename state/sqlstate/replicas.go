@@ -8,6 +8,7 @@ import (
 
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/internal/linkrules"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 )
 
 // Replicas. Every State that opens a database joins it as a replica: it
@@ -78,7 +79,7 @@ func (s *State) join(ctx context.Context, exclusive bool) error {
 			}
 		}
 		for {
-			r, err := state.RandomID(s.rand, nil)
+			r, err := rules.RandomID(s.rand, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -195,7 +196,7 @@ func (s *State) graceSince(ctx context.Context, tx *txn, since int64, now time.T
 	}
 	given := 0
 	for _, n := range list {
-		d, _ := state.CheckPingInterval(n.pi)
+		d, _ := rules.CheckPingInterval(n.pi)
 		if until := micro(now.Add(d)); until > n.until {
 			if _, err := tx.ExecContext(ctx, `UPDATE nodes SET online_until = $1, offline = 0 WHERE id = $2`, until, n.id); err != nil {
 				return 0, err

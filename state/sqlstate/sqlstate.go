@@ -36,6 +36,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/internal/linkrules"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 )
 
 // Options configure a State (state.Options). The zero value is ready to
@@ -49,7 +50,7 @@ type State struct {
 	d     *dialect
 	name  string // the database, as messages name it (a file path, a redacted URL)
 	log   *slog.Logger
-	ev    state.Events
+	ev    rules.Events
 	now   func() time.Time
 	rand  io.Reader
 	cache *blobCache
@@ -88,7 +89,7 @@ var (
 // joins the database (join).
 func newState(db *sql.DB, d *dialect, name string, o Options) *State {
 	o = o.WithDefaults()
-	return &State{db: db, d: d, name: name, log: o.Logger, ev: state.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now)}
+	return &State{db: db, d: d, name: name, log: o.Logger, ev: rules.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now)}
 }
 
 func micro(t time.Time) int64     { return t.UnixMicro() }
@@ -245,7 +246,7 @@ func (s *State) fail(method string, err error, committing bool) error {
 
 // CreateNode registers a node, within nn's limits.
 func (s *State) CreateNode(ctx context.Context, nn state.NewNode) (int64, error) {
-	d, err := state.CheckPingInterval(nn.PingInterval)
+	d, err := rules.CheckPingInterval(nn.PingInterval)
 	if err != nil {
 		return 0, err
 	}
@@ -262,7 +263,7 @@ func (s *State) CreateNode(ctx context.Context, nn state.NewNode) (int64, error)
 			}
 		}
 		for {
-			if id, err = state.RandomID(s.rand, nil); err != nil {
+			if id, err = rules.RandomID(s.rand, nil); err != nil {
 				return nil, err
 			}
 			res, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, identity, certificate, ping_interval, created_at, online_until) VALUES ($1, $2, $3, $4, $5, $6)
@@ -387,12 +388,12 @@ func (s *State) DeleteNode(ctx context.Context, id int64, identity string) error
 		var pi float64
 		err := tx.QueryRowContext(ctx, `SELECT identity, ping_interval FROM nodes WHERE id = $1`+s.d.forUpdate, id).Scan(&known, &pi)
 		if err == sql.ErrNoRows {
-			return nil, state.ErrNodeNotFound(id)
+			return nil, rules.ErrNodeNotFound(id)
 		}
 		if err != nil {
 			return nil, err
 		}
-		if err := state.CheckIdentity("DeleteNode", id, identity, known); err != nil {
+		if err := rules.CheckIdentity("DeleteNode", id, identity, known); err != nil {
 			return nil, err
 		}
 		_, undelivered, err := s.forgetNode(ctx, tx, id)
@@ -454,7 +455,7 @@ func (s *State) RevokeNodes(ctx context.Context, revoked func(string) bool) ([]i
 
 // Ping refreshes a node's liveness; false for an unknown node.
 func (s *State) Ping(ctx context.Context, id int64, pingInterval float64, identity string) (bool, error) {
-	d, err := state.CheckPingInterval(pingInterval)
+	d, err := rules.CheckPingInterval(pingInterval)
 	if err != nil {
 		return false, err
 	}
@@ -470,7 +471,7 @@ func (s *State) Ping(ctx context.Context, id int64, pingInterval float64, identi
 		if err != nil {
 			return nil, err
 		}
-		if err := state.CheckIdentity("Ping", id, identity, known); err != nil {
+		if err := rules.CheckIdentity("Ping", id, identity, known); err != nil {
 			return nil, err
 		}
 		found = true
@@ -601,7 +602,7 @@ func (s *State) CreateRun(ctx context.Context) (int64, error) {
 	err := s.write(ctx, "CreateRun", func(tx *txn) (func(), error) {
 		for {
 			var err error
-			if id, err = state.RandomID(s.rand, nil); err != nil {
+			if id, err = rules.RandomID(s.rand, nil); err != nil {
 				return nil, err
 			}
 			res, err := tx.ExecContext(ctx, `INSERT INTO runs (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, micro(now))
@@ -658,17 +659,17 @@ func (s *State) GetNodes(ctx context.Context, runID int64) ([]*flwrproto.Node, e
 
 // PushTaskIns validates every TaskIns, then stores them all or none.
 func (s *State) PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]string, error) {
-	if err := state.ValidateTaskInsList(list); err != nil {
+	if err := rules.ValidateTaskInsList(list); err != nil {
 		return nil, err
 	}
 	// Ids, times, hashes and encoding before the transaction.
 	now := s.now()
-	pushed := state.Seconds(now)
+	pushed := rules.Seconds(now)
 	ids := make([]string, len(list))
 	refs := make([][]blobRef, len(list))
 	msgs := make([][]byte, len(list))
 	for i, t := range list {
-		id, err := state.NewTaskID(s.rand)
+		id, err := rules.NewTaskID(s.rand)
 		if err != nil {
 			return nil, err
 		}
@@ -685,7 +686,7 @@ func (s *State) PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]s
 			if ok, err := s.runExists(ctx, tx, t.RunId); err != nil {
 				return nil, err
 			} else if !ok {
-				return nil, state.ErrRunNotFound(i, t.RunId)
+				return nil, rules.ErrRunNotFound(i, t.RunId)
 			}
 			c := t.Task.Consumer.NodeId
 			identity, ok, err := s.nodeIdentity(ctx, tx, c)
@@ -693,13 +694,13 @@ func (s *State) PushTaskIns(ctx context.Context, list []*flwrproto.TaskIns) ([]s
 				return nil, err
 			}
 			if !ok {
-				return nil, state.ErrConsumerNotFound(i, c)
+				return nil, rules.ErrConsumerNotFound(i, c)
 			}
 			identities[i] = identity
 		}
 		for i, t := range list {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO task_ins (id, run_id, consumer, consumer_identity, expires_at, msg) VALUES ($1, $2, $3, $4, $5, $6)`,
-				ids[i], t.RunId, t.Task.Consumer.NodeId, identities[i], micro(state.Expiry(now, t.Task.Ttl)), msgs[i]); err != nil {
+				ids[i], t.RunId, t.Task.Consumer.NodeId, identities[i], micro(rules.Expiry(now, t.Task.Ttl)), msgs[i]); err != nil {
 				return nil, err
 			}
 			if err := s.putBlobs(ctx, tx, ids[i], 0, refs[i]); err != nil {
@@ -754,7 +755,7 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 		if err != nil || !ok {
 			return after, err
 		}
-		if err := state.CheckIdentity("PullTaskIns", id, identity, known); err != nil {
+		if err := rules.CheckIdentity("PullTaskIns", id, identity, known); err != nil {
 			return nil, err
 		}
 		for attempt := 1; ; attempt++ {
@@ -801,7 +802,7 @@ func (s *State) PullTaskIns(ctx context.Context, id int64, identity string) ([]*
 			if err := s.getBlobs(ctx, tx, tid, 0, t.GetTask().GetRecordset()); err != nil {
 				return nil, err
 			}
-			t.Task.DeliveredAt = state.DeliveredAt(now)
+			t.Task.DeliveredAt = rules.DeliveredAt(now)
 			out, taken = []*flwrproto.TaskIns{t}, seq
 			if again {
 				return func() {
@@ -828,16 +829,16 @@ const pickAttempts = 4
 // PushTaskRes validates every TaskRes against the TaskIns it answers, then
 // stores them all or none.
 func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, identity string) (map[string]uint32, error) {
-	parents, err := state.ValidateTaskResList(list)
+	parents, err := rules.ValidateTaskResList(list)
 	if err != nil {
 		return nil, err
 	}
-	pushed := state.Seconds(s.now())
+	pushed := rules.Seconds(s.now())
 	refs := make([][]blobRef, len(list))
 	msgs := make([][]byte, len(list))
 	ids := make([]string, len(list))
 	for i, t := range list {
-		id, err := state.NewTaskID(s.rand)
+		id, err := rules.NewTaskID(s.rand)
 		if err != nil {
 			return nil, err
 		}
@@ -855,7 +856,7 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 		late := make([]bool, len(list)) // accepted, not stored
 		for i, t := range list {
 			p := parents[i].String()
-			var f state.ParentFacts
+			var f rules.ParentFacts
 			err := tx.QueryRowContext(ctx, `SELECT consumer, consumer_identity, run_id, delivered_at IS NOT NULL, answered FROM task_ins WHERE id = $1`+s.d.forUpdate, p).
 				Scan(&f.Consumer, &f.Identity, &f.Run, &f.Delivered, &f.Answered)
 			f.Stored = err == nil
@@ -866,7 +867,7 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 			if err != nil && err != sql.ErrNoRows {
 				return nil, err
 			}
-			if late[i], err = state.AcceptTaskRes(i, t, parents[i], identity, f, seen); err != nil {
+			if late[i], err = rules.AcceptTaskRes(i, t, parents[i], identity, f, seen); err != nil {
 				return nil, err
 			}
 		}
@@ -913,12 +914,12 @@ func (s *State) PushTaskRes(ctx context.Context, list []*flwrproto.TaskRes, iden
 // was sent did not get the response (a connection lost, a SuperLink killed
 // while answering), and gets the same result again.
 func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto.TaskRes, error) {
-	ids, err := state.ParseTaskIDs(taskIDs)
+	ids, err := rules.ParseTaskIDs(taskIDs)
 	if err != nil {
 		return nil, err
 	}
 	now := s.now()
-	delivered := state.DeliveredAt(now)
+	delivered := rules.DeliveredAt(now)
 	var out []*flwrproto.TaskRes
 	err = s.write(ctx, "PullTaskRes", func(tx *txn) (func(), error) {
 		out = nil
@@ -982,11 +983,11 @@ func (s *State) PullTaskRes(ctx context.Context, taskIDs []string) ([]*flwrproto
 				if err := proto.Unmarshal(msg, ins); err != nil {
 					return nil, err
 				}
-				rid, err := state.NewTaskID(s.rand)
+				rid, err := rules.NewTaskID(s.rand)
 				if err != nil {
 					return nil, err
 				}
-				r = state.NodeUnavailable(ins, rid, now)
+				r = rules.NodeUnavailable(ins, rid, now)
 				rmsg, err := proto.Marshal(r)
 				if err != nil {
 					return nil, err

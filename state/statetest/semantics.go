@@ -16,6 +16,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 )
 
 var isoMicro = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$`)
@@ -349,8 +350,8 @@ func testDelivery(t *testing.T, e *env) {
 	for i := range pushed {
 		e.clock.Advance(time.Millisecond)
 		got := proto.Clone(e.pullOne(t, e.s, a)).(*flwrproto.TaskIns)
-		if got.Task.DeliveredAt != state.DeliveredAt(e.clock.Now()) {
-			t.Errorf("delivered_at %q, want the clock's %q", got.Task.DeliveredAt, state.DeliveredAt(e.clock.Now()))
+		if got.Task.DeliveredAt != rules.DeliveredAt(e.clock.Now()) {
+			t.Errorf("delivered_at %q, want the clock's %q", got.Task.DeliveredAt, rules.DeliveredAt(e.clock.Now()))
 		}
 		got.Task.DeliveredAt = ""
 		if !proto.Equal(got, want[i]) {
@@ -402,7 +403,7 @@ func testResults(t *testing.T, e *env) {
 	}
 	for i, w := range []*flwrproto.TaskRes{want2, want1} {
 		g := proto.Clone(got[i]).(*flwrproto.TaskRes)
-		if g.Task.DeliveredAt != state.DeliveredAt(e.clock.Now()) {
+		if g.Task.DeliveredAt != rules.DeliveredAt(e.clock.Now()) {
 			t.Errorf("result %d delivered_at %q", i, g.Task.DeliveredAt)
 		}
 		g.Task.DeliveredAt = ""
@@ -638,7 +639,7 @@ func testSweep(t *testing.T, e *env) {
 	if st := e.stats(t, e.s); st.TaskInsWaiting != 2 || st.TaskResWaiting != 1 || st.Blobs != 1 {
 		t.Fatalf("before: %+v", st)
 	}
-	e.clock.Advance(60*time.Second + state.ExpiryGrace - time.Second)
+	e.clock.Advance(60*time.Second + rules.ExpiryGrace - time.Second)
 	if err := e.s.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/internal/rules"
 )
 
 // Config is what the suite hands to an Opener.
@@ -162,7 +163,7 @@ func (e *env) open(t *testing.T) state.State {
 }
 
 // now is the clock as unix seconds.
-func (e *env) now() float64 { return state.Seconds(e.clock.Now()) }
+func (e *env) now() float64 { return rules.Seconds(e.clock.Now()) }
 
 func ctxOf(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -1,4 +1,7 @@
-package state
+// Package rules holds what every store of the Flower 1.8.0 state applies
+// alike: the validation of pushed tasks, the errors they answer, ids,
+// times and the events they log, so that all answer word for word.
+package rules
 
 import (
 	"encoding/binary"
@@ -14,15 +17,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/state"
 )
 
 // The rules of Flower 1.8.0 that every implementation applies alike.
 const (
-	// NodeUnavailableCode and NodeUnavailableReason are the error of the
-	// result 1.8.0 makes up for a TaskIns whose consumer is offline.
-	NodeUnavailableCode   = 3
-	NodeUnavailableReason = "Error: Node Unavailable - The destination node is currently unavailable. It exceeds the time limit specified in its last ping."
-
 	// MaxPingInterval caps ping_interval so that now + ping_interval stays
 	// a valid time; a century is "forever" for a SuperNode.
 	MaxPingInterval = 100 * 365 * 24 * time.Hour
@@ -39,10 +38,6 @@ const (
 
 	// MinCreatedAt is 1.8.0's lower bound for created_at (2024-03-27).
 	MinCreatedAt = 1711497600.0
-
-	// BlobMin is the smallest Array.data that is stored once by content;
-	// smaller arrays cost less than the bookkeeping and stay in their task.
-	BlobMin = 4 << 10
 )
 
 // CheckPingInterval validates a ping_interval in seconds and returns it as a
@@ -119,7 +114,7 @@ func NodeUnavailable(ins *flwrproto.TaskIns, id uuid.UUID, now time.Time) *flwrp
 			Ttl:       ttl,
 			Ancestry:  []string{ins.TaskId},
 			TaskType:  t.TaskType,
-			Error:     &flwrproto.Error{Code: NodeUnavailableCode, Reason: NodeUnavailableReason},
+			Error:     &flwrproto.Error{Code: state.NodeUnavailableCode, Reason: state.NodeUnavailableReason},
 		},
 	}
 }

@@ -1,9 +1,10 @@
-package state
+package rules
 
 import (
 	"log/slog"
 
 	"github.com/google/uuid"
+	"github.com/sepal-fl/sepal/state"
 )
 
 // Events writes the log lines every implementation writes alike, so that
@@ -78,7 +79,7 @@ func (e Events) ResultDiscarded(ins uuid.UUID, node int64) {
 }
 
 // NodeEvicted logs a node CreateNode forgot to make room under a limit.
-func (e Events) NodeEvicted(n Evicted) {
+func (e Events) NodeEvicted(n state.Evicted) {
 	if e.on() {
 		e.Log.Info("node left", "node_id", n.ID, "ping_interval", n.PingInterval, "reason", "evicted", "limit", n.Limit)
 	}
@@ -86,7 +87,7 @@ func (e Events) NodeEvicted(n Evicted) {
 
 // NodeRevoked logs a node RevokeNodes forgot: its client certificate was
 // revoked.
-func (e Events) NodeRevoked(n Revoked) {
+func (e Events) NodeRevoked(n state.Revoked) {
 	if e.on() {
 		e.Log.Info("node left", "node_id", n.ID, "ping_interval", n.PingInterval, "reason", "certificate_revoked",
 			"identity", n.Identity, "certificate", n.Certificate, "undelivered_tasks", n.Undelivered)
