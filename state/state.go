@@ -1,16 +1,8 @@
-// Package state is the SuperLink's state behind one interface: nodes, runs,
-// tasks and their results, with the Flower 1.8.0 semantics of PROTOCOL.md.
-// The superlink package serves the Fleet and Driver APIs on a State; the
-// implementations live in sub-packages (memstate: in memory, the default;
-// sqlstate: SQLite, and PostgreSQL for several SuperLinks on one
-// database), and statetest is the one conformance suite every
-// implementation runs. LinkState (link.go) is the Flower 1.29.0
-// generation beside it: memlink in memory, sqlstate in both databases.
-//
-// This package also holds what every implementation shares: the
-// validation of pushed tasks (1.8.0's rules), the messages of the errors
-// they return, and the constants of the protocol, so that all of them
-// answer a request alike, word for word.
+// Package state is the contract of a SuperLink's state: State for Flower
+// 1.8.0 and LinkState for Flower 1.29.0, implemented in memory (memstate,
+// with memlink) and on SQLite and PostgreSQL (sqlstate), all checked by
+// one conformance suite (statetest); the rules they share live in
+// state/internal.
 package state
 
 import (
