@@ -50,14 +50,14 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	for _, l := range links {
 		l.p.waitOutput(t, "msg=serving", 30*time.Second)
 	}
-	check := readmeCheck(t)
+	check := docCheck(t)
 	lb := startHAProxy(t, dir, haproxyBin, haproxyConfig{
 		Fleet: freeAddr(t), Driver: freeAddr(t), Links: links,
 		CAFile: filepath.Join(dir, slCA), CheckName: "localhost",
 		Socket: filepath.Join(dir, "haproxy.sock"), Check: check,
 	})
 	if worst := checkDownBound(t, check); worst > haChecksDownWithin {
-		t.Fatalf("the README's check settings %q mark a dead SuperLink DOWN up to %v after it dies, want %v at most", check, worst, haChecksDownWithin)
+		t.Fatalf("the check settings %q of %s mark a dead SuperLink DOWN up to %v after it dies, want %v at most", check, haproxyDoc, worst, haChecksDownWithin)
 	}
 	lb.waitAll(t, links, "UP", 15*time.Second)
 	// The certificate holds localhost: the name the apps dial, HAProxy's.
@@ -241,7 +241,7 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 		r, l.name, st[haKey("driver", l.name)].sessions, st[haKey("fleet", l.name)].sessions, down.Round(time.Millisecond),
 		strings.Join(lb.downReasons(l), "; "))
 	if down > downWithin {
-		t.Errorf("HAProxy marked the killed %s DOWN %v after the kill, want within %v (the README's check settings)", l.name, down.Round(time.Millisecond), downWithin)
+		t.Errorf("HAProxy marked the killed %s DOWN %v after the kill, want within %v (the check settings of %s)", l.name, down.Round(time.Millisecond), downWithin, haproxyDoc)
 	}
 	return l
 }
@@ -259,31 +259,38 @@ func (lb *haproxy) downReasons(l *haLink) []string {
 	return out
 }
 
-// readmeHAProxy returns the HAProxy configuration block of the README's
-// "The load balancer: HAProxy" section.
-func readmeHAProxy(t *testing.T) string {
+// haproxyDoc is the page that shows the HAProxy configuration for
+// production, in its section haproxySection.
+const (
+	haproxyDoc     = "docs/several-superlinks.md"
+	haproxySection = "## HAProxy\n"
+)
+
+// docHAProxy returns the HAProxy configuration block of haproxyDoc's
+// HAProxy section.
+func docHAProxy(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(moduleRoot(), "README.md"))
+	b, err := os.ReadFile(filepath.Join(moduleRoot(), haproxyDoc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, after, ok := strings.Cut(string(b), "### The load balancer: HAProxy\n")
+	_, after, ok := strings.Cut(string(b), "\n"+haproxySection)
 	if !ok {
-		t.Fatal(`README.md has no "### The load balancer: HAProxy" section`)
+		t.Fatalf("%s has no %q section", haproxyDoc, strings.TrimSpace(haproxySection))
 	}
 	_, after, ok = strings.Cut(after, "```\n")
 	cfg, _, ok2 := strings.Cut(after, "```\n")
 	if !ok || !ok2 || !strings.HasPrefix(cfg, "global\n") {
-		t.Fatal("the README's HAProxy section does not open with the configuration block")
+		t.Fatalf("the HAProxy section of %s does not open with the configuration block", haproxyDoc)
 	}
 	return cfg
 }
 
-// readmeCheck returns the health check's settings of the README's
+// docCheck returns the health check's settings of haproxyDoc's
 // default-server line: its words from "check" up to "check-ssl".
-func readmeCheck(t *testing.T) string {
+func docCheck(t *testing.T) string {
 	t.Helper()
-	for _, line := range strings.Split(readmeHAProxy(t), "\n") {
+	for _, line := range strings.Split(docHAProxy(t), "\n") {
 		line, _, _ = strings.Cut(line, "#")
 		f := strings.Fields(line)
 		if len(f) == 0 || f[0] != "default-server" {
@@ -293,7 +300,7 @@ func readmeCheck(t *testing.T) string {
 			return strings.Join(f[1:i], " ")
 		}
 	}
-	t.Fatal("the README's HAProxy configuration has no default-server line with check-ssl")
+	t.Fatalf("the HAProxy configuration of %s has no default-server line with check-ssl", haproxyDoc)
 	return ""
 }
 
@@ -318,7 +325,7 @@ func checkDownBound(t *testing.T, check string) time.Duration {
 		}
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			t.Fatalf("the README's check setting %s %q: %v", key, v, err)
+			t.Fatalf("the check setting %s %q: %v", key, v, err)
 		}
 		return d
 	}
@@ -326,7 +333,7 @@ func checkDownBound(t *testing.T, check string) time.Duration {
 	fast := dur("fastinter", value("inter", "2s"))
 	fall, err := strconv.Atoi(value("fall", "3"))
 	if err != nil {
-		t.Fatalf("the README's check setting fall: %v", err)
+		t.Fatalf("the check setting fall: %v", err)
 	}
 	return inter + time.Duration(fall-1)*fast
 }
@@ -355,9 +362,9 @@ type haproxyConfig struct {
 	CAFile        string // the CA the health checks verify the SuperLinks against
 	CheckName     string // the name the health checks expect in the SuperLinks' certificate
 	Socket        string // the stats socket
-	// Check is the health check's settings of the README's default-server
+	// Check is the health check's settings of haproxyDoc's default-server
 	// line ("check inter ... on-marked-down shutdown-sessions"), so that
-	// the test runs the timing the README recommends.
+	// the test runs the timing the page recommends.
 	Check string
 }
 
@@ -382,7 +389,7 @@ func (c haproxyConfig) Servers() []struct{ Name, Fleet, Driver string } {
 	return out
 }
 
-// haproxyTemplate is the test's HAProxy configuration; the README shows
+// haproxyTemplate is the test's HAProxy configuration; haproxyDoc shows
 // the same for production.
 var haproxyTemplate = template.Must(template.New("haproxy.cfg").Parse(`# Written by TestSuperLinksBehindHAProxy.
 global
@@ -617,17 +624,17 @@ func grpcHealthCheck() [][]byte {
 // must hold. A SuperLink shutting down answers NOT_SERVING (08 02).
 const grpcServingHex = "00000000020801"
 
-// TestHAProxyREADME checks the HAProxy configuration the README shows:
+// TestHAProxyDocConfig checks the HAProxy configuration haproxyDoc shows:
 // HAProxy accepts it, its check timing takes a dead SuperLink out within
 // haChecksDownWithin, and its health check sends and expects what the
 // test's configuration does (whose check timing TestSuperLinksBehindHAProxy
-// reads from the README).
-func TestHAProxyREADME(t *testing.T) {
+// reads from the page).
+func TestHAProxyDocConfig(t *testing.T) {
 	bin := haproxyBinary(t)
-	cfg := readmeHAProxy(t)
-	if check := readmeCheck(t); checkDownBound(t, check) > haChecksDownWithin {
-		t.Errorf("the README's check settings %q mark a dead SuperLink DOWN up to %v after it dies, want %v at most",
-			check, checkDownBound(t, check), haChecksDownWithin)
+	cfg := docHAProxy(t)
+	if check := docCheck(t); checkDownBound(t, check) > haChecksDownWithin {
+		t.Errorf("the check settings %q of %s mark a dead SuperLink DOWN up to %v after it dies, want %v at most",
+			check, haproxyDoc, checkDownBound(t, check), haChecksDownWithin)
 	}
 	checks := func(cfg string) []string {
 		var out []string
@@ -644,7 +651,7 @@ func TestHAProxyREADME(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got, want := checks(cfg), checks(test.String()); strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("the README's health check:\n%s\nthe test's:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		t.Errorf("the health check of %s:\n%s\nthe test's:\n%s", haproxyDoc, strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
@@ -654,6 +661,6 @@ func TestHAProxyREADME(t *testing.T) {
 		t.Fatal(err)
 	}
 	if out, code := run(t, 30*time.Second, dir, nil, bin, "-c", "-f", path); code != 0 {
-		t.Errorf("haproxy -c refused the README's configuration (exit %d):\n%s", code, out)
+		t.Errorf("haproxy -c refused the configuration of %s (exit %d):\n%s", haproxyDoc, code, out)
 	}
 }
