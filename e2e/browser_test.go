@@ -25,8 +25,8 @@ type statusPage struct {
 }
 
 // screenshotEnv, when set, makes statusInBrowser write a screenshot to
-// docs/NAME when given a name (TestMonitoringFiles's is the README's
-// picture, docs/status-page.png):
+// docs/NAME when given a name (TestMonitoringFiles's is the picture
+// docs/operating.md shows, docs/status-page.png):
 //
 //	SEPAL_SCREENSHOT=1 go test ./e2e -run TestMonitoringFiles
 const screenshotEnv = "SEPAL_SCREENSHOT"
@@ -34,7 +34,7 @@ const screenshotEnv = "SEPAL_SCREENSHOT"
 // statusInBrowser opens url in headless Chromium from Debian with
 // JavaScript disabled (the page must not need it), reads what it shows and
 // hands it to check; with SEPAL_SCREENSHOT set it saves a screenshot for
-// the README under docs/shot (none when shot is "").
+// the docs under docs/shot (none when shot is "").
 func statusInBrowser(t *testing.T, url, shot string, check func(statusPage)) {
 	t.Helper()
 	exe := chromium(t)

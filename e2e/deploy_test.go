@@ -25,8 +25,8 @@ func unitExecStart(t *testing.T, unit string) []string {
 
 // TestSystemdUnit checks deploy/flower-superlink.service with
 // systemd-analyze verify (the binary it starts replaced by the one built
-// here) and without a warning, that it has the hardening and reload the
-// README promises, and that flower-superlink accepts every flag of its
+// here) and without a warning, that it has the hardening and reload
+// docs/operating.md promises, and that flower-superlink accepts every flag of its
 // ExecStart with the example environment file's.
 func TestSystemdUnit(t *testing.T) {
 	needE2E(t)
