@@ -1,6 +1,6 @@
-// Command sepal-load measures a flower-superlink process under load: the
-// FedAvg workload of issue 11 (Flower 1.8.0's message sequence and sizes),
-// many idle SuperNodes, or small calls as fast as they come. It builds
+// Command sepal-load measures a flower-superlink process under load: a
+// FedAvg run with Flower 1.8.0's message sequence and sizes, many idle
+// SuperNodes, or small calls as fast as they come. It builds
 // flower-superlink from this module (or runs --superlink), starts it over
 // TLS with a P-256 certificate on free loopback ports, runs the workload
 // with Go SuperNodes and a Go ServerApp, and prints one line per figure:
@@ -81,7 +81,7 @@ type config struct {
 func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs := cli.NewFlagSet(command, out)
 	c := &config{}
-	fs.StringVar(&c.mode, "mode", "fedavg", "the workload: fedavg (issue 11's FedAvg run), idle (nodes that poll; RSS per node) or rpcs (Ping and empty PullTaskIns as fast as they come)")
+	fs.StringVar(&c.mode, "mode", "fedavg", "the workload: fedavg (a FedAvg run with Flower 1.8.0's messages), idle (nodes that poll; RSS per node) or rpcs (Ping and empty PullTaskIns as fast as they come)")
 	fs.IntVar(&c.nodes, "nodes", 0, "SuperNodes, each with its own TLS connection (default 2 for fedavg, 1000 for idle and rpcs)")
 	fs.IntVar(&c.rounds, "rounds", 2, "FedAvg rounds")
 	fs.Float64Var(&c.modelMiB, "model-mib", 32, "model size in MiB: one float32 array (32 MiB = 8,388,608 values)")
