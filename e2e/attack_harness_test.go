@@ -1,11 +1,10 @@
 package e2e
 
 // The attack tests (attack_*_test.go) repeat, against the real
-// flower-superlink, the attacks an attacker trial got past the limits
-// with, each with a legitimate FedAvg run beside it. Each logs one
+// flower-superlink, the attacks that once got past the limits, each with a legitimate FedAvg run beside it. Each logs one
 // SUMMARY line: the attack, the SuperLink's peak RSS growth and CPU
 // seconds, and the rounds the legitimate run finished. The long versions
-// (the trial's durations) run with SEPAL_ATTACK_LONG=1.
+// run with SEPAL_ATTACK_LONG=1.
 //
 // This is their harness: a flower-superlink with legitimate client apps
 // and server apps (the real binaries) connected from 127.0.0.1, attackers
@@ -61,8 +60,8 @@ const (
 func perPeerConnections(limit int) int { return max(16, limit/16) }
 
 // attackLong tells whether the long versions of the attacks run
-// (SEPAL_ATTACK_LONG=1): the trial's durations instead of
-// the suite's short ones.
+// (SEPAL_ATTACK_LONG=1): durations of minutes instead of the suite's
+// short ones.
 func attackLong() bool { return os.Getenv("SEPAL_ATTACK_LONG") != "" }
 
 // attackerIP is the i-th attacker's address: 127.0.0.2, 127.0.0.3, ...

@@ -59,8 +59,8 @@ func insertAfter(h []hpack.HeaderField, name string, f hpack.HeaderField) []hpac
 	return append(h, f)
 }
 
-// headerTricks are the request headers tried on the guard. The first is
-// the trial's: grpc-go serves a request one of whose content-types is
+// headerTricks are the request headers tried on the guard. The first
+// once got past it: grpc-go serves a request one of whose content-types is
 // valid, and the guard read the last one. The test finds out which of the
 // others grpc-go serves, and attacks through those.
 var headerTricks = []headerTrick{
@@ -154,7 +154,7 @@ func TestAttackHeaderTricks(t *testing.T) {
 		}
 	}
 	if len(served) == 0 || served[0].name != headerTricks[0].name {
-		t.Fatalf("grpc-go no longer serves the trial's request (%s): the test needs a new trick", headerTricks[0].name)
+		t.Fatalf("grpc-go no longer serves the first trick's request (%s): the test needs a new trick", headerTricks[0].name)
 	}
 
 	// About a round per header set (each set's three attacks take 2 s

@@ -1,6 +1,7 @@
 package e2e
 
-// The defects of issue 8's trial, each against the built binaries.
+// Refusals of bad input and the messages that say what to do, each
+// against the built binaries.
 
 import (
 	"bytes"

@@ -131,7 +131,7 @@ func slTLS(t testing.TB, dir string) *tls.Config {
 	return cfg
 }
 
-// The first attack, repeated against the real binary: a stranger
+// A memory attack against the real binary: a stranger
 // who completed a TLS handshake opens 4 CreateNode streams on one
 // connection, each declaring 536,870,000 bytes and sending 150 MB. Every
 // stream is refused at its first DATA frame with ResourceExhausted naming

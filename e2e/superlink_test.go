@@ -125,8 +125,8 @@ func slFileSerial(t *testing.T, path string) *big.Int {
 	return c.SerialNumber
 }
 
-// The slIssue's "Must show": the seed's exact command, with certificates made
-// by flower-certs, serves TLS 1.3 with ALPN h2 that openssl verifies against
+// Flower's documented command, with certificates made by flower-certs,
+// serves TLS 1.3 with ALPN h2 that openssl verifies against
 // ca.crt on both ports, refuses TLS 1.1, and answers gRPC health checks.
 func TestSuperLinkSeedCommandServesTLS(t *testing.T) {
 	needE2E(t)
@@ -308,8 +308,7 @@ var slBadCases = []slBadCase{
 	}},
 }
 
-// The slIssue's "Must show": each bad certificate input of the TLS core slIssue
-// stops the SuperLink before it listens, with a non-zero exit and one
+// Each bad certificate input stops the SuperLink before it listens, with a non-zero exit and one
 // message naming the file.
 func TestSuperLinkRefusesBadCertificates(t *testing.T) {
 	needE2E(t)
@@ -444,7 +443,7 @@ func TestSuperLinkAddressInUse(t *testing.T) {
 	}
 }
 
-// The slIssue's "Must show": the file source reloads while serving. The
+// The file source reloads while serving. The
 // server certificate is reissued on disk by flower-certs --force and, after
 // a SIGHUP, new handshakes on both ports see the new serial without a
 // restart.
@@ -465,7 +464,7 @@ func TestSuperLinkReloadsOnSIGHUP(t *testing.T) {
 	slFlowerCerts(t, dir, "--force")
 	newSerial := slFileSerial(t, filepath.Join(dir, slCert))
 	if newSerial.Cmp(oldSerial) == 0 {
-		t.Fatal("flower-certs --force did not slIssue a new certificate")
+		t.Fatal("flower-certs --force did not issue a new certificate")
 	}
 	pid := sl.cmd.Process.Pid
 	deadline := time.Now().Add(15 * time.Second)
