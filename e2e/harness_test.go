@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +116,7 @@ func start(t testing.TB, dir string, env []string, name string, args ...string) 
 		path = bin(t, name)
 	}
 	p := &proc{name: filepath.Base(name), out: &testkit.SyncBuffer{}, done: make(chan struct{})}
+	args = loopbackControl(name, args)
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Dir = dir
 	p.cmd.Env = append(os.Environ(), env...)
@@ -134,6 +136,22 @@ func start(t testing.TB, dir string, env []string, name string, args ...string) 
 		}
 	})
 	return p
+}
+
+// loopbackControl gives a flower-superlink that would listen for the
+// Control API on its default (0.0.0.0:9093: a fixed port, shared by tests
+// that run side by side) a free loopback port instead, unless the test
+// chose an address or asked for --help or --version.
+func loopbackControl(name string, args []string) []string {
+	if filepath.Base(name) != "flower-superlink" {
+		return args
+	}
+	for _, a := range args {
+		if strings.HasPrefix(a, "--control-api-address") || a == "--help" || a == "-h" || a == "--version" {
+			return args
+		}
+	}
+	return append(slices.Clone(args), "--control-api-address", "127.0.0.1:0")
 }
 
 // stop sends SIGINT, then kills the process if it has not ended in 10 s.

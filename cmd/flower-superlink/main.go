@@ -393,6 +393,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	mon.serving()
 	log.Info("serving", append(attrs, c.mtls.attrs()...)...)
 	c.mtls.warnOpenDriver(log, driverLis.Addr())
+	if controlLis != nil {
+		warnOpenControl(log, controlLis.Addr())
+	}
 	return finish(ctx, log, <-served)
 }
 
