@@ -106,29 +106,42 @@ func RunFlower129(ctx context.Context, o Flower129Options) (res Flower129Result,
 	env := append(os.Environ(), "PATH="+o.Bin+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"FLWR_HOME="+filepath.Join(o.Dir, "flwr"), "PYTHONDONTWRITEBYTECODE=1")
 
-	var procs []*exec.Cmd
+	var procs []*child
 	defer func() {
 		// The SuperNodes first, then the SuperLink; each with its process
 		// group (the SuperExec and apps they started).
 		for i := len(procs) - 1; i >= 0; i-- {
-			stopGroup(procs[i])
+			procs[i].stop()
 		}
 	}()
-	startProc := func(name, logName string, args ...string) (*exec.Cmd, string, error) {
-		logPath := filepath.Join(o.Dir, logName)
-		lf, err := os.Create(logPath)
+	startProc := func(name, logName string, args ...string) (*child, error) {
+		c := &child{log: filepath.Join(o.Dir, logName), done: make(chan struct{})}
+		lf, err := os.Create(c.log)
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		defer lf.Close()
-		cmd := exec.Command(name, args...)
-		cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = o.Dir, env, lf, lf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			return nil, "", fmt.Errorf("starting %s: %w", name, err)
+		c.cmd = exec.Command(name, args...)
+		c.cmd.Dir, c.cmd.Env, c.cmd.Stdout, c.cmd.Stderr = o.Dir, env, lf, lf
+		c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := c.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("starting %s: %w", name, err)
 		}
-		procs = append(procs, cmd)
-		return cmd, logPath, nil
+		go func() { c.cmd.Wait(); close(c.done) }()
+		procs = append(procs, c)
+		return c, nil
+	}
+	// ended returns an error naming the first process that ended, with
+	// the end of its log.
+	ended := func() error {
+		for _, c := range procs {
+			select {
+			case <-c.done:
+				return fmt.Errorf("%s ended (%v):\n%s", filepath.Base(c.cmd.Path), c.cmd.ProcessState, tail(c.log))
+			default:
+			}
+		}
+		return nil
 	}
 
 	args := []string{"--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key,
@@ -138,13 +151,13 @@ func RunFlower129(ctx context.Context, o Flower129Options) (res Flower129Result,
 		args = append(args, "--driver-api-address", appIo)
 		joined = sepalJoined
 	}
-	link, linkLog, err := startProc(o.SuperLink, "superlink.log", args...)
+	link, err := startProc(o.SuperLink, "superlink.log", args...)
 	if err != nil {
 		return res, err
 	}
 	for _, a := range addrs {
-		if err := waitDial(ctx, a, link); err != nil {
-			return res, fmt.Errorf("%s does not listen on %s: %w\n%s", o.SuperLink, a, err, tail(linkLog))
+		if err := waitDial(ctx, a, link.done); err != nil {
+			return res, fmt.Errorf("%s does not listen on %s: %w\n%s", o.SuperLink, a, err, tail(link.log))
 		}
 	}
 	for i := range o.Nodes {
@@ -152,7 +165,7 @@ func RunFlower129(ctx context.Context, o Flower129Options) (res Flower129Result,
 		if err != nil {
 			return res, err
 		}
-		if _, _, err := startProc(filepath.Join(o.Bin, "flower-supernode"), fmt.Sprintf("supernode%d.log", i+1),
+		if _, err := startProc(filepath.Join(o.Bin, "flower-supernode"), fmt.Sprintf("supernode%d.log", i+1),
 			"--root-certificates", ca, "--superlink", fleet, "--clientappio-api-address", nodeAddr,
 			"--node-config", fmt.Sprintf("partition-id=%d num-partitions=%d", i, o.Nodes)); err != nil {
 			return res, err
@@ -189,19 +202,26 @@ func RunFlower129(ctx context.Context, o Flower129Options) (res Flower129Result,
 	}
 
 	// Every SuperNode joined: the run starts at once.
+	joinBy := time.Now().Add(3 * time.Minute)
 	for {
-		b, _ := os.ReadFile(linkLog)
+		b, _ := os.ReadFile(link.log)
 		if len(joined.FindAllIndex(b, -1)) >= o.Nodes {
 			break
 		}
+		if err := ended(); err != nil {
+			return res, fmt.Errorf("before the SuperNodes joined, %w", err)
+		}
+		if time.Now().After(joinBy) {
+			return res, fmt.Errorf("the SuperNodes did not join within 3 minutes:\n%s", tail(link.log))
+		}
 		select {
 		case <-ctx.Done():
-			return res, fmt.Errorf("the SuperNodes did not join: %w\n%s", ctx.Err(), tail(linkLog))
+			return res, fmt.Errorf("the SuperNodes did not join: %w\n%s", ctx.Err(), tail(link.log))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 
-	cpu0, err := ReadCPU(link.Process.Pid)
+	cpu0, err := ReadCPU(link.cmd.Process.Pid)
 	if err != nil {
 		return res, err
 	}
@@ -210,10 +230,13 @@ func RunFlower129(ctx context.Context, o Flower129Options) (res Flower129Result,
 	res.Wall = time.Since(began)
 	res.Log = out
 	if err != nil {
+		if e := ended(); e != nil {
+			err = fmt.Errorf("%w\nmeanwhile %w", err, e)
+		}
 		return res, err
 	}
-	cpu1, err1 := ReadCPU(link.Process.Pid)
-	mem, err2 := ReadMemory(link.Process.Pid)
+	cpu1, err1 := ReadCPU(link.cmd.Process.Pid)
+	mem, err2 := ReadMemory(link.cmd.Process.Pid)
 	if err := errors.Join(err1, err2); err != nil {
 		return res, fmt.Errorf("reading the SuperLink's /proc: %w", err)
 	}
@@ -237,19 +260,18 @@ func RunFlower129(ctx context.Context, o Flower129Options) (res Flower129Result,
 	return res, nil
 }
 
-// waitDial waits until addr accepts TCP connections, failing when p ends
-// first.
-func waitDial(ctx context.Context, addr string, p *exec.Cmd) error {
+// waitDial waits until addr accepts TCP connections, failing when done
+// (a process's end) is closed first.
+func waitDial(ctx context.Context, addr string, done <-chan struct{}) error {
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
 			return nil
 		}
-		if err := p.Process.Signal(syscall.Signal(0)); err != nil {
-			return fmt.Errorf("the process ended: %w", err)
-		}
 		select {
+		case <-done:
+			return errors.New("the process ended")
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -257,20 +279,25 @@ func waitDial(ctx context.Context, addr string, p *exec.Cmd) error {
 	}
 }
 
-// stopGroup ends a process started as a group leader: SIGINT, then after
-// 20 s SIGKILL to its group, and a SIGKILL to what is left of the group
-// once it ended.
-func stopGroup(cmd *exec.Cmd) {
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	_ = cmd.Process.Signal(os.Interrupt)
+// child is a process RunFlower129 started, the leader of its own process
+// group.
+type child struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{} // closed once it ended and was waited for
+}
+
+// stop ends the process: SIGINT, then after 20 s SIGKILL to its group,
+// and a SIGKILL to what is left of the group once it ended.
+func (c *child) stop() {
+	_ = c.cmd.Process.Signal(os.Interrupt)
 	select {
-	case <-done:
+	case <-c.done:
 	case <-time.After(20 * time.Second):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-c.done
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 }
 
 // FlowerApp is a Flower App RunFlower129 runs.
