@@ -28,6 +28,8 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 	},
 	"since": func(now, t time.Time) string { return ago(now.Sub(t)) + " ago" },
 	"bytes": humanBytes,
+	"secs":  func(s float64) string { return ago(time.Duration(s * float64(time.Second))) },
+	"dur":   ago,
 }).Parse(statusHTML))
 
 // pageData is what the status page shows.
@@ -53,6 +55,9 @@ type pageData struct {
 
 	HasInflight                   bool
 	Inflight, Budget, Connections int64
+
+	// Link is the Flower 1.29.0 generation; nil without a LinkState.
+	Link *link129
 }
 
 type certView struct {
@@ -131,13 +136,16 @@ func (m *Metrics) page(ctx context.Context) pageData {
 		d.HasInflight = true
 		d.Inflight, d.Budget, d.Connections = l.InflightBytes, l.MaxInflightBytes, l.Connections
 	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if ls := m.getLinkState(); ls != nil {
+		d.Link = m.page129(ctx, ls, now)
+	}
 	state := m.getState()
 	if state == nil {
 		return d
 	}
 	d.HasState = true
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
 	st, err := state.Stats(ctx)
 	var nodes []NodeInfo
 	var runs []RunInfo

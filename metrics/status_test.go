@@ -60,7 +60,7 @@ func TestStatusPage(t *testing.T) {
 		r.pki.Pair.Leaf.NotAfter.UTC().Format("2006-01-02 15:04:05 UTC"),
 		`<dd class="source">file</dd>`,
 		`start at`, `succeeded`,
-		`Nodes online: <span id="nodes-online">2</span>`, "(1 offline)",
+		`Flower 1.8 nodes online: <span id="nodes-online">2</span>`, "(1 offline)",
 		"<code>4242</code>", `<td class="identity">node-a.example</td>`,
 		"&lt;script&gt;alert(1)&lt;/script&gt;",
 		"<code>1000</code>", "<code>1004</code>", `<td class="round">3</td>`,

@@ -319,7 +319,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		driverLis.Close()
 		return err
 	}
-	if err := mon.start(ctx, src, fleetLis, driverLis); err != nil {
+	if err := mon.start(ctx, src, fleetLis, driverLis, controlLis); err != nil {
 		fleetLis.Close()
 		driverLis.Close()
 		appIoLis.Close()

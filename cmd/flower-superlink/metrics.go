@@ -110,10 +110,11 @@ func (mo *monitor) serverOptions() []grpc.ServerOption {
 }
 
 // start listens on --metrics-address and serves the metrics until ctx
-// ends. It is called once the Fleet and Driver listeners are open, before
+// ends. It is called once the Fleet, Driver and Control (nil when not
+// served) listeners are open, before
 // an ACME certificate is obtained, so that /healthz answers and /readyz
 // says why it is not ready yet.
-func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, driver net.Listener) error {
+func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, driver, control net.Listener) error {
 	if mo == nil {
 		return nil
 	}
@@ -125,6 +126,9 @@ func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, d
 		mo.m.SetCertificateSource(metrics.SourceFile, src, nil)
 	}
 	mo.m.SetListeners(fleet.Addr(), driver.Addr())
+	if control != nil {
+		mo.m.SetControlListener(control.Addr())
+	}
 	lis, err := listen(mo.addr, "--"+metricsAddressFlag)
 	if err != nil {
 		return err
@@ -157,10 +161,12 @@ func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, d
 	return nil
 }
 
-// watch gives the metrics the SuperLink's state and limits.
+// watch gives the metrics the SuperLink's state (both generations) and
+// limits.
 func (mo *monitor) watch(sl *superlink.SuperLink) {
 	if mo != nil {
 		mo.m.SetState(sl.State())
+		mo.m.SetLinkState(sl.LinkState())
 		mo.m.SetLimits(sl.LimitStats)
 		mo.m.SetNodeLimits(sl.NodeLimitStats)
 	}
