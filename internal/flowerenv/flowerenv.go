@@ -5,7 +5,10 @@
 package flowerenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,8 +83,8 @@ func get(t testing.TB, release string) Flower {
 }
 
 // prepare runs dir/prepare.sh into a folder of the user's cache (kept
-// between runs: a later run only copies and generates again, in seconds),
-// under a lock, since test binaries of several packages run at once.
+// between runs, and prepared again only when dir changed), under a lock,
+// since test binaries of several packages run at once.
 func prepare(dir string) (Flower, error) {
 	cache, err := os.UserCacheDir()
 	if err != nil {
@@ -100,9 +103,23 @@ func prepare(dir string) (Flower, error) {
 		return Flower{}, err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	out, err := exec.Command("bash", filepath.Join(dir, "prepare.sh"), dest).CombinedOutput()
+	// prepare.sh replaces the copy it made before, under the feet of the
+	// Flower processes of any test binary running from it: it runs only
+	// when the release changed since it last ran to its end.
+	sum, err := releaseSum(dir)
 	if err != nil {
-		return Flower{}, fmt.Errorf("%s %s: %v\n%s", filepath.Join(dir, "prepare.sh"), dest, err, out)
+		return Flower{}, err
+	}
+	stamp := filepath.Join(dest, ".prepared")
+	if b, err := os.ReadFile(stamp); err != nil || string(b) != sum {
+		os.Remove(stamp)
+		out, err := exec.Command("bash", filepath.Join(dir, "prepare.sh"), dest).CombinedOutput()
+		if err != nil {
+			return Flower{}, fmt.Errorf("%s %s: %v\n%s", filepath.Join(dir, "prepare.sh"), dest, err, out)
+		}
+		if err := os.WriteFile(stamp, []byte(sum), 0o644); err != nil {
+			return Flower{}, err
+		}
 	}
 	f := Flower{Bin: filepath.Join(dest, "bin"), Source: filepath.Join(dir, "source"), Python: "/usr/bin/python3"}
 	if filepath.Base(dir) == "flower-1.29" {
@@ -111,6 +128,27 @@ func prepare(dir string) (Flower, error) {
 		f.PythonPath = filepath.Join(dest, "shim") + string(os.PathListSeparator) + filepath.Join(dest, "flower", "src", "py")
 	}
 	return f, nil
+}
+
+// releaseSum is a digest of the names, sizes and times of the files of
+// a release's folder in ../shared (its prepare.sh, source and shims).
+func releaseSum(dir string) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %d %d\n", path, info.Size(), info.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", dir, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // sharedDir finds ../shared beside the module root above the working
