@@ -40,12 +40,7 @@ type flower129 struct {
 // configuration named local-tls. The Driver API and ServerAppIo share
 // one port, as they do by default.
 func startFlower129(t *testing.T, extra ...string) *flower129 {
-	f := flowerenv.Flower129(t)
-	d := &flower129{f: f, dir: t.TempDir()}
-	d.env = []string{"PATH=" + f.Bin + string(os.PathListSeparator) + os.Getenv("PATH"), "FLWR_HOME=" + filepath.Join(d.dir, "flwr")}
-	if out, code := run(t, 30*time.Second, d.dir, nil, "flower-certs"); code != 0 {
-		t.Fatalf("flower-certs exited %d:\n%s", code, out)
-	}
+	d := newFlower129(t)
 	fleet, appIo, control := freeAddr(t), freeAddr(t), freeAddr(t)
 	d.fleet, d.appIo, d.control = fleet, appIo, control
 	args := append([]string{
@@ -56,25 +51,57 @@ func startFlower129(t *testing.T, extra ...string) *flower129 {
 	d.link = start(t, d.dir, d.env, "flower-superlink", args...)
 	waitListening(t, d.link, 20*time.Second, d.addrs...)
 	for i := range 2 {
-		start(t, d.dir, d.env, filepath.Join(f.Bin, "flower-supernode"), "--root-certificates", "certificates/ca.crt",
-			"--superlink", fleet, "--clientappio-api-address", freeAddr(t),
-			"--node-config", fmt.Sprintf("partition-id=%d num-partitions=2", i))
+		d.superNode(t, fleet, i)
 	}
+	d.useFlwr(t, control)
+	return d
+}
+
+// newFlower129 prepares Flower 1.29.0 and a folder with certificates
+// (flower-certs) for a deployment.
+func newFlower129(t *testing.T) *flower129 {
+	f := flowerenv.Flower129(t)
+	d := &flower129{f: f, dir: t.TempDir()}
+	d.env = []string{"PATH=" + f.Bin + string(os.PathListSeparator) + os.Getenv("PATH"), "FLWR_HOME=" + filepath.Join(d.dir, "flwr")}
+	if out, code := run(t, 30*time.Second, d.dir, nil, "flower-certs"); code != 0 {
+		t.Fatalf("flower-certs exited %d:\n%s", code, out)
+	}
+	return d
+}
+
+// superNode starts stock flower-supernode number i of 2, dialling fleet
+// over TLS, with extra flags.
+func (d *flower129) superNode(t *testing.T, fleet string, i int, extra ...string) *proc {
+	return start(t, d.dir, d.env, filepath.Join(d.f.Bin, "flower-supernode"), append([]string{"--root-certificates", "certificates/ca.crt",
+		"--superlink", fleet, "--clientappio-api-address", freeAddr(t),
+		"--node-config", fmt.Sprintf("partition-id=%d num-partitions=2", i)}, extra...)...)
+}
+
+// useFlwr copies quickstart-numpy into the deployment's folder and
+// writes a flwr configuration whose connection local-tls reaches the
+// Control API at control over TLS.
+func (d *flower129) useFlwr(t *testing.T, control string) {
+	d.control = control
 	d.app = filepath.Join(d.dir, "quickstart-numpy")
-	if out, err := exec.Command("cp", "-r", filepath.Join(f.Source, "examples", "quickstart-numpy"), d.app).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "-r", filepath.Join(d.f.Source, "examples", "quickstart-numpy"), d.app).CombinedOutput(); err != nil {
 		t.Fatalf("copying quickstart-numpy: %v\n%s", err, out)
 	}
 	exec.Command("chmod", "-R", "u+w", d.app).Run()
 	if out, code := d.flwr(t, 60*time.Second, "config", "list"); code != 0 {
 		t.Fatalf("flwr config list exited %d:\n%s", code, out)
 	}
+	d.connection(t, "local-tls", control)
+}
+
+// connection adds a connection to flwr's configuration: name reaches the
+// Control API at address over TLS.
+func (d *flower129) connection(t *testing.T, name, address string) {
 	cfg, err := os.OpenFile(filepath.Join(d.dir, "flwr", "config.toml"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(cfg, "\n[superlink.local-tls]\naddress = %q\nroot-certificates = %q\n", control, filepath.Join(d.dir, "certificates", "ca.crt"))
-	cfg.Close()
-	return d
+	defer cfg.Close()
+	fmt.Fprintf(cfg, "\n[superlink.%s]\naddress = %q\nroot-certificates = %q\n", name, address, filepath.Join(d.dir, "certificates", "ca.crt"))
 }
 
 // flwr runs Flower's flwr command in the app's folder.
@@ -186,17 +213,29 @@ func TestFlower129(t *testing.T) {
 			t.Fatal("the SuperLink started flower-superexec under --isolation process")
 		}
 		start(t, d.dir, d.env, filepath.Join(d.f.Bin, "flower-superexec"), "--insecure", "--appio-api-address", appIo[1], "--plugin-type", "serverapp")
-		d.runKilledMidway(t, 3)
+		d.runKilledMidway(t, 3, d.killAndRestart)
 	})
 }
 
-// runKilledMidway runs quickstart-numpy for rounds rounds, kills the
-// SuperLink with SIGKILL once round 2 began (as the run's log says),
-// starts it again on the same command line (its --database file, its
-// ports), and checks that the run completes with every round's results:
-// Flower 1.29.0's SuperNodes and ServerApp retry, and the state lost
-// nothing.
-func (d *flower129) runKilledMidway(t *testing.T, rounds int) {
+// killAndRestart kills the SuperLink with SIGKILL and starts it again on
+// the same command line (its --database file, its ports).
+func (d *flower129) killAndRestart(t *testing.T, _ string) {
+	t.Helper()
+	if err := d.link.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.link.wait(t, 10*time.Second)
+	killed := time.Now()
+	d.link = start(t, d.dir, d.env, "flower-superlink", d.args...)
+	waitListening(t, d.link, 20*time.Second, d.addrs...)
+	t.Logf("SuperLink killed with SIGKILL, serving again %v later", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// runKilledMidway runs quickstart-numpy for rounds rounds, calls kill
+// (with the run's id) once round 2 began (as the run's log says), and
+// checks that the run completes with every round's results: Flower
+// 1.29.0's SuperNodes and ServerApp retry, and the state lost nothing.
+func (d *flower129) runKilledMidway(t *testing.T, rounds int, kill func(t *testing.T, runID string)) {
 	t.Helper()
 	began := time.Now()
 	out, code := d.flwr(t, time.Minute, "run", ".", "local-tls", "--run-config", fmt.Sprintf("num-server-rounds=%d", rounds))
@@ -206,28 +245,22 @@ func (d *flower129) runKilledMidway(t *testing.T, rounds int) {
 	}
 	id := m[1]
 	d.waitLog(t, id, fmt.Sprintf("[ROUND 2/%d]", rounds), 3*time.Minute)
-	if err := d.link.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	d.link.wait(t, 10*time.Second)
-	killed := time.Now()
-	d.link = start(t, d.dir, d.env, "flower-superlink", d.args...)
-	waitListening(t, d.link, 20*time.Second, d.addrs...)
-	t.Logf("SuperLink killed with SIGKILL %v into the run, serving again %v later", killed.Sub(began).Round(100*time.Millisecond), time.Since(killed).Round(10*time.Millisecond))
+	t.Logf("round 2 began %v into the run", time.Since(began).Round(100*time.Millisecond))
+	kill(t, id)
 
 	deadline := time.Now().Add(3 * time.Minute)
 	for !strings.Contains(out, "finished:") {
 		if time.Now().After(deadline) {
-			t.Fatalf("run %s has not finished 3 minutes after the restart:\n%s", id, out)
+			t.Fatalf("run %s has not finished 3 minutes after the kill:\n%s", id, out)
 		}
 		time.Sleep(2 * time.Second)
 		out, _ = d.flwr(t, time.Minute, "ls", "local-tls", "--run-id", id, "--format", "json")
 	}
 	if !strings.Contains(out, "finished:completed") {
-		t.Fatalf("run %s after the restart:\n%s", id, out)
+		t.Fatalf("run %s after the kill:\n%s", id, out)
 	}
 	t.Logf("run of %d rounds with the SuperLink killed midway: %v", rounds, time.Since(began).Round(100*time.Millisecond))
-	// Its log, kept across the restart, has every round's results, all of
+	// Its log, kept across the kill, has every round's results, all of
 	// them (a line may come twice: the ServerApp pushes again what a
 	// killed SuperLink may have stored).
 	out, code = d.flwr(t, time.Minute, "log", id, "local-tls")

@@ -183,10 +183,10 @@ const (
 // haLink is one flower-superlink behind HAProxy, started again on the same
 // ports and database after it is killed.
 type haLink struct {
-	name          string // its name in HAProxy's configuration
-	driver, fleet string
-	args          []string
-	p             *proc
+	name                   string // its name in HAProxy's configuration
+	driver, fleet, control string // control: "" without Flower 1.29's Control API
+	args                   []string
+	p                      *proc
 }
 
 // start starts the SuperLink and waits until it serves.
@@ -197,7 +197,7 @@ func (l *haLink) start(t *testing.T, dir string) {
 }
 
 // restart starts the killed SuperLink again and waits until HAProxy's
-// health checks pass for it on both APIs.
+// health checks pass for it on every API.
 func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
 	t.Helper()
 	begin := time.Now()
@@ -211,7 +211,7 @@ func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
 // killDuring waits for round r of the server app's run to be under way
 // (round r-1 printed, and a node's round-r train result pushed), then kills
 // with SIGKILL the SuperLink pick chooses from HAProxy's sessions, and
-// waits until HAProxy's stats socket shows it DOWN on both APIs. It fails
+// waits until HAProxy's stats socket shows it DOWN on every API. It fails
 // the test when round r ended before the kill, or when HAProxy took longer
 // than downWithin to mark it DOWN.
 func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, downWithin time.Duration, pick func(haStats) *haLink) *haLink {
@@ -250,7 +250,7 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 // last one per API, such as "Layer4 connection problem" (a check refused).
 func (lb *haproxy) downReasons(l *haLink) []string {
 	var out []string
-	for _, api := range []string{"fleet", "driver"} {
+	for _, api := range lb.cfg.apis() {
 		re := regexp.MustCompile(`Server ` + regexp.QuoteMeta(haKey(api, l.name)) + ` is DOWN, reason: ([^,]+)`)
 		if m := re.FindAllStringSubmatch(lb.out.String(), -1); len(m) > 0 {
 			out = append(out, api+": "+m[len(m)-1][1])
@@ -358,10 +358,13 @@ func haproxyBinary(t *testing.T) string {
 // haproxyConfig is what the test's HAProxy configuration is made of.
 type haproxyConfig struct {
 	Fleet, Driver string // the addresses HAProxy listens on
-	Links         []*haLink
-	CAFile        string // the CA the health checks verify the SuperLinks against
-	CheckName     string // the name the health checks expect in the SuperLinks' certificate
-	Socket        string // the stats socket
+	// Control is where HAProxy listens for Flower 1.29's Control API
+	// (flwr); "" for none.
+	Control   string
+	Links     []*haLink
+	CAFile    string // the CA the health checks verify the SuperLinks against
+	CheckName string // the name the health checks expect in the SuperLinks' certificate
+	Socket    string // the stats socket
 	// Check is the health check's settings of haproxyDoc's default-server
 	// line ("check inter ... on-marked-down shutdown-sessions"), so that
 	// the test runs the timing the page recommends.
@@ -381,12 +384,21 @@ func (haproxyConfig) HealthCheck() []string {
 func (haproxyConfig) Serving() string { return grpcServingHex }
 
 // Servers are the links' names and addresses.
-func (c haproxyConfig) Servers() []struct{ Name, Fleet, Driver string } {
-	var out []struct{ Name, Fleet, Driver string }
+func (c haproxyConfig) Servers() []struct{ Name, Fleet, Driver, Control string } {
+	var out []struct{ Name, Fleet, Driver, Control string }
 	for _, l := range c.Links {
-		out = append(out, struct{ Name, Fleet, Driver string }{l.name, l.fleet, l.driver})
+		out = append(out, struct{ Name, Fleet, Driver, Control string }{l.name, l.fleet, l.driver, l.control})
 	}
 	return out
+}
+
+// apis are the APIs HAProxy balances: "fleet", "driver" (which carries
+// ServerAppIo too) and, with Control, "control".
+func (c haproxyConfig) apis() []string {
+	if c.Control != "" {
+		return []string{"fleet", "driver", "control"}
+	}
+	return []string{"fleet", "driver"}
 }
 
 // haproxyTemplate is the test's HAProxy configuration; haproxyDoc shows
@@ -423,6 +435,12 @@ frontend fleet
 frontend driver
     bind {{.Driver}}
     default_backend superlinks_driver
+{{- if .Control}}
+
+frontend control
+    bind {{.Control}}
+    default_backend superlinks_control
+{{- end}}
 
 backend superlinks_fleet
     balance roundrobin
@@ -434,6 +452,14 @@ backend superlinks_driver
     balance roundrobin
 {{- range .Servers}}
     server {{.Name}} {{.Driver}}
+{{- end}}
+{{- if .Control}}
+
+backend superlinks_control
+    balance roundrobin
+{{- range .Servers}}
+    server {{.Name}} {{.Control}}
+{{- end}}
 {{- end}}
 `))
 
@@ -467,6 +493,9 @@ func startHAProxy(t *testing.T, dir, bin string, c haproxyConfig) *haproxy {
 	})
 	lb := &haproxy{proc: p, cfg: c}
 	waitListening(t, p, 15*time.Second, c.Fleet, c.Driver)
+	if c.Control != "" {
+		waitListening(t, p, 15*time.Second, c.Control)
+	}
 	return lb
 }
 
@@ -490,6 +519,7 @@ type haServer struct {
 	status   string // UP, DOWN, or a transition such as "DOWN 1/2"
 	check    string // the last check's result, such as L7OK or L4CON
 	sessions int    // connections open through it
+	total    int    // connections made through it
 }
 
 // haStats are the servers by haKey.
@@ -543,13 +573,14 @@ func (lb *haproxy) stats(t *testing.T) haStats {
 			continue
 		}
 		n, _ := strconv.Atoi(r[col["scur"]])
-		st[r[col["pxname"]]+"/"+r[col["svname"]]] = haServer{status: r[col["status"]], check: r[col["check_status"]], sessions: n}
+		total, _ := strconv.Atoi(r[col["stot"]])
+		st[r[col["pxname"]]+"/"+r[col["svname"]]] = haServer{status: r[col["status"]], check: r[col["check_status"]], sessions: n, total: total}
 	}
 	return st
 }
 
 // waitAll waits up to d until HAProxy reports every link with status on
-// both APIs ("UP" with a passed gRPC health check, L7OK).
+// every API ("UP" with a passed gRPC health check, L7OK).
 func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -557,7 +588,7 @@ func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.
 		st := lb.stats(t)
 		var off []string
 		for _, l := range links {
-			for _, api := range []string{"fleet", "driver"} {
+			for _, api := range lb.cfg.apis() {
 				// UP after the gRPC health check passed: L7OK, not a mere connection.
 				if s := st[haKey(api, l.name)]; s.status != status || status == "UP" && s.check != "L7OK" {
 					off = append(off, fmt.Sprintf("%s %s (check %s)", haKey(api, l.name), s.status, s.check))
@@ -647,11 +678,25 @@ func TestHAProxyDocConfig(t *testing.T) {
 		return out
 	}
 	var test bytes.Buffer
-	if err := haproxyTemplate.Execute(&test, haproxyConfig{}); err != nil {
+	if err := haproxyTemplate.Execute(&test, haproxyConfig{Control: "127.0.0.1:9093"}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := checks(cfg), checks(test.String()); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("the health check of %s:\n%s\nthe test's:\n%s", haproxyDoc, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// The same frontends and backends: Fleet, Driver (with ServerAppIo)
+	// and Control.
+	proxies := func(cfg string) []string {
+		var out []string
+		for _, line := range strings.Split(cfg, "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && (f[0] == "frontend" || f[0] == "backend") {
+				out = append(out, f[0]+" "+f[1])
+			}
+		}
+		return out
+	}
+	if got, want := proxies(cfg), proxies(test.String()); !slices.Equal(got, want) {
+		t.Errorf("%s has %v, the test's configuration %v", haproxyDoc, got, want)
 	}
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
