@@ -75,7 +75,7 @@ type Options struct {
 	// Limits returns the state of the SuperLink's limits (in-flight bytes
 	// against the budget, connections, refusals); SetLimits may give it
 	// later. Default: nil, not exported.
-	Limits func() LimitStats
+	Limits func() superlink.LimitStats
 	// CRL returns the revocation list in force, or nil when there is none.
 	// Default: nil.
 	CRL func() *x509.RevocationList
@@ -111,16 +111,13 @@ type Metrics struct {
 	state     atomic.Pointer[State]
 	linkState atomic.Pointer[LinkState]
 	crl       atomic.Pointer[func() *x509.RevocationList]
-	limits    atomic.Pointer[func() LimitStats]
+	limits    atomic.Pointer[func() superlink.LimitStats]
 }
-
-// LimitStats is what the metrics read of the SuperLink's limits.
-type LimitStats = superlink.LimitStats
 
 // SetLimits gives the function that reports the SuperLink's limits
 // (SuperLink.LimitStats), when it is known after New; it replaces
 // Options.Limits.
-func (m *Metrics) SetLimits(f func() LimitStats) {
+func (m *Metrics) SetLimits(f func() superlink.LimitStats) {
 	if f == nil {
 		m.limits.Store(nil)
 		return
@@ -129,11 +126,11 @@ func (m *Metrics) SetLimits(f func() LimitStats) {
 }
 
 // limitStats returns the limits' state, and false without Limits.
-func (m *Metrics) limitStats() (LimitStats, bool) {
+func (m *Metrics) limitStats() (superlink.LimitStats, bool) {
 	if f := m.limits.Load(); f != nil {
 		return (*f)(), true
 	}
-	return LimitStats{}, false
+	return superlink.LimitStats{}, false
 }
 
 // SetCRL gives the function that returns the client-certificate CRL in

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -47,11 +48,11 @@ type pageData struct {
 
 	HasState   bool
 	StateErr   string
-	Stats      Stats
-	Nodes      []NodeInfo // online only
+	Stats      state.Stats
+	Nodes      []state.NodeInfo // online only
 	Offline    int
 	Identities bool // some node has a certificate identity
-	Runs       []RunInfo
+	Runs       []state.RunInfo
 
 	HasInflight                   bool
 	Inflight, Budget, Connections int64
@@ -141,19 +142,19 @@ func (m *Metrics) page(ctx context.Context) pageData {
 	if ls := m.getLinkState(); ls != nil {
 		d.Link = m.page129(ctx, ls, now)
 	}
-	state := m.getState()
-	if state == nil {
+	src := m.getState()
+	if src == nil {
 		return d
 	}
 	d.HasState = true
-	st, err := state.Stats(ctx)
-	var nodes []NodeInfo
-	var runs []RunInfo
+	st, err := src.Stats(ctx)
+	var nodes []state.NodeInfo
+	var runs []state.RunInfo
 	if err == nil {
-		nodes, err = state.Nodes(ctx)
+		nodes, err = src.Nodes(ctx)
 	}
 	if err == nil {
-		runs, err = state.Runs(ctx, m.o.RecentRuns)
+		runs, err = src.Runs(ctx, m.o.RecentRuns)
 	}
 	if err != nil {
 		d.StateErr = err.Error()
