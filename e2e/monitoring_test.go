@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -337,7 +339,7 @@ func noHTTPPages(t *testing.T, addr string, roots *x509.CertPool) {
 }
 
 // TestMetricsOffByDefault: without --metrics-address the SuperLink listens
-// on its two API ports only, and its serving line names no metrics address.
+// on its API ports only, and its serving line names no metrics address.
 func TestMetricsOffByDefault(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
@@ -348,9 +350,17 @@ func TestMetricsOffByDefault(t *testing.T) {
 		"--grpc-rere-fleet-api-address", fleet, "--driver-api-address", driver)
 	waitListening(t, sl, 20*time.Second, fleet, driver)
 	sl.waitOutput(t, "msg=serving", 10*time.Second)
+	// The harness gives every SuperLink a Control API on a free port.
+	m := regexp.MustCompile(`control_api_address=(\S+)`).FindStringSubmatch(sl.out.String())
+	if m == nil {
+		t.Fatalf("the serving line names no Control API address:\n%s", sl.out.String())
+	}
+	want := []int{port(t, fleet), port(t, driver), port(t, m[1])}
+	slices.Sort(want)
 	ports := listeners(t, sl.cmd.Process.Pid)
-	if len(ports) != 2 || !(ports[0] == port(t, fleet) || ports[1] == port(t, fleet)) {
-		t.Errorf("flower-superlink without --metrics-address listens on %v, want only %s and %s", ports, fleet, driver)
+	slices.Sort(ports)
+	if !slices.Equal(ports, want) {
+		t.Errorf("flower-superlink without --metrics-address listens on %v, want only %s, %s and the Control API's %s", ports, fleet, driver, m[1])
 	}
 	if strings.Contains(sl.out.String(), "metrics_address") {
 		t.Errorf("the log names a metrics address without --metrics-address:\n%s", sl.out.String())
