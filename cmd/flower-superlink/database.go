@@ -12,6 +12,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/postgres"
 	"github.com/sepal-fl/sepal/state"
+	"github.com/sepal-fl/sepal/state/memlink"
 	"github.com/sepal-fl/sepal/state/memstate"
 	"github.com/sepal-fl/sepal/state/sqlstate"
 )
@@ -68,4 +69,15 @@ func openDatabase(ctx context.Context, db string, log *slog.Logger, lost func(er
 		return nil, err
 	}
 	return s, nil
+}
+
+// linkState returns the state of Flower 1.29.0's generation beside st:
+// st itself when it keeps that generation too, else one in memory (for
+// a --database that keeps only Flower 1.8.0's, lost when the SuperLink
+// stops). The caller closes one that is not st (an io.Closer).
+func linkState(st state.State, log *slog.Logger) state.LinkState {
+	if l, ok := st.(state.LinkState); ok {
+		return l
+	}
+	return memlink.New(state.Options{Logger: log})
 }

@@ -349,8 +349,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
 	memAttrs := c.memory.apply()
 	grace := max(c.shutdownGrace, time.Nanosecond) // 0 cuts at once; the library's zero is its default
+	link := linkState(st, log)
+	if c, ok := link.(io.Closer); ok && any(link) != any(st) {
+		defer c.Close()
+	}
 	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), NodeLimits: c.nodes.limits(), Revocations: c.mtls.revocations(),
-		State: st, ServerOptions: mon.serverOptions(), Flower129: superlink.Flower129Options{KeysOnly: c.f129.keysOnly}, ShutdownGrace: grace})
+		State: st, ServerOptions: mon.serverOptions(), Flower129: superlink.Flower129Options{State: link, KeysOnly: c.f129.keysOnly}, ShutdownGrace: grace})
 	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() {
