@@ -100,16 +100,17 @@ func (s *supervisor) start(extra ...string) *proc {
 
 // restartStats is what one restart took.
 type restartStats struct {
-	stop, start time.Duration // signal to exit; exit to serving again
+	stop, start time.Duration // signal to exit; exit to serving again (with the delay)
 	code        int           // exit code (-1: killed)
 	probes      int           // connections made to every port meanwhile
 	refused     []string      // those that failed
 }
 
-// restart sends sig to the running SuperLink, waits for it to end, starts
-// the next one and waits until it serves. Meanwhile it connects to every
-// port every 20 ms: none may be refused.
-func (s *supervisor) restart(sig syscall.Signal) restartStats {
+// restart sends sig to the running SuperLink, waits for it to end and
+// then for delay (systemd's RestartSec= after a crash), starts the next
+// one and waits until it serves. Meanwhile it connects to every port
+// every 20 ms: none may be refused.
+func (s *supervisor) restart(sig syscall.Signal, delay time.Duration) restartStats {
 	t := s.t
 	t.Helper()
 	s.mu.Lock()
@@ -144,6 +145,7 @@ func (s *supervisor) restart(sig syscall.Signal) restartStats {
 	st.code = old.wait(t, 30*time.Second)
 	st.stop = time.Since(began)
 	ended := time.Now()
+	time.Sleep(delay)
 	p := s.start()
 	p.waitOutput(t, "msg=serving", 30*time.Second)
 	st.start = time.Since(ended)
@@ -214,8 +216,8 @@ func parseFlowerRounds(out string) (map[int]*roundRes, map[int]float64) {
 // so a call made on a closing connection is retried by gRPC itself, on a
 // new connection that waits in the socket's queue for the next process.
 //
-// With SIGKILL (a crash, restarted by Restart=always) the connections
-// die without GOAWAY. Flower 1.8.0's grpcio reads an idle connection only
+// With SIGKILL (a crash, restarted by Restart=always 1 s later, as the
+// unit's RestartSec=) the connections die without GOAWAY. Flower 1.8.0's grpcio reads an idle connection only
 // when it makes a call, so the ServerApp learns of the crash from its
 // next call, which fails; its calls after that reconnect. A kill may so
 // fail one call of each of the ServerApp's two node threads, in the round
@@ -234,6 +236,12 @@ func restartRun(t *testing.T, sig syscall.Signal) {
 	const rounds = 10
 	name := map[syscall.Signal]string{syscall.SIGTERM: "SIGTERM", syscall.SIGKILL: "SIGKILL"}[sig]
 	restartAt := map[int]bool{2: true, 5: true, 8: true}
+	// systemctl restart starts the next process once the last ended; a
+	// crash is restarted RestartSec= later (1 s in the unit).
+	restartDelay := time.Duration(0)
+	if sig == syscall.SIGKILL {
+		restartDelay = time.Second
+	}
 	f := flowerenv.Flower18(t)
 	dir := t.TempDir()
 	slFlowerCerts(t, dir)
@@ -281,7 +289,7 @@ func restartRun(t *testing.T, sig syscall.Signal) {
 		for r := range restartAt {
 			if !done[r] && strings.Contains(out, fmt.Sprintf("sepal-test: fit done round %d\n", r)) {
 				done[r] = true
-				st := sup.restart(sig)
+				st := sup.restart(sig, restartDelay)
 				t.Logf("round %d: %s restart: stopped in %v (exit %d), serving again %v later; %d connections to the ports meanwhile, %d refused",
 					r, name, st.stop.Round(time.Millisecond), st.code, st.start.Round(time.Millisecond), st.probes, len(st.refused))
 				stats = append(stats, st)
