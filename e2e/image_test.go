@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -249,4 +250,134 @@ func TestContainerImage(t *testing.T) {
 		t.Fatalf("the state in the volume: %v %+v", err, st)
 	}
 	t.Logf("the image served a 2-round FedAvg; podman stop took %v, exit 0", took.Round(time.Millisecond))
+}
+
+// systemdImage is the image the unit test boots: the build base with
+// systemd as its init.
+const systemdImage = "localhost/sepal-test/systemd:bookworm"
+
+// TestSystemdUnitsInContainer boots systemd in a container (its own
+// network namespace, so the units' fixed ports are its own) and runs
+// deploy/flower-superlink.service with its socket units, as installed
+// by the README, the ACME flags replaced by certificate files in a
+// drop-in: the sockets reach the service by name, and neither
+// `systemctl restart` nor a kill -9 that Restart=always answers refuses a
+// connection to any of the four ports.
+func TestSystemdUnitsInContainer(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	podman := needTool(t, "podman", "podman")
+	needTool(t, "runc", "runc", "/usr/sbin/runc")
+	buildBase(t, podman)
+	if exec.Command(podman, "image", "exists", systemdImage).Run() != nil {
+		dir := t.TempDir()
+		cf := "FROM " + imageBase + "\nRUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-sysv && rm -rf /var/lib/apt/lists/*\n"
+		if err := os.WriteFile(filepath.Join(dir, "Containerfile"), []byte(cf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := podmanCmd(t, podman, 10*time.Minute, "build", "--network", "host", "-t", systemdImage, dir); err != nil {
+			t.Fatalf("building %s: %v\n%s", systemdImage, err, out)
+		}
+	}
+	var id [6]byte
+	rand.Read(id[:])
+	name := "sepal-test-systemd-" + hex.EncodeToString(id[:])
+	args := append([]string{"run", "-d", "--name", name, "--privileged", "--network", "none", "--systemd", "always"}, hostLimits(t)...)
+	if out, err := podmanCmd(t, podman, time.Minute, append(args, systemdImage, "/sbin/init")...); err != nil {
+		t.Fatalf("booting systemd in a container: %v\n%s", err, out)
+	}
+	exec1 := func(script string) string {
+		t.Helper()
+		out, err := podmanCmd(t, podman, 2*time.Minute, "exec", name, "bash", "-c", script)
+		if err != nil {
+			t.Fatalf("in the container: %s: %v\n%s", script, err, out)
+		}
+		return out
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := podmanCmd(t, podman, time.Minute, "exec", name, "journalctl", "--no-pager", "-u", "flower-superlink*")
+			t.Logf("---- the journal ----\n%s", out)
+		}
+		podmanCmd(t, podman, time.Minute, "rm", "-f", "-t", "0", name)
+	})
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		out, _ := podmanCmd(t, podman, time.Minute, "exec", name, "systemctl", "is-system-running")
+		if s := strings.TrimSpace(out); s == "running" || s == "degraded" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("systemd did not boot in the container: %s", out)
+		}
+	}
+	for _, b := range []string{"flower-superlink", "flower-certs", "flower-client-app", "flower-server-app"} {
+		if out, err := podmanCmd(t, podman, time.Minute, "cp", bin(t, b), name+":/usr/local/bin/"+b); err != nil {
+			t.Fatalf("podman cp %s: %v\n%s", b, err, out)
+		}
+	}
+	units, err := filepath.Glob(filepath.Join(moduleRoot(), "deploy", "flower-superlink*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range units {
+		if strings.HasSuffix(u, ".service") || strings.HasSuffix(u, ".socket") {
+			if out, err := podmanCmd(t, podman, time.Minute, "cp", u, name+":/etc/systemd/system/"); err != nil {
+				t.Fatalf("podman cp %s: %v\n%s", u, err, out)
+			}
+		}
+	}
+	exec1(`set -e
+mkdir -p /etc/sepal /etc/systemd/system/flower-superlink.service.d
+flower-certs --dir /etc/sepal >/dev/null
+chmod 0644 /etc/sepal/server.key   # read by the service's dynamic user
+cat > /etc/systemd/system/flower-superlink.service.d/files.conf <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/usr/local/bin/flower-superlink --certificates /etc/sepal/ca.crt /etc/sepal/server.pem /etc/sepal/server.key \
+    --database /var/lib/flower-superlink/state.db --grpc-rere-fleet-api-address 0.0.0.0:443 \
+    --driver-api-address 127.0.0.1:9091 --control-api-address 127.0.0.1:9093 --metrics-address 127.0.0.1:9100 --log-format json
+UNIT
+systemctl daemon-reload
+systemctl enable --now flower-superlink`)
+	waitServing := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			out := exec1(`journalctl -u flower-superlink -o cat | grep -c '"msg":"serving"' || true`)
+			if c, _ := strconv.Atoi(strings.TrimSpace(out)); c >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the service did not serve (%d) within 30 s", n)
+			}
+		}
+	}
+	waitServing(1)
+	if out := exec1(`journalctl -u flower-superlink -o cat | grep '"msg":"serving"'`); !strings.Contains(out, `"systemd_sockets":"control,driver,fleet,metrics"`) {
+		t.Fatalf("the service did not take its four sockets:\n%s", out)
+	}
+	// Connect to every port every 20 ms for 4 s around a restart.
+	const probe = `probe() { ok=0; bad=0; end=$((SECONDS+4)); while [ $SECONDS -lt $end ]; do for p in 443 9091 9093 9100; do if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then ok=$((ok+1)); else bad=$((bad+1)); fi; done; sleep 0.02; done; echo "ok=$ok refused=$bad"; }; `
+	probes := regexp.MustCompile(`ok=(\d+) refused=(\d+)`)
+	for i, restart := range []string{
+		`systemctl restart flower-superlink`,
+		`kill -9 $(systemctl show -p MainPID --value flower-superlink)`,
+	} {
+		out := exec1(probe + `probe & sleep 0.5; ` + restart + `; wait`)
+		m := probes.FindStringSubmatch(out)
+		if m == nil || m[2] != "0" || m[1] == "0" {
+			t.Fatalf("%s: connections to the ports: %s", restart, out)
+		}
+		waitServing(2 + i)
+		t.Logf("%s: %s connections, %s refused", restart, m[1], m[2])
+	}
+	out := exec1(`systemctl show -p NRestarts --value flower-superlink; journalctl -u flower-superlink -o cat | grep -c '"msg":"stopped"'`)
+	if f := strings.Fields(out); len(f) != 2 || f[0] != "1" || f[1] != "1" {
+		t.Fatalf("restarts by systemd, graceful stops: %q, want 1 and 1 (the kill, the restart)", out)
+	}
+	// The restarted service serves a FedAvg run.
+	out = exec1(`cd /tmp && (flower-client-app client:app --root-certificates /etc/sepal/ca.crt --server 127.0.0.1:443 --poll-interval 200ms >/dev/null 2>&1 &) &&
+flower-server-app server:app --root-certificates /etc/sepal/ca.crt --server 127.0.0.1:9091 --rounds 1 --min-nodes 1 2>&1`)
+	if rs := parseRounds(t, out); len(rs) != 1 || rs[0].nodes != 1 {
+		t.Fatalf("a FedAvg run on the restarted service: %+v\n%s", rs, out)
+	}
 }
