@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,11 +82,16 @@ func hostLimits(t *testing.T) []string {
 	return flags
 }
 
+// baseMu makes the tests that need the base wait for one debootstrap.
+var baseMu sync.Mutex
+
 // buildBase makes the build stage's base image, unless this machine has
 // it: Debian bookworm from debootstrap, with the CA certificates, curl
 // and unzip.
 func buildBase(t *testing.T, podman string) {
 	t.Helper()
+	baseMu.Lock()
+	defer baseMu.Unlock()
 	if exec.Command(podman, "image", "exists", imageBase).Run() == nil {
 		return
 	}
