@@ -110,22 +110,37 @@ func (f *flower129Flags) appIoPeers() func(net.Addr) bool {
 	return func(net.Addr) bool { return true }
 }
 
-// listeners opens the ServerAppIo and Control listeners; ServerAppIo
-// shares driverLis (split by the first byte) when it names its port.
-func (f *flower129Flags) listeners(c *config, driverLis net.Listener, log *slog.Logger) (tlsDriver, serverAppIo, control net.Listener, err error) {
+// listeners opens the ServerAppIo and Control listeners, or takes their
+// sockets from socks; ServerAppIo shares driverLis (split by the first
+// byte) when it names its port, or is not given and has no socket.
+func (f *flower129Flags) listeners(c *config, driverLis net.Listener, log *slog.Logger, socks *sockets) (tlsDriver, serverAppIo, control net.Listener, err error) {
 	tlsDriver = driverLis
 	host, _, _ := net.SplitHostPort(f.serverAppIoAddr)
 	loopbackOnly := f.serverAppIoAddr == "" || isLoopbackHost(host)
+	if socks.has(socketServerAppIo) {
+		if serverAppIo, err = socks.open(socketServerAppIo, "--serverappio-api-address", f.serverAppIoAddr, f.fs.Changed("serverappio-api-address")); err != nil {
+			return nil, nil, nil, err
+		}
+		loopbackOnly = isLoopback(serverAppIo.Addr())
+	}
 	if !loopbackOnly {
-		log.Warn("ServerAppIo listens beyond loopback: it is plaintext and runs every run's ServerApp; anyone who reaches it can read and change runs", "serverappio_api_address", f.serverAppIoAddr)
+		addr := f.serverAppIoAddr
+		if serverAppIo != nil {
+			addr = serverAppIo.Addr().String()
+		}
+		log.Warn("ServerAppIo listens beyond loopback: it is plaintext and runs every run's ServerApp; anyone who reaches it can read and change runs", "serverappio_api_address", addr)
 	}
-	if f.sharesDriverPort(c) {
+	switch {
+	case serverAppIo != nil:
+	case f.sharesDriverPort(c):
 		serverAppIo = driverLis // superlink splits it by the first byte
-	} else if serverAppIo, err = listen(f.serverAppIoAddr, "--serverappio-api-address"); err != nil {
-		return nil, nil, nil, err
+	default:
+		if serverAppIo, err = listen(f.serverAppIoAddr, "--serverappio-api-address"); err != nil {
+			return nil, nil, nil, err
+		}
 	}
-	if control, err = listen(f.controlAddr, "--control-api-address"); err != nil {
-		if f.fs.Changed("control-api-address") {
+	if control, err = socks.open(socketControl, "--control-api-address", f.controlAddr, f.fs.Changed("control-api-address")); err != nil {
+		if f.fs.Changed("control-api-address") || socks.has(socketControl) {
 			serverAppIo.Close()
 			return nil, nil, nil, err
 		}
