@@ -384,6 +384,7 @@ func TestACMEFaults(t *testing.T) {
 			pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet)})
 			// The name resolves to an address where nothing listens.
 			pb.addA(t, "elsewhere.test", "127.0.0.2")
+			bin(t, "flower-superlink") // built before the clock starts
 			start := time.Now()
 			l := startACMELink(t, pb, acmeLinkOptions{client: client, fleet: fleet, domain: "elsewhere.test",
 				extra: []string{"--acme-timeout", "2m"}})

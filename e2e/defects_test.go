@@ -22,18 +22,12 @@ import (
 	"github.com/sepal-fl/sepal/selfsigned"
 )
 
-// killpointsBinary builds flower-certs with the sepal_killpoints tag (a
-// hook that SIGKILLs the process after the N-th step of its set write;
-// never in a release binary) into a temporary folder.
+// killpointsBinary returns flower-certs built with the sepal_killpoints
+// tag (a hook that SIGKILLs the process after the N-th step of its set
+// write; never in a release binary), built on the first call.
 func killpointsBinary(t *testing.T) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "flower-certs-killpoints")
-	cmd := exec.Command("go", "build", "-tags", "sepal_killpoints", "-o", out, "./cmd/flower-certs")
-	cmd.Dir = moduleRoot()
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building flower-certs with kill points: %v\n%s", err, b)
-	}
-	return out
+	return buildOnce(t, "flower-certs-killpoints", "./cmd/flower-certs", "-tags", "sepal_killpoints")
 }
 
 // certSet is the four files of a flower-certs folder (nil when absent).
@@ -215,6 +209,7 @@ func TestImpossibleAddresses(t *testing.T) {
 	cases = append(cases, tc{"flower-superlink", []string{"--insecure", "--driver-api-address", driver, "--grpc-rere-fleet-api-address", driver},
 		"--driver-api-address " + driver + " and --grpc-rere-fleet-api-address " + driver + " take the same port"})
 	for _, c := range cases {
+		bin(t, c.cmd) // built before the clock starts
 		start := time.Now()
 		out, code := run(t, 20*time.Second, dir, nil, c.cmd, c.args...)
 		if code != 2 || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
@@ -252,6 +247,7 @@ func TestServerAppGivesUpWaitingForNodes(t *testing.T) {
 	needE2E(t)
 	dir := t.TempDir()
 	sl := slStart(t, dir, "--insecure")
+	bin(t, "flower-server-app") // built before the clock starts
 	start := time.Now()
 	out, code := run(t, time.Minute, dir, nil, "flower-server-app", "server:app", "--insecure", "--server", sl.driver,
 		"--min-nodes", "2", "--wait-for-nodes", "2s")
@@ -285,6 +281,7 @@ func TestAppsAtTheWrongAPI(t *testing.T) {
 		{"flower-server-app", "server:app", sl.fleet, []string{sl.fleet + " is the SuperLink's Fleet API, where client apps (SuperNodes) connect, not its Driver API",
 			"--driver-api-address (default 9091)"}},
 	} {
+		bin(t, c.cmd) // built before the clock starts
 		start := time.Now()
 		out, code := run(t, time.Minute, dir, nil, c.cmd, c.app, "--root-certificates", slCA, "--server", c.server)
 		if code != 1 {

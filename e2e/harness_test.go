@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 	"github.com/sepal-fl/sepal/internal/testkit"
 )
 
-// binDir holds the binaries built once for the whole package by TestMain.
+// binDir holds the binaries the tests built, each on first use.
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -35,12 +36,6 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	defer pgtest.CloseAll() // the PostgreSQL servers the tests started
 	binDir = dir
-	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/...")
-	cmd.Dir = moduleRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: building the binaries: %v\n%s", err, out)
-		return 1
-	}
 	return m.Run()
 }
 
@@ -75,14 +70,44 @@ func needTool(t testing.TB, pkg string, names ...string) string {
 	return ""
 }
 
-// bin returns the path of a built binary, such as "flower-superlink".
+// build is one binary built for the tests.
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// builds are the binaries asked for so far, by file name.
+var builds sync.Map // string -> *build
+
+// buildOnce builds the package pkg (a path of the module, such as
+// "./cmd/flower-certs") with go build's flags into binDir/name the first
+// time a test asks for name, and returns its path. Tests asking at the
+// same time wait for the one build; a failed build fails each of them.
+func buildOnce(t testing.TB, name, pkg string, flags ...string) string {
+	t.Helper()
+	v, _ := builds.LoadOrStore(name, new(build))
+	b := v.(*build)
+	b.once.Do(func() {
+		b.path = filepath.Join(binDir, name)
+		args := append(append([]string{"build"}, flags...), "-o", b.path, pkg)
+		cmd := exec.Command("go", args...)
+		cmd.Dir = moduleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatalf("building %s: %v", name, b.err)
+	}
+	return b.path
+}
+
+// bin returns the path of a command of cmd/, such as "flower-superlink",
+// built on the first call for it.
 func bin(t testing.TB, name string) string {
 	t.Helper()
-	p := filepath.Join(binDir, name)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("binary %s was not built: %v", name, err)
-	}
-	return p
+	return buildOnce(t, name, "./cmd/"+name)
 }
 
 // freeAddr returns a loopback address whose port (TCP and UDP) was free a
@@ -206,15 +231,15 @@ func (p *proc) waitOutput(t testing.TB, s string, d time.Duration) {
 }
 
 // run runs a binary to its end within d and returns its combined output and
-// exit code.
+// exit code. A binary built for the call is built before d starts.
 func run(t testing.TB, d time.Duration, dir string, env []string, name string, args ...string) (string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
 	path := name
 	if !filepath.IsAbs(name) {
 		path = bin(t, name)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
