@@ -1,11 +1,25 @@
 // Package e2e builds Sepal's binaries and runs them as a user would: real
 // processes, real gRPC over real TLS on loopback, ports picked at run time.
 // Run with -short to skip these tests locally; CI runs them.
+//
+// The harness, in this file:
+//
+//   - bin builds a command of cmd/ the first time a test asks for it;
+//   - start and run run a binary (kept output, stopped in cleanup);
+//   - startSuperLink starts flower-superlink with its flags, free ports
+//     and, if asked, flower-certs' certificates; superLink.again starts it
+//     again on the same command line;
+//   - checkHealth is the one gRPC health check, handshakeTLS the one TLS
+//     handshake.
 package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,9 +29,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/pgtest"
 	"github.com/sepal-fl/sepal/internal/testkit"
+	"github.com/sepal-fl/sepal/transport"
 )
 
 // binDir holds the binaries the tests built, each on first use.
@@ -257,3 +276,233 @@ func run(t testing.TB, d time.Duration, dir string, env []string, name string, a
 	}
 	return string(out), code
 }
+
+// The paths the seed's command reads, relative to the folder it runs in,
+// where flower-certs writes them.
+const (
+	slCA   = "certificates/ca.crt"
+	slCert = "certificates/server.pem"
+	slKey  = "certificates/server.key"
+)
+
+// slSeedArgs is the seed's command line, without the addresses.
+var slSeedArgs = []string{"--certificates", slCA, slCert, slKey}
+
+// flowerCerts runs the real flower-certs in dir with args (none: the
+// seed's certificates in dir/certificates; --force reissues the server's
+// from the same CA) and fails the test unless it exits 0 having written
+// the seed's three files.
+func flowerCerts(t testing.TB, dir string, args ...string) {
+	t.Helper()
+	out, code := run(t, time.Minute, dir, nil, "flower-certs", args...)
+	if code != 0 {
+		t.Fatalf("flower-certs %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	for _, f := range []string{slCA, slCert, slKey} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("flower-certs did not write %s: %v\n%s", f, err, out)
+		}
+	}
+}
+
+// linkOptions say how startSuperLink starts flower-superlink. Without
+// certs, args hold its TLS flags (--insecure, --ssl-*, --acme-*, ...).
+type linkOptions struct {
+	dir string   // the folder it runs in; "" a new temporary one
+	env []string // added to its environment
+	// certs serves the seed's certificate files of dir (slCA, slCert and
+	// slKey, passed with --certificates before args), which flower-certs
+	// writes first when dir holds no slCA.
+	certs bool
+	args  []string // its other flags; startSuperLink adds the addresses
+	// fleet and driver are where the Fleet and Driver APIs listen (such
+	// as 0.0.0.0:PORT); "" a free loopback address each.
+	fleet, driver string
+	// fleetFlag is the flag that sets the Fleet API's address;
+	// "" --grpc-rere-fleet-api-address (Flower 1.8.0's spelling).
+	fleetFlag string
+	metrics   bool // serve --metrics-address on a free loopback address
+	// early returns once the process runs, without waiting until it logs
+	// that it serves (an ACME SuperLink serves only once it has its
+	// certificate; call waitServing then).
+	early bool
+}
+
+// superLink is a flower-superlink started by startSuperLink: a proc, whose
+// log is printed when the test fails and which is stopped (SIGINT) when
+// the test ends.
+type superLink struct {
+	*proc
+	dir           string      // the folder it runs in
+	fleet, driver string      // where its APIs are dialled: 127.0.0.1:PORT
+	metrics       string      // the --metrics-address with linkOptions.metrics, or ""
+	tls           *tls.Config // trusts its certificate with linkOptions.certs, else nil
+	started       time.Time   // when the process started
+	env, args     []string    // its environment and whole command line, for again
+	early         bool        // linkOptions.early, for again
+}
+
+// startSuperLink starts flower-superlink as o says and, unless o.early,
+// waits until it logs that it serves: then every API it was given
+// listens. It fails the test if the process ends first.
+func startSuperLink(t testing.TB, o linkOptions) *superLink {
+	t.Helper()
+	if o.dir == "" {
+		o.dir = t.TempDir()
+	}
+	var args []string
+	l := &superLink{dir: o.dir, env: o.env, early: o.early}
+	if o.certs {
+		if _, err := os.Stat(filepath.Join(o.dir, slCA)); err != nil {
+			flowerCerts(t, o.dir)
+		}
+		args = append(args, slSeedArgs...)
+		l.tls = trustCA(t, filepath.Join(o.dir, slCA))
+	}
+	args = append(args, o.args...)
+	if o.fleet == "" {
+		o.fleet = freeAddr(t)
+	}
+	if o.driver == "" {
+		o.driver = freeAddr(t)
+	}
+	if o.fleetFlag == "" {
+		o.fleetFlag = "--grpc-rere-fleet-api-address"
+	}
+	args = append(args, "--driver-api-address", o.driver, o.fleetFlag, o.fleet)
+	if o.metrics {
+		l.metrics = freeAddr(t)
+		args = append(args, "--metrics-address", l.metrics)
+	}
+	l.fleet, l.driver, l.args = dialable(o.fleet), dialable(o.driver), args
+	l.proc = start(t, l.dir, l.env, "flower-superlink", l.args...)
+	l.started = time.Now()
+	if !l.early {
+		l.waitServing(t)
+	}
+	return l
+}
+
+// again starts flower-superlink again in the same folder with the same
+// environment and command line (addresses included), as a supervisor does
+// once it stopped, and waits as the first start did. It returns the new
+// process.
+func (l *superLink) again(t testing.TB) *superLink {
+	t.Helper()
+	n := *l
+	n.proc = start(t, n.dir, n.env, "flower-superlink", n.args...)
+	n.started = time.Now()
+	if !n.early {
+		n.waitServing(t)
+	}
+	return &n
+}
+
+// waitServing waits up to a minute until the SuperLink logs that it
+// serves (in either --log-format) and fails the test if it ends first.
+func (l *superLink) waitServing(t testing.TB) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !l.serving(); {
+		select {
+		case <-l.done:
+			if l.serving() {
+				return
+			}
+			t.Fatalf("flower-superlink ended (%v) before serving", l.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flower-superlink did not log that it serves within a minute")
+		}
+	}
+}
+
+// serving reports whether the SuperLink logged that it serves.
+func (l *superLink) serving() bool {
+	out := l.out.String()
+	return strings.Contains(out, "msg=serving") || strings.Contains(out, `"msg":"serving"`)
+}
+
+// dialable turns a listening address into one to dial: 0.0.0.0 and ::
+// become 127.0.0.1 and ::1.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// trustCA is a client TLS config (transport.ClientConfig, ALPN h2) that
+// trusts only the CA certificate in caFile and checks the name localhost,
+// which flower-certs' server certificates hold.
+func trustCA(t testing.TB, caFile string) *tls.Config {
+	t.Helper()
+	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: caFile, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// checkHealth asks the gRPC health service at addr once (testkit's health
+// check) over TLS with cfg, or plaintext when cfg is nil, and returns nil
+// when it answers SERVING, else what it answered or why the call failed.
+func checkHealth(t testing.TB, addr string, cfg *tls.Config) error {
+	t.Helper()
+	creds := insecure.NewCredentials()
+	if cfg != nil {
+		creds = credentials.NewTLS(cfg)
+	}
+	st, err := testkit.HealthCheck(t, addr, creds)
+	if err != nil {
+		return fmt.Errorf("health check of %s: %w", addr, err)
+	}
+	if st != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health check of %s: %v, want SERVING", addr, st)
+	}
+	return nil
+}
+
+// handshakeTLS dials addr (5 s at most), makes a TLS handshake with cfg
+// and waits up to a second for the server's verdict: under TLS 1.3 a
+// server refuses a client's certificate only after the client finished,
+// and the SuperLink closes a connection without ALPN h2 after the
+// handshake. With h2 it sends the HTTP/2 preface first, and a gRPC server
+// that accepts writes its SETTINGS at once; a server that stays silent
+// for the second accepted too. It returns the certificate served once
+// the handshake completed (nil if it did not), and why the handshake
+// failed or the server then refused the connection (nil if neither).
+func handshakeTLS(addr string, cfg *tls.Config) (*x509.Certificate, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	tc := c.(*tls.Conn)
+	st := tc.ConnectionState()
+	leaf := st.PeerCertificates[0]
+	tc.SetDeadline(time.Now().Add(time.Second))
+	if st.NegotiatedProtocol == transport.ALPNH2 {
+		if _, err := tc.Write([]byte(h2Preface)); err != nil {
+			return leaf, err
+		}
+	}
+	var b [1]byte
+	var ne net.Error
+	if _, err := tc.Read(b[:]); err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+		return leaf, err
+	}
+	return leaf, nil
+}
+
+// h2Preface is the HTTP/2 client preface and an empty SETTINGS frame.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
