@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -464,5 +468,90 @@ func TestACMERenewalCADown(t *testing.T) {
 				t.Errorf("no failed renewal attempt was logged after the CA stopped:\n%s", later)
 			}
 		})
+	}
+}
+
+// ACME start-up refusals: a storage folder others can write or another user
+// owns, an e-mail that is not an address, a domain with a space, a CA that
+// cannot be reached; and the storage default without HOME.
+func TestACMEStartupRefusals(t *testing.T) {
+	needE2E(t)
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(open, 0o777)
+	foreign := "/" // root's, when we are not root
+	if os.Geteuid() == 0 {
+		foreign = filepath.Join(dir, "nobody")
+		if err := os.Mkdir(foreign, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(foreign, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine := filepath.Join(dir, "mine")
+	// A CA address where nothing listens: a port no other test is handed.
+	closedCA := "https://" + freeAddr(t) + "/directory"
+	// A CA whose HTTPS certificate is not trusted here: start-up ends at
+	// once (not after the default --acme-timeout of 3 minutes).
+	untrusted := httptest.NewTLSServer(http.NotFoundHandler())
+	defer untrusted.Close()
+	d := []string{"--acme-domain", "superlink.example.org"}
+	for _, c := range []struct {
+		args []string
+		code int
+		want []string
+	}{
+		{append(d, "--acme-storage", open), 1, []string{"--acme-storage", "can be written by other users (mode 0777)", "chmod 700 " + open}},
+		{append(d, "--acme-storage", foreign), 1, []string{"--acme-storage", "belongs to another user", "chown"}},
+		{append(d, "--acme-email", "notanaddress"), 2, []string{`--acme-email: e-mail address "notanaddress"`}},
+		{[]string{"--acme-domain", "foo bar.example.org"}, 2, []string{`--acme-domain: domain "foo bar.example.org": it contains a space`}},
+		{append(d, "--acme-storage", mine, "--acme-ca", closedCA, "--acme-timeout", "2s"), 1,
+			[]string{"--acme-ca:", "cannot reach the ACME CA at " + closedCA, "connection refused"}},
+		{append(d, "--acme-storage", filepath.Join(dir, "mine2"), "--acme-ca", untrusted.URL+"/directory"), 1,
+			[]string{"--acme-ca-root:", "cannot reach the ACME CA at " + untrusted.URL, "is not trusted here", "--acme-ca-root FILE"}},
+	} {
+		out, code := run(t, 30*time.Second, dir, nil, "flower-superlink", append(c.args,
+			"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t))...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		last := lines[len(lines)-1]
+		if code != c.code {
+			t.Errorf("%s: exit %d, want %d:\n%s", strings.Join(c.args, " "), code, c.code, out)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(last, w) {
+				t.Errorf("%s: the last line lacks %q:\n%s", strings.Join(c.args, " "), w, out)
+			}
+		}
+		if strings.Contains(last, "DNS for superlink.example.org") {
+			t.Errorf("%s: blames the domain's DNS:\n%s", strings.Join(c.args, " "), out)
+		}
+		if strings.Contains(out, "will retry") {
+			t.Errorf("%s: a retry is promised before the exit:\n%s", strings.Join(c.args, " "), out)
+		}
+	}
+
+	// Without HOME the default is not the current folder.
+	cmd := exec.Command(bin(t, "flower-superlink"), "--help")
+	cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_DATA_HOME=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	help, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(help, []byte("created 0700 (default "))
+	if i < 0 {
+		t.Fatalf("--help does not give the storage default:\n%s", help)
+	}
+	def, _, _ := strings.Cut(string(help[i+len("created 0700 (default "):]), ")")
+	if !filepath.IsAbs(def) {
+		t.Errorf("without HOME the storage default is %q, not an absolute place", def)
 	}
 }

@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/selfsigned"
 )
@@ -459,5 +462,79 @@ func TestSuperLinkInsecure(t *testing.T) {
 	}
 	if err := checkHealth(t, sl.fleet, nil); err != nil {
 		t.Fatalf("plaintext: %v", err)
+	}
+}
+
+// A traditional encrypted key, an RSA-1024 key and a key others can read,
+// all from openssl, at the start of flower-superlink.
+func TestSuperLinkKeyRefusalsAndWarnings(t *testing.T) {
+	needE2E(t)
+	dir := t.TempDir()
+	flowerCerts(t, dir)
+	free := func() []string {
+		return []string{"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t)}
+	}
+
+	// Proc-Type: 4,ENCRYPTED
+	opensslRun(t, dir, "genrsa", "-aes128", "-traditional", "-passout", "pass:secret", "-out", "enc.key", "2048")
+	if b, _ := os.ReadFile(filepath.Join(dir, "enc.key")); !bytes.Contains(b, []byte("Proc-Type: 4,ENCRYPTED")) {
+		t.Fatalf("openssl did not write a traditional encrypted key:\n%s", b)
+	}
+	out, code := run(t, 30*time.Second, dir, nil, "flower-superlink", append([]string{"--certificates", slCA, slCert, "enc.key"}, free()...)...)
+	if code != 1 || !strings.Contains(out, "enc.key") || !strings.Contains(out, "encrypted with a passphrase") ||
+		!strings.Contains(out, "openssl pkey -in enc.key -out PLAIN.key") || strings.Contains(out, "asn1") {
+		t.Errorf("traditional encrypted key: exit %d:\n%s", code, out)
+	}
+
+	// RSA-1024, self-signed, as an old generate.sh-like script makes it.
+	opensslRun(t, dir, "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-keyout", "weak.key", "-out", "weak.pem",
+		"-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "30")
+	out, code = run(t, 30*time.Second, dir, nil, "flower-superlink", append([]string{"--certificates", "weak.pem", "weak.pem", "weak.key"}, free()...)...)
+	if code != 1 || !strings.Contains(out, "1024 bits") || !strings.Contains(out, "2048") {
+		t.Errorf("RSA-1024: exit %d:\n%s", code, out)
+	}
+
+	// A server key others can read: it serves, with a warning and the chmod.
+	if err := os.Chmod(filepath.Join(dir, slKey), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sl := startSuperLink(t, linkOptions{dir: dir, certs: true})
+	if o := sl.out.String(); !strings.Contains(o, "level=WARN") || !strings.Contains(o, "open to other users (mode 0644)") ||
+		!strings.Contains(o, "chmod 600 "+slKey) {
+		t.Errorf("no warning about the 0644 key:\n%s", o)
+	}
+}
+
+// After a failed reload, the next good one says the certificate is good
+// again; serials in the log are as openssl prints them.
+func TestSuperLinkLogsGoodAgainAfterFailedReload(t *testing.T) {
+	needE2E(t)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--certificates-poll-interval", "1h"}})
+	dir := sl.dir
+	serial := strings.TrimPrefix(strings.TrimSpace(opensslRun(t, dir, "x509", "-in", slCert, "-noout", "-serial")), "serial=")
+	if !strings.Contains(sl.out.String(), "serial="+serial) {
+		t.Errorf("the log does not give the serial as openssl does (%s):\n%s", serial, sl.out.String())
+	}
+	keyPath := filepath.Join(dir, slKey)
+	good, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certfile.WriteFileAtomic(keyPath, other.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sl.cmd.Process.Signal(syscall.SIGHUP)
+	sl.waitOutput(t, "certificate reload failed", 10*time.Second)
+	if err := certfile.WriteFileAtomic(keyPath, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sl.cmd.Process.Signal(syscall.SIGHUP)
+	sl.waitOutput(t, "certificate files are good again", 10*time.Second)
+	if o := sl.out.String(); !strings.Contains(o, fmt.Sprintf("serial=%s", serial)) {
+		t.Errorf("the good-again line lacks the serial:\n%s", o)
 	}
 }
