@@ -49,14 +49,14 @@ func TestFlower129Replicas(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	links := []*haLink{{name: "sl1"}, {name: "sl2"}, {name: "sl3"}}
 	for _, l := range links { // all three at once, on an empty database
-		l.fleet, l.driver, l.control = freeAddr(t), freeAddr(t), freeAddr(t)
-		l.args = []string{"--ssl-ca-certfile", slCA, "--ssl-certfile", slCert, "--ssl-keyfile", slKey, "--database", dsn,
-			"--fleet-api-address", l.fleet, "--driver-api-address", l.driver, "--serverappio-api-address", l.driver,
-			"--control-api-address", l.control, "--isolation", "process", "--enable-supernode-auth"}
-		l.p = start(t, d.dir, nil, "flower-superlink", l.args...)
+		driver := freeAddr(t)
+		l.control = freeAddr(t)
+		l.superLink = startSuperLink(t, linkOptions{dir: d.dir, driver: driver, fleetFlag: "--fleet-api-address", early: true,
+			args: []string{"--ssl-ca-certfile", slCA, "--ssl-certfile", slCert, "--ssl-keyfile", slKey, "--database", dsn,
+				"--serverappio-api-address", driver, "--control-api-address", l.control, "--isolation", "process", "--enable-supernode-auth"}})
 	}
 	for _, l := range links {
-		l.p.waitOutput(t, "msg=serving", 30*time.Second)
+		l.waitServing(t)
 	}
 	lb := startHAProxy(t, d.dir, haproxyBin, haproxyConfig{
 		Fleet: freeAddr(t), Driver: freeAddr(t), Control: freeAddr(t), Links: links,
@@ -140,11 +140,11 @@ func TestFlower129Replicas(t *testing.T) {
 			if victim == nil {
 				t.Fatalf("HAProxy shows no ServerAppIo connection made since the run began: %v", st)
 			}
-			if err := victim.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			killed := time.Now()
-			<-victim.p.done
+			<-victim.done
 			lb.waitAll(t, []*haLink{victim}, "DOWN", 15*time.Second)
 			t.Logf("killed %s (SIGKILL), the ServerApp's replica, with %d ServerAppIo, %d Fleet and %d Control connections open through HAProxy; DOWN in HAProxy %v later",
 				victim.name, st[haKey("driver", victim.name)].sessions, st[haKey("fleet", victim.name)].sessions,

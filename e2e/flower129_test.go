@@ -26,10 +26,8 @@ type flower129 struct {
 	f       flowerenv.Flower
 	dir     string
 	env     []string
-	link    *proc
-	args    []string // the SuperLink's
-	addrs   []string // where it listens
-	app     string   // a copy of quickstart-numpy
+	link    *superLink
+	app     string // a copy of quickstart-numpy
 	fleet   string
 	appIo   string // ServerAppIo and the Driver API, on one port
 	control string
@@ -45,11 +43,9 @@ func startFlower129(t *testing.T, extra ...string) *flower129 {
 	d.fleet, d.appIo, d.control = fleet, appIo, control
 	args := append([]string{
 		"--ssl-ca-certfile", "certificates/ca.crt", "--ssl-certfile", "certificates/server.pem", "--ssl-keyfile", "certificates/server.key",
-		"--fleet-api-address", fleet, "--driver-api-address", appIo, "--serverappio-api-address", appIo, "--control-api-address", control,
+		"--serverappio-api-address", appIo, "--control-api-address", control,
 	}, extra...)
-	d.args, d.addrs = args, []string{fleet, appIo, control}
-	d.link = start(t, d.dir, d.env, "flower-superlink", args...)
-	waitListening(t, d.link, 20*time.Second, d.addrs...)
+	d.link = startSuperLink(t, linkOptions{dir: d.dir, env: d.env, args: args, fleet: fleet, fleetFlag: "--fleet-api-address", driver: appIo})
 	for i := range 2 {
 		d.superNode(t, fleet, i)
 	}
@@ -226,8 +222,7 @@ func (d *flower129) killAndRestart(t *testing.T, _ string) {
 	}
 	d.link.wait(t, 10*time.Second)
 	killed := time.Now()
-	d.link = start(t, d.dir, d.env, "flower-superlink", d.args...)
-	waitListening(t, d.link, 20*time.Second, d.addrs...)
+	d.link = d.link.again(t)
 	t.Logf("SuperLink killed with SIGKILL, serving again %v later", time.Since(killed).Round(10*time.Millisecond))
 }
 

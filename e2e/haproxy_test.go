@@ -39,16 +39,13 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	haproxyBin := haproxyBinary(t)
 	dsn := pgtest.NewDatabase(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	links := []*haLink{{name: "sl1"}, {name: "sl2"}, {name: "sl3"}}
 	for _, l := range links { // all three at once, on an empty database
-		l.driver, l.fleet = freeAddr(t), freeAddr(t)
-		l.args = []string{"--certificates", slCA, slCert, slKey, "--database", dsn,
-			"--driver-api-address", l.driver, "--grpc-rere-fleet-api-address", l.fleet}
-		l.p = start(t, dir, nil, "flower-superlink", l.args...)
+		l.superLink = startSuperLink(t, linkOptions{dir: dir, certs: true, args: []string{"--database", dsn}, early: true})
 	}
 	for _, l := range links {
-		l.p.waitOutput(t, "msg=serving", 30*time.Second)
+		l.waitServing(t)
 	}
 	check := docCheck(t)
 	lb := startHAProxy(t, dir, haproxyBin, haproxyConfig{
@@ -82,11 +79,11 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	first := lb.killDuring(t, srv, nodes, 2, haDownWithin, func(st haStats) *haLink {
 		return st.most(links, "driver", nil)
 	})
-	first.restart(t, dir, lb)
+	first.restart(t, lb)
 	// Round 4: kill another, the one most nodes are connected to.
 	lb.killDuring(t, srv, nodes, 4, haDownWithin, func(st haStats) *haLink {
 		return st.most(links, "fleet", first)
-	}).restart(t, dir, lb)
+	}).restart(t, lb)
 
 	if code := srv.wait(t, 90*time.Second); code != 0 {
 		t.Fatalf("flower-server-app exited %d:\n%s", code, srv.out.String())
@@ -135,7 +132,7 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	// The database: each TaskIns the server app waited for (get_parameters,
 	// then train and evaluate per node per round) gave one result.
 	for _, l := range links {
-		l.p.stop()
+		l.stop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -183,25 +180,18 @@ const (
 // haLink is one flower-superlink behind HAProxy, started again on the same
 // ports and database after it is killed.
 type haLink struct {
-	name                   string // its name in HAProxy's configuration
-	driver, fleet, control string // control: "" without Flower 1.29's Control API
-	args                   []string
-	p                      *proc
+	*superLink
+	name    string // its name in HAProxy's configuration
+	control string // its Control API's address; "" without Flower 1.29's Control API
 }
 
-// start starts the SuperLink and waits until it serves.
-func (l *haLink) start(t *testing.T, dir string) {
-	t.Helper()
-	l.p = start(t, dir, nil, "flower-superlink", l.args...)
-	l.p.waitOutput(t, "msg=serving", 30*time.Second)
-}
-
-// restart starts the killed SuperLink again and waits until HAProxy's
-// health checks pass for it on every API.
-func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
+// restart starts the killed SuperLink again and waits until it serves and
+// HAProxy's health checks pass for it on every API.
+func (l *haLink) restart(t *testing.T, lb *haproxy) {
 	t.Helper()
 	begin := time.Now()
-	l.start(t, dir)
+	l.superLink = l.again(t)
+	l.waitServing(t)
 	serving := time.Since(begin)
 	lb.waitAll(t, []*haLink{l}, "UP", 15*time.Second)
 	t.Logf("%s started again: serving after %v, UP in HAProxy after %v", l.name,
@@ -227,11 +217,11 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 	}
 	st := lb.stats(t)
 	l := pick(st)
-	if err := l.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := l.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	<-l.p.done
+	<-l.done
 	if strings.Contains(srv.out.String(), fmt.Sprintf("round %d/%d:", r, haRounds)) {
 		t.Fatalf("round %d ended before %s was killed", r, l.name)
 	}
@@ -699,7 +689,7 @@ func TestHAProxyDocConfig(t *testing.T) {
 		t.Errorf("%s has %v, the test's configuration %v", haproxyDoc, got, want)
 	}
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	ca := filepath.Join(dir, slCA)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(strings.ReplaceAll(cfg, "/etc/sepal/ca.crt", ca)), 0o600); err != nil {

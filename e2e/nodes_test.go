@@ -155,12 +155,10 @@ func cpuOf(t *testing.T, pid int) time.Duration {
 // no other.
 func TestAttackNodeRegistration(t *testing.T) {
 	needE2E(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	metricsAddr := freeAddr(t)
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--max-nodes", "60", "--metrics-address", metricsAddr)...)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--max-nodes", "60"}, metrics: true})
+	dir := sl.dir
 	pid := sl.cmd.Process.Pid
-	metricsURL := "http://" + metricsAddr + "/metrics"
+	metricsURL := "http://" + sl.metrics + "/metrics"
 	node := func() *proc {
 		return start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", slCA, "--server", sl.fleet, "--poll-interval", "500ms")
 	}
@@ -276,8 +274,8 @@ func TestAttackNodeRegistration(t *testing.T) {
 	if n := strings.Count(sl.out.String(), "node registration refused by a limit"); n > 40 {
 		t.Errorf("%d warnings of refusals for %d refused calls: the log is not rate-limited", n, flooded.calls)
 	}
-	if got := slHealth(t, sl.fleet, filepath.Join(dir, slCA)); got.String() != "SERVING" {
-		t.Errorf("health after the attack: %v", got)
+	if err := checkHealth(t, sl.fleet, sl.tls); err != nil {
+		t.Errorf("health after the attack: %v", err)
 	}
 	stopClients(t, clients)
 }
@@ -298,9 +296,8 @@ func TestAttackNodeRegistrationMutualTLS(t *testing.T) {
 			t.Fatalf("flower-certs %q exited %d:\n%s", args, code, out)
 		}
 	}
-	metricsAddr := freeAddr(t)
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--fleet-api-client-ca", slCA, "--client-crl", "certificates/crl.pem",
-		"--certificates-poll-interval", "200ms", "--max-nodes-per-identity", "4", "--metrics-address", metricsAddr)...)
+	sl := startSuperLink(t, linkOptions{dir: dir, certs: true, metrics: true, args: []string{"--fleet-api-client-ca", slCA, "--client-crl", "certificates/crl.pem",
+		"--certificates-poll-interval", "200ms", "--max-nodes-per-identity", "4"}})
 	pid := sl.cmd.Process.Pid
 	var clients []*proc
 	for _, n := range []string{"alice", "bob"} {
@@ -380,7 +377,7 @@ func TestAttackNodeRegistrationMutualTLS(t *testing.T) {
 	if finished > 30*time.Second {
 		t.Errorf("the run took %v after the revocation to finish; mallory's ping interval is an hour, want seconds", finished)
 	}
-	s := testkit.Scrape(t, "http://"+metricsAddr+"/metrics")
+	s := testkit.Scrape(t, "http://"+sl.metrics+"/metrics")
 	s.Want(t, 4, "sepal_nodes_revoked_total")
 	s.Want(t, 2, "sepal_nodes", "state", "online")
 	if v, _ := s.Value("sepal_node_registrations_refused_total", "reason", "max_nodes_per_identity"); v < 1 {

@@ -244,7 +244,7 @@ func restartRun(t *testing.T, sig syscall.Signal) {
 	}
 	f := flowerenv.Flower18(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	for _, file := range []string{"client.py", "server.py"} {
 		data, err := os.ReadFile(filepath.Join("testdata", "flower18", file))
 		if err != nil {
