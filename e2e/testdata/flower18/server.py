@@ -5,7 +5,7 @@ nodes for SEPAL_ROUNDS rounds (default 3), every round training and
 evaluating on both, starting from zeros (SEPAL_MODEL_FLOATS values,
 default 4). After each round it prints the mean of the model it
 aggregated, which is the round's number when every array made the trip
-whole.
+whole; a round without results (every call failed) keeps the model.
 """
 
 import os
@@ -20,6 +20,9 @@ SIZE = int(os.environ.get("SEPAL_MODEL_FLOATS", "4"))
 class CheckedFedAvg(fl.server.strategy.FedAvg):
     def aggregate_fit(self, server_round, results, failures):
         params, metrics = super().aggregate_fit(server_round, results, failures)
+        if params is None:  # no result this round: FedAvg keeps the model
+            print(f"sepal-e2e round {server_round}: 0 results, {len(failures)} failures", flush=True)
+            return params, metrics
         mean = float(parameters_to_ndarrays(params)[0].mean())
         print(f"sepal-e2e round {server_round}: {len(results)} results, model mean {mean}", flush=True)
         return params, metrics
