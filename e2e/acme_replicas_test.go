@@ -290,6 +290,7 @@ func (rs *replicaSet) checkValidations(challenge string, after time.Time) {
 
 func TestACMEReplicas(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	t.Run("tls-alpn-01", func(t *testing.T) {
 		t.Parallel()
 		testACMEReplicasTLSALPN(t)

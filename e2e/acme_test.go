@@ -162,6 +162,7 @@ var measured sync.Map // "client/case" -> time.Duration
 
 func TestACMEChallenges(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for _, challenge := range []string{"tls-alpn-01", "http-01"} {
 		for _, client := range acmeClients {
 			t.Run(challenge+"/"+client, func(t *testing.T) {
@@ -242,6 +243,7 @@ func pebbleFindsRenewal(serial *big.Int) bool {
 // health checks over new connections every 200 ms and sees no failure.
 func TestACMERenewal(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for _, client := range acmeClients {
 		t.Run(client, func(t *testing.T) {
 			t.Parallel()
@@ -332,6 +334,7 @@ func TestACMERenewal(t *testing.T) {
 // CA is down.
 func TestACMERestartWithoutCA(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for _, client := range acmeClients {
 		t.Run(client, func(t *testing.T) {
 			t.Parallel()
@@ -368,6 +371,7 @@ func TestACMERestartWithoutCA(t *testing.T) {
 // within the start-up timeout.
 func TestACMEFaults(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for _, client := range acmeClients {
 		t.Run("nonce-reject/"+client, func(t *testing.T) {
 			t.Parallel()
@@ -464,6 +468,7 @@ func TestACMEFlags(t *testing.T) {
 // certificate stays in service and renewal is retried.
 func TestACMERenewalCADown(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for _, client := range acmeClients {
 		t.Run(client, func(t *testing.T) {
 			t.Parallel()

@@ -154,6 +154,7 @@ func checkQuickstart(t *testing.T, out string, rounds int) string {
 // and the metrics and the status page show both (bothGenerations).
 func TestFlower129(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	t.Run("subprocess", func(t *testing.T) {
 		t.Parallel()
 		metricsAddr := freeAddr(t)

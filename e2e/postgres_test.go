@@ -222,6 +222,7 @@ func TestPostgresGoesAway(t *testing.T) {
 // another.
 func TestACMEDatabaseOnly(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	dsn := pgtest.NewDatabase(t)
 	fleet := freeAddr(t)
 	pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), AuthzReuse: -1})

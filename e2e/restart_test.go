@@ -224,6 +224,7 @@ func parseFlowerRounds(out string) (map[int]*roundRes, map[int]float64) {
 // of the kill, and no more.
 func TestRestartsUnderSocketActivation(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for name, sig := range map[string]syscall.Signal{"SIGTERM": syscall.SIGTERM, "SIGKILL": syscall.SIGKILL} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

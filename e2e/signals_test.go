@@ -142,6 +142,7 @@ func TestSIGHUPSuperLinkACME(t *testing.T) {
 // (DeleteNode, exit 0).
 func TestSIGHUPClientAndServerApps(t *testing.T) {
 	needE2E(t)
+	t.Parallel()
 	for _, mode := range []string{"insecure", "root-certificates", "system-roots"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
