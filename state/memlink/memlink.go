@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/internal/inflatable"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/internal/linkrules"
 )
@@ -372,7 +373,7 @@ func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 	}
 	defer s.mu.Unlock()
 	fab := nr.Fab
-	if fab == nil || linkrules.ObjectID(fab.GetContent()) != fab.GetHashStr() {
+	if fab == nil || inflatable.ID(fab.GetContent()) != fab.GetHashStr() {
 		return 0, status.Error(codes.InvalidArgument, "the FAB's hash_str is not the SHA-256 of its content")
 	}
 	if old := s.fabs[fab.HashStr]; old != nil {
