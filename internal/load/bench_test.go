@@ -65,3 +65,42 @@ func BenchmarkSmallRPCs(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFedAvg129 measures the Flower 1.29.0 FedAvg workload on a
+// flower-superlink process: 2 rounds of a 32 MiB model with 2 and 16
+// SuperNodes polling every 200 ms, started at once. It reports the
+// SuperLink's CPU seconds, their ratio to the TLS floor of the bytes
+// moved, its peak RSS and that peak over the object bytes the protocol
+// made it hold at once (held_peak_mib in sepal-load). The goals: within
+// 1.25x the floor, and 1.2x the bytes held.
+//
+//	go test ./internal/load -run '^$' -bench FedAvg129 -benchtime 1x
+func BenchmarkFedAvg129(b *testing.B) {
+	bin := superlinkBinary(b)
+	for _, n := range []int{2, 16} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				s, err := Start(context.Background(), Options{Binary: bin, Dir: b.TempDir(), Nodes: n, Flower129: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				r, err := RunFedAvg129(context.Background(), s, FedAvg129Options{Nodes: n, NodePoll: 200 * time.Millisecond, ServerPoll: 200 * time.Millisecond, InStep: true})
+				exit := s.Stop()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if exit.Err != nil {
+					b.Fatalf("the SuperLink did not stop cleanly: %v", exit.Err)
+				}
+				floor, err := Floor(context.Background(), s, r.In, r.Out, int(r.Part))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(exit.CPU.Seconds(), "cpu-s")
+				b.ReportMetric(exit.CPU.Seconds()/floor.Seconds(), "x-floor")
+				b.ReportMetric(float64(r.Memory.HWM)/(1<<20), "peak-rss-MiB")
+				b.ReportMetric(float64(r.Memory.HWM)/float64(r.HeldPeak), "x-held")
+			}
+		})
+	}
+}

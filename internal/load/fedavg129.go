@@ -94,6 +94,8 @@ type FedAvg129Result struct {
 	// HeldPeak is the most object bytes the protocol made the SuperLink
 	// hold at once (see holdings).
 	HeldPeak int64
+	// Start is the SuperLink's memory before the nodes came.
+	Start Memory
 	// In and Out are the object bytes pushed to the SuperLink and pulled
 	// from it; Part the largest object (a whole chunk with its head).
 	In, Out, Part int64
@@ -118,6 +120,9 @@ func RunFedAvg129(ctx context.Context, s *SuperLink, o FedAvg129Options) (FedAvg
 		return res, errors.New("the SuperLink serves no Flower 1.29.0 ServerAppIo and Control APIs: start it with Options.Flower129")
 	}
 	w := &world129{o: o, held: newHoldings()}
+	if res.Start, err = s.Memory(); err != nil {
+		return res, err
+	}
 	tlsCreds, err := transport.ClientCredentials(s.TLS)
 	if err != nil {
 		return res, err

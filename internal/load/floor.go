@@ -3,7 +3,12 @@ package load
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,11 +30,12 @@ import (
 // next to each other, drifts far less.
 
 const (
-	envFloor     = "SEPAL_LOAD_FLOOR_SERVER"
-	envFloorDir  = "SEPAL_LOAD_FLOOR_DIR"
-	envFloorIn   = "SEPAL_LOAD_FLOOR_IN"
-	envFloorOut  = "SEPAL_LOAD_FLOOR_OUT"
-	envFloorPart = "SEPAL_LOAD_FLOOR_PART"
+	envFloor       = "SEPAL_LOAD_FLOOR_SERVER"
+	envFloorChecks = "SEPAL_LOAD_FLOOR_CHECKS"
+	envFloorDir    = "SEPAL_LOAD_FLOOR_DIR"
+	envFloorIn     = "SEPAL_LOAD_FLOOR_IN"
+	envFloorOut    = "SEPAL_LOAD_FLOOR_OUT"
+	envFloorPart   = "SEPAL_LOAD_FLOOR_PART"
 )
 
 // MaybeFloorServer runs the floor's server and exits when this process
@@ -39,7 +45,11 @@ func MaybeFloorServer() {
 	if os.Getenv(envFloor) == "" {
 		return
 	}
-	if err := floorServer(); err != nil {
+	run := floorServer
+	if os.Getenv(envFloorChecks) != "" {
+		run = checksServer
+	}
+	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "floor server:", err)
 		os.Exit(1)
 	}
@@ -90,6 +100,59 @@ func floorServer() error {
 	}
 	_, err = io.ReadFull(s, buf[:1]) // the client has read it all
 	return err
+}
+
+// checksServer hashes SEPAL_LOAD_FLOOR_IN bytes with SHA-256 in pieces of
+// SEPAL_LOAD_FLOOR_PART and verifies SEPAL_LOAD_FLOOR_CHECKS ECDSA P-384
+// signatures of a timestamp.
+func checksServer() error {
+	in, err1 := strconv.ParseInt(os.Getenv(envFloorIn), 10, 64)
+	part, err2 := strconv.Atoi(os.Getenv(envFloorPart))
+	sigs, err3 := strconv.ParseInt(os.Getenv(envFloorChecks), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || part <= 0 {
+		return fmt.Errorf("bad sizes %q %q %q", os.Getenv(envFloorIn), os.Getenv(envFloorPart), os.Getenv(envFloorChecks))
+	}
+	buf := make([]byte, part)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	for left := in; left > 0; left -= int64(part) {
+		sha256.Sum256(buf[:min(left, int64(part))])
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	h := sha256.Sum256([]byte("2026-04-01T12:00:00.000000+00:00"))
+	sig, err := ecdsa.SignASN1(rand.Reader, k, h[:])
+	if err != nil {
+		return err
+	}
+	for range sigs {
+		if !ecdsa.VerifyASN1(&k.PublicKey, h[:], sig) {
+			return errors.New("a valid signature did not verify")
+		}
+	}
+	return nil
+}
+
+// Checks runs this executable (see MaybeFloorServer) to do what every
+// Flower 1.29.0 SuperLink must do to the same traffic besides TLS: hash
+// the in bytes pushed, in objects of part bytes, with SHA-256 (an
+// object's id is its hash), and verify sigs ECDSA P-384 signatures (one
+// per signed Fleet call); it returns that process's CPU time.
+func Checks(ctx context.Context, in int64, part int, sigs int64) (time.Duration, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), envFloor+"=1", envFloorChecks+"="+strconv.FormatInt(sigs, 10),
+		envFloorIn+"="+strconv.FormatInt(in, 10), envFloorPart+"="+strconv.Itoa(part))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("checks floor: %w %s", err, out)
+	}
+	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
 }
 
 // Floor starts this executable as the floor's server (see

@@ -360,10 +360,23 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 		figs.addRun(r.FedAvgResult)
 		figs.add("held_peak_mib", "MiB", mib(r.HeldPeak))
 		figs.add("peak_rss_over_held", "x", float64(r.Memory.HWM)/float64(r.HeldPeak))
+		figs.add("superlink_rss_start_mib", "MiB", mib(r.Start.RSS))
+		figs.add("peak_rss_growth_over_held", "x", float64(r.Memory.HWM-r.Start.RSS)/float64(r.HeldPeak))
 		figs.add("moved_in_mib", "MiB", mib(r.In))
 		figs.add("moved_out_mib", "MiB", mib(r.Out))
 		figs.add("fleet_calls", "", float64(r.FleetCalls))
-		return figs.addFloor(ctx, s, r.In, r.Out, r.Part, nil)
+		if err := figs.addFloor(ctx, s, r.In, r.Out, r.Part, nil); err != nil {
+			return err
+		}
+		// What any 1.29 SuperLink spends besides TLS: the SHA-256 of
+		// every object pushed, an ECDSA P-384 verification per Fleet call.
+		checks, err := load.Checks(ctx, r.In, int(r.Part), r.FleetCalls)
+		if err != nil {
+			return err
+		}
+		figs.add("checks_cpu_s", "s", checks.Seconds())
+		floor := figs.last("tls_floor_cpu_s")
+		figs.add("superlink_cpu_over_floor_and_checks", "x", s.Stop().CPU.Seconds()/(floor+checks.Seconds()))
 	case c.mode == "fedavg":
 		o := load.FedAvgOptions{
 			Nodes: c.nodes, Rounds: c.rounds, ModelBytes: int(c.modelMiB*(1<<20)) &^ 3,
@@ -468,6 +481,12 @@ func (f *figures) add(name, _ string, v float64) {
 		f.names = append(f.names, name)
 	}
 	f.vals[name] = append(f.vals[name], v)
+}
+
+// last returns the value of name from the latest run.
+func (f *figures) last(name string) float64 {
+	vs := f.vals[name]
+	return vs[len(vs)-1]
 }
 
 // print writes one line per figure: its value, or with several runs the
