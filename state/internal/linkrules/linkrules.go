@@ -32,21 +32,14 @@ const (
 	MaxTreeNodes = 1 << 16
 )
 
-// CheckObject checks pushed content against its id and against the
-// children the object's tree gave it; the error is a FailedPrecondition
-// status (Flower's code for content that is not what it should be).
-func CheckObject(id string, content []byte, treeChildren []string) error {
-	return PrepareObject(id, content).Check(treeChildren)
-}
-
 // Object is pushed content, hashed and parsed once (PrepareObject), so
-// that a store can do that work before its transaction and use the hash
-// as the content's key.
+// that a store can do that work before its lock or transaction and use
+// the hash as the content's key.
 type Object struct {
 	ID       string
 	Sum      [sha256.Size]byte // the SHA-256 of the content
 	children []string
-	err      error // of the hash or the parse, in CheckObject's words
+	err      error // of the hash or the parse, in Check's words
 }
 
 // PrepareObject hashes and parses content pushed as object id.
@@ -65,7 +58,9 @@ func PrepareObject(id string, content []byte) Object {
 	return o
 }
 
-// Check is CheckObject of the prepared content.
+// Check checks the prepared content against its id and against the
+// children the object's tree gave it; the error is a FailedPrecondition
+// status (Flower's code for content that is not what it should be).
 func (o Object) Check(treeChildren []string) error {
 	if o.err != nil {
 		return o.err
