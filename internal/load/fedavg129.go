@@ -96,13 +96,24 @@ type FedAvg129Result struct {
 	HeldPeak int64
 	// Start is the SuperLink's memory before the nodes came.
 	Start Memory
-	// In and Out are the object bytes pushed to the SuperLink and pulled
-	// from it; Part the largest object (a whole chunk with its head).
-	In, Out, Part int64
+	// Fleet and AppIo are the object bytes moved through the Fleet API
+	// (TLS: the nodes) and ServerAppIo (plaintext, as Flower's processes
+	// speak it: the ServerApp); Part is the largest object (a whole chunk
+	// with its head).
+	Fleet, AppIo Traffic
+	Part         int64
 	// FleetCalls is the number of signed Fleet calls the nodes made, each
 	// of which the SuperLink verifies.
 	FleetCalls int64
 }
+
+// Traffic is the object bytes pushed to the SuperLink (In) and pulled
+// from it (Out) through one API.
+type Traffic struct{ In, Out int64 }
+
+// In is every object byte pushed, through either API: what the SuperLink
+// hashed.
+func (r FedAvg129Result) In() int64 { return r.Fleet.In + r.AppIo.In }
 
 // RunFedAvg129 runs the Flower 1.29.0 FedAvg workload on s (started with
 // Options.Flower129 or Options.Flower): o.Nodes SuperNodes join, the
@@ -173,23 +184,28 @@ func RunFedAvg129(ctx context.Context, s *SuperLink, o FedAvg129Options) (FedAvg
 	default:
 	}
 	res.HeldPeak = w.held.peakBytes()
-	res.In, res.Out, res.Part = w.in.Load(), w.out.Load(), w.part.Load()
+	res.Fleet, res.AppIo, res.Part = w.fleet.load(), w.appIo.load(), w.part.Load()
 	res.FleetCalls = w.fleetCalls.Load()
 	return res, nil
 }
 
 // world129 is what the peers of one run share.
 type world129 struct {
-	o          FedAvg129Options
-	held       *holdings
-	in, out    atomic.Int64
-	part       atomic.Int64
-	fleetCalls atomic.Int64
+	o            FedAvg129Options
+	held         *holdings
+	fleet, appIo traffic
+	part         atomic.Int64
+	fleetCalls   atomic.Int64
 }
 
-// pushed counts an object pushed.
-func (w *world129) pushed(n int) {
-	w.in.Add(int64(n))
+// traffic counts the object bytes moved through one API.
+type traffic struct{ in, out atomic.Int64 }
+
+func (t *traffic) load() Traffic { return Traffic{In: t.in.Load(), Out: t.out.Load()} }
+
+// pushed counts an object pushed through t.
+func (w *world129) pushed(t *traffic, n int) {
+	t.in.Add(int64(n))
 	for {
 		p := w.part.Load()
 		if int64(n) <= p || w.part.CompareAndSwap(p, int64(n)) {
@@ -321,10 +337,10 @@ func each[T any](ctx context.Context, items []T, n int, fn func(context.Context,
 	return first
 }
 
-// pullObjects pulls objects by id, at most n at once, retrying one not
+// pullObjects pulls objects by id through t, at most n at once, retrying one not
 // yet available with Flower's backoff (1 s, doubling to 10 s, jittered),
 // and checks that each hashes to its id.
-func pullObjects(ctx context.Context, w *world129, ids []string, pull func(context.Context, string) (*flwr129.PullObjectResponse, error)) (map[string][]byte, error) {
+func pullObjects(ctx context.Context, w *world129, t *traffic, ids []string, pull func(context.Context, string) (*flwr129.PullObjectResponse, error)) (map[string][]byte, error) {
 	var mu sync.Mutex
 	out := make(map[string][]byte, len(ids))
 	err := each(ctx, ids, w.o.Concurrency, func(ctx context.Context, id string) error {
@@ -342,7 +358,7 @@ func pullObjects(ctx context.Context, w *world129, ids []string, pull func(conte
 				if inflatable.ID(c) != id {
 					return fmt.Errorf("PullObject %s: the content hashes to %s", id, inflatable.ID(c))
 				}
-				w.out.Add(int64(len(c)))
+				t.out.Add(int64(len(c)))
 				mu.Lock()
 				out[id] = c
 				mu.Unlock()
@@ -360,9 +376,9 @@ func pullObjects(ctx context.Context, w *world129, ids []string, pull func(conte
 	return out, err
 }
 
-// pushObjects pushes the objects of t the SuperLink asked for, at most n
-// at once.
-func pushObjects(ctx context.Context, w *world129, t *inflatable.Tree, toPush []string, push func(context.Context, string, []byte) (*flwr129.PushObjectResponse, error)) error {
+// pushObjects pushes the objects of t the SuperLink asked for through tr,
+// at most n at once.
+func pushObjects(ctx context.Context, w *world129, tr *traffic, t *inflatable.Tree, toPush []string, push func(context.Context, string, []byte) (*flwr129.PushObjectResponse, error)) error {
 	want := map[string]bool{}
 	for _, id := range toPush {
 		want[id] = true
@@ -381,7 +397,7 @@ func pushObjects(ctx context.Context, w *world129, t *inflatable.Tree, toPush []
 		if !r.GetStored() {
 			return fmt.Errorf("PushObject %s: not stored", o.ID)
 		}
-		w.pushed(len(o.Content))
+		w.pushed(tr, len(o.Content))
 		w.held.stored(o.ID, len(o.Content))
 		return nil
 	})

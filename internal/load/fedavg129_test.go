@@ -32,14 +32,21 @@ func TestFedAvg129Smoke(t *testing.T) {
 		t.Fatalf("rounds %v, CPU per round %v: want 2 each", r.Rounds, r.RoundCPU)
 	}
 	payload := int64(o.ModelBytes + 128)
-	// In: per round the model twice (train, then the new model to
-	// evaluate) and a reply per node; out: the model to each node twice
-	// and the replies to the ServerApp.
-	if min := 2 * (2 + 2) * payload; r.In < min || r.In > min+min/10 {
-		t.Errorf("%d bytes pushed, want about %d", r.In, min)
-	}
-	if min := 2 * (2*2 + 2) * payload; r.Out < min || r.Out > min+min/10 {
-		t.Errorf("%d bytes pulled, want about %d", r.Out, min)
+	// Per round, through ServerAppIo: the model pushed twice (train, then
+	// the new model to evaluate), the replies pulled; through the Fleet
+	// API: the replies pushed, the model pulled twice by each node.
+	for _, c := range []struct {
+		what      string
+		got, want int64
+	}{
+		{"pushed by the ServerApp", r.AppIo.In, 2 * 2 * payload},
+		{"pulled by the ServerApp", r.AppIo.Out, 2 * 2 * payload},
+		{"pushed by the nodes", r.Fleet.In, 2 * 2 * payload},
+		{"pulled by the nodes", r.Fleet.Out, 2 * 2 * 2 * payload},
+	} {
+		if c.got < c.want || c.got > c.want+c.want/10 {
+			t.Errorf("%d bytes %s, want about %d", c.got, c.what, c.want)
+		}
 	}
 	if r.Part < inflatable.MaxChunkSize || r.Part > inflatable.MaxChunkSize+100 {
 		t.Errorf("largest object %d bytes, want a 5 MiB chunk and its head", r.Part)
@@ -86,7 +93,7 @@ func TestFedAvg129Flower(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, tail(s.LogFile))
 	}
-	if payload := int64(o.ModelBytes + 128); r.In < 4*payload || r.Out < 4*payload || r.HeldPeak < payload {
+	if payload := int64(o.ModelBytes + 128); r.In() < 4*payload || r.Fleet.Out < 4*payload || r.HeldPeak < payload {
 		t.Errorf("result %+v: want the model and two replies in, the model twice to each node and the replies out", r)
 	}
 	if exit := s.Stop(); exit.Err != nil || exit.CPU <= 0 {

@@ -33,6 +33,7 @@ import (
 const (
 	envFloor       = "SEPAL_LOAD_FLOOR_SERVER"
 	envFloorChecks = "SEPAL_LOAD_FLOOR_CHECKS"
+	envFloorPlain  = "SEPAL_LOAD_FLOOR_PLAIN"
 	envFloorDir    = "SEPAL_LOAD_FLOOR_DIR"
 	envFloorIn     = "SEPAL_LOAD_FLOOR_IN"
 	envFloorOut    = "SEPAL_LOAD_FLOOR_OUT"
@@ -82,7 +83,10 @@ func floorServer() error {
 	if err != nil {
 		return err
 	}
-	s := tls.Server(c, transport.ServerConfig(fixedCert{&cert}))
+	s := c
+	if os.Getenv(envFloorPlain) == "" {
+		s = tls.Server(c, transport.ServerConfig(fixedCert{&cert}))
+	}
 	defer s.Close()
 	buf := make([]byte, part)
 	for left := in; left > 0; {
@@ -162,6 +166,16 @@ func Checks(ctx context.Context, in int64, part int, sigs int64) (time.Duration,
 // bytes and receives out bytes, in writes of part bytes, and returns the
 // server process's CPU time (user+sys, its rusage).
 func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Duration, error) {
+	return floor(ctx, s, in, out, part, true)
+}
+
+// PlainFloor is Floor over plain TCP: what moving the bytes costs a
+// process without TLS, as Flower 1.29.0's ServerAppIo is.
+func PlainFloor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Duration, error) {
+	return floor(ctx, s, in, out, part, false)
+}
+
+func floor(ctx context.Context, s *SuperLink, in, out int64, part int, useTLS bool) (time.Duration, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, err
@@ -169,6 +183,9 @@ func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Dur
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), envFloor+"=1", envFloorDir+"="+s.dir,
 		envFloorIn+"="+strconv.FormatInt(in, 10), envFloorOut+"="+strconv.FormatInt(out, 10), envFloorPart+"="+strconv.Itoa(part))
+	if !useTLS {
+		cmd.Env = append(cmd.Env, envFloorPlain+"=1")
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, err
@@ -187,14 +204,19 @@ func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Dur
 	if err != nil {
 		return fail(err)
 	}
-	cfg, err := transport.ClientConfig(s.TLS)
-	if err != nil {
-		return fail(err)
-	}
-	cfg.ServerName = "localhost"
-	cfg.MinVersion = tls.VersionTLS13
-	c, err := tls.Dial("tcp", strings.TrimSpace(addr), cfg)
-	if err != nil {
+	var c net.Conn
+	if useTLS {
+		cfg, err := transport.ClientConfig(s.TLS)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.ServerName = "localhost"
+		cfg.MinVersion = tls.VersionTLS13
+		c, err = tls.Dial("tcp", strings.TrimSpace(addr), cfg)
+		if err != nil {
+			return fail(err)
+		}
+	} else if c, err = net.Dial("tcp", strings.TrimSpace(addr)); err != nil {
 		return fail(err)
 	}
 	defer c.Close()

@@ -148,7 +148,7 @@ func (n *node129) once(ctx context.Context) (bool, error) {
 		}
 		n.runs[run] = true
 	}
-	objs, err := pullObjects(ctx, n.w, treeIDs(tree), func(ctx context.Context, id string) (*flwr129.PullObjectResponse, error) {
+	objs, err := pullObjects(ctx, n.w, &n.w.fleet, treeIDs(tree), func(ctx context.Context, id string) (*flwr129.PullObjectResponse, error) {
 		return n.fleet.PullObject(ctx, &flwr129.PullObjectRequest{Node: n.self, RunId: run, ObjectId: id})
 	})
 	if err != nil {
@@ -187,7 +187,7 @@ func (n *node129) once(ctx context.Context) (bool, error) {
 		toPush[id] = true
 	}
 	n.w.held.message(reply, toPush)
-	err = pushObjects(ctx, n.w, reply, pr.GetObjectsToPush(), func(ctx context.Context, id string, c []byte) (*flwr129.PushObjectResponse, error) {
+	err = pushObjects(ctx, n.w, &n.w.fleet, reply, pr.GetObjectsToPush(), func(ctx context.Context, id string, c []byte) (*flwr129.PushObjectResponse, error) {
 		return n.fleet.PushObject(ctx, &flwr129.PushObjectRequest{Node: n.self, RunId: run, ObjectId: id, ObjectContent: c})
 	})
 	return true, err

@@ -275,7 +275,7 @@ func (a *serverApp129) sendAndReceive(ctx context.Context, typ string, round int
 	push := func(ctx context.Context, id string, c []byte) (*flwr129.PushObjectResponse, error) {
 		return a.io.PushObject(ctx, &flwr129.PushObjectRequest{Node: a.self, RunId: a.run, ObjectId: id, ObjectContent: c})
 	}
-	if err := pushObjects(ctx, a.w, all, r.GetObjectsToPush(), push); err != nil {
+	if err := pushObjects(ctx, a.w, &a.w.appIo, all, r.GetObjectsToPush(), push); err != nil {
 		return err
 	}
 	pending := map[string]bool{}
@@ -300,7 +300,7 @@ func (a *serverApp129) sendAndReceive(ctx context.Context, typ string, round int
 			if i >= len(pr.GetMessageObjectTrees()) || !pending[md.GetReplyToMessageId()] {
 				return fmt.Errorf("PullMessages: an unexpected reply %s (to %s)", md.GetMessageId(), md.GetReplyToMessageId())
 			}
-			objs, err := pullObjects(ctx, a.w, treeIDs(pr.GetMessageObjectTrees()[i]), func(ctx context.Context, id string) (*flwr129.PullObjectResponse, error) {
+			objs, err := pullObjects(ctx, a.w, &a.w.appIo, treeIDs(pr.GetMessageObjectTrees()[i]), func(ctx context.Context, id string) (*flwr129.PullObjectResponse, error) {
 				return a.io.PullObject(ctx, &flwr129.PullObjectRequest{Node: a.self, RunId: a.run, ObjectId: id})
 			})
 			if err != nil {

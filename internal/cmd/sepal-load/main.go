@@ -362,20 +362,23 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 		figs.add("peak_rss_over_held", "x", float64(r.Memory.HWM)/float64(r.HeldPeak))
 		figs.add("superlink_rss_start_mib", "MiB", mib(r.Start.RSS))
 		figs.add("peak_rss_growth_over_held", "x", float64(r.Memory.HWM-r.Start.RSS)/float64(r.HeldPeak))
-		figs.add("moved_in_mib", "MiB", mib(r.In))
-		figs.add("moved_out_mib", "MiB", mib(r.Out))
+		figs.add("fleet_in_mib", "MiB", mib(r.Fleet.In))
+		figs.add("fleet_out_mib", "MiB", mib(r.Fleet.Out))
+		figs.add("appio_in_mib", "MiB", mib(r.AppIo.In))
+		figs.add("appio_out_mib", "MiB", mib(r.AppIo.Out))
 		figs.add("fleet_calls", "", float64(r.FleetCalls))
-		if err := figs.addFloor(ctx, s, r.In, r.Out, r.Part, nil); err != nil {
+		if err := figs.addFloor(ctx, s, r.Fleet, r.AppIo, r.Part, nil); err != nil {
 			return err
 		}
-		// What any 1.29 SuperLink spends besides TLS: the SHA-256 of
-		// every object pushed, an ECDSA P-384 verification per Fleet call.
-		checks, err := load.Checks(ctx, r.In, int(r.Part), r.FleetCalls)
+		// What any 1.29 SuperLink spends besides moving the bytes: the
+		// SHA-256 of every object pushed, an ECDSA P-384 verification per
+		// Fleet call.
+		checks, err := load.Checks(ctx, r.In(), int(r.Part), r.FleetCalls)
 		if err != nil {
 			return err
 		}
 		figs.add("checks_cpu_s", "s", checks.Seconds())
-		floor := figs.last("tls_floor_cpu_s")
+		floor := figs.last("floor_cpu_s")
 		figs.add("superlink_cpu_over_floor_and_checks", "x", s.Stop().CPU.Seconds()/(floor+checks.Seconds()))
 	case c.mode == "fedavg":
 		o := load.FedAvgOptions{
@@ -394,7 +397,7 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 			figs.add(fmt.Sprintf("round_%d_postgres_cpu_s", i+1), "s", d.Seconds())
 		}
 		figs.add("moved_each_way_mib", "MiB", mib(o.MovedEachWay()))
-		return figs.addFloor(ctx, s, o.MovedEachWay(), o.MovedEachWay(), o.Payload(), readPG)
+		return figs.addFloor(ctx, s, load.Traffic{In: o.MovedEachWay(), Out: o.MovedEachWay()}, load.Traffic{}, o.Payload(), readPG)
 	case c.mode == "idle":
 		r, err := load.RunIdle(ctx, s, load.IdleOptions{Nodes: c.nodes, Poll: c.nodePoll, Settle: c.settle, Logger: logger})
 		if err != nil {
@@ -445,9 +448,11 @@ func (f *figures) addRun(r load.FedAvgResult) {
 }
 
 // addFloor stops the SuperLink, calls stopped (when not nil) and adds
-// the TLS floor of in and out bytes in writes of part bytes: what the
-// same bytes cost TLS alone, on this machine now.
-func (f *figures) addFloor(ctx context.Context, s *load.SuperLink, in, out, part int64, stopped func(load.Exit) error) error {
+// the floor of the bytes it moved over TLS and in plaintext, in writes of
+// part bytes: what the same bytes cost TLS alone (tls_floor_cpu_s) and
+// plain TCP alone (plain_floor_cpu_s, when some were), on this machine
+// now, and the SuperLink's CPU time over their sum.
+func (f *figures) addFloor(ctx context.Context, s *load.SuperLink, tlsBytes, plainBytes load.Traffic, part int64, stopped func(load.Exit) error) error {
 	exit := s.Stop()
 	if exit.Err != nil {
 		return fmt.Errorf("flower-superlink did not stop cleanly: %v (log: %s)", exit.Err, s.LogFile)
@@ -457,11 +462,20 @@ func (f *figures) addFloor(ctx context.Context, s *load.SuperLink, in, out, part
 			return err
 		}
 	}
-	floor, err := load.Floor(ctx, s, in, out, int(part))
+	floor, err := load.Floor(ctx, s, tlsBytes.In, tlsBytes.Out, int(part))
 	if err != nil {
 		return err
 	}
 	f.add("tls_floor_cpu_s", "s", floor.Seconds())
+	if plainBytes.In+plainBytes.Out > 0 {
+		plain, err := load.PlainFloor(ctx, s, plainBytes.In, plainBytes.Out, int(part))
+		if err != nil {
+			return err
+		}
+		f.add("plain_floor_cpu_s", "s", plain.Seconds())
+		floor += plain
+		f.add("floor_cpu_s", "s", floor.Seconds())
+	}
 	f.add("superlink_cpu_over_floor", "x", exit.CPU.Seconds()/floor.Seconds())
 	return nil
 }

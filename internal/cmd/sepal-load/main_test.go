@@ -96,7 +96,7 @@ func TestRun129PrintsFigures(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s%s", err, out.String(), errOut.String())
 	}
-	for _, fig := range []string{"superlink_cpu_s", "superlink_peak_rss_mib", "held_peak_mib", "peak_rss_over_held", "round_1_wall_s", "moved_in_mib", "moved_out_mib", "fleet_calls", "tls_floor_cpu_s", "superlink_cpu_over_floor", "checks_cpu_s", "superlink_cpu_over_floor_and_checks", "superlink_rss_start_mib", "peak_rss_growth_over_held"} {
+	for _, fig := range []string{"superlink_cpu_s", "superlink_peak_rss_mib", "held_peak_mib", "peak_rss_over_held", "round_1_wall_s", "fleet_in_mib", "fleet_out_mib", "appio_in_mib", "appio_out_mib", "fleet_calls", "tls_floor_cpu_s", "plain_floor_cpu_s", "floor_cpu_s", "superlink_cpu_over_floor", "checks_cpu_s", "superlink_cpu_over_floor_and_checks", "superlink_rss_start_mib", "peak_rss_growth_over_held"} {
 		re := regexp.MustCompile(`(?m)^` + fig + ` +[0-9.]+$`)
 		if !re.MatchString(out.String()) {
 			t.Errorf("no line for %s in:\n%s", fig, out.String())
