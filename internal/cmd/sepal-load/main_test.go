@@ -40,6 +40,21 @@ func TestParseArgs(t *testing.T) {
 	if c, err := parseArgs([]string{"--flower-superlink", os.Args[0]}, io.Discard); err != nil || c.protocol != "1.29" {
 		t.Errorf("--flower-superlink: %+v, %v; want --protocol 1.29", c, err)
 	}
+	if c, err := parseArgs([]string{"--mode", "flwr"}, io.Discard); err != nil || c.nodes != 2 || c.app != "quickstart" {
+		t.Errorf("--mode flwr: %+v, %v; want 2 nodes and quickstart by default", c, err)
+	}
+	for _, bad := range [][]string{
+		{"--mode", "flwr", "--app", "nope"},
+		{"--mode", "flwr", "--nodes", "100"},
+		{"--mode", "flwr", "--", "--insecure"},
+		{"--app", "arrays32"},
+		{"--mode", "flwr", "--protocol", "1.29"},
+		{"--mode", "flwr", "--flower-superlink", os.Args[0]},
+	} {
+		if _, err := parseArgs(bad, io.Discard); !errors.As(err, new(*cli.UsageError)) {
+			t.Errorf("%q: %v, want a usage error", bad, err)
+		}
+	}
 	for _, bad := range [][]string{
 		{"--mode", "chaos"},
 		{"--nodes", "-1"},
