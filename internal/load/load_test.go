@@ -26,6 +26,13 @@ func superlinkBinary(t testing.TB) string {
 	if testing.Short() {
 		t.Skip("builds and runs flower-superlink: skipped under -short (CI runs it)")
 	}
+	return buildSuperlink(t)
+}
+
+// buildSuperlink builds flower-superlink once for the package's tests and
+// benchmarks, under -short too.
+func buildSuperlink(t testing.TB) string {
+	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sepal-load-test-")
 		if err != nil {
