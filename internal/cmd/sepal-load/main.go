@@ -283,6 +283,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, " -- %s", strings.Join(shown, " "))
 	}
 	fmt.Fprintf(stdout, "\n# load average before: %s\n", loadAvg())
+	if c.protocol == "1.29" {
+		fmt.Fprintln(stdout, "# held_peak_mib: the most object bytes the run made the SuperLink hold at once, each object from the PushObject that stored it")
+		fmt.Fprintln(stdout, "#   (or the PushMessages naming it, when held already) to the ConfirmMessageReceived of the last message naming it;")
+		fmt.Fprintln(stdout, "#   floor_cpu_s: the Fleet API's bytes over TLS plus ServerAppIo's over plain TCP; checks_cpu_s: SHA-256 of every object pushed and a P-384 verification per Fleet call")
+	}
 
 	var pg *load.Postgres
 	if c.postgres {
