@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/sepal-fl/sepal/internal/nodesig"
 	"github.com/sepal-fl/sepal/state"
 )
 
@@ -61,7 +62,7 @@ func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) ([]byte
 		return nil, status.Errorf(codes.Unauthenticated, "Invalid public key: %v", err)
 	}
 	h := sha256.Sum256(ts)
-	if !ecdsa.VerifyASN1(pub, h[:], sig) {
+	if !nodesig.Verify(pub, h[:], sig) {
 		return nil, status.Error(codes.Unauthenticated, "Invalid signature")
 	}
 	at, err := time.Parse(time.RFC3339Nano, string(ts))

@@ -172,7 +172,7 @@ func New(o Options) *SuperLink {
 		o.wireTest(&wc)
 	}
 	w := wire.New(wc)
-	c := codec.New(codec.Options{Finder: bf, StandIns: w.StandIns(), Fresh: fresh})
+	c := codec.New(codec.Options{Finder: bf, StandIns: w.StandIns(), Fresh: fresh, Opaque: opaque})
 	s := &SuperLink{log: o.Logger, opts: o, state: o.State, codec: c, wire: w,
 		flower: newFlower129(o), nodes: newNodeGuard(o.NodeLimits, o.Logger), stopping: make(chan struct{})}
 	if s.flower != nil {
@@ -184,11 +184,16 @@ func New(o Options) *SuperLink {
 // fresh reports whether the arrays of a request are most likely new: a
 // node's results.
 func fresh(m proto.Message) bool {
-	switch m.(type) {
-	case *flwrproto.PushTaskResRequest, *flwr129.PushObjectRequest:
-		return true
-	}
-	return false
+	_, ok := m.(*flwrproto.PushTaskResRequest)
+	return ok
+}
+
+// opaque reports whether the large bytes of a request are Flower 1.29.0
+// objects, which the states key by their SHA-256 (computed once, by the
+// state) and never look up by content.
+func opaque(m proto.Message) bool {
+	_, ok := m.(*flwr129.PushObjectRequest)
+	return ok
 }
 
 // Fleet returns the Fleet service (the SuperNodes' API) on this SuperLink's

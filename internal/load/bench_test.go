@@ -65,3 +65,65 @@ func BenchmarkSmallRPCs(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFedAvg129 measures the Flower 1.29.0 FedAvg workload on a
+// flower-superlink process over TLS: 2 rounds of a 32 MiB model with 2, 4
+// and 16 SuperNodes polling every 200 ms, started at once. It reports the
+// SuperLink's CPU seconds and their ratio to the floor of the bytes moved
+// (cpu/floor: TLS for the Fleet API's, plain TCP for ServerAppIo's) and
+// to the floor and the checks every 1.29 SuperLink must do (cpu/floor+checks:
+// the SHA-256 of each object pushed, a P-384 verification per Fleet call),
+// its peak RSS, and that peak over the object bytes the run made it hold at
+// once (rss/held; held_peak_mib in sepal-load) and over those and its RSS
+// at start (rss/held+start). The goals: cpu/floor at most 1.25, rss/held at
+// most 1.2. With -short, one 8 MiB round with 2 nodes:
+//
+//	go test ./internal/load -run '^$' -bench FedAvg129 -benchtime 1x
+//	go test ./internal/load -short -run '^$' -bench FedAvg129 -benchtime 1x
+func BenchmarkFedAvg129(b *testing.B) {
+	bin := buildSuperlink(b)
+	nodes, rounds, model := []int{2, 4, 16}, 2, 32<<20
+	if testing.Short() {
+		nodes, rounds, model = []int{2}, 1, 8<<20
+	}
+	ctx := context.Background()
+	for _, n := range nodes {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				s, err := Start(ctx, Options{Binary: bin, Dir: b.TempDir(), Nodes: n, Flower129: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				r, err := RunFedAvg129(ctx, s, FedAvg129Options{Nodes: n, Rounds: rounds, ModelBytes: model,
+					NodePoll: 200 * time.Millisecond, ServerPoll: 200 * time.Millisecond, InStep: true})
+				exit := s.Stop()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if exit.Err != nil {
+					b.Fatalf("the SuperLink did not stop cleanly: %v", exit.Err)
+				}
+				floor, err := Floor(ctx, s, r.Fleet.In, r.Fleet.Out, int(r.Part))
+				if err != nil {
+					b.Fatal(err)
+				}
+				plain, err := PlainFloor(ctx, s, r.AppIo.In, r.AppIo.Out, int(r.Part))
+				if err != nil {
+					b.Fatal(err)
+				}
+				floor += plain
+				checks, err := Checks(ctx, r.In(), int(r.Part), r.FleetCalls)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(exit.CPU.Seconds(), "cpu-s")
+				b.ReportMetric(exit.CPU.Seconds()/floor.Seconds(), "cpu/floor")
+				b.ReportMetric(exit.CPU.Seconds()/(floor+checks).Seconds(), "cpu/floor+checks")
+				b.ReportMetric(float64(r.Memory.HWM)/(1<<20), "peak-rss-MiB")
+				b.ReportMetric(float64(r.HeldPeak)/(1<<20), "held-MiB")
+				b.ReportMetric(float64(r.Memory.HWM)/float64(r.HeldPeak), "rss/held")
+				b.ReportMetric(float64(r.Memory.HWM)/float64(r.HeldPeak+r.Start.RSS), "rss/held+start")
+			}
+		})
+	}
+}

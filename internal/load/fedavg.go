@@ -159,22 +159,9 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 		Out:          rounds,
 	})
 	res.Wall = time.Since(start)
-	if err != nil {
-		select {
-		case nerr := <-nodeErr:
-			err = errors.Join(err, nerr)
-		default:
-		}
-		return res, fmt.Errorf("the ServerApp failed: %w (SuperLink log: %s)", err, s.LogFile)
-	}
-	if res.Memory, err = s.Memory(); err != nil {
+	if err := res.serverDone(s, err, nodeErr, faults0); err != nil {
 		return res, err
 	}
-	faults, err := s.PageFaults()
-	if err != nil {
-		return res, err
-	}
-	res.PageFaults = faults - faults0
 	for _, r := range sum.Rounds {
 		res.Rounds = append(res.Rounds, r.Duration)
 	}
@@ -193,6 +180,29 @@ func RunFedAvg(ctx context.Context, s *SuperLink, o FedAvgOptions) (FedAvgResult
 	default:
 	}
 	return res, nil
+}
+
+// serverDone completes r once the ServerApp returned err: err with a
+// node's error, if one failed, or else the SuperLink's memory now and its
+// page faults since faults0.
+func (r *FedAvgResult) serverDone(s *SuperLink, err error, nodeErr <-chan error, faults0 int64) error {
+	if err != nil {
+		select {
+		case nerr := <-nodeErr:
+			err = errors.Join(err, nerr)
+		default:
+		}
+		return fmt.Errorf("the ServerApp failed: %w (SuperLink log: %s)", err, s.LogFile)
+	}
+	if r.Memory, err = s.Memory(); err != nil {
+		return err
+	}
+	faults, err := s.PageFaults()
+	if err != nil {
+		return err
+	}
+	r.PageFaults = faults - faults0
+	return nil
 }
 
 // roundClock is the ServerApp's Out: each "round" line it writes marks the

@@ -3,7 +3,12 @@ package load
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/nodesig"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -25,11 +31,13 @@ import (
 // next to each other, drifts far less.
 
 const (
-	envFloor     = "SEPAL_LOAD_FLOOR_SERVER"
-	envFloorDir  = "SEPAL_LOAD_FLOOR_DIR"
-	envFloorIn   = "SEPAL_LOAD_FLOOR_IN"
-	envFloorOut  = "SEPAL_LOAD_FLOOR_OUT"
-	envFloorPart = "SEPAL_LOAD_FLOOR_PART"
+	envFloor       = "SEPAL_LOAD_FLOOR_SERVER"
+	envFloorChecks = "SEPAL_LOAD_FLOOR_CHECKS"
+	envFloorPlain  = "SEPAL_LOAD_FLOOR_PLAIN"
+	envFloorDir    = "SEPAL_LOAD_FLOOR_DIR"
+	envFloorIn     = "SEPAL_LOAD_FLOOR_IN"
+	envFloorOut    = "SEPAL_LOAD_FLOOR_OUT"
+	envFloorPart   = "SEPAL_LOAD_FLOOR_PART"
 )
 
 // MaybeFloorServer runs the floor's server and exits when this process
@@ -39,7 +47,11 @@ func MaybeFloorServer() {
 	if os.Getenv(envFloor) == "" {
 		return
 	}
-	if err := floorServer(); err != nil {
+	run := floorServer
+	if os.Getenv(envFloorChecks) != "" {
+		run = checksServer
+	}
+	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "floor server:", err)
 		os.Exit(1)
 	}
@@ -71,7 +83,10 @@ func floorServer() error {
 	if err != nil {
 		return err
 	}
-	s := tls.Server(c, transport.ServerConfig(fixedCert{&cert}))
+	s := c
+	if os.Getenv(envFloorPlain) == "" {
+		s = tls.Server(c, transport.ServerConfig(fixedCert{&cert}))
+	}
 	defer s.Close()
 	buf := make([]byte, part)
 	for left := in; left > 0; {
@@ -92,11 +107,75 @@ func floorServer() error {
 	return err
 }
 
+// checksServer hashes SEPAL_LOAD_FLOOR_IN bytes with SHA-256 in pieces of
+// SEPAL_LOAD_FLOOR_PART and verifies SEPAL_LOAD_FLOOR_CHECKS ECDSA P-384
+// signatures of a timestamp.
+func checksServer() error {
+	in, err1 := strconv.ParseInt(os.Getenv(envFloorIn), 10, 64)
+	part, err2 := strconv.Atoi(os.Getenv(envFloorPart))
+	sigs, err3 := strconv.ParseInt(os.Getenv(envFloorChecks), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || part <= 0 {
+		return fmt.Errorf("bad sizes %q %q %q", os.Getenv(envFloorIn), os.Getenv(envFloorPart), os.Getenv(envFloorChecks))
+	}
+	buf := make([]byte, part)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	for left := in; left > 0; left -= int64(part) {
+		sha256.Sum256(buf[:min(left, int64(part))])
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	h := sha256.Sum256([]byte("2026-04-01T12:00:00.000000+00:00"))
+	sig, err := ecdsa.SignASN1(rand.Reader, k, h[:])
+	if err != nil {
+		return err
+	}
+	for range sigs {
+		if !nodesig.Verify(&k.PublicKey, h[:], sig) {
+			return errors.New("a valid signature did not verify")
+		}
+	}
+	return nil
+}
+
+// Checks runs this executable (see MaybeFloorServer) to do what every
+// Flower 1.29.0 SuperLink must do to the same traffic besides TLS: hash
+// the in bytes pushed, in objects of part bytes, with SHA-256 (an
+// object's id is its hash), and verify sigs ECDSA P-384 signatures (one
+// per signed Fleet call), as fast as Sepal's SuperLink does
+// (nodesig.Verify); it returns that process's CPU time.
+func Checks(ctx context.Context, in int64, part int, sigs int64) (time.Duration, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), envFloor+"=1", envFloorChecks+"="+strconv.FormatInt(sigs, 10),
+		envFloorIn+"="+strconv.FormatInt(in, 10), envFloorPart+"="+strconv.Itoa(part))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("checks floor: %w %s", err, out)
+	}
+	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
+
 // Floor starts this executable as the floor's server (see
 // MaybeFloorServer) with the certificate Start made for s, sends it in
 // bytes and receives out bytes, in writes of part bytes, and returns the
 // server process's CPU time (user+sys, its rusage).
 func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Duration, error) {
+	return floor(ctx, s, in, out, part, true)
+}
+
+// PlainFloor is Floor over plain TCP: what moving the bytes costs a
+// process without TLS, as Flower 1.29.0's ServerAppIo is.
+func PlainFloor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Duration, error) {
+	return floor(ctx, s, in, out, part, false)
+}
+
+func floor(ctx context.Context, s *SuperLink, in, out int64, part int, useTLS bool) (time.Duration, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, err
@@ -104,6 +183,9 @@ func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Dur
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), envFloor+"=1", envFloorDir+"="+s.dir,
 		envFloorIn+"="+strconv.FormatInt(in, 10), envFloorOut+"="+strconv.FormatInt(out, 10), envFloorPart+"="+strconv.Itoa(part))
+	if !useTLS {
+		cmd.Env = append(cmd.Env, envFloorPlain+"=1")
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, err
@@ -122,14 +204,19 @@ func Floor(ctx context.Context, s *SuperLink, in, out int64, part int) (time.Dur
 	if err != nil {
 		return fail(err)
 	}
-	cfg, err := transport.ClientConfig(s.TLS)
-	if err != nil {
-		return fail(err)
-	}
-	cfg.ServerName = "localhost"
-	cfg.MinVersion = tls.VersionTLS13
-	c, err := tls.Dial("tcp", strings.TrimSpace(addr), cfg)
-	if err != nil {
+	var c net.Conn
+	if useTLS {
+		cfg, err := transport.ClientConfig(s.TLS)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.ServerName = "localhost"
+		cfg.MinVersion = tls.VersionTLS13
+		c, err = tls.Dial("tcp", strings.TrimSpace(addr), cfg)
+		if err != nil {
+			return fail(err)
+		}
+	} else if c, err = net.Dial("tcp", strings.TrimSpace(addr)); err != nil {
 		return fail(err)
 	}
 	defer c.Close()

@@ -26,6 +26,13 @@ func superlinkBinary(t testing.TB) string {
 	if testing.Short() {
 		t.Skip("builds and runs flower-superlink: skipped under -short (CI runs it)")
 	}
+	return buildSuperlink(t)
+}
+
+// buildSuperlink builds flower-superlink once for the package's tests and
+// benchmarks, under -short too.
+func buildSuperlink(t testing.TB) string {
+	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sepal-load-test-")
 		if err != nil {
@@ -153,7 +160,7 @@ func TestRPCsSmoke(t *testing.T) {
 }
 
 // The TLS floor moves its bytes through a child process and reports its
-// CPU time, which grows with the bytes.
+// CPU time, which grows with the bytes; so does the plain one.
 func TestFloor(t *testing.T) {
 	s := start(t)
 	small, err := Floor(context.Background(), s, 1<<20, 1<<20, 64<<10)
@@ -166,6 +173,12 @@ func TestFloor(t *testing.T) {
 	}
 	if small <= 0 || big <= small {
 		t.Errorf("floor CPU time: %v for 1 MiB each way, %v for 256 MiB", small, big)
+	}
+	// The plain floor speaks no TLS: its client would fail on a TLS
+	// server.
+	plain, err := PlainFloor(context.Background(), s, 64<<20, 64<<20, 1<<20)
+	if err != nil || plain <= 0 {
+		t.Errorf("plain floor: %v, %v", plain, err)
 	}
 }
 

@@ -6,12 +6,14 @@
 // the SuperLink process spends: CPU seconds (user+sys, from its rusage once
 // it has exited, and from /proc while it runs), peak RSS (VmHWM) and RSS.
 //
-// Three workloads: FedAvg (Flower 1.8.0's messages: one get_parameters, then
+// Four workloads: FedAvg (Flower 1.8.0's messages: one get_parameters, then
 // per round a train TaskIns per node carrying the model, a same-size train
 // TaskRes per node, an evaluate TaskIns per node and small evaluate
-// replies), Idle (many connected SuperNodes polling, for the memory each
-// costs) and RPCs (small calls, Ping and empty PullTaskIns, as fast as many
-// nodes can make them).
+// replies), FedAvg129 (the same rounds in Flower 1.29.0's protocol, which
+// drives Flower's own flower-superlink as well: see fedavg129.go), Idle
+// (many connected SuperNodes polling, for the memory each costs) and RPCs
+// (small calls, Ping and empty PullTaskIns, as fast as many nodes can make
+// them).
 //
 // The command internal/cmd/sepal-load runs them and prints one line per
 // figure. The harness is Linux only (it reads /proc).
@@ -76,6 +78,17 @@ type Options struct {
 	// burst and --max-nodes to fit them where they pass the defaults (Args
 	// given after may set them again). Default 0: the defaults.
 	Nodes int
+	// Flower129 serves Flower 1.29.0's APIs for a 1.29 workload, with
+	// Flower's flags: the Fleet API and the Control API over TLS, the
+	// ServerAppIo API in plaintext, each on a port of its own, and
+	// --isolation process (the workload's ServerApp takes the run's token
+	// itself). Default false: Flower 1.8.0's Fleet and Driver APIs.
+	Flower129 bool
+	// Flower says Binary is Flower 1.29.0's own flower-superlink (with its
+	// default in-memory state), not Sepal's: it is given only Flower's
+	// flags, and it serves once its three ports accept connections.
+	// Implies Flower129. Default false.
+	Flower bool
 }
 
 // NodeArgs are the flower-superlink flags that let n nodes register from
@@ -94,9 +107,11 @@ func NodeArgs(n int) []string {
 
 // SuperLink is a running flower-superlink process.
 type SuperLink struct {
-	Fleet, Driver string                  // 127.0.0.1:port of each API
-	TLS           transport.ClientOptions // trusts the SuperLink's CA
-	LogFile       string                  // its stdout and stderr
+	Fleet, Driver  string                  // 127.0.0.1:port of each API
+	AppIo, Control string                  // the 1.29 ServerAppIo and Control APIs (Options.Flower129)
+	TLS            transport.ClientOptions // trusts the SuperLink's CA
+	LogFile        string                  // its stdout and stderr
+	Flower         bool                    // Flower's own flower-superlink (Options.Flower)
 
 	dir  string
 	cmd  *exec.Cmd
@@ -120,24 +135,39 @@ func Start(ctx context.Context, o Options) (*SuperLink, error) {
 	if err != nil {
 		return nil, err
 	}
-	fleet, err := FreeAddr()
-	if err != nil {
-		return nil, err
+	var addrs [4]string // Fleet, Driver, ServerAppIo, Control
+	for i := range addrs {
+		if addrs[i], err = FreeAddr(); err != nil {
+			return nil, err
+		}
 	}
-	driver, err := FreeAddr()
-	if err != nil {
-		return nil, err
-	}
+	fleet, driver := addrs[0], addrs[1]
 	logPath := filepath.Join(o.Dir, "superlink.log")
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{
-		"--certificates", ca, cert, key,
-		"--grpc-rere-fleet-api-address", fleet,
-		"--driver-api-address", driver,
-	}, NodeArgs(o.Nodes)...)
+	var args []string
+	switch {
+	case o.Flower || o.Flower129:
+		args = []string{
+			"--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key,
+			"--fleet-api-address", fleet,
+			"--serverappio-api-address", addrs[2],
+			"--control-api-address", addrs[3],
+			"--isolation", "process",
+		}
+		if !o.Flower {
+			args = append(args, "--driver-api-address", driver)
+			args = append(args, NodeArgs(o.Nodes)...)
+		}
+	default:
+		args = append([]string{
+			"--certificates", ca, cert, key,
+			"--grpc-rere-fleet-api-address", fleet,
+			"--driver-api-address", driver,
+		}, NodeArgs(o.Nodes)...)
+	}
 	args = append(args, o.Args...)
 	cmd := exec.Command(o.Binary, args...)
 	cmd.Env = append(os.Environ(), o.Env...)
@@ -149,8 +179,11 @@ func Start(ctx context.Context, o Options) (*SuperLink, error) {
 	s := &SuperLink{
 		Fleet: fleet, Driver: driver,
 		TLS:     transport.ClientOptions{RootCertificates: ca},
-		LogFile: logPath,
-		dir:     o.Dir, cmd: cmd, log: lf, done: make(chan struct{}),
+		LogFile: logPath, Flower: o.Flower,
+		dir: o.Dir, cmd: cmd, log: lf, done: make(chan struct{}),
+	}
+	if o.Flower || o.Flower129 {
+		s.AppIo, s.Control = addrs[2], addrs[3]
 	}
 	go func() {
 		s.err = cmd.Wait()
@@ -161,7 +194,7 @@ func Start(ctx context.Context, o Options) (*SuperLink, error) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if b, _ := os.ReadFile(logPath); bytes.Contains(b, []byte("msg=serving")) {
+		if s.serving() {
 			return s, nil
 		}
 		select {
@@ -179,6 +212,24 @@ func Start(ctx context.Context, o Options) (*SuperLink, error) {
 	}
 }
 
+// serving reports whether the SuperLink serves: Sepal's logs it; Flower's
+// serves once its Fleet, ServerAppIo and Control ports accept
+// connections (it starts the Fleet API last).
+func (s *SuperLink) serving() bool {
+	if !s.Flower {
+		b, _ := os.ReadFile(s.LogFile)
+		return bytes.Contains(b, []byte("msg=serving"))
+	}
+	for _, a := range []string{s.AppIo, s.Control, s.Fleet} {
+		c, err := net.DialTimeout("tcp", a, time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
 // PID is the SuperLink's process id.
 func (s *SuperLink) PID() int { return s.cmd.Process.Pid }
 
@@ -189,6 +240,10 @@ type Exit struct {
 	// Err is the process's exit error: nil after a graceful stop.
 	Err error
 }
+
+// flowerSIGINTExit is the status Flower's flower-superlink exits with
+// when SIGINT stops it gracefully (ExitCode.GRACEFUL_EXIT_SIGINT).
+const flowerSIGINTExit = 1
 
 // Stop sends SIGINT, waits up to 30 s for the SuperLink to end (then kills
 // it) and returns its rusage. It may be called more than once.
@@ -206,6 +261,10 @@ func (s *SuperLink) Stop() Exit {
 	}
 	s.log.Close()
 	e := Exit{Err: s.err}
+	var ee *exec.ExitError
+	if s.Flower && errors.As(e.Err, &ee) && ee.ExitCode() == flowerSIGINTExit {
+		e.Err = nil
+	}
 	if st := s.cmd.ProcessState; st != nil {
 		e.User, e.Sys = st.UserTime(), st.SystemTime()
 		e.CPU = e.User + e.Sys

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/internal/inflatable"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/internal/linkrules"
 )
@@ -372,7 +373,7 @@ func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 	}
 	defer s.mu.Unlock()
 	fab := nr.Fab
-	if fab == nil || linkrules.ObjectID(fab.GetContent()) != fab.GetHashStr() {
+	if fab == nil || inflatable.ID(fab.GetContent()) != fab.GetHashStr() {
 		return 0, status.Error(codes.InvalidArgument, "the FAB's hash_str is not the SHA-256 of its content")
 	}
 	if old := s.fabs[fab.HashStr]; old != nil {
@@ -950,8 +951,11 @@ func (s *Store) madeUp(runID uint64, ins *flwr129.Metadata, insID string, code i
 	return m
 }
 
-// PushObject implements state.LinkState.
+// PushObject implements state.LinkState. The content is hashed and parsed
+// before the lock is taken: a 5 MiB chunk's SHA-256 takes milliseconds,
+// which every other call would wait for.
 func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string, content []byte) (bool, error) {
+	obj := linkrules.PrepareObject(id, content)
 	if _, err := s.lock(ctx); err != nil {
 		return false, err
 	}
@@ -964,7 +968,7 @@ func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 	if o == nil || !o.runs[runID] {
 		return false, status.Errorf(codes.NotFound, "object %.80s is not in any object tree of run %d: push the message that holds it first", id, runID)
 	}
-	if err := linkrules.CheckObject(id, content, o.children); err != nil {
+	if err := obj.Check(o.children); err != nil {
 		return false, err
 	}
 	if !o.available {

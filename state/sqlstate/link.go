@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/internal/inflatable"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/internal/linkrules"
 )
@@ -448,7 +449,7 @@ func (s *State) runningRun(ctx context.Context, tx *txn, id uint64, now float64)
 // CreateLinkRun implements state.LinkState.
 func (s *State) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, error) {
 	fab := nr.Fab
-	if fab == nil || linkrules.ObjectID(fab.GetContent()) != fab.GetHashStr() {
+	if fab == nil || inflatable.ID(fab.GetContent()) != fab.GetHashStr() {
 		return 0, status.Error(codes.InvalidArgument, "the FAB's hash_str is not the SHA-256 of its content")
 	}
 	fabBytes, err := proto.Marshal(fab)

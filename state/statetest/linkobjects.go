@@ -1,22 +1,17 @@
 package statetest
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"strings"
-
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/internal/inflatable"
 )
 
 // FlowerObject returns the bytes of a Flower 1.29.0 object: "<typ>
 // <child,child> <len(body)>\x00<body>", and its id, the SHA-256 of them.
 func FlowerObject(typ string, children []string, body []byte) (id string, content []byte) {
-	content = fmt.Appendf(nil, "%s %s %d\x00", typ, strings.Join(children, ","), len(body))
-	content = append(content, body...)
-	return Hex256(content), content
+	content = inflatable.Encode(typ, children, body)
+	return inflatable.ID(content), content
 }
 
 // FlowerMessage is a message as a Flower peer pushes it: the Message sent
@@ -104,7 +99,4 @@ func Chunk(n int, seed byte) []byte {
 
 // Hex256 is the SHA-256 of b in lower-case hex: an object's id, a FAB's
 // hash.
-func Hex256(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
+func Hex256(b []byte) string { return inflatable.ID(b) }

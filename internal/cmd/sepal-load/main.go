@@ -1,11 +1,15 @@
 // Command sepal-load measures a flower-superlink process under load: a
-// FedAvg run with Flower 1.8.0's message sequence and sizes, many idle
-// SuperNodes, or small calls as fast as they come. It builds
-// flower-superlink from this module (or runs --superlink), starts it over
+// FedAvg run with Flower 1.8.0's message sequence and sizes, or with
+// Flower 1.29.0's (--protocol 1.29: signed Fleet calls, objects,
+// ServerAppIo and Control), many idle SuperNodes, or small calls as fast
+// as they come. It builds flower-superlink from this module (or runs
+// --superlink, or Flower's own with --flower-superlink), starts it over
 // TLS with a P-256 certificate on free loopback ports, runs the workload
 // with Go SuperNodes and a Go ServerApp, and prints one line per figure:
 //
 //	go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32
+//	go run ./internal/cmd/sepal-load --protocol 1.29 --nodes 16 --repeat 3
+//	go run ./internal/cmd/sepal-load --flower-superlink DEST/bin/flower-superlink
 //	go run ./internal/cmd/sepal-load --nodes 4 --repeat 3 -- --database state.db
 //	go run ./internal/cmd/sepal-load --nodes 16 --postgres
 //	go run ./internal/cmd/sepal-load --mode idle --nodes 1000
@@ -17,7 +21,7 @@
 // through Flower 1.29.0's own (in-memory state), in turn, --repeat times,
 // and prints each one's CPU seconds (its /proc/PID/stat utime+stime up to
 // the end of the run, its own, not its children's) and peak RSS (VmHWM).
-// The figures in the README's Flower 1.29 section came from:
+// The figures in docs/performance.md's Flower 1.29 section came from:
 //
 //	go run ./internal/cmd/sepal-load --mode flwr --app quickstart --rounds 3 --repeat 3
 //	go run ./internal/cmd/sepal-load --mode flwr --app arrays32 --rounds 2 --repeat 3
@@ -57,6 +61,8 @@ var command = cli.Command{
 	NoLogFormat: true, // its --verbose log lines are text only
 	Examples: []string{
 		"go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32",
+		"go run ./internal/cmd/sepal-load --protocol 1.29 --nodes 4 --repeat 3",
+		"go run ./internal/cmd/sepal-load --flower-superlink DEST/bin/flower-superlink   # Flower 1.29.0's own, from ../shared/flower-1.29/prepare.sh DEST",
 		"go run ./internal/cmd/sepal-load --nodes 16 --repeat 3 --node-poll 100ms --server-poll 100ms",
 		"go run ./internal/cmd/sepal-load --nodes 4 -- --database state.db",
 		"go run ./internal/cmd/sepal-load --nodes 16 --postgres   # --database on a throwaway PostgreSQL server",
@@ -73,6 +79,8 @@ func main() {
 
 type config struct {
 	mode       string
+	protocol   string
+	flower     string
 	nodes      int
 	rounds     int
 	modelMiB   float64
@@ -100,8 +108,10 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.nodes, "nodes", 0, "SuperNodes, each with its own TLS connection (default 2 for fedavg and flwr, 1000 for idle and rpcs)")
 	fs.IntVar(&c.rounds, "rounds", 2, "FedAvg rounds")
 	fs.Float64Var(&c.modelMiB, "model-mib", 32, "model size in MiB: one float32 array (32 MiB = 8,388,608 values)")
-	fs.DurationVar(&c.nodePoll, "node-poll", 3*time.Second, "the nodes' wait between PullTaskIns calls when idle (Flower 1.8.0: 3s)")
-	fs.DurationVar(&c.serverPoll, "server-poll", time.Second, "the ServerApp's wait between PullTaskRes calls (Flower 1.8.0: 1s)")
+	fs.StringVar(&c.protocol, "protocol", "1.8", "the Flower protocol of the fedavg workload: 1.8 (Flower 1.8.0's Fleet and Driver APIs) or 1.29 (Flower 1.29.0's: SuperNodes that sign every Fleet call and move objects, a ServerApp on ServerAppIo, the run started through the Control API)")
+	fs.StringVar(&c.flower, "flower-superlink", "", "run this Flower 1.29.0 flower-superlink (DEST/bin/flower-superlink of ../shared/flower-1.29/prepare.sh DEST; in-memory state) instead of Sepal's, for the same --protocol 1.29 fedavg workload")
+	fs.DurationVar(&c.nodePoll, "node-poll", 0, "the nodes' wait between polls when no message came (default 3s, as Flower 1.8.0's and 1.29.0's SuperNodes)")
+	fs.DurationVar(&c.serverPoll, "server-poll", 0, "the ServerApp's wait between polls for replies (default 1s with --protocol 1.8, 3s with 1.29, as Flower's)")
 	fs.BoolVar(&c.inStep, "in-step", false, "start every node at once, so that they poll in step and their results arrive together (the worst case for memory); by default their starts are spread over one --node-poll, as SuperNodes started one by one")
 	fs.IntVar(&c.repeat, "repeat", 1, "runs of the workload, each on a new SuperLink; figures are printed with their median, min and max")
 	fs.StringVar(&c.superlink, "superlink", "", "the flower-superlink binary (default: built from this module with go build)")
@@ -130,11 +140,49 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 			return nil, cli.Usagef("--app %q: want quickstart or arrays32", c.app)
 		case c.nodes > 16:
 			return nil, cli.Usagef("--nodes %d: --mode flwr starts a Python SuperNode per node (and a ClientApp process per message); want at most 16", c.nodes)
+		case c.flower != "" || fs.Changed("protocol"):
+			return nil, cli.Usagef("--mode flwr prepares Flower 1.29.0 itself and runs Flower's own protocol: leave out --flower-superlink and --protocol (they are for --mode fedavg)")
 		case len(c.args) > 0 || c.postgres || c.profile != "" || len(c.env) > 0:
 			return nil, cli.Usagef("--mode flwr runs both SuperLinks with Flower 1.29.0's command line: it takes no flags after --, --postgres, --profile or --superlink-env")
 		}
 	} else if fs.Changed("app") {
 		return nil, cli.Usagef("--app is for --mode flwr")
+	}
+	if c.flower != "" {
+		if fs.Changed("protocol") && c.protocol != "1.29" {
+			return nil, cli.Usagef("--flower-superlink runs Flower 1.29.0's SuperLink: it speaks --protocol 1.29, not %s", c.protocol)
+		}
+		c.protocol = "1.29"
+		if c.superlink != "" || c.profile != "" || c.postgres {
+			return nil, cli.Usagef("--flower-superlink runs Flower's own SuperLink: leave out --superlink, --profile and --postgres")
+		}
+		if _, err := os.Stat(c.flower); err != nil {
+			return nil, cli.Usagef("--flower-superlink %s: %v (run ../shared/flower-1.29/prepare.sh DEST and give DEST/bin/flower-superlink)", c.flower, err)
+		}
+	}
+	switch c.protocol {
+	case "1.8":
+	case "1.29":
+		if c.mode != "fedavg" {
+			return nil, cli.Usagef("--protocol 1.29 runs the fedavg mode only, not %s", c.mode)
+		}
+		if c.postgres {
+			return nil, cli.Usagef("--protocol 1.29 does not run with --postgres yet: give -- --database postgres://... yourself")
+		}
+	default:
+		return nil, cli.Usagef("--protocol %q: want 1.8 or 1.29", c.protocol)
+	}
+	if c.nodePoll == 0 {
+		c.nodePoll = 3 * time.Second
+	}
+	if c.serverPoll == 0 {
+		c.serverPoll = time.Second
+		if c.protocol == "1.29" {
+			c.serverPoll = 3 * time.Second
+		}
+	}
+	if c.nodePoll < 0 || c.serverPoll < 0 {
+		return nil, cli.Usagef("--node-poll %v, --server-poll %v: want durations above 0", c.nodePoll, c.serverPoll)
 	}
 	if c.nodes == 0 {
 		c.nodes = 2
@@ -188,6 +236,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer os.RemoveAll(tmp)
 	bin := c.superlink
+	if c.flower != "" {
+		bin = c.flower
+	}
 	if bin == "" {
 		fmt.Fprintln(stderr, "building flower-superlink ...")
 		var tags []string
@@ -205,6 +256,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runFlwr(ctx, c, bin, tmp, stdout, stderr)
 	}
 	fmt.Fprintf(stdout, "# %s --mode %s --nodes %d", name, c.mode, c.nodes)
+	if c.protocol != "1.8" {
+		fmt.Fprintf(stdout, " --protocol %s", c.protocol)
+	}
+	if c.flower != "" {
+		fmt.Fprintf(stdout, " --flower-superlink %s", c.flower)
+	}
 	if c.mode == "fedavg" {
 		fmt.Fprintf(stdout, " --rounds %d --model-mib %g --node-poll %v --server-poll %v", c.rounds, c.modelMiB, c.nodePoll, c.serverPoll)
 		if c.inStep {
@@ -226,6 +283,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, " -- %s", strings.Join(shown, " "))
 	}
 	fmt.Fprintf(stdout, "\n# load average before: %s\n", loadAvg())
+	if c.protocol == "1.29" {
+		fmt.Fprintln(stdout, "# held_peak_mib: the most object bytes the run made the SuperLink hold at once, each object from the PushObject that stored it")
+		fmt.Fprintln(stdout, "#   (or the PushMessages naming it, when held already) to the ConfirmMessageReceived of the last message naming it;")
+		fmt.Fprintln(stdout, "#   floor_cpu_s: the Fleet API's bytes over TLS plus ServerAppIo's over plain TCP; checks_cpu_s: SHA-256 of every object pushed and a P-384 verification per Fleet call")
+	}
 
 	var pg *load.Postgres
 	if c.postgres {
@@ -285,7 +347,8 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 			return err
 		}
 	}
-	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: env, Nodes: c.nodes})
+	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: env, Nodes: c.nodes,
+		Flower129: c.protocol == "1.29", Flower: c.flower != ""})
 	if err != nil {
 		return err
 	}
@@ -321,8 +384,40 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 			err = readPG(exit)
 		}
 	}()
-	switch c.mode {
-	case "fedavg":
+	switch {
+	case c.mode == "fedavg" && c.protocol == "1.29":
+		o := load.FedAvg129Options{
+			Nodes: c.nodes, Rounds: c.rounds, ModelBytes: int(c.modelMiB*(1<<20)) &^ 3,
+			NodePoll: c.nodePoll, ServerPoll: c.serverPoll, InStep: c.inStep, Logger: logger,
+		}
+		r, err := load.RunFedAvg129(ctx, s, o)
+		if err != nil {
+			return err
+		}
+		figs.addRun(r.FedAvgResult)
+		figs.add("held_peak_mib", "MiB", mib(r.HeldPeak))
+		figs.add("peak_rss_over_held", "x", float64(r.Memory.HWM)/float64(r.HeldPeak))
+		figs.add("superlink_rss_start_mib", "MiB", mib(r.Start.RSS))
+		figs.add("peak_rss_growth_over_held", "x", float64(r.Memory.HWM-r.Start.RSS)/float64(r.HeldPeak))
+		figs.add("fleet_in_mib", "MiB", mib(r.Fleet.In))
+		figs.add("fleet_out_mib", "MiB", mib(r.Fleet.Out))
+		figs.add("appio_in_mib", "MiB", mib(r.AppIo.In))
+		figs.add("appio_out_mib", "MiB", mib(r.AppIo.Out))
+		figs.add("fleet_calls", "", float64(r.FleetCalls))
+		if err := figs.addFloor(ctx, s, r.Fleet, r.AppIo, r.Part, nil); err != nil {
+			return err
+		}
+		// What any 1.29 SuperLink spends besides moving the bytes: the
+		// SHA-256 of every object pushed, an ECDSA P-384 verification per
+		// Fleet call.
+		checks, err := load.Checks(ctx, r.In(), int(r.Part), r.FleetCalls)
+		if err != nil {
+			return err
+		}
+		figs.add("checks_cpu_s", "s", checks.Seconds())
+		floor := figs.last("floor_cpu_s")
+		figs.add("superlink_cpu_over_floor_and_checks", "x", s.Stop().CPU.Seconds()/(floor+checks.Seconds()))
+	case c.mode == "fedavg":
 		o := load.FedAvgOptions{
 			Nodes: c.nodes, Rounds: c.rounds, ModelBytes: int(c.modelMiB*(1<<20)) &^ 3,
 			NodePoll: c.nodePoll, ServerPoll: c.serverPoll, InStep: c.inStep, Logger: logger,
@@ -334,36 +429,13 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 		if err != nil {
 			return err
 		}
-		figs.add("superlink_peak_rss_mib", "MiB", mib(r.Memory.HWM))
-		figs.add("superlink_rss_after_mib", "MiB", mib(r.Memory.RSS))
-		for i, d := range r.Rounds {
-			figs.add(fmt.Sprintf("round_%d_wall_s", i+1), "s", d.Seconds())
-		}
-		for i, d := range r.RoundCPU {
-			figs.add(fmt.Sprintf("round_%d_superlink_cpu_s", i+1), "s", d.Seconds())
-		}
+		figs.addRun(r)
 		for i, d := range r.RoundOtherCPU {
 			figs.add(fmt.Sprintf("round_%d_postgres_cpu_s", i+1), "s", d.Seconds())
 		}
-		figs.add("superlink_page_faults", "", float64(r.PageFaults))
-		figs.add("run_wall_s", "s", r.Wall.Seconds())
 		figs.add("moved_each_way_mib", "MiB", mib(o.MovedEachWay()))
-		// The TLS floor, once the SuperLink has stopped: what the same
-		// bytes cost TLS alone, on this machine now.
-		exit := s.Stop()
-		if exit.Err != nil {
-			return fmt.Errorf("flower-superlink did not stop cleanly: %v (log: %s)", exit.Err, s.LogFile)
-		}
-		if err := readPG(exit); err != nil {
-			return err
-		}
-		floor, err := load.Floor(ctx, s, o.MovedEachWay(), o.MovedEachWay(), int(o.Payload()))
-		if err != nil {
-			return err
-		}
-		figs.add("tls_floor_cpu_s", "s", floor.Seconds())
-		figs.add("superlink_cpu_over_floor", "x", exit.CPU.Seconds()/floor.Seconds())
-	case "idle":
+		return figs.addFloor(ctx, s, load.Traffic{In: o.MovedEachWay(), Out: o.MovedEachWay()}, load.Traffic{}, o.Payload(), readPG)
+	case c.mode == "idle":
 		r, err := load.RunIdle(ctx, s, load.IdleOptions{Nodes: c.nodes, Poll: c.nodePoll, Settle: c.settle, Logger: logger})
 		if err != nil {
 			return err
@@ -373,7 +445,7 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 		figs.add("superlink_peak_rss_mib", "MiB", mib(r.After.HWM))
 		figs.add("rss_per_node_kib", "KiB", r.PerNode()/1024)
 		figs.add("idle_cpu_cores", "cores", r.CPU.Seconds()/r.Settle.Seconds())
-	case "rpcs":
+	case c.mode == "rpcs":
 		levels, err := load.RunRPCs(ctx, s, load.RPCOptions{Nodes: c.nodes, Duration: c.duration})
 		if err != nil {
 			return err
@@ -397,6 +469,53 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// addRun adds the figures every FedAvg run has.
+func (f *figures) addRun(r load.FedAvgResult) {
+	f.add("superlink_peak_rss_mib", "MiB", mib(r.Memory.HWM))
+	f.add("superlink_rss_after_mib", "MiB", mib(r.Memory.RSS))
+	for i, d := range r.Rounds {
+		f.add(fmt.Sprintf("round_%d_wall_s", i+1), "s", d.Seconds())
+	}
+	for i, d := range r.RoundCPU {
+		f.add(fmt.Sprintf("round_%d_superlink_cpu_s", i+1), "s", d.Seconds())
+	}
+	f.add("superlink_page_faults", "", float64(r.PageFaults))
+	f.add("run_wall_s", "s", r.Wall.Seconds())
+}
+
+// addFloor stops the SuperLink, calls stopped (when not nil) and adds
+// the floor of the bytes it moved over TLS and in plaintext, in writes of
+// part bytes: what the same bytes cost TLS alone (tls_floor_cpu_s) and
+// plain TCP alone (plain_floor_cpu_s, when some were), on this machine
+// now, and the SuperLink's CPU time over their sum.
+func (f *figures) addFloor(ctx context.Context, s *load.SuperLink, tlsBytes, plainBytes load.Traffic, part int64, stopped func(load.Exit) error) error {
+	exit := s.Stop()
+	if exit.Err != nil {
+		return fmt.Errorf("flower-superlink did not stop cleanly: %v (log: %s)", exit.Err, s.LogFile)
+	}
+	if stopped != nil {
+		if err := stopped(exit); err != nil {
+			return err
+		}
+	}
+	floor, err := load.Floor(ctx, s, tlsBytes.In, tlsBytes.Out, int(part))
+	if err != nil {
+		return err
+	}
+	f.add("tls_floor_cpu_s", "s", floor.Seconds())
+	if plainBytes.In+plainBytes.Out > 0 {
+		plain, err := load.PlainFloor(ctx, s, plainBytes.In, plainBytes.Out, int(part))
+		if err != nil {
+			return err
+		}
+		f.add("plain_floor_cpu_s", "s", plain.Seconds())
+		floor += plain
+		f.add("floor_cpu_s", "s", floor.Seconds())
+	}
+	f.add("superlink_cpu_over_floor", "x", exit.CPU.Seconds()/floor.Seconds())
+	return nil
+}
 
 // runFlwr is --mode flwr: the same Flower 1.29.0 run through Sepal's
 // SuperLink (bin) and through Flower's own, in turn, --repeat times.
@@ -474,6 +593,12 @@ func (f *figures) add(name, _ string, v float64) {
 		f.names = append(f.names, name)
 	}
 	f.vals[name] = append(f.vals[name], v)
+}
+
+// last returns the value of name from the latest run.
+func (f *figures) last(name string) float64 {
+	vs := f.vals[name]
+	return vs[len(vs)-1]
 }
 
 // print writes one line per figure: its value, or with several runs the

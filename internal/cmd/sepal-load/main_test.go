@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sepal-fl/sepal/internal/cli"
 	"github.com/sepal-fl/sepal/internal/load"
@@ -30,6 +31,15 @@ func TestParseArgs(t *testing.T) {
 	if c, err := parseArgs([]string{"--mode", "idle"}, io.Discard); err != nil || c.nodes != 1000 {
 		t.Errorf("--mode idle: nodes %v, %v; want 1000 by default", c, err)
 	}
+	if c.protocol != "1.8" || c.serverPoll != time.Second || c.nodePoll != 3*time.Second {
+		t.Errorf("by default: protocol %q, polls %v and %v; want 1.8, 1s and 3s", c.protocol, c.serverPoll, c.nodePoll)
+	}
+	if c, err := parseArgs([]string{"--protocol", "1.29"}, io.Discard); err != nil || c.serverPoll != 3*time.Second {
+		t.Errorf("--protocol 1.29: %+v, %v; want the ServerApp polling every 3s, as Flower 1.29.0's", c, err)
+	}
+	if c, err := parseArgs([]string{"--flower-superlink", os.Args[0]}, io.Discard); err != nil || c.protocol != "1.29" {
+		t.Errorf("--flower-superlink: %+v, %v; want --protocol 1.29", c, err)
+	}
 	if c, err := parseArgs([]string{"--mode", "flwr"}, io.Discard); err != nil || c.nodes != 2 || c.app != "quickstart" {
 		t.Errorf("--mode flwr: %+v, %v; want 2 nodes and quickstart by default", c, err)
 	}
@@ -38,6 +48,8 @@ func TestParseArgs(t *testing.T) {
 		{"--mode", "flwr", "--nodes", "100"},
 		{"--mode", "flwr", "--", "--insecure"},
 		{"--app", "arrays32"},
+		{"--mode", "flwr", "--protocol", "1.29"},
+		{"--mode", "flwr", "--flower-superlink", os.Args[0]},
 	} {
 		if _, err := parseArgs(bad, io.Discard); !errors.As(err, new(*cli.UsageError)) {
 			t.Errorf("%q: %v, want a usage error", bad, err)
@@ -52,6 +64,11 @@ func TestParseArgs(t *testing.T) {
 		{"--superlink-env", "GOGC"},
 		{"stray"},
 		{"stray", "--", "--insecure"},
+		{"--protocol", "1.9"},
+		{"--protocol", "1.29", "--mode", "idle"},
+		{"--flower-superlink", "/no/such/flower-superlink"},
+		{"--flower-superlink", os.Args[0], "--protocol", "1.8"},
+		{"--node-poll", "-1s"},
 	} {
 		_, err := parseArgs(bad, io.Discard)
 		if ue, ok := errors.AsType[*cli.UsageError](err); !ok {
@@ -76,6 +93,26 @@ func TestRunPrintsFigures(t *testing.T) {
 	}
 	for _, fig := range []string{"superlink_cpu_s", "superlink_peak_rss_mib", "round_1_wall_s", "run_wall_s", "moved_each_way_mib", "tls_floor_cpu_s", "superlink_cpu_over_floor"} {
 		re := regexp.MustCompile(`(?m)^` + fig + ` +[0-9.]+  \(median of 2; range [0-9.]+-[0-9.]+; runs [0-9.]+ [0-9.]+\)$`)
+		if !re.MatchString(out.String()) {
+			t.Errorf("no line for %s in:\n%s", fig, out.String())
+		}
+	}
+}
+
+// The Flower 1.29.0 FedAvg workload through the whole command: its own
+// figures, the objects held and the bytes moved each way among them.
+func TestRun129PrintsFigures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs flower-superlink: skipped under -short (CI runs it)")
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"--protocol", "1.29", "--nodes", "2", "--rounds", "1", "--model-mib", "0.25",
+		"--node-poll", "50ms", "--server-poll", "50ms"}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("%v\n%s%s", err, out.String(), errOut.String())
+	}
+	for _, fig := range []string{"superlink_cpu_s", "superlink_peak_rss_mib", "held_peak_mib", "peak_rss_over_held", "round_1_wall_s", "fleet_in_mib", "fleet_out_mib", "appio_in_mib", "appio_out_mib", "fleet_calls", "tls_floor_cpu_s", "plain_floor_cpu_s", "floor_cpu_s", "superlink_cpu_over_floor", "checks_cpu_s", "superlink_cpu_over_floor_and_checks", "superlink_rss_start_mib", "peak_rss_growth_over_held"} {
+		re := regexp.MustCompile(`(?m)^` + fig + ` +[0-9.]+$`)
 		if !re.MatchString(out.String()) {
 			t.Errorf("no line for %s in:\n%s", fig, out.String())
 		}

@@ -5,24 +5,21 @@
 package linkrules
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"math"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/internal/inflatable"
 	"github.com/sepal-fl/sepal/state"
 )
 
@@ -35,82 +32,14 @@ const (
 	MaxTreeNodes = 1 << 16
 )
 
-// ObjectTypes are the object types Flower 1.29.0 inflates
-// (inflatable_class_registry).
-var ObjectTypes = []string{"ArrayChunk", "Array", "ArrayRecord", "ConfigRecord", "Message", "MetricRecord", "RecordDict"}
-
-// ObjectID is the id of an object: the SHA-256 of its bytes, lower-case
-// hex, as Flower computes it.
-func ObjectID(content []byte) string {
-	h := sha256.Sum256(content)
-	return hex.EncodeToString(h[:])
-}
-
-// ValidID reports whether id has the form of an object id: 64 lower-case
-// hex digits.
-func ValidID(id string) bool {
-	if len(id) != 64 {
-		return false
-	}
-	for i := range len(id) {
-		c := id[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// ParseObject checks content as Flower's validate_object_content does,
-// "<Type> <child_id,child_id,...> <body_len>\x00<body>", and returns its
-// type and the ids of its children.
-func ParseObject(content []byte) (typ string, children []string, err error) {
-	i := bytes.IndexByte(content, 0)
-	if i < 0 {
-		return "", nil, fmt.Errorf("no head: the bytes hold no NUL between head and body")
-	}
-	head := content[:i]
-	if !utf8.Valid(head) {
-		return "", nil, fmt.Errorf("the head is not UTF-8")
-	}
-	parts := strings.Split(string(head), " ")
-	if len(parts) != 3 {
-		return "", nil, fmt.Errorf("the head %.80q has %d space-separated parts, not 3 (type, children, body length)", head, len(parts))
-	}
-	typ = parts[0]
-	if !slices.Contains(ObjectTypes, typ) {
-		return "", nil, fmt.Errorf("objects of type %.40q are not supported", typ)
-	}
-	if parts[1] != "" {
-		children = strings.Split(parts[1], ",")
-		for _, c := range children {
-			if !ValidID(c) {
-				return "", nil, fmt.Errorf("child id %.80q is not a SHA-256 hex digest", c)
-			}
-		}
-	}
-	n, err := strconv.Atoi(parts[2])
-	if err != nil || n != len(content)-i-1 {
-		return "", nil, fmt.Errorf("the head says the body is %.20q bytes, it is %d", parts[2], len(content)-i-1)
-	}
-	return typ, children, nil
-}
-
-// CheckObject checks pushed content against its id and against the
-// children the object's tree gave it; the error is a FailedPrecondition
-// status (Flower's code for content that is not what it should be).
-func CheckObject(id string, content []byte, treeChildren []string) error {
-	return PrepareObject(id, content).Check(treeChildren)
-}
-
 // Object is pushed content, hashed and parsed once (PrepareObject), so
-// that a store can do that work before its transaction and use the hash
-// as the content's key.
+// that a store can do that work before its lock or transaction and use
+// the hash as the content's key.
 type Object struct {
 	ID       string
 	Sum      [sha256.Size]byte // the SHA-256 of the content
 	children []string
-	err      error // of the hash or the parse, in CheckObject's words
+	err      error // of the hash or the parse, in Check's words
 }
 
 // PrepareObject hashes and parses content pushed as object id.
@@ -120,7 +49,7 @@ func PrepareObject(id string, content []byte) Object {
 		o.err = status.Errorf(codes.FailedPrecondition, "object %s: its bytes hash to %s: an object's id is the SHA-256 of its bytes", id, got)
 		return o
 	}
-	_, children, err := ParseObject(content)
+	_, children, err := inflatable.Parse(content)
 	if err != nil {
 		o.err = status.Errorf(codes.FailedPrecondition, "object %s has an unexpected structure: %v", id, err)
 		return o
@@ -129,7 +58,9 @@ func PrepareObject(id string, content []byte) Object {
 	return o
 }
 
-// Check is CheckObject of the prepared content.
+// Check checks the prepared content against its id and against the
+// children the object's tree gave it; the error is a FailedPrecondition
+// status (Flower's code for content that is not what it should be).
 func (o Object) Check(treeChildren []string) error {
 	if o.err != nil {
 		return o.err
@@ -174,7 +105,7 @@ func FlattenTree(tree *flwr129.ObjectTree, messageID string) ([]TreeNode, error)
 		if depth > MaxTreeDepth || count > MaxTreeNodes {
 			return status.Errorf(codes.InvalidArgument, "object tree deeper than %d or larger than %d nodes", MaxTreeDepth, MaxTreeNodes)
 		}
-		if !ValidID(t.GetObjectId()) {
+		if !inflatable.ValidID(t.GetObjectId()) {
 			return status.Errorf(codes.InvalidArgument, "object id %.80q is not a SHA-256 hex digest", t.GetObjectId())
 		}
 		kids := make([]string, 0, len(t.GetChildren()))
@@ -222,7 +153,7 @@ func CheckMessage(m *flwr129.Message, reply bool, now float64) error {
 	if md == nil {
 		return status.Error(codes.InvalidArgument, "malformed message: no metadata")
 	}
-	if !ValidID(md.GetMessageId()) {
+	if !inflatable.ValidID(md.GetMessageId()) {
 		errs = append(errs, "`metadata.message_id` is not the message's object id")
 	}
 	if c := md.GetCreatedAt(); math.IsNaN(c) || c < state.MinMessageCreatedAt {
@@ -371,8 +302,8 @@ func MadeUpReply(ins *flwr129.Metadata, insID string, code int64, reason string,
 	if err != nil {
 		panic(err) // a message of plain fields always marshals
 	}
-	content := append(fmt.Appendf(nil, "Message  %d\x00", len(body)), body...)
-	md.MessageId = ObjectID(content)
+	content := inflatable.Encode("Message", nil, body)
+	md.MessageId = inflatable.ID(content)
 	return m, content
 }
 

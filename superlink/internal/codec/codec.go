@@ -67,6 +67,12 @@ type Options struct {
 	// new (a node's result), which decodes them in one pass: copied and
 	// hashed at once, looked up after. Default: none are.
 	Fresh func(proto.Message) bool
+	// Opaque reports whether the large bytes fields of a message are
+	// contents the state neither looks up nor interns by their
+	// state.HashBlob (Flower 1.29.0's objects, which a state keys by
+	// their SHA-256): they are decoded without being hashed, looked up
+	// or noted, and so read once less. Default: none are.
+	Opaque func(proto.Message) bool
 }
 
 // StandIns resolve a stand-in message to the buffer of the request it

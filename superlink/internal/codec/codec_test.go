@@ -3,12 +3,14 @@ package codec
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/internal/golden"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/memstate"
@@ -402,5 +404,78 @@ func taskIns(run, node int64, created float64) *flwrproto.TaskIns {
 			TaskType:  "train",
 			Recordset: &flwrproto.RecordSet{},
 		},
+	}
+}
+
+// BenchmarkUnmarshalObject decodes a captured PushObjectRequest carrying
+// a 5 MiB chunk, the request Flower 1.29.0's peers send most, as a
+// SuperLink's codec on the in-memory state does: the object's content is
+// a slice of the request's buffer, and nothing else reads its bytes (the
+// state hashes it once, with SHA-256, for its id).
+//
+//	go test ./superlink/internal/codec -run '^$' -bench UnmarshalObject
+func BenchmarkUnmarshalObject(b *testing.B) {
+	r := rand.New(rand.NewPCG(7, 8))
+	content := randomBytes(r, 5<<20)
+	buf, err := proto.Marshal(&flwr129.PushObjectRequest{Node: &flwr129.Node{NodeId: 9}, RunId: 3, ObjectId: "ab", ObjectContent: content})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := New(Options{Finder: memstate.New(memstate.Options{}), StandIns: noStandIns{}, Opaque: func(proto.Message) bool { return true }})
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		var got flwr129.PushObjectRequest
+		if err := c.unmarshalOwned(buf, &got); err != nil {
+			b.Fatal(err)
+		}
+		if !inside(buf, got.ObjectContent) {
+			b.Fatal("the content is not a slice of the request's buffer")
+		}
+	}
+}
+
+// An opaque request's large bytes are taken as they come: from a
+// captured buffer, a slice of it; from frames, one copy. Neither is
+// looked up in the state (which holds the same bytes here) nor noted.
+func TestCodecOpaque(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	content := randomBytes(r, 2*BigBytes)
+	hb := heldBlob{slices.Clone(content), map[*byte]uint64{}}
+	c := New(Options{Finder: hb, StandIns: noStandIns{}, Opaque: func(m proto.Message) bool {
+		_, ok := m.(*flwr129.PushObjectRequest)
+		return ok
+	}})
+	buf, err := proto.Marshal(&flwr129.PushObjectRequest{RunId: 3, ObjectId: "ab", ObjectContent: content})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owned, framed flwr129.PushObjectRequest
+	if err := c.unmarshalOwned(buf, &owned); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(owned.ObjectContent, content) || !inside(buf, owned.ObjectContent) {
+		t.Errorf("from a captured buffer: equal %v, a slice of it %v", bytes.Equal(owned.ObjectContent, content), inside(buf, owned.ObjectContent))
+	}
+	if err := c.Unmarshal(splitBuffers(buf, 16<<10), &framed); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(framed.ObjectContent, content) || &framed.ObjectContent[0] == &hb.data[0] {
+		t.Errorf("from frames: equal %v, the state's copy %v", bytes.Equal(framed.ObjectContent, content), &framed.ObjectContent[0] == &hb.data[0])
+	}
+	if len(hb.notes) != 0 {
+		t.Errorf("%d hashes noted for opaque content", len(hb.notes))
+	}
+	// A 1.8.0 array with the same bytes is still found in the state.
+	var res flwrproto.PushTaskResRequest
+	enc, err := proto.Marshal(&flwrproto.PushTaskResRequest{TaskResList: []*flwrproto.TaskRes{{Task: &flwrproto.Task{Recordset: &flwrproto.RecordSet{
+		Parameters: map[string]*flwrproto.ParametersRecord{"p": {DataKeys: []string{"0"}, DataValues: []*flwrproto.Array{{Data: content}}}}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmarshal(splitBuffers(enc, 16<<10), &res); err != nil {
+		t.Fatal(err)
+	}
+	if d := res.TaskResList[0].Task.Recordset.Parameters["p"].DataValues[0].Data; &d[0] != &hb.data[0] {
+		t.Error("an array of a 1.8.0 request was not looked up")
 	}
 }

@@ -70,8 +70,14 @@ func (c *Codec) unmarshalOwned(buf []byte, m proto.Message) error {
 // with proto.Unmarshal when anything is unexpected.
 func (c *Codec) decode(f *frames, m proto.Message, whole func() []byte) error {
 	var bigs [][]byte
-	fresh := c.o.Fresh != nil && c.o.Fresh(m)
-	small, err := c.compact(f, m.ProtoReflect().Descriptor(), 0, f.n, nil, &bigs, fresh)
+	kind := arraysHeld
+	switch {
+	case c.o.Opaque != nil && c.o.Opaque(m):
+		kind = opaque
+	case c.o.Fresh != nil && c.o.Fresh(m):
+		kind = arraysFresh
+	}
+	small, err := c.compact(f, m.ProtoReflect().Descriptor(), 0, f.n, nil, &bigs, kind)
 	if err == nil && len(bigs) > 0 {
 		c.unalias(f, bigs)
 		if err = proto.Unmarshal(small, m); err == nil {
@@ -186,24 +192,47 @@ func (f *frames) equal(d []byte, pos int) bool {
 	return eq
 }
 
+// bigKind says what the large bytes values of a message are.
+type bigKind int
+
+const (
+	// arraysHeld are arrays the state most likely holds already:
+	// parameters the ServerApp sends to every node.
+	arraysHeld bigKind = iota
+	// arraysFresh are arrays most likely new: a node's result.
+	arraysFresh
+	// opaque are contents the state does not look up by their
+	// state.HashBlob: Flower 1.29.0's objects.
+	opaque
+)
+
 // large returns the bytes value at [pos, pos+n): the state's copy when
-// it holds the same content, otherwise a new slice of its own. Its hash
-// (state.HashBlob) is noted for the state, which would otherwise read
-// the array once more to intern it.
+// it holds the same content, otherwise a new slice of its own (or, from
+// a buffer the codec owns, a slice of it). Its hash (state.HashBlob) is
+// noted for the state, which would otherwise read the array once more to
+// intern it.
 //
-// fresh says the content is most likely new (a node's result): then the
-// value is copied and hashed in one pass, each frame hashed while it is
-// in the cache, and looked up after. Otherwise (parameters the ServerApp
-// sends to every node, held after the first) it is hashed and looked up
-// first, and copied only when the state does not hold it.
-func (c *Codec) large(f *frames, pos, n int, fresh bool) []byte {
+// An opaque value is taken as it is: not hashed, looked up or noted.
+// Fresh content (a node's result) is copied and hashed in one pass, each
+// frame hashed while it is in the cache, and looked up after. Other
+// arrays (parameters the ServerApp sends to every node, held after the
+// first) are hashed and looked up first, and copied only when the state
+// does not hold them.
+func (c *Codec) large(f *frames, pos, n int, kind bigKind) []byte {
+	if kind == opaque {
+		if f.alias {
+			f.aliasedBytes += n
+			return f.bufs[0][pos : pos+n : pos+n]
+		}
+		return f.copyOut(pos, n, nil)
+	}
 	if f.alias {
 		return c.aliased(f, pos, n)
 	}
 	if c.in == nil {
 		return f.copyOut(pos, n, nil)
 	}
-	if fresh {
+	if kind == arraysFresh {
 		h := state.NewBlobHash()
 		d := f.copyOut(pos, n, h)
 		sum := h.Sum64()
@@ -273,7 +302,9 @@ func (c *Codec) unalias(f *frames, bigs [][]byte) {
 		cp, ok := copies[&b[0]]
 		if !ok {
 			cp = f.copyOut(int(uintptr(unsafe.Pointer(&b[0]))-uintptr(unsafe.Pointer(&buf[0]))), len(b), nil)
-			c.note(cp, f.sums[&b[0]])
+			if sum, ok := f.sums[&b[0]]; ok { // opaque values have none
+				c.note(cp, sum)
+			}
 			copies[&b[0]] = cp
 		}
 		bigs[i] = cp
@@ -313,7 +344,7 @@ func (f *frames) copyOut(pos, n int, h hash.Hash) []byte {
 
 // compact appends to out the message of type md found at [pos, end), with
 // large bytes values replaced by placeholders and collected in bigs.
-func (c *Codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end int, out []byte, bigs *[][]byte, fresh bool) ([]byte, error) {
+func (c *Codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end int, out []byte, bigs *[][]byte, kind bigKind) ([]byte, error) {
 	fields := md.Fields()
 	for pos < end {
 		start := pos
@@ -346,7 +377,7 @@ func (c *Codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end i
 			fd := fields.ByNumber(num)
 			switch {
 			case fd != nil && fd.Kind() == protoreflect.MessageKind:
-				sub, err := c.compact(f, fd.Message(), pos, pos+int(l), nil, bigs, fresh)
+				sub, err := c.compact(f, fd.Message(), pos, pos+int(l), nil, bigs, kind)
 				if err != nil {
 					return nil, err
 				}
@@ -356,7 +387,7 @@ func (c *Codec) compact(f *frames, md protoreflect.MessageDescriptor, pos, end i
 				continue
 			case fd != nil && fd.Kind() == protoreflect.BytesKind && int(l) >= c.bigMin:
 				idx := len(*bigs)
-				*bigs = append(*bigs, c.large(f, pos, int(l), fresh))
+				*bigs = append(*bigs, c.large(f, pos, int(l), kind))
 				out = protowire.AppendTag(out, num, protowire.BytesType)
 				out = protowire.AppendVarint(out, uint64(placeholderLen))
 				out = append(out, marker[:]...)
