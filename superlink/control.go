@@ -161,7 +161,7 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 	t := time.NewTicker(LogStreamInterval)
 	defer t.Stop()
 	for {
-		text, latest, finished, err := c.s.Logs(ctx, r.GetRunId(), after)
+		text, latest, finished, err := c.s.Logs(ctx, r.GetRunId(), after, 0)
 		if err != nil {
 			return err
 		}

@@ -208,7 +208,7 @@ func (f *fleet129) ConfirmMessageReceived(ctx context.Context, r *flwr129.Confir
 	if _, err := f.auth.verify(ctx, true, r.GetNode().GetNodeId()); err != nil {
 		return nil, err
 	}
-	if err := f.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetMessageObjectId()); err != nil {
+	if err := f.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetNode().GetNodeId(), r.GetMessageObjectId()); err != nil {
 		return nil, err
 	}
 	return &flwr129.ConfirmMessageReceivedResponse{}, nil

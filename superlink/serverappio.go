@@ -160,7 +160,7 @@ func (a *serverAppIo) ConfirmMessageReceived(ctx context.Context, r *flwr129.Con
 	if _, err := a.tokenRun(ctx, r.GetRunId()); err != nil {
 		return nil, err
 	}
-	if err := a.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetMessageObjectId()); err != nil {
+	if err := a.s.ConfirmMessageReceived(ctx, r.GetRunId(), state.SuperLinkNodeID, r.GetMessageObjectId()); err != nil {
 		return nil, err
 	}
 	return &flwr129.ConfirmMessageReceivedResponse{}, nil

@@ -26,15 +26,6 @@ import (
 	"github.com/sepal-fl/sepal/state"
 )
 
-// Bounds of an object tree, far above what Flower sends (a message is a
-// tree of depth 5: Message, RecordDict, ArrayRecord, Array, ArrayChunk;
-// a 1 GiB model in 5 MiB chunks is about 200 nodes), so that a peer
-// cannot make the SuperLink walk or hold an unbounded tree.
-const (
-	MaxTreeDepth = 16
-	MaxTreeNodes = 1 << 16
-)
-
 // ObjectTypes are the object types Flower 1.29.0 inflates
 // (inflatable_class_registry).
 var ObjectTypes = []string{"ArrayChunk", "Array", "ArrayRecord", "ConfigRecord", "Message", "MetricRecord", "RecordDict"}
@@ -154,32 +145,28 @@ type TreeNode struct {
 	Children []string
 }
 
-// FlattenTree checks a message's object tree (ids well formed, within
-// MaxTreeDepth and MaxTreeNodes, one id never given two different sets of
-// children, its root the message's id) and returns its nodes in post
-// order, each id once. The error is an InvalidArgument status.
+// FlattenTree checks a message's object tree (its shape within
+// state.CheckTreeShape's bounds, ids well formed, one id never given two
+// different sets of children, its root the message's id) and returns its
+// nodes in post order, each id once. The error is an InvalidArgument
+// status.
 func FlattenTree(tree *flwr129.ObjectTree, messageID string) ([]TreeNode, error) {
-	if tree == nil {
-		return nil, status.Error(codes.InvalidArgument, "a message has no object tree: send one per message")
+	if err := state.CheckTreeShape(tree); err != nil {
+		return nil, err
 	}
 	if tree.GetObjectId() != messageID {
 		return nil, status.Errorf(codes.InvalidArgument, "the object tree's root %.80q is not the message's id %.80q", tree.GetObjectId(), messageID)
 	}
 	var out []TreeNode
 	seen := map[string][]string{}
-	count := 0
-	var walk func(t *flwr129.ObjectTree, depth int) error
-	walk = func(t *flwr129.ObjectTree, depth int) error {
-		count++
-		if depth > MaxTreeDepth || count > MaxTreeNodes {
-			return status.Errorf(codes.InvalidArgument, "object tree deeper than %d or larger than %d nodes", MaxTreeDepth, MaxTreeNodes)
-		}
+	var walk func(t *flwr129.ObjectTree) error
+	walk = func(t *flwr129.ObjectTree) error {
 		if !ValidID(t.GetObjectId()) {
 			return status.Errorf(codes.InvalidArgument, "object id %.80q is not a SHA-256 hex digest", t.GetObjectId())
 		}
 		kids := make([]string, 0, len(t.GetChildren()))
 		for _, c := range t.GetChildren() {
-			if err := walk(c, depth+1); err != nil {
+			if err := walk(c); err != nil {
 				return err
 			}
 			kids = append(kids, c.GetObjectId())
@@ -194,7 +181,7 @@ func FlattenTree(tree *flwr129.ObjectTree, messageID string) ([]TreeNode, error)
 		out = append(out, TreeNode{ID: t.GetObjectId(), Children: kids})
 		return nil
 	}
-	if err := walk(tree, 1); err != nil {
+	if err := walk(tree); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -451,3 +438,64 @@ func Seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 // ISOSeconds is ISOTime of sec seconds since the epoch.
 func ISOSeconds(sec float64) string { return ISOTime(time.Unix(0, int64(sec*1e9))) }
+
+// SplitLog cuts ServerApp output into log entries of at most
+// state.MaxLogEntry bytes, between characters.
+func SplitLog(text string) []string {
+	var out []string
+	for len(text) > state.MaxLogEntry {
+		n := state.MaxLogEntry
+		for n > 0 && !utf8.RuneStart(text[n]) {
+			n--
+		}
+		if n == 0 {
+			n = state.MaxLogEntry
+		}
+		out = append(out, text[:n])
+		text = text[n:]
+	}
+	return append(out, text)
+}
+
+// CheckOwed refuses, with a state.LinkLimitError, replies of node in run
+// that add n objects to owe when node owes nodeOwed objects and the run
+// runOwed: past LinkLimits.MaxPendingPerNode or MaxPendingPerRun. The
+// ServerApp (state.SuperLinkNodeID) is not bound.
+func CheckOwed(node, run uint64, n, nodeOwed, runOwed int, l state.LinkLimits) error {
+	if node == state.SuperLinkNodeID || n == 0 {
+		return nil
+	}
+	if nodeOwed+n > l.MaxPendingPerNode {
+		return &state.LinkLimitError{Limit: state.LimitPendingPerNode, Max: int64(l.MaxPendingPerNode),
+			Msg: fmt.Sprintf("PushMessages: node %d owes %d objects it has not pushed, and these messages name %d more; push the objects of its messages first", node, nodeOwed, n)}
+	}
+	if runOwed+n > l.MaxPendingPerRun {
+		return &state.LinkLimitError{Limit: state.LimitPendingPerRun, Max: int64(l.MaxPendingPerRun),
+			Msg: fmt.Sprintf("PushMessages: the nodes of run %d owe %d objects they have not pushed, and these messages name %d more; retry once they are pushed", run, runOwed, n)}
+	}
+	return nil
+}
+
+// PendingBytesError is the refusal of a push that takes what node pushed
+// into run while it owes objects there past LinkLimits.
+func PendingBytesError(node, run uint64, pushed, n int64, l state.LinkLimits) error {
+	return &state.LinkLimitError{Limit: state.LimitPendingBytes, Max: l.MaxPendingBytesPerNode,
+		Msg: fmt.Sprintf("PushObject: node %d pushed %d bytes into run %d while its messages there are not complete, and this object is %d more", node, pushed, run, n)}
+}
+
+// NotInRun is the refusal of a node's object call in a run that sent it
+// no message.
+func NotInRun(node, run uint64) error {
+	return status.Errorf(codes.PermissionDenied, "node %d has no message in run %d: a node pushes, pulls and confirms the objects of its own messages only", node, run)
+}
+
+// NotOwed is the refusal of a push of an object the pusher does not owe.
+func NotOwed(id string, node, run uint64) error {
+	return status.Errorf(codes.NotFound, "object %.80s is not one that node %d owes in run %d: push the message that names it first, then its objects", id, node, run)
+}
+
+// NotAddressed is the refusal of a node's confirmation of a message not
+// sent to it.
+func NotAddressed(msg string, node, run uint64) error {
+	return status.Errorf(codes.PermissionDenied, "message %.80s is not one run %d sent to node %d: a node confirms its own messages only", msg, run, node)
+}
