@@ -897,7 +897,7 @@ func (s *Store) PushLogs(ctx context.Context, runID uint64, text string) error {
 	}
 	for _, text := range linkrules.SplitLog(text) {
 		if n := len(r.logs); n > 0 && r.logs[n-1].at >= now {
-			now = r.logs[n-1].at + 1e-6 // stamps strictly increase, so that "after" never skips a line
+			now = r.logs[n-1].at + linkrules.LogStampStep // stamps strictly increase, so that "after" never skips a line
 		}
 		r.logs = append(r.logs, logEntry{at: now, text: text})
 		r.logBytes += len(text)

@@ -778,7 +778,7 @@ func (s *State) PushLogs(ctx context.Context, runID uint64, text string) error {
 		at := now
 		for _, text := range linkrules.SplitLog(text) {
 			if last >= at {
-				at = last + 1e-6 // stamps strictly increase, so that "after" never skips a line
+				at = last + linkrules.LogStampStep // stamps strictly increase, so that "after" never skips a line
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO link_logs (run_id, at, text) VALUES ($1, $2, $3)`, dbID(runID), at, []byte(text)); err != nil {
 				return err

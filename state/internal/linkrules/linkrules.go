@@ -439,6 +439,12 @@ func Seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 // ISOSeconds is ISOTime of sec seconds since the epoch.
 func ISOSeconds(sec float64) string { return ISOTime(time.Unix(0, int64(sec*1e9))) }
 
+// LogStampStep is the least step between the stamps of a run's log
+// entries: far more than the 1 µs a reader (flwr log) adds to the last
+// stamp it saw before it asks for what follows, and than a stamp's
+// rounding (a float64 of about 1.8e9 seconds is exact to 0.24 µs).
+const LogStampStep = 1e-5
+
 // SplitLog cuts ServerApp output into log entries of at most
 // state.MaxLogEntry bytes, between characters.
 func SplitLog(text string) []string {
