@@ -120,6 +120,16 @@ func (f *fleet129) PushMessages(ctx context.Context, r *flwr129.PushMessagesRequ
 	if _, err := f.auth.verify(ctx, true, id); err != nil {
 		return nil, err
 	}
+	// A SuperNode pushes one reply at a time (Flower reads only the
+	// first); its tree is checked before the state sees it.
+	if n := len(r.GetMessagesList()); n > 1 {
+		return nil, status.Errorf(codes.InvalidArgument, "Malformed PushMessages: %d messages: a SuperNode pushes one reply per call", n)
+	}
+	for _, t := range r.GetMessageObjectTrees() {
+		if err := state.CheckTreeShape(t); err != nil {
+			return nil, err
+		}
+	}
 	var runtime float64
 	if l := r.GetClientappRuntimeList(); len(l) > 0 && l[0] > 0 && l[0] < 1e9 {
 		runtime = l[0]

@@ -197,6 +197,11 @@ func (a *serverAppIo) PushMessages(ctx context.Context, r *flwr129.PushAppMessag
 	if _, err := a.tokenRun(ctx, r.GetRunId()); err != nil {
 		return nil, err
 	}
+	for _, t := range r.GetMessageObjectTrees() {
+		if err := state.CheckTreeShape(t); err != nil {
+			return nil, err
+		}
+	}
 	ids, push, err := a.s.PushInstructions(ctx, r.GetRunId(), r.GetMessagesList(), r.GetMessageObjectTrees())
 	if err != nil {
 		return nil, err
