@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -40,6 +41,15 @@ type control struct {
 	s   state.LinkState
 	log *slog.Logger
 	now func() time.Time
+	// g limits the node registrations of each peer; streams the log
+	// streams open; runs the StartRun calls of each peer.
+	g       *nodeGuard
+	streams *streamSlots
+	runs    *rateLimiter
+	runRate Flower129Options
+
+	logMu  sync.Mutex
+	logged map[string]time.Time
 }
 
 var errNoFederationManagement = status.Error(codes.Unimplemented, "SuperLink does not support federation management.")
@@ -107,6 +117,9 @@ func (c *control) StartRun(ctx context.Context, r *flwr129.StartRunRequest) (*fl
 	if r.GetAppSpec() != "" {
 		return nil, status.Error(codes.FailedPrecondition, "this SuperLink does not fetch apps from Flower Hub: run `flwr run` on the app's folder")
 	}
+	if err := c.startRunRate(ctx); err != nil {
+		return nil, err
+	}
 	fab := r.GetFab()
 	content := fab.GetContent()
 	if len(content) > state.FabMaxSize {
@@ -145,13 +158,23 @@ func (c *control) StartRun(ctx context.Context, r *flwr129.StartRunRequest) (*fl
 		RunType:        "serverapp",
 	})
 	if err != nil {
+		c.stateLimit(ctx, err)
 		return nil, err
 	}
 	return &flwr129.StartRunResponse{RunId: &id}, nil
 }
 
+// StreamLogs sends a run's log as it grows, LogChunk at a time, until
+// the run is finished; within Flower129Options' bounds on the streams
+// open.
 func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStreamingServer[flwr129.StreamLogsResponse]) error {
 	ctx := stream.Context()
+	release, err := c.streams.take(peerKey(ctx))
+	if err != nil {
+		c.logRefusal(ctx, "max_log_streams", err)
+		return err
+	}
+	defer release()
 	if _, err := c.s.Run(ctx, r.GetRunId()); status.Code(err) == codes.NotFound {
 		return status.Error(codes.NotFound, "Run ID not found")
 	} else if err != nil {
@@ -161,7 +184,7 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 	t := time.NewTicker(LogStreamInterval)
 	defer t.Stop()
 	for {
-		text, latest, finished, err := c.s.Logs(ctx, r.GetRunId(), after, 0)
+		text, latest, finished, err := c.s.Logs(ctx, r.GetRunId(), after, LogChunk)
 		if err != nil {
 			return err
 		}
@@ -169,7 +192,10 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 			if err := stream.Send(&flwr129.StreamLogsResponse{LogOutput: text, LatestTimestamp: latest}); err != nil {
 				return err
 			}
-			after = max(latest+1e-6, after)
+			after = max(latest, after) // Logs returns what follows it
+			if len(text) >= LogChunk/2 && !finished {
+				continue // more may wait: no pause between chunks
+			}
 		}
 		if finished {
 			return nil
@@ -234,11 +260,15 @@ func (c *control) PullArtifacts(context.Context, *flwr129.PullArtifactsRequest) 
 }
 
 func (c *control) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeRequest) (*flwr129.RegisterNodeResponse, error) {
+	if err := c.g.rate(ctx, "RegisterNode"); err != nil {
+		return nil, err
+	}
 	if _, err := parseNodeKey(r.GetPublicKey()); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, "The provided public key is not valid")
 	}
 	id, err := c.s.RegisterNode(ctx, r.GetPublicKey(), state.HeartbeatDefaultInterval)
 	if err != nil {
+		c.g.stateRefusal(ctx, err)
 		return nil, err
 	}
 	return &flwr129.RegisterNodeResponse{NodeId: &id}, nil

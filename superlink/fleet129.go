@@ -22,6 +22,8 @@ type fleet129 struct {
 	s    state.LinkState
 	auth nodeAuth
 	log  *slog.Logger
+	// g limits the registrations of each peer, with those of 1.8.0.
+	g *nodeGuard
 	// keysOnly refuses RegisterNode and UnregisterNode through the Fleet
 	// API: keys are registered through the Control API only
 	// (--enable-supernode-auth).
@@ -37,6 +39,9 @@ func sameKey(signed, asked []byte) error {
 }
 
 func (f *fleet129) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeFleetRequest) (*flwr129.RegisterNodeFleetResponse, error) {
+	if err := f.g.rate(ctx, "RegisterNode"); err != nil {
+		return nil, err
+	}
 	pk, err := f.auth.verify(ctx, false, 0)
 	if err != nil {
 		return nil, err
@@ -49,6 +54,7 @@ func (f *fleet129) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeFlee
 	}
 	id, err := f.s.RegisterNode(ctx, r.GetPublicKey(), 0)
 	if err != nil {
+		f.g.stateRefusal(ctx, err)
 		return nil, err
 	}
 	return &flwr129.RegisterNodeFleetResponse{NodeId: id}, nil

@@ -1,9 +1,13 @@
 package superlink
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/asn1"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -230,5 +234,129 @@ func TestFleet129TreeBounds(t *testing.T) {
 	if _, err := l.fleet.PushMessages(node.ctx(t), &flwr129.PushMessagesRequest{Node: &flwr129.Node{NodeId: id},
 		MessagesList: []*flwr129.Message{reply.Message}, MessageObjectTrees: []*flwr129.ObjectTree{reply.Tree}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testFab is a FAB flwr run would send: a zip with a pyproject.toml.
+func testFab(t *testing.T, name string) *flwr129.Fab {
+	var b bytes.Buffer
+	z := zip.NewWriter(&b)
+	w, err := z.Create("pyproject.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(w, "[project]\nname = %q\nversion = \"1.0.0\"\n[tool.flwr.app]\npublisher = \"test\"\n", name)
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(b.Bytes())
+	return &flwr129.Fab{HashStr: fmt.Sprintf("%x", h), Content: b.Bytes()}
+}
+
+// TestControlLimits: StartRun past a peer's burst is refused; log streams
+// past the limit per peer are refused; a stream sends a long log in
+// chunks of at most LogChunk and ends when its run is stopped, which
+// frees its place.
+func TestControlLimits(t *testing.T) {
+	l := serveLink129(t, Options{Flower129: Flower129Options{RunBurst: 3, RunRate: 0.001, MaxLogStreamsPerPeer: 2}})
+	ctx := context.Background()
+	var runs []uint64
+	for i := range 4 {
+		r, err := l.control.StartRun(ctx, &flwr129.StartRunRequest{Fab: testFab(t, fmt.Sprint("app", i))})
+		if i == 3 {
+			if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "too many runs") {
+				t.Fatalf("a fourth StartRun, the burst 3: %v, want ResourceExhausted", err)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, r.GetRunId())
+	}
+	line := strings.Repeat("x", 1000) + "\n"
+	for range 1000 { // 1 MB of log
+		if err := l.st.PushLogs(ctx, runs[0], line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var streams []flwr129.Control_StreamLogsClient
+	got, largest := 0, 0
+	for range 2 {
+		s, err := l.control.StreamLogs(ctx, &flwr129.StreamLogsRequest{RunId: runs[0]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+		r, err := s.Recv() // the stream is open on the server
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(streams) == 1 {
+			got, largest = len(r.GetLogOutput()), len(r.GetLogOutput())
+		}
+	}
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	third, _ := l.control.StreamLogs(tctx, &flwr129.StreamLogsRequest{RunId: runs[1]})
+	if _, err := third.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a third log stream of a peer, 2 allowed: %v, want ResourceExhausted", err)
+	}
+	for got < 1000*len(line) {
+		r, err := streams[0].Recv()
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+		got += len(r.GetLogOutput())
+		largest = max(largest, len(r.GetLogOutput()))
+	}
+	if largest > LogChunk {
+		t.Errorf("a response of %d bytes of log, want at most %d", largest, LogChunk)
+	}
+	if _, err := l.st.StopRun(ctx, runs[0]); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range streams {
+		for {
+			_, err := s.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("stream %d after its run stopped: %v", i, err)
+			}
+		}
+	}
+	s, err := l.control.StreamLogs(ctx, &flwr129.StreamLogsRequest{RunId: runs[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("a log stream once the others ended: %v", err)
+	}
+}
+
+// TestRegister129Rate: Flower 1.29.0 registrations, through the Fleet
+// API with fresh keys and through the Control API, share a peer's rate
+// limit with CreateNode.
+func TestRegister129Rate(t *testing.T) {
+	l := serveLink129(t, Options{NodeLimits: NodeLimits{Burst: 3, Rate: 0.001}})
+	for i := range 4 {
+		s := newSigner(t)
+		var err error
+		if i%2 == 0 {
+			_, err = l.fleet.RegisterNode(s.ctx(t), &flwr129.RegisterNodeFleetRequest{PublicKey: s.pem})
+		} else {
+			_, err = l.control.RegisterNode(context.Background(), &flwr129.RegisterNodeRequest{PublicKey: s.pem})
+		}
+		if i < 3 && err != nil {
+			t.Fatalf("registration %d: %v", i, err)
+		}
+		if i == 3 && (status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "too many registrations")) {
+			t.Fatalf("a fourth registration, the burst 3: %v", err)
+		}
+	}
+	if nodes, _ := l.st.LinkNodes(context.Background()); len(nodes) != 3 {
+		t.Fatalf("%d nodes, want 3", len(nodes))
 	}
 }

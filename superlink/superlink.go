@@ -169,8 +169,9 @@ func New(o Options) *SuperLink {
 	}
 	w := wire.New(wc)
 	c := codec.New(codec.Options{Finder: bf, StandIns: w.StandIns(), Fresh: fresh})
+	g := newNodeGuard(o.NodeLimits, o.Logger)
 	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: c, wire: w,
-		flower: newFlower129(o), nodes: newNodeGuard(o.NodeLimits, o.Logger)}
+		flower: newFlower129(o, g), nodes: g}
 }
 
 // fresh reports whether the arrays of a request are most likely new: a
