@@ -69,8 +69,9 @@ type NodeLimits struct {
 	// once with one client-certificate identity, as MaxNodes does in all.
 	// Default DefaultMaxNodesPerIdentity (16).
 	MaxPerIdentity int
-	// Rate and Burst limit the CreateNode calls of one peer, refused or
-	// not, as a token bucket: Burst calls at once, then Rate a second. A
+	// Rate and Burst limit the CreateNode calls of one peer, and its
+	// Flower 1.29.0 RegisterNode calls (Fleet and Control API), refused or
+	// not, as one token bucket: Burst calls at once, then Rate a second. A
 	// peer is a source address (an IPv6 /64), or under mutual TLS a
 	// client-certificate identity. Defaults DefaultNodeRegistrationRate
 	// (10) and DefaultNodeRegistrationBurst (100).
@@ -134,8 +135,9 @@ var NodeRefusalReasons = []string{RefusedPingInterval, RefusedPerConnection, Ref
 // revocation took offline, for metrics (SuperLink.NodeLimitStats).
 type NodeLimitStats struct {
 	// Refused counts the calls refused since start by each reason of
-	// NodeRefusalReasons (all of them present): CreateNode calls, and
-	// Pings with a ping_interval above the cap.
+	// NodeRefusalReasons (all of them present): CreateNode and Flower
+	// 1.29.0 RegisterNode calls, and Pings with a ping_interval above the
+	// cap.
 	Refused map[string]uint64
 	// Revoked counts the nodes this SuperLink forgot since start because
 	// the client certificate that created them was revoked.
