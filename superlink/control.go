@@ -165,8 +165,8 @@ func (c *control) StartRun(ctx context.Context, r *flwr129.StartRunRequest) (*fl
 }
 
 // StreamLogs sends a run's log as it grows, LogChunk at a time, until
-// the run is finished; within Flower129Options' bounds on the streams
-// open.
+// the run is finished, or its client has read nothing for LogSendTimeout;
+// within Flower129Options' bounds on the streams open.
 func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStreamingServer[flwr129.StreamLogsResponse]) error {
 	ctx := stream.Context()
 	release, err := c.streams.take(peerKey(ctx))
@@ -189,11 +189,11 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 			return err
 		}
 		if text != "" {
-			if err := stream.Send(&flwr129.StreamLogsResponse{LogOutput: text, LatestTimestamp: latest}); err != nil {
+			if err := sendWithin(stream, &flwr129.StreamLogsResponse{LogOutput: text, LatestTimestamp: latest}, LogSendTimeout); err != nil {
 				return err
 			}
 			after = max(latest, after) // Logs returns what follows it
-			if len(text) >= LogChunk/2 && !finished {
+			if !finished {
 				continue // more may wait: no pause between chunks
 			}
 		}
@@ -205,6 +205,23 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 			return status.FromContextError(ctx.Err()).Err()
 		case <-t.C:
 		}
+	}
+}
+
+// sendWithin sends m on stream, or gives up after d: a client that reads
+// nothing holds its stream's handler in Send once the flow-control window
+// is full. The handler then returns, which ends the stream and with it
+// the Send left waiting.
+func sendWithin[T any](stream grpc.ServerStreamingServer[T], m *T, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- stream.Send(m) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return status.Errorf(codes.DeadlineExceeded, "the client read nothing of its stream for %v: this SuperLink ends it", d)
 	}
 }
 

@@ -28,8 +28,12 @@ const (
 	DefaultRunBurst = 20
 	// LogChunk bounds the log output of one StreamLogs response (whole
 	// entries of at most state.MaxLogEntry, at least one), so that a
-	// stream holds at most that much of a log at once.
-	LogChunk = 256 << 10
+	// stream holds little of a log at once: one response in the
+	// connection's buffers and one waiting.
+	LogChunk = 64 << 10
+	// LogSendTimeout ends a log stream whose client read nothing for that
+	// long, so that it holds neither its place nor a response.
+	LogSendTimeout = 30 * time.Second
 )
 
 // withDefaults fills in the defaults of the Control API's limits.
