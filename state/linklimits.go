@@ -76,8 +76,8 @@ const (
 	// LinkLimits.MaxPendingPerNode: one tree of MaxTreeObjects.
 	DefaultMaxPendingPerNode = MaxTreeObjects
 	// DefaultMaxPendingPerRun is the default of
-	// LinkLimits.MaxPendingPerRun.
-	DefaultMaxPendingPerRun = 1 << 20
+	// LinkLimits.MaxPendingPerRun: four trees of MaxTreeObjects.
+	DefaultMaxPendingPerRun = 1 << 18
 	// DefaultMaxPendingBytesPerNode is the default of
 	// LinkLimits.MaxPendingBytesPerNode: 1 GiB, twice the largest message
 	// of Flower 1.8.0.
@@ -122,11 +122,12 @@ type LinkLimits struct {
 	// objects of its replies, over every run; an object owed for two
 	// messages counts twice): a push of replies past it fails with
 	// ResourceExhausted and stores nothing. The ServerApp is not bound by
-	// it. Default DefaultMaxPendingPerNode (65536).
+	// it. An object owed takes about 500 bytes in memory. Default
+	// DefaultMaxPendingPerNode (65536).
 	MaxPendingPerNode int
 	// MaxPendingPerRun bounds the objects the nodes of one run may owe
-	// together, as MaxPendingPerNode. Default DefaultMaxPendingPerRun
-	// (1048576).
+	// together (the ServerApp's not counted), as MaxPendingPerNode.
+	// Default DefaultMaxPendingPerRun (262144).
 	MaxPendingPerRun int
 	// MaxPendingBytesPerNode bounds the bytes one node may push into a
 	// run while it still owes objects there (its messages are not

@@ -48,9 +48,9 @@ type Store struct {
 	inRun map[pusherKey]int
 	// What nodes and ServerApps owe (see state.LinkLimits): the objects
 	// each owes in a run, who owes each object, and the counts the limits
-	// read.
+	// read (of the nodes: the ServerApp is not bound).
 	pushers  map[pusherKey]*pusher
-	owedBy   map[string]map[pusherKey]bool
+	owedBy   map[string][]pusherKey
 	nodeOwed map[uint64]int
 	runOwed  map[uint64]int
 	fabBytes int64
@@ -64,7 +64,7 @@ type pusherKey struct{ node, run uint64 }
 // pairs. bytes is what it pushed there since it began to owe, deadline
 // when it is forgotten unless it pushes again.
 type pusher struct {
-	owed     map[string]map[string]bool
+	owed     map[string][]string
 	n        int
 	bytes    int64
 	deadline float64
@@ -128,7 +128,7 @@ func New(o state.Options) *Store {
 		nodes: map[uint64]*node{}, keys: map[string]uint64{}, runs: map[uint64]*run{},
 		fabs: map[string]*flwr129.Fab{}, tokens: map[string]uint64{},
 		ins: map[string]*instruction{}, replies: map[string]*reply{}, objects: map[string]*object{},
-		inRun: map[pusherKey]int{}, pushers: map[pusherKey]*pusher{}, owedBy: map[string]map[pusherKey]bool{},
+		inRun: map[pusherKey]int{}, pushers: map[pusherKey]*pusher{}, owedBy: map[string][]pusherKey{},
 		nodeOwed: map[uint64]int{}, runOwed: map[uint64]int{},
 	}
 }
@@ -250,34 +250,45 @@ func (s *Store) removeIns(id string, in *instruction) {
 func (s *Store) owe(k pusherKey, id, msg string, now float64) {
 	p := s.pushers[k]
 	if p == nil {
-		p = &pusher{owed: map[string]map[string]bool{}, deadline: now + s.lim.PushTimeout.Seconds()}
+		p = &pusher{owed: map[string][]string{}, deadline: now + s.lim.PushTimeout.Seconds()}
 		s.pushers[k] = p
 	}
-	if p.owed[id] == nil {
-		p.owed[id] = map[string]bool{}
-	}
-	if p.owed[id][msg] {
+	ms := p.owed[id]
+	if slices.Contains(ms, msg) {
 		return
 	}
-	p.owed[id][msg] = true
-	p.n++
-	s.nodeOwed[k.node]++
-	s.runOwed[k.run]++
-	if s.owedBy[id] == nil {
-		s.owedBy[id] = map[pusherKey]bool{}
+	if ms == nil && !slices.Contains(s.owedBy[id], k) {
+		s.owedBy[id] = append(s.owedBy[id], k)
 	}
-	s.owedBy[id][k] = true
+	p.owed[id] = append(ms, msg)
+	p.n++
+	s.count(k, 1)
+}
+
+// count adds n to what k's node and run owe; the ServerApp's objects count
+// for neither (LinkLimits bound the nodes).
+func (s *Store) count(k pusherKey, n int) {
+	if k.node == state.SuperLinkNodeID {
+		return
+	}
+	if s.nodeOwed[k.node] += n; s.nodeOwed[k.node] <= 0 {
+		delete(s.nodeOwed, k.node)
+	}
+	if s.runOwed[k.run] += n; s.runOwed[k.run] <= 0 {
+		delete(s.runOwed, k.run)
+	}
 }
 
 // settle records that object id is owed no more (pushed, or gone).
 func (s *Store) settle(id string) {
-	for k := range s.owedBy[id] {
+	for _, k := range s.owedBy[id] {
 		s.unowe(k, id)
 	}
 	delete(s.owedBy, id)
 }
 
-// unowe forgets that k owes id; a pusher that owes nothing goes.
+// unowe forgets that k owes id (not owedBy's entry); a pusher that owes
+// nothing goes.
 func (s *Store) unowe(k pusherKey, id string) {
 	p := s.pushers[k]
 	if p == nil {
@@ -286,14 +297,7 @@ func (s *Store) unowe(k pusherKey, id string) {
 	n := len(p.owed[id])
 	delete(p.owed, id)
 	p.n -= n
-	s.nodeOwed[k.node] -= n
-	s.runOwed[k.run] -= n
-	if s.nodeOwed[k.node] <= 0 {
-		delete(s.nodeOwed, k.node)
-	}
-	if s.runOwed[k.run] <= 0 {
-		delete(s.runOwed, k.run)
-	}
+	s.count(k, -n)
 	if p.n <= 0 {
 		delete(s.pushers, k)
 	}
@@ -308,14 +312,13 @@ func (s *Store) dropPusher(k pusherKey) {
 	}
 	msgs := map[string]bool{}
 	for id, ms := range p.owed {
-		for m := range ms {
+		for _, m := range ms {
 			msgs[m] = true
 		}
-		if by := s.owedBy[id]; by != nil {
-			delete(by, k)
-			if len(by) == 0 {
-				delete(s.owedBy, id)
-			}
+		if by := slices.DeleteFunc(s.owedBy[id], func(o pusherKey) bool { return o == k }); len(by) > 0 {
+			s.owedBy[id] = by
+		} else {
+			delete(s.owedBy, id)
 		}
 		s.unowe(k, id)
 	}
@@ -1277,7 +1280,7 @@ func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 	}
 	k := pusherKey{nodeID, runID}
 	o := s.objects[id]
-	if !s.owedBy[id][k] {
+	if !slices.Contains(s.owedBy[id], k) {
 		switch {
 		case nodeID != state.SuperLinkNodeID && s.inRun[k] == 0:
 			return false, linkrules.NotInRun(nodeID, runID)

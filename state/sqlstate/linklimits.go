@@ -267,7 +267,7 @@ func (s *State) checkOwed(ctx context.Context, tx *txn, node, run uint64, n int)
 	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE node_id = $1`, dbID(node)).Scan(&nodeOwed); err != nil {
 		return err
 	}
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE run_id = $1`, dbID(run)).Scan(&runOwed); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE run_id = $1 AND node_id <> $2`, dbID(run), dbID(state.SuperLinkNodeID)).Scan(&runOwed); err != nil {
 		return err
 	}
 	return linkrules.CheckOwed(node, run, n, nodeOwed-n, runOwed-n, s.lim)
