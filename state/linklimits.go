@@ -126,7 +126,10 @@ type LinkLimits struct {
 	// DefaultMaxPendingPerNode (65536).
 	MaxPendingPerNode int
 	// MaxPendingPerRun bounds the objects the nodes of one run may owe
-	// together (the ServerApp's not counted), as MaxPendingPerNode.
+	// together (the ServerApp's not counted). A push of replies past it
+	// takes the place of the incomplete messages of the node of the run
+	// that owes the most, when that node owes more than the one pushing
+	// would; otherwise it fails with ResourceExhausted and stores nothing.
 	// Default DefaultMaxPendingPerRun (262144).
 	MaxPendingPerRun int
 	// MaxPendingBytesPerNode bounds the bytes one node may push into a

@@ -1008,9 +1008,10 @@ func (s *Store) preregister(k pusherKey, msg string, nodes []linkrules.TreeNode,
 	return push
 }
 
-// checkOwed refuses replies of node in run that would make it, or the
-// run, owe more objects than LinkLimits allow: the objects of their
-// trees not available.
+// checkOwed makes room for replies of node in run, or refuses them, so
+// that neither the node nor the run owes more objects than LinkLimits
+// allow: past the run's bound, the node of the run that owes the most
+// loses its incomplete messages, if it owes more than node would.
 func (s *Store) checkOwed(node, run uint64, trees [][]linkrules.TreeNode) error {
 	n := 0
 	for _, t := range trees {
@@ -1020,7 +1021,29 @@ func (s *Store) checkOwed(node, run uint64, trees [][]linkrules.TreeNode) error 
 			}
 		}
 	}
-	return linkrules.CheckOwed(node, run, n, s.nodeOwed[node], s.runOwed[run], s.lim)
+	if err := linkrules.CheckOwed(node, n, s.nodeOwed[node], s.lim); err != nil || node == state.SuperLinkNodeID {
+		return err
+	}
+	for s.runOwed[run]+n > s.lim.MaxPendingPerRun {
+		var victim pusherKey
+		most := 0
+		for k, p := range s.pushers {
+			if k.run == run && k.node != node && k.node != state.SuperLinkNodeID && p.n > most {
+				victim, most = k, p.n
+			}
+		}
+		mine := n
+		if p := s.pushers[pusherKey{node, run}]; p != nil {
+			mine += p.n
+		}
+		if most <= mine {
+			return linkrules.RunOwedError(node, run, n, s.runOwed[run], s.lim)
+		}
+		s.log.Info("messages forgotten to make room in their run: their node owes the most objects", "node_id", victim.node, "run_id", run,
+			"objects_owed", most, "generation", "1.29")
+		s.dropPusher(victim)
+	}
+	return nil
 }
 
 // complete reports whether every object below id is available.

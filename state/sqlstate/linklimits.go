@@ -256,10 +256,12 @@ func (s *State) pusher(ctx context.Context, tx *txn, node, run uint64, now float
 	return err
 }
 
-// checkOwed refuses the replies of node in run that made it owe n more
-// objects, once they are recorded, past the limits: the transaction then
-// rolls back.
-func (s *State) checkOwed(ctx context.Context, tx *txn, node, run uint64, n int) error {
+// checkOwed checks the replies of node in run that made it owe n more
+// objects, once they are recorded: past the node's bound it refuses them
+// (the transaction then rolls back); past the run's, the node of the run
+// that owes the most loses its incomplete messages, if it owes more than
+// node, else they are refused.
+func (s *State) checkOwed(ctx context.Context, tx *txn, ops *linkOps, node, run uint64, n int) error {
 	if node == state.SuperLinkNodeID || n == 0 {
 		return nil
 	}
@@ -267,10 +269,37 @@ func (s *State) checkOwed(ctx context.Context, tx *txn, node, run uint64, n int)
 	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE node_id = $1`, dbID(node)).Scan(&nodeOwed); err != nil {
 		return err
 	}
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE run_id = $1 AND node_id <> $2`, dbID(run), dbID(state.SuperLinkNodeID)).Scan(&runOwed); err != nil {
+	if err := linkrules.CheckOwed(node, n, nodeOwed-n, s.lim); err != nil {
 		return err
 	}
-	return linkrules.CheckOwed(node, run, n, nodeOwed-n, runOwed-n, s.lim)
+	for {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE run_id = $1 AND node_id <> $2`, dbID(run), dbID(state.SuperLinkNodeID)).Scan(&runOwed); err != nil {
+			return err
+		}
+		if runOwed <= s.lim.MaxPendingPerRun {
+			return nil
+		}
+		var victim int64
+		var most, mine int
+		err := tx.QueryRowContext(ctx, `SELECT node_id, COUNT(*) FROM link_owed WHERE run_id = $1 AND node_id <> $2 AND node_id <> $3
+			GROUP BY node_id ORDER BY COUNT(*) DESC LIMIT 1`, dbID(run), dbID(node), dbID(state.SuperLinkNodeID)).Scan(&victim, &most)
+		if err != nil && err != sql.ErrNoRows {
+			return err
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE run_id = $1 AND node_id = $2`, dbID(run), dbID(node)).Scan(&mine); err != nil {
+			return err
+		}
+		if most <= mine {
+			return linkrules.RunOwedError(node, run, n, runOwed-n, s.lim)
+		}
+		if err := s.dropPusher(ctx, tx, ops, victim, dbID(run)); err != nil {
+			return err
+		}
+		ops.then(func() {
+			s.log.Info("messages forgotten to make room in their run: their node owes the most objects", "node_id", uint64(victim), "run_id", run,
+				"objects_owed", most, "generation", "1.29")
+		})
+	}
 }
 
 // settleObject records that object id is owed no more (pushed, or gone):

@@ -551,7 +551,7 @@ func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 			ins[i].replyID = id
 			ids[i] = id
 		}
-		if err := s.checkOwed(ctx, tx, nodeID, runID, owed); err != nil {
+		if err := s.checkOwed(ctx, tx, ops, nodeID, runID, owed); err != nil {
 			return err
 		}
 		if runtime > 0 {

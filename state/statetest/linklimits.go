@@ -175,8 +175,10 @@ func testLinkOwedObjects(t *testing.T, e *linkEnv) {
 	}
 }
 
-// testLinkOwedLimits: replies past MaxPendingPerNode or MaxPendingPerRun
-// and pushes past MaxPendingBytesPerNode are refused, storing nothing.
+// testLinkOwedLimits: replies past MaxPendingPerNode and pushes past
+// MaxPendingBytesPerNode are refused, storing nothing; replies past
+// MaxPendingPerRun take the place of the node that owes the most, if it
+// owes more than the replying node would, else they are refused.
 func testLinkOwedLimits(t *testing.T, e *linkEnv) {
 	s := e.openWith(t, state.LinkLimits{MaxPendingPerNode: 8, MaxPendingPerRun: 10, MaxPendingBytesPerNode: 1000})
 	r1, _, ns, _ := twoRuns(t, e, s, "n1", "n2", "n3")
@@ -199,7 +201,7 @@ func testLinkOwedLimits(t *testing.T, e *linkEnv) {
 		t.Fatalf("objects to push %d, want 7", len(push))
 	}
 	_, err = pushReply(s, ns[1], arrayReply(1, Chunk(600, 4), Chunk(600, 5), Chunk(600, 6)))
-	wantLinkLimit(t, err, state.LimitPendingPerRun, "replies owing 14 objects in a run, 10 a run")
+	wantLinkLimit(t, err, state.LimitPendingPerRun, "a reply owing 7 objects in a run of 10 where another node owes 7")
 	// 1000 bytes a node while it owes: the second chunk of 600 is past.
 	var chunks []string
 	for _, id := range push {
@@ -218,7 +220,18 @@ func testLinkOwedLimits(t *testing.T, e *linkEnv) {
 	// Node 3's small reply fits: 9 owed in the run (node 1's 6 and its 3).
 	small := e.reply(ins[2], ns[2], "ok")
 	push3 := must(pushReply(s, ns[2], small))(t)
+	// Node 2's, of 3: 12 owed; node 1 owes the most (6), more than node 2
+	// would (3): its reply is forgotten.
+	small2 := e.reply(ins[1], ns[1], "ok too")
+	push2 := must(pushReply(s, ns[1], small2))(t)
+	_, err = s.PushObject(bg, r1, ns[0], chunks[2], r0.Objects[chunks[2]])
+	wantCode(t, err, codes.NotFound, "a push of an object of a reply forgotten to make room")
 	pushAll(t, s, r1, ns[2], push3, small)
+	pushAll(t, s, r1, ns[1], push2, small2)
+	got, _, err := s.PullReplies(bg, r1, []string{ins[1].Message.Metadata.MessageId, ins[2].Message.Metadata.MessageId})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("PullReplies = %v %v, want the replies of nodes 2 and 3", got, err)
+	}
 }
 
 // testLinkPushTimeout: a node that pushes none of the objects it owes for

@@ -463,23 +463,24 @@ func SplitLog(text string) []string {
 	return append(out, text)
 }
 
-// CheckOwed refuses, with a state.LinkLimitError, replies of node in run
-// that add n objects to owe when node owes nodeOwed objects and the run
-// runOwed: past LinkLimits.MaxPendingPerNode or MaxPendingPerRun. The
-// ServerApp (state.SuperLinkNodeID) is not bound.
-func CheckOwed(node, run uint64, n, nodeOwed, runOwed int, l state.LinkLimits) error {
-	if node == state.SuperLinkNodeID || n == 0 {
+// CheckOwed refuses, with a state.LinkLimitError, replies of node that
+// add n objects to owe when it owes nodeOwed objects: past
+// LinkLimits.MaxPendingPerNode. The ServerApp (state.SuperLinkNodeID) is
+// not bound.
+func CheckOwed(node uint64, n, nodeOwed int, l state.LinkLimits) error {
+	if node == state.SuperLinkNodeID || nodeOwed+n <= l.MaxPendingPerNode {
 		return nil
 	}
-	if nodeOwed+n > l.MaxPendingPerNode {
-		return &state.LinkLimitError{Limit: state.LimitPendingPerNode, Max: int64(l.MaxPendingPerNode),
-			Msg: fmt.Sprintf("PushMessages: node %d owes %d objects it has not pushed, and these messages name %d more; push the objects of its messages first", node, nodeOwed, n)}
-	}
-	if runOwed+n > l.MaxPendingPerRun {
-		return &state.LinkLimitError{Limit: state.LimitPendingPerRun, Max: int64(l.MaxPendingPerRun),
-			Msg: fmt.Sprintf("PushMessages: the nodes of run %d owe %d objects they have not pushed, and these messages name %d more; retry once they are pushed", run, runOwed, n)}
-	}
-	return nil
+	return &state.LinkLimitError{Limit: state.LimitPendingPerNode, Max: int64(l.MaxPendingPerNode),
+		Msg: fmt.Sprintf("PushMessages: node %d owes %d objects it has not pushed, and these messages name %d more; push the objects of its messages first", node, nodeOwed, n)}
+}
+
+// RunOwedError is the refusal of replies of node that would take what
+// the nodes of run owe past LinkLimits.MaxPendingPerRun, when no node of
+// the run owes more than node would (see MakeRunRoom).
+func RunOwedError(node, run uint64, n, runOwed int, l state.LinkLimits) error {
+	return &state.LinkLimitError{Limit: state.LimitPendingPerRun, Max: int64(l.MaxPendingPerRun),
+		Msg: fmt.Sprintf("PushMessages: the nodes of run %d owe %d objects they have not pushed, and the messages of node %d name %d more; retry once they are pushed", run, runOwed, node, n)}
 }
 
 // PendingBytesError is the refusal of a push that takes what node pushed
