@@ -19,12 +19,25 @@ const (
 	// MaxTreeDepth bounds the depth of a message's object tree.
 	MaxTreeDepth = 16
 	// MaxTreeObjects bounds the objects one message's tree names,
-	// counting an object named twice twice.
-	MaxTreeObjects = 1 << 16
-	// MaxTreeChildren bounds the children one object names: an Array of
-	// 16384 chunks of 5 MiB is 80 GiB.
+	// counting an object named twice twice: 16384 chunks of 5 MiB are 80
+	// GiB.
+	MaxTreeObjects = 1 << 14
+	// MaxTreeChildren bounds the children one object names.
 	MaxTreeChildren = 1 << 14
 )
+
+// TreeObjects counts the objects of a tree, an object named twice twice,
+// up to MaxTreeObjects+1: enough to tell a tree past the bound.
+func TreeObjects(tree *flwr129.ObjectTree) int {
+	n := 0
+	stack := []*flwr129.ObjectTree{tree}
+	for len(stack) > 0 && n <= MaxTreeObjects {
+		t := stack[len(stack)-1]
+		stack = append(stack[:len(stack)-1], t.GetChildren()...)
+		n++
+	}
+	return n
+}
 
 // CheckTreeShape checks the shape of a message's object tree before
 // anything looks at its ids: at most MaxTreeDepth deep, MaxTreeObjects
@@ -77,7 +90,7 @@ const (
 	DefaultMaxPendingPerNode = MaxTreeObjects
 	// DefaultMaxPendingPerRun is the default of
 	// LinkLimits.MaxPendingPerRun: four trees of MaxTreeObjects.
-	DefaultMaxPendingPerRun = 1 << 18
+	DefaultMaxPendingPerRun = 4 * MaxTreeObjects
 	// DefaultMaxPendingBytesPerNode is the default of
 	// LinkLimits.MaxPendingBytesPerNode: 1 GiB, twice the largest message
 	// of Flower 1.8.0.
@@ -121,16 +134,17 @@ type LinkLimits struct {
 	// MaxPendingPerNode bounds the objects one node may owe (pending
 	// objects of its replies, over every run; an object owed for two
 	// messages counts twice): a push of replies past it fails with
-	// ResourceExhausted and stores nothing. The ServerApp is not bound by
-	// it. An object owed takes about 500 bytes in memory. Default
-	// DefaultMaxPendingPerNode (65536).
+	// ResourceExhausted and stores nothing, and so does one whose trees
+	// name more objects than the node may still owe, before they are
+	// looked at. The ServerApp is not bound by it. An object owed takes
+	// about 500 bytes in memory. Default DefaultMaxPendingPerNode (16384).
 	MaxPendingPerNode int
 	// MaxPendingPerRun bounds the objects the nodes of one run may owe
 	// together (the ServerApp's not counted). A push of replies past it
 	// takes the place of the incomplete messages of the node of the run
 	// that owes the most, when that node owes more than the one pushing
 	// would; otherwise it fails with ResourceExhausted and stores nothing.
-	// Default DefaultMaxPendingPerRun (262144).
+	// Default DefaultMaxPendingPerRun (65536).
 	MaxPendingPerRun int
 	// MaxPendingBytesPerNode bounds the bytes one node may push into a
 	// run while it still owes objects there (its messages are not

@@ -115,8 +115,16 @@ type object struct {
 	content   []byte
 	available bool
 	children  []string
-	refs      int // parents that registered it
-	runs      map[uint64]bool
+	refs      int      // parents that registered it
+	runs      []uint64 // the runs it belongs to, each once: usually one
+}
+
+func (o *object) inRun(run uint64) bool { return slices.Contains(o.runs, run) }
+
+func (o *object) addRun(run uint64) {
+	if !o.inRun(run) {
+		o.runs = append(o.runs, run)
+	}
 }
 
 // New returns an empty Store with o's clock, randomness and logger.
@@ -203,7 +211,7 @@ func (s *Store) finished(id uint64, r *run) {
 		if o == nil {
 			continue
 		}
-		delete(o.runs, id)
+		o.runs = slices.DeleteFunc(o.runs, func(r uint64) bool { return r == id })
 		if o.refs == 0 {
 			s.deleteObject(oid)
 		}
@@ -345,7 +353,7 @@ func (s *Store) deleteObject(id string) {
 	}
 	delete(s.objects, id)
 	s.settle(id)
-	for r := range o.runs {
+	for _, r := range o.runs {
 		if rr := s.runs[r]; rr != nil {
 			delete(rr.objects, id)
 		}
@@ -989,13 +997,13 @@ func (s *Store) preregister(k pusherKey, msg string, nodes []linkrules.TreeNode,
 	for _, n := range nodes {
 		o := s.objects[n.ID]
 		if o == nil {
-			o = &object{children: n.Children, runs: map[uint64]bool{}}
+			o = &object{children: n.Children}
 			s.objects[n.ID] = o
 			for _, c := range n.Children {
 				s.objects[c].refs++
 			}
 		}
-		o.runs[k.run] = true
+		o.addRun(k.run)
 		r.objects[n.ID] = true
 		if !o.available {
 			s.owe(k, n.ID, msg, now)
@@ -1146,6 +1154,9 @@ func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 	if err := linkrules.CheckPairs(msgs, trees); err != nil {
 		return nil, nil, err
 	}
+	if err := linkrules.CheckOwed(nodeID, linkrules.TreesObjects(trees), s.nodeOwed[nodeID], s.lim); err != nil {
+		return nil, nil, err // before the trees are looked at
+	}
 	checked := make([][]linkrules.TreeNode, len(msgs))
 	var runID uint64
 	for i, m := range msgs {
@@ -1283,9 +1294,9 @@ func (s *Store) madeUp(runID uint64, ins *flwr129.Metadata, insID string, code i
 	m, content := linkrules.MadeUpReply(ins, insID, code, reason, now)
 	id := m.Metadata.MessageId
 	if s.objects[id] == nil {
-		s.objects[id] = &object{content: content, available: true, runs: map[uint64]bool{}}
+		s.objects[id] = &object{content: content, available: true}
 	}
-	s.objects[id].runs[runID] = true
+	s.objects[id].addRun(runID)
 	s.runs[runID].objects[id] = true
 	return m
 }
@@ -1307,7 +1318,7 @@ func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 		switch {
 		case nodeID != state.SuperLinkNodeID && s.inRun[k] == 0:
 			return false, linkrules.NotInRun(nodeID, runID)
-		case o != nil && o.runs[runID] && o.available:
+		case o != nil && o.inRun(runID) && o.available:
 			return true, linkrules.CheckObject(id, content, o.children) // pushed already, by another
 		}
 		return false, linkrules.NotOwed(id, nodeID, runID)
@@ -1343,7 +1354,7 @@ func (s *Store) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 		return nil, false, false, linkrules.NotInRun(nodeID, runID)
 	}
 	o := s.objects[id]
-	if o == nil || !o.runs[runID] {
+	if o == nil || !o.inRun(runID) {
 		return nil, false, false, nil
 	}
 	if !o.available {
@@ -1369,7 +1380,7 @@ func (s *Store) ConfirmMessageReceived(ctx context.Context, runID, nodeID uint64
 			return linkrules.NotAddressed(messageID, nodeID, runID)
 		}
 	}
-	if o := s.objects[messageID]; o != nil && o.runs[runID] {
+	if o := s.objects[messageID]; o != nil && o.inRun(runID) {
 		s.deleteObject(messageID)
 	}
 	return nil

@@ -481,6 +481,15 @@ func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 		if err := linkrules.CheckPairs(msgs, trees); err != nil {
 			return err
 		}
+		if nodeID != state.SuperLinkNodeID {
+			var owes int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE node_id = $1`, dbID(nodeID)).Scan(&owes); err != nil {
+				return err
+			}
+			if err := linkrules.CheckOwed(nodeID, linkrules.TreesObjects(trees), owes, s.lim); err != nil {
+				return err // before the trees are looked at
+			}
+		}
 		checked := make([][]linkrules.TreeNode, len(msgs))
 		ins := make([]*insRow, len(msgs))
 		seen := map[string]bool{}

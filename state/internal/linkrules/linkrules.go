@@ -475,6 +475,16 @@ func CheckOwed(node uint64, n, nodeOwed int, l state.LinkLimits) error {
 		Msg: fmt.Sprintf("PushMessages: node %d owes %d objects it has not pushed, and these messages name %d more; push the objects of its messages first", node, nodeOwed, n)}
 }
 
+// TreesObjects counts the objects of trees, as state.TreeObjects, for
+// CheckOwed's check before they are looked at.
+func TreesObjects(trees []*flwr129.ObjectTree) int {
+	n := 0
+	for _, t := range trees {
+		n += state.TreeObjects(t)
+	}
+	return n
+}
+
 // RunOwedError is the refusal of replies of node that would take what
 // the nodes of run owe past LinkLimits.MaxPendingPerRun, when no node of
 // the run owes more than node would (see MakeRunRoom).
