@@ -3,6 +3,8 @@ package app
 import (
 	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"math"
 	"reflect"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -263,5 +266,33 @@ func TestRefusedCallMessage(t *testing.T) {
 	}
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("push to run -7: code %v, want NotFound", status.Code(err))
+	}
+}
+
+// A server app waiting for nodes logs how many are online every
+// NodesLogInterval, and gives up after NodesTimeout with a
+// *TooFewNodesError.
+func TestTooFewNodesGivesUp(t *testing.T) {
+	link := startLink(t)
+	fakeNode(t, link, 30)
+	var log testkit.SyncBuffer
+	start := time.Now()
+	_, err := RunFedAvg(context.Background(), ServerOptions{Server: link.driver, TLS: transport.ClientOptions{RootCertificates: link.caFile},
+		MinNodes: 2, NodesInterval: 50 * time.Millisecond, NodesTimeout: 700 * time.Millisecond, NodesLogInterval: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	var tf *TooFewNodesError
+	if !errors.As(err, &tf) || tf.Online != 1 || tf.Need != 2 || tf.Waited != 700*time.Millisecond {
+		t.Fatalf("RunFedAvg = %v, want a *TooFewNodesError with 1 of 2 online", err)
+	}
+	if !strings.Contains(err.Error(), "only 1 of the 2 nodes needed were online after waiting 700ms") {
+		t.Errorf("message: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("gave up after %v with a 700ms bound", d)
+	}
+	// Logged at the start and about every 200 ms after, though the count
+	// did not change.
+	if n := strings.Count(log.String(), `msg="waiting for nodes" online=1 need=2`); n < 3 {
+		t.Errorf("logged the wait %d times, want at least 3 (every 200ms over 700ms):\n%s", n, log.String())
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sepal-fl/sepal/internal/certfmt"
 	"github.com/sepal-fl/sepal/selfsigned"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -465,4 +466,73 @@ func BenchmarkGetCertificate(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A FileSource warns, at start and when a new key is loaded, about a key
+// file others can read; serials in its log are as openssl prints them.
+func TestFileSourceWarnsOpenKeyAndPrintsOpenSSLSerials(t *testing.T) {
+	fx, first := newFixture(t)
+	if err := os.Chmod(fx.keyFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fx.source(t, time.Hour)
+	log := fx.log.String()
+	if !strings.Contains(log, "open to other users (mode 0644)") || !strings.Contains(log, "chmod 600") {
+		t.Errorf("no warning about the 0644 key:\n%s", log)
+	}
+	want := certfmt.Serial(first.Leaf.SerialNumber)
+	if !strings.Contains(log, "serial="+want) || want != strings.ToUpper(want) {
+		t.Errorf("log does not give the serial as openssl does (%s):\n%s", want, log)
+	}
+}
+
+// After a reported failure, the next good reload says the files are good
+// again: when a new good pair comes, and when the served files come back.
+func TestFileSourceLogsGoodAgain(t *testing.T) {
+	const good = "certificate files are good again"
+	fx, first := newFixture(t)
+	s := fx.source(t, time.Hour)
+	other := fx.issue(t)
+
+	// A mismatched pair (the key of another certificate), then the old key back.
+	if err := WriteFileAtomic(fx.keyFile, other.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("Reload of a mismatched pair: %v", err)
+	}
+	if fx.log.count(good) != 0 {
+		t.Fatalf("good again before it is:\n%s", fx.log)
+	}
+	if err := WriteFileAtomic(fx.keyFile, first.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if fx.log.count(good+"; serving the same certificate") != 1 {
+		t.Errorf("restoring the served files is not logged as good again:\n%s", fx.log)
+	}
+	// Once good, a reload of the same files says nothing more.
+	if err := s.Reload(); err != nil || fx.log.count(good) != 1 {
+		t.Errorf("an unchanged reload logged good again: %v\n%s", err, fx.log)
+	}
+
+	// A broken file, then a new good pair.
+	if err := WriteFileAtomic(fx.certFile, []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(); err == nil {
+		t.Fatal("Reload of a broken certificate file succeeded")
+	}
+	fx.writePair(t, other)
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if fx.log.count(good+" after the failed reload") != 1 {
+		t.Errorf("a new good pair after a failure is not logged as good again:\n%s", fx.log)
+	}
+	if c, _ := s.GetCertificate(nil); c.Leaf.SerialNumber.Cmp(other.Leaf.SerialNumber) != 0 {
+		t.Error("the new pair is not served")
+	}
 }

@@ -78,7 +78,7 @@ func (rs *replicaSet) byPid(owner string) int {
 	}
 	pid, _ := strconv.Atoi(m[1])
 	for i, l := range rs.links {
-		if l.p.cmd.Process.Pid == pid {
+		if l.cmd.Process.Pid == pid {
 			return i
 		}
 	}
@@ -136,7 +136,7 @@ func (rs *replicaSet) serveProxy(ln net.Listener) {
 			}
 			defer u.Close()
 			rs.mu.Lock()
-			rs.routes = append(rs.routes, route{holder: h, target: target, at: time.Now(), mark: len(rs.links[target].p.out.String())})
+			rs.routes = append(rs.routes, route{holder: h, target: target, at: time.Now(), mark: len(rs.links[target].out.String())})
 			rs.mu.Unlock()
 			done := make(chan struct{}, 2)
 			go func() { io.Copy(u, c); done <- struct{}{} }()
@@ -157,7 +157,7 @@ func (rs *replicaSet) serials() []string {
 		if dead {
 			continue
 		}
-		if leaf, err := handshake(l.fleet, acmeDomain, rs.roots); err == nil {
+		if leaf, err := handshakeTLS(l.fleet, acmeTLS(rs.roots, acmeDomain)); err == nil {
 			out[i] = leaf.SerialNumber.Text(16)
 		}
 	}
@@ -278,7 +278,7 @@ func (rs *replicaSet) checkValidations(challenge string, after time.Time) {
 		if r.holder == r.target {
 			continue // no other replica accepted yet
 		}
-		if strings.Contains(rs.links[r.target].p.out.String()[r.mark:], "answering "+challenge+" challenge") {
+		if strings.Contains(rs.links[r.target].out.String()[r.mark:], "answering "+challenge+" challenge") {
 			answered++
 		}
 	}
@@ -310,7 +310,7 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 
 	// One order, one certificate, served by all three.
 	for _, l := range rs.links {
-		waitServing(t, l, rs.roots, 60*time.Second)
+		waitACMECert(t, l, rs.roots, 60*time.Second)
 	}
 	s1, _ := rs.waitSame("", time.Now().Add(20*time.Second))
 	t.Logf("measured: three replicas serving one certificate %v after they started", time.Since(rs.links[0].started).Round(time.Millisecond))
@@ -319,10 +319,10 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	}
 	issued := 0
 	for _, l := range rs.links {
-		if strings.Contains(l.p.out.String(), `msg="certificate issued"`) {
+		if strings.Contains(l.out.String(), `msg="certificate issued"`) {
 			issued++
-		} else if !strings.Contains(l.p.out.String(), `msg="certificate loaded from storage"`) {
-			t.Errorf("a replica neither issued nor loaded the certificate:\n%s", l.p.out.String())
+		} else if !strings.Contains(l.out.String(), `msg="certificate loaded from storage"`) {
+			t.Errorf("a replica neither issued nor loaded the certificate:\n%s", l.out.String())
 		}
 	}
 	if issued != 1 {
@@ -331,7 +331,7 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	rs.checkValidations("tls-alpn-01", start)
 
 	// A renewal by one replica reaches the others.
-	leaf1, err := handshake(rs.links[0].fleet, acmeDomain, rs.roots)
+	leaf1, err := handshakeTLS(rs.links[0].fleet, acmeTLS(rs.roots, acmeDomain))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +359,7 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	var leaf2 *x509.Certificate
 	for victim = -1; victim < 0; {
 		s2Now, _ = rs.waitSame("", time.Now().Add(30*time.Second))
-		if leaf2, err = handshake(rs.links[0].fleet, acmeDomain, rs.roots); err != nil {
+		if leaf2, err = handshakeTLS(rs.links[0].fleet, acmeTLS(rs.roots, acmeDomain)); err != nil {
 			t.Fatal(err)
 		}
 		for time.Now().Before(leaf2.NotAfter) && victim < 0 {
@@ -381,10 +381,10 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	rs.mu.Lock()
 	rs.killed[victim] = true
 	rs.mu.Unlock()
-	_ = v.p.cmd.Process.Signal(syscall.SIGKILL)
+	_ = v.cmd.Process.Signal(syscall.SIGKILL)
 	killed := time.Now()
-	<-v.p.done
-	t.Logf("killed replica %d (pid %d) holding the lock, %v before %s expires", victim, v.p.cmd.Process.Pid,
+	<-v.done
+	t.Logf("killed replica %d (pid %d) holding the lock, %v before %s expires", victim, v.cmd.Process.Pid,
 		time.Until(leaf2.NotAfter).Round(time.Millisecond), s2Now)
 	var owner string
 	if err := rs.db.QueryRow(context.Background(), "SELECT owner FROM acme_locks WHERE name = $1", issueLock).Scan(&owner); err != nil || rs.byPid(owner) != victim {
@@ -399,8 +399,8 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	t.Logf("measured: after the lock holder was killed, the survivors serve renewed %s %v later (lease 10s)", s3, time.Since(killed).Round(time.Millisecond))
 	took := false
 	for i, l := range rs.links {
-		if i != victim && strings.Contains(l.p.out.String(), "took over a lock") &&
-			strings.Contains(l.p.out.String(), fmt.Sprintf("pid=%d ", v.p.cmd.Process.Pid)) {
+		if i != victim && strings.Contains(l.out.String(), "took over a lock") &&
+			strings.Contains(l.out.String(), fmt.Sprintf("pid=%d ", v.cmd.Process.Pid)) {
 			took = true
 		}
 	}
@@ -409,7 +409,7 @@ func testACMEReplicasTLSALPN(t *testing.T) {
 	}
 	for i, l := range rs.links {
 		if i != victim {
-			if err := healthCheck(context.Background(), l.fleet, rs.roots); err != nil {
+			if err := checkHealth(t, l.fleet, acmeTLS(rs.roots, acmeDomain)); err != nil {
 				t.Errorf("replica %d after the renewal: %v", i, err)
 			}
 		}
@@ -423,7 +423,7 @@ func testACMEReplicasHTTP(t *testing.T) {
 	start := time.Now()
 	rs, pb := startReplicas(t, 3, "http-01")
 	for _, l := range rs.links {
-		waitServing(t, l, rs.roots, 60*time.Second)
+		waitACMECert(t, l, rs.roots, 60*time.Second)
 	}
 	rs.waitSame("", time.Now().Add(20*time.Second))
 	if n := newOrders(pb); n != 1 {

@@ -151,8 +151,8 @@ func connectionSlots(t *testing.T, limit, n int) {
 	}
 }
 
-// Connection slots, at --max-connections 200 (198 idle connections, the
-// trial's) and at the default 4096 (4094 connections from one process:
+// Connection slots, at --max-connections 200 (198 idle
+// connections) and at the default 4096 (4094 connections from one process:
 // what that costs, and that the share holds there too).
 func TestAttackConnectionSlots(t *testing.T) {
 	needE2E(t)

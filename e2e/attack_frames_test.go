@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 )
@@ -165,7 +163,7 @@ func TestAttackControlFrames(t *testing.T) {
 	if want := float64(len(floods) + len(results)); closed < want {
 		t.Errorf("%s{reason=%q} is %v, want at least %v", metricClosedByLimit, reasonControlFrames, closed, want)
 	}
-	if got := slHealth(t, bed.sl.fleet, filepath.Join(bed.dir, slCA)); got != healthpb.HealthCheckResponse_SERVING {
-		t.Errorf("health after the attacks: %v", got)
+	if err := checkHealth(t, bed.sl.fleet, bed.tls); err != nil {
+		t.Errorf("health after the attacks: %v", err)
 	}
 }

@@ -1,11 +1,11 @@
 package e2e
 
 // The attack tests (attack_*_test.go) repeat, against the real
-// flower-superlink, the attacks an attacker trial got past the limits
-// with, each with a legitimate FedAvg run beside it. Each logs one
-// SUMMARY line: the attack, the SuperLink's peak RSS growth and CPU
-// seconds, and the rounds the legitimate run finished. The long versions
-// (the trial's durations) run with SEPAL_ATTACK_LONG=1.
+// flower-superlink, attacks that once got past its limits, each with a
+// legitimate FedAvg run beside it. Each logs one SUMMARY line: the
+// attack, the SuperLink's peak RSS growth and CPU seconds, and the rounds
+// the legitimate run finished. The long versions (the attacks' original
+// durations) run with SEPAL_ATTACK_LONG=1.
 //
 // This is their harness: a flower-superlink with legitimate client apps
 // and server apps (the real binaries) connected from 127.0.0.1, attackers
@@ -20,7 +20,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -31,12 +30,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/testkit"
-	"github.com/sepal-fl/sepal/transport"
 )
 
 // What the attack tests expect of the SuperLink's limits, named once.
@@ -61,8 +60,8 @@ const (
 func perPeerConnections(limit int) int { return max(16, limit/16) }
 
 // attackLong tells whether the long versions of the attacks run
-// (SEPAL_ATTACK_LONG=1): the trial's durations instead of
-// the suite's short ones.
+// (SEPAL_ATTACK_LONG=1): their original durations instead of the suite's
+// short ones.
 func attackLong() bool { return os.Getenv("SEPAL_ATTACK_LONG") != "" }
 
 // attackerIP is the i-th attacker's address: 127.0.0.2, 127.0.0.3, ...
@@ -86,7 +85,7 @@ type bedOptions struct {
 type attackBed struct {
 	t       *testing.T
 	dir     string
-	sl      *slProc
+	sl      *superLink
 	pid     int
 	metrics string // http://HOST:PORT of --metrics-address, or ""
 	clients []*proc
@@ -102,18 +101,11 @@ type attackBed struct {
 // client app registered its node.
 func newBed(t *testing.T, o bedOptions) *attackBed {
 	t.Helper()
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	args := append(append([]string{}, slSeedArgs...), o.args...)
-	b := &attackBed{t: t, dir: dir}
-	if o.metrics {
-		m := freeAddr(t)
-		args = append(args, "--metrics-address", m)
-		b.metrics = "http://" + m
+	sl := startSuperLink(t, linkOptions{certs: true, args: o.args, metrics: o.metrics})
+	b := &attackBed{t: t, dir: sl.dir, sl: sl, pid: sl.cmd.Process.Pid, tls: sl.tls}
+	if sl.metrics != "" {
+		b.metrics = "http://" + sl.metrics
 	}
-	b.sl = slStart(t, dir, args...)
-	b.pid = b.sl.cmd.Process.Pid
-	b.tls = slTLS(t, dir)
 	if o.clients == 0 {
 		o.clients = 2
 	}
@@ -471,11 +463,7 @@ type healthWatch struct {
 // watchHealth starts watching; end stops it.
 func (b *attackBed) watchHealth() *healthWatch {
 	b.t.Helper()
-	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: filepath.Join(b.dir, slCA)})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(b.sl.fleet, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(b.sl.fleet, grpc.WithTransportCredentials(credentials.NewTLS(b.tls)))
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -484,19 +472,18 @@ func (b *attackBed) watchHealth() *healthWatch {
 	go func() {
 		defer close(h.done)
 		defer conn.Close()
-		client := healthpb.NewHealthClient(conn)
 		hc := &http.Client{Timeout: 3 * time.Second}
 		tick := time.NewTicker(500 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			res, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+			st, err := testkit.CheckHealth(ctx, conn)
 			cancel()
 			var seen []string
 			if err != nil {
 				seen = append(seen, "health check failed: "+status.Code(err).String()+": "+status.Convert(err).Message())
-			} else if res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				seen = append(seen, "health "+res.GetStatus().String())
+			} else if st != healthpb.HealthCheckResponse_SERVING {
+				seen = append(seen, "health "+st.String())
 			}
 			if b.metrics != "" {
 				if r, err := hc.Get(b.metrics + "/readyz"); err != nil {

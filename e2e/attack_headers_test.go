@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 )
@@ -60,7 +58,7 @@ func insertAfter(h []hpack.HeaderField, name string, f hpack.HeaderField) []hpac
 }
 
 // headerTricks are the request headers tried on the guard. The first is
-// the trial's: grpc-go serves a request one of whose content-types is
+// the one that once got past it: grpc-go serves a request one of whose content-types is
 // valid, and the guard read the last one. The test finds out which of the
 // others grpc-go serves, and attacks through those.
 var headerTricks = []headerTrick{
@@ -154,7 +152,7 @@ func TestAttackHeaderTricks(t *testing.T) {
 		}
 	}
 	if len(served) == 0 || served[0].name != headerTricks[0].name {
-		t.Fatalf("grpc-go no longer serves the trial's request (%s): the test needs a new trick", headerTricks[0].name)
+		t.Fatalf("grpc-go no longer serves the first trick's request (%s): the test needs a new trick", headerTricks[0].name)
 	}
 
 	// About a round per header set (each set's three attacks take 2 s
@@ -214,7 +212,7 @@ func TestAttackHeaderTricks(t *testing.T) {
 	summary(t, fmt.Sprintf("header tricks (%d served of %d tried)", len(served), len(headerTricks)), total, &rep,
 		fmt.Sprintf("peak growth is the largest of any one attack, CPU their sum; the run went on past the attacks: %v", rep.lastedPast(end)))
 	rep.check(t, 2)
-	if got := slHealth(t, bed.sl.fleet, filepath.Join(bed.dir, slCA)); got != healthpb.HealthCheckResponse_SERVING {
-		t.Errorf("health after the attacks: %v", got)
+	if err := checkHealth(t, bed.sl.fleet, bed.tls); err != nil {
+		t.Errorf("health after the attacks: %v", err)
 	}
 }

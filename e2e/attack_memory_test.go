@@ -4,12 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
-
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/superlink"
@@ -98,8 +95,8 @@ func TestAttackAdmittedByteCostsOne(t *testing.T) {
 				t.Errorf("10 s after the attack RSS is %d MiB, want within %d MiB of the %d MiB before it", rss/mib, attackSlack/mib, c.rss0/mib)
 			}
 			rep.check(t, 2)
-			if got := slHealth(t, bed.sl.fleet, filepath.Join(bed.dir, slCA)); got != healthpb.HealthCheckResponse_SERVING {
-				t.Errorf("health after the attack: %v", got)
+			if err := checkHealth(t, bed.sl.fleet, bed.tls); err != nil {
+				t.Errorf("health after the attack: %v", err)
 			}
 		})
 	}
@@ -114,10 +111,8 @@ func TestAttackAdmittedByteCostsOne(t *testing.T) {
 func BenchmarkAttackPushes(b *testing.B) {
 	needE2E(b)
 	for b.Loop() {
-		dir := b.TempDir()
-		slFlowerCerts(b, dir)
-		sl := slStart(b, dir, append(append([]string{}, slSeedArgs...), "--max-inflight-bytes", "256MiB")...)
-		_, c := pushFlood(b, sl.cmd.Process.Pid, sl.fleet, slTLS(b, dir), 6, 200e6)
+		sl := startSuperLink(b, linkOptions{certs: true, args: []string{"--max-inflight-bytes", "256MiB"}})
+		_, c := pushFlood(b, sl.cmd.Process.Pid, sl.fleet, sl.tls, 6, 200e6)
 		sl.stop()
 		b.ReportMetric(float64(c.grew)/mib, "peak-rss-growth-MiB")
 		b.ReportMetric(c.cpu.Seconds(), "superlink-cpu-s")

@@ -21,7 +21,7 @@ type slowStream struct {
 	result testkit.H2Stream
 }
 
-// slowSenders opens the trial's slow streams from the attacker's address
+// slowSenders opens slow streams from the attacker's address
 // on 3 connections: a PushTaskRes declaring 320 MiB on each (together
 // the budget's large part, 960 of 1024 MiB), then 64 CreateNode
 // declaring 1 MiB (the small-call reserve), each sending its prefix and
@@ -51,7 +51,7 @@ func (b *attackBed) slowSenders(ctx context.Context, begin time.Time) []*slowStr
 	for _, c := range conns {
 		open(c, mPushTaskRes, 320<<20)
 	}
-	time.Sleep(500 * time.Millisecond) // the large ones first, as the trial did
+	time.Sleep(500 * time.Millisecond) // the large ones first
 	for i := range 64 {
 		open(conns[i%3], mCreateNode, 1<<20)
 	}
@@ -87,7 +87,7 @@ func (b *attackBed) slowSenders(ctx context.Context, begin time.Time) []*slowStr
 // Slow senders: from one attacker address, 3 connections declare large
 // PushTaskRes messages (960 MiB together) and 64 CreateNode streams
 // declare 1 MiB each (the small-call reserve), then send 1 byte every
-// 20 s, for 30 s (2 min with SEPAL_ATTACK_LONG=1, past the trial's 95 s
+// 20 s, for 30 s (2 min with SEPAL_ATTACK_LONG=1, past a 95 s
 // hold). Within 30 s of the attack's start every one of those streams is
 // refused or reset; the legitimate apps never see a call fail; the FedAvg
 // rounds during the attack take under 3x the baseline round time measured

@@ -22,11 +22,19 @@ type statusPage struct {
 	identities  []string
 	rounds      []string // the round column of the runs table
 	refresh     string   // the meta refresh content
+
+	// Flower 1.29: #nodes129-online, and the columns of the nodes and
+	// runs tables.
+	nodes129Online string
+	nodeIDs129     []string
+	keys129        []string
+	heartbeats129  []string
+	statuses129    []string
 }
 
 // screenshotEnv, when set, makes statusInBrowser write a screenshot to
-// docs/NAME when given a name (TestMonitoringFiles's is the README's
-// picture, docs/status-page.png):
+// docs/NAME when given a name (TestMonitoringFiles's is the picture
+// docs/operating.md shows, docs/status-page.png):
 //
 //	SEPAL_SCREENSHOT=1 go test ./e2e -run TestMonitoringFiles
 const screenshotEnv = "SEPAL_SCREENSHOT"
@@ -34,7 +42,7 @@ const screenshotEnv = "SEPAL_SCREENSHOT"
 // statusInBrowser opens url in headless Chromium from Debian with
 // JavaScript disabled (the page must not need it), reads what it shows and
 // hands it to check; with SEPAL_SCREENSHOT set it saves a screenshot for
-// the README under docs/shot (none when shot is "").
+// the docs under docs/shot (none when shot is "").
 func statusInBrowser(t *testing.T, url, shot string, check func(statusPage)) {
 	t.Helper()
 	exe := chromium(t)
@@ -92,6 +100,13 @@ func statusInBrowser(t *testing.T, url, shot string, check func(statusPage)) {
 	}
 	p.identities = list("td.identity")
 	p.rounds = list("td.round")
+	if has := list("#nodes129-online"); len(has) == 1 {
+		p.nodes129Online = has[0]
+	}
+	p.nodeIDs129 = list("#nodes129 tbody td:first-child")
+	p.keys129 = list("td.key")
+	p.heartbeats129 = list("td.heartbeat")
+	p.statuses129 = list("td.status129")
 	if err == nil {
 		var a chromedp.AttributeResult
 		a, err = chromedp.Run(ctx, chromedp.AttributeValue(chromedp.CSS(`meta[http-equiv="refresh"]`), "content"))

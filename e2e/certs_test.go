@@ -6,9 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +243,189 @@ IP.2 = 127.0.0.1
 	}
 	if got := opensslRun(t, work, "pkey", "-in", "certificates/server.key", "-noout", "-text"); !strings.Contains(got, "NIST CURVE: P-256") {
 		t.Errorf("the new server key is not P-256:\n%s", got)
+	}
+}
+
+// killpointsBinary returns flower-certs built with the sepal_killpoints
+// tag (a hook that SIGKILLs the process after the N-th step of its set
+// write; never in a release binary), built on the first call.
+func killpointsBinary(t *testing.T) string {
+	t.Helper()
+	return buildOnce(t, "flower-certs-killpoints", "./cmd/flower-certs", "-tags", "sepal_killpoints")
+}
+
+// certSet is the four files of a flower-certs folder (nil when absent).
+type certSet map[string][]byte
+
+var certNames = []string{"ca.crt", "ca.key", "server.pem", "server.key"}
+
+func readCertSet(t *testing.T, dir string) certSet {
+	t.Helper()
+	s := certSet{}
+	for _, n := range certNames {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		s[n] = b
+	}
+	return s
+}
+
+// works reports why the four files do not form a working set, or "".
+func (s certSet) works(dir string) string {
+	for _, n := range certNames {
+		if s[n] == nil {
+			return n + " is missing"
+		}
+	}
+	p := func(n string) string { return filepath.Join(dir, n) }
+	if _, err := certfile.LoadCA(p("ca.crt"), p("ca.key")); err != nil {
+		return err.Error()
+	}
+	if _, err := certfile.Check(p("ca.crt"), p("server.pem"), p("server.key"), time.Time{}); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// TestFlowerCertsKilledAtEveryStep kills flower-certs (SIGKILL) after each
+// of its file operations in turn: on a fresh folder, with --force over a
+// set (a new server certificate from the same CA) and with --new-ca. After
+// each kill no private key is readable by others and no file is cut short;
+// unless a journal of a committed write is there, the set is the old one
+// or the new one, whole; and the next plain run of the real binary repairs
+// what it finds (saying so), never saying "nothing changed" over a broken
+// set, and leaves exactly the four files, working together.
+func TestFlowerCertsKilledAtEveryStep(t *testing.T) {
+	needE2E(t)
+	killable := killpointsBinary(t)
+	for _, sc := range []struct {
+		name string
+		args []string
+		old  bool // a set is there before
+	}{
+		{"fresh folder", nil, false},
+		{"--force", []string{"--force"}, true},
+		{"--new-ca", []string{"--new-ca"}, true},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			// The set there before, made once and copied into each folder.
+			var old certSet
+			if sc.old {
+				tmpl := t.TempDir()
+				if out, code := run(t, time.Minute, tmpl, nil, "flower-certs"); code != 0 {
+					t.Fatalf("first run: exit %d\n%s", code, out)
+				}
+				old = readCertSet(t, filepath.Join(tmpl, "certificates"))
+			}
+			steps := 0
+			for n := 1; ; n++ {
+				work := t.TempDir()
+				dir := filepath.Join(work, "certificates")
+				if sc.old {
+					if err := os.Mkdir(dir, 0o700); err != nil {
+						t.Fatal(err)
+					}
+					for name, b := range old {
+						mode := os.FileMode(0o644)
+						if strings.HasSuffix(name, ".key") {
+							mode = 0o600
+						}
+						if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+							t.Fatal(err)
+						}
+					}
+				} else {
+					old = readCertSet(t, dir)
+				}
+				out, code := run(t, time.Minute, work, []string{"SEPAL_KILL_AFTER_STEP=" + strconv.Itoa(n)}, killable, sc.args...)
+				if code == 0 {
+					if why := readCertSet(t, dir).works(dir); why != "" {
+						t.Fatalf("a run that was not killed left a set that does not work: %s", why)
+					}
+					steps = n - 1
+					break
+				}
+				if code != -1 {
+					t.Fatalf("step %d: exit %d, want death by SIGKILL:\n%s", n, code, out)
+				}
+				entries, _ := os.ReadDir(dir)
+				for _, e := range entries {
+					p := filepath.Join(dir, e.Name())
+					b, _ := os.ReadFile(p)
+					fi, _ := os.Stat(p)
+					if bytes.Contains(b, []byte("PRIVATE KEY")) && fi.Mode().Perm()&0o077 != 0 {
+						t.Errorf("step %d: %s holds a private key with mode %04o", n, e.Name(), fi.Mode().Perm())
+					}
+				}
+				pending := certfile.PendingSet(dir)
+				now := readCertSet(t, dir)
+				broken := now.works(dir)
+				if !pending {
+					unchanged := true
+					for _, name := range certNames {
+						unchanged = unchanged && bytes.Equal(now[name], old[name])
+					}
+					if !unchanged && broken != "" {
+						t.Errorf("step %d: no journal, and the set changed but does not work: %s", n, broken)
+					}
+				}
+
+				// The next plain run.
+				out, code = run(t, time.Minute, work, nil, "flower-certs")
+				if code != 0 {
+					t.Errorf("step %d: the next run exited %d:\n%s", n, code, out)
+					continue
+				}
+				if pending && !strings.Contains(out, "completed an interrupted write") {
+					t.Errorf("step %d: the next run does not say it completed the interrupted write:\n%s", n, out)
+				}
+				if broken != "" && strings.Contains(out, "nothing changed") && !strings.Contains(out, "an earlier run was stopped") {
+					t.Errorf("step %d: \"nothing changed\" over a set that does not work (%s):\n%s", n, broken, out)
+				}
+				after := readCertSet(t, dir)
+				if why := after.works(dir); why != "" {
+					t.Errorf("step %d: after the next run the set does not work: %s\n%s", n, why, out)
+				}
+				entries, _ = os.ReadDir(dir)
+				if len(entries) != 4 {
+					var names []string
+					for _, e := range entries {
+						names = append(names, e.Name())
+					}
+					t.Errorf("step %d: after the next run the folder holds %v, want the four files", n, names)
+				}
+				if pending && bytes.Equal(after["server.pem"], old["server.pem"]) {
+					t.Errorf("step %d: a committed write was rolled back", n)
+				}
+			}
+			if steps < 15 {
+				t.Fatalf("flower-certs ran %d steps: the kill points are not reached", steps)
+			}
+			t.Logf("killed after each of %d steps", steps)
+		})
+	}
+}
+
+// flower-certs --days 3650 works on a fresh folder, and prints the serial
+// as openssl does.
+func TestFlowerCertsTenYearsAndSerial(t *testing.T) {
+	needE2E(t)
+	work := t.TempDir()
+	out, code := run(t, time.Minute, work, nil, "flower-certs", "--days", "3650")
+	if code != 0 {
+		t.Fatalf("--days 3650: exit %d\n%s", code, out)
+	}
+	if got := opensslRun(t, work, "verify", "-CAfile", "certificates/ca.crt", "certificates/server.pem"); !strings.Contains(got, "certificates/server.pem: OK") {
+		t.Errorf("openssl verify: %s", got)
+	}
+	serial := strings.TrimPrefix(strings.TrimSpace(opensslRun(t, work, "x509", "-in", "certificates/server.pem", "-noout", "-serial")), "serial=")
+	if !strings.Contains(out, "serial "+serial+",") {
+		t.Errorf("flower-certs does not print the serial openssl prints (%s):\n%s", serial, out)
+	}
+	ca := readCertSet(t, filepath.Join(work, "certificates"))
+	if why := ca.works(filepath.Join(work, "certificates")); why != "" {
+		t.Error(why)
 	}
 }

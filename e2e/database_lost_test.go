@@ -11,9 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/sepal-fl/sepal/transport"
 )
 
 // TestDatabaseFileDeleted: a SuperLink serving --database state.db whose
@@ -41,10 +40,8 @@ func TestDatabaseFileDeleted(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			slFlowerCerts(t, dir)
-			metrics := freeAddr(t)
-			sl := slStart(t, dir, append(slSeedArgs, "--database", "state.db", "--metrics-address", metrics)...)
+			sl := startSuperLink(t, linkOptions{certs: true, metrics: true, args: []string{"--database", "state.db"}})
+			dir, metrics := sl.dir, sl.metrics
 			waitReady(t, metrics, 200, 10*time.Second)
 			node := start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", slCA, "--server", sl.fleet,
 				"--poll-interval", "200ms")
@@ -53,11 +50,7 @@ func TestDatabaseFileDeleted(t *testing.T) {
 			// A health watcher on the Fleet API: it hears NOT_SERVING, and
 			// its stream keeps the SuperLink draining (up to its 5 s grace)
 			// until it lets go.
-			creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: filepath.Join(dir, slCA)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			conn, err := grpc.NewClient(sl.fleet, grpc.WithTransportCredentials(creds))
+			conn, err := grpc.NewClient(sl.fleet, grpc.WithTransportCredentials(credentials.NewTLS(sl.tls)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -114,12 +107,10 @@ func TestDatabaseFileDeleted(t *testing.T) {
 			}
 			t.Logf("%s: noticed %v after the change (a node polls every 200 ms; the SuperLink looks every 500 ms)", c.name, noticed.Round(time.Millisecond))
 
-			// Started again on the same addresses, as a supervisor does: it
-			// serves from the file now at the path, and the node, which
+			// Started again on the same command line, as a supervisor does:
+			// it serves from the file now at the path, and the node, which
 			// kept retrying, registers there again.
-			again := start(t, dir, nil, "flower-superlink", append(slSeedArgs, "--database", "state.db",
-				"--driver-api-address", sl.driver, "--grpc-rere-fleet-api-address", sl.fleet)...)
-			again.waitOutput(t, "msg=serving", 30*time.Second)
+			sl.again(t)
 			waitCount(t, node, `msg="node registered"`, 2, 30*time.Second)
 			stopClients(t, []*proc{node})
 		})

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,22 +73,16 @@ func TestCrashSIGTERM(t *testing.T) {
 // file and ports after each stop, behind a counting proxy.
 type crashLink struct {
 	t      *testing.T
-	dir    string
-	args   []string
 	sig    syscall.Signal
 	target int // stops to make
 
 	mu      sync.Mutex
-	p       *proc
-	armed   string // the point that stops it next ("" none)
-	counted int64  // bytes seen at the armed byte point since it was armed
+	sl      *superLink // the one running now
+	armed   string     // the point that stops it next ("" none)
+	counted int64      // bytes seen at the armed byte point since it was armed
 	kills   map[string]int
 	total   int
 	err     error
-}
-
-func (l *crashLink) start() {
-	l.p = start(l.t, l.dir, nil, "flower-superlink", l.args...)
 }
 
 // arm sets the next point of the cycle, unless enough stops were made.
@@ -120,18 +113,18 @@ func (l *crashLink) hit(point string, n int64) bool {
 	l.armed = ""
 	l.kills[point]++
 	l.total++
-	p := l.p
-	if err := p.cmd.Process.Signal(l.sig); err != nil {
+	sl := l.sl
+	if err := sl.cmd.Process.Signal(l.sig); err != nil {
 		l.err = fmt.Errorf("signal: %w", err)
 		return false
 	}
-	go l.restart(p)
+	go l.restart(sl)
 	return true
 }
 
 // restart waits for the stopped SuperLink to end, starts it again and arms
 // the next point once it serves.
-func (l *crashLink) restart(old *proc) {
+func (l *crashLink) restart(old *superLink) {
 	select {
 	case <-old.done:
 	case <-time.After(30 * time.Second):
@@ -147,13 +140,13 @@ func (l *crashLink) restart(old *proc) {
 		l.mu.Unlock()
 	}
 	l.mu.Lock()
-	l.start()
-	p := l.p
+	l.sl = old.again(l.t)
+	sl := l.sl
 	l.mu.Unlock()
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(p.out.String(), `msg=serving`); {
+	for deadline := time.Now().Add(30 * time.Second); !sl.serving(); {
 		if time.Now().After(deadline) {
 			l.mu.Lock()
-			l.err = fmt.Errorf("the SuperLink did not serve again within 30s:\n%s", p.out.String())
+			l.err = fmt.Errorf("the SuperLink did not serve again within 30s:\n%s", sl.out.String())
 			l.mu.Unlock()
 			return
 		}
@@ -272,20 +265,14 @@ func checkAddOneRun(t *testing.T, sum *app.Summary, rounds, nodes int) {
 }
 
 func crashRun(t *testing.T, sig syscall.Signal, kills int) {
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	driver, fleet := freeAddr(t), freeAddr(t)
+	// early: the restarts, in the proxy's goroutines, wait on their own.
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--database", "state.db"}, early: true})
+	sl.waitServing(t)
+	dir := sl.dir
 	db := filepath.Join(dir, "state.db")
-	l := &crashLink{t: t, dir: dir, sig: sig, target: kills, kills: map[string]int{},
-		args: []string{"--certificates", slCA, slCert, slKey, "--database", db,
-			"--driver-api-address", driver, "--grpc-rere-fleet-api-address", fleet}}
-	l.mu.Lock()
-	l.start()
-	p := l.p
-	l.mu.Unlock()
-	p.waitOutput(t, "serving", 30*time.Second)
-	pFleet := crashProxy(t, l, fleet, "push-res", "pull-ins")
-	pDriver := crashProxy(t, l, driver, "push-ins", "pull-res")
+	l := &crashLink{t: t, sl: sl, sig: sig, target: kills, kills: map[string]int{}}
+	pFleet := crashProxy(t, l, sl.fleet, "push-res", "pull-ins")
+	pDriver := crashProxy(t, l, sl.driver, "push-ins", "pull-res")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -352,9 +339,9 @@ func crashRun(t *testing.T, sig syscall.Signal, kills int) {
 	// (get_parameters, then train and evaluate per node per round).
 	stopNodes()
 	l.mu.Lock()
-	p = l.p
+	sl = l.sl
 	l.mu.Unlock()
-	p.stop()
+	sl.stop()
 	s, err := sqlstate.OpenSQLite(context.Background(), db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: slog.New(slog.DiscardHandler)}})
 	if err != nil {
 		t.Fatalf("the state file after the run: %v", err)

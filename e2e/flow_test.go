@@ -31,12 +31,9 @@ func TestSeedFlow(t *testing.T) {
 		}
 	}
 
-	driver, fleet := freeAddr(t), freeAddr(t)
+	link := startSuperLink(t, linkOptions{dir: dir, args: []string{"--certificates", "certificates/ca.crt", "certificates/server.pem", "certificates/server.key"}})
+	driver, fleet := link.driver, link.fleet
 	_, fleetPort, _ := net.SplitHostPort(fleet)
-	link := start(t, dir, nil, "flower-superlink",
-		"--certificates", "certificates/ca.crt", "certificates/server.pem", "certificates/server.key",
-		"--driver-api-address", driver, "--grpc-rere-fleet-api-address", fleet)
-	waitListening(t, link, 20*time.Second, driver, fleet)
 
 	clients := []*proc{
 		start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", "certificates/ca.crt", "--server", fleet),
@@ -64,7 +61,7 @@ func TestSeedFlow(t *testing.T) {
 
 	// The first client app leaves on SIGINT (calling DeleteNode) and exits 0.
 	stopClients(t, clients[:1])
-	waitCount(t, link, "reason=delete_node", 1, 10*time.Second)
+	waitCount(t, link.proc, "reason=delete_node", 1, 10*time.Second)
 
 	// The second leaves on a reconnect task, as 1.8.0's shutdown sends it:
 	// a one-round run with --stop-nodes, then it exits 0 by itself.
@@ -79,7 +76,7 @@ func TestSeedFlow(t *testing.T) {
 	if code := clients[1].wait(t, 15*time.Second); code != 0 {
 		t.Errorf("flower-client-app exited %d after the reconnect task, want 0:\n%s", code, clients[1].out.String())
 	}
-	waitCount(t, link, "reason=delete_node", 2, 10*time.Second)
+	waitCount(t, link.proc, "reason=delete_node", 2, 10*time.Second)
 }
 
 // waitCount waits up to d for p's output to hold s n times.

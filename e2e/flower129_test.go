@@ -26,10 +26,10 @@ type flower129 struct {
 	f       flowerenv.Flower
 	dir     string
 	env     []string
-	link    *proc
-	args    []string // the SuperLink's
-	addrs   []string // where it listens
-	app     string   // a copy of quickstart-numpy
+	link    *superLink
+	app     string // a copy of quickstart-numpy
+	fleet   string
+	appIo   string // ServerAppIo and the Driver API, on one port
 	control string
 }
 
@@ -38,41 +38,66 @@ type flower129 struct {
 // configuration named local-tls. The Driver API and ServerAppIo share
 // one port, as they do by default.
 func startFlower129(t *testing.T, extra ...string) *flower129 {
+	d := newFlower129(t)
+	fleet, appIo, control := freeAddr(t), freeAddr(t), freeAddr(t)
+	d.fleet, d.appIo, d.control = fleet, appIo, control
+	args := append([]string{
+		"--ssl-ca-certfile", "certificates/ca.crt", "--ssl-certfile", "certificates/server.pem", "--ssl-keyfile", "certificates/server.key",
+		"--serverappio-api-address", appIo, "--control-api-address", control,
+	}, extra...)
+	d.link = startSuperLink(t, linkOptions{dir: d.dir, env: d.env, args: args, fleet: fleet, fleetFlag: "--fleet-api-address", driver: appIo})
+	for i := range 2 {
+		d.superNode(t, fleet, i)
+	}
+	d.useFlwr(t, control)
+	return d
+}
+
+// newFlower129 prepares Flower 1.29.0 and a folder with certificates
+// (flower-certs) for a deployment.
+func newFlower129(t *testing.T) *flower129 {
 	f := flowerenv.Flower129(t)
 	d := &flower129{f: f, dir: t.TempDir()}
 	d.env = []string{"PATH=" + f.Bin + string(os.PathListSeparator) + os.Getenv("PATH"), "FLWR_HOME=" + filepath.Join(d.dir, "flwr")}
 	if out, code := run(t, 30*time.Second, d.dir, nil, "flower-certs"); code != 0 {
 		t.Fatalf("flower-certs exited %d:\n%s", code, out)
 	}
-	fleet, appIo, control := freeAddr(t), freeAddr(t), freeAddr(t)
+	return d
+}
+
+// superNode starts stock flower-supernode number i of 2, dialling fleet
+// over TLS, with extra flags.
+func (d *flower129) superNode(t *testing.T, fleet string, i int, extra ...string) *proc {
+	return start(t, d.dir, d.env, filepath.Join(d.f.Bin, "flower-supernode"), append([]string{"--root-certificates", "certificates/ca.crt",
+		"--superlink", fleet, "--clientappio-api-address", freeAddr(t),
+		"--node-config", fmt.Sprintf("partition-id=%d num-partitions=2", i)}, extra...)...)
+}
+
+// useFlwr copies quickstart-numpy into the deployment's folder and
+// writes a flwr configuration whose connection local-tls reaches the
+// Control API at control over TLS.
+func (d *flower129) useFlwr(t *testing.T, control string) {
 	d.control = control
-	args := append([]string{
-		"--ssl-ca-certfile", "certificates/ca.crt", "--ssl-certfile", "certificates/server.pem", "--ssl-keyfile", "certificates/server.key",
-		"--fleet-api-address", fleet, "--driver-api-address", appIo, "--serverappio-api-address", appIo, "--control-api-address", control,
-	}, extra...)
-	d.args, d.addrs = args, []string{fleet, appIo, control}
-	d.link = start(t, d.dir, d.env, "flower-superlink", args...)
-	waitListening(t, d.link, 20*time.Second, d.addrs...)
-	for i := range 2 {
-		start(t, d.dir, d.env, filepath.Join(f.Bin, "flower-supernode"), "--root-certificates", "certificates/ca.crt",
-			"--superlink", fleet, "--clientappio-api-address", freeAddr(t),
-			"--node-config", fmt.Sprintf("partition-id=%d num-partitions=2", i))
-	}
 	d.app = filepath.Join(d.dir, "quickstart-numpy")
-	if out, err := exec.Command("cp", "-r", filepath.Join(f.Source, "examples", "quickstart-numpy"), d.app).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "-r", filepath.Join(d.f.Source, "examples", "quickstart-numpy"), d.app).CombinedOutput(); err != nil {
 		t.Fatalf("copying quickstart-numpy: %v\n%s", err, out)
 	}
 	exec.Command("chmod", "-R", "u+w", d.app).Run()
 	if out, code := d.flwr(t, 60*time.Second, "config", "list"); code != 0 {
 		t.Fatalf("flwr config list exited %d:\n%s", code, out)
 	}
+	d.connection(t, "local-tls", control)
+}
+
+// connection adds a connection to flwr's configuration: name reaches the
+// Control API at address over TLS.
+func (d *flower129) connection(t *testing.T, name, address string) {
 	cfg, err := os.OpenFile(filepath.Join(d.dir, "flwr", "config.toml"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(cfg, "\n[superlink.local-tls]\naddress = %q\nroot-certificates = %q\n", control, filepath.Join(d.dir, "certificates", "ca.crt"))
-	cfg.Close()
-	return d
+	defer cfg.Close()
+	fmt.Fprintf(cfg, "\n[superlink.%s]\naddress = %q\nroot-certificates = %q\n", name, address, filepath.Join(d.dir, "certificates", "ca.crt"))
 }
 
 // flwr runs Flower's flwr command in the app's folder.
@@ -87,15 +112,17 @@ func (d *flower129) flwr(t *testing.T, timeout time.Duration, args ...string) (s
 
 var startedRun = regexp.MustCompile(`Successfully started run (\d+)`)
 
-// runQuickstart runs quickstart-numpy for rounds rounds with --stream and
-// checks every round's results and the end.
-func (d *flower129) runQuickstart(t *testing.T, rounds int) string {
+// quickstartArgs are the flwr arguments of a streamed quickstart-numpy run
+// of rounds rounds.
+func quickstartArgs(rounds int) []string {
+	return []string{"run", ".", "local-tls", "--stream", "--run-config", fmt.Sprintf("num-server-rounds=%d", rounds)}
+}
+
+// checkQuickstart checks the output of a streamed quickstart-numpy run:
+// every round trained on both SuperNodes, and the end. It returns the
+// run's id.
+func checkQuickstart(t *testing.T, out string, rounds int) string {
 	t.Helper()
-	began := time.Now()
-	out, code := d.flwr(t, 4*time.Minute, "run", ".", "local-tls", "--stream", "--run-config", fmt.Sprintf("num-server-rounds=%d", rounds))
-	if code != 0 {
-		t.Fatalf("flwr run exited %d:\n%s", code, out)
-	}
 	m := startedRun.FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("flwr run did not start a run:\n%s", out)
@@ -112,7 +139,6 @@ func (d *flower129) runQuickstart(t *testing.T, rounds int) string {
 	if !strings.Contains(out, "Strategy execution finished") {
 		t.Fatalf("the run did not finish:\n%s", out)
 	}
-	t.Logf("flwr run of %d rounds: %v", rounds, time.Since(began).Round(100*time.Millisecond))
 	return m[1]
 }
 
@@ -123,13 +149,16 @@ func (d *flower129) runQuickstart(t *testing.T, rounds int) string {
 // the SuperLink starting flower-superexec (subprocess isolation, the
 // default); and with the test starting it (process isolation) and the
 // SuperLink on --database FILE, killed with SIGKILL mid-run and started
-// again: the run completes.
+// again: the run completes. Under subprocess isolation a real Flower 1.8.0
+// run goes through the same ports at the same time as the first 1.29 run,
+// and the metrics and the status page show both (bothGenerations).
 func TestFlower129(t *testing.T) {
 	needE2E(t)
 	t.Run("subprocess", func(t *testing.T) {
 		t.Parallel()
-		d := startFlower129(t, "--isolation", "subprocess")
-		id := d.runQuickstart(t, 2)
+		metricsAddr := freeAddr(t)
+		d := startFlower129(t, "--isolation", "subprocess", "--metrics-address", metricsAddr)
+		id := d.bothGenerations(t, metricsAddr, 2)
 
 		out, code := d.flwr(t, time.Minute, "ls", "local-tls", "--format", "json")
 		if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "finished:completed") {
@@ -180,17 +209,28 @@ func TestFlower129(t *testing.T) {
 			t.Fatal("the SuperLink started flower-superexec under --isolation process")
 		}
 		start(t, d.dir, d.env, filepath.Join(d.f.Bin, "flower-superexec"), "--insecure", "--appio-api-address", appIo[1], "--plugin-type", "serverapp")
-		d.runKilledMidway(t, 3)
+		d.runKilledMidway(t, 3, d.killAndRestart)
 	})
 }
 
-// runKilledMidway runs quickstart-numpy for rounds rounds, kills the
-// SuperLink with SIGKILL once round 2 began (as the run's log says),
-// starts it again on the same command line (its --database file, its
-// ports), and checks that the run completes with every round's results:
-// Flower 1.29.0's SuperNodes and ServerApp retry, and the state lost
-// nothing.
-func (d *flower129) runKilledMidway(t *testing.T, rounds int) {
+// killAndRestart kills the SuperLink with SIGKILL and starts it again on
+// the same command line (its --database file, its ports).
+func (d *flower129) killAndRestart(t *testing.T, _ string) {
+	t.Helper()
+	if err := d.link.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.link.wait(t, 10*time.Second)
+	killed := time.Now()
+	d.link = d.link.again(t)
+	t.Logf("SuperLink killed with SIGKILL, serving again %v later", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// runKilledMidway runs quickstart-numpy for rounds rounds, calls kill
+// (with the run's id) once round 2 began (as the run's log says), and
+// checks that the run completes with every round's results: Flower
+// 1.29.0's SuperNodes and ServerApp retry, and the state lost nothing.
+func (d *flower129) runKilledMidway(t *testing.T, rounds int, kill func(t *testing.T, runID string)) {
 	t.Helper()
 	began := time.Now()
 	out, code := d.flwr(t, time.Minute, "run", ".", "local-tls", "--run-config", fmt.Sprintf("num-server-rounds=%d", rounds))
@@ -200,28 +240,22 @@ func (d *flower129) runKilledMidway(t *testing.T, rounds int) {
 	}
 	id := m[1]
 	d.waitLog(t, id, fmt.Sprintf("[ROUND 2/%d]", rounds), 3*time.Minute)
-	if err := d.link.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	d.link.wait(t, 10*time.Second)
-	killed := time.Now()
-	d.link = start(t, d.dir, d.env, "flower-superlink", d.args...)
-	waitListening(t, d.link, 20*time.Second, d.addrs...)
-	t.Logf("SuperLink killed with SIGKILL %v into the run, serving again %v later", killed.Sub(began).Round(100*time.Millisecond), time.Since(killed).Round(10*time.Millisecond))
+	t.Logf("round 2 began %v into the run", time.Since(began).Round(100*time.Millisecond))
+	kill(t, id)
 
 	deadline := time.Now().Add(3 * time.Minute)
 	for !strings.Contains(out, "finished:") {
 		if time.Now().After(deadline) {
-			t.Fatalf("run %s has not finished 3 minutes after the restart:\n%s", id, out)
+			t.Fatalf("run %s has not finished 3 minutes after the kill:\n%s", id, out)
 		}
 		time.Sleep(2 * time.Second)
 		out, _ = d.flwr(t, time.Minute, "ls", "local-tls", "--run-id", id, "--format", "json")
 	}
 	if !strings.Contains(out, "finished:completed") {
-		t.Fatalf("run %s after the restart:\n%s", id, out)
+		t.Fatalf("run %s after the kill:\n%s", id, out)
 	}
 	t.Logf("run of %d rounds with the SuperLink killed midway: %v", rounds, time.Since(began).Round(100*time.Millisecond))
-	// Its log, kept across the restart, has every round's results, all of
+	// Its log, kept across the kill, has every round's results, all of
 	// them (a line may come twice: the ServerApp pushes again what a
 	// killed SuperLink may have stored).
 	out, code = d.flwr(t, time.Minute, "log", id, "local-tls")

@@ -39,25 +39,22 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	haproxyBin := haproxyBinary(t)
 	dsn := pgtest.NewDatabase(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	links := []*haLink{{name: "sl1"}, {name: "sl2"}, {name: "sl3"}}
 	for _, l := range links { // all three at once, on an empty database
-		l.driver, l.fleet = freeAddr(t), freeAddr(t)
-		l.args = []string{"--certificates", slCA, slCert, slKey, "--database", dsn,
-			"--driver-api-address", l.driver, "--grpc-rere-fleet-api-address", l.fleet}
-		l.p = start(t, dir, nil, "flower-superlink", l.args...)
+		l.superLink = startSuperLink(t, linkOptions{dir: dir, certs: true, args: []string{"--database", dsn}, early: true})
 	}
 	for _, l := range links {
-		l.p.waitOutput(t, "msg=serving", 30*time.Second)
+		l.waitServing(t)
 	}
-	check := readmeCheck(t)
+	check := docCheck(t)
 	lb := startHAProxy(t, dir, haproxyBin, haproxyConfig{
 		Fleet: freeAddr(t), Driver: freeAddr(t), Links: links,
 		CAFile: filepath.Join(dir, slCA), CheckName: "localhost",
 		Socket: filepath.Join(dir, "haproxy.sock"), Check: check,
 	})
 	if worst := checkDownBound(t, check); worst > haChecksDownWithin {
-		t.Fatalf("the README's check settings %q mark a dead SuperLink DOWN up to %v after it dies, want %v at most", check, worst, haChecksDownWithin)
+		t.Fatalf("the check settings %q of %s mark a dead SuperLink DOWN up to %v after it dies, want %v at most", check, haproxyDoc, worst, haChecksDownWithin)
 	}
 	lb.waitAll(t, links, "UP", 15*time.Second)
 	// The certificate holds localhost: the name the apps dial, HAProxy's.
@@ -82,11 +79,11 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	first := lb.killDuring(t, srv, nodes, 2, haDownWithin, func(st haStats) *haLink {
 		return st.most(links, "driver", nil)
 	})
-	first.restart(t, dir, lb)
+	first.restart(t, lb)
 	// Round 4: kill another, the one most nodes are connected to.
 	lb.killDuring(t, srv, nodes, 4, haDownWithin, func(st haStats) *haLink {
 		return st.most(links, "fleet", first)
-	}).restart(t, dir, lb)
+	}).restart(t, lb)
 
 	if code := srv.wait(t, 90*time.Second); code != 0 {
 		t.Fatalf("flower-server-app exited %d:\n%s", code, srv.out.String())
@@ -135,7 +132,7 @@ func TestSuperLinksBehindHAProxy(t *testing.T) {
 	// The database: each TaskIns the server app waited for (get_parameters,
 	// then train and evaluate per node per round) gave one result.
 	for _, l := range links {
-		l.p.stop()
+		l.stop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -183,25 +180,18 @@ const (
 // haLink is one flower-superlink behind HAProxy, started again on the same
 // ports and database after it is killed.
 type haLink struct {
-	name          string // its name in HAProxy's configuration
-	driver, fleet string
-	args          []string
-	p             *proc
+	*superLink
+	name    string // its name in HAProxy's configuration
+	control string // its Control API's address; "" without Flower 1.29's Control API
 }
 
-// start starts the SuperLink and waits until it serves.
-func (l *haLink) start(t *testing.T, dir string) {
-	t.Helper()
-	l.p = start(t, dir, nil, "flower-superlink", l.args...)
-	l.p.waitOutput(t, "msg=serving", 30*time.Second)
-}
-
-// restart starts the killed SuperLink again and waits until HAProxy's
-// health checks pass for it on both APIs.
-func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
+// restart starts the killed SuperLink again and waits until it serves and
+// HAProxy's health checks pass for it on every API.
+func (l *haLink) restart(t *testing.T, lb *haproxy) {
 	t.Helper()
 	begin := time.Now()
-	l.start(t, dir)
+	l.superLink = l.again(t)
+	l.waitServing(t)
 	serving := time.Since(begin)
 	lb.waitAll(t, []*haLink{l}, "UP", 15*time.Second)
 	t.Logf("%s started again: serving after %v, UP in HAProxy after %v", l.name,
@@ -211,7 +201,7 @@ func (l *haLink) restart(t *testing.T, dir string, lb *haproxy) {
 // killDuring waits for round r of the server app's run to be under way
 // (round r-1 printed, and a node's round-r train result pushed), then kills
 // with SIGKILL the SuperLink pick chooses from HAProxy's sessions, and
-// waits until HAProxy's stats socket shows it DOWN on both APIs. It fails
+// waits until HAProxy's stats socket shows it DOWN on every API. It fails
 // the test when round r ended before the kill, or when HAProxy took longer
 // than downWithin to mark it DOWN.
 func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, downWithin time.Duration, pick func(haStats) *haLink) *haLink {
@@ -227,11 +217,11 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 	}
 	st := lb.stats(t)
 	l := pick(st)
-	if err := l.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := l.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	<-l.p.done
+	<-l.done
 	if strings.Contains(srv.out.String(), fmt.Sprintf("round %d/%d:", r, haRounds)) {
 		t.Fatalf("round %d ended before %s was killed", r, l.name)
 	}
@@ -241,7 +231,7 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 		r, l.name, st[haKey("driver", l.name)].sessions, st[haKey("fleet", l.name)].sessions, down.Round(time.Millisecond),
 		strings.Join(lb.downReasons(l), "; "))
 	if down > downWithin {
-		t.Errorf("HAProxy marked the killed %s DOWN %v after the kill, want within %v (the README's check settings)", l.name, down.Round(time.Millisecond), downWithin)
+		t.Errorf("HAProxy marked the killed %s DOWN %v after the kill, want within %v (the check settings of %s)", l.name, down.Round(time.Millisecond), downWithin, haproxyDoc)
 	}
 	return l
 }
@@ -250,7 +240,7 @@ func (lb *haproxy) killDuring(t *testing.T, srv *proc, nodes []*proc, r int, dow
 // last one per API, such as "Layer4 connection problem" (a check refused).
 func (lb *haproxy) downReasons(l *haLink) []string {
 	var out []string
-	for _, api := range []string{"fleet", "driver"} {
+	for _, api := range lb.cfg.apis() {
 		re := regexp.MustCompile(`Server ` + regexp.QuoteMeta(haKey(api, l.name)) + ` is DOWN, reason: ([^,]+)`)
 		if m := re.FindAllStringSubmatch(lb.out.String(), -1); len(m) > 0 {
 			out = append(out, api+": "+m[len(m)-1][1])
@@ -259,31 +249,38 @@ func (lb *haproxy) downReasons(l *haLink) []string {
 	return out
 }
 
-// readmeHAProxy returns the HAProxy configuration block of the README's
-// "The load balancer: HAProxy" section.
-func readmeHAProxy(t *testing.T) string {
+// haproxyDoc is the page that shows the HAProxy configuration for
+// production, in its section haproxySection.
+const (
+	haproxyDoc     = "docs/several-superlinks.md"
+	haproxySection = "## HAProxy\n"
+)
+
+// docHAProxy returns the HAProxy configuration block of haproxyDoc's
+// HAProxy section.
+func docHAProxy(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(moduleRoot(), "README.md"))
+	b, err := os.ReadFile(filepath.Join(moduleRoot(), haproxyDoc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, after, ok := strings.Cut(string(b), "### The load balancer: HAProxy\n")
+	_, after, ok := strings.Cut(string(b), "\n"+haproxySection)
 	if !ok {
-		t.Fatal(`README.md has no "### The load balancer: HAProxy" section`)
+		t.Fatalf("%s has no %q section", haproxyDoc, strings.TrimSpace(haproxySection))
 	}
 	_, after, ok = strings.Cut(after, "```\n")
 	cfg, _, ok2 := strings.Cut(after, "```\n")
 	if !ok || !ok2 || !strings.HasPrefix(cfg, "global\n") {
-		t.Fatal("the README's HAProxy section does not open with the configuration block")
+		t.Fatalf("the HAProxy section of %s does not open with the configuration block", haproxyDoc)
 	}
 	return cfg
 }
 
-// readmeCheck returns the health check's settings of the README's
+// docCheck returns the health check's settings of haproxyDoc's
 // default-server line: its words from "check" up to "check-ssl".
-func readmeCheck(t *testing.T) string {
+func docCheck(t *testing.T) string {
 	t.Helper()
-	for _, line := range strings.Split(readmeHAProxy(t), "\n") {
+	for _, line := range strings.Split(docHAProxy(t), "\n") {
 		line, _, _ = strings.Cut(line, "#")
 		f := strings.Fields(line)
 		if len(f) == 0 || f[0] != "default-server" {
@@ -293,7 +290,7 @@ func readmeCheck(t *testing.T) string {
 			return strings.Join(f[1:i], " ")
 		}
 	}
-	t.Fatal("the README's HAProxy configuration has no default-server line with check-ssl")
+	t.Fatalf("the HAProxy configuration of %s has no default-server line with check-ssl", haproxyDoc)
 	return ""
 }
 
@@ -318,7 +315,7 @@ func checkDownBound(t *testing.T, check string) time.Duration {
 		}
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			t.Fatalf("the README's check setting %s %q: %v", key, v, err)
+			t.Fatalf("the check setting %s %q: %v", key, v, err)
 		}
 		return d
 	}
@@ -326,7 +323,7 @@ func checkDownBound(t *testing.T, check string) time.Duration {
 	fast := dur("fastinter", value("inter", "2s"))
 	fall, err := strconv.Atoi(value("fall", "3"))
 	if err != nil {
-		t.Fatalf("the README's check setting fall: %v", err)
+		t.Fatalf("the check setting fall: %v", err)
 	}
 	return inter + time.Duration(fall-1)*fast
 }
@@ -351,13 +348,16 @@ func haproxyBinary(t *testing.T) string {
 // haproxyConfig is what the test's HAProxy configuration is made of.
 type haproxyConfig struct {
 	Fleet, Driver string // the addresses HAProxy listens on
-	Links         []*haLink
-	CAFile        string // the CA the health checks verify the SuperLinks against
-	CheckName     string // the name the health checks expect in the SuperLinks' certificate
-	Socket        string // the stats socket
-	// Check is the health check's settings of the README's default-server
+	// Control is where HAProxy listens for Flower 1.29's Control API
+	// (flwr); "" for none.
+	Control   string
+	Links     []*haLink
+	CAFile    string // the CA the health checks verify the SuperLinks against
+	CheckName string // the name the health checks expect in the SuperLinks' certificate
+	Socket    string // the stats socket
+	// Check is the health check's settings of haproxyDoc's default-server
 	// line ("check inter ... on-marked-down shutdown-sessions"), so that
-	// the test runs the timing the README recommends.
+	// the test runs the timing the page recommends.
 	Check string
 }
 
@@ -374,15 +374,24 @@ func (haproxyConfig) HealthCheck() []string {
 func (haproxyConfig) Serving() string { return grpcServingHex }
 
 // Servers are the links' names and addresses.
-func (c haproxyConfig) Servers() []struct{ Name, Fleet, Driver string } {
-	var out []struct{ Name, Fleet, Driver string }
+func (c haproxyConfig) Servers() []struct{ Name, Fleet, Driver, Control string } {
+	var out []struct{ Name, Fleet, Driver, Control string }
 	for _, l := range c.Links {
-		out = append(out, struct{ Name, Fleet, Driver string }{l.name, l.fleet, l.driver})
+		out = append(out, struct{ Name, Fleet, Driver, Control string }{l.name, l.fleet, l.driver, l.control})
 	}
 	return out
 }
 
-// haproxyTemplate is the test's HAProxy configuration; the README shows
+// apis are the APIs HAProxy balances: "fleet", "driver" (which carries
+// ServerAppIo too) and, with Control, "control".
+func (c haproxyConfig) apis() []string {
+	if c.Control != "" {
+		return []string{"fleet", "driver", "control"}
+	}
+	return []string{"fleet", "driver"}
+}
+
+// haproxyTemplate is the test's HAProxy configuration; haproxyDoc shows
 // the same for production.
 var haproxyTemplate = template.Must(template.New("haproxy.cfg").Parse(`# Written by TestSuperLinksBehindHAProxy.
 global
@@ -416,6 +425,12 @@ frontend fleet
 frontend driver
     bind {{.Driver}}
     default_backend superlinks_driver
+{{- if .Control}}
+
+frontend control
+    bind {{.Control}}
+    default_backend superlinks_control
+{{- end}}
 
 backend superlinks_fleet
     balance roundrobin
@@ -427,6 +442,14 @@ backend superlinks_driver
     balance roundrobin
 {{- range .Servers}}
     server {{.Name}} {{.Driver}}
+{{- end}}
+{{- if .Control}}
+
+backend superlinks_control
+    balance roundrobin
+{{- range .Servers}}
+    server {{.Name}} {{.Control}}
+{{- end}}
 {{- end}}
 `))
 
@@ -460,6 +483,9 @@ func startHAProxy(t *testing.T, dir, bin string, c haproxyConfig) *haproxy {
 	})
 	lb := &haproxy{proc: p, cfg: c}
 	waitListening(t, p, 15*time.Second, c.Fleet, c.Driver)
+	if c.Control != "" {
+		waitListening(t, p, 15*time.Second, c.Control)
+	}
 	return lb
 }
 
@@ -483,6 +509,7 @@ type haServer struct {
 	status   string // UP, DOWN, or a transition such as "DOWN 1/2"
 	check    string // the last check's result, such as L7OK or L4CON
 	sessions int    // connections open through it
+	total    int    // connections made through it
 }
 
 // haStats are the servers by haKey.
@@ -536,13 +563,14 @@ func (lb *haproxy) stats(t *testing.T) haStats {
 			continue
 		}
 		n, _ := strconv.Atoi(r[col["scur"]])
-		st[r[col["pxname"]]+"/"+r[col["svname"]]] = haServer{status: r[col["status"]], check: r[col["check_status"]], sessions: n}
+		total, _ := strconv.Atoi(r[col["stot"]])
+		st[r[col["pxname"]]+"/"+r[col["svname"]]] = haServer{status: r[col["status"]], check: r[col["check_status"]], sessions: n, total: total}
 	}
 	return st
 }
 
 // waitAll waits up to d until HAProxy reports every link with status on
-// both APIs ("UP" with a passed gRPC health check, L7OK).
+// every API ("UP" with a passed gRPC health check, L7OK).
 func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -550,7 +578,7 @@ func (lb *haproxy) waitAll(t *testing.T, links []*haLink, status string, d time.
 		st := lb.stats(t)
 		var off []string
 		for _, l := range links {
-			for _, api := range []string{"fleet", "driver"} {
+			for _, api := range lb.cfg.apis() {
 				// UP after the gRPC health check passed: L7OK, not a mere connection.
 				if s := st[haKey(api, l.name)]; s.status != status || status == "UP" && s.check != "L7OK" {
 					off = append(off, fmt.Sprintf("%s %s (check %s)", haKey(api, l.name), s.status, s.check))
@@ -617,17 +645,17 @@ func grpcHealthCheck() [][]byte {
 // must hold. A SuperLink shutting down answers NOT_SERVING (08 02).
 const grpcServingHex = "00000000020801"
 
-// TestHAProxyREADME checks the HAProxy configuration the README shows:
+// TestHAProxyDocConfig checks the HAProxy configuration haproxyDoc shows:
 // HAProxy accepts it, its check timing takes a dead SuperLink out within
 // haChecksDownWithin, and its health check sends and expects what the
 // test's configuration does (whose check timing TestSuperLinksBehindHAProxy
-// reads from the README).
-func TestHAProxyREADME(t *testing.T) {
+// reads from the page).
+func TestHAProxyDocConfig(t *testing.T) {
 	bin := haproxyBinary(t)
-	cfg := readmeHAProxy(t)
-	if check := readmeCheck(t); checkDownBound(t, check) > haChecksDownWithin {
-		t.Errorf("the README's check settings %q mark a dead SuperLink DOWN up to %v after it dies, want %v at most",
-			check, checkDownBound(t, check), haChecksDownWithin)
+	cfg := docHAProxy(t)
+	if check := docCheck(t); checkDownBound(t, check) > haChecksDownWithin {
+		t.Errorf("the check settings %q of %s mark a dead SuperLink DOWN up to %v after it dies, want %v at most",
+			check, haproxyDoc, checkDownBound(t, check), haChecksDownWithin)
 	}
 	checks := func(cfg string) []string {
 		var out []string
@@ -640,20 +668,34 @@ func TestHAProxyREADME(t *testing.T) {
 		return out
 	}
 	var test bytes.Buffer
-	if err := haproxyTemplate.Execute(&test, haproxyConfig{}); err != nil {
+	if err := haproxyTemplate.Execute(&test, haproxyConfig{Control: "127.0.0.1:9093"}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := checks(cfg), checks(test.String()); strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("the README's health check:\n%s\nthe test's:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		t.Errorf("the health check of %s:\n%s\nthe test's:\n%s", haproxyDoc, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// The same frontends and backends: Fleet, Driver (with ServerAppIo)
+	// and Control.
+	proxies := func(cfg string) []string {
+		var out []string
+		for _, line := range strings.Split(cfg, "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && (f[0] == "frontend" || f[0] == "backend") {
+				out = append(out, f[0]+" "+f[1])
+			}
+		}
+		return out
+	}
+	if got, want := proxies(cfg), proxies(test.String()); !slices.Equal(got, want) {
+		t.Errorf("%s has %v, the test's configuration %v", haproxyDoc, got, want)
 	}
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	ca := filepath.Join(dir, slCA)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(strings.ReplaceAll(cfg, "/etc/sepal/ca.crt", ca)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, code := run(t, 30*time.Second, dir, nil, bin, "-c", "-f", path); code != 0 {
-		t.Errorf("haproxy -c refused the README's configuration (exit %d):\n%s", code, out)
+		t.Errorf("haproxy -c refused the configuration of %s (exit %d):\n%s", haproxyDoc, code, out)
 	}
 }

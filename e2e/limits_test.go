@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/testkit"
-	"github.com/sepal-fl/sepal/transport"
 )
 
 const mib = 1 << 20
@@ -120,18 +118,7 @@ func attackOn(ctx context.Context, c *testkit.H2Conn, spec attackSpec) ([]testki
 	return out, errs
 }
 
-// slTLS is the client TLS config trusting the CA of dir's certificates.
-func slTLS(t testing.TB, dir string) *tls.Config {
-	t.Helper()
-	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: filepath.Join(dir, slCA)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ServerName = "localhost"
-	return cfg
-}
-
-// The issue's first attack, repeated against the real binary: a stranger
+// A memory attack against the real binary: a stranger
 // who completed a TLS handshake opens 4 CreateNode streams on one
 // connection, each declaring 536,870,000 bytes and sending 150 MB. Every
 // stream is refused at its first DATA frame with ResourceExhausted naming
@@ -140,12 +127,10 @@ func slTLS(t testing.TB, dir string) *tls.Config {
 // tried to make it hold (without the limit it held all of it, 633 MiB).
 func TestAttackSmallMethodBodies(t *testing.T) {
 	needE2E(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	sl := slStart(t, dir, slSeedArgs...)
+	sl := startSuperLink(t, linkOptions{certs: true})
 	pid := sl.cmd.Process.Pid
 	before := vm(t, pid).HWM
-	res, took := attack(t, sl.fleet, slTLS(t, dir), attackSpec{
+	res, took := attack(t, sl.fleet, sl.tls, attackSpec{
 		method: "/flwr.proto.Fleet/CreateNode", streams: 4, declared: 536870000, sent: 150e6,
 	})
 	time.Sleep(time.Second) // whatever the SuperLink still reads
@@ -163,8 +148,8 @@ func TestAttackSmallMethodBodies(t *testing.T) {
 	if grew := hwm - before; grew > 64*mib {
 		t.Errorf("the SuperLink's peak RSS grew by %d MiB during the attack, want under 64 MiB", grew/mib)
 	}
-	if got := slHealth(t, sl.fleet, filepath.Join(dir, slCA)); got.String() != "SERVING" {
-		t.Errorf("health after the attack: %v", got)
+	if err := checkHealth(t, sl.fleet, sl.tls); err != nil {
+		t.Errorf("health after the attack: %v", err)
 	}
 }
 
@@ -182,14 +167,12 @@ func TestAttackSmallMethodBodies(t *testing.T) {
 // to 430 MiB).
 func TestAttackLargePushes(t *testing.T) {
 	needE2E(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--max-inflight-bytes", "256MiB")...)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--max-inflight-bytes", "256MiB"}})
 	pid := sl.cmd.Process.Pid
 	before := vm(t, pid).HWM
 	const size = 200e6
 	head := testkit.PushTaskResHead(1, 2, "6fc3d49b-fcc5-4c29-9be3-8c684ba3f7a1", size)
-	res, took := attack(t, sl.fleet, slTLS(t, dir), attackSpec{
+	res, took := attack(t, sl.fleet, sl.tls, attackSpec{
 		method: "/flwr.proto.Fleet/PushTaskRes", streams: 6, declared: uint32(len(head) + size), sent: int64(len(head) + size),
 		head: func(int) []byte { return head }, end: true,
 	})
@@ -221,8 +204,8 @@ func TestAttackLargePushes(t *testing.T) {
 	if grew := hwm - before; grew > 320*mib {
 		t.Errorf("the SuperLink's peak RSS grew by %d MiB during the attack, want under 256 + 64 MiB", grew/mib)
 	}
-	if got := slHealth(t, sl.fleet, filepath.Join(dir, slCA)); got.String() != "SERVING" {
-		t.Errorf("health after the attack: %v", got)
+	if err := checkHealth(t, sl.fleet, sl.tls); err != nil {
+		t.Errorf("health after the attack: %v", err)
 	}
 	if !strings.Contains(sl.out.String(), `level=WARN msg="request refused by a limit"`) {
 		t.Errorf("no warning logged:\n%s", sl.out.String())

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,47 +76,36 @@ func failHandshakes(t *testing.T, addr string, roots *x509.CertPool, cases []han
 			if c.cfg != nil {
 				cfg = c.cfg(roots)
 			}
-			if err := oneHandshake(addr, cfg, c.raw); err == nil {
+			if err := tryHandshake(addr, cfg, c.raw); err == nil {
 				t.Fatalf("a %s handshake to %s succeeded", c.cause, addr)
 			}
 		}
 	}
 }
 
-// oneHandshake dials addr and makes a TLS handshake with cfg, or writes raw
-// (nothing: closes at once), and returns the client's error once the
-// server has given its verdict.
-func oneHandshake(addr string, cfg *tls.Config, raw string) error {
+// tryHandshake makes a TLS handshake with addr with cfg (handshakeTLS),
+// or, with cfg nil, writes raw (nothing: closes at once), and returns the
+// client's error once the server has given its verdict.
+func tryHandshake(addr string, cfg *tls.Config, raw string) error {
+	if cfg != nil {
+		_, err := handshakeTLS(addr, cfg)
+		return err
+	}
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if raw == "" {
+		return errors.New("closed")
+	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if cfg == nil {
-		if raw == "" {
-			return errors.New("closed")
-		}
-		c.Write([]byte(raw))
-		b, _ := io.ReadAll(c) // until the server closes
-		if strings.HasPrefix(string(b), "HTTP/") {
-			return nil // an HTTP answer: the port serves HTTP
-		}
-		return errors.New("no HTTP answer")
+	c.Write([]byte(raw))
+	b, _ := io.ReadAll(c) // until the server closes
+	if strings.HasPrefix(string(b), "HTTP/") {
+		return nil // an HTTP answer: the port serves HTTP
 	}
-	tc := tls.Client(c, cfg)
-	if err := tc.Handshake(); err != nil {
-		return err
-	}
-	// TLS 1.3: the server's verdict comes after the client's Finished.
-	tc.SetReadDeadline(time.Now().Add(time.Second))
-	var b [1]byte
-	_, err = tc.Read(b[:])
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return nil
-	}
-	return err
+	return errors.New("no HTTP answer")
 }
 
 // waitScrape scrapes url until ready(s) holds or 15 s pass.
@@ -175,11 +166,9 @@ func TestMonitoringFiles(t *testing.T) {
 	files, pki := writeTestCerts(t, filepath.Join(dir, "certificates"), selfsigned.ServerOptions{})
 	roots := x509.NewCertPool()
 	roots.AddCert(pki.CA.Cert)
-	fleet, driver, control, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	sl := start(t, dir, nil, "flower-superlink", "--certificates", files.CA, files.Cert, files.Key,
-		"--grpc-rere-fleet-api-address", fleet, "--driver-api-address", driver, "--control-api-address", control,
-		"--metrics-address", metricsAddr, "--log-format", "json", "--max-inflight-bytes", "256MiB")
-	waitListening(t, sl, 20*time.Second, fleet, driver, metricsAddr)
+	sl := startSuperLink(t, linkOptions{dir: dir, metrics: true, args: []string{"--certificates", files.CA, files.Cert, files.Key,
+		"--log-format", "json", "--max-inflight-bytes", "256MiB"}})
+	fleet, driver, metricsAddr := sl.fleet, sl.driver, sl.metrics
 	sl.waitOutput(t, `"msg":"serving","fleet_api_address"`, 10*time.Second)
 	if !strings.Contains(sl.out.String(), `"metrics_address":"`+metricsAddr+`"`) {
 		t.Errorf("the serving line does not name the metrics address:\n%s", sl.out.String())
@@ -208,7 +197,7 @@ func TestMonitoringFiles(t *testing.T) {
 	next := pki.Issue(t, selfsigned.ServerOptions{})
 	next.WriteFiles(t, filepath.Dir(files.Cert))
 	sl.cmd.Process.Signal(syscall.SIGHUP)
-	waitCount(t, sl, `"msg":"serving certificate"`, 2, 10*time.Second)
+	waitCount(t, sl.proc, `"msg":"serving certificate"`, 2, 10*time.Second)
 	other := pki.Issue(t, selfsigned.ServerOptions{})
 	if err := certfile.WriteFileAtomic(files.Key, other.Pair.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
@@ -220,18 +209,19 @@ func TestMonitoringFiles(t *testing.T) {
 	// before its body is read.
 	tooLarge(t, fleet, roots)
 
-	// Failed handshakes of each cause, on the Fleet API, and two plaintext
-	// ones on the Driver API.
+	// Failed handshakes of each cause on the Fleet API, and a connection
+	// closed before its handshake on the Driver API. (An HTTP/2 preface in
+	// plaintext from this machine on the Driver API's port is
+	// ServerAppIo's: no handshake failure.)
 	failHandshakes(t, fleet, roots, peerFailures)
-	// (An HTTP/2 preface in plaintext from this machine on the Driver
-	// API's port is ServerAppIo's: no handshake failure.)
+	failHandshakes(t, driver, roots, []handshakeCase{{cause: "closed", n: 1}})
 	// The Fleet and Driver ports serve no HTTP page, over TLS either.
 	for _, addr := range []string{fleet, driver} {
 		noHTTPPages(t, addr, roots)
 	}
-	// The plain HTTP request of each noHTTPPages and the connection of
-	// each waitListening probe.
-	failedWant := 2 + 2
+	// The closed one on the Driver API and the plain HTTP request of each
+	// noHTTPPages.
+	failedWant := 1 + 2
 	for _, c := range peerFailures {
 		failedWant += c.n
 	}
@@ -241,16 +231,13 @@ func TestMonitoringFiles(t *testing.T) {
 	})
 	for _, c := range peerFailures {
 		n := float64(c.n)
-		switch c.cause {
-		case "plaintext":
+		if c.cause == "plaintext" {
 			n++ // noHTTPPages's plain HTTP request
-		case "closed":
-			n++ // waitListening's probe
 		}
 		s.Want(t, n, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", c.cause)
 	}
 	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "plaintext") // noHTTPPages's plain HTTP request
-	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "closed")    // waitListening's probe
+	s.Want(t, 1, "sepal_tls_handshake_failures_total", "api", "driver", "cause", "closed")
 	s.Want(t, 0, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "not_ready")
 	s.Want(t, 0, "sepal_tls_handshake_failures_total", "api", "fleet", "cause", "other")
 	if v, _ := s.Value("sepal_tls_handshakes_total", "api", "fleet", "result", "success"); v < 2 {
@@ -317,7 +304,7 @@ func tooLarge(t *testing.T, addr string, roots *x509.CertPool) {
 // plaintext), and over TLS (HTTP/2, as gRPC) / and /metrics are not 200.
 func noHTTPPages(t *testing.T, addr string, roots *x509.CertPool) {
 	t.Helper()
-	if err := oneHandshake(addr, nil, "GET / HTTP/1.1\r\nHost: superlink\r\n\r\n"); err == nil {
+	if err := tryHandshake(addr, nil, "GET / HTTP/1.1\r\nHost: superlink\r\n\r\n"); err == nil {
 		t.Errorf("%s answered a plain HTTP request", addr)
 	}
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
@@ -337,20 +324,27 @@ func noHTTPPages(t *testing.T, addr string, roots *x509.CertPool) {
 }
 
 // TestMetricsOffByDefault: without --metrics-address the SuperLink listens
-// on its two API ports only, and its serving line names no metrics address.
+// on its API ports only, and its serving line names no metrics address.
 func TestMetricsOffByDefault(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
 	dir := t.TempDir()
 	files, _ := writeTestCerts(t, filepath.Join(dir, "certificates"), selfsigned.ServerOptions{})
-	fleet, driver := freeAddr(t), freeAddr(t)
-	sl := start(t, dir, nil, "flower-superlink", "--certificates", files.CA, files.Cert, files.Key,
-		"--grpc-rere-fleet-api-address", fleet, "--driver-api-address", driver)
-	waitListening(t, sl, 20*time.Second, fleet, driver)
-	sl.waitOutput(t, "msg=serving", 10*time.Second)
+	sl := startSuperLink(t, linkOptions{dir: dir, args: []string{"--certificates", files.CA, files.Cert, files.Key}})
+	fleet, driver := sl.fleet, sl.driver
+	// Its API ports: the Fleet API, the Driver API (and ServerAppIo), and
+	// the Control API, on the port its serving line names.
+	m := regexp.MustCompile(`control_api_address=\S*:(\d+)`).FindStringSubmatch(sl.out.String())
+	if m == nil {
+		t.Fatalf("the serving line names no Control API address:\n%s", sl.out.String())
+	}
+	control, _ := strconv.Atoi(m[1])
+	want := []int{port(t, fleet), port(t, driver), control}
 	ports := listeners(t, sl.cmd.Process.Pid)
-	if len(ports) != 2 || !(ports[0] == port(t, fleet) || ports[1] == port(t, fleet)) {
-		t.Errorf("flower-superlink without --metrics-address listens on %v, want only %s and %s", ports, fleet, driver)
+	slices.Sort(ports)
+	slices.Sort(want)
+	if !slices.Equal(ports, want) {
+		t.Errorf("flower-superlink without --metrics-address listens on %v, want only its API ports %v", ports, want)
 	}
 	if strings.Contains(sl.out.String(), "metrics_address") {
 		t.Errorf("the log names a metrics address without --metrics-address:\n%s", sl.out.String())
@@ -415,12 +409,10 @@ func TestMonitoringACME(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no ACME certificate served within 60s")
 		}
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", fleet,
-			&tls.Config{RootCAs: roots, ServerName: acmeDomain, NextProtos: []string{"h2"}})
+		served, err := handshakeTLS(fleet, acmeTLS(roots, acmeDomain))
 		switch {
 		case err == nil:
-			leaf = c.ConnectionState().PeerCertificates[0]
-			c.Close()
+			leaf = served
 		case strings.Contains(err.Error(), "internal error"):
 			refused++
 		}
@@ -436,13 +428,13 @@ func TestMonitoringACME(t *testing.T) {
 	if refused == 0 || notReady == 0 {
 		t.Errorf("no refused handshake (%d) or no not-ready /readyz (%d) while the certificate was obtained", refused, notReady)
 	}
-	l.p.waitOutput(t, "msg=serving", 10*time.Second)
+	l.waitOutput(t, "msg=serving", 10*time.Second)
 	if code, body := httpGet(t, base+"/readyz"); code != 200 {
 		t.Errorf("/readyz once serving: %d %q", code, body)
 	}
 	// Validations for names not managed here.
 	for range 2 {
-		oneHandshake(fleet, &tls.Config{InsecureSkipVerify: true, ServerName: "unknown.superlink.test", NextProtos: []string{"acme-tls/1"}}, "")
+		tryHandshake(fleet, &tls.Config{InsecureSkipVerify: true, ServerName: "unknown.superlink.test", NextProtos: []string{"acme-tls/1"}}, "")
 	}
 
 	s := waitScrape(t, base+"/metrics", func(s testkit.Samples) bool {

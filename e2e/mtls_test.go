@@ -47,13 +47,10 @@ func TestMutualTLS(t *testing.T) {
 		}
 	}
 
-	driver, fleet := freeAddr(t), freeAddr(t)
-	link := start(t, dir, nil, "flower-superlink",
-		"--certificates", "certificates/ca.crt", "certificates/server.pem", "certificates/server.key",
+	link := startSuperLink(t, linkOptions{dir: dir, certs: true, args: []string{
 		"--fleet-api-client-ca", "certificates/ca.crt", "--driver-api-client-ca", "certificates/ca.crt",
-		"--client-crl", "certificates/crl.pem", "--certificates-poll-interval", "200ms",
-		"--driver-api-address", driver, "--grpc-rere-fleet-api-address", fleet)
-	waitListening(t, link, 20*time.Second, driver, fleet)
+		"--client-crl", "certificates/crl.pem", "--certificates-poll-interval", "200ms"}})
+	driver, fleet := link.driver, link.fleet
 	link.waitOutput(t, `fleet_api_clients="node certificates from certificates/ca.crt"`, 10*time.Second)
 
 	node := func(args ...string) []string {
@@ -66,7 +63,7 @@ func TestMutualTLS(t *testing.T) {
 	for _, n := range []string{"alice", "bob", "mallory"} {
 		nodes[n] = start(t, dir, nil, "flower-client-app", node(clientCert("node", n)...)...)
 	}
-	waitCount(t, link, "node joined", 3, 20*time.Second)
+	waitCount(t, link.proc, "node joined", 3, 20*time.Second)
 	for _, n := range []string{"alice", "bob", "mallory"} {
 		if !strings.Contains(link.out.String(), "identity=sepal:node:"+n) {
 			t.Errorf("the SuperLink's log does not name %s's certificate when it joins:\n%s", n, link.out.String())
@@ -110,7 +107,7 @@ func TestMutualTLS(t *testing.T) {
 			cert, key := c.args[len(c.args)-3], c.args[len(c.args)-1]
 			slOpenSSL(t, dir, c.addr, "-CAfile", "certificates/ca.crt", "-cert", cert, "-key", key, "-alpn", "h2")
 		}
-		waitCount(t, link, "api="+c.api+" cause="+c.cause, 1, 10*time.Second)
+		waitCount(t, link.proc, "api="+c.api+" cause="+c.cause, 1, 10*time.Second)
 	}
 
 	// Valid certificates at the other API's port: each app is told which
@@ -131,7 +128,7 @@ func TestMutualTLS(t *testing.T) {
 			t.Errorf("%s at the other API's port exited %d, want 1 with a last line saying %q:\n%s", c.cmd, code, c.want, out)
 		}
 	}
-	waitCount(t, link, "api=driver cause=wrong_role", 2, 10*time.Second)
+	waitCount(t, link.proc, "api=driver cause=wrong_role", 2, 10*time.Second)
 	if !regexp.MustCompile(`api=driver cause=wrong_role remote=\S+ identity=sepal:node:bob`).MatchString(link.out.String()) {
 		t.Errorf("the SuperLink's log does not name the node certificate at the Driver API:\n%s", link.out.String())
 	}
@@ -147,7 +144,7 @@ func TestMutualTLS(t *testing.T) {
 	if line := lastLine(nodes["mallory"].out.String()); !strings.Contains(line, "sepal:node:mallory") || !strings.Contains(line, "has been revoked") {
 		t.Errorf("the revoked node's last line does not say it was revoked: %q", line)
 	}
-	waitCount(t, link, "cause=revoked remote=", 1, 10*time.Second)
+	waitCount(t, link.proc, "cause=revoked remote=", 1, 10*time.Second)
 	if !strings.Contains(link.out.String(), "identity=sepal:node:mallory") {
 		t.Errorf("the SuperLink's log does not name the revoked identity:\n%s", link.out.String())
 	}
@@ -182,13 +179,9 @@ func TestMutualTLSOffFleet(t *testing.T) {
 			t.Fatalf("flower-certs %q exited %d:\n%s", args, code, out)
 		}
 	}
-	certs := []string{"--certificates", "certificates/ca.crt", "certificates/server.pem", "certificates/server.key"}
-
 	// A Driver API on every interface without a client CA: one warning.
-	driver, fleet := freeAddr(t), freeAddr(t)
-	_, port, _ := net.SplitHostPort(driver)
-	open := start(t, dir, nil, "flower-superlink", append(certs, "--driver-api-address", net.JoinHostPort("0.0.0.0", port), "--grpc-rere-fleet-api-address", fleet)...)
-	waitListening(t, open, 20*time.Second, driver, fleet)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	open := startSuperLink(t, linkOptions{dir: dir, certs: true, driver: net.JoinHostPort("0.0.0.0", port)})
 	open.waitOutput(t, "level=WARN", 10*time.Second)
 	if log := open.out.String(); strings.Count(log, "beyond loopback, without client certificates") != 1 ||
 		!strings.Contains(log, "anyone who can reach that port can start runs") || !strings.Contains(log, "--driver-api-client-ca") {
@@ -198,12 +191,10 @@ func TestMutualTLSOffFleet(t *testing.T) {
 
 	// The same, with ServerApp certificates required: no warning; a node
 	// without a certificate joins the Fleet API.
-	driver, fleet = freeAddr(t), freeAddr(t)
-	_, port, _ = net.SplitHostPort(driver)
-	link := start(t, dir, nil, "flower-superlink", append(certs, "--driver-api-client-ca", "certificates/ca.crt",
-		"--client-crl", "certificates/crl.pem", "--certificates-poll-interval", "1h",
-		"--driver-api-address", net.JoinHostPort("0.0.0.0", port), "--grpc-rere-fleet-api-address", fleet)...)
-	waitListening(t, link, 20*time.Second, driver, fleet)
+	_, port, _ = net.SplitHostPort(freeAddr(t))
+	link := startSuperLink(t, linkOptions{dir: dir, certs: true, driver: net.JoinHostPort("0.0.0.0", port), args: []string{
+		"--driver-api-client-ca", "certificates/ca.crt", "--client-crl", "certificates/crl.pem", "--certificates-poll-interval", "1h"}})
+	driver, fleet := link.driver, link.fleet
 	link.waitOutput(t, `fleet_api_clients="any client"`, 10*time.Second)
 	n := start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", "certificates/ca.crt", "--server", fleet, "--poll-interval", "500ms")
 	out, code := run(t, 90*time.Second, dir, nil, "flower-server-app", append([]string{"server:app", "--root-certificates", "certificates/ca.crt",
@@ -229,7 +220,7 @@ func TestMutualTLSOffFleet(t *testing.T) {
 	if line := lastLine(out); code != 1 || !strings.Contains(line, "sepal:serverapp:serverapp") || !strings.Contains(line, "has been revoked") {
 		t.Errorf("a revoked ServerApp after SIGHUP: exit %d:\n%s", code, out)
 	}
-	waitCount(t, link, "api=driver cause=revoked", 1, 10*time.Second)
+	waitCount(t, link.proc, "api=driver cause=revoked", 1, 10*time.Second)
 	stopClients(t, []*proc{n})
 }
 
@@ -250,8 +241,8 @@ func TestMutualTLSWithACME(t *testing.T) {
 	pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), AuthzReuse: -1})
 	l := startACMELink(t, pb, acmeLinkOptions{client: "certmagic", fleet: fleet,
 		extra: []string{"--fleet-api-client-ca", filepath.Join(dir, "certificates", "ca.crt"), "--client-crl", filepath.Join(dir, "certificates", "crl.pem")}})
-	waitServing(t, l, pb.issuingRoots(t), 60*time.Second)
-	l.p.waitOutput(t, "msg=serving", 10*time.Second)
+	waitACMECert(t, l, pb.issuingRoots(t), 60*time.Second)
+	l.waitOutput(t, "msg=serving", 10*time.Second)
 
 	env := []string{"SSL_CERT_FILE=" + pb.RootFile, "SSL_CERT_DIR=" + t.TempDir()}
 	n := start(t, dir, env, "flower-client-app", append([]string{"client:app", "--server", l.fleet, "--tls-server-name", acmeDomain, "--poll-interval", "500ms"},
@@ -260,8 +251,8 @@ func TestMutualTLSWithACME(t *testing.T) {
 	if rs := parseRounds(t, out); code != 0 || len(rs) != 1 || rs[0].nodes != 1 {
 		t.Fatalf("a round with a node certificate under ACME: exit %d:\n%s", code, out)
 	}
-	if !strings.Contains(l.p.out.String(), "identity=sepal:node:alice") {
-		t.Errorf("the join does not name the node's certificate:\n%s", l.p.out.String())
+	if !strings.Contains(l.out.String(), "identity=sepal:node:alice") {
+		t.Errorf("the join does not name the node's certificate:\n%s", l.out.String())
 	}
 	out, code = run(t, 30*time.Second, dir, env, "flower-client-app", "client:app", "--server", l.fleet, "--tls-server-name", acmeDomain)
 	if line := lastLine(out); code != 1 || !strings.Contains(line, "requires a client certificate") {

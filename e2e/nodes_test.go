@@ -142,7 +142,7 @@ func cpuOf(t *testing.T, pid int) time.Duration {
 	return d
 }
 
-// The issue's third attack, against the real binary, beside a legitimate
+// A node registration flood against the real binary, beside a legitimate
 // FedAvg: two flower-client-apps on 127.0.0.1 join a SuperLink (its
 // --max-nodes lowered to 60, the other node limits at their defaults) and
 // run 5 FedAvg rounds, to time them without an attack; then a stranger on 127.0.0.2 registers nodes as fast as it can on 6
@@ -155,12 +155,10 @@ func cpuOf(t *testing.T, pid int) time.Duration {
 // no other.
 func TestAttackNodeRegistration(t *testing.T) {
 	needE2E(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	metricsAddr := freeAddr(t)
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--max-nodes", "60", "--metrics-address", metricsAddr)...)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--max-nodes", "60"}, metrics: true})
+	dir := sl.dir
 	pid := sl.cmd.Process.Pid
-	metricsURL := "http://" + metricsAddr + "/metrics"
+	metricsURL := "http://" + sl.metrics + "/metrics"
 	node := func() *proc {
 		return start(t, dir, nil, "flower-client-app", "client:app", "--root-certificates", slCA, "--server", sl.fleet, "--poll-interval", "500ms")
 	}
@@ -225,12 +223,12 @@ func TestAttackNodeRegistration(t *testing.T) {
 	}
 	time.Sleep(1500 * time.Millisecond) // its nodes miss their ping
 
-	// The trial's attack during a FedAvg run.
+	// The flood of ping_interval 1e9 during a FedAvg run.
 	app := fedAvg()
 	fctx, stopFlood := context.WithCancel(ctx)
-	trial := newTally(8)
+	flooded := newTally(8)
 	var flooding sync.WaitGroup
-	flooding.Go(func() { flood(fctx, attackerConns(t, sl.fleet, tlsOpts, 8), 4, 0, 1e9, trial) })
+	flooding.Go(func() { flood(fctx, attackerConns(t, sl.fleet, tlsOpts, 8), 4, 0, 1e9, flooded) })
 	begin = time.Now()
 	code := app.wait(t, 3*time.Minute)
 	wall := time.Since(begin)
@@ -252,11 +250,11 @@ func TestAttackNodeRegistration(t *testing.T) {
 	if strings.Contains(out, "node dropped") {
 		t.Errorf("the run addressed a node other than the two real ones:\n%s", out)
 	}
-	if trial.total() != 0 {
-		t.Errorf("the flood of ping_interval 1e9 registered %d nodes: %s", trial.total(), trial)
+	if flooded.total() != 0 {
+		t.Errorf("the flood of ping_interval 1e9 registered %d nodes: %s", flooded.total(), flooded)
 	}
-	if trial.refused["ResourceExhausted rate"] == 0 || trial.refused["InvalidArgument ping_interval_cap"] == 0 {
-		t.Errorf("want the flood refused for its ping_interval, then for its rate: %s", trial)
+	if flooded.refused["ResourceExhausted rate"] == 0 || flooded.refused["InvalidArgument ping_interval_cap"] == 0 {
+		t.Errorf("want the flood refused for its ping_interval, then for its rate: %s", flooded)
 	}
 	cpu, hwm := cpuOf(t, pid), vm(t, pid).HWM
 	s = testkit.Scrape(t, metricsURL)
@@ -267,17 +265,17 @@ func TestAttackNodeRegistration(t *testing.T) {
 		reasons = append(reasons, fmt.Sprintf("%s %v", r, v))
 	}
 	t.Logf("during %d FedAvg rounds (%v; %v without the attack): %s (%.0f calls/s)", len(rounds), wall.Round(time.Millisecond),
-		baseline.Round(time.Millisecond), trial, float64(trial.calls)/wall.Seconds())
+		baseline.Round(time.Millisecond), flooded, float64(flooded.calls)/wall.Seconds())
 	t.Logf("SuperLink: peak RSS (VmHWM) %d MiB (%d MiB before the attacks), CPU %.1f s during them (%.1f s in all); refused by reason: %s",
 		hwm/mib, hwm0/mib, (cpu - cpu0).Seconds(), cpu.Seconds(), strings.Join(reasons, ", "))
 	if !strings.Contains(sl.out.String(), `level=WARN msg="node registration refused by a limit"`) {
 		t.Error("no warning of the refusals in the SuperLink's log")
 	}
 	if n := strings.Count(sl.out.String(), "node registration refused by a limit"); n > 40 {
-		t.Errorf("%d warnings of refusals for %d refused calls: the log is not rate-limited", n, trial.calls)
+		t.Errorf("%d warnings of refusals for %d refused calls: the log is not rate-limited", n, flooded.calls)
 	}
-	if got := slHealth(t, sl.fleet, filepath.Join(dir, slCA)); got.String() != "SERVING" {
-		t.Errorf("health after the attack: %v", got)
+	if err := checkHealth(t, sl.fleet, sl.tls); err != nil {
+		t.Errorf("health after the attack: %v", err)
 	}
 	stopClients(t, clients)
 }
@@ -298,9 +296,8 @@ func TestAttackNodeRegistrationMutualTLS(t *testing.T) {
 			t.Fatalf("flower-certs %q exited %d:\n%s", args, code, out)
 		}
 	}
-	metricsAddr := freeAddr(t)
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--fleet-api-client-ca", slCA, "--client-crl", "certificates/crl.pem",
-		"--certificates-poll-interval", "200ms", "--max-nodes-per-identity", "4", "--metrics-address", metricsAddr)...)
+	sl := startSuperLink(t, linkOptions{dir: dir, certs: true, metrics: true, args: []string{"--fleet-api-client-ca", slCA, "--client-crl", "certificates/crl.pem",
+		"--certificates-poll-interval", "200ms", "--max-nodes-per-identity", "4"}})
 	pid := sl.cmd.Process.Pid
 	var clients []*proc
 	for _, n := range []string{"alice", "bob"} {
@@ -380,7 +377,7 @@ func TestAttackNodeRegistrationMutualTLS(t *testing.T) {
 	if finished > 30*time.Second {
 		t.Errorf("the run took %v after the revocation to finish; mallory's ping interval is an hour, want seconds", finished)
 	}
-	s := testkit.Scrape(t, "http://"+metricsAddr+"/metrics")
+	s := testkit.Scrape(t, "http://"+sl.metrics+"/metrics")
 	s.Want(t, 4, "sepal_nodes_revoked_total")
 	s.Want(t, 2, "sepal_nodes", "state", "online")
 	if v, _ := s.Value("sepal_node_registrations_refused_total", "reason", "max_nodes_per_identity"); v < 1 {

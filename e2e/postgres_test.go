@@ -92,23 +92,15 @@ func TestPostgresReplicas(t *testing.T) {
 	needE2E(t)
 	dsn := pgtest.NewDatabase(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	type link struct {
-		p             *proc
-		driver, fleet string
-	}
-	links := make([]link, 3)
-	for i := range links {
-		links[i].driver, links[i].fleet = freeAddr(t), freeAddr(t)
-	}
+	flowerCerts(t, dir)
+	links := make([]*superLink, 3)
 	for i := range links { // all at once: no wait between the starts
-		links[i].p = start(t, dir, nil, "flower-superlink", "--certificates", slCA, slCert, slKey, "--database", dsn,
-			"--driver-api-address", links[i].driver, "--grpc-rere-fleet-api-address", links[i].fleet)
+		links[i] = startSuperLink(t, linkOptions{dir: dir, certs: true, args: []string{"--database", dsn}, early: true})
 	}
 	created := 0
 	for _, l := range links {
-		l.p.waitOutput(t, "msg=serving", time.Minute)
-		out := l.p.out.String()
+		l.waitServing(t)
+		out := l.out.String()
 		created += strings.Count(out, "state database created")
 		if strings.Contains(out, strings.SplitN(strings.TrimPrefix(dsn, "postgres://postgres:"), "@", 2)[0]) {
 			t.Error("a SuperLink logged the database password")
@@ -160,9 +152,8 @@ func TestPostgresGoesAway(t *testing.T) {
 	needE2E(t)
 	srv := pgtest.NewServer(t)
 	dsn := srv.NewDatabase(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	sl := slStart(t, dir, "--certificates", slCA, slCert, slKey, "--database", dsn)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--database", dsn}})
+	dir := sl.dir
 	tlsOpts := transport.ClientOptions{RootCertificates: filepath.Join(dir, slCA)}
 	driver := flwrproto.NewDriverClient(dialTLS(t, sl.driver, tlsOpts))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -236,10 +227,10 @@ func TestACMEDatabaseOnly(t *testing.T) {
 	pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet), AuthzReuse: -1})
 	roots := pb.issuingRoots(t)
 	l := startACMELink(t, pb, acmeLinkOptions{client: "certmagic", fleet: fleet, database: dsn})
-	first, took := waitServing(t, l, roots, 90*time.Second)
+	first, took := waitACMECert(t, l, roots, 90*time.Second)
 	t.Logf("process start to serving the ACME certificate from the database's storage: %v", took.Round(time.Millisecond))
-	l.p.waitOutput(t, "msg=serving", 10*time.Second)
-	if out := l.p.out.String(); !strings.Contains(out, "from=--database") {
+	l.waitOutput(t, "msg=serving", 10*time.Second)
+	if out := l.out.String(); !strings.Contains(out, "from=--database") {
 		t.Errorf("the SuperLink did not say the ACME storage is the --database")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -263,9 +254,9 @@ func TestACMEDatabaseOnly(t *testing.T) {
 		t.Errorf("%d runs in the database's state (%v), want the round's 1", runs, err)
 	}
 
-	l.p.stop()
+	l.stop()
 	l2 := startACMELink(t, pb, acmeLinkOptions{client: "certmagic", fleet: fleet, database: dsn})
-	again, _ := waitServing(t, l2, roots, 60*time.Second)
+	again, _ := waitACMECert(t, l2, roots, 60*time.Second)
 	if again.SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Errorf("the SuperLink started again serves serial %x, want %x from the database", again.SerialNumber, first.SerialNumber)
 	}

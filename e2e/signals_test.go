@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
-	"github.com/sepal-fl/sepal/transport"
 )
 
 // hup sends SIGHUP to p n times, waiting after each until p logged want
@@ -61,12 +59,10 @@ func TestSIGHUPSuperLink(t *testing.T) {
 	needE2E(t)
 	t.Run("files", func(t *testing.T) {
 		t.Parallel()
-		dir := t.TempDir()
-		slFlowerCerts(t, dir)
-		ca := filepath.Join(dir, slCA)
-		sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--certificates-poll-interval", "1h")...)
+		sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--certificates-poll-interval", "1h"}})
+		dir := sl.dir
 		hup(t, sl.proc, 2, `msg="SIGHUP: reloaded" reload="certificate files"`)
-		serial := slServedSerial(t, sl.fleet, ca)
+		serial := servedSerial(t, sl.fleet, sl.tls)
 		// A key file that no longer matches: the reload fails, the
 		// certificate served stays.
 		key := filepath.Join(dir, slKey)
@@ -79,28 +75,24 @@ func TestSIGHUPSuperLink(t *testing.T) {
 			t.Fatal(err)
 		}
 		hup(t, sl.proc, 1, `level=WARN msg="SIGHUP: reload failed, what was loaded before stays in use" reload="certificate files"`)
-		if got := slServedSerial(t, sl.fleet, ca); got.Cmp(serial) != 0 {
+		if got := servedSerial(t, sl.fleet, sl.tls); got.Cmp(serial) != 0 {
 			t.Fatalf("serves %x after a failed reload, want %x", got, serial)
 		}
 		if err := os.WriteFile(key, good, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		hup(t, sl.proc, 1, `msg="SIGHUP: reloaded" reload="certificate files"`)
-		if got := slHealth(t, sl.fleet, ca); got.String() != "SERVING" {
-			t.Fatalf("health after the reloads: %v", got)
+		if err := checkHealth(t, sl.fleet, sl.tls); err != nil {
+			t.Fatalf("health after the reloads: %v", err)
 		}
 		stopWith(t, sl.proc, syscall.SIGTERM)
 	})
 	t.Run("insecure", func(t *testing.T) {
 		t.Parallel()
-		sl := slStart(t, t.TempDir(), "--insecure")
+		sl := startSuperLink(t, linkOptions{args: []string{"--insecure"}})
 		hup(t, sl.proc, 2, `msg="SIGHUP: nothing to reload: plaintext (--insecure) has no certificate; SIGINT or SIGTERM stop it"`)
-		creds, err := transport.ClientCredentials(transport.ClientOptions{Insecure: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st, err := testkit.HealthCheck(t, sl.fleet, creds); err != nil || st.String() != "SERVING" {
-			t.Fatalf("health after SIGHUP: %v %v", st, err)
+		if err := checkHealth(t, sl.fleet, nil); err != nil {
+			t.Fatalf("after SIGHUP: %v", err)
 		}
 		stopWith(t, sl.proc, syscall.SIGINT)
 	})
@@ -115,14 +107,13 @@ func TestSIGHUPSuperLinkACME(t *testing.T) {
 	t.Run("obtaining", func(t *testing.T) {
 		t.Parallel()
 		dead := freeAddr(t) // nothing listens: the CA cannot be reached
-		p := start(t, t.TempDir(), nil, "flower-superlink", "--acme-domain", acmeDomain,
-			"--acme-ca", "https://"+dead+"/dir", "--acme-storage", filepath.Join(t.TempDir(), "acme"),
-			"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t))
+		sl := startSuperLink(t, linkOptions{early: true, args: []string{"--acme-domain", acmeDomain,
+			"--acme-ca", "https://" + dead + "/dir", "--acme-storage", filepath.Join(t.TempDir(), "acme")}})
 		time.Sleep(300 * time.Millisecond) // obtaining
-		hup(t, p, 2, want)
-		stopWith(t, p, syscall.SIGINT)
-		if strings.Contains(p.out.String(), "msg=serving") {
-			t.Fatalf("said it serves without a certificate:\n%s", p.out.String())
+		hup(t, sl.proc, 2, want)
+		stopWith(t, sl.proc, syscall.SIGINT)
+		if sl.serving() {
+			t.Fatalf("said it serves without a certificate:\n%s", sl.out.String())
 		}
 	})
 	t.Run("serving", func(t *testing.T) {
@@ -131,16 +122,16 @@ func TestSIGHUPSuperLinkACME(t *testing.T) {
 		pb := startPebble(t, pebbleOptions{TLSPort: port(t, fleet)})
 		l := startACMELink(t, pb, acmeLinkOptions{client: "certmagic", challenge: "tls-alpn-01", fleet: fleet})
 		roots := pb.issuingRoots(t)
-		leaf, _ := waitServing(t, l, roots, 60*time.Second)
-		l.p.waitOutput(t, "msg=serving", 10*time.Second)
-		hup(t, l.p, 2, want)
-		if err := healthCheck(context.Background(), l.fleet, roots); err != nil {
+		leaf, _ := waitACMECert(t, l, roots, 60*time.Second)
+		l.waitOutput(t, "msg=serving", 10*time.Second)
+		hup(t, l.proc, 2, want)
+		if err := checkHealth(t, l.fleet, acmeTLS(roots, acmeDomain)); err != nil {
 			t.Fatalf("health after SIGHUP: %v", err)
 		}
-		if again, err := handshake(l.fleet, acmeDomain, roots); err != nil || again.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		if again, err := handshakeTLS(l.fleet, acmeTLS(roots, acmeDomain)); err != nil || again.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
 			t.Fatalf("after SIGHUP: %v, serial changed: %v", err, err == nil && again.SerialNumber.Cmp(leaf.SerialNumber) != 0)
 		}
-		stopWith(t, l.p, syscall.SIGTERM)
+		stopWith(t, l.proc, syscall.SIGTERM)
 	})
 }
 
@@ -162,16 +153,16 @@ func TestSIGHUPClientAndServerApps(t *testing.T) {
 				slArgs, tlsArgs = []string{"--insecure"}, []string{"--insecure"}
 				want = `msg="SIGHUP: nothing to reload: plaintext (--insecure) has no certificate; SIGINT or SIGTERM stop it"`
 			case "root-certificates":
-				slFlowerCerts(t, dir)
+				flowerCerts(t, dir)
 				slArgs, tlsArgs = slSeedArgs, []string{"--root-certificates", slCA}
 				want = `msg="SIGHUP: nothing to reload: --root-certificates is read once, when the connection is made; SIGINT or SIGTERM stop it"`
 			case "system-roots":
-				slFlowerCerts(t, dir)
+				flowerCerts(t, dir)
 				slArgs = slSeedArgs
 				env = []string{"SSL_CERT_FILE=" + filepath.Join(dir, slCA), "SSL_CERT_DIR=" + dir}
 				want = `msg="SIGHUP: nothing to reload: the system's root certificates are read once, when the connection is made; SIGINT or SIGTERM stop it"`
 			}
-			sl := slStart(t, dir, slArgs...)
+			sl := startSuperLink(t, linkOptions{dir: dir, args: slArgs})
 			client := start(t, dir, env, "flower-client-app", append([]string{"client:app", "--server", sl.fleet, "--poll-interval", "200ms"}, tlsArgs...)...)
 			client.waitOutput(t, "node registered", 30*time.Second)
 			hup(t, client, 2, want)

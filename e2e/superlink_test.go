@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -16,55 +18,10 @@ import (
 	"testing"
 	"time"
 
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
+	"github.com/sepal-fl/sepal/certfile"
 	"github.com/sepal-fl/sepal/internal/cli"
-	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/selfsigned"
-	"github.com/sepal-fl/sepal/transport"
 )
-
-// The paths the seed's command reads, relative to the folder it runs in.
-const (
-	slCA   = "certificates/ca.crt"
-	slCert = "certificates/server.pem"
-	slKey  = "certificates/server.key"
-)
-
-// slFlowerCerts makes (or with --force reissues, from the same CA) the seed's
-// certificates in dir/certificates with the real flower-certs binary.
-func slFlowerCerts(t testing.TB, dir string, args ...string) {
-	t.Helper()
-	out, code := run(t, time.Minute, dir, nil, "flower-certs", args...)
-	if code != 0 {
-		t.Fatalf("flower-certs %s: exit %d\n%s", strings.Join(args, " "), code, out)
-	}
-	for _, f := range []string{slCA, slCert, slKey} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Fatalf("flower-certs did not write %s: %v\n%s", f, err, out)
-		}
-	}
-}
-
-// slProc is a running flower-superlink and the addresses it serves.
-type slProc struct {
-	*proc
-	driver, fleet string
-}
-
-// slStart starts flower-superlink in dir with args plus two free
-// loopback addresses, and waits until it reports that it serves.
-func slStart(t testing.TB, dir string, args ...string) *slProc {
-	t.Helper()
-	driver, fleet := freeAddr(t), freeAddr(t)
-	args = append(args, "--driver-api-address", driver, "--grpc-rere-fleet-api-address", fleet)
-	p := start(t, dir, nil, "flower-superlink", args...)
-	p.waitOutput(t, "msg=serving", 30*time.Second)
-	return &slProc{proc: p, driver: driver, fleet: fleet}
-}
-
-// slSeedArgs is the seed's command line, without the addresses.
-var slSeedArgs = []string{"--certificates", slCA, slCert, slKey}
 
 // slOpenSSL runs openssl s_client against addr from dir and returns its
 // combined output and exit code.
@@ -76,38 +33,18 @@ func slOpenSSL(t *testing.T, dir, addr string, args ...string) (string, int) {
 	return run(t, 30*time.Second, dir, nil, openssl, args...)
 }
 
-// slHealth asks the standard gRPC health service at addr over TLS,
-// trusting only caFile, and returns its status.
-func slHealth(t *testing.T, addr, caFile string) healthpb.HealthCheckResponse_ServingStatus {
-	t.Helper()
-	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: caFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := testkit.HealthCheck(t, addr, creds)
-	if err != nil {
-		t.Fatalf("health check of %s over TLS: %v", addr, err)
-	}
-	return st
-}
-
-// slServedSerial does one TLS handshake with addr, trusting only caFile, and
+// servedSerial makes one TLS handshake with addr, verifying with cfg, and
 // returns the serial of the certificate served.
-func slServedSerial(t *testing.T, addr, caFile string) *big.Int {
+func servedSerial(t *testing.T, addr string, cfg *tls.Config) *big.Int {
 	t.Helper()
-	cfg, err := transport.ClientConfig(transport.ClientOptions{RootCertificates: caFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	conn, err := tls.DialWithDialer(d, "tcp", addr, cfg)
+	leaf, err := handshakeTLS(addr, cfg)
 	if err != nil {
 		t.Fatalf("TLS handshake with %s: %v", addr, err)
 	}
-	defer conn.Close()
-	return conn.ConnectionState().PeerCertificates[0].SerialNumber
+	return leaf.SerialNumber
 }
 
+// slFileSerial returns the serial of the certificate in the PEM file path.
 func slFileSerial(t *testing.T, path string) *big.Int {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -125,14 +62,13 @@ func slFileSerial(t *testing.T, path string) *big.Int {
 	return c.SerialNumber
 }
 
-// The slIssue's "Must show": the seed's exact command, with certificates made
-// by flower-certs, serves TLS 1.3 with ALPN h2 that openssl verifies against
-// ca.crt on both ports, refuses TLS 1.1, and answers gRPC health checks.
+// Flower's documented command, with certificates made by flower-certs,
+// serves TLS 1.3 with ALPN h2 that openssl verifies against ca.crt on both
+// ports, refuses TLS 1.1, and answers gRPC health checks.
 func TestSuperLinkSeedCommandServesTLS(t *testing.T) {
 	needE2E(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	sl := slStart(t, dir, slSeedArgs...)
+	sl := startSuperLink(t, linkOptions{certs: true})
+	dir := sl.dir
 
 	for _, port := range []struct{ name, addr string }{{"driver", sl.driver}, {"fleet", sl.fleet}} {
 		t.Run(port.name, func(t *testing.T) {
@@ -161,8 +97,8 @@ func TestSuperLinkSeedCommandServesTLS(t *testing.T) {
 				t.Errorf("a TLS 1.1 session was established:\n%s", out)
 			}
 
-			if got := slHealth(t, port.addr, filepath.Join(dir, slCA)); got != healthpb.HealthCheckResponse_SERVING {
-				t.Errorf("health = %v, want SERVING", got)
+			if err := checkHealth(t, port.addr, sl.tls); err != nil {
+				t.Error(err)
 			}
 		})
 	}
@@ -188,11 +124,11 @@ func TestSuperLinkSeedCommandServesTLS(t *testing.T) {
 func TestSuperLinkSSLFlags(t *testing.T) {
 	needE2E(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	sl := slStart(t, dir, "--ssl-ca-certfile", slCA, "--ssl-certfile", slCert, "--ssl-keyfile", slKey)
+	flowerCerts(t, dir)
+	sl := startSuperLink(t, linkOptions{dir: dir, args: []string{"--ssl-ca-certfile", slCA, "--ssl-certfile", slCert, "--ssl-keyfile", slKey}})
 	want := slFileSerial(t, filepath.Join(dir, slCert))
 	for _, addr := range []string{sl.driver, sl.fleet} {
-		if got := slServedSerial(t, addr, filepath.Join(dir, slCA)); got.Cmp(want) != 0 {
+		if got := servedSerial(t, addr, trustCA(t, filepath.Join(dir, slCA))); got.Cmp(want) != 0 {
 			t.Errorf("%s serves serial %x, want %x", addr, got, want)
 		}
 	}
@@ -308,9 +244,8 @@ var slBadCases = []slBadCase{
 	}},
 }
 
-// The slIssue's "Must show": each bad certificate input of the TLS core slIssue
-// stops the SuperLink before it listens, with a non-zero exit and one
-// message naming the file.
+// Each bad certificate input stops the SuperLink before it listens, with a
+// non-zero exit and one message naming the file.
 func TestSuperLinkRefusesBadCertificates(t *testing.T) {
 	needE2E(t)
 	ca, err := selfsigned.NewCA(selfsigned.CAOptions{NotBefore: time.Now().Add(-30 * 24 * time.Hour)})
@@ -366,7 +301,7 @@ func TestSuperLinkWarnsOfExpiry(t *testing.T) {
 	}
 	p := slIssue(t, ca, selfsigned.ServerOptions{NotAfter: time.Now().Add(10 * 24 * time.Hour)})
 	slTriple(t, dir, ca.CertPEM, p.CertPEM, p.KeyPEM)
-	sl := slStart(t, dir, slSeedArgs...)
+	sl := startSuperLink(t, linkOptions{dir: dir, certs: true})
 	out := sl.out.String()
 	if !regexp.MustCompile(`level=WARN .*expires`).MatchString(out) {
 		t.Errorf("no expiry warning:\n%s", out)
@@ -376,7 +311,7 @@ func TestSuperLinkWarnsOfExpiry(t *testing.T) {
 func TestSuperLinkFlags(t *testing.T) {
 	needE2E(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	free := []string{"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t)}
 	noDB := freeAddr(t) // nothing listens there
 	tests := []struct {
@@ -431,7 +366,7 @@ func TestSuperLinkFlags(t *testing.T) {
 func TestSuperLinkAddressInUse(t *testing.T) {
 	needE2E(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -444,28 +379,25 @@ func TestSuperLinkAddressInUse(t *testing.T) {
 	}
 }
 
-// The slIssue's "Must show": the file source reloads while serving. The
-// server certificate is reissued on disk by flower-certs --force and, after
-// a SIGHUP, new handshakes on both ports see the new serial without a
-// restart.
+// The file source reloads while serving: the server certificate is
+// reissued on disk by flower-certs --force and, after a SIGHUP, new
+// handshakes on both ports see the new serial without a restart.
 func TestSuperLinkReloadsOnSIGHUP(t *testing.T) {
 	needE2E(t)
-	dir := t.TempDir()
-	slFlowerCerts(t, dir)
-	ca := filepath.Join(dir, slCA)
 	// A poll interval of an hour: only the SIGHUP can explain a reload.
-	sl := slStart(t, dir, append(append([]string{}, slSeedArgs...), "--certificates-poll-interval", "1h")...)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--certificates-poll-interval", "1h"}})
+	dir := sl.dir
 	oldSerial := slFileSerial(t, filepath.Join(dir, slCert))
 	for _, addr := range []string{sl.driver, sl.fleet} {
-		if got := slServedSerial(t, addr, ca); got.Cmp(oldSerial) != 0 {
+		if got := servedSerial(t, addr, sl.tls); got.Cmp(oldSerial) != 0 {
 			t.Fatalf("%s serves %x before the reload, want %x", addr, got, oldSerial)
 		}
 	}
 
-	slFlowerCerts(t, dir, "--force")
+	flowerCerts(t, dir, "--force")
 	newSerial := slFileSerial(t, filepath.Join(dir, slCert))
 	if newSerial.Cmp(oldSerial) == 0 {
-		t.Fatal("flower-certs --force did not slIssue a new certificate")
+		t.Fatal("flower-certs --force did not issue a new certificate")
 	}
 	pid := sl.cmd.Process.Pid
 	deadline := time.Now().Add(15 * time.Second)
@@ -474,7 +406,7 @@ func TestSuperLinkReloadsOnSIGHUP(t *testing.T) {
 			if err := sl.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 				t.Fatalf("SIGHUP to %d: %v", pid, err)
 			}
-			got := slServedSerial(t, addr, ca)
+			got := servedSerial(t, addr, sl.tls)
 			if got.Cmp(newSerial) == 0 {
 				break
 			}
@@ -492,8 +424,8 @@ func TestSuperLinkReloadsOnSIGHUP(t *testing.T) {
 		t.Fatalf("flower-superlink ended after SIGHUP: %v", sl.err)
 	default:
 	}
-	if got := slHealth(t, sl.fleet, ca); got != healthpb.HealthCheckResponse_SERVING {
-		t.Errorf("health after reload = %v", got)
+	if err := checkHealth(t, sl.fleet, sl.tls); err != nil {
+		t.Errorf("after the reload: %v", err)
 	}
 }
 
@@ -501,10 +433,10 @@ func TestSuperLinkReloadsOnSIGHUP(t *testing.T) {
 func TestSuperLinkStopsOnSignal(t *testing.T) {
 	needE2E(t)
 	dir := t.TempDir()
-	slFlowerCerts(t, dir)
+	flowerCerts(t, dir)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
-			sl := slStart(t, dir, slSeedArgs...)
+			sl := startSuperLink(t, linkOptions{dir: dir, certs: true})
 			if err := sl.cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
@@ -524,16 +456,85 @@ func TestSuperLinkStopsOnSignal(t *testing.T) {
 // --insecure serves plaintext gRPC, with a loud warning.
 func TestSuperLinkInsecure(t *testing.T) {
 	needE2E(t)
-	sl := slStart(t, t.TempDir(), "--insecure")
+	sl := startSuperLink(t, linkOptions{args: []string{"--insecure"}})
 	if !regexp.MustCompile(`level=WARN msg="serving WITHOUT TLS`).MatchString(sl.out.String()) {
 		t.Errorf("no warning about plaintext:\n%s", sl.out.String())
 	}
-	creds, err := transport.ClientCredentials(transport.ClientOptions{Insecure: true})
+	if err := checkHealth(t, sl.fleet, nil); err != nil {
+		t.Fatalf("plaintext: %v", err)
+	}
+}
+
+// A traditional encrypted key, an RSA-1024 key and a key others can read,
+// all from openssl, at the start of flower-superlink.
+func TestSuperLinkKeyRefusalsAndWarnings(t *testing.T) {
+	needE2E(t)
+	dir := t.TempDir()
+	flowerCerts(t, dir)
+	free := func() []string {
+		return []string{"--driver-api-address", freeAddr(t), "--grpc-rere-fleet-api-address", freeAddr(t)}
+	}
+
+	// Proc-Type: 4,ENCRYPTED
+	opensslRun(t, dir, "genrsa", "-aes128", "-traditional", "-passout", "pass:secret", "-out", "enc.key", "2048")
+	if b, _ := os.ReadFile(filepath.Join(dir, "enc.key")); !bytes.Contains(b, []byte("Proc-Type: 4,ENCRYPTED")) {
+		t.Fatalf("openssl did not write a traditional encrypted key:\n%s", b)
+	}
+	out, code := run(t, 30*time.Second, dir, nil, "flower-superlink", append([]string{"--certificates", slCA, slCert, "enc.key"}, free()...)...)
+	if code != 1 || !strings.Contains(out, "enc.key") || !strings.Contains(out, "encrypted with a passphrase") ||
+		!strings.Contains(out, "openssl pkey -in enc.key -out PLAIN.key") || strings.Contains(out, "asn1") {
+		t.Errorf("traditional encrypted key: exit %d:\n%s", code, out)
+	}
+
+	// RSA-1024, self-signed, as an old generate.sh-like script makes it.
+	opensslRun(t, dir, "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-keyout", "weak.key", "-out", "weak.pem",
+		"-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "30")
+	out, code = run(t, 30*time.Second, dir, nil, "flower-superlink", append([]string{"--certificates", "weak.pem", "weak.pem", "weak.key"}, free()...)...)
+	if code != 1 || !strings.Contains(out, "1024 bits") || !strings.Contains(out, "2048") {
+		t.Errorf("RSA-1024: exit %d:\n%s", code, out)
+	}
+
+	// A server key others can read: it serves, with a warning and the chmod.
+	if err := os.Chmod(filepath.Join(dir, slKey), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sl := startSuperLink(t, linkOptions{dir: dir, certs: true})
+	if o := sl.out.String(); !strings.Contains(o, "level=WARN") || !strings.Contains(o, "open to other users (mode 0644)") ||
+		!strings.Contains(o, "chmod 600 "+slKey) {
+		t.Errorf("no warning about the 0644 key:\n%s", o)
+	}
+}
+
+// After a failed reload, the next good one says the certificate is good
+// again; serials in the log are as openssl prints them.
+func TestSuperLinkLogsGoodAgainAfterFailedReload(t *testing.T) {
+	needE2E(t)
+	sl := startSuperLink(t, linkOptions{certs: true, args: []string{"--certificates-poll-interval", "1h"}})
+	dir := sl.dir
+	serial := strings.TrimPrefix(strings.TrimSpace(opensslRun(t, dir, "x509", "-in", slCert, "-noout", "-serial")), "serial=")
+	if !strings.Contains(sl.out.String(), "serial="+serial) {
+		t.Errorf("the log does not give the serial as openssl does (%s):\n%s", serial, sl.out.String())
+	}
+	keyPath := filepath.Join(dir, slKey)
+	good, err := os.ReadFile(keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := testkit.HealthCheck(t, sl.fleet, creds)
-	if err != nil || st != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("plaintext health check: %v %v", st, err)
+	other, err := selfsigned.NewCA(selfsigned.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certfile.WriteFileAtomic(keyPath, other.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sl.cmd.Process.Signal(syscall.SIGHUP)
+	sl.waitOutput(t, "certificate reload failed", 10*time.Second)
+	if err := certfile.WriteFileAtomic(keyPath, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sl.cmd.Process.Signal(syscall.SIGHUP)
+	sl.waitOutput(t, "certificate files are good again", 10*time.Second)
+	if o := sl.out.String(); !strings.Contains(o, fmt.Sprintf("serial=%s", serial)) {
+		t.Errorf("the good-again line lacks the serial:\n%s", o)
 	}
 }

@@ -32,16 +32,6 @@ func writeTestCerts(t *testing.T, dir string, o selfsigned.ServerOptions) (testk
 // link is a SuperLink the failing apps are pointed at.
 type link struct{ fleet, driver string }
 
-// startSuperLinkBin starts flower-superlink with args and free ports.
-func startSuperLinkBin(t *testing.T, dir string, args ...string) link {
-	t.Helper()
-	l := link{fleet: freeAddr(t), driver: freeAddr(t)}
-	args = append(args, "--driver-api-address", l.driver, "--grpc-rere-fleet-api-address", l.fleet)
-	p := start(t, dir, nil, "flower-superlink", args...)
-	waitListening(t, p, 20*time.Second, l.driver, l.fleet)
-	return l
-}
-
 // startExpiredSuperLink serves the Fleet and Driver APIs in this process
 // with an expired certificate, which flower-superlink refuses to start with.
 func startExpiredSuperLink(t *testing.T, p *testkit.PKI) link {
@@ -68,9 +58,13 @@ func TestTLSFailures(t *testing.T) {
 	expiredFiles, expired := writeTestCerts(t, filepath.Join(dir, "expired"), selfsigned.ServerOptions{
 		NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
 
-	tlsLink := startSuperLinkBin(t, dir, "--certificates", good.CA, good.Cert, good.Key)
-	namedLink := startSuperLinkBin(t, dir, "--certificates", named.CA, named.Cert, named.Key)
-	plainLink := startSuperLinkBin(t, dir, "--insecure")
+	startLink := func(args ...string) link {
+		l := startSuperLink(t, linkOptions{dir: dir, args: args})
+		return link{fleet: l.fleet, driver: l.driver}
+	}
+	tlsLink := startLink("--certificates", good.CA, good.Cert, good.Key)
+	namedLink := startLink("--certificates", named.CA, named.Cert, named.Key)
+	plainLink := startLink("--insecure")
 	expiredLink := startExpiredSuperLink(t, expired)
 
 	type tlsCase struct {

@@ -36,11 +36,11 @@ var (
 	descCRLNext = prometheus.NewDesc("sepal_crl_next_update_timestamp_seconds",
 		"The nextUpdate time of the revocation list in force.", nil, nil)
 	descStateUp = prometheus.NewDesc("sepal_state_up",
-		"1 if the state answered the scrape (its store is reachable), else 0.", nil, nil)
+		"1 if the state of both generations answered the scrape (its store is reachable), else 0.", nil, nil)
 	descNodes = prometheus.NewDesc("sepal_nodes",
-		"Registered nodes, by state (online: pinged within their ping interval; offline).", []string{"state"}, nil)
+		"Registered Flower 1.8 nodes, by state (online: pinged within their ping interval; offline).", []string{"state"}, nil)
 	descRuns = prometheus.NewDesc("sepal_runs",
-		"Runs known to the SuperLink.", nil, nil)
+		"Flower 1.8 runs known to the SuperLink.", nil, nil)
 	descTaskIns = prometheus.NewDesc("sepal_task_ins",
 		"TaskIns held, by state (waiting: not yet pulled by their node; delivered: pulled, no result yet).", []string{"state"}, nil)
 	descTaskRes = prometheus.NewDesc("sepal_task_res_waiting",
@@ -76,6 +76,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descCertLastReload, descCertReloadOK, descReloads, descOrders, descCRLThis, descCRLNext, descStateUp, descNodes, descRuns,
 		descTaskIns, descTaskRes, descArrays, descArrayBytes, descInflight, descInflightLimit, descConnections, descRefused,
 		descLimitClosed, descConnRefused, descPressure} {
+		ch <- d
+	}
+	for _, d := range linkDescs {
 		ch <- d
 	}
 }
@@ -131,25 +134,43 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descPressure, pressure)
 	}
-	if state := m.getState(); state != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		st, err := state.Stats(ctx)
-		if err != nil {
-			m.log.Debug("the state did not answer a scrape", "error", err)
-			gauge(descStateUp, 0)
-			return
-		}
-		gauge(descStateUp, 1)
-		gauge(descNodes, float64(st.NodesOnline), "online")
-		gauge(descNodes, float64(st.Nodes-st.NodesOnline), "offline")
-		gauge(descRuns, float64(st.Runs))
-		gauge(descTaskIns, float64(st.TaskInsWaiting), "waiting")
-		gauge(descTaskIns, float64(st.TaskInsDelivered), "delivered")
-		gauge(descTaskRes, float64(st.TaskResWaiting))
-		gauge(descArrays, float64(st.Blobs))
-		gauge(descArrayBytes, float64(st.BlobBytes))
+	state, link := m.getState(), m.getLinkState()
+	if state == nil && link == nil {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	up := true
+	if state != nil {
+		up = m.collectState(ctx, state, gauge)
+	}
+	if link != nil {
+		up = m.collectLink(ctx, link, gauge) && up
+	}
+	if up {
+		gauge(descStateUp, 1)
+	} else {
+		gauge(descStateUp, 0)
+	}
+}
+
+// collectState exports the Flower 1.8.0 state, and reports whether it
+// answered.
+func (m *Metrics) collectState(ctx context.Context, state State, gauge func(*prometheus.Desc, float64, ...string)) bool {
+	st, err := state.Stats(ctx)
+	if err != nil {
+		m.log.Debug("the state did not answer a scrape", "error", err)
+		return false
+	}
+	gauge(descNodes, float64(st.NodesOnline), "online")
+	gauge(descNodes, float64(st.Nodes-st.NodesOnline), "offline")
+	gauge(descRuns, float64(st.Runs))
+	gauge(descTaskIns, float64(st.TaskInsWaiting), "waiting")
+	gauge(descTaskIns, float64(st.TaskInsDelivered), "delivered")
+	gauge(descTaskRes, float64(st.TaskResWaiting))
+	gauge(descArrays, float64(st.Blobs))
+	gauge(descArrayBytes, float64(st.BlobBytes))
+	return true
 }
 
 // collectCertificates exports the served certificates' dates, per name

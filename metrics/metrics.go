@@ -3,7 +3,8 @@
 // Prometheus: transport.ObserveHandshakes for TLS handshakes, the reload
 // events of certfile and acme for certificates (the caller turns them
 // into CertEvents), gRPC server options for calls, and the observation
-// methods of the state contract (State) for nodes, runs and tasks.
+// methods of the state contracts (State for Flower 1.8.0, LinkState for
+// Flower 1.29.0) for nodes, runs, tasks, messages and objects.
 //
 // Everything is registered on a registry of its own, never the global
 // default; every label value comes from a fixed set (nothing a peer sends
@@ -33,6 +34,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/superlink"
 	"github.com/sepal-fl/sepal/transport"
 )
@@ -45,12 +47,13 @@ const (
 
 // APIs, the values of the api label of the handshake metrics.
 const (
-	APIFleet  = "fleet"
-	APIDriver = "driver"
-	APIOther  = "other" // a listener not given to SetListeners
+	APIFleet   = "fleet"
+	APIDriver  = "driver"  // and plaintext ServerAppIo on its port, which makes no handshake
+	APIControl = "control" // Flower 1.29.0's Control API (flwr)
+	APIOther   = "other"   // a listener not given to SetListeners or SetControlListener
 )
 
-var apis = []string{APIFleet, APIDriver, APIOther}
+var apis = []string{APIFleet, APIDriver, APIControl, APIOther}
 
 // Options configure New. The zero value works: no state, no in-flight
 // budget, no CRL.
@@ -65,15 +68,24 @@ type Options struct {
 	// State is read on every scrape and page view (SetState may give it
 	// later). Default: nil, no state metrics, nodes or runs.
 	State State
+	// LinkState, the Flower 1.29.0 generation's state, is read on every
+	// scrape and page view (SetLinkState may give it later). Default: nil,
+	// no Flower 1.29 nodes, runs or objects.
+	LinkState LinkState
 	// Limits returns the state of the SuperLink's limits (in-flight bytes
 	// against the budget, connections, refusals); SetLimits may give it
 	// later. Default: nil, not exported.
-	Limits func() LimitStats
+	Limits func() superlink.LimitStats
 	// CRL returns the revocation list in force, or nil when there is none.
 	// Default: nil.
 	CRL func() *x509.RevocationList
-	// RecentRuns is how many runs the status page lists. Default: 10.
+	// RecentRuns is how many runs of each generation the status page
+	// lists. Default: 10.
 	RecentRuns int
+	// ListedNodes is how many Flower 1.29 nodes the status page lists
+	// (those not unregistered, in the order they registered; the others
+	// are counted). Default: 100.
+	ListedNodes int
 	// Refresh is how often the status page reloads itself. Default: 10s.
 	Refresh time.Duration
 }
@@ -95,19 +107,17 @@ type Metrics struct {
 	certs  []certSource
 	events map[string]*sourceEvents // by source
 
-	serving atomic.Bool
-	state   atomic.Pointer[State]
-	crl     atomic.Pointer[func() *x509.RevocationList]
-	limits  atomic.Pointer[func() LimitStats]
+	serving   atomic.Bool
+	state     atomic.Pointer[State]
+	linkState atomic.Pointer[LinkState]
+	crl       atomic.Pointer[func() *x509.RevocationList]
+	limits    atomic.Pointer[func() superlink.LimitStats]
 }
-
-// LimitStats is what the metrics read of the SuperLink's limits.
-type LimitStats = superlink.LimitStats
 
 // SetLimits gives the function that reports the SuperLink's limits
 // (SuperLink.LimitStats), when it is known after New; it replaces
 // Options.Limits.
-func (m *Metrics) SetLimits(f func() LimitStats) {
+func (m *Metrics) SetLimits(f func() superlink.LimitStats) {
 	if f == nil {
 		m.limits.Store(nil)
 		return
@@ -116,11 +126,11 @@ func (m *Metrics) SetLimits(f func() LimitStats) {
 }
 
 // limitStats returns the limits' state, and false without Limits.
-func (m *Metrics) limitStats() (LimitStats, bool) {
+func (m *Metrics) limitStats() (superlink.LimitStats, bool) {
 	if f := m.limits.Load(); f != nil {
 		return (*f)(), true
 	}
-	return LimitStats{}, false
+	return superlink.LimitStats{}, false
 }
 
 // SetCRL gives the function that returns the client-certificate CRL in
@@ -185,9 +195,9 @@ type CertEvent struct {
 }
 
 // New returns Metrics with the Go runtime and process collectors, the gRPC
-// server metrics (every Fleet, Driver and health method at zero), the
-// handshake counters and the scrape-time collectors registered on a
-// registry of its own.
+// server metrics (every method of both generations' services and of
+// health at zero), the handshake counters and the scrape-time collectors
+// registered on a registry of its own.
 func New(o Options) *Metrics {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -201,8 +211,12 @@ func New(o Options) *Metrics {
 	if o.Refresh <= 0 {
 		o.Refresh = 10 * time.Second
 	}
+	if o.ListedNodes <= 0 {
+		o.ListedNodes = 100
+	}
 	m := &Metrics{o: o, log: o.Logger, reg: prometheus.NewRegistry(), events: map[string]*sourceEvents{}}
 	m.SetState(o.State)
+	m.SetLinkState(o.LinkState)
 	m.SetCRL(o.CRL)
 	m.SetLimits(o.Limits)
 	for range apis {
@@ -221,13 +235,17 @@ func New(o Options) *Metrics {
 }
 
 // serviceInfo lists the services a SuperLink serves, so that every method
-// has its series from the start.
+// has its series from the start: Flower 1.8.0's Fleet and Driver, and
+// Flower 1.29.0's Fleet (under the same service name), ServerAppIo and
+// Control, by the names Flower's peers call.
 type serviceInfo struct{}
 
 func (serviceInfo) GetServiceInfo() map[string]grpc.ServiceInfo {
 	out := map[string]grpc.ServiceInfo{}
-	for _, d := range []grpc.ServiceDesc{flwrproto.Fleet_ServiceDesc, flwrproto.Driver_ServiceDesc} {
-		var ms []grpc.MethodInfo
+	for _, d := range []grpc.ServiceDesc{flwrproto.Fleet_ServiceDesc, flwrproto.Driver_ServiceDesc,
+		flwr129.FlowerService(&flwr129.Fleet_ServiceDesc), flwr129.FlowerService(&flwr129.ServerAppIo_ServiceDesc),
+		flwr129.FlowerService(&flwr129.Control_ServiceDesc)} {
+		ms := out[d.ServiceName].Methods
 		for _, md := range d.Methods {
 			ms = append(ms, grpc.MethodInfo{Name: md.MethodName})
 		}
@@ -276,13 +294,21 @@ func (m *Metrics) SetListeners(fleet, driver net.Addr) {
 	}
 }
 
+// SetControlListener tells which listener is Flower 1.29.0's Control API,
+// by port, for the api label of the handshake metrics.
+func (m *Metrics) SetControlListener(control net.Addr) {
+	if ta, ok := control.(*net.TCPAddr); ok {
+		m.ports.Store(ta.Port, slices.Index(apis, APIControl))
+	}
+}
+
 func (m *Metrics) apiIndex(local net.Addr) int {
 	if ta, ok := local.(*net.TCPAddr); ok {
 		if i, ok := m.ports.Load(ta.Port); ok {
 			return i.(int)
 		}
 	}
-	return 2
+	return slices.Index(apis, APIOther)
 }
 
 func (m *Metrics) observeHandshake(e transport.HandshakeEvent) {

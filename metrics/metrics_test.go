@@ -69,6 +69,9 @@ func newRig(t *testing.T, o metrics.Options) *rig {
 	if o.State == nil {
 		r.m.SetState(sl.State()) // as flower-superlink does
 	}
+	if o.LinkState == nil {
+		r.m.SetLinkState(sl.LinkState())
+	}
 	r.m.SetLimits(sl.LimitStats)
 	creds := r.m.Credentials(transport.ServerCredentials(src))
 	r.link = testkit.Serve(t, func(ctx context.Context, fleet, driver net.Listener) error {
@@ -234,7 +237,7 @@ func TestMetricsScrape(t *testing.T) {
 	}
 
 	// Bounded labels: whatever the peers sent, only the fixed sets appear.
-	if got := s.LabelValues("sepal_tls_handshake_failures_total", "api"); !slices.Equal(got, []string{"driver", "fleet", "other"}) {
+	if got := s.LabelValues("sepal_tls_handshake_failures_total", "api"); !slices.Equal(got, []string{"control", "driver", "fleet", "other"}) {
 		t.Errorf("api label values %v", got)
 	}
 	var causes []string

@@ -21,10 +21,3 @@ type State interface {
 }
 
 var _ State = state.State(nil)
-
-// The state's observation types, as the metrics use them.
-type (
-	Stats    = state.Stats
-	NodeInfo = state.NodeInfo
-	RunInfo  = state.RunInfo
-)

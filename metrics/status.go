@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/transport"
 )
 
@@ -28,6 +29,8 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 	},
 	"since": func(now, t time.Time) string { return ago(now.Sub(t)) + " ago" },
 	"bytes": humanBytes,
+	"secs":  func(s float64) string { return ago(time.Duration(s * float64(time.Second))) },
+	"dur":   ago,
 }).Parse(statusHTML))
 
 // pageData is what the status page shows.
@@ -45,14 +48,17 @@ type pageData struct {
 
 	HasState   bool
 	StateErr   string
-	Stats      Stats
-	Nodes      []NodeInfo // online only
+	Stats      state.Stats
+	Nodes      []state.NodeInfo // online only
 	Offline    int
 	Identities bool // some node has a certificate identity
-	Runs       []RunInfo
+	Runs       []state.RunInfo
 
 	HasInflight                   bool
 	Inflight, Budget, Connections int64
+
+	// Link is the Flower 1.29.0 generation; nil without a LinkState.
+	Link *link129
 }
 
 type certView struct {
@@ -131,21 +137,24 @@ func (m *Metrics) page(ctx context.Context) pageData {
 		d.HasInflight = true
 		d.Inflight, d.Budget, d.Connections = l.InflightBytes, l.MaxInflightBytes, l.Connections
 	}
-	state := m.getState()
-	if state == nil {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if ls := m.getLinkState(); ls != nil {
+		d.Link = m.page129(ctx, ls, now)
+	}
+	src := m.getState()
+	if src == nil {
 		return d
 	}
 	d.HasState = true
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	st, err := state.Stats(ctx)
-	var nodes []NodeInfo
-	var runs []RunInfo
+	st, err := src.Stats(ctx)
+	var nodes []state.NodeInfo
+	var runs []state.RunInfo
 	if err == nil {
-		nodes, err = state.Nodes(ctx)
+		nodes, err = src.Nodes(ctx)
 	}
 	if err == nil {
-		runs, err = state.Runs(ctx, m.o.RecentRuns)
+		runs, err = src.Runs(ctx, m.o.RecentRuns)
 	}
 	if err != nil {
 		d.StateErr = err.Error()

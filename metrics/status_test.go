@@ -9,23 +9,24 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/metrics"
+	"github.com/sepal-fl/sepal/state"
 )
 
 // fixedState answers with fixed values: the page's rendering is checked
 // here on cases a live run seldom shows (identities with markup, a store
 // that is down); the e2e test reads the page of a real run.
 type fixedState struct {
-	stats metrics.Stats
-	nodes []metrics.NodeInfo
-	runs  []metrics.RunInfo
+	stats state.Stats
+	nodes []state.NodeInfo
+	runs  []state.RunInfo
 	err   error
 }
 
-func (f *fixedState) Stats(context.Context) (metrics.Stats, error) { return f.stats, f.err }
-func (f *fixedState) Nodes(context.Context) ([]metrics.NodeInfo, error) {
+func (f *fixedState) Stats(context.Context) (state.Stats, error) { return f.stats, f.err }
+func (f *fixedState) Nodes(context.Context) ([]state.NodeInfo, error) {
 	return f.nodes, f.err
 }
-func (f *fixedState) Runs(_ context.Context, limit int) ([]metrics.RunInfo, error) {
+func (f *fixedState) Runs(_ context.Context, limit int) ([]state.RunInfo, error) {
 	if limit > 0 && len(f.runs) > limit {
 		return f.runs[:limit], f.err
 	}
@@ -36,15 +37,15 @@ func (f *fixedState) Check(context.Context) error { return f.err }
 func TestStatusPage(t *testing.T) {
 	now := time.Now()
 	st := &fixedState{
-		stats: metrics.Stats{Nodes: 3, NodesOnline: 2, Runs: 12, TaskInsWaiting: 4, TaskResWaiting: 1, Blobs: 2, BlobBytes: 3 << 20},
-		nodes: []metrics.NodeInfo{
+		stats: state.Stats{Nodes: 3, NodesOnline: 2, Runs: 12, TaskInsWaiting: 4, TaskResWaiting: 1, Blobs: 2, BlobBytes: 3 << 20},
+		nodes: []state.NodeInfo{
 			{ID: 4242, Identity: "node-a.example", PingInterval: 30, Created: now.Add(-time.Hour), OnlineUntil: now.Add(time.Minute), Online: true},
 			{ID: -77, Identity: `<script>alert(1)</script>`, PingInterval: 30, Created: now, OnlineUntil: now.Add(time.Minute), Online: true},
 			{ID: 99, Online: false},
 		},
 	}
 	for i := range 12 {
-		st.runs = append(st.runs, metrics.RunInfo{ID: int64(1000 + i), Created: now, LastGroup: "3", TaskInsPushed: 6, TaskResPulled: 6})
+		st.runs = append(st.runs, state.RunInfo{ID: int64(1000 + i), Created: now, LastGroup: "3", TaskInsPushed: 6, TaskResPulled: 6})
 	}
 	r := newRig(t, metrics.Options{State: st, RecentRuns: 5, Refresh: 3 * time.Second, Version: "v1.2.3"})
 	r.m.SetServing(true)
@@ -60,7 +61,7 @@ func TestStatusPage(t *testing.T) {
 		r.pki.Pair.Leaf.NotAfter.UTC().Format("2006-01-02 15:04:05 UTC"),
 		`<dd class="source">file</dd>`,
 		`start at`, `succeeded`,
-		`Nodes online: <span id="nodes-online">2</span>`, "(1 offline)",
+		`Flower 1.8 nodes online: <span id="nodes-online">2</span>`, "(1 offline)",
 		"<code>4242</code>", `<td class="identity">node-a.example</td>`,
 		"&lt;script&gt;alert(1)&lt;/script&gt;",
 		"<code>1000</code>", "<code>1004</code>", `<td class="round">3</td>`,

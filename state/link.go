@@ -108,8 +108,10 @@ type LinkState interface {
 	// intervals; false for an unknown token.
 	AppHeartbeat(ctx context.Context, token string) (bool, error)
 	// StartApp moves a starting run to running and returns what its
-	// ServerApp starts from: its context, the run and its FAB.
-	// FailedPrecondition when the run cannot start.
+	// ServerApp starts from: its context, the run and its FAB. For a
+	// running run it returns them again, changing nothing: its ServerApp
+	// asks again when the response was lost (a SuperLink killed while
+	// answering). FailedPrecondition when the run cannot start.
 	StartApp(ctx context.Context, runID uint64) (*flwr129.Context, *flwr129.Run, *flwr129.Fab, error)
 	// SetAppContext replaces a running run's ServerApp context.
 	SetAppContext(ctx context.Context, runID uint64, c *flwr129.Context) error

@@ -50,6 +50,8 @@ type control struct {
 
 	logMu  sync.Mutex
 	logged map[string]time.Time
+	// stopping is closed when Serve begins to stop (nil: never).
+	stopping <-chan struct{}
 }
 
 var errNoFederationManagement = status.Error(codes.Unimplemented, "SuperLink does not support federation management.")
@@ -203,6 +205,10 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-c.stopping:
+			// flwr reconnects after DEADLINE_EXCEEDED (the end of its
+			// own refresh period) and fails on any other code.
+			return status.Error(codes.DeadlineExceeded, "the SuperLink is stopping: reconnect to follow the logs")
 		case <-t.C:
 		}
 	}

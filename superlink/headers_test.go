@@ -232,7 +232,7 @@ func headerSet(data []byte) []hpack.HeaderField {
 // Whatever headers a request carries, if gRPC hands it to a handler it
 // went through the guard's limits: no handler ever gets a request larger
 // than its method takes (a path gRPC serves is one the guard knows: an
-// oversized CreateNode is refused, a PushTaskRes of that size is not). The seeds are the tricks of an attacker's trial:
+// oversized CreateNode is refused, a PushTaskRes of that size is not). The seeds are the tricks an attacker tried:
 // two content-type values (a gRPC one, then another), odd casing, a
 // missing te, a content-type with a subtype.
 func FuzzGuardHeaders(f *testing.F) {
@@ -260,7 +260,7 @@ func FuzzGuardHeaders(f *testing.F) {
 	})
 }
 
-// The tricks of the attacker's trial, each refused at the prefix, and a
+// The tricks an attacker tried, each refused at the prefix, and a
 // request with the usual headers handled (the rig itself works).
 func TestGuardHeaderTricks(t *testing.T) {
 	r := newHeaderRig(t)

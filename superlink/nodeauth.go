@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"math/big"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -135,3 +137,21 @@ var (
 	errNotPEMKey = errors.New("not a PEM PUBLIC KEY block")
 	errNotEC     = errors.New("not an elliptic-curve key")
 )
+
+// KeyFingerprint is a short fingerprint of a node's public key (PEM, as
+// Flower 1.29.0 SuperNodes send it and the Control API registers it): the
+// first 16 characters of OpenSSH's SHA-256 fingerprint, "SHA256:"
+// included, so that an operator can match it against
+// `ssh-keygen -lf KEY.pub` of the key given to `flwr supernode register`.
+// A key that does not parse gets "raw:" and 16 hex digits of the SHA-256 of
+// its bytes. It never fails.
+func KeyFingerprint(publicKey []byte) string {
+	if pub, err := parseNodeKey(publicKey); err == nil {
+		if k, err := ssh.NewPublicKey(pub); err == nil {
+			fp := ssh.FingerprintSHA256(k)
+			return fp[:min(len(fp), len("SHA256:")+16)]
+		}
+	}
+	h := sha256.Sum256(publicKey)
+	return "raw:" + hex.EncodeToString(h[:8])
+}

@@ -57,8 +57,9 @@ type flower129 struct {
 // Flower129Options configure the Flower 1.29.0 generation.
 type Flower129Options struct {
 	// State keeps the 1.29.0 nodes, runs, messages and objects. Default:
-	// Options.State when it is a state.LinkState too, else a new
-	// in-memory one (memlink) with Options.Now and Options.Rand.
+	// Options.State when it is a state.LinkState too; without either,
+	// Flower 1.29.0 is not served (Serve refuses ServerAppIo and Control
+	// listeners).
 	State state.LinkState
 	// KeysOnly closes RegisterNode and UnregisterNode of the Fleet API to
 	// the nodes themselves: only keys registered through the Control API
@@ -152,10 +153,17 @@ type api struct {
 // revoked, or its CA dropped, while the connection was open).
 //
 // It blocks until ctx ends, then stops gracefully: health turns
-// NOT_SERVING, calls in flight get ShutdownGrace to finish, then
-// connections are cut. It closes every listener, and returns nil after ctx
-// ends, the error of a listener that failed, or at once an error naming a
-// limit out of range or an API it cannot serve.
+// NOT_SERVING; no connection is taken off a listener's queue any more
+// (those queued stay there, for whoever serves the socket next when it
+// outlives this process, as under systemd socket activation), and those
+// already taken still reach gRPC; every connection is sent GOAWAY, so
+// that clients make new calls on a new connection; the calls in flight
+// get ShutdownGrace (from the end of ctx) to finish, Control API log
+// streams end at once (DEADLINE_EXCEEDED, which flwr takes as the end of
+// its own refresh period, and reconnects); then connections still open
+// are cut. It closes every listener (this process's descriptor of it),
+// and returns nil after ctx ends, the error of a listener that failed, or
+// at once an error naming a limit out of range or an API it cannot serve.
 func (s *SuperLink) Serve(ctx context.Context, l Listeners) error {
 	if s.flower == nil && (l.ServerAppIo != nil || l.Control != nil) {
 		for _, lis := range []net.Listener{l.Fleet, l.Driver, l.ServerAppIo, l.Control} {
@@ -170,6 +178,15 @@ func (s *SuperLink) Serve(ctx context.Context, l Listeners) error {
 	appIo, control := any(nil), any(nil)
 	if s.flower != nil {
 		appIo, control = s.flower.appIo, s.flower.control
+	}
+	// Each socket under a gate (see drain.go), below everything else.
+	shared := l.ServerAppIo != nil && l.ServerAppIo == l.Driver
+	var gs gates
+	l.Fleet, l.Driver, l.Control = gs.wrap(l.Fleet), gs.wrap(l.Driver), gs.wrap(l.Control)
+	if shared {
+		l.ServerAppIo = l.Driver
+	} else {
+		l.ServerAppIo = gs.wrap(l.ServerAppIo)
 	}
 	all := []api{
 		{"Fleet API", l.Fleet, l.FleetCreds, s.registerFleet, []string{flwrproto.Fleet_ServiceDesc.ServiceName}, false, nil},
@@ -210,11 +227,11 @@ func (s *SuperLink) Serve(ctx context.Context, l Listeners) error {
 			apis = append(apis, a)
 		}
 	}
-	return s.serve(ctx, apis)
+	return s.serve(ctx, apis, gs)
 }
 
-// serve is the lifecycle of Serve over apis.
-func (s *SuperLink) serve(ctx context.Context, apis []api) error {
+// serve is the lifecycle of Serve over apis, whose listeners are under gs.
+func (s *SuperLink) serve(ctx context.Context, apis []api, gs gates) error {
 	closeAll := func() {
 		for _, a := range apis {
 			a.lis.Close()
@@ -295,11 +312,19 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	began := time.Now()
 	for _, r := range rs {
 		r.h.Shutdown()
 	}
+	s.stopStreams()
+	if !gs.stop() {
+		s.log.Warn("stopping: connections taken off the queue did not reach gRPC within the settle time; they are closed", "settle", acceptSettle)
+	}
+	graceEnded := make(chan struct{})
+	grace := time.AfterFunc(max(s.opts.ShutdownGrace-time.Since(began), 0), func() { close(graceEnded) })
+	defer grace.Stop()
 	var wg sync.WaitGroup
-	for _, r := range rs {
+	for i, r := range rs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -307,7 +332,8 @@ func (s *SuperLink) serve(ctx context.Context, apis []api) error {
 			go func() { r.srv.GracefulStop(); close(done) }()
 			select {
 			case <-done:
-			case <-time.After(s.opts.ShutdownGrace):
+			case <-graceEnded:
+				s.log.Warn("stopping: calls still in flight after the shutdown grace are cut", "api", apis[i].name, "shutdown_grace", s.opts.ShutdownGrace)
 				r.srv.Stop()
 				<-done
 			}

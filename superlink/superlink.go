@@ -67,6 +67,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -144,6 +145,9 @@ type SuperLink struct {
 	wire   *wire.Wire
 	flower *flower129
 	nodes  *nodeGuard
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed when Serve begins to stop
 }
 
 // New returns a SuperLink on o.State. It panics when o.State is nil (a
@@ -170,8 +174,12 @@ func New(o Options) *SuperLink {
 	w := wire.New(wc)
 	c := codec.New(codec.Options{Finder: bf, StandIns: w.StandIns(), Fresh: fresh})
 	g := newNodeGuard(o.NodeLimits, o.Logger)
-	return &SuperLink{log: o.Logger, opts: o, state: o.State, codec: c, wire: w,
-		flower: newFlower129(o, g), nodes: g}
+	s := &SuperLink{log: o.Logger, opts: o, state: o.State, codec: c, wire: w,
+		flower: newFlower129(o, g), nodes: g, stopping: make(chan struct{})}
+	if s.flower != nil {
+		s.flower.control.stopping = s.stopping
+	}
+	return s
 }
 
 // fresh reports whether the arrays of a request are most likely new: a

@@ -45,7 +45,7 @@ const throughputMiB = 64
 // bytes), as the raw client only reads them, so that both measure the
 // transport. Each operation moves the message once each way, gRPC then
 // raw, so both see the same load on a shared machine. Reported: MB/s of
-// each and grpc/raw, the ratio the issue asks to be at least 0.75.
+// each and grpc/raw, a ratio meant to be at least 0.75.
 //
 //	go test ./superlink -run '^$' -bench Throughput -benchtime 20x
 func BenchmarkThroughput(b *testing.B) {

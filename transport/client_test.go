@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"io/fs"
@@ -111,6 +112,23 @@ func TestProbeSucceeds(t *testing.T) {
 	plain := serveGRPC(t)
 	if err := probe(t, plain, transport.ClientOptions{Insecure: true}); err != nil {
 		t.Fatalf("plaintext server with Insecure: %v", err)
+	}
+}
+
+// A server that completes the handshake and then stays silent (no HTTP/2
+// frame, no alert) passes: the handshake is what Probe checks. Probe
+// returns when its context ends, not after ProbeTimeout.
+func TestProbeSilentServer(t *testing.T) {
+	p := newPKI(t, selfsigned.ServerOptions{})
+	addr := serveTLSAnswering(t, transport.ServerConfig(p.Source()), false)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	began := time.Now()
+	if err := transport.Probe(ctx, addr, transport.ClientOptions{RootCertificates: p.CAFile}); err != nil {
+		t.Fatalf("Probe of a server silent after the handshake: %v", err)
+	}
+	if d := time.Since(began); d >= transport.ProbeTimeout {
+		t.Errorf("Probe returned after %v, past its context's 2s", d)
 	}
 }
 

@@ -36,16 +36,30 @@ func newPKI(t testing.TB, o selfsigned.ServerOptions) *testkit.PKI {
 }
 
 // serveTLS runs a TLS server with ServerConfig(src) on 127.0.0.1:0 that
-// completes handshakes and then drains each connection until it closes.
-// It returns the address; the server stops at the end of the test.
+// completes handshakes, answers as serveTLSConfig does and then drains
+// each connection until it closes. It returns the address; the server
+// stops at the end of the test.
 func serveTLS(t testing.TB, src transport.CertSource) string {
 	t.Helper()
 	return serveTLSConfig(t, transport.ServerConfig(src))
 }
 
 // serveTLSConfig runs a TLS server with cfg on 127.0.0.1:0 that completes
-// handshakes and drains each connection until it closes.
+// handshakes and, when h2 was negotiated, writes an empty HTTP/2 SETTINGS
+// frame at once, as a gRPC server does (so that Probe hears its verdict
+// without waiting out its timeout); then it drains each connection until
+// it closes.
 func serveTLSConfig(t testing.TB, cfg *tls.Config) string {
+	t.Helper()
+	return serveTLSAnswering(t, cfg, true)
+}
+
+// h2Settings is an empty HTTP/2 SETTINGS frame (RFC 9113, 6.5).
+const h2Settings = "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+// serveTLSAnswering is serveTLSConfig; with answer false the server never
+// writes after the handshake.
+func serveTLSAnswering(t testing.TB, cfg *tls.Config, answer bool) string {
 	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
@@ -66,8 +80,12 @@ func serveTLSConfig(t testing.TB, cfg *tls.Config) string {
 				defer wg.Done()
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(10 * time.Second))
-				if err := c.(*tls.Conn).Handshake(); err != nil {
+				tc := c.(*tls.Conn)
+				if err := tc.Handshake(); err != nil {
 					return
+				}
+				if answer && tc.ConnectionState().NegotiatedProtocol == transport.ALPNH2 {
+					io.WriteString(c, h2Settings)
 				}
 				io.Copy(io.Discard, c)
 			}()

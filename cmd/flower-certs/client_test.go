@@ -253,3 +253,43 @@ func TestNodeCertificatesWithoutCA(t *testing.T) {
 		t.Errorf("a CA certificate without its key: %v", err)
 	}
 }
+
+// flower-certs node NAME for a revoked NAME says that its certificate is
+// revoked and how to issue a new one (exit 1), instead of "nothing
+// changed" and how to run a SuperNode with it; the other names of the same
+// run are issued and shown as usual; --force issues a usable one.
+func TestRevokedNodeIsToldHowToReissue(t *testing.T) {
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "certificates")
+	mustRun(t, tmp)
+	mustRun(t, tmp, "node", "alice")
+	mustRun(t, tmp, "revoke", "alice")
+	aliceCert, _ := clientPaths(dir, "node", "alice")
+	serial := certfmt.Serial(parseCert(t, aliceCert).SerialNumber)
+
+	out, err := runIn(t, tmp, "node", "alice", "bob")
+	var ue *cli.UsageError
+	if err == nil || errors.As(err, &ue) {
+		t.Fatalf("node for a revoked name: %v, want exit 1\n%s", err, out)
+	}
+	for _, w := range []string{aliceCert, "sepal:node:alice", "is revoked (serial " + serial, "flower-certs node --force --dir " + dir + " alice"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("the error lacks %q: %v", w, err)
+		}
+	}
+	if strings.Contains(out, "alice.pem --client-key") || strings.Contains(out, "likewise for alice") {
+		t.Errorf("the output shows how to run a SuperNode with the revoked certificate:\n%s", out)
+	}
+	bobCert, _ := clientPaths(dir, "node", "bob")
+	if !strings.Contains(out, "wrote "+bobCert) || !strings.Contains(out, "--client-certificate "+bobCert) {
+		t.Errorf("bob was not issued and shown beside the revoked alice:\n%s", out)
+	}
+
+	out = mustRun(t, tmp, "node", "--force", "alice")
+	if got := certfmt.Serial(parseCert(t, aliceCert).SerialNumber); got == serial || !strings.Contains(out, "--client-certificate "+aliceCert) {
+		t.Errorf("--force: serial %s (revoked %s), output:\n%s", got, serial, out)
+	}
+	if out := mustRun(t, tmp, "node", "alice"); !strings.Contains(out, "nothing changed for alice") {
+		t.Errorf("the reissued certificate:\n%s", out)
+	}
+}

@@ -21,7 +21,10 @@ import (
 // but binds loopback: it is plaintext (Flower's processes speak nothing
 // else there) and runs every run's ServerApp.
 const (
-	defaultControl   = "0.0.0.0:9093"
+	defaultControl = "0.0.0.0:9093"
+	// acmeControl is the Control API's default with --acme-domain: the
+	// public set-up keeps it on loopback, as the Driver API.
+	acmeControl      = "127.0.0.1:9093"
 	superExecCommand = "flower-superexec"
 )
 
@@ -40,7 +43,7 @@ func registerFlower129Flags(fs *pflag.FlagSet) *flower129Flags {
 	f := &flower129Flags{fs: fs}
 	fs.StringVar(&f.fleetAddr, "fleet-api-address", "", "Fleet API address, HOST:PORT (Flower 1.29's spelling of --grpc-rere-fleet-api-address; default 0.0.0.0:9092)")
 	fs.StringVar(&f.serverAppIoAddr, "serverappio-api-address", "", "ServerAppIo API address (Flower 1.29's ServerApp processes), HOST:PORT; plaintext, so loopback peers only; by default it shares the Driver API's port (9091, as in Flower): TLS there is the Driver API, plaintext from loopback ServerAppIo")
-	fs.StringVar(&f.controlAddr, "control-api-address", defaultControl, "Control API address (the flwr command of Flower 1.29), HOST:PORT; served with the Fleet API's certificate")
+	fs.StringVar(&f.controlAddr, "control-api-address", defaultControl, "Control API address (the flwr command of Flower 1.29), HOST:PORT; served with the Fleet API's certificate; with --acme-domain the default is "+acmeControl)
 	fs.StringVar(&f.isolation, "isolation", "subprocess", "how Flower 1.29 ServerApps run: subprocess (start flower-superexec from PATH, stopped with the SuperLink) or process (start nothing: run flower-superexec --insecure --appio-api-address ADDR --plugin-type serverapp beside it)")
 	fs.BoolVar(&f.keysOnly, "enable-supernode-auth", false, "only Flower 1.29 SuperNodes whose public keys were registered with flwr supernode register may join (needs TLS)")
 	return f
@@ -58,6 +61,9 @@ func (f *flower129Flags) check(c *config) error {
 	case "subprocess", "process":
 	default:
 		return cli.Usagef("--isolation %q: must be subprocess or process", f.isolation)
+	}
+	if c.mode == modeACME && !f.fs.Changed("control-api-address") {
+		f.controlAddr = acmeControl
 	}
 	if f.keysOnly && c.mode == modeInsecure {
 		return cli.Usagef("--enable-supernode-auth needs TLS: pass --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile (or --certificates, --acme-domain) instead of --insecure")
@@ -81,6 +87,18 @@ func (f *flower129Flags) sharesDriverPort(c *config) bool {
 	return err1 == nil && err2 == nil && p1 == p2 && p1 != "0"
 }
 
+// warnOpenControl logs one warning when the Control API listens beyond
+// loopback: anyone who can reach it can start runs, whose ServerApp code
+// flower-superexec then runs on this machine, and stop them (Flower's
+// open-source Control API has no accounts).
+func warnOpenControl(log *slog.Logger, addr net.Addr) {
+	if addr == nil || isLoopback(addr) {
+		return
+	}
+	log.Warn(fmt.Sprintf("the Control API (flwr) listens on %s, beyond loopback: anyone who can reach that port can start runs, whose ServerApp code then runs on this machine, and stop them; "+
+		"bind it to loopback (--control-api-address %s, and use flwr through an SSH tunnel) or let only your own addresses reach it", addr, acmeControl), "control_api_address", addr.String())
+}
+
 // appIoPeers are the peers that may speak ServerAppIo on the Driver API's
 // port: loopback ones (nil) unless --serverappio-api-address names
 // another host.
@@ -92,22 +110,37 @@ func (f *flower129Flags) appIoPeers() func(net.Addr) bool {
 	return func(net.Addr) bool { return true }
 }
 
-// listeners opens the ServerAppIo and Control listeners; ServerAppIo
-// shares driverLis (split by the first byte) when it names its port.
-func (f *flower129Flags) listeners(c *config, driverLis net.Listener, log *slog.Logger) (tlsDriver, serverAppIo, control net.Listener, err error) {
+// listeners opens the ServerAppIo and Control listeners, or takes their
+// sockets from socks; ServerAppIo shares driverLis (split by the first
+// byte) when it names its port, or is not given and has no socket.
+func (f *flower129Flags) listeners(c *config, driverLis net.Listener, log *slog.Logger, socks *sockets) (tlsDriver, serverAppIo, control net.Listener, err error) {
 	tlsDriver = driverLis
 	host, _, _ := net.SplitHostPort(f.serverAppIoAddr)
 	loopbackOnly := f.serverAppIoAddr == "" || isLoopbackHost(host)
+	if socks.has(socketServerAppIo) {
+		if serverAppIo, err = socks.open(socketServerAppIo, "--serverappio-api-address", f.serverAppIoAddr, f.fs.Changed("serverappio-api-address")); err != nil {
+			return nil, nil, nil, err
+		}
+		loopbackOnly = isLoopback(serverAppIo.Addr())
+	}
 	if !loopbackOnly {
-		log.Warn("ServerAppIo listens beyond loopback: it is plaintext and runs every run's ServerApp; anyone who reaches it can read and change runs", "serverappio_api_address", f.serverAppIoAddr)
+		addr := f.serverAppIoAddr
+		if serverAppIo != nil {
+			addr = serverAppIo.Addr().String()
+		}
+		log.Warn("ServerAppIo listens beyond loopback: it is plaintext and runs every run's ServerApp; anyone who reaches it can read and change runs", "serverappio_api_address", addr)
 	}
-	if f.sharesDriverPort(c) {
+	switch {
+	case serverAppIo != nil:
+	case f.sharesDriverPort(c):
 		serverAppIo = driverLis // superlink splits it by the first byte
-	} else if serverAppIo, err = listen(f.serverAppIoAddr, "--serverappio-api-address"); err != nil {
-		return nil, nil, nil, err
+	default:
+		if serverAppIo, err = listen(f.serverAppIoAddr, "--serverappio-api-address"); err != nil {
+			return nil, nil, nil, err
+		}
 	}
-	if control, err = listen(f.controlAddr, "--control-api-address"); err != nil {
-		if f.fs.Changed("control-api-address") {
+	if control, err = socks.open(socketControl, "--control-api-address", f.controlAddr, f.fs.Changed("control-api-address")); err != nil {
+		if f.fs.Changed("control-api-address") || socks.has(socketControl) {
 			serverAppIo.Close()
 			return nil, nil, nil, err
 		}

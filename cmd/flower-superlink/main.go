@@ -8,7 +8,9 @@
 // while it serves (every --certificates-poll-interval, and at once on
 // SIGHUP). SIGHUP never ends it: in the modes without certificate files it
 // logs that there is nothing to reload. SIGINT or SIGTERM stop it
-// gracefully.
+// gracefully (within --shutdown-grace). Under systemd socket activation
+// it serves the sockets passed by name (activation.go) instead of binding
+// the addresses.
 package main
 
 import (
@@ -25,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -86,6 +89,8 @@ type config struct {
 	logFormat        string
 	memory           *memoryFlags
 	f129             *flower129Flags
+	shutdownGrace    time.Duration
+	set              map[string]bool // the flags the command line set
 }
 
 // parseArgs parses the command line (without the program name). Usage
@@ -106,6 +111,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&sslKey, "ssl-keyfile", "", "the server private key (PEM)")
 	fs.BoolVar(&insecureFlag, "insecure", false, "serve plaintext gRPC without TLS: anyone on the network can read and change the traffic")
 	fs.DurationVar(&c.pollInterval, "certificates-poll-interval", 5*time.Second, "how often the certificate files are checked for a change (SIGHUP reloads at once)")
+	fs.DurationVar(&c.shutdownGrace, shutdownGraceFlag, defaultShutdownGrace, "on SIGTERM or SIGINT, how long the calls in flight may take to finish before they are cut (0: cut them at once)")
 	c.acme = registerACMEFlags(fs)
 	c.mtls = registerMTLSFlags(fs)
 	c.metrics = registerMetricsFlags(fs)
@@ -132,6 +138,11 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, err
 	}
 	c.logFormat = cli.LogFormat(fs)
+	c.set = map[string]bool{}
+	fs.Visit(func(f *pflag.Flag) { c.set[f.Name] = true })
+	if c.shutdownGrace < 0 || c.shutdownGrace > maxShutdownGrace {
+		return nil, cli.Usagef("--%s %v: must be from 0 to %v (the default %v suits most; see --help)", shutdownGraceFlag, c.shutdownGrace, maxShutdownGrace, defaultShutdownGrace)
+	}
 	if err := c.metrics.check(); err != nil {
 		return nil, err
 	}
@@ -237,7 +248,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		return err
 	}
 	log := cli.NewFormatLogger(stderr, slog.LevelInfo, c.logFormat)
-	mon := c.metrics.monitor(log)
+	// The sockets systemd passed, taken first, so that no process started
+	// later (flower-superexec) inherits them.
+	socks, err := inheritSockets()
+	if err != nil {
+		return err
+	}
+	defer socks.close()
+	mon := c.metrics.monitor(log, socks.has(socketMetrics))
 
 	ctx, hup, stop := cli.Signals(ctx, log)
 	defer stop()
@@ -308,23 +326,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	defer st.Close()
 
-	driverLis, err := listen(c.driverAddr, "--driver-api-address")
+	driverLis, err := socks.open(socketDriver, "--driver-api-address", c.driverAddr, c.set["driver-api-address"])
 	if err != nil {
 		return err
 	}
-	fleetLis, err := listen(c.fleetAddr, "--grpc-rere-fleet-api-address")
+	fleetFlag := "grpc-rere-fleet-api-address"
+	if c.set["fleet-api-address"] {
+		fleetFlag = "fleet-api-address"
+	}
+	fleetLis, err := socks.open(socketFleet, "--"+fleetFlag, c.fleetAddr, c.set[fleetFlag])
 	if err != nil {
 		driverLis.Close()
 		return err
 	}
 
-	driverLis, appIoLis, controlLis, err := c.f129.listeners(c, driverLis, log)
+	driverLis, appIoLis, controlLis, err := c.f129.listeners(c, driverLis, log, socks)
 	if err != nil {
 		fleetLis.Close()
 		driverLis.Close()
 		return err
 	}
-	if err := mon.start(ctx, src, fleetLis, driverLis); err != nil {
+	if err := mon.start(ctx, src, fleetLis, driverLis, controlLis, socks, c.set[metricsAddressFlag]); err != nil {
 		fleetLis.Close()
 		driverLis.Close()
 		appIoLis.Close()
@@ -335,8 +357,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	fleetCreds, driverCreds = mon.credentials(fleetCreds), mon.credentials(driverCreds)
 	memAttrs := c.memory.apply()
+	grace := max(c.shutdownGrace, time.Nanosecond) // 0 cuts at once; the library's zero is its default
 	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), NodeLimits: c.nodes.limits(), Revocations: c.mtls.revocations(),
-		State: st, ServerOptions: mon.serverOptions(), Flower129: c.link129.control(superlink.Flower129Options{KeysOnly: c.f129.keysOnly})})
+		State: st, ServerOptions: mon.serverOptions(), Flower129: c.link129.control(superlink.Flower129Options{KeysOnly: c.f129.keysOnly}), ShutdownGrace: grace})
 	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() {
@@ -388,6 +411,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if controlLis != nil {
 		attrs = append(attrs, "control_api_address", controlLis.Addr().String())
 	}
+	if names := socks.names(); names != "" {
+		attrs = append(attrs, "systemd_sockets", names)
+	}
+	attrs = append(attrs, "shutdown_grace", c.shutdownGrace.String())
 	if c.f129.isolation == "subprocess" {
 		superExecDone := make(chan struct{})
 		go func() {
@@ -399,6 +426,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	mon.serving()
 	log.Info("serving", append(attrs, c.mtls.attrs()...)...)
 	c.mtls.warnOpenDriver(log, driverLis.Addr())
+	if controlLis != nil {
+		warnOpenControl(log, controlLis.Addr())
+	}
 	return finish(ctx, log, <-served)
 }
 
@@ -415,6 +445,23 @@ func finish(ctx context.Context, log *slog.Logger, err error) error {
 	log.Info("stopped")
 	return nil
 }
+
+// The bound of a graceful stop (--shutdown-grace). A Flower 1.8.0
+// ServerApp's calls (polls every second, its pushes and pulls of a model
+// on loopback or a LAN) finish in well under a second; a SuperNode's
+// push of a large model over a slow link may take minutes, but a
+// SuperNode retries a call that was cut, while a 1.8.0 ServerApp retries
+// nothing. Connections made during the stop wait in the socket's queue
+// under socket activation, and gRPC clients (Flower's grpcio, grpc-go)
+// give up a connection attempt after 20 s: the grace plus the next
+// start must stay well under that. 8 s leaves 12 s for the start (under
+// a second here) and fits, with the state's close, in the 10 s that
+// Docker and Podman give a container to stop before they kill it.
+const (
+	shutdownGraceFlag    = "shutdown-grace"
+	defaultShutdownGrace = 8 * time.Second
+	maxShutdownGrace     = time.Hour
+)
 
 // minPollInterval keeps --certificates-poll-interval from turning the
 // reload into a busy loop that reads three files without pause.

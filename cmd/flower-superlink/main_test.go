@@ -53,6 +53,8 @@ func TestParseArgs(t *testing.T) {
 		{name: "poll interval busy loop", args: cat(files, []string{"--certificates-poll-interval", "1ns"}), usage: true, wantErr: "--certificates-poll-interval 1ns: must be at least 100ms"},
 		{name: "poll interval without files", args: []string{"--insecure", "--certificates-poll-interval", "1s"}, usage: true, wantErr: "--certificates-poll-interval needs --certificates"},
 		{name: "acme flag without domain", args: cat(files, []string{"--acme-email", "ops@example.org"}), usage: true, wantErr: "--acme-email needs --acme-domain"},
+		{name: "supernode auth over TLS", args: cat(ssl, []string{"--enable-supernode-auth"}), mode: modeFiles, wantFiles: true},
+		{name: "supernode auth without TLS", args: []string{"--insecure", "--enable-supernode-auth"}, usage: true, wantErr: "--enable-supernode-auth needs TLS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -59,9 +59,10 @@ type monitor struct {
 	lis  net.Listener
 }
 
-// monitor returns the metrics of this run, or nil without --metrics-address.
-func (f *metricsFlags) monitor(log *slog.Logger) *monitor {
-	if f.address == "" {
+// monitor returns the metrics of this run, or nil without
+// --metrics-address and without a metrics socket (socket).
+func (f *metricsFlags) monitor(log *slog.Logger, socket bool) *monitor {
+	if f.address == "" && !socket {
 		return nil
 	}
 	return &monitor{addr: f.address, log: log, m: metrics.New(metrics.Options{Logger: log, Version: cli.Version})}
@@ -109,11 +110,13 @@ func (mo *monitor) serverOptions() []grpc.ServerOption {
 	return mo.m.GRPCServerOptions()
 }
 
-// start listens on --metrics-address and serves the metrics until ctx
-// ends. It is called once the Fleet and Driver listeners are open, before
-// an ACME certificate is obtained, so that /healthz answers and /readyz
-// says why it is not ready yet.
-func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, driver net.Listener) error {
+// start listens on --metrics-address (or takes the metrics socket of
+// socks, which must agree with the flag when given) and serves the
+// metrics until ctx ends. It is called once the Fleet, Driver and Control
+// (nil when not served) listeners are open, before an ACME certificate is
+// obtained, so that /healthz answers and /readyz says why it is not ready
+// yet.
+func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, driver, control net.Listener, socks *sockets, given bool) error {
 	if mo == nil {
 		return nil
 	}
@@ -125,7 +128,10 @@ func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, d
 		mo.m.SetCertificateSource(metrics.SourceFile, src, nil)
 	}
 	mo.m.SetListeners(fleet.Addr(), driver.Addr())
-	lis, err := listen(mo.addr, "--"+metricsAddressFlag)
+	if control != nil {
+		mo.m.SetControlListener(control.Addr())
+	}
+	lis, err := socks.open(socketMetrics, "--"+metricsAddressFlag, mo.addr, given)
 	if err != nil {
 		return err
 	}
@@ -157,10 +163,12 @@ func (mo *monitor) start(ctx context.Context, src transport.CertSource, fleet, d
 	return nil
 }
 
-// watch gives the metrics the SuperLink's state and limits.
+// watch gives the metrics the SuperLink's state (both generations) and
+// limits.
 func (mo *monitor) watch(sl *superlink.SuperLink) {
 	if mo != nil {
 		mo.m.SetState(sl.State())
+		mo.m.SetLinkState(sl.LinkState())
 		mo.m.SetLimits(sl.LimitStats)
 		mo.m.SetNodeLimits(sl.NodeLimitStats)
 	}

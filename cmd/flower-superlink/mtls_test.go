@@ -157,3 +157,24 @@ func TestRefusalMessage(t *testing.T) {
 		}
 	}
 }
+
+// With --acme-domain the Control API defaults to loopback, as the Driver
+// API; an address given is kept.
+func TestACMEControlOnLoopback(t *testing.T) {
+	acme := []string{"--acme-domain", "superlink.example.org", "--acme-email", "ops@example.org"}
+	c, err := parseArgs(acme, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.f129.controlAddr != acmeControl {
+		t.Errorf("--acme-domain: Control API on %s, want %s", c.f129.controlAddr, acmeControl)
+	}
+	c, err = parseArgs(append(acme, "--control-api-address", "0.0.0.0:9093"), io.Discard)
+	if err != nil || c.f129.controlAddr != "0.0.0.0:9093" {
+		t.Errorf("an address given: %v %v", c, err)
+	}
+	c, err = parseArgs([]string{"--insecure"}, io.Discard)
+	if err != nil || c.f129.controlAddr != defaultControl {
+		t.Errorf("--insecure: %v %v, want Flower's %s", c, err, defaultControl)
+	}
+}

@@ -19,7 +19,7 @@ import (
 
 // Version is the version every command prints with --version. Release
 // builds set it with -ldflags "-X github.com/sepal-fl/sepal/internal/cli.Version=v1.2.3".
-var Version = "v0.1.0-dev"
+var Version = "v0.1.0"
 
 // Exit codes shared by the commands.
 const (

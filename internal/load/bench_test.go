@@ -12,8 +12,8 @@ import (
 // own TLS connection, polling every 3 s as Flower 1.8.0) connect; the
 // SuperLink's RSS while they poll (the median of readings every second
 // over the second half of 30 s), less its RSS before they came, divided
-// by the nodes. The goal of issue 11 is at most 55 KiB each (10,000 nodes
-// in under 1 GiB).
+// by the nodes. The goal is at most 55 KiB each (10,000 nodes in under
+// 1 GiB).
 //
 //	go test ./internal/load -run '^$' -bench IdleNodes -benchtime 1x
 func BenchmarkIdleNodes(b *testing.B) {

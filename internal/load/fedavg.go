@@ -22,7 +22,7 @@ type FedAvgOptions struct {
 	// Rounds is the number of FedAvg rounds (default 2).
 	Rounds int
 	// ModelBytes is the size of the model: one float32 array of
-	// ModelBytes/4 values (default 32 MiB, the 8,388,608 values).
+	// ModelBytes/4 values (default 32 MiB, 8,388,608 values).
 	// Its .npy encoding adds a 128-byte header.
 	ModelBytes int
 	// NodePoll is the SuperNodes' wait between PullTaskIns calls when no

@@ -111,7 +111,7 @@ func TestMovedEachWay(t *testing.T) {
 		t.Errorf("Payload %d, the .npy encoding is %d bytes", o.Payload(), len(enc))
 	}
 	if got, want := o.MovedEachWay(), int64(13)*o.Payload(); got != want {
-		t.Errorf("MovedEachWay %d, want %d (the issue's 416 MiB for 2 nodes and 2 rounds)", got, want)
+		t.Errorf("MovedEachWay %d, want %d (416 MiB for 2 nodes and 2 rounds of 32 MiB)", got, want)
 	}
 	for _, bad := range []FedAvgOptions{{Nodes: -1}, {ModelBytes: 6}, {Rounds: -2}} {
 		if _, err := bad.withDefaults(); err == nil {

@@ -6,7 +6,7 @@
 // the SuperLink process spends: CPU seconds (user+sys, from its rusage once
 // it has exited, and from /proc while it runs), peak RSS (VmHWM) and RSS.
 //
-// Three workloads: FedAvg (the issue 11 workload: one get_parameters, then
+// Three workloads: FedAvg (Flower 1.8.0's messages: one get_parameters, then
 // per round a train TaskIns per node carrying the model, a same-size train
 // TaskRes per node, an evaluate TaskIns per node and small evaluate
 // replies), Idle (many connected SuperNodes polling, for the memory each

@@ -2,8 +2,9 @@
 // a server certificate made in the test (NewPKI), a CertSource serving one
 // fixed certificate (StaticSource), a SuperLink-like server run on two
 // loopback listeners until the test ends (Serve), one gRPC health check
-// (HealthCheck), a buffer safe for concurrent writers (SyncBuffer), and
-// the command-line checks every command shares (CheckCommandLine).
+// (HealthCheck, or CheckHealth over a kept connection), a buffer safe for
+// concurrent writers (SyncBuffer), and the command-line checks every
+// command shares (CheckCommandLine).
 //
 // It imports selfsigned and certfile but neither transport nor superlink, so that their
 // in-package tests can use it. It is for tests only: every helper fails the
@@ -119,6 +120,14 @@ func HealthCheck(t testing.TB, addr string, creds credentials.TransportCredentia
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	return CheckHealth(ctx, conn, callOpts...)
+}
+
+// CheckHealth makes one gRPC health check (of the whole server) over conn,
+// as HealthCheck does over a client of its own, for a test that keeps one
+// connection as a monitor does. It returns the status served or the
+// call's error.
+func CheckHealth(ctx context.Context, conn grpc.ClientConnInterface, callOpts ...grpc.CallOption) (healthpb.HealthCheckResponse_ServingStatus, error) {
 	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, callOpts...)
 	return resp.GetStatus(), err
 }

@@ -874,10 +874,12 @@ func (s *Store) StartApp(ctx context.Context, runID uint64) (*flwr129.Context, *
 	if err != nil || s.fabs[r.r.FabHash] == nil {
 		return nil, nil, nil, fail
 	}
-	if err := s.setStatus(runID, r, &flwr129.RunStatus{Status: state.StatusRunning}, now); err != nil {
-		return nil, nil, nil, fail
+	if r.r.Status.Status != state.StatusRunning { // running: the ServerApp asks again
+		if err := s.setStatus(runID, r, &flwr129.RunStatus{Status: state.StatusRunning}, now); err != nil {
+			return nil, nil, nil, fail
+		}
+		s.log.Info("run started", "run_id", runID, "generation", "1.29")
 	}
-	s.log.Info("run started", "run_id", runID, "generation", "1.29")
 	return proto.Clone(r.context).(*flwr129.Context), proto.Clone(r.r).(*flwr129.Run), s.fabs[r.r.FabHash], nil
 }
 

@@ -727,8 +727,12 @@ func (s *State) StartApp(ctx context.Context, runID uint64) (*flwr129.Context, *
 		} else if err != nil {
 			return err
 		}
-		if err := s.setStatus(ctx, tx, ops, rr, &flwr129.RunStatus{Status: state.StatusRunning}, now); err != nil {
-			return fail
+		again := rr.r.Status.Status == state.StatusRunning // the ServerApp asks again
+		if !again {
+			if err := s.setStatus(ctx, tx, ops, rr, &flwr129.RunStatus{Status: state.StatusRunning}, now); err != nil {
+				return fail
+			}
+			ops.then(func() { s.log.Info("run started", "run_id", runID, "generation", "1.29") })
 		}
 		var b []byte
 		if err := tx.QueryRowContext(ctx, `SELECT context FROM link_runs WHERE id = $1`, dbID(runID)).Scan(&b); err != nil {
@@ -739,7 +743,6 @@ func (s *State) StartApp(ctx context.Context, runID uint64) (*flwr129.Context, *
 			return err
 		}
 		r = rr.r
-		ops.then(func() { s.log.Info("run started", "run_id", runID, "generation", "1.29") })
 		return nil
 	})
 	if err != nil {

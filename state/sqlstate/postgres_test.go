@@ -390,10 +390,10 @@ func TestPostgresOpenTogether(t *testing.T) {
 	}
 }
 
-// TestPostgresOwnerRole: as set up in the README (a role that owns its
-// database, no superuser), the State creates its schema, and replicas see
-// each other's locks: a killed one's delivery goes again. Its connections
-// name themselves (application_name).
+// TestPostgresOwnerRole: as docs/several-superlinks.md sets it up (a role
+// that owns its database, no superuser), the State creates its schema, and
+// replicas see each other's locks: a killed one's delivery goes again. Its
+// connections name themselves (application_name).
 func TestPostgresOwnerRole(t *testing.T) {
 	srv := pgtest.Shared(t)
 	dsn := pgtest.NewDatabase(t)

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/state"
@@ -306,6 +307,13 @@ func testLinkRunStatus(t *testing.T, e *linkEnv) {
 	if err != nil || c.RunId != id || c.NodeId != state.SuperLinkNodeID || run.Status.Status != state.StatusRunning || string(fab.Content) != "fab" {
 		t.Fatalf("StartApp = %v %v %v %v", c, run, fab, err)
 	}
+	// Again, as a ServerApp whose response was lost (its SuperLink killed)
+	// asks again: the same inputs, the run untouched.
+	e.clock.Advance(time.Second)
+	c2, run2, fab2, err := e.s.StartApp(bg, id)
+	if err != nil || !proto.Equal(c2, c) || !proto.Equal(run2, run) || string(fab2.Content) != "fab" {
+		t.Fatalf("StartApp of a running run = %v %v %v %v, want what the first call gave: %v %v", c2, run2, fab2, err, c, run)
+	}
 	err = e.s.UpdateRunStatus(bg, id, &flwr129.RunStatus{Status: state.StatusFinished})
 	wantCode(t, err, codes.FailedPrecondition, "finished without a sub-status")
 	noErr(t, e.s.UpdateRunStatus(bg, id, &flwr129.RunStatus{Status: state.StatusFinished, SubStatus: state.SubStatusCompleted}))
@@ -316,6 +324,8 @@ func testLinkRunStatus(t *testing.T, e *linkEnv) {
 	wantCode(t, err, codes.PermissionDenied, "update of a finished run")
 	_, err = e.s.StopRun(bg, id)
 	wantCode(t, err, codes.FailedPrecondition, "StopRun of a finished run")
+	_, _, _, err = e.s.StartApp(bg, id)
+	wantCode(t, err, codes.FailedPrecondition, "StartApp of a finished run")
 
 	id2 := must(e.s.CreateLinkRun(bg, state.NewRun{Fab: testFab("fab")}))(t)
 	if ok := must(e.s.StopRun(bg, id2))(t); !ok {

@@ -276,6 +276,9 @@ func testLinkTokensAcross(t *testing.T, e *linkEnv) {
 	if _, _, _, err := other.StartApp(bg, id); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, _, err := e.s.StartApp(bg, id); err != nil { // a ServerApp retrying through another SuperLink
+		t.Fatalf("StartApp asked again through the other LinkState: %v", err)
+	}
 	for range 3 { // 75 s, heartbeats through the other every 25 s
 		e.clock.Advance(25 * time.Second)
 		if ok := must(other.AppHeartbeat(bg, tok))(t); !ok {

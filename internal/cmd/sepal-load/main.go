@@ -1,6 +1,6 @@
-// Command sepal-load measures a flower-superlink process under load: the
-// FedAvg workload of issue 11 (Flower 1.8.0's message sequence and sizes),
-// many idle SuperNodes, or small calls as fast as they come. It builds
+// Command sepal-load measures a flower-superlink process under load: a
+// FedAvg run with Flower 1.8.0's message sequence and sizes, many idle
+// SuperNodes, or small calls as fast as they come. It builds
 // flower-superlink from this module (or runs --superlink), starts it over
 // TLS with a P-256 certificate on free loopback ports, runs the workload
 // with Go SuperNodes and a Go ServerApp, and prints one line per figure:
@@ -10,6 +10,17 @@
 //	go run ./internal/cmd/sepal-load --nodes 16 --postgres
 //	go run ./internal/cmd/sepal-load --mode idle --nodes 1000
 //	go run ./internal/cmd/sepal-load --mode rpcs --nodes 1000
+//
+// With --mode flwr it runs real Flower 1.29.0 instead (prepared from
+// ../shared/flower-1.29 into a folder of its own): two stock SuperNodes and
+// `flwr run` of a Flower App over TLS, through Sepal's SuperLink and then
+// through Flower 1.29.0's own (in-memory state), in turn, --repeat times,
+// and prints each one's CPU seconds (its /proc/PID/stat utime+stime up to
+// the end of the run, its own, not its children's) and peak RSS (VmHWM).
+// The figures in the README's Flower 1.29 section came from:
+//
+//	go run ./internal/cmd/sepal-load --mode flwr --app quickstart --rounds 3 --repeat 3
+//	go run ./internal/cmd/sepal-load --mode flwr --app arrays32 --rounds 2 --repeat 3
 //
 // Flags after "--" go to flower-superlink. The SuperLink's CPU time is its
 // rusage (user+sys) over its whole life, its peak RSS the VmHWM read just
@@ -32,6 +43,7 @@ import (
 	"time"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/flowerenv"
 	"github.com/sepal-fl/sepal/internal/load"
 	"github.com/sepal-fl/sepal/internal/postgres"
 )
@@ -50,6 +62,7 @@ var command = cli.Command{
 		"go run ./internal/cmd/sepal-load --nodes 16 --postgres   # --database on a throwaway PostgreSQL server",
 		"go run ./internal/cmd/sepal-load --mode idle --nodes 1000",
 		"go run ./internal/cmd/sepal-load --mode rpcs --nodes 1000",
+		"go run ./internal/cmd/sepal-load --mode flwr --app arrays32 --rounds 2 --repeat 3   # real Flower 1.29.0, Sepal's SuperLink and Flower's",
 	},
 }
 
@@ -75,14 +88,16 @@ type config struct {
 	postgres   bool
 	profile    string
 	trace      bool
+	app        string
 	args       []string // for flower-superlink
 }
 
 func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs := cli.NewFlagSet(command, out)
 	c := &config{}
-	fs.StringVar(&c.mode, "mode", "fedavg", "the workload: fedavg (issue 11's FedAvg run), idle (nodes that poll; RSS per node) or rpcs (Ping and empty PullTaskIns as fast as they come)")
-	fs.IntVar(&c.nodes, "nodes", 0, "SuperNodes, each with its own TLS connection (default 2 for fedavg, 1000 for idle and rpcs)")
+	fs.StringVar(&c.mode, "mode", "fedavg", "the workload: fedavg (a FedAvg run with Flower 1.8.0's messages), idle (nodes that poll; RSS per node), rpcs (Ping and empty PullTaskIns as fast as they come) or flwr (real Flower 1.29.0: flwr run of --app through Sepal's SuperLink and Flower's own)")
+	fs.StringVar(&c.app, "app", "quickstart", "flwr: the Flower App to run: quickstart (Flower's quickstart-numpy) or arrays32 (one float32 array of 32 MiB each way per node and round)")
+	fs.IntVar(&c.nodes, "nodes", 0, "SuperNodes, each with its own TLS connection (default 2 for fedavg and flwr, 1000 for idle and rpcs)")
 	fs.IntVar(&c.rounds, "rounds", 2, "FedAvg rounds")
 	fs.Float64Var(&c.modelMiB, "model-mib", 32, "model size in MiB: one float32 array (32 MiB = 8,388,608 values)")
 	fs.DurationVar(&c.nodePoll, "node-poll", 3*time.Second, "the nodes' wait between PullTaskIns calls when idle (Flower 1.8.0: 3s)")
@@ -105,13 +120,25 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	}
 	c.args = fs.Args()
 	switch c.mode {
-	case "fedavg", "idle", "rpcs":
+	case "fedavg", "idle", "rpcs", "flwr":
 	default:
-		return nil, cli.Usagef("--mode %q: want fedavg, idle or rpcs", c.mode)
+		return nil, cli.Usagef("--mode %q: want fedavg, idle, rpcs or flwr", c.mode)
+	}
+	if c.mode == "flwr" {
+		switch {
+		case c.app != "quickstart" && c.app != "arrays32":
+			return nil, cli.Usagef("--app %q: want quickstart or arrays32", c.app)
+		case c.nodes > 16:
+			return nil, cli.Usagef("--nodes %d: --mode flwr starts a Python SuperNode per node (and a ClientApp process per message); want at most 16", c.nodes)
+		case len(c.args) > 0 || c.postgres || c.profile != "" || len(c.env) > 0:
+			return nil, cli.Usagef("--mode flwr runs both SuperLinks with Flower 1.29.0's command line: it takes no flags after --, --postgres, --profile or --superlink-env")
+		}
+	} else if fs.Changed("app") {
+		return nil, cli.Usagef("--app is for --mode flwr")
 	}
 	if c.nodes == 0 {
 		c.nodes = 2
-		if c.mode != "fedavg" {
+		if c.mode == "idle" || c.mode == "rpcs" {
 			c.nodes = 1000
 		}
 	}
@@ -173,6 +200,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if bin, err = load.Build(ctx, tmp, tags...); err != nil {
 			return err
 		}
+	}
+	if c.mode == "flwr" {
+		return runFlwr(ctx, c, bin, tmp, stdout, stderr)
 	}
 	fmt.Fprintf(stdout, "# %s --mode %s --nodes %d", name, c.mode, c.nodes)
 	if c.mode == "fedavg" {
@@ -367,6 +397,67 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// runFlwr is --mode flwr: the same Flower 1.29.0 run through Sepal's
+// SuperLink (bin) and through Flower's own, in turn, --repeat times.
+func runFlwr(ctx context.Context, c *config, bin, tmp string, stdout, stderr io.Writer) error {
+	fmt.Fprintln(stderr, "preparing Flower 1.29.0 ...")
+	// A Flower of its own: tests that prepare theirs meanwhile cannot
+	// replace its files under it.
+	f, err := flowerenv.PrepareIn("flower-1.29", filepath.Join(tmp, "flower-1.29"))
+	if err != nil {
+		return err
+	}
+	app, err := load.App(c.app, f.Source)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "# %s --mode flwr --app %s --nodes %d --rounds %d --repeat %d (over TLS; Flower's SuperLink: %s, in-memory state)\n",
+		name, c.app, c.nodes, c.rounds, c.repeat, filepath.Join(f.Bin, "flower-superlink"))
+	fmt.Fprintf(stdout, "# load average before: %s\n", loadAvg())
+	figs := &figures{}
+	for i := range c.repeat {
+		for _, sl := range []struct {
+			name, bin string
+			sepal     bool
+		}{{"sepal", bin, true}, {"flower", filepath.Join(f.Bin, "flower-superlink"), false}} {
+			dir, err := os.MkdirTemp(tmp, fmt.Sprintf("run%d-%s-", i+1, sl.name))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "run %d of %d: %s's SuperLink ...\n", i+1, c.repeat, sl.name)
+			r, err := load.RunFlower129(ctx, load.Flower129Options{Bin: f.Bin, SuperLink: sl.bin, Sepal: sl.sepal, App: app,
+				Rounds: c.rounds, Nodes: c.nodes, Dir: dir})
+			if c.verbose {
+				fmt.Fprintln(stderr, r.Log)
+			}
+			if err != nil {
+				return fmt.Errorf("run %d, %s's SuperLink: %w (logs in %s, kept)", i+1, sl.name, err, keep(dir))
+			}
+			figs.add(sl.name+"_superlink_cpu_s", "s", r.CPU.Seconds())
+			figs.add(sl.name+"_superlink_run_cpu_s", "s", r.RunCPU.Seconds())
+			figs.add(sl.name+"_superlink_peak_rss_mib", "MiB", mib(r.PeakRSS))
+			figs.add(sl.name+"_run_wall_s", "s", r.Wall.Seconds())
+		}
+	}
+	figs.print(stdout)
+	fmt.Fprintf(stdout, "# load average after: %s\n", loadAvg())
+	return nil
+}
+
+// keep moves a failed run's folder out of the temporary one (removed on
+// exit) and returns where it went.
+func keep(dir string) string {
+	to, err := os.MkdirTemp("", "sepal-load-failed-")
+	if err != nil {
+		return dir
+	}
+	dst := filepath.Join(to, filepath.Base(dir))
+	if err := os.Rename(dir, dst); err != nil {
+		return dir
+	}
+	return dst
+}
 
 // figures collects each figure's value from every run, in the order first
 // seen.

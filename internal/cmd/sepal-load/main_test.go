@@ -30,6 +30,19 @@ func TestParseArgs(t *testing.T) {
 	if c, err := parseArgs([]string{"--mode", "idle"}, io.Discard); err != nil || c.nodes != 1000 {
 		t.Errorf("--mode idle: nodes %v, %v; want 1000 by default", c, err)
 	}
+	if c, err := parseArgs([]string{"--mode", "flwr"}, io.Discard); err != nil || c.nodes != 2 || c.app != "quickstart" {
+		t.Errorf("--mode flwr: %+v, %v; want 2 nodes and quickstart by default", c, err)
+	}
+	for _, bad := range [][]string{
+		{"--mode", "flwr", "--app", "nope"},
+		{"--mode", "flwr", "--nodes", "100"},
+		{"--mode", "flwr", "--", "--insecure"},
+		{"--app", "arrays32"},
+	} {
+		if _, err := parseArgs(bad, io.Discard); !errors.As(err, new(*cli.UsageError)) {
+			t.Errorf("%q: %v, want a usage error", bad, err)
+		}
+	}
 	for _, bad := range [][]string{
 		{"--mode", "chaos"},
 		{"--nodes", "-1"},

@@ -546,18 +546,19 @@ func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
 const tcpUserTimeout = 0x12
 
 // setUserTimeout sets the TCP_USER_TIMEOUT of c, when it is a TCP
-// connection on Linux, to d: how long sent bytes may go unacknowledged
+// connection on Linux (a *net.TCPConn, or a wrapper of one that has its
+// SyscallConn), to d: how long sent bytes may go unacknowledged
 // before the kernel drops the connection. gRPC sets it to its keepalive
 // Timeout on the connection Accept returned, but only on a *net.TCPConn
 // (internal/syscall.SetTCPUserTimeout), which limitConn hides; so it is
 // set here, as gRPC would. A failure leaves the connection as it was (as
 // on other systems, where gRPC sets nothing).
 func setUserTimeout(c net.Conn, d time.Duration) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok || runtime.GOOS != "linux" {
+	sc, ok := c.(syscall.Conn)
+	if _, tcp := c.RemoteAddr().(*net.TCPAddr); !ok || !tcp || runtime.GOOS != "linux" {
 		return
 	}
-	if rc, err := tc.SyscallConn(); err == nil {
+	if rc, err := sc.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) {
 			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(d/time.Millisecond))
 		})

@@ -9,8 +9,8 @@ import (
 )
 
 // How a SuperLink's connections buffer their bytes. Each choice below was
-// measured with internal/cmd/sepal-load and BenchmarkThroughput (see the
-// README's performance section); the bytes on the wire are unchanged.
+// measured with internal/cmd/sepal-load and BenchmarkThroughput (see
+// docs/performance.md); the bytes on the wire are unchanged.
 //
 //   - Under TLS, the socket is read in chunks of up to 256 KiB and the TLS
 //     records of one gRPC write are written with one system call

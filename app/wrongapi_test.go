@@ -24,37 +24,9 @@ import (
 	"github.com/sepal-fl/sepal/transport"
 )
 
-// A server app waiting for nodes logs how many are online every
-// NodesLogInterval, and gives up after NodesTimeout with a
-// *TooFewNodesError.
-func TestTooFewNodesGivesUp(t *testing.T) {
-	link := startLink(t)
-	fakeNode(t, link, 30)
-	var log testkit.SyncBuffer
-	start := time.Now()
-	_, err := RunFedAvg(context.Background(), ServerOptions{Server: link.driver, TLS: transport.ClientOptions{RootCertificates: link.caFile},
-		MinNodes: 2, NodesInterval: 50 * time.Millisecond, NodesTimeout: 700 * time.Millisecond, NodesLogInterval: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&log, nil))})
-	var tf *TooFewNodesError
-	if !errors.As(err, &tf) || tf.Online != 1 || tf.Need != 2 || tf.Waited != 700*time.Millisecond {
-		t.Fatalf("RunFedAvg = %v, want a *TooFewNodesError with 1 of 2 online", err)
-	}
-	if !strings.Contains(err.Error(), "only 1 of the 2 nodes needed were online after waiting 700ms") {
-		t.Errorf("message: %v", err)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("gave up after %v with a 700ms bound", d)
-	}
-	// Logged at the start and about every 200 ms after, though the count
-	// did not change.
-	if n := strings.Count(log.String(), `msg="waiting for nodes" online=1 need=2`); n < 3 {
-		t.Errorf("logged the wait %d times, want at least 3 (every 200ms over 700ms):\n%s", n, log.String())
-	}
-}
-
 // A client app pointed at the Driver API, and a server app at the Fleet
 // API, end at once with an error that says which port is which.
-func TestWrongAPI(t *testing.T) {
+func TestWrongAPIEndsAtOnceNamingThePorts(t *testing.T) {
 	link := startLink(t)
 	tlsOpts := transport.ClientOptions{RootCertificates: link.caFile}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -111,7 +83,7 @@ func TestWrongAPINotASuperLink(t *testing.T) {
 // its ServerApp certificate at the Fleet API, are told which port is which,
 // not that their certificate was revoked; a revoked node certificate at the
 // right port is still told it was revoked.
-func TestWrongAPIWithClientCertificates(t *testing.T) {
+func TestWrongAPIWithClientCertificatesNamesThePort(t *testing.T) {
 	p := testkit.NewPKI(t, selfsigned.CAOptions{}, selfsigned.ServerOptions{})
 	dir := t.TempDir()
 	issue := func(role, name string) (cert, key string, pair *selfsigned.Pair) {
