@@ -3,12 +3,14 @@ package codec
 import (
 	"bytes"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sepal-fl/sepal/flwrproto"
+	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/internal/golden"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/memstate"
@@ -402,5 +404,57 @@ func taskIns(run, node int64, created float64) *flwrproto.TaskIns {
 			TaskType:  "train",
 			Recordset: &flwrproto.RecordSet{},
 		},
+	}
+}
+
+// deepTree is an object tree n deep.
+func deepTree(n int) *flwr129.ObjectTree {
+	root := &flwr129.ObjectTree{ObjectId: "0"}
+	for t, i := root, 1; i < n; i++ {
+		t.Children = []*flwr129.ObjectTree{{ObjectId: strconv.Itoa(i)}}
+		t = t.Children[0]
+	}
+	return root
+}
+
+// TestDecodeDeep: a message nested deeper than maxCompactDepth is not
+// compacted (each level would copy all below it again) but still decodes,
+// through proto.Unmarshal; one within it is compacted.
+func TestDecodeDeep(t *testing.T) {
+	for _, n := range []int{maxCompactDepth, maxCompactDepth + 2, 5000} {
+		m := deepTree(n)
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Codec{bigMin: 1}
+		var bigs [][]byte
+		_, err = c.compact(newFrames(splitBuffers(b, 7)), m.ProtoReflect().Descriptor(), 0, len(b), nil, &bigs, false, 0)
+		if deep := n > maxCompactDepth+1; deep != (err == errFallback) {
+			t.Errorf("compact of a tree %d deep: %v", n, err)
+		}
+		back := &flwr129.ObjectTree{}
+		if err := c.Unmarshal(splitBuffers(b, 7), back); err != nil {
+			t.Fatalf("a tree %d deep: %v", n, err)
+		}
+		if !proto.Equal(back, m) {
+			t.Errorf("a tree %d deep decodes differently", n)
+		}
+	}
+}
+
+// BenchmarkUnmarshalDeep decodes a tree 5,000 deep (350 KB), as a peer
+// may send one: linear in its size, not its size times its depth.
+func BenchmarkUnmarshalDeep(b *testing.B) {
+	buf, err := proto.Marshal(deepTree(5000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &Codec{bigMin: 1}
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		if err := c.Unmarshal(splitBuffers(buf, 16<<10), &flwr129.ObjectTree{}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
