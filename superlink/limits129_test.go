@@ -1,15 +1,10 @@
 package superlink
 
 import (
-	"archive/zip"
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/asn1"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
@@ -99,22 +94,6 @@ func (l *link129) running(t *testing.T) (uint64, context.Context) {
 	return run, app
 }
 
-// malleate returns the other valid encoding of an ECDSA P-384 signature:
-// (r, n-s).
-func malleate(t *testing.T, sig []byte) []byte {
-	var rs struct{ R, S *big.Int }
-	if _, err := asn1.Unmarshal(sig, &rs); err != nil {
-		t.Fatal(err)
-	}
-	n, _ := new(big.Int).SetString("ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973", 16)
-	rs.S.Sub(n, rs.S)
-	b, err := asn1.Marshal(rs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestFleet129Replay: a node's signed metadata, captured and sent again
 // within Flower's 300 s window, on the same call or another, or with its
 // signature changed to (r, n-s), which verifies too, is refused with
@@ -132,7 +111,7 @@ func TestFleet129Replay(t *testing.T) {
 	md, _ := metadata.FromOutgoingContext(captured)
 	sig := md.Get(SignatureHeader)[0]
 	other := metadata.AppendToOutgoingContext(context.Background(), PublicKeyHeader, md.Get(PublicKeyHeader)[0],
-		TimestampHeader, md.Get(TimestampHeader)[0], SignatureHeader, string(malleate(t, []byte(sig))))
+		TimestampHeader, md.Get(TimestampHeader)[0], SignatureHeader, string(statetest.Malleate(t, []byte(sig))))
 	for _, tc := range []struct {
 		name string
 		call func() error
@@ -237,22 +216,6 @@ func TestFleet129TreeBounds(t *testing.T) {
 	}
 }
 
-// testFab is a FAB flwr run would send: a zip with a pyproject.toml.
-func testFab(t *testing.T, name string) *flwr129.Fab {
-	var b bytes.Buffer
-	z := zip.NewWriter(&b)
-	w, err := z.Create("pyproject.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(w, "[project]\nname = %q\nversion = \"1.0.0\"\n[tool.flwr.app]\npublisher = \"test\"\n", name)
-	if err := z.Close(); err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.Sum256(b.Bytes())
-	return &flwr129.Fab{HashStr: fmt.Sprintf("%x", h), Content: b.Bytes()}
-}
-
 // TestControlLimits: StartRun past a peer's burst is refused; log streams
 // past the limit per peer are refused; a stream sends a long log in
 // chunks of at most LogChunk and ends when its run is stopped, which
@@ -262,7 +225,7 @@ func TestControlLimits(t *testing.T) {
 	ctx := context.Background()
 	var runs []uint64
 	for i := range 4 {
-		r, err := l.control.StartRun(ctx, &flwr129.StartRunRequest{Fab: testFab(t, fmt.Sprint("app", i))})
+		r, err := l.control.StartRun(ctx, &flwr129.StartRunRequest{Fab: statetest.FlwrFab(t, fmt.Sprint("app", i))})
 		if i == 3 {
 			if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "too many runs") {
 				t.Fatalf("a fourth StartRun, the burst 3: %v, want ResourceExhausted", err)
