@@ -1,13 +1,14 @@
 package e2e
 
 // The attack tests of the Flower 1.29.0 surface (attack129_*_test.go) run
-// the real flower-superlink with a legitimate run beside each attack, and
+// the real flower-superlink with a legitimate run beside the attacks, and
 // log one SUMMARY line per attack: the SuperLink's peak RSS growth and CPU
-// seconds, and the rounds the legitimate run finished. The legitimate
-// side is either stock Flower 1.29.0 (TestAttack129Flower) or, where the
-// attack needs the run to address the attacker's nodes, Go nodes and a Go
-// ServerApp that speak the 1.29 protocol directly: signed Fleet calls,
-// messages as object trees, objects pushed and pulled, ServerAppIo.
+// seconds, and the rounds the legitimate run finished and the longest.
+// Both sides are Go: SuperNodes and a ServerApp that speak the 1.29
+// protocol directly (signed Fleet calls, messages as object trees,
+// objects pushed and pulled, ServerAppIo), so that the run can address
+// the attacker's nodes and the tests stay fast; TestFlower129 runs stock
+// Flower 1.29.0.
 //
 // This is their harness.
 

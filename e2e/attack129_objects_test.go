@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -240,13 +239,6 @@ func TestAttack129Objects(t *testing.T) {
 		huge.Children[i] = leaf
 	}
 	bombTrees["a tree of a million children"] = huge
-	if only := os.Getenv("SEPAL_BOMB"); only != "" {
-		for k := range bombTrees {
-			if !strings.Contains(k, only) {
-				delete(bombTrees, k)
-			}
-		}
-	}
 	actx, stop = attackFor(15 * time.Second)
 	calls := 0
 	var mu sync.Mutex
