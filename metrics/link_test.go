@@ -2,13 +2,8 @@ package metrics_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,21 +17,6 @@ import (
 	"github.com/sepal-fl/sepal/state/statetest"
 	"github.com/sepal-fl/sepal/superlink"
 )
-
-// nodeKey returns the PEM public key of a new P-384 key, as a Flower
-// 1.29.0 SuperNode sends it.
-func nodeKey(t *testing.T) []byte {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
-}
 
 // TestFlower129Metrics fills a real in-memory 1.29 state with nodes in
 // every state (one online but late with its heartbeat) and runs in
@@ -60,7 +40,7 @@ func TestFlower129Metrics(t *testing.T) {
 	// registered as flwr supernode register does; gone is unregistered.
 	keys := map[string][]byte{}
 	for _, n := range []string{"first", "late", "left", "registered", "gone"} {
-		keys[n] = nodeKey(t)
+		_, keys[n] = statetest.NodeKey(t)
 	}
 	first := must(ls.RegisterNode(ctx, keys["first"], 0))
 	must(ls.ActivateNode(ctx, keys["first"], 30))

@@ -24,7 +24,8 @@ import (
 // unknown run, node or object, PermissionDenied for a call on a run that
 // is not running (with Flower's message, "Run is finished.") or for a
 // node acting for another, FailedPrecondition for bad object content and
-// calls out of order, Unavailable when the store cannot be reached. A call
+// calls out of order, ResourceExhausted (a *LinkLimitError) past a bound
+// of Options.Link, Unavailable when the store cannot be reached. A call
 // that fails stores nothing.
 //
 // Messages passed in are owned by the LinkState from then on; messages
@@ -34,7 +35,9 @@ type LinkState interface {
 	// sends it) with a heartbeat interval (seconds; 0 for a node that
 	// registered itself) and returns its id, random, neither 0 nor 1
 	// (SuperLinkNodeID). FailedPrecondition "Public key already in use"
-	// when a node holds the key.
+	// when a node holds the key. Within LinkLimits.MaxNodes and
+	// MaxUnactivated: a node that does not fit takes the place of one the
+	// limits let go, or fails with a LinkLimitError.
 	RegisterNode(ctx context.Context, publicKey []byte, heartbeatInterval float64) (uint64, error)
 	// ActivateNode turns the registered or offline node of a public key
 	// online for HeartbeatPatience heartbeat intervals and returns its
@@ -53,13 +56,24 @@ type LinkState interface {
 	// NodeOfKey returns the id of the node that holds a public key and is
 	// not unregistered; false when there is none.
 	NodeOfKey(ctx context.Context, publicKey []byte) (uint64, bool, error)
+	// UseSignature records that a node's signature, made at signedAt and
+	// acceptable until until (seconds since the epoch), served a call:
+	// tag names the signature (a digest of the key, what it signed and its
+	// nonce). A tag recorded before is refused with Unauthenticated (a
+	// replay); a signature older than the store can still tell, with
+	// Unavailable (a SuperNode signs again and retries). Stores that
+	// SuperLinks share refuse each other's tags; a store one process owns
+	// keeps them in the process, at most LinkLimits.MaxSignatures, and
+	// forgets them when it closes.
+	UseSignature(ctx context.Context, tag []byte, signedAt, until float64) error
 	// LinkNodes returns every node, in the order they registered, with its
 	// status as of now.
 	LinkNodes(ctx context.Context) ([]*flwr129.NodeInfo, error)
 
 	// CreateLinkRun stores the FAB (once per content: its hash is its key), a
 	// pending run of it and the run's empty ServerApp context, and returns
-	// the run's id, random, non-zero.
+	// the run's id, random, non-zero. Within LinkLimits.MaxActiveRuns and
+	// MaxFabBytes, else a LinkLimitError.
 	CreateLinkRun(ctx context.Context, r NewRun) (uint64, error)
 	// Run returns one run (NotFound when unknown). Runs whose app token
 	// expired are failed first, as in every method that reads a run.
@@ -102,12 +116,15 @@ type LinkState interface {
 	// SetAppContext replaces a running run's ServerApp context.
 	SetAppContext(ctx context.Context, runID uint64, c *flwr129.Context) error
 	// PushLogs appends ServerApp output to a run's log, stamped with the
-	// time.
+	// time, in entries of at most MaxLogEntry bytes (cut between
+	// characters).
 	PushLogs(ctx context.Context, runID uint64, text string) error
 	// Logs returns the log of a run written after the stamp after
-	// (seconds since the epoch), the stamp of its last entry (0 when
-	// none), and whether the run is finished (no more will come).
-	Logs(ctx context.Context, runID uint64, after float64) (text string, latest float64, finished bool, err error)
+	// (seconds since the epoch), whole entries of at most max bytes in all
+	// (at least one entry; all when max <= 0), the stamp of the last one
+	// returned (0 when none), and whether the run is finished with
+	// nothing after them (no more will come).
+	Logs(ctx context.Context, runID uint64, after float64, max int) (text string, latest float64, finished bool, err error)
 
 	// OnlineNodes returns the ids of the nodes online now, for a running
 	// run.
@@ -116,7 +133,8 @@ type LinkState interface {
 	// each with its object tree, all or none: malformed ones fail the call
 	// with InvalidArgument. A message to a node that is unknown or
 	// unregistered is not stored and gets the id "", as in Flower. It
-	// returns the ids and the objects still to push.
+	// returns the ids and the objects still to push, which the ServerApp
+	// owes (see LinkLimits).
 	PushInstructions(ctx context.Context, runID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree) (ids, objectsToPush []string, err error)
 	// PullInstruction hands at most one message to the node: one addressed
 	// to it, not delivered before, not expired, whose objects are all
@@ -129,11 +147,13 @@ type LinkState interface {
 	// did not get that one.
 	PullInstruction(ctx context.Context, nodeID uint64) (*flwr129.Message, *flwr129.ObjectTree, error)
 	// PushReplies stores a node's replies, each with its object tree, all
-	// or none, and returns their ids and the objects still to push. A
-	// reply must answer a message sent to that node, in a running run,
-	// whose reply PullReplies has not handed out (NotFound, as for a
-	// message forgotten). runtime is the ClientApp's time in seconds,
-	// added to the run.
+	// or none, and returns their ids and the objects still to push, which
+	// the node owes: within LinkLimits.MaxPendingPerNode and
+	// MaxPendingPerRun, else a LinkLimitError. A reply must answer a
+	// message sent to that node, in a running run, whose reply
+	// PullReplies has not handed out (NotFound, as for a message
+	// forgotten). runtime is the ClientApp's time in seconds, added to the
+	// run.
 	PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.Message, trees []*flwr129.ObjectTree, runtime float64) (ids, objectsToPush []string, err error)
 	// PullReplies returns, for the ServerApp of a running run, the replies
 	// to the given message ids that have come, or are made up as Flower
@@ -146,19 +166,26 @@ type LinkState interface {
 	// SuperLink killed while answering) gets it when it retries.
 	PullReplies(ctx context.Context, runID uint64, messageIDs []string) ([]*flwr129.Message, []*flwr129.ObjectTree, error)
 
-	// PushObject stores the content of an object announced in a tree of a
-	// running run: its id must be the SHA-256 of content and content a
-	// Flower object whose children are those of the tree. A node other
-	// than SuperLinkNodeID pushes to the Fleet side: its traffic counts for
-	// the run. It returns whether the object is stored now.
+	// PushObject stores the content of an object of a running run that
+	// nodeID owes there (a message it pushed names it): its id must be
+	// the SHA-256 of content and content a Flower object whose children
+	// are those of the tree. An object stored already is answered true
+	// and not stored again. A node with no message in the run gets
+	// PermissionDenied, an object it does not owe NotFound, and a push
+	// past LinkLimits.MaxPendingBytesPerNode a LinkLimitError; each stores
+	// nothing. A node other than SuperLinkNodeID pushes to the Fleet side:
+	// its traffic counts for the run. It returns whether the object is
+	// stored now.
 	PushObject(ctx context.Context, runID, nodeID uint64, id string, content []byte) (bool, error)
 	// PullObject returns an object of a running run: found is false when
 	// the run has no such object, available false when its content has not
-	// been pushed yet.
+	// been pushed yet. A node other than SuperLinkNodeID with no message
+	// in the run gets PermissionDenied.
 	PullObject(ctx context.Context, runID, nodeID uint64, id string) (content []byte, found, available bool, err error)
 	// ConfirmMessageReceived forgets a message's object and the objects
-	// below it that nothing else holds.
-	ConfirmMessageReceived(ctx context.Context, runID uint64, messageID string) error
+	// below it that nothing else holds. A node other than SuperLinkNodeID
+	// confirms only a message sent to it (else PermissionDenied).
+	ConfirmMessageReceived(ctx context.Context, runID, nodeID uint64, messageID string) error
 
 	// LinkStats counts what the store holds, for metrics: cheap.
 	LinkStats(ctx context.Context) (LinkStats, error)
@@ -206,6 +233,8 @@ const (
 	FabMaxSize = 10 * 1024 * 1024
 	// TokenHexLength is the length of an app token: 128 random bytes, hex.
 	TokenHexLength = 256
+	// MaxLogEntry is the largest entry of a run's log (PushLogs): 64 KiB.
+	MaxLogEntry = 64 << 10
 )
 
 // Run statuses and sub-statuses (Flower's Status and SubStatus).

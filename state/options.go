@@ -19,6 +19,9 @@ type Options struct {
 	// Rand is the source of node ids, run ids and task ids (UUID4).
 	// Default: crypto/rand.Reader.
 	Rand io.Reader
+	// Link bounds what peers can make the Flower 1.29.0 generation
+	// (LinkState) hold. Default: see LinkLimits.
+	Link LinkLimits
 }
 
 // WithDefaults returns o with its defaults filled in.
@@ -32,5 +35,6 @@ func (o Options) WithDefaults() Options {
 	if o.Rand == nil {
 		o.Rand = rand.Reader
 	}
+	o.Link = o.Link.WithDefaults()
 	return o
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -40,6 +41,15 @@ type control struct {
 	s   state.LinkState
 	log *slog.Logger
 	now func() time.Time
+	// g limits the node registrations of each peer; streams the log
+	// streams open; runs the StartRun calls of each peer.
+	g       *nodeGuard
+	streams *streamSlots
+	runs    *rateLimiter
+	runRate Flower129Options
+
+	logMu  sync.Mutex
+	logged map[string]time.Time
 	// stopping is closed when Serve begins to stop (nil: never).
 	stopping <-chan struct{}
 }
@@ -109,6 +119,9 @@ func (c *control) StartRun(ctx context.Context, r *flwr129.StartRunRequest) (*fl
 	if r.GetAppSpec() != "" {
 		return nil, status.Error(codes.FailedPrecondition, "this SuperLink does not fetch apps from Flower Hub: run `flwr run` on the app's folder")
 	}
+	if err := c.startRunRate(ctx); err != nil {
+		return nil, err
+	}
 	fab := r.GetFab()
 	content := fab.GetContent()
 	if len(content) > state.FabMaxSize {
@@ -147,13 +160,23 @@ func (c *control) StartRun(ctx context.Context, r *flwr129.StartRunRequest) (*fl
 		RunType:        "serverapp",
 	})
 	if err != nil {
+		c.stateLimit(ctx, err)
 		return nil, err
 	}
 	return &flwr129.StartRunResponse{RunId: &id}, nil
 }
 
+// StreamLogs sends a run's log as it grows, LogChunk at a time, until
+// the run is finished, or its client has read nothing for LogSendTimeout;
+// within Flower129Options' bounds on the streams open.
 func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStreamingServer[flwr129.StreamLogsResponse]) error {
 	ctx := stream.Context()
+	release, err := c.streams.take(peerKey(ctx))
+	if err != nil {
+		c.logRefusal(ctx, "max_log_streams", err)
+		return err
+	}
+	defer release()
 	if _, err := c.s.Run(ctx, r.GetRunId()); status.Code(err) == codes.NotFound {
 		return status.Error(codes.NotFound, "Run ID not found")
 	} else if err != nil {
@@ -163,15 +186,18 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 	t := time.NewTicker(LogStreamInterval)
 	defer t.Stop()
 	for {
-		text, latest, finished, err := c.s.Logs(ctx, r.GetRunId(), after)
+		text, latest, finished, err := c.s.Logs(ctx, r.GetRunId(), after, LogChunk)
 		if err != nil {
 			return err
 		}
 		if text != "" {
-			if err := stream.Send(&flwr129.StreamLogsResponse{LogOutput: text, LatestTimestamp: latest}); err != nil {
+			if err := sendWithin(stream, &flwr129.StreamLogsResponse{LogOutput: text, LatestTimestamp: latest}, LogSendTimeout); err != nil {
 				return err
 			}
-			after = max(latest+1e-6, after)
+			after = max(latest, after) // Logs returns what follows it
+			if !finished {
+				continue // more may wait: no pause between chunks
+			}
 		}
 		if finished {
 			return nil
@@ -185,6 +211,23 @@ func (c *control) StreamLogs(r *flwr129.StreamLogsRequest, stream grpc.ServerStr
 			return status.Error(codes.DeadlineExceeded, "the SuperLink is stopping: reconnect to follow the logs")
 		case <-t.C:
 		}
+	}
+}
+
+// sendWithin sends m on stream, or gives up after d: a client that reads
+// nothing holds its stream's handler in Send once the flow-control window
+// is full. The handler then returns, which ends the stream and with it
+// the Send left waiting.
+func sendWithin[T any](stream grpc.ServerStreamingServer[T], m *T, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- stream.Send(m) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return status.Errorf(codes.DeadlineExceeded, "the client read nothing of its stream for %v: this SuperLink ends it", d)
 	}
 }
 
@@ -240,11 +283,15 @@ func (c *control) PullArtifacts(context.Context, *flwr129.PullArtifactsRequest) 
 }
 
 func (c *control) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeRequest) (*flwr129.RegisterNodeResponse, error) {
+	if err := c.g.rate(ctx, "RegisterNode"); err != nil {
+		return nil, err
+	}
 	if _, err := parseNodeKey(r.GetPublicKey()); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, "The provided public key is not valid")
 	}
 	id, err := c.s.RegisterNode(ctx, r.GetPublicKey(), state.HeartbeatDefaultInterval)
 	if err != nil {
+		c.g.stateRefusal(ctx, err)
 		return nil, err
 	}
 	return &flwr129.RegisterNodeResponse{NodeId: &id}, nil

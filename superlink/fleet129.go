@@ -22,6 +22,8 @@ type fleet129 struct {
 	s    state.LinkState
 	auth nodeAuth
 	log  *slog.Logger
+	// g limits the registrations of each peer, with those of 1.8.0.
+	g *nodeGuard
 	// keysOnly refuses RegisterNode and UnregisterNode through the Fleet
 	// API: keys are registered through the Control API only
 	// (--enable-supernode-auth).
@@ -37,6 +39,9 @@ func sameKey(signed, asked []byte) error {
 }
 
 func (f *fleet129) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeFleetRequest) (*flwr129.RegisterNodeFleetResponse, error) {
+	if err := f.g.rate(ctx, "RegisterNode"); err != nil {
+		return nil, err
+	}
 	pk, err := f.auth.verify(ctx, false, 0)
 	if err != nil {
 		return nil, err
@@ -49,6 +54,7 @@ func (f *fleet129) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeFlee
 	}
 	id, err := f.s.RegisterNode(ctx, r.GetPublicKey(), 0)
 	if err != nil {
+		f.g.stateRefusal(ctx, err)
 		return nil, err
 	}
 	return &flwr129.RegisterNodeFleetResponse{NodeId: id}, nil
@@ -119,6 +125,16 @@ func (f *fleet129) PushMessages(ctx context.Context, r *flwr129.PushMessagesRequ
 	id := r.GetNode().GetNodeId()
 	if _, err := f.auth.verify(ctx, true, id); err != nil {
 		return nil, err
+	}
+	// A SuperNode pushes one reply at a time (Flower reads only the
+	// first); its tree is checked before the state sees it.
+	if n := len(r.GetMessagesList()); n > 1 {
+		return nil, status.Errorf(codes.InvalidArgument, "Malformed PushMessages: %d messages: a SuperNode pushes one reply per call", n)
+	}
+	for _, t := range r.GetMessageObjectTrees() {
+		if err := state.CheckTreeShape(t); err != nil {
+			return nil, err
+		}
 	}
 	var runtime float64
 	if l := r.GetClientappRuntimeList(); len(l) > 0 && l[0] > 0 && l[0] < 1e9 {
@@ -208,7 +224,7 @@ func (f *fleet129) ConfirmMessageReceived(ctx context.Context, r *flwr129.Confir
 	if _, err := f.auth.verify(ctx, true, r.GetNode().GetNodeId()); err != nil {
 		return nil, err
 	}
-	if err := f.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetMessageObjectId()); err != nil {
+	if err := f.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetNode().GetNodeId(), r.GetMessageObjectId()); err != nil {
 		return nil, err
 	}
 	return &flwr129.ConfirmMessageReceivedResponse{}, nil

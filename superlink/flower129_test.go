@@ -4,11 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/pem"
 	"net"
 	"testing"
 	"time"
@@ -22,6 +17,7 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/state/memstate"
+	"github.com/sepal-fl/sepal/state/statetest"
 	"github.com/sepal-fl/sepal/superlink/internal/codec"
 )
 
@@ -35,28 +31,16 @@ type signer struct {
 }
 
 func newSigner(t *testing.T) *signer {
-	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &signer{key: k, pem: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})}
+	k, pem := statetest.NodeKey(t)
+	return &signer{key: k, pem: pem}
 }
 
 func (s *signer) ctx(t *testing.T) context.Context {
-	ts := time.Now().Add(s.skew).UTC().Format("2006-01-02T15:04:05.000000+00:00")
-	h := sha256.Sum256([]byte(ts))
 	k := s.key
 	if s.by != nil {
 		k = s.by
 	}
-	sig, err := ecdsa.SignASN1(rand.Reader, k, h[:])
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts, sig := statetest.SignTime(t, k, time.Now().Add(s.skew))
 	return metadata.AppendToOutgoingContext(context.Background(), PublicKeyHeader, string(s.pem), TimestampHeader, ts, SignatureHeader, string(sig))
 }
 

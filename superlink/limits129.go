@@ -19,6 +19,9 @@ const (
 	// TreeMessageSize bounds the requests that carry messages with their
 	// object trees, a ServerApp's context or its log output.
 	TreeMessageSize = 8 << 20
+	// ReplyMessageSize bounds a SuperNode's PushMessages: one reply and
+	// its tree of at most state.MaxTreeObjects ids (about 70 bytes each).
+	ReplyMessageSize = 2 << 20
 )
 
 // methodLimits129 is the largest request of every Flower 1.29.0 method
@@ -38,7 +41,7 @@ var methodLimits129 = func() map[string]int64 {
 	for path, n := range map[string]int64{
 		flwr129.Fleet_PushObject_FullMethodName:           ObjectMessageSize,
 		flwr129.ServerAppIo_PushObject_FullMethodName:     ObjectMessageSize,
-		flwr129.Fleet_PushMessages_FullMethodName:         TreeMessageSize,
+		flwr129.Fleet_PushMessages_FullMethodName:         ReplyMessageSize,
 		flwr129.ServerAppIo_PushMessages_FullMethodName:   TreeMessageSize,
 		flwr129.ServerAppIo_PushAppOutputs_FullMethodName: TreeMessageSize,
 		flwr129.ServerAppIo_PushLogs_FullMethodName:       TreeMessageSize,

@@ -6,9 +6,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"math/big"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -44,7 +47,11 @@ type nodeAuth struct {
 // verify checks the signature metadata of ctx and returns the public key
 // that signed. With a claimed node id (bind), that id must be the node
 // that holds the key. Every failure is Unauthenticated, in Flower's
-// words.
+// words. A signature that served a call of a registered key before is
+// refused as a replay (state.LinkState.UseSignature: Flower accepts it
+// again and again for 300 s, for any call, since it signs the time
+// alone); one too old for the state to tell gets Unavailable, which a
+// SuperNode answers by signing again.
 func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) ([]byte, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	one := func(k string) []byte {
@@ -72,16 +79,41 @@ func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) ([]byte
 	if age := a.now().Sub(at); age <= -SystemTimeTolerance || age >= TimestampTolerance+SystemTimeTolerance {
 		return nil, status.Error(codes.Unauthenticated, "Invalid timestamp")
 	}
-	if bind {
-		id, ok, err := a.s.NodeOfKey(ctx, pk)
-		if err != nil {
+	id, ok, err := a.s.NodeOfKey(ctx, pk)
+	if err != nil {
+		return nil, err
+	}
+	if bind && (!ok || id != claimed) {
+		return nil, status.Error(codes.Unauthenticated, "Invalid node ID")
+	}
+	if ok {
+		signedAt := float64(at.UnixNano()) / 1e9
+		until := signedAt + (TimestampTolerance + SystemTimeTolerance).Seconds()
+		if err := a.s.UseSignature(ctx, signatureTag(pk, ts, sig), signedAt, until); err != nil {
 			return nil, err
-		}
-		if !ok || id != claimed {
-			return nil, status.Error(codes.Unauthenticated, "Invalid node ID")
 		}
 	}
 	return pk, nil
+}
+
+// signatureTag names a signature for UseSignature: the SHA-256 of the key,
+// the timestamp signed and the signature's r, which its signer's random
+// nonce makes new each time. The s half is left out: (r, n-s) is as valid
+// as (r, s), so a replay could change it without the key.
+func signatureTag(pk, ts, sig []byte) []byte {
+	var rs struct{ R, S *big.Int }
+	r := sig
+	if rest, err := asn1.Unmarshal(sig, &rs); err == nil && len(rest) == 0 && rs.R != nil {
+		r = rs.R.Bytes()
+	}
+	h := sha256.New()
+	for _, p := range [][]byte{pk, ts, r} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write(p)
+	}
+	return h.Sum(nil)
 }
 
 // parseNodeKey reads a node's public key: PEM SubjectPublicKeyInfo of an

@@ -69,8 +69,9 @@ type NodeLimits struct {
 	// once with one client-certificate identity, as MaxNodes does in all.
 	// Default DefaultMaxNodesPerIdentity (16).
 	MaxPerIdentity int
-	// Rate and Burst limit the CreateNode calls of one peer, refused or
-	// not, as a token bucket: Burst calls at once, then Rate a second. A
+	// Rate and Burst limit the CreateNode calls of one peer, and its
+	// Flower 1.29.0 RegisterNode calls (Fleet and Control API), refused or
+	// not, as one token bucket: Burst calls at once, then Rate a second. A
 	// peer is a source address (an IPv6 /64), or under mutual TLS a
 	// client-certificate identity. Defaults DefaultNodeRegistrationRate
 	// (10) and DefaultNodeRegistrationBurst (100).
@@ -134,8 +135,9 @@ var NodeRefusalReasons = []string{RefusedPingInterval, RefusedPerConnection, Ref
 // revocation took offline, for metrics (SuperLink.NodeLimitStats).
 type NodeLimitStats struct {
 	// Refused counts the calls refused since start by each reason of
-	// NodeRefusalReasons (all of them present): CreateNode calls, and
-	// Pings with a ping_interval above the cap.
+	// NodeRefusalReasons (all of them present): CreateNode and Flower
+	// 1.29.0 RegisterNode calls, and Pings with a ping_interval above the
+	// cap.
 	Refused map[string]uint64
 	// Revoked counts the nodes this SuperLink forgot since start because
 	// the client certificate that created them was revoked.
@@ -255,16 +257,26 @@ func (g *nodeGuard) pingInterval(ctx context.Context, method string, v float64) 
 	return nil
 }
 
+// rate refuses a registration (a call of method that creates a node)
+// past the rate limit of its peer, which the registrations of both
+// generations share.
+func (g *nodeGuard) rate(ctx context.Context, method string) error {
+	key := peerKey(ctx)
+	if g.rates.take(key) {
+		return nil
+	}
+	err := status.Errorf(codes.ResourceExhausted, "%s: too many registrations from %s: this SuperLink takes %d at once and then %g a second from one peer; "+
+		"retry in a few seconds (a SuperNode registers once when it starts)", method, key, g.l.Burst, g.l.Rate)
+	g.refuse(ctx, RefusedRate, fmt.Sprintf("%d at once, %g a second", g.l.Burst, g.l.Rate), err)
+	return err
+}
+
 // admit applies the limits a CreateNode meets before the state's: the
 // rate limit of its peer, the ping_interval cap and the nodes of its
 // connection. It returns the connection's reservation (nil when none was
 // taken), to end with done, or the refusal.
 func (g *nodeGuard) admit(ctx context.Context, pingInterval float64) (*connNodes, error) {
-	key := peerKey(ctx)
-	if !g.rates.take(key) {
-		err := status.Errorf(codes.ResourceExhausted, "CreateNode: too many registrations from %s: this SuperLink takes %d at once and then %g a second from one peer; "+
-			"retry in a few seconds (a SuperNode registers once when it starts)", key, g.l.Burst, g.l.Rate)
-		g.refuse(ctx, RefusedRate, fmt.Sprintf("%d at once, %g a second", g.l.Burst, g.l.Rate), err)
+	if err := g.rate(ctx, "CreateNode"); err != nil {
 		return nil, err
 	}
 	if err := g.pingInterval(ctx, "CreateNode", pingInterval); err != nil {
@@ -280,11 +292,17 @@ func (g *nodeGuard) admit(ctx context.Context, pingInterval float64) (*connNodes
 	return c, nil
 }
 
-// stateRefusal counts and logs a state.NodeLimitError of CreateNode.
+// stateRefusal counts and logs a state.NodeLimitError of CreateNode, or
+// the state.LinkLimitError of a Flower 1.29.0 registration past the
+// nodes a state holds.
 func (g *nodeGuard) stateRefusal(ctx context.Context, err error) {
 	var le *state.NodeLimitError
 	if errors.As(err, &le) {
 		g.refuse(ctx, le.Limit, fmt.Sprint(le.Max), err)
+	}
+	var lle *state.LinkLimitError
+	if errors.As(err, &lle) && lle.Limit == state.LimitLinkNodes {
+		g.refuse(ctx, RefusedMaxNodes, fmt.Sprint(lle.Max), err)
 	}
 }
 

@@ -66,6 +66,17 @@ type Flower129Options struct {
 	// (`flwr supernode register`) may join, as Flower's
 	// --enable-supernode-auth. Default: false.
 	KeysOnly bool
+	// MaxLogStreams bounds the StreamLogs calls open at once (flwr log,
+	// flwr run --stream), and MaxLogStreamsPerPeer those of one peer;
+	// more are refused with ResourceExhausted. Defaults
+	// DefaultMaxLogStreams (128) and DefaultMaxLogStreamsPerPeer (8).
+	MaxLogStreams, MaxLogStreamsPerPeer int
+	// RunRate and RunBurst limit the StartRun calls of one peer as a
+	// token bucket: RunBurst at once, then RunRate a second; more are
+	// refused with ResourceExhausted. Defaults DefaultRunRate (0.2) and
+	// DefaultRunBurst (20).
+	RunRate  float64
+	RunBurst int
 }
 
 // bothFleets serves both generations' Fleet methods.
@@ -76,7 +87,7 @@ type bothFleets struct {
 
 type fleet129Server = flwr129.FleetServer
 
-func newFlower129(o Options) *flower129 {
+func newFlower129(o Options, g *nodeGuard) *flower129 {
 	ls := o.Flower129.State
 	if ls == nil {
 		l, ok := o.State.(state.LinkState)
@@ -90,9 +101,9 @@ func newFlower129(o Options) *flower129 {
 		now = time.Now
 	}
 	f := &flower129{state: ls}
-	f.fleet = &fleet129{s: ls, auth: nodeAuth{s: ls, now: now}, log: o.Logger, keysOnly: o.Flower129.KeysOnly}
+	f.fleet = &fleet129{s: ls, auth: nodeAuth{s: ls, now: now}, log: o.Logger, keysOnly: o.Flower129.KeysOnly, g: g}
 	f.appIo = &serverAppIo{s: ls, log: o.Logger}
-	f.control = &control{s: ls, log: o.Logger, now: now}
+	f.control = newControl(ls, o, g)
 	f.fleetDesc = flwr129.FlowerService(&flwr129.Fleet_ServiceDesc)
 	f.fleetDesc.Methods = append(slices.Clone(flwrproto.Fleet_ServiceDesc.Methods), f.fleetDesc.Methods...)
 	f.fleetDesc.HandlerType = (*interface {

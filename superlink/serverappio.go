@@ -160,7 +160,7 @@ func (a *serverAppIo) ConfirmMessageReceived(ctx context.Context, r *flwr129.Con
 	if _, err := a.tokenRun(ctx, r.GetRunId()); err != nil {
 		return nil, err
 	}
-	if err := a.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetMessageObjectId()); err != nil {
+	if err := a.s.ConfirmMessageReceived(ctx, r.GetRunId(), state.SuperLinkNodeID, r.GetMessageObjectId()); err != nil {
 		return nil, err
 	}
 	return &flwr129.ConfirmMessageReceivedResponse{}, nil
@@ -196,6 +196,11 @@ func (a *serverAppIo) PushLogs(ctx context.Context, r *flwr129.PushLogsRequest) 
 func (a *serverAppIo) PushMessages(ctx context.Context, r *flwr129.PushAppMessagesRequest) (*flwr129.PushAppMessagesResponse, error) {
 	if _, err := a.tokenRun(ctx, r.GetRunId()); err != nil {
 		return nil, err
+	}
+	for _, t := range r.GetMessageObjectTrees() {
+		if err := state.CheckTreeShape(t); err != nil {
+			return nil, err
+		}
 	}
 	ids, push, err := a.s.PushInstructions(ctx, r.GetRunId(), r.GetMessagesList(), r.GetMessageObjectTrees())
 	if err != nil {

@@ -173,8 +173,9 @@ func New(o Options) *SuperLink {
 	}
 	w := wire.New(wc)
 	c := codec.New(codec.Options{Finder: bf, StandIns: w.StandIns(), Fresh: fresh, Opaque: opaque})
+	g := newNodeGuard(o.NodeLimits, o.Logger)
 	s := &SuperLink{log: o.Logger, opts: o, state: o.State, codec: c, wire: w,
-		flower: newFlower129(o), nodes: newNodeGuard(o.NodeLimits, o.Logger), stopping: make(chan struct{})}
+		flower: newFlower129(o, g), nodes: g, stopping: make(chan struct{})}
 	if s.flower != nil {
 		s.flower.control.stopping = s.stopping
 	}

@@ -46,24 +46,25 @@ func checkDatabase(db string) error {
 // openDatabase opens the state --database names: the state in memory,
 // the PostgreSQL database, or the SQLite file. This is the start-up check of the database: its errors name the
 // flag, the file or the connection string (without its password), and the
-// fix; the caller closes the state after serving. lost is called once if
-// the SQLite file is deleted or replaced while served (sqlstate.ErrLost):
-// the caller stops serving and exits non-zero, so that a supervisor starts
-// the SuperLink again on the file now at the path.
-func openDatabase(ctx context.Context, db string, log *slog.Logger, lost func(error)) (state.State, error) {
+// fix; the caller closes the state after serving. link bounds its Flower
+// 1.29 generation (state.LinkLimits). lost is called once if the SQLite
+// file is deleted or replaced while served (sqlstate.ErrLost): the caller
+// stops serving and exits non-zero, so that a supervisor starts the
+// SuperLink again on the file now at the path.
+func openDatabase(ctx context.Context, db string, link state.LinkLimits, log *slog.Logger, lost func(error)) (state.State, error) {
 	if inMemory(db) {
-		return memstate.New(memstate.Options{Logger: log}), nil
+		return memstate.New(memstate.Options{Logger: log, Link: link}), nil
 	}
 	if postgres.IsDSN(db) {
 		ctx, cancel := context.WithTimeout(ctx, postgresCheckTimeout)
 		defer cancel()
-		s, err := sqlstate.OpenPostgres(ctx, db, sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: log}, What: "--database"})
+		s, err := sqlstate.OpenPostgres(ctx, db, sqlstate.PostgresOptions{Options: sqlstate.Options{Logger: log, Link: link}, What: "--database"})
 		if err != nil {
 			return nil, err
 		}
 		return s, nil
 	}
-	s, err := sqlstate.OpenSQLite(ctx, db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: log}, OnLost: lost})
+	s, err := sqlstate.OpenSQLite(ctx, db, sqlstate.SQLiteOptions{Options: sqlstate.Options{Logger: log, Link: link}, OnLost: lost})
 	if err != nil {
 		return nil, err
 	}

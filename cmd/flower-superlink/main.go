@@ -84,6 +84,7 @@ type config struct {
 	mtls             *mtlsFlags
 	limits           *limitFlags
 	nodes            *nodeLimitFlags
+	link129          *link129Flags
 	metrics          *metricsFlags
 	logFormat        string
 	memory           *memoryFlags
@@ -124,6 +125,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	c.limits = registerLimitFlags(fs)
 	c.f129 = registerFlower129Flags(fs)
 	c.nodes = registerNodeLimitFlags(fs)
+	c.link129 = registerLink129Flags(fs)
 
 	files, rest, err := splitCertificates(fs, args)
 	if err != nil {
@@ -215,6 +217,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 		return nil, err
 	}
 	if err := c.mtls.check(c); err != nil {
+		return nil, err
+	}
+	if err := c.link129.check(); err != nil {
 		return nil, err
 	}
 	if err := c.nodes.check(c.mtls); err != nil {
@@ -315,7 +320,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	// A SQLite file deleted or replaced while served ends the run, with
 	// exit 1: health turns NOT_SERVING, the calls in flight end, and a
 	// supervisor starts the SuperLink again on the file now at the path.
-	st, err := openDatabase(ctx, c.database, log, func(err error) { cancel(err) })
+	st, err := openDatabase(ctx, c.database, c.link129.linkLimits(c.nodes.maxNodes), log, func(err error) { cancel(err) })
 	if err != nil {
 		return err
 	}
@@ -354,7 +359,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	memAttrs := c.memory.apply()
 	grace := max(c.shutdownGrace, time.Nanosecond) // 0 cuts at once; the library's zero is its default
 	sl := superlink.New(superlink.Options{Logger: log, Limits: c.limits.limits(), NodeLimits: c.nodes.limits(), Revocations: c.mtls.revocations(),
-		State: st, ServerOptions: mon.serverOptions(), Flower129: superlink.Flower129Options{KeysOnly: c.f129.keysOnly}, ShutdownGrace: grace})
+		State: st, ServerOptions: mon.serverOptions(), Flower129: c.link129.control(superlink.Flower129Options{KeysOnly: c.f129.keysOnly}), ShutdownGrace: grace})
 	mon.watch(sl)
 	served := make(chan error, 1)
 	go func() {
@@ -393,6 +398,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	attrs = append(attrs, c.limits.attrs()...)
 	attrs = append(attrs, c.nodes.attrs(c.mtls)...)
+	attrs = append(attrs, c.link129.attrs()...)
 	attrs = append(attrs, memAttrs...)
 	if src != nil {
 		attrs = append(attrs, "tls_min_version", tls.VersionName(transport.ServerConfig(src).MinVersion))

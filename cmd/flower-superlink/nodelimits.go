@@ -37,17 +37,17 @@ func registerNodeLimitFlags(fs *pflag.FlagSet) *nodeLimitFlags {
 	fs.DurationVar(&n.pingInterval, "max-ping-interval", superlink.DefaultMaxPingInterval,
 		"the longest ping_interval a node may ask for in CreateNode and Ping, 30s or more (Flower 1.8.0 SuperNodes send 30s); a longer one is refused with INVALID_ARGUMENT")
 	fs.IntVar(&n.maxNodes, "max-nodes", superlink.DefaultMaxNodes,
-		"nodes registered at once, online or offline, over every SuperLink on the --database; when all places are taken the node offline the longest is forgotten for a new one, "+
-			"and while all are online CreateNode is refused with RESOURCE_EXHAUSTED, which SuperNodes retry")
+		"nodes registered at once, online or offline, over every SuperLink on the --database, for each Flower generation; when all places are taken the node offline the longest is forgotten for a new one "+
+			"(Flower 1.29: an unregistered or never activated one first, never a key registered with flwr supernode register), and while none can go registration is refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&n.perConnection, "max-nodes-per-connection", superlink.DefaultMaxNodesPerConnection,
 		"nodes one connection may have created and not deleted (a SuperNode creates one); more are refused with RESOURCE_EXHAUSTED")
 	fs.IntVar(&n.perIdentity, maxNodesPerIdentityFlag, superlink.DefaultMaxNodesPerIdentity,
 		"with --"+fleetClientCAFlag+": nodes one node certificate's name may hold at once, as --max-nodes does for all")
 	fs.Float64Var(&n.rate, "node-registration-rate", superlink.DefaultNodeRegistrationRate,
-		"CreateNode calls a second one peer may make, after --node-registration-burst at once; a peer is a source address (an IPv6 /64), or a node certificate's name with --"+
+		"CreateNode and RegisterNode (Flower 1.29, Fleet and Control API) calls a second one peer may make, after --node-registration-burst at once; a peer is a source address (an IPv6 /64), or a node certificate's name with --"+
 			fleetClientCAFlag+"; more are refused with RESOURCE_EXHAUSTED, which SuperNodes retry (behind a TCP load balancer every node comes from the balancer's address: raise both)")
 	fs.IntVar(&n.burst, "node-registration-burst", superlink.DefaultNodeRegistrationBurst,
-		"CreateNode calls one peer may make at once (see --node-registration-rate)")
+		"node registrations one peer may make at once (see --node-registration-rate)")
 	return n
 }
 

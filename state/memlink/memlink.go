@@ -30,6 +30,8 @@ type Store struct {
 	log  *slog.Logger
 	now  func() time.Time
 	rand io.Reader
+	lim  state.LinkLimits
+	sigs *linkrules.Signatures
 
 	mu      sync.Mutex
 	closed  bool
@@ -42,6 +44,31 @@ type Store struct {
 	ins     map[string]*instruction
 	replies map[string]*reply
 	objects map[string]*object
+	// inRun counts the instructions of each run to each node: a node
+	// with none there may not push, pull or confirm in the run.
+	inRun map[pusherKey]int
+	// What nodes and ServerApps owe (see state.LinkLimits): the objects
+	// each owes in a run, who owes each object, and the counts the limits
+	// read (of the nodes: the ServerApp is not bound).
+	pushers  map[pusherKey]*pusher
+	owedBy   map[string][]pusherKey
+	nodeOwed map[uint64]int
+	runOwed  map[uint64]int
+	fabBytes int64
+}
+
+// pusherKey is a node (or SuperLinkNodeID, the ServerApp) in a run.
+type pusherKey struct{ node, run uint64 }
+
+// pusher is what a node owes in a run: the objects its messages name and
+// it has not pushed, for which messages; n counts the (object, message)
+// pairs. bytes is what it pushed there since it began to owe, deadline
+// when it is forgotten unless it pushes again.
+type pusher struct {
+	owed     map[string][]string
+	n        int
+	bytes    int64
+	deadline float64
 }
 
 var _ state.LinkState = (*Store)(nil)
@@ -49,6 +76,10 @@ var _ state.LinkState = (*Store)(nil)
 type node struct {
 	seq  uint64
 	info *flwr129.NodeInfo
+	// self: the node registered itself through the Fleet API (heartbeat
+	// interval 0), and may be forgotten to make room (LinkLimits).
+	self                     bool
+	registered, unregistered float64
 }
 
 type run struct {
@@ -85,18 +116,29 @@ type object struct {
 	content   []byte
 	available bool
 	children  []string
-	refs      int // parents that registered it
-	runs      map[uint64]bool
+	refs      int      // parents that registered it
+	runs      []uint64 // the runs it belongs to, each once: usually one
+}
+
+func (o *object) inRun(run uint64) bool { return slices.Contains(o.runs, run) }
+
+func (o *object) addRun(run uint64) {
+	if !o.inRun(run) {
+		o.runs = append(o.runs, run)
+	}
 }
 
 // New returns an empty Store with o's clock, randomness and logger.
 func New(o state.Options) *Store {
 	o = o.WithDefaults()
 	return &Store{
-		log: o.Logger, now: o.Now, rand: o.Rand,
+		log: o.Logger, now: o.Now, rand: o.Rand, lim: o.Link,
+		sigs:  linkrules.NewSignatures(o.Link.MaxSignatures),
 		nodes: map[uint64]*node{}, keys: map[string]uint64{}, runs: map[uint64]*run{},
 		fabs: map[string]*flwr129.Fab{}, tokens: map[string]uint64{},
 		ins: map[string]*instruction{}, replies: map[string]*reply{}, objects: map[string]*object{},
+		inRun: map[pusherKey]int{}, pushers: map[pusherKey]*pusher{}, owedBy: map[string][]pusherKey{},
+		nodeOwed: map[uint64]int{}, runOwed: map[uint64]int{},
 	}
 }
 
@@ -146,6 +188,13 @@ func (s *Store) expire(now float64) {
 			s.dropInstruction(id)
 		}
 	}
+	for k, p := range s.pushers {
+		if p.deadline < now {
+			s.log.Info("messages forgotten: their objects were not pushed in time", "node_id", k.node, "run_id", k.run,
+				"objects_owed", p.n, "push_timeout", s.lim.PushTimeout.String(), "generation", "1.29")
+			s.dropPusher(k)
+		}
+	}
 }
 
 // finished releases what a finished run held: its token, messages and
@@ -163,12 +212,17 @@ func (s *Store) finished(id uint64, r *run) {
 		if o == nil {
 			continue
 		}
-		delete(o.runs, id)
+		o.runs = slices.DeleteFunc(o.runs, func(r uint64) bool { return r == id })
 		if o.refs == 0 {
 			s.deleteObject(oid)
 		}
 	}
 	r.objects = map[string]bool{}
+	for k := range s.pushers {
+		if k.run == id {
+			s.dropPusher(k)
+		}
+	}
 }
 
 // dropInstruction forgets an instruction, its reply and their message
@@ -178,12 +232,117 @@ func (s *Store) dropInstruction(id string) {
 	if in == nil {
 		return
 	}
-	delete(s.ins, id)
+	s.removeIns(id, in)
 	if in.reply != "" {
 		delete(s.replies, in.reply)
 		s.deleteObject(in.reply)
 	}
 	s.deleteObject(id)
+}
+
+// addIns stores an instruction.
+func (s *Store) addIns(id string, in *instruction) {
+	s.ins[id] = in
+	s.inRun[pusherKey{in.m.Metadata.DstNodeId, in.m.Metadata.RunId}]++
+}
+
+// removeIns forgets an instruction (not its reply or objects).
+func (s *Store) removeIns(id string, in *instruction) {
+	delete(s.ins, id)
+	k := pusherKey{in.m.Metadata.DstNodeId, in.m.Metadata.RunId}
+	if s.inRun[k]--; s.inRun[k] <= 0 {
+		delete(s.inRun, k)
+	}
+}
+
+// owe records that k owes object id for message msg.
+func (s *Store) owe(k pusherKey, id, msg string, now float64) {
+	p := s.pushers[k]
+	if p == nil {
+		p = &pusher{owed: map[string][]string{}, deadline: now + s.lim.PushTimeout.Seconds()}
+		s.pushers[k] = p
+	}
+	ms := p.owed[id]
+	if slices.Contains(ms, msg) {
+		return
+	}
+	if ms == nil && !slices.Contains(s.owedBy[id], k) {
+		s.owedBy[id] = append(s.owedBy[id], k)
+	}
+	p.owed[id] = append(ms, msg)
+	p.n++
+	s.count(k, 1)
+}
+
+// count adds n to what k's node and run owe; the ServerApp's objects count
+// for neither (LinkLimits bound the nodes).
+func (s *Store) count(k pusherKey, n int) {
+	if k.node == state.SuperLinkNodeID {
+		return
+	}
+	if s.nodeOwed[k.node] += n; s.nodeOwed[k.node] <= 0 {
+		delete(s.nodeOwed, k.node)
+	}
+	if s.runOwed[k.run] += n; s.runOwed[k.run] <= 0 {
+		delete(s.runOwed, k.run)
+	}
+}
+
+// settle records that object id is owed no more (pushed, or gone).
+func (s *Store) settle(id string) {
+	for _, k := range s.owedBy[id] {
+		s.unowe(k, id)
+	}
+	delete(s.owedBy, id)
+}
+
+// unowe forgets that k owes id (not owedBy's entry); a pusher that owes
+// nothing goes.
+func (s *Store) unowe(k pusherKey, id string) {
+	p := s.pushers[k]
+	if p == nil {
+		return
+	}
+	n := len(p.owed[id])
+	delete(p.owed, id)
+	p.n -= n
+	s.count(k, -n)
+	if p.n <= 0 {
+		delete(s.pushers, k)
+	}
+}
+
+// dropPusher forgets what k owes and the messages it owes it for: a
+// reply as never sent, an instruction as expired.
+func (s *Store) dropPusher(k pusherKey) {
+	p := s.pushers[k]
+	if p == nil {
+		return
+	}
+	msgs := map[string]bool{}
+	for id, ms := range p.owed {
+		for _, m := range ms {
+			msgs[m] = true
+		}
+		if by := slices.DeleteFunc(s.owedBy[id], func(o pusherKey) bool { return o == k }); len(by) > 0 {
+			s.owedBy[id] = by
+		} else {
+			delete(s.owedBy, id)
+		}
+		s.unowe(k, id)
+	}
+	delete(s.pushers, k)
+	for m := range msgs {
+		if s.ins[m] != nil {
+			s.dropInstruction(m)
+			continue
+		}
+		if r := s.replies[m]; r != nil {
+			if in := s.ins[r.m.Metadata.GetReplyToMessageId()]; in != nil && in.reply == m && !in.resDelivered {
+				s.dropReply(in)
+			}
+		}
+	}
 }
 
 // deleteObject deletes an object nothing refers to, and then its children
@@ -194,7 +353,8 @@ func (s *Store) deleteObject(id string) {
 		return
 	}
 	delete(s.objects, id)
-	for r := range o.runs {
+	s.settle(id)
+	for _, r := range o.runs {
 		if rr := s.runs[r]; rr != nil {
 			delete(rr.objects, id)
 		}
@@ -220,6 +380,10 @@ func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 	if _, used := s.keys[string(publicKey)]; used {
 		return 0, status.Error(codes.FailedPrecondition, "Public key already in use")
 	}
+	self := heartbeatInterval == 0
+	if err := s.makeRoom(self); err != nil {
+		return 0, err
+	}
 	var id uint64
 	for {
 		if id, err = linkrules.RandomID(s.rand, state.SuperLinkNodeID); err != nil {
@@ -230,7 +394,7 @@ func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 		}
 	}
 	s.seq++
-	s.nodes[id] = &node{seq: s.seq, info: &flwr129.NodeInfo{
+	s.nodes[id] = &node{seq: s.seq, self: self, registered: now, info: &flwr129.NodeInfo{
 		NodeId: id, OwnerAid: linkrules.NoopFlwrAID, OwnerName: linkrules.NoopAccountName, Status: state.NodeRegistered,
 		RegisteredAt: linkrules.ISOTime(time.Unix(0, int64(now*1e9))), HeartbeatInterval: heartbeatInterval,
 		PublicKey: slices.Clone(publicKey),
@@ -238,6 +402,79 @@ func (s *Store) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 	s.keys[string(publicKey)] = id
 	s.log.Info("node registered", "node_id", id, "generation", "1.29")
 	return id, nil
+}
+
+// makeRoom forgets nodes so that a new one fits LinkLimits (self: it
+// registers itself), or refuses it.
+func (s *Store) makeRoom(self bool) error {
+	if self {
+		var unactivated []*node
+		for _, n := range s.nodes {
+			if neverActivated(n) {
+				unactivated = append(unactivated, n)
+			}
+		}
+		if len(unactivated) >= s.lim.MaxUnactivated {
+			oldest := slices.MinFunc(unactivated, func(a, b *node) int { return int(a.seq) - int(b.seq) })
+			s.forget(oldest, "max_unactivated")
+		}
+	}
+	for len(s.nodes) >= s.lim.MaxNodes {
+		var victim *node
+		rank := func(n *node) (int, float64) {
+			switch {
+			case n.info.Status == state.NodeUnregistered:
+				return 0, n.unregistered
+			case neverActivated(n):
+				return 1, n.registered
+			case n.self && n.info.Status == state.NodeOffline:
+				return 2, n.info.GetOnlineUntil()
+			}
+			return 3, 0
+		}
+		for _, n := range s.nodes {
+			c, at := rank(n)
+			if c == 3 {
+				continue
+			}
+			if victim == nil {
+				victim = n
+				continue
+			}
+			vc, vat := rank(victim)
+			if c < vc || (c == vc && at < vat) {
+				victim = n
+			}
+		}
+		if victim == nil {
+			return &state.LinkLimitError{Limit: state.LimitLinkNodes, Max: int64(s.lim.MaxNodes),
+				Msg: "RegisterNode: every place for a node is taken by a node online or registered through the Control API; retry later (a node that goes offline makes room)"}
+		}
+		s.forget(victim, state.LimitLinkNodes)
+	}
+	return nil
+}
+
+// neverActivated reports whether n registered itself and never came
+// online.
+func neverActivated(n *node) bool {
+	return n.self && n.info.Status == state.NodeRegistered && n.info.LastActivatedAt == nil
+}
+
+// forget forgets a node to make room under limit: its key is free again,
+// what it owes is dropped.
+func (s *Store) forget(n *node, limit string) {
+	id := n.info.NodeId
+	delete(s.nodes, id)
+	if s.keys[string(n.info.PublicKey)] == id {
+		delete(s.keys, string(n.info.PublicKey))
+	}
+	for k := range s.pushers {
+		if k.node == id {
+			s.dropPusher(k)
+		}
+	}
+	s.log.Info("node forgotten to make room for a new one", "node_id", id, "status", n.info.Status, "limit", limit, "generation", "1.29")
 }
 
 // ActivateNode implements state.LinkState.
@@ -299,6 +536,7 @@ func (s *Store) UnregisterNode(ctx context.Context, nodeID uint64) error {
 		return status.Errorf(codes.NotFound, "Node ID %d already unregistered, not found or the request was unauthorized.", nodeID)
 	}
 	n.info.Status = state.NodeUnregistered
+	n.unregistered = now
 	at := linkrules.ISOSeconds(now)
 	n.info.UnregisteredAt = &at
 	if n.info.OnlineUntil == nil || n.info.GetOnlineUntil() > now {
@@ -347,6 +585,15 @@ func (s *Store) NodeOfKey(ctx context.Context, publicKey []byte) (uint64, bool, 
 	return id, true, nil
 }
 
+// UseSignature implements state.LinkState: the tags are kept in the
+// process.
+func (s *Store) UseSignature(ctx context.Context, tag []byte, signedAt, until float64) error {
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	return s.sigs.Use(tag, until, linkrules.Seconds(s.now()))
+}
+
 // LinkNodes implements state.LinkState.
 func (s *Store) LinkNodes(ctx context.Context) ([]*flwr129.NodeInfo, error) {
 	if _, err := s.lock(ctx); err != nil {
@@ -376,10 +623,24 @@ func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 	if fab == nil || inflatable.ID(fab.GetContent()) != fab.GetHashStr() {
 		return 0, status.Error(codes.InvalidArgument, "the FAB's hash_str is not the SHA-256 of its content")
 	}
+	active := 0
+	for _, r := range s.runs {
+		if r.r.Status.Status != state.StatusFinished {
+			active++
+		}
+	}
+	if active >= s.lim.MaxActiveRuns {
+		return 0, &state.LinkLimitError{Limit: state.LimitActiveRuns, Max: int64(s.lim.MaxActiveRuns),
+			Msg: fmt.Sprintf("StartRun: %d runs are not finished; stop one (flwr stop) or wait for one to finish", active)}
+	}
 	if old := s.fabs[fab.HashStr]; old != nil {
 		old.Verifications = fab.Verifications // Flower: the last write wins
 	} else {
+		if err := s.fabRoom(int64(len(fab.Content))); err != nil {
+			return 0, err
+		}
 		s.fabs[fab.HashStr] = proto.Clone(fab).(*flwr129.Fab)
+		s.fabBytes += int64(len(fab.Content))
 	}
 	var id uint64
 	for {
@@ -404,6 +665,39 @@ func (s *Store) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 	}
 	s.log.Info("run created", "run_id", id, "fab_id", nr.FabID, "fab_hash", fab.HashStr, "generation", "1.29")
 	return id, nil
+}
+
+// fabRoom forgets FABs that only finished runs use, those whose last run
+// was created the longest ago first, until n more bytes fit
+// LinkLimits.MaxFabBytes, or refuses them.
+func (s *Store) fabRoom(n int64) error {
+	for s.fabBytes+n > s.lim.MaxFabBytes {
+		last := map[string]uint64{} // FAB -> its newest run; 0: in use
+		for _, r := range s.runs {
+			h := r.r.FabHash
+			if v, ok := last[h]; ok && v == 0 {
+				continue
+			}
+			if r.r.Status.Status != state.StatusFinished {
+				last[h] = 0
+			} else {
+				last[h] = max(last[h], r.created)
+			}
+		}
+		victim, at := "", uint64(0)
+		for h := range s.fabs {
+			if v, ok := last[h]; (!ok || v != 0) && (victim == "" || v < at) {
+				victim, at = h, v
+			}
+		}
+		if victim == "" {
+			return &state.LinkLimitError{Limit: state.LimitFabBytes, Max: s.lim.MaxFabBytes,
+				Msg: fmt.Sprintf("StartRun: the FABs of the runs not finished take %d bytes, and this one %d more; wait for runs to finish", s.fabBytes, n)}
+		}
+		s.fabBytes -= int64(len(s.fabs[victim].Content))
+		delete(s.fabs, victim)
+	}
+	return nil
 }
 
 func (s *Store) run(id uint64) (*run, error) {
@@ -615,11 +909,13 @@ func (s *Store) PushLogs(ctx context.Context, runID uint64, text string) error {
 	if err != nil {
 		return err
 	}
-	if n := len(r.logs); n > 0 && r.logs[n-1].at >= now {
-		now = r.logs[n-1].at + 1e-6 // stamps strictly increase, so that "after" never skips a line
+	for _, text := range linkrules.SplitLog(text) {
+		if n := len(r.logs); n > 0 && r.logs[n-1].at >= now {
+			now = r.logs[n-1].at + linkrules.LogStampStep // stamps strictly increase, so that "after" never skips a line
+		}
+		r.logs = append(r.logs, logEntry{at: now, text: text})
+		r.logBytes += len(text)
 	}
-	r.logs = append(r.logs, logEntry{at: now, text: text})
-	r.logBytes += len(text)
 	for r.logBytes > linkrules.MaxLogBytes && len(r.logs) > 1 {
 		r.logBytes -= len(r.logs[0].text)
 		r.logs = r.logs[1:]
@@ -628,7 +924,7 @@ func (s *Store) PushLogs(ctx context.Context, runID uint64, text string) error {
 }
 
 // Logs implements state.LinkState.
-func (s *Store) Logs(ctx context.Context, runID uint64, after float64) (string, float64, bool, error) {
+func (s *Store) Logs(ctx context.Context, runID uint64, after float64, max int) (string, float64, bool, error) {
 	if _, err := s.lock(ctx); err != nil {
 		return "", 0, false, err
 	}
@@ -645,11 +941,16 @@ func (s *Store) Logs(ctx context.Context, runID uint64, after float64) (string, 
 	})
 	var text []byte
 	latest := 0.0
-	for _, e := range r.logs[i:] {
+	j := i
+	for ; j < len(r.logs); j++ {
+		e := r.logs[j]
+		if max > 0 && j > i && len(text)+len(e.text) > max {
+			break
+		}
 		text = append(text, e.text...)
 		latest = e.at
 	}
-	return string(text), latest, r.r.Status.Status == state.StatusFinished, nil
+	return string(text), latest, j == len(r.logs) && r.r.Status.Status == state.StatusFinished, nil
 }
 
 // OnlineNodes implements state.LinkState.
@@ -691,25 +992,69 @@ func (s *Store) checkTree(t *flwr129.ObjectTree, messageID string) ([]linkrules.
 }
 
 // preregister registers a checked tree's objects in a run (Flower's
-// ObjectStore.preregister) and appends those not yet available to push.
-func (s *Store) preregister(runID uint64, nodes []linkrules.TreeNode, push []string) []string {
-	r := s.runs[runID]
+// ObjectStore.preregister), records that k owes those not yet available
+// for message msg, and appends them to push (once: inPush holds push's
+// ids).
+func (s *Store) preregister(k pusherKey, msg string, nodes []linkrules.TreeNode, push []string, inPush map[string]bool, now float64) []string {
+	r := s.runs[k.run]
 	for _, n := range nodes {
 		o := s.objects[n.ID]
 		if o == nil {
-			o = &object{children: n.Children, runs: map[uint64]bool{}}
+			o = &object{children: n.Children}
 			s.objects[n.ID] = o
 			for _, c := range n.Children {
 				s.objects[c].refs++
 			}
 		}
-		o.runs[runID] = true
+		o.addRun(k.run)
 		r.objects[n.ID] = true
-		if !o.available && !slices.Contains(push, n.ID) {
-			push = append(push, n.ID)
+		if !o.available {
+			s.owe(k, n.ID, msg, now)
+			if !inPush[n.ID] {
+				inPush[n.ID] = true
+				push = append(push, n.ID)
+			}
 		}
 	}
 	return push
+}
+
+// checkOwed makes room for replies of node in run, or refuses them, so
+// that neither the node nor the run owes more objects than LinkLimits
+// allow: past the run's bound, the node of the run that owes the most
+// loses its incomplete messages, if it owes more than node would.
+func (s *Store) checkOwed(node, run uint64, trees [][]linkrules.TreeNode) error {
+	n := 0
+	for _, t := range trees {
+		for _, tn := range t {
+			if o := s.objects[tn.ID]; o == nil || !o.available {
+				n++
+			}
+		}
+	}
+	if err := linkrules.CheckOwed(node, n, s.nodeOwed[node], s.lim); err != nil || node == state.SuperLinkNodeID {
+		return err
+	}
+	for s.runOwed[run]+n > s.lim.MaxPendingPerRun {
+		var victim pusherKey
+		most := 0
+		for k, p := range s.pushers {
+			if k.run == run && k.node != node && k.node != state.SuperLinkNodeID && p.n > most {
+				victim, most = k, p.n
+			}
+		}
+		mine := n
+		if p := s.pushers[pusherKey{node, run}]; p != nil {
+			mine += p.n
+		}
+		if most <= mine {
+			return linkrules.RunOwedError(node, run, n, s.runOwed[run], s.lim)
+		}
+		s.log.Info("messages forgotten to make room in their run: their node owes the most objects", "node_id", victim.node, "run_id", run,
+			"objects_owed", most, "generation", "1.29")
+		s.dropPusher(victim)
+	}
+	return nil
 }
 
 // complete reports whether every object below id is available.
@@ -764,6 +1109,7 @@ func (s *Store) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr
 	}
 	ids := make([]string, len(msgs))
 	var push []string
+	inPush := map[string]bool{}
 	for i, m := range msgs {
 		n := s.nodes[m.Metadata.DstNodeId]
 		if n == nil || (n.info.Status != state.NodeOnline && n.info.Status != state.NodeOffline) {
@@ -772,10 +1118,10 @@ func (s *Store) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr
 		}
 		id := m.Metadata.MessageId
 		ids[i] = id
-		push = s.preregister(runID, checked[i], push)
+		push = s.preregister(pusherKey{state.SuperLinkNodeID, runID}, id, checked[i], push, inPush, now)
 		if s.ins[id] == nil {
 			s.seq++
-			s.ins[id] = &instruction{seq: s.seq, m: m}
+			s.addIns(id, &instruction{seq: s.seq, m: m})
 		}
 	}
 	return ids, push, nil
@@ -811,6 +1157,9 @@ func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 	if err := linkrules.CheckPairs(msgs, trees); err != nil {
 		return nil, nil, err
 	}
+	if err := linkrules.CheckOwed(nodeID, linkrules.TreesObjects(trees), s.nodeOwed[nodeID], s.lim); err != nil {
+		return nil, nil, err // before the trees are looked at
+	}
 	checked := make([][]linkrules.TreeNode, len(msgs))
 	var runID uint64
 	for i, m := range msgs {
@@ -843,8 +1192,12 @@ func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 			return nil, nil, err
 		}
 	}
+	if err := s.checkOwed(nodeID, runID, checked); err != nil {
+		return nil, nil, err
+	}
 	ids := make([]string, len(msgs))
 	var push []string
+	inPush := map[string]bool{}
 	for i, m := range msgs {
 		id := m.Metadata.MessageId
 		in := s.ins[m.Metadata.ReplyToMessageId]
@@ -852,7 +1205,7 @@ func (s *Store) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 			delete(s.replies, in.reply)
 			s.deleteObject(in.reply)
 		}
-		push = s.preregister(runID, checked[i], push)
+		push = s.preregister(pusherKey{nodeID, runID}, id, checked[i], push, inPush, now)
 		if s.replies[id] == nil {
 			s.replies[id] = &reply{m: m}
 		}
@@ -922,7 +1275,7 @@ func (s *Store) PullReplies(ctx context.Context, runID uint64, messageIDs []stri
 	// them. The replies' objects stay until it confirms them.
 	for id, in := range s.ins {
 		if in.resDelivered && in.m.Metadata.RunId == runID && !asked[id] {
-			delete(s.ins, id)
+			s.removeIns(id, in)
 			delete(s.replies, in.reply)
 		}
 	}
@@ -944,9 +1297,9 @@ func (s *Store) madeUp(runID uint64, ins *flwr129.Metadata, insID string, code i
 	m, content := linkrules.MadeUpReply(ins, insID, code, reason, now)
 	id := m.Metadata.MessageId
 	if s.objects[id] == nil {
-		s.objects[id] = &object{content: content, available: true, runs: map[uint64]bool{}}
+		s.objects[id] = &object{content: content, available: true}
 	}
-	s.objects[id].runs[runID] = true
+	s.objects[id].addRun(runID)
 	s.runs[runID].objects[id] = true
 	return m
 }
@@ -956,7 +1309,8 @@ func (s *Store) madeUp(runID uint64, ins *flwr129.Metadata, insID string, code i
 // which every other call would wait for.
 func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string, content []byte) (bool, error) {
 	obj := linkrules.PrepareObject(id, content)
-	if _, err := s.lock(ctx); err != nil {
+	now, err := s.lock(ctx)
+	if err != nil {
 		return false, err
 	}
 	defer s.mu.Unlock()
@@ -964,18 +1318,30 @@ func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 	if err != nil {
 		return false, err
 	}
+	k := pusherKey{nodeID, runID}
 	o := s.objects[id]
-	if o == nil || !o.runs[runID] {
-		return false, status.Errorf(codes.NotFound, "object %.80s is not in any object tree of run %d: push the message that holds it first", id, runID)
+	if !slices.Contains(s.owedBy[id], k) {
+		switch {
+		case nodeID != state.SuperLinkNodeID && s.inRun[k] == 0:
+			return false, linkrules.NotInRun(nodeID, runID)
+		case o != nil && o.inRun(runID) && o.available:
+			return true, obj.Check(o.children) // pushed already, by another
+		}
+		return false, linkrules.NotOwed(id, nodeID, runID)
 	}
 	if err := obj.Check(o.children); err != nil {
 		return false, err
 	}
-	if !o.available {
-		o.content, o.available = content, true
-		if nodeID != state.SuperLinkNodeID {
-			r.r.BytesRecv += uint64(len(content))
-		}
+	p := s.pushers[k]
+	if nodeID != state.SuperLinkNodeID && p.bytes+int64(len(content)) > s.lim.MaxPendingBytesPerNode {
+		return false, linkrules.PendingBytesError(nodeID, runID, p.bytes, int64(len(content)), s.lim)
+	}
+	p.bytes += int64(len(content))
+	p.deadline = now + s.lim.PushTimeout.Seconds()
+	o.content, o.available = content, true
+	s.settle(id)
+	if nodeID != state.SuperLinkNodeID {
+		r.r.BytesRecv += uint64(len(content))
 	}
 	return true, nil
 }
@@ -990,8 +1356,11 @@ func (s *Store) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 	if err != nil {
 		return nil, false, false, err
 	}
+	if nodeID != state.SuperLinkNodeID && s.inRun[pusherKey{nodeID, runID}] == 0 {
+		return nil, false, false, linkrules.NotInRun(nodeID, runID)
+	}
 	o := s.objects[id]
-	if o == nil || !o.runs[runID] {
+	if o == nil || !o.inRun(runID) {
 		return nil, false, false, nil
 	}
 	if !o.available {
@@ -1004,7 +1373,7 @@ func (s *Store) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 }
 
 // ConfirmMessageReceived implements state.LinkState.
-func (s *Store) ConfirmMessageReceived(ctx context.Context, runID uint64, messageID string) error {
+func (s *Store) ConfirmMessageReceived(ctx context.Context, runID, nodeID uint64, messageID string) error {
 	if _, err := s.lock(ctx); err != nil {
 		return err
 	}
@@ -1012,7 +1381,12 @@ func (s *Store) ConfirmMessageReceived(ctx context.Context, runID uint64, messag
 	if _, err := s.running(runID); err != nil {
 		return err
 	}
-	if o := s.objects[messageID]; o != nil && o.runs[runID] {
+	if nodeID != state.SuperLinkNodeID {
+		if in := s.ins[messageID]; in == nil || in.m.Metadata.DstNodeId != nodeID || in.m.Metadata.RunId != runID {
+			return linkrules.NotAddressed(messageID, nodeID, runID)
+		}
+	}
+	if o := s.objects[messageID]; o != nil && o.inRun(runID) {
 		s.deleteObject(messageID)
 	}
 	return nil

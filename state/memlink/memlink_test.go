@@ -16,7 +16,7 @@ import (
 func TestConformance(t *testing.T) {
 	statetest.RunLink(t, statetest.LinkOptions{NewStore: func(t *testing.T) statetest.LinkOpener {
 		return func(t *testing.T, c statetest.Config) state.LinkState {
-			return memlink.New(state.Options{Now: c.Now, Logger: c.Logger})
+			return memlink.New(state.Options{Now: c.Now, Logger: c.Logger, Link: c.Link})
 		}
 	}})
 }

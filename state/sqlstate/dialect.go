@@ -52,6 +52,11 @@ type dialect struct {
 	// each sees the ones that joined before it (nil where a write
 	// transaction already excludes every other: SQLite).
 	lockJoin func(ctx context.Context, tx *sql.Tx) error
+	// ownsDatabase: one process at a time opens the database (SQLite, by
+	// its lock), so what only needs to outlive a call, not the process,
+	// may stay in the process (the node signatures of
+	// LinkState.UseSignature).
+	ownsDatabase bool
 	// check is the query of Check: it reads the schema version.
 	check string
 	// writeChunks, if set, writes the chunks of the new array h in tx

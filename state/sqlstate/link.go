@@ -133,7 +133,7 @@ func (s *State) linkExpire(ctx context.Context, tx *txn, now float64, ops *linkO
 			return err
 		}
 	}
-	return nil
+	return s.expirePushers(ctx, tx, now, ops)
 }
 
 // queryStrings returns the first column of every row of q.
@@ -236,7 +236,12 @@ func (s *State) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 		return 0, status.Error(codes.InvalidArgument, "no public key: send the node's public key (PEM)")
 	}
 	var id uint64
+	self := 0
+	if heartbeatInterval == 0 {
+		self = 1
+	}
 	err := s.linkWrite(ctx, "RegisterNode", func(tx *txn, now float64, ops *linkOps) error {
+		roomed := false
 		for {
 			var used int
 			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_nodes WHERE public_key = $1`, publicKey).Scan(&used); err != nil {
@@ -245,12 +250,18 @@ func (s *State) RegisterNode(ctx context.Context, publicKey []byte, heartbeatInt
 			if used > 0 {
 				return status.Error(codes.FailedPrecondition, "Public key already in use")
 			}
+			if !roomed {
+				if err := s.linkNodeRoom(ctx, tx, self == 1, now, ops); err != nil {
+					return err
+				}
+				roomed = true
+			}
 			var err error
 			if id, err = linkrules.RandomID(s.rand, state.SuperLinkNodeID); err != nil {
 				return err
 			}
-			res, err := tx.ExecContext(ctx, `INSERT INTO link_nodes (id, public_key, status, heartbeat_interval, registered_at) VALUES ($1, $2, $3, $4, $5)
-				ON CONFLICT DO NOTHING`, dbID(id), publicKey, state.NodeRegistered, heartbeatInterval, now)
+			res, err := tx.ExecContext(ctx, `INSERT INTO link_nodes (id, public_key, status, heartbeat_interval, registered_at, self_registered) VALUES ($1, $2, $3, $4, $5, $6)
+				ON CONFLICT DO NOTHING`, dbID(id), publicKey, state.NodeRegistered, heartbeatInterval, now, self)
 			if err != nil {
 				return err
 			}
@@ -458,10 +469,21 @@ func (s *State) CreateLinkRun(ctx context.Context, nr state.NewRun) (uint64, err
 	}
 	var id uint64
 	err = s.linkWrite(ctx, "CreateLinkRun", func(tx *txn, now float64, ops *linkOps) error {
+		var held int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_fabs WHERE hash_str = $1`, fab.HashStr).Scan(&held); err != nil {
+			return err
+		}
+		size := int64(len(fab.Content))
+		if held > 0 {
+			size = -1
+		}
+		if err := s.linkRunRoom(ctx, tx, size, now); err != nil {
+			return err
+		}
 		// Flower: the last verifications written win; the content is the
 		// same, its hash says so.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO link_fabs (hash_str, fab) VALUES ($1, $2) ON CONFLICT (hash_str) DO UPDATE SET fab = excluded.fab`,
-			fab.HashStr, fabBytes); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO link_fabs (hash_str, fab, size) VALUES ($1, $2, $3) ON CONFLICT (hash_str) DO UPDATE SET fab = excluded.fab`,
+			fab.HashStr, fabBytes, len(fab.Content)); err != nil {
 			return err
 		}
 		for {
@@ -758,11 +780,14 @@ func (s *State) PushLogs(ctx context.Context, runID uint64, text string) error {
 			return err
 		}
 		at := now
-		if last >= at {
-			at = last + 1e-6 // stamps strictly increase, so that "after" never skips a line
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO link_logs (run_id, at, text) VALUES ($1, $2, $3)`, dbID(runID), at, []byte(text)); err != nil {
-			return err
+		for _, text := range linkrules.SplitLog(text) {
+			if last >= at {
+				at = last + linkrules.LogStampStep // stamps strictly increase, so that "after" never skips a line
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO link_logs (run_id, at, text) VALUES ($1, $2, $3)`, dbID(runID), at, []byte(text)); err != nil {
+				return err
+			}
+			last = at
 		}
 		var total int64
 		if err := tx.QueryRowContext(ctx, `UPDATE link_runs SET log_bytes = log_bytes + $1 WHERE id = $2 RETURNING log_bytes`, len(text), dbID(runID)).Scan(&total); err != nil {
@@ -807,7 +832,7 @@ func (s *State) trimLogs(ctx context.Context, tx *txn, runID uint64, total int64
 }
 
 // Logs implements state.LinkState.
-func (s *State) Logs(ctx context.Context, runID uint64, after float64) (string, float64, bool, error) {
+func (s *State) Logs(ctx context.Context, runID uint64, after float64, max int) (string, float64, bool, error) {
 	var text []byte
 	var latest float64
 	var finished bool
@@ -823,12 +848,18 @@ func (s *State) Logs(ctx context.Context, runID uint64, after float64) (string, 
 			return err
 		}
 		defer rows.Close()
-		for rows.Next() {
+		for n := 0; rows.Next(); n++ {
 			var b sql.RawBytes
-			if err := rows.Scan(&b, &latest); err != nil {
+			var at float64
+			if err := rows.Scan(&b, &at); err != nil {
 				return err
 			}
+			if max > 0 && n > 0 && len(text)+len(b) > max {
+				finished = false // more to come
+				break
+			}
 			text = append(text, b...)
+			latest = at
 		}
 		return rows.Err()
 	})

@@ -228,7 +228,7 @@ func benchLinkArray(b *testing.B, s, ns state.LinkState, n int, up bool, serverC
 					return
 				}
 				pullObjects(ns, id, tree)
-				must(ns.ConfirmMessageReceived(ctx, run, m.Metadata.MessageId))
+				must(ns.ConfirmMessageReceived(ctx, run, id, m.Metadata.MessageId))
 				var a *chunked
 				if up {
 					a = &updates[i]
@@ -255,7 +255,7 @@ func benchLinkArray(b *testing.B, s, ns state.LinkState, n int, up bool, serverC
 				b.Fatalf("reply %v", r)
 			}
 			pullObjects(s, state.SuperLinkNodeID, rtrees[i])
-			must(s.ConfirmMessageReceived(ctx, run, r.Metadata.MessageId))
+			must(s.ConfirmMessageReceived(ctx, run, state.SuperLinkNodeID, r.Metadata.MessageId))
 		}
 		_, _, err = s.PullReplies(ctx, run, nil)
 		must(err)

@@ -31,7 +31,7 @@ func TestLinkConformancePostgres(t *testing.T) {
 	statetest.RunLink(t, statetest.LinkOptions{Shared: true, NewStore: func(t *testing.T) statetest.LinkOpener {
 		dsn := pgtest.NewDatabase(t)
 		return func(t *testing.T, c statetest.Config) state.LinkState { return openPostgres(t, dsn, c) }
-	}, Crash: func(s state.LinkState) { sqlstate.Crash(s.(*sqlstate.State)) }})
+	}, Crash: func(s state.LinkState) { sqlstate.Crash(s.(*sqlstate.State)) }, SignaturesShared: true})
 }
 
 // TestLinkRestartGrace: a SuperLink killed and started again on its file

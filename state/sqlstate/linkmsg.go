@@ -120,40 +120,54 @@ func (s *State) checkTree(ctx context.Context, tx *txn, t *flwr129.ObjectTree, m
 }
 
 // preregister registers a checked tree's objects in a run (Flower's
-// ObjectStore.preregister) and appends those not yet available to push.
-// done holds the ids registered already in the call.
-func (s *State) preregister(ctx context.Context, tx *txn, runID uint64, nodes []linkrules.TreeNode, push []string, done map[string]bool) ([]string, error) {
+// ObjectStore.preregister), records that node owes those not yet
+// available for message msg, and appends them to push. seen holds, for
+// the ids registered already in the call, whether they are available;
+// owed counts the (object, message) pairs the node owes anew.
+func (s *State) preregister(ctx context.Context, tx *txn, node, runID uint64, msg string, nodes []linkrules.TreeNode, push []string, seen map[string]bool, owed *int) ([]string, error) {
+	before := *owed
 	for _, n := range nodes {
-		if done[n.ID] {
-			continue
-		}
-		done[n.ID] = true
-		res, err := tx.ExecContext(ctx, `INSERT INTO link_objects (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, n.ID)
-		if err != nil {
-			return nil, err
-		}
-		if added, err := res.RowsAffected(); err != nil {
-			return nil, err
-		} else if added == 1 {
-			for pos, c := range n.Children {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO link_children (parent, pos, child) VALUES ($1, $2, $3)`, n.ID, pos, c); err != nil {
-					return nil, err
-				}
-				if _, err := tx.ExecContext(ctx, `UPDATE link_objects SET refs = refs + 1 WHERE id = $1`, c); err != nil {
-					return nil, err
+		avail, ok := seen[n.ID]
+		if !ok {
+			res, err := tx.ExecContext(ctx, `INSERT INTO link_objects (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, n.ID)
+			if err != nil {
+				return nil, err
+			}
+			if added, err := res.RowsAffected(); err != nil {
+				return nil, err
+			} else if added == 1 {
+				for pos, c := range n.Children {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO link_children (parent, pos, child) VALUES ($1, $2, $3)`, n.ID, pos, c); err != nil {
+						return nil, err
+					}
+					if _, err := tx.ExecContext(ctx, `UPDATE link_objects SET refs = refs + 1 WHERE id = $1`, c); err != nil {
+						return nil, err
+					}
 				}
 			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO link_run_objects (run_id, object_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, dbID(runID), n.ID); err != nil {
+				return nil, err
+			}
+			var a int
+			if err := tx.QueryRowContext(ctx, `SELECT available FROM link_objects WHERE id = $1`, n.ID).Scan(&a); err != nil {
+				return nil, err
+			}
+			avail = a == 1
+			seen[n.ID] = avail
+			if !avail {
+				push = append(push, n.ID)
+			}
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO link_run_objects (run_id, object_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, dbID(runID), n.ID); err != nil {
-			return nil, err
+		if !avail {
+			if added, err := s.owe(ctx, tx, node, runID, n.ID, msg); err != nil {
+				return nil, err
+			} else if added {
+				*owed++
+			}
 		}
-		var avail int
-		if err := tx.QueryRowContext(ctx, `SELECT available FROM link_objects WHERE id = $1`, n.ID).Scan(&avail); err != nil {
-			return nil, err
-		}
-		if avail == 0 {
-			push = append(push, n.ID)
-		}
+	}
+	if *owed > before {
+		return push, s.pusher(ctx, tx, node, runID, linkrules.Seconds(s.now()))
 	}
 	return push, nil
 }
@@ -178,6 +192,9 @@ func (s *State) deleteObject(ctx context.Context, tx *txn, ops *linkOps, id stri
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM link_run_objects WHERE object_id = $1`, id); err != nil {
+			return err
+		}
+		if err := s.settleObject(ctx, tx, id); err != nil {
 			return err
 		}
 		kids, err := queryStrings(ctx, tx, `DELETE FROM link_children WHERE parent = $1 RETURNING child`, id)
@@ -237,6 +254,12 @@ func (s *State) linkFinished(ctx context.Context, tx *txn, ops *linkOps, runID i
 			return err
 		}
 	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM link_owed WHERE run_id = $1`, runID); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM link_pushers WHERE run_id = $1`, runID); err != nil {
+		return err
+	}
 	objs, err := queryStrings(ctx, tx, `DELETE FROM link_run_objects WHERE run_id = $1 RETURNING object_id`, runID)
 	if err != nil {
 		return err
@@ -292,6 +315,7 @@ func (s *State) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr
 		}
 		ids = make([]string, len(msgs))
 		done := map[string]bool{}
+		owed := 0
 		for i, m := range msgs {
 			md := m.Metadata
 			var st string
@@ -307,7 +331,7 @@ func (s *State) PushInstructions(ctx context.Context, runID uint64, msgs []*flwr
 				continue // Flower: the message gets the id ""
 			}
 			ids[i] = md.MessageId
-			if push, err = s.preregister(ctx, tx, runID, checked[i], push, done); err != nil {
+			if push, err = s.preregister(ctx, tx, state.SuperLinkNodeID, runID, md.MessageId, checked[i], push, done, &owed); err != nil {
 				return err
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO link_ins (id, run_id, dst_node, created_at, ttl, expires_at, msg) VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -457,6 +481,15 @@ func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 		if err := linkrules.CheckPairs(msgs, trees); err != nil {
 			return err
 		}
+		if nodeID != state.SuperLinkNodeID {
+			var owes int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM link_owed WHERE node_id = $1`, dbID(nodeID)).Scan(&owes); err != nil {
+				return err
+			}
+			if err := linkrules.CheckOwed(nodeID, linkrules.TreesObjects(trees), owes, s.lim); err != nil {
+				return err // before the trees are looked at
+			}
+		}
 		checked := make([][]linkrules.TreeNode, len(msgs))
 		ins := make([]*insRow, len(msgs))
 		seen := map[string]bool{}
@@ -494,8 +527,15 @@ func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 			}
 			ins[i] = in
 		}
+		// The run's row, locked: the replies of its nodes count what
+		// they owe one at a time.
+		var one int
+		if err := tx.QueryRowContext(ctx, `SELECT 1 FROM link_runs WHERE id = $1`+s.d.forUpdate, dbID(runID)).Scan(&one); err != nil {
+			return err
+		}
 		ids = make([]string, len(msgs))
 		done := map[string]bool{}
+		owed := 0
 		for i, m := range msgs {
 			id := m.Metadata.MessageId
 			if old := ins[i].replyID; old != "" && old != id { // Flower: the last reply wins
@@ -507,7 +547,7 @@ func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 				}
 			}
 			var err error
-			if push, err = s.preregister(ctx, tx, runID, checked[i], push, done); err != nil {
+			if push, err = s.preregister(ctx, tx, nodeID, runID, id, checked[i], push, done, &owed); err != nil {
 				return err
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO link_replies (id, ins_id, msg) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING`,
@@ -519,6 +559,9 @@ func (s *State) PushReplies(ctx context.Context, nodeID uint64, msgs []*flwr129.
 			}
 			ins[i].replyID = id
 			ids[i] = id
+		}
+		if err := s.checkOwed(ctx, tx, ops, nodeID, runID, owed); err != nil {
+			return err
 		}
 		if runtime > 0 {
 			if _, err := tx.ExecContext(ctx, `UPDATE link_runs SET clientapp_runtime = clientapp_runtime + $1 WHERE id = $2`, runtime, dbID(runID)); err != nil {
@@ -710,11 +753,25 @@ func (s *State) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 		if _, err := s.runningRun(ctx, tx, runID, now); err != nil {
 			return err
 		}
+		var one int
+		err := tx.QueryRowContext(ctx, `SELECT 1 FROM link_owed WHERE object_id = $1 AND node_id = $2 AND run_id = $3 LIMIT 1`, id, dbID(nodeID), dbID(runID)).Scan(&one)
+		owed := err == nil
+		if err != nil && err != sql.ErrNoRows {
+			return err
+		}
+		if !owed && nodeID != state.SuperLinkNodeID {
+			if in, err := s.inRun(ctx, tx, nodeID, runID); err != nil || !in {
+				if err == nil {
+					err = linkrules.NotInRun(nodeID, runID)
+				}
+				return err
+			}
+		}
 		var avail int
-		err := tx.QueryRowContext(ctx, `SELECT o.available FROM link_objects o JOIN link_run_objects r ON r.object_id = o.id
+		err = tx.QueryRowContext(ctx, `SELECT o.available FROM link_objects o JOIN link_run_objects r ON r.object_id = o.id
 			WHERE o.id = $1 AND r.run_id = $2`+s.d.forUpdate, id, dbID(runID)).Scan(&avail)
-		if err == sql.ErrNoRows {
-			return status.Errorf(codes.NotFound, "object %.80s is not in any object tree of run %d: push the message that holds it first", id, runID)
+		if err == sql.ErrNoRows || (err == nil && !owed && avail == 0) {
+			return linkrules.NotOwed(id, nodeID, runID)
 		}
 		if err != nil {
 			return err
@@ -727,7 +784,21 @@ func (s *State) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 			return err
 		}
 		if avail == 1 {
-			return nil
+			return nil // pushed already, by another
+		}
+		var pushed int64
+		if err := tx.QueryRowContext(ctx, `SELECT bytes FROM link_pushers WHERE node_id = $1 AND run_id = $2`+s.d.forUpdate, dbID(nodeID), dbID(runID)).Scan(&pushed); err != nil {
+			return err
+		}
+		if nodeID != state.SuperLinkNodeID && pushed+int64(len(content)) > s.lim.MaxPendingBytesPerNode {
+			return linkrules.PendingBytesError(nodeID, runID, pushed, int64(len(content)), s.lim)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE link_pushers SET bytes = bytes + $1, deadline = $2 WHERE node_id = $3 AND run_id = $4`,
+			len(content), now+s.lim.PushTimeout.Seconds(), dbID(nodeID), dbID(runID)); err != nil {
+			return err
+		}
+		if err := s.settleObject(ctx, tx, id); err != nil {
+			return err
 		}
 		if big {
 			if err := s.putBlob(ctx, tx, obj.Sum, content); err != nil {
@@ -758,6 +829,14 @@ func (s *State) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 		content, found, avail = nil, false, false
 		if _, err := s.runningRun(ctx, tx, runID, now); err != nil {
 			return err
+		}
+		if nodeID != state.SuperLinkNodeID {
+			if in, err := s.inRun(ctx, tx, nodeID, runID); err != nil || !in {
+				if err == nil {
+					err = linkrules.NotInRun(nodeID, runID)
+				}
+				return err
+			}
 		}
 		var size int64
 		var small []byte
@@ -795,12 +874,21 @@ func (s *State) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 }
 
 // ConfirmMessageReceived implements state.LinkState.
-func (s *State) ConfirmMessageReceived(ctx context.Context, runID uint64, messageID string) error {
+func (s *State) ConfirmMessageReceived(ctx context.Context, runID, nodeID uint64, messageID string) error {
 	return s.linkWrite(ctx, "ConfirmMessageReceived", func(tx *txn, now float64, ops *linkOps) error {
 		if _, err := s.runningRun(ctx, tx, runID, now); err != nil {
 			return err
 		}
 		var one int
+		if nodeID != state.SuperLinkNodeID {
+			err := tx.QueryRowContext(ctx, `SELECT 1 FROM link_ins WHERE id = $1 AND dst_node = $2 AND run_id = $3`, messageID, dbID(nodeID), dbID(runID)).Scan(&one)
+			if err == sql.ErrNoRows {
+				return linkrules.NotAddressed(messageID, nodeID, runID)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM link_run_objects WHERE run_id = $1 AND object_id = $2`, dbID(runID), messageID).Scan(&one)
 		if err == sql.ErrNoRows {
 			return nil

@@ -54,6 +54,7 @@ var sqliteDialect = &dialect{
 	migrations:      "sqlite",
 	readOnly:        &sql.TxOptions{ReadOnly: true},
 	serializeWrites: true,
+	ownsDatabase:    true,
 	limit: func(n int) string {
 		if n <= 0 {
 			return "-1"

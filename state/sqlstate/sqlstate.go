@@ -54,6 +54,13 @@ type State struct {
 	now   func() time.Time
 	rand  io.Reader
 	cache *blobCache
+	lim   state.LinkLimits
+	// sigs keeps the node signatures that served calls in the process,
+	// where one process owns the database (SQLite); nil where replicas
+	// share them in link_signatures, which a SuperLink purges at most once
+	// a second (sigPurged, in seconds).
+	sigs      *linkrules.Signatures
+	sigPurged atomic.Int64
 	// replica is this State's id among the States on the database, and
 	// locker holds what shows it alive, if the dialect needs that (see
 	// replicas.go).
@@ -89,7 +96,11 @@ var (
 // joins the database (join).
 func newState(db *sql.DB, d *dialect, name string, o Options) *State {
 	o = o.WithDefaults()
-	return &State{db: db, d: d, name: name, log: o.Logger, ev: rules.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now)}
+	s := &State{db: db, d: d, name: name, log: o.Logger, ev: rules.Events{Log: o.Logger}, now: o.Now, rand: o.Rand, cache: newBlobCache(o.Now), lim: o.Link}
+	if d.ownsDatabase {
+		s.sigs = linkrules.NewSignatures(o.Link.MaxSignatures)
+	}
+	return s
 }
 
 func micro(t time.Time) int64     { return t.UnixMicro() }

@@ -22,7 +22,7 @@ func TestConformance(t *testing.T) {
 // clock and logger, Shared: several may be open on it.
 func openShared(t *testing.T, path string, c statetest.Config) *sqlstate.State {
 	s, err := sqlstate.OpenSQLite(context.Background(), path, sqlstate.SQLiteOptions{
-		Options: sqlstate.Options{Now: c.Now, Logger: c.Logger},
+		Options: sqlstate.Options{Now: c.Now, Logger: c.Logger, Link: c.Link},
 		Shared:  true,
 	})
 	if err != nil {
@@ -35,7 +35,7 @@ func openShared(t *testing.T, path string, c statetest.Config) *sqlstate.State {
 // suite's clock and logger.
 func openPostgres(t *testing.T, dsn string, c statetest.Config) *sqlstate.State {
 	s, err := sqlstate.OpenPostgres(context.Background(), dsn, sqlstate.PostgresOptions{
-		Options: sqlstate.Options{Now: c.Now, Logger: c.Logger},
+		Options: sqlstate.Options{Now: c.Now, Logger: c.Logger, Link: c.Link},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -36,6 +36,11 @@ type LinkOptions struct {
 	// would (its connections cut, nothing of Close done); the suite uses
 	// it where it differs from Close. Default: Close.
 	Crash func(state.LinkState)
+	// SignaturesShared says that LinkStates open over one store at once
+	// refuse each other's signatures (UseSignature): a store that
+	// SuperLinks share. Otherwise the suite checks the bound of a store
+	// that keeps them in its process.
+	SignaturesShared bool
 }
 
 // RunLink runs the conformance suite of state.LinkState (the Flower
@@ -72,13 +77,20 @@ func RunLink(t *testing.T, o LinkOptions) {
 		{"ObjectsAcrossStores", testLinkObjectsAcross, true},
 		{"LogsAcrossStores", testLinkLogsAcross, true},
 		{"TokensAcrossStores", testLinkTokensAcross, true},
+		{"NodeLimits", testLinkNodeLimits, false},
+		{"OwedObjects", testLinkOwedObjects, false},
+		{"OwedLimits", testLinkOwedLimits, false},
+		{"PushTimeout", testLinkPushTimeout, false},
+		{"RunLimits", testLinkRunLimits, false},
+		{"LogChunks", testLinkLogChunks, false},
+		{"Signatures", testLinkSignatures, false},
 	}
 	for _, tc := range tests {
 		if tc.shared && !o.Shared {
 			continue // needs a store that outlives a LinkState
 		}
 		t.Run(tc.name, func(t *testing.T) {
-			e := &linkEnv{clock: &Clock{}, opener: o.NewStore(t), crash: o.Crash}
+			e := &linkEnv{clock: &Clock{}, opener: o.NewStore(t), crash: o.Crash, sigsShared: o.SignaturesShared}
 			e.clock.Set(time.Unix(1795638840, 0))
 			e.s = e.open(t)
 			tc.fn(t, e)
@@ -87,17 +99,25 @@ func RunLink(t *testing.T, o LinkOptions) {
 }
 
 type linkEnv struct {
-	s      state.LinkState
-	clock  *Clock
-	opener LinkOpener
-	crash  func(state.LinkState)
+	s          state.LinkState
+	clock      *Clock
+	opener     LinkOpener
+	crash      func(state.LinkState)
+	sigsShared bool
 }
 
 // open opens another LinkState over the subtest's store, closed when t
 // ends.
 func (e *linkEnv) open(t *testing.T) state.LinkState {
 	t.Helper()
-	s := e.opener(t, Config{Now: e.clock.Now, Logger: slog.New(slog.DiscardHandler)})
+	return e.openWith(t, state.LinkLimits{})
+}
+
+// openWith opens another LinkState over the subtest's store with the
+// bounds lim, closed when t ends.
+func (e *linkEnv) openWith(t *testing.T, lim state.LinkLimits) state.LinkState {
+	t.Helper()
+	s := e.opener(t, Config{Now: e.clock.Now, Logger: slog.New(slog.DiscardHandler), Link: lim})
 	if s == nil {
 		t.Fatal("the LinkOpener returned no LinkState")
 	}
@@ -357,20 +377,20 @@ func testLinkLogs(t *testing.T, e *linkEnv) {
 	noErr(t, e.s.PushLogs(bg, id, "one\n"))
 	e.clock.Advance(time.Second)
 	noErr(t, e.s.PushLogs(bg, id, "two\n"))
-	text, latest, done, err := e.s.Logs(bg, id, 0)
+	text, latest, done, err := e.s.Logs(bg, id, 0, 0)
 	if err != nil || text != "one\ntwo\n" || done || latest < e.now()-0.001 {
 		t.Fatalf("Logs = %q %v %v %v", text, latest, done, err)
 	}
-	text, _, _, _ = e.s.Logs(bg, id, latest)
+	text, _, _, _ = e.s.Logs(bg, id, latest, 0)
 	if text != "" {
 		t.Fatalf("Logs after the latest stamp = %q", text)
 	}
 	noErr(t, e.s.PushLogs(bg, id, "three\n"))
-	if text, _, _, _ = e.s.Logs(bg, id, latest); text != "three\n" {
+	if text, _, _, _ = e.s.Logs(bg, id, latest, 0); text != "three\n" {
 		t.Fatalf("Logs after %v = %q", latest, text)
 	}
 	must(e.s.StopRun(bg, id))(t)
-	if _, _, done, _ := e.s.Logs(bg, id, 0); !done {
+	if _, _, done, _ := e.s.Logs(bg, id, 0, 0); !done {
 		t.Fatal("Logs of a stopped run: not finished")
 	}
 	wantCode(t, e.s.PushLogs(bg, id+1, "x"), codes.NotFound, "PushLogs of an unknown run")
@@ -404,7 +424,7 @@ func testLinkMessageFlow(t *testing.T, e *linkEnv) {
 			t.Fatalf("PullObject %s = %v %v %v", id, found, avail, err)
 		}
 	}
-	noErr(t, e.s.ConfirmMessageReceived(bg, runID, ins.Message.Metadata.MessageId))
+	noErr(t, e.s.ConfirmMessageReceived(bg, runID, node, ins.Message.Metadata.MessageId))
 
 	// A reply; the ServerApp sees nothing until its objects are in.
 	res := e.reply(ins, node, "update")
@@ -441,7 +461,7 @@ func testLinkMessageFlow(t *testing.T, e *linkEnv) {
 	if len(again) != 1 || again[0].GetError().GetCode() != 3 {
 		t.Fatalf("PullReplies once forgotten = %v, want MESSAGE_UNAVAILABLE", again)
 	}
-	noErr(t, e.s.ConfirmMessageReceived(bg, runID, res.Message.Metadata.MessageId))
+	noErr(t, e.s.ConfirmMessageReceived(bg, runID, state.SuperLinkNodeID, res.Message.Metadata.MessageId))
 	for id := range res.Objects {
 		if _, found, _, _ := e.s.PullObject(bg, runID, state.SuperLinkNodeID, id); found {
 			t.Fatalf("object %s kept after its message was confirmed", id)

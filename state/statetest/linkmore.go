@@ -93,7 +93,7 @@ func testLinkLargeObjects(t *testing.T, e *linkEnv) {
 		t.Fatalf("PullInstruction = %v %v %v", m, tree, err)
 	}
 	pullAll(t, e.s, runID, node, ins)
-	noErr(t, e.s.ConfirmMessageReceived(bg, runID, ids[0]))
+	noErr(t, e.s.ConfirmMessageReceived(bg, runID, node, ids[0]))
 	if st := must(e.s.LinkStats(bg))(t); st.Objects != 0 || st.ObjectBytes != 0 {
 		t.Fatalf("after the node confirmed the message: %+v", st)
 	}
@@ -150,7 +150,7 @@ func testLinkSharedObjects(t *testing.T, e *linkEnv) {
 		t.Fatalf("node 1 pulled %v", m)
 	}
 	pullAll(t, e.s, runID, n1, m1)
-	noErr(t, e.s.ConfirmMessageReceived(bg, runID, ids[0]))
+	noErr(t, e.s.ConfirmMessageReceived(bg, runID, n1, ids[0]))
 	if st := must(e.s.LinkStats(bg))(t); st.Objects != 5 {
 		t.Fatalf("after node 1 confirmed: %d objects held, want node 2's 5", st.Objects)
 	}
@@ -165,7 +165,7 @@ func testLinkSharedObjects(t *testing.T, e *linkEnv) {
 	if len(push) != 1 || push[0] != m3.Message.Metadata.MessageId {
 		t.Fatalf("round 2 with a model held: objects to push %v, want only the new message", push)
 	}
-	noErr(t, e.s.ConfirmMessageReceived(bg, runID, ids[1]))
+	noErr(t, e.s.ConfirmMessageReceived(bg, runID, n2, ids[1]))
 	pushAll(t, e.s, runID, state.SuperLinkNodeID, push, m3)
 	if m, _, _ := e.s.PullInstruction(bg, n1); m.GetMetadata().GetMessageId() != m3.Message.Metadata.MessageId {
 		t.Fatalf("round 2: node 1 pulled %v", m)

@@ -96,7 +96,7 @@ func testLinkRestart(t *testing.T, e *linkEnv) {
 	pushAll(t, e.s, runID, state.SuperLinkNodeID, wpush, waiting)
 
 	before := snapshot(t, e.s)
-	text, latest, _, err := e.s.Logs(bg, runID, 0)
+	text, latest, _, err := e.s.Logs(bg, runID, 0, 0)
 	noErr(t, err)
 	e.close(t, e.s, true)
 	e.clock.Advance(time.Second)
@@ -117,14 +117,14 @@ func testLinkRestart(t *testing.T, e *linkEnv) {
 	if r := must(s.Run(bg, pending))(t); r.OverrideConfig["lr"].GetDouble() != 0.1 || r.FabId != "a/c" {
 		t.Fatalf("pending run after the restart: %v", r)
 	}
-	if got, latest2, _, err := s.Logs(bg, runID, 0); err != nil || got != text || latest2 != latest {
+	if got, latest2, _, err := s.Logs(bg, runID, 0, 0); err != nil || got != text || latest2 != latest {
 		t.Fatalf("Logs after the restart = %q %v %v, want %q %v", got, latest2, err, text, latest)
 	}
-	if tail, _, _, _ := s.Logs(bg, runID, latest); tail != "" {
+	if tail, _, _, _ := s.Logs(bg, runID, latest, 0); tail != "" {
 		t.Fatalf("Logs after the latest stamp, after the restart = %q", tail)
 	}
 	noErr(t, s.PushLogs(bg, runID, "round 3\n"))
-	if tail, _, _, _ := s.Logs(bg, runID, latest); tail != "round 3\n" {
+	if tail, _, _, _ := s.Logs(bg, runID, latest, 0); tail != "round 3\n" {
 		t.Fatalf("Logs of what came after the restart = %q", tail)
 	}
 
@@ -217,7 +217,7 @@ func testLinkObjectsAcross(t *testing.T, e *linkEnv) {
 	}
 	pullAll(t, other, runID, node, ins)
 	pullAll(t, e.s, runID, node, ins)
-	noErr(t, other.ConfirmMessageReceived(bg, runID, ids[0]))
+	noErr(t, other.ConfirmMessageReceived(bg, runID, node, ids[0]))
 	for id := range ins.Objects {
 		if _, found, _, _ := e.s.PullObject(bg, runID, node, id); found {
 			t.Fatalf("object %s confirmed through the other LinkState is still held", id)
@@ -244,19 +244,19 @@ func testLinkLogsAcross(t *testing.T, e *linkEnv) {
 		noErr(t, s.PushLogs(bg, runID, line))
 		want += line
 		// A follower on the other LinkState gets exactly the new line.
-		text, l, done, err := r.Logs(bg, runID, latest)
+		text, l, done, err := r.Logs(bg, runID, latest, 0)
 		if err != nil || text != line || l <= latest || done {
 			t.Fatalf("Logs after %v through the other LinkState = %q %v %v %v, want %q", latest, text, l, done, err, line)
 		}
 		latest = l
 	}
 	for _, s := range []state.LinkState{e.s, other} {
-		if text, l, _, _ := s.Logs(bg, runID, 0); text != want || l != latest {
+		if text, l, _, _ := s.Logs(bg, runID, 0, 0); text != want || l != latest {
 			t.Fatalf("Logs = %q (latest %v), want %q (%v)", text, l, want, latest)
 		}
 	}
 	must(other.StopRun(bg, runID))(t)
-	if _, _, done, _ := e.s.Logs(bg, runID, latest); !done {
+	if _, _, done, _ := e.s.Logs(bg, runID, latest, 0); !done {
 		t.Fatal("a run stopped through one LinkState is not finished for the other")
 	}
 }

@@ -46,6 +46,9 @@ type Config struct {
 	// Logger receives the State's log lines; the suite reads some of them
 	// (a node that joined, left, missed its ping).
 	Logger *slog.Logger
+	// Link are the bounds of the 1.29 generation (state.Options.Link):
+	// the suite lowers them to test them.
+	Link state.LinkLimits
 }
 
 // Opener opens a State over one store. The suite closes every State it

@@ -8,11 +8,13 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"math"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,15 +23,6 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/internal/inflatable"
 	"github.com/sepal-fl/sepal/state"
-)
-
-// Bounds of an object tree, far above what Flower sends (a message is a
-// tree of depth 5: Message, RecordDict, ArrayRecord, Array, ArrayChunk;
-// a 1 GiB model in 5 MiB chunks is about 200 nodes), so that a peer
-// cannot make the SuperLink walk or hold an unbounded tree.
-const (
-	MaxTreeDepth = 16
-	MaxTreeNodes = 1 << 16
 )
 
 // Object is pushed content, hashed and parsed once (PrepareObject), so
@@ -85,32 +78,28 @@ type TreeNode struct {
 	Children []string
 }
 
-// FlattenTree checks a message's object tree (ids well formed, within
-// MaxTreeDepth and MaxTreeNodes, one id never given two different sets of
-// children, its root the message's id) and returns its nodes in post
-// order, each id once. The error is an InvalidArgument status.
+// FlattenTree checks a message's object tree (its shape within
+// state.CheckTreeShape's bounds, ids well formed, one id never given two
+// different sets of children, its root the message's id) and returns its
+// nodes in post order, each id once. The error is an InvalidArgument
+// status.
 func FlattenTree(tree *flwr129.ObjectTree, messageID string) ([]TreeNode, error) {
-	if tree == nil {
-		return nil, status.Error(codes.InvalidArgument, "a message has no object tree: send one per message")
+	if err := state.CheckTreeShape(tree); err != nil {
+		return nil, err
 	}
 	if tree.GetObjectId() != messageID {
 		return nil, status.Errorf(codes.InvalidArgument, "the object tree's root %.80q is not the message's id %.80q", tree.GetObjectId(), messageID)
 	}
 	var out []TreeNode
 	seen := map[string][]string{}
-	count := 0
-	var walk func(t *flwr129.ObjectTree, depth int) error
-	walk = func(t *flwr129.ObjectTree, depth int) error {
-		count++
-		if depth > MaxTreeDepth || count > MaxTreeNodes {
-			return status.Errorf(codes.InvalidArgument, "object tree deeper than %d or larger than %d nodes", MaxTreeDepth, MaxTreeNodes)
-		}
+	var walk func(t *flwr129.ObjectTree) error
+	walk = func(t *flwr129.ObjectTree) error {
 		if !inflatable.ValidID(t.GetObjectId()) {
 			return status.Errorf(codes.InvalidArgument, "object id %.80q is not a SHA-256 hex digest", t.GetObjectId())
 		}
 		kids := make([]string, 0, len(t.GetChildren()))
 		for _, c := range t.GetChildren() {
-			if err := walk(c, depth+1); err != nil {
+			if err := walk(c); err != nil {
 				return err
 			}
 			kids = append(kids, c.GetObjectId())
@@ -125,7 +114,7 @@ func FlattenTree(tree *flwr129.ObjectTree, messageID string) ([]TreeNode, error)
 		out = append(out, TreeNode{ID: t.GetObjectId(), Children: kids})
 		return nil
 	}
-	if err := walk(tree, 1); err != nil {
+	if err := walk(tree); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -382,3 +371,81 @@ func Seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 // ISOSeconds is ISOTime of sec seconds since the epoch.
 func ISOSeconds(sec float64) string { return ISOTime(time.Unix(0, int64(sec*1e9))) }
+
+// LogStampStep is the least step between the stamps of a run's log
+// entries: far more than the 1 µs a reader (flwr log) adds to the last
+// stamp it saw before it asks for what follows, and than a stamp's
+// rounding (a float64 of about 1.8e9 seconds is exact to 0.24 µs).
+const LogStampStep = 1e-5
+
+// SplitLog cuts ServerApp output into log entries of at most
+// state.MaxLogEntry bytes, between characters.
+func SplitLog(text string) []string {
+	var out []string
+	for len(text) > state.MaxLogEntry {
+		n := state.MaxLogEntry
+		for n > 0 && !utf8.RuneStart(text[n]) {
+			n--
+		}
+		if n == 0 {
+			n = state.MaxLogEntry
+		}
+		out = append(out, text[:n])
+		text = text[n:]
+	}
+	return append(out, text)
+}
+
+// CheckOwed refuses, with a state.LinkLimitError, replies of node that
+// add n objects to owe when it owes nodeOwed objects: past
+// LinkLimits.MaxPendingPerNode. The ServerApp (state.SuperLinkNodeID) is
+// not bound.
+func CheckOwed(node uint64, n, nodeOwed int, l state.LinkLimits) error {
+	if node == state.SuperLinkNodeID || nodeOwed+n <= l.MaxPendingPerNode {
+		return nil
+	}
+	return &state.LinkLimitError{Limit: state.LimitPendingPerNode, Max: int64(l.MaxPendingPerNode),
+		Msg: fmt.Sprintf("PushMessages: node %d owes %d objects it has not pushed, and these messages name %d more; push the objects of its messages first", node, nodeOwed, n)}
+}
+
+// TreesObjects counts the objects of trees, as state.TreeObjects, for
+// CheckOwed's check before they are looked at.
+func TreesObjects(trees []*flwr129.ObjectTree) int {
+	n := 0
+	for _, t := range trees {
+		n += state.TreeObjects(t)
+	}
+	return n
+}
+
+// RunOwedError is the refusal of replies of node that would take what
+// the nodes of run owe past LinkLimits.MaxPendingPerRun, when no node of
+// the run owes more than node would (see MakeRunRoom).
+func RunOwedError(node, run uint64, n, runOwed int, l state.LinkLimits) error {
+	return &state.LinkLimitError{Limit: state.LimitPendingPerRun, Max: int64(l.MaxPendingPerRun),
+		Msg: fmt.Sprintf("PushMessages: the nodes of run %d owe %d objects they have not pushed, and the messages of node %d name %d more; retry once they are pushed", run, runOwed, node, n)}
+}
+
+// PendingBytesError is the refusal of a push that takes what node pushed
+// into run while it owes objects there past LinkLimits.
+func PendingBytesError(node, run uint64, pushed, n int64, l state.LinkLimits) error {
+	return &state.LinkLimitError{Limit: state.LimitPendingBytes, Max: l.MaxPendingBytesPerNode,
+		Msg: fmt.Sprintf("PushObject: node %d pushed %d bytes into run %d while its messages there are not complete, and this object is %d more", node, pushed, run, n)}
+}
+
+// NotInRun is the refusal of a node's object call in a run that sent it
+// no message.
+func NotInRun(node, run uint64) error {
+	return status.Errorf(codes.PermissionDenied, "node %d has no message in run %d: a node pushes, pulls and confirms the objects of its own messages only", node, run)
+}
+
+// NotOwed is the refusal of a push of an object the pusher does not owe.
+func NotOwed(id string, node, run uint64) error {
+	return status.Errorf(codes.NotFound, "object %.80s is not one that node %d owes in run %d: push the message that names it first, then its objects", id, node, run)
+}
+
+// NotAddressed is the refusal of a node's confirmation of a message not
+// sent to it.
+func NotAddressed(msg string, node, run uint64) error {
+	return status.Errorf(codes.PermissionDenied, "message %.80s is not one run %d sent to node %d: a node confirms its own messages only", msg, run, node)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -477,5 +478,57 @@ func TestCodecOpaque(t *testing.T) {
 	}
 	if d := res.TaskResList[0].Task.Recordset.Parameters["p"].DataValues[0].Data; &d[0] != &hb.data[0] {
 		t.Error("an array of a 1.8.0 request was not looked up")
+	}
+}
+
+// deepTree is an object tree n deep.
+func deepTree(n int) *flwr129.ObjectTree {
+	root := &flwr129.ObjectTree{ObjectId: "0"}
+	for t, i := root, 1; i < n; i++ {
+		t.Children = []*flwr129.ObjectTree{{ObjectId: strconv.Itoa(i)}}
+		t = t.Children[0]
+	}
+	return root
+}
+
+// TestDecodeDeep: a message nested deeper than maxCompactDepth is not
+// compacted (each level would copy all below it again) but still decodes,
+// through proto.Unmarshal; one within it is compacted.
+func TestDecodeDeep(t *testing.T) {
+	for _, n := range []int{maxCompactDepth, maxCompactDepth + 2, 5000} {
+		m := deepTree(n)
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Codec{bigMin: 1}
+		var bigs [][]byte
+		_, err = c.compact(newFrames(splitBuffers(b, 7)), m.ProtoReflect().Descriptor(), 0, len(b), nil, &bigs, arraysHeld, 0)
+		if deep := n > maxCompactDepth+1; deep != (err == errFallback) {
+			t.Errorf("compact of a tree %d deep: %v", n, err)
+		}
+		back := &flwr129.ObjectTree{}
+		if err := c.Unmarshal(splitBuffers(b, 7), back); err != nil {
+			t.Fatalf("a tree %d deep: %v", n, err)
+		}
+		if !proto.Equal(back, m) {
+			t.Errorf("a tree %d deep decodes differently", n)
+		}
+	}
+}
+
+// BenchmarkUnmarshalDeep decodes a tree 5,000 deep (350 KB), as a peer
+// may send one: linear in its size, not its size times its depth.
+func BenchmarkUnmarshalDeep(b *testing.B) {
+	buf, err := proto.Marshal(deepTree(5000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &Codec{bigMin: 1}
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		if err := c.Unmarshal(splitBuffers(buf, 16<<10), &flwr129.ObjectTree{}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
