@@ -9,6 +9,8 @@ import (
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/state"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // pushIns pushes instructions and returns their ids and the objects to
@@ -242,13 +244,19 @@ func linkRace(t *testing.T, e *linkEnv, stores []state.LinkState) {
 					if done {
 						return
 					}
+					// A poll every 10 ms, and busy answers retried as a
+					// SuperNode retries them: the test is about delivery,
+					// and a tighter loop starved the pushes under -race.
 					m, _, err := s.PullInstruction(bg, id)
+					if status.Code(err) == codes.Unavailable {
+						err, m = nil, nil
+					}
 					if err != nil {
 						errs <- err
 						return
 					}
 					if m == nil {
-						time.Sleep(time.Millisecond)
+						time.Sleep(10 * time.Millisecond)
 						continue
 					}
 					mu.Lock()
