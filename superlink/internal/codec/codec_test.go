@@ -2,6 +2,7 @@ package codec
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -9,6 +10,10 @@ import (
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/sepal-fl/sepal/flwrproto"
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
@@ -491,28 +496,77 @@ func deepTree(n int) *flwr129.ObjectTree {
 	return root
 }
 
-// TestDecodeDeep: a message nested deeper than maxCompactDepth is not
-// compacted (each level would copy all below it again) but still decodes,
-// through proto.Unmarshal; one within it is compacted.
+// deepType is a message type that nests in itself and holds bytes:
+// message Deep { bytes data = 1; Deep child = 2; }.
+func deepType(t testing.TB) protoreflect.MessageDescriptor {
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
+		Name: proto.String("deep.proto"), Package: proto.String("sepaltest"), Syntax: proto.String("proto3"),
+		MessageType: []*descriptorpb.DescriptorProto{{
+			Name: proto.String("Deep"),
+			Field: []*descriptorpb.FieldDescriptorProto{
+				{Name: proto.String("data"), Number: proto.Int32(1), Type: descriptorpb.FieldDescriptorProto_TYPE_BYTES.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(), JsonName: proto.String("data")},
+				{Name: proto.String("child"), Number: proto.Int32(2), Type: descriptorpb.FieldDescriptorProto_TYPE_MESSAGE.Enum(), TypeName: proto.String(".sepaltest.Deep"), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(), JsonName: proto.String("child")},
+			},
+		}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd.Messages().Get(0)
+}
+
+// deepBytes is a Deep message n deep whose innermost level holds data.
+func deepBytes(md protoreflect.MessageDescriptor, n int, data []byte) proto.Message {
+	root := dynamicpb.NewMessage(md)
+	m := root
+	for range n - 1 {
+		c := dynamicpb.NewMessage(md)
+		m.Set(md.Fields().ByName("child"), protoreflect.ValueOfMessage(c))
+		m = c
+	}
+	m.Set(md.Fields().ByName("data"), protoreflect.ValueOfBytes(data))
+	return root
+}
+
+// TestDecodeDeep: a message that can hold bytes nested deeper than
+// maxCompactDepth is not compacted (each level would copy all below it
+// again) but still decodes, through proto.Unmarshal; one within it is
+// compacted. An object tree, which holds no bytes, is copied as it is at
+// any depth, not walked.
 func TestDecodeDeep(t *testing.T) {
+	md := deepType(t)
+	data := bytes.Repeat([]byte{7}, 64)
 	for _, n := range []int{maxCompactDepth, maxCompactDepth + 2, 5000} {
-		m := deepTree(n)
+		m := deepBytes(md, n, data)
 		b, err := proto.Marshal(m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &Codec{bigMin: 1}
+		c := &Codec{bigMin: 32}
 		var bigs [][]byte
-		_, err = c.compact(newFrames(splitBuffers(b, 7)), m.ProtoReflect().Descriptor(), 0, len(b), nil, &bigs, arraysHeld, 0)
+		_, err = c.compact(newFrames(splitBuffers(b, 7)), md, 0, len(b), nil, &bigs, arraysHeld, 0)
 		if deep := n > maxCompactDepth+1; deep != (err == errFallback) {
-			t.Errorf("compact of a tree %d deep: %v", n, err)
+			t.Errorf("compact of a Deep %d deep: %v", n, err)
 		}
-		back := &flwr129.ObjectTree{}
+		back := dynamicpb.NewMessage(md)
 		if err := c.Unmarshal(splitBuffers(b, 7), back); err != nil {
-			t.Fatalf("a tree %d deep: %v", n, err)
+			t.Fatalf("a Deep %d deep: %v", n, err)
 		}
 		if !proto.Equal(back, m) {
-			t.Errorf("a tree %d deep decodes differently", n)
+			t.Errorf("a Deep %d deep decodes differently", n)
+		}
+
+		tree := deepTree(n)
+		if b, err = proto.Marshal(tree); err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.compact(newFrames(splitBuffers(b, 7)), tree.ProtoReflect().Descriptor(), 0, len(b), nil, &bigs, arraysHeld, 0)
+		if err != nil || !bytes.Equal(out, b) {
+			t.Errorf("compact of a tree %d deep: %v, the bytes as they came %v", n, err, bytes.Equal(out, b))
+		}
+		back2 := &flwr129.ObjectTree{}
+		if err := c.Unmarshal(splitBuffers(b, 7), back2); err != nil || !proto.Equal(back2, tree) {
+			t.Errorf("a tree %d deep: %v, decodes the same %v", n, err, proto.Equal(back2, tree))
 		}
 	}
 }
@@ -528,6 +582,31 @@ func BenchmarkUnmarshalDeep(b *testing.B) {
 	b.SetBytes(int64(len(buf)))
 	for b.Loop() {
 		if err := c.Unmarshal(splitBuffers(buf, 16<<10), &flwr129.ObjectTree{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnmarshalWideTree decodes a SuperNode's PushMessagesRequest
+// whose object tree names 16,374 objects (about 1.1 MB), as an attacker
+// sends one: the tree is copied as it is, not walked child by child.
+func BenchmarkUnmarshalWideTree(b *testing.B) {
+	kids := make([]*flwr129.ObjectTree, 16374)
+	for i := range kids {
+		kids[i] = &flwr129.ObjectTree{ObjectId: fmt.Sprintf("%064x", i)}
+	}
+	req := &flwr129.PushMessagesRequest{Node: &flwr129.Node{NodeId: 9},
+		MessagesList:       []*flwr129.Message{{Metadata: &flwr129.Metadata{RunId: 3, MessageId: fmt.Sprintf("%064x", 1<<40)}}},
+		MessageObjectTrees: []*flwr129.ObjectTree{{ObjectId: fmt.Sprintf("%064x", 1<<40), Children: []*flwr129.ObjectTree{{ObjectId: fmt.Sprintf("%064x", 1<<41), Children: kids}}}}}
+	buf, err := proto.Marshal(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := New(Options{Finder: memstate.New(memstate.Options{}), StandIns: noStandIns{}})
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.Unmarshal(splitBuffers(buf, 16<<10), &flwr129.PushMessagesRequest{}); err != nil {
 			b.Fatal(err)
 		}
 	}
