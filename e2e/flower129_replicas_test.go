@@ -160,11 +160,14 @@ func TestFlower129Replicas(t *testing.T) {
 			t.Fatalf("flwr supernode unregister exited %d:\n%s", code, out)
 		}
 		unregistered := time.Now()
-		// Its next call is refused as Flower refuses it, and Flower
-		// 1.29.0's SuperNode takes Unauthenticated as its end (then
-		// lingers: it is killed below).
-		nodes[0].waitOutput(t, `details = "Invalid node ID"`, time.Minute)
-		nodes[0].waitOutput(t, "SuperNode terminated gracefully", 10*time.Second)
+		// Its next call is refused as Flower refuses it (Unauthenticated,
+		// "Invalid node ID"), and Flower 1.29.0's SuperNode takes that as
+		// its end: its retry policy sends the process SIGINT, which is
+		// the only way it prints "terminated gracefully" here, as nothing
+		// else signals it. Whether the refusal's traceback is printed
+		// before the process is gone is a race inside the SuperNode, so
+		// it is not waited for.
+		nodes[0].waitOutput(t, "SuperNode terminated gracefully", time.Minute)
 		t.Logf("SuperNode %s cut off %v after flwr supernode unregister", ids[0], time.Since(unregistered).Round(100*time.Millisecond))
 		nodes[0].cmd.Process.Kill()
 		if got := d.nodeStatus(t, "local-tls"); got[ids[0]] != "unregistered" || got[ids[1]] != "online" {
