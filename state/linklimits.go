@@ -1,6 +1,7 @@
 package state
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -176,26 +177,15 @@ type LinkLimits struct {
 
 // WithDefaults returns l with the defaults of its zero fields.
 func (l LinkLimits) WithDefaults() LinkLimits {
-	def := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	def(&l.MaxNodes, DefaultMaxLinkNodes)
-	def(&l.MaxUnactivated, DefaultMaxUnactivated)
-	def(&l.MaxPendingPerNode, DefaultMaxPendingPerNode)
-	def(&l.MaxPendingPerRun, DefaultMaxPendingPerRun)
-	def(&l.MaxSignatures, DefaultMaxSignatures)
-	def(&l.MaxActiveRuns, DefaultMaxActiveRuns)
-	if l.MaxPendingBytesPerNode == 0 {
-		l.MaxPendingBytesPerNode = DefaultMaxPendingBytesPerNode
-	}
-	if l.PushTimeout == 0 {
-		l.PushTimeout = DefaultPushTimeout
-	}
-	if l.MaxFabBytes == 0 {
-		l.MaxFabBytes = DefaultMaxFabBytes
-	}
+	l.MaxNodes = cmp.Or(l.MaxNodes, DefaultMaxLinkNodes)
+	l.MaxUnactivated = cmp.Or(l.MaxUnactivated, DefaultMaxUnactivated)
+	l.MaxPendingPerNode = cmp.Or(l.MaxPendingPerNode, DefaultMaxPendingPerNode)
+	l.MaxPendingPerRun = cmp.Or(l.MaxPendingPerRun, DefaultMaxPendingPerRun)
+	l.MaxSignatures = cmp.Or(l.MaxSignatures, DefaultMaxSignatures)
+	l.MaxActiveRuns = cmp.Or(l.MaxActiveRuns, DefaultMaxActiveRuns)
+	l.MaxPendingBytesPerNode = cmp.Or(l.MaxPendingBytesPerNode, DefaultMaxPendingBytesPerNode)
+	l.PushTimeout = cmp.Or(l.PushTimeout, DefaultPushTimeout)
+	l.MaxFabBytes = cmp.Or(l.MaxFabBytes, DefaultMaxFabBytes)
 	return l
 }
 

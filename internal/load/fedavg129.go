@@ -1,6 +1,7 @@
 package load
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,31 +62,12 @@ type FedAvg129Options struct {
 }
 
 func (o FedAvg129Options) withDefaults() (FedAvg129Options, error) {
-	if o.Nodes == 0 {
-		o.Nodes = 2
-	}
-	if o.Rounds == 0 {
-		o.Rounds = 2
-	}
-	if o.ModelBytes == 0 {
-		o.ModelBytes = 32 << 20
-	}
-	if o.NodePoll <= 0 {
-		o.NodePoll = 3 * time.Second
-	}
-	if o.ServerPoll <= 0 {
-		o.ServerPoll = 3 * time.Second
-	}
-	if o.Concurrency <= 0 {
-		o.Concurrency = 2
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Nodes < 1 || o.Rounds < 1 || o.ModelBytes < 4 || o.ModelBytes%4 != 0 {
-		return o, fmt.Errorf("%d nodes, %d rounds, model of %d bytes: want at least 1 node and 1 round, and a model of a positive multiple of 4 bytes", o.Nodes, o.Rounds, o.ModelBytes)
-	}
-	return o, nil
+	o.ServerPoll = cmp.Or(max(o.ServerPoll, 0), 3*time.Second) // Flower 1.29.0's grid; 1.8.0's driver polled every second
+	o.Concurrency = cmp.Or(max(o.Concurrency, 0), 2)
+	c, err := FedAvgOptions{Nodes: o.Nodes, Rounds: o.Rounds, ModelBytes: o.ModelBytes,
+		NodePoll: o.NodePoll, ServerPoll: o.ServerPoll, Logger: o.Logger}.withDefaults()
+	o.Nodes, o.Rounds, o.ModelBytes, o.NodePoll, o.Logger = c.Nodes, c.Rounds, c.ModelBytes, c.NodePoll, c.Logger
+	return o, err
 }
 
 // FedAvg129Result is one Flower 1.29.0 FedAvg run.
