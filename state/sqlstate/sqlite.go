@@ -172,10 +172,12 @@ func OpenSQLite(ctx context.Context, path string, o SQLiteOptions) (*State, erro
 	q.Set("_synchronous", "FULL")
 	q.Set("_txlock", "immediate")
 	dsn := (&url.URL{Scheme: "file", Path: abs, RawQuery: q.Encode()}).String()
-	db, err := sql.Open("sqlite", dsn)
+	conns, err := sqlite.NewConnector(dsn)
 	if err != nil {
 		return fail(fmt.Errorf("state database %s: %w", path, err))
 	}
+	// Each connection keeps the statements it runs prepared (stmtcache.go).
+	db := sql.OpenDB(stmtConnector{conns})
 	db.SetMaxOpenConns(4)
 	db.SetMaxIdleConns(4)
 	db.SetConnMaxIdleTime(0)
