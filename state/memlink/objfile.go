@@ -69,7 +69,7 @@ type extent struct {
 	refs   atomic.Int32
 }
 
-// objectFile is one file of the object directory that has no name: a stop
+// objectFile is a file of the object directory that has no name: a stop
 // or a crash leaves nothing behind. Contents are written into the space of
 // contents deleted before them, so that the kernel overwrites page cache
 // pages it has rather than allocating, and freeing, new ones for every
@@ -131,19 +131,26 @@ func (of *objectFile) release(off, n int64) {
 	}
 }
 
-// objectFiles keeps large contents in the object file of dir. When the
-// file cannot be made or written (a full disk, no descriptors left), the
+// objectShards is how many object files a store writes to, in turn:
+// writers growing one file together wait on each other in the kernel (16
+// writing 560 MiB into one new file took 3 CPU seconds, into 16 files
+// 0.2).
+const objectShards = 16
+
+// objectFiles keeps large contents in the object files of dir. When a file
+// cannot be made or written (a full disk, no descriptors left), the
 // content stays in memory and the failure is logged at most once a minute.
 type objectFiles struct {
 	dir    string // "" keeps every content in memory
 	min    int
 	warned atomic.Int64 // unix seconds of the last warning
+	next   atomic.Uint32
 
-	mu sync.Mutex
-	f  *objectFile // made at the first large content
+	mu    sync.Mutex
+	files [objectShards]*objectFile // each made at its first content
 }
 
-// keep returns the content of b: in the object file when b is large and
+// keep returns the content of b: in an object file when b is large and
 // dir is set, else b itself.
 func (s *Store) keep(b []byte) content {
 	of := &s.files
@@ -162,16 +169,17 @@ func (s *Store) keep(b []byte) content {
 }
 
 func (ofs *objectFiles) write(b []byte) (content, error) {
+	i := ofs.next.Add(1) % objectShards
 	ofs.mu.Lock()
-	if ofs.f == nil {
+	if ofs.files[i] == nil {
 		f, err := openObjectFile(ofs.dir)
 		if err != nil {
 			ofs.mu.Unlock()
 			return content{}, err
 		}
-		ofs.f = &objectFile{f: f}
+		ofs.files[i] = &objectFile{f: f}
 	}
-	of := ofs.f
+	of := ofs.files[i]
 	ofs.mu.Unlock()
 	e := &extent{f: of, off: of.alloc(int64(len(b))), n: int64(len(b))}
 	if _, err := of.f.WriteAt(b, e.off); err != nil {
@@ -182,12 +190,14 @@ func (ofs *objectFiles) write(b []byte) (content, error) {
 	return content{ext: e}, nil
 }
 
-// close closes the object file; reads under way finish.
+// close closes the object files; reads under way finish.
 func (ofs *objectFiles) close() {
 	ofs.mu.Lock()
 	defer ofs.mu.Unlock()
-	if ofs.f != nil {
-		ofs.f.f.Close()
+	for _, of := range ofs.files {
+		if of != nil {
+			of.f.Close()
+		}
 	}
 }
 

@@ -34,7 +34,7 @@ func TestConformanceObjectFiles(t *testing.T) {
 	}})
 }
 
-// TestObjectFiles: a large object a node pushes lives in the nameless
+// TestObjectFiles: a large object a node pushes lives in a nameless
 // object file of the object directory from its push to the confirmation
 // of its message, is pulled byte for byte, and its space is then reused.
 func TestObjectFiles(t *testing.T) {
@@ -43,24 +43,24 @@ func TestObjectFiles(t *testing.T) {
 	s := memlink.New(state.Options{Logger: slog.New(slog.DiscardHandler), ObjectDir: dir})
 	defer s.Close()
 	_, run, node, ins := oneInstruction(t, s, memlink.ObjectFileMin)
-	var used int64
-	for i := range 3 {
+	replies := 2*memlink.ObjectShards + 1
+	for i := range replies {
 		if i > 0 {
 			ins = sendInstruction(t, s, run, node, memlink.ObjectFileMin+i)
 		}
 		pushAll(t, s, run, state.SuperLinkNodeID, ins)
-		if n := openIn(t, dir); i == 0 && n != 0 {
+		if _, n := openIn(t, dir); i == 0 && n != 0 {
 			t.Errorf("%d files of %s open after the ServerApp's push: what it pushes stays in memory", n, dir)
 		}
 		rep := reply(t, s, ins, node, memlink.ObjectFileMin+i)
 		chunk := rep.Tree.Children[0].Children[0].ObjectId
 		want := bytes.Clone(rep.Objects[chunk])
 		pushAll(t, s, run, node, rep)
-		if n := openIn(t, dir); n != 1 {
-			t.Fatalf("%d files of %s open after a node's push, want 1 (the object file)", n, dir)
+		if _, n := openIn(t, dir); n != min(i+1, memlink.ObjectShards) {
+			t.Fatalf("reply %d: %d files of %s open, want %d (the object files written so far)", i, n, dir, min(i+1, memlink.ObjectShards))
 		}
 		if names := readDir(t, dir); len(names) != 0 {
-			t.Errorf("the object directory has names %v: the object file must have none", names)
+			t.Errorf("the object directory has names %v: object files must have none", names)
 		}
 		rep.Objects[chunk][0] ^= 1 // the pusher's buffer is not what is kept
 		got, found, avail, err := s.PullObject(ctx, run, state.SuperLinkNodeID, chunk)
@@ -70,12 +70,12 @@ func TestObjectFiles(t *testing.T) {
 		if err := s.ConfirmMessageReceived(ctx, run, state.SuperLinkNodeID, rep.Message.Metadata.MessageId); err != nil {
 			t.Fatal(err)
 		}
-		size := fileSizeIn(t, dir)
-		if i == 0 {
-			used = size
-		} else if size > used+4096 {
-			t.Errorf("reply %d: the object file is %d bytes, was %d after the first: the space of a confirmed reply must be reused", i, size, used)
-		}
+	}
+	// Each file held one reply at a time: with its space reused, none
+	// grew past one reply (and its page).
+	size, _ := openIn(t, dir)
+	if most := int64(memlink.ObjectShards) * (memlink.ObjectFileMin + int64(replies) + 4096); size > most {
+		t.Errorf("the object files hold %d bytes after %d replies confirmed one by one, want at most %d: the space of a confirmed reply must be reused", size, replies, most)
 	}
 }
 
@@ -153,24 +153,9 @@ func pushAll(t *testing.T, s *memlink.Store, run, node uint64, m statetest.Flowe
 	}
 }
 
-// openIn counts this process's open files in dir.
-func openIn(t *testing.T, dir string) int {
-	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, fd := range fds {
-		if l, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(l, dir+"/") {
-			n++
-		}
-	}
-	return n
-}
-
-// fileSizeIn returns the size of the one open file of dir.
-func fileSizeIn(t *testing.T, dir string) int64 {
+// openIn returns the total size and the number of this process's open
+// files in dir.
+func openIn(t *testing.T, dir string) (size int64, n int) {
 	t.Helper()
 	fds, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -183,11 +168,11 @@ func fileSizeIn(t *testing.T, dir string) int64 {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return fi.Size()
+			size += fi.Size()
+			n++
 		}
 	}
-	t.Fatalf("no file of %s open", dir)
-	return 0
+	return size, n
 }
 
 func readDir(t *testing.T, dir string) []string {
