@@ -22,6 +22,18 @@ type Options struct {
 	// Link bounds what peers can make the Flower 1.29.0 generation
 	// (LinkState) hold. Default: see LinkLimits.
 	Link LinkLimits
+	// ObjectDir is where the in-memory state keeps the contents of Flower
+	// 1.29 objects of 1 MiB or more that SuperNodes push (replies, read
+	// once by the ServerApp, and what a node key lets a stranger make the
+	// SuperLink hold) while they wait to be pulled: in one file that has no
+	// name there (O_TMPFILE, or removed as created), so that nothing stays
+	// after a stop or a crash, its space reused; their memory is the
+	// kernel's page cache, which it can write back and reclaim, not the
+	// process's. What
+	// the ServerApp pushes stays in memory: every node reads it. Empty
+	// keeps everything in memory. States in a database ignore it: their
+	// objects are in the database.
+	ObjectDir string
 }
 
 // WithDefaults returns o with its defaults filled in.

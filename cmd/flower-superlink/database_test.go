@@ -173,3 +173,38 @@ func readOnlyDir(t *testing.T) string {
 	}
 	return mnt
 }
+
+// TestObjectDirFlag: --object-dir is for the state in memory; a directory
+// objects cannot go to stops the SuperLink before it listens, naming the
+// flag, the directory and the fix.
+func TestObjectDirFlag(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		err  string
+	}{
+		{[]string{"--object-dir", dir}, ""},
+		{[]string{"--object-dir", "memory"}, ""},
+		{[]string{"--object-dir", ""}, "--object-dir is empty: give a directory"},
+		{[]string{"--object-dir", dir, "--database", filepath.Join(dir, "state.db")}, "--object-dir is for the state in memory"},
+		{[]string{"--object-dir", dir, "--database", "postgres://u:secret@db/sepal"}, "postgres://u:xxxxx@db/sepal the objects are kept in the database"},
+	} {
+		_, err := parseArgs(append([]string{"--insecure"}, tc.args...), io.Discard)
+		var ue *cli.UsageError
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.args, err)
+		case tc.err != "" && (!errors.As(err, &ue) || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: %v, want a usage error with %q", tc.args, err, tc.err)
+		}
+	}
+	missing := filepath.Join(dir, "missing")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"--insecure", "--object-dir", missing,
+		"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, io.Discard, io.Discard)
+	want := "--object-dir " + missing + ": objects cannot be kept there"
+	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "give a writable directory, or --object-dir memory") {
+		t.Errorf("--object-dir %s: %v, want a refusal with %q and the fix", missing, err, want)
+	}
+}

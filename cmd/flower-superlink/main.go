@@ -79,6 +79,7 @@ type config struct {
 	driverAddr       string
 	fleetAddr        string
 	database         string
+	objectDir        string
 	pollInterval     time.Duration
 	acme             *acmeFlags
 	mtls             *mtlsFlags
@@ -122,6 +123,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	restAPI := fs.Bool("rest", false, "the REST Fleet API of Flower 1.8.0: not built")
 	_ = fs.MarkHidden("rest")
 	registerDatabaseFlag(fs, &c.database)
+	registerObjectDirFlag(fs, &c.objectDir)
 	c.limits = registerLimitFlags(fs)
 	c.f129 = registerFlower129Flags(fs)
 	c.nodes = registerNodeLimitFlags(fs)
@@ -211,6 +213,9 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	}
 
 	if err := checkDatabase(c.database); err != nil {
+		return nil, err
+	}
+	if err := checkObjectDir(c.objectDir, c.database, fs.Changed("object-dir")); err != nil {
 		return nil, err
 	}
 	if err := c.f129.check(c); err != nil {
@@ -320,7 +325,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	// A SQLite file deleted or replaced while served ends the run, with
 	// exit 1: health turns NOT_SERVING, the calls in flight end, and a
 	// supervisor starts the SuperLink again on the file now at the path.
-	st, err := openDatabase(ctx, c.database, c.link129.linkLimits(c.nodes.maxNodes), log, func(err error) { cancel(err) })
+	st, err := openDatabase(ctx, c.database, c.objectDir, c.link129.linkLimits(c.nodes.maxNodes), log, func(err error) { cancel(err) })
 	if err != nil {
 		return err
 	}

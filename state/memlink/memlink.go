@@ -32,6 +32,8 @@ type Store struct {
 	rand io.Reader
 	lim  state.LinkLimits
 	sigs *linkrules.Signatures
+	// files keeps large contents in files (Options.ObjectDir).
+	files objectFiles
 
 	mu      sync.Mutex
 	closed  bool
@@ -113,7 +115,7 @@ type reply struct {
 }
 
 type object struct {
-	content   []byte
+	content   content
 	available bool
 	children  []string
 	refs      int      // parents that registered it
@@ -134,6 +136,7 @@ func New(o state.Options) *Store {
 	return &Store{
 		log: o.Logger, now: o.Now, rand: o.Rand, lim: o.Link,
 		sigs:  linkrules.NewSignatures(o.Link.MaxSignatures),
+		files: objectFiles{dir: o.ObjectDir, min: ObjectFileMin},
 		nodes: map[uint64]*node{}, keys: map[string]uint64{}, runs: map[uint64]*run{},
 		fabs: map[string]*flwr129.Fab{}, tokens: map[string]uint64{},
 		ins: map[string]*instruction{}, replies: map[string]*reply{}, objects: map[string]*object{},
@@ -147,6 +150,10 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
+	for _, o := range s.objects {
+		o.content.release()
+	}
+	s.files.close()
 	s.nodes, s.runs, s.ins, s.replies, s.objects, s.fabs = nil, nil, nil, nil, nil, nil
 	return nil
 }
@@ -353,6 +360,7 @@ func (s *Store) deleteObject(id string) {
 		return
 	}
 	delete(s.objects, id)
+	o.content.release()
 	s.settle(id)
 	for _, r := range o.runs {
 		if rr := s.runs[r]; rr != nil {
@@ -1294,21 +1302,35 @@ func (s *Store) dropReply(in *instruction) {
 // madeUp makes up an error reply and holds its object in the run, as
 // Flower registers it in the ObjectStore.
 func (s *Store) madeUp(runID uint64, ins *flwr129.Metadata, insID string, code int64, reason string, now float64) *flwr129.Message {
-	m, content := linkrules.MadeUpReply(ins, insID, code, reason, now)
+	m, b := linkrules.MadeUpReply(ins, insID, code, reason, now)
 	id := m.Metadata.MessageId
 	if s.objects[id] == nil {
-		s.objects[id] = &object{content: content, available: true}
+		s.objects[id] = &object{content: content{mem: b}, available: true}
 	}
 	s.objects[id].addRun(runID)
 	s.runs[runID].objects[id] = true
 	return m
 }
 
-// PushObject implements state.LinkState. The content is hashed and parsed
-// before the lock is taken: a 5 MiB chunk's SHA-256 takes milliseconds,
-// which every other call would wait for.
-func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string, content []byte) (bool, error) {
-	obj := linkrules.PrepareObject(id, content)
+// PushObject implements state.LinkState. The content is hashed, parsed
+// and, when large, written to its file before the lock is taken: a 5 MiB
+// chunk's SHA-256 takes milliseconds, which every other call would wait
+// for. Only what nodes push goes to files: replies, read once by the
+// ServerApp, and what strangers with a node key can make the SuperLink
+// hold. What the ServerApp pushes (the model every node pulls) stays in
+// memory, read by every node without a copy.
+func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string, b []byte) (bool, error) {
+	obj := linkrules.PrepareObject(id, b)
+	c := content{mem: b}
+	if obj.Valid() && nodeID != state.SuperLinkNodeID {
+		c = s.keep(b)
+	}
+	stored := false
+	defer func() {
+		if !stored {
+			c.release()
+		}
+	}()
 	now, err := s.lock(ctx)
 	if err != nil {
 		return false, err
@@ -1333,42 +1355,60 @@ func (s *Store) PushObject(ctx context.Context, runID, nodeID uint64, id string,
 		return false, err
 	}
 	p := s.pushers[k]
-	if nodeID != state.SuperLinkNodeID && p.bytes+int64(len(content)) > s.lim.MaxPendingBytesPerNode {
-		return false, linkrules.PendingBytesError(nodeID, runID, p.bytes, int64(len(content)), s.lim)
+	if nodeID != state.SuperLinkNodeID && p.bytes+int64(len(b)) > s.lim.MaxPendingBytesPerNode {
+		return false, linkrules.PendingBytesError(nodeID, runID, p.bytes, int64(len(b)), s.lim)
 	}
-	p.bytes += int64(len(content))
+	p.bytes += int64(len(b))
 	p.deadline = now + s.lim.PushTimeout.Seconds()
-	o.content, o.available = content, true
+	o.content, o.available, stored = c, true, true
 	s.settle(id)
 	if nodeID != state.SuperLinkNodeID {
-		r.r.BytesRecv += uint64(len(content))
+		r.r.BytesRecv += uint64(len(b))
 	}
 	return true, nil
 }
 
-// PullObject implements state.LinkState.
+// PullObject implements state.LinkState. A content kept in the object
+// file is read after the lock is let go.
 func (s *Store) PullObject(ctx context.Context, runID, nodeID uint64, id string) ([]byte, bool, bool, error) {
+	c, found, avail, err := s.pullObject(ctx, runID, nodeID, id)
+	if err != nil || !avail {
+		return nil, found, avail, err
+	}
+	b, gone, err := c.read()
+	c.release()
+	if err != nil {
+		return nil, false, false, status.Errorf(codes.Internal, "object %s: %v", id, err)
+	}
+	if gone {
+		return nil, false, false, nil // deleted meanwhile: as if pulled after
+	}
+	return b, true, true, nil
+}
+
+func (s *Store) pullObject(ctx context.Context, runID, nodeID uint64, id string) (content, bool, bool, error) {
 	if _, err := s.lock(ctx); err != nil {
-		return nil, false, false, err
+		return content{}, false, false, err
 	}
 	defer s.mu.Unlock()
 	r, err := s.running(runID)
 	if err != nil {
-		return nil, false, false, err
+		return content{}, false, false, err
 	}
 	if nodeID != state.SuperLinkNodeID && s.inRun[pusherKey{nodeID, runID}] == 0 {
-		return nil, false, false, linkrules.NotInRun(nodeID, runID)
+		return content{}, false, false, linkrules.NotInRun(nodeID, runID)
 	}
 	o := s.objects[id]
 	if o == nil || !o.inRun(runID) {
-		return nil, false, false, nil
+		return content{}, false, false, nil
 	}
 	if !o.available {
-		return nil, true, false, nil
+		return content{}, true, false, nil
 	}
 	if nodeID != state.SuperLinkNodeID {
-		r.r.BytesSent += uint64(len(o.content))
+		r.r.BytesSent += uint64(o.content.size())
 	}
+	o.content.acquire()
 	return o.content, true, true, nil
 }
 
@@ -1408,7 +1448,7 @@ func (s *Store) LinkStats(ctx context.Context) (state.LinkStats, error) {
 		st.Runs[r.r.Status.Status]++
 	}
 	for _, o := range s.objects {
-		st.ObjectBytes += int64(len(o.content))
+		st.ObjectBytes += o.content.size()
 	}
 	return st, nil
 }

@@ -13,6 +13,44 @@ import (
 	"github.com/sepal-fl/sepal/state/statetest"
 )
 
+// oneInstruction registers and activates a node, starts a run and pushes
+// it an instruction whose payload is one chunk of n bytes (not yet
+// pushed as an object).
+func oneInstruction(tb testing.TB, s *memlink.Store, n int) (key []byte, run, node uint64, m statetest.FlowerMessage) {
+	ctx := context.Background()
+	key = []byte("node")
+	if _, err := s.RegisterNode(ctx, key, 0); err != nil {
+		tb.Fatal(err)
+	}
+	node, err := s.ActivateNode(ctx, key, state.HeartbeatMaxInterval)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fab := []byte("fab")
+	run, err = s.CreateLinkRun(ctx, state.NewRun{Fab: &flwr129.Fab{HashStr: statetest.Hex256(fab), Content: fab}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := s.RequestToken(ctx, run); err != nil {
+		tb.Fatal(err)
+	}
+	if _, _, _, err := s.StartApp(ctx, run); err != nil {
+		tb.Fatal(err)
+	}
+	return key, run, node, sendInstruction(tb, s, run, node, n)
+}
+
+// sendInstruction pushes node an instruction whose payload is one chunk
+// of n bytes (not yet pushed as an object).
+func sendInstruction(tb testing.TB, s *memlink.Store, run, node uint64, n int) statetest.FlowerMessage {
+	m := statetest.NewFlowerMessage(&flwr129.Metadata{RunId: run, SrcNodeId: state.SuperLinkNodeID, DstNodeId: node,
+		Ttl: 3600, MessageType: "train", CreatedAt: float64(time.Now().UnixNano()) / 1e9}, statetest.Chunk(n, byte(n)))
+	if _, _, err := s.PushInstructions(context.Background(), run, []*flwr129.Message{m.Message}, []*flwr129.ObjectTree{m.Tree}); err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
 func TestConformance(t *testing.T) {
 	statetest.RunLink(t, statetest.LinkOptions{NewStore: func(t *testing.T) statetest.LinkOpener {
 		return func(t *testing.T, c statetest.Config) state.LinkState {
@@ -30,30 +68,7 @@ func TestConformance(t *testing.T) {
 func BenchmarkCallsDuringPushes(b *testing.B) {
 	ctx := context.Background()
 	s := memlink.New(state.Options{Logger: slog.New(slog.DiscardHandler)})
-	key := []byte("node")
-	if _, err := s.RegisterNode(ctx, key, 0); err != nil {
-		b.Fatal(err)
-	}
-	node, err := s.ActivateNode(ctx, key, state.HeartbeatMaxInterval)
-	if err != nil {
-		b.Fatal(err)
-	}
-	fab := []byte("fab")
-	run, err := s.CreateLinkRun(ctx, state.NewRun{Fab: &flwr129.Fab{HashStr: statetest.Hex256(fab), Content: fab}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := s.RequestToken(ctx, run); err != nil {
-		b.Fatal(err)
-	}
-	if _, _, _, err := s.StartApp(ctx, run); err != nil {
-		b.Fatal(err)
-	}
-	m := statetest.NewFlowerMessage(&flwr129.Metadata{RunId: run, SrcNodeId: state.SuperLinkNodeID, DstNodeId: node,
-		Ttl: 3600, MessageType: "train", CreatedAt: float64(time.Now().UnixNano()) / 1e9}, statetest.Chunk(5<<20, 1))
-	if _, _, err := s.PushInstructions(ctx, run, []*flwr129.Message{m.Message}, []*flwr129.ObjectTree{m.Tree}); err != nil {
-		b.Fatal(err)
-	}
+	key, run, node, m := oneInstruction(b, s, 5<<20)
 	chunk := m.Tree.Children[0].Children[0].ObjectId
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

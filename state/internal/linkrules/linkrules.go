@@ -51,6 +51,10 @@ func PrepareObject(id string, content []byte) Object {
 	return o
 }
 
+// Valid reports whether the content hashes to its id and parses as an
+// object (what Check checks besides its children).
+func (o Object) Valid() bool { return o.err == nil }
+
 // Check checks the prepared content against its id and against the
 // children the object's tree gave it; the error is a FailedPrecondition
 // status (Flower's code for content that is not what it should be).
