@@ -191,3 +191,11 @@ func TestRateLimiterCost(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalReasonsCounted: the node guard has a counter for every
+// reason it counts.
+func TestRefusalReasonsCounted(t *testing.T) {
+	if len(refusalReasons) != nReasons {
+		t.Fatalf("%d refusal reasons, %d counters: set nReasons", len(refusalReasons), nReasons)
+	}
+}
