@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
+	"github.com/sepal-fl/sepal/internal/testkit"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/statetest"
 	"github.com/sepal-fl/sepal/superlink"
@@ -43,12 +44,13 @@ type bed129 struct {
 	fleet, appIo, control string
 }
 
-// newBed129 starts the SuperLink (startSuperLink) with extra flags.
+// newBed129 starts the SuperLink (startSuperLink) with extra flags, and
+// its metrics on a loopback address.
 func newBed129(t *testing.T, extra ...string) *bed129 {
 	t.Helper()
 	b := &bed129{t: t, appIo: freeAddr(t), control: freeAddr(t)}
 	args := append([]string{"--serverappio-api-address", b.appIo, "--control-api-address", b.control, "--isolation", "process"}, extra...)
-	b.link = startSuperLink(t, linkOptions{certs: true, args: args, fleetFlag: "--fleet-api-address", driver: b.appIo})
+	b.link = startSuperLink(t, linkOptions{certs: true, metrics: true, args: args, fleetFlag: "--fleet-api-address", driver: b.appIo})
 	b.fleet, b.pid = b.link.fleet, b.link.cmd.Process.Pid
 	return b
 }
@@ -207,6 +209,13 @@ func (n *node129) serve(ctx context.Context, update []byte, replied func(ins *fl
 			}
 		}
 	}
+}
+
+// callsRefused is what the SuperLink's metrics count of signed calls
+// refused for reason (superlink.NodeCallRefusalReasons).
+func (b *bed129) callsRefused(reason string) float64 {
+	b.t.Helper()
+	return testkit.Scrape(b.t, "http://"+b.link.metrics+"/metrics").Sum("sepal_node_calls_refused_total", "reason", reason)
 }
 
 func nowSeconds() float64 { return float64(time.Now().UnixNano()) / 1e9 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sepal-fl/sepal/flwrproto/flwr129"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/state/statetest"
+	"github.com/sepal-fl/sepal/superlink"
 )
 
 // Limits of TestAttack129Peers' SuperLink, small so that the attacks
@@ -43,7 +44,9 @@ const (
 //   - Replayed signatures: a node's own signature used twice, the same
 //     signature with s replaced by n-s, a legitimate node's signature
 //     replayed from another address to pull its messages, and 4 peers
-//     replaying for 5 s: every replay is refused (Unauthenticated).
+//     replaying for 5 s: every replay is refused (Unauthenticated), and
+//     past a peer's --node-auth-failure-burst and rate before its
+//     signature is verified (Unavailable).
 //   - Heartbeats with out-of-range intervals (0, 9.99, -1, NaN, ±Inf,
 //     1800.5, 1e308): refused with InvalidArgument, by SendNodeHeartbeat
 //     and ActivateNode alike; the node keeps its interval, and the node
@@ -258,9 +261,9 @@ func attackReplays(t *testing.T, b *bed129, legit *legit129) {
 	var replays tally
 	replayed := func(what string, err error) {
 		t.Helper()
-		replays.add(err)
-		if status.Code(err) != codes.Unauthenticated {
-			t.Errorf("%s: %v, want Unauthenticated", what, err)
+		replays.add(err, "failed node authentication")
+		if status.Code(err) != codes.Unauthenticated && !(status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "failed node authentication")) {
+			t.Errorf("%s: %v, want Unauthenticated (or, past the peer's --node-auth-failure-burst, Unavailable unverified)", what, err)
 		}
 	}
 	// Its own signature, twice.
@@ -304,6 +307,16 @@ func attackReplays(t *testing.T, b *bed129, legit *legit129) {
 	wg.Wait()
 	c := m.read(t)
 	summary129(t, "replayed signatures", c, legitRounds(legit), longestRound(legit), fmt.Sprintf("replays: %s", &replays))
+	// Each replaying peer gets its burst of failures verified, then its
+	// rate: the rest are refused before the signature is checked.
+	verified := replays.get("Unauthenticated")
+	if most := 3 + 4*int(superlink.DefaultAuthFailureBurst+superlink.DefaultAuthFailureRate*c.took.Seconds()); verified > most {
+		t.Errorf("%d replays verified, want at most %d: 3 from the node's address, and 4 peers' --node-auth-failure-burst %d and rate %d for %.1f s",
+			verified, most, superlink.DefaultAuthFailureBurst, superlink.DefaultAuthFailureRate, c.took.Seconds())
+	}
+	if n := b.callsRefused(superlink.RefusedAuthFailures); replays.get("Unavailable failed node authentication") == 0 || n < float64(replays.get("Unavailable failed node authentication")) {
+		t.Errorf("replays refused unverified: %s; counted by sepal_node_calls_refused_total{reason=%q}: %.0f; want some, all counted", &replays, superlink.RefusedAuthFailures, n)
+	}
 }
 
 // attackIntervals sends heartbeats and activations with intervals out of

@@ -37,6 +37,9 @@ func TestNodeLimitMetrics(t *testing.T) {
 	for _, r := range superlink.NodeRefusalReasons {
 		s.Want(t, 0, "sepal_node_registrations_refused_total", "reason", r)
 	}
+	for _, r := range superlink.NodeCallRefusalReasons {
+		s.Want(t, 0, "sepal_node_calls_refused_total", "reason", r)
+	}
 	s.Want(t, 0, "sepal_nodes_revoked_total")
 
 	creds, err := transport.ClientCredentials(transport.ClientOptions{RootCertificates: pki.CAFile})

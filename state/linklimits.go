@@ -28,14 +28,20 @@ const (
 )
 
 // TreeObjects counts the objects of a tree, an object named twice twice,
-// up to MaxTreeObjects+1: enough to tell a tree past the bound.
+// up to MaxTreeObjects+1: enough to tell a tree past the bound. It holds
+// at most MaxTreeObjects+1 objects to visit, however wide the tree.
 func TreeObjects(tree *flwr129.ObjectTree) int {
 	n := 0
 	stack := []*flwr129.ObjectTree{tree}
-	for len(stack) > 0 && n <= MaxTreeObjects {
+	for len(stack) > 0 {
 		t := stack[len(stack)-1]
-		stack = append(stack[:len(stack)-1], t.GetChildren()...)
+		stack = stack[:len(stack)-1]
 		n++
+		kids := t.GetChildren()
+		if n+len(stack)+len(kids) > MaxTreeObjects {
+			return MaxTreeObjects + 1
+		}
+		stack = append(stack, kids...)
 	}
 	return n
 }

@@ -95,7 +95,7 @@ func newControl(ls state.LinkState, o Options, g *nodeGuard) *control {
 	}
 	return &control{s: ls, log: o.Logger, now: now, g: g,
 		streams: &streamSlots{max: fo.MaxLogStreams, perPeer: fo.MaxLogStreamsPerPeer, byPeer: map[string]int{}},
-		runs:    &rateLimiter{rate: fo.RunRate, burst: float64(fo.RunBurst), buckets: map[string]*bucket{}, now: time.Now},
+		runs:    newRateLimiter(fo.RunRate, fo.RunBurst, 0),
 		runRate: fo}
 }
 

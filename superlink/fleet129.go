@@ -42,7 +42,7 @@ func (f *fleet129) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeFlee
 	if err := f.g.rate(ctx, "RegisterNode"); err != nil {
 		return nil, err
 	}
-	pk, err := f.auth.verify(ctx, false, 0)
+	pk, err := f.admit(ctx, "RegisterNode", false, 0, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +61,7 @@ func (f *fleet129) RegisterNode(ctx context.Context, r *flwr129.RegisterNodeFlee
 }
 
 func (f *fleet129) ActivateNode(ctx context.Context, r *flwr129.ActivateNodeRequest) (*flwr129.ActivateNodeResponse, error) {
-	pk, err := f.auth.verify(ctx, false, 0)
+	pk, err := f.admit(ctx, "ActivateNode", false, 0, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func (f *fleet129) ActivateNode(ctx context.Context, r *flwr129.ActivateNodeRequ
 }
 
 func (f *fleet129) DeactivateNode(ctx context.Context, r *flwr129.DeactivateNodeRequest) (*flwr129.DeactivateNodeResponse, error) {
-	if _, err := f.auth.verify(ctx, true, r.GetNodeId()); err != nil {
+	if _, err := f.admit(ctx, "DeactivateNode", true, r.GetNodeId(), 1); err != nil {
 		return nil, err
 	}
 	if err := f.s.DeactivateNode(ctx, r.GetNodeId()); err != nil {
@@ -86,7 +86,7 @@ func (f *fleet129) DeactivateNode(ctx context.Context, r *flwr129.DeactivateNode
 }
 
 func (f *fleet129) UnregisterNode(ctx context.Context, r *flwr129.UnregisterNodeFleetRequest) (*flwr129.UnregisterNodeFleetResponse, error) {
-	if _, err := f.auth.verify(ctx, true, r.GetNodeId()); err != nil {
+	if _, err := f.admit(ctx, "UnregisterNode", true, r.GetNodeId(), 1); err != nil {
 		return nil, err
 	}
 	if f.keysOnly {
@@ -99,7 +99,7 @@ func (f *fleet129) UnregisterNode(ctx context.Context, r *flwr129.UnregisterNode
 }
 
 func (f *fleet129) SendNodeHeartbeat(ctx context.Context, r *flwr129.SendNodeHeartbeatRequest) (*flwr129.SendNodeHeartbeatResponse, error) {
-	if _, err := f.auth.verify(ctx, true, r.GetNode().GetNodeId()); err != nil {
+	if _, err := f.admit(ctx, "SendNodeHeartbeat", true, r.GetNode().GetNodeId(), 1); err != nil {
 		return nil, err
 	}
 	ok, err := f.s.NodeHeartbeat(ctx, r.GetNode().GetNodeId(), r.GetHeartbeatInterval())
@@ -111,7 +111,7 @@ func (f *fleet129) SendNodeHeartbeat(ctx context.Context, r *flwr129.SendNodeHea
 
 func (f *fleet129) PullMessages(ctx context.Context, r *flwr129.PullMessagesRequest) (*flwr129.PullMessagesResponse, error) {
 	id := r.GetNode().GetNodeId()
-	if _, err := f.auth.verify(ctx, true, id); err != nil {
+	if _, err := f.admit(ctx, "PullMessages", true, id, 1); err != nil {
 		return nil, err
 	}
 	m, tree, err := f.s.PullInstruction(ctx, id)
@@ -123,7 +123,7 @@ func (f *fleet129) PullMessages(ctx context.Context, r *flwr129.PullMessagesRequ
 
 func (f *fleet129) PushMessages(ctx context.Context, r *flwr129.PushMessagesRequest) (*flwr129.PushMessagesResponse, error) {
 	id := r.GetNode().GetNodeId()
-	if _, err := f.auth.verify(ctx, true, id); err != nil {
+	if _, err := f.admit(ctx, "PushMessages", true, id, pushCost(r)); err != nil {
 		return nil, err
 	}
 	// A SuperNode pushes one reply at a time (Flower reads only the
@@ -168,7 +168,7 @@ func (f *fleet129) runningRun(ctx context.Context, runID uint64) (*flwr129.Run, 
 }
 
 func (f *fleet129) GetRun(ctx context.Context, r *flwr129.GetRunRequest) (*flwr129.GetRunResponse, error) {
-	if _, err := f.auth.verify(ctx, true, r.GetNode().GetNodeId()); err != nil {
+	if _, err := f.admit(ctx, "GetRun", true, r.GetNode().GetNodeId(), 1); err != nil {
 		return nil, err
 	}
 	run, err := f.runningRun(ctx, r.GetRunId())
@@ -179,7 +179,7 @@ func (f *fleet129) GetRun(ctx context.Context, r *flwr129.GetRunRequest) (*flwr1
 }
 
 func (f *fleet129) GetFab(ctx context.Context, r *flwr129.GetFabRequest) (*flwr129.GetFabResponse, error) {
-	if _, err := f.auth.verify(ctx, true, r.GetNode().GetNodeId()); err != nil {
+	if _, err := f.admit(ctx, "GetFab", true, r.GetNode().GetNodeId(), 1); err != nil {
 		return nil, err
 	}
 	run, err := f.runningRun(ctx, r.GetRunId())
@@ -198,7 +198,7 @@ func (f *fleet129) GetFab(ctx context.Context, r *flwr129.GetFabRequest) (*flwr1
 
 func (f *fleet129) PushObject(ctx context.Context, r *flwr129.PushObjectRequest) (*flwr129.PushObjectResponse, error) {
 	id := r.GetNode().GetNodeId()
-	if _, err := f.auth.verify(ctx, true, id); err != nil {
+	if _, err := f.admit(ctx, "PushObject", true, id, 1); err != nil {
 		return nil, err
 	}
 	ok, err := f.s.PushObject(ctx, r.GetRunId(), id, r.GetObjectId(), r.GetObjectContent())
@@ -210,7 +210,7 @@ func (f *fleet129) PushObject(ctx context.Context, r *flwr129.PushObjectRequest)
 
 func (f *fleet129) PullObject(ctx context.Context, r *flwr129.PullObjectRequest) (*flwr129.PullObjectResponse, error) {
 	id := r.GetNode().GetNodeId()
-	if _, err := f.auth.verify(ctx, true, id); err != nil {
+	if _, err := f.admit(ctx, "PullObject", true, id, 1); err != nil {
 		return nil, err
 	}
 	b, found, avail, err := f.s.PullObject(ctx, r.GetRunId(), id, r.GetObjectId())
@@ -221,7 +221,7 @@ func (f *fleet129) PullObject(ctx context.Context, r *flwr129.PullObjectRequest)
 }
 
 func (f *fleet129) ConfirmMessageReceived(ctx context.Context, r *flwr129.ConfirmMessageReceivedRequest) (*flwr129.ConfirmMessageReceivedResponse, error) {
-	if _, err := f.auth.verify(ctx, true, r.GetNode().GetNodeId()); err != nil {
+	if _, err := f.admit(ctx, "ConfirmMessageReceived", true, r.GetNode().GetNodeId(), 1); err != nil {
 		return nil, err
 	}
 	if err := f.s.ConfirmMessageReceived(ctx, r.GetRunId(), r.GetNode().GetNodeId(), r.GetMessageObjectId()); err != nil {

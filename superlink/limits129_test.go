@@ -25,6 +25,8 @@ import (
 // link129 is a SuperLink serving the Fleet, ServerAppIo and Control APIs
 // in plaintext on loopback, on a state in memory.
 type link129 struct {
+	sl      *SuperLink
+	addr    string // the Fleet API's
 	st      *memstate.State
 	fleet   flwr129.FleetClient
 	appIo   flwr129.ServerAppIoClient
@@ -56,7 +58,7 @@ func serveLink129(t *testing.T, o Options) *link129 {
 		t.Cleanup(func() { cc.Close() })
 		return cc
 	}
-	return &link129{st: st, fleet: flwr129.NewFleetClient(dial(lis[0])), appIo: flwr129.NewServerAppIoClient(dial(lis[1])),
+	return &link129{sl: sl, addr: lis[0].Addr().String(), st: st, fleet: flwr129.NewFleetClient(dial(lis[0])), appIo: flwr129.NewServerAppIoClient(dial(lis[1])),
 		control: flwr129.NewControlClient(dial(lis[2]))}
 }
 

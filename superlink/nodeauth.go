@@ -45,14 +45,14 @@ type nodeAuth struct {
 }
 
 // verify checks the signature metadata of ctx and returns the public key
-// that signed. With a claimed node id (bind), that id must be the node
-// that holds the key. Every failure is Unauthenticated, in Flower's
+// that signed, and the node that holds it (known false: none). With a
+// claimed node id (bind), that id must be the node that holds the key. Every failure is Unauthenticated, in Flower's
 // words. A signature that served a call of a registered key before is
 // refused as a replay (state.LinkState.UseSignature: Flower accepts it
 // again and again for 300 s, for any call, since it signs the time
 // alone); one too old for the state to tell gets Unavailable, which a
 // SuperNode answers by signing again.
-func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) ([]byte, error) {
+func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) (pk []byte, node uint64, known bool, err error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	one := func(k string) []byte {
 		if v := md.Get(k); len(v) == 1 {
@@ -62,38 +62,38 @@ func (a nodeAuth) verify(ctx context.Context, bind bool, claimed uint64) ([]byte
 	}
 	pk, ts, sig := one(PublicKeyHeader), one(TimestampHeader), one(SignatureHeader)
 	if len(pk) == 0 || len(ts) == 0 || len(sig) == 0 {
-		return nil, status.Error(codes.Unauthenticated, "Missing authentication metadata")
+		return nil, 0, false, status.Error(codes.Unauthenticated, "Missing authentication metadata")
 	}
 	pub, err := parseNodeKey(pk)
 	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "Invalid public key: %v", err)
+		return nil, 0, false, status.Errorf(codes.Unauthenticated, "Invalid public key: %v", err)
 	}
 	h := sha256.Sum256(ts)
 	if !nodesig.Verify(pub, h[:], sig) {
-		return nil, status.Error(codes.Unauthenticated, "Invalid signature")
+		return nil, 0, false, status.Error(codes.Unauthenticated, "Invalid signature")
 	}
 	at, err := time.Parse(time.RFC3339Nano, string(ts))
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, "Invalid timestamp")
+		return nil, 0, false, status.Error(codes.Unauthenticated, "Invalid timestamp")
 	}
 	if age := a.now().Sub(at); age <= -SystemTimeTolerance || age >= TimestampTolerance+SystemTimeTolerance {
-		return nil, status.Error(codes.Unauthenticated, "Invalid timestamp")
+		return nil, 0, false, status.Error(codes.Unauthenticated, "Invalid timestamp")
 	}
 	id, ok, err := a.s.NodeOfKey(ctx, pk)
 	if err != nil {
-		return nil, err
+		return nil, 0, false, err
 	}
 	if bind && (!ok || id != claimed) {
-		return nil, status.Error(codes.Unauthenticated, "Invalid node ID")
+		return nil, 0, false, status.Error(codes.Unauthenticated, "Invalid node ID")
 	}
 	if ok {
 		signedAt := float64(at.UnixNano()) / 1e9
 		until := signedAt + (TimestampTolerance + SystemTimeTolerance).Seconds()
 		if err := a.s.UseSignature(ctx, signatureTag(pk, ts, sig), signedAt, until); err != nil {
-			return nil, err
+			return nil, 0, false, err
 		}
 	}
-	return pk, nil
+	return pk, id, ok, nil
 }
 
 // signatureTag names a signature for UseSignature: the SHA-256 of the key,

@@ -1,6 +1,7 @@
 package superlink
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -43,6 +44,20 @@ const (
 	// at once, then 10 a second.
 	DefaultNodeRegistrationRate  = 10
 	DefaultNodeRegistrationBurst = 100
+	// DefaultNodeCallRate and DefaultNodeCallBurst are the default rate
+	// limit of one Flower 1.29.0 node's signed Fleet calls, in call units
+	// (NodeLimits.CallRate): a burst that pulls and pushes back the
+	// largest tree a message may have (state.MaxTreeObjects objects), then
+	// 200 units a second, which a node answering a model of 1,000 arrays
+	// (about 6,000 units a round) every 30 s stays under.
+	DefaultNodeCallRate  = 200
+	DefaultNodeCallBurst = 4 * state.MaxTreeObjects
+	// DefaultAuthFailureRate and DefaultAuthFailureBurst are the default
+	// rate limit of one peer's Flower 1.29.0 Fleet calls whose signature
+	// fails: 100 at once, then 10 a second (about 1% of a core spent on
+	// verifying them).
+	DefaultAuthFailureRate  = 10
+	DefaultAuthFailureBurst = 100
 )
 
 // NodeLimits bound the nodes peers may register on the Fleet API
@@ -77,6 +92,29 @@ type NodeLimits struct {
 	// (10) and DefaultNodeRegistrationBurst (100).
 	Rate  float64
 	Burst int
+	// CallRate and CallBurst limit the signed Flower 1.29.0 Fleet calls
+	// of one registered node (its node id) whose signature verified, as a
+	// token bucket of call units: CallBurst at once, then CallRate a
+	// second. A call costs 1 unit, and a PushMessages 1 more for each
+	// object its reply's tree names (each one a PushObject to come). A
+	// call past it is refused with Unavailable, which Flower 1.29.0's
+	// SuperNode retries with backoff, before its signature is verified.
+	// A call may cost at most CallBurst. CallRate math.Inf(1) turns the
+	// limit off. Defaults DefaultNodeCallRate (200) and
+	// DefaultNodeCallBurst (65536).
+	CallRate  float64
+	CallBurst int
+	// AuthFailureRate and AuthFailureBurst limit the Flower 1.29.0 Fleet
+	// calls of one peer (as Rate counts them) that fail node
+	// authentication (Unauthenticated: a bad signature, a stale or
+	// replayed one, a key that is no node's, another node's id), as a
+	// token bucket: AuthFailureBurst at once, then AuthFailureRate a
+	// second. Past it, the peer's signed calls are refused with
+	// Unavailable without verifying them until its bucket holds a token
+	// again; other peers' calls are not. Defaults DefaultAuthFailureRate
+	// (10) and DefaultAuthFailureBurst (100).
+	AuthFailureRate  float64
+	AuthFailureBurst int
 }
 
 // withDefaults fills in the defaults of the zero fields.
@@ -99,11 +137,16 @@ func (l NodeLimits) withDefaults() NodeLimits {
 	if l.Burst == 0 {
 		l.Burst = DefaultNodeRegistrationBurst
 	}
+	l.CallRate = cmp.Or(l.CallRate, DefaultNodeCallRate)
+	l.CallBurst = cmp.Or(l.CallBurst, DefaultNodeCallBurst)
+	l.AuthFailureRate = cmp.Or(l.AuthFailureRate, DefaultAuthFailureRate)
+	l.AuthFailureBurst = cmp.Or(l.AuthFailureBurst, DefaultAuthFailureBurst)
 	return l
 }
 
 // Validate returns an error naming the first field out of range: a
-// negative value, or a Rate that is not a finite number.
+// negative value, a Rate or AuthFailureRate that is not a finite number,
+// or a CallRate that is NaN.
 func (l NodeLimits) Validate() error {
 	switch {
 	case l.MaxPingInterval < 0:
@@ -114,6 +157,12 @@ func (l NodeLimits) Validate() error {
 		return fmt.Errorf("NodeLimits.Rate %v is not a rate: give a positive number of calls a second", l.Rate)
 	case l.Burst < 0:
 		return errors.New("NodeLimits.Burst is negative")
+	case l.CallRate < 0 || math.IsNaN(l.CallRate):
+		return fmt.Errorf("NodeLimits.CallRate %v is not a rate: give a positive number of call units a second, or +Inf for no limit", l.CallRate)
+	case l.AuthFailureRate < 0 || math.IsNaN(l.AuthFailureRate) || math.IsInf(l.AuthFailureRate, 0):
+		return fmt.Errorf("NodeLimits.AuthFailureRate %v is not a rate: give a positive number of failures a second", l.AuthFailureRate)
+	case l.CallBurst < 0, l.AuthFailureBurst < 0:
+		return errors.New("NodeLimits.CallBurst and AuthFailureBurst must not be negative")
 	}
 	return nil
 }
@@ -131,13 +180,35 @@ const (
 // NodeRefusalReasons lists the reasons, in a fixed order.
 var NodeRefusalReasons = []string{RefusedPingInterval, RefusedPerConnection, RefusedPerIdentity, RefusedMaxNodes, RefusedRate}
 
+// The reasons a signed Flower 1.29.0 Fleet call is refused before its
+// signature is verified, the values of NodeLimitStats.Refused's keys and
+// of the log's reason attribute.
+const (
+	// RefusedCallRate: the node made more calls than NodeLimits.CallRate
+	// and CallBurst allow.
+	RefusedCallRate = "node_call_rate"
+	// RefusedAuthFailures: the peer's calls failed authentication more
+	// often than NodeLimits.AuthFailureRate and AuthFailureBurst allow.
+	RefusedAuthFailures = "node_auth_failures"
+)
+
+// NodeCallRefusalReasons lists the reasons a signed call is refused, in a
+// fixed order.
+var NodeCallRefusalReasons = []string{RefusedCallRate, RefusedAuthFailures}
+
+// refusalReasons are all the reasons the node guard counts: its counters'
+// order.
+var refusalReasons = append(slices.Clone(NodeRefusalReasons), NodeCallRefusalReasons...)
+
 // NodeLimitStats is a snapshot of what the node limits refused and what
 // revocation took offline, for metrics (SuperLink.NodeLimitStats).
 type NodeLimitStats struct {
 	// Refused counts the calls refused since start by each reason of
 	// NodeRefusalReasons (all of them present): CreateNode and Flower
 	// 1.29.0 RegisterNode calls, and Pings with a ping_interval above the
-	// cap.
+	// cap; and by each reason of NodeCallRefusalReasons, the signed
+	// Flower 1.29.0 Fleet calls refused before their signature was
+	// verified.
 	Refused map[string]uint64
 	// Revoked counts the nodes this SuperLink forgot since start because
 	// the client certificate that created them was revoked.
@@ -158,25 +229,35 @@ type nodeGuard struct {
 	connMu sync.Mutex
 	conns  map[weak.Pointer[peer.Peer]]*connNodes
 
-	rates rateLimiter
+	rates *rateLimiter
+	// calls limits the verified Fleet calls of each node (by node id),
+	// failures the failed ones of each peer (fleetlimits.go).
+	calls, failures *rateLimiter
 
-	refused [5]atomic.Uint64 // by index in NodeRefusalReasons
+	refused [nReasons]atomic.Uint64 // by index in refusalReasons
 	revoked atomic.Uint64
 
 	logMu   sync.Mutex
-	logged  [5]time.Time
-	skipped [5]int
+	logged  [nReasons]time.Time
+	skipped [nReasons]int
 }
+
+// nReasons is len(refusalReasons).
+const nReasons = 7
 
 func newNodeGuard(l NodeLimits, log *slog.Logger) *nodeGuard {
 	l = l.withDefaults()
 	return &nodeGuard{l: l, log: log, conns: map[weak.Pointer[peer.Peer]]*connNodes{},
-		rates: rateLimiter{rate: l.Rate, burst: float64(l.Burst), buckets: map[string]*bucket{}, now: time.Now}}
+		rates: newRateLimiter(l.Rate, l.Burst, 0),
+		// Every node registered may have a bucket, and as many that went
+		// (a bucket goes once it refilled).
+		calls:    newRateLimiter(l.CallRate, l.CallBurst, 2*l.MaxNodes),
+		failures: newRateLimiter(l.AuthFailureRate, l.AuthFailureBurst, 0)}
 }
 
 func (g *nodeGuard) stats() NodeLimitStats {
-	st := NodeLimitStats{Refused: make(map[string]uint64, len(NodeRefusalReasons)), Revoked: g.revoked.Load()}
-	for i, r := range NodeRefusalReasons {
+	st := NodeLimitStats{Refused: make(map[string]uint64, len(refusalReasons)), Revoked: g.revoked.Load()}
+	for i, r := range refusalReasons {
 		st.Refused[r] = g.refused[i].Load()
 	}
 	return st
@@ -312,7 +393,7 @@ const nodeLogEvery = 10 * time.Second
 // refuse counts a refusal and logs it, once per reason every nodeLogEvery
 // with the number of refusals not logged since.
 func (g *nodeGuard) refuse(ctx context.Context, reason, limit string, err error) {
-	i := slices.Index(NodeRefusalReasons, reason)
+	i := slices.Index(refusalReasons, reason)
 	if i < 0 {
 		return
 	}
@@ -332,7 +413,11 @@ func (g *nodeGuard) refuse(ctx context.Context, reason, limit string, err error)
 		attrs = append(attrs, "identity", id)
 	}
 	attrs = append(attrs, "refused_since_last_line", skipped, "error", status.Convert(err).Message())
-	g.log.Warn("node registration refused by a limit", attrs...)
+	msg := "node registration refused by a limit"
+	if slices.Contains(NodeCallRefusalReasons, reason) {
+		msg = "signed Fleet call refused by a limit"
+	}
+	g.log.Warn(msg, attrs...)
 }
 
 // peerAddr is the caller's address, "" when unknown.
@@ -363,12 +448,14 @@ func peerKey(ctx context.Context) string {
 	return p.Addr.Network() + " " + p.Addr.String()
 }
 
-// rateLimiter is a token bucket per peer. Its map holds at most
-// maxBuckets peers: when it is full, the buckets that refilled (whose
-// peers would start afresh anyway) are dropped, at most once a second,
-// and a new peer meanwhile shares one overflow bucket.
+// rateLimiter is a token bucket per key (a peer, a node). Its map holds
+// at most max(size, maxBuckets) keys: when it is full, the buckets that refilled (whose
+// keys would start afresh anyway) are dropped, at most once a second,
+// and a new key meanwhile shares one overflow bucket. A rate of +Inf
+// never refuses.
 type rateLimiter struct {
 	rate, burst float64
+	size        int
 	now         func() time.Time
 
 	mu       sync.Mutex
@@ -382,17 +469,32 @@ type bucket struct {
 	last   time.Time
 }
 
-// maxBuckets bounds the peers the rate limiter remembers.
+// maxBuckets is the least number of keys a rate limiter remembers.
 const maxBuckets = 1 << 16
 
+// newRateLimiter returns a rate limiter of burst tokens at once, then rate
+// a second, remembering max(size, maxBuckets) keys.
+func newRateLimiter(rate float64, burst, size int) *rateLimiter {
+	return &rateLimiter{rate: rate, burst: float64(burst), size: size, buckets: map[string]*bucket{}, now: time.Now}
+}
+
 // take takes a token of key's bucket, false when it has none.
-func (r *rateLimiter) take(key string) bool {
+func (r *rateLimiter) take(key string) bool { return r.takeN(key, 1) }
+
+// takeN takes n tokens (at most the burst) of key's bucket, false when it
+// has fewer.
+func (r *rateLimiter) takeN(key string, n float64) bool {
+	if math.IsInf(r.rate, 1) {
+		return true
+	}
+	n = min(n, r.burst)
+	size := max(r.size, maxBuckets)
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	b := r.buckets[key]
 	if b == nil {
-		if len(r.buckets) >= maxBuckets && now.Sub(r.purged) >= time.Second {
+		if len(r.buckets) >= size && now.Sub(r.purged) >= time.Second {
 			r.purged = now
 			for k, o := range r.buckets {
 				if o.level(now, r.rate, r.burst) >= r.burst {
@@ -400,7 +502,7 @@ func (r *rateLimiter) take(key string) bool {
 				}
 			}
 		}
-		if len(r.buckets) >= maxBuckets {
+		if len(r.buckets) >= size {
 			b = &r.overflow
 			if b.last.IsZero() {
 				b.tokens, b.last = r.burst, now
@@ -411,11 +513,26 @@ func (r *rateLimiter) take(key string) bool {
 		}
 	}
 	b.tokens, b.last = b.level(now, r.rate, r.burst), now
-	if b.tokens < 1 {
+	if b.tokens < n {
 		return false
 	}
-	b.tokens--
+	b.tokens -= n
 	return true
+}
+
+// holds reports whether key's bucket holds n tokens (at most the burst)
+// now, without taking them. A key without a bucket (none taken lately, or
+// not remembered while the map is full) holds them: holds never refuses
+// a key that take did not drain.
+func (r *rateLimiter) holds(key string, n float64) bool {
+	if math.IsInf(r.rate, 1) {
+		return true
+	}
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.buckets[key]
+	return b == nil || b.level(now, r.rate, r.burst) >= min(n, r.burst)
 }
 
 // level is the bucket's tokens at now.
