@@ -49,7 +49,7 @@ func registerNodeLimitFlags(fs *pflag.FlagSet) *nodeLimitFlags {
 		"with --"+fleetClientCAFlag+": nodes one node certificate's name may hold at once, as --max-nodes does for all")
 	fs.Float64Var(&n.rate, "node-registration-rate", superlink.DefaultNodeRegistrationRate,
 		"CreateNode and RegisterNode (Flower 1.29, Fleet and Control API) calls a second one peer may make, after --node-registration-burst at once; a peer is a source address (an IPv6 /64), or a node certificate's name with --"+
-			fleetClientCAFlag+"; more are refused with RESOURCE_EXHAUSTED, which SuperNodes retry (behind a TCP load balancer every node comes from the balancer's address: raise both)")
+			fleetClientCAFlag+"; more are refused with RESOURCE_EXHAUSTED, which Flower 1.8.0 SuperNodes retry and a Flower 1.29.0 SuperNode exits on (behind a TCP load balancer every node comes from the balancer's address: raise both)")
 	fs.IntVar(&n.burst, "node-registration-burst", superlink.DefaultNodeRegistrationBurst,
 		"node registrations one peer may make at once (see --node-registration-rate)")
 	fs.Float64Var(&n.callRate, "node-call-rate", superlink.DefaultNodeCallRate,
