@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -9,6 +10,9 @@ import (
 
 // collectMin is the smallest allocation CollectFor considers.
 const collectMin = 4 << 20
+
+// returnMin is the live heap from which CollectFor gives freed pages back.
+const returnMin = 64 << 20
 
 var heapSamples = sync.Pool{New: func() any {
 	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
@@ -33,6 +37,14 @@ var heapSamples = sync.Pool{New: func() any {
 // 163 MiB (16 nodes: 646 to 545-581 MiB), in memory unchanged (155 MiB),
 // for a few percent more system time in page faults.
 //
+// Pages go back only while the live heap is large (returnMin or more):
+// then held arrays break the free space into pieces. A small live heap
+// (objects kept in files, a small run) gives the next array the pages the
+// last one freed; given back, every array faulted its pages in again: the
+// 16-node Flower 1.29 FedAvg run took 407,000 page faults and 9.5 CPU s,
+// and takes 222,000 and 8.9 s collecting without giving pages back, for
+// the same peak RSS.
+//
 // One collection at a time: arrays received together (16 nodes pushing at
 // once) would each force one more, the later ones finding little to free.
 func CollectFor(n int) {
@@ -44,7 +56,11 @@ func CollectFor(n int) {
 	objects, live := (*s)[0].Value.Uint64(), (*s)[1].Value.Uint64()
 	heapSamples.Put(s)
 	if objects > live && objects-live >= uint64(n) && collecting.CompareAndSwap(false, true) {
-		debug.FreeOSMemory()
+		if live >= returnMin {
+			debug.FreeOSMemory()
+		} else {
+			runtime.GC()
+		}
 		collecting.Store(false)
 	}
 }
