@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,9 @@ import (
 // replies of one round, every byte moved counted, every Fleet call
 // signed and verified (a node whose calls failed would fail the run).
 func TestFedAvg129Smoke(t *testing.T) {
-	s, err := Start(context.Background(), Options{Binary: superlinkBinary(t), Dir: t.TempDir(), Flower129: true})
+	objects := t.TempDir()
+	s, err := Start(context.Background(), Options{Binary: superlinkBinary(t), Dir: t.TempDir(), Flower129: true,
+		Args: []string{"--object-dir", objects}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +63,15 @@ func TestFedAvg129Smoke(t *testing.T) {
 	if r.Memory.HWM < payload {
 		t.Errorf("memory %+v: want a peak of at least the model", r.Memory)
 	}
+	// The replies' 5 MiB chunks went to nameless files of --object-dir,
+	// which the SuperLink keeps open, their space reused.
+	files, size := openFilesIn(t, s.PID(), objects)
+	if files == 0 || size < inflatable.MaxChunkSize {
+		t.Errorf("the SuperLink holds %d files of %s, %d bytes: want the replies' chunks there", files, objects, size)
+	}
+	if names, err := os.ReadDir(objects); err != nil || len(names) != 0 {
+		t.Errorf("%s holds %d names (%v): the object files must have none", objects, len(names), err)
+	}
 	exit := s.Stop()
 	if exit.Err != nil {
 		t.Fatalf("the SuperLink did not stop cleanly: %v\n%s", exit.Err, tail(s.LogFile))
@@ -99,4 +111,25 @@ func TestFedAvg129Flower(t *testing.T) {
 	if exit := s.Stop(); exit.Err != nil || exit.CPU <= 0 {
 		t.Fatalf("Flower's SuperLink did not stop cleanly on SIGINT: %+v\n%s", exit, tail(s.LogFile))
 	}
+}
+
+// openFilesIn returns how many files of dir process pid holds open, and
+// their total size.
+func openFilesIn(t *testing.T, pid int, dir string) (n int, size int64) {
+	t.Helper()
+	fds := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	es, err := os.ReadDir(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		p := filepath.Join(fds, e.Name())
+		if l, err := os.Readlink(p); err == nil && strings.HasPrefix(l, dir+"/") {
+			if fi, err := os.Stat(p); err == nil {
+				n++
+				size += fi.Size()
+			}
+		}
+	}
+	return n, size
 }

@@ -158,6 +158,9 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// errClosed answers calls once the store is closed.
+var errClosed = status.Error(codes.Unavailable, "the state is closed")
+
 // lock takes the lock, brings liveness, tokens and expiry up to date, and
 // returns the current time in seconds.
 func (s *Store) lock(ctx context.Context) (float64, error) {
@@ -167,7 +170,7 @@ func (s *Store) lock(ctx context.Context) (float64, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return 0, status.Error(codes.Unavailable, "the state is closed")
+		return 0, errClosed
 	}
 	now := linkrules.Seconds(s.now())
 	s.expire(now)
@@ -1381,7 +1384,7 @@ func (s *Store) PullObject(ctx context.Context, runID, nodeID uint64, id string)
 		return nil, false, false, status.Errorf(codes.Internal, "object %s: %v", id, err)
 	}
 	if gone {
-		return nil, false, false, nil // deleted meanwhile: as if pulled after
+		return nil, false, false, errClosed // closed while the file was read
 	}
 	return b, true, true, nil
 }

@@ -46,7 +46,9 @@ func (c content) release() {
 }
 
 // read returns the bytes, read into a new slice from the object file.
-// gone is true when the file was closed meanwhile (the store was closed).
+// gone is true when the file was closed meanwhile (the store was closed:
+// a deleted object's extent is kept until the reads that acquired it
+// release it).
 func (c content) read() (b []byte, gone bool, err error) {
 	if c.ext == nil {
 		return c.mem, false, nil

@@ -32,3 +32,22 @@ func TestObjectFileSpace(t *testing.T) {
 		t.Errorf("free %v, want none", of.spans)
 	}
 }
+
+// TestObjectFileReadAfterClose: a read that acquired its content before
+// the store closed finds the file gone rather than failing or reading
+// space another object took.
+func TestObjectFileReadAfterClose(t *testing.T) {
+	ofs := &objectFiles{dir: t.TempDir(), min: 1}
+	c, err := ofs.write([]byte("chunk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, gone, err := c.read(); err != nil || gone || string(b) != "chunk" {
+		t.Fatalf("read: %q, gone %v, %v; want the bytes written", b, gone, err)
+	}
+	c.acquire()
+	ofs.close()
+	if b, gone, err := c.read(); err != nil || !gone || b != nil {
+		t.Errorf("read after close: %q, gone %v, %v; want gone", b, gone, err)
+	}
+}
