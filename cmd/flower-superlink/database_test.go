@@ -31,14 +31,21 @@ func TestDatabaseFlag(t *testing.T) {
 		{"postgres://u:secret@db/sepal", ""}, // checked when opened
 		{"host=db dbname=sepal", ""},
 	} {
-		_, err := parseArgs([]string{"--insecure", "--database", tc.value}, io.Discard)
-		var ue *cli.UsageError
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("--database %q: %v", tc.value, err)
-		case tc.err != "" && (!errors.As(err, &ue) || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("--database %q: %v, want a usage error with %q", tc.value, err, tc.err)
-		}
+		wantParse(t, []string{"--database", tc.value}, tc.err)
+	}
+}
+
+// wantParse parses --insecure and args, and wants them taken (wantErr "")
+// or refused with a usage error holding wantErr.
+func wantParse(t *testing.T, args []string, wantErr string) {
+	t.Helper()
+	_, err := parseArgs(append([]string{"--insecure"}, args...), io.Discard)
+	var ue *cli.UsageError
+	switch {
+	case wantErr == "" && err != nil:
+		t.Errorf("%q: %v", args, err)
+	case wantErr != "" && (!errors.As(err, &ue) || !strings.Contains(err.Error(), wantErr)):
+		t.Errorf("%q: %v, want a usage error with %q", args, err, wantErr)
 	}
 }
 
@@ -52,16 +59,23 @@ func runRefused(t *testing.T, db string, want ...string) {
 // runRefusedErr is runRefused, returning the refusal.
 func runRefusedErr(t *testing.T, db string, want ...string) error {
 	t.Helper()
+	return runRefusedArgs(t, []string{"--database", db}, want...)
+}
+
+// runRefusedArgs runs the command with --insecure and args and wants it
+// to stop before serving with an error holding each of want.
+func runRefusedArgs(t *testing.T, args []string, want ...string) error {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	err := run(ctx, []string{"--insecure", "--database", db,
-		"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, io.Discard, io.Discard)
+	err := run(ctx, append([]string{"--insecure",
+		"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, args...), io.Discard, io.Discard)
 	if err == nil || ctx.Err() != nil {
-		t.Fatalf("--database %s: served (err %v), want a refusal", db, err)
+		t.Fatalf("%q: served (err %v), want a refusal", args, err)
 	}
 	for _, w := range want {
 		if !strings.Contains(err.Error(), w) {
-			t.Errorf("--database %s: %q lacks %q", db, err, w)
+			t.Errorf("%q: %q lacks %q", args, err, w)
 		}
 	}
 	return err
@@ -189,22 +203,9 @@ func TestObjectDirFlag(t *testing.T) {
 		{[]string{"--object-dir", dir, "--database", filepath.Join(dir, "state.db")}, "--object-dir is for the state in memory"},
 		{[]string{"--object-dir", dir, "--database", "postgres://u:secret@db/sepal"}, "postgres://u:xxxxx@db/sepal the objects are kept in the database"},
 	} {
-		_, err := parseArgs(append([]string{"--insecure"}, tc.args...), io.Discard)
-		var ue *cli.UsageError
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("%q: %v", tc.args, err)
-		case tc.err != "" && (!errors.As(err, &ue) || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("%q: %v, want a usage error with %q", tc.args, err, tc.err)
-		}
+		wantParse(t, tc.args, tc.err)
 	}
 	missing := filepath.Join(dir, "missing")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	err := run(ctx, []string{"--insecure", "--object-dir", missing,
-		"--driver-api-address", "127.0.0.1:0", "--grpc-rere-fleet-api-address", "127.0.0.1:0"}, io.Discard, io.Discard)
-	want := "--object-dir " + missing + ": objects cannot be kept there"
-	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "give a writable directory, or --object-dir memory") {
-		t.Errorf("--object-dir %s: %v, want a refusal with %q and the fix", missing, err, want)
-	}
+	runRefusedArgs(t, []string{"--object-dir", missing},
+		"--object-dir "+missing+": objects cannot be kept there", "give a writable directory, or --object-dir memory")
 }
