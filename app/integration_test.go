@@ -117,12 +117,15 @@ func TestFedAvgOverTLS(t *testing.T) {
 	if len(lines) != 4 || !strings.HasPrefix(lines[0], "round 1/3: train_loss ") || !strings.Contains(lines[3], "finished 3 rounds") {
 		t.Errorf("output lines:\n%s", out.String())
 	}
-	// The final model is close to the true one: within a third of the
-	// distance the zero model started at. (Each node's data is drawn from
-	// its random node id, so how close three rounds come varies.)
+	// The final model is close to the true one: within half the distance
+	// the zero model started at. Each node's data is drawn from its random
+	// node id (and which random draw a node id gets depends on how the
+	// calls interleave), so how close three rounds come varies: over about
+	// 250 runs the farthest weight was 0.41 of the way off, and a third,
+	// the bound before, failed about once in a hundred runs.
 	w, _ := sum.Parameters[0].Float32s()
 	for i, v := range w {
-		if d := float64(v) - demoTrueW[i]; d*d > demoTrueW[i]*demoTrueW[i]/9 {
+		if d := float64(v) - demoTrueW[i]; d*d > demoTrueW[i]*demoTrueW[i]/4 {
 			t.Errorf("w[%d] = %v, true %v", i, v, demoTrueW[i])
 		}
 	}
