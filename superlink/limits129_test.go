@@ -35,7 +35,14 @@ type link129 struct {
 
 func serveLink129(t *testing.T, o Options) *link129 {
 	t.Helper()
-	st := memstate.New(memstate.Options{Logger: slog.New(slog.DiscardHandler)})
+	return serveLink129On(t, o, memstate.Options{})
+}
+
+// serveLink129On is serveLink129 on a state in memory of options mo.
+func serveLink129On(t *testing.T, o Options, mo memstate.Options) *link129 {
+	t.Helper()
+	mo.Logger = slog.New(slog.DiscardHandler)
+	st := memstate.New(mo)
 	o.State, o.Logger = st, slog.New(slog.DiscardHandler)
 	sl := New(o)
 	var lis [3]net.Listener
@@ -144,17 +151,12 @@ func TestFleet129Replay(t *testing.T) {
 	}
 }
 
-// TestFleet129TreeBounds: PushMessages of a SuperNode holding more than
-// one reply, or a tree past the bounds (children per object, depth,
-// objects), and of a ServerApp with such a tree, are refused with
-// InvalidArgument before the state sees them: nothing is stored.
-func TestFleet129TreeBounds(t *testing.T) {
-	l := serveLink129(t, Options{})
-	node := newSigner(t)
-	id := l.join(t, node)
-	run, app := l.running(t)
-	now := float64(time.Now().Unix())
-	ins := statetest.NewFlowerMessage(&flwr129.Metadata{RunId: run, SrcNodeId: state.SuperLinkNodeID, DstNodeId: id, Ttl: 3600, MessageType: "train", CreatedAt: now}, []byte("m"))
+// instruct has the ServerApp of run (its context app) send node id a
+// small instruction, which the node pulls.
+func (l *link129) instruct(t *testing.T, run uint64, app context.Context, node *signer, id uint64) statetest.FlowerMessage {
+	t.Helper()
+	ins := statetest.NewFlowerMessage(&flwr129.Metadata{RunId: run, SrcNodeId: state.SuperLinkNodeID, DstNodeId: id, Ttl: 3600, MessageType: "train",
+		CreatedAt: float64(time.Now().Unix())}, []byte("m"))
 	pr, err := l.appIo.PushMessages(app, &flwr129.PushAppMessagesRequest{RunId: run, MessagesList: []*flwr129.Message{ins.Message}, MessageObjectTrees: []*flwr129.ObjectTree{ins.Tree}})
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +169,20 @@ func TestFleet129TreeBounds(t *testing.T) {
 	if _, err := l.fleet.PullMessages(node.ctx(t), &flwr129.PullMessagesRequest{Node: &flwr129.Node{NodeId: id}}); err != nil {
 		t.Fatal(err)
 	}
+	return ins
+}
+
+// TestFleet129TreeBounds: PushMessages of a SuperNode holding more than
+// one reply, or a tree past the bounds (children per object, depth,
+// objects), and of a ServerApp with such a tree, are refused with
+// InvalidArgument before the state sees them: nothing is stored.
+func TestFleet129TreeBounds(t *testing.T) {
+	l := serveLink129(t, Options{})
+	node := newSigner(t)
+	id := l.join(t, node)
+	run, app := l.running(t)
+	now := float64(time.Now().Unix())
+	ins := l.instruct(t, run, app, node, id)
 	reply := statetest.NewFlowerMessage(&flwr129.Metadata{RunId: run, SrcNodeId: id, DstNodeId: state.SuperLinkNodeID, ReplyToMessageId: ins.Message.Metadata.MessageId,
 		Ttl: 600, MessageType: "train", CreatedAt: now}, []byte("r"))
 	leaf := func(i int) *flwr129.ObjectTree { return &flwr129.ObjectTree{ObjectId: fmt.Sprintf("%064x", i)} }
@@ -204,7 +220,7 @@ func TestFleet129TreeBounds(t *testing.T) {
 			t.Errorf("PushMessages of %s: %v, want InvalidArgument saying %q", tc.name, err, tc.want)
 		}
 	}
-	_, err = l.appIo.PushMessages(app, &flwr129.PushAppMessagesRequest{RunId: run, MessagesList: []*flwr129.Message{ins.Message}, MessageObjectTrees: []*flwr129.ObjectTree{wide}})
+	_, err := l.appIo.PushMessages(app, &flwr129.PushAppMessagesRequest{RunId: run, MessagesList: []*flwr129.Message{ins.Message}, MessageObjectTrees: []*flwr129.ObjectTree{wide}})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("the ServerApp's PushMessages of a tree too wide: %v, want InvalidArgument", err)
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sepal-fl/sepal/internal/bigbuf"
 )
 
 // ObjectFileMin is the size from which an object's content pushed by a
@@ -45,22 +47,25 @@ func (c content) release() {
 	}
 }
 
-// read returns the bytes, read into a new slice from the object file.
-// gone is true when the file was closed meanwhile (the store was closed:
-// a deleted object's extent is kept until the reads that acquired it
-// release it).
+// read returns the bytes: read from the object file into a buffer of
+// bigbuf.Shared, lent to the answer that carries it (the codec gives it
+// back once gRPC has written it). gone is true when the file was closed
+// meanwhile (the store was closed: a deleted object's extent is kept until
+// the reads that acquired it release it).
 func (c content) read() (b []byte, gone bool, err error) {
 	if c.ext == nil {
 		return c.mem, false, nil
 	}
-	b = make([]byte, c.ext.n)
-	if _, err := c.ext.f.f.ReadAt(b, c.ext.off); err != nil {
+	bp := bigbuf.Shared.Get(int(c.ext.n))
+	if _, err := c.ext.f.f.ReadAt(*bp, c.ext.off); err != nil {
+		bigbuf.Shared.Put(bp)
 		if errors.Is(err, os.ErrClosed) {
 			return nil, true, nil
 		}
 		return nil, false, fmt.Errorf("reading the object file: %w", err)
 	}
-	return b, false, nil
+	bigbuf.Shared.Lend(bp)
+	return *bp, false, nil
 }
 
 // extent is n bytes at off in f, held by refs (the object and the reads

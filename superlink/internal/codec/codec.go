@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/sepal-fl/sepal/internal/bigbuf"
 	"github.com/sepal-fl/sepal/state"
 	"github.com/sepal-fl/sepal/superlink/internal/wire"
 )
@@ -145,7 +146,7 @@ func (w *writer) bytesValue(b []byte) {
 	w.cur = protowire.AppendVarint(w.cur, uint64(len(b)))
 	if len(b) >= w.bigMin {
 		w.flush()
-		w.out = append(w.out, mem.SliceBuffer(b))
+		w.out = append(w.out, bigbuf.Shared.Buffer(b)) // a lent buffer goes back once written
 		return
 	}
 	w.cur = append(w.cur, b...)

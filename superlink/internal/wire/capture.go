@@ -27,6 +27,8 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"sync"
+
+	"github.com/sepal-fl/sepal/internal/bigbuf"
 )
 
 // captureMin is the smallest message the guard captures: smaller ones
@@ -148,12 +150,24 @@ func standInFrame(sid uint32, id uint64, end bool) []byte {
 // prefix just arrived: the withheld frames are dropped, gRPC never sees
 // them, and the client gets the window they took and more. c.mu is held.
 func (c *guardConn) startCapture(st *gstream, length int64) {
-	CollectFor(int(length))
-	st.cap = &capture{buf: make([]byte, length)}
+	st.cap = &capture{buf: captureBuffer(int(length))}
 	st.left, st.recv = length, 0
 	st.msgData = grpcPrefixLen
 	c.setWaiting(st, true)
 	c.grant(st)
+}
+
+// captureBuffer returns a buffer of n bytes for a captured message: one
+// the process has used already when bigbuf.Shared keeps one that fits (it
+// is neither cleared nor faulted in again; the capture overwrites every
+// byte before the codec takes it), else a new one, after a collection
+// that frees the last messages' buffers for it (CollectFor).
+func captureBuffer(n int) []byte {
+	if b := bigbuf.Shared.Reuse(n); b != nil {
+		return *b
+	}
+	CollectFor(n)
+	return *bigbuf.Shared.Get(n)
 }
 
 // captureBytes copies b, data bytes of a captured frame of st, into its

@@ -2,10 +2,11 @@ package wire
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/sepal-fl/sepal/internal/bigbuf"
 )
 
 // How a SuperLink's connections buffer their bytes. Each choice below was
@@ -83,24 +84,22 @@ var framePoolShared = newFramePool(framePoolKeep, framePoolIdle)
 // a request; the rest go to the garbage collector. Buffers of other sizes
 // are allocated and dropped. It is safe for concurrent use.
 type framePool struct {
-	mu      sync.Mutex
-	free    []*[]byte
-	max     int         // buffers kept
-	used    atomic.Bool // a buffer was asked for since the last trim
-	trimmer *time.Timer // pending trim, nil when none
-	idle    time.Duration
+	mu   sync.Mutex
+	free []*[]byte
+	max  int // buffers kept
+	trim bigbuf.Trimmer
 }
 
 func newFramePool(keep int, idle time.Duration) *framePool {
-	return &framePool{max: keep / frameSize, idle: idle}
+	p := &framePool{max: keep / frameSize}
+	p.trim.Init(idle, &p.mu, p.drop)
+	return p
 }
 
 // Get returns a buffer of length n.
 func (p *framePool) Get(n int) *[]byte {
 	if n <= frameSize {
-		if !p.used.Load() {
-			p.used.Store(true)
-		}
+		p.trim.Used()
 		p.mu.Lock()
 		if k := len(p.free); k > 0 {
 			b := p.free[k-1]
@@ -125,25 +124,13 @@ func (p *framePool) Put(b *[]byte) {
 	p.mu.Lock()
 	if len(p.free) < p.max {
 		p.free = append(p.free, b)
-		if p.trimmer == nil {
-			p.trimmer = time.AfterFunc(p.idle, p.trim)
-		}
+		p.trim.Arm()
 	}
 	p.mu.Unlock()
 }
 
-// trim drops the buffers kept once nobody asked for one during a whole
-// p.idle, or looks again p.idle later. (A flag rather than the time of the
-// last request: Get runs for every frame received, and a clock reading
-// there is not needed.)
-func (p *framePool) trim() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.used.Swap(false) {
-		p.trimmer = time.AfterFunc(p.idle, p.trim)
-		return
-	}
+// drop lets the kept buffers go (the pool went idle). p.mu is held.
+func (p *framePool) drop() {
 	clear(p.free)
 	p.free = p.free[:0]
-	p.trimmer = nil
 }
