@@ -23,6 +23,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"google.golang.org/grpc/mem"
 )
@@ -37,7 +38,8 @@ const Min = 1 << 20
 const slack = 64 << 10
 
 // maxLent is how many lent buffers the pool tracks; a buffer lent and
-// never marshaled (its call failed) is forgotten once this many are.
+// never marshaled (its call failed) is forgotten once this many are. The
+// pool holds lent buffers weakly: one nobody marshals is collected.
 const maxLent = 256
 
 // Shared is the pool of the process: the state, the codec and the frame
@@ -53,14 +55,14 @@ type Pool struct {
 	free []*[]byte // most recently given back last
 	kept int       // bytes of capacity in free
 	keep int
-	lent map[*byte]*[]byte
+	lent map[weak.Pointer[byte]]int // lent buffers' lengths, by their first byte
 	trim Trimmer
 }
 
 // New returns a pool that keeps up to keep bytes of buffers, for idle
 // after the last request.
 func New(keep int, idle time.Duration) *Pool {
-	p := &Pool{keep: keep, lent: map[*byte]*[]byte{}}
+	p := &Pool{keep: keep, lent: map[weak.Pointer[byte]]int{}}
 	p.trim.Init(idle, &p.mu, p.drop)
 	return p
 }
@@ -193,7 +195,7 @@ func (p *Pool) Lend(b *[]byte) {
 	if len(p.lent) >= maxLent {
 		clear(p.lent) // calls that failed before their answer was marshaled
 	}
-	p.lent[&(*b)[0]] = b
+	p.lent[weak.Make(&(*b)[0])] = len(*b)
 }
 
 // Buffer returns b for gRPC to write: a mem.Buffer that comes back to the
@@ -201,15 +203,16 @@ func (p *Pool) Lend(b *[]byte) {
 // lent ones, so it comes back once), else b as it is.
 func (p *Pool) Buffer(b []byte) mem.Buffer {
 	if len(b) >= Min {
+		k := weak.Make(&b[0])
 		p.mu.Lock()
-		lb, ok := p.lent[&b[0]]
-		ok = ok && len(*lb) == len(b)
+		n, ok := p.lent[k]
+		ok = ok && n == len(b)
 		if ok {
-			delete(p.lent, &b[0])
+			delete(p.lent, k)
 		}
 		p.mu.Unlock()
 		if ok {
-			return mem.NewBuffer(lb, p)
+			return mem.NewBuffer(&b, p) // b has the lent buffer's capacity: it is the slice lent
 		}
 	}
 	return mem.SliceBuffer(b)

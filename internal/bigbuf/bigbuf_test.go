@@ -1,8 +1,10 @@
 package bigbuf
 
 import (
+	"runtime"
 	"testing"
 	"time"
+	"weak"
 )
 
 func TestReuseFitsAndKeepsBound(t *testing.T) {
@@ -126,4 +128,21 @@ func TestTrimAfterIdle(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestLentNotKeptAlive: a lent buffer nobody marshals (its call failed)
+// is collected: the pool holds lent buffers weakly.
+func TestLentNotKeptAlive(t *testing.T) {
+	p := New(100*Min, time.Hour)
+	b := fresh(8 * Min)
+	w := weak.Make(&(*b)[0])
+	p.Lend(b)
+	b = nil
+	for range 5 {
+		runtime.GC()
+		if w.Value() == nil {
+			return
+		}
+	}
+	t.Fatal("a lent buffer nobody marshaled is still in memory after 5 collections")
 }
