@@ -10,6 +10,7 @@
 //	go run ./internal/cmd/sepal-load --nodes 2 --rounds 2 --model-mib 32
 //	go run ./internal/cmd/sepal-load --protocol 1.29 --nodes 16 --repeat 3
 //	go run ./internal/cmd/sepal-load --flower-superlink DEST/bin/flower-superlink
+//	go run ./internal/cmd/sepal-load --protocol 1.29 --nodes 16 --repeat 3 --against DEST/bin/flower-superlink
 //	go run ./internal/cmd/sepal-load --nodes 4 --repeat 3 -- --database state.db
 //	go run ./internal/cmd/sepal-load --nodes 16 --postgres
 //	go run ./internal/cmd/sepal-load --mode idle --nodes 1000
@@ -81,6 +82,7 @@ type config struct {
 	mode       string
 	protocol   string
 	flower     string
+	against    string
 	nodes      int
 	rounds     int
 	modelMiB   float64
@@ -110,6 +112,7 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 	fs.Float64Var(&c.modelMiB, "model-mib", 32, "model size in MiB: one float32 array (32 MiB = 8,388,608 values)")
 	fs.StringVar(&c.protocol, "protocol", "1.8", "the Flower protocol of the fedavg workload: 1.8 (Flower 1.8.0's Fleet and Driver APIs) or 1.29 (Flower 1.29.0's: SuperNodes that sign every Fleet call and move objects, a ServerApp on ServerAppIo, the run started through the Control API)")
 	fs.StringVar(&c.flower, "flower-superlink", "", "run this Flower 1.29.0 flower-superlink (DEST/bin/flower-superlink of ../shared/flower-1.29/prepare.sh DEST; in-memory state) instead of Sepal's, for the same --protocol 1.29 fedavg workload")
+	fs.StringVar(&c.against, "against", "", "run this Flower 1.29.0 flower-superlink and Sepal's in turn, run by run, --repeat times, for the same --protocol 1.29 fedavg workload: each one's figures, and Flower's CPU time and peak RSS over Sepal's for each pair of runs (side by side, they meet the same moments of a shared machine)")
 	fs.DurationVar(&c.nodePoll, "node-poll", 0, "the nodes' wait between polls when no message came (default 3s, as Flower 1.8.0's and 1.29.0's SuperNodes)")
 	fs.DurationVar(&c.serverPoll, "server-poll", 0, "the ServerApp's wait between polls for replies (default 1s with --protocol 1.8, 3s with 1.29, as Flower's)")
 	fs.BoolVar(&c.inStep, "in-step", false, "start every node at once, so that they poll in step and their results arrive together (the worst case for memory); by default their starts are spread over one --node-poll, as SuperNodes started one by one")
@@ -140,13 +143,29 @@ func parseArgs(args []string, out io.Writer) (*config, error) {
 			return nil, cli.Usagef("--app %q: want quickstart or arrays32", c.app)
 		case c.nodes > 16:
 			return nil, cli.Usagef("--nodes %d: --mode flwr starts a Python SuperNode per node (and a ClientApp process per message); want at most 16", c.nodes)
-		case c.flower != "" || fs.Changed("protocol"):
-			return nil, cli.Usagef("--mode flwr prepares Flower 1.29.0 itself and runs Flower's own protocol: leave out --flower-superlink and --protocol (they are for --mode fedavg)")
+		case c.flower != "" || c.against != "" || fs.Changed("protocol"):
+			return nil, cli.Usagef("--mode flwr prepares Flower 1.29.0 itself and runs Flower's own protocol: leave out --flower-superlink, --against and --protocol (they are for --mode fedavg)")
 		case len(c.args) > 0 || c.postgres || c.profile != "" || len(c.env) > 0:
 			return nil, cli.Usagef("--mode flwr runs both SuperLinks with Flower 1.29.0's command line: it takes no flags after --, --postgres, --profile or --superlink-env")
 		}
 	} else if fs.Changed("app") {
 		return nil, cli.Usagef("--app is for --mode flwr")
+	}
+	if c.against != "" {
+		switch {
+		case c.flower != "":
+			return nil, cli.Usagef("--against runs Flower's SuperLink beside Sepal's: leave out --flower-superlink")
+		case c.mode != "fedavg":
+			return nil, cli.Usagef("--against runs the fedavg workload, not --mode %s", c.mode)
+		case fs.Changed("protocol") && c.protocol != "1.29":
+			return nil, cli.Usagef("--against runs Flower 1.29.0's SuperLink: it speaks --protocol 1.29, not %s", c.protocol)
+		case c.profile != "" || c.postgres || len(c.args) > 0:
+			return nil, cli.Usagef("--against compares both SuperLinks as they come (in-memory state): leave out --profile, --postgres and flags after --")
+		}
+		if _, err := os.Stat(c.against); err != nil {
+			return nil, cli.Usagef("--against %s: %v (run ../shared/flower-1.29/prepare.sh DEST and give DEST/bin/flower-superlink)", c.against, err)
+		}
+		c.protocol = "1.29"
 	}
 	if c.flower != "" {
 		if fs.Changed("protocol") && c.protocol != "1.29" {
@@ -262,6 +281,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.flower != "" {
 		fmt.Fprintf(stdout, " --flower-superlink %s", c.flower)
 	}
+	if c.against != "" {
+		fmt.Fprintf(stdout, " --against %s", c.against)
+	}
 	if c.mode == "fedavg" {
 		fmt.Fprintf(stdout, " --rounds %d --model-mib %g --node-poll %v --server-poll %v", c.rounds, c.modelMiB, c.nodePoll, c.serverPoll)
 		if c.inStep {
@@ -297,6 +319,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer pg.Close()
 	}
+	if c.against != "" {
+		return runAgainst(ctx, c, bin, tmp, logger, stdout)
+	}
 	figs := &figures{}
 	for i := range c.repeat {
 		dir, err := os.MkdirTemp(tmp, fmt.Sprintf("run%d-", i+1))
@@ -318,7 +343,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				env = append(slices.Clone(env), key+"="+file)
 			}
 		}
-		err = once(ctx, c, env, bin, dir, logger, pg, figs)
+		err = once(ctx, c, env, bin, c.flower != "", dir, logger, pg, figs)
 		if c.profile != "" {
 			if b, rerr := os.ReadFile(filepath.Join(dir, "superlink.log")); rerr == nil {
 				_ = os.WriteFile(filepath.Join(c.profile, fmt.Sprintf("log-run%d.txt", i+1)), b, 0o644)
@@ -333,8 +358,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// once runs the workload on a new SuperLink and records its figures.
-func once(ctx context.Context, c *config, env []string, bin, dir string, logger *slog.Logger, pg *load.Postgres, figs *figures) (err error) {
+// runAgainst is --against: Flower's SuperLink and Sepal's (bin) in turn,
+// run by run, --repeat times; each one's figures, then Flower's over
+// Sepal's for each pair.
+func runAgainst(ctx context.Context, c *config, bin, tmp string, logger *slog.Logger, stdout io.Writer) error {
+	flower, sepal, ratios := &figures{}, &figures{}, &figures{}
+	for i := range c.repeat {
+		for _, sl := range []struct {
+			name, bin string
+			env       []string
+			figs      *figures
+		}{{"flower", c.against, nil, flower}, {"sepal", bin, c.env, sepal}} {
+			dir, err := os.MkdirTemp(tmp, fmt.Sprintf("run%d-%s-", i+1, sl.name))
+			if err != nil {
+				return err
+			}
+			if err := once(ctx, c, sl.env, sl.bin, sl.name == "flower", dir, logger, nil, sl.figs); err != nil {
+				return fmt.Errorf("run %d, %s's SuperLink: %w", i+1, sl.name, err)
+			}
+		}
+		for _, n := range []string{"superlink_cpu_s", "superlink_peak_rss_mib"} {
+			ratios.add("flower_over_sepal_"+strings.TrimPrefix(n, "superlink_"), "x", flower.last(n)/sepal.last(n))
+		}
+	}
+	fmt.Fprintln(stdout, "## Flower 1.29.0's SuperLink")
+	flower.print(stdout)
+	fmt.Fprintln(stdout, "## Sepal's SuperLink")
+	sepal.print(stdout)
+	fmt.Fprintln(stdout, "## Flower's over Sepal's, run by run")
+	ratios.print(stdout)
+	fmt.Fprintf(stdout, "# load average after: %s\n", loadAvg())
+	return nil
+}
+
+// once runs the workload on a new SuperLink (Flower's own when flower)
+// and records its figures.
+func once(ctx context.Context, c *config, env []string, bin string, flower bool, dir string, logger *slog.Logger, pg *load.Postgres, figs *figures) (err error) {
 	args := c.args
 	var pgCPU0 time.Duration
 	if pg != nil {
@@ -348,7 +407,7 @@ func once(ctx context.Context, c *config, env []string, bin, dir string, logger 
 		}
 	}
 	s, err := load.Start(ctx, load.Options{Binary: bin, Dir: dir, Args: args, Env: env, Nodes: c.nodes,
-		Flower129: c.protocol == "1.29", Flower: c.flower != ""})
+		Flower129: c.protocol == "1.29", Flower: flower})
 	if err != nil {
 		return err
 	}

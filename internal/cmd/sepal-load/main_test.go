@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sepal-fl/sepal/internal/cli"
+	"github.com/sepal-fl/sepal/internal/flowerenv"
 	"github.com/sepal-fl/sepal/internal/load"
 )
 
@@ -40,6 +42,9 @@ func TestParseArgs(t *testing.T) {
 	if c, err := parseArgs([]string{"--flower-superlink", os.Args[0]}, io.Discard); err != nil || c.protocol != "1.29" {
 		t.Errorf("--flower-superlink: %+v, %v; want --protocol 1.29", c, err)
 	}
+	if c, err := parseArgs([]string{"--against", os.Args[0]}, io.Discard); err != nil || c.protocol != "1.29" || c.against != os.Args[0] {
+		t.Errorf("--against: %+v, %v; want --protocol 1.29", c, err)
+	}
 	if c, err := parseArgs([]string{"--mode", "flwr"}, io.Discard); err != nil || c.nodes != 2 || c.app != "quickstart" {
 		t.Errorf("--mode flwr: %+v, %v; want 2 nodes and quickstart by default", c, err)
 	}
@@ -50,6 +55,7 @@ func TestParseArgs(t *testing.T) {
 		{"--app", "arrays32"},
 		{"--mode", "flwr", "--protocol", "1.29"},
 		{"--mode", "flwr", "--flower-superlink", os.Args[0]},
+		{"--mode", "flwr", "--against", os.Args[0]},
 	} {
 		if _, err := parseArgs(bad, io.Discard); !errors.As(err, new(*cli.UsageError)) {
 			t.Errorf("%q: %v, want a usage error", bad, err)
@@ -69,6 +75,12 @@ func TestParseArgs(t *testing.T) {
 		{"--flower-superlink", "/no/such/flower-superlink"},
 		{"--flower-superlink", os.Args[0], "--protocol", "1.8"},
 		{"--node-poll", "-1s"},
+		{"--against", "/no/such/flower-superlink"},
+		{"--against", os.Args[0], "--protocol", "1.8"},
+		{"--against", os.Args[0], "--flower-superlink", os.Args[0]},
+		{"--against", os.Args[0], "--mode", "idle"},
+		{"--against", os.Args[0], "--postgres"},
+		{"--against", os.Args[0], "--", "--database", "x.db"},
 	} {
 		_, err := parseArgs(bad, io.Discard)
 		if ue, ok := errors.AsType[*cli.UsageError](err); !ok {
@@ -116,5 +128,46 @@ func TestRun129PrintsFigures(t *testing.T) {
 		if !re.MatchString(out.String()) {
 			t.Errorf("no line for %s in:\n%s", fig, out.String())
 		}
+	}
+}
+
+// --against: Flower 1.29.0's SuperLink and Sepal's in turn, twice; each
+// one's figures under its heading, then Flower's over Sepal's per pair.
+func TestRunAgainstFlower(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs Flower 1.29.0's flower-superlink: skipped under -short (CI runs it)")
+	}
+	f := flowerenv.Flower129(t)
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"--against", filepath.Join(f.Bin, "flower-superlink"), "--nodes", "2", "--rounds", "1",
+		"--model-mib", "0.25", "--node-poll", "50ms", "--server-poll", "50ms", "--repeat", "2"}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("%v\n%s%s", err, out.String(), errOut.String())
+	}
+	sections := regexp.MustCompile(`(?m)^## .*$`).FindAllStringIndex(out.String(), -1)
+	if len(sections) != 3 {
+		t.Fatalf("%d sections (## lines), want Flower's, Sepal's and the ratios:\n%s", len(sections), out.String())
+	}
+	part := func(i int) string {
+		end := len(out.String())
+		if i+1 < len(sections) {
+			end = sections[i+1][0]
+		}
+		return out.String()[sections[i][0]:end]
+	}
+	runs := `  \(median of 2; range [0-9.]+-[0-9.]+; runs [0-9.]+ [0-9.]+\)$`
+	for i, figs := range [][]string{
+		{"superlink_cpu_s", "superlink_peak_rss_mib", "held_peak_mib", "floor_cpu_s", "checks_cpu_s"},
+		{"superlink_cpu_s", "superlink_peak_rss_mib", "held_peak_mib", "floor_cpu_s", "checks_cpu_s"},
+		{"flower_over_sepal_cpu_s", "flower_over_sepal_peak_rss_mib"},
+	} {
+		for _, fig := range figs {
+			if !regexp.MustCompile(`(?m)^` + fig + ` +[0-9.]+` + runs).MatchString(part(i)) {
+				t.Errorf("section %d has no line for %s over 2 runs:\n%s", i+1, fig, part(i))
+			}
+		}
+	}
+	if !strings.Contains(part(0), "Flower") || !strings.Contains(part(1), "Sepal") {
+		t.Errorf("sections out of order:\n%s", out.String())
 	}
 }
