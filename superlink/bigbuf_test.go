@@ -66,4 +66,10 @@ func TestPulledObjectBuffersReused(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// Whole, with their slack: a request carrying an object of the same
+	// size (its bytes and a few fields) is received into one.
+	largest := reply.Objects[chunkIDs[chunks-1].ObjectId]
+	if b := bigbuf.Shared.Reuse(len(largest) + 100); b == nil {
+		t.Errorf("no kept buffer takes a request of %d bytes: the answers' buffers came back without their slack", len(largest)+100)
+	}
 }

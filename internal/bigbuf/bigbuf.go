@@ -23,6 +23,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 	"weak"
 
 	"google.golang.org/grpc/mem"
@@ -55,14 +56,14 @@ type Pool struct {
 	free []*[]byte // most recently given back last
 	kept int       // bytes of capacity in free
 	keep int
-	lent map[weak.Pointer[byte]]int // lent buffers' lengths, by their first byte
+	lent map[uintptr]lent // by the address of their first byte
 	trim Trimmer
 }
 
 // New returns a pool that keeps up to keep bytes of buffers, for idle
 // after the last request.
 func New(keep int, idle time.Duration) *Pool {
-	p := &Pool{keep: keep, lent: map[weak.Pointer[byte]]int{}}
+	p := &Pool{keep: keep, lent: map[uintptr]lent{}}
 	p.trim.Init(idle, &p.mu, p.drop)
 	return p
 }
@@ -195,7 +196,16 @@ func (p *Pool) Lend(b *[]byte) {
 	if len(p.lent) >= maxLent {
 		clear(p.lent) // calls that failed before their answer was marshaled
 	}
-	p.lent[weak.Make(&(*b)[0])] = len(*b)
+	p.lent[uintptr(unsafe.Pointer(&(*b)[0]))] = lent{weak.Make(&(*b)[0]), len(*b), cap(*b)}
+}
+
+// lent is a lent buffer: held weakly (one nobody marshals is collected,
+// and another buffer at its address later is told apart), its length and
+// its capacity (the answer's slice may have less: the buffer comes back
+// whole, with its slack, so that a request can be received into it).
+type lent struct {
+	first weak.Pointer[byte]
+	n, c  int
 }
 
 // Buffer returns b for gRPC to write: a mem.Buffer that comes back to the
@@ -203,16 +213,19 @@ func (p *Pool) Lend(b *[]byte) {
 // lent ones, so it comes back once), else b as it is.
 func (p *Pool) Buffer(b []byte) mem.Buffer {
 	if len(b) >= Min {
-		k := weak.Make(&b[0])
+		k := uintptr(unsafe.Pointer(&b[0]))
 		p.mu.Lock()
-		n, ok := p.lent[k]
-		ok = ok && n == len(b)
+		l, ok := p.lent[k]
+		ok = ok && l.n == len(b) && l.first.Value() == &b[0]
 		if ok {
 			delete(p.lent, k)
 		}
 		p.mu.Unlock()
 		if ok {
-			return mem.NewBuffer(&b, p) // b has the lent buffer's capacity: it is the slice lent
+			// b starts at the lent buffer's first byte, which is alive:
+			// b is that buffer, whose capacity is l.c.
+			whole := unsafe.Slice(&b[0], l.c)[:l.n]
+			return mem.NewBuffer(&whole, p)
 		}
 	}
 	return mem.SliceBuffer(b)
