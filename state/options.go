@@ -25,14 +25,13 @@ type Options struct {
 	// ObjectDir is where the in-memory state keeps the contents of Flower
 	// 1.29 objects of 1 MiB or more that SuperNodes push (replies, read
 	// once by the ServerApp, and what a node key lets a stranger make the
-	// SuperLink hold) while they wait to be pulled: in one file that has no
-	// name there (O_TMPFILE, or removed as created), so that nothing stays
-	// after a stop or a crash, its space reused; their memory is the
-	// kernel's page cache, which it can write back and reclaim, not the
-	// process's. What
-	// the ServerApp pushes stays in memory: every node reads it. Empty
-	// keeps everything in memory. States in a database ignore it: their
-	// objects are in the database.
+	// SuperLink hold) while they wait to be pulled: in 16 files that have
+	// no name there (O_TMPFILE, or removed as created), written in turn,
+	// so that nothing stays after a stop or a crash, their space reused;
+	// their memory is the kernel's page cache, which it can write back and
+	// reclaim, not the process's. What the ServerApp pushes stays in
+	// memory: every node reads it. Empty keeps everything in memory.
+	// States in a database ignore it: their objects are in the database.
 	ObjectDir string
 }
 
